@@ -1,0 +1,113 @@
+#include "device/image_codec.h"
+
+#include <optional>
+#include <string>
+#include <utility>
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "device/preprocess.h"
+
+namespace edgesplit::device {
+
+namespace {
+
+// Width and height from a JPEG's start-of-frame segment, read without decoding; nullopt when the
+// bytes do not start like a JPEG or end before a frame header.
+std::optional<std::pair<int, int>> jpeg_dimensions(const uint8_t* data, size_t size) {
+  if (size < 4 || data[0] != 0xFF || data[1] != 0xD8) return std::nullopt;
+  size_t pos = 2;
+  while (pos + 4 <= size) {
+    if (data[pos] != 0xFF) return std::nullopt;
+    const uint8_t marker = data[pos + 1];
+    if (marker == 0xFF) {  // fill byte
+      ++pos;
+      continue;
+    }
+    const size_t length = (static_cast<size_t>(data[pos + 2]) << 8) | data[pos + 3];
+    if (length < 2) return std::nullopt;
+    const bool start_of_frame =
+        marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+    if (start_of_frame) {
+      if (pos + 9 > size || length < 7) return std::nullopt;
+      const int height = (data[pos + 5] << 8) | data[pos + 6];
+      const int width = (data[pos + 7] << 8) | data[pos + 8];
+      return std::make_pair(width, height);
+    }
+    pos += 2 + length;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+Result<std::vector<uint8_t>> encode_jpeg(const cv::Mat& image, int quality) {
+  if (quality < 1 || quality > 100) {
+    return invalid_argument("JPEG quality must be 1..100, not " + std::to_string(quality));
+  }
+  if (image.empty()) return invalid_argument("cannot JPEG-encode an empty image");
+  if (image.type() != CV_8UC1 && image.type() != CV_8UC3) {
+    return invalid_argument("cannot JPEG-encode OpenCV type " + std::to_string(image.type()) +
+                            "; expected 8-bit gray or RGB");
+  }
+  cv::Mat bgr;  // a new buffer: converting into a header that shares `image` would change it
+  if (image.channels() == 3) {
+    cv::cvtColor(image, bgr, cv::COLOR_RGB2BGR);
+  } else {
+    bgr = image;
+  }
+  std::vector<uint8_t> bytes;
+  try {
+    if (!cv::imencode(".jpg", bgr, bytes, {cv::IMWRITE_JPEG_QUALITY, quality})) {
+      return internal_error("OpenCV's JPEG encoder failed");
+    }
+  } catch (const cv::Exception& e) {
+    return internal_error(std::string("OpenCV's JPEG encoder failed: ") + e.what());
+  }
+  return bytes;
+}
+
+Result<cv::Mat> decode_jpeg(const uint8_t* data, size_t size, int64_t max_pixels) {
+  if (data == nullptr || size == 0) return malformed("empty JPEG payload");
+  const auto dims = jpeg_dimensions(data, size);
+  if (!dims || dims->first <= 0 || dims->second <= 0) {
+    return malformed("payload is not a JPEG image (no valid frame header)");
+  }
+  const int64_t pixels = static_cast<int64_t>(dims->first) * dims->second;
+  if (max_pixels > 0 && pixels > max_pixels) {
+    return resource_exhausted("JPEG is " + std::to_string(dims->first) + "x" +
+                              std::to_string(dims->second) + ", over the limit of " +
+                              std::to_string(max_pixels) + " pixels");
+  }
+  cv::Mat decoded;
+  try {
+    const cv::Mat buffer(1, static_cast<int>(size), CV_8UC1, const_cast<uint8_t*>(data));
+    decoded = cv::imdecode(buffer, cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception&) {
+    decoded.release();
+  }
+  if (decoded.empty() || decoded.depth() != CV_8U)
+    return malformed("JPEG payload cannot be decoded");
+  if (decoded.channels() == 1) return decoded;
+  if (decoded.channels() != 3) {
+    return malformed("decoded JPEG has " + std::to_string(decoded.channels()) +
+                     " channels; expected gray or colour");
+  }
+  cv::Mat rgb;
+  cv::cvtColor(decoded, rgb, cv::COLOR_BGR2RGB);
+  return rgb;
+}
+
+Result<std::vector<float>> jpeg_to_tensor(const uint8_t* data, size_t size,
+                                          const partitioner::ModelInfo& info) {
+  EDGESPLIT_RETURN_IF_ERROR(validate_input_info(info));
+  const int64_t expected = info.input_shape[2] * info.input_shape[3];
+  Result<cv::Mat> image = decode_jpeg(data, size, expected);
+  if (!image.ok()) return image.status();
+  Result<std::vector<float>> tensor = normalize_to_tensor(*image, info);
+  if (!tensor.ok()) return malformed("JPEG does not fit the model: " + tensor.status().message());
+  return tensor;
+}
+
+}  // namespace edgesplit::device

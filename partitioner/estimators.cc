@@ -1,0 +1,201 @@
+// Estimators of bandwidth, base round trip, server and device load (see estimators.h).
+#include "partitioner/estimators.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace edgesplit::partitioner {
+
+// ---------------------------------------------------------------------------------------------
+// LevelTracker
+
+LevelTracker::LevelTracker(Cautious cautious, LevelTrackerOptions options)
+    : cautious_(cautious), options_(options) {}
+
+bool LevelTracker::beyond(double sample, double reference, bool cautious_side) const {
+  const bool low_side = (cautious_ == Cautious::kLow) == cautious_side;
+  if (low_side) return sample < reference * (1 - options_.jump_ratio) - options_.jump_abs;
+  return sample > reference * (1 + options_.jump_ratio) + options_.jump_abs;
+}
+
+void LevelTracker::add(double sample) {
+  if (!std::isfinite(sample)) return;
+  if (samples_ == 0) {
+    reset(sample);
+    return;
+  }
+  const double level = value();
+  ++samples_;
+  fast_ += options_.fast_alpha * (sample - fast_);
+  slow_ += options_.slow_alpha * (sample - slow_);
+
+  // Runs of samples beyond the band are measured against the level the run started from, so a
+  // step followed by its own smoothing still counts as one run.
+  int side = 0;
+  const double reference = run_length_ > 0 ? run_reference_ : level;
+  if (beyond(sample, reference, true)) {
+    side = 1;
+  } else if (beyond(sample, reference, false)) {
+    side = -1;
+  }
+  if (side == 0 || side != run_side_) {
+    run_side_ = side;
+    run_length_ = 0;
+    run_sum_ = 0;
+    run_reference_ = level;
+  }
+  if (side == 0) return;
+  ++run_length_;
+  run_sum_ += sample;
+  const int needed = side > 0 ? options_.jump_samples_cautious : options_.jump_samples_recover;
+  if (run_length_ >= needed) {
+    const double mean = run_sum_ / run_length_;
+    const int64_t kept = samples_;
+    reset(mean);
+    samples_ = kept;
+  }
+}
+
+void LevelTracker::reset(double level) {
+  fast_ = slow_ = level;
+  samples_ = 1;
+  run_side_ = 0;
+  run_length_ = 0;
+  run_sum_ = 0;
+  run_reference_ = level;
+}
+
+double LevelTracker::value() const {
+  if (samples_ == 0) return 0;
+  return cautious_ == Cautious::kLow ? std::min(fast_, slow_) : std::max(fast_, slow_);
+}
+
+// ---------------------------------------------------------------------------------------------
+// NetworkEstimator
+
+NetworkEstimator::NetworkEstimator(const Clock& clock, NetworkEstimatorOptions options)
+    : clock_(clock),
+      options_(options),
+      bandwidth_(LevelTracker::Cautious::kLow, options.bandwidth) {
+  last_bandwidth_sample_ = last_rtt_sample_ = last_probe_sent_ = clock.now();
+}
+
+void NetworkEstimator::add_rtt_sample(double wire_ms, TimePoint now) {
+  while (!rtt_window_.empty() && rtt_window_.back().second >= wire_ms) rtt_window_.pop_back();
+  rtt_window_.emplace_back(now, wire_ms);
+  // The newest sample always stays, so the window never empties.
+  while (ms_between(rtt_window_.front().first, now) > options_.rtt_window_ms) {
+    rtt_window_.pop_front();
+  }
+  last_rtt_sample_ = now;
+}
+
+void NetworkEstimator::add_exchange(const Exchange& e) {
+  const TimePoint now = clock_.now();
+  consecutive_timeouts_ = 0;
+  const double server_ms = std::max(0.0, e.server_queue_ms) + std::max(0.0, e.server_compute_ms);
+  const double wire_ms = std::max(0.0, e.round_trip_ms - server_ms);
+  if (e.request_bytes <= options_.rtt_sample_max_bytes) {
+    add_rtt_sample(wire_ms, now);
+    return;
+  }
+  if (e.request_bytes < options_.bandwidth_sample_min_bytes) return;
+  const double transfer_ms = wire_ms - rtt_ms();
+  const double bytes = static_cast<double>(e.request_bytes);
+  if (transfer_ms < options_.min_transfer_ms) {
+    // Too fast to time: the link moves at least this much. Raise the estimate to it if lower.
+    const double at_least = bytes / options_.min_transfer_ms;
+    if (at_least > bandwidth_.value()) bandwidth_.reset(at_least);
+  } else {
+    bandwidth_.add(bytes / transfer_ms);
+  }
+  last_bandwidth_sample_ = now;
+  any_bandwidth_ = true;
+}
+
+void NetworkEstimator::add_timeout(int64_t /*request_bytes*/, double /*waited_ms*/) {
+  // A lost reply says nothing reliable about the link (the server may be down or overloaded);
+  // only repeated losses count, as unavailability.
+  ++consecutive_timeouts_;
+}
+
+void NetworkEstimator::probe_sent() {
+  last_probe_sent_ = clock_.now();
+  any_probe_ = true;
+}
+
+ProbeRequest NetworkEstimator::probe_due(bool plan_is_local) const {
+  const TimePoint now = clock_.now();
+  const double since_probe = ms_between(last_probe_sent_, now);
+  if (any_probe_ && since_probe < options_.probe_interval_ms) return {};
+  ProbeRequest p;
+  if (!server_available()) {
+    p.kind = ProbeRequest::Kind::kRoundTrip;
+    p.bytes = options_.rtt_probe_bytes;
+    return p;
+  }
+  const bool bandwidth_stale =
+      !any_bandwidth_ || ms_between(last_bandwidth_sample_, now) >= options_.probe_interval_ms;
+  if (plan_is_local && bandwidth_stale) {
+    const double bytes = bandwidth_.value() * options_.probe_transfer_ms;
+    p.kind = ProbeRequest::Kind::kBandwidth;
+    p.bytes =
+        std::clamp(static_cast<int64_t>(bytes), options_.probe_bytes_min, options_.probe_bytes_max);
+    return p;
+  }
+  if (!has_rtt() || ms_between(last_rtt_sample_, now) >= options_.rtt_probe_interval_ms) {
+    p.kind = ProbeRequest::Kind::kRoundTrip;
+    p.bytes = options_.rtt_probe_bytes;
+  }
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load
+
+ServerLoadEstimator::ServerLoadEstimator(LoadEstimatorOptions options)
+    : options_(options),
+      load_(LevelTracker::Cautious::kHigh, options.load),
+      queue_(LevelTracker::Cautious::kHigh, options.queue) {}
+
+void ServerLoadEstimator::add_reply(double queue_ms, double compute_ms, double profiled_ms) {
+  queue_.add(std::max(0.0, queue_ms));
+  if (profiled_ms >= options_.min_profiled_ms && compute_ms > 0) {
+    load_.add(compute_ms / profiled_ms);
+  }
+}
+
+DeviceLoadEstimator::DeviceLoadEstimator(LoadEstimatorOptions options)
+    : options_(options), load_(LevelTracker::Cautious::kHigh, options.load) {}
+
+void DeviceLoadEstimator::add_head_time(double measured_ms, double profiled_ms) {
+  if (profiled_ms >= options_.min_profiled_ms && measured_ms > 0) {
+    load_.add(measured_ms / profiled_ms);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ConditionsEstimator
+
+ConditionsEstimator::ConditionsEstimator(const Clock& clock, NetworkEstimatorOptions network,
+                                         LoadEstimatorOptions load)
+    : network_(clock, network), server_(load), device_(load) {}
+
+void ConditionsEstimator::add_exchange(const Exchange& exchange) {
+  network_.add_exchange(exchange);
+  server_.add_reply(exchange.server_queue_ms, exchange.server_compute_ms,
+                    exchange.profiled_server_ms);
+}
+
+Conditions ConditionsEstimator::conditions() const {
+  Conditions c;
+  c.bandwidth_mbps = network_.bandwidth_mbps();
+  c.rtt_ms = network_.rtt_ms();
+  c.server_queue_ms = server_.queue_ms();
+  c.device_load = device_.load_factor();
+  c.server_load = server_.load_factor();
+  c.server_available = network_.server_available();
+  return c;
+}
+
+}  // namespace edgesplit::partitioner

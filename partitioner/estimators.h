@@ -1,0 +1,222 @@
+// Estimators: what the scheduler needs to know about right now (bandwidth, base round trip,
+// server queue and speed, device speed), estimated from every exchange with the server and every
+// head run. Time comes from a Clock so tests replay traces deterministically. Free of LibTorch.
+//
+// None of these classes is thread-safe: the device agent feeds and reads them from one thread
+// (or guards them with its own mutex).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <utility>
+
+#include "partitioner/clock.h"
+
+namespace edgesplit::partitioner {
+
+// The conditions a plan is evaluated under (DESIGN.md, "The cost model").
+struct Conditions {
+  double bandwidth_mbps = 0;     // uplink payload rate in megabits/s (1e6); <= 0: no usable link
+  double rtt_ms = 0;             // base round trip of a small message, server time excluded
+  double server_queue_ms = 0;    // expected wait in the server's queue
+  double device_load = 1;        // measured / profiled head time (> 1: the device is slower)
+  double server_load = 1;        // measured / profiled server compute time
+  bool server_available = true;  // false after repeated timeouts: only the device-only plan runs
+};
+
+// Tunables of LevelTracker.
+struct LevelTrackerOptions {
+  double fast_alpha = 0.5;  // weight of a new sample in the fast average
+  double slow_alpha = 0.1;  // ... in the slow average
+  // A sample beyond `jump_ratio` of the level (plus `jump_abs`) counts towards a jump.
+  double jump_ratio = 0.3;
+  double jump_abs = 0;
+  // Consecutive jump samples that reset the level to their mean: towards the cautious side
+  // (a bandwidth drop, a load rise) and away from it.
+  int jump_samples_cautious = 2;
+  int jump_samples_recover = 3;
+};
+
+// Smooths a noisy measured level (a bandwidth, a load factor, a queue time) while following real
+// steps quickly. It keeps a fast and a slow exponentially weighted average and reports the more
+// cautious of the two (the lower for a bandwidth, the higher for a load), so a drop shows within
+// one sample; `jump_samples_cautious` consecutive samples beyond the jump band reset the level to
+// their mean (a real step is fully followed after two samples), and `jump_samples_recover`
+// samples on the other side do the same for improvements. Noise inside the band is averaged.
+class LevelTracker {
+ public:
+  enum class Cautious { kLow, kHigh };
+  explicit LevelTracker(Cautious cautious, LevelTrackerOptions options = {});
+
+  void add(double sample);
+  // Forgets the history and sets the level.
+  void reset(double level);
+  bool has_value() const { return samples_ > 0; }
+  // The level; 0 before any sample.
+  double value() const;
+  int64_t samples() const { return samples_; }
+
+ private:
+  bool beyond(double sample, double reference, bool cautious_side) const;
+
+  Cautious cautious_;
+  LevelTrackerOptions options_;
+  double fast_ = 0;
+  double slow_ = 0;
+  int64_t samples_ = 0;
+  // Current run of consecutive samples beyond the band, on one side.
+  int run_side_ = 0;  // +1 cautious side, -1 the other, 0 none
+  int run_length_ = 0;
+  double run_sum_ = 0;
+  double run_reference_ = 0;
+};
+
+// One request/reply with the server, as the device measured it and the reply reported it.
+struct Exchange {
+  int64_t request_bytes = 0;      // bytes the device sent (header + payload)
+  double round_trip_ms = 0;       // send to reply, measured on the device
+  double server_queue_ms = 0;     // reported by the server: time in its queue
+  double server_compute_ms = 0;   // reported by the server: unpack + tail (+ batching)
+  double profiled_server_ms = 0;  // the profile's unpack + tail for this plan; 0 for a probe
+};
+
+// What the estimator asks the device to send so its estimates stay alive.
+struct ProbeRequest {
+  enum class Kind { kNone, kRoundTrip, kBandwidth };
+  Kind kind = Kind::kNone;
+  int64_t bytes = 0;  // payload size to send
+  bool due() const { return kind != Kind::kNone; }
+};
+
+struct NetworkEstimatorOptions {
+  // Exchanges up to this size (about one packet) are round-trip samples.
+  int64_t rtt_sample_max_bytes = 1500;
+  // Exchanges from this size on are bandwidth samples; between the two, neither.
+  int64_t bandwidth_sample_min_bytes = 4096;
+  // A transfer time (wire time - base rtt) below this is too small to measure: the sample then
+  // only says the bandwidth is at least bytes / min_transfer_ms.
+  double min_transfer_ms = 0.05;
+  // Base rtt = minimum wire time of the round-trip samples of the last `rtt_window_ms`; older
+  // minima expire, so the base can rise again after a route change.
+  double rtt_window_ms = 10000;
+  // While the plan is device-only (nothing sent), a bandwidth probe is due after this long
+  // without a bandwidth sample; when the server is unavailable, a round-trip probe instead.
+  double probe_interval_ms = 1000;
+  // A round-trip probe is due after this long without a round-trip sample, whatever the plan.
+  double rtt_probe_interval_ms = 2000;
+  // Bandwidth probe size: what the current estimate moves in probe_transfer_ms, within bounds.
+  double probe_transfer_ms = 20;
+  int64_t probe_bytes_min = 16 << 10;
+  int64_t probe_bytes_max = 256 << 10;
+  int64_t rtt_probe_bytes = 64;
+  // Consecutive timeouts after which the server counts as unavailable (a reply resets it).
+  int timeouts_unavailable = 2;
+  LevelTrackerOptions bandwidth{0.5, 0.1, 0.3, 0, 2, 3};
+};
+
+// Bandwidth and base round trip from exchanges: wire time = round trip - server time (queue +
+// compute, as the reply reports them); small exchanges give base-rtt samples, big ones bandwidth
+// samples = bytes / (wire time - base rtt). Before any round-trip sample the base rtt counts as
+// 0, which under-estimates the bandwidth consistently (predicted transfer + rtt still equals the
+// measured wire time).
+class NetworkEstimator {
+ public:
+  explicit NetworkEstimator(const Clock& clock, NetworkEstimatorOptions options = {});
+
+  void add_exchange(const Exchange& exchange);
+  // A request that got no reply within `waited_ms`.
+  void add_timeout(int64_t request_bytes, double waited_ms);
+  // Marks a probe as sent now, so probe_due() waits for its reply instead of asking again.
+  void probe_sent();
+
+  // 0 before any bandwidth sample.
+  double bandwidth_mbps() const { return bandwidth_.value() / 125.0; }
+  double rtt_ms() const { return rtt_window_.empty() ? 0 : rtt_window_.front().second; }
+  bool has_bandwidth() const { return bandwidth_.has_value(); }
+  bool has_rtt() const { return !rtt_window_.empty(); }
+  bool server_available() const { return consecutive_timeouts_ < options_.timeouts_unavailable; }
+  int64_t bandwidth_samples() const { return bandwidth_.samples(); }
+  // Whether to send a probe now, and how big; `plan_is_local`: the current plan sends nothing.
+  ProbeRequest probe_due(bool plan_is_local) const;
+
+ private:
+  void add_rtt_sample(double wire_ms, TimePoint now);
+
+  const Clock& clock_;
+  NetworkEstimatorOptions options_;
+  LevelTracker bandwidth_;                               // bytes per millisecond
+  std::deque<std::pair<TimePoint, double>> rtt_window_;  // (time, wire ms), values increasing
+  bool any_bandwidth_ = false;
+  TimePoint last_bandwidth_sample_{};
+  TimePoint last_rtt_sample_{};
+  TimePoint last_probe_sent_{};
+  bool any_probe_ = false;
+  int consecutive_timeouts_ = 0;
+};
+
+struct LoadEstimatorOptions {
+  // Load samples from operations profiled shorter than this are too noisy to use.
+  double min_profiled_ms = 0.5;
+  LevelTrackerOptions load{0.5, 0.1, 0.3, 0.05, 2, 3};
+  LevelTrackerOptions queue{0.5, 0.1, 0.3, 1.0, 2, 3};
+};
+
+// Server speed and queue from the load report in each reply: load = reported compute time /
+// profiled compute time of the same plan; queue = reported queue time. Both start at their
+// neutral values (load 1, queue 0) until the first reply.
+class ServerLoadEstimator {
+ public:
+  explicit ServerLoadEstimator(LoadEstimatorOptions options = {});
+  void add_reply(double queue_ms, double compute_ms, double profiled_compute_ms);
+  double load_factor() const { return load_.has_value() ? load_.value() : 1.0; }
+  double queue_ms() const { return queue_.value(); }
+
+ private:
+  LoadEstimatorOptions options_;
+  LevelTracker load_;
+  LevelTracker queue_;
+};
+
+// Device speed: measured head time / profiled head time (another app on the device, thermal
+// throttling, a CPU quota all show up here). 1 until the first usable sample.
+class DeviceLoadEstimator {
+ public:
+  explicit DeviceLoadEstimator(LoadEstimatorOptions options = {});
+  void add_head_time(double measured_ms, double profiled_ms);
+  double load_factor() const { return load_.has_value() ? load_.value() : 1.0; }
+
+ private:
+  LoadEstimatorOptions options_;
+  LevelTracker load_;
+};
+
+// The three estimators together: what the device agent feeds after every exchange and head run,
+// and reads Conditions from before every decision.
+class ConditionsEstimator {
+ public:
+  explicit ConditionsEstimator(const Clock& clock, NetworkEstimatorOptions network = {},
+                               LoadEstimatorOptions load = {});
+
+  // A reply arrived: feeds the network and server estimators.
+  void add_exchange(const Exchange& exchange);
+  void add_timeout(int64_t request_bytes, double waited_ms) {
+    network_.add_timeout(request_bytes, waited_ms);
+  }
+  void add_head_time(double measured_ms, double profiled_ms) {
+    device_.add_head_time(measured_ms, profiled_ms);
+  }
+  ProbeRequest probe_due(bool plan_is_local) const { return network_.probe_due(plan_is_local); }
+  void probe_sent() { network_.probe_sent(); }
+
+  Conditions conditions() const;
+  const NetworkEstimator& network() const { return network_; }
+  const ServerLoadEstimator& server() const { return server_; }
+  const DeviceLoadEstimator& device() const { return device_; }
+
+ private:
+  NetworkEstimator network_;
+  ServerLoadEstimator server_;
+  DeviceLoadEstimator device_;
+};
+
+}  // namespace edgesplit::partitioner

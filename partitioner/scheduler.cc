@@ -1,0 +1,591 @@
+// The scheduler: cost model, constraints, choice with hysteresis, Pareto front (see scheduler.h).
+#include "partitioner/scheduler.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+namespace edgesplit::partitioner {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kMiB = 1024.0 * 1024.0;
+constexpr double kBytesPerMsPerMbps = 125.0;  // 1e6 bits/s = 125 bytes/ms
+// Relative difference below which two objective values count as equal (then latency decides).
+constexpr double kTie = 1e-9;
+
+constexpr std::array<Constraint, kConstraintCount> kConstraints = {
+    Constraint::kAccuracyDrop, Constraint::kLatency,      Constraint::kFps,
+    Constraint::kBytes,        Constraint::kDeviceMemory, Constraint::kServerMs};
+
+std::string number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.4g", v);
+  return buf;
+}
+
+const char* constraint_unit(Constraint c) {
+  switch (c) {
+    case Constraint::kAccuracyDrop:
+      return " pp";
+    case Constraint::kLatency:
+      return " ms";
+    case Constraint::kFps:
+      return " fps";
+    case Constraint::kBytes:
+      return " bytes";
+    case Constraint::kDeviceMemory:
+      return " MB";
+    case Constraint::kServerMs:
+      return " ms";
+  }
+  return "";
+}
+
+const std::optional<double>& bound_of(const Constraints& c, Constraint k) {
+  switch (k) {
+    case Constraint::kAccuracyDrop:
+      return c.max_accuracy_drop_pp;
+    case Constraint::kLatency:
+      return c.max_latency_ms;
+    case Constraint::kFps:
+      return c.min_fps;
+    case Constraint::kBytes:
+      return c.max_bytes;
+    case Constraint::kDeviceMemory:
+      return c.max_device_memory_mb;
+    case Constraint::kServerMs:
+      return c.max_server_ms;
+  }
+  return c.max_latency_ms;
+}
+
+double value_of(const PlanMetrics& m, Constraint k) {
+  switch (k) {
+    case Constraint::kAccuracyDrop:
+      return m.accuracy_drop_pp;
+    case Constraint::kLatency:
+      return m.latency_ms;
+    case Constraint::kFps:
+      return m.fps;
+    case Constraint::kBytes:
+      return m.bytes;
+    case Constraint::kDeviceMemory:
+      return m.device_memory_mb;
+    case Constraint::kServerMs:
+      return m.server_ms;
+  }
+  return 0;
+}
+
+Status check_constraints(const Constraints& c) {
+  for (Constraint k : kConstraints) {
+    const auto& b = bound_of(c, k);
+    if (b && !(*b >= 0 && std::isfinite(*b))) {
+      return invalid_argument(std::string("constraint ") + constraint_name(k) +
+                              " must be a finite number >= 0 (got " + number(*b) + ")");
+    }
+  }
+  return Status();
+}
+
+// True when a is better than b: lower score, then lower latency.
+bool better(const PlanEstimate& a, const PlanEstimate& b) {
+  const double scale = std::max(std::fabs(a.score), std::fabs(b.score));
+  if (std::fabs(a.score - b.score) > kTie * scale) return a.score < b.score;
+  return a.metrics.latency_ms < b.metrics.latency_ms;
+}
+
+// True when a violates less than b: lower violation sum, then the better objective.
+bool less_violating(const PlanEstimate& a, const PlanEstimate& b) {
+  const double scale = std::max(a.violation, b.violation);
+  if (std::fabs(a.violation - b.violation) > kTie * scale) return a.violation < b.violation;
+  return better(a, b);
+}
+
+double relative_gain(double current, double best) {
+  if (!(current > 0)) return 0;
+  return (current - best) / current;
+}
+
+}  // namespace
+
+const char* objective_name(Objective objective) {
+  switch (objective) {
+    case Objective::kLatency:
+      return "latency";
+    case Objective::kThroughput:
+      return "throughput";
+    case Objective::kEnergy:
+      return "energy";
+    case Objective::kData:
+      return "data";
+    case Objective::kCost:
+      return "cost";
+  }
+  return "unknown";
+}
+
+Result<Objective> parse_objective(const std::string& name) {
+  for (Objective o : {Objective::kLatency, Objective::kThroughput, Objective::kEnergy,
+                      Objective::kData, Objective::kCost}) {
+    if (name == objective_name(o)) return o;
+  }
+  return invalid_argument("unknown objective \"" + name +
+                          "\" (expected latency, throughput, energy, data or cost)");
+}
+
+const char* constraint_name(Constraint constraint) {
+  switch (constraint) {
+    case Constraint::kAccuracyDrop:
+      return "max_accuracy_drop_pp";
+    case Constraint::kLatency:
+      return "max_latency_ms";
+    case Constraint::kFps:
+      return "min_fps";
+    case Constraint::kBytes:
+      return "max_bytes";
+    case Constraint::kDeviceMemory:
+      return "max_device_memory_mb";
+    case Constraint::kServerMs:
+      return "max_server_ms";
+  }
+  return "unknown";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device power
+
+Result<DevicePower> parse_device_power(const std::string& json_text) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(json_text);
+  } catch (const nlohmann::json::parse_error& e) {
+    std::string what = e.what();
+    const auto pos = what.find("] ");
+    if (pos != std::string::npos) what = what.substr(pos + 2);
+    return invalid_argument("device description is not valid JSON: " + what);
+  }
+  if (!j.is_object()) return invalid_argument("a device description must be a JSON object");
+  DevicePower p;
+  for (const auto& [key, value] : j.items()) {
+    if (key == "name") {
+      if (!value.is_string()) {
+        return invalid_argument("device description key \"name\" must be a string");
+      }
+      p.name = value.get<std::string>();
+      continue;
+    }
+    double* target = key == "compute_watts" ? &p.compute_watts
+                     : key == "radio_watts" ? &p.radio_watts
+                     : key == "idle_watts"  ? &p.idle_watts
+                                            : nullptr;
+    if (!target) {
+      return invalid_argument("unknown key \"" + key + "\" in device description (expected " +
+                              "name, compute_watts, radio_watts, idle_watts)");
+    }
+    if (!value.is_number() || !(value.get<double>() >= 0) || !std::isfinite(value.get<double>())) {
+      return invalid_argument("device description key \"" + key +
+                              "\" must be a number of watts >= 0");
+    }
+    *target = value.get<double>();
+  }
+  return p;
+}
+
+Result<DevicePower> load_device_power(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return not_found("cannot open device description " + path + " (" + std::strerror(errno) + ")");
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  auto p = parse_device_power(text.str());
+  if (!p.ok()) return Status(p.status().code(), path + ": " + p.status().message());
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Construction
+
+Result<Scheduler> Scheduler::create(const profiles::Profile& profile, SchedulerOptions options) {
+  if (profile.cuts.empty()) {
+    return invalid_argument("the profile lists no cuts; make it with edgesplit-profile");
+  }
+  EDGESPLIT_RETURN_IF_ERROR(check_constraints(options.constraints));
+  if (!(options.switch_margin >= 0) || !(options.switch_min_gain >= 0) ||
+      options.switch_after < 1 || !(options.constraint_margin >= 0 && options.constraint_margin < 1)) {
+    return invalid_argument(
+        "hysteresis options must be switch_margin >= 0, switch_min_gain >= 0, "
+        "switch_after >= 1 and 0 <= constraint_margin < 1");
+  }
+  if (!(options.server_price_per_s >= 0)) {
+    return invalid_argument("server_price_per_s must be >= 0");
+  }
+  const DevicePower& pw = options.power;
+  if (!(pw.compute_watts >= 0 && pw.radio_watts >= 0 && pw.idle_watts >= 0)) {
+    return invalid_argument("device powers must be >= 0 watts");
+  }
+
+  Scheduler s;
+  s.options_ = std::move(options);
+  const auto memory_mb = [](const profiles::CutProfile& c) {
+    return static_cast<double>(c.head_weight_bytes + c.head_activation_bytes) / kMiB;
+  };
+  const size_t last = profile.cuts.size() - 1;
+  for (size_t ci = 0; ci < last; ++ci) {
+    const profiles::CutProfile& cut = profile.cuts[ci];
+    for (const profiles::EncodingProfile& e : cut.encodings) {
+      Plan p;
+      p.index = static_cast<int>(s.plans_.size());
+      p.cut_id = cut.id;
+      p.cut_name = cut.name;
+      p.encoding = e.encoding;
+      p.encoding_name = e.encoding.name();
+      p.profiled_head_ms = cut.head.median_ms;
+      p.profiled_server_ms = e.unpack.median_ms + cut.tail.median_ms;
+      p.bytes = e.bytes_mean;
+      PlanCost c;
+      c.head_ms = cut.head.median_ms;
+      c.pack_ms = e.pack.median_ms;
+      c.unpack_ms = e.unpack.median_ms;
+      c.tail_ms = cut.tail.median_ms;
+      c.bytes = e.bytes_mean;
+      c.accuracy_drop_pp = (profile.fp32_top1 - e.top1) * 100.0;
+      c.device_memory_mb = memory_mb(cut);
+      s.plans_.push_back(std::move(p));
+      s.costs_.push_back(c);
+    }
+  }
+  const profiles::CutProfile& all = profile.cuts[last];
+  Plan local;
+  local.index = static_cast<int>(s.plans_.size());
+  local.cut_id = all.id;
+  local.cut_name = all.name;
+  local.local = true;
+  local.encoding_name = "local";
+  local.profiled_head_ms = all.head.median_ms;
+  PlanCost c;
+  c.head_ms = all.head.median_ms;
+  c.device_memory_mb = memory_mb(all);
+  c.local = true;
+  s.plans_.push_back(std::move(local));
+  s.costs_.push_back(c);
+  s.apply_constraints();
+  return s;
+}
+
+Status Scheduler::set_constraints(const Constraints& constraints) {
+  EDGESPLIT_RETURN_IF_ERROR(check_constraints(constraints));
+  options_.constraints = constraints;
+  apply_constraints();
+  return Status();
+}
+
+Status Scheduler::pin(int cut_id, const std::string& encoding_name) {
+  std::string names;
+  bool cut_found = false;
+  for (const Plan& p : plans_) {
+    if (p.cut_id != cut_id) continue;
+    cut_found = true;
+    if (p.local || p.encoding_name == encoding_name) {
+      pinned_ = p.index;
+      return Status();
+    }
+    names += (names.empty() ? "" : ", ") + p.encoding_name;
+  }
+  if (!cut_found) {
+    return not_found("the profile has no cut " + std::to_string(cut_id) + " (cuts 0.." +
+                     std::to_string(plans_.back().cut_id) + ")");
+  }
+  return not_found("cut " + std::to_string(cut_id) + " has no encoding \"" + encoding_name +
+                   "\" in the profile (it has " + names + ")");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cost model
+
+PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
+  const DevicePower& pw = options_.power;
+  PlanMetrics m;
+  m.head_ms = k.head_ms * c.device_load;
+  m.accuracy_drop_pp = k.accuracy_drop_pp;
+  m.device_memory_mb = k.device_memory_mb;
+  if (k.local) {
+    m.latency_ms = m.head_ms;
+    m.period_ms = m.head_ms;
+    m.fps = m.head_ms > 0 ? 1000.0 / m.head_ms : kInf;
+    m.energy_j = pw.compute_watts * m.head_ms * 1e-3;
+    return m;
+  }
+  const double bytes_per_ms = c.bandwidth_mbps * kBytesPerMsPerMbps;
+  m.pack_ms = k.pack_ms;
+  m.transfer_ms = bytes_per_ms > 0 ? k.bytes * (1.0 / bytes_per_ms) : kInf;
+  m.rtt_ms = c.rtt_ms;
+  m.queue_ms = c.server_queue_ms;
+  m.unpack_ms = k.unpack_ms;
+  m.tail_ms = k.tail_ms * c.server_load;
+  m.latency_ms =
+      m.head_ms + m.pack_ms + m.transfer_ms + m.rtt_ms + m.queue_ms + m.unpack_ms + m.tail_ms;
+  m.period_ms = std::max({m.head_ms + m.pack_ms, m.transfer_ms, m.tail_ms + m.unpack_ms});
+  m.fps = m.period_ms > 0 ? 1000.0 / m.period_ms : kInf;
+  m.bytes = k.bytes;
+  m.server_ms = m.unpack_ms + m.tail_ms;
+  m.cost = m.server_ms * 1e-3 * options_.server_price_per_s;
+  m.energy_j = (pw.compute_watts * (m.head_ms + m.pack_ms) + pw.radio_watts * m.transfer_ms +
+                pw.idle_watts * (m.rtt_ms + m.queue_ms + m.server_ms)) *
+               1e-3;
+  return m;
+}
+
+double Scheduler::primary(const PlanMetrics& m) const {
+  switch (options_.objective) {
+    case Objective::kLatency:
+      return m.latency_ms;
+    case Objective::kThroughput:
+      return m.period_ms;
+    case Objective::kEnergy:
+      return m.energy_j;
+    case Objective::kData:
+      return m.bytes;
+    case Objective::kCost:
+      return m.cost;
+  }
+  return m.latency_ms;
+}
+
+double Scheduler::violation(Constraint k, double value, double bound) {
+  static constexpr std::array<double, kConstraintCount> kFloor = {1, 1, 1, 1024, 1, 1};
+  const double scale = std::max(bound, kFloor[static_cast<int>(k)]);
+  const double over = k == Constraint::kFps ? bound - value : value - bound;
+  return over > 0 ? over / scale : 0;
+}
+
+void Scheduler::apply_constraints() {
+  const Constraints& cs = options_.constraints;
+  dynamic_bounds_.clear();
+  for (Constraint k : {Constraint::kLatency, Constraint::kFps, Constraint::kServerMs}) {
+    if (bound_of(cs, k)) dynamic_bounds_.push_back({k, *bound_of(cs, k)});
+  }
+  for (PlanCost& c : costs_) {
+    c.static_violations.fill(0);
+    c.static_violation = 0;
+    PlanMetrics m;  // the condition-free values
+    m.accuracy_drop_pp = c.accuracy_drop_pp;
+    m.bytes = c.local ? 0 : c.bytes;
+    m.device_memory_mb = c.device_memory_mb;
+    for (Constraint k : {Constraint::kAccuracyDrop, Constraint::kBytes, Constraint::kDeviceMemory}) {
+      if (!bound_of(cs, k)) continue;
+      const double v = violation(k, value_of(m, k), *bound_of(cs, k));
+      c.static_violations[static_cast<size_t>(k)] = v;
+      c.static_violation += v;
+    }
+  }
+}
+
+void Scheduler::judge(const PlanCost& k, PlanEstimate& e) const {
+  e.score = primary(e.metrics);
+  e.violations = k.static_violations;
+  double sum = k.static_violation;
+  for (const DynamicBound& b : dynamic_bounds_) {
+    const double v = violation(b.constraint, value_of(e.metrics, b.constraint), b.bound);
+    e.violations[static_cast<size_t>(b.constraint)] = v;
+    sum += v;
+  }
+  e.violation = sum;
+  e.feasible = sum == 0;
+}
+
+PlanEstimate Scheduler::evaluate(int plan, const Conditions& conditions) const {
+  PlanEstimate e;
+  e.plan = plan;
+  const PlanCost& k = costs_[static_cast<size_t>(plan)];
+  e.available = available(k, conditions);
+  e.metrics = predict(k, conditions);
+  judge(k, e);
+  return e;
+}
+
+std::vector<PlanEstimate> Scheduler::evaluate_all(const Conditions& conditions) const {
+  std::vector<PlanEstimate> all;
+  all.reserve(plans_.size());
+  for (size_t i = 0; i < plans_.size(); ++i)
+    all.push_back(evaluate(static_cast<int>(i), conditions));
+  return all;
+}
+
+std::vector<PlanEstimate> Scheduler::pareto_front(const Conditions& conditions) const {
+  std::vector<PlanEstimate> all = evaluate_all(conditions);
+  all.erase(std::remove_if(all.begin(), all.end(), [](const auto& e) { return !e.available; }),
+            all.end());
+  // Sorted by latency, a plan can only be dominated by one before it (or by an equal one).
+  std::sort(all.begin(), all.end(), [](const PlanEstimate& a, const PlanEstimate& b) {
+    if (a.metrics.latency_ms != b.metrics.latency_ms) {
+      return a.metrics.latency_ms < b.metrics.latency_ms;
+    }
+    if (a.metrics.bytes != b.metrics.bytes) return a.metrics.bytes < b.metrics.bytes;
+    return a.metrics.accuracy_drop_pp < b.metrics.accuracy_drop_pp;
+  });
+  std::vector<PlanEstimate> front;
+  for (const PlanEstimate& e : all) {
+    bool dominated = false;
+    for (const PlanEstimate& f : front) {
+      const PlanMetrics& a = f.metrics;
+      const PlanMetrics& b = e.metrics;
+      if (a.latency_ms <= b.latency_ms && a.bytes <= b.bytes &&
+          a.accuracy_drop_pp <= b.accuracy_drop_pp) {
+        dominated = true;  // equal in all three counts too: keep the first of duplicates
+        break;
+      }
+    }
+    if (!dominated) front.push_back(e);
+  }
+  return front;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decision
+
+double Scheduler::gain(const PlanEstimate& current, const PlanEstimate& best) const {
+  if (!best.feasible) return current.violation - best.violation;
+  const double scale = std::max(std::fabs(current.score), std::fabs(best.score));
+  if (std::fabs(current.score - best.score) > kTie * scale) {
+    return relative_gain(current.score, best.score);
+  }
+  return relative_gain(current.metrics.latency_ms, best.metrics.latency_ms);
+}
+
+bool Scheduler::tolerable(const PlanEstimate& current) const {
+  if (!current.available || costs_[static_cast<size_t>(current.plan)].static_violation > 0) {
+    return false;
+  }
+  for (const DynamicBound& b : dynamic_bounds_) {
+    if (current.violations[static_cast<size_t>(b.constraint)] > options_.constraint_margin) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool Scheduler::comfortably_feasible(const PlanEstimate& e) const {
+  const double m = options_.constraint_margin;
+  for (const DynamicBound& b : dynamic_bounds_) {
+    const double v = value_of(e.metrics, b.constraint);
+    if (b.constraint == Constraint::kFps ? v < b.bound * (1 + m) : v > b.bound * (1 - m)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string Scheduler::describe(int plan) const {
+  const Plan& p = plans_[static_cast<size_t>(plan)];
+  if (p.local) return "the device-only plan (cut " + std::to_string(p.cut_id) + ")";
+  return "cut " + std::to_string(p.cut_id) + " \"" + p.cut_name + "\" with " + p.encoding_name;
+}
+
+Decision Scheduler::decide(const Conditions& conditions) {
+  Decision d;
+  if (pinned_) {
+    const PlanEstimate e = evaluate(*pinned_, conditions);
+    d.pinned = true;
+    d.changed = !current_ || *current_ != *pinned_;
+    current_ = *pinned_;
+    challenger_ = -1;
+    challenger_streak_ = 0;
+    finish(e, d);
+    return d;
+  }
+  int best_feasible = -1;
+  int least_violating = -1;
+  PlanEstimate best_f;
+  PlanEstimate best_v;
+  PlanEstimate e;
+  const int n = static_cast<int>(plans_.size());
+  for (int i = 0; i < n; ++i) {
+    const PlanCost& k = costs_[static_cast<size_t>(i)];
+    if (!available(k, conditions)) continue;
+    ++d.available_plans;
+    e.plan = i;
+    e.metrics = predict(k, conditions);
+    judge(k, e);
+    if (e.feasible) {
+      ++d.feasible_plans;
+      if (best_feasible < 0 || better(e, best_f)) {
+        best_feasible = i;
+        best_f = e;
+      }
+    } else {
+      for (int c = 0; c < kConstraintCount; ++c) d.excluded_by[c] += e.violations[c] > 0;
+      if (least_violating < 0 || less_violating(e, best_v)) {
+        least_violating = i;
+        best_v = e;
+      }
+    }
+  }
+  // The device-only plan is always available, so one of the two exists.
+  const PlanEstimate& best = best_feasible >= 0 ? best_f : best_v;
+
+  int chosen = best.plan;
+  if (current_ && *current_ != best.plan) {
+    const PlanEstimate cur = evaluate(*current_, conditions);
+    // An unavailable current plan, or one clearly infeasible while a feasible plan exists, goes
+    // now; otherwise the best plan has to be better by the hysteresis rules.
+    const bool may_stay = best.feasible ? tolerable(cur) : cur.available;
+    if (may_stay) {
+      const double g = gain(cur, best);
+      if (g <= options_.switch_min_gain || (best.feasible && !comfortably_feasible(best))) {
+        chosen = *current_;
+        challenger_ = -1;
+        challenger_streak_ = 0;
+      } else if (g <= options_.switch_margin) {
+        challenger_streak_ = challenger_ == best.plan ? challenger_streak_ + 1 : 1;
+        challenger_ = best.plan;
+        if (challenger_streak_ < options_.switch_after) chosen = *current_;
+      }
+    }
+  }
+  d.changed = !current_ || *current_ != chosen;
+  if (d.changed || chosen == best.plan) {
+    challenger_ = -1;
+    challenger_streak_ = 0;
+  }
+  current_ = chosen;
+
+  finish(chosen == best.plan ? best : evaluate(chosen, conditions), d);
+  return d;
+}
+
+void Scheduler::finish(const PlanEstimate& e, Decision& d) const {
+  d.plan = plans_[static_cast<size_t>(e.plan)];
+  d.predicted = e.metrics;
+  d.feasible = e.feasible;
+  if (d.feasible) return;
+  int worst = 0;
+  for (int c = 1; c < kConstraintCount; ++c) {
+    if (e.violations[c] > e.violations[worst]) worst = c;
+  }
+  const Constraint k = kConstraints[static_cast<size_t>(worst)];
+  d.binding_constraint = constraint_name(k);
+  const std::string what = std::string(constraint_name(k)) + " = " +
+                           number(*bound_of(options_.constraints, k)) + constraint_unit(k) +
+                           " binds: " + describe(e.plan) + " predicts " +
+                           number(value_of(e.metrics, k)) + constraint_unit(k);
+  if (d.pinned) {
+    d.explanation = "the pinned plan violates a constraint; " + what;
+  } else if (d.feasible_plans == 0) {
+    d.explanation = "no plan meets every constraint, running the least-violating one; " + what;
+  } else {
+    d.explanation = "keeping the current plan inside the constraint_margin band (" +
+                    number(options_.constraint_margin) + ") of its bound; " + what;
+  }
+}
+
+}  // namespace edgesplit::partitioner

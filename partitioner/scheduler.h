@@ -1,0 +1,263 @@
+// Scheduler: chooses, for every frame, where to cut the model and how to encode what crosses the
+// cut, from a profile (what each plan costs on this hardware) and the current Conditions (what the
+// estimators measure), under the user's objective and constraints. Every (cut, encoding) of the
+// profile is a plan, plus the device-only plan (the last cut); each decision evaluates all of them
+// with the cost model of DESIGN.md. Free of LibTorch.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "packing/status.h"
+#include "partitioner/estimators.h"
+#include "profiles/profile.h"
+
+namespace edgesplit::partitioner {
+
+// What to optimise.
+enum class Objective {
+  kLatency,     // minimise the predicted latency of one frame
+  kThroughput,  // maximise pipelined frames per second (several frames in flight)
+  kEnergy,      // minimise device energy per frame
+  kData,        // minimise bytes sent per frame
+  kCost,        // minimise server cost per frame (tail time x price)
+};
+
+// "latency", "throughput", "energy", "data", "cost".
+const char* objective_name(Objective objective);
+Result<Objective> parse_objective(const std::string& name);
+
+// The constraints a plan can violate, in the order Decision::excluded_by counts them.
+enum class Constraint {
+  kAccuracyDrop,  // max_accuracy_drop_pp
+  kLatency,       // max_latency_ms
+  kFps,           // min_fps
+  kBytes,         // max_bytes
+  kDeviceMemory,  // max_device_memory_mb
+  kServerMs,      // max_server_ms
+};
+inline constexpr int kConstraintCount = 6;
+
+// The option name of a constraint: "max_accuracy_drop_pp", "max_latency_ms", "min_fps",
+// "max_bytes", "max_device_memory_mb", "max_server_ms".
+const char* constraint_name(Constraint constraint);
+
+// Bounds a plan must meet; any combination, unset ones do not apply.
+struct Constraints {
+  // Top-1 drop vs the fp32 model, in percentage points: (fp32_top1 - encoding top1) x 100.
+  std::optional<double> max_accuracy_drop_pp;
+  std::optional<double> max_latency_ms;
+  std::optional<double> min_fps;
+  std::optional<double> max_bytes;  // bytes sent per frame
+  // Head weights + head activations (CutProfile) in MB of 2^20 bytes.
+  std::optional<double> max_device_memory_mb;
+  // Server compute per frame: unpack + tail x server load (queueing excluded).
+  std::optional<double> max_server_ms;
+};
+
+// Device power draw, for the energy objective. The defaults are ballpark figures for a
+// phone-class or single-board ARM device, not a measurement of any particular one: compute 2.5 W
+// is the extra draw of a quad-core Cortex-A7x cluster running a CNN flat out (a Raspberry Pi 4
+// draws roughly 3 W more under a CPU stress test than idle); radio 1.2 W is an actively
+// transmitting Wi-Fi or LTE radio (phone measurements put it between about 0.5 and 1.5 W); idle
+// 0.3 W is the SoC waiting for the reply with the radio in power save. Measure and override them
+// (a device description file) for real numbers.
+struct DevicePower {
+  std::string name = "default";
+  double compute_watts = 2.5;
+  double radio_watts = 1.2;
+  double idle_watts = 0.3;
+};
+
+// Parses a device description: a JSON object with any of "name", "compute_watts",
+// "radio_watts", "idle_watts" (absent keys keep the defaults above), e.g.
+//   {"name": "rpi4", "compute_watts": 3.1, "radio_watts": 0.9, "idle_watts": 0.4}
+// An unknown key, a wrong type or a negative power fails with kInvalidArgument naming the key.
+Result<DevicePower> parse_device_power(const std::string& json_text);
+// Reads parse_device_power's format from a file (kNotFound when it cannot be opened).
+Result<DevicePower> load_device_power(const std::string& path);
+
+struct SchedulerOptions {
+  Objective objective = Objective::kLatency;
+  Constraints constraints;
+  DevicePower power;
+  double server_price_per_s = 0;  // price of one second of server compute, for the cost objective
+  // Hysteresis: the current plan is kept unless the best plan is better (in the objective, or in
+  // violation when nothing is feasible) by more than `switch_margin` (relative), or by more than
+  // `switch_min_gain` in `switch_after` consecutive decisions (the same challenger each time).
+  // A current plan that became infeasible or unavailable is left at once.
+  double switch_margin = 0.10;
+  double switch_min_gain = 0.02;
+  int switch_after = 8;
+  // A band around the bounds that depend on the conditions (max_latency_ms, min_fps,
+  // max_server_ms), so a plan sitting on a bound does not flap in and out of feasibility with
+  // the noise: the current plan is kept while it violates them by at most this normalised
+  // amount (the Decision then says so: feasible = false with the reason), and a feasible current
+  // plan is only replaced by one that meets them with this much to spare.
+  double constraint_margin = 0.05;
+};
+
+// One plan: a cut and an encoding, or the device-only plan.
+struct Plan {
+  int index = 0;  // position in Scheduler::plans()
+  int cut_id = 0;
+  std::string cut_name;
+  bool local = false;             // device-only: nothing is sent
+  profiles::Encoding encoding;    // unused when local
+  std::string encoding_name;      // Encoding::name(); "local" for the device-only plan
+  double profiled_head_ms = 0;    // to feed DeviceLoadEstimator with the measured head time
+  double profiled_server_ms = 0;  // unpack + tail: to fill Exchange::profiled_server_ms
+  double bytes = 0;               // bytes_mean from the profile
+};
+
+// A plan's predicted costs under some Conditions. Latency = head + pack + transfer + rtt + queue
+// + unpack + tail (each already scaled by the load factors).
+struct PlanMetrics {
+  double head_ms = 0;
+  double pack_ms = 0;
+  double transfer_ms = 0;
+  double rtt_ms = 0;
+  double queue_ms = 0;
+  double unpack_ms = 0;
+  double tail_ms = 0;
+  double latency_ms = 0;
+  double period_ms = 0;  // pipelined: slowest stage of head + pack, transfer, unpack + tail
+  double fps = 0;        // pipelined throughput, 1000 / period_ms
+  double energy_j = 0;   // device energy per frame
+  double bytes = 0;
+  double server_ms = 0;  // unpack + tail
+  double cost = 0;       // server_ms x price
+  double accuracy_drop_pp = 0;
+  double device_memory_mb = 0;
+};
+
+// A plan evaluated under some Conditions against the scheduler's objective and constraints.
+struct PlanEstimate {
+  int plan = 0;           // index into Scheduler::plans()
+  bool available = true;  // false: remote while there is no link or no server
+  PlanMetrics metrics;
+  bool feasible = true;
+  double violation = 0;  // sum of normalised violations (see Scheduler::violation)
+  std::array<double, kConstraintCount> violations{};
+  double score = 0;  // the objective as a cost (lower is better; period_ms for throughput)
+};
+
+// What decide() returns each frame.
+struct Decision {
+  Plan plan;
+  PlanMetrics predicted;
+  bool feasible = true;
+  // When `feasible` is false: the violated constraint that binds (constraint_name), and one
+  // sentence saying so with the predicted value and the bound.
+  std::string binding_constraint;
+  std::string explanation;
+  bool changed = false;  // a different plan than the previous decision's
+  bool pinned = false;
+  int available_plans = 0;  // plans that could run under these conditions
+  int feasible_plans = 0;   // ... and meet every constraint
+  // Per constraint: how many available plans violate it (one plan can count in several).
+  std::array<int, kConstraintCount> excluded_by{};
+};
+
+// The plan chooser. Holds the profile's plans, the options and the hysteresis state (the current
+// plan). Not thread-safe: one decision at a time (the device agent calls it from its loop).
+class Scheduler {
+ public:
+  // Fails with kInvalidArgument when the profile has no cuts or an option is out of range.
+  static Result<Scheduler> create(const profiles::Profile& profile, SchedulerOptions options = {});
+
+  // Evaluates every plan under `conditions` and returns the plan for the next frame. Without a
+  // feasible plan it falls back, visibly (feasible = false), to the least-violating one. A pinned
+  // plan is returned as is, with its predictions and feasibility, without a search (the plan
+  // counts of the Decision then stay 0).
+  Decision decide(const Conditions& conditions);
+
+  // Pins a plan (baselines, debugging): `encoding_name` as Encoding::name(); for the last cut
+  // (device-only) it is ignored. kNotFound with the available names when there is no such plan.
+  Status pin(int cut_id, const std::string& encoding_name);
+  void unpin() { pinned_.reset(); }
+  // Forgets the current plan: the next decision takes the best plan without hysteresis.
+  void forget_current() {
+    current_.reset();
+    challenger_ = -1;
+    challenger_streak_ = 0;
+  }
+
+  Status set_constraints(const Constraints& constraints);
+  void set_objective(Objective objective) { options_.objective = objective; }
+  const SchedulerOptions& options() const { return options_; }
+
+  const std::vector<Plan>& plans() const { return plans_; }
+  // Index of the device-only plan in plans().
+  int local_plan() const { return static_cast<int>(plans_.size()) - 1; }
+  std::optional<int> current_plan() const { return current_; }
+
+  // Predictions for one plan / every plan (no hysteresis state is touched).
+  PlanEstimate evaluate(int plan, const Conditions& conditions) const;
+  std::vector<PlanEstimate> evaluate_all(const Conditions& conditions) const;
+  // The available plans no other plan beats in latency, bytes and accuracy drop at once
+  // (constraints ignored), sorted by latency: for reports and plots.
+  std::vector<PlanEstimate> pareto_front(const Conditions& conditions) const;
+
+  // Normalised violation of one constraint: (value - bound) / max(bound, floor) for upper bounds,
+  // (bound - value) / max(bound, floor) for min_fps, 0 when met. The floors (1 pp, 1 ms, 1 fps,
+  // 1 KiB, 1 MB, 1 ms) keep a zero bound from dwarfing the others. The least-violating plan
+  // minimises the sum over constraints; the binding constraint is its largest term.
+  static double violation(Constraint constraint, double value, double bound);
+
+ private:
+  // Per-plan numbers that do not depend on conditions.
+  struct PlanCost {
+    double head_ms = 0;
+    double pack_ms = 0;
+    double unpack_ms = 0;
+    double tail_ms = 0;
+    double bytes = 0;
+    double accuracy_drop_pp = 0;
+    double device_memory_mb = 0;
+    bool local = false;
+    // Violations of the constraints that do not depend on conditions (accuracy, bytes, memory),
+    // recomputed when the constraints change.
+    std::array<double, kConstraintCount> static_violations{};
+    double static_violation = 0;
+  };
+  // A constraint whose value depends on conditions, with its bound.
+  struct DynamicBound {
+    Constraint constraint;
+    double bound;
+  };
+
+  Scheduler() = default;
+  void apply_constraints();
+  PlanMetrics predict(const PlanCost& cost, const Conditions& c) const;
+  void judge(const PlanCost& cost, PlanEstimate& e) const;
+  double primary(const PlanMetrics& m) const;
+  // Improvement of `best` over `current`: relative in the objective when `best` is feasible;
+  // when nothing is feasible, the drop in normalised violation (a fraction of a bound).
+  double gain(const PlanEstimate& current, const PlanEstimate& best) const;
+  // Whether the current plan may stay: available, static bounds met, and the bounds that depend
+  // on the conditions violated by at most options_.constraint_margin each.
+  bool tolerable(const PlanEstimate& current) const;
+  std::string describe(int plan) const;
+  // Whether `e` meets the condition-dependent bounds with options_.constraint_margin to spare.
+  bool comfortably_feasible(const PlanEstimate& e) const;
+  // Fills the plan, predictions, feasibility and explanation of `d` from `e`.
+  void finish(const PlanEstimate& e, Decision& d) const;
+  static bool available(const PlanCost& cost, const Conditions& c) {
+    return cost.local || (c.server_available && c.bandwidth_mbps > 0);
+  }
+
+  SchedulerOptions options_;
+  std::vector<Plan> plans_;
+  std::vector<PlanCost> costs_;
+  std::vector<DynamicBound> dynamic_bounds_;
+  std::optional<int> current_;
+  std::optional<int> pinned_;
+  int challenger_ = -1;
+  int challenger_streak_ = 0;
+};
+
+}  // namespace edgesplit::partitioner

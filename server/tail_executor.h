@@ -1,0 +1,39 @@
+// Runs the tail of a model for one request: validates and decodes the packed crossing tensors
+// (packing/codec.h) straight into tensors, runs ModelGraph::run_tail, and returns the top-k classes.
+// The only server file that touches LibTorch. Thread-safe: any number of workers may call it at once.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "packing/codec.h"
+#include "packing/status.h"
+#include "partitioner/model_graph.h"
+#include "partitioner/top_k.h"
+
+namespace edgesplit::server {
+
+// One packed crossing tensor as received (bytes owned by the caller for the call's duration).
+struct PackedView {
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+};
+
+struct TailOutcome {
+  std::vector<partitioner::ClassScore> top;
+  std::vector<float> logits;  // filled when asked for
+  int64_t unpack_us = 0;
+  int64_t compute_us = 0;
+};
+
+// Checks that `payloads` fit `cut` of `model` (count, shapes, element limits), decodes them and runs
+// the tail. kMalformed for payloads that do not fit, kInternal when the tail itself fails.
+Result<TailOutcome> run_tail_request(const partitioner::ModelGraph& model, int cut,
+                                     const std::vector<PackedView>& payloads, int top_k,
+                                     bool want_logits, const packing::DecodeLimits& limits);
+
+// Sets LibTorch's intra-op thread count (0: leave the default). Call once at start-up.
+void set_compute_threads(int threads);
+
+}  // namespace edgesplit::server

@@ -1,0 +1,441 @@
+// End to end on loopback with real processes: edgesplit-server and edgesplit-device on the default
+// model and its sample images; split results against local whole-model inference; several devices,
+// several models; a missing or killed server; malformed and hostile messages.
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+#include <set>
+#include <zmq.hpp>
+
+#include "packing/codec.h"
+#include "partitioner/model_graph.h"
+#include "tests/integration/child_process.h"
+#include "tests/test_paths.h"
+#include "transport/edgesplit.pb.h"
+#include "transport/protocol.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using namespace edgesplit;
+using namespace edgesplit::testing;
+
+namespace {
+
+fs::path default_model() { return source_dir() / "models" / "default" / "fashion_mnist_cnn.pt"; }
+fs::path default_samples() { return source_dir() / "models" / "default" / "samples"; }
+std::string bin(const std::string& name) { return (bin_dir() / name).string(); }
+
+size_t sample_count() {
+  size_t n = 0;
+  for (const auto& e : fs::directory_iterator(default_samples())) {
+    if (e.path().extension() == ".png") ++n;
+  }
+  return n;
+}
+
+struct DeviceRun {
+  int rc = -1;
+  std::vector<json> frames;
+  json summary;
+  std::string err;
+};
+
+DeviceRun parse_run(int rc, const fs::path& out, const fs::path& err) {
+  DeviceRun r;
+  r.rc = rc;
+  r.err = read_file(err);
+  std::istringstream lines(read_file(out));
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    json j = json::parse(line);
+    if (j["type"] == "frame") r.frames.push_back(j);
+    if (j["type"] == "summary") r.summary = j;
+  }
+  return r;
+}
+
+DeviceRun run_device(const fs::path& dir, const std::string& tag, std::vector<std::string> args) {
+  std::vector<std::string> argv = {bin("edgesplit-device"), "--model", default_model().string(),
+                                   "--input", default_samples().string()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  fs::path out = dir / (tag + ".jsonl"), err = dir / (tag + ".err");
+  int rc = run_to_end(argv, out, err);
+  return parse_run(rc, out, err);
+}
+
+std::shared_ptr<partitioner::ModelGraph> load_default() {
+  partitioner::LoadOptions lo;
+  lo.input_shape = {1, 1, 28, 28};
+  auto g = partitioner::ModelGraph::load(default_model().string(), lo);
+  REQUIRE_MESSAGE(g.ok(), g.status().to_string());
+  return *g;
+}
+
+std::vector<int> spread_cuts(const partitioner::ModelGraph& g) {
+  const int last = g.device_cut();
+  std::set<int> cuts = {0, 1, last / 3, last / 2, (2 * last) / 3, last - 1};
+  std::vector<int> out;
+  for (int c : cuts) {
+    if (c >= 0 && c < last) out.push_back(c);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("fp32 split at several cuts gives exactly the local whole-model result") {
+  auto dir = scratch_dir("e2e-fp32");
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string()}));
+  auto local = run_device(dir, "local", {"--cut", "device"});
+  REQUIRE(local.rc == 0);
+  REQUIRE(local.frames.size() == sample_count());
+  auto graph = load_default();
+  for (int cut : spread_cuts(*graph)) {
+    CAPTURE(cut);
+    auto split = run_device(dir, "cut" + std::to_string(cut),
+                            {"--server", server.endpoint(), "--cut", std::to_string(cut), "--bits",
+                             "fp32"});
+    REQUIRE(split.rc == 0);
+    REQUIRE(split.frames.size() == local.frames.size());
+    for (size_t i = 0; i < split.frames.size(); ++i) {
+      CAPTURE(i);
+      CHECK(split.frames[i]["completed"] == "server");
+      CHECK(split.frames[i]["source"] == local.frames[i]["source"]);
+      CHECK(split.frames[i]["top"] == local.frames[i]["top"]);  // indices and scores, exactly
+    }
+  }
+}
+
+TEST_CASE("8-bit split keeps the top-1 class on nearly all images") {
+  auto dir = scratch_dir("e2e-q8");
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string()}));
+  auto local = run_device(dir, "local", {"--cut", "device"});
+  REQUIRE(local.rc == 0);
+  auto graph = load_default();
+  for (int cut : spread_cuts(*graph)) {
+    CAPTURE(cut);
+    auto q8 = run_device(dir, "q8-" + std::to_string(cut),
+                         {"--server", server.endpoint(), "--cut", std::to_string(cut), "--bits", "8"});
+    REQUIRE(q8.rc == 0);
+    REQUIRE(q8.frames.size() == local.frames.size());
+    size_t same = 0;
+    for (size_t i = 0; i < q8.frames.size(); ++i) {
+      CHECK(q8.frames[i]["completed"] == "server");
+      same += q8.frames[i]["top"][0]["index"] == local.frames[i]["top"][0]["index"];
+    }
+    CHECK(same + 1 >= q8.frames.size());  // at most one image may flip at 8 bits
+  }
+}
+
+TEST_CASE("every JSON line carries every field, and the summary adds up") {
+  auto dir = scratch_dir("e2e-fields");
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string()}));
+  auto run = run_device(dir, "fields", {"--server", server.endpoint(), "--cut", "2", "--bits", "4",
+                                        "--lossless", "zstd", "--top-k", "3"});
+  REQUIRE(run.rc == 0);
+  REQUIRE(!run.frames.empty());
+  std::set<int64_t> ids;
+  for (const auto& f : run.frames) {
+    for (const char* key : {"frame", "source", "top", "plan", "completed", "bytes_sent",
+                            "preprocess_ms", "head_ms", "pack_ms", "wire_ms", "server_ms",
+                            "server_queue_ms", "server_compute_ms", "latency_ms"}) {
+      CAPTURE(key);
+      CHECK(f.contains(key));
+    }
+    CHECK(f["top"].size() == 3);
+    CHECK(f["top"][0].contains("label"));
+    CHECK(f["plan"]["cut"] == 2);
+    CHECK(f["plan"]["precision"] == "q4");
+    CHECK(f["bytes_sent"].get<int64_t>() > 0);
+    CHECK(f["latency_ms"].get<double>() >= f["head_ms"].get<double>());
+    ids.insert(f["frame"].get<int64_t>());
+  }
+  CHECK(ids.size() == run.frames.size());
+  CHECK(run.summary["frames"] == run.frames.size());
+  CHECK(run.summary["on_server"] == run.frames.size());
+  CHECK(run.summary["latency_ms"]["p95"].get<double>() > 0);
+}
+
+TEST_CASE("two devices at once against one server") {
+  auto dir = scratch_dir("e2e-two-devices");
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string(), "--workers", "2"}));
+  std::vector<std::string> base = {bin("edgesplit-device"), "--model", default_model().string(),
+                                   "--input", default_samples().string(), "--server",
+                                   server.endpoint(), "--cut", "3", "--bits", "8", "--loop", "4",
+                                   "--in-flight", "4"};
+  ChildProcess a, b;
+  REQUIRE(a.start(base, dir / "a.jsonl", dir / "a.err"));
+  REQUIRE(b.start(base, dir / "b.jsonl", dir / "b.err"));
+  auto ra = a.wait(std::chrono::seconds(120));
+  auto rb = b.wait(std::chrono::seconds(120));
+  REQUIRE(ra == 0);
+  REQUIRE(rb == 0);
+  for (const char* tag : {"a", "b"}) {
+    auto run = parse_run(0, dir / (std::string(tag) + ".jsonl"), dir / (std::string(tag) + ".err"));
+    CHECK(run.frames.size() == 4 * sample_count());
+    CHECK(run.summary["on_server"] == run.frames.size());
+  }
+}
+
+TEST_CASE("one server serves two models") {
+  auto dir = scratch_dir("e2e-two-models");
+  // A second model: the default model's architecture exported again with other weights would share
+  // nothing but the code path, so use a torchvision network from models/export.py.
+  fs::path second = dir / "resnet18.pt";
+  std::string cmd = "/usr/bin/python3 " + (source_dir() / "models" / "export.py").string() +
+                    " resnet18 " + second.string() + " > " + (dir / "export.log").string() + " 2>&1";
+  if (std::system(cmd.c_str()) != 0 || !fs::exists(second)) {
+    MESSAGE("skipped: models/export.py could not export resnet18 (needs /usr/bin/python3 with torch)");
+    return;
+  }
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string(), "--model", second.string()}));
+  auto first_run = run_device(dir, "default", {"--server", server.endpoint(), "--cut", "2"});
+  REQUIRE(first_run.rc == 0);
+  CHECK(first_run.summary["on_server"] == first_run.frames.size());
+  std::vector<std::string> argv = {bin("edgesplit-device"), "--model", second.string(), "--input",
+                                   (default_samples()).string(), "--max-frames", "3", "--server",
+                                   server.endpoint(), "--cut", "5", "--bits", "8"};
+  auto rc = run_to_end(argv, dir / "second.jsonl", dir / "second.err");
+  auto second_run = parse_run(rc, dir / "second.jsonl", dir / "second.err");
+  INFO(second_run.err);
+  REQUIRE(second_run.rc == 0);
+  CHECK(second_run.frames.size() == 3);
+  CHECK(second_run.summary["on_server"] == 3);
+}
+
+TEST_CASE("no server running: every frame finishes on the device, marked as such") {
+  auto dir = scratch_dir("e2e-no-server");
+  // Bind and close a port so nothing listens on it.
+  std::string endpoint;
+  {
+    zmq::context_t ctx;
+    zmq::socket_t s(ctx, zmq::socket_type::router);
+    s.bind("tcp://127.0.0.1:*");
+    endpoint = s.get(zmq::sockopt::last_endpoint);
+  }
+  auto run = run_device(dir, "absent", {"--server", endpoint, "--cut", "2", "--timeout-ms", "300"});
+  REQUIRE(run.rc == 0);
+  REQUIRE(run.frames.size() == sample_count());
+  for (const auto& f : run.frames) {
+    CHECK(f["completed"] == "local");
+    CHECK(f["reason"] == "server unreachable");
+  }
+  CHECK(run.summary["local"] == run.frames.size());
+  CHECK(run.err.find("unreachable") != std::string::npos);
+}
+
+TEST_CASE("server killed mid-run: every frame still gets exactly one result") {
+  auto dir = scratch_dir("e2e-killed");
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string()}));
+  const int loops = 40;
+  std::vector<std::string> argv = {bin("edgesplit-device"), "--model", default_model().string(),
+                                   "--input", default_samples().string(), "--server",
+                                   server.endpoint(), "--cut", "2", "--bits", "8", "--loop",
+                                   std::to_string(loops), "--in-flight", "2", "--timeout-ms", "300"};
+  ChildProcess device;
+  REQUIRE(device.start(argv, dir / "run.jsonl", dir / "run.err"));
+  // Let some frames go through the server, then kill it without warning.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  auto lines_written = [&] {
+    std::string text = read_file(dir / "run.jsonl");
+    return std::count(text.begin(), text.end(), '\n');
+  };
+  while (lines_written() < 30 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  server.process().signal(SIGKILL);
+  auto rc = device.wait(std::chrono::seconds(120));
+  REQUIRE(rc == 0);
+  auto run = parse_run(0, dir / "run.jsonl", dir / "run.err");
+  REQUIRE(run.frames.size() == loops * sample_count());
+  std::set<int64_t> ids;
+  size_t on_server = 0, local = 0;
+  for (const auto& f : run.frames) {
+    ids.insert(f["frame"].get<int64_t>());
+    (f["completed"] == "server" ? on_server : local) += 1;
+  }
+  CHECK(ids.size() == run.frames.size());
+  CHECK(on_server >= 20);
+  CHECK(local >= 1);
+  CHECK(run.summary["on_server"] == on_server);
+  CHECK(run.summary["local"] == local);
+}
+
+namespace {
+
+// A raw DEALER that speaks the wire format by hand, for messages no device would send.
+class RawClient {
+ public:
+  explicit RawClient(const std::string& endpoint) : socket_(ctx_, zmq::socket_type::dealer) {
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.set(zmq::sockopt::rcvtimeo, 5000);
+    socket_.connect(endpoint);
+  }
+  void send_frames(const std::vector<std::string>& frames) {
+    for (size_t i = 0; i < frames.size(); ++i) {
+      socket_.send(zmq::buffer(frames[i]),
+                   i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    }
+  }
+  void send(const wire::Request& req, const std::vector<std::string>& payloads = {}) {
+    std::vector<std::string> frames = {req.SerializeAsString()};
+    frames.insert(frames.end(), payloads.begin(), payloads.end());
+    send_frames(frames);
+  }
+  wire::Reply receive() {
+    zmq::message_t m;
+    auto got = socket_.recv(m);
+    REQUIRE_MESSAGE(got.has_value(), "no reply within 5 s");
+    wire::Reply r;
+    REQUIRE(r.ParseFromArray(m.data(), static_cast<int>(m.size())));
+    return r;
+  }
+
+ private:
+  zmq::context_t ctx_;
+  zmq::socket_t socket_;
+};
+
+std::string packed(const std::vector<int64_t>& shape, int bits) {
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  std::vector<float> v(static_cast<size_t>(n));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>((i * 7919) % 97) / 97.0f;
+  packing::EncodeOptions eo;
+  eo.bits = bits;
+  auto bytes = packing::encode(v.data(), v.size(), shape, eo);
+  REQUIRE(bytes.ok());
+  return std::string(bytes->begin(), bytes->end());
+}
+
+wire::Request infer(uint64_t id, const std::string& digest, int cut,
+                    const std::vector<std::string>& payloads) {
+  wire::Request req;
+  req.set_request_id(id);
+  auto* ir = req.mutable_infer();
+  ir->set_model_digest(digest);
+  ir->set_cut(static_cast<uint32_t>(cut));
+  ir->set_top_k(5);
+  for (const auto& p : payloads) ir->add_tensors()->set_packed_bytes(p.size());
+  return req;
+}
+
+}  // namespace
+
+TEST_CASE("malformed and hostile messages get error replies; the server keeps serving") {
+  auto dir = scratch_dir("e2e-malformed");
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string()}));
+  auto graph = load_default();
+  const std::string digest = graph->digest();
+  const int cut = 2;
+  const auto shape = graph->cut(cut).tensors.at(0).shape;
+  RawClient client(server.endpoint());
+
+  SUBCASE("garbage header frame") {
+    client.send_frames({"\xff\xfe this is not a protobuf \x01\x02"});
+    CHECK(client.receive().status() == wire::STATUS_MALFORMED);
+  }
+  SUBCASE("hello with another protocol major") {
+    wire::Request req;
+    req.set_request_id(7);
+    req.mutable_hello()->set_version_major(transport::kProtocolMajor + 1);
+    client.send(req);
+    auto r = client.receive();
+    CHECK(r.status() == wire::STATUS_VERSION_MISMATCH);
+    CHECK(r.request_id() == 7);
+  }
+  SUBCASE("unknown model digest") {
+    auto p = packed(shape, 8);
+    client.send(infer(8, "sha256:0000", cut, {p}), {p});
+    auto r = client.receive();
+    CHECK(r.status() == wire::STATUS_UNKNOWN_MODEL);
+    CHECK(r.message().find("serves") != std::string::npos);
+  }
+  SUBCASE("cut that does not exist") {
+    auto p = packed(shape, 8);
+    client.send(infer(9, digest, 999, {p}), {p});
+    CHECK(client.receive().status() == wire::STATUS_BAD_CUT);
+  }
+  SUBCASE("truncated payload") {
+    auto p = packed(shape, 8);
+    p.resize(p.size() / 2);
+    client.send(infer(10, digest, cut, {p}), {p});
+    CHECK(client.receive().status() == wire::STATUS_MALFORMED);
+  }
+  SUBCASE("payload of the wrong shape for the cut") {
+    auto p = packed({1, 3, 5, 5}, 8);
+    client.send(infer(11, digest, cut, {p}), {p});
+    auto r = client.receive();
+    CHECK(r.status() == wire::STATUS_MALFORMED);
+    CHECK(r.message().find("shape") != std::string::npos);
+  }
+  SUBCASE("garbage payload bytes") {
+    std::string p(4096, '\x5a');
+    client.send(infer(12, digest, cut, {p}), {p});
+    CHECK(client.receive().status() == wire::STATUS_MALFORMED);
+  }
+  SUBCASE("header says two tensors, one frame follows") {
+    auto p = packed(shape, 8);
+    auto req = infer(13, digest, cut, {p, p});
+    client.send(req, {p});
+    CHECK(client.receive().status() == wire::STATUS_MALFORMED);
+  }
+
+  // Whatever came before, a good request is answered.
+  auto good = packed(shape, 8);
+  client.send(infer(100, digest, cut, {good}), {good});
+  auto r = client.receive();
+  CHECK(r.request_id() == 100);
+  CHECK(r.status() == wire::STATUS_OK);
+  CHECK(r.infer().top_size() == 5);
+  CHECK(server.process().running());
+}
+
+TEST_CASE("user errors get one sentence and exit code 2") {
+  auto dir = scratch_dir("e2e-user-errors");
+  struct Case {
+    std::vector<std::string> argv;
+    std::string expect;
+    bool only_line = true;  // the server logs its start-up before the error
+  };
+  std::vector<Case> cases = {
+      {{bin("edgesplit-device"), "--model", default_model().string(), "--input",
+        default_samples().string(), "--bits", "33"},
+       "--bits"},
+      {{bin("edgesplit-device"), "--model", "/nonexistent/model.pt", "--input",
+        default_samples().string()},
+       "/nonexistent/model.pt"},
+      {{bin("edgesplit-device"), "--model", default_model().string(), "--input", "/nonexistent"},
+       "/nonexistent"},
+      {{bin("edgesplit-device"), "--model", default_model().string(), "--input",
+        default_samples().string(), "--cut", "999"},
+       "--cut"},
+      {{bin("edgesplit-device"), "--model", default_model().string(), "--input",
+        default_samples().string(), "--no-such-flag"},
+       "no-such-flag"},
+      {{bin("edgesplit-server"), "--model", "/nonexistent/model.pt"}, "/nonexistent/model.pt"},
+      {{bin("edgesplit-server"), "--model", default_model().string(), "--bind", "nonsense://x"},
+       "nonsense://x",
+       false},
+  };
+  int i = 0;
+  for (const auto& c : cases) {
+    CAPTURE(c.expect);
+    auto out = dir / ("out" + std::to_string(i));
+    auto err = dir / ("err" + std::to_string(i++));
+    CHECK(run_to_end(c.argv, out, err, std::chrono::seconds(60)) == 2);
+    std::string text = read_file(err);
+    CHECK(text.find(c.expect) != std::string::npos);
+    CHECK(text.find("terminate") == std::string::npos);
+    CHECK(text.find("Exception") == std::string::npos);
+    if (c.only_line) CHECK(std::count(text.begin(), text.end(), '\n') == 1);
+  }
+}

@@ -1,0 +1,228 @@
+// Checks the estimators on a manual clock: bandwidth follows a drop within two samples and stays
+// steady under 10% noise, base RTT tracks route changes, probes are scheduled, loads and queue
+// follow the server's reports, repeated timeouts mark the server unavailable.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <random>
+
+#include "partitioner/clock.h"
+#include "partitioner/estimators.h"
+
+using namespace edgesplit::partitioner;
+
+namespace {
+
+// An exchange of `bytes` over a link of `mbps` with base round trip `rtt_ms`; the server spends
+// `server_ms` (reported in the reply). `noise` scales the transfer time.
+Exchange exchange(int64_t bytes, double mbps, double rtt_ms, double server_ms = 2,
+                  double noise = 1) {
+  Exchange e;
+  e.request_bytes = bytes;
+  e.server_compute_ms = server_ms;
+  e.round_trip_ms = static_cast<double>(bytes) / (mbps * 125) * noise + rtt_ms + server_ms;
+  return e;
+}
+
+}  // namespace
+
+TEST_CASE("LevelTracker: a drop shows within two samples, noise is averaged, rises recover") {
+  LevelTracker t(LevelTracker::Cautious::kLow);
+  CHECK_FALSE(t.has_value());
+  CHECK(t.value() == 0);
+  for (int i = 0; i < 20; ++i) t.add(100);
+  CHECK(t.value() == doctest::Approx(100));
+  t.add(50);
+  CHECK(t.value() <= 75);  // cautious side: reacts on the first sample
+  t.add(50);
+  CHECK(t.value() == doctest::Approx(50));  // fully after the second
+  t.add(100);
+  CHECK(t.value() < 60);  // one good sample is not trusted yet
+  t.add(100);
+  t.add(100);
+  CHECK(t.value() == doctest::Approx(100));  // three are
+
+  LevelTracker high(LevelTracker::Cautious::kHigh);
+  for (int i = 0; i < 10; ++i) high.add(1);
+  high.add(3);
+  CHECK(high.value() >= 2);
+  high.add(3);
+  CHECK(high.value() == doctest::Approx(3));
+}
+
+TEST_CASE("bandwidth: measured from exchanges, a drop followed within two samples") {
+  ManualClock clock;
+  NetworkEstimator n(clock);
+  CHECK_FALSE(n.has_bandwidth());
+  n.add_exchange(exchange(64, 80, 10));  // a small one: base RTT
+  CHECK(n.has_rtt());
+  CHECK(n.rtt_ms() == doctest::Approx(10).epsilon(0.001));
+  for (int i = 0; i < 10; ++i) {
+    clock.advance_ms(30);
+    n.add_exchange(exchange(100000, 80, 10));
+  }
+  CHECK(n.bandwidth_mbps() == doctest::Approx(80).epsilon(0.01));
+  clock.advance_ms(30);
+  n.add_exchange(exchange(100000, 40, 10));
+  CHECK(n.bandwidth_mbps() < 62);
+  clock.advance_ms(30);
+  n.add_exchange(exchange(100000, 40, 10));
+  CHECK(n.bandwidth_mbps() == doctest::Approx(40).epsilon(0.05));
+  // Medium-sized exchanges count neither as RTT nor as bandwidth samples.
+  const int64_t samples = n.bandwidth_samples();
+  n.add_exchange(exchange(3000, 1, 10));
+  CHECK(n.bandwidth_samples() == samples);
+  CHECK(n.rtt_ms() == doctest::Approx(10).epsilon(0.001));
+}
+
+TEST_CASE("bandwidth: stable under 10% noise") {
+  ManualClock clock;
+  NetworkEstimator n(clock);
+  n.add_exchange(exchange(64, 50, 8));
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<double> noise(0.9, 1.1);
+  double lo = 1e9;
+  double hi = 0;
+  for (int i = 0; i < 1000; ++i) {
+    clock.advance_ms(25);
+    n.add_exchange(exchange(60000, 50, 8, 3, noise(rng)));
+    if (i >= 10) {
+      lo = std::min(lo, n.bandwidth_mbps());
+      hi = std::max(hi, n.bandwidth_mbps());
+    }
+  }
+  MESSAGE("50 Mbps with 10% noise: estimate within [" << lo << ", " << hi << "]");
+  CHECK(lo > 50 * 0.85);
+  CHECK(hi < 50 * 1.1);
+}
+
+TEST_CASE("bandwidth: before any RTT sample the base counts as 0 (conservative, consistent)") {
+  ManualClock clock;
+  NetworkEstimator n(clock);
+  n.add_exchange(exchange(100000, 80, 10));
+  CHECK(n.rtt_ms() == 0);
+  // 100000 bytes took 10 + 10 ms of wire time: predicted transfer + rtt equals that.
+  CHECK(100000 / (n.bandwidth_mbps() * 125) + n.rtt_ms() == doctest::Approx(20));
+  // Transfers too short to time only raise the estimate to a lower bound.
+  n.add_exchange(exchange(64, 80, 10));
+  n.add_exchange(exchange(100000, 1e6, 10));
+  CHECK(n.bandwidth_mbps() >= 100000 / 0.05 / 125 * 0.999);
+}
+
+TEST_CASE("base RTT: a windowed minimum that follows decreases at once and increases later") {
+  ManualClock clock;
+  NetworkEstimatorOptions o;
+  o.rtt_window_ms = 10000;
+  NetworkEstimator n(clock, o);
+  for (int i = 0; i < 10; ++i) {
+    n.add_exchange(exchange(64, 100, 20 + (i % 3)));  // jitter above the base
+    clock.advance_ms(500);
+  }
+  CHECK(n.rtt_ms() == doctest::Approx(20).epsilon(0.01));
+  // The route changes to a 40 ms path: kept at 20 until the old minimum leaves the window.
+  n.add_exchange(exchange(64, 100, 40));
+  CHECK(n.rtt_ms() < 21);
+  for (int i = 0; i < 25; ++i) {
+    clock.advance_ms(500);
+    n.add_exchange(exchange(64, 100, 40 + (i % 2)));
+  }
+  CHECK(n.rtt_ms() == doctest::Approx(40).epsilon(0.01));
+  // A shorter path shows at once.
+  n.add_exchange(exchange(64, 100, 5));
+  CHECK(n.rtt_ms() == doctest::Approx(5).epsilon(0.01));
+}
+
+TEST_CASE("probes: due while local and silent, sized to the link, never while one is fresh") {
+  ManualClock clock;
+  NetworkEstimatorOptions o;
+  NetworkEstimator n(clock, o);
+  // Nothing known yet and the plan is local: a bandwidth probe of the minimum size.
+  ProbeRequest p = n.probe_due(true);
+  CHECK(p.kind == ProbeRequest::Kind::kBandwidth);
+  CHECK(p.bytes == o.probe_bytes_min);
+  n.probe_sent();
+  CHECK_FALSE(n.probe_due(true).due());  // waiting for its reply
+  clock.advance_ms(30);
+  n.add_exchange(exchange(64, 100, 10));
+  n.add_exchange(exchange(p.bytes, 100, 10));
+  clock.advance_ms(500);
+  CHECK_FALSE(n.probe_due(true).due());
+  clock.advance_ms(600);
+  p = n.probe_due(true);
+  REQUIRE(p.kind == ProbeRequest::Kind::kBandwidth);
+  // Sized to move for probe_transfer_ms at the estimated rate, within bounds.
+  const double expected = n.bandwidth_mbps() * 125 * o.probe_transfer_ms;
+  CHECK(p.bytes == std::clamp(static_cast<int64_t>(expected), o.probe_bytes_min, o.probe_bytes_max));
+
+  // A remote plan keeps the bandwidth estimate alive by itself: only round-trip probes, when
+  // no small exchange happened for rtt_probe_interval_ms.
+  ManualClock c2;
+  NetworkEstimator r(c2, o);
+  r.add_exchange(exchange(64, 100, 10));
+  for (int i = 0; i < 10; ++i) {
+    c2.advance_ms(150);
+    r.add_exchange(exchange(50000, 100, 10));
+    CHECK_FALSE(r.probe_due(false).due());
+  }
+  c2.advance_ms(1000);
+  r.add_exchange(exchange(50000, 100, 10));
+  p = r.probe_due(false);
+  CHECK(p.kind == ProbeRequest::Kind::kRoundTrip);
+  CHECK(p.bytes == o.rtt_probe_bytes);
+}
+
+TEST_CASE("timeouts: two in a row mark the server unavailable until a reply") {
+  ManualClock clock;
+  ConditionsEstimator e(clock);
+  e.add_exchange(exchange(64, 100, 10));
+  CHECK(e.conditions().server_available);
+  e.add_timeout(50000, 500);
+  CHECK(e.conditions().server_available);
+  e.add_timeout(50000, 500);
+  CHECK_FALSE(e.conditions().server_available);
+  clock.advance_ms(1000);
+  // Only small probes while it is away.
+  CHECK(e.probe_due(false).kind == ProbeRequest::Kind::kRoundTrip);
+  e.add_exchange(exchange(64, 100, 10));
+  CHECK(e.conditions().server_available);
+}
+
+TEST_CASE("server and device load factors and the queue") {
+  ManualClock clock;
+  ConditionsEstimator e(clock);
+  e.add_exchange(exchange(64, 100, 5, 0));  // base RTT
+  Conditions c = e.conditions();
+  CHECK(c.device_load == 1);
+  CHECK(c.server_load == 1);
+  CHECK(c.server_queue_ms == 0);
+  for (int i = 0; i < 10; ++i) {
+    Exchange x = exchange(20000, 100, 5, 6);
+    x.profiled_server_ms = 3;  // the server runs at half its profiled speed
+    x.server_queue_ms = 1;
+    x.round_trip_ms += x.server_queue_ms;
+    e.add_exchange(x);
+    e.add_head_time(30, 10);  // the device at a third of its profiled speed
+  }
+  c = e.conditions();
+  CHECK(c.server_load == doctest::Approx(2));
+  CHECK(c.device_load == doctest::Approx(3));
+  CHECK(c.server_queue_ms == doctest::Approx(1).epsilon(0.01));
+  // The queue spikes: followed within two replies.
+  for (int i = 0; i < 2; ++i) {
+    Exchange x = exchange(20000, 100, 5, 6);
+    x.profiled_server_ms = 3;
+    x.server_queue_ms = 150;
+    x.round_trip_ms += x.server_queue_ms;
+    e.add_exchange(x);
+  }
+  CHECK(e.conditions().server_queue_ms == doctest::Approx(150));
+  // The wire time excludes the queue, so the bandwidth did not move.
+  CHECK(e.conditions().bandwidth_mbps == doctest::Approx(100).epsilon(0.01));
+  // Heads too short to time and probes (no profiled time) leave the factors alone.
+  e.add_head_time(5, 0.1);
+  Exchange probe = exchange(64, 100, 5, 0);
+  e.add_exchange(probe);
+  CHECK(e.conditions().device_load == doctest::Approx(3));
+  CHECK(e.conditions().server_load == doctest::Approx(2));
+}

@@ -1,0 +1,816 @@
+// Checks the scheduler on synthetic profiles: the choice equals brute force for every objective,
+// constraints hold, bandwidth/load/queue changes move the plan, noise does not (hysteresis),
+// infeasible constraints fall back visibly, pinning, the Pareto front, device descriptions.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "partitioner/clock.h"
+#include "partitioner/estimators.h"
+#include "partitioner/scheduler.h"
+#include "profiles/profile.h"
+
+using namespace edgesplit::partitioner;
+using edgesplit::StatusCode;
+using edgesplit::packing::Format;
+using edgesplit::profiles::CutProfile;
+using edgesplit::profiles::EncodingProfile;
+using edgesplit::profiles::Profile;
+using edgesplit::profiles::Timing;
+
+namespace {
+
+Timing ms(double median) {
+  Timing t;
+  t.median_ms = t.p10_ms = t.p90_ms = median;
+  t.runs = 10;
+  return t;
+}
+
+EncodingProfile quantized(int64_t elements, int bits, double top1) {
+  EncodingProfile e;
+  e.encoding.bits = bits;
+  e.bytes_mean = static_cast<double>(elements) * bits / 8.0 + 64;
+  e.pack = ms(static_cast<double>(elements) * 4e-6);
+  e.unpack = ms(static_cast<double>(elements) * 3e-6);
+  e.top1 = top1;
+  return e;
+}
+
+// A MobileNetV2-like profile: the device is about 16x slower than the server, tensors shrink
+// with depth, fewer bits lose accuracy. Cut 0 also offers JPEGs of the input.
+Profile mobile_profile() {
+  Profile p;
+  p.model_digest = "sha256:synthetic";
+  p.fp32_top1 = 0.72;
+  struct Row {
+    const char* name;
+    int64_t elements;
+    double head_ms, tail_ms;
+    int64_t head_weights;
+  };
+  const std::vector<Row> rows = {{"input", 150528, 0.0, 5.0, 0},
+                                 {"features.3", 75264, 16, 4.0, 200000},
+                                 {"features.6", 25088, 30, 3.0, 600000},
+                                 {"features.13", 18816, 50, 1.8, 3000000},
+                                 {"features.17", 15680, 68, 0.8, 9000000},
+                                 {"pool", 1280, 76, 0.1, 14000000},
+                                 {"all", 1000, 80, 0.0, 14100000}};
+  for (size_t i = 0; i < rows.size(); ++i) {
+    CutProfile c;
+    c.id = static_cast<int>(i);
+    c.name = rows[i].name;
+    c.elements = rows[i].elements;
+    c.head = ms(rows[i].head_ms);
+    c.tail = ms(rows[i].tail_ms);
+    c.head_weight_bytes = rows[i].head_weights;
+    c.head_activation_bytes = 2 * 1024 * 1024;
+    if (i + 1 < rows.size()) {
+      c.encodings.push_back(quantized(c.elements, 8, 0.72));
+      c.encodings.push_back(quantized(c.elements, 4, 0.715));
+      c.encodings.push_back(quantized(c.elements, 2, 0.69));
+      EncodingProfile f;
+      f.encoding.format = Format::kFloat16;
+      f.encoding.bits = 16;
+      f.bytes_mean = static_cast<double>(c.elements) * 2 + 64;
+      f.pack = ms(static_cast<double>(c.elements) * 2e-6);
+      f.unpack = ms(static_cast<double>(c.elements) * 2e-6);
+      f.top1 = 0.72;
+      c.encodings.push_back(f);
+    }
+    if (i == 0) {
+      EncodingProfile j;
+      j.encoding.jpeg_quality = 90;
+      j.bytes_mean = 60000;
+      j.pack = ms(2.0);
+      j.unpack = ms(1.5);
+      j.top1 = 0.718;
+      c.encodings.push_back(j);
+    }
+    p.cuts.push_back(c);
+  }
+  return p;
+}
+
+// Random profiles: 2..14 cuts, 1..8 encodings each, random times, sizes and accuracies.
+Profile random_profile(std::mt19937& rng) {
+  std::uniform_real_distribution<double> u(0, 1);
+  Profile p;
+  p.model_digest = "sha256:random";
+  p.fp32_top1 = 0.5 + 0.4 * u(rng);
+  const int cuts = 2 + static_cast<int>(rng() % 13);
+  double head = 0;
+  int64_t weights = 0;
+  for (int i = 0; i < cuts; ++i) {
+    CutProfile c;
+    c.id = i;
+    c.name = "cut" + std::to_string(i);
+    head += 10 * u(rng);
+    weights += static_cast<int64_t>(4e6 * u(rng));
+    c.head = ms(i == 0 ? 0 : head);
+    c.tail = ms(20 * u(rng));
+    c.head_weight_bytes = weights;
+    c.head_activation_bytes = static_cast<int64_t>(3e6 * u(rng));
+    c.elements = 1000 + static_cast<int64_t>(200000 * u(rng));
+    if (i + 1 < cuts) {
+      const int n = 1 + static_cast<int>(rng() % 8);
+      std::set<int> used;
+      for (int k = 0; k < n; ++k) {
+        const int bits = 1 + static_cast<int>(rng() % 16);
+        if (!used.insert(bits).second) continue;
+        EncodingProfile e = quantized(c.elements, bits, p.fp32_top1 - 0.05 * u(rng) / bits);
+        e.pack = ms(3 * u(rng));
+        e.unpack = ms(3 * u(rng));
+        c.encodings.push_back(e);
+      }
+    }
+    p.cuts.push_back(c);
+  }
+  return p;
+}
+
+Conditions conditions(double mbps, double rtt = 5, double queue = 0, double device_load = 1,
+                      double server_load = 1) {
+  Conditions c;
+  c.bandwidth_mbps = mbps;
+  c.rtt_ms = rtt;
+  c.server_queue_ms = queue;
+  c.device_load = device_load;
+  c.server_load = server_load;
+  return c;
+}
+
+Scheduler make(const Profile& p, SchedulerOptions o = {}) {
+  auto s = Scheduler::create(p, o);
+  REQUIRE_MESSAGE(s.ok(), s.status().to_string());
+  return std::move(s).value();
+}
+
+// The best plan for fresh conditions, without hysteresis.
+Decision fresh(Scheduler& s, const Conditions& c) {
+  s.forget_current();
+  return s.decide(c);
+}
+
+// ---- An independent brute force over the profile, written from DESIGN.md's cost model ----
+
+struct BruteMetrics {
+  double latency = 0, fps = 0, energy = 0, bytes = 0, server = 0, cost = 0, drop = 0, memory = 0;
+};
+
+BruteMetrics brute_metrics(const Profile& p, size_t cut, int enc, const Conditions& c,
+                           const SchedulerOptions& o) {
+  const CutProfile& k = p.cuts[cut];
+  BruteMetrics m;
+  m.memory = static_cast<double>(k.head_weight_bytes + k.head_activation_bytes) / (1 << 20);
+  const double head = k.head.median_ms * c.device_load;
+  if (enc < 0) {
+    m.latency = head;
+    m.fps = 1000 / head;
+    m.energy = o.power.compute_watts * head / 1000;
+    return m;
+  }
+  const EncodingProfile& e = k.encodings[static_cast<size_t>(enc)];
+  const double transfer = e.bytes_mean / (c.bandwidth_mbps * 1e6 / 8 / 1000);
+  const double tail = k.tail.median_ms * c.server_load;
+  m.latency = head + e.pack.median_ms + transfer + c.rtt_ms + c.server_queue_ms +
+              e.unpack.median_ms + tail;
+  m.fps = 1000 / std::max({head + e.pack.median_ms, transfer, tail + e.unpack.median_ms});
+  m.server = e.unpack.median_ms + tail;
+  m.energy = (o.power.compute_watts * (head + e.pack.median_ms) + o.power.radio_watts * transfer +
+              o.power.idle_watts * (c.rtt_ms + c.server_queue_ms + m.server)) /
+             1000;
+  m.bytes = e.bytes_mean;
+  m.cost = m.server / 1000 * o.server_price_per_s;
+  m.drop = (p.fp32_top1 - e.top1) * 100;
+  return m;
+}
+
+double brute_objective(const BruteMetrics& m, Objective o) {
+  switch (o) {
+    case Objective::kLatency: return m.latency;
+    case Objective::kThroughput: return 1000 / m.fps;
+    case Objective::kEnergy: return m.energy;
+    case Objective::kData: return m.bytes;
+    case Objective::kCost: return m.cost;
+  }
+  return 0;
+}
+
+// Sum of normalised violations, as documented on Scheduler::violation.
+double brute_violation(const BruteMetrics& m, const Constraints& c) {
+  auto over = [](double value, double bound, double floor) {
+    return std::max(0.0, value - bound) / std::max(bound, floor);
+  };
+  double v = 0;
+  if (c.max_accuracy_drop_pp) v += over(m.drop, *c.max_accuracy_drop_pp, 1);
+  if (c.max_latency_ms) v += over(m.latency, *c.max_latency_ms, 1);
+  if (c.min_fps) v += std::max(0.0, *c.min_fps - m.fps) / std::max(*c.min_fps, 1.0);
+  if (c.max_bytes) v += over(m.bytes, *c.max_bytes, 1024);
+  if (c.max_device_memory_mb) v += over(m.memory, *c.max_device_memory_mb, 1);
+  if (c.max_server_ms) v += over(m.server, *c.max_server_ms, 1);
+  return v;
+}
+
+bool close(double a, double b) { return std::fabs(a - b) <= 1e-9 * std::max({1.0, std::fabs(a), std::fabs(b)}); }
+
+struct Simulation {
+  // A device sending frames over a link with the given true conditions; the estimators see only
+  // what a real device would (round trips, server reports, head times).
+  ManualClock clock;
+  ConditionsEstimator estimator{clock};
+  double true_mbps = 100;
+  double true_rtt = 5;
+  double true_queue = 0;
+  double server_factor = 1;
+  double device_factor = 1;
+  double noise = 0;  // relative, uniform
+  std::mt19937 rng{7};
+
+  double jitter() {
+    std::uniform_real_distribution<double> u(-noise, noise);
+    return 1 + u(rng);
+  }
+
+  // Runs one frame of plan `p` and feeds the estimators; returns the frame's latency.
+  double run(const Plan& p) {
+    const double head = p.profiled_head_ms * device_factor * jitter();
+    if (head > 0) estimator.add_head_time(head, p.profiled_head_ms);
+    // Probes go out beside the frames when the estimator asks for them, as the agent does.
+    const ProbeRequest probe = estimator.probe_due(p.local);
+    if (probe.due()) {
+      estimator.probe_sent();
+      send(probe.bytes, 0, 0);
+    }
+    if (p.local) {
+      clock.advance_ms(head);
+      return head;
+    }
+    return head + send(static_cast<int64_t>(p.bytes), p.profiled_server_ms * server_factor,
+                       p.profiled_server_ms);
+  }
+
+  double send(int64_t bytes, double compute, double profiled) {
+    Exchange e;
+    e.request_bytes = bytes;
+    e.server_queue_ms = true_queue;
+    e.server_compute_ms = compute;
+    e.profiled_server_ms = profiled;
+    const double transfer = static_cast<double>(bytes) / (true_mbps * 125) * jitter();
+    e.round_trip_ms = transfer + true_rtt + true_queue + compute;
+    clock.advance_ms(e.round_trip_ms);
+    estimator.add_exchange(e);
+    return e.round_trip_ms;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("plans: every (cut, encoding), JPEGs at cut 0, and the device-only plan last") {
+  const Profile p = mobile_profile();
+  Scheduler s = make(p);
+  size_t expected = 1;
+  for (const auto& c : p.cuts) expected += c.encodings.size();
+  REQUIRE(s.plans().size() == expected);
+  const Plan& local = s.plans().back();
+  CHECK(local.local);
+  CHECK(local.cut_id == 6);
+  CHECK(local.encoding_name == "local");
+  CHECK(s.local_plan() == static_cast<int>(expected) - 1);
+  CHECK(std::any_of(s.plans().begin(), s.plans().end(),
+                    [](const Plan& x) { return x.cut_id == 0 && x.encoding_name == "jpeg90"; }));
+  // The device-only plan sends nothing and loses nothing.
+  const PlanEstimate e = s.evaluate(s.local_plan(), conditions(10));
+  CHECK(e.metrics.bytes == 0);
+  CHECK(e.metrics.server_ms == 0);
+  CHECK(e.metrics.transfer_ms == 0);
+  CHECK(e.metrics.accuracy_drop_pp == 0);
+  CHECK(e.metrics.latency_ms == 80);
+  CHECK(e.metrics.fps == doctest::Approx(12.5));
+
+  Profile empty;
+  auto bad = Scheduler::create(empty);
+  CHECK_FALSE(bad.ok());
+  SchedulerOptions o;
+  o.constraints.max_latency_ms = -1;
+  CHECK_FALSE(Scheduler::create(p, o).ok());
+}
+
+TEST_CASE("the latency breakdown adds up and follows DESIGN.md's cost model") {
+  const Profile p = mobile_profile();
+  Scheduler s = make(p);
+  const Conditions c = conditions(20, 7, 3, 1.5, 2);
+  for (const PlanEstimate& e : s.evaluate_all(c)) {
+    const PlanMetrics& m = e.metrics;
+    CHECK(m.latency_ms == doctest::Approx(m.head_ms + m.pack_ms + m.transfer_ms + m.rtt_ms +
+                                          m.queue_ms + m.unpack_ms + m.tail_ms));
+    const Plan& plan = s.plans()[static_cast<size_t>(e.plan)];
+    CHECK(m.head_ms == doctest::Approx(plan.profiled_head_ms * 1.5));
+    if (!plan.local) {
+      CHECK(m.transfer_ms == doctest::Approx(plan.bytes / 2500.0));  // 20 Mbps = 2500 B/ms
+      CHECK(m.rtt_ms == 7);
+      CHECK(m.queue_ms == 3);
+    }
+  }
+}
+
+TEST_CASE("the choice equals brute force for every objective (random profiles and conditions)") {
+  std::mt19937 rng(12345);
+  std::uniform_real_distribution<double> u(0, 1);
+  const Objective objectives[] = {Objective::kLatency, Objective::kThroughput, Objective::kEnergy,
+                                  Objective::kData, Objective::kCost};
+  int feasible_cases = 0;
+  int infeasible_cases = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    const Profile p = random_profile(rng);
+    SchedulerOptions o;
+    o.objective = objectives[trial % 5];
+    o.server_price_per_s = u(rng) < 0.2 ? 0 : 0.01 + u(rng);
+    o.power.compute_watts = 1 + 3 * u(rng);
+    o.power.radio_watts = 0.2 + 2 * u(rng);
+    o.power.idle_watts = 0.05 + 0.5 * u(rng);
+    if (u(rng) < 0.4) o.constraints.max_accuracy_drop_pp = 3 * u(rng);
+    if (u(rng) < 0.4) o.constraints.max_latency_ms = 5 + 100 * u(rng);
+    if (u(rng) < 0.3) o.constraints.min_fps = 5 + 100 * u(rng);
+    if (u(rng) < 0.3) o.constraints.max_bytes = 200000 * u(rng);
+    if (u(rng) < 0.3) o.constraints.max_device_memory_mb = 20 * u(rng);
+    if (u(rng) < 0.3) o.constraints.max_server_ms = 20 * u(rng);
+    Scheduler s = make(p, o);
+    for (int k = 0; k < 10; ++k) {
+      const Conditions c = conditions(u(rng) < 0.1 ? 0 : std::exp(std::log(0.1) + 9 * u(rng)),
+                                      50 * u(rng), u(rng) < 0.5 ? 0 : 30 * u(rng),
+                                      0.5 + 3 * u(rng), 0.5 + 3 * u(rng));
+      const Decision d = fresh(s, c);
+      // Brute force: the best feasible objective, else the least violation.
+      double best = std::numeric_limits<double>::infinity();
+      double least = std::numeric_limits<double>::infinity();
+      for (size_t cut = 0; cut < p.cuts.size(); ++cut) {
+        const bool last = cut + 1 == p.cuts.size();
+        const int n = last ? 1 : static_cast<int>(p.cuts[cut].encodings.size());
+        for (int e = 0; e < n; ++e) {
+          if (!last && c.bandwidth_mbps <= 0) continue;
+          const BruteMetrics m = brute_metrics(p, cut, last ? -1 : e, c, o);
+          const double v = brute_violation(m, o.constraints);
+          if (v == 0) best = std::min(best, brute_objective(m, o.objective));
+          least = std::min(least, v);
+        }
+      }
+      // The chosen plan, recomputed by the brute force.
+      const size_t cut = static_cast<size_t>(d.plan.cut_id);
+      int enc = -1;
+      if (!d.plan.local) {
+        for (size_t e = 0; e < p.cuts[cut].encodings.size(); ++e) {
+          if (p.cuts[cut].encodings[e].encoding.name() == d.plan.encoding_name) enc = static_cast<int>(e);
+        }
+        REQUIRE(enc >= 0);
+      }
+      const BruteMetrics m = brute_metrics(p, cut, enc, c, o);
+      INFO("trial " << trial << " objective " << objective_name(o.objective));
+      CHECK(close(d.predicted.latency_ms, m.latency));
+      CHECK(close(d.predicted.energy_j, m.energy));
+      CHECK(close(d.predicted.fps, m.fps));
+      CHECK(close(d.predicted.cost, m.cost));
+      CHECK(close(d.predicted.server_ms, m.server));
+      if (std::isfinite(best)) {
+        ++feasible_cases;
+        CHECK(d.feasible);
+        CHECK(brute_violation(m, o.constraints) == 0);
+        CHECK(close(brute_objective(m, o.objective), best));
+        CHECK(d.binding_constraint.empty());
+      } else {
+        ++infeasible_cases;
+        CHECK_FALSE(d.feasible);
+        CHECK(close(brute_violation(m, o.constraints), least));
+        CHECK_FALSE(d.binding_constraint.empty());
+        CHECK_FALSE(d.explanation.empty());
+      }
+    }
+  }
+  // Both branches were exercised.
+  CHECK(feasible_cases > 1000);
+  CHECK(infeasible_cases > 100);
+}
+
+TEST_CASE("bandwidth moves the plan: input when fast, deeper and fewer bits when slow, device at 0") {
+  Scheduler s = make(mobile_profile());
+  const std::vector<double> mbps = {1000, 300, 100, 30, 10, 3, 1, 0.3, 0};
+  std::vector<Decision> ds;
+  for (double b : mbps) ds.push_back(fresh(s, conditions(b)));
+  for (size_t i = 0; i < ds.size(); ++i) {
+    MESSAGE(mbps[i] << " Mbps: cut " << ds[i].plan.cut_id << " " << ds[i].plan.encoding_name
+                    << ", " << ds[i].predicted.latency_ms << " ms");
+  }
+  CHECK(ds.front().plan.cut_id == 0);
+  CHECK(ds.back().plan.local);
+  // Less bandwidth never sends more bytes (the minimum of lines a + bytes x (1 / bandwidth)).
+  for (size_t i = 1; i < ds.size(); ++i) CHECK(ds[i].predicted.bytes <= ds[i - 1].predicted.bytes);
+  // Somewhere in between a deeper cut or fewer bits than at the top wins, still remote.
+  CHECK(std::any_of(ds.begin(), ds.end(), [&](const Decision& d) {
+    return !d.plan.local && (d.plan.cut_id > 0 || d.plan.encoding.bits < ds.front().plan.encoding.bits);
+  }));
+  CHECK(std::any_of(ds.begin(), ds.end(), [&](const Decision& d) {
+    return !d.plan.local && d.plan.cut_id > 0;
+  }));
+  // No server: device only, whatever the bandwidth.
+  Conditions down = conditions(1000);
+  down.server_available = false;
+  const Decision d = fresh(s, down);
+  CHECK(d.plan.local);
+  CHECK(d.available_plans == 1);
+}
+
+TEST_CASE("a high device load shifts work to the server; a slow server shifts it back") {
+  Scheduler s = make(mobile_profile());
+  // Find a bandwidth where the best plan cuts inside the network.
+  double b = 0;
+  Decision base;
+  for (double x = 100; x > 0.1; x *= 0.8) {
+    base = fresh(s, conditions(x));
+    if (!base.plan.local && base.plan.cut_id > 0) {
+      b = x;
+      break;
+    }
+  }
+  REQUIRE(b > 0);
+  const Decision loaded = fresh(s, conditions(b, 5, 0, /*device_load=*/4));
+  MESSAGE("at " << b << " Mbps: cut " << base.plan.cut_id << ", device load 4: cut "
+                << loaded.plan.cut_id << " " << loaded.plan.encoding_name);
+  CHECK(loaded.plan.cut_id < base.plan.cut_id);
+  CHECK(loaded.predicted.head_ms < base.predicted.head_ms * 4);
+
+  const Decision fast_net = fresh(s, conditions(1000));
+  REQUIRE(fast_net.plan.cut_id == 0);
+  const Decision slow_server = fresh(s, conditions(1000, 5, 0, 1, /*server_load=*/30));
+  CHECK(slow_server.plan.cut_id > 0);
+}
+
+TEST_CASE("constraints are honoured") {
+  const Profile p = mobile_profile();
+  SUBCASE("accuracy: no plan loses more than the bound") {
+    SchedulerOptions o;
+    o.constraints.max_accuracy_drop_pp = 0.6;
+    Scheduler s = make(p, o);
+    for (double b : {1000.0, 30.0, 3.0, 0.3}) {
+      const Decision d = fresh(s, conditions(b));
+      CHECK(d.feasible);
+      CHECK(d.predicted.accuracy_drop_pp <= 0.6);
+      CHECK(d.plan.encoding.bits != 2);
+    }
+  }
+  SUBCASE("memory bounds exclude deep cuts and the device-only plan") {
+    SchedulerOptions o;
+    o.constraints.max_device_memory_mb = 5;  // cuts up to features.13 (2.9 + 2 MB) fit
+    Scheduler s = make(p, o);
+    for (double b : {1000.0, 10.0, 1.0, 0.3}) {
+      const Decision d = fresh(s, conditions(b));
+      CHECK(d.feasible);
+      CHECK(d.predicted.device_memory_mb <= 5);
+      CHECK(d.plan.cut_id <= 3);
+      CHECK(d.excluded_by[static_cast<int>(Constraint::kDeviceMemory)] > 0);
+    }
+    Scheduler unbounded = make(p);
+    CHECK(fresh(unbounded, conditions(0.3)).plan.cut_id > 3);
+  }
+  SUBCASE("bytes, fps, latency and server time") {
+    SchedulerOptions o;
+    o.constraints.max_bytes = 20000;
+    o.constraints.min_fps = 20;
+    o.constraints.max_latency_ms = 70;
+    o.constraints.max_server_ms = 4;
+    Scheduler s = make(p, o);
+    const Decision d = fresh(s, conditions(50));
+    REQUIRE(d.feasible);
+    CHECK(d.predicted.bytes <= 20000);
+    CHECK(d.predicted.fps >= 20);
+    CHECK(d.predicted.latency_ms <= 70);
+    CHECK(d.predicted.server_ms <= 4);
+  }
+}
+
+TEST_CASE("infeasible constraints: the least-violating plan, visibly, with the binding constraint") {
+  const Profile p = mobile_profile();
+  SUBCASE("one impossible latency bound") {
+    SchedulerOptions o;
+    o.constraints.max_latency_ms = 2;
+    Scheduler s = make(p, o);
+    const Decision d = fresh(s, conditions(1000, 5));
+    CHECK_FALSE(d.feasible);
+    CHECK(d.binding_constraint == "max_latency_ms");
+    CHECK(d.explanation.find("max_latency_ms") != std::string::npos);
+    CHECK(d.explanation.find("no plan meets every constraint") != std::string::npos);
+    CHECK(d.feasible_plans == 0);
+    CHECK(d.excluded_by[static_cast<int>(Constraint::kLatency)] == d.available_plans);
+    // Least violating = lowest latency here.
+    Scheduler free_s = make(p);
+    CHECK(d.predicted.latency_ms == doctest::Approx(fresh(free_s, conditions(1000, 5)).predicted.latency_ms));
+  }
+  SUBCASE("two constraints that cannot both hold: the larger normalised violation binds") {
+    SchedulerOptions o;
+    o.constraints.max_accuracy_drop_pp = 0;  // only q8, fp16 and local qualify
+    o.constraints.max_bytes = 100;           // only local qualifies...
+    o.constraints.max_device_memory_mb = 4;  // ...which does not fit
+    Scheduler s = make(p, o);
+    const Decision d = fresh(s, conditions(10));
+    CHECK_FALSE(d.feasible);
+    // Brute force over the plans for the least total violation and its largest term.
+    double least = 1e300;
+    for (const PlanEstimate& e : s.evaluate_all(conditions(10))) least = std::min(least, e.violation);
+    const PlanEstimate chosen = s.evaluate(d.plan.index, conditions(10));
+    CHECK(chosen.violation == doctest::Approx(least));
+    int worst = 0;
+    for (int k = 1; k < kConstraintCount; ++k) {
+      if (chosen.violations[k] > chosen.violations[worst]) worst = k;
+    }
+    CHECK(d.binding_constraint == constraint_name(static_cast<Constraint>(worst)));
+    MESSAGE(d.explanation);
+  }
+}
+
+TEST_CASE("a pinned plan is returned as is, with its predictions and feasibility") {
+  SchedulerOptions o;
+  o.constraints.max_latency_ms = 50;
+  Scheduler s = make(mobile_profile(), o);
+  REQUIRE(s.pin(2, "q4").ok());
+  Decision d = s.decide(conditions(1000));
+  CHECK(d.pinned);
+  CHECK(d.plan.cut_id == 2);
+  CHECK(d.plan.encoding_name == "q4");
+  CHECK(d.feasible);
+  d = s.decide(conditions(0.5));  // now too slow: reported, still pinned
+  CHECK(d.plan.cut_id == 2);
+  CHECK_FALSE(d.feasible);
+  CHECK(d.binding_constraint == "max_latency_ms");
+  CHECK(d.explanation.find("pinned") != std::string::npos);
+  REQUIRE(s.pin(6, "").ok());
+  CHECK(s.decide(conditions(1000)).plan.local);
+  auto missing = s.pin(2, "q5");
+  CHECK(missing.code() == StatusCode::kNotFound);
+  CHECK(missing.message().find("q8, q4, q2, fp16") != std::string::npos);
+  CHECK(s.pin(99, "q4").code() == StatusCode::kNotFound);
+  s.unpin();
+  CHECK_FALSE(s.decide(conditions(1000)).pinned);
+}
+
+TEST_CASE("hysteresis: noise in a steady band does not flap the plan; without it, it does") {
+  const Profile p = mobile_profile();
+  Scheduler probe_s = make(p);
+  // Find a bandwidth where the best plan changes: there two plans are nearly equal.
+  double crossover = 0;
+  int prev = fresh(probe_s, conditions(200)).plan.index;
+  for (double b = 200; b > 0.2; b *= 0.99) {
+    const int now = fresh(probe_s, conditions(b)).plan.index;
+    if (now != prev) {
+      crossover = b;
+      break;
+    }
+    prev = now;
+  }
+  REQUIRE(crossover > 0);
+
+  // Steady traces at bandwidths around the crossover, 10% noise on every transfer time: the
+  // estimates wander across the crossover on some of them.
+  auto count_switches = [&](SchedulerOptions o, double mbps) {
+    Scheduler s = make(p, o);
+    Simulation sim;
+    sim.true_mbps = mbps;
+    sim.noise = 0.10;
+    int switches = 0;
+    Decision d = s.decide(conditions(mbps));
+    for (int frame = 0; frame < 300; ++frame) {
+      sim.run(d.plan);
+      d = s.decide(sim.estimator.conditions());
+      if (frame >= 20 && d.changed) ++switches;  // after the estimators warmed up
+    }
+    return switches;
+  };
+  SchedulerOptions off;
+  off.switch_margin = 0;
+  off.switch_min_gain = 0;
+  off.switch_after = 1;
+  int with_total = 0;
+  int without_total = 0;
+  for (double f = 0.90; f < 1.11; f += 0.02) {
+    const int with = count_switches(SchedulerOptions{}, crossover * f);
+    CHECK(with <= 2);
+    with_total += with;
+    without_total += count_switches(off, crossover * f);
+  }
+  MESSAGE("crossover at " << crossover << " Mbps, 11 traces of 280 noisy frames around it: "
+                          << with_total << " switches with hysteresis, " << without_total
+                          << " without");
+  CHECK(without_total > 20);
+}
+
+TEST_CASE("real changes move the plan within two frames") {
+  const Profile p = mobile_profile();
+  Scheduler reference = make(p);
+
+  SUBCASE("bandwidth drops to a quarter") {
+    // Two bandwidths whose best plans differ by more than the switch margin.
+    const double before = 100;
+    const double after = 5;
+    const Decision best_after = fresh(reference, conditions(after));
+    const int target = best_after.plan.index;
+    const int start = fresh(reference, conditions(before)).plan.index;
+    REQUIRE(target != start);
+    REQUIRE(reference.evaluate(start, conditions(after)).metrics.latency_ms >
+            best_after.predicted.latency_ms * 1.2);
+    Scheduler s = make(p);
+    Simulation sim;
+    sim.true_mbps = before;
+    sim.noise = 0.05;
+    Decision d = s.decide(conditions(before));
+    for (int i = 0; i < 50; ++i) {
+      sim.run(d.plan);
+      d = s.decide(sim.estimator.conditions());
+    }
+    REQUIRE(!d.plan.local);
+    REQUIRE(d.plan.index != target);
+    sim.true_mbps = after;
+    int frames = 0;
+    while (d.plan.index == start && frames < 10) {
+      sim.run(d.plan);
+      d = s.decide(sim.estimator.conditions());
+      ++frames;
+    }
+    CHECK(frames <= 2);
+    CHECK(d.plan.index == target);
+  }
+  SUBCASE("the server queue spikes") {
+    Scheduler s = make(p);
+    Simulation sim;
+    sim.true_mbps = 300;
+    Decision d = s.decide(conditions(300));
+    for (int i = 0; i < 30; ++i) {
+      sim.run(d.plan);
+      d = s.decide(sim.estimator.conditions());
+    }
+    REQUIRE(d.plan.cut_id == 0);
+    sim.true_queue = 200;
+    int frames = 0;
+    while (!d.plan.local && frames < 10) {
+      sim.run(d.plan);
+      d = s.decide(sim.estimator.conditions());
+      ++frames;
+    }
+    CHECK(frames <= 2);
+    CHECK(d.plan.local);
+  }
+}
+
+TEST_CASE("a current plan that becomes infeasible is left at once, even under heavy hysteresis") {
+  SchedulerOptions o;
+  o.switch_margin = 100;  // nothing but infeasibility can move the plan
+  o.switch_after = 1000000;
+  o.constraints.max_latency_ms = 50;
+  Scheduler s = make(mobile_profile(), o);
+  Decision d = s.decide(conditions(1000));
+  REQUIRE(d.plan.cut_id == 0);
+  const int first = d.plan.index;
+  // Slightly worse conditions: the same plan stays although another might be better.
+  d = s.decide(conditions(500));
+  CHECK(d.plan.index == first);
+  CHECK_FALSE(d.changed);
+  // Find a bandwidth where the current plan breaks the latency bound while another meets it.
+  Scheduler reference = make(mobile_profile(), o);
+  double b = 500;
+  while (b > 0.5 && !(s.evaluate(first, conditions(b)).metrics.latency_ms > 50 * 1.06 &&
+                      fresh(reference, conditions(b)).feasible)) {
+    b *= 0.97;
+  }
+  REQUIRE(b > 0.5);
+  // There (beyond the constraint_margin band) the plan switches on this very decision.
+  d = s.decide(conditions(b));
+  CHECK(d.changed);
+  CHECK(d.feasible);
+  CHECK(d.predicted.latency_ms <= 50);
+  // Unavailable (no link): switch at once too.
+  d = s.decide(conditions(0));
+  CHECK(d.changed);
+  CHECK(d.plan.local);
+}
+
+TEST_CASE("a persistent small advantage wins after switch_after decisions") {
+  SchedulerOptions o;
+  o.switch_margin = 0.5;
+  o.switch_min_gain = 0.01;
+  o.switch_after = 5;
+  Scheduler s = make(mobile_profile(), o);
+  Decision d = s.decide(conditions(1000, 5));
+  const int first = d.plan.index;
+  // Find conditions where another plan is better by between 1% and 50%.
+  Conditions c;
+  int better_plan = -1;
+  for (double b = 1000; b > 1; b *= 0.95) {
+    c = conditions(b, 5);
+    const PlanEstimate cur = s.evaluate(first, c);
+    Scheduler fresh_s = make(mobile_profile());
+    const Decision best = fresh_s.decide(c);
+    const double g = (cur.metrics.latency_ms - best.predicted.latency_ms) / cur.metrics.latency_ms;
+    if (best.plan.index != first && g > 0.02 && g < 0.5) {
+      better_plan = best.plan.index;
+      break;
+    }
+  }
+  REQUIRE(better_plan >= 0);
+  for (int i = 1; i < 5; ++i) {
+    d = s.decide(c);
+    CHECK(d.plan.index == first);
+  }
+  d = s.decide(c);
+  CHECK(d.changed);
+  CHECK(d.plan.index == better_plan);
+}
+
+TEST_CASE("objectives: data picks the fewest bytes, energy weighs radio against compute") {
+  const Profile p = mobile_profile();
+  SchedulerOptions o;
+  o.objective = Objective::kData;
+  o.constraints.min_fps = 15;  // the device alone manages 12.5 fps
+  Scheduler s = make(p, o);
+  Decision d = fresh(s, conditions(50));
+  CHECK_FALSE(d.plan.local);
+  double fewest = 1e300;
+  for (const PlanEstimate& e : s.evaluate_all(conditions(50))) {
+    if (e.feasible) fewest = std::min(fewest, e.metrics.bytes);
+  }
+  CHECK(d.predicted.bytes == fewest);
+
+  SchedulerOptions cheap_radio;
+  cheap_radio.objective = Objective::kEnergy;
+  cheap_radio.power.radio_watts = 0.01;
+  SchedulerOptions costly_radio = cheap_radio;
+  costly_radio.power.radio_watts = 50;
+  Scheduler a = make(p, cheap_radio);
+  Scheduler b = make(p, costly_radio);
+  const Decision da = fresh(a, conditions(5));
+  const Decision db = fresh(b, conditions(5));
+  CHECK(da.predicted.transfer_ms >= db.predicted.transfer_ms);
+  CHECK(da.predicted.head_ms <= db.predicted.head_ms);
+  CHECK(da.plan.index != db.plan.index);
+}
+
+TEST_CASE("the Pareto front holds exactly the undominated plans") {
+  std::mt19937 rng(99);
+  for (int trial = 0; trial < 30; ++trial) {
+    Scheduler s = make(random_profile(rng));
+    const Conditions c = conditions(1 + trial * 3.0);
+    const auto front = s.pareto_front(c);
+    const auto all = s.evaluate_all(c);
+    REQUIRE_FALSE(front.empty());
+    auto dominates = [](const PlanMetrics& a, const PlanMetrics& b) {
+      return a.latency_ms <= b.latency_ms && a.bytes <= b.bytes &&
+             a.accuracy_drop_pp <= b.accuracy_drop_pp &&
+             (a.latency_ms < b.latency_ms || a.bytes < b.bytes ||
+              a.accuracy_drop_pp < b.accuracy_drop_pp);
+    };
+    std::set<int> on_front;
+    for (const auto& f : front) on_front.insert(f.plan);
+    for (const auto& e : all) {
+      bool dominated = false;
+      for (const auto& x : all) dominated = dominated || dominates(x.metrics, e.metrics);
+      if (on_front.count(e.plan)) {
+        CHECK_FALSE(dominated);
+      } else if (!dominated) {
+        // Only an exact duplicate of a front plan may be left out.
+        CHECK(std::any_of(front.begin(), front.end(), [&](const PlanEstimate& f) {
+          return f.metrics.latency_ms == e.metrics.latency_ms && f.metrics.bytes == e.metrics.bytes &&
+                 f.metrics.accuracy_drop_pp == e.metrics.accuracy_drop_pp;
+        }));
+      }
+    }
+    for (size_t i = 1; i < front.size(); ++i) {
+      CHECK(front[i - 1].metrics.latency_ms <= front[i].metrics.latency_ms);
+    }
+  }
+}
+
+TEST_CASE("objective names and device descriptions") {
+  CHECK(parse_objective("throughput").value() == Objective::kThroughput);
+  CHECK(std::string(objective_name(Objective::kCost)) == "cost");
+  CHECK_FALSE(parse_objective("speed").ok());
+
+  const auto defaults = parse_device_power("{}");
+  REQUIRE(defaults.ok());
+  CHECK(defaults->compute_watts == 2.5);
+  CHECK(defaults->radio_watts == 1.2);
+  CHECK(defaults->idle_watts == 0.3);
+  const auto custom = parse_device_power(R"({"name": "rpi4", "radio_watts": 0.8})");
+  REQUIRE(custom.ok());
+  CHECK(custom->name == "rpi4");
+  CHECK(custom->radio_watts == 0.8);
+  CHECK(custom->compute_watts == 2.5);
+  auto typo = parse_device_power(R"({"compute_w": 3})");
+  REQUIRE_FALSE(typo.ok());
+  CHECK(typo.status().message().find("unknown key \"compute_w\"") != std::string::npos);
+  CHECK_FALSE(parse_device_power(R"({"idle_watts": -1})").ok());
+  CHECK_FALSE(parse_device_power(R"({"idle_watts": "low"})").ok());
+  CHECK_FALSE(parse_device_power("{").ok());
+  CHECK(load_device_power("/nonexistent/device.json").status().code() == StatusCode::kNotFound);
+}

@@ -1,0 +1,142 @@
+// The edgesplit wire protocol on ZeroMQ: version, limits, framing, and the server-side validation
+// of every message before any part of it is used. The schema is transport/edgesplit.proto.
+//
+// Framing (device DEALER <-> server ROUTER, no delimiter frame):
+//   the ROUTER receives  [routing id] [Request] [payload 0] ... [payload n-1]
+//   the ROUTER sends     [routing id] [Reply]
+//   the DEALER sends     [Request] [payload 0] ... and receives [Reply]
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <zmq.hpp>
+
+#include "packing/status.h"
+#include "transport/edgesplit.pb.h"
+
+namespace edgesplit::transport {
+
+// Protocol version sent in Hello/HelloReply. Peers with another major cannot talk; the minor only
+// adds fields an older peer may ignore.
+inline constexpr uint32_t kProtocolMajor = 1;
+inline constexpr uint32_t kProtocolMinor = 0;
+
+// Upper bounds on what one peer accepts from the other. Anything over them is rejected before use
+// (STATUS_TOO_LARGE), so a bad or hostile peer cannot make the receiver allocate or loop without
+// bound.
+struct Limits {
+  size_t max_message_bytes = size_t{64} << 20;  // header + all payload frames of one message
+  size_t max_header_bytes = size_t{64} << 10;   // one serialized Request or Reply
+  size_t max_payload_frames = 8;                // tensors per InferRequest
+  uint32_t max_top_k = 100;                     // larger InferRequest.top_k values are capped
+  size_t max_digest_bytes = 128;                // InferRequest/Hello.model_digest length
+  size_t max_name_bytes = 256;                  // Hello.device_name length
+};
+
+// A request that passed every check in parse_request. Owns its payload frames (no copy was made
+// of them); payloads[i] belongs to request.infer().tensors(i). For a Ping with echo_bytes > 0,
+// payloads holds the probe frame.
+struct IncomingRequest {
+  std::string identity;  // the ROUTER routing id of the sender (pass it to send_reply)
+  wire::Request request;
+  std::vector<zmq::message_t> payloads;
+  size_t bytes = 0;  // header + payload frames, without the routing id
+};
+
+// What parse_request made of one multipart message. When the message is unusable, `request`
+// holds why, `error_status` the wire status to answer with, and `identity`/`request_id` as much
+// as could be recovered (request_id is 0 when the header did not parse), so the server can still
+// send an error reply (make_error_reply) whenever can_reply() is true.
+struct ParsedRequest {
+  std::string identity;     // empty only when no routing id frame was present
+  uint64_t request_id = 0;  // from the header when it parsed
+  Result<IncomingRequest> request = Status(StatusCode::kInternal, "not parsed");
+  wire::Status error_status = wire::STATUS_OK;  // STATUS_OK exactly when request.ok()
+
+  bool ok() const { return request.ok(); }
+  bool can_reply() const { return !identity.empty(); }
+};
+
+// Validates one ROUTER message (frames[0] is the routing id, frames[1] the Request header, the
+// rest payloads) and takes ownership of its frames. Checks: the header parses and is under
+// max_header_bytes; the body is a oneof this version knows; the total is under max_message_bytes;
+// Hello: same major (else STATUS_VERSION_MISMATCH) and no payload; InferRequest: digest non-empty
+// and short, 1..max_payload_frames tensors, one payload frame per tensor whose size equals its
+// packed_bytes; Ping: a probe frame of exactly echo_bytes. top_k is capped to max_top_k in place.
+// Never throws; every failure is a value in the result.
+ParsedRequest parse_request(std::vector<zmq::message_t>&& frames, const Limits& limits);
+
+// Receives one multipart message from a ROUTER and parses it (parse_request). Returns nullopt when
+// nothing arrived within `timeout` (0: do not wait). Parts past what the limits allow are drained
+// and dropped, not stored. A socket error (e.g. the context is terminating) comes back as a
+// ParsedRequest without identity and with status kUnavailable. Never throws. Call only from the
+// thread that owns the socket.
+std::optional<ParsedRequest> receive_request(zmq::socket_t& router, const Limits& limits,
+                                             std::chrono::milliseconds timeout);
+
+// A reply that carries only a status and a one-sentence message.
+wire::Reply make_error_reply(uint64_t request_id, wire::Status status, const std::string& message);
+
+// The error reply for a rejected message (parsed.ok() must be false).
+wire::Reply make_error_reply(const ParsedRequest& parsed);
+
+// Sends `reply` to the peer with routing id `identity` without blocking. Returns kUnavailable when
+// the peer is gone (routers from bind_router report that) or its queue is full; kInternal when the
+// reply cannot be serialized. Never throws.
+Status send_reply(zmq::socket_t& router, const std::string& identity, const wire::Reply& reply);
+
+// Parses and checks one message received on a DEALER: exactly one frame, a Reply of at most
+// max_message_bytes (a reply may carry logits, so the header limit does not apply). Never throws.
+Result<wire::Reply> parse_reply(const std::vector<zmq::message_t>& frames, const Limits& limits);
+
+// A Hello for this protocol version.
+wire::Hello make_hello(const std::string& model_digest, const std::string& device_name);
+
+// A HelloReply for this protocol version that also states `limits`; the caller adds the models.
+wire::HelloReply make_hello_reply(const std::string& server_name, const Limits& limits);
+
+// Wraps `bytes` in a zmq message without copying them: the message takes the vector over and frees
+// it when ZeroMQ is done with it (possibly on ZeroMQ's I/O thread).
+zmq::message_t adopt_payload(std::vector<uint8_t>&& bytes);
+
+// Socket settings shared by both ends: ZeroMQ heartbeats (ZMQ_HEARTBEAT_IVL/TIMEOUT/TTL) detect a
+// dead peer on an idle connection; 0 disables them.
+struct Heartbeat {
+  std::chrono::milliseconds ivl{1000};      // send a ZMTP PING after this much silence
+  std::chrono::milliseconds timeout{3000};  // close the connection when no traffic for this long
+  std::chrono::milliseconds ttl{6000};      // ask the peer to close it after this much silence
+};
+
+// The server's ROUTER. Each high-water mark counts whole messages; the receive side is large so
+// that bursts queue in ZeroMQ rather than in the kernel, the send side bounds replies waiting for
+// one slow device.
+struct RouterOptions {
+  std::string endpoint = "tcp://*:5555";
+  Limits limits;
+  Heartbeat heartbeat;
+  int sndhwm = 1000;
+  int rcvhwm = 1000;
+};
+
+// Creates a ROUTER on `context`, applies `options` (linger 0, ZMQ_ROUTER_MANDATORY so replies to
+// departed devices fail instead of vanishing, ZMQ_MAXMSGSIZE = max_message_bytes: a single frame
+// over it makes ZeroMQ drop the connection before the frame is buffered) and binds it. Returns
+// kInvalidArgument with the endpoint and ZeroMQ's reason when binding fails. Never throws.
+Result<zmq::socket_t> bind_router(zmq::context_t& context, const RouterOptions& options);
+
+// The endpoint a socket is bound to (resolves "tcp://127.0.0.1:*" to the chosen port); empty on
+// error.
+std::string last_endpoint(const zmq::socket_t& socket);
+
+// Sets the heartbeat options on `socket`. Throws zmq::error_t on invalid values (configuration).
+void apply_heartbeat(zmq::socket_t& socket, const Heartbeat& heartbeat);
+
+// Microseconds on the steady clock, for Ping.sent_us and timing fields.
+uint64_t steady_now_us();
+
+}  // namespace edgesplit::transport
