@@ -77,7 +77,9 @@ struct Stats {
 
 Stats summarise(std::vector<double> us) {
   std::sort(us.begin(), us.end());
-  auto at = [&](double q) { return us[static_cast<size_t>(q * static_cast<double>(us.size() - 1))]; };
+  auto at = [&](double q) {
+    return us[static_cast<size_t>(q * static_cast<double>(us.size() - 1))];
+  };
   Stats s;
   s.median_us = at(0.5);
   s.p10_us = at(0.1);
@@ -125,8 +127,8 @@ int main(int argc, char** argv) {
       "decisions", "timed decisions per run", cxxopts::value<int>()->default_value("20000"))(
       "warmup", "untimed decisions first", cxxopts::value<int>()->default_value("2000"))(
       "unconstrained", "no constraints (by default all six are set)")(
-      "json", "write the results to this file", cxxopts::value<std::string>())(
-      "h,help", "show this help");
+      "json", "write the results to this file", cxxopts::value<std::string>())("h,help",
+                                                                               "show this help");
   cxxopts::ParseResult args;
   try {
     args = cli.parse(argc, argv);
@@ -143,7 +145,8 @@ int main(int argc, char** argv) {
   const int decisions = args["decisions"].as<int>();
   const int warmup = args["warmup"].as<int>();
   if (cuts < 2 || encodings < 1 || decisions < 1 || warmup < 0) {
-    std::cerr << "edgesplit-bench-scheduler: need --cuts >= 2, --encodings >= 1, --decisions >= 1\n";
+    std::cerr
+        << "edgesplit-bench-scheduler: need --cuts >= 2, --encodings >= 1, --decisions >= 1\n";
     return 2;
   }
 
@@ -187,7 +190,9 @@ int main(int argc, char** argv) {
   const int full_changes = changes;
 
   Scheduler pinned = std::move(Scheduler::create(profile, options)).value();
-  if (!pinned.pin(cuts / 2, profile.cuts[static_cast<size_t>(cuts / 2)].encodings[0].encoding.name()).ok()) {
+  if (!pinned
+           .pin(cuts / 2, profile.cuts[static_cast<size_t>(cuts / 2)].encodings[0].encoding.name())
+           .ok()) {
     std::cerr << "edgesplit-bench-scheduler: cannot pin the baseline plan\n";
     return 1;
   }
@@ -195,13 +200,16 @@ int main(int argc, char** argv) {
   const Stats one = summarise(time_decisions(pinned, trace, decisions, &changes));
 
   const size_t plans = scheduler.plans().size();
-  std::printf("scheduler decide(): %zu plans (%d cuts x %d encodings + device-only), %d decisions, "
-              "%s\n",
-              plans, cuts - 1, encodings, decisions,
-              constrained ? "all six constraints set" : "no constraints");
-  std::printf("  full search : median %.2f us  p10 %.2f  p90 %.2f  p99 %.2f  (%.1f ns/plan), %d plan changes\n",
-              full.median_us, full.p10_us, full.p90_us, full.p99_us,
-              full.median_us * 1000 / static_cast<double>(plans), full_changes);
+  std::printf(
+      "scheduler decide(): %zu plans (%d cuts x %d encodings + device-only), %d decisions, "
+      "%s\n",
+      plans, cuts - 1, encodings, decisions,
+      constrained ? "all six constraints set" : "no constraints");
+  std::printf(
+      "  full search : median %.2f us  p10 %.2f  p90 %.2f  p99 %.2f  (%.1f ns/plan), %d plan "
+      "changes\n",
+      full.median_us, full.p10_us, full.p90_us, full.p99_us,
+      full.median_us * 1000 / static_cast<double>(plans), full_changes);
   std::printf("  pinned plan : median %.2f us  p10 %.2f  p90 %.2f  p99 %.2f  (baseline)\n",
               one.median_us, one.p10_us, one.p90_us, one.p99_us);
   std::printf("  ratio       : %.1fx the pinned decision; budget 50 us: %s\n",
@@ -224,7 +232,8 @@ int main(int argc, char** argv) {
     std::ofstream out(args["json"].as<std::string>());
     out << j.dump(2) << "\n";
     if (!out) {
-      std::cerr << "edgesplit-bench-scheduler: cannot write " << args["json"].as<std::string>() << "\n";
+      std::cerr << "edgesplit-bench-scheduler: cannot write " << args["json"].as<std::string>()
+                << "\n";
       return 1;
     }
   }

@@ -221,7 +221,8 @@ Result<Scheduler> Scheduler::create(const profiles::Profile& profile, SchedulerO
   }
   EDGESPLIT_RETURN_IF_ERROR(check_constraints(options.constraints));
   if (!(options.switch_margin >= 0) || !(options.switch_min_gain >= 0) ||
-      options.switch_after < 1 || !(options.constraint_margin >= 0 && options.constraint_margin < 1)) {
+      options.switch_after < 1 ||
+      !(options.constraint_margin >= 0 && options.constraint_margin < 1)) {
     return invalid_argument(
         "hysteresis options must be switch_margin >= 0, switch_min_gain >= 0, "
         "switch_after >= 1 and 0 <= constraint_margin < 1");
@@ -381,7 +382,8 @@ void Scheduler::apply_constraints() {
     m.accuracy_drop_pp = c.accuracy_drop_pp;
     m.bytes = c.local ? 0 : c.bytes;
     m.device_memory_mb = c.device_memory_mb;
-    for (Constraint k : {Constraint::kAccuracyDrop, Constraint::kBytes, Constraint::kDeviceMemory}) {
+    for (Constraint k :
+         {Constraint::kAccuracyDrop, Constraint::kBytes, Constraint::kDeviceMemory}) {
       if (!bound_of(cs, k)) continue;
       const double v = violation(k, value_of(m, k), *bound_of(cs, k));
       c.static_violations[static_cast<size_t>(k)] = v;

@@ -1,7 +1,7 @@
-// Profile: what every cut point of a model costs, sends and loses, as measured by edgesplit-profile.
-// Bytes and accuracy depend on the model and data (measured once); head and tail times depend on the
-// hardware (each side profiles itself and the parts are merged). Stored as JSON a person can read and
-// diff (profiles/profile_json.cc). Free of LibTorch.
+// Profile: what every cut point of a model costs, sends and loses, as measured by
+// edgesplit-profile. Bytes and accuracy depend on the model and data (measured once); head and tail
+// times depend on the hardware (each side profiles itself and the parts are merged). Stored as JSON
+// a person can read and diff (profiles/profile_json.cc). Free of LibTorch.
 #pragma once
 
 #include <cstdint>
@@ -28,25 +28,27 @@ struct Timing {
 // How the tensor crossing a cut is sent: a codec setting, or (cut 0 only) a JPEG of the input.
 struct Encoding {
   packing::Format format = packing::Format::kQuantized;
-  int bits = 8;                           // 1..16 for kQuantized; 16/32 for fp16/fp32
+  int bits = 8;  // 1..16 for kQuantized; 16/32 for fp16/fp32
   packing::Lossless lossless = packing::Lossless::kNone;
   bool per_channel = false;
-  double clip_percentile = 0;             // 0: min/max range
-  int jpeg_quality = 0;                   // > 0: the 8-bit input as JPEG (cut 0 only); codec unused
+  double clip_percentile = 0;  // 0: min/max range
+  int jpeg_quality = 0;        // > 0: the 8-bit input as JPEG (cut 0 only); codec unused
   // "q4", "q4+zstd", "q4/pc", "fp16", "fp32", "jpeg90": unique within a cut, stable across runs.
+  // Grammar: jpeg<quality>, or <precision>[/pc][/clip<percentile>][+<lossless>] with precision
+  // as packing::precision_name and lossless as packing::lossless_name ("q2/pc/clip99.99+zstd").
   std::string name() const;
 };
 
 // One encoding's measurements at one cut.
 struct EncodingProfile {
   Encoding encoding;
-  double bytes_mean = 0;   // packed bytes per frame (header included) on the calibration images
+  double bytes_mean = 0;  // packed bytes per frame (header included) on the calibration images
   double bytes_p95 = 0;
-  Timing pack;             // encode time on the profiling machine
-  Timing unpack;           // decode time on the profiling machine
-  double top1 = 0;         // fraction correct on the scored images (labels, or agreement below)
+  Timing pack;      // encode time on the profiling machine
+  Timing unpack;    // decode time on the profiling machine
+  double top1 = 0;  // fraction correct on the scored images (labels, or agreement below)
   double top5 = 0;
-  double agreement = 0;    // fraction whose top-1 equals the fp32 model's top-1
+  double agreement = 0;  // fraction whose top-1 equals the fp32 model's top-1
 };
 
 struct CutProfile {
@@ -61,8 +63,8 @@ struct CutProfile {
   // Estimated peak activation memory of running the head (max over cuts j <= id of the fp32 bytes
   // crossing j plus those crossing j + 1): with head_weight_bytes, what a device must hold.
   int64_t head_activation_bytes = 0;
-  Timing head;  // device side
-  Timing tail;  // server side
+  Timing head;                             // device side
+  Timing tail;                             // server side
   std::vector<EncodingProfile> encodings;  // empty for the last cut (nothing is sent)
 };
 
@@ -76,13 +78,13 @@ struct MachineInfo {
 struct Profile {
   int format_version = kProfileFormatVersion;
   std::string model_name;
-  std::string model_digest;  // "sha256:..." of the model file
-  std::string created;       // ISO 8601 UTC
+  std::string model_digest;    // "sha256:..." of the model file
+  std::string created;         // ISO 8601 UTC
   MachineInfo device_machine;  // where head times (and pack times) were measured
   MachineInfo server_machine;  // where tail times (and unpack times) were measured
   // Settings: the images, the split, the encodings tried.
   std::string images;
-  std::string labels;                      // "" when accuracy is agreement with fp32
+  std::string labels;                           // "" when accuracy is agreement with fp32
   std::vector<std::string> calibration_images;  // fit ranges/clipping; never scored
   int scored_images = 0;
   std::vector<int64_t> input_shape;
@@ -95,7 +97,8 @@ struct Profile {
 // kInvalidArgument and a sentence naming both digests and what to do (profile this model).
 Result<Profile> load_profile(const std::string& path, const std::string& expected_digest = "");
 Result<Profile> parse_profile(const std::string& json_text);
-// Writes atomically (a temporary file renamed over `path`): an interrupted run leaves no corrupt file.
+// Writes atomically (a temporary file renamed over `path`): an interrupted run leaves no corrupt
+// file.
 Status save_profile(const std::string& path, const Profile& profile);
 std::string to_json_text(const Profile& profile);
 

@@ -5,8 +5,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -29,9 +29,12 @@ using OrderedJson = nlohmann::ordered_json;
 
 const char* format_key(packing::Format format) {
   switch (format) {
-    case packing::Format::kQuantized: return "quantized";
-    case packing::Format::kFloat16: return "fp16";
-    case packing::Format::kFloat32: return "fp32";
+    case packing::Format::kQuantized:
+      return "quantized";
+    case packing::Format::kFloat16:
+      return "fp16";
+    case packing::Format::kFloat32:
+      return "fp32";
   }
   return "unknown";
 }
@@ -138,10 +141,9 @@ bool fits_one_line(const OrderedJson& j) {
   if (j.is_array()) {
     if (j.size() > 16) return false;
     for (const auto& e : j) {
-      if (!is_scalar(e) && !(e.is_array() && e.size() <= 8 &&
-                             std::all_of(e.begin(), e.end(), [](const auto& x) {
-                               return x.is_primitive();
-                             }))) {
+      if (!is_scalar(e) &&
+          !(e.is_array() && e.size() <= 8 &&
+            std::all_of(e.begin(), e.end(), [](const auto& x) { return x.is_primitive(); }))) {
         return false;
       }
     }
@@ -257,14 +259,14 @@ Status find(const Json& obj, const std::string& path, const char* key, bool requ
   return Status();
 }
 
-Status read(const Json& obj, const std::string& path, const char* key, bool required,
-            double& out) {
+Status read(const Json& obj, const std::string& path, const char* key, bool required, double& out) {
   const Json* v;
   EDGESPLIT_RETURN_IF_ERROR(find(obj, path, key, required, &v));
   if (!v) return Status();
   if (!v->is_number()) return wrong_type(join(path, key), "a number", *v);
   out = v->get<double>();
-  if (!std::isfinite(out)) return invalid_argument("profile key \"" + join(path, key) + "\" is not finite");
+  if (!std::isfinite(out))
+    return invalid_argument("profile key \"" + join(path, key) + "\" is not finite");
   return Status();
 }
 
@@ -289,8 +291,7 @@ Status read(const Json& obj, const std::string& path, const char* key, bool requ
   return Status();
 }
 
-Status read(const Json& obj, const std::string& path, const char* key, bool required,
-            bool& out) {
+Status read(const Json& obj, const std::string& path, const char* key, bool required, bool& out) {
   const Json* v;
   EDGESPLIT_RETURN_IF_ERROR(find(obj, path, key, required, &v));
   if (!v) return Status();
@@ -421,11 +422,13 @@ Status parse_encoding_profile(const Json& j, const std::string& p, EncodingProfi
                                                                  : enc.bits == 32;
   if (!bits_ok) {
     return invalid_argument("profile key \"" + p + ".bits\" is " + std::to_string(enc.bits) +
-                            ", which format " + format + " does not allow (quantized: 1..16, fp16: 16, "
+                            ", which format " + format +
+                            " does not allow (quantized: 1..16, fp16: 16, "
                             "fp32: 32)");
   }
   if (enc.jpeg_quality < 0 || enc.jpeg_quality > 100) {
-    return invalid_argument("profile key \"" + p + ".jpeg_quality\" must be in 0..100 (0: not JPEG)");
+    return invalid_argument("profile key \"" + p +
+                            ".jpeg_quality\" must be in 0..100 (0: not JPEG)");
   }
   if (enc.clip_percentile < 0 || enc.clip_percentile > 100) {
     return invalid_argument("profile key \"" + p + ".clip_percentile\" must be in 0..100");
@@ -484,8 +487,8 @@ Status parse_cut(const Json& j, const std::string& p, CutProfile& c) {
     const std::string ep = p + ".encodings[" + std::to_string(i) + "]";
     EDGESPLIT_RETURN_IF_ERROR(parse_encoding_profile((*encodings)[i], ep, e));
     if (!names.insert(e.encoding.name()).second) {
-      return invalid_argument("profile key \"" + ep + "\" repeats encoding \"" +
-                              e.encoding.name() + "\" of cut " + std::to_string(c.id));
+      return invalid_argument("profile key \"" + ep + "\" repeats encoding \"" + e.encoding.name() +
+                              "\" of cut " + std::to_string(c.id));
     }
     c.encodings.push_back(std::move(e));
   }
@@ -493,8 +496,8 @@ Status parse_cut(const Json& j, const std::string& p, CutProfile& c) {
 }
 
 Status parse_profile_json(const Json& j, Profile& p) {
-  if (!j.is_object()) return invalid_argument("a profile must be a JSON object, found " +
-                                              std::string(type_name(j)));
+  if (!j.is_object())
+    return invalid_argument("a profile must be a JSON object, found " + std::string(type_name(j)));
   EDGESPLIT_RETURN_IF_ERROR(read(j, "", "format_version", true, p.format_version));
   if (p.format_version != kProfileFormatVersion) {
     return invalid_argument("profile format version " + std::to_string(p.format_version) +
@@ -519,8 +522,10 @@ Status parse_profile_json(const Json& j, Profile& p) {
   const Json* cuts;
   EDGESPLIT_RETURN_IF_ERROR(find(j, "", "cuts", true, &cuts));
   if (!cuts->is_array()) return wrong_type("cuts", "an array", *cuts);
-  if (cuts->empty()) return invalid_argument("profile key \"cuts\" is empty (a profile needs at "
-                                             "least the cut that runs everything on the device)");
+  if (cuts->empty())
+    return invalid_argument(
+        "profile key \"cuts\" is empty (a profile needs at "
+        "least the cut that runs everything on the device)");
   p.cuts.clear();
   for (size_t i = 0; i < cuts->size(); ++i) {
     CutProfile c;
@@ -613,11 +618,12 @@ Status save_profile(const std::string& path, const Profile& profile) {
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
-    return Status(StatusCode::kUnavailable,
-                  "cannot write " + tmp + " (" + std::strerror(errno) + "); " + path + " is unchanged");
+    return Status(StatusCode::kUnavailable, "cannot write " + tmp + " (" + std::strerror(errno) +
+                                                "); " + path + " is unchanged");
   }
   Status written = write_all(fd, text);
-  if (written.ok() && ::fsync(fd) != 0) written = Status(StatusCode::kUnavailable, std::strerror(errno));
+  if (written.ok() && ::fsync(fd) != 0)
+    written = Status(StatusCode::kUnavailable, std::strerror(errno));
   if (::close(fd) != 0 && written.ok()) {
     written = Status(StatusCode::kUnavailable, std::strerror(errno));
   }
@@ -635,9 +641,10 @@ Status save_profile(const std::string& path, const Profile& profile) {
 Status merge_timings(Profile& into, const Profile& from, bool device) {
   const char* side = device ? "device" : "server";
   if (into.model_digest != from.model_digest) {
-    return invalid_argument(std::string("cannot merge ") + side + " timings: they were measured on "
-                            "model " + from.model_digest + ", the profile is for " +
-                            into.model_digest);
+    return invalid_argument(std::string("cannot merge ") + side +
+                            " timings: they were measured on "
+                            "model " +
+                            from.model_digest + ", the profile is for " + into.model_digest);
   }
   if (into.cuts.size() != from.cuts.size()) {
     return invalid_argument(std::string("cannot merge ") + side + " timings: the profiles list " +
@@ -647,8 +654,8 @@ Status merge_timings(Profile& into, const Profile& from, bool device) {
   for (size_t i = 0; i < into.cuts.size(); ++i) {
     if (into.cuts[i].name != from.cuts[i].name) {
       return invalid_argument(std::string("cannot merge ") + side + " timings: cut " +
-                              std::to_string(i) + " is \"" + into.cuts[i].name + "\" in one and \"" +
-                              from.cuts[i].name + "\" in the other");
+                              std::to_string(i) + " is \"" + into.cuts[i].name +
+                              "\" in one and \"" + from.cuts[i].name + "\" in the other");
     }
   }
   // Validated first, so a failed merge leaves `into` untouched.

@@ -153,7 +153,8 @@ TEST_CASE("probes: due while local and silent, sized to the link, never while on
   REQUIRE(p.kind == ProbeRequest::Kind::kBandwidth);
   // Sized to move for probe_transfer_ms at the estimated rate, within bounds.
   const double expected = n.bandwidth_mbps() * 125 * o.probe_transfer_ms;
-  CHECK(p.bytes == std::clamp(static_cast<int64_t>(expected), o.probe_bytes_min, o.probe_bytes_max));
+  CHECK(p.bytes ==
+        std::clamp(static_cast<int64_t>(expected), o.probe_bytes_min, o.probe_bytes_max));
 
   // A remote plan keeps the bandwidth estimate alive by itself: only round-trip probes, when
   // no small exchange happened for rtt_probe_interval_ms.

@@ -314,7 +314,8 @@ TEST_CASE("a failed or interrupted save leaves the old file intact") {
   const Profile old_profile = sample_profile();
   Profile new_profile = sample_profile();
   new_profile.model_name = "changed";
-  for (int i = 0; i < 200; ++i) new_profile.calibration_images.push_back("image" + std::to_string(i));
+  for (int i = 0; i < 200; ++i)
+    new_profile.calibration_images.push_back("image" + std::to_string(i));
   const fs::path dir = scratch_dir("atomic");
   const std::string path = (dir / "profile.json").string();
   REQUIRE(save_profile(path, old_profile).ok());

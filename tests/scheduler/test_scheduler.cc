@@ -55,13 +55,11 @@ Profile mobile_profile() {
     double head_ms, tail_ms;
     int64_t head_weights;
   };
-  const std::vector<Row> rows = {{"input", 150528, 0.0, 5.0, 0},
-                                 {"features.3", 75264, 16, 4.0, 200000},
-                                 {"features.6", 25088, 30, 3.0, 600000},
-                                 {"features.13", 18816, 50, 1.8, 3000000},
-                                 {"features.17", 15680, 68, 0.8, 9000000},
-                                 {"pool", 1280, 76, 0.1, 14000000},
-                                 {"all", 1000, 80, 0.0, 14100000}};
+  const std::vector<Row> rows = {
+      {"input", 150528, 0.0, 5.0, 0},           {"features.3", 75264, 16, 4.0, 200000},
+      {"features.6", 25088, 30, 3.0, 600000},   {"features.13", 18816, 50, 1.8, 3000000},
+      {"features.17", 15680, 68, 0.8, 9000000}, {"pool", 1280, 76, 0.1, 14000000},
+      {"all", 1000, 80, 0.0, 14100000}};
   for (size_t i = 0; i < rows.size(); ++i) {
     CutProfile c;
     c.id = static_cast<int>(i);
@@ -179,8 +177,8 @@ BruteMetrics brute_metrics(const Profile& p, size_t cut, int enc, const Conditio
   const EncodingProfile& e = k.encodings[static_cast<size_t>(enc)];
   const double transfer = e.bytes_mean / (c.bandwidth_mbps * 1e6 / 8 / 1000);
   const double tail = k.tail.median_ms * c.server_load;
-  m.latency = head + e.pack.median_ms + transfer + c.rtt_ms + c.server_queue_ms +
-              e.unpack.median_ms + tail;
+  m.latency =
+      head + e.pack.median_ms + transfer + c.rtt_ms + c.server_queue_ms + e.unpack.median_ms + tail;
   m.fps = 1000 / std::max({head + e.pack.median_ms, transfer, tail + e.unpack.median_ms});
   m.server = e.unpack.median_ms + tail;
   m.energy = (o.power.compute_watts * (head + e.pack.median_ms) + o.power.radio_watts * transfer +
@@ -194,11 +192,16 @@ BruteMetrics brute_metrics(const Profile& p, size_t cut, int enc, const Conditio
 
 double brute_objective(const BruteMetrics& m, Objective o) {
   switch (o) {
-    case Objective::kLatency: return m.latency;
-    case Objective::kThroughput: return 1000 / m.fps;
-    case Objective::kEnergy: return m.energy;
-    case Objective::kData: return m.bytes;
-    case Objective::kCost: return m.cost;
+    case Objective::kLatency:
+      return m.latency;
+    case Objective::kThroughput:
+      return 1000 / m.fps;
+    case Objective::kEnergy:
+      return m.energy;
+    case Objective::kData:
+      return m.bytes;
+    case Objective::kCost:
+      return m.cost;
   }
   return 0;
 }
@@ -218,7 +221,9 @@ double brute_violation(const BruteMetrics& m, const Constraints& c) {
   return v;
 }
 
-bool close(double a, double b) { return std::fabs(a - b) <= 1e-9 * std::max({1.0, std::fabs(a), std::fabs(b)}); }
+bool close(double a, double b) {
+  return std::fabs(a - b) <= 1e-9 * std::max({1.0, std::fabs(a), std::fabs(b)});
+}
 
 struct Simulation {
   // A device sending frames over a link with the given true conditions; the estimators see only
@@ -343,9 +348,9 @@ TEST_CASE("the choice equals brute force for every objective (random profiles an
     if (u(rng) < 0.3) o.constraints.max_server_ms = 20 * u(rng);
     Scheduler s = make(p, o);
     for (int k = 0; k < 10; ++k) {
-      const Conditions c = conditions(u(rng) < 0.1 ? 0 : std::exp(std::log(0.1) + 9 * u(rng)),
-                                      50 * u(rng), u(rng) < 0.5 ? 0 : 30 * u(rng),
-                                      0.5 + 3 * u(rng), 0.5 + 3 * u(rng));
+      const Conditions c =
+          conditions(u(rng) < 0.1 ? 0 : std::exp(std::log(0.1) + 9 * u(rng)), 50 * u(rng),
+                     u(rng) < 0.5 ? 0 : 30 * u(rng), 0.5 + 3 * u(rng), 0.5 + 3 * u(rng));
       const Decision d = fresh(s, c);
       // Brute force: the best feasible objective, else the least violation.
       double best = std::numeric_limits<double>::infinity();
@@ -366,7 +371,8 @@ TEST_CASE("the choice equals brute force for every objective (random profiles an
       int enc = -1;
       if (!d.plan.local) {
         for (size_t e = 0; e < p.cuts[cut].encodings.size(); ++e) {
-          if (p.cuts[cut].encodings[e].encoding.name() == d.plan.encoding_name) enc = static_cast<int>(e);
+          if (p.cuts[cut].encodings[e].encoding.name() == d.plan.encoding_name)
+            enc = static_cast<int>(e);
         }
         REQUIRE(enc >= 0);
       }
@@ -397,14 +403,15 @@ TEST_CASE("the choice equals brute force for every objective (random profiles an
   CHECK(infeasible_cases > 100);
 }
 
-TEST_CASE("bandwidth moves the plan: input when fast, deeper and fewer bits when slow, device at 0") {
+TEST_CASE(
+    "bandwidth moves the plan: input when fast, deeper and fewer bits when slow, device at 0") {
   Scheduler s = make(mobile_profile());
   const std::vector<double> mbps = {1000, 300, 100, 30, 10, 3, 1, 0.3, 0};
   std::vector<Decision> ds;
   for (double b : mbps) ds.push_back(fresh(s, conditions(b)));
   for (size_t i = 0; i < ds.size(); ++i) {
-    MESSAGE(mbps[i] << " Mbps: cut " << ds[i].plan.cut_id << " " << ds[i].plan.encoding_name
-                    << ", " << ds[i].predicted.latency_ms << " ms");
+    MESSAGE(mbps[i] << " Mbps: cut " << ds[i].plan.cut_id << " " << ds[i].plan.encoding_name << ", "
+                    << ds[i].predicted.latency_ms << " ms");
   }
   CHECK(ds.front().plan.cut_id == 0);
   CHECK(ds.back().plan.local);
@@ -412,11 +419,11 @@ TEST_CASE("bandwidth moves the plan: input when fast, deeper and fewer bits when
   for (size_t i = 1; i < ds.size(); ++i) CHECK(ds[i].predicted.bytes <= ds[i - 1].predicted.bytes);
   // Somewhere in between a deeper cut or fewer bits than at the top wins, still remote.
   CHECK(std::any_of(ds.begin(), ds.end(), [&](const Decision& d) {
-    return !d.plan.local && (d.plan.cut_id > 0 || d.plan.encoding.bits < ds.front().plan.encoding.bits);
+    return !d.plan.local &&
+           (d.plan.cut_id > 0 || d.plan.encoding.bits < ds.front().plan.encoding.bits);
   }));
-  CHECK(std::any_of(ds.begin(), ds.end(), [&](const Decision& d) {
-    return !d.plan.local && d.plan.cut_id > 0;
-  }));
+  CHECK(std::any_of(ds.begin(), ds.end(),
+                    [&](const Decision& d) { return !d.plan.local && d.plan.cut_id > 0; }));
   // No server: device only, whatever the bandwidth.
   Conditions down = conditions(1000);
   down.server_available = false;
@@ -493,7 +500,8 @@ TEST_CASE("constraints are honoured") {
   }
 }
 
-TEST_CASE("infeasible constraints: the least-violating plan, visibly, with the binding constraint") {
+TEST_CASE(
+    "infeasible constraints: the least-violating plan, visibly, with the binding constraint") {
   const Profile p = mobile_profile();
   SUBCASE("one impossible latency bound") {
     SchedulerOptions o;
@@ -508,7 +516,8 @@ TEST_CASE("infeasible constraints: the least-violating plan, visibly, with the b
     CHECK(d.excluded_by[static_cast<int>(Constraint::kLatency)] == d.available_plans);
     // Least violating = lowest latency here.
     Scheduler free_s = make(p);
-    CHECK(d.predicted.latency_ms == doctest::Approx(fresh(free_s, conditions(1000, 5)).predicted.latency_ms));
+    CHECK(d.predicted.latency_ms ==
+          doctest::Approx(fresh(free_s, conditions(1000, 5)).predicted.latency_ms));
   }
   SUBCASE("two constraints that cannot both hold: the larger normalised violation binds") {
     SchedulerOptions o;
@@ -520,7 +529,8 @@ TEST_CASE("infeasible constraints: the least-violating plan, visibly, with the b
     CHECK_FALSE(d.feasible);
     // Brute force over the plans for the least total violation and its largest term.
     double least = 1e300;
-    for (const PlanEstimate& e : s.evaluate_all(conditions(10))) least = std::min(least, e.violation);
+    for (const PlanEstimate& e : s.evaluate_all(conditions(10)))
+      least = std::min(least, e.violation);
     const PlanEstimate chosen = s.evaluate(d.plan.index, conditions(10));
     CHECK(chosen.violation == doctest::Approx(least));
     int worst = 0;
@@ -601,9 +611,9 @@ TEST_CASE("hysteresis: noise in a steady band does not flap the plan; without it
     with_total += with;
     without_total += count_switches(off, crossover * f);
   }
-  MESSAGE("crossover at " << crossover << " Mbps, 11 traces of 280 noisy frames around it: "
-                          << with_total << " switches with hysteresis, " << without_total
-                          << " without");
+  MESSAGE("crossover at " << crossover
+                          << " Mbps, 11 traces of 280 noisy frames around it: " << with_total
+                          << " switches with hysteresis, " << without_total << " without");
   CHECK(without_total > 20);
 }
 
@@ -696,6 +706,35 @@ TEST_CASE("a current plan that becomes infeasible is left at once, even under he
   CHECK(d.plan.local);
 }
 
+TEST_CASE("a current plan just over a bound (inside constraint_margin) stays, visibly") {
+  SchedulerOptions o;
+  o.constraints.max_latency_ms = 50;
+  o.switch_margin = 1;  // only feasibility moves the plan here
+  o.switch_after = 1000000;
+  Scheduler s = make(mobile_profile(), o);
+  const int first = s.decide(conditions(1000)).plan.index;
+  Scheduler reference = make(mobile_profile(), o);
+  // A bandwidth where the current plan is at most 5% over the bound and another plan meets it.
+  double b = 500;
+  auto over = [&](double x) { return s.evaluate(first, conditions(x)).metrics.latency_ms; };
+  while (b > 0.5 && !(over(b) > 50 && over(b) < 52 && fresh(reference, conditions(b)).feasible &&
+                      fresh(reference, conditions(b)).plan.index != first)) {
+    b *= 0.995;
+  }
+  REQUIRE(b > 0.5);
+  const Decision d = s.decide(conditions(b));
+  CHECK(d.plan.index == first);
+  CHECK_FALSE(d.changed);
+  CHECK_FALSE(d.feasible);
+  CHECK(d.binding_constraint == "max_latency_ms");
+  CHECK(d.explanation.find("constraint_margin band") != std::string::npos);
+  // With no band, the same step switches.
+  o.constraint_margin = 0;
+  Scheduler strict = make(mobile_profile(), o);
+  REQUIRE(strict.decide(conditions(1000)).plan.index == first);
+  CHECK(strict.decide(conditions(b)).changed);
+}
+
 TEST_CASE("a persistent small advantage wins after switch_after decisions") {
   SchedulerOptions o;
   o.switch_margin = 0.5;
@@ -780,7 +819,8 @@ TEST_CASE("the Pareto front holds exactly the undominated plans") {
       } else if (!dominated) {
         // Only an exact duplicate of a front plan may be left out.
         CHECK(std::any_of(front.begin(), front.end(), [&](const PlanEstimate& f) {
-          return f.metrics.latency_ms == e.metrics.latency_ms && f.metrics.bytes == e.metrics.bytes &&
+          return f.metrics.latency_ms == e.metrics.latency_ms &&
+                 f.metrics.bytes == e.metrics.bytes &&
                  f.metrics.accuracy_drop_pp == e.metrics.accuracy_drop_pp;
         }));
       }
