@@ -1,9 +1,12 @@
 // edgesplit-device: runs the head of a CNN on this device and the tail on an edgesplit server.
 #include <cxxopts.hpp>
 #include <iostream>
+#include <optional>
+#include <sstream>
 #include <string>
 
 #include "device/agent.h"
+#include "transport/curve.h"
 
 namespace {
 
@@ -12,9 +15,22 @@ int usage_error(const std::string& message) {
   return 2;
 }
 
-// "1".."16" quantized, "fp16", "fp32"; false when it is none of those.
-bool parse_bits(const std::string& s, edgesplit::packing::EncodeOptions& eo) {
+// "1".."16" quantized, "fp16", "fp32", or "jpegQ" (Q = 1..100, the input as JPEG); false when
+// it is none of those.
+bool parse_bits(const std::string& s, edgesplit::packing::EncodeOptions& eo, int& jpeg_quality) {
   using edgesplit::packing::Format;
+  jpeg_quality = 0;
+  if (s.rfind("jpeg", 0) == 0) {
+    try {
+      size_t used = 0;
+      int q = std::stoi(s.substr(4), &used);
+      if (used != s.size() - 4 || q < 1 || q > 100) return false;
+      jpeg_quality = q;
+      return true;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
   if (s == "fp32" || s == "32") {
     eo.format = Format::kFloat32;
     eo.bits = 32;
@@ -53,19 +69,42 @@ int main(int argc, char** argv) {
     ("input", "image file, folder of images, video file, or camera:N", cxxopts::value<std::string>())
     ("max-frames", "stop after this many frames (0: the whole input)", cxxopts::value<int64_t>()->default_value("0"))
     ("loop", "passes over a file or folder input (0: forever)", cxxopts::value<int>()->default_value("1"))
-    ("cut", "cut point id (edgesplit-inspect lists them), 'input' (send the input) or 'device' (all local)",
-     cxxopts::value<std::string>()->default_value("device"))
-    ("bits", "precision of the tensor sent: 1..16 (quantized), fp16 or fp32", cxxopts::value<std::string>()->default_value("8"))
+    ("cut", "fix the plan's cut: an id (edgesplit-inspect lists them), 'input' or 'device' "
+     "(default: the scheduler chooses every frame)", cxxopts::value<std::string>()->default_value(""))
+    ("bits", "with --cut: precision sent, 1..16 (quantized), fp16, fp32, or jpegQ at the input",
+     cxxopts::value<std::string>()->default_value("8"))
+    ("plan", "fix the plan as cut=ID,bits=B[,lossless=L] (same as --cut/--bits/--lossless)",
+     cxxopts::value<std::string>()->default_value(""))
+    ("profile", "the model's profile (default: MODEL.profile.json beside the model)",
+     cxxopts::value<std::string>()->default_value(""))
+    ("objective", "what the scheduler optimises: latency, throughput, energy, data or cost",
+     cxxopts::value<std::string>()->default_value("latency"))
+    ("max-accuracy-drop", "constraint: top-1 points lost vs fp32, from the profile", cxxopts::value<double>())
+    ("max-latency-ms", "constraint: predicted end-to-end latency per frame", cxxopts::value<double>())
+    ("min-fps", "constraint: pipelined frames per second", cxxopts::value<double>())
+    ("max-bytes-per-frame", "constraint: bytes sent per frame", cxxopts::value<double>())
+    ("max-device-memory-mb", "constraint: head weights + activations on the device (MiB); the "
+     "device does not load what it cannot hold", cxxopts::value<double>())
+    ("max-server-ms", "constraint: server compute per frame", cxxopts::value<double>())
+    ("device-power", "device description JSON: compute_watts, radio_watts, idle_watts",
+     cxxopts::value<std::string>()->default_value(""))
+    ("server-price", "price of one second of server compute, for --objective cost",
+     cxxopts::value<double>()->default_value("1"))
     ("lossless", "lossless stage: none, blosc-lz4, blosc-zstd or zstd", cxxopts::value<std::string>()->default_value("none"))
     ("clip-percentile", "clip the quantization range to this percentile (0: min/max)",
      cxxopts::value<double>()->default_value("0"))
     ("per-channel", "one scale per channel instead of per tensor")
     ("top-k", "classes reported per frame", cxxopts::value<int>()->default_value("5"))
-    ("in-flight", "frames sent and not yet answered at once", cxxopts::value<int>()->default_value("1"))
+    ("in-flight", "frames sent and not yet answered at once (0: 1, or 4 with --objective throughput)",
+     cxxopts::value<int>()->default_value("0"))
     ("timeout-ms", "a frame not answered by then is finished on the device", cxxopts::value<int>()->default_value("1000"))
     ("threads", "LibTorch intra-op threads (0: LibTorch's default)", cxxopts::value<int>()->default_value("0"))
     ("output", "write JSON lines to this file instead of stdout", cxxopts::value<std::string>()->default_value(""))
     ("name", "device name sent in the handshake", cxxopts::value<std::string>()->default_value("edgesplit-device"))
+    ("server-key", "the server's CURVE public key file (.pub from edgesplit-keygen): encrypts the link",
+     cxxopts::value<std::string>())
+    ("key", "this device's CURVE secret key file (.key; default with --server-key: a fresh key per run)",
+     cxxopts::value<std::string>())
     ("quiet", "no log lines or summary on stderr")
     ("h,help", "show this help");
   // clang-format on
@@ -92,13 +131,57 @@ int main(int argc, char** argv) {
   o.max_frames = args["max-frames"].as<int64_t>();
   o.loop = args["loop"].as<int>();
   o.cut = args["cut"].as<std::string>();
-  if (!parse_bits(args["bits"].as<std::string>(), o.encode)) {
-    return usage_error("--bits " + args["bits"].as<std::string>() +
-                       " is not a precision: use 1..16, fp16 or fp32");
+  std::string bits = args["bits"].as<std::string>();
+  std::string lossless_name = args["lossless"].as<std::string>();
+  if (const std::string plan = args["plan"].as<std::string>(); !plan.empty()) {
+    // cut=ID,bits=B[,lossless=L]
+    std::stringstream ss(plan);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      const auto eq = item.find('=');
+      const std::string key = item.substr(0, eq);
+      const std::string value = eq == std::string::npos ? "" : item.substr(eq + 1);
+      if (key == "cut" && !value.empty()) {
+        o.cut = value;
+      } else if (key == "bits" && !value.empty()) {
+        bits = value;
+      } else if (key == "lossless" && !value.empty()) {
+        lossless_name = value;
+      } else {
+        return usage_error("--plan " + plan + " is not cut=ID,bits=B[,lossless=L]");
+      }
+    }
+    if (o.cut.empty()) return usage_error("--plan " + plan + " names no cut: use cut=ID,bits=B");
   }
-  auto lossless = edgesplit::packing::parse_lossless(args["lossless"].as<std::string>());
+  if (!parse_bits(bits, o.encode, o.jpeg_quality)) {
+    return usage_error("--bits " + bits + " is not a precision: use 1..16, fp16, fp32 or jpegQ");
+  }
+  if (o.jpeg_quality > 0 && o.cut.empty()) o.cut = "input";
+  auto lossless = edgesplit::packing::parse_lossless(lossless_name);
   if (!lossless.ok()) return usage_error(lossless.status().message());
   o.encode.lossless = *lossless;
+  o.profile_path = args["profile"].as<std::string>();
+  o.device_power_path = args["device-power"].as<std::string>();
+  auto objective = edgesplit::partitioner::parse_objective(args["objective"].as<std::string>());
+  if (!objective.ok()) return usage_error(objective.status().message());
+  o.scheduler.objective = *objective;
+  auto& c = o.scheduler.constraints;
+  struct Bound {
+    const char* flag;
+    std::optional<double>* slot;
+  };
+  for (Bound b : {Bound{"max-accuracy-drop", &c.max_accuracy_drop_pp},
+                  Bound{"max-latency-ms", &c.max_latency_ms}, Bound{"min-fps", &c.min_fps},
+                  Bound{"max-bytes-per-frame", &c.max_bytes},
+                  Bound{"max-device-memory-mb", &c.max_device_memory_mb},
+                  Bound{"max-server-ms", &c.max_server_ms}}) {
+    if (!args.count(b.flag)) continue;
+    double v = args[b.flag].as<double>();
+    if (!(v >= 0)) return usage_error(std::string("--") + b.flag + " must be 0 or more");
+    *b.slot = v;
+  }
+  o.scheduler.server_price_per_s = args["server-price"].as<double>();
+  if (o.scheduler.server_price_per_s < 0) return usage_error("--server-price must be 0 or more");
   o.encode.range.clip_percentile = args["clip-percentile"].as<double>();
   if (o.encode.range.clip_percentile != 0 &&
       (o.encode.range.clip_percentile < 50 || o.encode.range.clip_percentile > 100)) {
@@ -111,12 +194,26 @@ int main(int argc, char** argv) {
   o.threads = args["threads"].as<int>();
   o.output = args["output"].as<std::string>();
   o.device_name = args["name"].as<std::string>();
+  if (args.count("server-key")) {
+    auto key = edgesplit::transport::read_key_file(args["server-key"].as<std::string>());
+    if (!key.ok()) return usage_error("--server-key: " + key.status().message());
+    o.server_public_key = *key;
+  }
+  if (args.count("key")) {
+    if (!args.count("server-key")) {
+      return usage_error("--key needs --server-key: the device key is only used with CURVE");
+    }
+    auto key = edgesplit::transport::read_key_file(args["key"].as<std::string>());
+    if (!key.ok()) return usage_error("--key: " + key.status().message());
+    o.device_secret_key = *key;
+  }
   o.quiet = args.count("quiet") > 0;
   if (o.max_frames < 0) return usage_error("--max-frames must be 0 or more");
   if (o.loop < 0) return usage_error("--loop must be 0 (forever) or more");
   if (o.top_k < 1 || o.top_k > 100) return usage_error("--top-k must be between 1 and 100");
-  if (o.in_flight < 1 || o.in_flight > 64)
-    return usage_error("--in-flight must be between 1 and 64");
+  if (o.in_flight < 0 || o.in_flight > 64) {
+    return usage_error("--in-flight must be between 0 (automatic) and 64");
+  }
   if (o.timeout_ms < 1) return usage_error("--timeout-ms must be at least 1");
   if (o.threads < 0) return usage_error("--threads must be 0 (default) or more");
   return edgesplit::device::run_agent(o);

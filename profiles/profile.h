@@ -33,9 +33,16 @@ struct Encoding {
   bool per_channel = false;
   double clip_percentile = 0;  // 0: min/max range
   int jpeg_quality = 0;        // > 0: the 8-bit input as JPEG (cut 0 only); codec unused
+  // A range fitted once on the profiler's calibration images (the clip percentiles of all their
+  // values): every frame is quantized in [range_min, range_max] (packing::RangeOptions'
+  // fixed range) instead of its own min/max or percentiles. Per-tensor quantized encodings only.
+  bool fixed_range = false;
+  double range_min = 0;
+  double range_max = 0;
   // "q4", "q4+zstd", "q4/pc", "fp16", "fp32", "jpeg90": unique within a cut, stable across runs.
-  // Grammar: jpeg<quality>, or <precision>[/pc][/clip<percentile>][+<lossless>] with precision
-  // as packing::precision_name and lossless as packing::lossless_name ("q2/pc/clip99.99+zstd").
+  // Grammar: jpeg<quality>, or <precision>[/pc][/clip<percentile>][/cal][+<lossless>] with
+  // precision as packing::precision_name, lossless as packing::lossless_name and /cal marking a
+  // fixed (calibrated) range ("q2/pc/clip99.99+zstd", "q3/clip99.9/cal+zstd").
   std::string name() const;
 };
 

@@ -83,6 +83,9 @@ OrderedJson encoding_profile_json(const EncodingProfile& e) {
   j["per_channel"] = e.encoding.per_channel;
   j["clip_percentile"] = e.encoding.clip_percentile;
   j["jpeg_quality"] = e.encoding.jpeg_quality;
+  if (e.encoding.fixed_range) {
+    j["range"] = {e.encoding.range_min, e.encoding.range_max};
+  }
   j["bytes_mean"] = e.bytes_mean;
   j["bytes_p95"] = e.bytes_p95;
   j["pack"] = timing_json(e.pack);
@@ -433,6 +436,25 @@ Status parse_encoding_profile(const Json& j, const std::string& p, EncodingProfi
   if (enc.clip_percentile < 0 || enc.clip_percentile > 100) {
     return invalid_argument("profile key \"" + p + ".clip_percentile\" must be in 0..100");
   }
+  const Json* range;
+  EDGESPLIT_RETURN_IF_ERROR(find(j, p, "range", false, &range));
+  if (range) {
+    if (!range->is_array() || range->size() != 2 || !(*range)[0].is_number() ||
+        !(*range)[1].is_number()) {
+      return wrong_type(p + ".range", "an array of two numbers [min, max]", *range);
+    }
+    enc.fixed_range = true;
+    enc.range_min = (*range)[0].get<double>();
+    enc.range_max = (*range)[1].get<double>();
+    if (!std::isfinite(enc.range_min) || !std::isfinite(enc.range_max) ||
+        enc.range_min > enc.range_max) {
+      return invalid_argument("profile key \"" + p + ".range\" must be a finite [min, max]");
+    }
+    if (enc.format != packing::Format::kQuantized || enc.per_channel) {
+      return invalid_argument("profile key \"" + p +
+                              ".range\" is only allowed for per-tensor quantized encodings");
+    }
+  }
   std::string name;
   EDGESPLIT_RETURN_IF_ERROR(read(j, p, "name", false, name));
   if (!name.empty() && name != enc.name()) {
@@ -566,6 +588,7 @@ std::string Encoding::name() const {
   std::string n = packing::precision_name(format, bits);
   if (per_channel) n += "/pc";
   if (clip_percentile > 0) n += "/clip" + short_number(clip_percentile);
+  if (fixed_range) n += "/cal";
   if (lossless != packing::Lossless::kNone) n += "+" + packing::lossless_name(lossless);
   return n;
 }

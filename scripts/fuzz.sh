@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Fuzzes the codec's decoder (tests/fuzz/fuzz_decode.cc) with libFuzzer + ASan + UBSan.
-#   scripts/fuzz.sh [SECONDS]   (default 20)
-# Builds into build-fuzz/ with clang, seeds a corpus with valid encodings, runs for SECONDS and
-# exits non-zero when the fuzzer finds a crash, a leak or undefined behaviour (the reproducer is
-# left in build-fuzz/findings/). Skips (exit 0) when clang is not installed.
+# Fuzzes with libFuzzer + ASan + UBSan: the codec's decoder (tests/fuzz/fuzz_decode.cc) and the
+# server's message handling (tests/fuzz/fuzz_server.cc: parse_request, admission, payload checks
+# and decoding, without LibTorch).
+#   scripts/fuzz.sh [SECONDS] [TARGET...]   (default 20 s for each of fuzz_decode, fuzz_server)
+# Builds into build-fuzz/ with clang, seeds a corpus per target with valid inputs, runs each target
+# for SECONDS and exits non-zero when a fuzzer finds a crash, a leak or undefined behaviour (the
+# reproducer is left in build-fuzz/findings/TARGET/). Skips (exit 0) when clang is not installed.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,28 +23,36 @@ launcher=()
 if command -v ccache >/dev/null; then
   launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
 fi
+targets=("${@:2}")
+[ "${#targets[@]}" -eq 0 ] && targets=(fuzz_decode fuzz_server)
+
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" "${launcher[@]}" \
-  -DEDGESPLIT_ONLY=packing -DEDGESPLIT_BUILD_FUZZ=ON -DEDGESPLIT_BUILD_TESTS=OFF \
-  -DEDGESPLIT_BUILD_BENCH=OFF >/dev/null
-cmake --build "$build" --target fuzz_decode -j "${EDGESPLIT_JOBS:-2}"
+  -DEDGESPLIT_ONLY="packing;transport;server" -DEDGESPLIT_BUILD_FUZZ=ON \
+  -DEDGESPLIT_BUILD_TESTS=OFF -DEDGESPLIT_BUILD_BENCH=OFF >/dev/null
+cmake --build "$build" --target "${targets[@]}" -j "${EDGESPLIT_JOBS:-2}"
 
-corpus="$build/corpus"
-findings="$build/findings"
-mkdir -p "$corpus" "$findings"
-EDGESPLIT_FUZZ_WRITE_SEEDS="$corpus" "$build/bin/fuzz_decode"
+failed=0
+for target in "${targets[@]}"; do
+  corpus="$build/corpus/$target"
+  findings="$build/findings/$target"
+  mkdir -p "$corpus" "$findings"
+  EDGESPLIT_FUZZ_WRITE_SEEDS="$corpus" "$build/bin/$target"
 
-log="$build/fuzz.log"
-echo "fuzz: running fuzz_decode for ${seconds}s (log: $log)"
-set +e
-"$build/bin/fuzz_decode" -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
-  -print_final_stats=1 -artifact_prefix="$findings/" "$corpus" >"$log" 2>&1
-rc=$?
-set -e
-grep -E "^stat::number_of_executed_units|^stat::new_units_added|^Done [0-9]+ runs" "$log" || true
-if [ "$rc" -ne 0 ]; then
-  tail -n 40 "$log"
-  echo "fuzz: FAILED (exit $rc); reproducers in $findings/"
-  exit 1
-fi
-echo "fuzz: no findings"
+  log="$build/$target.log"
+  echo "fuzz: running $target for ${seconds}s (log: $log)"
+  set +e
+  "$build/bin/$target" -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
+    -print_final_stats=1 -artifact_prefix="$findings/" "$corpus" >"$log" 2>&1
+  rc=$?
+  set -e
+  grep -E "^stat::number_of_executed_units|^stat::new_units_added|^Done [0-9]+ runs" "$log" || true
+  if [ "$rc" -ne 0 ]; then
+    tail -n 40 "$log"
+    echo "fuzz: $target FAILED (exit $rc); reproducers in $findings/"
+    failed=1
+  else
+    echo "fuzz: $target: no findings"
+  fi
+done
+exit "$failed"

@@ -20,6 +20,8 @@ packages=(
   python3 python3-torch python3-torchvision python3-numpy python3-matplotlib dataset-fashion-mnist
   # testbed: namespaces, tc, process tools
   iproute2 procps psmisc libsodium-dev
+  # deployment checks: Kubernetes manifests against the API schema, YAML lint
+  python3-yaml python3-kubernetes yamllint
 )
 
 missing=()

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -11,16 +12,21 @@
 
 #include "partitioner/model_graph.h"
 #include "partitioner/model_info.h"
+#include "server/client_table.h"
+#include "server/http_endpoint.h"
+#include "server/request_check.h"
 #include "server/tail_executor.h"
+#include "transport/curve.h"
 
 namespace edgesplit::server {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr const char* kReplyEndpoint = "inproc://edgesplit-replies";
+constexpr const char* kMonitorEndpoint = "inproc://edgesplit-router-monitor";
 
 struct ServedModel {
-  std::string name;
+  ModelSignature signature;
   std::shared_ptr<partitioner::ModelGraph> graph;
 };
 
@@ -29,23 +35,45 @@ struct Job {
   transport::IncomingRequest request;
   const ServedModel* model = nullptr;
   Clock::time_point enqueued;
+  GoneFlag gone;  // set by the I/O thread when the device has disconnected
 };
 
 int64_t micros(Clock::duration d) {
   return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
 }
 
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch())
+      .count();
+}
+
 }  // namespace
+
+bool is_local_endpoint(const std::string& endpoint) {
+  if (endpoint.rfind("inproc://", 0) == 0 || endpoint.rfind("ipc://", 0) == 0) return true;
+  const std::string tcp = "tcp://";
+  if (endpoint.rfind(tcp, 0) != 0) return false;
+  const std::string rest = endpoint.substr(tcp.size());
+  return rest.rfind("127.", 0) == 0 || rest.rfind("localhost:", 0) == 0 ||
+         rest.rfind("[::1]:", 0) == 0 || rest.rfind("lo:", 0) == 0;
+}
 
 struct InferenceServer::Impl {
   ServerOptions options;
   zmq::context_t context{1};
+  std::unique_ptr<transport::ZapHandler> zap;  // after context: destroyed before it
   zmq::socket_t router;
   zmq::socket_t replies;  // PULL: workers' replies, forwarded by the I/O thread
+  zmq::socket_t monitor;  // PAIR: the router's ACCEPTED/DISCONNECTED events
   std::string endpoint;
   std::map<std::string, ServedModel> models;  // by digest
-  ServerCounters counters;
+  ModelCatalog catalog;                       // the same, without LibTorch
+  ServerMetrics metrics;
+  ClientTable clients;  // I/O thread only
   std::atomic<bool> stop_requested{false};
+  std::atomic<bool> accepting{false};
+  std::atomic<int64_t> loop_beat_ms{0};  // last turn of the I/O loop (for /healthz)
+  std::atomic<bool> idle{true};
 
   std::mutex mu;
   std::condition_variable cv;
@@ -53,6 +81,28 @@ struct InferenceServer::Impl {
   bool workers_stop = false;
   std::atomic<int> running_jobs{0};
   std::vector<std::thread> workers;
+  std::unique_ptr<HttpEndpoint> http;  // last: destroyed first, its callbacks read the above
+
+  size_t queue_length() {
+    std::lock_guard<std::mutex> lock(mu);
+    return queue.size();
+  }
+
+  MetricsGauges gauges() {
+    MetricsGauges g;
+    g.queue_length = queue_length();
+    g.queue_capacity = options.queue_capacity;
+    g.running_jobs = static_cast<size_t>(std::max(0, running_jobs.load()));
+    g.clients_in_flight = clients_in_flight.load();
+    g.ready = accepting.load();
+    g.curve = !options.router.curve_secret_key.empty();
+    if (zap) {
+      g.zap_accepted = zap->accepted();
+      g.zap_denied = zap->denied();
+    }
+    return g;
+  }
+  std::atomic<size_t> clients_in_flight{0};  // mirror of clients.size() for other threads
 
   void worker_loop() {
     zmq::socket_t push(context, zmq::socket_type::push);
@@ -70,8 +120,13 @@ struct InferenceServer::Impl {
         queue_left = queue.size();
         running_jobs.fetch_add(1);
       }
-      wire::Reply reply = execute(job, queue_left);
-      std::string bytes = reply.SerializeAsString();
+      // An empty body tells the I/O thread "no reply": the device has gone, its job is dropped.
+      std::string bytes;
+      if (!job.gone->load()) {
+        wire::Reply reply = execute(job, queue_left);
+        bytes = reply.SerializeAsString();
+        metrics.count_reply(reply.status());
+      }
       zmq::message_t id(job.request.identity.data(), job.request.identity.size());
       push.send(id, zmq::send_flags::sndmore);
       push.send(zmq::buffer(bytes), zmq::send_flags::none);
@@ -81,6 +136,7 @@ struct InferenceServer::Impl {
 
   wire::Reply execute(Job& job, size_t queue_left) {
     auto started = Clock::now();
+    metrics.queue_seconds.observe(std::chrono::duration<double>(started - job.enqueued).count());
     const wire::InferRequest& req = job.request.request.infer();
     const uint64_t id = job.request.request.request_id();
     std::vector<PackedView> views;
@@ -88,20 +144,26 @@ struct InferenceServer::Impl {
     for (const auto& m : job.request.payloads) {
       views.push_back({static_cast<const uint8_t*>(m.data()), m.size()});
     }
-    auto outcome = run_tail_request(*job.model->graph, static_cast<int>(req.cut()), views,
-                                    static_cast<int>(req.top_k()), req.want_logits(),
-                                    options.decode_limits);
+    if (options.slow_tail.count() > 0) std::this_thread::sleep_for(options.slow_tail);
+    auto outcome =
+        run_tail_request(*job.model->graph, static_cast<int>(req.cut()), views,
+                         static_cast<int>(req.top_k()), req.want_logits(), options.decode_limits);
     if (!outcome.ok()) {
       const Status& s = outcome.status();
       if (s.code() == StatusCode::kMalformed) {
-        counters.malformed++;
+        metrics.malformed++;
+        spdlog::debug("request {}: {}", id, s.message());
         return transport::make_error_reply(id, wire::STATUS_MALFORMED, s.message());
       }
-      counters.errors++;
+      if (s.code() == StatusCode::kResourceExhausted) {
+        metrics.too_large++;
+        return transport::make_error_reply(id, wire::STATUS_TOO_LARGE, s.message());
+      }
       spdlog::error("request {}: {}", id, s.message());
       return transport::make_error_reply(id, wire::STATUS_INTERNAL, s.message());
     }
-    counters.answered_ok++;
+    metrics.unpack_seconds.observe(static_cast<double>(outcome->unpack_us) / 1e6);
+    metrics.compute_seconds.observe(static_cast<double>(outcome->compute_us) / 1e6);
     wire::Reply reply;
     reply.set_request_id(id);
     reply.set_status(wire::STATUS_OK);
@@ -120,32 +182,83 @@ struct InferenceServer::Impl {
     return reply;
   }
 
+  // A reply failed because the device has no route any more: its queued jobs are dropped.
+  void device_gone(const std::string& identity) {
+    if (clients.mark_gone(identity)) {
+      metrics.clients_gone++;
+      spdlog::debug("a device with work in flight has gone (reply unroutable)");
+    }
+  }
+
   void reply_to(const std::string& identity, const wire::Reply& reply) {
+    metrics.count_reply(reply.status());
     Status s = transport::send_reply(router, identity, reply);
-    if (!s.ok()) counters.unroutable++;
+    if (!s.ok()) {
+      metrics.unroutable++;
+      if (s.code() == StatusCode::kNotFound) device_gone(identity);
+    }
+  }
+
+  void release(const std::string& identity) {
+    clients.release(identity);
+    clients_in_flight.store(clients.size());
+  }
+
+  // Reads every pending monitor event and updates the client table.
+  void drain_monitor() {
+    for (;;) {
+      zmq::message_t event, address;
+      try {
+        if (!monitor.recv(event, zmq::recv_flags::dontwait)) return;
+        if (event.more()) (void)monitor.recv(address, zmq::recv_flags::none);
+      } catch (const zmq::error_t&) {
+        return;
+      }
+      if (event.size() < 6) continue;
+      uint16_t kind = 0;
+      int32_t value = 0;
+      std::memcpy(&kind, event.data(), 2);
+      std::memcpy(&value, static_cast<const char*>(event.data()) + 2, 4);
+      if (kind == ZMQ_EVENT_ACCEPTED) {
+        clients.on_accepted(value);
+      } else if (kind == ZMQ_EVENT_DISCONNECTED) {
+        const size_t gone = clients.on_disconnected(value);
+        if (gone > 0) {
+          metrics.clients_gone += gone;
+          spdlog::debug("a device with work in flight disconnected (fd {})", value);
+        }
+      }
+    }
   }
 
   void handle(transport::ParsedRequest&& parsed) {
+    metrics.messages++;
     if (!parsed.ok()) {
-      if (parsed.error_status == wire::STATUS_UNKNOWN_MODEL || parsed.error_status == wire::STATUS_BAD_CUT ||
-          parsed.error_status == wire::STATUS_VERSION_MISMATCH) {
-        counters.errors++;
-      } else {
-        counters.malformed++;
+      switch (parsed.error_status) {
+        case wire::STATUS_TOO_LARGE:
+          metrics.too_large++;
+          break;
+        case wire::STATUS_VERSION_MISMATCH:
+          break;
+        default:
+          if (!parsed.can_reply()) return;  // a socket error, not a message
+          metrics.malformed++;
       }
+      spdlog::debug("rejected a message: {}", parsed.request.status().message());
       if (parsed.can_reply()) reply_to(parsed.identity, transport::make_error_reply(parsed));
       return;
     }
+    const int source_fd = parsed.source_fd;
     transport::IncomingRequest in = std::move(parsed.request).value();
     const uint64_t id = in.request.request_id();
-    counters.bytes_in += in.bytes;
+    metrics.bytes_in += in.bytes;
     switch (in.request.body_case()) {
       case wire::Request::kHello: {
         const wire::Hello& hello = in.request.hello();
         if (!hello.model_digest().empty() && models.count(hello.model_digest()) == 0) {
-          counters.errors++;
-          reply_to(in.identity, transport::make_error_reply(id, wire::STATUS_UNKNOWN_MODEL,
-                                                            unknown_model_message(hello.model_digest())));
+          reply_to(in.identity, transport::make_error_reply(
+                                    id, wire::STATUS_UNKNOWN_MODEL,
+                                    unknown_model_message(hello.model_digest(), catalog)));
           return;
         }
         wire::Reply reply;
@@ -154,9 +267,9 @@ struct InferenceServer::Impl {
         *reply.mutable_hello() = transport::make_hello_reply(options.name, options.router.limits);
         for (const auto& [digest, m] : models) {
           auto* d = reply.mutable_hello()->add_models();
-          d->set_name(m.name);
+          d->set_name(m.signature.name);
           d->set_digest(digest);
-          d->set_num_cuts(static_cast<uint32_t>(m.graph->cuts().size()));
+          d->set_num_cuts(static_cast<uint32_t>(m.signature.cut_count()));
         }
         reply_to(in.identity, reply);
         return;
@@ -166,43 +279,50 @@ struct InferenceServer::Impl {
         reply.set_request_id(id);
         reply.set_status(wire::STATUS_OK);
         reply.mutable_pong()->set_sent_us(in.request.ping().sent_us());
-        {
-          std::lock_guard<std::mutex> lock(mu);
-          reply.mutable_pong()->set_queue_length(static_cast<uint32_t>(queue.size()));
-        }
+        reply.mutable_pong()->set_queue_length(static_cast<uint32_t>(queue_length()));
         reply_to(in.identity, reply);
         return;
       }
       case wire::Request::kInfer: {
-        const wire::InferRequest& req = in.request.infer();
-        auto it = models.find(req.model_digest());
-        if (it == models.end()) {
-          counters.errors++;
-          reply_to(in.identity, transport::make_error_reply(id, wire::STATUS_UNKNOWN_MODEL,
-                                                            unknown_model_message(req.model_digest())));
-          return;
-        }
-        if (!it->second.graph->has_cut(static_cast<int>(req.cut()))) {
-          counters.errors++;
+        Admission admission = admit_infer(in.request.infer(), catalog);
+        if (!admission.ok()) {
           reply_to(in.identity,
-                   transport::make_error_reply(
-                       id, wire::STATUS_BAD_CUT,
-                       "cut " + std::to_string(req.cut()) + " does not exist: the model has cuts 0.." +
-                           std::to_string(it->second.graph->device_cut())));
+                   transport::make_error_reply(id, admission.status, admission.message));
           return;
         }
-        counters.requests++;
-        Job job{std::move(in), &it->second, Clock::now()};
+        const ServedModel& model = models.at(admission.model->digest);
+        // A device seen for the first time: the monitor must have told its connection's
+        // generation before the device is tied to its descriptor (ClientTable).
+        if (!clients.knows(in.identity)) drain_monitor();
+        GoneFlag gone =
+            clients.try_acquire(in.identity, source_fd, options.max_in_flight_per_client);
+        if (!gone) {
+          metrics.busy_client_limit++;
+          reply_to(
+              in.identity,
+              transport::make_error_reply(
+                  id, wire::STATUS_BUSY,
+                  "this device already has " + std::to_string(options.max_in_flight_per_client) +
+                      " requests queued or running here (the per-device limit): wait for "
+                      "their replies before sending more, or run locally"));
+          return;
+        }
+        clients_in_flight.store(clients.size());
+        const std::string identity = in.identity;
+        const int cut = static_cast<int>(in.request.infer().cut());
+        Job job{std::move(in), &model, Clock::now(), std::move(gone)};
         {
           std::lock_guard<std::mutex> lock(mu);
           if (queue.size() < options.queue_capacity) {
             queue.push_back(std::move(job));
             cv.notify_one();
+            metrics.count_model_request(model.signature.name, cut);
             return;
           }
         }
-        counters.busy++;
-        reply_to(job.request.identity,
+        release(identity);
+        metrics.busy_queue_full++;
+        reply_to(identity,
                  transport::make_error_reply(id, wire::STATUS_BUSY,
                                              "the server's queue is full (" +
                                                  std::to_string(options.queue_capacity) +
@@ -210,52 +330,62 @@ struct InferenceServer::Impl {
         return;
       }
       default:
-        counters.malformed++;
+        metrics.malformed++;
         reply_to(in.identity,
                  transport::make_error_reply(id, wire::STATUS_MALFORMED, "empty request body"));
     }
-  }
-
-  std::string unknown_model_message(const std::string& digest) const {
-    std::string served;
-    for (const auto& [d, m] : models) served += (served.empty() ? "" : ", ") + m.name + " (" + d + ")";
-    return "this server does not serve model " + digest + "; it serves " +
-           (served.empty() ? std::string("nothing") : served) +
-           ": start the device and the server with the same model file";
   }
 
   // Forwards every reply the workers have finished to the ROUTER.
   void forward_replies() {
     for (;;) {
       zmq::message_t id, body;
-      auto got = replies.recv(id, zmq::recv_flags::dontwait);
-      if (!got) return;
-      if (!replies.recv(body, zmq::recv_flags::none)) return;
+      try {
+        if (!replies.recv(id, zmq::recv_flags::dontwait)) return;
+        if (!replies.recv(body, zmq::recv_flags::none)) return;
+      } catch (const zmq::error_t&) {
+        return;
+      }
+      const std::string identity = id.to_string();
+      release(identity);
+      if (body.size() == 0) {
+        metrics.dropped_gone++;
+        continue;
+      }
       // The device left (ZMQ_ROUTER_MANDATORY: EHOSTUNREACH) or its queue is full (EAGAIN): the
       // reply is dropped and counted; the device finishes that frame itself.
       bool sent = false;
+      bool gone = false;
       try {
         if (router.send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
           sent = router.send(body, zmq::send_flags::dontwait).has_value();
         }
-      } catch (const zmq::error_t&) {
-        sent = false;
+      } catch (const zmq::error_t& e) {
+        gone = e.num() == EHOSTUNREACH;
       }
-      if (!sent) counters.unroutable++;
+      if (!sent) {
+        metrics.unroutable++;
+        if (gone) device_gone(identity);
+      }
     }
   }
 
   void serve() {
+    accepting.store(true);
+    spdlog::info("accepting requests");
     zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0},
-                               {replies.handle(), 0, ZMQ_POLLIN, 0}};
+                               {replies.handle(), 0, ZMQ_POLLIN, 0},
+                               {monitor.handle(), 0, ZMQ_POLLIN, 0}};
     while (!stop_requested.load()) {
+      loop_beat_ms.store(now_ms());
       try {
-        zmq::poll(items, 2, std::chrono::milliseconds(100));
+        zmq::poll(items, 3, std::chrono::milliseconds(100));
       } catch (const zmq::error_t& e) {
         if (e.num() == EINTR) continue;
         spdlog::error("poll failed: {}", e.what());
         break;
       }
+      if (items[2].revents & ZMQ_POLLIN) drain_monitor();
       if (items[1].revents & ZMQ_POLLIN) forward_replies();
       if (items[0].revents & ZMQ_POLLIN) {
         // Bounded batch so replies keep flowing under a flood of requests.
@@ -270,8 +400,11 @@ struct InferenceServer::Impl {
     shutdown();
   }
 
-  // Refuses what is queued, waits (bounded) for running tails and forwards their replies.
+  // Stops accepting, refuses what is queued, waits (bounded) for running tails and forwards their
+  // replies.
   void shutdown() {
+    accepting.store(false);
+    auto t0 = Clock::now();
     std::deque<Job> left;
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -279,25 +412,66 @@ struct InferenceServer::Impl {
       workers_stop = true;
     }
     cv.notify_all();
+    spdlog::info("shutting down: refusing {} queued requests, waiting for {} running", left.size(),
+                 running_jobs.load());
     for (auto& job : left) {
-      reply_to(job.request.identity,
-               transport::make_error_reply(job.request.request.request_id(),
-                                           wire::STATUS_SHUTTING_DOWN,
-                                           "the server is shutting down: finish this frame locally"));
+      release(job.request.identity);
+      metrics.refused_shutdown++;
+      reply_to(
+          job.request.identity,
+          transport::make_error_reply(job.request.request.request_id(), wire::STATUS_SHUTTING_DOWN,
+                                      "the server is shutting down: finish this frame locally"));
     }
-    auto deadline = Clock::now() + std::chrono::seconds(10);
+    // New requests that arrive meanwhile are refused too, so no device waits for a timeout.
+    auto deadline = t0 + options.shutdown_timeout;
     while (running_jobs.load() > 0 && Clock::now() < deadline) {
-      zmq::pollitem_t item{replies.handle(), 0, ZMQ_POLLIN, 0};
-      zmq::poll(&item, 1, std::chrono::milliseconds(20));
+      zmq::pollitem_t items[] = {{replies.handle(), 0, ZMQ_POLLIN, 0},
+                                 {router.handle(), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, 2, std::chrono::milliseconds(20));
       forward_replies();
+      refuse_incoming();
     }
-    for (auto& t : workers) {
-      if (t.joinable()) t.join();
+    const bool stuck = running_jobs.load() > 0;
+    if (!stuck) {
+      for (auto& t : workers) {
+        if (t.joinable()) t.join();
+      }
     }
     forward_replies();
-    spdlog::info("stopped: {} requests, {} answered, {} malformed, {} busy, {} errors",
-                 counters.requests.load(), counters.answered_ok.load(), counters.malformed.load(),
-                 counters.busy.load(), counters.errors.load());
+    refuse_incoming();
+    idle.store(!stuck);
+    // Let ZeroMQ write the last replies before the socket closes.
+    router.set(zmq::sockopt::linger, 1000);
+    if (stuck) {
+      spdlog::warn("{} tails still running after {} ms: returning without them",
+                   running_jobs.load(), options.shutdown_timeout.count());
+    }
+    spdlog::info(
+        "stopped after {} ms: {} ok, {} malformed, {} too large, {} busy (queue), {} busy "
+        "(per-device limit), {} refused at shutdown, {} dropped (device gone), {} unroutable",
+        micros(Clock::now() - t0) / 1000, metrics.replies(wire::STATUS_OK),
+        metrics.malformed.load(), metrics.too_large.load(), metrics.busy_queue_full.load(),
+        metrics.busy_client_limit.load(), metrics.refused_shutdown.load(),
+        metrics.dropped_gone.load(), metrics.unroutable.load());
+  }
+
+  // During shutdown: every inference request gets STATUS_SHUTTING_DOWN, the rest as usual.
+  void refuse_incoming() {
+    for (int i = 0; i < 256; ++i) {
+      auto parsed =
+          transport::receive_request(router, options.router.limits, std::chrono::milliseconds(0));
+      if (!parsed) return;
+      if (parsed->ok() && parsed->request->request.body_case() == wire::Request::kInfer) {
+        metrics.messages++;
+        metrics.refused_shutdown++;
+        reply_to(parsed->identity,
+                 transport::make_error_reply(parsed->request_id, wire::STATUS_SHUTTING_DOWN,
+                                             "the server is shutting down: finish this frame "
+                                             "locally"));
+      } else if (parsed->can_reply()) {
+        handle(std::move(*parsed));
+      }
+    }
   }
 };
 
@@ -305,6 +479,7 @@ InferenceServer::InferenceServer(std::unique_ptr<Impl> impl) : impl_(std::move(i
 
 InferenceServer::~InferenceServer() {
   if (!impl_) return;
+  impl_->http.reset();
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     impl_->workers_stop = true;
@@ -313,6 +488,8 @@ InferenceServer::~InferenceServer() {
   for (auto& t : impl_->workers) {
     if (t.joinable()) t.join();
   }
+  zmq_socket_monitor(impl_->router.handle(), nullptr, 0);
+  impl_->monitor.close();
 }
 
 Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOptions& options) {
@@ -321,6 +498,12 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
   }
   if (options.workers < 1) return invalid_argument("--workers must be at least 1");
   if (options.queue_capacity < 1) return invalid_argument("--queue must be at least 1");
+  if (options.max_in_flight_per_client < 1) {
+    return invalid_argument("--max-in-flight-per-client must be at least 1");
+  }
+  if (options.use_allow_list && options.router.curve_secret_key.empty()) {
+    return invalid_argument("an allow-list of device keys needs CURVE: pass --curve-secret too");
+  }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   set_compute_threads(options.compute_threads);
@@ -342,15 +525,62 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     const std::string digest = (*graph)->digest();
     spdlog::info("model {} ({}): {} cuts, {} weight bytes", name, digest, (*graph)->cuts().size(),
                  (*graph)->total_weight_bytes());
-    impl->models[digest] = ServedModel{name, std::move(graph).value()};
+    ServedModel served{signature_of(**graph, name), std::move(graph).value()};
+    impl->catalog[digest] = served.signature;
+    impl->models[digest] = std::move(served);
+  }
+  const bool curve = !options.router.curve_secret_key.empty();
+  if (curve && !transport::curve_available()) {
+    return invalid_argument("this libzmq has no CURVE support (built without libsodium)");
+  }
+  if (options.use_allow_list) {
+    auto zap = transport::ZapHandler::start(impl->context, options.allowed_keys);
+    if (!zap.ok()) return zap.status();
+    impl->zap = std::move(zap).value();
   }
   auto router = transport::bind_router(impl->context, options.router);
   if (!router.ok()) return router.status();
   impl->router = std::move(router).value();
   impl->endpoint = transport::last_endpoint(impl->router);
+  if (!curve && !is_local_endpoint(impl->endpoint)) {
+    spdlog::warn(
+        "listening on {} without CURVE: traffic is plaintext and any host that reaches the port "
+        "can use this server; pass --curve-secret (edgesplit-keygen makes the keys)",
+        impl->endpoint);
+  }
+  if (curve) {
+    spdlog::info("CURVE on: {}",
+                 options.use_allow_list
+                     ? std::to_string(options.allowed_keys.size()) + " device keys allowed"
+                     : std::string("any device that knows the public key"));
+  }
+  if (zmq_socket_monitor(impl->router.handle(), kMonitorEndpoint,
+                         ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) != 0) {
+    return internal_error(std::string("cannot monitor the server socket: ") +
+                          zmq_strerror(zmq_errno()));
+  }
+  impl->monitor = zmq::socket_t(impl->context, zmq::socket_type::pair);
+  impl->monitor.set(zmq::sockopt::linger, 0);
+  impl->monitor.connect(kMonitorEndpoint);
   impl->replies = zmq::socket_t(impl->context, zmq::socket_type::pull);
   impl->replies.set(zmq::sockopt::linger, 0);
   impl->replies.bind(kReplyEndpoint);
+  if (options.http_port >= 0) {
+    Impl* p = impl.get();
+    HttpHandlers h;
+    h.live = [p] {
+      // Alive while the I/O loop turns (it wakes at least every 100 ms), or before it started.
+      const int64_t beat = p->loop_beat_ms.load();
+      return beat == 0 || now_ms() - beat < 5000 || !p->accepting.load();
+    };
+    h.ready = [p] { return p->accepting.load() && !p->stop_requested.load(); };
+    h.metrics = [p] { return p->metrics.render(p->gauges()); };
+    auto http = HttpEndpoint::start(options.http_host, options.http_port, std::move(h));
+    if (!http.ok()) return http.status();
+    impl->http = std::move(http).value();
+    spdlog::info("HTTP on {}:{} (/healthz, /readyz, /metrics)", impl->http->host(),
+                 impl->http->port());
+  }
   for (int i = 0; i < options.workers; ++i) {
     impl->workers.emplace_back([p = impl.get()] { p->worker_loop(); });
   }
@@ -358,14 +588,20 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
 }
 
 const std::string& InferenceServer::endpoint() const { return impl_->endpoint; }
+int InferenceServer::http_port() const { return impl_->http ? impl_->http->port() : -1; }
 void InferenceServer::run() { impl_->serve(); }
 void InferenceServer::stop() { impl_->stop_requested.store(true); }
-const ServerCounters& InferenceServer::counters() const { return impl_->counters; }
+bool InferenceServer::idle() const { return impl_->idle.load(); }
+const ServerMetrics& InferenceServer::metrics() const { return impl_->metrics; }
+std::string InferenceServer::render_metrics() const {
+  return impl_->metrics.render(impl_->gauges());
+}
 
 std::vector<std::string> InferenceServer::describe_models() const {
   std::vector<std::string> out;
   for (const auto& [digest, m] : impl_->models) {
-    out.push_back(m.name + " " + digest + " (" + std::to_string(m.graph->cuts().size()) + " cuts)");
+    out.push_back(m.signature.name + " " + digest + " (" + std::to_string(m.signature.cut_count()) +
+                  " cuts)");
   }
   return out;
 }

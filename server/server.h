@@ -2,60 +2,79 @@
 //
 // One I/O thread (the caller of run()) owns the ROUTER socket: it validates every message
 // (transport/protocol.h), answers handshakes and pings itself, refuses what cannot be served
-// (unknown model, bad cut, full queue: an explicit BUSY reply) and queues the rest. Workers decode
-// and run tails (server/tail_executor.h) and hand their replies back to the I/O thread over an
-// inproc socket, so no socket is shared between threads and a slow tail never blocks the I/O thread.
+// (unknown model, bad cut, a device over its in-flight limit, full queue: explicit error or BUSY
+// replies) and queues the rest. Workers decode and run tails (server/tail_executor.h) and hand
+// their replies back to the I/O thread over an inproc socket, so no socket is shared between
+// threads and a slow tail never blocks the I/O thread. A socket monitor and failed replies tell
+// the I/O thread which devices have gone; workers skip their queued jobs (server/client_table.h).
+// Optional: CURVE encryption with an allow-list of device keys (transport/curve.h) and an HTTP
+// endpoint with /healthz, /readyz and /metrics (server/http_endpoint.h, server/metrics.h).
 #pragma once
 
-#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "packing/codec.h"
 #include "packing/status.h"
+#include "server/metrics.h"
 #include "transport/protocol.h"
 
 namespace edgesplit::server {
 
 struct ServerOptions {
-  transport::RouterOptions router;       // endpoint, limits, heartbeats, high-water marks
+  transport::RouterOptions router;       // endpoint, limits, heartbeats, HWMs, CURVE secret key
   std::vector<std::string> model_paths;  // TorchScript files served at once
   std::vector<std::string> meta_paths;   // optional metadata per model (same order); "" = beside
   int workers = 1;                       // threads running tails
   int compute_threads = 0;               // LibTorch intra-op threads (0: LibTorch's default)
   size_t queue_capacity = 64;            // queued requests before BUSY replies
+  // Inference requests one device may have queued or running at once; more get BUSY at once.
+  size_t max_in_flight_per_client = 32;
   std::string name = "edgesplit-server";
   packing::DecodeLimits decode_limits;
-};
-
-// Counters since start; read by tests, logs and (later) the metrics endpoint.
-struct ServerCounters {
-  std::atomic<uint64_t> requests{0};      // infer requests received and valid
-  std::atomic<uint64_t> answered_ok{0};
-  std::atomic<uint64_t> malformed{0};     // failed validation (framing, header, payload)
-  std::atomic<uint64_t> busy{0};          // refused because the queue was full
-  std::atomic<uint64_t> errors{0};        // other error replies (unknown model, bad cut, ...)
-  std::atomic<uint64_t> unroutable{0};    // replies whose device had gone
-  std::atomic<uint64_t> bytes_in{0};
+  // With CURVE (router.curve_secret_key set): when use_allow_list, only these device public keys
+  // (Z85) may connect; a ZAP handler on the server's context checks each handshake.
+  bool use_allow_list = false;
+  std::set<std::string> allowed_keys;
+  // HTTP endpoint for /healthz, /readyz, /metrics: off when http_port < 0; 0 picks a free port.
+  std::string http_host = "0.0.0.0";
+  int http_port = -1;
+  // How long run() waits for running tails after stop() before it returns anyway.
+  std::chrono::milliseconds shutdown_timeout{10000};
+  // Testing aid: every tail waits this long first, to stand for a slow model or a stuck worker.
+  std::chrono::milliseconds slow_tail{0};
 };
 
 class InferenceServer {
  public:
-  // Loads every model (once) and binds the ROUTER. Fails with one clear sentence for a model that
-  // cannot be loaded or an endpoint that cannot be bound.
+  // Loads every model (once), starts the ZAP handler (allow-list), binds the ROUTER and the HTTP
+  // endpoint. Fails with one clear sentence for a model that cannot be loaded, an endpoint or port
+  // that cannot be bound or an unusable key.
   static Result<std::unique_ptr<InferenceServer>> create(const ServerOptions& options);
+  // Joins the workers (run() returned with idle() true), or waits for them when it did not.
   ~InferenceServer();
 
   // The bound endpoint, with the port resolved ("tcp://127.0.0.1:41234").
   const std::string& endpoint() const;
-  // Serves until stop(). Then refuses what is still queued (SHUTTING_DOWN), lets running tails
-  // finish and answers them, and returns.
+  // The HTTP port (resolved when 0 was asked for); -1 when the endpoint is off.
+  int http_port() const;
+  // Serves until stop(). Then stops accepting (readyz turns 503), refuses what is still queued
+  // (STATUS_SHUTTING_DOWN), waits up to shutdown_timeout for running tails, forwards their
+  // replies, and returns.
   void run();
   // Asks run() to return. Async-signal-safe (a lock-free atomic store); callable from any thread.
   void stop();
-  const ServerCounters& counters() const;
+  // False when run() returned while a tail was still running (past shutdown_timeout): the caller
+  // should then exit the process rather than destroy the server, which would wait for it.
+  bool idle() const;
+  // Counters and histograms since start (thread-safe to read).
+  const ServerMetrics& metrics() const;
+  // The /metrics text.
+  std::string render_metrics() const;
   // One line per served model: name, digest, cut count.
   std::vector<std::string> describe_models() const;
 
@@ -64,5 +83,8 @@ class InferenceServer {
   explicit InferenceServer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// Whether a ZeroMQ endpoint only listens on this machine (loopback, inproc or ipc).
+bool is_local_endpoint(const std::string& endpoint);
 
 }  // namespace edgesplit::server

@@ -3,7 +3,6 @@
 #include <torch/torch.h>
 
 #include <chrono>
-#include <sstream>
 #include <string>
 
 namespace edgesplit::server {
@@ -11,20 +10,26 @@ namespace {
 
 int64_t micros_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() -
-                                                                t0)
+                                                               t0)
       .count();
-}
-
-std::string shape_string(const std::vector<int64_t>& shape) {
-  std::ostringstream os;
-  for (size_t i = 0; i < shape.size(); ++i) os << (i ? "x" : "") << shape[i];
-  return os.str();
 }
 
 }  // namespace
 
 void set_compute_threads(int threads) {
   if (threads > 0) at::set_num_threads(threads);
+}
+
+ModelSignature signature_of(const partitioner::ModelGraph& model, const std::string& name) {
+  ModelSignature sig;
+  sig.name = name;
+  sig.digest = model.digest();
+  for (const auto& point : model.cuts()) {
+    std::vector<std::vector<int64_t>> shapes;
+    for (const auto& t : point.tensors) shapes.push_back(t.shape);
+    sig.cut_shapes.push_back(std::move(shapes));
+  }
+  return sig;
 }
 
 Result<TailOutcome> run_tail_request(const partitioner::ModelGraph& model, int cut,
@@ -35,25 +40,20 @@ Result<TailOutcome> run_tail_request(const partitioner::ModelGraph& model, int c
                      std::to_string(model.cuts().size()) + " cuts)");
   }
   const partitioner::CutPoint& point = model.cut(cut);
-  if (payloads.size() != point.tensors.size()) {
-    return malformed("cut " + std::to_string(cut) + " takes " +
-                     std::to_string(point.tensors.size()) + " tensors, the request carries " +
-                     std::to_string(payloads.size()));
-  }
+  std::vector<std::vector<int64_t>> shapes;
+  shapes.reserve(point.tensors.size());
+  for (const auto& t : point.tensors) shapes.push_back(t.shape);
   TailOutcome outcome;
   auto t0 = std::chrono::steady_clock::now();
+  auto headers = check_payloads(shapes, payloads, limits);
+  if (!headers.ok()) {
+    return Status(headers.status().code(),
+                  "cut " + std::to_string(cut) + ": " + headers.status().message());
+  }
   std::vector<at::Tensor> crossing;
   crossing.reserve(payloads.size());
   for (size_t i = 0; i < payloads.size(); ++i) {
-    auto header = packing::parse_header(payloads[i].data, payloads[i].size, limits);
-    if (!header.ok()) return header.status();
-    const std::vector<int64_t>& want = point.tensors[i].shape;
-    if (header->shape != want) {
-      return malformed("tensor " + std::to_string(i) + " of cut " + std::to_string(cut) +
-                       " has shape " + shape_string(header->shape) + ", the model expects " +
-                       shape_string(want));
-    }
-    at::Tensor t = torch::empty(header->shape, torch::kFloat32);
+    at::Tensor t = torch::empty((*headers)[i].shape, torch::kFloat32);
     EDGESPLIT_RETURN_IF_ERROR(packing::decode_into(payloads[i].data, payloads[i].size,
                                                    t.data_ptr<float>(),
                                                    static_cast<size_t>(t.numel()), limits));

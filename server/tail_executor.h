@@ -1,6 +1,7 @@
-// Runs the tail of a model for one request: validates and decodes the packed crossing tensors
-// (packing/codec.h) straight into tensors, runs ModelGraph::run_tail, and returns the top-k classes.
-// The only server file that touches LibTorch. Thread-safe: any number of workers may call it at once.
+// Runs the tail of a model for one request: validates the packed crossing tensors
+// (server/request_check.h), decodes them straight into tensors, runs ModelGraph::run_tail, and
+// returns the top-k classes. The only server file that touches LibTorch. Thread-safe: any number of
+// workers may call it at once.
 #pragma once
 
 #include <cstddef>
@@ -11,14 +12,9 @@
 #include "packing/status.h"
 #include "partitioner/model_graph.h"
 #include "partitioner/top_k.h"
+#include "server/request_check.h"
 
 namespace edgesplit::server {
-
-// One packed crossing tensor as received (bytes owned by the caller for the call's duration).
-struct PackedView {
-  const uint8_t* data = nullptr;
-  size_t size = 0;
-};
 
 struct TailOutcome {
   std::vector<partitioner::ClassScore> top;
@@ -27,13 +23,16 @@ struct TailOutcome {
   int64_t compute_us = 0;
 };
 
-// Checks that `payloads` fit `cut` of `model` (count, shapes, element limits), decodes them and runs
-// the tail. kMalformed for payloads that do not fit, kInternal when the tail itself fails.
+// Checks that `payloads` fit `cut` of `model` (count, shapes, element limits), decodes them and
+// runs the tail. kMalformed for payloads that do not fit, kInternal when the tail itself fails.
 Result<TailOutcome> run_tail_request(const partitioner::ModelGraph& model, int cut,
                                      const std::vector<PackedView>& payloads, int top_k,
                                      bool want_logits, const packing::DecodeLimits& limits);
 
 // Sets LibTorch's intra-op thread count (0: leave the default). Call once at start-up.
 void set_compute_threads(int threads);
+
+// The admission view of a loaded model (its name, digest and per-cut crossing shapes).
+ModelSignature signature_of(const partitioner::ModelGraph& model, const std::string& name);
 
 }  // namespace edgesplit::server

@@ -117,6 +117,12 @@ ParsedRequest parse_frames(std::vector<zmq::message_t>&& frames, const Limits& l
                                                          " packed bytes but its frame has " +
                                                          std::to_string(actual));
         }
+        const int encoding = infer.tensors(static_cast<int>(i)).encoding();
+        if (!wire::TensorEncoding_IsValid(encoding)) {
+          return reject_malformed(std::move(parsed), who + ": tensor " + std::to_string(i) +
+                                                         " has unknown encoding " +
+                                                         std::to_string(encoding));
+        }
       }
       infer.set_top_k(std::min(infer.top_k(), limits.max_top_k));
       break;
@@ -197,7 +203,21 @@ std::optional<ParsedRequest> receive_request(zmq::socket_t& router, const Limits
   } catch (const zmq::error_t& e) {
     return socket_error(e.what());
   }
-  return parse_frames(std::move(frames), limits, dropped_frames, dropped_bytes);
+  int source_fd = -1;
+  std::string user_id;
+  // The connection's metadata travels with the frames that came over it (the header frame; some
+  // libzmq versions copy it to the routing id frame too).
+  for (size_t i = 0; i < frames.size() && i < 2; ++i) {
+    zmq_msg_t* frame = frames[i].handle();
+    const int fd = zmq_msg_get(frame, ZMQ_SRCFD);
+    if (fd >= 0 && source_fd < 0) source_fd = fd;
+    const char* uid = zmq_msg_gets(frame, "User-Id");
+    if (uid != nullptr && user_id.empty()) user_id = uid;
+  }
+  ParsedRequest parsed = parse_frames(std::move(frames), limits, dropped_frames, dropped_bytes);
+  parsed.source_fd = source_fd;
+  parsed.user_id = std::move(user_id);
+  return parsed;
 }
 
 wire::Reply make_error_reply(uint64_t request_id, wire::Status status, const std::string& message) {
@@ -231,8 +251,8 @@ Status send_reply(zmq::socket_t& router, const std::string& identity, const wire
     }
   } catch (const zmq::error_t& e) {
     if (e.num() == EHOSTUNREACH) {
-      return unavailable("the device of reply " + std::to_string(reply.request_id()) +
-                         " is no longer connected");
+      return not_found("the device of reply " + std::to_string(reply.request_id()) +
+                       " is no longer connected");
     }
     return unavailable(std::string("sending reply failed: ") + e.what());
   }
@@ -305,6 +325,15 @@ Result<zmq::socket_t> bind_router(zmq::context_t& context, const RouterOptions& 
     router.set(zmq::sockopt::maxmsgsize,
                static_cast<int64_t>(std::min<size_t>(options.limits.max_message_bytes, INT64_MAX)));
     apply_heartbeat(router, options.heartbeat);
+    if (!options.curve_secret_key.empty()) {
+      if (options.curve_secret_key.size() != 40) {
+        return invalid_argument("the server's CURVE secret key must be 40 Z85 characters, got " +
+                                std::to_string(options.curve_secret_key.size()));
+      }
+      router.set(zmq::sockopt::curve_server, true);
+      router.set(zmq::sockopt::curve_secretkey, options.curve_secret_key);
+      if (!options.zap_domain.empty()) router.set(zmq::sockopt::zap_domain, options.zap_domain);
+    }
     try {
       router.bind(options.endpoint);
     } catch (const zmq::error_t& e) {

@@ -55,6 +55,13 @@ struct IncomingRequest {
 struct ParsedRequest {
   std::string identity;     // empty only when no routing id frame was present
   uint64_t request_id = 0;  // from the header when it parsed
+  // The socket the message came in on (ZeroMQ's ZMQ_SRCFD metadata; -1 when unknown, e.g. inproc
+  // or parse_request on frames built by hand). Lets a server tie routing ids to connections and
+  // so to a socket monitor's disconnect events.
+  int source_fd = -1;
+  // The client's identity as authenticated by a ZAP handler (ZeroMQ's "User-Id" metadata: with
+  // CURVE, the client's Z85 public key); empty without authentication.
+  std::string user_id;
   Result<IncomingRequest> request = Status(StatusCode::kInternal, "not parsed");
   wire::Status error_status = wire::STATUS_OK;  // STATUS_OK exactly when request.ok()
 
@@ -85,9 +92,9 @@ wire::Reply make_error_reply(uint64_t request_id, wire::Status status, const std
 // The error reply for a rejected message (parsed.ok() must be false).
 wire::Reply make_error_reply(const ParsedRequest& parsed);
 
-// Sends `reply` to the peer with routing id `identity` without blocking. Returns kUnavailable when
-// the peer is gone (routers from bind_router report that) or its queue is full; kInternal when the
-// reply cannot be serialized. Never throws.
+// Sends `reply` to the peer with routing id `identity` without blocking. Returns kNotFound when
+// the peer is gone (routers from bind_router report that: ZMQ_ROUTER_MANDATORY, EHOSTUNREACH),
+// kUnavailable when its queue is full, kInternal when the reply cannot be serialized. Never throws.
 Status send_reply(zmq::socket_t& router, const std::string& identity, const wire::Reply& reply);
 
 // Parses and checks one message received on a DEALER: exactly one frame, a Reply of at most
@@ -121,12 +128,18 @@ struct RouterOptions {
   Heartbeat heartbeat;
   int sndhwm = 1000;
   int rcvhwm = 1000;
+  // The server's CURVE secret key (40 Z85 characters, transport/curve.h). Empty: plain TCP, no
+  // encryption. Set: every connection is encrypted and the device must know the public key.
+  std::string curve_secret_key;
+  // ZAP domain passed to the context's ZAP handler (transport/curve.h, ZapHandler), if one runs.
+  std::string zap_domain = "edgesplit";
 };
 
 // Creates a ROUTER on `context`, applies `options` (linger 0, ZMQ_ROUTER_MANDATORY so replies to
 // departed devices fail instead of vanishing, ZMQ_MAXMSGSIZE = max_message_bytes: a single frame
-// over it makes ZeroMQ drop the connection before the frame is buffered) and binds it. Returns
-// kInvalidArgument with the endpoint and ZeroMQ's reason when binding fails. Never throws.
+// over it makes ZeroMQ drop the connection before the frame is buffered; CURVE server keys when
+// curve_secret_key is set) and binds it. Returns kInvalidArgument with the endpoint and ZeroMQ's
+// reason when binding fails or the key is unusable. Never throws.
 Result<zmq::socket_t> bind_router(zmq::context_t& context, const RouterOptions& options);
 
 // The endpoint a socket is bound to (resolves "tcp://127.0.0.1:*" to the chosen port); empty on

@@ -1,5 +1,7 @@
 #include "transport/server_link.h"
 
+#include "transport/curve.h"
+
 #include <algorithm>
 #include <exception>
 #include <thread>
@@ -35,6 +37,19 @@ Result<std::unique_ptr<ServerLink>> ServerLink::open(ServerLinkOptions options,
     return invalid_argument("no server endpoint given (expected e.g. tcp://10.0.0.2:5555)");
   }
   std::unique_ptr<ServerLink> link(new ServerLink(std::move(options), context));
+  if (!link->options_.curve_server_key.empty()) {
+    if (!is_z85_key(link->options_.curve_server_key)) {
+      return invalid_argument("the server's public key must be 40 Z85 characters (its .pub file)");
+    }
+    if (link->options_.curve_secret_key.empty()) {
+      auto pair = generate_curve_keypair();
+      if (!pair.ok()) return invalid_argument(pair.status().message());
+      link->options_.curve_secret_key = pair->secret_key;
+    }
+    auto pub = transport::curve_public_key(link->options_.curve_secret_key);
+    if (!pub.ok()) return invalid_argument("this device's secret key: " + pub.status().message());
+    link->curve_public_key_ = *pub;
+  }
   EDGESPLIT_RETURN_IF_ERROR(link->open_socket());
   return Result<std::unique_ptr<ServerLink>>(std::move(link));
 }
@@ -69,6 +84,11 @@ Status ServerLink::open_socket() {
     socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(std::min<size_t>(
                                              options_.limits.max_message_bytes, INT64_MAX)));
     apply_heartbeat(socket, options_.heartbeat);
+    if (!options_.curve_server_key.empty()) {
+      socket.set(zmq::sockopt::curve_serverkey, options_.curve_server_key);
+      socket.set(zmq::sockopt::curve_publickey, curve_public_key_);
+      socket.set(zmq::sockopt::curve_secretkey, options_.curve_secret_key);
+    }
     try {
       socket.connect(options_.endpoint);
     } catch (const zmq::error_t& e) {
@@ -325,8 +345,13 @@ Result<wire::HelloReply> ServerLink::handshake(const wire::Hello& hello,
   }
   if (!sent.ok()) {
     if (sent.code() != StatusCode::kUnavailable) return sent;
-    return timeout_error("no connection to " + options_.endpoint + " within " +
-                         std::to_string(timeout.count()) + " ms; is the server running there?");
+    return timeout_error(
+        "no connection to " + options_.endpoint + " within " + std::to_string(timeout.count()) +
+        " ms; is the server running there?" +
+        (options_.curve_server_key.empty()
+             ? std::string()
+             : " With CURVE, also check that --server-key is that server's public key and that "
+               "the server admits this device's key"));
   }
 
   while (true) {

@@ -40,6 +40,11 @@ struct ServerLinkOptions {
   // against the server's own limits once a handshake told them) before they are sent.
   Limits limits;
   size_t max_forgotten = 4096;  // given-up ids remembered to flag their late replies
+  // CURVE (transport/curve.h): the server's public key, 40 Z85 characters. Empty: plain TCP.
+  std::string curve_server_key;
+  // This device's own secret key (Z85); its public key is derived from it. Empty with a server
+  // key set: open() makes an ephemeral key pair, kept across reconnect().
+  std::string curve_secret_key;
 };
 
 // One request/reply exchange as the device saw it. Round trip = received - sent; the reply's own
@@ -81,7 +86,9 @@ class ServerLink {
  public:
   // Creates the DEALER and starts connecting (ZeroMQ connects in the background). Uses `context`
   // when given (it must outlive the link), else owns one. Returns kInvalidArgument with a sentence
-  // for an unusable endpoint or option.
+  // for an unusable endpoint, option or CURVE key. With CURVE, a server that does not hold the
+  // matching secret key, or that refuses this device's key, never completes the connection: the
+  // handshake then times out (kTimeout).
   static Result<std::unique_ptr<ServerLink>> open(ServerLinkOptions options,
                                                   zmq::context_t* context = nullptr);
   ~ServerLink();
@@ -133,6 +140,8 @@ class ServerLink {
   bool is_in_flight(uint64_t request_id) const { return in_flight_.count(request_id) != 0; }
   size_t malformed_replies() const { return malformed_replies_; }
   const ServerLinkOptions& options() const { return options_; }
+  // This device's CURVE public key (Z85), empty without CURVE: what a server's allow-list lists.
+  const std::string& curve_public_key() const { return curve_public_key_; }
 
  private:
   struct Pending {
@@ -163,6 +172,7 @@ class ServerLink {
   size_t send_max_frames_ = 0;  // payload frames per request, likewise
   uint64_t next_internal_id_ = uint64_t{1} << 63;
   size_t malformed_replies_ = 0;
+  std::string curve_public_key_;
 };
 
 }  // namespace edgesplit::transport

@@ -200,7 +200,10 @@ TEST_CASE("one server serves two models") {
   CHECK(first_run.summary["on_server"] == first_run.frames.size());
   std::vector<std::string> argv = {bin("edgesplit-device"), "--model", second.string(), "--input",
                                    (default_samples()).string(), "--max-frames", "3", "--server",
-                                   server.endpoint(), "--cut", "5", "--bits", "8"};
+                                   server.endpoint(), "--cut", "5", "--bits", "8",
+                                   // the point is two models on one server, not latency: allow a
+                                   // cold ResNet-18 tail on a loaded machine
+                                   "--timeout-ms", "20000"};
   auto rc = run_to_end(argv, dir / "second.jsonl", dir / "second.err");
   auto second_run = parse_run(rc, dir / "second.jsonl", dir / "second.err");
   INFO(second_run.err);
@@ -438,4 +441,54 @@ TEST_CASE("user errors get one sentence and exit code 2") {
     CHECK(text.find("Exception") == std::string::npos);
     if (c.only_line) CHECK(std::count(text.begin(), text.end(), '\n') == 1);
   }
+}
+
+TEST_CASE("without a fixed plan the scheduler chooses one per frame from the shipped profile") {
+  auto dir = scratch_dir("e2e-scheduler");
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string()}));
+  auto run = run_device(dir, "sched", {"--server", server.endpoint(), "--max-accuracy-drop", "1"});
+  INFO(run.err);
+  REQUIRE(run.rc == 0);
+  REQUIRE(run.frames.size() == sample_count());
+  for (const auto& f : run.frames) {
+    CHECK(f["plan"]["by"] == "scheduler");
+    REQUIRE(f.contains("predicted"));
+    REQUIRE(f.contains("decision"));
+    REQUIRE(f.contains("conditions"));
+    CHECK(f["decision"]["objective"] == "latency");
+    CHECK(f["predicted"]["accuracy_drop_pp"].get<double>() <= 1.0);
+    CHECK(f["predicted"]["latency_ms"].get<double>() > 0);
+    CHECK(f["completed"] != "failed");
+  }
+  // Calibration probes ran before the first frame: bandwidth and round trip are measured.
+  CHECK(run.frames[0]["conditions"]["bandwidth_mbps"].get<double>() > 0);
+  CHECK(run.summary["probes"].get<int>() >= 4);
+  CHECK(run.summary.contains("predicted_over_measured_latency_p50"));
+
+  // The data objective sends the fewest bytes the accuracy bound allows, and never more than the
+  // latency objective's plan.
+  auto data = run_device(dir, "data", {"--server", server.endpoint(), "--objective", "data",
+                                       "--max-accuracy-drop", "1"});
+  REQUIRE(data.rc == 0);
+  CHECK(data.summary["bytes_per_frame"].get<double>() <=
+        run.summary["bytes_per_frame"].get<double>());
+
+  // A byte budget the remote plans cannot meet leaves the device-only plan.
+  auto tight = run_device(dir, "tight", {"--server", server.endpoint(), "--max-bytes-per-frame",
+                                         "1", "--max-accuracy-drop", "1"});
+  REQUIRE(tight.rc == 0);
+  for (const auto& f : tight.frames) CHECK(f["plan"]["encoding"] == "local");
+}
+
+TEST_CASE("a profile made for another model is refused with one sentence") {
+  auto dir = scratch_dir("e2e-wrong-profile");
+  std::string text = read_file(source_dir() / "models" / "default" / "fashion_mnist_cnn.profile.json");
+  auto j = json::parse(text);
+  j["model_digest"] = "sha256:0123";
+  std::ofstream(dir / "wrong.profile.json") << j.dump();
+  auto run = run_device(dir, "wrong", {"--profile", (dir / "wrong.profile.json").string()});
+  CHECK(run.rc == 2);
+  CHECK(run.err.find("sha256:0123") != std::string::npos);
+  CHECK(std::count(run.err.begin(), run.err.end(), '\n') == 1);
 }

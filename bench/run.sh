@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# End-to-end benchmark on the network testbed: edgesplit against device-only, uploading the input
+# (raw or JPEG), the best fixed cut in fp32 and at 8 bits, and the oracle, on a shaped link
+# (network namespaces, tc) with the device process N times slower (cgroup CPU quota).
+#
+#   bench/run.sh            short run: 2, 5, 50 Mbit/s at 10 ms RTT, one trace (50 -> 5), device 4x
+#                           slower, 30 frames per run, the main contenders
+#   bench/run.sh --full     every bandwidth (1..100 Mbit/s) at 10 and 50 ms, every trace,
+#                           devices 4x and 10x slower
+#   bench/run.sh cleanup    remove namespaces and cgroups left by a crashed run
+#   bench/run.sh --help     every option (scenarios, contenders, frames, model, profile, ...)
+#
+# Needs root. Results: bench/results/<timestamp>/ (results.json, results.csv, summary.md, plots,
+# raw JSON lines of every run). Binaries from build/bin (EDGESPLIT_BIN_DIR or --bin-dir to change).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+py=/usr/bin/python3
+
+if [[ "${1:-}" == "cleanup" ]]; then
+  shift
+  exec "$py" "$here/testbed/netbed.py" cleanup "$@"
+fi
+if [[ "$(id -u)" != 0 ]]; then
+  echo "bench/run.sh: the testbed needs root (network namespaces, tc, cgroups): run it with sudo" >&2
+  exit 1
+fi
+for a in "$@"; do
+  if [[ "$a" == "-h" || "$a" == "--help" ]]; then exec "$py" "$here/testbed/bench.py" --help; fi
+done
+
+out="$here/results/$(date +%Y%m%d-%H%M%S)"
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  if [[ "${args[$i]}" == "--out" ]]; then out="${args[$((i + 1))]}"; fi
+  if [[ "${args[$i]}" == --out=* ]]; then out="${args[$i]#--out=}"; fi
+done
+# A crashed earlier run may have left namespaces or cgroups behind.
+"$py" "$here/testbed/netbed.py" cleanup >/dev/null
+rc=0
+"$py" "$here/testbed/bench.py" --out "$out" "$@" || rc=$?
+if [[ -f "$out/results.json" ]]; then
+  "$py" "$here/plot_bench.py" "$out" || echo "bench/run.sh: plots failed (see above)" >&2
+  echo "bench/run.sh: summary in $out/summary.md"
+fi
+exit $rc

@@ -1,0 +1,899 @@
+"""The end-to-end benchmark: edgesplit against the alternatives (device-only, uploading the raw
+input or a JPEG, the best fixed cut in fp32 and at 8 bits, the oracle) on the shaped network of
+netbed.Testbed, with the device process N times slower than the server. Writes JSON, CSV and a
+Markdown table under the results folder; bench/plot_bench.py draws the plots.
+
+Every number comes from real runs of edgesplit-server and edgesplit-device: latency, bytes, plans
+and predictions from the device's JSON lines, throughput from the arrival times of those lines,
+device CPU time from the device cgroup's CPU accounting. Standard library only.
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import costmodel  # noqa: E402
+import netbed  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(HERE))
+SHARED = os.environ.get("EDGESPLIT_SHARED_DIR", os.path.join(os.path.dirname(REPO), "shared"))
+PORT = 5555
+ACCURACY_BOUND = 1.0  # points of top-1, for edgesplit, the 8-bit contender and the oracle
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+
+def parse_scenario(path):
+    """A scenario file: '# comment' lines, 'duration SECONDS' (traces), and one line per change,
+    'T rate=MBIT rtt=MS [loss=PCT]' (T in seconds from the start; later lines may give only what
+    changes). A file with a single change at 0 is a fixed scenario."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    steps, duration, description = [], None, []
+    state = {"rate": None, "rtt": None, "loss": 0.0}
+    with open(path) as f:
+        for n, raw in enumerate(f, 1):
+            line = raw.strip()
+            if line.startswith("#"):
+                description.append(line.lstrip("# "))
+                continue
+            if not line:
+                continue
+            parts = line.split()
+            if parts[0] == "duration":
+                duration = float(parts[1])
+                continue
+            try:
+                t = float(parts[0])
+                for kv in parts[1:]:
+                    k, v = kv.split("=")
+                    if k not in state:
+                        raise ValueError(k)
+                    state[k] = float(v)
+            except ValueError:
+                raise SystemExit("%s:%d: expected 'T rate=MBIT rtt=MS [loss=PCT]' or "
+                                 "'duration S', found: %s" % (path, n, line))
+            if state["rate"] is None or state["rtt"] is None:
+                raise SystemExit("%s:%d: the first change must give rate= and rtt=" % (path, n))
+            steps.append({"t": t, "rate": state["rate"], "rtt": state["rtt"],
+                          "loss": state["loss"]})
+    if not steps or steps[0]["t"] != 0:
+        raise SystemExit("%s: the first change must be at time 0" % path)
+    kind = "trace" if len(steps) > 1 else "fixed"
+    if kind == "trace" and duration is None:
+        raise SystemExit("%s: a trace needs 'duration SECONDS'" % path)
+    return {"name": name, "kind": kind, "steps": steps, "duration": duration,
+            "description": " ".join(description), "path": path}
+
+
+def scenario_list(names, folder):
+    out = []
+    for n in names:
+        path = n if os.path.exists(n) else os.path.join(folder, n + ".scn")
+        if not os.path.exists(path):
+            raise SystemExit("no scenario %s (looked for %s)" % (n, path))
+        out.append(parse_scenario(path))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# One device run
+
+
+class Run:
+    """The JSON lines of one device run, each with its arrival time (monotonic seconds), and the
+    device cgroup's CPU time when the measured part started and when it ended."""
+
+    def __init__(self):
+        self.lines = []  # (arrival, dict)
+        self.cpu_at = {}  # frame count -> cpu seconds
+        self.t_first = None
+        self.rc = None
+        self.stderr = ""
+        self.capped = False
+
+
+def run_device(tb, args, extra, out_path, warmup, quota, duration=None, on_start=None):
+    """Runs edgesplit-device in the device namespace with `extra` flags. The cgroup quota is
+    applied when the first frame arrives (model loading runs at full speed; the warm-up frames
+    that follow are not measured). With `duration` the device loops over the images and is
+    stopped that many seconds after the first frame; `on_start(t0)` is called then."""
+    argv = [os.path.join(args.bin_dir, "edgesplit-device"),
+            "--server", "tcp://%s:%d" % (netbed.SRV_ADDR, PORT),
+            "--model", args.model, "--input", args.images, "--threads", "1", "--top-k", "1",
+            "--quiet"]
+    if args.meta:
+        argv += ["--meta", args.meta]
+    if args.profile:
+        argv += ["--profile", args.profile]
+    if duration:
+        argv += ["--loop", "0"]
+    else:
+        argv += ["--max-frames", str(args.frames + warmup), "--loop", "0"]
+    if "--in-flight" not in extra:
+        # The device's documented default (1; 4 for --objective throughput), given explicitly.
+        argv += ["--in-flight", "4" if "throughput" in extra else "1"]
+    argv += extra
+    tb.set_slowdown(0)
+    run = Run()
+    err_path = out_path + ".err"
+    import subprocess
+
+    with open(err_path, "w") as err, open(out_path, "w") as raw:
+        raw.write(json.dumps({"type": "argv", "argv": argv}) + "\n")
+        proc = tb.spawn("dev", argv, subprocess.PIPE, err, in_cgroup=True)
+        stop_at = None
+        frames = 0
+        try:
+            for line in proc.stdout:
+                now = time.monotonic()
+                raw.write(line.decode() if isinstance(line, bytes) else line)
+                try:
+                    j = json.loads(line)
+                except ValueError:
+                    continue
+                run.lines.append((now, j))
+                if j.get("type") != "frame":
+                    continue
+                frames += 1
+                if frames == 1:
+                    tb.set_slowdown(quota)
+                    run.t_first = now
+                    if duration:
+                        stop_at = now + duration
+                        if on_start:
+                            on_start(now)
+                if frames == warmup:
+                    run.cpu_at[frames] = tb.cgroup.cpu_seconds()
+                if stop_at and now >= stop_at:
+                    break
+                if not duration and args.max_run_s and now - run.t_first > args.max_run_s:
+                    run.capped = True  # a slow contender: fewer frames, said in the results
+                    break
+        finally:
+            run.cpu_at[frames] = tb.cgroup.cpu_seconds()
+            tb.stop(proc, timeout=10.0)
+            run.rc = proc.returncode
+    tb.set_slowdown(0)
+    with open(err_path) as f:
+        run.stderr = f.read()[-2000:]
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def percentile(values, p):
+    if not values:
+        return None
+    v = sorted(values)
+    rank = p / 100.0 * (len(v) - 1)
+    lo = int(rank)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (rank - lo)
+
+
+def plan_key(j):
+    p = j.get("plan", {})
+    return "%s:%s" % (p.get("cut"), p.get("encoding", "?"))
+
+
+def metrics(run, warmup, labels, slo_ms=None):
+    """Latency, throughput, bytes, accuracy, CPU and prediction figures of the measured frames
+    (those after the first `warmup`)."""
+    frames = [(t, j) for t, j in run.lines if j.get("type") == "frame"]
+    measured = frames[warmup:]
+    lat = [j["latency_ms"] for _, j in measured]
+    m = {"frames": len(measured), "frames_total": len(frames), "rc": run.rc,
+         "capped_by_max_run_s": run.capped}
+    if not measured:
+        m["error"] = "no frames measured (device exit %s): %s" % (run.rc, run.stderr.strip()[-300:])
+        return m
+    where = {}
+    for _, j in measured:
+        where[j["completed"]] = where.get(j["completed"], 0) + 1
+    span = measured[-1][0] - frames[warmup - 1][0] if warmup > 0 else measured[-1][0] - run.t_first
+    n_span = len(measured) if warmup > 0 else len(measured) - 1
+    cpu_keys = sorted(run.cpu_at)
+    cpu = None
+    if len(cpu_keys) >= 2 and cpu_keys[-1] > cpu_keys[0]:
+        cpu = (run.cpu_at[cpu_keys[-1]] - run.cpu_at[cpu_keys[0]]) / (cpu_keys[-1] - cpu_keys[0])
+    scored = [(j, labels.get(os.path.basename(j["source"]))) for _, j in measured]
+    scored = [(j, lab) for j, lab in scored if lab is not None and j.get("top")]
+    plans = {}
+    for _, j in measured:
+        plans[plan_key(j)] = plans.get(plan_key(j), 0) + 1
+    predicted = [j["predicted"]["latency_ms"] / j["latency_ms"] for _, j in measured
+                 if "predicted" in j and j["latency_ms"] > 0 and j["completed"] != "failed"]
+    server_ms = [j.get("server_unpack_ms", 0) + j.get("server_compute_ms", 0) for _, j in measured]
+    inner = [j for _, j in measured if j["completed"] == "server"]
+    m.update({
+        "latency_p50_ms": percentile(lat, 50), "latency_p95_ms": percentile(lat, 95),
+        "latency_mean_ms": statistics.mean(lat),
+        "fps": n_span / span if span > 0 else None,
+        "bytes_per_frame": statistics.mean([j.get("bytes_sent", 0) for _, j in measured]),
+        "bytes_per_server_frame": statistics.mean([j["bytes_sent"] for j in inner]) if inner
+        else None,
+        "completed": where,
+        "failed": where.get("failed", 0),
+        "top1": (sum(1 for j, lab in scored if j["top"][0]["index"] == lab) / len(scored))
+        if scored else None,
+        "scored": len(scored),
+        "device_cpu_ms_per_frame": cpu * 1000 if cpu is not None else None,
+        "server_ms_per_frame": statistics.mean(server_ms),
+        "plans": dict(sorted(plans.items(), key=lambda kv: -kv[1])),
+        "plan_changes": sum(1 for a, b in zip(measured, measured[1:])
+                            if plan_key(a[1]) != plan_key(b[1])),
+        "predicted_over_measured_p50": percentile(predicted, 50),
+        "frame_gaps": sorted(set(range(frames[0][1]["frame"], frames[-1][1]["frame"] + 1)) -
+                             {j["frame"] for _, j in frames}),
+    })
+    conds = [j["conditions"] for _, j in measured if "conditions" in j]
+    if conds:
+        m["device_load_p50"] = percentile([c["device_load"] for c in conds], 50)
+        m["bandwidth_est_p50_mbps"] = percentile([c["bandwidth_mbps"] for c in conds], 50)
+        m["rtt_est_p50_ms"] = percentile([c["rtt_ms"] for c in conds], 50)
+    drops = [j["predicted"]["accuracy_drop_pp"] for _, j in measured if "predicted" in j]
+    if drops:
+        m["profile_accuracy_drop_pp_max"] = max(drops)
+    if slo_ms:
+        m["slo_ms"] = slo_ms
+        m["slo_met"] = sum(1 for v in lat if v <= slo_ms) / len(lat)
+    return m
+
+
+def timeline(run, t0):
+    """Per frame: arrival time from t0, latency, plan, where it completed."""
+    return [{"t": round(t - t0, 4), "frame": j["frame"], "latency_ms": j["latency_ms"],
+             "plan": plan_key(j), "completed": j["completed"]}
+            for t, j in run.lines if j.get("type") == "frame"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Contenders
+
+
+def contenders_for(profile, bw, rtt, slowdown, args):
+    """(name, flags, note) for a fixed-bandwidth scenario, and the oracle's candidate plans."""
+    out = [("device-only", ["--cut", "device"], ""),
+           ("server-raw", ["--cut", "input", "--bits", "fp32"], ""),
+           ("server-jpeg90", ["--cut", "input", "--bits", "jpeg90"], "")]
+    for enc, name in (("fp32", "fixed-fp32"), ("q8", "fixed-q8")):
+        best = costmodel.best_fixed(profile, bw, rtt, slowdown, enc) if profile else None
+        if best:
+            out.append((name, costmodel.pinnable(best), "cut %s (%s)" % (best["cut"],
+                                                                          best["encoding"])))
+    if profile:
+        out.append(("edgesplit-latency", ["--objective", "latency", "--max-accuracy-drop",
+                                          str(ACCURACY_BOUND)], ""))
+        if "throughput" in args.objectives:
+            out.append(("edgesplit-throughput", ["--objective", "throughput",
+                                                 "--max-accuracy-drop", str(ACCURACY_BOUND)], ""))
+            out.append(("server-jpeg90-pipelined", ["--cut", "input", "--bits", "jpeg90",
+                                                    "--in-flight", "4"], ""))
+    oracle = []
+    if profile and args.oracle_k > 0:
+        skipped = []
+        for p in costmodel.ranked(profile, bw, rtt, slowdown, max_accuracy_drop=ACCURACY_BOUND):
+            flags = costmodel.pinnable(p)
+            if flags is None:
+                skipped.append(p["encoding"])
+                continue
+            oracle.append(("oracle:%s:%s" % (p["cut"], p["encoding"]), flags,
+                           "predicted %.1f ms" % p["predicted"]["latency_ms"]))
+            if len(oracle) >= args.oracle_k:
+                break
+        if skipped:
+            print("  oracle: cannot pin %d better-ranked plan(s) from the command line: %s" %
+                  (len(skipped), ", ".join(sorted(set(skipped))[:5])))
+    return out, oracle
+
+
+def slo_for(profile, bw, rtt, slowdown):
+    """The latency bound of the cost-objective run: halfway between the best predicted latency
+    (within the accuracy bound) and the device-only one."""
+    r = costmodel.ranked(profile, bw, rtt, slowdown, max_accuracy_drop=ACCURACY_BOUND)
+    local = [p for p in r if p["local"]][0]["predicted"]["latency_ms"]
+    best = r[0]["predicted"]["latency_ms"]
+    return round((best + local) / 2.0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def load_labels(path):
+    labels = {}
+    if path and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                parts = line.strip().split("\t")
+                if len(parts) == 2:
+                    labels[parts[0]] = int(parts[1])
+    return labels
+
+
+def prepare_images(args, profile, out_dir):
+    """A folder of links to the first --frames scored images (never the profile's calibration
+    images), so every contender sees the same frames in the same order."""
+    calib = set(os.path.basename(p) for p in (profile or {}).get("calibration_images", []))
+    files = sorted(f for f in os.listdir(args.image_source)
+                   if os.path.splitext(f)[1].lower() in (".jpg", ".jpeg", ".png") and
+                   f not in calib)
+    if not files:
+        print("bench: every image in %s is a calibration image of the profile: scoring them all "
+              "anyway (accuracy is then optimistic)" % args.image_source)
+        files = sorted(f for f in os.listdir(args.image_source)
+                       if os.path.splitext(f)[1].lower() in (".jpg", ".jpeg", ".png"))
+    files = files[-args.image_count:] if args.image_count else files
+    folder = os.path.join(out_dir, "images")
+    os.makedirs(folder, exist_ok=True)
+    for f in files:
+        os.symlink(os.path.join(os.path.abspath(args.image_source), f), os.path.join(folder, f))
+    return folder, len(files)
+
+
+def start_server(tb, args, out_dir):
+    endpoint_file = os.path.join(out_dir, "server.endpoint")
+    argv = [os.path.join(args.bin_dir, "edgesplit-server"), "--bind",
+            "tcp://%s:%d" % (netbed.SRV_ADDR, PORT), "--model", args.model, "--workers", "1",
+            "--threads", "1", "--endpoint-file", endpoint_file]
+    if args.meta:
+        argv += ["--meta", args.meta]
+    log = open(os.path.join(out_dir, "server.log"), "a")
+    proc = tb.spawn("srv", argv, log, log)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(endpoint_file):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("edgesplit-server did not start: see %s/server.log" % out_dir)
+        time.sleep(0.1)
+    return proc
+
+
+def run_fixed(tb, args, profile, labels, sc, slowdown, out_dir, results):
+    step = sc["steps"][0]
+    tb.set_link(step["rate"], step["rtt"], step["loss"])
+    tag = "%s/%gx" % (sc["name"], slowdown)
+    print("[%s] %s: %g Mbit/s, RTT %g ms, device %gx slower" %
+          (time.strftime("%H:%M:%S"), sc["name"], step["rate"], step["rtt"], slowdown), flush=True)
+    cons, oracle = contenders_for(profile, step["rate"], step["rtt"], slowdown, args)
+    cons = [c for c in cons if c[0] in args.contenders or c[0].endswith("-pipelined") and
+            "edgesplit-throughput" in args.contenders]
+    if profile and "edgesplit-cost" in args.contenders:
+        slo = slo_for(profile, step["rate"], step["rtt"], slowdown)
+        cons.append(("edgesplit-cost", ["--objective", "cost", "--max-latency-ms", str(slo),
+                                        "--max-accuracy-drop", str(ACCURACY_BOUND)],
+                     "SLO %.1f ms" % slo))
+    raw_dir = os.path.join(out_dir, "raw", "%gx" % slowdown, sc["name"])
+    os.makedirs(raw_dir, exist_ok=True)
+    done = {}  # flags -> metrics: a plan that several contenders share runs once
+    entry = {"scenario": sc["name"], "kind": "fixed", "slowdown": slowdown,
+             "rate_mbit": step["rate"], "rtt_ms": step["rtt"], "contenders": {},
+             "oracle_candidates": {}}
+    for name, flags, note in cons + oracle:
+        key = " ".join(flags)
+        if key in done:
+            m = dict(done[key], same_run_as=done[key]["contender"])
+        else:
+            slo = None
+            if name == "edgesplit-cost":
+                slo = float(flags[flags.index("--max-latency-ms") + 1])
+            timeout = ["--timeout-ms", str(args.timeout_ms)] if "--cut" in flags or \
+                "--plan" in flags else []
+            run = run_device(tb, args, flags + timeout,
+                             os.path.join(raw_dir, name.replace(":", "_").replace("/", "-") +
+                                          ".jsonl"), args.warmup, slowdown)
+            m = metrics(run, args.warmup, labels, slo)
+            m["contender"] = name
+            if not results["runs"] and not done and "error" in m:
+                raise SystemExit("bench: the first device run failed, stopping: " + m["error"])
+            done[key] = m
+        m = dict(m, flags=flags, note=note, contender=name)
+        (entry["oracle_candidates"] if name.startswith("oracle:") else
+         entry["contenders"])[name] = m
+        print("  %-26s %s" % (name, short(m)), flush=True)
+    finish_oracle(entry)
+    results["runs"].append(entry)
+    print("  %s done" % tag, flush=True)
+    return entry
+
+
+def short(m):
+    if "error" in m:
+        return "ERROR " + m["error"]
+    return ("p50 %7.1f ms  p95 %7.1f ms  %6.2f fps  %8.0f B/frame  top1 %s  cpu %s ms/frame  %s"
+            % (m["latency_p50_ms"], m["latency_p95_ms"], m["fps"] or 0, m["bytes_per_frame"],
+               "%.2f" % m["top1"] if m["top1"] is not None else "-",
+               "%.1f" % m["device_cpu_ms_per_frame"] if m["device_cpu_ms_per_frame"] else "-",
+               ",".join("%s x%d" % kv for kv in list(m["plans"].items())[:2])))
+
+
+def finish_oracle(entry):
+    """The oracle: the lowest measured p50 latency among the candidate plans and the fixed
+    contenders that meet the accuracy bound (by the profile)."""
+    pool = dict(entry["oracle_candidates"])
+    for name in ("device-only", "server-raw", "fixed-fp32", "fixed-q8"):
+        if name in entry["contenders"]:
+            pool[name] = entry["contenders"][name]
+    pool = {k: v for k, v in pool.items()
+            if clean("device-only" if k.endswith(":local") else k, v) and
+            v.get("profile_accuracy_drop_pp_max", 0) <= ACCURACY_BOUND + 1e-9}
+    if pool:
+        best = min(pool, key=lambda k: pool[k]["latency_p50_ms"])
+        entry["oracle"] = {"plan": best, "latency_p50_ms": pool[best]["latency_p50_ms"],
+                           "latency_p95_ms": pool[best]["latency_p95_ms"],
+                           "candidates_tried": sorted(pool)}
+
+
+def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results):
+    print("[%s] trace %s (%gs), device %gx slower" % (time.strftime("%H:%M:%S"), sc["name"],
+                                                       sc["duration"], slowdown), flush=True)
+    raw_dir = os.path.join(out_dir, "raw", "%gx" % slowdown, sc["name"])
+    os.makedirs(raw_dir, exist_ok=True)
+    first = sc["steps"][0]
+    cons = [("edgesplit-latency", ["--objective", "latency", "--max-accuracy-drop",
+                                   str(ACCURACY_BOUND)])]
+    for name in args.trace_contenders:
+        if name == "server-jpeg90":
+            cons.append((name, ["--cut", "input", "--bits", "jpeg90"]))
+        elif name == "device-only":
+            cons.append((name, ["--cut", "device"]))
+        elif name == "fixed-q8" and profile:
+            best = costmodel.best_fixed(profile, first["rate"], first["rtt"], slowdown, "q8")
+            cons.append((name, costmodel.pinnable(best)))
+    entry = {"scenario": sc["name"], "kind": "trace", "slowdown": slowdown,
+             "steps": sc["steps"], "duration_s": sc["duration"], "contenders": {}}
+    for name, flags in cons:
+        tb.set_link(first["rate"], first["rtt"], first["loss"])
+        changes = []
+        stop = threading.Event()
+
+        def replay(t0):
+            def loop():
+                for st in sc["steps"][1:]:
+                    if stop.wait(max(0.0, t0 + st["t"] - time.monotonic())):
+                        return
+                    tb.set_link(st["rate"], st["rtt"], st["loss"])
+                    changes.append({"t": round(time.monotonic() - t0, 4), "scheduled_t": st["t"],
+                                    "rate": st["rate"], "rtt": st["rtt"], "loss": st["loss"]})
+                    print("    %.2fs: link now %g Mbit/s, RTT %g ms, loss %g%%" %
+                          (changes[-1]["t"], st["rate"], st["rtt"], st["loss"]), flush=True)
+            th = threading.Thread(target=loop, daemon=True)
+            th.start()
+
+        t0_box = []
+        run = run_device(tb, args, flags, os.path.join(raw_dir, name + ".jsonl"), args.warmup,
+                         slowdown, duration=sc["duration"],
+                         on_start=lambda t0: (t0_box.append(t0), replay(t0)))
+        stop.set()
+        m = metrics(run, 0, labels)
+        m["timeline"] = timeline(run, t0_box[0]) if t0_box else []
+        m["changes"] = changes
+        m["flags"] = flags
+        entry["contenders"][name] = m
+        print("  %-26s %s; %d plan changes" % (name, short(m) if "error" not in m else m["error"],
+                                               m.get("plan_changes", 0)), flush=True)
+    results["runs"].append(entry)
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets (issue 7), as ratios from this run
+
+FIXED_CONTENDERS = ("device-only", "server-raw", "server-jpeg90", "fixed-fp32", "fixed-q8")
+
+
+def ok_metrics(m):
+    return m is not None and "error" not in m and m.get("frames", 0) > 0
+
+
+def clean(name, m):
+    """Measured, nothing failed, and a plan that sends finished every frame on the server (a
+    fallback to the device means the contender did not run as itself)."""
+    return (ok_metrics(m) and m["failed"] == 0 and
+            (name == "device-only" or m["completed"].get("local", 0) == 0))
+
+
+def targets(results, profile):
+    t = {"latency_vs_oracle": [], "latency_vs_best_fixed": [], "trace_recovery": [],
+         "trace_outage": [], "throughput": [], "cost": [], "bytes": [], "prediction": []}
+    last_cut = profile["cuts"][-1]["id"] if profile else None
+    fixed = [e for e in results["runs"] if e["kind"] == "fixed"]
+    for e in fixed:
+        c = e["contenders"]
+        es = c.get("edgesplit-latency")
+        where = {"scenario": e["scenario"], "slowdown": e["slowdown"], "rate_mbit": e["rate_mbit"],
+                 "rtt_ms": e["rtt_ms"]}
+        if ok_metrics(es) and e.get("oracle"):
+            r = es["latency_p50_ms"] / e["oracle"]["latency_p50_ms"]
+            t["latency_vs_oracle"].append(dict(where, ratio=r, met=r <= 1.10,
+                                               oracle=e["oracle"]["plan"]))
+        valid = {k: c[k] for k in FIXED_CONTENDERS if clean(k, c.get(k))}
+        if ok_metrics(es) and valid:
+            best = min(valid, key=lambda k: valid[k]["latency_p50_ms"])
+            r = es["latency_p50_ms"] / valid[best]["latency_p50_ms"]
+            t["latency_vs_best_fixed"].append(dict(
+                where, ratio=r, met=r <= 1.05, best_fixed=best,
+                gain_over={k: v["latency_p50_ms"] / es["latency_p50_ms"] for k, v in valid.items()}))
+        tp, dev, srv = (c.get("edgesplit-throughput"), c.get("device-only"),
+                        c.get("server-jpeg90-pipelined"))
+        if e["rate_mbit"] >= 20 and ok_metrics(tp) and ok_metrics(dev) and ok_metrics(srv):
+            both = dev["fps"] + srv["fps"]
+            t["throughput"].append(dict(where, fps=tp["fps"], device_only_fps=dev["fps"],
+                                        server_only_fps=srv["fps"], ratio=tp["fps"] / both,
+                                        met=tp["fps"] / both >= 0.8))
+        cost = c.get("edgesplit-cost")
+        so = [c[k]["server_ms_per_frame"] for k in ("server-raw", "server-jpeg90")
+              if ok_metrics(c.get(k))]
+        if ok_metrics(cost) and so:
+            ms = cost["server_ms_per_frame"]
+            r = min(so) / ms if ms > 0 else float("inf")
+            t["cost"].append(dict(where, server_ms=ms, server_only_ms=min(so), ratio=r,
+                                  slo_ms=cost.get("slo_ms"), slo_met=cost.get("slo_met"),
+                                  met=r >= 2 and (cost.get("slo_met") or 0) >= 0.95))
+        jpeg = c.get("server-jpeg90")
+        if ok_metrics(es) and ok_metrics(jpeg) and es["plans"]:
+            main_plan = next(iter(es["plans"]))
+            cut = int(main_plan.split(":")[0])
+            if 0 < cut < last_cut and es.get("bytes_per_server_frame"):
+                r = jpeg["bytes_per_frame"] / es["bytes_per_server_frame"]
+                drop = es.get("profile_accuracy_drop_pp_max")
+                t["bytes"].append(dict(where, plan=main_plan, ratio=r,
+                                       bytes=es["bytes_per_server_frame"],
+                                       jpeg_bytes=jpeg["bytes_per_frame"],
+                                       profile_accuracy_drop_pp=drop,
+                                       met=r >= 8 and drop is not None and drop <= ACCURACY_BOUND))
+        if ok_metrics(es) and es.get("predicted_over_measured_p50"):
+            r = es["predicted_over_measured_p50"]
+            t["prediction"].append(dict(where, ratio=r, met=0.85 <= r <= 1.15))
+    ref = {(e["slowdown"], e["rate_mbit"], e["rtt_ms"]): e for e in fixed}
+    for e in results["runs"]:
+        if e["kind"] != "trace":
+            continue
+        es = e["contenders"].get("edgesplit-latency")
+        if not es or "error" in es:
+            continue
+        tl = es["timeline"]
+        if any(s["loss"] >= 100 for s in e["steps"]):
+            t["trace_outage"].append({
+                "scenario": e["scenario"], "slowdown": e["slowdown"], "frames": len(tl),
+                "failed": sum(1 for f in tl if f["completed"] == "failed"),
+                "frame_gaps": es.get("frame_gaps", []),
+                "local_during_outage": sum(1 for f in tl if f["completed"] == "local"),
+                "met": all(f["completed"] != "failed" for f in tl) and not es.get("frame_gaps")})
+        bounds = [c["t"] for c in es["changes"]] + [e["duration_s"]]
+        for i, ch in enumerate(es["changes"]):
+            if ch["loss"] >= 100:
+                ref_e = None
+            else:
+                ref_e = ref.get((e["slowdown"], ch["rate"], ch["rtt"]))
+            row = {"scenario": e["scenario"], "slowdown": e["slowdown"], "change_t": ch["t"],
+                   "rate_mbit": ch["rate"], "rtt_ms": ch["rtt"], "loss": ch["loss"]}
+            if ch["loss"] >= 100:
+                row["note"] = "outage: frames finish on the device"
+                t["trace_recovery"].append(row)
+                continue
+            if not ref_e or not ref_e.get("oracle"):
+                row["note"] = "no oracle measured for these conditions in this run"
+                t["trace_recovery"].append(row)
+                continue
+            bound = 1.10 * ref_e["oracle"]["latency_p50_ms"]
+            seg = [f for f in tl if ch["t"] <= f["t"] - f["latency_ms"] / 1000.0 < bounds[i + 1]]
+            rec = None
+            for k, f in enumerate(seg):
+                if all(g["latency_ms"] <= bound for g in seg[k:k + 3]):
+                    rec = f["t"] - f["latency_ms"] / 1000.0 - ch["t"]
+                    break
+            row.update(oracle_p50_ms=ref_e["oracle"]["latency_p50_ms"], recovery_s=rec,
+                       met=rec is not None and rec <= 1.0)
+            t["trace_recovery"].append(row)
+    return t
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def fmt(v, spec="%.1f"):
+    return "-" if v is None else spec % v
+
+
+def write_outputs(results, out_dir):
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    cols = ["scenario", "kind", "slowdown", "rate_mbit", "rtt_ms", "contender", "frames",
+            "latency_p50_ms", "latency_p95_ms", "latency_mean_ms", "fps", "bytes_per_frame",
+            "top1", "scored", "device_cpu_ms_per_frame", "server_ms_per_frame",
+            "predicted_over_measured_p50", "plan_changes", "failed", "main_plan", "note"]
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for e in results["runs"]:
+            every = dict(e["contenders"], **e.get("oracle_candidates", {}))
+            for name, m in every.items():
+                row = dict(m, scenario=e["scenario"], kind=e["kind"], slowdown=e["slowdown"],
+                           rate_mbit=e.get("rate_mbit"), rtt_ms=e.get("rtt_ms"),
+                           contender=name, main_plan=next(iter(m.get("plans") or {"": 0})))
+                w.writerow([row.get(c) for c in cols])
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(markdown(results))
+
+
+def markdown(results):
+    L = ["# edgesplit end-to-end benchmark", ""]
+    s = results["settings"]
+    L.append("Model `%s`, %d measured frames per run after %d warm-up frames, images `%s`; "
+             "device and server each run LibTorch on 1 thread; the device's cgroup quota makes it "
+             "N times slower than the server; link shaped with tc tbf (rate) and %s (delay, loss). "
+             "Oracle: the best measured p50 among the %d best plans the cost model predicts "
+             "(within %g point of top-1 by the profile) and the fixed contenders. Started %s on %s."
+             % (os.path.basename(s["model"]), s["frames"], s["warmup"], s["image_source"],
+                s["delay_by"], s["oracle_k"], ACCURACY_BOUND, s["started"], s["host"]))
+    L.append("")
+    fixed = [e for e in results["runs"] if e["kind"] == "fixed"]
+    for slowdown in sorted(set(e["slowdown"] for e in fixed)):
+        rows = [e for e in fixed if e["slowdown"] == slowdown]
+        names = []
+        for e in rows:
+            for n in e["contenders"]:
+                if n not in names:
+                    names.append(n)
+        L += ["## Device %gx slower: latency p50 (ms) per contender" % slowdown, ""]
+        L.append("| scenario | " + " | ".join(names) + " | oracle | winner | edgesplit / oracle "
+                 "| edgesplit / best fixed |")
+        L.append("|---" * (len(names) + 5) + "|")
+        for e in rows:
+            c = e["contenders"]
+            cells = [fmt(c[n].get("latency_p50_ms")) if n in c else "" for n in names]
+            valid = {n: c[n]["latency_p50_ms"] for n in FIXED_CONTENDERS if clean(n, c.get(n))}
+            if ok_metrics(c.get("edgesplit-latency")):
+                valid["edgesplit-latency"] = c["edgesplit-latency"]["latency_p50_ms"]
+            winner = min(valid, key=valid.get) if valid else "-"
+            es = c.get("edgesplit-latency")
+            orc = e.get("oracle")
+            r_o = es["latency_p50_ms"] / orc["latency_p50_ms"] if ok_metrics(es) and orc else None
+            fx = [valid[n] for n in FIXED_CONTENDERS if n in valid]
+            for n in names:
+                if n in c and n in FIXED_CONTENDERS and not clean(n, c[n]) and ok_metrics(c[n]):
+                    cells[names.index(n)] += " (fell back: %d local)" % c[n]["completed"].get(
+                        "local", 0)
+            r_f = es["latency_p50_ms"] / min(fx) if ok_metrics(es) and fx else None
+            L.append("| %s (%g Mbit/s, %g ms) | %s | %s | %s | %s | %s |" % (
+                e["scenario"], e["rate_mbit"], e["rtt_ms"], " | ".join(cells),
+                "%s (%s)" % (fmt(orc["latency_p50_ms"]), orc["plan"]) if orc else "-", winner,
+                fmt(r_o, "%.2f"), fmt(r_f, "%.2f")))
+        L += ["", "Per contender: p95 ms / frames per s / bytes per frame / top-1 / device CPU ms "
+              "per frame / server ms per frame / main plan", ""]
+        L.append("| scenario | contender | p95 | fps | bytes | top-1 | device CPU | server | plan |")
+        L.append("|---" * 9 + "|")
+        for e in rows:
+            for n, m in e["contenders"].items():
+                if not ok_metrics(m):
+                    L.append("| %s | %s | error: %s |||||||" % (e["scenario"], n,
+                                                              m.get("error", "")[:80]))
+                    continue
+                L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                    e["scenario"], n, fmt(m["latency_p95_ms"]), fmt(m["fps"], "%.2f"),
+                    fmt(m["bytes_per_frame"], "%.0f"), fmt(m["top1"], "%.3f"),
+                    fmt(m["device_cpu_ms_per_frame"]), fmt(m["server_ms_per_frame"]),
+                    next(iter(m["plans"]))))
+        L.append("")
+    traces = [e for e in results["runs"] if e["kind"] == "trace"]
+    if traces:
+        L += ["## Traces", "", "| trace | device | contender | frames | p50 | p95 | local | failed "
+              "| plan changes |", "|---" * 9 + "|"]
+        for e in traces:
+            for n, m in e["contenders"].items():
+                if ok_metrics(m):
+                    L.append("| %s | %gx | %s | %d | %s | %s | %d | %d | %d |" % (
+                        e["scenario"], e["slowdown"], n, m["frames"], fmt(m["latency_p50_ms"]),
+                        fmt(m["latency_p95_ms"]), m["completed"].get("local", 0), m["failed"],
+                        m["plan_changes"]))
+        L.append("")
+    t = results.get("targets", {})
+    L += ["## Targets (issue 7)", ""]
+
+    def block(title, rows, render):
+        rows = rows or []
+        L.append("**%s**: %s" % (title, "no data in this run" if not rows else
+                                 "%d of %d met" % (sum(1 for r in rows if r.get("met")),
+                                                   sum(1 for r in rows if "met" in r))))
+        L.append("")
+        for r in rows:
+            L.append("- " + render(r))
+        L.append("")
+
+    where = lambda r: "%s %gx" % (r["scenario"], r["slowdown"])  # noqa: E731
+    block("edgesplit (latency, 1 point) within 10% of the oracle", t.get("latency_vs_oracle"),
+          lambda r: "%s: %.2f x oracle (%s)%s" % (where(r), r["ratio"], r["oracle"],
+                                                  "" if r["met"] else " NOT MET"))
+    block("never more than 5% worse than the best fixed contender",
+          t.get("latency_vs_best_fixed"),
+          lambda r: "%s: %.2f x %s; gain over each: %s%s" % (
+              where(r), r["ratio"], r["best_fixed"],
+              ", ".join("%s %.2fx" % kv for kv in r["gain_over"].items()),
+              "" if r["met"] else " NOT MET"))
+    block("traces: within 10% of the oracle within 1 s of each change", t.get("trace_recovery"),
+          lambda r: "%s at %.1f s -> %g Mbit/s: %s" % (
+              where(r), r["change_t"], r["rate_mbit"], r["note"] if "note" in r else
+              ("recovered after %.2f s" % r["recovery_s"] if r["recovery_s"] is not None
+               else "not back within 10%% of %.1f ms before the next change" %
+               r["oracle_p50_ms"]) + ("" if r.get("met") else " NOT MET")))
+    block("outage: every frame answered", t.get("trace_outage"),
+          lambda r: "%s: %d frames, %d failed, %d local, gaps %s" % (
+              where(r), r["frames"], r["failed"], r["local_during_outage"], r["frame_gaps"]))
+    block("throughput mode >= 80% of device-only + server-only fps (>= 20 Mbit/s)",
+          t.get("throughput"),
+          lambda r: "%s: %.2f fps vs %.2f + %.2f: %.2f%s" % (
+              where(r), r["fps"], r["device_only_fps"], r["server_only_fps"], r["ratio"],
+              "" if r["met"] else " NOT MET"))
+    block("cost objective: server time >= 2x below server-only, >= 95% of frames within the SLO",
+          t.get("cost"),
+          lambda r: "%s: %.1f ms vs %.1f ms server-only (%.1fx), SLO %.1f ms met by %.0f%%%s" % (
+              where(r), r["server_ms"], r["server_only_ms"], r["ratio"], r["slo_ms"],
+              100 * (r["slo_met"] or 0), "" if r["met"] else " NOT MET"))
+    block("inner cut: bytes >= 8x below JPEG-90 at <= 1 point", t.get("bytes"),
+          lambda r: "%s: %s %.0f B vs JPEG %.0f B: %.1fx, profile drop %s pp%s" % (
+              where(r), r["plan"], r["bytes"], r["jpeg_bytes"], r["ratio"],
+              fmt(r["profile_accuracy_drop_pp"], "%.2f"), "" if r["met"] else " NOT MET"))
+    block("predicted latency within 15% of measured (median of predicted/measured)",
+          t.get("prediction"),
+          lambda r: "%s: %.2f%s" % (where(r), r["ratio"], "" if r["met"] else " NOT MET"))
+    return "\n".join(L) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+DEFAULT_SCENARIOS = ["bw2-rtt10", "bw5-rtt10", "bw50-rtt10"]
+FULL_SCENARIOS = ["bw%d-rtt%d" % (b, r) for r in (10, 50) for b in (1, 2, 5, 10, 20, 50, 100)]
+DEFAULT_TRACES = ["step-down"]
+FULL_TRACES = ["step-down", "step-up", "ramp-down", "outage"]
+ALL_CONTENDERS = ["device-only", "server-raw", "server-jpeg90", "fixed-fp32", "fixed-q8",
+                  "edgesplit-latency", "edgesplit-throughput", "edgesplit-cost"]
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--full", action="store_true",
+                    help="every scenario, both RTTs, every trace, devices 4x and 10x slower")
+    ap.add_argument("--scenarios", help="comma-separated fixed scenarios (bench/scenarios/*.scn)")
+    ap.add_argument("--traces", help="comma-separated trace scenarios ('none' for none)")
+    ap.add_argument("--slowdown", help="comma-separated device slowdowns (default 4; --full 4,10)")
+    ap.add_argument("--contenders", help="comma-separated, from: %s (default: the first six; "
+                    "--full: all)" % ",".join(ALL_CONTENDERS))
+    ap.add_argument("--trace-contenders", default="server-jpeg90",
+                    help="run through each trace besides edgesplit-latency: device-only, "
+                    "server-jpeg90, fixed-q8")
+    ap.add_argument("--frames", type=int, default=None,
+                    help="measured frames per run (default 30; --full 50)")
+    ap.add_argument("--max-run-s", type=float, default=None,
+                    help="stop a fixed-scenario run after this many seconds, with fewer frames "
+                    "(default 30; --full 90; 0: never)")
+    ap.add_argument("--warmup", type=int, default=3, help="frames per run not measured")
+    ap.add_argument("--oracle-k", type=int, default=None,
+                    help="best predicted plans the oracle tries besides the fixed contenders "
+                    "(default 2; --full 4)")
+    ap.add_argument("--timeout-ms", type=int, default=30000,
+                    help="device --timeout-ms for the fixed contenders (edgesplit keeps 1000)")
+    ap.add_argument("--model", default=os.path.join(
+        SHARED, "models", "mobilenet_v2_imagenet", "mobilenet_v2_imagenet.pt"))
+    ap.add_argument("--meta", default=os.path.join(REPO, "models", "meta",
+                                                   "mobilenet_v2_imagenet.json"))
+    ap.add_argument("--profile", default=os.path.join(REPO, "bench", "profiles",
+                                                      "mobilenet_v2_imagenet.profile.json"))
+    ap.add_argument("--images", dest="image_source",
+                    default=os.path.join(SHARED, "data", "imagenet-val-1300", "images"))
+    ap.add_argument("--labels", default=os.path.join(SHARED, "data", "imagenet-val-1300",
+                                                     "labels.tsv"))
+    ap.add_argument("--image-count", type=int, default=200,
+                    help="distinct images (the last N of the sorted scored images; runs loop)")
+    ap.add_argument("--bin-dir", default=os.environ.get("EDGESPLIT_BIN_DIR",
+                                                        os.path.join(REPO, "build", "bin")))
+    ap.add_argument("--out", help="results folder (default bench/results/<timestamp>)")
+    ap.add_argument("--scenario-dir", default=os.path.join(REPO, "bench", "scenarios"))
+    args = ap.parse_args(argv)
+
+    problem = netbed.root_problem()
+    if problem:
+        print("bench: " + problem, file=sys.stderr)
+        return 1
+    for b in ("edgesplit-device", "edgesplit-server"):
+        if not os.access(os.path.join(args.bin_dir, b), os.X_OK):
+            print("bench: %s/%s is missing: build it (scripts/setup.sh) or pass --bin-dir" %
+                  (args.bin_dir, b), file=sys.stderr)
+            return 1
+    for what, path in (("model", args.model), ("images", args.image_source)):
+        if not os.path.exists(path):
+            print("bench: the %s %s is missing (pass --%s)" % (what, path, what), file=sys.stderr)
+            return 1
+    if args.meta and not os.path.exists(args.meta):
+        args.meta = ""
+    profile = None
+    if args.profile and os.path.exists(args.profile):
+        profile = costmodel.load_profile(args.profile)
+    else:
+        print("bench: no profile at %s: only device-only and the server-only uploads run "
+              "(make one with edgesplit-profile, or pass --profile)" % args.profile)
+        args.profile = ""
+    scen = args.scenarios.split(",") if args.scenarios else (
+        FULL_SCENARIOS if args.full else DEFAULT_SCENARIOS)
+    traces = [] if args.traces == "none" else (args.traces.split(",") if args.traces else (
+        FULL_TRACES if args.full else DEFAULT_TRACES))
+    slowdowns = [float(x) for x in (args.slowdown or ("4,10" if args.full else "4")).split(",")]
+    args.contenders = (args.contenders.split(",") if args.contenders else
+                       ALL_CONTENDERS if args.full else ALL_CONTENDERS[:6])
+    args.frames = args.frames or (50 if args.full else 30)
+    args.max_run_s = args.max_run_s if args.max_run_s is not None else (90 if args.full else 30)
+    args.oracle_k = args.oracle_k if args.oracle_k is not None else (4 if args.full else 2)
+    args.objectives = ["throughput"] if "edgesplit-throughput" in args.contenders else []
+    args.trace_contenders = [c for c in args.trace_contenders.split(",") if c]
+    fixed_sc = scenario_list(scen, args.scenario_dir)
+    trace_sc = scenario_list(traces, args.scenario_dir)
+    # Each trace's conditions need an oracle: add the fixed scenarios they visit.
+    have = {(s["steps"][0]["rate"], s["steps"][0]["rtt"]) for s in fixed_sc}
+    for tsc in trace_sc:
+        for st in tsc["steps"]:
+            if st["loss"] < 100 and (st["rate"], st["rtt"]) not in have:
+                name = "bw%g-rtt%g" % (st["rate"], st["rtt"])
+                path = os.path.join(args.scenario_dir, name + ".scn")
+                if os.path.exists(path):
+                    fixed_sc.append(parse_scenario(path))
+                    have.add((st["rate"], st["rtt"]))
+    fixed_sc.sort(key=lambda s: (s["steps"][0]["rtt"], s["steps"][0]["rate"]))
+
+    out_dir = args.out or os.path.join(REPO, "bench", "results",
+                                       datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(out_dir, exist_ok=True)
+    args.images, n_images = prepare_images(args, profile, out_dir)
+    labels = load_labels(args.labels)
+    netbed.install_signal_handlers()
+    started = time.monotonic()
+    results = {"settings": {
+        "model": args.model, "profile": args.profile, "frames": args.frames,
+        "warmup": args.warmup, "oracle_k": args.oracle_k, "image_source": args.image_source,
+        "images": n_images, "slowdowns": slowdowns, "timeout_ms_fixed": args.timeout_ms,
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "host": os.uname().nodename, "threads": 1, "bin_dir": args.bin_dir,
+        "scenarios": [s["name"] for s in fixed_sc], "traces": [s["name"] for s in trace_sc]},
+        "runs": []}
+    print("bench: %d fixed scenarios, %d traces, device %s x slower, %d frames per run; "
+          "results in %s" % (len(fixed_sc), len(trace_sc), "/".join("%g" % s for s in slowdowns),
+                             args.frames, out_dir), flush=True)
+    try:
+        with netbed.Testbed(slowdown=0) as tb:
+            results["settings"]["delay_by"] = ("netem" if tb.use_netem else
+                                               "a userspace TUN relay (this kernel has no netem)")
+            results["settings"]["cgroup"] = tb.cgroup.layout
+            server = start_server(tb, args, out_dir)
+            for slowdown in slowdowns:
+                for sc in fixed_sc:
+                    if server.poll() is not None:
+                        server = start_server(tb, args, out_dir)
+                    run_fixed(tb, args, profile, labels, sc, slowdown, out_dir, results)
+                    write_outputs(results, out_dir)
+                for sc in trace_sc:
+                    if server.poll() is not None:
+                        server = start_server(tb, args, out_dir)
+                    run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results)
+                    write_outputs(results, out_dir)
+    finally:
+        results["settings"]["wall_s"] = round(time.monotonic() - started, 1)
+        results["targets"] = targets(results, profile)
+        write_outputs(results, out_dir)
+        print("bench: wrote %s/{results.json,results.csv,summary.md} (%.0f s)" %
+              (out_dir, results["settings"]["wall_s"]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

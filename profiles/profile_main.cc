@@ -1,0 +1,275 @@
+// edgesplit-profile: measures a model's cut points into a profile (see profiles/profiler.h), or
+// re-times one side of an existing profile on this machine and merges it in (--merge-into).
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <cxxopts.hpp>
+
+#include "profiles/profile.h"
+#include "profiles/profiler.h"
+
+namespace {
+
+using edgesplit::Result;
+using edgesplit::Status;
+namespace profiles = edgesplit::profiles;
+
+std::atomic<bool> g_interrupted{false};
+
+void on_signal(int) {
+  if (g_interrupted.exchange(true)) {
+    // A second Ctrl-C: stop at once (the output file is still only ever replaced whole).
+    signal(SIGINT, SIG_DFL);
+    raise(SIGINT);
+  }
+}
+
+int fail(const std::string& message) {
+  std::cerr << "edgesplit-profile: " << message << '\n';
+  return 1;
+}
+
+std::string duration(double s) {
+  if (s < 0) return "?";
+  const long t = std::lround(s);
+  char buf[32];
+  if (t >= 3600) {
+    std::snprintf(buf, sizeof(buf), "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%ldm%02lds", t / 60, t % 60);
+  }
+  return buf;
+}
+
+// A bar redrawn in place on a terminal; a line every `every_s` seconds otherwise.
+class ProgressPrinter {
+ public:
+  explicit ProgressPrinter(bool quiet) : quiet_(quiet), tty_(::isatty(STDERR_FILENO) == 1) {}
+
+  void operator()(const profiles::Progress& p) {
+    if (quiet_) return;
+    const double frac = p.total > 0 ? std::min(1.0, p.done / p.total) : 0.0;
+    const std::string eta = p.remaining_s >= 0 ? duration(p.remaining_s) : "?";
+    if (tty_) {
+      constexpr int kWidth = 30;
+      const int filled = static_cast<int>(frac * kWidth);
+      std::string bar(static_cast<size_t>(filled), '#');
+      bar.resize(kWidth, '.');
+      std::fprintf(stderr, "\r[%s] %5.1f%%  %s elapsed, %s left  %-40.40s", bar.c_str(), 100 * frac,
+                   duration(p.elapsed_s).c_str(), eta.c_str(), p.phase.c_str());
+      std::fflush(stderr);
+      drawn_ = true;
+    } else if (p.elapsed_s - last_line_s_ >= 10 || p.phase != last_phase_) {
+      // A new line per phase change is too chatty for many cuts: only when 10 s passed, or
+      // when a new cut starts and 2 s passed.
+      if (p.elapsed_s - last_line_s_ < 2 && p.phase != last_phase_) return;
+      last_line_s_ = p.elapsed_s;
+      last_phase_ = p.phase;
+      std::fprintf(stderr, "edgesplit-profile: %5.1f%% %s elapsed, %s left: %s\n", 100 * frac,
+                   duration(p.elapsed_s).c_str(), eta.c_str(), p.phase.c_str());
+    }
+  }
+
+  void finish() {
+    if (drawn_) std::fprintf(stderr, "\n");
+    drawn_ = false;
+  }
+
+ private:
+  bool quiet_;
+  bool tty_;
+  bool drawn_ = false;
+  double last_line_s_ = -1e9;
+  std::string last_phase_;
+};
+
+Result<std::vector<double>> parse_doubles(const std::string& text) {
+  std::vector<double> out;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    const size_t comma = std::min(text.find(',', pos), text.size());
+    const std::string item = text.substr(pos, comma - pos);
+    if (!item.empty()) {
+      try {
+        size_t used = 0;
+        out.push_back(std::stod(item, &used));
+        if (used != item.size()) throw std::invalid_argument(item);
+      } catch (const std::exception&) {
+        return edgesplit::invalid_argument("\"" + item + "\" is not a number");
+      }
+    }
+    pos = comma + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  cxxopts::Options cli("edgesplit-profile",
+                       "Measures what every cut point of a model costs (head and tail times), "
+                       "sends (packed bytes per encoding) and loses (top-1/top-5 per encoding).");
+  // clang-format off
+  cli.add_options()
+    ("model", "TorchScript model file", cxxopts::value<std::string>())
+    ("meta", "model metadata JSON (default: MODEL.json beside the model)",
+     cxxopts::value<std::string>()->default_value(""))
+    ("images", "folder of images (sorted by name: calibration first, then scored)",
+     cxxopts::value<std::string>()->default_value(""))
+    ("labels", "labels file, 'file<TAB>class index' per line (without: agreement with fp32)",
+     cxxopts::value<std::string>()->default_value(""))
+    ("out", "profile to write (replaced atomically)", cxxopts::value<std::string>()->default_value(""))
+    ("calibration", "images used for packed sizes and fitted ranges (default: min(100, half))",
+     cxxopts::value<int>()->default_value("-1"))
+    ("scored", "images scored for accuracy after the calibration ones (0: all the rest)",
+     cxxopts::value<int>()->default_value("0"))
+    ("batch", "images per head/tail run when scoring", cxxopts::value<int>()->default_value("32"))
+    ("cuts", "cuts to profile: all, auto (skip dominated cuts, see README), or ids '0,5,10-20'",
+     cxxopts::value<std::string>()->default_value("all"))
+    ("bits", "precisions: bit-widths, ranges, fp16, fp32",
+     cxxopts::value<std::string>()->default_value("1-8,10,12,16,fp16,fp32"))
+    ("lossless", "lossless stages: none, zstd, lz4, blosc-zstd, or all",
+     cxxopts::value<std::string>()->default_value("none,zstd"))
+    ("per-channel", "per-channel scales: off, on or both", cxxopts::value<std::string>()->default_value("off"))
+    ("clip", "clip percentiles to try, e.g. 0,99.9,99.99 (0: min/max)",
+     cxxopts::value<std::string>()->default_value("0"))
+    ("calibrated-ranges", "fit each clipped encoding's range once on the calibration images "
+     "and store it in the profile")
+    ("jpeg", "JPEG qualities for the input at cut 0 ('none' for none)",
+     cxxopts::value<std::string>()->default_value("50,75,90"))
+    ("warmup", "untimed runs before timing a head or tail", cxxopts::value<int>()->default_value("3"))
+    ("runs", "timed runs of each head and tail (batch 1)", cxxopts::value<int>()->default_value("10"))
+    ("threads", "LibTorch threads (0: LibTorch's default)", cxxopts::value<int>()->default_value("0"))
+    ("side", "which times to measure: device (head, pack), server (tail, unpack) or both",
+     cxxopts::value<std::string>()->default_value("both"))
+    ("merge-into", "time only --side on this machine and merge it into this profile (written "
+     "back unless --out is given)", cxxopts::value<std::string>()->default_value(""))
+    ("quiet", "no progress output")
+    ("h,help", "print this help");
+  // clang-format on
+  cxxopts::ParseResult args;
+  try {
+    args = cli.parse(argc, argv);
+  } catch (const std::exception& e) {
+    return fail(std::string(e.what()) + " (see --help)");
+  }
+  if (args.count("help")) {
+    std::cout << cli.help() << '\n';
+    return 0;
+  }
+  if (!args.count("model")) return fail("--model FILE is required (see --help)");
+
+  profiles::ProfilerOptions o;
+  o.model_path = args["model"].as<std::string>();
+  o.meta_path = args["meta"].as<std::string>();
+  o.images = args["images"].as<std::string>();
+  o.labels = args["labels"].as<std::string>();
+  o.calibration = args["calibration"].as<int>();
+  o.scored = args["scored"].as<int>();
+  o.batch = args["batch"].as<int>();
+  o.cuts = args["cuts"].as<std::string>();
+  o.warmup = args["warmup"].as<int>();
+  o.runs = args["runs"].as<int>();
+  o.threads = args["threads"].as<int>();
+  if (o.batch < 1 || o.runs < 1 || o.warmup < 0 || o.threads < 0 || o.scored < 0) {
+    return fail("--batch and --runs must be >= 1, --warmup, --threads and --scored >= 0");
+  }
+  auto side = profiles::parse_side(args["side"].as<std::string>());
+  if (!side.ok()) return fail(side.status().message());
+  o.side = *side;
+
+  auto precisions = profiles::parse_precision_list(args["bits"].as<std::string>());
+  if (!precisions.ok()) return fail("--bits: " + precisions.status().message());
+  o.encodings.precisions = *precisions;
+  auto lossless = profiles::parse_lossless_list(args["lossless"].as<std::string>());
+  if (!lossless.ok()) return fail("--lossless: " + lossless.status().message());
+  o.encodings.lossless = *lossless;
+  const std::string pc = args["per-channel"].as<std::string>();
+  if (pc == "off") {
+    o.encodings.per_channel = {false};
+  } else if (pc == "on") {
+    o.encodings.per_channel = {true};
+  } else if (pc == "both") {
+    o.encodings.per_channel = {false, true};
+  } else {
+    return fail("--per-channel must be off, on or both, not \"" + pc + "\"");
+  }
+  auto clips = parse_doubles(args["clip"].as<std::string>());
+  if (!clips.ok() || clips->empty()) return fail("--clip: give percentiles such as 0,99.9");
+  o.encodings.clip_percentiles = *clips;
+  o.encodings.calibrated_ranges = args.count("calibrated-ranges") > 0;
+  const std::string jpeg = args["jpeg"].as<std::string>();
+  o.encodings.jpeg_qualities.clear();
+  if (jpeg != "none") {
+    auto q = parse_doubles(jpeg);
+    if (!q.ok()) return fail("--jpeg: " + q.status().message());
+    for (double v : *q) o.encodings.jpeg_qualities.push_back(static_cast<int>(v));
+  }
+  auto check = profiles::expand_encodings(o.encodings, true);
+  if (!check.ok()) return fail(check.status().message());
+
+  const std::string merge_into = args["merge-into"].as<std::string>();
+  std::string out = args["out"].as<std::string>();
+  if (out.empty()) out = merge_into;
+  if (out.empty()) return fail("--out PROFILE.json is required (or --merge-into PROFILE.json)");
+  if (o.images.empty() && merge_into.empty()) return fail("--images DIR is required");
+
+  profiles::Profile base;
+  if (!merge_into.empty()) {
+    auto loaded = profiles::load_profile(merge_into);
+    if (!loaded.ok()) return fail(loaded.status().message());
+    base = std::move(loaded).value();
+    if (o.images.empty()) o.images = base.images;
+    if (o.images.empty()) return fail("--images DIR is required (the profile names no images)");
+    o.timing_only_for = &base;
+  }
+
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  o.cancel = &g_interrupted;
+  ProgressPrinter printer(args.count("quiet") > 0);
+  o.on_progress = [&printer](const profiles::Progress& p) { printer(p); };
+
+  auto result = profiles::run_profiler(o);
+  printer.finish();
+  if (!result.ok()) {
+    if (g_interrupted.load()) {
+      std::cerr << "edgesplit-profile: interrupted; " << out << " was not written\n";
+      return 130;
+    }
+    return fail(result.status().message());
+  }
+  profiles::Profile profile = std::move(result).value();
+  if (!merge_into.empty()) {
+    profiles::Profile merged = base;
+    if (o.side != profiles::Side::kServer) {
+      Status s = profiles::merge_timings(merged, profile, true);
+      if (!s.ok()) return fail(s.message());
+    }
+    if (o.side != profiles::Side::kDevice) {
+      Status s = profiles::merge_timings(merged, profile, false);
+      if (!s.ok()) return fail(s.message());
+    }
+    profile = std::move(merged);
+  }
+  if (g_interrupted.load()) {
+    std::cerr << "edgesplit-profile: interrupted; " << out << " was not written\n";
+    return 130;
+  }
+  Status saved = profiles::save_profile(out, profile);
+  if (!saved.ok()) return fail(saved.message());
+  std::cerr << "edgesplit-profile: wrote " << out << " (" << profile.cuts.size() << " cuts, "
+            << profile.scored_images << " scored images, fp32 top-1 " << 100 * profile.fp32_top1
+            << "%)\n";
+  return 0;
+}

@@ -1,0 +1,185 @@
+#include "server/metrics.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+
+namespace edgesplit::server {
+namespace {
+
+std::string number(double v) {
+  if (std::isinf(v)) return "+Inf";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+
+// Label values escape backslash, double quote and newline (exposition format).
+std::string escape_label(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  for (char c : s) {
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '"')
+      out += "\\\"";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out += c;
+  }
+  return out;
+}
+
+void header(std::string& out, const std::string& name, const std::string& help, const char* type) {
+  out += "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+}
+
+void sample(std::string& out, const std::string& name, double value) {
+  out += name + " " + number(value) + "\n";
+}
+
+void metric(std::string& out, const std::string& name, const std::string& help, const char* type,
+            double value) {
+  header(out, name, help, type);
+  sample(out, name, value);
+}
+
+std::string status_label(int s) {
+  if (s >= 0 && wire::Status_IsValid(s)) {
+    std::string n = wire::Status_Name(static_cast<wire::Status>(s));
+    if (n.rfind("STATUS_", 0) == 0) n = n.substr(7);
+    for (char& c : n) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return n;
+  }
+  return "unknown";
+}
+
+}  // namespace
+
+Histogram::Histogram(std::vector<double> upper_bounds)
+    : bounds_(std::move(upper_bounds)), buckets_(bounds_.size()) {}
+
+void Histogram::observe(double value) {
+  for (size_t i = 0; i < bounds_.size(); ++i) {
+    if (value <= bounds_[i]) {
+      buckets_[i].fetch_add(1, std::memory_order_relaxed);
+      break;
+    }
+  }
+  count_.fetch_add(1, std::memory_order_relaxed);
+  const double ns = value > 0 ? value * 1e9 : 0.0;
+  sum_ns_.fetch_add(static_cast<uint64_t>(ns), std::memory_order_relaxed);
+}
+
+void Histogram::render(std::string& out, const std::string& name, const std::string& help) const {
+  header(out, name, help, "histogram");
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < bounds_.size(); ++i) {
+    cumulative += buckets_[i].load(std::memory_order_relaxed);
+    out += name + "_bucket{le=\"" + number(bounds_[i]) + "\"} " + std::to_string(cumulative) + "\n";
+  }
+  const uint64_t count = count_.load(std::memory_order_relaxed);
+  // A concurrent observe may have counted its bucket but not yet count_: keep +Inf monotone.
+  out += name + "_bucket{le=\"+Inf\"} " + std::to_string(std::max(count, cumulative)) + "\n";
+  sample(out, name + "_sum", static_cast<double>(sum_ns_.load(std::memory_order_relaxed)) / 1e9);
+  out += name + "_count " + std::to_string(std::max(count, cumulative)) + "\n";
+}
+
+std::vector<double> latency_buckets() {
+  return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+          0.05,   0.1,     0.25,   0.5,   1.0,    2.5,   5.0,  10.0};
+}
+
+ServerMetrics::ServerMetrics()
+    : queue_seconds(latency_buckets()),
+      unpack_seconds(latency_buckets()),
+      compute_seconds(latency_buckets()) {}
+
+void ServerMetrics::count_reply(wire::Status status) {
+  const int s = static_cast<int>(status);
+  replies_[(s >= 0 && s < kStatusCount) ? s : kStatusCount].fetch_add(1, std::memory_order_relaxed);
+}
+
+uint64_t ServerMetrics::replies(wire::Status status) const {
+  const int s = static_cast<int>(status);
+  return replies_[(s >= 0 && s < kStatusCount) ? s : kStatusCount].load();
+}
+
+void ServerMetrics::count_model_request(const std::string& model, int cut) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++model_requests_[{model, cut}];
+}
+
+std::string ServerMetrics::render(const MetricsGauges& g) const {
+  std::string out;
+  out.reserve(8192);
+  header(out, "edgesplit_replies_total",
+         "Replies sent to devices (hello, ping and inference), by status.", "counter");
+  for (int s = 0; s <= kStatusCount; ++s) {
+    const uint64_t v = replies_[s].load();
+    if (s == kStatusCount && v == 0) continue;
+    out +=
+        "edgesplit_replies_total{status=\"" + status_label(s) + "\"} " + std::to_string(v) + "\n";
+  }
+  metric(out, "edgesplit_messages_total", "Messages received, valid or not.", "counter",
+         static_cast<double>(messages.load()));
+  metric(out, "edgesplit_received_bytes_total",
+         "Bytes received in messages (headers and payloads).", "counter",
+         static_cast<double>(bytes_in.load()));
+  metric(out, "edgesplit_malformed_total",
+         "Messages that failed validation (framing, header, payload, shape).", "counter",
+         static_cast<double>(malformed.load()));
+  metric(out, "edgesplit_too_large_total", "Messages over a size or count limit.", "counter",
+         static_cast<double>(too_large.load()));
+  header(out, "edgesplit_rejected_total", "Inference requests refused before running, by reason.",
+         "counter");
+  out += "edgesplit_rejected_total{reason=\"queue_full\"} " +
+         std::to_string(busy_queue_full.load()) + "\n";
+  out += "edgesplit_rejected_total{reason=\"client_in_flight_limit\"} " +
+         std::to_string(busy_client_limit.load()) + "\n";
+  out += "edgesplit_rejected_total{reason=\"shutting_down\"} " +
+         std::to_string(refused_shutdown.load()) + "\n";
+  metric(out, "edgesplit_dropped_disconnected_total",
+         "Queued inference requests dropped unprocessed because their device had disconnected.",
+         "counter", static_cast<double>(dropped_gone.load()));
+  metric(out, "edgesplit_clients_gone_total",
+         "Devices with work in flight that were seen to disconnect.", "counter",
+         static_cast<double>(clients_gone.load()));
+  metric(out, "edgesplit_unroutable_replies_total",
+         "Replies that could not be delivered (device gone or not reading).", "counter",
+         static_cast<double>(unroutable.load()));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    header(out, "edgesplit_model_requests_total",
+           "Inference requests admitted to the queue, by model and cut.", "counter");
+    for (const auto& [key, v] : model_requests_) {
+      out += "edgesplit_model_requests_total{model=\"" + escape_label(key.first) + "\",cut=\"" +
+             std::to_string(key.second) + "\"} " + std::to_string(v) + "\n";
+    }
+  }
+  queue_seconds.render(out, "edgesplit_queue_seconds",
+                       "Time inference requests waited in the queue.");
+  unpack_seconds.render(out, "edgesplit_unpack_seconds", "Time spent decoding payloads.");
+  compute_seconds.render(out, "edgesplit_compute_seconds", "Time spent running tails.");
+  metric(out, "edgesplit_queue_length", "Inference requests waiting in the queue.", "gauge",
+         static_cast<double>(g.queue_length));
+  metric(out, "edgesplit_queue_capacity", "Queued requests before the server answers BUSY.",
+         "gauge", static_cast<double>(g.queue_capacity));
+  metric(out, "edgesplit_running_jobs", "Tails running now.", "gauge",
+         static_cast<double>(g.running_jobs));
+  metric(out, "edgesplit_clients_in_flight", "Devices with inference requests queued or running.",
+         "gauge", static_cast<double>(g.clients_in_flight));
+  metric(out, "edgesplit_ready", "1 while models are loaded and requests are accepted.", "gauge",
+         g.ready ? 1.0 : 0.0);
+  metric(out, "edgesplit_curve_enabled", "1 when connections are encrypted with CURVE.", "gauge",
+         g.curve ? 1.0 : 0.0);
+  header(out, "edgesplit_zap_total", "CURVE clients checked against the allow-list, by outcome.",
+         "counter");
+  out += "edgesplit_zap_total{outcome=\"accepted\"} " + std::to_string(g.zap_accepted) + "\n";
+  out += "edgesplit_zap_total{outcome=\"denied\"} " + std::to_string(g.zap_denied) + "\n";
+  return out;
+}
+
+}  // namespace edgesplit::server

@@ -1,0 +1,487 @@
+// The server under hostile, heavy and failing conditions, with real processes on loopback: health,
+// readiness and metrics over HTTP; graceful shutdown under load (every request answered or
+// refused, bounded exit); the per-device in-flight limit; a departed device's queued work dropped;
+// hostile clients (garbage, oversize, wrong versions and digests, truncated payloads, a device that
+// never reads) not slowing a good client; a short load run with no lost replies and bounded RSS;
+// kill -9 and restart on the same port while a device runs; CURVE with an allow-list.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
+
+#include "partitioner/model_graph.h"
+#include "tests/integration/child_process.h"
+#include "tests/integration/reliability_util.h"
+#include "tests/test_paths.h"
+#include "transport/protocol.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using namespace edgesplit;
+using namespace edgesplit::testing;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+fs::path default_model() { return source_dir() / "models" / "default" / "fashion_mnist_cnn.pt"; }
+fs::path default_samples() { return source_dir() / "models" / "default" / "samples"; }
+std::string bin(const std::string& name) { return (bin_dir() / name).string(); }
+constexpr int kCut = 2;
+
+struct ModelFacts {
+  std::string digest;
+  std::string payload;  // a valid 8-bit packed tensor for kCut
+  std::vector<int64_t> shape;
+};
+
+const ModelFacts& facts() {
+  static const ModelFacts f = [] {
+    partitioner::LoadOptions lo;
+    lo.input_shape = {1, 1, 28, 28};
+    auto g = partitioner::ModelGraph::load(default_model().string(), lo);
+    REQUIRE_MESSAGE(g.ok(), g.status().to_string());
+    ModelFacts out;
+    out.digest = (*g)->digest();
+    out.shape = (*g)->cut(kCut).tensors.at(0).shape;
+    out.payload = packed_tensor(out.shape, 8);
+    return out;
+  }();
+  return f;
+}
+
+// A server with an HTTP endpoint on an ephemeral port.
+struct ObservedServer {
+  ServerProcess process;
+  int http_port = -1;
+
+  bool start(const fs::path& dir, std::vector<std::string> extra) {
+    const fs::path port_file = dir / "http-port.txt";
+    fs::remove(port_file);
+    extra.insert(extra.end(), {"--model", default_model().string(), "--http-port", "0",
+                               "--http-bind", "127.0.0.1", "--http-port-file", port_file.string()});
+    if (!process.start(dir, extra)) return false;
+    auto deadline = Clock::now() + std::chrono::seconds(10);
+    while (Clock::now() < deadline) {
+      std::string text = read_file(port_file);
+      if (!text.empty() && text.back() == '\n') {
+        http_port = std::stoi(text);
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+  double metric(const std::string& name) {
+    return metric_value(http_get(http_port, "/metrics").body, name);
+  }
+};
+
+// Sends `n` inference requests with ids first..first+n-1 on `c`.
+void send_burst(WireClient& c, uint64_t first, int n) {
+  for (int i = 0; i < n; ++i) {
+    c.send(infer_request(first + static_cast<uint64_t>(i), facts().digest, kCut, {facts().payload}),
+           {facts().payload});
+  }
+}
+
+// Collects replies until `count` arrived or `timeout` passed.
+std::vector<wire::Reply> collect(WireClient& c, size_t count, std::chrono::milliseconds timeout) {
+  std::vector<wire::Reply> out;
+  auto deadline = Clock::now() + timeout;
+  while (out.size() < count && Clock::now() < deadline) {
+    auto r = c.receive(std::chrono::milliseconds(50));
+    if (r) out.push_back(*r);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("healthz, readyz and metrics; readyz turns 503 while shutting down") {
+  auto dir = scratch_dir("rel-http");
+  ObservedServer server;
+  REQUIRE(server.start(dir, {"--slow-tail-ms", "1500"}));
+  CHECK(http_get(server.http_port, "/healthz").status == 200);
+  CHECK(http_get(server.http_port, "/readyz").status == 200);
+  CHECK(http_get(server.http_port, "/nothing").status == 404);
+
+  WireClient client(server.process.endpoint());
+  send_burst(client, 1, 1);
+  auto deadline = Clock::now() + std::chrono::seconds(5);
+  while (server.metric("edgesplit_running_jobs") < 1 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  REQUIRE(server.metric("edgesplit_running_jobs") == 1);
+  const std::string text = http_get(server.http_port, "/metrics").body;
+  CHECK(metric_value(text,
+                     "edgesplit_model_requests_total{model=\"fashion_mnist_cnn\",cut=\"2\"}") == 1);
+  CHECK(metric_value(text, "edgesplit_ready") == 1);
+
+  // SIGTERM while a (slow) tail runs: not ready any more, still live, the reply still comes.
+  server.process.process().signal(SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(http_get(server.http_port, "/readyz").status == 503);
+  CHECK(http_get(server.http_port, "/healthz").status == 200);
+  auto reply = client.receive(std::chrono::seconds(5));
+  REQUIRE(reply);
+  CHECK(reply->status() == wire::STATUS_OK);
+  CHECK(server.process.process().wait(std::chrono::seconds(5)) == 0);
+}
+
+TEST_CASE("SIGTERM under load: every request is answered or refused, exit is bounded") {
+  auto dir = scratch_dir("rel-sigterm");
+  ServerProcess server;
+  REQUIRE(
+      server.start(dir, {"--model", default_model().string(), "--workers", "1", "--slow-tail-ms",
+                         "50", "--queue", "64", "--max-in-flight-per-client", "64"}));
+  constexpr int kClients = 8, kEach = 8;
+  std::vector<std::unique_ptr<WireClient>> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.push_back(std::make_unique<WireClient>(server.endpoint()));
+    send_burst(*clients.back(), 1, kEach);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto t0 = Clock::now();
+  server.process().signal(SIGTERM);
+  auto rc = server.process().wait(std::chrono::seconds(10));
+  const double exit_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  REQUIRE(rc == 0);
+  MESSAGE("server exited " << exit_s << " s after SIGTERM");
+  CHECK(exit_s < 5.0);
+  size_t ok = 0, refused = 0, other = 0;
+  for (auto& c : clients) {
+    auto replies = collect(*c, kEach, std::chrono::seconds(2));
+    CHECK(replies.size() == kEach);
+    std::set<uint64_t> ids;
+    for (const auto& r : replies) {
+      ids.insert(r.request_id());
+      if (r.status() == wire::STATUS_OK)
+        ++ok;
+      else if (r.status() == wire::STATUS_SHUTTING_DOWN)
+        ++refused;
+      else
+        ++other;
+    }
+    CHECK(ids.size() == replies.size());
+  }
+  MESSAGE(ok << " answered, " << refused << " refused as shutting down");
+  CHECK(ok + refused == kClients * kEach);
+  CHECK(other == 0);
+  CHECK(ok >= 1);
+  CHECK(refused >= 1);
+  CHECK(server.log().find("stopped after") != std::string::npos);
+}
+
+TEST_CASE("a device over its in-flight limit gets BUSY at once; others are not affected") {
+  auto dir = scratch_dir("rel-per-client");
+  ObservedServer server;
+  REQUIRE(server.start(
+      dir, {"--workers", "1", "--slow-tail-ms", "100", "--max-in-flight-per-client", "3"}));
+  WireClient greedy(server.process.endpoint());
+  WireClient polite(server.process.endpoint());
+  send_burst(greedy, 1, 10);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  send_burst(polite, 1000, 1);
+  auto greedy_replies = collect(greedy, 10, std::chrono::seconds(10));
+  REQUIRE(greedy_replies.size() == 10);
+  size_t ok = 0, busy = 0;
+  for (const auto& r : greedy_replies) {
+    if (r.status() == wire::STATUS_OK) ++ok;
+    if (r.status() == wire::STATUS_BUSY) {
+      ++busy;
+      CHECK(r.message().find("per-device limit") != std::string::npos);
+    }
+  }
+  CHECK(ok == 3);
+  CHECK(busy == 7);
+  auto polite_reply = polite.receive(std::chrono::seconds(5));
+  REQUIRE(polite_reply);
+  CHECK(polite_reply->status() == wire::STATUS_OK);
+  CHECK(server.metric("edgesplit_rejected_total{reason=\"client_in_flight_limit\"}") == 7);
+}
+
+TEST_CASE("a departed device's queued requests are dropped, not computed") {
+  auto dir = scratch_dir("rel-gone");
+  ObservedServer server;
+  REQUIRE(server.start(
+      dir, {"--workers", "1", "--slow-tail-ms", "100", "--max-in-flight-per-client", "64"}));
+  {
+    WireClient leaver(server.process.endpoint());
+    send_burst(leaver, 1, 20);
+    auto deadline = Clock::now() + std::chrono::seconds(5);
+    while (server.metric("edgesplit_queue_length") < 15 && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    REQUIRE(server.metric("edgesplit_queue_length") >= 15);
+    leaver.close();  // the TCP connection goes; nobody will read those 20 replies
+  }
+  // Were the queued jobs computed, the next device would wait ~2 s behind them.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  WireClient next(server.process.endpoint());
+  const auto t0 = Clock::now();
+  send_burst(next, 1, 1);
+  auto r = next.receive(std::chrono::seconds(10));
+  const double waited_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  REQUIRE(r);
+  CHECK(r->status() == wire::STATUS_OK);
+  MESSAGE("the next device waited " << waited_ms << " ms");
+  CHECK(waited_ms < 1000);
+  const double dropped = server.metric("edgesplit_dropped_disconnected_total");
+  MESSAGE(dropped << " queued requests dropped");
+  CHECK(dropped >= 15);
+  CHECK(server.metric("edgesplit_clients_gone_total") >= 1);
+}
+
+TEST_CASE("hostile clients do not slow a good client down") {
+  auto dir = scratch_dir("rel-hostile");
+  ObservedServer server;
+  REQUIRE(server.start(dir, {"--workers", "2", "--max-message-mb", "1"}));
+  const std::string endpoint = server.process.endpoint();
+
+  auto measure = [&](uint64_t first_id) {
+    WireClient good(endpoint);
+    std::vector<double> ms;
+    for (int i = 0; i < 60; ++i) {
+      const auto t0 = Clock::now();
+      send_burst(good, first_id + static_cast<uint64_t>(i), 1);
+      auto r = good.receive(std::chrono::seconds(5));
+      REQUIRE(r);
+      REQUIRE(r->status() == wire::STATUS_OK);
+      ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    }
+    return percentile(ms, 50);
+  };
+  const double alone = measure(1);
+
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> hostile;
+  auto paced = [&](auto body) {
+    hostile.emplace_back([&, body] {
+      WireClient c(endpoint, 10);
+      for (uint64_t i = 1; !stop.load(); ++i) {
+        body(c, i);
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+    });
+  };
+  const auto& f = facts();
+  paced([](WireClient& c, uint64_t) { c.send_frames({"\xff\xfe garbage", "more garbage"}); });
+  paced([&](WireClient& c, uint64_t i) {
+    wire::Request req;
+    req.set_request_id(i);
+    req.mutable_hello()->set_version_major(transport::kProtocolMajor + 7);
+    c.send(req);
+  });
+  paced([&](WireClient& c, uint64_t i) {
+    c.send(infer_request(i, "sha256:not-this-model", kCut, {f.payload}), {f.payload});
+  });
+  paced([&](WireClient& c, uint64_t i) {
+    std::string half = f.payload.substr(0, f.payload.size() / 2);
+    c.send(infer_request(i, f.digest, kCut, {half}), {half});
+  });
+  paced([&](WireClient& c, uint64_t i) {
+    std::string wrong = f.payload;
+    wrong[wrong.size() / 2] ^= 0x55;  // a flipped payload byte: decodes, or fails, never crashes
+    c.send(infer_request(i, f.digest, kCut, {wrong, wrong}), {wrong});  // and one frame short
+  });
+  // Oversize: ZeroMQ drops the connection (ZMQ_MAXMSGSIZE) before the message is buffered.
+  hostile.emplace_back([&] {
+    const std::string big(2 << 20, 'x');
+    while (!stop.load()) {
+      WireClient c(endpoint);
+      c.send_frames({big});
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
+  // Never reads: sends valid requests as fast as the socket takes them, with a tiny receive queue.
+  hostile.emplace_back([&] {
+    WireClient c(endpoint, 1);
+    for (uint64_t i = 1; !stop.load() && i <= 5000; ++i) {
+      send_burst(c, i, 1);
+      if (i % 100 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    while (!stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const double attacked = measure(100000);
+  stop.store(true);
+  for (auto& t : hostile) t.join();
+  MESSAGE("good client p50: alone " << alone << " ms, with hostile clients " << attacked << " ms");
+  CHECK(attacked < std::max(10 * alone, alone + 50.0));
+  CHECK(server.process.process().running());
+  const std::string text = http_get(server.http_port, "/metrics").body;
+  CHECK(metric_value(text, "edgesplit_malformed_total") > 100);
+  CHECK(metric_value(text, "edgesplit_replies_total{status=\"version_mismatch\"}") > 10);
+  CHECK(metric_value(text, "edgesplit_replies_total{status=\"unknown_model\"}") > 10);
+  CHECK(metric_value(text, "edgesplit_rejected_total{reason=\"client_in_flight_limit\"}") > 0);
+  MESSAGE("unroutable replies (the device that never reads): " << metric_value(
+              text, "edgesplit_unroutable_replies_total"));
+}
+
+TEST_CASE("load: 16 simulated devices for 3 s, no lost replies, bounded memory") {
+  auto dir = scratch_dir("rel-load");
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string(), "--workers", "2"}));
+  const fs::path out = dir / "load.json";
+  int rc =
+      run_to_end({bin("edgesplit-load"), "--server", server.endpoint(), "--model",
+                  default_model().string(), "--clients", "16", "--seconds", "3", "--in-flight", "2",
+                  "--server-pid", std::to_string(server.process().pid()), "--output", out.string()},
+                 dir / "load.out", dir / "load.err", std::chrono::seconds(60));
+  INFO(read_file(dir / "load.err"));
+  REQUIRE(rc == 0);
+  json j = json::parse(read_file(out));
+  MESSAGE(j.dump());
+  CHECK(j["lost"] == 0);
+  CHECK(j["sent"].get<uint64_t>() > 100);
+  CHECK(j["answered"] == j["sent"]);
+  CHECK(j["unknown_replies"] == 0);
+  CHECK(j["replies"]["STATUS_OK"].get<uint64_t>() > 0);
+  CHECK(j["server_rss_kb"]["max"].get<int64_t>() < 2 * 1024 * 1024);
+}
+
+TEST_CASE("kill -9 and restart on the same port: every frame answered once, offloading resumes") {
+  auto dir = scratch_dir("rel-restart");
+  ServerProcess first;
+  REQUIRE(first.start(dir, {"--model", default_model().string()}));
+  const std::string endpoint = first.endpoint();
+  const int loops = 400;  // long enough to outlast the outage and the device's retry backoff
+  ChildProcess device;
+  REQUIRE(device.start(
+      {bin("edgesplit-device"), "--model", default_model().string(), "--input",
+       default_samples().string(), "--server", endpoint, "--cut", std::to_string(kCut), "--bits",
+       "8", "--loop", std::to_string(loops), "--in-flight", "2", "--timeout-ms", "300"},
+      dir / "run.jsonl", dir / "run.err"));
+  auto count_lines = [&](const std::string& needle) {
+    std::string text = read_file(dir / "run.jsonl");
+    size_t n = 0, pos = 0;
+    while ((pos = text.find(needle, pos)) != std::string::npos) ++n, ++pos;
+    return n;
+  };
+  auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (count_lines("\"completed\":\"server\"") < 30 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(count_lines("\"completed\":\"server\"") >= 30);
+  first.process().signal(SIGKILL);
+  REQUIRE(first.process().wait(std::chrono::seconds(5)).has_value());
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const size_t before = count_lines("\"completed\":\"server\"");
+
+  ChildProcess second;
+  const fs::path ep2 = dir / "endpoint2.txt";
+  REQUIRE(second.start({bin("edgesplit-server"), "--model", default_model().string(), "--bind",
+                        endpoint, "--endpoint-file", ep2.string()},
+                       dir / "server2.out", dir / "server2.err"));
+  deadline = Clock::now() + std::chrono::seconds(30);
+  while (!fs::exists(ep2) && Clock::now() < deadline && second.running()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  INFO(read_file(dir / "server2.err"));
+  REQUIRE(fs::exists(ep2));
+  const auto restarted = Clock::now();
+  std::optional<double> back_after_s;
+  while (device.running() && Clock::now() < restarted + std::chrono::seconds(60)) {
+    if (count_lines("\"completed\":\"server\"") > before) {
+      back_after_s = std::chrono::duration<double>(Clock::now() - restarted).count();
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  auto rc = device.wait(std::chrono::seconds(300));
+  REQUIRE(rc == 0);
+  second.signal(SIGTERM);
+  CHECK(second.wait(std::chrono::seconds(15)) == 0);
+
+  std::istringstream lines(read_file(dir / "run.jsonl"));
+  std::string line;
+  std::set<int64_t> ids;
+  size_t frames = 0, on_server = 0, local = 0;
+  json summary;
+  while (std::getline(lines, line)) {
+    json j = json::parse(line);
+    if (j["type"] == "summary") summary = j;
+    if (j["type"] != "frame") continue;
+    ++frames;
+    ids.insert(j["frame"].get<int64_t>());
+    (j["completed"] == "server" ? on_server : local) += 1;
+  }
+  size_t samples = 0;
+  for (const auto& e : fs::directory_iterator(default_samples())) {
+    samples += e.path().extension() == ".png";
+  }
+  const size_t expected = static_cast<size_t>(loops) * samples;
+  CHECK(frames == expected);
+  CHECK(ids.size() == frames);
+  CHECK(local >= 1);
+  CHECK(summary["frames"] == frames);
+  CHECK(summary["on_server"] == on_server);
+  CHECK(summary["local"] == local);
+  REQUIRE_MESSAGE(back_after_s.has_value(),
+                  "the device did not offload again within 60 s of the restart; its log:\n"
+                      << read_file(dir / "run.err"));
+  MESSAGE("offloading resumed " << *back_after_s << " s after the restarted server listened; "
+                                << on_server << " frames on the server, " << local << " local");
+  CHECK(on_server > before);
+}
+
+TEST_CASE("CURVE with an allow-list: only a listed device key is served") {
+  auto dir = scratch_dir("rel-curve");
+  for (const char* who : {"server", "allowed", "stranger"}) {
+    REQUIRE(run_to_end({bin("edgesplit-keygen"), (dir / who).string()}, dir / "keygen.out",
+                       dir / "keygen.err") == 0);
+  }
+  {
+    std::ofstream allow(dir / "allow.txt");
+    allow << "# devices allowed\n" << read_file(dir / "allowed.pub");
+  }
+  ObservedServer server;
+  REQUIRE(server.start(dir, {"--curve-secret", (dir / "server.key").string(), "--allow-keys",
+                             (dir / "allow.txt").string()}));
+  auto run = [&](const std::string& tag, std::vector<std::string> extra) {
+    std::vector<std::string> argv = {bin("edgesplit-device"),
+                                     "--model",
+                                     default_model().string(),
+                                     "--input",
+                                     default_samples().string(),
+                                     "--server",
+                                     server.process.endpoint(),
+                                     "--cut",
+                                     std::to_string(kCut),
+                                     "--max-frames",
+                                     "5",
+                                     "--timeout-ms",
+                                     "300",
+                                     "--in-flight",
+                                     "1"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    int rc = run_to_end(argv, dir / (tag + ".jsonl"), dir / (tag + ".err"));
+    REQUIRE(rc == 0);
+    std::istringstream lines(read_file(dir / (tag + ".jsonl")));
+    std::string line;
+    json summary;
+    while (std::getline(lines, line)) {
+      json j = json::parse(line);
+      if (j["type"] == "summary") summary = j;
+    }
+    return summary;
+  };
+  const std::string server_pub = (dir / "server.pub").string();
+  auto allowed =
+      run("allowed", {"--server-key", server_pub, "--key", (dir / "allowed.key").string()});
+  CHECK(allowed["on_server"] == 5);
+  auto stranger =
+      run("stranger", {"--server-key", server_pub, "--key", (dir / "stranger.key").string()});
+  CHECK(stranger["on_server"] == 0);
+  CHECK(stranger["local"] == 5);
+  auto plain = run("plain", {});
+  CHECK(plain["on_server"] == 0);
+  CHECK(plain["local"] == 5);
+  auto ephemeral = run("ephemeral", {"--server-key", server_pub});  // a fresh, unlisted key
+  CHECK(ephemeral["on_server"] == 0);
+  CHECK(server.metric("edgesplit_zap_total{outcome=\"denied\"}") >= 2);
+  CHECK(server.metric("edgesplit_zap_total{outcome=\"accepted\"}") >= 1);
+  CHECK(server.metric("edgesplit_curve_enabled") == 1);
+}

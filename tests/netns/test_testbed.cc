@@ -1,0 +1,129 @@
+// The network testbed end to end (bench/testbed): edgesplit-server and edgesplit-device in two
+// network namespaces over a 1 Mbit/s, 50 ms link, the device 4x slower in a cgroup; every frame is
+// answered, the link delay shows in the latency, the scheduler's plan is sensible, and nothing of
+// the testbed is left behind.
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "tests/test_paths.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using namespace edgesplit::testing;
+
+namespace {
+
+// Output of a shell command (stdout), or "" when it cannot run.
+std::string capture(const std::string& command) {
+  std::string out;
+  if (FILE* p = ::popen(command.c_str(), "r")) {
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    ::pclose(p);
+  }
+  return out;
+}
+
+// Names of the testbed's network namespaces and cgroups present now.
+std::set<std::string> testbed_leftovers() {
+  std::set<std::string> names;
+  std::istringstream ns(capture("ip netns list 2>/dev/null"));
+  std::string line;
+  while (std::getline(ns, line)) {
+    if (line.rfind("es-", 0) == 0) names.insert(line.substr(0, line.find(' ')));
+  }
+  for (const char* dir : {"/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup"}) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string n = e.path().filename().string();
+      if (n.rfind("es-", 0) == 0) names.insert(std::string(dir) + "/" + n);
+    }
+  }
+  return names;
+}
+
+}  // namespace
+
+TEST_CASE("a tiny testbed run: device and server in namespaces over a shaped link") {
+  if (::geteuid() != 0) {
+    MESSAGE("skipped: the testbed needs root (network namespaces, tc, cgroups)");
+    return;
+  }
+  const fs::path model = source_dir() / "models" / "default" / "fashion_mnist_cnn.pt";
+  const fs::path profile = source_dir() / "models" / "default" / "fashion_mnist_cnn.profile.json";
+  if (!fs::exists(profile)) {
+    MESSAGE("skipped: no profile of the default model at " << profile.string());
+    return;
+  }
+  const fs::path out = binary_dir() / "test-scratch" / ("testbed-" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  const std::set<std::string> before = testbed_leftovers();
+
+  const int frames = 8;
+  std::ostringstream cmd;
+  cmd << "/usr/bin/python3 " << (source_dir() / "bench" / "testbed" / "bench.py") << " --model "
+      << model << " --meta " << (source_dir() / "models" / "default" / "fashion_mnist_cnn.json")
+      << " --profile " << profile << " --images "
+      << (source_dir() / "models" / "default" / "samples")
+      << " --labels none --scenarios bw1-rtt50 --traces none --slowdown 4"
+      << " --contenders device-only,server-raw,edgesplit-latency --oracle-k 0"
+      << " --frames " << frames << " --warmup 2 --bin-dir " << bin_dir() << " --out " << out
+      << " > " << (out.string() + ".log") << " 2>&1";
+  fs::create_directories(out.parent_path());
+  const int rc = std::system(cmd.str().c_str());
+  std::ifstream log(out.string() + ".log");
+  std::stringstream log_text;
+  log_text << log.rdbuf();
+  INFO("bench.py output:\n" << log_text.str());
+  REQUIRE(rc == 0);
+
+  std::ifstream f(out / "results.json");
+  REQUIRE(f.good());
+  json results = json::parse(f);
+  REQUIRE(results["runs"].size() == 1);
+  const json& run = results["runs"][0];
+  CHECK(run["rate_mbit"] == 1);
+  CHECK(run["rtt_ms"] == 50);
+  const json& c = run["contenders"];
+  for (const char* name : {"device-only", "server-raw", "edgesplit-latency"}) {
+    INFO(name);
+    REQUIRE(c.contains(name));
+    REQUIRE_FALSE(c[name].contains("error"));
+    // Every frame answered, none lost, none failed.
+    CHECK(c[name]["frames"] == frames);
+    CHECK(c[name]["failed"] == 0);
+    CHECK(c[name]["frame_gaps"].empty());
+    CHECK(c[name]["device_cpu_ms_per_frame"].get<double>() > 0);
+  }
+  // The input crossed the shaped link: every frame on the server, each at least one round trip
+  // (50 ms, half each way) plus its transfer at 1 Mbit/s, and not absurdly more.
+  const json& raw = c["server-raw"];
+  CHECK(raw["completed"].value("server", 0) == frames);
+  const double bytes = raw["bytes_per_frame"].get<double>();
+  CHECK(bytes > 3000);
+  const double floor_ms = 50.0 + (bytes - 3100) * 8 / 1000.0;  // tbf lets one bucket through
+  CHECK(raw["latency_p50_ms"].get<double>() >= floor_ms);
+  CHECK(raw["latency_p50_ms"].get<double>() < 50.0 + bytes * 8 / 1000.0 + 150.0);
+  // Device-only sends nothing.
+  CHECK(c["device-only"]["bytes_per_frame"].get<double>() == 0);
+  // The scheduler's plan: within the accuracy bound, and no slower than the better of the two
+  // baselines by more than noise.
+  const json& es = c["edgesplit-latency"];
+  CHECK(es["profile_accuracy_drop_pp_max"].get<double>() <= 1.0);
+  const double best = std::min(c["device-only"]["latency_p50_ms"].get<double>(),
+                               raw["latency_p50_ms"].get<double>());
+  CHECK(es["latency_p50_ms"].get<double>() <= 1.5 * best + 5.0);
+  // The testbed removed its namespaces and cgroups.
+  CHECK(testbed_leftovers() == before);
+  fs::remove_all(out);
+}

@@ -1,0 +1,74 @@
+// Metrics: the Prometheus text has every family with HELP/TYPE, cumulative histogram buckets,
+// counts by status and by model/cut, and escaped label values.
+#include <doctest/doctest.h>
+
+#include <sstream>
+
+#include "server/metrics.h"
+
+using namespace edgesplit;
+using namespace edgesplit::server;
+
+namespace {
+
+// The value of the first sample line that starts with `prefix` followed by a space.
+double value_of(const std::string& text, const std::string& prefix) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(prefix + " ", 0) == 0) return std::stod(line.substr(prefix.size() + 1));
+  }
+  FAIL("no sample " << prefix);
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("histogram buckets are cumulative and count every observation") {
+  Histogram h({0.001, 0.01, 0.1});
+  h.observe(0.0005);
+  h.observe(0.005);
+  h.observe(0.005);
+  h.observe(5.0);  // over every bound: only +Inf
+  std::string out;
+  h.render(out, "x_seconds", "help");
+  CHECK(out.find("# TYPE x_seconds histogram") != std::string::npos);
+  CHECK(value_of(out, "x_seconds_bucket{le=\"0.001\"}") == 1);
+  CHECK(value_of(out, "x_seconds_bucket{le=\"0.01\"}") == 3);
+  CHECK(value_of(out, "x_seconds_bucket{le=\"0.1\"}") == 3);
+  CHECK(value_of(out, "x_seconds_bucket{le=\"+Inf\"}") == 4);
+  CHECK(value_of(out, "x_seconds_count") == 4);
+  CHECK(value_of(out, "x_seconds_sum") == doctest::Approx(5.0105).epsilon(1e-6));
+}
+
+TEST_CASE("server metrics render every family") {
+  ServerMetrics m;
+  m.count_reply(wire::STATUS_OK);
+  m.count_reply(wire::STATUS_OK);
+  m.count_reply(wire::STATUS_BUSY);
+  m.count_model_request("net \"v2\"", 3);
+  m.busy_client_limit += 2;
+  m.dropped_gone += 5;
+  m.compute_seconds.observe(0.002);
+  MetricsGauges g;
+  g.queue_length = 7;
+  g.ready = true;
+  const std::string text = m.render(g);
+  CHECK(value_of(text, "edgesplit_replies_total{status=\"ok\"}") == 2);
+  CHECK(value_of(text, "edgesplit_replies_total{status=\"busy\"}") == 1);
+  CHECK(value_of(text, "edgesplit_rejected_total{reason=\"client_in_flight_limit\"}") == 2);
+  CHECK(value_of(text, "edgesplit_dropped_disconnected_total") == 5);
+  CHECK(value_of(text, "edgesplit_queue_length") == 7);
+  CHECK(value_of(text, "edgesplit_ready") == 1);
+  CHECK(value_of(text, "edgesplit_compute_seconds_count") == 1);
+  CHECK(value_of(text, "edgesplit_model_requests_total{model=\"net \\\"v2\\\"\",cut=\"3\"}") == 1);
+  for (const char* family :
+       {"edgesplit_replies_total", "edgesplit_received_bytes_total", "edgesplit_malformed_total",
+        "edgesplit_queue_seconds", "edgesplit_unpack_seconds", "edgesplit_clients_in_flight",
+        "edgesplit_unroutable_replies_total", "edgesplit_zap_total"}) {
+    CAPTURE(family);
+    CHECK(text.find(std::string("# HELP ") + family + " ") != std::string::npos);
+    CHECK(text.find(std::string("# TYPE ") + family + " ") != std::string::npos);
+  }
+  CHECK(text.back() == '\n');
+}
