@@ -152,6 +152,10 @@ class Agent {
       transport::ServerLinkOptions lo;
       lo.endpoint = opt_.server;
       lo.request_timeout = std::chrono::milliseconds(opt_.timeout_ms);
+      // After an outage the device should offload again within about a second: ZeroMQ retries the
+      // connection at least every half second, each attempt bounded to one second.
+      lo.reconnect_ivl_max = std::chrono::milliseconds(500);
+      lo.connect_timeout = std::chrono::milliseconds(1000);
       lo.curve_server_key = opt_.server_public_key;
       lo.curve_secret_key = opt_.device_secret_key;
       auto link = transport::ServerLink::open(lo);
@@ -207,8 +211,7 @@ class Agent {
     }
     const auto deadline = Clock::now() + std::chrono::milliseconds(opt_.timeout_ms);
     auto await_probes = [&] {
-      while (Clock::now() < deadline &&
-             std::any_of(pending_.begin(), pending_.end(), [](const PendingFrame& p) { return p.probe; })) {
+      while (Clock::now() < deadline && probe_pending()) {
         poll_replies(std::chrono::milliseconds(5));
       }
     };
@@ -220,6 +223,7 @@ class Agent {
     await_probes();
   }
   static constexpr int64_t kCalibrationProbeBytes = 64 << 10;
+  static constexpr double kRecoveryProbeMs = 250;
 
   FramePlan choose_plan() {
     FramePlan plan;
@@ -243,8 +247,12 @@ class Agent {
     return plan;
   }
 
-  void send_probe(int64_t bytes) {
-    if (!server_usable()) return;
+  bool probe_pending() const {
+    return std::any_of(pending_.begin(), pending_.end(), [](const PendingFrame& p) { return p.probe; });
+  }
+
+  void send_probe(int64_t bytes, bool even_when_down = false) {
+    if (!link_ || (!server_up_ && !even_when_down)) return;
     uint64_t id = next_request_id_++;
     Status s = link_->send_ping(id, static_cast<uint32_t>(std::max<int64_t>(bytes, 0)));
     if (!s.ok()) return;
@@ -265,8 +273,18 @@ class Agent {
     p.source = frame.source;
     p.start = Clock::now();
 
-    if (!server_usable() && link_ && ms_between(last_attempt_, Clock::now()) >= retry_interval_ms_) {
-      (void)connect();  // an unusable endpoint was already refused at start
+    if (!server_usable() && link_) {
+      const double since = ms_between(last_attempt_, Clock::now());
+      if (ever_connected_ && refused_reason_ == "server unreachable") {
+        // The server answered a handshake before: ask whether it is back with a ping, which never
+        // blocks; its reply (finish_probe) resumes offloading.
+        if (since >= kRecoveryProbeMs && !probe_pending()) {
+          last_attempt_ = Clock::now();
+          send_probe(64, /*even_when_down=*/true);
+        }
+      } else if (since >= retry_interval_ms_) {
+        (void)connect();  // an unusable endpoint was already refused at start
+      }
     }
     p.plan = choose_plan();
     if (scheduler_ && server_usable()) {
@@ -427,6 +445,12 @@ class Agent {
   void finish_probe(const PendingFrame& p, const transport::ReceivedReply& r) {
     if (r.reply.status() != wire::STATUS_OK) return;
     consecutive_timeouts_ = 0;
+    if (!server_up_) {
+      server_up_ = true;
+      refused_reason_.clear();
+      retry_interval_ms_ = opt_.retry_ms;
+      log("server is back at " + opt_.server + ": offloading again");
+    }
     partitioner::Exchange e;
     e.request_bytes = static_cast<int64_t>(r.timing.bytes_sent);
     e.round_trip_ms = r.timing.round_trip_ms();
@@ -437,6 +461,17 @@ class Agent {
   void finish_remote(PendingFrame& p, const transport::ReceivedReply& r) {
     const wire::Reply& reply = r.reply;
     if (reply.status() != wire::STATUS_OK || !reply.has_infer()) {
+      // A refusal of the plan itself (the server cannot decode it or does not serve the cut) will
+      // not change: the scheduler stops choosing that plan. Busy or shutting down is transient.
+      const bool plan_refused = reply.status() == wire::STATUS_MALFORMED ||
+                                reply.status() == wire::STATUS_BAD_CUT ||
+                                reply.status() == wire::STATUS_TOO_LARGE;
+      if (plan_refused && scheduler_ && !fixed_ && p.plan.decision &&
+          !scheduler_->excluded(p.plan.decision->plan.index)) {
+        scheduler_->exclude(p.plan.decision->plan.index);
+        log("the server refused plan " + std::to_string(p.plan.cut) + ":" + p.plan.encoding_name +
+            " (" + reply.message() + "): not choosing it again");
+      }
       finish_local(p, "server error: " + reply.message());
       return;
     }

@@ -186,6 +186,16 @@ class Scheduler {
     challenger_streak_ = 0;
   }
 
+  // Takes a remote plan out of the choice for good (the server refused it: it cannot decode that
+  // encoding, or does not serve that cut); the next decision moves off it if it is current.
+  // The device-only plan cannot be excluded.
+  void exclude(int plan) {
+    if (plan >= 0 && plan < local_plan()) costs_[static_cast<size_t>(plan)].excluded = true;
+  }
+  bool excluded(int plan) const {
+    return plan >= 0 && plan < local_plan() && costs_[static_cast<size_t>(plan)].excluded;
+  }
+
   Status set_constraints(const Constraints& constraints);
   void set_objective(Objective objective) { options_.objective = objective; }
   const SchedulerOptions& options() const { return options_; }
@@ -219,6 +229,7 @@ class Scheduler {
     double accuracy_drop_pp = 0;
     double device_memory_mb = 0;
     bool local = false;
+    bool excluded = false;  // exclude(): the server refused it
     // Violations of the constraints that do not depend on conditions (accuracy, bytes, memory),
     // recomputed when the constraints change.
     std::array<double, kConstraintCount> static_violations{};
@@ -247,7 +258,7 @@ class Scheduler {
   // Fills the plan, predictions, feasibility and explanation of `d` from `e`.
   void finish(const PlanEstimate& e, Decision& d) const;
   static bool available(const PlanCost& cost, const Conditions& c) {
-    return cost.local || (c.server_available && c.bandwidth_mbps > 0);
+    return cost.local || (!cost.excluded && c.server_available && c.bandwidth_mbps > 0);
   }
 
   SchedulerOptions options_;

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <optional>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -28,6 +29,7 @@ constexpr const char* kMonitorEndpoint = "inproc://edgesplit-router-monitor";
 struct ServedModel {
   ModelSignature signature;
   std::shared_ptr<partitioner::ModelGraph> graph;
+  std::optional<partitioner::ModelInfo> info;  // needed to decode JPEG inputs
 };
 
 // One queued inference: the validated request with its payload frames.
@@ -145,9 +147,22 @@ struct InferenceServer::Impl {
       views.push_back({static_cast<const uint8_t*>(m.data()), m.size()});
     }
     if (options.slow_tail.count() > 0) std::this_thread::sleep_for(options.slow_tail);
-    auto outcome =
-        run_tail_request(*job.model->graph, static_cast<int>(req.cut()), views,
-                         static_cast<int>(req.top_k()), req.want_logits(), options.decode_limits);
+    bool any_jpeg = false;
+    for (const auto& t : req.tensors()) any_jpeg = any_jpeg || t.encoding() == wire::TENSOR_JPEG;
+    Result<TailOutcome> outcome = Status(StatusCode::kInternal, "not run");
+    if (!any_jpeg) {
+      outcome = run_tail_request(*job.model->graph, static_cast<int>(req.cut()), views,
+                                 static_cast<int>(req.top_k()), req.want_logits(),
+                                 options.decode_limits);
+    } else if (req.cut() != 0 || views.size() != 1) {
+      outcome = malformed("a JPEG payload is only accepted alone, at cut 0 (the input)");
+    } else if (!job.model->info) {
+      outcome = malformed("this server has no metadata for model " + job.model->signature.name +
+                          ", so it cannot turn a JPEG into the model's input");
+    } else {
+      outcome = run_jpeg_request(*job.model->graph, *job.model->info, views[0],
+                                 static_cast<int>(req.top_k()), req.want_logits());
+    }
     if (!outcome.ok()) {
       const Status& s = outcome.status();
       if (s.code() == StatusCode::kMalformed) {
@@ -521,11 +536,14 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     }
     auto graph = partitioner::ModelGraph::load(path, lo);
     if (!graph.ok()) return graph.status();
+    // Build every tail now: the first request for a cut should not pay for it.
+    for (const auto& point : (*graph)->cuts()) (*graph)->prepare(point.id);
     if (name.empty()) name = path.substr(path.find_last_of('/') + 1);
     const std::string digest = (*graph)->digest();
     spdlog::info("model {} ({}): {} cuts, {} weight bytes", name, digest, (*graph)->cuts().size(),
                  (*graph)->total_weight_bytes());
-    ServedModel served{signature_of(**graph, name), std::move(graph).value()};
+    ServedModel served{signature_of(**graph, name), std::move(graph).value(), std::nullopt};
+    if (info.ok()) served.info = std::move(info).value();
     impl->catalog[digest] = served.signature;
     impl->models[digest] = std::move(served);
   }

@@ -5,6 +5,8 @@
 #include <chrono>
 #include <string>
 
+#include "device/image_codec.h"
+
 namespace edgesplit::server {
 namespace {
 
@@ -30,6 +32,48 @@ ModelSignature signature_of(const partitioner::ModelGraph& model, const std::str
     sig.cut_shapes.push_back(std::move(shapes));
   }
   return sig;
+}
+
+namespace {
+
+// Top-k (and optionally the logits) of a [1, classes] output.
+TailOutcome finish_outcome(at::Tensor logits, int top_k, bool want_logits) {
+  TailOutcome outcome;
+  logits = logits.contiguous().to(torch::kFloat32).reshape({-1});
+  const float* p = logits.data_ptr<float>();
+  const size_t n = static_cast<size_t>(logits.numel());
+  outcome.top = partitioner::top_k(p, n, static_cast<size_t>(std::max(top_k, 0)));
+  if (want_logits) outcome.logits.assign(p, p + n);
+  return outcome;
+}
+
+}  // namespace
+
+Result<TailOutcome> run_jpeg_request(const partitioner::ModelGraph& model,
+                                     const partitioner::ModelInfo& info, const PackedView& jpeg,
+                                     int top_k, bool want_logits) {
+  auto t0 = std::chrono::steady_clock::now();
+  auto values = device::jpeg_to_tensor(jpeg.data, jpeg.size, info);
+  if (!values.ok()) {
+    return malformed("cut 0: the JPEG input does not fit the model: " + values.status().message());
+  }
+  at::Tensor input = torch::from_blob(values->data(), info.input_shape, torch::kFloat32).clone();
+  const int64_t unpack_us = micros_since(t0);
+  auto t1 = std::chrono::steady_clock::now();
+  at::Tensor logits;
+  try {
+    torch::NoGradGuard no_grad;
+    logits = model.run_tail(0, {input});
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    return internal_error("the model failed on a JPEG input: " + what.substr(0, what.find('\n')));
+  }
+  const int64_t compute_us = micros_since(t1);
+  if (logits.numel() == 0) return internal_error("the model returned no logits");
+  TailOutcome outcome = finish_outcome(logits, top_k, want_logits);
+  outcome.unpack_us = unpack_us;
+  outcome.compute_us = compute_us;
+  return outcome;
 }
 
 Result<TailOutcome> run_tail_request(const partitioner::ModelGraph& model, int cut,

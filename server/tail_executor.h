@@ -11,6 +11,7 @@
 #include "packing/codec.h"
 #include "packing/status.h"
 #include "partitioner/model_graph.h"
+#include "partitioner/model_info.h"
 #include "partitioner/top_k.h"
 #include "server/request_check.h"
 
@@ -28,6 +29,13 @@ struct TailOutcome {
 Result<TailOutcome> run_tail_request(const partitioner::ModelGraph& model, int cut,
                                      const std::vector<PackedView>& payloads, int top_k,
                                      bool want_logits, const packing::DecodeLimits& limits);
+
+// Runs the whole model on a JPEG of the input (a cut-0 request with TENSOR_JPEG): decodes it
+// (bounded by the model's input size, never trusting the JPEG's own header), resizes, crops and
+// normalizes it with `info`. kMalformed for a JPEG that does not decode or does not fit.
+Result<TailOutcome> run_jpeg_request(const partitioner::ModelGraph& model,
+                                     const partitioner::ModelInfo& info, const PackedView& jpeg,
+                                     int top_k, bool want_logits);
 
 // Sets LibTorch's intra-op thread count (0: leave the default). Call once at start-up.
 void set_compute_threads(int threads);

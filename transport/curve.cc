@@ -141,12 +141,11 @@ Status write_key_files(const std::string& base, const CurveKeyPair& keys, bool o
                     overwrite);
 }
 
-ZapHandler::ZapHandler(zmq::context_t& context, std::set<std::string> allowed)
-    : context_(context), allowed_(std::move(allowed)) {}
+ZapHandler::ZapHandler(std::set<std::string> allowed) : allowed_(std::move(allowed)) {}
 
 Result<std::unique_ptr<ZapHandler>> ZapHandler::start(zmq::context_t& context,
                                                       std::set<std::string> allowed_public_keys) {
-  std::unique_ptr<ZapHandler> h(new ZapHandler(context, std::move(allowed_public_keys)));
+  std::unique_ptr<ZapHandler> h(new ZapHandler(std::move(allowed_public_keys)));
   try {
     h->socket_ = zmq::socket_t(context, zmq::socket_type::rep);
     h->socket_.set(zmq::sockopt::linger, 0);

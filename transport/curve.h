@@ -68,10 +68,9 @@ class ZapHandler {
   size_t allowed_count() const { return allowed_.size(); }
 
  private:
-  ZapHandler(zmq::context_t& context, std::set<std::string> allowed);
+  explicit ZapHandler(std::set<std::string> allowed);
   void loop();
 
-  zmq::context_t& context_;
   std::set<std::string> allowed_;
   zmq::socket_t socket_;
   std::atomic<bool> stop_{false};

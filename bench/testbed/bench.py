@@ -475,7 +475,7 @@ def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results):
                          slowdown, duration=sc["duration"],
                          on_start=lambda t0: (t0_box.append(t0), replay(t0)))
         stop.set()
-        m = metrics(run, 0, labels)
+        m = metrics(run, args.warmup, labels)
         m["timeline"] = timeline(run, t0_box[0]) if t0_box else []
         m["changes"] = changes
         m["flags"] = flags
@@ -686,6 +686,16 @@ def markdown(results):
                     fmt(m["bytes_per_frame"], "%.0f"), fmt(m["top1"], "%.3f"),
                     fmt(m["device_cpu_ms_per_frame"]), fmt(m["server_ms_per_frame"]),
                     next(iter(m["plans"]))))
+        L += ["", "What edgesplit's estimators saw (medians over the measured frames) against the "
+              "link and the quota:", ""]
+        for e in rows:
+            m = e["contenders"].get("edgesplit-latency")
+            if ok_metrics(m) and m.get("bandwidth_est_p50_mbps") is not None:
+                L.append("- %s: bandwidth %.2f Mbit/s (link %g), RTT %.1f ms (link %g), device "
+                         "load %.2f (quota %gx), predicted/measured latency %s" % (
+                             e["scenario"], m["bandwidth_est_p50_mbps"], e["rate_mbit"],
+                             m["rtt_est_p50_ms"], e["rtt_ms"], m["device_load_p50"], slowdown,
+                             fmt(m.get("predicted_over_measured_p50"), "%.2f")))
         L.append("")
     traces = [e for e in results["runs"] if e["kind"] == "trace"]
     if traces:

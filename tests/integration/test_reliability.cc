@@ -99,7 +99,7 @@ std::vector<wire::Reply> collect(WireClient& c, size_t count, std::chrono::milli
 
 }  // namespace
 
-TEST_CASE("healthz, readyz and metrics; readyz turns 503 while shutting down") {
+TEST_CASE("healthz readyz and metrics with readyz 503 while shutting down") {
   auto dir = scratch_dir("rel-http");
   ObservedServer server;
   REQUIRE(server.start(dir, {"--slow-tail-ms", "1500"}));
@@ -130,7 +130,7 @@ TEST_CASE("healthz, readyz and metrics; readyz turns 503 while shutting down") {
   CHECK(server.process.process().wait(std::chrono::seconds(5)) == 0);
 }
 
-TEST_CASE("SIGTERM under load: every request is answered or refused, exit is bounded") {
+TEST_CASE("SIGTERM under load answers or refuses every request and exits in bounded time") {
   auto dir = scratch_dir("rel-sigterm");
   ServerProcess server;
   REQUIRE(
@@ -174,7 +174,7 @@ TEST_CASE("SIGTERM under load: every request is answered or refused, exit is bou
   CHECK(server.log().find("stopped after") != std::string::npos);
 }
 
-TEST_CASE("a device over its in-flight limit gets BUSY at once; others are not affected") {
+TEST_CASE("a device over its in-flight limit gets BUSY at once and others are not affected") {
   auto dir = scratch_dir("rel-per-client");
   ObservedServer server;
   REQUIRE(server.start(
@@ -202,7 +202,7 @@ TEST_CASE("a device over its in-flight limit gets BUSY at once; others are not a
   CHECK(server.metric("edgesplit_rejected_total{reason=\"client_in_flight_limit\"}") == 7);
 }
 
-TEST_CASE("a departed device's queued requests are dropped, not computed") {
+TEST_CASE("a departed device's queued requests are dropped and not computed") {
   auto dir = scratch_dir("rel-gone");
   ObservedServer server;
   REQUIRE(server.start(
@@ -320,7 +320,7 @@ TEST_CASE("hostile clients do not slow a good client down") {
               text, "edgesplit_unroutable_replies_total"));
 }
 
-TEST_CASE("load: 16 simulated devices for 3 s, no lost replies, bounded memory") {
+TEST_CASE("load of 16 simulated devices for 3 s loses no reply and keeps memory bounded") {
   auto dir = scratch_dir("rel-load");
   ServerProcess server;
   REQUIRE(server.start(dir, {"--model", default_model().string(), "--workers", "2"}));
@@ -342,7 +342,7 @@ TEST_CASE("load: 16 simulated devices for 3 s, no lost replies, bounded memory")
   CHECK(j["server_rss_kb"]["max"].get<int64_t>() < 2 * 1024 * 1024);
 }
 
-TEST_CASE("kill -9 and restart on the same port: every frame answered once, offloading resumes") {
+TEST_CASE("kill -9 and restart on the same port answers every frame once and offloading resumes") {
   auto dir = scratch_dir("rel-restart");
   ServerProcess first;
   REQUIRE(first.start(dir, {"--model", default_model().string()}));
@@ -427,7 +427,7 @@ TEST_CASE("kill -9 and restart on the same port: every frame answered once, offl
   CHECK(on_server > before);
 }
 
-TEST_CASE("CURVE with an allow-list: only a listed device key is served") {
+TEST_CASE("CURVE with an allow-list serves only a listed device key") {
   auto dir = scratch_dir("rel-curve");
   for (const char* who : {"server", "allowed", "stranger"}) {
     REQUIRE(run_to_end({bin("edgesplit-keygen"), (dir / who).string()}, dir / "keygen.out",

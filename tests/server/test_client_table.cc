@@ -6,7 +6,7 @@
 
 using namespace edgesplit::server;
 
-TEST_CASE("in-flight slots per device, released to zero removes the entry") {
+TEST_CASE("in-flight slots per device and the entry goes when all are released") {
   ClientTable t;
   auto a1 = t.try_acquire("a", 7, 2);
   auto a2 = t.try_acquire("a", 7, 2);

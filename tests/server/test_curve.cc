@@ -49,7 +49,7 @@ bool reaches(zmq::context_t& ctx, zmq::socket_t& router, const std::string& endp
 
 }  // namespace
 
-TEST_CASE("key files: modes, refusal to overwrite, parsing") {
+TEST_CASE("key files have safe modes and are not overwritten silently and parse strictly") {
   REQUIRE(curve_available());
   auto dir = temp_dir("curve-keys");
   auto keys = generate_curve_keypair();

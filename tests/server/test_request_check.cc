@@ -35,7 +35,7 @@ PackedView view(const std::vector<uint8_t>& b) { return {b.data(), b.size()}; }
 
 }  // namespace
 
-TEST_CASE("admit_infer: unknown model, bad cut, good request") {
+TEST_CASE("admit_infer refuses unknown models and bad cuts and admits a good request") {
   const auto catalog = make_catalog();
   wire::InferRequest r;
   r.set_model_digest("sha256:other");
@@ -55,7 +55,7 @@ TEST_CASE("admit_infer: unknown model, bad cut, good request") {
   CHECK(a.model->name == "net");
 }
 
-TEST_CASE("check_payloads: count, shape, validity") {
+TEST_CASE("check_payloads checks tensor count and shapes and validity") {
   const auto catalog = make_catalog();
   const auto& shapes = catalog.begin()->second.cut_shapes[1];
   auto p0 = packed({1, 4, 4, 4});
