@@ -23,12 +23,12 @@ find_package(OpenCV REQUIRED COMPONENTS core imgproc imgcodecs videoio)
 find_package(cxxopts REQUIRED)
 find_package(nlohmann_json REQUIRED)
 find_package(spdlog REQUIRED)
-# cpp-httplib ships a header only (no CMake config in Debian 12).
-find_path(HTTPLIB_INCLUDE_DIR httplib.h REQUIRED)
+# cpp-httplib: Debian builds it as a library (libcpp-httplib.so, with OpenSSL, zlib and Brotli
+# options), so the header alone does not link: take the library and its cflags from pkg-config.
+pkg_check_modules(CPP_HTTPLIB REQUIRED IMPORTED_TARGET GLOBAL cpp-httplib)
 if(NOT TARGET edgesplit_httplib)
   add_library(edgesplit_httplib INTERFACE)
-  target_include_directories(edgesplit_httplib SYSTEM INTERFACE ${HTTPLIB_INCLUDE_DIR})
-  target_link_libraries(edgesplit_httplib INTERFACE Threads::Threads)
+  target_link_libraries(edgesplit_httplib INTERFACE PkgConfig::CPP_HTTPLIB Threads::Threads)
 endif()
 find_package(doctest REQUIRED)
 include(doctest)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine (scripts/setup.sh: packages, configure, build), then runs the tests:
-# a short fuzz run of the codec's decoder, then every ctest test (labels: unit, integration,
+# a short fuzz run of the codec's decoder and of the server's message handling, then every ctest test (labels: unit, integration,
 # models, netns). Extra arguments go to ctest, e.g. `scripts/test.sh -L unit`.
 #   EDGESPLIT_FUZZ_SECONDS=0 skips the fuzz run.
 set -euo pipefail

@@ -95,7 +95,7 @@ struct ContainerGuard {
 
 }  // namespace
 
-TEST_CASE("server container: build, health, a host device against it, clean stop") {
+TEST_CASE("server container: build - health - a host device against it - clean stop") {
   const std::string podman = EDGESPLIT_PODMAN;
   if (podman.empty() || !fs::exists(podman)) {
     MESSAGE("skipped: podman is not installed (apt-get install podman runc debootstrap)");

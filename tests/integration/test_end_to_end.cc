@@ -130,7 +130,7 @@ TEST_CASE("8-bit split keeps the top-1 class on nearly all images") {
   }
 }
 
-TEST_CASE("every JSON line carries every field, and the summary adds up") {
+TEST_CASE("every JSON line carries every field and the summary adds up") {
   auto dir = scratch_dir("e2e-fields");
   ServerProcess server;
   REQUIRE(server.start(dir, {"--model", default_model().string()}));
@@ -212,7 +212,7 @@ TEST_CASE("one server serves two models") {
   CHECK(second_run.summary["on_server"] == 3);
 }
 
-TEST_CASE("no server running: every frame finishes on the device, marked as such") {
+TEST_CASE("no server running: every frame finishes on the device and is marked as such") {
   auto dir = scratch_dir("e2e-no-server");
   // Bind and close a port so nothing listens on it.
   std::string endpoint;
@@ -332,7 +332,7 @@ wire::Request infer(uint64_t id, const std::string& digest, int cut,
 
 }  // namespace
 
-TEST_CASE("malformed and hostile messages get error replies; the server keeps serving") {
+TEST_CASE("malformed and hostile messages get error replies and the server keeps serving") {
   auto dir = scratch_dir("e2e-malformed");
   ServerProcess server;
   REQUIRE(server.start(dir, {"--model", default_model().string()}));
@@ -385,7 +385,7 @@ TEST_CASE("malformed and hostile messages get error replies; the server keeps se
     client.send(infer(12, digest, cut, {p}), {p});
     CHECK(client.receive().status() == wire::STATUS_MALFORMED);
   }
-  SUBCASE("header says two tensors, one frame follows") {
+  SUBCASE("header says two tensors - one frame follows") {
     auto p = packed(shape, 8);
     auto req = infer(13, digest, cut, {p, p});
     client.send(req, {p});

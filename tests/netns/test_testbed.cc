@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
@@ -125,5 +126,57 @@ TEST_CASE("a tiny testbed run: device and server in namespaces over a shaped lin
   CHECK(es["latency_p50_ms"].get<double>() <= 1.5 * best + 5.0);
   // The testbed removed its namespaces and cgroups.
   CHECK(testbed_leftovers() == before);
+  fs::remove_all(out);
+}
+
+TEST_CASE("the scheduler moves the cut deeper as the shaped bandwidth falls") {
+  if (::geteuid() != 0) {
+    MESSAGE("skipped: the testbed needs root (network namespaces, tc, cgroups)");
+    return;
+  }
+  const fs::path model = source_dir() / "models" / "default" / "fashion_mnist_cnn.pt";
+  const fs::path profile = source_dir() / "models" / "default" / "fashion_mnist_cnn.profile.json";
+  if (!fs::exists(profile)) {
+    MESSAGE("skipped: no profile of the default model at " << profile.string());
+    return;
+  }
+  const fs::path out =
+      binary_dir() / "test-scratch" / ("testbed-steps-" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  fs::create_directories(out.parent_path());
+  std::ostringstream cmd;
+  cmd << "/usr/bin/python3 " << (source_dir() / "bench" / "testbed" / "bench.py") << " --model "
+      << model << " --meta " << (source_dir() / "models" / "default" / "fashion_mnist_cnn.json")
+      << " --profile " << profile << " --images "
+      << (source_dir() / "models" / "default" / "samples")
+      << " --labels none --scenarios bw100-rtt10,bw1-rtt10 --traces none --slowdown 4"
+      << " --contenders edgesplit-latency --oracle-k 0 --frames 8 --warmup 2 --bin-dir "
+      << bin_dir() << " --out " << out << " > " << (out.string() + ".log") << " 2>&1";
+  const int rc = std::system(cmd.str().c_str());
+  std::ifstream log(out.string() + ".log");
+  std::stringstream log_text;
+  log_text << log.rdbuf();
+  INFO("bench.py output:\n" << log_text.str());
+  REQUIRE(rc == 0);
+  std::ifstream f(out / "results.json");
+  REQUIRE(f.good());
+  json results = json::parse(f);
+  REQUIRE(results["runs"].size() == 2);
+  // The cut of the plan used most, and the bytes per frame, at each bandwidth.
+  std::map<int, std::pair<int, double>> by_rate;
+  for (const auto& run : results["runs"]) {
+    const json& es = run["contenders"]["edgesplit-latency"];
+    REQUIRE_FALSE(es.contains("error"));
+    CHECK(es["failed"] == 0);
+    REQUIRE(!es["plans"].empty());
+    const std::string main_plan = es["plans"].begin().key();
+    by_rate[run["rate_mbit"].get<int>()] = {std::stoi(main_plan.substr(0, main_plan.find(':'))),
+                                            es["bytes_per_frame"].get<double>()};
+  }
+  REQUIRE(by_rate.count(1));
+  REQUIRE(by_rate.count(100));
+  INFO("cut at 100 Mbit/s: " << by_rate[100].first << ", at 1 Mbit/s: " << by_rate[1].first);
+  CHECK(by_rate[1].first > by_rate[100].first);
+  CHECK(by_rate[1].second < by_rate[100].second);
   fs::remove_all(out);
 }

@@ -91,7 +91,7 @@ std::vector<Case> cases() {
 
 }  // namespace
 
-TEST_CASE("fp32 round trip is bit-exact, NaN and Inf included") {
+TEST_CASE("fp32 round trip is bit-exact - NaN and Inf included") {
   auto v = uniform(1000, -1e6f, 1e6f, 9);
   v[3] = std::numeric_limits<float>::quiet_NaN();
   v[4] = -std::numeric_limits<float>::infinity();
@@ -124,7 +124,7 @@ TEST_CASE("fp16 round trip is within half precision") {
   }
 }
 
-TEST_CASE("every bit-width 1..16 is within half a step, per tensor and per channel") {
+TEST_CASE("every bit-width 1..16 is within half a step - per tensor and per channel") {
   for (const Case& c : cases()) {
     for (int bits = 1; bits <= 16; ++bits) {
       for (bool per_channel : {false, true}) {
@@ -161,7 +161,7 @@ TEST_CASE("every bit-width 1..16 is within half a step, per tensor and per chann
   }
 }
 
-TEST_CASE("zeros of non-negative tensors decode to exactly 0.0; signed zeros too") {
+TEST_CASE("zeros of non-negative tensors decode to exactly 0.0: signed zeros too") {
   for (int bits = 1; bits <= 16; ++bits) {
     const auto v = relu_like(5000, 20 + bits);
     PackedHeader h;

@@ -151,7 +151,7 @@ TEST_CASE("random garbage is rejected") {
   }
 }
 
-TEST_CASE("limits: rank, element count and overflowing shapes") {
+TEST_CASE("limits: rank - element count and overflowing shapes") {
   // A header claiming 2^62 elements in two dimensions must be rejected, not allocated.
   const auto e = must_encode(relu_like(16, 1), {4, 4}, quantized(4));
   auto c = e;

@@ -68,7 +68,7 @@ std::pair<int, std::string> run_command(const std::string& cmd) {
 
 }  // namespace
 
-TEST_CASE("tiny scripted CNN: cuts, names, shapes, weights and exact head/tail") {
+TEST_CASE("tiny scripted CNN: cuts - names - shapes - weights and exact head/tail") {
   auto path = test_model("tiny_cnn.pt");
   if (path.empty()) {
     MESSAGE("skipped: /usr/bin/python3 cannot import torch to export the test model");
@@ -307,7 +307,7 @@ TEST_CASE("heads and tails run concurrently from several threads") {
   CHECK(mismatches.load() == 0);
 }
 
-TEST_CASE("shared MobileNetV2: cut points, metadata and exact head/tail at every cut") {
+TEST_CASE("shared MobileNetV2: cut points - metadata and exact head/tail at every cut") {
   auto path = shared_mobilenet();
   if (path.empty()) {
     MESSAGE("skipped: ../shared/models/mobilenet_v2_imagenet is absent");

@@ -65,7 +65,7 @@ TEST_CASE("parse_model_info reads every key and checks them") {
   }
 }
 
-TEST_CASE("load_model_info finds MODEL.json, edgesplit.json or meta_path, and labels files") {
+TEST_CASE("load_model_info finds MODEL.json - edgesplit.json or meta_path - and labels files") {
   auto dir = scratch_dir("find");
   auto model = dir / "net.pt";
   write(model, "x");

@@ -71,7 +71,7 @@ std::set<std::string> names_of(const ModelGraph& g) {
 
 }  // namespace
 
-TEST_CASE("resnet18: a cut between every pair of residual blocks, exact at every cut") {
+TEST_CASE("resnet18: a cut between every pair of residual blocks - exact at every cut") {
   auto g = check_architecture("resnet18", 224, 20);
   if (!g) return;
   auto names = names_of(*g);
@@ -90,7 +90,7 @@ TEST_CASE("resnet18 traced: same cut points as scripted") {
   CHECK(names.count("layer4.1.relu"));
 }
 
-TEST_CASE("resnet18 with two crossing tensors: cuts inside the residual blocks, exact") {
+TEST_CASE("resnet18 with two crossing tensors: cuts inside the residual blocks - exact") {
   auto one = check_architecture("resnet18", 224, 20, 4);
   auto two = check_architecture("resnet18", 224, 40, 0, false, 2);
   if (!one || !two) return;

@@ -78,7 +78,7 @@ const profiles::EncodingProfile* find(const profiles::CutProfile& c, const std::
 
 }  // namespace
 
-TEST_CASE("the profile lists every cut with a complete, consistent table") {
+TEST_CASE("the profile lists every cut with a complete - consistent table") {
   auto graph = partitioner::ModelGraph::load(model_path().string(), {{1, 1, 28, 28}});
   REQUIRE(graph.ok());
   auto p = profiles::load_profile(shared_profile().string(), (*graph)->digest());
@@ -161,7 +161,7 @@ TEST_CASE("fp32 accuracy equals a reference computed with the whole model") {
   CHECK(p->fp32_top1 == doctest::Approx(static_cast<double>(correct) / scored).epsilon(1e-12));
 }
 
-TEST_CASE("a profile made for another model is refused; server timings merge in") {
+TEST_CASE("a profile made for another model is refused: server timings merge in") {
   const fs::path dir = scratch_dir("profile-merge");
   auto p = profiles::load_profile(shared_profile().string());
   REQUIRE(p.ok());

@@ -48,7 +48,7 @@ std::vector<CutPoint> sample_cuts() {
 
 }  // namespace
 
-TEST_CASE("select_cuts: all, auto and lists") {
+TEST_CASE("select_cuts: all - auto and lists") {
   const auto cuts = sample_cuts();
   auto all = select_cuts(cuts, "all");
   REQUIRE(all.ok());
@@ -85,7 +85,7 @@ TEST_CASE("precision and lossless lists") {
   CHECK(!parse_lossless_list("gzip").ok());
 }
 
-TEST_CASE("expand_encodings: every setting once, JPEG only when asked") {
+TEST_CASE("expand_encodings: every setting once - JPEG only when asked") {
   EncodingSet set;
   set.precisions = {"q2", "q4", "fp32"};
   set.lossless = {Lossless::kNone, Lossless::kZstd};

@@ -27,7 +27,7 @@ Exchange exchange(int64_t bytes, double mbps, double rtt_ms, double server_ms = 
 
 }  // namespace
 
-TEST_CASE("LevelTracker: a drop shows within two samples, noise is averaged, rises recover") {
+TEST_CASE("LevelTracker: a drop shows within two samples - noise is averaged - rises recover") {
   LevelTracker t(LevelTracker::Cautious::kLow);
   CHECK_FALSE(t.has_value());
   CHECK(t.value() == 0);
@@ -51,7 +51,7 @@ TEST_CASE("LevelTracker: a drop shows within two samples, noise is averaged, ris
   CHECK(high.value() == doctest::Approx(3));
 }
 
-TEST_CASE("bandwidth: measured from exchanges, a drop followed within two samples") {
+TEST_CASE("bandwidth: measured from exchanges - a drop followed within two samples") {
   ManualClock clock;
   NetworkEstimator n(clock);
   CHECK_FALSE(n.has_bandwidth());
@@ -97,7 +97,7 @@ TEST_CASE("bandwidth: stable under 10% noise") {
   CHECK(hi < 50 * 1.1);
 }
 
-TEST_CASE("bandwidth: before any RTT sample the base counts as 0 (conservative, consistent)") {
+TEST_CASE("bandwidth: before any RTT sample the base counts as 0 (conservative - consistent)") {
   ManualClock clock;
   NetworkEstimator n(clock);
   n.add_exchange(exchange(100000, 80, 10));
@@ -133,7 +133,7 @@ TEST_CASE("base RTT: a windowed minimum that follows decreases at once and incre
   CHECK(n.rtt_ms() == doctest::Approx(5).epsilon(0.01));
 }
 
-TEST_CASE("probes: due while local and silent, sized to the link, never while one is fresh") {
+TEST_CASE("probes: due while local and silent - sized to the link - never while one is fresh") {
   ManualClock clock;
   NetworkEstimatorOptions o;
   NetworkEstimator n(clock, o);

@@ -186,7 +186,7 @@ void expect_error(const std::string& text, const std::string& needle) {
 
 }  // namespace
 
-TEST_CASE("encoding names are short, unique and documented") {
+TEST_CASE("encoding names are short - unique and documented") {
   Encoding e;
   e.bits = 4;
   CHECK(e.name() == "q4");

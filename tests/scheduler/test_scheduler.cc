@@ -277,7 +277,7 @@ struct Simulation {
 
 }  // namespace
 
-TEST_CASE("plans: every (cut, encoding), JPEGs at cut 0, and the device-only plan last") {
+TEST_CASE("plans: every (cut - encoding) - JPEGs at cut 0 - and the device-only plan last") {
   const Profile p = mobile_profile();
   Scheduler s = make(p);
   size_t expected = 1;
@@ -432,7 +432,7 @@ TEST_CASE(
   CHECK(d.available_plans == 1);
 }
 
-TEST_CASE("a high device load shifts work to the server; a slow server shifts it back") {
+TEST_CASE("a high device load shifts work to the server: a slow server shifts it back") {
   Scheduler s = make(mobile_profile());
   // Find a bandwidth where the best plan cuts inside the network.
   double b = 0;
@@ -484,7 +484,7 @@ TEST_CASE("constraints are honoured") {
     Scheduler unbounded = make(p);
     CHECK(fresh(unbounded, conditions(0.3)).plan.cut_id > 3);
   }
-  SUBCASE("bytes, fps, latency and server time") {
+  SUBCASE("bytes - fps - latency and server time") {
     SchedulerOptions o;
     o.constraints.max_bytes = 20000;
     o.constraints.min_fps = 20;
@@ -542,7 +542,7 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("a pinned plan is returned as is, with its predictions and feasibility") {
+TEST_CASE("a pinned plan is returned as is - with its predictions and feasibility") {
   SchedulerOptions o;
   o.constraints.max_latency_ms = 50;
   Scheduler s = make(mobile_profile(), o);
@@ -567,7 +567,7 @@ TEST_CASE("a pinned plan is returned as is, with its predictions and feasibility
   CHECK_FALSE(s.decide(conditions(1000)).pinned);
 }
 
-TEST_CASE("hysteresis: noise in a steady band does not flap the plan; without it, it does") {
+TEST_CASE("hysteresis: noise in a steady band does not flap the plan: without it - it does") {
   const Profile p = mobile_profile();
   Scheduler probe_s = make(p);
   // Find a bandwidth where the best plan changes: there two plans are nearly equal.
@@ -674,7 +674,7 @@ TEST_CASE("real changes move the plan within two frames") {
   }
 }
 
-TEST_CASE("a current plan that becomes infeasible is left at once, even under heavy hysteresis") {
+TEST_CASE("a current plan that becomes infeasible is left at once - even under heavy hysteresis") {
   SchedulerOptions o;
   o.switch_margin = 100;  // nothing but infeasibility can move the plan
   o.switch_after = 1000000;
@@ -706,7 +706,7 @@ TEST_CASE("a current plan that becomes infeasible is left at once, even under he
   CHECK(d.plan.local);
 }
 
-TEST_CASE("a current plan just over a bound (inside constraint_margin) stays, visibly") {
+TEST_CASE("a current plan just over a bound (inside constraint_margin) stays - visibly") {
   SchedulerOptions o;
   o.constraints.max_latency_ms = 50;
   o.switch_margin = 1;  // only feasibility moves the plan here
@@ -767,7 +767,7 @@ TEST_CASE("a persistent small advantage wins after switch_after decisions") {
   CHECK(d.plan.index == better_plan);
 }
 
-TEST_CASE("objectives: data picks the fewest bytes, energy weighs radio against compute") {
+TEST_CASE("objectives: data picks the fewest bytes - energy weighs radio against compute") {
   const Profile p = mobile_profile();
   SchedulerOptions o;
   o.objective = Objective::kData;

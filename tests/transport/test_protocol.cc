@@ -74,7 +74,7 @@ TEST_CASE("a valid infer request keeps its payload frames and has top_k capped")
   CHECK(static_cast<const uint8_t*>(in.payloads[1].data())[0] == 2);
 }
 
-TEST_CASE("a header frame that is not a Request is malformed, with the identity kept") {
+TEST_CASE("a header frame that is not a Request is malformed - with the identity kept") {
   auto parsed = edgesplit::transport::parse_request(message("\xff\xff\xff\xff", {}), Limits{});
   CHECK_FALSE(parsed.ok());
   CHECK(parsed.error_status == wire::STATUS_MALFORMED);
@@ -100,7 +100,7 @@ TEST_CASE("a message without frames or without a header cannot be used") {
 }
 
 TEST_CASE("tensor count and packed sizes must match the payload frames") {
-  SUBCASE("two tensors declared, one frame sent") {
+  SUBCASE("two tensors declared - one frame sent") {
     auto parsed = edgesplit::transport::parse_request(
         message(serialized(infer_request(5, {10, 10})), {10}), Limits{});
     CHECK(parsed.error_status == wire::STATUS_MALFORMED);
@@ -168,7 +168,7 @@ TEST_CASE("a body this version does not know is malformed") {
   CHECK(parsed.request.status().message().find("no body") != std::string::npos);
 }
 
-TEST_CASE("hello: another major is a version mismatch, the same major with payload is malformed") {
+TEST_CASE("hello: another major is a version mismatch - the same major with payload is malformed") {
   wire::Request r;
   r.set_request_id(31);
   *r.mutable_hello() = edgesplit::transport::make_hello(kDigest, "cam0");

@@ -266,7 +266,7 @@ wire::Request infer_header(uint64_t id, const std::vector<uint64_t>& packed) {
 
 }  // namespace
 
-TEST_CASE("handshake returns the server's version, limits and models") {
+TEST_CASE("handshake returns the server's version - limits and models") {
   EchoServer server;
   auto link = open_link(server.endpoint());
   auto hello = link->handshake(transport::make_hello(kDigest, "cam0"), milliseconds(3000));
@@ -304,7 +304,7 @@ TEST_CASE("handshake for a model the server does not serve names what it serves"
   CHECK(result.status().message().find("mobilenet_v2 (" + kDigest + ")") != std::string::npos);
 }
 
-TEST_CASE("infer with two payload frames comes back with its exchange timing, payload intact") {
+TEST_CASE("infer with two payload frames comes back with its exchange timing - payload intact") {
   EchoServer server;
   auto link = connected_link(server);
   auto a = pattern(150000, 1);
@@ -359,7 +359,7 @@ TEST_CASE("several requests in flight are matched by id when replies come in rev
   CHECK(link->in_flight() == 0);
 }
 
-TEST_CASE("with no server, sends fail fast and waits end at their timeout") {
+TEST_CASE("with no server - sends fail fast and waits end at their timeout") {
   std::string endpoint;
   {
     EchoServer gone;
@@ -384,7 +384,7 @@ TEST_CASE("with no server, sends fail fast and waits end at their timeout") {
   MESSAGE(hello.status().to_string());
 }
 
-TEST_CASE("a reply that comes after forget() is flagged late, once") {
+TEST_CASE("a reply that comes after forget() is flagged late - once") {
   EchoServer server;
   auto link = connected_link(server);
   REQUIRE(link->send_infer(7, infer_body(300), {pattern(10, 7)}).ok());
@@ -505,7 +505,7 @@ TEST_CASE("malformed messages get error replies and the server keeps serving") {
   CHECK(server.rejections().size() == cases.size());
 }
 
-TEST_CASE("a single frame over the size limit drops that peer, not the server") {
+TEST_CASE("a single frame over the size limit drops that peer - not the server") {
   transport::Limits limits;
   limits.max_message_bytes = 64 << 10;
   EchoServer server(limits);
@@ -516,7 +516,7 @@ TEST_CASE("a single frame over the size limit drops that peer, not the server") 
   CHECK(server.rejections().empty());
 }
 
-TEST_CASE("after a handshake, requests over the server's stated limit are refused locally") {
+TEST_CASE("after a handshake - requests over the server's stated limit are refused locally") {
   transport::Limits limits;
   limits.max_message_bytes = 64 << 10;
   EchoServer server(limits);
