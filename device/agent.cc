@@ -93,6 +93,13 @@ packing::EncodeOptions encode_options(const profiles::Encoding& e) {
   eo.lossless = e.lossless;
   eo.per_channel = e.per_channel;
   eo.range.clip_percentile = e.clip_percentile;
+  if (e.fixed_range) {
+    // The range the profiler fitted on its calibration images: what the profile's accuracy for
+    // this encoding was measured with.
+    eo.range.has_fixed_range = true;
+    eo.range.fixed_min = static_cast<float>(e.range_min);
+    eo.range.fixed_max = static_cast<float>(e.range_max);
+  }
   return eo;
 }
 

@@ -56,18 +56,24 @@ def plot_accuracy(profile, path, max_cuts):
     lossless_names = sorted({e["lossless"] for c in cuts for e in c["encodings"]} - {"none"})
     for i, cut in enumerate(cuts):
         colour = cmap(i / max(1, len(cuts) - 1))
-        # The curve: for each precision, the smallest of its lossless variants.
+        # One curve per range choice ("", "/clip99.9", "/clip99/cal", ...): for each precision,
+        # the smallest of its lossless variants. fp16/fp32 close the plain min/max curve.
         by_name = {}
         for lossless in ["none"] + lossless_names:
             for b, a, name in quantized_curve(cut, lossless):
                 base = name.split("+")[0]
                 if base not in by_name or b < by_name[base][0]:
                     by_name[base] = (b, a, name)
-        pts = sorted(by_name.values())
-        if not pts:
-            continue
-        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", color=colour, ms=3, lw=1.2,
-                label=f"cut {cut['id']} {cut['name']}")
+        families = {}
+        for base, point in by_name.items():
+            family = base.split("/", 1)[1] if "/" in base else ""
+            families.setdefault(family, []).append(point)
+        styles = ["-", "--", ":", "-."]
+        for k, family in enumerate(sorted(families)):
+            pts = sorted(families[family])
+            label = f"cut {cut['id']} {cut['name']}" + (f" /{family}" if family else "")
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o", ls=styles[k % 4],
+                    color=colour, ms=3, lw=1.2, label=label)
         jpeg = [(e["bytes_mean"], e["top1"], e["name"]) for e in cut["encodings"]
                 if e["jpeg_quality"]]
         for b, a, name in jpeg:
@@ -85,7 +91,9 @@ def plot_accuracy(profile, path, max_cuts):
                  f"({profile['scored_images']} scored images, {truth})\n"
                  "each point a precision (per-tensor, its smallest lossless variant); "
                  "squares: the input as JPEG", fontsize=9)
-    ax.set_ylim(bottom=max(0, 100 * profile["fp32_top1"] - 30))
+    lowest = min([min(line.get_ydata()) for line in ax.get_lines() if len(line.get_ydata())],
+                 default=0)
+    ax.set_ylim(bottom=max(0, lowest - 2, 100 * profile["fp32_top1"] - 30))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()

@@ -67,8 +67,9 @@ struct CutProfile {
   bool non_negative = false;
   int64_t head_weight_bytes = 0;
   int64_t tail_weight_bytes = 0;
-  // Estimated peak activation memory of running the head (max over cuts j <= id of the fp32 bytes
-  // crossing j plus those crossing j + 1): with head_weight_bytes, what a device must hold.
+  // Estimated peak activation memory of running the head: the max over cuts j < id of the fp32
+  // bytes crossing j plus those crossing j + 1 (the head of `id` never produces id + 1), and at
+  // least the input's; with head_weight_bytes, what a device must hold.
   int64_t head_activation_bytes = 0;
   Timing head;                             // device side
   Timing tail;                             // server side
