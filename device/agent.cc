@@ -107,19 +107,20 @@ class Agent {
  public:
   Agent(const AgentOptions& o, std::shared_ptr<partitioner::ModelGraph> model,
         partitioner::ModelInfo info, std::optional<FramePlan> fixed,
-        std::optional<partitioner::Scheduler> scheduler, std::ostream& out)
+        std::optional<partitioner::Scheduler> scheduler, std::optional<profiles::Profile> profile,
+        std::ostream& out)
       : opt_(o),
         model_(std::move(model)),
         info_(std::move(info)),
         fixed_(std::move(fixed)),
         scheduler_(std::move(scheduler)),
+        profile_(std::move(profile)),
         estimator_(partitioner::SteadyClock::instance()),
         out_(out) {
     retry_interval_ms_ = opt_.retry_ms;
     window_ = opt_.in_flight > 0 ? opt_.in_flight
-              : (scheduler_ && opt_.scheduler.objective == partitioner::Objective::kThroughput)
-                  ? 4
-                  : 1;
+              : (scheduler_ && opt_.scheduler.objective == partitioner::Objective::kThroughput) ? 4
+                                                                                                : 1;
   }
 
   int run(FrameSource& source) {
@@ -174,12 +175,15 @@ class Agent {
     }
     // ZeroMQ reconnects in the background (with its own backoff); a retry only asks whether the
     // server answers again, briefly, so frames keep flowing locally meanwhile.
-    const int timeout_ms = first ? opt_.handshake_timeout_ms : std::min(opt_.handshake_timeout_ms, 250);
+    const int timeout_ms =
+        first ? opt_.handshake_timeout_ms : std::min(opt_.handshake_timeout_ms, 250);
     wire::Hello hello = transport::make_hello(model_->digest(), opt_.device_name);
     auto reply = link_->handshake(hello, std::chrono::milliseconds(timeout_ms));
     if (reply.ok()) {
       retry_interval_ms_ = opt_.retry_ms;
-      if (!server_up_ && ever_connected_) log("server is back at " + opt_.server + ": offloading again");
+      apply_server_tail_times(*reply);
+      if (!server_up_ && ever_connected_)
+        log("server is back at " + opt_.server + ": offloading again");
       server_up_ = true;
       ever_connected_ = true;
       refused_reason_.clear();
@@ -207,6 +211,35 @@ class Agent {
   }
 
   bool server_usable() const { return link_ && server_up_; }
+
+  // The server states its own tail time per cut in the handshake (from its profile, measured on
+  // its hardware): plan with those rather than with the ones in this device's copy of the profile.
+  void apply_server_tail_times(const wire::HelloReply& hello) {
+    if (!scheduler_ || !profile_) return;
+    for (const auto& m : hello.models()) {
+      if (m.digest() != model_->digest()) continue;
+      if (static_cast<size_t>(m.tail_ms_size()) != profile_->cuts.size()) return;
+      bool changed = false;
+      for (size_t i = 0; i < profile_->cuts.size(); ++i) {
+        auto& tail = profile_->cuts[i].tail;
+        const double server_ms = m.tail_ms(static_cast<int>(i));
+        if (std::abs(tail.median_ms - server_ms) > 1e-3) {
+          tail.median_ms = server_ms;
+          changed = true;
+        }
+      }
+      if (!changed) return;
+      auto rebuilt = partitioner::Scheduler::create(*profile_, scheduler_->options());
+      if (!rebuilt.ok()) return;
+      if (fixed_) {
+        if (!rebuilt->pin(fixed_->cut, fixed_->encoding_name).ok()) return;
+      }
+      scheduler_ = std::move(rebuilt).value();
+      log("planning with the server's own tail times (" + std::to_string(m.tail_ms_size()) +
+          " cuts)");
+      return;
+    }
+  }
 
   // Right after a handshake: three round-trip probes and one bandwidth probe, answered before the
   // first frame is planned (at most one timeout), so the scheduler starts from measurements
@@ -255,7 +288,8 @@ class Agent {
   }
 
   bool probe_pending() const {
-    return std::any_of(pending_.begin(), pending_.end(), [](const PendingFrame& p) { return p.probe; });
+    return std::any_of(pending_.begin(), pending_.end(),
+                       [](const PendingFrame& p) { return p.probe; });
   }
 
   void send_probe(int64_t bytes, bool even_when_down = false) {
@@ -550,7 +584,9 @@ class Agent {
     j["top"] = tj;
     const int cut = p.plan.local ? model_->device_cut() : p.plan.cut;
     const auto& point = model_->cut(cut);
-    json plan{{"cut", cut}, {"cut_name", point.name}, {"by", scheduler_ && !fixed_ ? "scheduler" : "fixed"}};
+    json plan{{"cut", cut},
+              {"cut_name", point.name},
+              {"by", scheduler_ && !fixed_ ? "scheduler" : "fixed"}};
     if (p.plan.local) {
       plan["encoding"] = "local";
     } else if (p.plan.jpeg_quality > 0) {
@@ -570,12 +606,17 @@ class Agent {
     if (p.plan.decision) {
       const auto& d = *p.plan.decision;
       const auto& m = d.predicted;
-      j["predicted"] = {{"latency_ms", round3(m.latency_ms)}, {"head_ms", round3(m.head_ms)},
-                        {"pack_ms", round3(m.pack_ms)},       {"transfer_ms", round3(m.transfer_ms)},
-                        {"rtt_ms", round3(m.rtt_ms)},         {"queue_ms", round3(m.queue_ms)},
+      j["predicted"] = {{"latency_ms", round3(m.latency_ms)},
+                        {"head_ms", round3(m.head_ms)},
+                        {"pack_ms", round3(m.pack_ms)},
+                        {"transfer_ms", round3(m.transfer_ms)},
+                        {"rtt_ms", round3(m.rtt_ms)},
+                        {"queue_ms", round3(m.queue_ms)},
                         {"tail_ms", round3(m.unpack_ms + m.tail_ms)},
-                        {"bytes", round3(m.bytes)},           {"fps", round3(m.fps)},
-                        {"energy_j", round3(m.energy_j)},     {"accuracy_drop_pp", round3(m.accuracy_drop_pp)}};
+                        {"bytes", round3(m.bytes)},
+                        {"fps", round3(m.fps)},
+                        {"energy_j", round3(m.energy_j)},
+                        {"accuracy_drop_pp", round3(m.accuracy_drop_pp)}};
       json dj{{"objective", partitioner::objective_name(opt_.scheduler.objective)},
               {"feasible", d.feasible},
               {"changed", d.changed}};
@@ -585,10 +626,10 @@ class Agent {
       }
       j["decision"] = dj;
       const auto& c = p.plan.conditions;
-      j["conditions"] = {{"bandwidth_mbps", round3(c.bandwidth_mbps)}, {"rtt_ms", round3(c.rtt_ms)},
-                         {"server_queue_ms", round3(c.server_queue_ms)},
-                         {"device_load", round3(c.device_load)}, {"server_load", round3(c.server_load)},
-                         {"server_available", c.server_available}};
+      j["conditions"] = {
+          {"bandwidth_mbps", round3(c.bandwidth_mbps)},   {"rtt_ms", round3(c.rtt_ms)},
+          {"server_queue_ms", round3(c.server_queue_ms)}, {"device_load", round3(c.device_load)},
+          {"server_load", round3(c.server_load)},         {"server_available", c.server_available}};
     }
     return j;
   }
@@ -664,6 +705,8 @@ class Agent {
   partitioner::ModelInfo info_;
   std::optional<FramePlan> fixed_;
   std::optional<partitioner::Scheduler> scheduler_;
+  std::optional<profiles::Profile>
+      profile_;  // the scheduler's profile, with the server's tail times
   partitioner::ConditionsEstimator estimator_;
   std::ostream& out_;
   size_t window_ = 1;
@@ -757,7 +800,8 @@ int run_agent(const AgentOptions& options) {
   if (profile && profile->model_digest != (*model)->digest()) {
     return fail(invalid_argument("profile " + profile_path + " was made for model " +
                                  profile->model_digest + ", not for " + options.model_path + " (" +
-                                 (*model)->digest() + "): profile this model with edgesplit-profile"));
+                                 (*model)->digest() +
+                                 "): profile this model with edgesplit-profile"));
   }
 
   std::optional<FramePlan> fixed;
@@ -821,7 +865,7 @@ int run_agent(const AgentOptions& options) {
   }
   std::ostream& out = options.output.empty() ? std::cout : file;
   Agent agent(options, *model, std::move(info).value(), std::move(fixed), std::move(scheduler),
-              out);
+              std::move(profile), out);
   return agent.run(**source);
 }
 

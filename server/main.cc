@@ -45,6 +45,9 @@ int main(int argc, char** argv) {
   cli.add_options()
     ("bind", "ZeroMQ endpoint to listen on", cxxopts::value<std::string>()->default_value("tcp://*:5555"))
     ("model", "TorchScript model to serve (repeat for several)", cxxopts::value<std::vector<std::string>>())
+    ("profile", "profile of the --model at the same position, whose tail times devices get in the "
+     "handshake (default: MODEL.profile.json beside the model, when present)",
+     cxxopts::value<std::vector<std::string>>())
     ("meta", "metadata JSON for the --model at the same position (default: beside the model)",
      cxxopts::value<std::vector<std::string>>())
     ("workers", "threads running tails", cxxopts::value<int>()->default_value("1"))
@@ -95,6 +98,9 @@ int main(int argc, char** argv) {
   options.router.endpoint = args["bind"].as<std::string>();
   options.model_paths = args["model"].as<std::vector<std::string>>();
   if (args.count("meta")) options.meta_paths = args["meta"].as<std::vector<std::string>>();
+  if (args.count("profile")) {
+    options.profile_paths = args["profile"].as<std::vector<std::string>>();
+  }
   options.workers = args["workers"].as<int>();
   options.compute_threads = args["threads"].as<int>();
   int queue = args["queue"].as<int>();

@@ -3,16 +3,18 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
-#include <optional>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "partitioner/model_graph.h"
 #include "partitioner/model_info.h"
+#include "profiles/profile.h"
 #include "server/client_table.h"
 #include "server/http_endpoint.h"
 #include "server/request_check.h"
@@ -30,6 +32,7 @@ struct ServedModel {
   ModelSignature signature;
   std::shared_ptr<partitioner::ModelGraph> graph;
   std::optional<partitioner::ModelInfo> info;  // needed to decode JPEG inputs
+  std::vector<float> tail_ms;                  // per cut, from the server's profile (may be empty)
 };
 
 // One queued inference: the validated request with its payload frames.
@@ -151,9 +154,9 @@ struct InferenceServer::Impl {
     for (const auto& t : req.tensors()) any_jpeg = any_jpeg || t.encoding() == wire::TENSOR_JPEG;
     Result<TailOutcome> outcome = Status(StatusCode::kInternal, "not run");
     if (!any_jpeg) {
-      outcome = run_tail_request(*job.model->graph, static_cast<int>(req.cut()), views,
-                                 static_cast<int>(req.top_k()), req.want_logits(),
-                                 options.decode_limits);
+      outcome =
+          run_tail_request(*job.model->graph, static_cast<int>(req.cut()), views,
+                           static_cast<int>(req.top_k()), req.want_logits(), options.decode_limits);
     } else if (req.cut() != 0 || views.size() != 1) {
       outcome = malformed("a JPEG payload is only accepted alone, at cut 0 (the input)");
     } else if (!job.model->info) {
@@ -285,6 +288,7 @@ struct InferenceServer::Impl {
           d->set_name(m.signature.name);
           d->set_digest(digest);
           d->set_num_cuts(static_cast<uint32_t>(m.signature.cut_count()));
+          for (float t : m.tail_ms) d->add_tail_ms(t);
         }
         reply_to(in.identity, reply);
         return;
@@ -542,8 +546,29 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     const std::string digest = (*graph)->digest();
     spdlog::info("model {} ({}): {} cuts, {} weight bytes", name, digest, (*graph)->cuts().size(),
                  (*graph)->total_weight_bytes());
-    ServedModel served{signature_of(**graph, name), std::move(graph).value(), std::nullopt};
+    ServedModel served{signature_of(**graph, name), std::move(graph).value(), std::nullopt, {}};
     if (info.ok()) served.info = std::move(info).value();
+    // The tail-time table devices get in the handshake.
+    const std::string explicit_profile =
+        i < options.profile_paths.size() ? options.profile_paths[i] : "";
+    const std::filesystem::path beside =
+        std::filesystem::path(path).replace_extension("").string() + ".profile.json";
+    const std::string profile_path = !explicit_profile.empty()
+                                         ? explicit_profile
+                                         : (std::filesystem::exists(beside) ? beside.string() : "");
+    if (!profile_path.empty()) {
+      auto profile = profiles::load_profile(profile_path, digest);
+      if (!profile.ok()) return profile.status();
+      if (profile->cuts.size() == served.graph->cuts().size()) {
+        for (const auto& c : profile->cuts)
+          served.tail_ms.push_back(static_cast<float>(c.tail.median_ms));
+        spdlog::info("model {}: tail times from {} (measured on {})", name, profile_path,
+                     profile->server_machine.hostname);
+      } else {
+        spdlog::warn("profile {} has {} cuts, model {} has {}: not sending tail times",
+                     profile_path, profile->cuts.size(), name, served.graph->cuts().size());
+      }
+    }
     impl->catalog[digest] = served.signature;
     impl->models[digest] = std::move(served);
   }

@@ -29,6 +29,9 @@ struct ServerOptions {
   transport::RouterOptions router;       // endpoint, limits, heartbeats, HWMs, CURVE secret key
   std::vector<std::string> model_paths;  // TorchScript files served at once
   std::vector<std::string> meta_paths;   // optional metadata per model (same order); "" = beside
+  // Optional profile per model (same order; "" = MODEL.profile.json beside the model when present):
+  // its tail times go to devices in the handshake.
+  std::vector<std::string> profile_paths;
   int workers = 1;                       // threads running tails
   int compute_threads = 0;               // LibTorch intra-op threads (0: LibTorch's default)
   size_t queue_capacity = 64;            // queued requests before BUSY replies

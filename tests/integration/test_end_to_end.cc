@@ -94,9 +94,9 @@ TEST_CASE("fp32 split at several cuts gives exactly the local whole-model result
   auto graph = load_default();
   for (int cut : spread_cuts(*graph)) {
     CAPTURE(cut);
-    auto split = run_device(dir, "cut" + std::to_string(cut),
-                            {"--server", server.endpoint(), "--cut", std::to_string(cut), "--bits",
-                             "fp32"});
+    auto split =
+        run_device(dir, "cut" + std::to_string(cut),
+                   {"--server", server.endpoint(), "--cut", std::to_string(cut), "--bits", "fp32"});
     REQUIRE(split.rc == 0);
     REQUIRE(split.frames.size() == local.frames.size());
     for (size_t i = 0; i < split.frames.size(); ++i) {
@@ -117,8 +117,9 @@ TEST_CASE("8-bit split keeps the top-1 class on nearly all images") {
   auto graph = load_default();
   for (int cut : spread_cuts(*graph)) {
     CAPTURE(cut);
-    auto q8 = run_device(dir, "q8-" + std::to_string(cut),
-                         {"--server", server.endpoint(), "--cut", std::to_string(cut), "--bits", "8"});
+    auto q8 =
+        run_device(dir, "q8-" + std::to_string(cut),
+                   {"--server", server.endpoint(), "--cut", std::to_string(cut), "--bits", "8"});
     REQUIRE(q8.rc == 0);
     REQUIRE(q8.frames.size() == local.frames.size());
     size_t same = 0;
@@ -134,8 +135,9 @@ TEST_CASE("every JSON line carries every field and the summary adds up") {
   auto dir = scratch_dir("e2e-fields");
   ServerProcess server;
   REQUIRE(server.start(dir, {"--model", default_model().string()}));
-  auto run = run_device(dir, "fields", {"--server", server.endpoint(), "--cut", "2", "--bits", "4",
-                                        "--lossless", "zstd", "--top-k", "3"});
+  auto run = run_device(dir, "fields",
+                        {"--server", server.endpoint(), "--cut", "2", "--bits", "4", "--lossless",
+                         "zstd", "--top-k", "3"});
   REQUIRE(run.rc == 0);
   REQUIRE(!run.frames.empty());
   std::set<int64_t> ids;
@@ -164,10 +166,21 @@ TEST_CASE("two devices at once against one server") {
   auto dir = scratch_dir("e2e-two-devices");
   ServerProcess server;
   REQUIRE(server.start(dir, {"--model", default_model().string(), "--workers", "2"}));
-  std::vector<std::string> base = {bin("edgesplit-device"), "--model", default_model().string(),
-                                   "--input", default_samples().string(), "--server",
-                                   server.endpoint(), "--cut", "3", "--bits", "8", "--loop", "4",
-                                   "--in-flight", "4"};
+  std::vector<std::string> base = {bin("edgesplit-device"),
+                                   "--model",
+                                   default_model().string(),
+                                   "--input",
+                                   default_samples().string(),
+                                   "--server",
+                                   server.endpoint(),
+                                   "--cut",
+                                   "3",
+                                   "--bits",
+                                   "8",
+                                   "--loop",
+                                   "4",
+                                   "--in-flight",
+                                   "4"};
   ChildProcess a, b;
   REQUIRE(a.start(base, dir / "a.jsonl", dir / "a.err"));
   REQUIRE(b.start(base, dir / "b.jsonl", dir / "b.err"));
@@ -188,9 +201,11 @@ TEST_CASE("one server serves two models") {
   // nothing but the code path, so use a torchvision network from models/export.py.
   fs::path second = dir / "resnet18.pt";
   std::string cmd = "/usr/bin/python3 " + (source_dir() / "models" / "export.py").string() +
-                    " resnet18 " + second.string() + " > " + (dir / "export.log").string() + " 2>&1";
+                    " resnet18 " + second.string() + " > " + (dir / "export.log").string() +
+                    " 2>&1";
   if (std::system(cmd.c_str()) != 0 || !fs::exists(second)) {
-    MESSAGE("skipped: models/export.py could not export resnet18 (needs /usr/bin/python3 with torch)");
+    MESSAGE(
+        "skipped: models/export.py could not export resnet18 (needs /usr/bin/python3 with torch)");
     return;
   }
   ServerProcess server;
@@ -238,10 +253,23 @@ TEST_CASE("server killed mid-run: every frame still gets exactly one result") {
   ServerProcess server;
   REQUIRE(server.start(dir, {"--model", default_model().string()}));
   const int loops = 40;
-  std::vector<std::string> argv = {bin("edgesplit-device"), "--model", default_model().string(),
-                                   "--input", default_samples().string(), "--server",
-                                   server.endpoint(), "--cut", "2", "--bits", "8", "--loop",
-                                   std::to_string(loops), "--in-flight", "2", "--timeout-ms", "300"};
+  std::vector<std::string> argv = {bin("edgesplit-device"),
+                                   "--model",
+                                   default_model().string(),
+                                   "--input",
+                                   default_samples().string(),
+                                   "--server",
+                                   server.endpoint(),
+                                   "--cut",
+                                   "2",
+                                   "--bits",
+                                   "8",
+                                   "--loop",
+                                   std::to_string(loops),
+                                   "--in-flight",
+                                   "2",
+                                   "--timeout-ms",
+                                   "300"};
   ChildProcess device;
   REQUIRE(device.start(argv, dir / "run.jsonl", dir / "run.err"));
   // Let some frames go through the server, then kill it without warning.
@@ -468,22 +496,25 @@ TEST_CASE("without a fixed plan the scheduler chooses one per frame from the shi
 
   // The data objective sends the fewest bytes the accuracy bound allows, and never more than the
   // latency objective's plan.
-  auto data = run_device(dir, "data", {"--server", server.endpoint(), "--objective", "data",
-                                       "--max-accuracy-drop", "1"});
+  auto data = run_device(
+      dir, "data",
+      {"--server", server.endpoint(), "--objective", "data", "--max-accuracy-drop", "1"});
   REQUIRE(data.rc == 0);
   CHECK(data.summary["bytes_per_frame"].get<double>() <=
         run.summary["bytes_per_frame"].get<double>());
 
   // A byte budget the remote plans cannot meet leaves the device-only plan.
-  auto tight = run_device(dir, "tight", {"--server", server.endpoint(), "--max-bytes-per-frame",
-                                         "1", "--max-accuracy-drop", "1"});
+  auto tight = run_device(
+      dir, "tight",
+      {"--server", server.endpoint(), "--max-bytes-per-frame", "1", "--max-accuracy-drop", "1"});
   REQUIRE(tight.rc == 0);
   for (const auto& f : tight.frames) CHECK(f["plan"]["encoding"] == "local");
 }
 
 TEST_CASE("a profile made for another model is refused with one sentence") {
   auto dir = scratch_dir("e2e-wrong-profile");
-  std::string text = read_file(source_dir() / "models" / "default" / "fashion_mnist_cnn.profile.json");
+  std::string text =
+      read_file(source_dir() / "models" / "default" / "fashion_mnist_cnn.profile.json");
   auto j = json::parse(text);
   j["model_digest"] = "sha256:0123";
   std::ofstream(dir / "wrong.profile.json") << j.dump();
@@ -491,4 +522,29 @@ TEST_CASE("a profile made for another model is refused with one sentence") {
   CHECK(run.rc == 2);
   CHECK(run.err.find("sha256:0123") != std::string::npos);
   CHECK(std::count(run.err.begin(), run.err.end(), '\n') == 1);
+}
+
+TEST_CASE("the server's tail times from its own profile reach the device in the handshake") {
+  auto dir = scratch_dir("e2e-tail-table");
+  // A server whose profile says its tails take three times as long as the device's copy says.
+  auto j = json::parse(
+      read_file(source_dir() / "models" / "default" / "fashion_mnist_cnn.profile.json"));
+  for (auto& cut : j["cuts"]) cut["tail"]["median_ms"] = cut["tail"]["median_ms"].get<double>() * 3;
+  std::ofstream(dir / "server.profile.json") << j.dump();
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string(), "--profile",
+                             (dir / "server.profile.json").string()}));
+  auto run = run_device(dir, "tails", {"--server", server.endpoint(), "--max-frames", "3"});
+  REQUIRE(run.rc == 0);
+  CHECK(run.err.find("planning with the server's own tail times") != std::string::npos);
+  // Without a server profile the device keeps its own numbers and says nothing.
+  ServerProcess plain;
+  auto dir2 = scratch_dir("e2e-tail-table-plain");
+  fs::copy_file(default_model(), dir2 / "model.pt");
+  fs::copy_file(source_dir() / "models" / "default" / "fashion_mnist_cnn.json",
+                dir2 / "model.json");
+  REQUIRE(plain.start(dir2, {"--model", (dir2 / "model.pt").string()}));
+  auto run2 = run_device(dir2, "plain", {"--server", plain.endpoint(), "--max-frames", "3"});
+  REQUIRE(run2.rc == 0);
+  CHECK(run2.err.find("server's own tail times") == std::string::npos);
 }
