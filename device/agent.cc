@@ -86,23 +86,6 @@ struct RunStats {
   uint64_t bytes_sent = 0;
 };
 
-packing::EncodeOptions encode_options(const profiles::Encoding& e) {
-  packing::EncodeOptions eo;
-  eo.format = e.format;
-  eo.bits = e.bits;
-  eo.lossless = e.lossless;
-  eo.per_channel = e.per_channel;
-  eo.range.clip_percentile = e.clip_percentile;
-  if (e.fixed_range) {
-    // The range the profiler fitted on its calibration images: what the profile's accuracy for
-    // this encoding was measured with.
-    eo.range.has_fixed_range = true;
-    eo.range.fixed_min = static_cast<float>(e.range_min);
-    eo.range.fixed_max = static_cast<float>(e.range_max);
-  }
-  return eo;
-}
-
 class Agent {
  public:
   Agent(const AgentOptions& o, std::shared_ptr<partitioner::ModelGraph> model,
@@ -277,7 +260,7 @@ class Agent {
     if (!fixed_) {
       plan.cut = d.plan.cut_id;
       plan.local = d.plan.local;
-      plan.encode = encode_options(d.plan.encoding);
+      plan.encode = d.plan.encoding.encode_options();
       plan.jpeg_quality = d.plan.local ? 0 : d.plan.encoding.jpeg_quality;
       plan.encoding_name = d.plan.encoding_name;
     }

@@ -44,6 +44,9 @@ struct Encoding {
   // precision as packing::precision_name, lossless as packing::lossless_name and /cal marking a
   // fixed (calibrated) range ("q2/pc/clip99.99+zstd", "q3/clip99.9/cal+zstd").
   std::string name() const;
+  // The codec options that send a tensor with this encoding (kQuantized/fp16/fp32 settings, the
+  // fitted range when there is one); unused for JPEG encodings.
+  packing::EncodeOptions encode_options(bool non_negative = false) const;
 };
 
 // One encoding's measurements at one cut.

@@ -583,6 +583,23 @@ Status write_all(int fd, const std::string& text) {
 
 }  // namespace
 
+packing::EncodeOptions Encoding::encode_options(bool non_negative) const {
+  packing::EncodeOptions eo;
+  eo.format = format;
+  eo.bits = bits;
+  eo.lossless = lossless;
+  eo.per_channel = per_channel;
+  eo.range.clip_percentile = clip_percentile;
+  if (fixed_range) {
+    // The range fitted on the calibration images: what this encoding's accuracy was measured with.
+    eo.range.has_fixed_range = true;
+    eo.range.fixed_min = static_cast<float>(range_min);
+    eo.range.fixed_max = static_cast<float>(range_max);
+  }
+  eo.non_negative_hint = non_negative;
+  return eo;
+}
+
 std::string Encoding::name() const {
   if (jpeg_quality > 0) return "jpeg" + std::to_string(jpeg_quality);
   std::string n = packing::precision_name(format, bits);

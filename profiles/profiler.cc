@@ -145,23 +145,6 @@ double percentile_of_sorted(const std::vector<double>& v, double p) {
   return v[i];
 }
 
-// The codec options of a quantization setting for one crossing tensor.
-packing::EncodeOptions encode_options(const Encoding& e, bool non_negative) {
-  packing::EncodeOptions eo;
-  eo.format = e.format;
-  eo.bits = e.bits;
-  eo.lossless = e.lossless;
-  eo.per_channel = e.per_channel;
-  eo.range.clip_percentile = e.clip_percentile;
-  if (e.fixed_range) {
-    eo.range.has_fixed_range = true;
-    eo.range.fixed_min = static_cast<float>(e.range_min);
-    eo.range.fixed_max = static_cast<float>(e.range_max);
-  }
-  eo.non_negative_hint = non_negative;
-  return eo;
-}
-
 // Two encodings that decode to the same values (they differ only in the lossless stage).
 bool same_values(const Encoding& a, const Encoding& b) {
   return a.format == b.format && a.bits == b.bits && a.per_channel == b.per_channel &&
@@ -552,7 +535,7 @@ class Profiler {
         const at::Tensor& x = crossing[t];
         const int64_t per = x[0].numel();
         const float* p = x.data_ptr<float>() + b * per;
-        const auto eo = encode_options(e, point.tensors[t].non_negative);
+        const auto eo = e.encode_options(point.tensors[t].non_negative);
         auto t0 = Clock::now();
         auto packed = packing::encode(p, static_cast<size_t>(per), frame_shape(x), eo);
         pack_ms += ms_since(t0);
@@ -586,7 +569,7 @@ class Profiler {
       const at::Tensor& x = crossing[t];
       at::Tensor y = torch::empty_like(x);
       const int64_t per = x[0].numel();
-      const auto eo = encode_options(raw, point.tensors[t].non_negative);
+      const auto eo = raw.encode_options(point.tensors[t].non_negative);
       for (int64_t b = 0; b < x.size(0); ++b) {
         auto packed = packing::encode(x.data_ptr<float>() + b * per, static_cast<size_t>(per),
                                       frame_shape(x), eo);

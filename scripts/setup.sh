@@ -52,6 +52,8 @@ jobs="${EDGESPLIT_JOBS:-$(nproc)}"
 extra=()
 if command -v ccache >/dev/null; then
   extra+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
+  # Paths relative to the checkout, so every clone of the repository shares one cache.
+  export CCACHE_BASEDIR="$root" CCACHE_NOHASHDIR=1
 fi
 cmake -S "$root" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE="$build_type" \
   ${EDGESPLIT_CMAKE_ARGS:-} "${extra[@]}"
