@@ -114,6 +114,9 @@ class Agent {
     while (!eof || has_pending_frames()) {
       while (!eof && pending_frames() < window_) {
         poll_replies(std::chrono::milliseconds(0));
+        // Also when every frame runs locally: a recovery probe lost with the link must expire, or
+        // no new one would be sent.
+        expire_overdue();
         std::optional<Frame> frame = source.next();
         if (!frame) {
           eof = true;
@@ -194,6 +197,14 @@ class Agent {
   }
 
   bool server_usable() const { return link_ && server_up_; }
+
+  void mark_server_back() {
+    server_up_ = true;
+    consecutive_timeouts_ = 0;
+    refused_reason_.clear();
+    retry_interval_ms_ = opt_.retry_ms;
+    log("server is back at " + opt_.server + ": offloading again");
+  }
 
   // The server states its own tail time per cut in the handshake (from its profile, measured on
   // its hardware): plan with those rather than with the ones in this device's copy of the profile.
@@ -413,6 +424,15 @@ class Agent {
       wait = std::chrono::milliseconds(0);
       if (!r->awaited()) {
         ++stats_.late_replies;
+        // A late answer still proves the server is reachable again.
+        if (!server_up_ && ever_connected_ && r->reply.status() == wire::STATUS_OK &&
+            r->reply.has_pong()) {
+          mark_server_back();
+          partitioner::Exchange e;
+          e.request_bytes = static_cast<int64_t>(r->timing.bytes_sent);
+          e.round_trip_ms = r->timing.round_trip_ms();
+          estimator_.add_exchange(e);
+        }
         continue;
       }
       auto it = std::find_if(pending_.begin(), pending_.end(), [&](const PendingFrame& p) {
@@ -469,12 +489,7 @@ class Agent {
   void finish_probe(const PendingFrame& p, const transport::ReceivedReply& r) {
     if (r.reply.status() != wire::STATUS_OK) return;
     consecutive_timeouts_ = 0;
-    if (!server_up_) {
-      server_up_ = true;
-      refused_reason_.clear();
-      retry_interval_ms_ = opt_.retry_ms;
-      log("server is back at " + opt_.server + ": offloading again");
-    }
+    if (!server_up_) mark_server_back();
     partitioner::Exchange e;
     e.request_bytes = static_cast<int64_t>(r.timing.bytes_sent);
     e.round_trip_ms = r.timing.round_trip_ms();
