@@ -35,18 +35,18 @@ struct AgentOptions {
   partitioner::SchedulerOptions scheduler;
 
   int top_k = 5;
-  int in_flight = 0;          // frames sent and not yet answered (0: 1, or 4 for throughput)
-  int timeout_ms = 1000;      // a frame not answered by then is finished locally
+  int in_flight = 0;      // frames sent and not yet answered (0: 1, or 4 for throughput)
+  int timeout_ms = 1000;  // a frame not answered by then is finished locally
   int handshake_timeout_ms = 2000;
-  int retry_ms = 2000;        // how often to look for a lost server again
-  int threads = 0;            // LibTorch intra-op threads (0: default)
-  std::string output;         // JSON lines file; empty: stdout
+  int retry_ms = 2000;  // how often to look for a lost server again
+  int threads = 0;      // LibTorch intra-op threads (0: default)
+  std::string output;   // JSON lines file; empty: stdout
   std::string device_name;
   // CURVE (transport/curve.h): the server's public key (Z85; empty: plain TCP) and this device's
   // secret key (Z85; empty with a server key: an ephemeral key pair is made at start).
   std::string server_public_key;
   std::string device_secret_key;
-  bool quiet = false;         // no log lines or summary on stderr
+  bool quiet = false;  // no log lines or summary on stderr
 };
 
 // Runs the agent to the end of the source. Returns the process exit code: 0 when every frame got a

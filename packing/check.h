@@ -6,25 +6,25 @@
 #include <cstdlib>
 #include <sstream>
 
-#define EDGESPLIT_CHECK(cond)                                                          \
-  do {                                                                                 \
-    if (!(cond)) {                                                                     \
-      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);    \
-      std::abort();                                                                    \
-    }                                                                                  \
+#define EDGESPLIT_CHECK(cond)                                                       \
+  do {                                                                              \
+    if (!(cond)) {                                                                  \
+      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+      std::abort();                                                                 \
+    }                                                                               \
   } while (0)
 
-#define EDGESPLIT_CHECK_OP(a, op, b)                                                   \
-  do {                                                                                 \
-    const auto& edgesplit_a_ = (a);                                                    \
-    const auto& edgesplit_b_ = (b);                                                    \
-    if (!(edgesplit_a_ op edgesplit_b_)) {                                             \
-      std::ostringstream edgesplit_os_;                                                \
-      edgesplit_os_ << __FILE__ << ":" << __LINE__ << ": check failed: " #a " " #op " " #b \
-                    << " (" << edgesplit_a_ << " vs " << edgesplit_b_ << ")\n";        \
-      std::fputs(edgesplit_os_.str().c_str(), stderr);                                 \
-      std::abort();                                                                    \
-    }                                                                                  \
+#define EDGESPLIT_CHECK_OP(a, op, b)                                                               \
+  do {                                                                                             \
+    const auto& edgesplit_a_ = (a);                                                                \
+    const auto& edgesplit_b_ = (b);                                                                \
+    if (!(edgesplit_a_ op edgesplit_b_)) {                                                         \
+      std::ostringstream edgesplit_os_;                                                            \
+      edgesplit_os_ << __FILE__ << ":" << __LINE__ << ": check failed: " #a " " #op " " #b << " (" \
+                    << edgesplit_a_ << " vs " << edgesplit_b_ << ")\n";                            \
+      std::fputs(edgesplit_os_.str().c_str(), stderr);                                             \
+      std::abort();                                                                                \
+    }                                                                                              \
   } while (0)
 
 #define EDGESPLIT_CHECK_EQ(a, b) EDGESPLIT_CHECK_OP(a, ==, b)

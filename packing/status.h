@@ -12,14 +12,14 @@ namespace edgesplit {
 // What went wrong, coarsely; the message says the rest in one sentence.
 enum class StatusCode {
   kOk = 0,
-  kInvalidArgument,   // a caller's or user's input is wrong
-  kMalformed,         // bytes from outside (network, file) fail validation
-  kUnsupported,       // a valid request for something this build or model cannot do
-  kNotFound,          // a file, model or cut that does not exist
-  kTimeout,           // a deadline passed
-  kUnavailable,       // a peer is unreachable or busy
-  kResourceExhausted, // a limit was hit (queue full, message too large)
-  kInternal,          // a bug: an invariant broke
+  kInvalidArgument,    // a caller's or user's input is wrong
+  kMalformed,          // bytes from outside (network, file) fail validation
+  kUnsupported,        // a valid request for something this build or model cannot do
+  kNotFound,           // a file, model or cut that does not exist
+  kTimeout,            // a deadline passed
+  kUnavailable,        // a peer is unreachable or busy
+  kResourceExhausted,  // a limit was hit (queue full, message too large)
+  kInternal,           // a bug: an invariant broke
 };
 
 const char* status_code_name(StatusCode code);
@@ -42,7 +42,9 @@ class [[nodiscard]] Status {
   std::string message_;
 };
 
-inline Status invalid_argument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
+inline Status invalid_argument(std::string m) {
+  return {StatusCode::kInvalidArgument, std::move(m)};
+}
 inline Status malformed(std::string m) { return {StatusCode::kMalformed, std::move(m)}; }
 inline Status unsupported(std::string m) { return {StatusCode::kUnsupported, std::move(m)}; }
 inline Status not_found(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
@@ -55,15 +57,24 @@ inline Status internal_error(std::string m) { return {StatusCode::kInternal, std
 
 inline const char* status_code_name(StatusCode code) {
   switch (code) {
-    case StatusCode::kOk: return "ok";
-    case StatusCode::kInvalidArgument: return "invalid argument";
-    case StatusCode::kMalformed: return "malformed";
-    case StatusCode::kUnsupported: return "unsupported";
-    case StatusCode::kNotFound: return "not found";
-    case StatusCode::kTimeout: return "timeout";
-    case StatusCode::kUnavailable: return "unavailable";
-    case StatusCode::kResourceExhausted: return "resource exhausted";
-    case StatusCode::kInternal: return "internal";
+    case StatusCode::kOk:
+      return "ok";
+    case StatusCode::kInvalidArgument:
+      return "invalid argument";
+    case StatusCode::kMalformed:
+      return "malformed";
+    case StatusCode::kUnsupported:
+      return "unsupported";
+    case StatusCode::kNotFound:
+      return "not found";
+    case StatusCode::kTimeout:
+      return "timeout";
+    case StatusCode::kUnavailable:
+      return "unavailable";
+    case StatusCode::kResourceExhausted:
+      return "resource exhausted";
+    case StatusCode::kInternal:
+      return "internal";
   }
   return "unknown";
 }
@@ -95,8 +106,8 @@ class [[nodiscard]] Result {
 }  // namespace edgesplit
 
 // Returns the status from the enclosing function when it is not ok.
-#define EDGESPLIT_RETURN_IF_ERROR(expr)          \
-  do {                                           \
-    ::edgesplit::Status edgesplit_status_ = (expr); \
+#define EDGESPLIT_RETURN_IF_ERROR(expr)                    \
+  do {                                                     \
+    ::edgesplit::Status edgesplit_status_ = (expr);        \
     if (!edgesplit_status_.ok()) return edgesplit_status_; \
   } while (0)

@@ -32,9 +32,9 @@ struct ServerOptions {
   // Optional profile per model (same order; "" = MODEL.profile.json beside the model when present):
   // its tail times go to devices in the handshake.
   std::vector<std::string> profile_paths;
-  int workers = 1;                       // threads running tails
-  int compute_threads = 0;               // LibTorch intra-op threads (0: LibTorch's default)
-  size_t queue_capacity = 64;            // queued requests before BUSY replies
+  int workers = 1;             // threads running tails
+  int compute_threads = 0;     // LibTorch intra-op threads (0: LibTorch's default)
+  size_t queue_capacity = 64;  // queued requests before BUSY replies
   // Inference requests one device may have queued or running at once; more get BUSY at once.
   size_t max_in_flight_per_client = 32;
   std::string name = "edgesplit-server";

@@ -133,11 +133,9 @@ class ServerProcess {
              std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
     endpoint_file_ = dir / "endpoint.txt";
     std::filesystem::remove(endpoint_file_);
-    std::vector<std::string> argv = {(std::filesystem::path(EDGESPLIT_BINARY_DIR) / "bin" /
-                                      "edgesplit-server")
-                                         .string(),
-                                     "--bind", "tcp://127.0.0.1:*", "--endpoint-file",
-                                     endpoint_file_.string()};
+    std::vector<std::string> argv = {
+        (std::filesystem::path(EDGESPLIT_BINARY_DIR) / "bin" / "edgesplit-server").string(),
+        "--bind", "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file_.string()};
     argv.insert(argv.end(), extra.begin(), extra.end());
     log_ = dir / "server.err";
     if (!process_.start(argv, dir / "server.out", log_)) return false;
