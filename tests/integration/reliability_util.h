@@ -1,5 +1,5 @@
-// Helpers for the reliability tests: a raw DEALER that speaks the wire format by hand, packed
-// payloads for the default model, an HTTP GET over a plain socket and Prometheus sample lookup.
+// Helpers for the integration tests: a raw DEALER that speaks the wire format by hand, packed
+// payloads, an HTTP GET over a plain socket and Prometheus sample lookup.
 #pragma once
 
 #include <arpa/inet.h>

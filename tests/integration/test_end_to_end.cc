@@ -10,6 +10,7 @@
 #include "packing/codec.h"
 #include "partitioner/model_graph.h"
 #include "tests/integration/child_process.h"
+#include "tests/integration/reliability_util.h"
 #include "tests/test_paths.h"
 #include "transport/edgesplit.pb.h"
 #include "transport/protocol.h"
@@ -301,61 +302,18 @@ TEST_CASE("server killed mid-run: every frame still gets exactly one result") {
 
 namespace {
 
-// A raw DEALER that speaks the wire format by hand, for messages no device would send.
-class RawClient {
- public:
-  explicit RawClient(const std::string& endpoint) : socket_(ctx_, zmq::socket_type::dealer) {
-    socket_.set(zmq::sockopt::linger, 0);
-    socket_.set(zmq::sockopt::rcvtimeo, 5000);
-    socket_.connect(endpoint);
-  }
-  void send_frames(const std::vector<std::string>& frames) {
-    for (size_t i = 0; i < frames.size(); ++i) {
-      socket_.send(zmq::buffer(frames[i]),
-                   i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
-    }
-  }
-  void send(const wire::Request& req, const std::vector<std::string>& payloads = {}) {
-    std::vector<std::string> frames = {req.SerializeAsString()};
-    frames.insert(frames.end(), payloads.begin(), payloads.end());
-    send_frames(frames);
-  }
-  wire::Reply receive() {
-    zmq::message_t m;
-    auto got = socket_.recv(m);
-    REQUIRE_MESSAGE(got.has_value(), "no reply within 5 s");
-    wire::Reply r;
-    REQUIRE(r.ParseFromArray(m.data(), static_cast<int>(m.size())));
-    return r;
-  }
-
- private:
-  zmq::context_t ctx_;
-  zmq::socket_t socket_;
-};
-
+// A valid packed tensor of `shape` (tests/integration/reliability_util.h makes it).
 std::string packed(const std::vector<int64_t>& shape, int bits) {
-  int64_t n = 1;
-  for (auto d : shape) n *= d;
-  std::vector<float> v(static_cast<size_t>(n));
-  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>((i * 7919) % 97) / 97.0f;
-  packing::EncodeOptions eo;
-  eo.bits = bits;
-  auto bytes = packing::encode(v.data(), v.size(), shape, eo);
-  REQUIRE(bytes.ok());
-  return std::string(bytes->begin(), bytes->end());
+  std::string p = packed_tensor(shape, bits);
+  REQUIRE(!p.empty());
+  return p;
 }
 
-wire::Request infer(uint64_t id, const std::string& digest, int cut,
-                    const std::vector<std::string>& payloads) {
-  wire::Request req;
-  req.set_request_id(id);
-  auto* ir = req.mutable_infer();
-  ir->set_model_digest(digest);
-  ir->set_cut(static_cast<uint32_t>(cut));
-  ir->set_top_k(5);
-  for (const auto& p : payloads) ir->add_tensors()->set_packed_bytes(p.size());
-  return req;
+// The next reply, which must come within 5 s.
+wire::Reply next_reply(WireClient& client) {
+  auto r = client.receive(std::chrono::seconds(5));
+  REQUIRE_MESSAGE(r.has_value(), "no reply within 5 s");
+  return *r;
 }
 
 }  // namespace
@@ -368,62 +326,62 @@ TEST_CASE("malformed and hostile messages get error replies and the server keeps
   const std::string digest = graph->digest();
   const int cut = 2;
   const auto shape = graph->cut(cut).tensors.at(0).shape;
-  RawClient client(server.endpoint());
+  WireClient client(server.endpoint());
 
   SUBCASE("garbage header frame") {
     client.send_frames({"\xff\xfe this is not a protobuf \x01\x02"});
-    CHECK(client.receive().status() == wire::STATUS_MALFORMED);
+    CHECK(next_reply(client).status() == wire::STATUS_MALFORMED);
   }
   SUBCASE("hello with another protocol major") {
     wire::Request req;
     req.set_request_id(7);
     req.mutable_hello()->set_version_major(transport::kProtocolMajor + 1);
     client.send(req);
-    auto r = client.receive();
+    auto r = next_reply(client);
     CHECK(r.status() == wire::STATUS_VERSION_MISMATCH);
     CHECK(r.request_id() == 7);
   }
   SUBCASE("unknown model digest") {
     auto p = packed(shape, 8);
-    client.send(infer(8, "sha256:0000", cut, {p}), {p});
-    auto r = client.receive();
+    client.send(infer_request(8, "sha256:0000", cut, {p}), {p});
+    auto r = next_reply(client);
     CHECK(r.status() == wire::STATUS_UNKNOWN_MODEL);
     CHECK(r.message().find("serves") != std::string::npos);
   }
   SUBCASE("cut that does not exist") {
     auto p = packed(shape, 8);
-    client.send(infer(9, digest, 999, {p}), {p});
-    CHECK(client.receive().status() == wire::STATUS_BAD_CUT);
+    client.send(infer_request(9, digest, 999, {p}), {p});
+    CHECK(next_reply(client).status() == wire::STATUS_BAD_CUT);
   }
   SUBCASE("truncated payload") {
     auto p = packed(shape, 8);
     p.resize(p.size() / 2);
-    client.send(infer(10, digest, cut, {p}), {p});
-    CHECK(client.receive().status() == wire::STATUS_MALFORMED);
+    client.send(infer_request(10, digest, cut, {p}), {p});
+    CHECK(next_reply(client).status() == wire::STATUS_MALFORMED);
   }
   SUBCASE("payload of the wrong shape for the cut") {
     auto p = packed({1, 3, 5, 5}, 8);
-    client.send(infer(11, digest, cut, {p}), {p});
-    auto r = client.receive();
+    client.send(infer_request(11, digest, cut, {p}), {p});
+    auto r = next_reply(client);
     CHECK(r.status() == wire::STATUS_MALFORMED);
     CHECK(r.message().find("shape") != std::string::npos);
   }
   SUBCASE("garbage payload bytes") {
     std::string p(4096, '\x5a');
-    client.send(infer(12, digest, cut, {p}), {p});
-    CHECK(client.receive().status() == wire::STATUS_MALFORMED);
+    client.send(infer_request(12, digest, cut, {p}), {p});
+    CHECK(next_reply(client).status() == wire::STATUS_MALFORMED);
   }
   SUBCASE("header says two tensors - one frame follows") {
     auto p = packed(shape, 8);
-    auto req = infer(13, digest, cut, {p, p});
+    auto req = infer_request(13, digest, cut, {p, p});
     client.send(req, {p});
-    CHECK(client.receive().status() == wire::STATUS_MALFORMED);
+    CHECK(next_reply(client).status() == wire::STATUS_MALFORMED);
   }
 
   // Whatever came before, a good request is answered.
   auto good = packed(shape, 8);
-  client.send(infer(100, digest, cut, {good}), {good});
-  auto r = client.receive();
+  client.send(infer_request(100, digest, cut, {good}), {good});
+  auto r = next_reply(client);
   CHECK(r.request_id() == 100);
   CHECK(r.status() == wire::STATUS_OK);
   CHECK(r.infer().top_size() == 5);

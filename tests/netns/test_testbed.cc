@@ -53,44 +53,54 @@ std::set<std::string> testbed_leftovers() {
   return names;
 }
 
-}  // namespace
-
-TEST_CASE("a tiny testbed run: device and server in namespaces over a shaped link") {
+// Whether this machine can run the testbed test; says why not.
+bool testbed_usable() {
   if (::geteuid() != 0) {
     MESSAGE("skipped: the testbed needs root (network namespaces, tc, cgroups)");
-    return;
+    return false;
   }
-  const fs::path model = source_dir() / "models" / "default" / "fashion_mnist_cnn.pt";
   const fs::path profile = source_dir() / "models" / "default" / "fashion_mnist_cnn.profile.json";
   if (!fs::exists(profile)) {
     MESSAGE("skipped: no profile of the default model at " << profile.string());
-    return;
+    return false;
   }
-  const fs::path out = binary_dir() / "test-scratch" / ("testbed-" + std::to_string(::getpid()));
-  fs::remove_all(out);
-  const std::set<std::string> before = testbed_leftovers();
+  return true;
+}
 
-  const int frames = 8;
+// Runs bench/testbed/bench.py on the default model and its samples with `args`, results in
+// `out`, and returns its results.json (the run's output is attached to failures).
+json run_bench(const fs::path& out, const std::string& args) {
+  const fs::path models = source_dir() / "models" / "default";
+  fs::remove_all(out);
+  fs::create_directories(out.parent_path());
   std::ostringstream cmd;
   cmd << "/usr/bin/python3 " << (source_dir() / "bench" / "testbed" / "bench.py") << " --model "
-      << model << " --meta " << (source_dir() / "models" / "default" / "fashion_mnist_cnn.json")
-      << " --profile " << profile << " --images "
-      << (source_dir() / "models" / "default" / "samples")
-      << " --labels none --scenarios bw1-rtt50 --traces none --slowdown 4"
-      << " --contenders device-only,server-raw,edgesplit-latency --oracle-k 0"
-      << " --frames " << frames << " --warmup 2 --bin-dir " << bin_dir() << " --out " << out
-      << " > " << (out.string() + ".log") << " 2>&1";
-  fs::create_directories(out.parent_path());
+      << (models / "fashion_mnist_cnn.pt") << " --meta " << (models / "fashion_mnist_cnn.json")
+      << " --profile " << (models / "fashion_mnist_cnn.profile.json") << " --images "
+      << (models / "samples") << " --labels none --traces none " << args << " --bin-dir "
+      << bin_dir() << " --out " << out << " > " << (out.string() + ".log") << " 2>&1";
   const int rc = std::system(cmd.str().c_str());
   std::ifstream log(out.string() + ".log");
   std::stringstream log_text;
   log_text << log.rdbuf();
   INFO("bench.py output:\n" << log_text.str());
   REQUIRE(rc == 0);
-
   std::ifstream f(out / "results.json");
   REQUIRE(f.good());
-  json results = json::parse(f);
+  return json::parse(f);
+}
+
+}  // namespace
+
+TEST_CASE("a tiny testbed run: device and server in namespaces over a shaped link") {
+  if (!testbed_usable()) return;
+  const fs::path out = binary_dir() / "test-scratch" / ("testbed-" + std::to_string(::getpid()));
+  const std::set<std::string> before = testbed_leftovers();
+  const int frames = 8;
+  json results = run_bench(out,
+                           "--scenarios bw1-rtt50 --slowdown 4 --contenders "
+                           "device-only,server-raw,edgesplit-latency --oracle-k 0 --frames " +
+                               std::to_string(frames) + " --warmup 2");
   REQUIRE(results["runs"].size() == 1);
   const json& run = results["runs"][0];
   CHECK(run["rate_mbit"] == 1);
@@ -130,37 +140,12 @@ TEST_CASE("a tiny testbed run: device and server in namespaces over a shaped lin
 }
 
 TEST_CASE("the scheduler moves the cut deeper as the shaped bandwidth falls") {
-  if (::geteuid() != 0) {
-    MESSAGE("skipped: the testbed needs root (network namespaces, tc, cgroups)");
-    return;
-  }
-  const fs::path model = source_dir() / "models" / "default" / "fashion_mnist_cnn.pt";
-  const fs::path profile = source_dir() / "models" / "default" / "fashion_mnist_cnn.profile.json";
-  if (!fs::exists(profile)) {
-    MESSAGE("skipped: no profile of the default model at " << profile.string());
-    return;
-  }
+  if (!testbed_usable()) return;
   const fs::path out =
       binary_dir() / "test-scratch" / ("testbed-steps-" + std::to_string(::getpid()));
-  fs::remove_all(out);
-  fs::create_directories(out.parent_path());
-  std::ostringstream cmd;
-  cmd << "/usr/bin/python3 " << (source_dir() / "bench" / "testbed" / "bench.py") << " --model "
-      << model << " --meta " << (source_dir() / "models" / "default" / "fashion_mnist_cnn.json")
-      << " --profile " << profile << " --images "
-      << (source_dir() / "models" / "default" / "samples")
-      << " --labels none --scenarios bw100-rtt10,bw1-rtt10 --traces none --slowdown 4"
-      << " --contenders edgesplit-latency --oracle-k 0 --frames 8 --warmup 2 --bin-dir "
-      << bin_dir() << " --out " << out << " > " << (out.string() + ".log") << " 2>&1";
-  const int rc = std::system(cmd.str().c_str());
-  std::ifstream log(out.string() + ".log");
-  std::stringstream log_text;
-  log_text << log.rdbuf();
-  INFO("bench.py output:\n" << log_text.str());
-  REQUIRE(rc == 0);
-  std::ifstream f(out / "results.json");
-  REQUIRE(f.good());
-  json results = json::parse(f);
+  json results = run_bench(out,
+                           "--scenarios bw100-rtt10,bw1-rtt10 --slowdown 4 --contenders "
+                           "edgesplit-latency --oracle-k 0 --frames 8 --warmup 2");
   REQUIRE(results["runs"].size() == 2);
   // The cut of the plan used most, and the bytes per frame, at each bandwidth.
   std::map<int, std::pair<int, double>> by_rate;
