@@ -2,17 +2,25 @@
 
 #include <torch/torch.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+#include <zmq.h>
+
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <deque>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "device/image_codec.h"
@@ -76,6 +84,118 @@ struct PendingFrame {
   Clock::time_point deadline;
   double preprocess_ms = 0, head_ms = 0, pack_ms = 0;
   size_t bytes_sent = 0;
+  std::string lane_reason;  // why a frame runs on the local lane
+};
+
+// Runs whole frames on the device on a thread of its own, one at a time (the local lane), while
+// the agent's loop keeps offloading others. The loop hands a frame over with submit() when
+// idle() and takes the result back with take().
+class LaneWorker {
+ public:
+  struct Done {
+    PendingFrame frame;
+    at::Tensor logits;  // undefined when `error` is set
+    double ms = 0;      // head + tail on this thread
+    std::string error;
+  };
+
+  explicit LaneWorker(std::shared_ptr<partitioner::ModelGraph> model)
+      : model_(std::move(model)), wake_(make_pipe()), thread_([this] { loop(); }) {}
+  ~LaneWorker() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    for (int fd : wake_) {
+      if (fd >= 0) ::close(fd);
+    }
+  }
+  LaneWorker(const LaneWorker&) = delete;
+  LaneWorker& operator=(const LaneWorker&) = delete;
+
+  // Nothing queued, running or waiting to be taken.
+  bool idle() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return !job_ && !done_;
+  }
+  void submit(PendingFrame frame, at::Tensor input) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job_ = Job{std::move(frame), std::move(input)};
+    }
+    cv_.notify_all();
+  }
+  std::optional<Done> take() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::optional<Done> d = std::move(done_);
+    done_.reset();
+    if (d && wake_[0] >= 0) {
+      char drain[16];
+      while (::read(wake_[0], drain, sizeof drain) > 0) {
+      }
+    }
+    return d;
+  }
+  // Readable once a frame is done (for zmq_poll beside the server link); -1 without a pipe (the
+  // agent then looks every few milliseconds).
+  int wake_fd() const { return wake_[0]; }
+
+ private:
+  struct Job {
+    PendingFrame frame;
+    at::Tensor input;
+  };
+
+  void loop() {
+    for (;;) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || (job_ && !done_ && !running_); });
+      if (stop_) return;
+      running_ = true;
+      PendingFrame frame = std::move(job_->frame);
+      at::Tensor input = std::move(job_->input);
+      lock.unlock();
+
+      Done d;
+      const auto t0 = Clock::now();
+      try {
+        torch::NoGradGuard no_grad;
+        const int cut = model_->device_cut();
+        d.logits = model_->run_tail(cut, model_->run_head(cut, input)).contiguous().reshape({-1});
+      } catch (const std::exception& e) {
+        d.error = e.what();
+      }
+      d.ms = ms_between(t0, Clock::now());
+      d.frame = std::move(frame);
+
+      lock.lock();
+      running_ = false;
+      job_.reset();
+      done_ = std::move(d);
+      if (wake_[1] >= 0) {
+        const char one = 1;
+        (void)!::write(wake_[1], &one, 1);
+      }
+    }
+  }
+
+  static std::array<int, 2> make_pipe() {
+    std::array<int, 2> fds{-1, -1};
+    if (::pipe2(fds.data(), O_NONBLOCK | O_CLOEXEC) != 0) fds = {-1, -1};
+    return fds;
+  }
+
+  std::shared_ptr<partitioner::ModelGraph> model_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<Job> job_;
+  std::optional<Done> done_;
+  bool running_ = false;
+  bool stop_ = false;
+  std::array<int, 2> wake_;  // a byte is written to [1] when a frame is done
+  std::thread thread_;       // last: starts once the members above exist
 };
 
 struct RunStats {
@@ -83,6 +203,7 @@ struct RunStats {
   std::vector<double> prediction_ratios;  // predicted / measured latency, frames with a prediction
   uint64_t frames = 0, on_server = 0, local = 0, failed = 0, late_replies = 0, plan_changes = 0;
   uint64_t probes = 0;
+  uint64_t lane = 0;  // frames run whole by the local lane
   uint64_t bytes_sent = 0;
 };
 
@@ -104,27 +225,51 @@ class Agent {
     window_ = opt_.in_flight > 0 ? opt_.in_flight
               : (scheduler_ && opt_.scheduler.objective == partitioner::Objective::kThroughput) ? 4
                                                                                                 : 1;
+    const bool throughput =
+        scheduler_ && !fixed_ && opt_.scheduler.objective == partitioner::Objective::kThroughput;
+    lane_beside_window_ =
+        opt_.local_lane == LocalLane::kOn || (opt_.local_lane == LocalLane::kAuto && throughput);
+    if (opt_.local_lane != LocalLane::kOff && !opt_.server.empty() && !(fixed_ && fixed_->local) &&
+        model_->can_run_head(model_->device_cut()) && model_->can_run_tail(model_->device_cut())) {
+      lane_ = std::make_unique<LaneWorker>(model_);
+    }
   }
 
   int run(FrameSource& source) {
     run_start_ = Clock::now();
     const bool wants_server = !(fixed_ && fixed_->local);
     if (!opt_.server.empty() && wants_server && !connect()) return 2;
+    ready();
     bool eof = false;
-    while (!eof || has_pending_frames()) {
-      while (!eof && pending_frames() < window_) {
+    while (!eof || has_pending_frames() || lane_busy()) {
+      while (!eof) {
         poll_replies(std::chrono::milliseconds(0));
         // Also when every frame runs locally: a recovery probe lost with the link must expire, or
         // no new one would be sent.
         expire_overdue();
+        drain_lane();
+        look_for_server();
+        // A frame planned to run on the device runs on the local lane, and the next frame waits
+        // for it (one local frame at a time), while this loop keeps taking replies as they come
+        // and, while a lost server is away, keeps asking whether it is back: the first frame
+        // after its return is offloaded without waiting for a local frame to finish.
+        if (lane_holds_planned_ && lane_busy() && !(server_usable() && server_was_lost_)) break;
+        const bool window_open = pending_frames() < window_;
+        const bool beside = !window_open && lane_wanted();
+        if (!window_open && !beside) break;
         std::optional<Frame> frame = source.next();
         if (!frame) {
           eof = true;
           break;
         }
-        start_frame(*frame);
+        if (window_open) {
+          start_frame(*frame);
+        } else {
+          start_lane_frame(*frame);
+        }
       }
-      if (has_pending_frames()) wait_for_replies();
+      if (has_pending_frames() || lane_busy()) wait_for_replies();
+      drain_lane();
     }
     summary();
     return 0;
@@ -146,10 +291,15 @@ class Agent {
       transport::ServerLinkOptions lo;
       lo.endpoint = opt_.server;
       lo.request_timeout = std::chrono::milliseconds(opt_.timeout_ms);
-      // After an outage the device should offload again within about a second: ZeroMQ retries the
-      // connection at least every half second, each attempt bounded to one second.
-      lo.reconnect_ivl_max = std::chrono::milliseconds(500);
-      lo.connect_timeout = std::chrono::milliseconds(1000);
+      // After an outage the device should offload again well within a second: a silent link is
+      // dropped after 1.5 s (ZeroMQ heartbeats, answered by the server's I/O thread even while it
+      // computes), and ZeroMQ then tries a new connection every quarter second, each attempt
+      // bounded to a quarter second (a SYN lost in the outage is not waited for).
+      lo.heartbeat.ivl = std::chrono::milliseconds(500);
+      lo.heartbeat.timeout = std::chrono::milliseconds(1500);
+      lo.reconnect_ivl = std::chrono::milliseconds(100);
+      lo.reconnect_ivl_max = std::chrono::milliseconds(250);
+      lo.connect_timeout = std::chrono::milliseconds(250);
       lo.curve_server_key = opt_.server_public_key;
       lo.curve_secret_key = opt_.device_secret_key;
       auto link = transport::ServerLink::open(lo);
@@ -197,6 +347,96 @@ class Agent {
   }
 
   bool server_usable() const { return link_ && server_up_; }
+
+  bool lane_busy() const { return lane_ && !lane_->idle(); }
+
+  // The server answered before and is unreachable now (not refusing: that needs the user).
+  bool server_lost() const {
+    return !server_usable() && link_ && ever_connected_ && refused_reason_ == "server unreachable";
+  }
+
+  // While the server is not usable: a lost server is asked whether it is back with a ping, which
+  // never blocks (its reply, finish_probe, resumes offloading); otherwise the handshake is
+  // retried with backoff.
+  void look_for_server() {
+    if (server_usable() || !link_) return;
+    const double since = ms_between(last_attempt_, Clock::now());
+    if (server_lost()) {
+      if (since >= kRecoveryProbeMs && !probe_pending()) {
+        last_attempt_ = Clock::now();
+        send_probe(64, /*even_when_down=*/true, kRecoveryProbeTimeoutMs);
+      }
+    } else if (since >= retry_interval_ms_) {
+      (void)connect();  // an unusable endpoint was already refused at start
+    }
+  }
+
+  // Whether the next frame that does not fit the in-flight window should run whole on the local
+  // lane: the lane is free, frames are being offloaded, and (automatic mode) the plan leaves the
+  // device waiting at least half of each pipelined period.
+  bool lane_wanted() const {
+    if (!lane_ || !lane_beside_window_ || !lane_->idle() || !server_usable() || last_plan_local_) {
+      return false;
+    }
+    return opt_.local_lane == LocalLane::kOn || last_device_share_ <= 0.5;
+  }
+
+  // Hands a frame beside a full in-flight window to the local lane (not planned: the window keeps
+  // the plan).
+  void start_lane_frame(const Frame& frame) {
+    PendingFrame p;
+    p.frame = next_frame_++;
+    p.source = frame.source;
+    p.start = Clock::now();
+    p.lane_reason = "local lane";
+    p.plan.local = true;
+    p.plan.cut = model_->device_cut();
+    p.plan.encoding_name = "local";
+    p.plan.jpeg_quality = 0;
+    if (scheduler_) {
+      p.plan.profiled_head_ms =
+          scheduler_->plans()[static_cast<size_t>(scheduler_->local_plan())].profiled_head_ms;
+    }
+    auto input = prepare_input(frame, p, nullptr);
+    note_busy(p.start);
+    if (!input) return;
+    ++stats_.lane;
+    lane_holds_planned_ = false;
+    lane_->submit(std::move(p), std::move(*input));
+  }
+
+  // The agent's loop computed from `since` until now (preprocessing, a head, packing, a local
+  // tail): a reply that arrived meanwhile waited on the socket, so its round trip says nothing
+  // about the network.
+  void note_busy(Clock::time_point since) {
+    const auto now = Clock::now();
+    if (now - since < std::chrono::milliseconds(1)) return;
+    busy_.emplace_back(since, now);
+    while (busy_.size() > 64) busy_.pop_front();
+  }
+  bool busy_between(Clock::time_point a, Clock::time_point b) const {
+    return std::any_of(busy_.begin(), busy_.end(),
+                       [&](const auto& iv) { return iv.second > a && iv.first < b; });
+  }
+
+  // Emits the local lane's finished frame, if any.
+  void drain_lane() {
+    if (!lane_) return;
+    std::optional<LaneWorker::Done> d = lane_->take();
+    if (!d) return;
+    PendingFrame& p = d->frame;
+    if (!d->error.empty()) {
+      emit_failure(p, "local lane: " + d->error);
+      return;
+    }
+    p.head_ms = d->ms;
+    if (p.plan.profiled_head_ms > 0) estimator_.add_head_time(d->ms, p.plan.profiled_head_ms);
+    auto top =
+        partitioner::top_k(d->logits.data_ptr<float>(), static_cast<size_t>(d->logits.numel()),
+                           static_cast<size_t>(opt_.top_k));
+    json j = frame_json(p, top, "local", p.lane_reason);
+    emit(p, j, "local");
+  }
 
   void mark_server_back() {
     server_up_ = true;
@@ -257,11 +497,16 @@ class Agent {
     await_probes();
   }
   static constexpr int64_t kCalibrationProbeBytes = 64 << 10;
-  static constexpr double kRecoveryProbeMs = 250;
+  static constexpr double kRecoveryProbeMs = 100;
+  // A recovery ping not answered by then was lost with the link: the next one may go.
+  static constexpr int kRecoveryProbeTimeoutMs = 500;
 
   FramePlan choose_plan() {
     FramePlan plan;
     if (fixed_) plan = *fixed_;
+    last_plan_local_ = plan.local;
+    // Without predictions only a plan that sends the input leaves the device idle.
+    last_device_share_ = plan.local || plan.cut > 0 ? 1.0 : 0.0;
     if (!scheduler_) return plan;
     partitioner::Conditions c = estimator_.conditions();
     c.server_available = c.server_available && server_usable();
@@ -277,6 +522,10 @@ class Agent {
     }
     plan.profiled_head_ms = d.plan.profiled_head_ms;
     plan.profiled_server_ms = d.plan.profiled_server_ms;
+    last_plan_local_ = plan.local;
+    const auto& m = d.predicted;
+    last_device_share_ =
+        plan.local || !(m.period_ms > 0) ? 1.0 : (m.head_ms + m.pack_ms) / m.period_ms;
     plan.decision = std::move(d);
     return plan;
   }
@@ -286,7 +535,7 @@ class Agent {
                        [](const PendingFrame& p) { return p.probe; });
   }
 
-  void send_probe(int64_t bytes, bool even_when_down = false) {
+  void send_probe(int64_t bytes, bool even_when_down = false, int timeout_ms = 0) {
     if (!link_ || (!server_up_ && !even_when_down)) return;
     uint64_t id = next_request_id_++;
     Status s = link_->send_ping(id, static_cast<uint32_t>(std::max<int64_t>(bytes, 0)));
@@ -296,7 +545,9 @@ class Agent {
     p.probe = true;
     p.bytes_sent = static_cast<size_t>(bytes);
     p.start = p.sent = Clock::now();
-    p.deadline = p.sent + std::chrono::milliseconds(opt_.timeout_ms);
+    p.deadline =
+        p.sent + std::chrono::milliseconds(timeout_ms > 0 ? std::min(timeout_ms, opt_.timeout_ms)
+                                                          : opt_.timeout_ms);
     pending_.push_back(std::move(p));
     estimator_.probe_sent();
     ++stats_.probes;
@@ -308,38 +559,48 @@ class Agent {
     p.source = frame.source;
     p.start = Clock::now();
 
-    if (!server_usable() && link_) {
-      const double since = ms_between(last_attempt_, Clock::now());
-      if (ever_connected_ && refused_reason_ == "server unreachable") {
-        // The server answered a handshake before: ask whether it is back with a ping, which never
-        // blocks; its reply (finish_probe) resumes offloading.
-        if (since >= kRecoveryProbeMs && !probe_pending()) {
-          last_attempt_ = Clock::now();
-          send_probe(64, /*even_when_down=*/true);
-        }
-      } else if (since >= retry_interval_ms_) {
-        (void)connect();  // an unusable endpoint was already refused at start
-      }
-    }
+    look_for_server();
     p.plan = choose_plan();
+    // A probe the estimators ask for goes out when this frame is on its way (sent, handed to the
+    // lane or finished), just before the loop waits: its reply is then timed as it arrives.
+    struct ProbeAtExit {
+      Agent* agent;
+      int64_t bytes = -1;
+      ~ProbeAtExit() {
+        if (bytes >= 0) agent->send_probe(bytes);
+      }
+    } probe_at_exit{this};
     if (scheduler_ && server_usable()) {
       partitioner::ProbeRequest probe = estimator_.probe_due(p.plan.local);
-      if (probe.due()) send_probe(probe.bytes);
+      if (probe.due()) probe_at_exit.bytes = probe.bytes;
     }
 
-    auto image8 = resize_and_crop(frame.image, info_);
-    if (!image8.ok()) {
-      emit_failure(p, "cannot preprocess: " + image8.status().message());
+    cv::Mat image8;
+    const bool on_device = p.plan.local || !server_usable();
+    if (on_device && lane_ && lane_->idle()) {
+      // The whole frame on the local lane; the loop stays free for replies and probes.
+      std::optional<at::Tensor> input = prepare_input(frame, p, nullptr);
+      note_busy(p.start);
+      if (!input) return;
+      p.lane_reason = p.plan.local ? "plan" : opt_.server.empty() ? "no server" : refused_reason_;
+      // The lane runs the whole model: its time compares with the device-only plan's.
+      p.plan.profiled_head_ms =
+          scheduler_
+              ? scheduler_->plans()[static_cast<size_t>(scheduler_->local_plan())].profiled_head_ms
+              : 0;
+      server_was_lost_ = server_lost();
+      lane_holds_planned_ = true;
+      lane_->submit(std::move(p), std::move(*input));
       return;
     }
-    auto data = normalize_to_tensor(*image8, info_);
-    if (!data.ok()) {
-      emit_failure(p, "cannot preprocess: " + data.status().message());
+
+    std::optional<at::Tensor> prepared = prepare_input(frame, p, &image8);
+    if (!prepared) {
+      note_busy(p.start);
       return;
     }
-    at::Tensor input = torch::from_blob(data->data(), info_.input_shape, torch::kFloat32).clone();
+    at::Tensor input = std::move(*prepared);
     auto t_pre = Clock::now();
-    p.preprocess_ms = ms_between(p.start, t_pre);
 
     const int head_cut = p.plan.local ? model_->device_cut() : p.plan.cut;
     if (!model_->can_run_head(head_cut)) {
@@ -356,6 +617,7 @@ class Agent {
     if (p.plan.profiled_head_ms > 0 && head_cut > 0) {
       estimator_.add_head_time(p.head_ms, p.plan.profiled_head_ms);
     }
+    note_busy(p.start);
     if (p.plan.local) {
       finish_local(p, "plan");
       return;
@@ -371,7 +633,7 @@ class Agent {
     req.set_cut(static_cast<uint32_t>(p.plan.cut));
     req.set_top_k(static_cast<uint32_t>(opt_.top_k));
     if (p.plan.jpeg_quality > 0) {
-      auto jpeg = encode_jpeg(*image8, p.plan.jpeg_quality);
+      auto jpeg = encode_jpeg(image8, p.plan.jpeg_quality);
       if (!jpeg.ok()) {
         finish_local(p, "cannot encode JPEG: " + jpeg.status().message());
         return;
@@ -400,6 +662,7 @@ class Agent {
     }
     auto t_pack = Clock::now();
     p.pack_ms = ms_between(t_head, t_pack);
+    note_busy(p.start);
     p.request_id = next_request_id_++;
     p.sent = Clock::now();
     p.deadline = p.sent + std::chrono::milliseconds(opt_.timeout_ms);
@@ -413,6 +676,25 @@ class Agent {
       return;
     }
     pending_.push_back(std::move(p));
+  }
+
+  // The model's input for a frame (and the resized 8-bit image when `image8` is given); on failure
+  // the frame is reported failed and nothing is returned.
+  std::optional<at::Tensor> prepare_input(const Frame& frame, PendingFrame& p, cv::Mat* image8) {
+    auto resized = resize_and_crop(frame.image, info_);
+    if (!resized.ok()) {
+      emit_failure(p, "cannot preprocess: " + resized.status().message());
+      return std::nullopt;
+    }
+    auto data = normalize_to_tensor(*resized, info_);
+    if (!data.ok()) {
+      emit_failure(p, "cannot preprocess: " + data.status().message());
+      return std::nullopt;
+    }
+    at::Tensor input = torch::from_blob(data->data(), info_.input_shape, torch::kFloat32).clone();
+    if (image8) *image8 = std::move(resized).value();
+    p.preprocess_ms = ms_between(p.start, Clock::now());
+    return input;
   }
 
   // Takes replies off the link for up to `wait`; matches them to frames and probes.
@@ -458,7 +740,25 @@ class Agent {
     for (const auto& p : pending_) earliest = std::min(earliest, p.deadline);
     auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(earliest - now);
     if (wait.count() < 0) wait = std::chrono::milliseconds(0);
-    poll_replies(wait);
+    if (lane_busy()) {
+      // While a lost server is away, ping it on time.
+      if (server_lost()) {
+        wait = std::min(wait, std::chrono::milliseconds(static_cast<int64_t>(kRecoveryProbeMs)));
+      }
+      // Sleep until a reply, the local lane's frame or the deadline, whichever comes first: a
+      // waiting loop would take CPU time (and, under a CPU quota, the quota) from the lane.
+      poll_replies(std::chrono::milliseconds(0));
+      const int lane_fd = lane_->wake_fd();
+      if (lane_fd < 0) wait = std::min(wait, std::chrono::milliseconds(2));
+      std::array<zmq_pollitem_t, 2> items{};
+      int n = 0;
+      if (link_) items[n++] = link_->poll_item();
+      if (lane_fd >= 0) items[n++] = zmq_pollitem_t{nullptr, lane_fd, ZMQ_POLLIN, 0};
+      (void)zmq_poll(items.data(), n, static_cast<long>(wait.count()));
+      poll_replies(std::chrono::milliseconds(0));
+    } else {
+      poll_replies(wait);
+    }
     expire_overdue();
   }
 
@@ -492,9 +792,37 @@ class Agent {
     if (!server_up_) mark_server_back();
     partitioner::Exchange e;
     e.request_bytes = static_cast<int64_t>(r.timing.bytes_sent);
-    e.round_trip_ms = r.timing.round_trip_ms();
-    estimator_.add_exchange(e);
+    e.round_trip_ms = effective_round_trip_ms(r, 0.0);
+    if (e.round_trip_ms >= 0) estimator_.add_exchange(e);
     (void)p;
+  }
+
+  // The round trip the estimators learn from. With several requests in flight, a request's bytes
+  // wait in the uplink behind those sent before it: its transfer starts when the previous upload
+  // ended (estimated from that one's reply: received - server time - base round trip), not when
+  // it was sent; counting the wait as transfer would under-estimate the bandwidth by the depth of
+  // the queue. Replies are matched in send order (request ids grow with it); an out-of-order or
+  // lost reply only makes the correction smaller.
+  // Negative when the loop was computing while the reply could have arrived (see note_busy).
+  double effective_round_trip_ms(const transport::ReceivedReply& r, double server_ms) {
+    if (busy_between(r.timing.sent, r.timing.received)) {
+      last_upload_id_ = std::max(last_upload_id_, r.timing.request_id);
+      last_upload_end_ = Clock::time_point{};  // unknown
+      return -1;
+    }
+    Clock::time_point start = r.timing.sent;
+    if (last_upload_id_ != 0 && last_upload_id_ < r.timing.request_id && last_upload_end_ > start &&
+        last_upload_end_ < r.timing.received) {
+      start = last_upload_end_;
+    }
+    const double base_rtt_ms = estimator_.network().rtt_ms();
+    if (r.timing.request_id > last_upload_id_) {
+      last_upload_id_ = r.timing.request_id;
+      last_upload_end_ = r.timing.received -
+                         std::chrono::duration_cast<Clock::duration>(
+                             std::chrono::duration<double, std::milli>(server_ms + base_rtt_ms));
+    }
+    return ms_between(start, r.timing.received);
   }
 
   void finish_remote(PendingFrame& p, const transport::ReceivedReply& r) {
@@ -523,11 +851,15 @@ class Agent {
     const double compute_ms = (ir.unpack_us() + ir.compute_us()) / 1000.0;
     partitioner::Exchange e;
     e.request_bytes = static_cast<int64_t>(r.timing.bytes_sent);
-    e.round_trip_ms = rtt;
+    e.round_trip_ms = effective_round_trip_ms(r, queue_ms + compute_ms);
     e.server_queue_ms = queue_ms;
     e.server_compute_ms = compute_ms;
     e.profiled_server_ms = p.plan.profiled_server_ms;
-    estimator_.add_exchange(e);
+    if (e.round_trip_ms >= 0) {
+      estimator_.add_exchange(e);
+    } else {
+      estimator_.add_server_reply(e);  // the server's own times are still good
+    }
 
     json j = frame_json(p, top, "server", "");
     j["wire_ms"] = round3(std::max(0.0, rtt - queue_ms - compute_ms));
@@ -552,6 +884,7 @@ class Agent {
       logits = model_->run_tail(cut, p.crossing).contiguous().reshape({-1});
     }
     double tail_ms = ms_between(t0, Clock::now());
+    note_busy(t0);
     auto top = partitioner::top_k(logits.data_ptr<float>(), static_cast<size_t>(logits.numel()),
                                   static_cast<size_t>(opt_.top_k));
     json j = frame_json(p, top, "local", reason);
@@ -653,6 +986,25 @@ class Agent {
     }
   }
 
+  // One line before the first frame: the model is loaded, the handshake (if any) is done, frames
+  // start now. Tools that time the frames or slow the device down start from it.
+  void ready() {
+    json j;
+    j["type"] = "ready";
+    j["model_digest"] = model_->digest();
+    j["server"] = opt_.server;
+    j["connected"] = server_usable();
+    j["plan"] = scheduler_ && !fixed_ ? "scheduler" : "fixed";
+    if (scheduler_ && !fixed_) {
+      j["objective"] = partitioner::objective_name(opt_.scheduler.objective);
+    }
+    j["in_flight"] = window_;
+    j["local_lane"] = lane_ != nullptr;
+    j["startup_s"] = round3(ms_between(run_start_, Clock::now()) / 1000.0);
+    out_ << j.dump() << '\n';
+    out_.flush();
+  }
+
   void summary() {
     double wall_s = ms_between(run_start_, Clock::now()) / 1000.0;
     json s;
@@ -664,6 +1016,7 @@ class Agent {
     s["late_replies_discarded"] = stats_.late_replies;
     s["plan_changes"] = stats_.plan_changes;
     s["probes"] = stats_.probes;
+    if (lane_) s["local_lane"] = stats_.lane;
     double mean = 0;
     for (double v : stats_.latencies_ms) mean += v;
     if (!stats_.latencies_ms.empty()) mean /= static_cast<double>(stats_.latencies_ms.size());
@@ -717,6 +1070,15 @@ class Agent {
   Clock::time_point last_attempt_{};
   Clock::time_point run_start_{};
   std::deque<PendingFrame> pending_;
+  std::deque<std::pair<Clock::time_point, Clock::time_point>> busy_;  // see note_busy
+  bool lane_holds_planned_ = false;  // the lane's frame is a planned (not a beside-window) one
+  bool server_was_lost_ = false;     // ... handed over while the server was lost
+  uint64_t last_upload_id_ = 0;      // the latest request whose upload end is estimated
+  Clock::time_point last_upload_end_{};
+  std::unique_ptr<LaneWorker> lane_;
+  bool lane_beside_window_ = false;  // the lane also takes frames beside a full window
+  bool last_plan_local_ = false;
+  double last_device_share_ = 1.0;  // (head + pack) / pipelined period of the last plan
   int64_t next_frame_ = 0;
   uint64_t next_request_id_ = 1;
   RunStats stats_;

@@ -15,6 +15,18 @@
 
 namespace edgesplit::device {
 
+// The local lane: whole frames run on the device on a thread of their own, so the agent's loop
+// stays free to take replies when they arrive (their round trips then measure the network, not a
+// computation) and, while a lost server is away, to notice its return at once (the next frame is
+// offloaded without waiting for a local one to finish); beside a full in-flight window it keeps
+// the device busy while the server works (throughput).
+enum class LocalLane {
+  kAuto,  // frames planned on the device and outages; beside the window with --objective
+          // throughput when the plan leaves the device idle half of each pipelined period or more
+  kOn,    // the same, and beside any full window
+  kOff,   // none of it: local frames run on the agent's loop
+};
+
 struct AgentOptions {
   std::string server;      // tcp://HOST:PORT; empty runs every frame on the device
   std::string model_path;  // TorchScript file
@@ -35,8 +47,9 @@ struct AgentOptions {
   partitioner::SchedulerOptions scheduler;
 
   int top_k = 5;
-  int in_flight = 0;      // frames sent and not yet answered (0: 1, or 4 for throughput)
-  int timeout_ms = 1000;  // a frame not answered by then is finished locally
+  int in_flight = 0;  // frames sent and not yet answered (0: 1, or 4 for throughput)
+  LocalLane local_lane = LocalLane::kAuto;  // see LocalLane
+  int timeout_ms = 1000;                    // a frame not answered by then is finished locally
   int handshake_timeout_ms = 2000;
   int retry_ms = 2000;  // how often to look for a lost server again
   int threads = 0;      // LibTorch intra-op threads (0: default)

@@ -97,6 +97,11 @@ int main(int argc, char** argv) {
     ("top-k", "classes reported per frame", cxxopts::value<int>()->default_value("5"))
     ("in-flight", "frames sent and not yet answered at once (0: 1, or 4 with --objective throughput)",
      cxxopts::value<int>()->default_value("0"))
+    ("local-lane", "run whole frames on the device on a second thread: auto (frames planned on "
+     "the device, frames while a lost server is away, and with --objective throughput frames "
+     "beside the full --in-flight window when the device would otherwise wait), on (also beside "
+     "any full window) or off",
+     cxxopts::value<std::string>()->default_value("auto"))
     ("timeout-ms", "a frame not answered by then is finished on the device", cxxopts::value<int>()->default_value("1000"))
     ("threads", "LibTorch intra-op threads (0: LibTorch's default)", cxxopts::value<int>()->default_value("0"))
     ("output", "write JSON lines to this file instead of stdout", cxxopts::value<std::string>()->default_value(""))
@@ -190,6 +195,16 @@ int main(int argc, char** argv) {
   o.encode.per_channel = args.count("per-channel") > 0;
   o.top_k = args["top-k"].as<int>();
   o.in_flight = args["in-flight"].as<int>();
+  const std::string lane = args["local-lane"].as<std::string>();
+  if (lane == "auto") {
+    o.local_lane = edgesplit::device::LocalLane::kAuto;
+  } else if (lane == "on") {
+    o.local_lane = edgesplit::device::LocalLane::kOn;
+  } else if (lane == "off") {
+    o.local_lane = edgesplit::device::LocalLane::kOff;
+  } else {
+    return usage_error("--local-lane must be auto, on or off, not \"" + lane + "\"");
+  }
   o.timeout_ms = args["timeout-ms"].as<int>();
   o.threads = args["threads"].as<int>();
   o.output = args["output"].as<std::string>();

@@ -187,6 +187,12 @@ void ConditionsEstimator::add_exchange(const Exchange& exchange) {
                     exchange.profiled_server_ms);
 }
 
+void ConditionsEstimator::add_server_reply(const Exchange& exchange) {
+  network_.add_answer();
+  server_.add_reply(exchange.server_queue_ms, exchange.server_compute_ms,
+                    exchange.profiled_server_ms);
+}
+
 Conditions ConditionsEstimator::conditions() const {
   Conditions c;
   c.bandwidth_mbps = network_.bandwidth_mbps();

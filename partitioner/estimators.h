@@ -126,6 +126,8 @@ class NetworkEstimator {
   void add_exchange(const Exchange& exchange);
   // A request that got no reply within `waited_ms`.
   void add_timeout(int64_t request_bytes, double waited_ms);
+  // A reply whose timing is not used: only resets the timeout count.
+  void add_answer() { consecutive_timeouts_ = 0; }
   // Marks a probe as sent now, so probe_due() waits for its reply instead of asking again.
   void probe_sent();
 
@@ -199,6 +201,9 @@ class ConditionsEstimator {
 
   // A reply arrived: feeds the network and server estimators.
   void add_exchange(const Exchange& exchange);
+  // A reply whose round trip cannot be trusted (the device was busy when it could have arrived):
+  // feeds only the server estimator, and counts as an answer (no longer timed out).
+  void add_server_reply(const Exchange& exchange);
   void add_timeout(int64_t request_bytes, double waited_ms) {
     network_.add_timeout(request_bytes, waited_ms);
   }

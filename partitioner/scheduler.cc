@@ -227,6 +227,9 @@ Result<Scheduler> Scheduler::create(const profiles::Profile& profile, SchedulerO
         "hysteresis options must be switch_margin >= 0, switch_min_gain >= 0, "
         "switch_after >= 1 and 0 <= constraint_margin < 1");
   }
+  if (!(options.objective_tolerance >= 0 && options.objective_tolerance < 1)) {
+    return invalid_argument("objective_tolerance must lie in [0, 1)");
+  }
   if (!(options.server_price_per_s >= 0)) {
     return invalid_argument("server_price_per_s must be >= 0");
   }
@@ -458,7 +461,9 @@ std::vector<PlanEstimate> Scheduler::pareto_front(const Conditions& conditions) 
 double Scheduler::gain(const PlanEstimate& current, const PlanEstimate& best) const {
   if (!best.feasible) return current.violation - best.violation;
   const double scale = std::max(std::fabs(current.score), std::fabs(best.score));
-  if (std::fabs(current.score - best.score) > kTie * scale) {
+  // Inside the tolerance band the objectives count as equal and latency decides (as in decide()).
+  const double band = std::max(kTie, options_.objective_tolerance) * scale;
+  if (std::fabs(current.score - best.score) > band) {
     return relative_gain(current.score, best.score);
   }
   return relative_gain(current.metrics.latency_ms, best.metrics.latency_ms);
@@ -495,6 +500,7 @@ std::string Scheduler::describe(int plan) const {
 
 Decision Scheduler::decide(const Conditions& conditions) {
   Decision d;
+  feasible_.clear();
   if (pinned_) {
     const PlanEstimate e = evaluate(*pinned_, conditions);
     d.pinned = true;
@@ -520,6 +526,7 @@ Decision Scheduler::decide(const Conditions& conditions) {
     judge(k, e);
     if (e.feasible) {
       ++d.feasible_plans;
+      feasible_.push_back(e);
       if (best_feasible < 0 || better(e, best_f)) {
         best_feasible = i;
         best_f = e;
@@ -532,6 +539,17 @@ Decision Scheduler::decide(const Conditions& conditions) {
       }
     }
   }
+  // Within the tolerance band of the best objective, the fastest feasible plan.
+  if (best_feasible >= 0 && options_.objective_tolerance > 0) {
+    const double limit = best_f.score + options_.objective_tolerance * std::fabs(best_f.score);
+    for (const PlanEstimate& f : feasible_) {
+      if (f.score <= limit && f.metrics.latency_ms < best_f.metrics.latency_ms) {
+        best_f = f;
+        best_feasible = f.plan;
+      }
+    }
+  }
+  feasible_.clear();
   // The device-only plan is always available, so one of the two exists.
   const PlanEstimate& best = best_feasible >= 0 ? best_f : best_v;
 

@@ -98,6 +98,11 @@ struct SchedulerOptions {
   // amount (the Decision then says so: feasible = false with the reason), and a feasible current
   // plan is only replaced by one that meets them with this much to spare.
   double constraint_margin = 0.05;
+  // Feasible plans whose objective lies within this fraction of the best one count as equally
+  // good, and the fastest of them (lowest predicted latency) is chosen: saving 2% of server time
+  // or energy is not worth a plan twice as slow, and the profile's times are not that precise
+  // anyway. 0: the objective alone decides (latency only breaks exact ties).
+  double objective_tolerance = 0.05;
 };
 
 // One plan: a cut and an encoding, or the device-only plan.
@@ -269,6 +274,7 @@ class Scheduler {
   std::optional<int> pinned_;
   int challenger_ = -1;
   int challenger_streak_ = 0;
+  std::vector<PlanEstimate> feasible_;  // decide()'s scratch: the feasible plans of this decision
 };
 
 }  // namespace edgesplit::partitioner

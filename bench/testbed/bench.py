@@ -27,6 +27,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 SHARED = os.environ.get("EDGESPLIT_SHARED_DIR", os.path.join(os.path.dirname(REPO), "shared"))
 PORT = 5555
 ACCURACY_BOUND = 1.0  # points of top-1, for edgesplit, the 8-bit contender and the oracle
+RECOVERY_WINDOW = 5  # frames whose median latency says whether a trace run is back
 
 # ---------------------------------------------------------------------------------------------
 # Scenarios
@@ -103,8 +104,8 @@ class Run:
 
 def run_device(tb, args, extra, out_path, warmup, quota, duration=None, on_start=None):
     """Runs edgesplit-device in the device namespace with `extra` flags. The cgroup quota is
-    applied when the first frame arrives (model loading runs at full speed; the warm-up frames
-    that follow are not measured). With `duration` the device loops over the images and is
+    applied when the device says it is ready (model loaded, handshake done: loading runs at full
+    speed, every frame runs slowed down); the first `warmup` frames are not measured. With `duration` the device loops over the images and is
     stopped that many seconds after the first frame; `on_start(t0)` is called then."""
     argv = [os.path.join(args.bin_dir, "edgesplit-device"),
             "--server", "tcp://%s:%d" % (netbed.SRV_ADDR, PORT),
@@ -133,6 +134,7 @@ def run_device(tb, args, extra, out_path, warmup, quota, duration=None, on_start
         stop_at = None
         frames = 0
         try:
+            slowed = False
             for line in proc.stdout:
                 now = time.monotonic()
                 raw.write(line.decode() if isinstance(line, bytes) else line)
@@ -141,11 +143,16 @@ def run_device(tb, args, extra, out_path, warmup, quota, duration=None, on_start
                 except ValueError:
                     continue
                 run.lines.append((now, j))
+                if j.get("type") == "ready" and not slowed:
+                    tb.set_slowdown(quota)  # model loaded, frames start: the device is slow now
+                    slowed = True
                 if j.get("type") != "frame":
                     continue
                 frames += 1
                 if frames == 1:
-                    tb.set_slowdown(quota)
+                    if not slowed:
+                        tb.set_slowdown(quota)
+                        slowed = True
                     run.t_first = now
                     if duration:
                         stop_at = now + duration
@@ -245,6 +252,20 @@ def metrics(run, warmup, labels, slo_ms=None):
     drops = [j["predicted"]["accuracy_drop_pp"] for _, j in measured if "predicted" in j]
     if drops:
         m["profile_accuracy_drop_pp_max"] = max(drops)
+    # Per plan that reached the server: bytes per frame and the profile's accuracy drop.
+    by_plan = {}
+    for j in inner:
+        b = by_plan.setdefault(plan_key(j), {"frames": 0, "bytes": 0.0, "drop_pp": None})
+        b["frames"] += 1
+        b["bytes"] += j["bytes_sent"]
+        if "predicted" in j:
+            b["drop_pp"] = j["predicted"]["accuracy_drop_pp"]
+    for b in by_plan.values():
+        b["bytes"] /= b["frames"]
+    m["server_plans"] = by_plan
+    compute = [j.get("server_unpack_ms", 0) + j.get("server_compute_ms", 0) for j in inner]
+    if compute:
+        m["server_compute_p50_ms"] = percentile(compute, 50)
     if slo_ms:
         m["slo_ms"] = slo_ms
         m["slo_met"] = sum(1 for v in lat if v <= slo_ms) / len(lat)
@@ -298,9 +319,25 @@ def contenders_for(profile, bw, rtt, slowdown, args):
     return out, oracle
 
 
+def measured_slo(entry):
+    """The latency bound of the cost-objective run from this scenario's runs so far: halfway
+    between device-only's measured p50 and the best measured p50 of a contender that sends, within
+    the accuracy bound by the profile (server-raw, server-jpeg90, the fixed cuts, edgesplit for
+    latency). None before both were measured."""
+    c = entry["contenders"]
+    dev = c.get("device-only")
+    sending = [c[n]["latency_p50_ms"] for n in ("server-raw", "server-jpeg90", "fixed-fp32",
+                                                 "fixed-q8", "edgesplit-latency")
+               if ok_metrics(c.get(n)) and c[n]["completed"].get("local", 0) == 0]
+    if not ok_metrics(dev) or not sending:
+        return None
+    return round((min(sending) + dev["latency_p50_ms"]) / 2.0, 1)
+
+
 def slo_for(profile, bw, rtt, slowdown):
-    """The latency bound of the cost-objective run: halfway between the best predicted latency
-    (within the accuracy bound) and the device-only one."""
+    """The latency bound of the cost-objective run when device-only or every sending contender is
+    left out of the run: halfway between the best predicted latency (within the accuracy bound)
+    and the device-only one."""
     r = costmodel.ranked(profile, bw, rtt, slowdown, max_accuracy_drop=ACCURACY_BOUND)
     local = [p for p in r if p["local"]][0]["predicted"]["latency_ms"]
     best = r[0]["predicted"]["latency_ms"]
@@ -336,6 +373,9 @@ def prepare_images(args, profile, out_dir):
                        if os.path.splitext(f)[1].lower() in (".jpg", ".jpeg", ".png"))
     files = files[-args.image_count:] if args.image_count else files
     folder = os.path.join(out_dir, "images")
+    if os.path.isdir(folder):  # a results folder used again: the same frames, freshly linked
+        for old in os.listdir(folder):
+            os.unlink(os.path.join(folder, old))
     os.makedirs(folder, exist_ok=True)
     for f in files:
         os.symlink(os.path.join(os.path.abspath(args.image_source), f), os.path.join(folder, f))
@@ -380,6 +420,13 @@ def run_fixed(tb, args, profile, labels, sc, slowdown, out_dir, results):
              "rate_mbit": step["rate"], "rtt_ms": step["rtt"], "contenders": {},
              "oracle_candidates": {}}
     for name, flags, note in cons + oracle:
+        if name == "edgesplit-cost":
+            measured = measured_slo(entry)
+            if measured:
+                flags = list(flags)
+                flags[flags.index("--max-latency-ms") + 1] = str(measured)
+                note = "SLO %.1f ms (halfway between the best measured p50 and device-only's)" % \
+                    measured
         key = " ".join(flags)
         if key in done:
             m = dict(done[key], same_run_as=done[key]["contender"])
@@ -487,7 +534,7 @@ def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results):
 
 
 # ---------------------------------------------------------------------------------------------
-# Targets (issue 7), as ratios from this run
+# Targets, as ratios from this run
 
 FIXED_CONTENDERS = ("device-only", "server-raw", "server-jpeg90", "fixed-fp32", "fixed-q8")
 
@@ -541,14 +588,20 @@ def targets(results, profile):
                                   slo_ms=cost.get("slo_ms"), slo_met=cost.get("slo_met"),
                                   met=r >= 2 and (cost.get("slo_met") or 0) >= 0.95))
         jpeg = c.get("server-jpeg90")
-        if ok_metrics(es) and ok_metrics(jpeg) and es["plans"]:
-            main_plan = next(iter(es["plans"]))
-            cut = int(main_plan.split(":")[0])
-            if 0 < cut < last_cut and es.get("bytes_per_server_frame"):
-                r = jpeg["bytes_per_frame"] / es["bytes_per_server_frame"]
-                drop = es.get("profile_accuracy_drop_pp_max")
-                t["bytes"].append(dict(where, plan=main_plan, ratio=r,
-                                       bytes=es["bytes_per_server_frame"],
+        # Every plan with a cut inside the network that an edgesplit contender ran, by its own
+        # frames' bytes.
+        for name in ("edgesplit-latency", "edgesplit-throughput", "edgesplit-cost"):
+            m = c.get(name)
+            if not (ok_metrics(m) and ok_metrics(jpeg)):
+                continue
+            for plan, b in m.get("server_plans", {}).items():
+                cut = int(plan.split(":")[0])
+                if not 0 < cut < last_cut:
+                    continue
+                r = jpeg["bytes_per_frame"] / b["bytes"] if b["bytes"] > 0 else float("inf")
+                drop = b["drop_pp"]
+                t["bytes"].append(dict(where, contender=name, plan=plan, frames=b["frames"],
+                                       ratio=r, bytes=b["bytes"],
                                        jpeg_bytes=jpeg["bytes_per_frame"],
                                        profile_accuracy_drop_pp=drop,
                                        met=r >= 8 and drop is not None and drop <= ACCURACY_BOUND))
@@ -588,9 +641,14 @@ def targets(results, profile):
                 continue
             bound = 1.10 * ref_e["oracle"]["latency_p50_ms"]
             seg = [f for f in tl if ch["t"] <= f["t"] - f["latency_ms"] / 1000.0 < bounds[i + 1]]
+            # Back: from the first frame started after the change whose window of RECOVERY_WINDOW
+            # frames (itself and the next ones) has a median latency within 10% of the oracle's
+            # p50. A median, because single frames on this kind of host vary by tens of percent
+            # with the plan unchanged (see the server compute column).
             rec = None
             for k, f in enumerate(seg):
-                if all(g["latency_ms"] <= bound for g in seg[k:k + 3]):
+                window = [g["latency_ms"] for g in seg[k:k + RECOVERY_WINDOW]]
+                if len(window) == RECOVERY_WINDOW and statistics.median(window) <= bound:
                     rec = f["t"] - f["latency_ms"] / 1000.0 - ch["t"]
                     break
             row.update(oracle_p50_ms=ref_e["oracle"]["latency_p50_ms"], recovery_s=rec,
@@ -672,20 +730,23 @@ def markdown(results):
                 "%s (%s)" % (fmt(orc["latency_p50_ms"]), orc["plan"]) if orc else "-", winner,
                 fmt(r_o, "%.2f"), fmt(r_f, "%.2f")))
         L += ["", "Per contender: p95 ms / frames per s / bytes per frame / top-1 / device CPU ms "
-              "per frame / server ms per frame / main plan", ""]
-        L.append("| scenario | contender | p95 | fps | bytes | top-1 | device CPU | server | plan |")
-        L.append("|---" * 9 + "|")
+              "per frame / server ms per frame (mean over all frames, 0 for local ones) / median "
+              "server compute of the frames that reached it (unpack + tail: compare it with the "
+              "profile to see a run slowed by the host) / main plan", ""]
+        L.append("| scenario | contender | p95 | fps | bytes | top-1 | device CPU | server | "
+                 "server p50 | plan |")
+        L.append("|---" * 10 + "|")
         for e in rows:
             for n, m in e["contenders"].items():
                 if not ok_metrics(m):
-                    L.append("| %s | %s | error: %s |||||||" % (e["scenario"], n,
-                                                              m.get("error", "")[:80]))
+                    L.append("| %s | %s | error: %s ||||||||" % (e["scenario"], n,
+                                                               m.get("error", "")[:80]))
                     continue
-                L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                     e["scenario"], n, fmt(m["latency_p95_ms"]), fmt(m["fps"], "%.2f"),
                     fmt(m["bytes_per_frame"], "%.0f"), fmt(m["top1"], "%.3f"),
                     fmt(m["device_cpu_ms_per_frame"]), fmt(m["server_ms_per_frame"]),
-                    next(iter(m["plans"]))))
+                    fmt(m.get("server_compute_p50_ms")), next(iter(m["plans"]))))
         L += ["", "What edgesplit's estimators saw (medians over the measured frames) against the "
               "link and the quota:", ""]
         for e in rows:
@@ -710,7 +771,7 @@ def markdown(results):
                         m["plan_changes"]))
         L.append("")
     t = results.get("targets", {})
-    L += ["## Targets (issue 7)", ""]
+    L += ["## Targets", ""]
 
     def block(title, rows, render):
         rows = rows or []
@@ -752,8 +813,8 @@ def markdown(results):
               where(r), r["server_ms"], r["server_only_ms"], r["ratio"], r["slo_ms"],
               100 * (r["slo_met"] or 0), "" if r["met"] else " NOT MET"))
     block("inner cut: bytes >= 8x below JPEG-90 at <= 1 point", t.get("bytes"),
-          lambda r: "%s: %s %.0f B vs JPEG %.0f B: %.1fx, profile drop %s pp%s" % (
-              where(r), r["plan"], r["bytes"], r["jpeg_bytes"], r["ratio"],
+          lambda r: "%s %s: %s (%s frames) %.0f B vs JPEG %.0f B: %.1fx, profile drop %s pp%s" % (
+              where(r), r.get("contender", "edgesplit-latency"), r["plan"], r.get("frames", "?"), r["bytes"], r["jpeg_bytes"], r["ratio"],
               fmt(r["profile_accuracy_drop_pp"], "%.2f"), "" if r["met"] else " NOT MET"))
     block("predicted latency within 15% of measured (median of predicted/measured)",
           t.get("prediction"),

@@ -196,6 +196,51 @@ TEST_CASE("two devices at once against one server") {
   }
 }
 
+TEST_CASE(
+    "the local lane runs whole frames beside a full window and every frame is answered once") {
+  auto dir = scratch_dir("e2e-local-lane");
+  ServerProcess server;
+  // A slow server keeps the window full, so frames wait for the lane rather than for the server.
+  REQUIRE(server.start(
+      dir, {"--model", default_model().string(), "--workers", "1", "--slow-tail-ms", "40"}));
+  const std::vector<std::string> plan = {
+      "--server", server.endpoint(), "--cut", "3",           "--bits",
+      "8",        "--loop",          "3",     "--in-flight", "2"};
+  auto with = [&](const std::string& lane) {
+    std::vector<std::string> args = plan;
+    args.insert(args.end(), {"--local-lane", lane});
+    return run_device(dir, "lane-" + lane, args);
+  };
+  DeviceRun on = with("on");
+  REQUIRE_MESSAGE(on.rc == 0, on.err);
+  REQUIRE(on.frames.size() == 3 * sample_count());
+  std::set<int64_t> ids;
+  size_t lane = 0, remote = 0;
+  for (const json& f : on.frames) {
+    ids.insert(f["frame"].get<int64_t>());
+    if (f["completed"] == "local") {
+      CHECK(f["reason"] == "local lane");
+      CHECK(f["bytes_sent"] == 0);
+      ++lane;
+    } else {
+      CHECK(f["completed"] == "server");
+      ++remote;
+    }
+    CHECK(f["top"].size() == 5);
+  }
+  CHECK(ids.size() == on.frames.size());
+  CHECK(lane > 0);
+  CHECK(remote > 0);
+  CHECK(on.summary["local_lane"] == lane);
+  CHECK(on.summary["local"] == lane);
+  CHECK(on.summary["on_server"] == remote);
+
+  DeviceRun off = with("off");
+  REQUIRE_MESSAGE(off.rc == 0, off.err);
+  CHECK(off.summary["on_server"] == off.frames.size());
+  CHECK_FALSE(off.summary.contains("local_lane"));
+}
+
 TEST_CASE("one server serves two models") {
   auto dir = scratch_dir("e2e-two-models");
   // A second model: the default model's architecture exported again with other weights would share
