@@ -388,21 +388,39 @@ class Agent {
     p.frame = next_frame_++;
     p.source = frame.source;
     p.start = Clock::now();
-    p.lane_reason = "local lane";
     p.plan.local = true;
     p.plan.cut = model_->device_cut();
     p.plan.encoding_name = "local";
-    p.plan.jpeg_quality = 0;
-    if (scheduler_) {
-      p.plan.profiled_head_ms =
-          scheduler_->plans()[static_cast<size_t>(scheduler_->local_plan())].profiled_head_ms;
-    }
-    auto input = prepare_input(frame, p, nullptr);
+    if (hand_to_lane(frame, std::move(p), "local lane", /*planned=*/false)) ++stats_.lane;
+  }
+
+  // Preprocesses `p`'s frame and gives it to the idle local lane, which runs the whole model.
+  // `planned`: the plan put the frame on the device (the loop waits for it before the next frame
+  // unless the server it lost is back). False when preprocessing failed (the frame is reported).
+  bool hand_to_lane(const Frame& frame, PendingFrame p, std::string reason, bool planned) {
+    std::optional<at::Tensor> input = prepare_input(frame, p, nullptr);
     note_busy(p.start);
-    if (!input) return;
-    ++stats_.lane;
-    lane_holds_planned_ = false;
+    if (!input) return false;
+    p.lane_reason = std::move(reason);
+    p.plan.profiled_head_ms = whole_model_profiled_ms();
+    lane_holds_planned_ = planned;
+    server_was_lost_ = planned && server_lost();
     lane_->submit(std::move(p), std::move(*input));
+    return true;
+  }
+
+  // The profile's time for the whole model on the device (0 without a profile): what a frame on
+  // the local lane compares with.
+  double whole_model_profiled_ms() const {
+    return scheduler_
+               ? scheduler_->plans()[static_cast<size_t>(scheduler_->local_plan())].profiled_head_ms
+               : 0;
+  }
+
+  // Why a frame of this plan finishes on the device.
+  std::string local_reason(const FramePlan& plan) const {
+    if (plan.local) return "plan";
+    return opt_.server.empty() ? "no server" : refused_reason_;
   }
 
   // The agent's loop computed from `since` until now (preprocessing, a head, packing, a local
@@ -575,25 +593,15 @@ class Agent {
       if (probe.due()) probe_at_exit.bytes = probe.bytes;
     }
 
-    cv::Mat image8;
     const bool on_device = p.plan.local || !server_usable();
     if (on_device && lane_ && lane_->idle()) {
       // The whole frame on the local lane; the loop stays free for replies and probes.
-      std::optional<at::Tensor> input = prepare_input(frame, p, nullptr);
-      note_busy(p.start);
-      if (!input) return;
-      p.lane_reason = p.plan.local ? "plan" : opt_.server.empty() ? "no server" : refused_reason_;
-      // The lane runs the whole model: its time compares with the device-only plan's.
-      p.plan.profiled_head_ms =
-          scheduler_
-              ? scheduler_->plans()[static_cast<size_t>(scheduler_->local_plan())].profiled_head_ms
-              : 0;
-      server_was_lost_ = server_lost();
-      lane_holds_planned_ = true;
-      lane_->submit(std::move(p), std::move(*input));
+      const std::string reason = local_reason(p.plan);
+      hand_to_lane(frame, std::move(p), reason, /*planned=*/true);
       return;
     }
 
+    cv::Mat image8;
     std::optional<at::Tensor> prepared = prepare_input(frame, p, &image8);
     if (!prepared) {
       note_busy(p.start);
@@ -617,13 +625,9 @@ class Agent {
     if (p.plan.profiled_head_ms > 0 && head_cut > 0) {
       estimator_.add_head_time(p.head_ms, p.plan.profiled_head_ms);
     }
-    note_busy(p.start);
-    if (p.plan.local) {
-      finish_local(p, "plan");
-      return;
-    }
-    if (!server_usable()) {
-      finish_local(p, opt_.server.empty() ? "no server" : refused_reason_);
+    if (on_device) {
+      note_busy(p.start);
+      finish_local(p, local_reason(p.plan));
       return;
     }
 

@@ -105,8 +105,10 @@ class Run:
 def run_device(tb, args, extra, out_path, warmup, quota, duration=None, on_start=None):
     """Runs edgesplit-device in the device namespace with `extra` flags. The cgroup quota is
     applied when the device says it is ready (model loaded, handshake done: loading runs at full
-    speed, every frame runs slowed down); the first `warmup` frames are not measured. With `duration` the device loops over the images and is
-    stopped that many seconds after the first frame; `on_start(t0)` is called then."""
+    speed, every frame runs slowed down; a device without the ready line is slowed down at its
+    first frame); the first `warmup` frames are not measured. With `duration` the device loops
+    over the images and is stopped that many seconds after the first frame; `on_start(t0)` is
+    called then."""
     argv = [os.path.join(args.bin_dir, "edgesplit-device"),
             "--server", "tcp://%s:%d" % (netbed.SRV_ADDR, PORT),
             "--model", args.model, "--input", args.images, "--threads", "1", "--top-k", "1",
@@ -143,16 +145,13 @@ def run_device(tb, args, extra, out_path, warmup, quota, duration=None, on_start
                 except ValueError:
                     continue
                 run.lines.append((now, j))
-                if j.get("type") == "ready" and not slowed:
+                if not slowed and j.get("type") in ("ready", "frame"):
                     tb.set_slowdown(quota)  # model loaded, frames start: the device is slow now
                     slowed = True
                 if j.get("type") != "frame":
                     continue
                 frames += 1
                 if frames == 1:
-                    if not slowed:
-                        tb.set_slowdown(quota)
-                        slowed = True
                     run.t_first = now
                     if duration:
                         stop_at = now + duration
@@ -328,7 +327,7 @@ def measured_slo(entry):
     dev = c.get("device-only")
     sending = [c[n]["latency_p50_ms"] for n in ("server-raw", "server-jpeg90", "fixed-fp32",
                                                  "fixed-q8", "edgesplit-latency")
-               if ok_metrics(c.get(n)) and c[n]["completed"].get("local", 0) == 0]
+               if clean(n, c.get(n))]
     if not ok_metrics(dev) or not sending:
         return None
     return round((min(sending) + dev["latency_p50_ms"]) / 2.0, 1)
