@@ -9,13 +9,21 @@
 #                           devices 4x and 10x slower
 #   bench/run.sh cleanup    remove namespaces and cgroups left by a crashed run
 #   bench/run.sh --help     every option (scenarios, contenders, frames, model, profile, ...)
+#   bench/run.sh engine [--quick] --out DIR [--check]
+#                           edgesplit's engine against PyTorch's optimize_for_inference, on this
+#                           machine only (no testbed, no root): bench/engine/README.md
 #
-# Needs root. Results: bench/results/<timestamp>/ (results.json, results.csv, summary.md, plots,
-# raw JSON lines of every run). Binaries from build/bin (EDGESPLIT_BIN_DIR or --bin-dir to change).
+# The testbed needs root. Results: bench/results/<timestamp>/ (results.json, results.csv,
+# summary.md, plots, raw JSON lines of every run). Binaries from build/bin (EDGESPLIT_BIN_DIR or
+# --bin-dir to change).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py=/usr/bin/python3
 
+if [[ "${1:-}" == "engine" ]]; then
+  shift
+  exec "$py" "$here/engine/engine_bench.py" "$@"
+fi
 if [[ "${1:-}" == "cleanup" ]]; then
   shift
   exec "$py" "$here/testbed/netbed.py" cleanup "$@"

@@ -15,6 +15,9 @@ find_package(Protobuf REQUIRED)
 
 # Model graph and inference.
 find_package(Torch REQUIRED)
+# LibTorch's intra-op threads are OpenMP threads (libgomp); the engine sets the calling thread's
+# OpenMP team size around XNNPACK graphs (partitioner/model_graph.cc). Optional.
+find_package(OpenMP COMPONENTS CXX)
 
 # Input sources.
 find_package(OpenCV REQUIRED COMPONENTS core imgproc imgcodecs videoio)

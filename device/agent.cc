@@ -99,8 +99,12 @@ class LaneWorker {
     std::string error;
   };
 
-  explicit LaneWorker(std::shared_ptr<partitioner::ModelGraph> model)
-      : model_(std::move(model)), wake_(make_pipe()), thread_([this] { loop(); }) {}
+  // `compute_token` is held while a network runs (shared with the agent's loop).
+  LaneWorker(std::shared_ptr<partitioner::ModelGraph> model, std::mutex* compute_token)
+      : model_(std::move(model)),
+        compute_token_(compute_token),
+        wake_(make_pipe()),
+        thread_([this] { loop(); }) {}
   ~LaneWorker() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -159,15 +163,18 @@ class LaneWorker {
       lock.unlock();
 
       Done d;
-      const auto t0 = Clock::now();
-      try {
-        torch::NoGradGuard no_grad;
-        const int cut = model_->device_cut();
-        d.logits = model_->run_tail(cut, model_->run_head(cut, input)).contiguous().reshape({-1});
-      } catch (const std::exception& e) {
-        d.error = e.what();
+      {
+        std::lock_guard<std::mutex> token(*compute_token_);
+        const auto t0 = Clock::now();
+        try {
+          torch::NoGradGuard no_grad;
+          const int cut = model_->device_cut();
+          d.logits = model_->run_tail(cut, model_->run_head(cut, input)).contiguous().reshape({-1});
+        } catch (const std::exception& e) {
+          d.error = e.what();
+        }
+        d.ms = ms_between(t0, Clock::now());
       }
-      d.ms = ms_between(t0, Clock::now());
       d.frame = std::move(frame);
 
       lock.lock();
@@ -188,6 +195,7 @@ class LaneWorker {
   }
 
   std::shared_ptr<partitioner::ModelGraph> model_;
+  std::mutex* compute_token_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::optional<Job> job_;
@@ -231,7 +239,7 @@ class Agent {
         opt_.local_lane == LocalLane::kOn || (opt_.local_lane == LocalLane::kAuto && throughput);
     if (opt_.local_lane != LocalLane::kOff && !opt_.server.empty() && !(fixed_ && fixed_->local) &&
         model_->can_run_head(model_->device_cut()) && model_->can_run_tail(model_->device_cut())) {
-      lane_ = std::make_unique<LaneWorker>(model_);
+      lane_ = std::make_unique<LaneWorker>(model_, &compute_token_);
     }
   }
 
@@ -317,6 +325,9 @@ class Agent {
     auto reply = link_->handshake(hello, std::chrono::milliseconds(timeout_ms));
     if (reply.ok()) {
       retry_interval_ms_ = opt_.retry_ms;
+      for (const auto& m : reply->models()) {
+        if (m.digest() == model_->digest()) server_engine_ = m.engine();
+      }
       apply_server_tail_times(*reply);
       if (!server_up_ && ever_connected_)
         log("server is back at " + opt_.server + ": offloading again");
@@ -608,7 +619,6 @@ class Agent {
       return;
     }
     at::Tensor input = std::move(*prepared);
-    auto t_pre = Clock::now();
 
     const int head_cut = p.plan.local ? model_->device_cut() : p.plan.cut;
     if (!model_->can_run_head(head_cut)) {
@@ -616,11 +626,14 @@ class Agent {
                           " (--max-device-memory-mb)");
       return;
     }
+    Clock::time_point t_pre, t_head;
     {
+      std::lock_guard<std::mutex> token(compute_token_);
+      t_pre = Clock::now();
       torch::NoGradGuard no_grad;
       p.crossing = model_->run_head(head_cut, input);
+      t_head = Clock::now();
     }
-    auto t_head = Clock::now();
     p.head_ms = ms_between(t_pre, t_head);
     if (p.plan.profiled_head_ms > 0 && head_cut > 0) {
       estimator_.add_head_time(p.head_ms, p.plan.profiled_head_ms);
@@ -881,13 +894,16 @@ class Agent {
                           std::to_string(cut) + " (--max-device-memory-mb)");
       return;
     }
-    auto t0 = Clock::now();
+    Clock::time_point t0, t1;
     at::Tensor logits;
     {
+      std::lock_guard<std::mutex> token(compute_token_);
+      t0 = Clock::now();
       torch::NoGradGuard no_grad;
       logits = model_->run_tail(cut, p.crossing).contiguous().reshape({-1});
+      t1 = Clock::now();
     }
-    double tail_ms = ms_between(t0, Clock::now());
+    double tail_ms = ms_between(t0, t1);
     note_busy(t0);
     auto top = partitioner::top_k(logits.data_ptr<float>(), static_cast<size_t>(logits.numel()),
                                   static_cast<size_t>(opt_.top_k));
@@ -1004,9 +1020,14 @@ class Agent {
     }
     j["in_flight"] = window_;
     j["local_lane"] = lane_ != nullptr;
+    j["engine"] = model_->engine_report().summary();
+    if (!server_engine_.empty()) j["server_engine"] = server_engine_;
+    j["threads"] = at::get_num_threads();
     j["startup_s"] = round3(ms_between(run_start_, Clock::now()) / 1000.0);
     out_ << j.dump() << '\n';
     out_.flush();
+    log("engine: " + model_->engine_report().summary() +
+        (server_engine_.empty() ? "" : "; server: " + server_engine_));
   }
 
   void summary() {
@@ -1080,6 +1101,11 @@ class Agent {
   uint64_t last_upload_id_ = 0;      // the latest request whose upload end is estimated
   Clock::time_point last_upload_end_{};
   std::unique_ptr<LaneWorker> lane_;
+  // The agent's loop and the local lane run one network at a time, each with all of --threads:
+  // two at once would oversubscribe the cores and each would measure the other's work as its own
+  // (a wrong device load). Times are taken after the token is held.
+  std::mutex compute_token_;
+  std::string server_engine_;        // the server's engine for this model, from the handshake
   bool lane_beside_window_ = false;  // the lane also takes frames beside a full window
   bool last_plan_local_ = false;
   double last_device_share_ = 1.0;  // (head + pack) / pipelined period of the last plan
@@ -1145,8 +1171,10 @@ int run_agent(const AgentOptions& options) {
         "): run edgesplit-profile on it, pass --profile FILE, or fix the plan with --cut"));
   }
 
+  partitioner::set_compute_threads(options.threads);
   partitioner::LoadOptions lo;
   lo.input_shape = info->input_shape;
+  lo.engine = options.engine;
   const auto& max_mb = options.scheduler.constraints.max_device_memory_mb;
   if (max_mb && profile) {
     int deepest = deepest_fitting_cut(*profile, *max_mb);
@@ -1214,7 +1242,6 @@ int run_agent(const AgentOptions& options) {
   so.loop = options.loop;
   auto source = open_source(options.input, so);
   if (!source.ok()) return fail(source.status());
-  if (options.threads > 0) at::set_num_threads(options.threads);
   if (fixed) {
     (*model)->prepare(fixed->local ? (*model)->device_cut() : fixed->cut);
   }

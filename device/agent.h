@@ -11,6 +11,7 @@
 #include <string>
 
 #include "packing/codec.h"
+#include "partitioner/model_graph.h"
 #include "partitioner/scheduler.h"
 
 namespace edgesplit::device {
@@ -53,7 +54,9 @@ struct AgentOptions {
   int handshake_timeout_ms = 2000;
   int retry_ms = 2000;  // how often to look for a lost server again
   int threads = 0;      // LibTorch intra-op threads (0: default)
-  std::string output;   // JSON lines file; empty: stdout
+  // How heads (and local frames) run; the cut ids do not depend on it.
+  partitioner::Engine engine = partitioner::Engine::kOptimized;
+  std::string output;  // JSON lines file; empty: stdout
   std::string device_name;
   // CURVE (transport/curve.h): the server's public key (Z85; empty: plain TCP) and this device's
   // secret key (Z85; empty with a server key: an ephemeral key pair is made at start).

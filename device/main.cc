@@ -103,7 +103,10 @@ int main(int argc, char** argv) {
      "any full window) or off",
      cxxopts::value<std::string>()->default_value("auto"))
     ("timeout-ms", "a frame not answered by then is finished on the device", cxxopts::value<int>()->default_value("1000"))
-    ("threads", "LibTorch intra-op threads (0: LibTorch's default)", cxxopts::value<int>()->default_value("0"))
+    ("threads", "LibTorch intra-op threads (0: LibTorch's default); the agent's loop and its local "
+     "lane run one network at a time, each with all of them", cxxopts::value<int>()->default_value("0"))
+    ("engine", "how networks run: optimized (LibTorch's inference passes with the best backend it "
+     "has: oneDNN, else XNNPACK), onednn, xnnpack, or plain (the frozen graph as it is)", cxxopts::value<std::string>()->default_value("optimized"))
     ("output", "write JSON lines to this file instead of stdout", cxxopts::value<std::string>()->default_value(""))
     ("name", "device name sent in the handshake", cxxopts::value<std::string>()->default_value("edgesplit-device"))
     ("server-key", "the server's CURVE public key file (.pub from edgesplit-keygen): encrypts the link",
@@ -207,6 +210,9 @@ int main(int argc, char** argv) {
   }
   o.timeout_ms = args["timeout-ms"].as<int>();
   o.threads = args["threads"].as<int>();
+  auto engine = edgesplit::partitioner::parse_engine(args["engine"].as<std::string>());
+  if (!engine) return usage_error("--engine must be optimized, onednn, xnnpack or plain");
+  o.engine = *engine;
   o.output = args["output"].as<std::string>();
   o.device_name = args["name"].as<std::string>();
   if (args.count("server-key")) {

@@ -10,11 +10,22 @@
 #include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/freeze_module.h>
+#include <torch/csrc/jit/passes/frozen_conv_add_relu_fusion.h>
 #include <torch/csrc/jit/passes/frozen_conv_folding.h>
+#include <torch/csrc/jit/passes/frozen_graph_optimizations.h>
+#include <torch/csrc/jit/passes/frozen_linear_transpose.h>
+#include <torch/csrc/jit/passes/frozen_ops_to_mkldnn.h>
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/passes/remove_mutation.h>
+#include <torch/csrc/jit/passes/xnnpack_rewrite.h>
 #include <torch/csrc/jit/serialization/import.h>
 #include <torch/torch.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+
+#include <malloc.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -23,6 +34,7 @@
 #include <mutex>
 #include <set>
 #include <sstream>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -57,6 +69,30 @@ struct SideFunction {
   std::shared_ptr<Graph> graph;
   std::unique_ptr<jit::GraphFunction> function;
   size_t num_outputs = 1;  // > 1: the graph returns a tuple
+  // XNNPACK graphs: their ATen ops run on the calling thread alone. XNNPACK's operators run on
+  // LibTorch's pthreadpool, its ATen operators on OpenMP threads that spin after each parallel
+  // region; with both pools on the same cores every XNNPACK operator waits for spinning threads
+  // (MobileNetV2 at 2 threads: 500 ms instead of 21 ms on this 2-core machine).
+  bool serial_aten = false;
+};
+
+#ifdef EDGESPLIT_HAVE_OPENMP
+extern "C" {
+void omp_set_num_threads(int);
+int omp_get_max_threads(void);
+}
+#endif
+
+// While alive, OpenMP parallel regions started by this thread use one thread.
+class SerialOpenMp {
+ public:
+#ifdef EDGESPLIT_HAVE_OPENMP
+  SerialOpenMp() : previous_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~SerialOpenMp() { omp_set_num_threads(previous_); }
+
+ private:
+  int previous_;
+#endif
 };
 
 struct CutFunctions {
@@ -117,14 +153,38 @@ std::optional<double> constant_scalar(Value* v) {
   return std::nullopt;
 }
 
+// The tensor a constant node holds (prim::Constant, or prim::ConstantMKLDNNTensor from the oneDNN
+// pass), if it holds one.
+std::optional<at::Tensor> constant_tensor(const Node* n) {
+  if (n->kind() != c10::prim::Constant &&
+      n->kind().toQualString() != std::string_view("prim::ConstantMKLDNNTensor")) {
+    return std::nullopt;
+  }
+  if (!n->hasAttribute(c10::attr::value) || n->kindOf(c10::attr::value) != jit::AttributeKind::t) {
+    return std::nullopt;
+  }
+  return n->t(c10::attr::value);
+}
+
+// Bytes a tensor holds: its storage, or for an opaque oneDNN tensor its elements.
+int64_t tensor_bytes(const at::Tensor& t) {
+  if (t.is_mkldnn())
+    return static_cast<int64_t>(t.numel()) * static_cast<int64_t>(t.element_size());
+  return static_cast<int64_t>(t.storage().nbytes());
+}
+
+const void* tensor_key(const at::Tensor& t) {
+  if (t.is_mkldnn()) return t.unsafeGetTensorImpl();
+  return t.storage().unsafeGetStorageImpl();
+}
+
 // Bytes of the constant tensors used anywhere in `graph` (each storage counted once, also across
 // calls sharing `seen`).
 int64_t constant_tensor_bytes(const Graph& graph, std::unordered_set<const void*>& seen) {
   int64_t bytes = 0;
   auto add_tensor = [&](const at::Tensor& t) {
-    if (!t.defined() || !t.has_storage()) return;
-    const void* key = t.storage().unsafeGetStorageImpl();
-    if (seen.insert(key).second) bytes += static_cast<int64_t>(t.storage().nbytes());
+    if (!t.defined() || (!t.is_mkldnn() && !t.has_storage())) return;
+    if (seen.insert(tensor_key(t)).second) bytes += tensor_bytes(t);
   };
   std::vector<const jit::Block*> blocks = {graph.block()};
   while (!blocks.empty()) {
@@ -132,12 +192,14 @@ int64_t constant_tensor_bytes(const Graph& graph, std::unordered_set<const void*
     blocks.pop_back();
     for (const Node* n : block->nodes()) {
       for (const jit::Block* b : n->blocks()) blocks.push_back(b);
-      if (n->kind() != c10::prim::Constant || n->outputs().size() != 1) continue;
+      if (n->outputs().size() != 1) continue;
+      if (auto t = constant_tensor(n)) {
+        add_tensor(*t);
+        continue;
+      }
+      if (n->kind() != c10::prim::Constant) continue;
       auto iv = jit::toIValue(n->output());
-      if (!iv) continue;
-      if (iv->isTensor()) {
-        add_tensor(iv->toTensor());
-      } else if (iv->isTensorList()) {
+      if (iv && iv->isTensorList()) {
         for (const at::Tensor& t : iv->toTensorVector()) add_tensor(t);
       }
     }
@@ -308,6 +370,39 @@ struct ModelGraph::Impl {
   bool released = false;
   int retained_cut = -1;
   int64_t retained_weight_bytes = 0;
+  // What the engine did (failures are added while side graphs are built, under `mutex`).
+  mutable EngineReport report;
+  // Engine::kOptimized: the constants the optimizer made (oneDNN weights, transposed linear
+  // weights), by name and content, so every head and tail that needs one shares one copy.
+  mutable std::unordered_map<std::string, at::Tensor> shared_constants;
+  // Engine::kXnnpack: packed weights (custom-class objects), by their inputs, with their bytes.
+  struct PackedConstant {
+    c10::IValue value;
+    int64_t bytes = 0;
+  };
+  mutable std::unordered_map<std::string, PackedConstant> packed_constants;
+  mutable std::unordered_map<const void*, int64_t> packed_bytes;  // by the object's address
+
+  // Bytes of the packed objects `g` uses (each counted once across calls sharing `seen`).
+  int64_t packed_object_bytes(const Graph& g, std::unordered_set<const void*>& seen) const {
+    int64_t bytes = 0;
+    for (const Node* n : g.nodes()) {
+      if (n->kind() != c10::prim::Constant || n->outputs().size() != 1) continue;
+      if (n->output()->type()->kind() != c10::TypeKind::ClassType) continue;
+      auto iv = jit::toIValue(n->output());
+      if (!iv) continue;
+      auto it = packed_bytes.find(iv->internalToPointer());
+      if (it != packed_bytes.end() && seen.insert(it->first).second) bytes += it->second;
+    }
+    return bytes;
+  }
+  // Storages of the processed graph's own constants (shared by every side graph already).
+  std::unordered_set<const void*> processed_constants;
+  // The plain graph's value of every crossing tensor (and of the input and output) on the probe
+  // input: what each optimized side graph is checked against when it is built. Released once
+  // every side graph that can be built has been.
+  mutable std::unordered_map<const Value*, at::Tensor> probe_values;
+  static constexpr size_t kMaxFailuresReported = 3;
 
   // Clones the producer of a recomputable value (and what it needs) into `g`.
   Value* clone_recomputable(Graph& g, Value* v, std::unordered_map<Value*, Value*>& env) const {
@@ -324,9 +419,10 @@ struct ModelGraph::Impl {
   // Builds a graph with `inputs` as its inputs, the top-level nodes [begin, end) and `outputs`
   // (a tuple when there are several). Values from before `begin` that are not inputs must be
   // recomputable; they are cloned in.
+  // With Engine::kOptimized and `optimize`, the graph then goes through the engine's passes.
   std::shared_ptr<SideFunction> build(const std::vector<Value*>& inputs, int begin, int end,
-                                      const std::vector<Value*>& outputs,
-                                      const std::string& name) const {
+                                      const std::vector<Value*>& outputs, const std::string& name,
+                                      bool optimize = true) const {
     auto g = std::make_shared<Graph>();
     std::unordered_map<Value*, Value*> env;
     for (Value* v : inputs) {
@@ -351,23 +447,361 @@ struct ModelGraph::Impl {
       g->registerOutput(tuple->output());
     }
     jit::EliminateDeadCode(g);
+    if (optimize && options.engine != Engine::kPlain) return optimized(g, inputs, outputs, name);
+    return make_side(g, outputs.size(), name);
+  }
+
+  static std::shared_ptr<SideFunction> make_side(std::shared_ptr<Graph> g, size_t num_outputs,
+                                                 const std::string& name) {
     auto side = std::make_shared<SideFunction>();
     side->graph = g;
-    side->num_outputs = outputs.size();
+    side->num_outputs = num_outputs;
     side->function =
         std::make_unique<jit::GraphFunction>(name, g, nullptr, jit::ExecutorExecutionMode::SIMPLE);
     return side;
   }
 
-  std::shared_ptr<SideFunction> build_head(int cut) const {
+  std::shared_ptr<SideFunction> build_head(int cut, bool optimize = true) const {
     const CutSite& site = sites.at(static_cast<size_t>(cut));
-    return build({input}, 0, site.position, site.crossing, "head_" + std::to_string(cut));
+    return build({input}, 0, site.position, site.crossing, "head_" + std::to_string(cut), optimize);
   }
 
-  std::shared_ptr<SideFunction> build_tail(int cut) const {
+  std::shared_ptr<SideFunction> build_tail(int cut, bool optimize = true) const {
     const CutSite& site = sites.at(static_cast<size_t>(cut));
     return build(site.crossing, site.position, static_cast<int>(nodes.size()),
-                 {graph->outputs()[0]}, "tail_" + std::to_string(cut));
+                 {graph->outputs()[0]}, "tail_" + std::to_string(cut), optimize);
+  }
+
+  // The backends a side graph may run with, best first: the engine's, then (after oneDNN)
+  // XNNPACK where this LibTorch has it, then frozen-graph folding alone.
+  std::vector<std::string> backend_order() const {
+    std::vector<std::string> order = {report.backend};
+    if (report.backend == "onednn") {
+      const auto available = available_backends();
+      if (std::find(available.begin(), available.end(), "xnnpack") != available.end()) {
+        order.push_back("xnnpack");
+      }
+    }
+    if (report.backend != "frozen-graph") order.push_back("frozen-graph");
+    return order;
+  }
+
+  // The engine's passes on one side graph, as torch.jit.optimize_for_inference applies them to a
+  // frozen module: frozen-graph folding (conv with batch norm, add/sub, mul/div), then the
+  // backend's rewrite (oneDNN: conv-add-relu fusion, convolutions and linear layers in oneDNN
+  // with their activations; XNNPACK: prepacked convolutions and linear layers), linear weights
+  // transposed ahead of time. Values leaving the graph come back dense (the passes insert
+  // to_dense at the boundary).
+  void apply_passes(std::shared_ptr<Graph>& g, const std::string& backend) const {
+    jit::OptimizeFrozenGraph(g, /*optimize_numerics=*/true);
+    if (backend == "onednn") {
+      jit::FuseFrozenConvAddRelu(g);
+      jit::ConvertFrozenOpsToMKLDNN(g);
+      keep_clamps_exact(*g);
+    } else if (backend == "xnnpack") {
+      jit::insertPrePackedOps(g);
+      fold_prepacking(*g);
+      jit::ConstantPropagation(g);  // what fold_prepacking left (e.g. transposed weights)
+      share_packed_objects(*g);
+    }
+    jit::FrozenLinearTranspose(g);
+    jit::EliminateDeadCode(g);
+    share_constants(*g);
+  }
+
+  // LibTorch 1.13's in-place oneDNN clamps (prim::MKLDNNHardTanh_, ReLU6's conversion, and its
+  // hard-swish/hard-sigmoid kin) compute nothing when the tensor's channels are not a multiple of
+  // oneDNN's channel block: the result lands in a buffer sized for the logical tensor, not the
+  // padded one (LibTorch warns "An output with one or more elements was resized"), and the values
+  // stay unclamped. Where the channel count is not known to be a multiple of 16 (the widest block,
+  // AVX-512), such a clamp runs on a dense copy instead: to_dense, the ATen op, to_mkldnn.
+  static void keep_clamps_exact(Graph& g) {
+    constexpr int64_t kChannelBlock = 16;
+    std::vector<Node*> clamps;
+    for (Node* n : g.nodes()) {
+      const std::string kind = n->kind().toQualString();
+      if (kind == "prim::MKLDNNHardTanh_" || kind == "prim::MKLDNNHardSwish_" ||
+          kind == "prim::MKLDNNHardSigmoid_") {
+        clamps.push_back(n);
+      }
+    }
+    for (Node* n : clamps) {
+      Value* x = n->input(0);
+      Node* producer = x->node();
+      if (producer->kind().toQualString() == std::string_view("prim::mkldnn_convolution") &&
+          producer->inputs().size() > 1) {
+        auto weight = constant_tensor(producer->input(1)->node());
+        if (weight && weight->defined() && weight->dim() > 0 &&
+            weight->size(0) % kChannelBlock == 0) {
+          continue;  // whole blocks: the in-place op is right
+        }
+      }
+      const std::string kind = n->kind().toQualString();
+      jit::WithInsertPoint guard(n);
+      Value* dense = g.insert(c10::aten::to_dense, {x});
+      Value* y = nullptr;
+      if (kind == "prim::MKLDNNHardTanh_") {
+        y = g.insert(c10::aten::hardtanh, {dense, n->f(c10::Symbol::attr("min_val")),
+                                           n->f(c10::Symbol::attr("max_val"))});
+      } else if (kind == "prim::MKLDNNHardSwish_") {
+        y = g.insert(c10::aten::hardswish, {dense});
+      } else {
+        y = g.insert(c10::aten::hardsigmoid, {dense});
+      }
+      Value* back = g.insert(c10::aten::to_mkldnn, {y});
+      n->output()->replaceAllUsesWith(back);
+      n->destroy();
+    }
+  }
+
+  // Runs `side` on the probe input's values of `inputs` and compares with the plain graph's
+  // values of `outputs` (measure()'s probe run). "" when they agree within float tolerance (or
+  // there is nothing to compare with); else what differed.
+  std::string verify(const SideFunction& side, const std::vector<Value*>& inputs,
+                     const std::vector<Value*>& outputs) const {
+    if (probe_values.empty() || options.verify_tolerance < 0) return "";
+    std::vector<at::Tensor> in;
+    for (Value* v : inputs) {
+      auto it = probe_values.find(v);
+      if (it == probe_values.end()) return "";
+      in.push_back(it->second);
+    }
+    // LibTorch's warnings while a candidate runs are kept, not printed: a wrong graph is
+    // reported once, by the report, and is not used.
+    struct Collect : c10::WarningHandler {
+      std::string first;
+      void process(const c10::SourceLocation&, const std::string& msg, const bool) override {
+        if (first.empty()) first = first_line(msg);
+      }
+    } warnings;
+    std::vector<at::Tensor> out;
+    {
+      c10::Warning::WarningHandlerGuard guard(&warnings);
+      out = run_side(side, in.data(), in.size());
+    }
+    if (out.size() != outputs.size()) return "returned " + std::to_string(out.size()) + " tensors";
+    double worst = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+      auto it = probe_values.find(outputs[i]);
+      if (it == probe_values.end()) continue;
+      const at::Tensor& ref = it->second;
+      if (out[i].sizes() != ref.sizes()) return "gave another shape than the plain graph";
+      if (!out[i].is_floating_point()) {
+        if (!torch::equal(out[i], ref)) return "gave other values than the plain graph";
+        continue;
+      }
+      const double scale = 1.0 + ref.abs().max().item<double>();
+      const double diff = (out[i].to(ref.scalar_type()) - ref).abs().max().item<double>();
+      if (!(diff <= options.verify_tolerance * scale)) worst = std::max(worst, diff / scale);
+    }
+    if (worst > 0) {
+      std::ostringstream os;
+      os << "differed from the plain graph by " << worst << " of the output's scale";
+      if (!warnings.first.empty()) os << " (LibTorch warned: " << warnings.first << ")";
+      return os.str();
+    }
+    return "";
+  }
+
+  // A side graph through the engine: the first backend of backend_order() whose result agrees
+  // with the plain graph on the probe input; the plain graph when none does. What ran instead of
+  // the engine's backend, and why, goes to the report.
+  std::shared_ptr<SideFunction> optimized(const std::shared_ptr<Graph>& plain,
+                                          const std::vector<Value*>& inputs,
+                                          const std::vector<Value*>& outputs,
+                                          const std::string& name) const {
+    std::string first_problem;
+    for (const std::string& backend : backend_order()) {
+      std::string problem;
+      try {
+        std::shared_ptr<Graph> g = plain->copy();
+        apply_passes(g, backend);
+        auto side = make_side(g, outputs.size(), name);
+        side->serial_aten = backend == "xnnpack";
+        problem = verify(*side, inputs, outputs);
+        if (problem.empty()) {
+          if (backend != report.backend) note_fallback(name, first_problem, backend);
+          return side;
+        }
+      } catch (const std::exception& e) {
+        problem = "failed (" + first_line(e.what()) + ")";
+      }
+      if (first_problem.empty()) first_problem = backend + " " + problem;
+    }
+    note_fallback(name, first_problem, "plain");
+    return make_side(plain, outputs.size(), name);
+  }
+
+  void note_fallback(const std::string& name, const std::string& problem,
+                     const std::string& used) const {
+    ++report.fallbacks[used];
+    if (report.failures.size() < kMaxFailuresReported) {
+      report.failures.push_back(name + ": " + problem + "; runs " + used);
+    }
+  }
+
+  // XNNPACK: runs each prepack op (whose inputs are all constants after freezing) once per
+  // distinct weight, and puts the packed object in the graph as a constant; side graphs that use
+  // the same weights share one packed copy.
+  void fold_prepacking(Graph& g) const {
+    static const std::set<std::string> kPrepack = {"prepacked::conv2d_clamp_prepack",
+                                                   "prepacked::linear_clamp_prepack",
+                                                   "prepacked::conv2d_transpose_clamp_prepack"};
+    std::vector<Node*> prepacks;
+    for (Node* n : g.nodes()) {
+      if (kPrepack.count(n->kind().toQualString())) prepacks.push_back(n);
+    }
+    for (Node* n : prepacks) {
+      std::ostringstream key;
+      key << n->kind().toQualString();
+      jit::Stack stack;
+      int64_t bytes = 0;
+      bool constant = true;
+      for (Value* in : n->inputs()) {
+        auto iv = jit::toIValue(in);
+        if (!iv) {
+          constant = false;
+          break;
+        }
+        key << '|';
+        if (iv->isTensor()) {
+          const at::Tensor& t = iv->toTensor();
+          key << "T" << tensor_key(t) << '@' << t.storage_offset() << t.sizes();
+          bytes += static_cast<int64_t>(t.numel()) * static_cast<int64_t>(t.element_size());
+        } else {
+          key << *iv;
+        }
+        stack.push_back(*iv);
+      }
+      if (!constant) continue;  // left to run at every call (correct, slower)
+      auto it = packed_constants.find(key.str());
+      if (it == packed_constants.end()) {
+        n->getOperation()(stack);
+        EDGESPLIT_CHECK_EQ(stack.size(), size_t{1});
+        it = packed_constants.emplace(key.str(), PackedConstant{stack.back(), bytes}).first;
+        packed_bytes[it->second.value.internalToPointer()] = bytes;
+      }
+      jit::WithInsertPoint guard(n);
+      Value* c = g.insertConstant(it->second.value);
+      n->output()->replaceAllUsesWith(c);
+      n->destroy();
+    }
+  }
+
+  // Packed objects that constant propagation made (not through fold_prepacking): shared by their
+  // content, read back through the class's __getstate__ (the weights they were packed from).
+  void share_packed_objects(Graph& g) const {
+    for (Node* n : g.nodes()) {
+      if (n->kind() != c10::prim::Constant || n->outputs().size() != 1) continue;
+      if (n->output()->type()->kind() != c10::TypeKind::ClassType) continue;
+      auto iv = jit::toIValue(n->output());
+      if (!iv || !iv->isObject() || packed_bytes.count(iv->internalToPointer())) continue;
+      auto object = iv->toObject();
+      jit::Function* getstate = object->type()->findMethod("__getstate__");
+      if (!getstate) continue;
+      jit::Stack stack{*iv};
+      getstate->run(stack);
+      if (stack.empty()) continue;
+      std::ostringstream key;
+      key << object->type()->str();
+      int64_t bytes = 0;
+      std::vector<c10::IValue> pending = {stack.back()};
+      while (!pending.empty()) {
+        c10::IValue v = std::move(pending.back());
+        pending.pop_back();
+        key << '|';
+        if (v.isTensor()) {
+          at::Tensor t = v.toTensor().contiguous();
+          std::string_view data(static_cast<const char*>(t.data_ptr()), t.nbytes());
+          key << t.sizes() << std::hash<std::string_view>{}(data);
+          bytes += static_cast<int64_t>(t.nbytes());
+        } else if (v.isTuple()) {
+          for (const auto& e : v.toTupleRef().elements()) pending.push_back(e);
+        } else if (v.isList()) {
+          for (const auto& e : v.toListRef()) pending.push_back(e);
+        } else {
+          key << v;
+        }
+      }
+      auto it = packed_constants.find(key.str());
+      if (it == packed_constants.end()) {
+        it = packed_constants.emplace(key.str(), PackedConstant{*iv, bytes}).first;
+        packed_bytes[it->second.value.internalToPointer()] = bytes;
+      } else {
+        n->ival_(c10::attr::value, it->second.value);
+      }
+    }
+  }
+
+  // Replaces each constant the optimizer made by the copy an earlier side graph already holds
+  // (same value name, type, shape and content), so N heads do not hold N copies of the weights.
+  void share_constants(Graph& g) const {
+    std::vector<jit::Block*> blocks = {g.block()};
+    while (!blocks.empty()) {
+      jit::Block* block = blocks.back();
+      blocks.pop_back();
+      for (Node* n : block->nodes()) {
+        for (jit::Block* b : n->blocks()) blocks.push_back(b);
+        auto t = constant_tensor(n);
+        if (!t || !t->defined()) continue;
+        if (!t->is_mkldnn() && (!t->has_storage() || processed_constants.count(tensor_key(*t)))) {
+          continue;
+        }
+        at::Tensor dense = t->is_mkldnn() ? t->to_dense() : t->contiguous();
+        std::string_view bytes(static_cast<const char*>(dense.data_ptr()), dense.nbytes());
+        std::ostringstream key;
+        key << n->output()->debugName() << '|' << t->layout() << '|' << t->scalar_type() << '|'
+            << t->sizes() << '|' << std::hash<std::string_view>{}(bytes);
+        auto [it, inserted] = shared_constants.emplace(key.str(), *t);
+        if (!inserted) n->t_(c10::attr::value, it->second);
+      }
+    }
+  }
+
+  // Fills the report from the whole model's graph as the engine runs it.
+  void describe_engine(const Graph& g) {
+    if (options.engine == Engine::kPlain) return;
+    static const std::set<std::string> kHeavy = {"aten::conv1d",
+                                                 "aten::conv2d",
+                                                 "aten::conv3d",
+                                                 "aten::_convolution",
+                                                 "aten::convolution",
+                                                 "aten::conv_transpose1d",
+                                                 "aten::conv_transpose2d",
+                                                 "aten::conv_transpose3d",
+                                                 "aten::linear",
+                                                 "aten::matmul",
+                                                 "aten::mm",
+                                                 "aten::addmm",
+                                                 "aten::bmm",
+                                                 "prim::mkldnn_convolution",
+                                                 "prepacked::conv2d_clamp_run",
+                                                 "prepacked::linear_clamp_run",
+                                                 "prepacked::conv2d_transpose_clamp_run"};
+    std::vector<const jit::Block*> blocks = {g.block()};
+    while (!blocks.empty()) {
+      const jit::Block* block = blocks.back();
+      blocks.pop_back();
+      for (const Node* n : block->nodes()) {
+        for (const jit::Block* b : n->blocks()) blocks.push_back(b);
+        const std::string kind = n->kind().toQualString();
+        if (!kHeavy.count(kind)) continue;
+        bool onednn = kind == "prim::mkldnn_convolution";
+        for (const Value* in : n->inputs()) {
+          auto t = constant_tensor(in->node());
+          if (t && t->defined() && t->is_mkldnn()) onednn = true;
+        }
+        if (onednn) {
+          ++report.accelerated["onednn"];
+          ++report.accelerated_ops;
+        } else if (kind.rfind("prepacked::", 0) == 0) {
+          ++report.accelerated["xnnpack"];
+          ++report.accelerated_ops;
+        } else {
+          ++report.fallback_ops[kind];
+        }
+      }
+    }
   }
 
   // Compiles the execution plan now, so the first run does not pay for it.
@@ -386,7 +820,9 @@ struct ModelGraph::Impl {
     f.tail = build_tail(cut);
     compile(*f.head);
     compile(*f.tail);
-    return cache.emplace(cut, std::move(f)).first->second;
+    const CutFunctions& built = cache.emplace(cut, std::move(f)).first->second;
+    if (cache.size() == cuts.size()) probe_values.clear();  // nothing left to check
+    return built;
   }
 
   // Keeps only the heads of cuts 0..last and drops the processed graph and everything else that
@@ -399,10 +835,12 @@ struct ModelGraph::Impl {
       f.head = build_head(c);
       compile(*f.head);
       retained_weight_bytes += constant_tensor_bytes(*f.head->graph, seen);
+      retained_weight_bytes += packed_object_bytes(*f.head->graph, seen);
       cache[c] = std::move(f);
     }
     released = true;
     retained_cut = last;
+    probe_values.clear();
     whole.reset();
     for (CutSite& site : sites) site.crossing.clear();
     nodes.clear();
@@ -415,6 +853,8 @@ struct ModelGraph::Impl {
   static std::vector<at::Tensor> run_side(const SideFunction& side, const at::Tensor* tensors,
                                           size_t count) {
     c10::InferenceMode guard;
+    std::optional<SerialOpenMp> serial;
+    if (side.serial_aten) serial.emplace();
     jit::Stack stack(tensors, tensors + count);
     side.function->run(stack);
     EDGESPLIT_CHECK_EQ(stack.size(), size_t{1});
@@ -551,6 +991,10 @@ Status ModelGraph::Impl::discover() {
   for (Node* n : nodes) non_negative.visit(n);
 
   total_weight_bytes = constant_tensor_bytes(*graph);
+  for (const Node* n : graph->nodes()) {
+    auto t = constant_tensor(n);
+    if (t && t->defined() && t->has_storage()) processed_constants.insert(tensor_key(*t));
+  }
   std::map<std::string, int> name_count;
   for (size_t c = 0; c < sites.size(); ++c) {
     const CutSite& site = sites[c];
@@ -573,8 +1017,8 @@ Status ModelGraph::Impl::discover() {
       if (again++ > 0) name += "#" + std::to_string(again);
     }
     cut.name = name;
-    cut.head_weight_bytes = constant_tensor_bytes(*build_head(cut.id)->graph);
-    cut.tail_weight_bytes = constant_tensor_bytes(*build_tail(cut.id)->graph);
+    cut.head_weight_bytes = constant_tensor_bytes(*build_head(cut.id, false)->graph);
+    cut.tail_weight_bytes = constant_tensor_bytes(*build_tail(cut.id, false)->graph);
     cuts.push_back(std::move(cut));
   }
   return Status();
@@ -589,17 +1033,26 @@ Status ModelGraph::Impl::measure() {
       if (probe_index.emplace(v, probes.size()).second) probes.push_back(v);
     }
   }
-  auto probe = build({input}, 0, static_cast<int>(nodes.size()), probes, "probe");
-  whole = build({input}, 0, static_cast<int>(nodes.size()), {graph->outputs()[0]}, "whole");
-  compile(*whole);
+  auto probe = build({input}, 0, static_cast<int>(nodes.size()), probes, "probe", false);
   std::vector<at::Tensor> values;
+  at::Tensor probe_input;
   try {
-    at::Tensor zeros = torch::zeros(options.input_shape);
-    values = run_side(*probe, &zeros, 1);
+    // A fixed pseudo-random input in [0, 1): shapes do not depend on it; the optimized side
+    // graphs are checked against what the plain graph computes from it.
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(20240501);
+    probe_input = at::rand(options.input_shape, generator);
+    values = run_side(*probe, &probe_input, 1);
   } catch (const std::exception& e) {
     return invalid_argument("model '" + path + "' failed on an input of shape " +
                             shape_string(options.input_shape) + ": " + first_line(e.what()));
   }
+  if (options.engine != Engine::kPlain) {
+    probe_values[input] = probe_input;
+    for (size_t i = 0; i < probes.size(); ++i) probe_values[probes[i]] = values.at(i);
+  }
+  whole = build({input}, 0, static_cast<int>(nodes.size()), {graph->outputs()[0]}, "whole");
+  describe_engine(*whole->graph);
+  compile(*whole);
   for (size_t c = 0; c < sites.size(); ++c) {
     CutPoint& cut = cuts[c];
     cut.elements = 0;
@@ -613,6 +1066,83 @@ Status ModelGraph::Impl::measure() {
     cut.fp32_bytes = cut.elements * 4;
   }
   return Status();
+}
+
+const char* engine_name(Engine engine) {
+  switch (engine) {
+    case Engine::kPlain:
+      return "plain";
+    case Engine::kOptimized:
+      return "optimized";
+    case Engine::kOneDnn:
+      return "onednn";
+    case Engine::kXnnpack:
+      return "xnnpack";
+  }
+  return "unknown";
+}
+
+std::optional<Engine> parse_engine(const std::string& text) {
+  for (Engine e : {Engine::kPlain, Engine::kOptimized, Engine::kOneDnn, Engine::kXnnpack}) {
+    if (text == engine_name(e)) return e;
+  }
+  return std::nullopt;
+}
+
+std::vector<std::string> available_backends() {
+  std::vector<std::string> out;
+  if (at::hasMKLDNN()) out.push_back("onednn");
+  // XNNPACK's operators are registered only in builds that have it.
+  if (c10::Dispatcher::singleton()
+          .findSchema({"prepacked::conv2d_clamp_prepack", ""})
+          .has_value()) {
+    out.push_back("xnnpack");
+  }
+  return out;
+}
+
+std::string EngineReport::summary() const {
+  std::ostringstream os;
+  os << engine_name(engine);
+  if (engine == Engine::kPlain) return os.str();
+  if (backend == "frozen-graph") {
+    os << " (frozen-graph folding only: this LibTorch has neither oneDNN nor XNNPACK)";
+  } else {
+    os << " (" << backend << "): ";
+    if (accelerated.empty()) os << "no convolution/linear op in " << backend;
+    bool first = true;
+    for (const auto& [name, count] : accelerated) {
+      os << (first ? "" : ", ") << count << " convolution/linear ops in " << name;
+      first = false;
+    }
+  }
+  if (!fallback_ops.empty()) {
+    os << "; on LibTorch's default path:";
+    for (const auto& [kind, count] : fallback_ops) os << " " << count << "x " << kind;
+  }
+  for (const auto& [used, count] : fallbacks) {
+    os << "; " << count << " graph" << (count == 1 ? "" : "s") << " ran " << used
+       << " instead (failed or differed from the plain graph)";
+  }
+  return os.str();
+}
+
+void set_compute_threads(int intra_op) {
+  static std::once_flag once;
+  std::call_once(once, [] {
+#if defined(__GLIBC__)
+    // Tensors up to 32 MiB (every batch-1 activation of these CNNs) come from the heap, and the
+    // heap is not trimmed: freed activations are reused by the next inference.
+    (void)mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+    (void)mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024);
+#endif
+    try {
+      at::set_num_interop_threads(1);
+    } catch (const std::exception&) {
+      // Parallel work already started (the setting is then fixed for the process).
+    }
+  });
+  if (intra_op > 0) at::set_num_threads(intra_op);
 }
 
 Result<std::shared_ptr<ModelGraph>> ModelGraph::load(const std::string& path,
@@ -636,6 +1166,24 @@ Result<std::shared_ptr<ModelGraph>> ModelGraph::load(const std::string& path,
   auto impl = std::make_unique<Impl>();
   impl->path = path;
   impl->options = options;
+  impl->report.engine = options.engine;
+  if (options.engine != Engine::kPlain) {
+    const std::vector<std::string> backends = available_backends();
+    auto has = [&](const char* b) {
+      return std::find(backends.begin(), backends.end(), b) != backends.end();
+    };
+    if (options.engine == Engine::kOptimized) {
+      impl->report.backend = backends.empty() ? "frozen-graph" : backends.front();
+    } else {
+      const char* wanted = engine_name(options.engine);
+      if (!has(wanted)) {
+        return unsupported(std::string("this LibTorch has no ") + wanted +
+                           " backend: use --engine optimized (it picks the best there is) or "
+                           "plain");
+      }
+      impl->report.backend = wanted;
+    }
+  }
   auto digest = sha256_file(path);
   if (!digest.ok()) return digest.status();
   impl->digest = digest.value();
@@ -685,6 +1233,7 @@ bool ModelGraph::has_cut(int id) const {
 int ModelGraph::device_cut() const { return static_cast<int>(impl_->cuts.size()) - 1; }
 const std::string& ModelGraph::digest() const { return impl_->digest; }
 const std::string& ModelGraph::path() const { return impl_->path; }
+const EngineReport& ModelGraph::engine_report() const { return impl_->report; }
 int64_t ModelGraph::total_weight_bytes() const { return impl_->total_weight_bytes; }
 int64_t ModelGraph::retained_weight_bytes() const { return impl_->retained_weight_bytes; }
 

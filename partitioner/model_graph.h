@@ -7,7 +7,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,8 +48,71 @@ enum class Retain {
                // only later layers use are released (a device with a memory bound)
 };
 
+// How heads, tails and the whole model run. The cut points, their ids, names and shapes do not
+// depend on it, so a device and a server on different engines still agree on every cut.
+enum class Engine {
+  kPlain,      // the processed graph as it is: head then tail reproduce run() bit for bit
+  kOptimized,  // each head, tail and the whole model through LibTorch's frozen-graph inference
+               // passes and the best backend this LibTorch has: oneDNN (x86-64 builds; what
+               // torch.jit.optimize_for_inference applies: convolutions and linear layers in
+               // oneDNN, fused with their activations), else XNNPACK (prepacked convolutions and
+               // linear layers, as on arm64 builds without oneDNN), else frozen-graph folding
+               // only. The crossing tensors stay dense, contiguous CPU tensors. Float operations
+               // run in another order: head then tail agree with run() within float tolerance,
+               // not bit for bit.
+  kOneDnn,     // kOptimized with the oneDNN backend (a load error where this LibTorch lacks it)
+  kXnnpack,    // kOptimized with the XNNPACK backend (a load error where this LibTorch lacks it)
+};
+const char* engine_name(Engine engine);  // "plain", "optimized", "onednn", "xnnpack"
+// Parses engine_name()'s names; std::nullopt for anything else.
+std::optional<Engine> parse_engine(const std::string& text);
+// The backends this LibTorch has, best first ("onednn", "xnnpack"), for messages and --help.
+std::vector<std::string> available_backends();
+
+// What the engine did with a loaded model (from the whole model's graph).
+struct EngineReport {
+  Engine engine = Engine::kOptimized;
+  // The backend that runs: "onednn" (LibTorch built with oneDNN/MKLDNN, as on x86-64),
+  // "xnnpack" (prepacked XNNPACK operators), "frozen-graph" (neither: frozen-graph folding only)
+  // or "none" (the plain engine).
+  std::string backend = "none";
+  int accelerated_ops = 0;  // convolutions and linear layers a backend runs (whole model)
+  std::map<std::string, int> accelerated;  // the same by backend ("onednn", "xnnpack")
+  // Convolutions, linear layers and matrix products left on LibTorch's default path, by kind
+  // (the optimizer falls back per op). Counted for the optimized engine only.
+  std::map<std::string, int> fallback_ops;
+  // Every optimized graph (whole model, each head and tail) is checked when it is built: run on a
+  // fixed probe input, it must give what the plain graph gives (LoadOptions::verify_tolerance).
+  // One that fails or differs is built again with the next backend (oneDNN, then XNNPACK, then
+  // frozen-graph folding alone), and plain as the last resort. Graphs that ran another backend
+  // than `backend`, by the one they ran ("xnnpack", "frozen-graph", "plain"); and the first few
+  // reasons: "tail_3: onednn differed from the plain graph by 0.35 of the output's scale; runs
+  // xnnpack". A backend can compute wrong results for some graphs (LibTorch 1.13's in-place oneDNN
+  // clamps do, on channel counts that are not a multiple of the channel block; the engine works
+  // around that one): this keeps such results from reaching a user.
+  std::map<std::string, int> fallbacks;
+  std::vector<std::string> failures;
+  // One line for logs: "optimized (onednn): 52 ops in onednn; on the default path: ...".
+  std::string summary() const;
+};
+
+// Sets the threads every network of this process runs with: `intra_op` threads inside one
+// operator (0 leaves LibTorch's default) and one inter-op thread (CNN graphs are chains: inter-op
+// parallelism only oversubscribes the cores). The first call also keeps the memory of freed
+// tensors in the process (glibc's mmap and trim thresholds raised to their largest), so that
+// every inference does not map fresh pages for its activations and fault them in again: on this
+// 2-core VM MobileNetV2 ran 16.5 ms a frame without it and 12 ms with it (7 ms instead of 11.5 ms
+// at 2 threads). Call before loading any model. Thread-safe.
+void set_compute_threads(int intra_op);
+
 struct LoadOptions {
   std::vector<int64_t> input_shape = {1, 3, 224, 224};  // shape used to trace shapes of cuts
+  Engine engine = Engine::kOptimized;
+  // Every optimized graph is checked against the plain one when it is built: on a probe input its
+  // outputs must agree within this fraction of 1 + the plain output's largest magnitude, else
+  // the next backend is tried (EngineReport::fallbacks). Negative: no check (to see what a
+  // backend computes by itself).
+  double verify_tolerance = 1e-3;
   int max_crossing_tensors = 1;  // > 1 also offers cuts where a few tensors cross (residuals)
   Retain retain = Retain::kAll;
   int retain_cut = -1;  // with kHeadsUpTo: the last cut whose head is kept (-1: the device cut)
@@ -71,6 +136,8 @@ class ModelGraph {
   int device_cut() const;             // the last cut: everything on the device
   const std::string& digest() const;  // "sha256:<hex>" of the model file's bytes
   const std::string& path() const;
+  // The engine heads and tails run with, and what it converted.
+  const EngineReport& engine_report() const;
   int64_t total_weight_bytes() const;
   // Bytes of the weights this object keeps alive: total_weight_bytes() with Retain::kAll, else
   // what the retained heads use (measured on their graphs).
@@ -86,8 +153,9 @@ class ModelGraph {
   // Runs the tail of `cut` on the crossing tensors (same order as CutPoint::tensors).
   // Same failure rules as run_head (can_run_tail).
   at::Tensor run_tail(int cut, const std::vector<at::Tensor>& crossing) const;
-  // Runs the processed whole graph (what head then tail must reproduce bit-exactly in fp32).
-  // Only with Retain::kAll.
+  // Runs the processed whole graph through the engine (with Engine::kPlain, what head then tail
+  // reproduce bit for bit in fp32; with kOptimized, within float tolerance). Only with
+  // Retain::kAll.
   at::Tensor run(const at::Tensor& input) const;
 
   // Builds head and tail functions of `cut` (and their execution plans) now rather than on

@@ -84,6 +84,9 @@ struct MachineInfo {
   std::string cpu;
   int cores = 0;
   int threads = 0;  // LibTorch intra-op threads used when timing
+  // The engine heads and tails were timed with (partitioner::EngineReport::summary(), e.g.
+  // "optimized (onednn): ..."); "" in profiles made before engines had a name (plain).
+  std::string engine;
 };
 
 struct Profile {

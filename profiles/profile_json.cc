@@ -71,6 +71,7 @@ OrderedJson machine_json(const MachineInfo& m) {
   j["cpu"] = m.cpu;
   j["cores"] = m.cores;
   j["threads"] = m.threads;
+  if (!m.engine.empty()) j["engine"] = m.engine;
   return j;
 }
 
@@ -398,6 +399,7 @@ Status parse_machine(const Json& obj, const char* key, MachineInfo& m) {
   EDGESPLIT_RETURN_IF_ERROR(read(*j, key, "cpu", false, m.cpu));
   EDGESPLIT_RETURN_IF_ERROR(read(*j, key, "cores", false, m.cores));
   EDGESPLIT_RETURN_IF_ERROR(read(*j, key, "threads", false, m.threads));
+  EDGESPLIT_RETURN_IF_ERROR(read(*j, key, "engine", false, m.engine));
   return Status();
 }
 

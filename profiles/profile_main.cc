@@ -147,6 +147,8 @@ int main(int argc, char** argv) {
     ("warmup", "untimed runs before timing a head or tail", cxxopts::value<int>()->default_value("3"))
     ("runs", "timed runs of each head and tail (batch 1)", cxxopts::value<int>()->default_value("10"))
     ("threads", "LibTorch threads (0: LibTorch's default)", cxxopts::value<int>()->default_value("0"))
+    ("engine", "the engine to time and score with: optimized (what device and server run by "
+     "default), onednn, xnnpack or plain", cxxopts::value<std::string>()->default_value("optimized"))
     ("side", "which times to measure: device (head, pack), server (tail, unpack) or both",
      cxxopts::value<std::string>()->default_value("both"))
     ("merge-into", "time only --side on this machine and merge it into this profile (written "
@@ -178,6 +180,9 @@ int main(int argc, char** argv) {
   o.warmup = args["warmup"].as<int>();
   o.runs = args["runs"].as<int>();
   o.threads = args["threads"].as<int>();
+  auto engine = edgesplit::partitioner::parse_engine(args["engine"].as<std::string>());
+  if (!engine) return fail("--engine must be optimized, onednn, xnnpack or plain");
+  o.engine = *engine;
   if (o.batch < 1 || o.runs < 1 || o.warmup < 0 || o.threads < 0 || o.scored < 0) {
     return fail("--batch and --runs must be >= 1, --warmup, --threads and --scored >= 0");
   }

@@ -183,7 +183,7 @@ class Profiler {
   // ---- loading ------------------------------------------------------------------------------
 
   Status load() {
-    if (opt_.threads > 0) at::set_num_threads(opt_.threads);
+    partitioner::set_compute_threads(opt_.threads);
     threads_ = at::get_num_threads();
     auto info = partitioner::load_model_info(opt_.model_path, opt_.meta_path);
     if (!info.ok()) return info.status();
@@ -191,6 +191,7 @@ class Profiler {
     EDGESPLIT_RETURN_IF_ERROR(device::validate_input_info(info_));
     partitioner::LoadOptions lo;
     lo.input_shape = info_.input_shape;
+    lo.engine = opt_.engine;
     auto graph = partitioner::ModelGraph::load(opt_.model_path, lo);
     if (!graph.ok()) return graph.status();
     graph_ = std::move(graph).value();
@@ -200,7 +201,8 @@ class Profiler {
     profile_.model_digest = graph_->digest();
     profile_.created = iso8601_now();
     profile_.input_shape = info_.input_shape;
-    const MachineInfo machine = this_machine(threads_);
+    MachineInfo machine = this_machine(threads_);
+    machine.engine = graph_->engine_report().summary();
     if (opt_.side != Side::kServer) profile_.device_machine = machine;
     if (opt_.side != Side::kDevice) profile_.server_machine = machine;
 

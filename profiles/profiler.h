@@ -94,6 +94,9 @@ struct ProfilerOptions {
   int warmup = 3;   // untimed runs before timing each head and tail (batch 1)
   int runs = 10;    // timed runs of each head and tail (batch 1)
   int threads = 0;  // LibTorch intra-op threads; 0 keeps LibTorch's default
+  // The engine heads and tails are timed with (and accuracy measured with): the one device and
+  // server run by default.
+  partitioner::Engine engine = partitioner::Engine::kOptimized;
   Side side = Side::kBoth;
   // When set, only timings are measured (side kDevice or kServer): the cuts and encodings are
   // those of this profile, which is left unchanged here (merge the result with merge_timings).

@@ -43,8 +43,10 @@ echo "== cut points of $(basename "$model")" >&2
 "$bin/edgesplit-inspect" "$model" "${meta_args[@]}" >&2
 
 echo "== starting edgesplit-server on loopback" >&2
+# One LibTorch thread for the server: device and server share this machine's cores, and two
+# processes with several OpenMP threads each slow each other down badly (docs/engine.md).
 "$bin/edgesplit-server" --model "$model" "${meta_args[@]}" --bind "tcp://127.0.0.1:*" \
-  --endpoint-file "$work/endpoint" --log-level warn &
+  --endpoint-file "$work/endpoint" --log-level warn --threads 1 &
 server_pid=$!
 for _ in $(seq 1 600); do
   [ -s "$work/endpoint" ] && break
@@ -58,6 +60,9 @@ echo "== server listening on $endpoint" >&2
 # profile and live measurements, minimising latency within 1 point of top-1 accuracy.
 plan=(--objective latency --max-accuracy-drop 1)
 [ "${#args[@]}" -gt 0 ] && plan=()
+# The device's threads: one, unless the arguments say otherwise.
+threads=(--threads 1)
+for a in "${args[@]}"; do [[ "$a" == --threads* ]] && threads=(); done
 echo "== edgesplit-device: the scheduler picks the cut and precision per frame" >&2
 "$bin/edgesplit-device" --server "$endpoint" --model "$model" "${meta_args[@]}" --input "$input" \
-  --top-k 3 "${plan[@]}" "${args[@]}"
+  --top-k 3 "${threads[@]}" "${plan[@]}" "${args[@]}"

@@ -52,6 +52,8 @@ int main(int argc, char** argv) {
      cxxopts::value<std::vector<std::string>>())
     ("workers", "threads running tails", cxxopts::value<int>()->default_value("1"))
     ("threads", "LibTorch intra-op threads per tail (0: LibTorch's default)", cxxopts::value<int>()->default_value("0"))
+    ("engine", "how tails run: optimized (LibTorch's inference passes with the best backend it "
+     "has: oneDNN, else XNNPACK), onednn, xnnpack, or plain (the frozen graph as it is)", cxxopts::value<std::string>()->default_value("optimized"))
     ("queue", "queued requests before the server answers BUSY", cxxopts::value<int>()->default_value("64"))
     ("max-message-mb", "largest request accepted, in MiB", cxxopts::value<int>()->default_value("64"))
     ("name", "server name reported in the handshake", cxxopts::value<std::string>()->default_value("edgesplit-server"))
@@ -103,6 +105,9 @@ int main(int argc, char** argv) {
   }
   options.workers = args["workers"].as<int>();
   options.compute_threads = args["threads"].as<int>();
+  auto engine = edgesplit::partitioner::parse_engine(args["engine"].as<std::string>());
+  if (!engine) return usage_error("--engine must be optimized, onednn, xnnpack or plain");
+  options.engine = *engine;
   int queue = args["queue"].as<int>();
   if (queue < 1) return usage_error("--queue must be at least 1");
   options.queue_capacity = static_cast<size_t>(queue);

@@ -289,6 +289,7 @@ struct InferenceServer::Impl {
           d->set_digest(digest);
           d->set_num_cuts(static_cast<uint32_t>(m.signature.cut_count()));
           for (float t : m.tail_ms) d->add_tail_ms(t);
+          d->set_engine(m.graph->engine_report().summary());
         }
         reply_to(in.identity, reply);
         return;
@@ -530,6 +531,7 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     const std::string& path = options.model_paths[i];
     const std::string meta = i < options.meta_paths.size() ? options.meta_paths[i] : "";
     partitioner::LoadOptions lo;
+    lo.engine = options.engine;
     std::string name;
     auto info = partitioner::load_model_info(path, meta);
     if (info.ok()) {
@@ -544,8 +546,9 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     for (const auto& point : (*graph)->cuts()) (*graph)->prepare(point.id);
     if (name.empty()) name = path.substr(path.find_last_of('/') + 1);
     const std::string digest = (*graph)->digest();
-    spdlog::info("model {} ({}): {} cuts, {} weight bytes", name, digest, (*graph)->cuts().size(),
-                 (*graph)->total_weight_bytes());
+    spdlog::info("model {} ({}): {} cuts, {} weight bytes; engine {}", name, digest,
+                 (*graph)->cuts().size(), (*graph)->total_weight_bytes(),
+                 (*graph)->engine_report().summary());
     ServedModel served{signature_of(**graph, name), std::move(graph).value(), std::nullopt, {}};
     if (info.ok()) served.info = std::move(info).value();
     // The tail-time table devices get in the handshake.

@@ -20,6 +20,7 @@
 
 #include "packing/codec.h"
 #include "packing/status.h"
+#include "partitioner/model_graph.h"
 #include "server/metrics.h"
 #include "transport/protocol.h"
 
@@ -32,8 +33,10 @@ struct ServerOptions {
   // Optional profile per model (same order; "" = MODEL.profile.json beside the model when present):
   // its tail times go to devices in the handshake.
   std::vector<std::string> profile_paths;
-  int workers = 1;             // threads running tails
-  int compute_threads = 0;     // LibTorch intra-op threads (0: LibTorch's default)
+  int workers = 1;          // threads running tails
+  int compute_threads = 0;  // LibTorch intra-op threads (0: LibTorch's default)
+  // How tails run (partitioner::Engine); the cut ids do not depend on it.
+  partitioner::Engine engine = partitioner::Engine::kOptimized;
   size_t queue_capacity = 64;  // queued requests before BUSY replies
   // Inference requests one device may have queued or running at once; more get BUSY at once.
   size_t max_in_flight_per_client = 32;

@@ -112,7 +112,7 @@ def run_device(tb, args, extra, out_path, warmup, quota, duration=None, on_start
     argv = [os.path.join(args.bin_dir, "edgesplit-device"),
             "--server", "tcp://%s:%d" % (netbed.SRV_ADDR, PORT),
             "--model", args.model, "--input", args.images, "--threads", "1", "--top-k", "1",
-            "--quiet"]
+            "--engine", args.engine, "--quiet"]
     if args.meta:
         argv += ["--meta", args.meta]
     if args.profile:
@@ -385,7 +385,7 @@ def start_server(tb, args, out_dir):
     endpoint_file = os.path.join(out_dir, "server.endpoint")
     argv = [os.path.join(args.bin_dir, "edgesplit-server"), "--bind",
             "tcp://%s:%d" % (netbed.SRV_ADDR, PORT), "--model", args.model, "--workers", "1",
-            "--threads", "1", "--endpoint-file", endpoint_file]
+            "--threads", "1", "--engine", args.engine, "--endpoint-file", endpoint_file]
     if args.meta:
         argv += ["--meta", args.meta]
     log = open(os.path.join(out_dir, "server.log"), "a")
@@ -867,6 +867,9 @@ def main(argv):
                                                      "labels.tsv"))
     ap.add_argument("--image-count", type=int, default=200,
                     help="distinct images (the last N of the sorted scored images; runs loop)")
+    ap.add_argument("--engine", default="optimized",
+                    help="the engine device and server run (edgesplit-device --engine); time the "
+                         "profile with the same one")
     ap.add_argument("--bin-dir", default=os.environ.get("EDGESPLIT_BIN_DIR",
                                                         os.path.join(REPO, "build", "bin")))
     ap.add_argument("--out", help="results folder (default bench/results/<timestamp>)")

@@ -38,6 +38,7 @@ struct DeviceRun {
   int rc = -1;
   std::vector<json> frames;
   json summary;
+  json ready;
   std::string err;
 };
 
@@ -52,6 +53,7 @@ DeviceRun parse_run(int rc, const fs::path& out, const fs::path& err) {
     json j = json::parse(line);
     if (j["type"] == "frame") r.frames.push_back(j);
     if (j["type"] == "summary") r.summary = j;
+    if (j["type"] == "ready") r.ready = j;
   }
   return r;
 }
@@ -85,11 +87,35 @@ std::vector<int> spread_cuts(const partitioner::ModelGraph& g) {
 
 }  // namespace
 
-TEST_CASE("fp32 split at several cuts gives exactly the local whole-model result") {
+TEST_CASE("fp32 split at several cuts gives exactly the local whole-model result (plain engine)") {
   auto dir = scratch_dir("e2e-fp32");
   ServerProcess server;
-  REQUIRE(server.start(dir, {"--model", default_model().string()}));
-  auto local = run_device(dir, "local", {"--cut", "device"});
+  REQUIRE(server.start(dir, {"--model", default_model().string(), "--engine", "plain"}));
+  auto local = run_device(dir, "local", {"--cut", "device", "--engine", "plain"});
+  REQUIRE(local.rc == 0);
+  REQUIRE(local.frames.size() == sample_count());
+  auto graph = load_default();
+  for (int cut : spread_cuts(*graph)) {
+    CAPTURE(cut);
+    auto split = run_device(dir, "cut" + std::to_string(cut),
+                            {"--server", server.endpoint(), "--cut", std::to_string(cut), "--bits",
+                             "fp32", "--engine", "plain"});
+    REQUIRE(split.rc == 0);
+    REQUIRE(split.frames.size() == local.frames.size());
+    for (size_t i = 0; i < split.frames.size(); ++i) {
+      CAPTURE(i);
+      CHECK(split.frames[i]["completed"] == "server");
+      CHECK(split.frames[i]["source"] == local.frames[i]["source"]);
+      CHECK(split.frames[i]["top"] == local.frames[i]["top"]);  // indices and scores, exactly
+    }
+  }
+}
+
+TEST_CASE("fp32 split with the optimized engine: same classes - scores within float tolerance") {
+  auto dir = scratch_dir("e2e-fp32-optimized");
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string()}));  // optimized by default
+  auto local = run_device(dir, "local", {"--cut", "device", "--engine", "plain"});
   REQUIRE(local.rc == 0);
   REQUIRE(local.frames.size() == sample_count());
   auto graph = load_default();
@@ -100,11 +126,21 @@ TEST_CASE("fp32 split at several cuts gives exactly the local whole-model result
                    {"--server", server.endpoint(), "--cut", std::to_string(cut), "--bits", "fp32"});
     REQUIRE(split.rc == 0);
     REQUIRE(split.frames.size() == local.frames.size());
+    // Both sides say which engine they run (the server's comes in the handshake).
+    CHECK(split.ready["engine"].get<std::string>().rfind("optimized", 0) == 0);
+    CHECK(split.ready["server_engine"].get<std::string>().rfind("optimized", 0) == 0);
+    CHECK(local.ready["engine"] == "plain");
     for (size_t i = 0; i < split.frames.size(); ++i) {
       CAPTURE(i);
       CHECK(split.frames[i]["completed"] == "server");
       CHECK(split.frames[i]["source"] == local.frames[i]["source"]);
-      CHECK(split.frames[i]["top"] == local.frames[i]["top"]);  // indices and scores, exactly
+      const auto& a = split.frames[i]["top"];
+      const auto& b = local.frames[i]["top"];
+      REQUIRE(a.size() == b.size());
+      CHECK(a[0]["index"] == b[0]["index"]);
+      for (size_t k = 0; k < a.size(); ++k) {
+        CHECK(std::abs(a[k]["score"].get<double>() - b[k]["score"].get<double>()) <= 1e-4);
+      }
     }
   }
 }
@@ -455,6 +491,11 @@ TEST_CASE("user errors get one sentence and exit code 2") {
       {{bin("edgesplit-device"), "--model", default_model().string(), "--input",
         default_samples().string(), "--no-such-flag"},
        "no-such-flag"},
+      {{bin("edgesplit-device"), "--model", default_model().string(), "--input",
+        default_samples().string(), "--engine", "fast"},
+       "--engine must be optimized, onednn, xnnpack or plain"},
+      {{bin("edgesplit-server"), "--model", default_model().string(), "--engine", "fast"},
+       "--engine must be optimized, onednn, xnnpack or plain"},
       {{bin("edgesplit-server"), "--model", "/nonexistent/model.pt"}, "/nonexistent/model.pt"},
       {{bin("edgesplit-server"), "--model", default_model().string(), "--bind", "nonsense://x"},
        "nonsense://x",

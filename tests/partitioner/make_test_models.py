@@ -6,7 +6,10 @@
 tiny_cnn.pt / tiny_cnn_traced.pt: conv-bn-relu stem, a residual block, a ReLU6 layer, pooling and
 a linear classifier (input 1x3x32x32). branchy.pt: an inception-like block whose inside can only
 be cut where 2 or 3 tensors cross. loop.pt: layers inside a data-dependent loop (no cut inside).
-tuple_out.pt: returns two tensors.
+tuple_out.pt: returns two tensors. upconv.pt: a transposed convolution and a 1-d pooling-free
+tail (ops the optimized engine leaves on LibTorch's default path; input 1x3x16x16).
+padded.pt: explicit zero padding before a strided depthwise convolution, as in MobileNetV1 with
+TensorFlow padding (LibTorch 1.13's oneDNN path computes it wrong; input 1x3x32x32).
 """
 
 import os
@@ -85,6 +88,33 @@ class TupleOut(nn.Module):
         return y, torch.relu(y)
 
 
+class UpConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.up = nn.Sequential(nn.ConvTranspose2d(8, 4, 2, stride=2), nn.ReLU())
+        self.mix = nn.Sequential(nn.Conv2d(4, 6, 1), nn.Sigmoid())
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.mix(self.up(self.stem(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class Padded(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6())
+        self.b = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(8, 8, 3, stride=2, groups=8),
+                               nn.ReLU6())
+        self.c = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU6())
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.c(self.b(self.a(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
 def randomize_bn(model):
     """Non-trivial batch-norm statistics, so that folding them changes the weights."""
     for m in model.modules():
@@ -114,6 +144,8 @@ def main():
     save(torch.jit.script(Branchy().eval()), os.path.join(out, "branchy.pt"))
     save(torch.jit.script(Loop().eval()), os.path.join(out, "loop.pt"))
     save(torch.jit.script(TupleOut().eval()), os.path.join(out, "tuple_out.pt"))
+    save(torch.jit.script(UpConv().eval()), os.path.join(out, "upconv.pt"))
+    save(torch.jit.script(Padded().eval()), os.path.join(out, "padded.pt"))
     return 0
 
 

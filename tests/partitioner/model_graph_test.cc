@@ -29,10 +29,13 @@ std::shared_ptr<ModelGraph> load_ok(const fs::path& path, const LoadOptions& opt
   return graph.value();
 }
 
+// The plain engine: these tests check head then tail bit for bit (engine_test.cc checks the
+// optimized engine).
 LoadOptions shape(std::vector<int64_t> s, int max_crossing = 1) {
   LoadOptions o;
   o.input_shape = std::move(s);
   o.max_crossing_tensors = max_crossing;
+  o.engine = edgesplit::partitioner::Engine::kPlain;
   return o;
 }
 
@@ -290,21 +293,9 @@ TEST_CASE("heads and tails run concurrently from several threads") {
   auto g = load_ok(path, shape({1, 3, 32, 32}));
   torch::manual_seed(4);
   at::Tensor input = torch::randn({1, 3, 32, 32});
-  at::Tensor whole = g->run(input);
-  const int cuts = static_cast<int>(g->cuts().size());
-  std::atomic<int> mismatches{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 4; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < 40; ++i) {
-        int cut = (t * 7 + i) % cuts;
-        at::Tensor out = g->run_tail(cut, g->run_head(cut, input));
-        if (!torch::equal(out, whole)) ++mismatches;
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  CHECK(mismatches.load() == 0);
+  CHECK(concurrent_mismatches(
+            *g, input, g->run(input),
+            [](const at::Tensor& a, const at::Tensor& b) { return torch::equal(a, b); }) == 0);
 }
 
 TEST_CASE("shared MobileNetV2: cut points - metadata and exact head/tail at every cut") {

@@ -26,6 +26,7 @@ std::shared_ptr<ModelGraph> check_architecture(const std::string& arch, int side
   }
   LoadOptions options;
   options.input_shape = {1, 3, side, side};
+  options.engine = edgesplit::partitioner::Engine::kPlain;  // bit for bit
   options.max_crossing_tensors = max_crossing;
   auto start = std::chrono::steady_clock::now();
   auto loaded = ModelGraph::load(path.string(), options);
@@ -60,6 +61,22 @@ std::shared_ptr<ModelGraph> check_architecture(const std::string& arch, int side
       ids.push_back(static_cast<int>(i * (cuts.size() - 1) / (sample - 1)));
   }
   for (int id : ids) check_cut_exact(*g, id, input, whole);
+
+  // The optimized engine on the same file: the same cuts; its whole model close to the plain one;
+  // head then tail close to its whole model at up to 6 of the cuts above.
+  LoadOptions fast = options;
+  fast.engine = edgesplit::partitioner::Engine::kOptimized;
+  auto optimized = ModelGraph::load(path.string(), fast);
+  INFO(optimized.status().to_string());
+  REQUIRE(optimized.ok());
+  auto o = optimized.value();
+  MESSAGE(label << ": " << o->engine_report().summary());
+  REQUIRE(o->cuts().size() == cuts.size());
+  for (size_t i = 0; i < cuts.size(); ++i) CHECK(o->cuts()[i].name == cuts[i].name);
+  at::Tensor fast_whole = o->run(input);
+  CHECK((fast_whole - whole).abs().max().item<double>() <= 1e-3 * scale);
+  const size_t step = std::max<size_t>(1, ids.size() / 6);
+  for (size_t i = 0; i < ids.size(); i += step) check_cut_close(*o, ids[i], input, fast_whole);
   return g;
 }
 

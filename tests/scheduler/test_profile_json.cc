@@ -37,8 +37,8 @@ Profile sample_profile() {
   p.model_name = "mobilenet_v2_imagenet";
   p.model_digest = "sha256:0123abcd";
   p.created = "2024-05-01T10:00:00Z";
-  p.device_machine = {"edge-1", "Cortex-A72", 4, 4};
-  p.server_machine = {"server-1", "Xeon Gold \"6338\"", 32, 8};
+  p.device_machine = {"edge-1", "Cortex-A72", 4, 4, "optimized (onednn): 52 ops"};
+  p.server_machine = {"server-1", "Xeon Gold \"6338\"", 32, 8, ""};
   p.images = "/data/images";
   p.labels = "/data/labels.tsv";
   p.calibration_images = {"a.jpg", "b.jpg"};
@@ -107,6 +107,8 @@ void check_equal(const Profile& a, const Profile& b) {
   CHECK(a.created == b.created);
   CHECK(a.device_machine.hostname == b.device_machine.hostname);
   CHECK(a.device_machine.cpu == b.device_machine.cpu);
+  CHECK(a.device_machine.engine == b.device_machine.engine);
+  CHECK(a.server_machine.engine == b.server_machine.engine);
   CHECK(a.server_machine.cpu == b.server_machine.cpu);
   CHECK(a.server_machine.cores == b.server_machine.cores);
   CHECK(a.server_machine.threads == b.server_machine.threads);
