@@ -1233,7 +1233,10 @@ bool ModelGraph::has_cut(int id) const {
 int ModelGraph::device_cut() const { return static_cast<int>(impl_->cuts.size()) - 1; }
 const std::string& ModelGraph::digest() const { return impl_->digest; }
 const std::string& ModelGraph::path() const { return impl_->path; }
-const EngineReport& ModelGraph::engine_report() const { return impl_->report; }
+EngineReport ModelGraph::engine_report() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->report;
+}
 int64_t ModelGraph::total_weight_bytes() const { return impl_->total_weight_bytes; }
 int64_t ModelGraph::retained_weight_bytes() const { return impl_->retained_weight_bytes; }
 

@@ -136,8 +136,9 @@ class ModelGraph {
   int device_cut() const;             // the last cut: everything on the device
   const std::string& digest() const;  // "sha256:<hex>" of the model file's bytes
   const std::string& path() const;
-  // The engine heads and tails run with, and what it converted.
-  const EngineReport& engine_report() const;
+  // The engine heads and tails run with, and what it converted (a copy: graphs built later, on
+  // first use of a cut, may add fallbacks).
+  EngineReport engine_report() const;
   int64_t total_weight_bytes() const;
   // Bytes of the weights this object keeps alive: total_weight_bytes() with Retain::kAll, else
   // what the retained heads use (measured on their graphs).
