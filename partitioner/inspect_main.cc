@@ -136,6 +136,8 @@ int main(int argc, char** argv) {
 
   LoadOptions load_options;
   load_options.max_crossing_tensors = max_crossing;
+  // Listing cuts runs nothing: the cuts do not depend on the engine, so skip its passes.
+  load_options.engine = edgesplit::partitioner::Engine::kPlain;
   if (!shape_text.empty()) {
     load_options.input_shape = parse_shape(shape_text);
     if (load_options.input_shape.empty()) {

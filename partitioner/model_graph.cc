@@ -1,5 +1,7 @@
 // ModelGraph: loading, freezing and processing a TorchScript graph, cut discovery (liveness over
-// the top-level nodes), head/tail construction by cloning nodes, and weight accounting.
+// the top-level nodes), head/tail construction by cloning nodes, weight accounting, and the
+// engine: inference passes per head and tail (oneDNN or XNNPACK), each optimized graph checked
+// against the plain one on a probe input, constants shared across graphs (docs/engine.md).
 #include "partitioner/model_graph.h"
 
 #include <sodium.h>

@@ -1,6 +1,7 @@
 // ModelGraph: a TorchScript CNN loaded, frozen, and cut into head (input -> crossing tensors) and
 // tail (crossing tensors -> output) at every valid cut point. Works on any graph shape (chains,
-// residual, multi-branch), not just lists of layers.
+// residual, multi-branch), not just lists of layers. Heads and tails run through an engine
+// (Engine, EngineReport; docs/engine.md).
 //
 // Thread-safety: after load(), all const methods may be called from several threads at once
 // (the server's workers run tails concurrently). Head/tail functions are built lazily and cached.
