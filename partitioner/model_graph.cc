@@ -155,6 +155,21 @@ std::optional<double> constant_scalar(Value* v) {
   return std::nullopt;
 }
 
+// Calls f(node) for every node of `g`, the nodes of nested blocks included.
+template <typename GraphT, typename F>
+void for_each_node(GraphT& g, F&& f) {
+  using BlockPtr = decltype(g.block());
+  std::vector<BlockPtr> blocks = {g.block()};
+  while (!blocks.empty()) {
+    BlockPtr block = blocks.back();
+    blocks.pop_back();
+    for (auto* n : block->nodes()) {
+      for (auto* b : n->blocks()) blocks.push_back(b);
+      f(n);
+    }
+  }
+}
+
 // The tensor a constant node holds (prim::Constant, or prim::ConstantMKLDNNTensor from the oneDNN
 // pass), if it holds one.
 std::optional<at::Tensor> constant_tensor(const Node* n) {
@@ -188,24 +203,18 @@ int64_t constant_tensor_bytes(const Graph& graph, std::unordered_set<const void*
     if (!t.defined() || (!t.is_mkldnn() && !t.has_storage())) return;
     if (seen.insert(tensor_key(t)).second) bytes += tensor_bytes(t);
   };
-  std::vector<const jit::Block*> blocks = {graph.block()};
-  while (!blocks.empty()) {
-    const jit::Block* block = blocks.back();
-    blocks.pop_back();
-    for (const Node* n : block->nodes()) {
-      for (const jit::Block* b : n->blocks()) blocks.push_back(b);
-      if (n->outputs().size() != 1) continue;
-      if (auto t = constant_tensor(n)) {
-        add_tensor(*t);
-        continue;
-      }
-      if (n->kind() != c10::prim::Constant) continue;
-      auto iv = jit::toIValue(n->output());
-      if (iv && iv->isTensorList()) {
-        for (const at::Tensor& t : iv->toTensorVector()) add_tensor(t);
-      }
+  for_each_node(graph, [&](const Node* n) {
+    if (n->outputs().size() != 1) return;
+    if (auto t = constant_tensor(n)) {
+      add_tensor(*t);
+      return;
     }
-  }
+    if (n->kind() != c10::prim::Constant) return;
+    auto iv = jit::toIValue(n->output());
+    if (iv && iv->isTensorList()) {
+      for (const at::Tensor& t : iv->toTensorVector()) add_tensor(t);
+    }
+  });
   return bytes;
 }
 
@@ -377,7 +386,7 @@ struct ModelGraph::Impl {
   // Engine::kOptimized: the constants the optimizer made (oneDNN weights, transposed linear
   // weights), by name and content, so every head and tail that needs one shares one copy.
   mutable std::unordered_map<std::string, at::Tensor> shared_constants;
-  // Engine::kXnnpack: packed weights (custom-class objects), by their inputs, with their bytes.
+  // XNNPACK: packed weights (custom-class objects), by content, with their bytes.
   struct PackedConstant {
     c10::IValue value;
     int64_t bytes = 0;
@@ -502,8 +511,7 @@ struct ModelGraph::Impl {
       keep_clamps_exact(*g);
     } else if (backend == "xnnpack") {
       jit::insertPrePackedOps(g);
-      fold_prepacking(*g);
-      jit::ConstantPropagation(g);  // what fold_prepacking left (e.g. transposed weights)
+      jit::ConstantPropagation(g);  // runs each prepack (all its inputs are frozen constants)
       share_packed_objects(*g);
     }
     jit::FrozenLinearTranspose(g);
@@ -642,56 +650,9 @@ struct ModelGraph::Impl {
     }
   }
 
-  // XNNPACK: runs each prepack op (whose inputs are all constants after freezing) once per
-  // distinct weight, and puts the packed object in the graph as a constant; side graphs that use
-  // the same weights share one packed copy.
-  void fold_prepacking(Graph& g) const {
-    static const std::set<std::string> kPrepack = {"prepacked::conv2d_clamp_prepack",
-                                                   "prepacked::linear_clamp_prepack",
-                                                   "prepacked::conv2d_transpose_clamp_prepack"};
-    std::vector<Node*> prepacks;
-    for (Node* n : g.nodes()) {
-      if (kPrepack.count(n->kind().toQualString())) prepacks.push_back(n);
-    }
-    for (Node* n : prepacks) {
-      std::ostringstream key;
-      key << n->kind().toQualString();
-      jit::Stack stack;
-      int64_t bytes = 0;
-      bool constant = true;
-      for (Value* in : n->inputs()) {
-        auto iv = jit::toIValue(in);
-        if (!iv) {
-          constant = false;
-          break;
-        }
-        key << '|';
-        if (iv->isTensor()) {
-          const at::Tensor& t = iv->toTensor();
-          key << "T" << tensor_key(t) << '@' << t.storage_offset() << t.sizes();
-          bytes += static_cast<int64_t>(t.numel()) * static_cast<int64_t>(t.element_size());
-        } else {
-          key << *iv;
-        }
-        stack.push_back(*iv);
-      }
-      if (!constant) continue;  // left to run at every call (correct, slower)
-      auto it = packed_constants.find(key.str());
-      if (it == packed_constants.end()) {
-        n->getOperation()(stack);
-        EDGESPLIT_CHECK_EQ(stack.size(), size_t{1});
-        it = packed_constants.emplace(key.str(), PackedConstant{stack.back(), bytes}).first;
-        packed_bytes[it->second.value.internalToPointer()] = bytes;
-      }
-      jit::WithInsertPoint guard(n);
-      Value* c = g.insertConstant(it->second.value);
-      n->output()->replaceAllUsesWith(c);
-      n->destroy();
-    }
-  }
-
-  // Packed objects that constant propagation made (not through fold_prepacking): shared by their
-  // content, read back through the class's __getstate__ (the weights they were packed from).
+  // XNNPACK: the packed weights constant propagation made (custom-class objects) are shared
+  // across side graphs by their content, read back through the class's __getstate__ (the weights
+  // they were packed from), so N heads do not hold N packed copies.
   void share_packed_objects(Graph& g) const {
     for (Node* n : g.nodes()) {
       if (n->kind() != c10::prim::Constant || n->outputs().size() != 1) continue;
@@ -738,26 +699,20 @@ struct ModelGraph::Impl {
   // Replaces each constant the optimizer made by the copy an earlier side graph already holds
   // (same value name, type, shape and content), so N heads do not hold N copies of the weights.
   void share_constants(Graph& g) const {
-    std::vector<jit::Block*> blocks = {g.block()};
-    while (!blocks.empty()) {
-      jit::Block* block = blocks.back();
-      blocks.pop_back();
-      for (Node* n : block->nodes()) {
-        for (jit::Block* b : n->blocks()) blocks.push_back(b);
-        auto t = constant_tensor(n);
-        if (!t || !t->defined()) continue;
-        if (!t->is_mkldnn() && (!t->has_storage() || processed_constants.count(tensor_key(*t)))) {
-          continue;
-        }
-        at::Tensor dense = t->is_mkldnn() ? t->to_dense() : t->contiguous();
-        std::string_view bytes(static_cast<const char*>(dense.data_ptr()), dense.nbytes());
-        std::ostringstream key;
-        key << n->output()->debugName() << '|' << t->layout() << '|' << t->scalar_type() << '|'
-            << t->sizes() << '|' << std::hash<std::string_view>{}(bytes);
-        auto [it, inserted] = shared_constants.emplace(key.str(), *t);
-        if (!inserted) n->t_(c10::attr::value, it->second);
+    for_each_node(g, [&](Node* n) {
+      auto t = constant_tensor(n);
+      if (!t || !t->defined()) return;
+      if (!t->is_mkldnn() && (!t->has_storage() || processed_constants.count(tensor_key(*t)))) {
+        return;
       }
-    }
+      at::Tensor dense = t->is_mkldnn() ? t->to_dense() : t->contiguous();
+      std::string_view bytes(static_cast<const char*>(dense.data_ptr()), dense.nbytes());
+      std::ostringstream key;
+      key << n->output()->debugName() << '|' << t->layout() << '|' << t->scalar_type() << '|'
+          << t->sizes() << '|' << std::hash<std::string_view>{}(bytes);
+      auto [it, inserted] = shared_constants.emplace(key.str(), *t);
+      if (!inserted) n->t_(c10::attr::value, it->second);
+    });
   }
 
   // Fills the report from the whole model's graph as the engine runs it.
@@ -780,30 +735,24 @@ struct ModelGraph::Impl {
                                                  "prepacked::conv2d_clamp_run",
                                                  "prepacked::linear_clamp_run",
                                                  "prepacked::conv2d_transpose_clamp_run"};
-    std::vector<const jit::Block*> blocks = {g.block()};
-    while (!blocks.empty()) {
-      const jit::Block* block = blocks.back();
-      blocks.pop_back();
-      for (const Node* n : block->nodes()) {
-        for (const jit::Block* b : n->blocks()) blocks.push_back(b);
-        const std::string kind = n->kind().toQualString();
-        if (!kHeavy.count(kind)) continue;
-        bool onednn = kind == "prim::mkldnn_convolution";
-        for (const Value* in : n->inputs()) {
-          auto t = constant_tensor(in->node());
-          if (t && t->defined() && t->is_mkldnn()) onednn = true;
-        }
-        if (onednn) {
-          ++report.accelerated["onednn"];
-          ++report.accelerated_ops;
-        } else if (kind.rfind("prepacked::", 0) == 0) {
-          ++report.accelerated["xnnpack"];
-          ++report.accelerated_ops;
-        } else {
-          ++report.fallback_ops[kind];
-        }
+    for_each_node(g, [&](const Node* n) {
+      const std::string kind = n->kind().toQualString();
+      if (!kHeavy.count(kind)) return;
+      bool onednn = kind == "prim::mkldnn_convolution";
+      for (const Value* in : n->inputs()) {
+        auto t = constant_tensor(in->node());
+        if (t && t->defined() && t->is_mkldnn()) onednn = true;
       }
-    }
+      if (onednn) {
+        ++report.accelerated["onednn"];
+      } else if (kind.rfind("prepacked::", 0) == 0) {
+        ++report.accelerated["xnnpack"];
+      } else {
+        ++report.fallback_ops[kind];
+        return;
+      }
+      ++report.accelerated_ops;
+    });
   }
 
   // Compiles the execution plan now, so the first run does not pay for it.

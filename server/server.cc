@@ -526,7 +526,7 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
   }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  set_compute_threads(options.compute_threads);
+  partitioner::set_compute_threads(options.compute_threads);
   for (size_t i = 0; i < options.model_paths.size(); ++i) {
     const std::string& path = options.model_paths[i];
     const std::string meta = i < options.meta_paths.size() ? options.meta_paths[i] : "";

@@ -18,8 +18,6 @@ int64_t micros_since(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
-void set_compute_threads(int threads) { partitioner::set_compute_threads(threads); }
-
 ModelSignature signature_of(const partitioner::ModelGraph& model, const std::string& name) {
   ModelSignature sig;
   sig.name = name;

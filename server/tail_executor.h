@@ -37,10 +37,6 @@ Result<TailOutcome> run_jpeg_request(const partitioner::ModelGraph& model,
                                      const partitioner::ModelInfo& info, const PackedView& jpeg,
                                      int top_k, bool want_logits);
 
-// Sets LibTorch's intra-op thread count (0: leave the default) and one inter-op thread. Call once
-// at start-up, before loading models.
-void set_compute_threads(int threads);
-
 // The admission view of a loaded model (its name, digest and per-cut crossing shapes).
 ModelSignature signature_of(const partitioner::ModelGraph& model, const std::string& name);
 
