@@ -12,6 +12,10 @@
 #   bench/run.sh engine [--quick] --out DIR [--check]
 #                           edgesplit's engine against PyTorch's optimize_for_inference, on this
 #                           machine only (no testbed, no root): bench/engine/README.md
+#   bench/run.sh multi [--quick] --out DIR [--check]
+#                           three model streams at once on one slow device under a memory bound:
+#                           the multi-stream runtime against three independent processes and
+#                           device-only, on the testbed (root): bench/multi/README.md
 #
 # The testbed needs root. Results: bench/results/<timestamp>/ (results.json, results.csv,
 # summary.md, plots, raw JSON lines of every run). Binaries from build/bin (EDGESPLIT_BIN_DIR or
@@ -31,6 +35,12 @@ fi
 if [[ "$(id -u)" != 0 ]]; then
   echo "bench/run.sh: the testbed needs root (network namespaces, tc, cgroups): run it with sudo" >&2
   exit 1
+fi
+if [[ "${1:-}" == "multi" ]]; then
+  shift
+  # A crashed earlier run may have left namespaces or cgroups behind.
+  "$py" "$here/testbed/netbed.py" cleanup >/dev/null
+  exec "$py" "$here/multi/multi_bench.py" "$@"
 fi
 for a in "$@"; do
   if [[ "$a" == "-h" || "$a" == "--help" ]]; then exec "$py" "$here/testbed/bench.py" --help; fi

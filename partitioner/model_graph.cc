@@ -1019,26 +1019,7 @@ Status ModelGraph::Impl::measure() {
   return Status();
 }
 
-const char* engine_name(Engine engine) {
-  switch (engine) {
-    case Engine::kPlain:
-      return "plain";
-    case Engine::kOptimized:
-      return "optimized";
-    case Engine::kOneDnn:
-      return "onednn";
-    case Engine::kXnnpack:
-      return "xnnpack";
-  }
-  return "unknown";
-}
-
-std::optional<Engine> parse_engine(const std::string& text) {
-  for (Engine e : {Engine::kPlain, Engine::kOptimized, Engine::kOneDnn, Engine::kXnnpack}) {
-    if (text == engine_name(e)) return e;
-  }
-  return std::nullopt;
-}
+Result<std::string> model_file_digest(const std::string& path) { return sha256_file(path); }
 
 std::vector<std::string> available_backends() {
   std::vector<std::string> out;

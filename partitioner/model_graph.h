@@ -106,6 +106,11 @@ struct EngineReport {
 // at 2 threads). Call before loading any model. Thread-safe.
 void set_compute_threads(int intra_op);
 
+// "sha256:<hex>" of a model file's bytes (what ModelGraph::digest() says once it is loaded),
+// without loading it: a device that holds none of a model still names it to the server. kNotFound
+// when the file cannot be read.
+Result<std::string> model_file_digest(const std::string& path);
+
 struct LoadOptions {
   std::vector<int64_t> input_shape = {1, 3, 224, 224};  // shape used to trace shapes of cuts
   Engine engine = Engine::kOptimized;

@@ -264,6 +264,7 @@ Result<Scheduler> Scheduler::create(const profiles::Profile& profile, SchedulerO
       c.bytes = e.bytes_mean;
       c.accuracy_drop_pp = (profile.fp32_top1 - e.top1) * 100.0;
       c.device_memory_mb = memory_mb(cut);
+      c.cut_id = cut.id;
       s.plans_.push_back(std::move(p));
       s.costs_.push_back(c);
     }
@@ -280,10 +281,45 @@ Result<Scheduler> Scheduler::create(const profiles::Profile& profile, SchedulerO
   c.head_ms = all.head.median_ms;
   c.device_memory_mb = memory_mb(all);
   c.local = true;
+  c.cut_id = all.id;
+  for (const profiles::CutProfile& cut : profile.cuts) s.profile_cut_ids_.push_back(cut.id);
   s.plans_.push_back(std::move(local));
   s.costs_.push_back(c);
   s.apply_constraints();
   return s;
+}
+
+void Scheduler::set_max_head_cut(std::optional<int> max_head_cut) {
+  max_head_cut_ = max_head_cut;
+  for (PlanCost& k : costs_) k.beyond_budget = max_head_cut && k.cut_id > *max_head_cut;
+}
+
+Result<bool> Scheduler::set_server_tail_ms(const std::vector<double>& tail_ms) {
+  if (tail_ms.size() != profile_cut_ids_.size()) {
+    return invalid_argument("the server states tail times for " + std::to_string(tail_ms.size()) +
+                            " cuts but the profile has " + std::to_string(profile_cut_ids_.size()));
+  }
+  for (double t : tail_ms) {
+    if (!(t >= 0) || !std::isfinite(t)) {
+      return invalid_argument("the server states a tail time that is negative or not a number");
+    }
+  }
+  bool changed = false;
+  for (size_t i = 0; i < plans_.size(); ++i) {
+    PlanCost& k = costs_[i];
+    if (k.local) continue;
+    for (size_t c = 0; c < profile_cut_ids_.size(); ++c) {
+      if (profile_cut_ids_[c] != k.cut_id) continue;
+      if (std::abs(k.tail_ms - tail_ms[c]) > 1e-3) {
+        changed = true;
+        k.tail_ms = tail_ms[c];
+        plans_[i].profiled_server_ms = k.unpack_ms + k.tail_ms;
+      }
+      break;
+    }
+  }
+  if (changed) apply_constraints();
+  return changed;
 }
 
 Status Scheduler::set_constraints(const Constraints& constraints) {
@@ -550,7 +586,22 @@ Decision Scheduler::decide(const Conditions& conditions) {
     }
   }
   feasible_.clear();
-  // The device-only plan is always available, so one of the two exists.
+  // The device-only plan is available unless the memory budget took it (set_max_head_cut).
+  if (best_feasible < 0 && least_violating < 0) {
+    current_.reset();
+    challenger_ = -1;
+    challenger_streak_ = 0;
+    PlanEstimate none = evaluate(local_plan(), conditions);
+    none.available = false;
+    d.changed = true;
+    finish(none, d);
+    d.feasible = false;
+    d.binding_constraint = "max_device_memory_mb";
+    d.explanation =
+        "no plan can run: the server is not available and the device does not hold "
+        "the whole model (memory budget)";
+    return d;
+  }
   const PlanEstimate& best = best_feasible >= 0 ? best_f : best_v;
 
   int chosen = best.plan;

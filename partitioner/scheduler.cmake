@@ -3,7 +3,8 @@
 # partitioner re-exports it.
 edgesplit_library(scheduler
   ${CMAKE_CURRENT_LIST_DIR}/scheduler.cc
-  ${CMAKE_CURRENT_LIST_DIR}/estimators.cc)
+  ${CMAKE_CURRENT_LIST_DIR}/estimators.cc
+  ${CMAKE_CURRENT_LIST_DIR}/engine_names.cc)
 target_link_libraries(edgesplit_scheduler
   PUBLIC edgesplit::profiles
   PRIVATE nlohmann_json::nlohmann_json)

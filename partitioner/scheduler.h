@@ -201,6 +201,20 @@ class Scheduler {
     return plan >= 0 && plan < local_plan() && costs_[static_cast<size_t>(plan)].excluded;
   }
 
+  // The deepest cut whose head the device holds (the resource manager's memory budget): plans
+  // cutting deeper, and the device-only plan unless `max_head_cut` is the last cut, are not
+  // available. nullopt: no limit. Unlike exclude() this can be changed any time. With no plan
+  // available at all (no server, and no whole model on the device), decide() returns the
+  // device-only plan with available_plans = 0: the caller cannot run the frame.
+  void set_max_head_cut(std::optional<int> max_head_cut);
+  std::optional<int> max_head_cut() const { return max_head_cut_; }
+
+  // The server's own unpack-free tail time per cut (from the handshake), in the profile's cut
+  // order; replaces the profile's tail times in place, keeping exclusions, the pin and the
+  // hysteresis state. kInvalidArgument (nothing changed) when the count differs from the
+  // profile's cuts or a time is negative or not finite. Returns whether anything changed.
+  Result<bool> set_server_tail_ms(const std::vector<double>& tail_ms);
+
   Status set_constraints(const Constraints& constraints);
   void set_objective(Objective objective) { options_.objective = objective; }
   const SchedulerOptions& options() const { return options_; }
@@ -234,7 +248,9 @@ class Scheduler {
     double accuracy_drop_pp = 0;
     double device_memory_mb = 0;
     bool local = false;
-    bool excluded = false;  // exclude(): the server refused it
+    bool excluded = false;       // exclude(): the server refused it
+    bool beyond_budget = false;  // set_max_head_cut(): the device does not hold this head
+    int cut_id = 0;
     // Violations of the constraints that do not depend on conditions (accuracy, bytes, memory),
     // recomputed when the constraints change.
     std::array<double, kConstraintCount> static_violations{};
@@ -263,6 +279,7 @@ class Scheduler {
   // Fills the plan, predictions, feasibility and explanation of `d` from `e`.
   void finish(const PlanEstimate& e, Decision& d) const;
   static bool available(const PlanCost& cost, const Conditions& c) {
+    if (cost.beyond_budget) return false;
     return cost.local || (!cost.excluded && c.server_available && c.bandwidth_mbps > 0);
   }
 
@@ -272,6 +289,8 @@ class Scheduler {
   std::vector<DynamicBound> dynamic_bounds_;
   std::optional<int> current_;
   std::optional<int> pinned_;
+  std::optional<int> max_head_cut_;
+  std::vector<int> profile_cut_ids_;  // the profile's cut ids, in its order
   int challenger_ = -1;
   int challenger_streak_ = 0;
   std::vector<PlanEstimate> feasible_;  // decide()'s scratch: the feasible plans of this decision

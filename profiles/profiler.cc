@@ -25,9 +25,9 @@
 #include <utility>
 #include <vector>
 
-#include "device/image_codec.h"
-#include "device/input_source.h"
-#include "device/preprocess.h"
+#include "imaging/image_codec.h"
+#include "imaging/input_source.h"
+#include "imaging/preprocess.h"
 #include "partitioner/model_info.h"
 
 namespace edgesplit::profiles {
@@ -188,7 +188,7 @@ class Profiler {
     auto info = partitioner::load_model_info(opt_.model_path, opt_.meta_path);
     if (!info.ok()) return info.status();
     info_ = std::move(info).value();
-    EDGESPLIT_RETURN_IF_ERROR(device::validate_input_info(info_));
+    EDGESPLIT_RETURN_IF_ERROR(imaging::validate_input_info(info_));
     partitioner::LoadOptions lo;
     lo.input_shape = info_.input_shape;
     lo.engine = opt_.engine;
@@ -225,7 +225,7 @@ class Profiler {
     if (!fs::is_directory(opt_.images)) {
       return not_found("image folder " + opt_.images + " does not exist or is not a folder");
     }
-    auto source = device::open_source(opt_.images);
+    auto source = imaging::open_source(opt_.images);
     if (!source.ok()) return source.status();
     int unlabelled = 0;
     // A timing-only run needs a few frames only.
@@ -243,7 +243,7 @@ class Profiler {
         }
         s.label = it->second;
       }
-      auto image8 = device::resize_and_crop(frame->image, info_);
+      auto image8 = imaging::resize_and_crop(frame->image, info_);
       if (!image8.ok()) {
         return invalid_argument("image " + frame->source + ": " + image8.status().message());
       }
@@ -282,7 +282,7 @@ class Profiler {
     inputs_ = torch::empty({n_cal_ + n_scored_, shape[1], shape[2], shape[3]}, torch::kFloat32);
     const int64_t per = inputs_[0].numel();
     for (size_t i = 0; i < samples_.size(); ++i) {
-      auto t = device::normalize_to_tensor(samples_[i].image8, info_);
+      auto t = imaging::normalize_to_tensor(samples_[i].image8, info_);
       if (!t.ok()) return t.status();
       std::copy(t->begin(), t->end(), inputs_.data_ptr<float>() + static_cast<int64_t>(i) * per);
     }
@@ -738,12 +738,12 @@ class Profiler {
     for (int i = 0; i < n_cal_; ++i) {
       const cv::Mat& image = samples_[static_cast<size_t>(i)].image8;
       auto t0 = Clock::now();
-      auto jpeg = device::encode_jpeg(image, quality);
+      auto jpeg = imaging::encode_jpeg(image, quality);
       m.pack_ms.push_back(ms_since(t0));
       if (!jpeg.ok()) return jpeg.status();
       m.bytes.push_back(static_cast<double>(jpeg->size()));
       t0 = Clock::now();
-      auto back = device::jpeg_to_tensor(jpeg->data(), jpeg->size(), info_);
+      auto back = imaging::jpeg_to_tensor(jpeg->data(), jpeg->size(), info_);
       m.unpack_ms.push_back(ms_since(t0));
       if (!back.ok()) return back.status();
     }
@@ -755,9 +755,9 @@ class Profiler {
     at::Tensor out = torch::empty({n, inputs_.size(1), inputs_.size(2), inputs_.size(3)});
     const int64_t per = out[0].numel();
     for (int i = 0; i < n; ++i) {
-      auto jpeg = device::encode_jpeg(samples_[static_cast<size_t>(first + i)].image8, quality);
+      auto jpeg = imaging::encode_jpeg(samples_[static_cast<size_t>(first + i)].image8, quality);
       if (!jpeg.ok()) return jpeg.status();
-      auto back = device::jpeg_to_tensor(jpeg->data(), jpeg->size(), info_);
+      auto back = imaging::jpeg_to_tensor(jpeg->data(), jpeg->size(), info_);
       if (!back.ok()) return back.status();
       std::copy(back->begin(), back->end(), out.data_ptr<float>() + i * per);
     }

@@ -5,7 +5,7 @@
 #include <chrono>
 #include <string>
 
-#include "device/image_codec.h"
+#include "imaging/image_codec.h"
 
 namespace edgesplit::server {
 namespace {
@@ -49,7 +49,7 @@ Result<TailOutcome> run_jpeg_request(const partitioner::ModelGraph& model,
                                      const partitioner::ModelInfo& info, const PackedView& jpeg,
                                      int top_k, bool want_logits) {
   auto t0 = std::chrono::steady_clock::now();
-  auto values = device::jpeg_to_tensor(jpeg.data, jpeg.size, info);
+  auto values = imaging::jpeg_to_tensor(jpeg.data, jpeg.size, info);
   if (!values.ok()) {
     return malformed("cut 0: the JPEG input does not fit the model: " + values.status().message());
   }

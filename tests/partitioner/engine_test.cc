@@ -11,7 +11,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <thread>
 
-#include "device/preprocess.h"
+#include "imaging/preprocess.h"
 #include "partitioner/model_graph.h"
 #include "partitioner/model_info.h"
 #include "tests/partitioner/model_test_util.h"
@@ -255,7 +255,7 @@ TEST_CASE(
   for (const auto& f : files) {
     cv::Mat image = cv::imread(f.string(), cv::IMREAD_COLOR);
     REQUIRE_FALSE(image.empty());
-    auto values = edgesplit::device::preprocess(image, *info);
+    auto values = edgesplit::imaging::preprocess(image, *info);
     REQUIRE(values.ok());
     rows.push_back(torch::from_blob(values->data(), info->input_shape).clone());
   }

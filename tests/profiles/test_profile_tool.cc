@@ -17,8 +17,8 @@
 
 #include <opencv2/imgcodecs.hpp>
 
-#include "device/input_source.h"
-#include "device/preprocess.h"
+#include "imaging/input_source.h"
+#include "imaging/preprocess.h"
 #include "partitioner/model_graph.h"
 #include "partitioner/model_info.h"
 #include "profiles/profile.h"
@@ -140,14 +140,14 @@ TEST_CASE("fp32 accuracy equals a reference computed with the whole model") {
   while (in >> name >> label) labels[name] = label;
   std::vector<fs::path> files;
   for (const auto& entry : fs::directory_iterator(samples())) {
-    if (device::is_image_file(entry.path())) files.push_back(entry.path());
+    if (imaging::is_image_file(entry.path())) files.push_back(entry.path());
   }
   std::sort(files.begin(), files.end());
   REQUIRE(files.size() == 24);
   int correct = 0, scored = 0;
   for (size_t i = kCalibration; i < files.size(); ++i) {
     cv::Mat image = cv::imread(files[i].string(), cv::IMREAD_ANYCOLOR);
-    auto x = device::preprocess(image, *info);
+    auto x = imaging::preprocess(image, *info);
     REQUIRE(x.ok());
     at::Tensor input = torch::from_blob(x->data(), {1, 1, 28, 28}, torch::kFloat32).clone();
     torch::NoGradGuard no_grad;

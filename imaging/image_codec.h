@@ -13,7 +13,7 @@
 #include "packing/status.h"
 #include "partitioner/model_info.h"
 
-namespace edgesplit::device {
+namespace edgesplit::imaging {
 
 // Encodes an 8-bit gray (CV_8UC1) or RGB (CV_8UC3) image as JPEG at `quality` 1..100.
 // kInvalidArgument for an empty image, another type or a quality out of range.
@@ -29,4 +29,4 @@ Result<cv::Mat> decode_jpeg(const uint8_t* data, size_t size, int64_t max_pixels
 Result<std::vector<float>> jpeg_to_tensor(const uint8_t* data, size_t size,
                                           const partitioner::ModelInfo& info);
 
-}  // namespace edgesplit::device
+}  // namespace edgesplit::imaging

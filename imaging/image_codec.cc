@@ -1,4 +1,4 @@
-#include "device/image_codec.h"
+#include "imaging/image_codec.h"
 
 #include <optional>
 #include <string>
@@ -7,9 +7,9 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
-#include "device/preprocess.h"
+#include "imaging/preprocess.h"
 
-namespace edgesplit::device {
+namespace edgesplit::imaging {
 
 namespace {
 
@@ -110,4 +110,4 @@ Result<std::vector<float>> jpeg_to_tensor(const uint8_t* data, size_t size,
   return tensor;
 }
 
-}  // namespace edgesplit::device
+}  // namespace edgesplit::imaging

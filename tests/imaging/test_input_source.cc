@@ -13,15 +13,15 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/videoio.hpp>
 
-#include "device/input_source.h"
+#include "imaging/input_source.h"
 #include "tests/test_paths.h"
 
 namespace fs = std::filesystem;
 using edgesplit::StatusCode;
-using edgesplit::device::Frame;
-using edgesplit::device::FrameSource;
-using edgesplit::device::open_source;
-using edgesplit::device::SourceOptions;
+using edgesplit::imaging::Frame;
+using edgesplit::imaging::FrameSource;
+using edgesplit::imaging::open_source;
+using edgesplit::imaging::SourceOptions;
 
 namespace {
 

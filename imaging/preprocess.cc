@@ -1,4 +1,4 @@
-#include "device/preprocess.h"
+#include "imaging/preprocess.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,7 +7,7 @@
 
 #include <opencv2/imgproc.hpp>
 
-namespace edgesplit::device {
+namespace edgesplit::imaging {
 
 namespace {
 
@@ -149,4 +149,4 @@ Result<std::vector<float>> preprocess(const cv::Mat& image, const partitioner::M
   return normalize_to_tensor(*sized, info);
 }
 
-}  // namespace edgesplit::device
+}  // namespace edgesplit::imaging

@@ -16,7 +16,7 @@
 
 #include "packing/status.h"
 
-namespace edgesplit::device {
+namespace edgesplit::imaging {
 
 // One captured frame. `image` is BGR (CV_8UC3) or gray (CV_8UC1) as decoded; the frame owns its
 // pixels (no buffer is shared with the source or with other frames).
@@ -57,4 +57,4 @@ Result<std::unique_ptr<FrameSource>> open_source(const std::string& spec,
 // webp, tif, tiff, pbm, pgm, ppm, pnm), compared case-insensitively.
 bool is_image_file(const std::filesystem::path& path);
 
-}  // namespace edgesplit::device
+}  // namespace edgesplit::imaging

@@ -1,4 +1,4 @@
-#include "device/input_source.h"
+#include "imaging/input_source.h"
 
 #include <algorithm>
 #include <cctype>
@@ -11,7 +11,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/videoio.hpp>
 
-namespace edgesplit::device {
+namespace edgesplit::imaging {
 namespace fs = std::filesystem;
 
 namespace {
@@ -297,4 +297,4 @@ Result<std::unique_ptr<FrameSource>> open_source(const std::string& spec,
       new CaptureSource(spec, spec, -1, std::move(capture), options));
 }
 
-}  // namespace edgesplit::device
+}  // namespace edgesplit::imaging

@@ -9,16 +9,16 @@
 
 #include <opencv2/imgproc.hpp>
 
-#include "device/image_codec.h"
-#include "device/preprocess.h"
+#include "imaging/image_codec.h"
+#include "imaging/preprocess.h"
 
 using edgesplit::StatusCode;
-using edgesplit::device::decode_jpeg;
-using edgesplit::device::encode_jpeg;
-using edgesplit::device::jpeg_to_tensor;
-using edgesplit::device::normalize_to_tensor;
-using edgesplit::device::preprocess;
-using edgesplit::device::resize_and_crop;
+using edgesplit::imaging::decode_jpeg;
+using edgesplit::imaging::encode_jpeg;
+using edgesplit::imaging::jpeg_to_tensor;
+using edgesplit::imaging::normalize_to_tensor;
+using edgesplit::imaging::preprocess;
+using edgesplit::imaging::resize_and_crop;
 using edgesplit::partitioner::ModelInfo;
 
 namespace {

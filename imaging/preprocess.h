@@ -20,7 +20,7 @@
 #include "packing/status.h"
 #include "partitioner/model_info.h"
 
-namespace edgesplit::device {
+namespace edgesplit::imaging {
 
 // Checks that `info` describes an input this module can produce: input_shape 1 x C x H x W with
 // C = 1 for "gray" and 3 for "rgb", H and W > 0, resize_short 0 or >= max(H, W), mean and std with
@@ -42,4 +42,4 @@ Result<std::vector<float>> normalize_to_tensor(const cv::Mat& image8,
 // resize_and_crop then normalize_to_tensor: C * H * W floats in CHW order.
 Result<std::vector<float>> preprocess(const cv::Mat& image, const partitioner::ModelInfo& info);
 
-}  // namespace edgesplit::device
+}  // namespace edgesplit::imaging

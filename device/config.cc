@@ -1,0 +1,750 @@
+// edgesplit-device's configuration: the command line (one stream) and the JSON config file (any
+// number of streams), both checked by validate_device_config. Free of LibTorch.
+#include "device/config.h"
+
+#include <climits>
+#include <cmath>
+#include <cxxopts.hpp>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "transport/curve.h"
+
+namespace edgesplit::device {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+// What each bounded field must be; the JSON parser (wrong type) and validate_device_config (out of
+// range) say the same words.
+constexpr const char* kMustCount = "an integer >= 0";
+constexpr const char* kMustLoop = "an integer >= 0 (0: forever)";
+constexpr const char* kMustPositive = "an integer >= 1";
+constexpr const char* kMustTopK = "an integer between 1 and 100";
+constexpr const char* kMustInFlight = "an integer between 0 (automatic) and 64";
+constexpr const char* kMustInteger = "an integer";
+constexpr const char* kMustNonNegative = "a number >= 0";
+constexpr const char* kMustClip = "0 (off) or a number between 50 and 100";
+constexpr const char* kMustString = "a string";
+constexpr const char* kMustBool = "true or false";
+
+// "1".."16" quantized, "fp16", "fp32", or "jpegQ" (Q = 1..100, the input as JPEG); false when
+// it is none of those.
+bool parse_bits(const std::string& s, packing::EncodeOptions& eo, int& jpeg_quality) {
+  using packing::Format;
+  jpeg_quality = 0;
+  if (s.rfind("jpeg", 0) == 0) {
+    try {
+      size_t used = 0;
+      int q = std::stoi(s.substr(4), &used);
+      if (used != s.size() - 4 || q < 1 || q > 100) return false;
+      jpeg_quality = q;
+      return true;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
+  if (s == "fp32" || s == "32") {
+    eo.format = Format::kFloat32;
+    eo.bits = 32;
+    return true;
+  }
+  if (s == "fp16") {
+    eo.format = Format::kFloat16;
+    eo.bits = 16;
+    return true;
+  }
+  try {
+    size_t used = 0;
+    int b = std::stoi(s, &used);
+    if (used != s.size() || b < 1 || b > 16) return false;
+    eo.format = Format::kQuantized;
+    eo.bits = b;
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+std::optional<LocalLane> parse_local_lane(const std::string& s) {
+  if (s == "auto") return LocalLane::kAuto;
+  if (s == "on") return LocalLane::kOn;
+  if (s == "off") return LocalLane::kOff;
+  return std::nullopt;
+}
+
+// `path` taken relative to `base_dir` (unchanged when absolute, empty, or base_dir is empty).
+std::string resolve(const std::string& base_dir, const std::string& path) {
+  if (path.empty() || base_dir.empty() || fs::path(path).is_absolute()) return path;
+  return (fs::path(base_dir) / path).string();
+}
+
+std::string in_quotes(const std::string& s) { return "\"" + s + "\""; }
+
+std::string stream_where(const StreamConfig& s, size_t index) {
+  if (s.name.empty()) return "streams[" + std::to_string(index) + "]";
+  return "stream " + in_quotes(s.name);
+}
+
+Status field_error(const std::string& where, const std::string& field, const std::string& must) {
+  return invalid_argument(where + ": " + in_quotes(field) + " must be " + must);
+}
+
+// The keys of one JSON object, read with type checks; errors say "<where>: "<prefix><key>" ...".
+class Fields {
+ public:
+  Fields(const json& object, std::string where, std::vector<std::string> keys,
+         std::string prefix = "")
+      : object_(object),
+        where_(std::move(where)),
+        keys_(std::move(keys)),
+        prefix_(std::move(prefix)) {}
+
+  // kInvalidArgument for the first key that is not one of `keys`.
+  Status check_known() const {
+    for (auto it = object_.begin(); it != object_.end(); ++it) {
+      bool known = false;
+      for (const std::string& k : keys_) known = known || k == it.key();
+      if (known) continue;
+      std::string list;
+      for (const std::string& k : keys_) list += (list.empty() ? "" : ", ") + k;
+      return invalid_argument(
+          where_ + ": unknown key " + in_quotes(prefix_ + it.key()) + " (keys" +
+          (prefix_.empty() ? "" : " of " + in_quotes(prefix_.substr(0, prefix_.size() - 1))) +
+          ": " + list + ")");
+    }
+    return Status();
+  }
+
+  bool has(const std::string& key) const { return object_.contains(key); }
+  const json& at(const std::string& key) const { return object_.at(key); }
+  Status error(const std::string& key, const std::string& must) const {
+    return field_error(where_, prefix_ + key, must);
+  }
+
+  Status get(const std::string& key, std::string& out) const {
+    if (!has(key)) return Status();
+    if (!at(key).is_string()) return error(key, kMustString);
+    out = at(key).get<std::string>();
+    return Status();
+  }
+  Status get(const std::string& key, bool& out) const {
+    if (!has(key)) return Status();
+    if (!at(key).is_boolean()) return error(key, kMustBool);
+    out = at(key).get<bool>();
+    return Status();
+  }
+  Status get(const std::string& key, int64_t& out, const char* must) const {
+    if (!has(key)) return Status();
+    const json& v = at(key);
+    if (!v.is_number_integer()) return error(key, must);
+    if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+      return error(key, must);
+    }
+    out = v.get<int64_t>();
+    return Status();
+  }
+  Status get(const std::string& key, int& out, const char* must) const {
+    int64_t wide = out;
+    EDGESPLIT_RETURN_IF_ERROR(get(key, wide, must));
+    if (wide < INT_MIN || wide > INT_MAX) return error(key, must);
+    out = static_cast<int>(wide);
+    return Status();
+  }
+  Status get(const std::string& key, double& out, const char* must) const {
+    if (!has(key)) return Status();
+    if (!at(key).is_number()) return error(key, must);
+    out = at(key).get<double>();
+    return Status();
+  }
+  Status get(const std::string& key, std::optional<double>& out, const char* must) const {
+    if (!has(key)) return Status();
+    double v = 0;
+    EDGESPLIT_RETURN_IF_ERROR(get(key, v, must));
+    out = v;
+    return Status();
+  }
+
+ private:
+  const json& object_;
+  std::string where_;
+  std::vector<std::string> keys_;
+  std::string prefix_;
+};
+
+Status parse_stream(const json& j, size_t index, const std::string& base_dir, StreamConfig& s) {
+  const std::string at_index = "streams[" + std::to_string(index) + "]";
+  if (!j.is_object()) {
+    return invalid_argument(at_index + " must be an object with \"name\", \"model\" and \"input\"");
+  }
+  if (!j.contains("name")) {
+    return invalid_argument(at_index + ": \"name\" is missing: give each stream a unique name");
+  }
+  if (!j.at("name").is_string() || j.at("name").get<std::string>().empty()) {
+    return field_error(at_index, "name", "a non-empty string");
+  }
+  s.name = j.at("name").get<std::string>();
+  const std::string where = "stream " + in_quotes(s.name);
+  const Fields f(j, where,
+                 {"name",
+                  "model",
+                  "meta",
+                  "profile",
+                  "input",
+                  "max_frames",
+                  "loop",
+                  "fps",
+                  "priority",
+                  "cut",
+                  "bits",
+                  "lossless",
+                  "clip_percentile",
+                  "per_channel",
+                  "objective",
+                  "constraints",
+                  "server_price",
+                  "top_k",
+                  "in_flight",
+                  "local_lane",
+                  "timeout_ms",
+                  "threads"});
+  EDGESPLIT_RETURN_IF_ERROR(f.check_known());
+  if (!f.has("model")) {
+    return invalid_argument(where + ": \"model\" is missing: give the TorchScript file");
+  }
+  if (!f.has("input")) {
+    return invalid_argument(where +
+                            ": \"input\" is missing: give an image, a folder, a video or camera:0");
+  }
+  EDGESPLIT_RETURN_IF_ERROR(f.get("model", s.model_path));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("meta", s.meta_path));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("profile", s.profile_path));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("input", s.input));
+  s.model_path = resolve(base_dir, s.model_path);
+  s.meta_path = resolve(base_dir, s.meta_path);
+  s.profile_path = resolve(base_dir, s.profile_path);
+  if (s.input.rfind("camera:", 0) != 0) s.input = resolve(base_dir, s.input);
+  EDGESPLIT_RETURN_IF_ERROR(f.get("max_frames", s.max_frames, kMustCount));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("loop", s.loop, kMustLoop));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("fps", s.fps, kMustNonNegative));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("priority", s.priority, kMustInteger));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("cut", s.cut));
+
+  std::string bits = "8";
+  EDGESPLIT_RETURN_IF_ERROR(f.get("bits", bits));
+  if (!parse_bits(bits, s.encode, s.jpeg_quality)) {
+    return f.error("bits", "1..16, fp16, fp32 or jpegQ, not " + in_quotes(bits));
+  }
+  if (s.jpeg_quality > 0 && s.cut.empty()) s.cut = "input";
+  std::string lossless = "none";
+  EDGESPLIT_RETURN_IF_ERROR(f.get("lossless", lossless));
+  auto parsed_lossless = packing::parse_lossless(lossless);
+  if (!parsed_lossless.ok()) {
+    return f.error("lossless", "none, blosc-lz4, blosc-zstd or zstd, not " + in_quotes(lossless));
+  }
+  s.encode.lossless = *parsed_lossless;
+  EDGESPLIT_RETURN_IF_ERROR(f.get("clip_percentile", s.encode.range.clip_percentile, kMustClip));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("per_channel", s.encode.per_channel));
+
+  std::string objective = "latency";
+  EDGESPLIT_RETURN_IF_ERROR(f.get("objective", objective));
+  auto parsed_objective = partitioner::parse_objective(objective);
+  if (!parsed_objective.ok()) {
+    return f.error("objective",
+                   "latency, throughput, energy, data or cost, not " + in_quotes(objective));
+  }
+  s.scheduler.objective = *parsed_objective;
+  if (f.has("constraints")) {
+    const json& cj = f.at("constraints");
+    if (!cj.is_object()) {
+      return f.error("constraints",
+                     "an object with any of max_accuracy_drop, max_latency_ms, min_fps, "
+                     "max_bytes_per_frame, max_device_memory_mb, max_server_ms");
+    }
+    const Fields c(cj, where,
+                   {"max_accuracy_drop", "max_latency_ms", "min_fps", "max_bytes_per_frame",
+                    "max_device_memory_mb", "max_server_ms"},
+                   "constraints.");
+    EDGESPLIT_RETURN_IF_ERROR(c.check_known());
+    auto& k = s.scheduler.constraints;
+    EDGESPLIT_RETURN_IF_ERROR(c.get("max_accuracy_drop", k.max_accuracy_drop_pp, kMustNonNegative));
+    EDGESPLIT_RETURN_IF_ERROR(c.get("max_latency_ms", k.max_latency_ms, kMustNonNegative));
+    EDGESPLIT_RETURN_IF_ERROR(c.get("min_fps", k.min_fps, kMustNonNegative));
+    EDGESPLIT_RETURN_IF_ERROR(c.get("max_bytes_per_frame", k.max_bytes, kMustNonNegative));
+    EDGESPLIT_RETURN_IF_ERROR(
+        c.get("max_device_memory_mb", k.max_device_memory_mb, kMustNonNegative));
+    EDGESPLIT_RETURN_IF_ERROR(c.get("max_server_ms", k.max_server_ms, kMustNonNegative));
+  }
+  EDGESPLIT_RETURN_IF_ERROR(
+      f.get("server_price", s.scheduler.server_price_per_s, kMustNonNegative));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("top_k", s.top_k, kMustTopK));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("in_flight", s.in_flight, kMustInFlight));
+  std::string lane = "auto";
+  EDGESPLIT_RETURN_IF_ERROR(f.get("local_lane", lane));
+  auto parsed_lane = parse_local_lane(lane);
+  if (!parsed_lane) return f.error("local_lane", "auto, on or off, not " + in_quotes(lane));
+  s.local_lane = *parsed_lane;
+  EDGESPLIT_RETURN_IF_ERROR(f.get("timeout_ms", s.timeout_ms, kMustPositive));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("threads", s.threads, kMustCount));
+  return Status();
+}
+
+// Reads a key file named in the config (`field`: "server_key" or "key").
+Status read_config_key(const Fields& f, const std::string& field, const std::string& base_dir,
+                       std::string& out) {
+  std::string path;
+  EDGESPLIT_RETURN_IF_ERROR(f.get(field, path));
+  if (!f.has(field)) return Status();
+  auto key = transport::read_key_file(resolve(base_dir, path));
+  if (!key.ok())
+    return Status(key.status().code(),
+                  "config: " + in_quotes(field) + ": " + key.status().message());
+  out = *key;
+  return Status();
+}
+
+// The flags that describe the one stream of the command line; refused beside --config.
+const std::vector<std::string>& stream_flags() {
+  static const std::vector<std::string> kFlags = {"model",
+                                                  "meta",
+                                                  "input",
+                                                  "max-frames",
+                                                  "loop",
+                                                  "cut",
+                                                  "bits",
+                                                  "plan",
+                                                  "profile",
+                                                  "objective",
+                                                  "max-accuracy-drop",
+                                                  "max-latency-ms",
+                                                  "min-fps",
+                                                  "max-bytes-per-frame",
+                                                  "max-server-ms",
+                                                  "server-price",
+                                                  "lossless",
+                                                  "clip-percentile",
+                                                  "per-channel",
+                                                  "top-k",
+                                                  "in-flight",
+                                                  "local-lane",
+                                                  "timeout-ms",
+                                                  "fps",
+                                                  "priority",
+                                                  "stream"};
+  return kFlags;
+}
+
+void add_flags(cxxopts::Options& cli) {
+  // clang-format off
+  cli.add_options()
+    ("config", "JSON config: device settings and any number of streams (the stream flags below "
+     "then go in the file; device-wide flags given beside it override the file's)",
+     cxxopts::value<std::string>())
+    ("server", "server endpoint, e.g. tcp://10.0.0.2:5555 (empty: everything on the device)",
+     cxxopts::value<std::string>()->default_value(""))
+    ("model", "TorchScript model file (the same file the server serves)", cxxopts::value<std::string>())
+    ("stream", "the stream's name in every JSON line (default: the model file's stem)",
+     cxxopts::value<std::string>())
+    ("meta", "model metadata JSON (default: beside the model)", cxxopts::value<std::string>()->default_value(""))
+    ("input", "image file, folder of images, video file, or camera:N", cxxopts::value<std::string>())
+    ("max-frames", "stop after this many frames (0: the whole input)", cxxopts::value<int64_t>()->default_value("0"))
+    ("loop", "passes over a file or folder input (0: forever)", cxxopts::value<int>()->default_value("1"))
+    ("fps", "frames arrive at this rate, as from a camera; latency counts from arrival (0: as "
+     "fast as they are taken)", cxxopts::value<double>()->default_value("0"))
+    ("priority", "the stream's priority: higher runs first and keeps its memory longest",
+     cxxopts::value<int>()->default_value("0"))
+    ("cut", "fix the plan's cut: an id (edgesplit-inspect lists them), 'input' or 'device' "
+     "(default: the scheduler chooses every frame)", cxxopts::value<std::string>()->default_value(""))
+    ("bits", "with --cut: precision sent, 1..16 (quantized), fp16, fp32, or jpegQ at the input",
+     cxxopts::value<std::string>()->default_value("8"))
+    ("plan", "fix the plan as cut=ID,bits=B[,lossless=L] (same as --cut/--bits/--lossless)",
+     cxxopts::value<std::string>()->default_value(""))
+    ("profile", "the model's profile (default: MODEL.profile.json beside the model)",
+     cxxopts::value<std::string>()->default_value(""))
+    ("objective", "what the scheduler optimises: latency, throughput, energy, data or cost",
+     cxxopts::value<std::string>()->default_value("latency"))
+    ("max-accuracy-drop", "constraint: top-1 points lost vs fp32, from the profile", cxxopts::value<double>())
+    ("max-latency-ms", "constraint: predicted end-to-end latency per frame", cxxopts::value<double>())
+    ("min-fps", "constraint: pipelined frames per second", cxxopts::value<double>())
+    ("max-bytes-per-frame", "constraint: bytes sent per frame", cxxopts::value<double>())
+    ("max-device-memory-mb", "the whole process's resident memory (VmRSS, MiB) stays at or below "
+     "this: streams hold only the parts of their models that fit", cxxopts::value<double>())
+    ("max-server-ms", "constraint: server compute per frame", cxxopts::value<double>())
+    ("device-power", "device description JSON: compute_watts, radio_watts, idle_watts",
+     cxxopts::value<std::string>()->default_value(""))
+    ("server-price", "price of one second of server compute, for --objective cost",
+     cxxopts::value<double>()->default_value("1"))
+    ("lossless", "lossless stage: none, blosc-lz4, blosc-zstd or zstd", cxxopts::value<std::string>()->default_value("none"))
+    ("clip-percentile", "clip the quantization range to this percentile (0: min/max)",
+     cxxopts::value<double>()->default_value("0"))
+    ("per-channel", "one scale per channel instead of per tensor")
+    ("top-k", "classes reported per frame", cxxopts::value<int>()->default_value("5"))
+    ("in-flight", "frames sent and not yet answered at once (0: 1, or 4 with --objective throughput)",
+     cxxopts::value<int>()->default_value("0"))
+    ("local-lane", "run whole frames on the device on a second thread: auto (frames planned on "
+     "the device, frames while a lost server is away, and with --objective throughput frames "
+     "beside the full --in-flight window when the device would otherwise wait), on (also beside "
+     "any full window) or off",
+     cxxopts::value<std::string>()->default_value("auto"))
+    ("timeout-ms", "a frame not answered by then is finished on the device", cxxopts::value<int>()->default_value("1000"))
+    ("threads", "LibTorch intra-op threads for all streams together (0: LibTorch's default); the "
+     "loop and its local lane run one network at a time, each with all of them",
+     cxxopts::value<int>()->default_value("0"))
+    ("engine", "how networks run: optimized (LibTorch's inference passes with the best backend it "
+     "has: oneDNN, else XNNPACK), onednn, xnnpack, or plain (the frozen graph as it is)", cxxopts::value<std::string>()->default_value("optimized"))
+    ("output", "write JSON lines to this file instead of stdout", cxxopts::value<std::string>()->default_value(""))
+    ("json", "JSON lines even on a terminal")
+    ("name", "device name sent in the handshake", cxxopts::value<std::string>()->default_value("edgesplit-device"))
+    ("server-key", "the server's CURVE public key file (.pub from edgesplit-keygen): encrypts the link",
+     cxxopts::value<std::string>())
+    ("key", "this device's CURVE secret key file (.key; default with --server-key: a fresh key per run)",
+     cxxopts::value<std::string>())
+    ("quiet", "no log lines or summary on stderr")
+    ("h,help", "show this help");
+  // clang-format on
+}
+
+// The device-wide flags that were given (all of them are optional), over `c`.
+Status apply_device_flags(const cxxopts::ParseResult& args, DeviceConfig& c) {
+  if (args.count("server")) c.server = args["server"].as<std::string>();
+  if (args.count("max-device-memory-mb")) {
+    const double v = args["max-device-memory-mb"].as<double>();
+    if (!(v >= 0)) return invalid_argument("--max-device-memory-mb must be 0 or more");
+    c.max_device_memory_mb = v;
+  }
+  if (args.count("device-power")) c.device_power_path = args["device-power"].as<std::string>();
+  if (args.count("engine")) {
+    auto engine = partitioner::parse_engine(args["engine"].as<std::string>());
+    if (!engine) return invalid_argument("--engine must be optimized, onednn, xnnpack or plain");
+    c.engine = *engine;
+  }
+  if (args.count("output")) c.output = args["output"].as<std::string>();
+  if (args.count("json")) c.json = true;
+  if (args.count("name")) c.device_name = args["name"].as<std::string>();
+  if (args.count("server-key")) {
+    auto key = transport::read_key_file(args["server-key"].as<std::string>());
+    if (!key.ok()) return Status(key.status().code(), "--server-key: " + key.status().message());
+    c.server_public_key = *key;
+  }
+  if (args.count("key")) {
+    if (c.server_public_key.empty()) {
+      return invalid_argument("--key needs --server-key: the device key is only used with CURVE");
+    }
+    auto key = transport::read_key_file(args["key"].as<std::string>());
+    if (!key.ok()) return Status(key.status().code(), "--key: " + key.status().message());
+    c.device_secret_key = *key;
+  }
+  if (args.count("quiet")) c.quiet = true;
+  if (args.count("threads")) {
+    c.threads = args["threads"].as<int>();
+    if (c.threads < 0) return invalid_argument("--threads must be 0 (default) or more");
+  }
+  return Status();
+}
+
+// The one stream of the command line (main.cc's checks, in its order).
+Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
+  if (!args.count("model")) return invalid_argument("no model given: pass --model FILE.pt");
+  if (!args.count("input")) {
+    return invalid_argument(
+        "no input given: pass --input with an image, a folder, a video or camera:0");
+  }
+  s.model_path = args["model"].as<std::string>();
+  if (args.count("stream")) {
+    s.name = args["stream"].as<std::string>();
+    if (s.name.empty()) return invalid_argument("--stream must not be empty");
+  } else {
+    s.name = fs::path(s.model_path).stem().string();
+    if (s.name.empty()) s.name = s.model_path;
+  }
+  s.meta_path = args["meta"].as<std::string>();
+  s.input = args["input"].as<std::string>();
+  s.max_frames = args["max-frames"].as<int64_t>();
+  s.loop = args["loop"].as<int>();
+  s.cut = args["cut"].as<std::string>();
+  std::string bits = args["bits"].as<std::string>();
+  std::string lossless_name = args["lossless"].as<std::string>();
+  if (const std::string plan = args["plan"].as<std::string>(); !plan.empty()) {
+    // cut=ID,bits=B[,lossless=L]
+    std::stringstream ss(plan);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      const auto eq = item.find('=');
+      const std::string key = item.substr(0, eq);
+      const std::string value = eq == std::string::npos ? "" : item.substr(eq + 1);
+      if (key == "cut" && !value.empty()) {
+        s.cut = value;
+      } else if (key == "bits" && !value.empty()) {
+        bits = value;
+      } else if (key == "lossless" && !value.empty()) {
+        lossless_name = value;
+      } else {
+        return invalid_argument("--plan " + plan + " is not cut=ID,bits=B[,lossless=L]");
+      }
+    }
+    if (s.cut.empty())
+      return invalid_argument("--plan " + plan + " names no cut: use cut=ID,bits=B");
+  }
+  if (!parse_bits(bits, s.encode, s.jpeg_quality)) {
+    return invalid_argument("--bits " + bits +
+                            " is not a precision: use 1..16, fp16, fp32 or jpegQ");
+  }
+  if (s.jpeg_quality > 0 && s.cut.empty()) s.cut = "input";
+  auto lossless = packing::parse_lossless(lossless_name);
+  if (!lossless.ok()) return invalid_argument(lossless.status().message());
+  s.encode.lossless = *lossless;
+  s.profile_path = args["profile"].as<std::string>();
+  auto objective = partitioner::parse_objective(args["objective"].as<std::string>());
+  if (!objective.ok()) return invalid_argument(objective.status().message());
+  s.scheduler.objective = *objective;
+  auto& c = s.scheduler.constraints;
+  struct Bound {
+    const char* flag;
+    std::optional<double>* slot;
+  };
+  for (Bound b :
+       {Bound{"max-accuracy-drop", &c.max_accuracy_drop_pp},
+        Bound{"max-latency-ms", &c.max_latency_ms}, Bound{"min-fps", &c.min_fps},
+        Bound{"max-bytes-per-frame", &c.max_bytes}, Bound{"max-server-ms", &c.max_server_ms}}) {
+    if (!args.count(b.flag)) continue;
+    double v = args[b.flag].as<double>();
+    if (!(v >= 0)) return invalid_argument(std::string("--") + b.flag + " must be 0 or more");
+    *b.slot = v;
+  }
+  s.fps = args["fps"].as<double>();
+  if (!(s.fps >= 0) || !std::isfinite(s.fps)) return invalid_argument("--fps must be 0 or more");
+  s.priority = args["priority"].as<int>();
+  s.scheduler.server_price_per_s = args["server-price"].as<double>();
+  if (!(s.scheduler.server_price_per_s >= 0)) {
+    return invalid_argument("--server-price must be 0 or more");
+  }
+  s.encode.range.clip_percentile = args["clip-percentile"].as<double>();
+  if (s.encode.range.clip_percentile != 0 &&
+      !(s.encode.range.clip_percentile >= 50 && s.encode.range.clip_percentile <= 100)) {
+    return invalid_argument("--clip-percentile must be 0 (off) or between 50 and 100, e.g. 99.99");
+  }
+  s.encode.per_channel = args.count("per-channel") > 0;
+  s.top_k = args["top-k"].as<int>();
+  s.in_flight = args["in-flight"].as<int>();
+  const std::string lane = args["local-lane"].as<std::string>();
+  auto parsed_lane = parse_local_lane(lane);
+  if (!parsed_lane) {
+    return invalid_argument("--local-lane must be auto, on or off, not \"" + lane + "\"");
+  }
+  s.local_lane = *parsed_lane;
+  s.timeout_ms = args["timeout-ms"].as<int>();
+  return Status();
+}
+
+// main.cc's range checks at the end, for the stream's flags.
+Status check_stream_flags(const StreamConfig& s) {
+  if (s.max_frames < 0) return invalid_argument("--max-frames must be 0 or more");
+  if (s.loop < 0) return invalid_argument("--loop must be 0 (forever) or more");
+  if (s.top_k < 1 || s.top_k > 100) return invalid_argument("--top-k must be between 1 and 100");
+  if (s.in_flight < 0 || s.in_flight > 64) {
+    return invalid_argument("--in-flight must be between 0 (automatic) and 64");
+  }
+  if (s.timeout_ms < 1) return invalid_argument("--timeout-ms must be at least 1");
+  return Status();
+}
+
+Status check_bound(const std::string& where, const std::string& field,
+                   const std::optional<double>& v) {
+  if (v && !(*v >= 0 && std::isfinite(*v))) return field_error(where, field, kMustNonNegative);
+  return Status();
+}
+
+}  // namespace
+
+Result<DeviceCommand> parse_device_flags(int argc, const char* const* argv) {
+  cxxopts::Options cli("edgesplit-device",
+                       "Runs a CNN split between this device and an edgesplit server: the head "
+                       "up to --cut here, the crossing tensor packed to --bits, the tail on the "
+                       "server. Prints one JSON line per frame. With --config, runs every stream "
+                       "of a JSON config file.");
+  add_flags(cli);
+  cxxopts::ParseResult args;
+  try {
+    args = cli.parse(argc, argv);
+  } catch (const cxxopts::exceptions::exception& e) {
+    return invalid_argument(e.what());
+  }
+  DeviceCommand command;
+  if (args.count("help")) {
+    command.help = true;
+    command.help_text = cli.help();
+    return command;
+  }
+  DeviceConfig& config = command.config;
+  if (args.count("config")) {
+    for (const std::string& flag : stream_flags()) {
+      if (args.count(flag)) {
+        return invalid_argument("--" + flag +
+                                " belongs in the config file's stream entries when --config is "
+                                "given");
+      }
+    }
+    auto loaded = load_device_config(args["config"].as<std::string>());
+    if (!loaded.ok()) return loaded.status();
+    config = std::move(*loaded);
+    // A --key beside --config may pair with the file's server key.
+    EDGESPLIT_RETURN_IF_ERROR(apply_device_flags(args, config));
+  } else {
+    StreamConfig stream;
+    EDGESPLIT_RETURN_IF_ERROR(parse_stream_flags(args, stream));
+    EDGESPLIT_RETURN_IF_ERROR(apply_device_flags(args, config));
+    EDGESPLIT_RETURN_IF_ERROR(check_stream_flags(stream));
+    config.streams.push_back(std::move(stream));
+  }
+  EDGESPLIT_RETURN_IF_ERROR(validate_device_config(config));
+  return command;
+}
+
+Result<DeviceConfig> parse_device_config(const std::string& json_text,
+                                         const std::string& base_dir) {
+  json j;
+  try {
+    j = json::parse(json_text);
+  } catch (const json::parse_error& e) {
+    // e.what(): "[json.exception.parse_error.101] parse error at line 3, column 5: ..."
+    std::string what = e.what();
+    const auto at = what.find("] ");
+    if (at != std::string::npos) what = what.substr(at + 2);
+    return invalid_argument("config is not valid JSON: " + what);
+  }
+  if (!j.is_object()) {
+    return invalid_argument("config: the top level must be a JSON object with \"streams\"");
+  }
+  DeviceConfig c;
+  const Fields f(
+      j, "config",
+      {"server", "handshake_timeout_ms", "retry_ms", "threads", "max_device_memory_mb", "engine",
+       "device_power", "output", "json", "name", "server_key", "key", "quiet", "streams"});
+  EDGESPLIT_RETURN_IF_ERROR(f.check_known());
+  EDGESPLIT_RETURN_IF_ERROR(f.get("server", c.server));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("handshake_timeout_ms", c.handshake_timeout_ms, kMustPositive));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("retry_ms", c.retry_ms, kMustPositive));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("threads", c.threads, kMustCount));
+  EDGESPLIT_RETURN_IF_ERROR(
+      f.get("max_device_memory_mb", c.max_device_memory_mb, kMustNonNegative));
+  if (f.has("engine")) {
+    std::string name;
+    EDGESPLIT_RETURN_IF_ERROR(f.get("engine", name));
+    auto engine = partitioner::parse_engine(name);
+    if (!engine)
+      return f.error("engine", "optimized, onednn, xnnpack or plain, not " + in_quotes(name));
+    c.engine = *engine;
+  }
+  EDGESPLIT_RETURN_IF_ERROR(f.get("device_power", c.device_power_path));
+  c.device_power_path = resolve(base_dir, c.device_power_path);
+  EDGESPLIT_RETURN_IF_ERROR(f.get("output", c.output));
+  c.output = resolve(base_dir, c.output);
+  EDGESPLIT_RETURN_IF_ERROR(f.get("json", c.json));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("name", c.device_name));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("quiet", c.quiet));
+  if (f.has("key") && !f.has("server_key")) {
+    return invalid_argument(
+        "config: \"key\" needs \"server_key\": the device key is only used with CURVE");
+  }
+  EDGESPLIT_RETURN_IF_ERROR(read_config_key(f, "server_key", base_dir, c.server_public_key));
+  EDGESPLIT_RETURN_IF_ERROR(read_config_key(f, "key", base_dir, c.device_secret_key));
+  if (!f.has("streams")) {
+    return invalid_argument(
+        "config: \"streams\" is missing: give an array of streams, each with \"name\", "
+        "\"model\" and \"input\"");
+  }
+  const json& streams = f.at("streams");
+  if (!streams.is_array()) return f.error("streams", "an array of stream objects");
+  for (size_t i = 0; i < streams.size(); ++i) {
+    StreamConfig s;
+    // The command line's defaults.
+    s.scheduler.server_price_per_s = 1;
+    EDGESPLIT_RETURN_IF_ERROR(parse_stream(streams[i], i, base_dir, s));
+    c.streams.push_back(std::move(s));
+  }
+  EDGESPLIT_RETURN_IF_ERROR(validate_device_config(c));
+  return c;
+}
+
+Result<DeviceConfig> load_device_config(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return not_found("cannot read config file " + path + ": check the --config path");
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return not_found("cannot read config file " + path + ": check the --config path");
+  auto config = parse_device_config(text.str(), fs::path(path).parent_path().string());
+  if (!config.ok()) {
+    return Status(config.status().code(), path + ": " + config.status().message());
+  }
+  return config;
+}
+
+Status validate_device_config(const DeviceConfig& c) {
+  if (c.handshake_timeout_ms < 1) {
+    return field_error("config", "handshake_timeout_ms", kMustPositive);
+  }
+  if (c.retry_ms < 1) return field_error("config", "retry_ms", kMustPositive);
+  if (c.threads < 0) return field_error("config", "threads", kMustCount);
+  EDGESPLIT_RETURN_IF_ERROR(check_bound("config", "max_device_memory_mb", c.max_device_memory_mb));
+  if (!c.device_secret_key.empty() && c.server_public_key.empty()) {
+    return invalid_argument(
+        "config: \"key\" needs \"server_key\": the device key is only used with CURVE");
+  }
+  if (c.streams.empty()) {
+    return invalid_argument(
+        "config: \"streams\" is empty: give at least one stream with \"name\", \"model\" and "
+        "\"input\"");
+  }
+  std::set<std::string> names;
+  for (size_t i = 0; i < c.streams.size(); ++i) {
+    const StreamConfig& s = c.streams[i];
+    const std::string where = stream_where(s, i);
+    if (s.name.empty()) return field_error(where, "name", "a non-empty string");
+    if (!names.insert(s.name).second) {
+      return invalid_argument(where +
+                              ": \"name\" is used by another stream already: give each "
+                              "stream a name of its own");
+    }
+    if (s.model_path.empty()) return field_error(where, "model", "a non-empty path");
+    if (s.input.empty())
+      return field_error(where, "input", "an image, a folder, a video or camera:N");
+    if (s.max_frames < 0) return field_error(where, "max_frames", kMustCount);
+    if (s.loop < 0) return field_error(where, "loop", kMustLoop);
+    if (!(s.fps >= 0) || !std::isfinite(s.fps)) {
+      return field_error(where, "fps", kMustNonNegative);
+    }
+    if (s.jpeg_quality < 0 || s.jpeg_quality > 100) {
+      return field_error(where, "bits", "1..16, fp16, fp32 or jpegQ with Q between 1 and 100");
+    }
+    const double clip = s.encode.range.clip_percentile;
+    if (clip != 0 && !(clip >= 50 && clip <= 100)) {
+      return field_error(where, "clip_percentile", kMustClip);
+    }
+    const auto& k = s.scheduler.constraints;
+    EDGESPLIT_RETURN_IF_ERROR(
+        check_bound(where, "constraints.max_accuracy_drop", k.max_accuracy_drop_pp));
+    EDGESPLIT_RETURN_IF_ERROR(check_bound(where, "constraints.max_latency_ms", k.max_latency_ms));
+    EDGESPLIT_RETURN_IF_ERROR(check_bound(where, "constraints.min_fps", k.min_fps));
+    EDGESPLIT_RETURN_IF_ERROR(check_bound(where, "constraints.max_bytes_per_frame", k.max_bytes));
+    EDGESPLIT_RETURN_IF_ERROR(
+        check_bound(where, "constraints.max_device_memory_mb", k.max_device_memory_mb));
+    EDGESPLIT_RETURN_IF_ERROR(check_bound(where, "constraints.max_server_ms", k.max_server_ms));
+    if (!(s.scheduler.server_price_per_s >= 0) || !std::isfinite(s.scheduler.server_price_per_s)) {
+      return field_error(where, "server_price", kMustNonNegative);
+    }
+    if (s.top_k < 1 || s.top_k > 100) return field_error(where, "top_k", kMustTopK);
+    if (s.in_flight < 0 || s.in_flight > 64) return field_error(where, "in_flight", kMustInFlight);
+    if (s.timeout_ms < 1) return field_error(where, "timeout_ms", kMustPositive);
+    if (s.threads < 0) return field_error(where, "threads", kMustCount);
+  }
+  return Status();
+}
+
+}  // namespace edgesplit::device

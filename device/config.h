@@ -1,0 +1,115 @@
+// What edgesplit-device runs: the device-wide settings and one or more model streams, from the
+// command line (one stream) or from a JSON config file (`--config FILE`, any number of streams).
+// Free of LibTorch: parsing and checking a configuration runs no model.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "packing/codec.h"
+#include "packing/status.h"
+#include "partitioner/model_graph.h"
+#include "partitioner/scheduler.h"
+
+namespace edgesplit::device {
+
+// The local lane: whole frames run on the device on a thread of their own, so the runtime's loop
+// stays free to take replies when they arrive (their round trips then measure the network, not a
+// computation) and, while a lost server is away, to notice its return at once (the next frame is
+// offloaded without waiting for a local one to finish); beside a full in-flight window it keeps
+// the device busy while the server works (throughput).
+enum class LocalLane {
+  kAuto,  // frames planned on the device and outages; beside the window with --objective
+          // throughput when the plan leaves the device idle half of each pipelined period or more
+  kOn,    // the same, and beside any full window
+  kOff,   // none of it: local frames run on the runtime's loop
+};
+
+// One model stream: a model, its input, its objective and bounds, its priority.
+struct StreamConfig {
+  std::string name;        // unique within a config; in every JSON line as "stream"
+  std::string model_path;  // TorchScript file
+  std::string meta_path;   // model metadata JSON; empty: looked up beside the model
+  std::string input;       // image file, folder, video file or camera:N
+  int64_t max_frames = 0;  // 0: the whole source
+  int loop = 1;            // passes over a file/folder source (0: forever)
+  // Frames arrive at this rate (a camera's frame rate); 0: as fast as the stream takes them.
+  // Latency is counted from a frame's arrival, so a stream that falls behind sees it grow.
+  double fps = 0;
+  // Higher runs first when several streams have work ready, keeps its memory and threads when
+  // the device cannot hold every stream, and is the last to be made server-only.
+  int priority = 0;
+
+  // A fixed plan: a cut id, "input" (= 0) or "device" (the last cut), with `encode` (or a JPEG of
+  // the input when jpeg_quality > 0 at cut 0). Empty: the scheduler chooses every frame.
+  std::string cut;
+  packing::EncodeOptions encode;
+  int jpeg_quality = 0;
+
+  // The scheduler's inputs. An empty profile path means MODEL.profile.json beside the model.
+  // scheduler.constraints.max_device_memory_mb is the stream's own bound on head weights +
+  // activations; the resource manager may lower it to the stream's share of the device.
+  std::string profile_path;
+  partitioner::SchedulerOptions scheduler;
+
+  int top_k = 5;
+  int in_flight = 0;  // frames sent and not yet answered (0: 1, or 4 for throughput)
+  LocalLane local_lane = LocalLane::kAuto;
+  int timeout_ms = 1000;  // a frame not answered by then is finished locally
+  int threads = 0;        // intra-op threads for this stream's networks (0: the manager decides)
+};
+
+// The device as a whole.
+struct DeviceConfig {
+  std::string server;  // tcp://HOST:PORT; empty runs every frame on the device
+  int handshake_timeout_ms = 2000;
+  int retry_ms = 2000;  // how often to look for a server that never answered
+  // Threads for all streams together (0: LibTorch's default, i.e. the cores it sees).
+  int threads = 0;
+  // The whole process's resident memory (VmRSS, LibTorch's allocator included) must stay at or
+  // below this many MiB; unset: no bound.
+  std::optional<double> max_device_memory_mb;
+  // How networks run; the cut ids do not depend on it.
+  partitioner::Engine engine = partitioner::Engine::kOptimized;
+  std::string device_power_path;  // device description JSON (compute/radio/idle watts)
+  std::string output;             // JSON lines file; empty: stdout
+  // JSON lines even on a terminal (a terminal otherwise gets a readable line per frame and a
+  // live summary; a file or pipe always gets JSON lines).
+  bool json = false;
+  std::string device_name = "edgesplit-device";
+  // CURVE (transport/curve.h): the server's public key (Z85; empty: plain TCP) and this device's
+  // secret key (Z85; empty with a server key: an ephemeral key pair is made at start).
+  std::string server_public_key;
+  std::string device_secret_key;
+  bool quiet = false;  // no log lines or summary on stderr
+  std::vector<StreamConfig> streams;
+};
+
+// What the command line asks for: a configuration to run, or help to print.
+struct DeviceCommand {
+  DeviceConfig config;
+  bool help = false;
+  std::string help_text;  // set when help is true
+};
+
+// Parses edgesplit-device's command line. Either the single-model flags (--model, --input, --cut,
+// --objective, ...: a config with one stream) or --config FILE (device-wide flags such as --server,
+// --output, --threads, --max-device-memory-mb and --quiet may be given beside it and override the
+// file's). kInvalidArgument with one sentence (naming the flag) for anything wrong.
+Result<DeviceCommand> parse_device_flags(int argc, const char* const* argv);
+
+// Parses a JSON config (the text of a --config file). Relative paths in it are taken relative to
+// `base_dir` (the file's folder). kInvalidArgument with one sentence naming the stream and the
+// field for anything wrong (unknown key, wrong type, out-of-range value, duplicate stream name).
+Result<DeviceConfig> parse_device_config(const std::string& json_text,
+                                         const std::string& base_dir = "");
+// Reads and parses a config file (kNotFound when it cannot be read).
+Result<DeviceConfig> load_device_config(const std::string& path);
+
+// Checks what both paths must satisfy (at least one stream, unique names, ranges); called by the
+// two parsers. kInvalidArgument with one sentence naming the stream and the field.
+Status validate_device_config(const DeviceConfig& config);
+
+}  // namespace edgesplit::device

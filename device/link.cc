@@ -1,0 +1,413 @@
+#include "device/link.h"
+
+#include <algorithm>
+
+#include "transport/protocol.h"
+
+namespace edgesplit::device {
+namespace {
+
+using partitioner::ms_between;
+using partitioner::TimePoint;
+
+constexpr int64_t kCalibrationProbeBytes = 64 << 10;
+constexpr int64_t kPingBytes = 64;
+// A lost server is pinged this often; a ping not answered within the timeout was lost with the
+// link and the next one may go.
+constexpr double kRecoveryProbeMs = 100;
+constexpr int kRecoveryProbeTimeoutMs = 500;
+constexpr int kRetryMaxMs = 15000;
+constexpr size_t kMaxGivenUp = 4096;
+
+class ZmqChannel final : public ServerChannel {
+ public:
+  explicit ZmqChannel(std::unique_ptr<transport::ServerLink> link) : link_(std::move(link)) {}
+  Result<wire::HelloReply> handshake(const wire::Hello& hello,
+                                     std::chrono::milliseconds timeout) override {
+    return link_->handshake(hello, timeout);
+  }
+  Status send_infer(uint64_t id, const wire::InferRequest& infer,
+                    std::vector<std::vector<uint8_t>> payloads) override {
+    return link_->send_infer(id, infer, std::move(payloads));
+  }
+  Status send_ping(uint64_t id, uint32_t echo_bytes) override {
+    return link_->send_ping(id, echo_bytes);
+  }
+  std::optional<transport::ReceivedReply> receive(std::chrono::milliseconds timeout) override {
+    return link_->receive(timeout);
+  }
+  void forget(uint64_t id) override { link_->forget(id); }
+  zmq_pollitem_t poll_item() override { return link_->poll_item(); }
+
+ private:
+  std::unique_ptr<transport::ServerLink> link_;
+};
+
+bool allowed(LinkState from, LinkState to) {
+  switch (from) {
+    case LinkState::kNeverUp:
+      return to == LinkState::kUp || to == LinkState::kRefused;
+    case LinkState::kUp:
+      return to == LinkState::kLost || to == LinkState::kRefused;
+    case LinkState::kLost:
+      return to == LinkState::kUp || to == LinkState::kRefused;
+    case LinkState::kRefused:
+      return false;
+  }
+  return false;
+}
+
+}  // namespace
+
+const char* link_state_name(LinkState state) {
+  switch (state) {
+    case LinkState::kNeverUp:
+      return "never_up";
+    case LinkState::kUp:
+      return "up";
+    case LinkState::kLost:
+      return "lost";
+    case LinkState::kRefused:
+      return "refused";
+  }
+  return "?";
+}
+
+Result<std::unique_ptr<ServerChannel>> open_zmq_channel(
+    const transport::ServerLinkOptions& options) {
+  auto link = transport::ServerLink::open(options);
+  if (!link.ok()) return link.status();
+  return std::unique_ptr<ServerChannel>(new ZmqChannel(std::move(link).value()));
+}
+
+Link::Link(LinkOptions options, std::unique_ptr<ServerChannel> channel,
+           const partitioner::Clock& clock, Logger log)
+    : options_(std::move(options)),
+      channel_(std::move(channel)),
+      clock_(clock),
+      log_(std::move(log)),
+      network_(clock) {
+  retry_interval_ms_ = options_.retry_ms;
+  down_reason_ = channel_ ? "server unreachable" : "no server";
+}
+
+void Link::change_state(LinkState next, const std::string& why) {
+  if (next == state_ || !allowed(state_, next)) return;
+  state_ = next;
+  if (next == LinkState::kUp) down_reason_.clear();
+  if (next == LinkState::kLost) down_reason_ = "server unreachable";
+  if (log_ && !why.empty()) log_(why);
+}
+
+LinkState Link::connect() {
+  if (!channel_ || state_ == LinkState::kRefused) return state_;
+  const bool first = !attempted_;
+  attempted_ = true;
+  last_attempt_ = clock_.now();
+  // ZeroMQ reconnects in the background (with its own backoff); a retry only asks whether the
+  // server answers again, briefly, so frames keep flowing locally meanwhile.
+  const int timeout_ms =
+      first ? options_.handshake_timeout_ms : std::min(options_.handshake_timeout_ms, 250);
+  // No model digest: the server lists every model it serves, and each stream looks for its own.
+  wire::Hello hello = transport::make_hello("", options_.device_name);
+  auto reply = channel_->handshake(hello, std::chrono::milliseconds(timeout_ms));
+  if (reply.ok()) {
+    served_.clear();
+    server_name_ = reply->server_name();
+    for (const auto& m : reply->models()) {
+      ServedModel s;
+      s.digest = m.digest();
+      s.name = m.name();
+      s.engine = m.engine();
+      s.tail_ms.assign(m.tail_ms().begin(), m.tail_ms().end());
+      served_.push_back(std::move(s));
+    }
+    ++generation_;
+    retry_interval_ms_ = options_.retry_ms;
+    consecutive_timeouts_ = 0;
+    network_.add_answer();
+    const bool back = state_ == LinkState::kLost || said_unreachable_;
+    if (state_ == LinkState::kLost) ++reconnects_;
+    change_state(LinkState::kUp, back ? "server is back at " + options_.endpoint +
+                                            ": offloading again (" + served_list() + ")"
+                                      : "");
+    // Three round-trip probes and one bandwidth probe, answered before the next frame is planned
+    // (at most one probe timeout), so the streams plan from measurements rather than from
+    // nothing. Their replies also tell the estimators that the server answers.
+    const TimePoint deadline = clock_.now() + std::chrono::milliseconds(options_.probe_timeout_ms);
+    auto await_probes = [&] {
+      for (int i = 0; i < 1000 && probe_pending() && clock_.now() < deadline; ++i) {
+        std::vector<FrameReply> frames = poll(std::chrono::milliseconds(5));
+        for (auto& f : frames) stashed_.push_back(std::move(f));
+      }
+    };
+    for (int i = 0; i < 3; ++i) {
+      send_probe(kPingBytes, false, 0);
+      await_probes();
+    }
+    send_probe(kCalibrationProbeBytes, false, 0);
+    await_probes();
+    return state_;
+  }
+  const Status& s = reply.status();
+  if (s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kTimeout) {
+    // Retries back off (doubling up to 15 s) while the server stays away.
+    retry_interval_ms_ = first ? options_.retry_ms : std::min(retry_interval_ms_ * 2, kRetryMaxMs);
+    down_reason_ = "server unreachable";
+    if (state_ == LinkState::kNeverUp && !said_unreachable_ && log_) {
+      log_("server " + options_.endpoint + " unreachable (" + s.message() +
+           "): finishing frames on the device");
+    }
+    said_unreachable_ = true;
+    return state_;
+  }
+  // Reachable but refuses this device or speaks another protocol: a configuration problem the
+  // user must fix, said once; retrying would not change it.
+  down_reason_ = "server refused: " + s.message();
+  change_state(LinkState::kRefused, "server " + options_.endpoint +
+                                        " refused the handshake: " + s.message() +
+                                        " Finishing frames on the device; not retrying.");
+  return state_;
+}
+
+const ServedModel* Link::served(const std::string& digest) const {
+  for (const auto& m : served_) {
+    if (m.digest == digest) return &m;
+  }
+  return nullptr;
+}
+
+std::string Link::served_list() const {
+  std::string s;
+  for (const auto& m : served_) {
+    if (!s.empty()) s += ", ";
+    s += (m.name.empty() ? std::string("model") : m.name) + " (" + m.digest.substr(0, 19) + ")";
+  }
+  return s.empty() ? "no models" : s;
+}
+
+void Link::tend() {
+  if (!channel_ || state_ == LinkState::kRefused) return;
+  expire_probes();
+  if (state_ == LinkState::kUp) return;
+  const TimePoint now = clock_.now();
+  const double since = ms_between(last_attempt_, now);
+  if (state_ == LinkState::kLost) {
+    if (since >= kRecoveryProbeMs && !probe_pending()) {
+      last_attempt_ = now;
+      send_probe(kPingBytes, /*even_when_down=*/true, kRecoveryProbeTimeoutMs);
+    }
+  } else if (since >= retry_interval_ms_) {
+    (void)connect();
+  }
+}
+
+TimePoint Link::next_wake() const {
+  TimePoint t = TimePoint::max();
+  if (!channel_ || state_ == LinkState::kRefused) return t;
+  for (const auto& p : probes_) t = std::min(t, p.deadline);
+  if (state_ == LinkState::kLost && probes_.empty()) {
+    t = std::min(t, last_attempt_ + std::chrono::milliseconds(static_cast<int>(kRecoveryProbeMs)));
+  } else if (state_ == LinkState::kNeverUp) {
+    t = std::min(t, last_attempt_ + std::chrono::milliseconds(retry_interval_ms_));
+  }
+  return t;
+}
+
+uint64_t Link::next_request_id(int stream) {
+  const uint64_t id = next_request_id_++;
+  owner_[id] = stream;
+  return id;
+}
+
+Status Link::send_infer(uint64_t request_id, const wire::InferRequest& infer,
+                        std::vector<std::vector<uint8_t>> payloads) {
+  if (!channel_) return unavailable("no server");
+  Status s = channel_->send_infer(request_id, infer, std::move(payloads));
+  if (!s.ok()) {
+    owner_.erase(request_id);
+    last_attempt_ = clock_.now();
+    change_state(LinkState::kLost, "cannot send to " + options_.endpoint + " (" + s.message() +
+                                       "): finishing frames on the device");
+  }
+  return s;
+}
+
+void Link::give_up(uint64_t request_id, int64_t bytes, double waited_ms, int timeout_ms) {
+  if (channel_) channel_->forget(request_id);
+  given_up_order_.push_back(request_id);
+  while (given_up_order_.size() > kMaxGivenUp) {
+    owner_.erase(given_up_order_.front());
+    given_up_order_.pop_front();
+  }
+  network_.add_timeout(bytes, waited_ms);
+  if (++consecutive_timeouts_ >= 2 && state_ == LinkState::kUp) {
+    last_attempt_ = clock_.now();
+    change_state(LinkState::kLost, "no reply from " + options_.endpoint + " within " +
+                                       std::to_string(timeout_ms) +
+                                       " ms: finishing frames on the device");
+  }
+}
+
+void Link::note_answer() { consecutive_timeouts_ = 0; }
+
+std::vector<FrameReply> Link::poll(std::chrono::milliseconds wait) {
+  std::vector<FrameReply> out(std::make_move_iterator(stashed_.begin()),
+                              std::make_move_iterator(stashed_.end()));
+  stashed_.clear();
+  if (!channel_) return out;
+  if (!out.empty()) wait = std::chrono::milliseconds(0);
+  for (;;) {
+    std::optional<transport::ReceivedReply> r = channel_->receive(wait);
+    if (!r) break;
+    wait = std::chrono::milliseconds(0);
+    const uint64_t id = r->reply.request_id();
+    auto probe =
+        std::find_if(probes_.begin(), probes_.end(), [&](const Probe& p) { return p.id == id; });
+    if (probe != probes_.end()) {
+      probes_.erase(probe);
+      owner_.erase(id);
+      handle_probe_reply(*r);
+      continue;
+    }
+    auto owner = owner_.find(id);
+    if (!r->awaited() || owner == owner_.end()) {
+      const int stream = owner == owner_.end() ? -1 : owner->second;
+      ++late_[stream];
+      if (owner != owner_.end()) owner_.erase(owner);
+      // A late answer still proves that a lost server is reachable again.
+      if (state_ == LinkState::kLost && r->reply.status() == wire::STATUS_OK) {
+        last_attempt_ = TimePoint{};
+        recovery_due_ = true;
+      }
+      continue;
+    }
+    const int stream = owner->second;
+    owner_.erase(owner);
+    if (stream == kProbeStream) continue;
+    out.push_back(FrameReply{stream, std::move(*r)});
+  }
+  if (recovery_due_ && state_ == LinkState::kLost) {
+    recovery_due_ = false;
+    (void)connect();
+    for (auto& f : stashed_) out.push_back(std::move(f));
+    stashed_.clear();
+  }
+  return out;
+}
+
+std::optional<zmq_pollitem_t> Link::poll_item() {
+  if (!channel_) return std::nullopt;
+  return channel_->poll_item();
+}
+
+void Link::send_probe(int64_t bytes, bool even_when_down, int timeout_ms) {
+  if (!channel_ || (state_ != LinkState::kUp && !even_when_down)) return;
+  const uint64_t id = next_request_id_++;
+  owner_[id] = kProbeStream;
+  Status s = channel_->send_ping(id, static_cast<uint32_t>(std::max<int64_t>(bytes, 0)));
+  if (!s.ok()) {
+    owner_.erase(id);
+    return;
+  }
+  const int t =
+      timeout_ms > 0 ? std::min(timeout_ms, options_.probe_timeout_ms) : options_.probe_timeout_ms;
+  probes_.push_back(Probe{id, clock_.now() + std::chrono::milliseconds(t), bytes});
+  network_.probe_sent();
+  ++probes_sent_;
+}
+
+void Link::handle_probe_reply(const transport::ReceivedReply& r) {
+  if (r.reply.status() != wire::STATUS_OK) return;
+  consecutive_timeouts_ = 0;
+  if (state_ == LinkState::kLost) {
+    // The server answers again: say hello again (the replica may differ) before offloading.
+    recovery_due_ = true;
+    partitioner::Exchange e;
+    e.request_bytes = static_cast<int64_t>(r.timing.bytes_sent);
+    e.round_trip_ms = r.timing.round_trip_ms();
+    network_.add_exchange(e);
+    return;
+  }
+  partitioner::Exchange e;
+  e.request_bytes = static_cast<int64_t>(r.timing.bytes_sent);
+  e.round_trip_ms = effective_round_trip_ms(r, 0.0);
+  if (e.round_trip_ms >= 0) {
+    network_.add_exchange(e);
+  } else {
+    network_.add_answer();
+  }
+}
+
+void Link::expire_probes() {
+  const TimePoint now = clock_.now();
+  for (auto it = probes_.begin(); it != probes_.end();) {
+    if (it->deadline > now) {
+      ++it;
+      continue;
+    }
+    const Probe p = *it;
+    it = probes_.erase(it);
+    const int timeout_ms = options_.probe_timeout_ms;
+    give_up(p.id, p.bytes, ms_between(p.deadline - std::chrono::milliseconds(timeout_ms), now),
+            timeout_ms);
+  }
+}
+
+void Link::probe_if_due(bool plan_is_local) {
+  if (state_ != LinkState::kUp) return;
+  partitioner::ProbeRequest probe = network_.probe_due(plan_is_local);
+  if (probe.due()) send_probe(probe.bytes, false, 0);
+}
+
+void Link::note_busy(TimePoint since) {
+  const TimePoint now = clock_.now();
+  if (now - since < std::chrono::milliseconds(1)) return;
+  busy_.emplace_back(since, now);
+  while (busy_.size() > 64) busy_.pop_front();
+}
+
+// With several requests in flight, a request's bytes wait in the uplink behind those sent before
+// it: its transfer starts when the previous upload ended (estimated from that one's reply:
+// received - server time - base round trip), not when it was sent; counting the wait as transfer
+// would under-estimate the bandwidth by the depth of the queue. Replies are matched in send order
+// (request ids grow with it, across streams: they share the uplink); an out-of-order or lost reply
+// only makes the correction smaller.
+double Link::effective_round_trip_ms(const transport::ReceivedReply& r, double server_ms) {
+  const bool busy = std::any_of(busy_.begin(), busy_.end(), [&](const auto& iv) {
+    return iv.second > r.timing.sent && iv.first < r.timing.received;
+  });
+  if (busy) {
+    last_upload_id_ = std::max(last_upload_id_, r.timing.request_id);
+    last_upload_end_ = TimePoint{};  // unknown
+    return -1;
+  }
+  TimePoint start = r.timing.sent;
+  if (last_upload_id_ != 0 && last_upload_id_ < r.timing.request_id && last_upload_end_ > start &&
+      last_upload_end_ < r.timing.received) {
+    start = last_upload_end_;
+  }
+  const double base_rtt_ms = network_.rtt_ms();
+  if (r.timing.request_id > last_upload_id_) {
+    last_upload_id_ = r.timing.request_id;
+    last_upload_end_ =
+        r.timing.received - std::chrono::duration_cast<TimePoint::duration>(
+                                std::chrono::duration<double, std::milli>(server_ms + base_rtt_ms));
+  }
+  return ms_between(start, r.timing.received);
+}
+
+partitioner::Conditions Link::network_conditions() const {
+  partitioner::Conditions c;
+  c.bandwidth_mbps = network_.bandwidth_mbps();
+  c.rtt_ms = network_.rtt_ms();
+  c.server_available = network_.server_available() && usable();
+  return c;
+}
+
+uint64_t Link::late_replies(int stream) const {
+  auto it = late_.find(stream);
+  return it == late_.end() ? 0 : it->second;
+}
+
+}  // namespace edgesplit::device

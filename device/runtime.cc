@@ -1,0 +1,381 @@
+#include "device/runtime.h"
+
+#include <unistd.h>
+#include <zmq.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "device/link.h"
+#include "device/reporter.h"
+#include "device/resources.h"
+#include "device/stream.h"
+#include "partitioner/model_graph.h"
+
+namespace edgesplit::device {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+double mib(int64_t bytes) { return static_cast<double>(bytes) / kMiB; }
+
+std::string mib_text(int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", mib(bytes));
+  return buf;
+}
+
+double round3(double v) { return std::isfinite(v) ? std::round(v * 1000.0) / 1000.0 : -1.0; }
+
+class Runtime {
+ public:
+  Runtime(const DeviceConfig& config, Reporter& reporter, std::unique_ptr<ServerChannel> channel)
+      : config_(config),
+        reporter_(reporter),
+        link_(make_link_options(config), std::move(channel), partitioner::SteadyClock::instance(),
+              [this](const std::string& m) { reporter_.log(m); }) {}
+
+  int run() {
+    const auto start = Clock::now();
+    for (size_t i = 0; i < config_.streams.size(); ++i) {
+      auto s = Stream::create(config_.streams[i], config_, static_cast<int>(i), link_, reporter_,
+                              token_);
+      if (!s.ok()) return fail(s.status().message());
+      streams_.push_back(std::move(s).value());
+    }
+    // The first handshake, before planning memory: the server's answer says which streams can
+    // run server-only.
+    const bool wants_server =
+        std::any_of(config_.streams.begin(), config_.streams.end(),
+                    [](const StreamConfig& s) { return s.cut != "device" && s.cut != "local"; });
+    if (link_.has_server() && wants_server) link_.connect();
+    if (int rc = place_models(); rc != 0) return rc;
+
+    const double startup_s = std::chrono::duration<double>(Clock::now() - start).count();
+    for (auto& s : streams_) s->ready(startup_s);
+    seen_generation_ = link_.generation();
+    loop();
+    for (auto& s : streams_) s->summary();
+    json d;
+    d["type"] = "device";
+    d["streams"] = streams_.size();
+    d["peak_rss_mb"] = round3(mib(peak_resident_bytes()));
+    d["rss_mb"] = round3(mib(resident_bytes()));
+    d["base_rss_mb"] = round3(mib(base_rss_));
+    if (config_.max_device_memory_mb) {
+      d["max_device_memory_mb"] = *config_.max_device_memory_mb;
+      d["memory_bound_held"] = mib(peak_resident_bytes()) <= *config_.max_device_memory_mb;
+    }
+    d["link"] = link_state_name(link_.state());
+    d["reconnects"] = link_.reconnects();
+    d["wall_s"] = round3(std::chrono::duration<double>(Clock::now() - start).count());
+    reporter_.emit(d);
+    return 0;
+  }
+
+ private:
+  static LinkOptions make_link_options(const DeviceConfig& c) {
+    LinkOptions lo;
+    lo.endpoint = c.server;
+    lo.device_name = c.device_name;
+    lo.handshake_timeout_ms = c.handshake_timeout_ms;
+    lo.retry_ms = c.retry_ms;
+    int timeout = 0;
+    for (const auto& s : c.streams)
+      timeout = timeout == 0 ? s.timeout_ms : std::min(timeout, s.timeout_ms);
+    lo.probe_timeout_ms = timeout > 0 ? timeout : 1000;
+    return lo;
+  }
+
+  int fail(const std::string& message) {
+    std::cerr << "edgesplit-device: " << message << '\n';
+    return 2;
+  }
+
+  // The resource manager's memory decision (BlinkNet's bound): which part of each model the
+  // process holds. Predicted from the profiles, solved exactly, then checked against the measured
+  // RSS while the models load (highest priority first): a stream whose option no longer fits what
+  // is left is moved to the largest option that does.
+  int place_models() {
+    base_rss_ = resident_bytes();
+    const int total_threads = config_.threads;
+    std::vector<StreamPlanInfo> infos;
+    std::vector<StreamDemand> demands;
+    for (auto& s : streams_) {
+      infos.push_back(s->plan_info());
+      StreamDemand d;
+      d.name = infos.back().name;
+      d.priority = infos.back().priority;
+      d.options = infos.back().options;
+      demands.push_back(std::move(d));
+    }
+    std::vector<int> chosen(streams_.size(), -1);
+    if (config_.max_device_memory_mb) {
+      const int64_t bound = static_cast<int64_t>(*config_.max_device_memory_mb * kMiB);
+      if (bound <= base_rss_) {
+        return fail("--max-device-memory-mb " + number(*config_.max_device_memory_mb) +
+                    " is below what this process holds before loading any model (" +
+                    mib_text(base_rss_) + " measured): raise it");
+      }
+      auto alloc = allocate_memory(demands, bound - base_rss_);
+      if (!alloc.ok()) return fail(alloc.status().message());
+      for (size_t i = 0; i < streams_.size(); ++i) chosen[i] = alloc->streams[i].option;
+      for (const auto& n : alloc->notes) reporter_.log(n);
+    } else {
+      // No bound: every stream holds its whole model (its last option).
+      for (size_t i = 0; i < streams_.size(); ++i) {
+        chosen[i] = static_cast<int>(demands[i].options.size()) - 1;
+      }
+    }
+    // Load in priority order, checking the measured RSS before each.
+    std::vector<size_t> order(streams_.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return demands[a].priority > demands[b].priority; });
+    for (size_t i : order) {
+      Stream& s = *streams_[i];
+      const auto& options = demands[i].options;
+      int option = chosen[i];
+      if (option >= 0 && config_.max_device_memory_mb) {
+        const int64_t bound = static_cast<int64_t>(*config_.max_device_memory_mb * kMiB);
+        const int64_t left = bound - resident_bytes();
+        if (options[static_cast<size_t>(option)].bytes > left) {
+          int fit = -1;
+          for (int k = option; k >= 0; --k) {
+            if (options[static_cast<size_t>(k)].bytes <= left) {
+              fit = k;
+              break;
+            }
+          }
+          reporter_.log("stream \"" + s.name() + "\": measured memory leaves " + mib_text(left) +
+                        ", less than its planned share; " +
+                        (fit < 0
+                             ? std::string("it cannot run")
+                             : "it holds the heads up to cut " +
+                                   std::to_string(options[static_cast<size_t>(fit)].retain_cut)));
+          option = fit;
+        }
+      }
+      if (option < 0) {
+        s.refuse("the device's memory bound (--max-device-memory-mb " +
+                 number(config_.max_device_memory_mb.value_or(0)) +
+                 ") leaves this stream no room: its frames are not run");
+        continue;
+      }
+      const int64_t before = resident_bytes();
+      const StreamConfig& sc = config_.streams[i];
+      const int threads = sc.threads > 0 && total_threads > 0 ? std::min(sc.threads, total_threads)
+                          : sc.threads > 0                    ? sc.threads
+                                                              : total_threads;
+      Status loaded = s.load(options[static_cast<size_t>(option)].retain_cut, threads);
+      if (!loaded.ok()) return fail(loaded.message());
+      const int64_t after = resident_bytes();
+      if (config_.max_device_memory_mb || streams_.size() > 1) {
+        reporter_.log("stream \"" + s.name() + "\" holds " +
+                      (options[static_cast<size_t>(option)].retain_cut == 0
+                           ? std::string("no model (server-only)")
+                       : options[static_cast<size_t>(option)].retain_cut == infos[i].device_cut ||
+                               options[static_cast<size_t>(option)].retain_cut < 0
+                           ? std::string("its whole model")
+                           : "the heads up to cut " +
+                                 std::to_string(options[static_cast<size_t>(option)].retain_cut)) +
+                      ": " + mib_text(after - before) + " measured (" +
+                      mib_text(options[static_cast<size_t>(option)].bytes) + " predicted)");
+      }
+    }
+    return 0;
+  }
+
+  static std::string number(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
+  }
+
+  void dispatch(std::vector<FrameReply> replies) {
+    for (auto& r : replies) {
+      if (r.stream >= 0 && static_cast<size_t>(r.stream) < streams_.size()) {
+        streams_[static_cast<size_t>(r.stream)]->on_reply(std::move(r.reply));
+      }
+    }
+    if (link_.generation() != seen_generation_) {
+      seen_generation_ = link_.generation();
+      for (auto& s : streams_) s->on_handshake();
+    }
+  }
+
+  bool all_finished() const {
+    return std::all_of(streams_.begin(), streams_.end(),
+                       [](const auto& s) { return s->finished(); });
+  }
+
+  // About once a second: the uplink's share per stream, and the memory bound watched.
+  void manage(Clock::time_point now) {
+    if (now - last_manage_ < std::chrono::seconds(1)) return;
+    last_manage_ = now;
+    if (streams_.size() > 1) {
+      std::vector<double> demand;
+      std::vector<int> priority;
+      for (auto& s : streams_) {
+        demand.push_back(s->finished() ? 0.0 : s->demanded_bytes_per_s());
+        priority.push_back(s->priority());
+      }
+      const double bw = link_.network().bandwidth_mbps() * 125000.0;
+      const std::vector<double> shares = split_link(demand, priority, bw);
+      for (size_t i = 0; i < streams_.size(); ++i) streams_[i]->set_link_share(shares[i]);
+    }
+    for (auto& s : streams_) {
+      const int misses = s->misses_since_last_check();
+      if (misses >= 3 && !s->finished()) {
+        ++miss_reports_;
+        if (miss_reports_ <= 5) {
+          reporter_.log("stream \"" + s->name() + "\" missed its latency bound on " +
+                        std::to_string(misses) + " frames in the last second");
+        }
+      }
+    }
+    if (config_.max_device_memory_mb && !said_over_) {
+      const double rss = mib(resident_bytes());
+      if (rss > *config_.max_device_memory_mb) {
+        said_over_ = true;
+        reporter_.log("resident memory " + number(rss) + " MiB is above --max-device-memory-mb " +
+                      number(*config_.max_device_memory_mb));
+      }
+    }
+  }
+
+  void loop() {
+    while (!all_finished()) {
+      dispatch(link_.poll(std::chrono::milliseconds(0)));
+      // Also when every frame runs locally: a recovery probe lost with the link must expire.
+      link_.tend();
+      dispatch({});
+      for (auto& s : streams_) {
+        s->expire_overdue();
+        s->drain_lane();
+      }
+      // Start every frame that has arrived and may start, highest priority first, then the
+      // earliest deadline; replies are taken between frames so their round trips stay honest.
+      for (;;) {
+        const auto now = Clock::now();
+        Stream* best = nullptr;
+        Clock::time_point best_due{};
+        for (auto& s : streams_) {
+          Clock::time_point due;
+          if (!s->frame_ready(now, &due)) continue;
+          if (!best || s->priority() > best->priority() ||
+              (s->priority() == best->priority() && due < best_due)) {
+            best = s.get();
+            best_due = due;
+          }
+        }
+        if (!best) break;
+        best->start_frame();
+        dispatch(link_.poll(std::chrono::milliseconds(0)));
+        for (auto& s : streams_) s->drain_lane();
+      }
+      manage(Clock::now());
+      if (all_finished()) break;
+      wait();
+    }
+  }
+
+  // Sleeps until a reply, a local lane's frame, the next arrival or deadline, or the link's next
+  // errand, whichever comes first (a busy loop would take CPU time, and under a CPU quota the
+  // quota, from the networks).
+  void wait() {
+    auto wake = link_.next_wake();
+    for (auto& s : streams_) wake = std::min(wake, s->next_wake());
+    const auto now = Clock::now();
+    auto ms = wake == Clock::time_point::max()
+                  ? 1000
+                  : std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count() + 1;
+    ms = std::clamp<int64_t>(ms, 0, 1000);
+    std::vector<zmq_pollitem_t> items;
+    if (auto item = link_.poll_item()) items.push_back(*item);
+    bool lane_without_fd = false;
+    for (auto& s : streams_) {
+      const int fd = s->lane_fd();
+      if (fd >= 0) {
+        items.push_back(zmq_pollitem_t{nullptr, fd, ZMQ_POLLIN, 0});
+      } else if (s->lane_busy()) {
+        lane_without_fd = true;
+      }
+    }
+    if (lane_without_fd) ms = std::min<int64_t>(ms, 2);
+    if (items.empty()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+      return;
+    }
+    (void)zmq_poll(items.data(), static_cast<int>(items.size()), static_cast<long>(ms));
+  }
+
+  const DeviceConfig& config_;
+  Reporter& reporter_;
+  Link link_;
+  ComputeToken token_;
+  std::vector<std::unique_ptr<Stream>> streams_;
+  uint64_t seen_generation_ = 0;
+  int64_t base_rss_ = 0;
+  Clock::time_point last_manage_{};
+  int miss_reports_ = 0;
+  bool said_over_ = false;
+};
+
+}  // namespace
+
+int run_device(const DeviceConfig& config) {
+  partitioner::set_compute_threads(config.threads);
+  std::unique_ptr<ServerChannel> channel;
+  if (!config.server.empty()) {
+    transport::ServerLinkOptions lo;
+    lo.endpoint = config.server;
+    int timeout = 0;
+    for (const auto& s : config.streams) {
+      timeout = timeout == 0 ? s.timeout_ms : std::min(timeout, s.timeout_ms);
+    }
+    lo.request_timeout = std::chrono::milliseconds(timeout > 0 ? timeout : 1000);
+    // After an outage the device should offload again well within a second: a silent link is
+    // dropped after 1.5 s (ZeroMQ heartbeats, answered by the server's I/O thread even while it
+    // computes), and ZeroMQ then tries a new connection every quarter second, each attempt
+    // bounded to a quarter second (a SYN lost in the outage is not waited for).
+    lo.heartbeat.ivl = std::chrono::milliseconds(500);
+    lo.heartbeat.timeout = std::chrono::milliseconds(1500);
+    lo.reconnect_ivl = std::chrono::milliseconds(100);
+    lo.reconnect_ivl_max = std::chrono::milliseconds(250);
+    lo.connect_timeout = std::chrono::milliseconds(250);
+    lo.curve_server_key = config.server_public_key;
+    lo.curve_secret_key = config.device_secret_key;
+    auto opened = open_zmq_channel(lo);
+    if (!opened.ok()) {
+      std::cerr << "edgesplit-device: " << opened.status().message() << '\n';
+      return 2;
+    }
+    channel = std::move(opened).value();
+  }
+  std::ofstream file;
+  if (!config.output.empty()) {
+    file.open(config.output);
+    if (!file) {
+      std::cerr << "edgesplit-device: cannot write --output " << config.output
+                << ": check the folder exists and is writable\n";
+      return 2;
+    }
+  }
+  std::ostream& out = config.output.empty() ? std::cout : file;
+  const bool readable = config.output.empty() && !config.json && ::isatty(STDOUT_FILENO);
+  Reporter reporter(out, readable, config.quiet);
+  Runtime runtime(config, reporter, std::move(channel));
+  return runtime.run();
+}
+
+}  // namespace edgesplit::device

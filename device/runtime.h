@@ -1,0 +1,18 @@
+// The device runtime: runs every stream of a DeviceConfig in one process, over one link to the
+// server, within the device's memory bound, and reports what happened. One event loop (zmq_poll on
+// the link and the local lanes' wake pipes) starts frames as they arrive, by priority and then
+// earliest deadline, and hands replies to the streams that sent them. The resource manager (device/
+// resources.h) decides at start which part of each model the device holds, and about once a second
+// how the measured uplink is shared. Free of LibTorch (stream.cc runs the networks).
+#pragma once
+
+#include "device/config.h"
+
+namespace edgesplit::device {
+
+// Runs until every stream's input is exhausted. Returns the process exit code: 0 when every
+// stream ran (frames that failed are reported as such), 2 for a configuration the user must fix
+// (one sentence on stderr).
+int run_device(const DeviceConfig& config);
+
+}  // namespace edgesplit::device

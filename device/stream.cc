@@ -1,0 +1,1245 @@
+#include "device/stream.h"
+
+#include <torch/torch.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <deque>
+#include <filesystem>
+#include <map>
+#include <thread>
+
+#include "imaging/image_codec.h"
+#include "imaging/input_source.h"
+#include "imaging/preprocess.h"
+#include "partitioner/estimators.h"
+#include "partitioner/model_graph.h"
+#include "partitioner/model_info.h"
+#include "partitioner/scheduler.h"
+#include "partitioner/top_k.h"
+#include "profiles/profile.h"
+#include "transport/protocol.h"
+
+namespace edgesplit::device {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+using partitioner::TimePoint;
+namespace fs = std::filesystem;
+
+double ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+double round3(double v) { return std::isfinite(v) ? std::round(v * 1000.0) / 1000.0 : -1.0; }
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  double rank = p / 100.0 * static_cast<double>(v.size() - 1);
+  size_t lo = static_cast<size_t>(rank);
+  size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (rank - static_cast<double>(lo));
+}
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+// What holding the heads up to a cut adds to the process, predicted from the profile before the
+// model is loaded: weights are held by the module, its frozen copy and the engine's packed
+// constants, and loading peaks above what stays (measured on this project's models with the
+// optimized engine: MobileNetV2 ~130 MiB for 14 MiB of weights, ResNet-56 ~27 MiB for 3.4 MiB,
+// the default model ~8 MiB); the runtime checks the prediction against the measured RSS.
+int64_t predicted_bytes(const profiles::CutProfile& cut) {
+  if (cut.id == 0) return 0;
+  return 9 * cut.head_weight_bytes + 4 * cut.head_activation_bytes + (8 << 20);
+}
+
+// The plan one frame runs with.
+struct FramePlan {
+  int cut = 0;
+  bool local = false;  // everything on the device
+  packing::EncodeOptions encode;
+  int jpeg_quality = 0;  // > 0: send the 8-bit input as JPEG (cut 0)
+  std::string encoding_name;
+  double profiled_head_ms = 0;
+  double profiled_server_ms = 0;
+  std::optional<partitioner::Decision> decision;  // when the scheduler chose (or knows) the plan
+  partitioner::Conditions conditions;
+};
+
+// A frame between "arrived" and "answered".
+struct PendingFrame {
+  uint64_t request_id = 0;
+  int64_t frame = 0;
+  std::string source;
+  FramePlan plan;
+  std::vector<at::Tensor> crossing;  // fp32, kept to finish locally when needed
+  Clock::time_point start;           // arrival
+  Clock::time_point sent;
+  Clock::time_point deadline;
+  Clock::time_point due;  // arrival + latency bound (for ordering)
+  double preprocess_ms = 0, head_ms = 0, pack_ms = 0;
+  size_t bytes_sent = 0;
+  std::string lane_reason;  // why a frame runs on the local lane
+};
+
+void set_threads(int threads) {
+  if (threads > 0 && at::get_num_threads() != threads) at::set_num_threads(threads);
+}
+
+// Runs whole frames on the device on a thread of its own, one at a time (the local lane), while
+// the runtime's loop keeps offloading others. The loop hands a frame over with submit() when
+// idle() and takes the result back with take().
+class LaneWorker {
+ public:
+  struct Done {
+    PendingFrame frame;
+    at::Tensor logits;  // undefined when `error` is set
+    double ms = 0;      // head + tail on this thread
+    std::string error;
+  };
+
+  LaneWorker(std::shared_ptr<partitioner::ModelGraph> model, ComputeToken* token, int priority,
+             int threads)
+      : model_(std::move(model)),
+        token_(token),
+        priority_(priority),
+        threads_(threads),
+        wake_(make_pipe()),
+        thread_([this] { loop(); }) {}
+  ~LaneWorker() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    for (int fd : wake_) {
+      if (fd >= 0) ::close(fd);
+    }
+  }
+  LaneWorker(const LaneWorker&) = delete;
+  LaneWorker& operator=(const LaneWorker&) = delete;
+
+  // Nothing queued, running or waiting to be taken.
+  bool idle() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return !job_ && !done_;
+  }
+  void submit(PendingFrame frame, at::Tensor input) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job_ = Job{std::move(frame), std::move(input)};
+    }
+    cv_.notify_all();
+  }
+  std::optional<Done> take() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::optional<Done> d = std::move(done_);
+    done_.reset();
+    if (d && wake_[0] >= 0) {
+      char drain[16];
+      while (::read(wake_[0], drain, sizeof drain) > 0) {
+      }
+    }
+    return d;
+  }
+  int wake_fd() const { return wake_[0]; }
+
+ private:
+  struct Job {
+    PendingFrame frame;
+    at::Tensor input;
+  };
+
+  void loop() {
+    for (;;) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || (job_ && !done_ && !running_); });
+      if (stop_) return;
+      running_ = true;
+      PendingFrame frame = std::move(job_->frame);
+      at::Tensor input = std::move(job_->input);
+      lock.unlock();
+
+      Done d;
+      {
+        ComputeToken::Hold hold(*token_, priority_, frame.due);
+        set_threads(threads_);
+        const auto t0 = Clock::now();
+        try {
+          torch::NoGradGuard no_grad;
+          const int cut = model_->device_cut();
+          d.logits = model_->run_tail(cut, model_->run_head(cut, input)).contiguous().reshape({-1});
+        } catch (const std::exception& e) {
+          d.error = e.what();
+        }
+        d.ms = ms_between(t0, Clock::now());
+      }
+      d.frame = std::move(frame);
+
+      lock.lock();
+      running_ = false;
+      job_.reset();
+      done_ = std::move(d);
+      if (wake_[1] >= 0) {
+        const char one = 1;
+        (void)!::write(wake_[1], &one, 1);
+      }
+    }
+  }
+
+  static std::array<int, 2> make_pipe() {
+    std::array<int, 2> fds{-1, -1};
+    if (::pipe2(fds.data(), O_NONBLOCK | O_CLOEXEC) != 0) fds = {-1, -1};
+    return fds;
+  }
+
+  std::shared_ptr<partitioner::ModelGraph> model_;
+  ComputeToken* token_;
+  int priority_;
+  int threads_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<Job> job_;
+  std::optional<Done> done_;
+  bool running_ = false;
+  bool stop_ = false;
+  std::array<int, 2> wake_;  // a byte is written to [1] when a frame is done
+  std::thread thread_;       // last: starts once the members above exist
+};
+
+struct RunStats {
+  std::vector<double> latencies_ms;
+  std::vector<double> prediction_ratios;  // predicted / measured latency, frames with a prediction
+  uint64_t frames = 0, on_server = 0, local = 0, failed = 0, plan_changes = 0;
+  uint64_t lane = 0;  // frames run whole by the local lane
+  uint64_t bytes_sent = 0;
+  uint64_t within_bound = 0;
+  std::map<std::string, uint64_t> plans;  // "cut:encoding" -> frames
+};
+
+// Turns "device", "input" or a number into a cut id, or says what is allowed.
+Result<int> resolve_cut(const std::string& spec, int device_cut, const std::vector<int>& cut_ids) {
+  if (spec == "device" || spec == "local") return device_cut;
+  if (spec == "input") return 0;
+  try {
+    size_t used = 0;
+    int id = std::stoi(spec, &used);
+    if (used == spec.size() && std::find(cut_ids.begin(), cut_ids.end(), id) != cut_ids.end()) {
+      return id;
+    }
+  } catch (const std::exception&) {
+  }
+  return invalid_argument("--cut " + spec + " is not a cut of this model: use 0.." +
+                          std::to_string(device_cut) +
+                          ", 'input' or 'device' (edgesplit-inspect lists the cuts)");
+}
+
+std::string default_profile_path(const std::string& model_path) {
+  fs::path p(model_path);
+  return (p.parent_path() / (p.stem().string() + ".profile.json")).string();
+}
+
+}  // namespace
+
+// ----- ComputeToken -----
+
+bool ComputeToken::first(const Waiter& w) const {
+  for (const Waiter& o : waiting_) {
+    if (o.ticket == w.ticket) continue;
+    if (o.priority != w.priority) {
+      if (o.priority > w.priority) return false;
+      continue;
+    }
+    if (o.deadline != w.deadline) {
+      if (o.deadline < w.deadline) return false;
+      continue;
+    }
+    if (o.ticket < w.ticket) return false;
+  }
+  return true;
+}
+
+ComputeToken::Hold::Hold(ComputeToken& token, int priority, TimePoint deadline) : token_(token) {
+  std::unique_lock<std::mutex> lock(token.mu_);
+  Waiter me{priority, deadline, token.next_ticket_++};
+  token.waiting_.push_back(me);
+  token.cv_.wait(lock, [&] { return !token.held_ && token.first(me); });
+  token.waiting_.erase(std::find_if(token.waiting_.begin(), token.waiting_.end(),
+                                    [&](const Waiter& w) { return w.ticket == me.ticket; }));
+  token.held_ = true;
+}
+
+ComputeToken::Hold::~Hold() {
+  {
+    std::lock_guard<std::mutex> lock(token_.mu_);
+    token_.held_ = false;
+  }
+  token_.cv_.notify_all();
+}
+
+// ----- Stream -----
+
+struct Stream::Impl {
+  StreamConfig cfg;
+  const DeviceConfig& device;
+  int index = 0;
+  Link& link;
+  Reporter& reporter;
+  ComputeToken& token;
+
+  partitioner::ModelInfo info;
+  std::optional<profiles::Profile> profile;
+  std::string profile_path;
+  std::string digest;  // of the model file
+  std::optional<partitioner::Scheduler> scheduler;
+  std::optional<FramePlan> fixed;
+  std::string fixed_cut_name;
+  std::shared_ptr<partitioner::ModelGraph> model;  // null: nothing held (server-only)
+  int device_cut = 0;
+  std::vector<int> cut_ids;  // from the profile (or the model)
+  int retain_cut = 0;
+  int threads = 0;
+  std::unique_ptr<imaging::FrameSource> source;
+  std::string refused;  // the stream cannot run: every frame fails with this
+
+  std::unique_ptr<LaneWorker> lane;
+  bool lane_beside_window = false;
+  bool lane_holds_planned = false;  // the lane's frame is a planned (not a beside-window) one
+  bool server_was_lost = false;     // ... handed over while the server was lost
+  size_t window = 1;
+  std::deque<PendingFrame> pending;
+  bool last_plan_local = false;
+  double last_device_share = 1.0;  // (head + pack) / pipelined period of the last plan
+  double last_bytes = 0;
+  double last_period_ms = 0;
+  double link_share = 1.0;
+
+  partitioner::ServerLoadEstimator server_load;
+  partitioner::DeviceLoadEstimator device_load;
+  uint64_t seen_generation = 0;
+  bool served = false;  // the last handshake listed this stream's model
+  std::string server_engine;
+
+  // Arrivals.
+  std::optional<imaging::Frame> next;
+  bool eof = false;
+  int64_t arrivals = 0;
+  Clock::time_point first_arrival{};
+  Clock::time_point next_arrival{};
+  int64_t next_frame = 0;
+
+  RunStats stats;
+  int misses = 0;  // since the manager last asked
+  Clock::time_point run_start{};
+  json summary_json;
+
+  Impl(const StreamConfig& c, const DeviceConfig& d, int i, Link& l, Reporter& r, ComputeToken& t)
+      : cfg(c), device(d), index(i), link(l), reporter(r), token(t) {}
+
+  void log(const std::string& msg) {
+    reporter.log(device.streams.size() > 1 ? "[" + cfg.name + "] " + msg : msg);
+  }
+
+  std::optional<double> latency_bound() const { return cfg.scheduler.constraints.max_latency_ms; }
+
+  size_t pending_frames() const { return pending.size(); }
+  bool lane_busy() const { return lane && !lane->idle(); }
+  bool server_usable() const { return link.usable() && served; }
+  bool server_lost() const { return link.state() == LinkState::kLost; }
+
+  std::string local_reason(const FramePlan& plan) const {
+    if (plan.local) return "plan";
+    if (!link.has_server()) return "no server";
+    if (!link.usable()) return link.down_reason();
+    if (!served) return "server does not serve this model";
+    return "server unreachable";
+  }
+
+  // ----- the server's answer -----
+
+  void on_handshake() {
+    if (seen_generation == link.generation()) return;
+    seen_generation = link.generation();
+    const ServedModel* m = link.served(digest);
+    const bool was_served = served;
+    served = m != nullptr;
+    if (!served) {
+      log("server " + link.endpoint() + " does not serve this stream's model (" + digest +
+          "; it serves " + link.served_list() + "): finishing its frames on the device");
+      return;
+    }
+    server_engine = m->engine;
+    if (!was_served && seen_generation > 1) log("the server serves this stream's model again");
+    if (scheduler && !m->tail_ms.empty()) {
+      auto changed = scheduler->set_server_tail_ms(m->tail_ms);
+      if (!changed.ok()) {
+        log("ignoring the server's tail times: " + changed.status().message());
+      } else if (*changed) {
+        log("planning with the server's own tail times (" + std::to_string(m->tail_ms.size()) +
+            " cuts)");
+      }
+    }
+  }
+
+  partitioner::Conditions conditions() const {
+    partitioner::Conditions c = link.network_conditions();
+    c.bandwidth_mbps *= link_share;
+    c.server_queue_ms = server_load.queue_ms();
+    c.server_load = server_load.load_factor();
+    c.device_load = device_load.load_factor();
+    c.server_available = c.server_available && server_usable();
+    return c;
+  }
+
+  // ----- planning -----
+
+  FramePlan choose_plan() {
+    FramePlan plan;
+    if (fixed) plan = *fixed;
+    last_plan_local = plan.local;
+    // Without predictions only a plan that sends the input leaves the device idle.
+    last_device_share = plan.local || plan.cut > 0 ? 1.0 : 0.0;
+    if (!scheduler) return plan;
+    partitioner::Conditions c = conditions();
+    plan.conditions = c;
+    partitioner::Decision d = scheduler->decide(c);
+    if (d.changed) ++stats.plan_changes;
+    if (!fixed) {
+      plan.cut = d.plan.cut_id;
+      plan.local = d.plan.local;
+      plan.encode = d.plan.encoding.encode_options();
+      plan.jpeg_quality = d.plan.local ? 0 : d.plan.encoding.jpeg_quality;
+      plan.encoding_name = d.plan.encoding_name;
+    }
+    plan.profiled_head_ms = d.plan.profiled_head_ms;
+    plan.profiled_server_ms = d.plan.profiled_server_ms;
+    last_plan_local = plan.local;
+    const auto& m = d.predicted;
+    last_device_share =
+        plan.local || !(m.period_ms > 0) ? 1.0 : (m.head_ms + m.pack_ms) / m.period_ms;
+    last_bytes = plan.local ? 0 : m.bytes;
+    last_period_ms = m.period_ms;
+    plan.decision = std::move(d);
+    return plan;
+  }
+
+  double whole_model_profiled_ms() const {
+    return scheduler
+               ? scheduler->plans()[static_cast<size_t>(scheduler->local_plan())].profiled_head_ms
+               : 0;
+  }
+
+  bool holds_whole_model() const { return model && retain_cut == device_cut; }
+
+  bool lane_wanted() const {
+    if (!lane || !lane_beside_window || !lane->idle() || !server_usable() || last_plan_local) {
+      return false;
+    }
+    return cfg.local_lane == LocalLane::kOn || last_device_share <= 0.5;
+  }
+
+  // ----- arrivals -----
+
+  // Reads the next frame from the source when none is waiting; sets its arrival time.
+  void read_ahead(Clock::time_point now) {
+    if (next || eof) return;
+    if (!source) {
+      eof = true;
+      return;
+    }
+    next = source->next();
+    if (!next) {
+      eof = true;
+      return;
+    }
+    if (cfg.fps > 0) {
+      if (arrivals == 0) first_arrival = now;
+      next_arrival = first_arrival + std::chrono::duration_cast<Clock::duration>(
+                                         std::chrono::duration<double>(arrivals / cfg.fps));
+    } else {
+      next_arrival = Clock::time_point{};  // arrives when taken
+    }
+    ++arrivals;
+  }
+
+  bool frame_ready(Clock::time_point now, Clock::time_point* due) {
+    read_ahead(now);
+    if (!next) return false;
+    if (cfg.fps > 0 && now < next_arrival) return false;
+    // A frame planned to run on the device runs on the local lane, and the next frame waits
+    // for it (one local frame at a time), while the loop keeps taking replies as they come
+    // and, while a lost server is away, keeps asking whether it is back: the first frame
+    // after its return is offloaded without waiting for a local frame to finish.
+    if (lane_holds_planned && lane_busy() && !(server_usable() && server_was_lost)) return false;
+    const bool window_open = pending_frames() < window;
+    const bool beside = !window_open && lane_wanted();
+    if (!window_open && !beside) return false;
+    const Clock::time_point arrival = cfg.fps > 0 ? next_arrival : now;
+    const auto bound = latency_bound();
+    *due = arrival + std::chrono::duration_cast<Clock::duration>(
+                         std::chrono::duration<double, std::milli>(bound ? *bound : 1e7));
+    return true;
+  }
+
+  void start() {
+    const auto now = Clock::now();
+    imaging::Frame frame = std::move(*next);
+    next.reset();
+    PendingFrame p;
+    p.frame = next_frame++;
+    p.source = frame.source;
+    p.start = cfg.fps > 0 ? next_arrival : now;
+    const auto bound = latency_bound();
+    p.due = p.start + std::chrono::duration_cast<Clock::duration>(
+                          std::chrono::duration<double, std::milli>(bound ? *bound : 1e7));
+    if (!refused.empty()) {
+      emit_failure(p, refused);
+      return;
+    }
+    if (pending_frames() < window) {
+      start_frame(frame, std::move(p));
+    } else {
+      start_lane_frame(frame, std::move(p));
+    }
+  }
+
+  // ----- frames -----
+
+  void start_lane_frame(const imaging::Frame& frame, PendingFrame p) {
+    p.plan.local = true;
+    p.plan.cut = device_cut;
+    p.plan.encoding_name = "local";
+    if (hand_to_lane(frame, std::move(p), "local lane", /*planned=*/false)) ++stats.lane;
+  }
+
+  bool hand_to_lane(const imaging::Frame& frame, PendingFrame p, std::string reason, bool planned) {
+    const auto t0 = Clock::now();
+    std::optional<at::Tensor> input = prepare_input(frame, p, nullptr);
+    link.note_busy(t0);
+    if (!input) return false;
+    p.lane_reason = std::move(reason);
+    p.plan.profiled_head_ms = whole_model_profiled_ms();
+    lane_holds_planned = planned;
+    server_was_lost = planned && server_lost();
+    lane->submit(std::move(p), std::move(*input));
+    return true;
+  }
+
+  void start_frame(const imaging::Frame& frame, PendingFrame p) {
+    const auto t_begin = Clock::now();
+    p.plan = choose_plan();
+    const bool on_device = p.plan.local || !server_usable();
+    if (on_device && !holds_whole_model()) {
+      emit_failure(p, local_reason(p.plan) +
+                          "; this stream holds no whole model on the device (memory budget)");
+      return;
+    }
+    if (on_device && lane && lane->idle()) {
+      // The whole frame on the local lane; the loop stays free for replies and probes.
+      const std::string reason = local_reason(p.plan);
+      hand_to_lane(frame, std::move(p), reason, /*planned=*/true);
+      link.probe_if_due(true);
+      return;
+    }
+
+    cv::Mat image8;
+    std::optional<at::Tensor> prepared = prepare_input(frame, p, &image8);
+    if (!prepared) {
+      link.note_busy(t_begin);
+      return;
+    }
+    at::Tensor input = std::move(*prepared);
+
+    const int head_cut = p.plan.local ? device_cut : p.plan.cut;
+    if (head_cut > 0 && (!model || !model->can_run_head(head_cut))) {
+      emit_failure(p, "this device does not hold the head of cut " + std::to_string(head_cut) +
+                          " (memory budget)");
+      return;
+    }
+    Clock::time_point t_pre, t_head;
+    try {
+      ComputeToken::Hold hold(token, cfg.priority, p.due);
+      set_threads(threads);
+      t_pre = Clock::now();
+      torch::NoGradGuard no_grad;
+      if (head_cut == 0) {
+        p.crossing = {input};
+      } else {
+        p.crossing = model->run_head(head_cut, input);
+      }
+      t_head = Clock::now();
+    } catch (const std::exception& e) {
+      link.note_busy(t_begin);
+      emit_failure(p, std::string("head failed: ") + e.what());
+      return;
+    }
+    p.head_ms = ms_between(t_pre, t_head);
+    if (p.plan.profiled_head_ms > 0 && head_cut > 0) {
+      device_load.add_head_time(p.head_ms, p.plan.profiled_head_ms);
+    }
+    if (on_device) {
+      link.note_busy(t_begin);
+      finish_local(p, local_reason(p.plan));
+      return;
+    }
+
+    std::vector<std::vector<uint8_t>> payloads;
+    wire::InferRequest req;
+    req.set_model_digest(digest);
+    req.set_cut(static_cast<uint32_t>(p.plan.cut));
+    req.set_top_k(static_cast<uint32_t>(cfg.top_k));
+    if (p.plan.jpeg_quality > 0) {
+      auto jpeg = imaging::encode_jpeg(image8, p.plan.jpeg_quality);
+      if (!jpeg.ok()) {
+        link.note_busy(t_begin);
+        finish_local(p, "cannot encode JPEG: " + jpeg.status().message());
+        return;
+      }
+      auto* t = req.add_tensors();
+      t->set_packed_bytes(jpeg->size());
+      t->set_encoding(wire::TENSOR_JPEG);
+      p.bytes_sent += jpeg->size();
+      payloads.push_back(std::move(jpeg).value());
+    } else {
+      for (size_t i = 0; i < p.crossing.size(); ++i) {
+        at::Tensor t = p.crossing[i].contiguous();
+        packing::EncodeOptions eo = p.plan.encode;
+        eo.non_negative_hint = eo.non_negative_hint || crossing_non_negative(p.plan.cut, i);
+        auto packed = packing::encode(t.data_ptr<float>(), static_cast<size_t>(t.numel()),
+                                      t.sizes().vec(), eo);
+        if (!packed.ok()) {
+          link.note_busy(t_begin);
+          finish_local(p, "cannot pack: " + packed.status().message());
+          return;
+        }
+        req.add_tensors()->set_packed_bytes(packed->size());
+        p.bytes_sent += packed->size();
+        payloads.push_back(std::move(packed).value());
+      }
+    }
+    auto t_pack = Clock::now();
+    p.pack_ms = ms_between(t_head, t_pack);
+    link.note_busy(t_begin);
+    p.request_id = link.next_request_id(index);
+    p.sent = Clock::now();
+    p.deadline = p.sent + std::chrono::milliseconds(cfg.timeout_ms);
+    Status sent = link.send_infer(p.request_id, req, std::move(payloads));
+    if (!sent.ok()) {
+      finish_local(p, "send failed");
+      return;
+    }
+    pending.push_back(std::move(p));
+    // A probe the estimators ask for goes out when this frame is on its way, just before the loop
+    // waits: its reply is then timed as it arrives.
+    link.probe_if_due(false);
+  }
+
+  bool crossing_non_negative(int cut, size_t i) const {
+    if (!model || !model->has_cut(cut)) return false;
+    const auto& point = model->cut(cut);
+    return i < point.tensors.size() && point.tensors[i].non_negative;
+  }
+
+  std::optional<at::Tensor> prepare_input(const imaging::Frame& frame, PendingFrame& p,
+                                          cv::Mat* image8) {
+    const auto t0 = Clock::now();
+    auto resized = imaging::resize_and_crop(frame.image, info);
+    if (!resized.ok()) {
+      emit_failure(p, "cannot preprocess: " + resized.status().message());
+      return std::nullopt;
+    }
+    auto data = imaging::normalize_to_tensor(*resized, info);
+    if (!data.ok()) {
+      emit_failure(p, "cannot preprocess: " + data.status().message());
+      return std::nullopt;
+    }
+    at::Tensor input = torch::from_blob(data->data(), info.input_shape, torch::kFloat32).clone();
+    if (image8) *image8 = std::move(resized).value();
+    p.preprocess_ms = ms_between(t0, Clock::now());
+    return input;
+  }
+
+  void expire_overdue() {
+    auto now = Clock::now();
+    for (auto it = pending.begin(); it != pending.end();) {
+      if (it->deadline > now) {
+        ++it;
+        continue;
+      }
+      PendingFrame p = std::move(*it);
+      it = pending.erase(it);
+      link.give_up(p.request_id, static_cast<int64_t>(p.bytes_sent), ms_between(p.sent, now),
+                   cfg.timeout_ms);
+      finish_local(p, "timeout");
+    }
+  }
+
+  void drain_lane() {
+    if (!lane) return;
+    std::optional<LaneWorker::Done> d = lane->take();
+    if (!d) return;
+    PendingFrame& p = d->frame;
+    if (!d->error.empty()) {
+      emit_failure(p, "local lane: " + d->error);
+      return;
+    }
+    p.head_ms = d->ms;
+    if (p.plan.profiled_head_ms > 0) device_load.add_head_time(d->ms, p.plan.profiled_head_ms);
+    auto top =
+        partitioner::top_k(d->logits.data_ptr<float>(), static_cast<size_t>(d->logits.numel()),
+                           static_cast<size_t>(cfg.top_k));
+    json j = frame_json(p, top, "local", p.lane_reason);
+    emit(p, j, "local");
+  }
+
+  void on_reply(transport::ReceivedReply r) {
+    auto it = std::find_if(pending.begin(), pending.end(), [&](const PendingFrame& p) {
+      return p.request_id == r.reply.request_id();
+    });
+    if (it == pending.end()) return;  // the link routes only awaited replies
+    PendingFrame p = std::move(*it);
+    pending.erase(it);
+    finish_remote(p, r);
+  }
+
+  void finish_remote(PendingFrame& p, const transport::ReceivedReply& r) {
+    const wire::Reply& reply = r.reply;
+    if (reply.status() != wire::STATUS_OK || !reply.has_infer()) {
+      // A refusal of the plan itself (the server cannot decode it or does not serve the cut) will
+      // not change: the scheduler stops choosing that plan. Busy or shutting down is transient.
+      const bool plan_refused = reply.status() == wire::STATUS_MALFORMED ||
+                                reply.status() == wire::STATUS_BAD_CUT ||
+                                reply.status() == wire::STATUS_TOO_LARGE;
+      if (plan_refused && scheduler && !fixed && p.plan.decision &&
+          !scheduler->excluded(p.plan.decision->plan.index)) {
+        scheduler->exclude(p.plan.decision->plan.index);
+        log("the server refused plan " + std::to_string(p.plan.cut) + ":" + p.plan.encoding_name +
+            " (" + reply.message() + "): not choosing it again");
+      }
+      link.note_answer();
+      finish_local(p, "server error: " + reply.message());
+      return;
+    }
+    link.note_answer();
+    const wire::InferReply& ir = reply.infer();
+    std::vector<partitioner::ClassScore> top;
+    for (const auto& c : ir.top()) top.push_back({static_cast<int>(c.index()), c.score()});
+    const double rtt = r.timing.round_trip_ms();
+    const double queue_ms = ir.queue_us() / 1000.0;
+    const double compute_ms = (ir.unpack_us() + ir.compute_us()) / 1000.0;
+    partitioner::Exchange e;
+    e.request_bytes = static_cast<int64_t>(r.timing.bytes_sent);
+    e.round_trip_ms = link.effective_round_trip_ms(r, queue_ms + compute_ms);
+    e.server_queue_ms = queue_ms;
+    e.server_compute_ms = compute_ms;
+    e.profiled_server_ms = p.plan.profiled_server_ms;
+    if (e.round_trip_ms >= 0) {
+      link.network().add_exchange(e);
+    } else {
+      link.network().add_answer();  // the server's own times are still good
+    }
+    server_load.add_reply(e.server_queue_ms, e.server_compute_ms, e.profiled_server_ms);
+
+    json j = frame_json(p, top, "server", "");
+    j["wire_ms"] = round3(std::max(0.0, rtt - queue_ms - compute_ms));
+    j["server_queue_ms"] = round3(queue_ms);
+    j["server_unpack_ms"] = round3(ir.unpack_us() / 1000.0);
+    j["server_compute_ms"] = round3(ir.compute_us() / 1000.0);
+    j["server_ms"] = round3(queue_ms + compute_ms);
+    emit(p, j, "server");
+  }
+
+  void finish_local(PendingFrame& p, const std::string& reason) {
+    const int cut = p.plan.local ? device_cut : p.plan.cut;
+    if (!model || !model->can_run_tail(cut)) {
+      emit_failure(p, reason + "; this device does not hold the tail of cut " +
+                          std::to_string(cut) + " (memory budget)");
+      return;
+    }
+    Clock::time_point t0, t1;
+    at::Tensor logits;
+    try {
+      ComputeToken::Hold hold(token, cfg.priority, p.due);
+      set_threads(threads);
+      t0 = Clock::now();
+      torch::NoGradGuard no_grad;
+      logits = model->run_tail(cut, p.crossing).contiguous().reshape({-1});
+      t1 = Clock::now();
+    } catch (const std::exception& e) {
+      emit_failure(p, reason + "; the local tail failed: " + e.what());
+      return;
+    }
+    double tail_ms = ms_between(t0, t1);
+    link.note_busy(t0);
+    auto top = partitioner::top_k(logits.data_ptr<float>(), static_cast<size_t>(logits.numel()),
+                                  static_cast<size_t>(cfg.top_k));
+    json j = frame_json(p, top, "local", reason);
+    j["local_tail_ms"] = round3(tail_ms);
+    emit(p, j, "local");
+  }
+
+  void emit_failure(PendingFrame& p, const std::string& reason) {
+    json j = frame_json(p, {}, "failed", reason);
+    emit(p, j, "failed");
+    log("frame " + p.source + ": " + reason);
+  }
+
+  std::string cut_name(int cut) const {
+    if (model && model->has_cut(cut)) return model->cut(cut).name;
+    if (profile) {
+      for (const auto& c : profile->cuts) {
+        if (c.id == cut) return c.name;
+      }
+    }
+    return cut == 0 ? "input" : "";
+  }
+
+  json frame_json(const PendingFrame& p, const std::vector<partitioner::ClassScore>& top,
+                  const std::string& where, const std::string& reason) {
+    json j;
+    j["type"] = "frame";
+    j["stream"] = cfg.name;
+    j["frame"] = p.frame;
+    j["source"] = p.source;
+    json tj = json::array();
+    for (const auto& c : top) {
+      json e{{"index", c.index}, {"score", c.score}};
+      if (c.index >= 0 && static_cast<size_t>(c.index) < info.labels.size()) {
+        e["label"] = info.labels[static_cast<size_t>(c.index)];
+      }
+      tj.push_back(e);
+    }
+    j["top"] = tj;
+    const int cut = p.plan.local ? device_cut : p.plan.cut;
+    json plan{{"cut", cut},
+              {"cut_name", cut_name(cut)},
+              {"by", scheduler && !fixed ? "scheduler" : "fixed"}};
+    if (p.plan.local) {
+      plan["encoding"] = "local";
+    } else if (p.plan.jpeg_quality > 0) {
+      plan["encoding"] = "jpeg" + std::to_string(p.plan.jpeg_quality);
+    } else {
+      plan["encoding"] = p.plan.encoding_name;
+      plan["precision"] = packing::precision_name(p.plan.encode.format, p.plan.encode.bits);
+      plan["lossless"] = packing::lossless_name(p.plan.encode.lossless);
+    }
+    j["plan"] = plan;
+    j["completed"] = where;
+    if (!reason.empty()) j["reason"] = reason;
+    j["bytes_sent"] = where == "server" ? p.bytes_sent : 0;
+    j["preprocess_ms"] = round3(p.preprocess_ms);
+    j["head_ms"] = round3(p.head_ms);
+    j["pack_ms"] = round3(p.pack_ms);
+    if (p.plan.decision) {
+      const auto& d = *p.plan.decision;
+      const auto& m = d.predicted;
+      j["predicted"] = {{"latency_ms", round3(m.latency_ms)},
+                        {"head_ms", round3(m.head_ms)},
+                        {"pack_ms", round3(m.pack_ms)},
+                        {"transfer_ms", round3(m.transfer_ms)},
+                        {"rtt_ms", round3(m.rtt_ms)},
+                        {"queue_ms", round3(m.queue_ms)},
+                        {"tail_ms", round3(m.unpack_ms + m.tail_ms)},
+                        {"bytes", round3(m.bytes)},
+                        {"fps", round3(m.fps)},
+                        {"energy_j", round3(m.energy_j)},
+                        {"accuracy_drop_pp", round3(m.accuracy_drop_pp)}};
+      json dj{{"objective", partitioner::objective_name(cfg.scheduler.objective)},
+              {"feasible", d.feasible},
+              {"changed", d.changed}};
+      if (!d.feasible) {
+        dj["binding_constraint"] = d.binding_constraint;
+        dj["explanation"] = d.explanation;
+      }
+      j["decision"] = dj;
+      const auto& c = p.plan.conditions;
+      j["conditions"] = {{"bandwidth_mbps", round3(c.bandwidth_mbps)},
+                         {"rtt_ms", round3(c.rtt_ms)},
+                         {"server_queue_ms", round3(c.server_queue_ms)},
+                         {"device_load", round3(c.device_load)},
+                         {"server_load", round3(c.server_load)},
+                         {"server_available", c.server_available},
+                         {"link_share", round3(link_share)}};
+    }
+    return j;
+  }
+
+  void emit(const PendingFrame& p, json& j, const std::string& where) {
+    double latency = ms_between(p.start, Clock::now());
+    j["latency_ms"] = round3(latency);
+    const auto bound = latency_bound();
+    if (bound) {
+      const bool within = where != "failed" && latency <= *bound;
+      j["within_bound"] = within;
+      if (within) {
+        ++stats.within_bound;
+      } else {
+        ++misses;
+      }
+    }
+    reporter.emit(j);
+    ++stats.frames;
+    if (where == "server") {
+      ++stats.on_server;
+      stats.bytes_sent += p.bytes_sent;
+    } else if (where == "local") {
+      ++stats.local;
+    } else {
+      ++stats.failed;
+    }
+    const auto& plan = j["plan"];
+    ++stats.plans[std::to_string(plan["cut"].get<int>()) + ":" +
+                  plan["encoding"].get<std::string>()];
+    stats.latencies_ms.push_back(latency);
+    if (p.plan.decision && latency > 0 && where != "failed" &&
+        (where == "server" || p.plan.local)) {
+      stats.prediction_ratios.push_back(p.plan.decision->predicted.latency_ms / latency);
+    }
+  }
+};
+
+Stream::Stream(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Stream::~Stream() = default;
+
+const std::string& Stream::name() const { return impl_->cfg.name; }
+int Stream::index() const { return impl_->index; }
+int Stream::priority() const { return impl_->cfg.priority; }
+
+Result<std::unique_ptr<Stream>> Stream::create(const StreamConfig& config,
+                                               const DeviceConfig& device, int index, Link& link,
+                                               Reporter& reporter, ComputeToken& token) {
+  auto impl = std::make_unique<Impl>(config, device, index, link, reporter, token);
+  Impl& s = *impl;
+  const std::string who = device.streams.size() > 1 ? "stream \"" + config.name + "\": " : "";
+  auto fail = [&](const Status& st) { return Status(st.code(), who + st.message()); };
+
+  auto info = partitioner::load_model_info(config.model_path, config.meta_path);
+  if (!info.ok()) return fail(info.status());
+  Status input_ok = imaging::validate_input_info(*info);
+  if (!input_ok.ok()) return fail(input_ok);
+  s.info = std::move(info).value();
+
+  auto digest = partitioner::model_file_digest(config.model_path);
+  if (!digest.ok()) return fail(digest.status());
+  s.digest = *digest;
+
+  const bool explicit_profile = !config.profile_path.empty();
+  s.profile_path = explicit_profile ? config.profile_path : default_profile_path(config.model_path);
+  if (explicit_profile || fs::exists(s.profile_path)) {
+    auto loaded = profiles::load_profile(s.profile_path);
+    if (!loaded.ok()) return fail(loaded.status());
+    s.profile = std::move(loaded).value();
+    if (s.profile->model_digest != s.digest) {
+      return fail(invalid_argument("profile " + s.profile_path + " was made for model " +
+                                   s.profile->model_digest + ", not for " + config.model_path +
+                                   " (" + s.digest +
+                                   "): profile this model with edgesplit-profile"));
+    }
+    for (const auto& c : s.profile->cuts) s.cut_ids.push_back(c.id);
+    s.device_cut = s.cut_ids.empty() ? 0 : s.cut_ids.back();
+  } else if (config.cut.empty()) {
+    return fail(invalid_argument(
+        "no profile for " + config.model_path + " (looked for " + s.profile_path +
+        "): run edgesplit-profile on it, pass --profile FILE, or fix the plan with --cut"));
+  }
+
+  if (s.profile) {
+    partitioner::SchedulerOptions so = config.scheduler;
+    if (!device.device_power_path.empty()) {
+      auto power = partitioner::load_device_power(device.device_power_path);
+      if (!power.ok()) return fail(power.status());
+      so.power = *power;
+    }
+    auto sched = partitioner::Scheduler::create(*s.profile, so);
+    if (!sched.ok()) return fail(sched.status());
+    s.scheduler = std::move(sched).value();
+  }
+  return std::unique_ptr<Stream>(new Stream(std::move(impl)));
+}
+
+StreamPlanInfo Stream::plan_info() const {
+  const Impl& s = *impl_;
+  StreamPlanInfo out;
+  out.name = s.cfg.name;
+  out.priority = s.cfg.priority;
+  out.device_cut = s.device_cut;
+  if (!s.profile) {
+    // A fixed plan without a profile: the whole model (the cut is only known after loading).
+    MemoryOption o;
+    o.retain_cut = -1;
+    o.bytes = 0;
+    o.meets_bounds = true;
+    out.options.push_back(o);
+    return out;
+  }
+  partitioner::Scheduler sched = *s.scheduler;  // a copy: the options are evaluated on it
+  partitioner::Conditions c = s.conditions();
+  // Before the first handshake the estimators know nothing: plan as if the server answers.
+  if (s.link.has_server() && s.link.state() == LinkState::kNeverUp) {
+    c.server_available = true;
+    if (!(c.bandwidth_mbps > 0)) c.bandwidth_mbps = 10;
+  }
+  std::optional<int> fixed_cut;
+  if (!s.cfg.cut.empty()) {
+    auto cut = resolve_cut(s.cfg.cut, s.device_cut, s.cut_ids);
+    if (cut.ok()) fixed_cut = *cut;
+  }
+  for (const auto& cut : s.profile->cuts) {
+    // A fixed plan needs its own cut's head (and the whole model for local fallback); options
+    // below it cannot run the plan at all.
+    if (fixed_cut && cut.id < *fixed_cut && cut.id != 0) continue;
+    MemoryOption o;
+    o.retain_cut = cut.id;
+    o.bytes = predicted_bytes(cut);
+    sched.set_max_head_cut(cut.id);
+    double best = std::numeric_limits<double>::infinity();
+    bool meets = false;
+    for (const auto& e : sched.evaluate_all(c)) {
+      if (!e.available) continue;
+      if (fixed_cut) {
+        const auto& plan = sched.plans()[static_cast<size_t>(e.plan)];
+        if (plan.cut_id != *fixed_cut) continue;
+      }
+      if (e.feasible) meets = true;
+      best = std::min(best, e.score + 1e3 * e.violation);
+    }
+    o.meets_bounds = meets;
+    o.cost = std::isfinite(best) ? best : 1e12;
+    out.options.push_back(o);
+  }
+  return out;
+}
+
+Status Stream::load(int retain_cut, int threads) {
+  Impl& s = *impl_;
+  const std::string who = s.device.streams.size() > 1 ? "stream \"" + s.cfg.name + "\": " : "";
+  s.threads = threads;
+  s.retain_cut = retain_cut < 0 ? s.device_cut : retain_cut;
+  if (s.retain_cut > 0 || !s.profile) {
+    partitioner::LoadOptions lo;
+    lo.input_shape = s.info.input_shape;
+    lo.engine = s.device.engine;
+    if (s.profile && s.retain_cut < s.device_cut) {
+      lo.retain = partitioner::Retain::kHeadsUpTo;
+      lo.retain_cut = s.retain_cut;
+    }
+    auto model = partitioner::ModelGraph::load(s.cfg.model_path, lo);
+    if (!model.ok()) return Status(model.status().code(), who + model.status().message());
+    s.model = std::move(model).value();
+    if (!s.profile) {
+      s.device_cut = s.model->device_cut();
+      s.retain_cut = s.device_cut;
+      for (const auto& c : s.model->cuts()) s.cut_ids.push_back(c.id);
+    }
+  }
+  if (s.scheduler) s.scheduler->set_max_head_cut(s.retain_cut);
+
+  if (!s.cfg.cut.empty()) {
+    auto cut = resolve_cut(s.cfg.cut, s.device_cut, s.cut_ids);
+    if (!cut.ok()) return Status(cut.status().code(), who + cut.status().message());
+    FramePlan f;
+    f.cut = *cut;
+    f.local = *cut == s.device_cut;
+    f.encode = s.cfg.encode;
+    f.jpeg_quality = s.cfg.jpeg_quality;
+    if (f.jpeg_quality > 0 && f.cut != 0) {
+      return invalid_argument(who + "a JPEG plan sends the input: use it with --cut input (0)");
+    }
+    if (f.cut > s.retain_cut) {
+      return invalid_argument(who + "the memory bound leaves this stream the heads up to cut " +
+                              std::to_string(s.retain_cut) + ", below its fixed cut " +
+                              std::to_string(f.cut) +
+                              ": raise --max-device-memory-mb or fix a shallower cut");
+    }
+    profiles::Encoding e;
+    e.format = f.encode.format;
+    e.bits = f.encode.bits;
+    e.lossless = f.encode.lossless;
+    e.per_channel = f.encode.per_channel;
+    e.clip_percentile = f.encode.range.clip_percentile;
+    e.jpeg_quality = f.jpeg_quality;
+    f.encoding_name = f.local ? "local" : e.name();
+    s.fixed = f;
+    if (s.scheduler) {
+      // Pinned: the scheduler predicts for the fixed plan when the profile has it.
+      Status pinned = s.scheduler->pin(f.cut, f.encoding_name);
+      if (!pinned.ok()) s.scheduler.reset();
+    }
+    if (s.model && (f.local || s.model->can_run_head(f.cut))) {
+      s.model->prepare(f.local ? s.device_cut : f.cut);
+    }
+  }
+
+  imaging::SourceOptions so;
+  so.max_frames = s.cfg.max_frames;
+  so.loop = s.cfg.loop;
+  auto source = imaging::open_source(s.cfg.input, so);
+  if (!source.ok()) return Status(source.status().code(), who + source.status().message());
+  s.source = std::move(source).value();
+
+  s.window = s.cfg.in_flight > 0 ? static_cast<size_t>(s.cfg.in_flight)
+             : (s.scheduler && s.cfg.scheduler.objective == partitioner::Objective::kThroughput)
+                 ? 4
+                 : 1;
+  const bool throughput =
+      s.scheduler && !s.fixed && s.cfg.scheduler.objective == partitioner::Objective::kThroughput;
+  s.lane_beside_window =
+      s.cfg.local_lane == LocalLane::kOn || (s.cfg.local_lane == LocalLane::kAuto && throughput);
+  if (s.cfg.local_lane != LocalLane::kOff && s.link.has_server() && !(s.fixed && s.fixed->local) &&
+      s.holds_whole_model()) {
+    s.lane = std::make_unique<LaneWorker>(s.model, &s.token, s.cfg.priority, threads);
+  }
+  return Status();
+}
+
+void Stream::refuse(const std::string& reason) {
+  impl_->refused = reason;
+  imaging::SourceOptions so;
+  so.max_frames = impl_->cfg.max_frames;
+  so.loop = impl_->cfg.loop;
+  auto source = imaging::open_source(impl_->cfg.input, so);
+  if (source.ok()) impl_->source = std::move(source).value();
+  impl_->log(reason);
+}
+
+int64_t Stream::retained_weight_bytes() const {
+  return impl_->model ? impl_->model->retained_weight_bytes() : 0;
+}
+
+void Stream::ready(double startup_s) {
+  Impl& s = *impl_;
+  s.on_handshake();
+  s.run_start = Clock::now();
+  json j;
+  j["type"] = "ready";
+  j["stream"] = s.cfg.name;
+  j["model"] = fs::path(s.cfg.model_path).stem().string();
+  j["model_digest"] = s.digest;
+  j["server"] = s.device.server;
+  j["connected"] = s.server_usable();
+  j["link"] = link_state_name(s.link.state());
+  j["plan"] = s.scheduler && !s.fixed ? "scheduler" : "fixed";
+  if (s.scheduler && !s.fixed) {
+    j["objective"] = partitioner::objective_name(s.cfg.scheduler.objective);
+  }
+  j["priority"] = s.cfg.priority;
+  if (s.cfg.fps > 0) j["fps"] = s.cfg.fps;
+  if (s.latency_bound()) j["max_latency_ms"] = *s.latency_bound();
+  j["retain_cut"] = s.retain_cut;
+  j["holds"] = !s.model                ? "nothing (server-only)"
+               : s.holds_whole_model() ? "whole model"
+                                       : "heads up to cut " + std::to_string(s.retain_cut);
+  j["in_flight"] = s.window;
+  j["local_lane"] = s.lane != nullptr;
+  j["engine"] = s.model ? s.model->engine_report().summary() : "none (no model held)";
+  if (!s.server_engine.empty()) j["server_engine"] = s.server_engine;
+  j["threads"] = s.threads > 0 ? s.threads : at::get_num_threads();
+  j["startup_s"] = round3(startup_s);
+  if (!s.refused.empty()) j["refused"] = s.refused;
+  s.reporter.emit(j);
+  s.log("engine: " + j["engine"].get<std::string>() +
+        (s.server_engine.empty() ? "" : "; server: " + s.server_engine));
+}
+
+void Stream::on_handshake() { impl_->on_handshake(); }
+void Stream::set_link_share(double share) { impl_->link_share = share; }
+double Stream::demanded_bytes_per_s() const {
+  const Impl& s = *impl_;
+  if (s.last_plan_local || !(s.last_bytes > 0)) return 0;
+  double rate = s.cfg.fps > 0 ? s.cfg.fps : (s.last_period_ms > 0 ? 1000.0 / s.last_period_ms : 0);
+  return s.last_bytes * rate;
+}
+
+void Stream::expire_overdue() { impl_->expire_overdue(); }
+void Stream::drain_lane() { impl_->drain_lane(); }
+void Stream::on_reply(transport::ReceivedReply reply) { impl_->on_reply(std::move(reply)); }
+
+bool Stream::frame_ready(TimePoint now, TimePoint* deadline) {
+  return impl_->frame_ready(now, deadline);
+}
+void Stream::start_frame() { impl_->start(); }
+
+bool Stream::finished() const {
+  const Impl& s = *impl_;
+  return s.eof && !s.next && s.pending.empty() && !s.lane_busy();
+}
+
+TimePoint Stream::next_wake() const {
+  const Impl& s = *impl_;
+  TimePoint t = TimePoint::max();
+  for (const auto& p : s.pending) t = std::min(t, p.deadline);
+  if (s.next && s.cfg.fps > 0 && s.pending.size() < s.window) t = std::min(t, s.next_arrival);
+  return t;
+}
+
+int Stream::lane_fd() const { return impl_->lane ? impl_->lane->wake_fd() : -1; }
+bool Stream::lane_busy() const { return impl_->lane_busy(); }
+
+int Stream::misses_since_last_check() {
+  int m = impl_->misses;
+  impl_->misses = 0;
+  return m;
+}
+
+void Stream::summary() {
+  Impl& s = *impl_;
+  const RunStats& st = s.stats;
+  double wall_s = ms_between(s.run_start, Clock::now()) / 1000.0;
+  json j;
+  j["type"] = "summary";
+  j["stream"] = s.cfg.name;
+  j["frames"] = st.frames;
+  j["on_server"] = st.on_server;
+  j["local"] = st.local;
+  j["failed"] = st.failed;
+  j["late_replies_discarded"] = s.link.late_replies(s.index);
+  j["plan_changes"] = st.plan_changes;
+  j["probes"] = s.link.probes_sent();
+  if (s.lane) j["local_lane"] = st.lane;
+  double mean = 0;
+  for (double v : st.latencies_ms) mean += v;
+  if (!st.latencies_ms.empty()) mean /= static_cast<double>(st.latencies_ms.size());
+  j["latency_ms"] = {{"mean", round3(mean)},
+                     {"p50", round3(percentile(st.latencies_ms, 50))},
+                     {"p95", round3(percentile(st.latencies_ms, 95))}};
+  if (s.latency_bound()) {
+    j["max_latency_ms"] = *s.latency_bound();
+    j["within_bound"] = st.within_bound;
+    j["within_bound_fraction"] =
+        st.frames ? round3(static_cast<double>(st.within_bound) / st.frames) : 0.0;
+  }
+  j["bytes_per_frame"] = st.frames ? round3(static_cast<double>(st.bytes_sent) / st.frames) : 0.0;
+  j["fps"] = wall_s > 0 ? round3(static_cast<double>(st.frames) / wall_s) : 0.0;
+  j["wall_s"] = round3(wall_s);
+  json plans = json::object();
+  for (const auto& [k, v] : st.plans) plans[k] = v;
+  j["plans"] = plans;
+  if (!st.prediction_ratios.empty()) {
+    j["predicted_over_measured_latency_p50"] = round3(percentile(st.prediction_ratios, 50));
+  }
+  s.summary_json = j;
+  s.reporter.emit(j);
+  if (!s.reporter.quiet() && !s.reporter.readable()) {
+    char line[512];
+    std::snprintf(line, sizeof line,
+                  "%llu frames (%llu on the server, %llu local, %llu failed), latency mean %.2f ms "
+                  "p95 %.2f ms, %.0f bytes/frame sent, %.1f frames/s",
+                  static_cast<unsigned long long>(st.frames),
+                  static_cast<unsigned long long>(st.on_server),
+                  static_cast<unsigned long long>(st.local),
+                  static_cast<unsigned long long>(st.failed), mean, percentile(st.latencies_ms, 95),
+                  j["bytes_per_frame"].get<double>(), j["fps"].get<double>());
+    s.reporter.log(s.device.streams.size() > 1 ? "[" + s.cfg.name + "] " + line : line);
+  }
+}
+
+const json& Stream::summary_json() const { return impl_->summary_json; }
+
+}  // namespace edgesplit::device

@@ -1,0 +1,125 @@
+// One model stream of the device runtime: a model (or the part of it the memory budget lets the
+// device hold), its input, its scheduler and plan, its in-flight window and its local lane. The
+// runtime's loop drives it: it starts frames when they have arrived and the stream may take them,
+// hands it the replies the link routes to it, and asks it for its deadlines. Frames whose reply is
+// late or refused, or that cannot be sent, are finished locally (when the stream holds the whole
+// model), exactly once; a reply that arrives after its frame was finished is discarded and
+// counted. The interface is free of LibTorch; stream.cc is not.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "device/config.h"
+#include "device/link.h"
+#include "device/reporter.h"
+#include "device/resources.h"
+#include "packing/status.h"
+#include "partitioner/clock.h"
+
+namespace edgesplit::device {
+
+// The device's compute: one network runs at a time, with the threads of the stream it belongs
+// to; two at once would oversubscribe the cores and each would measure the other's work as its
+// own (a wrong device load). Waiters are served by priority (higher first), then by deadline
+// (earliest first), then in arrival order. Thread-safe.
+class ComputeToken {
+ public:
+  class Hold {
+   public:
+    explicit Hold(ComputeToken& token, int priority, partitioner::TimePoint deadline);
+    ~Hold();
+    Hold(const Hold&) = delete;
+    Hold& operator=(const Hold&) = delete;
+
+   private:
+    ComputeToken& token_;
+  };
+
+ private:
+  struct Waiter {
+    int priority;
+    partitioner::TimePoint deadline;
+    uint64_t ticket;
+  };
+  bool first(const Waiter& w) const;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool held_ = false;
+  uint64_t next_ticket_ = 0;
+  std::vector<Waiter> waiting_;
+};
+
+// What the runtime needs of a stream before it loads the model: its profile's memory options.
+struct StreamPlanInfo {
+  std::string name;
+  int priority = 0;
+  std::vector<MemoryOption> options;  // retain cut 0 (server-only) ... the device cut
+  int device_cut = 0;
+};
+
+class Stream {
+ public:
+  // Reads the stream's metadata and profile, checks the fixed plan and builds the scheduler; no
+  // model is loaded yet. kInvalidArgument/kNotFound with one sentence naming the stream.
+  static Result<std::unique_ptr<Stream>> create(const StreamConfig& config,
+                                                const DeviceConfig& device, int index, Link& link,
+                                                Reporter& reporter, ComputeToken& token);
+  ~Stream();
+
+  const std::string& name() const;
+  int index() const;
+  int priority() const;
+
+  // The memory options of this stream, with whether its bounds can be met under each at the
+  // link's current conditions (from the profile; server-only options need the server).
+  StreamPlanInfo plan_info() const;
+  // Loads the model holding heads up to `retain_cut` (0: no model, the stream sends its input;
+  // the device cut: the whole model), opens the input, and says why when the budget is below what
+  // the stream wanted. Fails with one sentence naming the stream.
+  Status load(int retain_cut, int threads);
+  // The stream cannot run (memory): every frame of its input is reported failed with `reason`.
+  void refuse(const std::string& reason);
+  // Bytes of weights the loaded model keeps alive (0 without a model).
+  int64_t retained_weight_bytes() const;
+
+  // Prints the ready line (after the link's first handshake).
+  void ready(double startup_s);
+  // The link handshook again: plan with what the server now says (tail times, engine, whether it
+  // serves this model).
+  void on_handshake();
+  // The share of the measured uplink bandwidth this stream plans with.
+  void set_link_share(double share);
+  // Bytes per second this stream's current plan sends (for the link split).
+  double demanded_bytes_per_s() const;
+
+  // The loop's questions and calls, in the order it makes them each turn.
+  void expire_overdue();  // frames past their deadline finish locally
+  void drain_lane();      // the local lane's finished frame, if any
+  void on_reply(transport::ReceivedReply reply);
+  // Whether a frame has arrived and the stream may start it now; `deadline` is when it is due
+  // (arrival + the latency bound) for ordering the streams.
+  bool frame_ready(partitioner::TimePoint now, partitioner::TimePoint* deadline);
+  void start_frame();                        // takes the arrived frame and runs/sends it
+  bool finished() const;                     // the input is exhausted and nothing is pending
+  partitioner::TimePoint next_wake() const;  // next arrival or reply deadline
+  int lane_fd() const;                       // readable when the local lane finished a frame (-1)
+  bool lane_busy() const;
+  // Lines missing their bound since the last call (for the manager).
+  int misses_since_last_check();
+
+  void summary();
+  const nlohmann::json& summary_json() const;
+
+ private:
+  struct Impl;
+  explicit Stream(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace edgesplit::device

@@ -1,0 +1,157 @@
+// An in-process server for the device's Link: answers hellos, pings and frames the way
+// edgesplit-server does (same messages, same statuses), and lets a test take it away, bring it back
+// as another replica, refuse the device, or fail sends. Timings are stamped with the test's clock.
+#pragma once
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <array>
+#include <deque>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "device/link.h"
+#include "partitioner/clock.h"
+#include "transport/protocol.h"
+
+namespace edgesplit::testing {
+
+// What the fake server does; shared between the test and the channel the Link owns.
+struct FakeServer {
+  bool up = true;             // answers at all
+  bool refuse = false;        // answers hellos with another protocol major
+  bool fail_sends = false;    // the send queue is full (send_infer fails at once)
+  bool answer_frames = true;  // frames get a reply (else they are silently dropped)
+  std::string name = "replica-a";
+  std::vector<wire::ModelDesc> models;
+  int hellos = 0;
+  int pings = 0;
+  int frames = 0;
+
+  void serve(const std::string& digest, std::vector<double> tail_ms = {}) {
+    wire::ModelDesc m;
+    m.set_digest(digest);
+    m.set_name("model-" + digest.substr(digest.size() - 2));
+    m.set_engine("optimized (fake)");
+    for (double t : tail_ms) m.add_tail_ms(t);
+    models.push_back(m);
+  }
+};
+
+class FakeChannel final : public device::ServerChannel {
+ public:
+  FakeChannel(std::shared_ptr<FakeServer> server, partitioner::ManualClock& clock)
+      : server_(std::move(server)), clock_(clock) {
+    if (::pipe2(pipe_.data(), O_NONBLOCK | O_CLOEXEC) != 0) pipe_ = {-1, -1};
+  }
+  ~FakeChannel() override {
+    for (int fd : pipe_) {
+      if (fd >= 0) ::close(fd);
+    }
+  }
+
+  Result<wire::HelloReply> handshake(const wire::Hello& hello,
+                                     std::chrono::milliseconds timeout) override {
+    if (!server_->up) {
+      clock_.advance_ms(static_cast<double>(timeout.count()));
+      return timeout_error("server did not answer the hello within " +
+                           std::to_string(timeout.count()) + " ms");
+    }
+    ++server_->hellos;
+    if (server_->refuse) {
+      return unsupported("server speaks protocol " + std::to_string(transport::kProtocolMajor + 1) +
+                         ".0 but this device speaks " + std::to_string(transport::kProtocolMajor));
+    }
+    (void)hello;
+    wire::HelloReply r;
+    r.set_version_major(transport::kProtocolMajor);
+    r.set_server_name(server_->name);
+    for (const auto& m : server_->models) *r.add_models() = m;
+    return r;
+  }
+
+  Status send_infer(uint64_t id, const wire::InferRequest& infer,
+                    std::vector<std::vector<uint8_t>> payloads) override {
+    if (server_->fail_sends) return unavailable("send queue full");
+    size_t bytes = 64;
+    for (const auto& p : payloads) bytes += p.size();
+    sent_[id] = Sent{clock_.now(), bytes};
+    if (!server_->up || !server_->answer_frames) return Status();
+    ++server_->frames;
+    wire::Reply reply;
+    reply.set_request_id(id);
+    reply.set_status(wire::STATUS_OK);
+    auto* ir = reply.mutable_infer();
+    auto* top = ir->add_top();
+    top->set_index(static_cast<int32_t>(infer.cut()));
+    top->set_score(1.0f);
+    ir->set_compute_us(1000);
+    queue(reply);
+    return Status();
+  }
+
+  Status send_ping(uint64_t id, uint32_t echo_bytes) override {
+    if (server_->fail_sends) return unavailable("send queue full");
+    sent_[id] = Sent{clock_.now(), 64 + echo_bytes};
+    if (!server_->up) return Status();
+    ++server_->pings;
+    wire::Reply reply;
+    reply.set_request_id(id);
+    reply.set_status(wire::STATUS_OK);
+    reply.mutable_pong();
+    queue(reply);
+    return Status();
+  }
+
+  std::optional<transport::ReceivedReply> receive(std::chrono::milliseconds timeout) override {
+    if (replies_.empty()) {
+      clock_.advance_ms(static_cast<double>(timeout.count()));
+      return std::nullopt;
+    }
+    clock_.advance_ms(1);  // the wire takes a millisecond
+    transport::ReceivedReply r;
+    r.reply = replies_.front();
+    replies_.pop_front();
+    const uint64_t id = r.reply.request_id();
+    auto s = sent_.find(id);
+    r.timing.request_id = id;
+    r.timing.received = clock_.now();
+    if (s != sent_.end()) {
+      r.timing.sent = s->second.at;
+      r.timing.bytes_sent = s->second.bytes;
+      sent_.erase(s);
+    }
+    r.origin =
+        forgotten_.erase(id) ? transport::ReplyOrigin::kLate : transport::ReplyOrigin::kAwaited;
+    return r;
+  }
+
+  void forget(uint64_t id) override { forgotten_.insert(id); }
+
+  zmq_pollitem_t poll_item() override { return zmq_pollitem_t{nullptr, pipe_[0], ZMQ_POLLIN, 0}; }
+
+  // Replies queued and not yet received.
+  size_t queued() const { return replies_.size(); }
+  // Drops every queued reply (the connection broke before they arrived).
+  void lose_queued() { replies_.clear(); }
+
+ private:
+  struct Sent {
+    partitioner::TimePoint at;
+    size_t bytes = 0;
+  };
+  void queue(const wire::Reply& r) { replies_.push_back(r); }
+
+  std::shared_ptr<FakeServer> server_;
+  partitioner::ManualClock& clock_;
+  std::deque<wire::Reply> replies_;
+  std::map<uint64_t, Sent> sent_;
+  std::set<uint64_t> forgotten_;
+  std::array<int, 2> pipe_{-1, -1};
+};
+
+}  // namespace edgesplit::testing

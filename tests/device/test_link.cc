@@ -1,0 +1,256 @@
+// The device's Link against an in-process fake server (tests/device/fake_channel.h) and a manual
+// clock: the state machine (never up, up, lost, refused) with each transition logged once, the
+// fallback exactly once, recovery by ping followed by a new handshake (a different replica may
+// answer), a refusal that is not retried, replies routed to the streams that sent them, late
+// replies counted, and the round-trip correction for a busy loop.
+#include <doctest/doctest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "device/link.h"
+#include "tests/device/fake_channel.h"
+
+using namespace edgesplit;
+using namespace edgesplit::device;
+using edgesplit::testing::FakeChannel;
+using edgesplit::testing::FakeServer;
+
+namespace {
+
+const std::string kDigest =
+    "sha256:00000000000000000000000000000000000000000000000000000000000000aa";
+const std::string kOther =
+    "sha256:00000000000000000000000000000000000000000000000000000000000000bb";
+
+struct Rig {
+  partitioner::ManualClock clock;
+  std::shared_ptr<FakeServer> server = std::make_shared<FakeServer>();
+  FakeChannel* channel = nullptr;
+  std::vector<std::string> logs;
+  std::unique_ptr<Link> link;
+
+  explicit Rig(bool up = true) {
+    server->up = up;
+    server->serve(kDigest, {1.0, 2.0, 3.0});
+    auto ch = std::make_unique<FakeChannel>(server, clock);
+    channel = ch.get();
+    LinkOptions o;
+    o.endpoint = "tcp://fake:5555";
+    o.retry_ms = 2000;
+    o.probe_timeout_ms = 1000;
+    link = std::make_unique<Link>(o, std::move(ch), clock,
+                                  [this](const std::string& m) { logs.push_back(m); });
+  }
+
+  size_t logs_containing(const std::string& what) const {
+    size_t n = 0;
+    for (const auto& l : logs) n += l.find(what) != std::string::npos;
+    return n;
+  }
+
+  uint64_t send_frame(int stream) {
+    const uint64_t id = link->next_request_id(stream);
+    wire::InferRequest req;
+    req.set_model_digest(kDigest);
+    req.set_cut(2);
+    std::vector<std::vector<uint8_t>> payloads;
+    payloads.push_back(std::vector<uint8_t>(100, 1));
+    Status s = link->send_infer(id, req, std::move(payloads));
+    return s.ok() ? id : 0;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("link: a handshake brings it up, lists what the server serves and calibrates") {
+  Rig rig;
+  CHECK(rig.link->state() == LinkState::kNeverUp);
+  CHECK(rig.link->connect() == LinkState::kUp);
+  CHECK(rig.link->usable());
+  CHECK(rig.link->generation() == 1);
+  REQUIRE(rig.link->served(kDigest) != nullptr);
+  CHECK(rig.link->served(kDigest)->tail_ms == std::vector<double>{1.0, 2.0, 3.0});
+  CHECK(rig.link->served(kOther) == nullptr);
+  // Three round-trip probes and one bandwidth probe were answered before the first frame.
+  CHECK(rig.server->pings == 4);
+  CHECK(rig.link->network().has_rtt());
+  CHECK(rig.link->network().has_bandwidth());
+  CHECK(rig.link->down_reason().empty());
+}
+
+TEST_CASE("link: a server never reached is retried with backoff and said once") {
+  Rig rig(/*up=*/false);
+  CHECK(rig.link->connect() == LinkState::kNeverUp);
+  CHECK(rig.link->down_reason() == "server unreachable");
+  for (int i = 0; i < 5; ++i) {
+    rig.clock.advance_ms(20000);
+    rig.link->tend();
+  }
+  CHECK(rig.link->state() == LinkState::kNeverUp);
+  CHECK(rig.logs_containing("unreachable") == 1);
+  // It comes up: the next retry finds it.
+  rig.server->up = true;
+  rig.clock.advance_ms(20000);
+  rig.link->tend();
+  CHECK(rig.link->state() == LinkState::kUp);
+  CHECK(rig.logs_containing("is back") == 1);
+}
+
+TEST_CASE("link: replies reach the stream that sent them; late ones are counted, not returned") {
+  Rig rig;
+  REQUIRE(rig.link->connect() == LinkState::kUp);
+  const uint64_t a = rig.send_frame(0);
+  const uint64_t b = rig.send_frame(1);
+  const uint64_t c = rig.send_frame(1);
+  REQUIRE(a != 0);
+  REQUIRE(b != 0);
+  REQUIRE(c != 0);
+  // Stream 1 gives up on c before its reply is read: that reply is late.
+  rig.link->give_up(c, 164, 1000, 1000);
+  auto replies = rig.link->poll(std::chrono::milliseconds(0));
+  REQUIRE(replies.size() == 2);
+  CHECK(replies[0].stream == 0);
+  CHECK(replies[0].reply.reply.request_id() == a);
+  CHECK(replies[1].stream == 1);
+  CHECK(replies[1].reply.reply.request_id() == b);
+  CHECK(rig.link->late_replies(1) == 1);
+  CHECK(rig.link->late_replies(0) == 0);
+  // One timeout alone does not lose the server.
+  CHECK(rig.link->state() == LinkState::kUp);
+}
+
+TEST_CASE(
+    "link: two timeouts in a row lose the server once; a ping brings it back after a new "
+    "handshake with the replica that answers") {
+  Rig rig;
+  REQUIRE(rig.link->connect() == LinkState::kUp);
+  rig.server->answer_frames = false;
+  const uint64_t a = rig.send_frame(0);
+  const uint64_t b = rig.send_frame(0);
+  rig.link->give_up(a, 164, 1000, 1000);
+  CHECK(rig.link->state() == LinkState::kUp);
+  rig.link->give_up(b, 164, 1000, 1000);
+  CHECK(rig.link->state() == LinkState::kLost);
+  CHECK(rig.link->down_reason() == "server unreachable");
+  CHECK_FALSE(rig.link->usable());
+  CHECK(rig.logs_containing("no reply from tcp://fake:5555 within 1000 ms") == 1);
+  CHECK(rig.link->network_conditions().server_available == false);
+
+  // While it stays away: one ping at a time, no handshake, nothing logged again.
+  rig.server->up = false;
+  const int hellos = rig.server->hellos;
+  for (int i = 0; i < 10; ++i) {
+    rig.clock.advance_ms(600);
+    rig.link->tend();
+    (void)rig.link->poll(std::chrono::milliseconds(0));
+  }
+  CHECK(rig.link->state() == LinkState::kLost);
+  CHECK(rig.server->hellos == hellos);
+  CHECK(rig.logs_containing("no reply") == 1);
+
+  // Another replica comes up behind the same address, serving another model as well.
+  rig.server->up = true;
+  rig.server->answer_frames = true;
+  rig.server->name = "replica-b";
+  rig.server->models.clear();
+  rig.server->serve(kDigest, {4.0, 5.0, 6.0});
+  rig.server->serve(kOther);
+  rig.clock.advance_ms(600);                           // the last unanswered ping expires
+  rig.link->tend();                                    // the next ping
+  (void)rig.link->poll(std::chrono::milliseconds(0));  // its pong: hello again
+  CHECK(rig.link->state() == LinkState::kUp);
+  CHECK(rig.server->hellos == hellos + 1);
+  CHECK(rig.link->generation() == 2);
+  CHECK(rig.link->reconnects() == 1);
+  REQUIRE(rig.link->served(kDigest) != nullptr);
+  CHECK(rig.link->served(kDigest)->tail_ms == std::vector<double>{4.0, 5.0, 6.0});
+  CHECK(rig.link->served(kOther) != nullptr);
+  CHECK(rig.logs_containing("is back") == 1);
+  // Frames flow again.
+  const uint64_t c = rig.send_frame(0);
+  auto replies = rig.link->poll(std::chrono::milliseconds(0));
+  REQUIRE(replies.size() == 1);
+  CHECK(replies[0].reply.reply.request_id() == c);
+}
+
+TEST_CASE("link: a failed send loses the server at once") {
+  Rig rig;
+  REQUIRE(rig.link->connect() == LinkState::kUp);
+  rig.server->fail_sends = true;
+  CHECK(rig.send_frame(0) == 0);
+  CHECK(rig.link->state() == LinkState::kLost);
+  CHECK(rig.logs_containing("cannot send") == 1);
+  CHECK(rig.send_frame(0) == 0);
+  CHECK(rig.logs_containing("cannot send") == 1);
+}
+
+TEST_CASE("link: a refusal is a configuration error, said once and never retried") {
+  Rig rig;
+  rig.server->refuse = true;
+  CHECK(rig.link->connect() == LinkState::kRefused);
+  CHECK(rig.link->down_reason().rfind("server refused: ", 0) == 0);
+  const int hellos = rig.server->hellos;
+  for (int i = 0; i < 10; ++i) {
+    rig.clock.advance_ms(20000);
+    rig.link->tend();
+  }
+  CHECK(rig.server->hellos == hellos);
+  CHECK(rig.link->state() == LinkState::kRefused);
+  CHECK(rig.logs_containing("refused the handshake") == 1);
+  CHECK(rig.link->connect() == LinkState::kRefused);
+  CHECK(rig.server->hellos == hellos);
+}
+
+TEST_CASE("link: states move only forward and refused is final") {
+  CHECK(std::string(link_state_name(LinkState::kNeverUp)) == "never_up");
+  CHECK(std::string(link_state_name(LinkState::kUp)) == "up");
+  CHECK(std::string(link_state_name(LinkState::kLost)) == "lost");
+  CHECK(std::string(link_state_name(LinkState::kRefused)) == "refused");
+  Rig rig;
+  REQUIRE(rig.link->connect() == LinkState::kUp);
+  rig.server->refuse = true;
+  // A refusing replica after an outage: lost, then refused on the next handshake.
+  rig.server->answer_frames = false;
+  rig.link->give_up(rig.send_frame(0), 164, 1000, 1000);
+  rig.link->give_up(rig.send_frame(0), 164, 1000, 1000);
+  REQUIRE(rig.link->state() == LinkState::kLost);
+  rig.clock.advance_ms(200);
+  rig.link->tend();
+  (void)rig.link->poll(std::chrono::milliseconds(0));
+  CHECK(rig.link->state() == LinkState::kRefused);
+}
+
+TEST_CASE("link: no server configured stays down with the reason 'no server'") {
+  partitioner::ManualClock clock;
+  Link link(LinkOptions{}, nullptr, clock, nullptr);
+  CHECK_FALSE(link.has_server());
+  CHECK(link.connect() == LinkState::kNeverUp);
+  CHECK(link.down_reason() == "no server");
+  link.tend();
+  CHECK(link.poll(std::chrono::milliseconds(0)).empty());
+  CHECK_FALSE(link.poll_item().has_value());
+}
+
+TEST_CASE(
+    "link: a reply that could have arrived while the loop computed does not time the "
+    "network") {
+  Rig rig;
+  REQUIRE(rig.link->connect() == LinkState::kUp);
+  transport::ReceivedReply r;
+  r.timing.request_id = 1000;
+  r.timing.sent = rig.clock.now();
+  const auto busy_from = rig.clock.now();
+  rig.clock.advance_ms(30);
+  rig.link->note_busy(busy_from);
+  rig.clock.advance_ms(5);
+  r.timing.received = rig.clock.now();
+  CHECK(rig.link->effective_round_trip_ms(r, 0) < 0);
+  transport::ReceivedReply q;
+  q.timing.request_id = 1001;
+  q.timing.sent = rig.clock.now();
+  rig.clock.advance_ms(12);
+  q.timing.received = rig.clock.now();
+  CHECK(rig.link->effective_round_trip_ms(q, 0) == doctest::Approx(12.0));
+}
