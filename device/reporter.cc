@@ -1,7 +1,11 @@
 #include "device/reporter.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
+
+#include "packing/codec.h"
 
 namespace edgesplit::device {
 namespace {
@@ -37,7 +41,168 @@ std::string basename_of(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
+double round3(double v) { return std::isfinite(v) ? std::round(v * 1000.0) / 1000.0 : -1.0; }
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  double rank = p / 100.0 * static_cast<double>(v.size() - 1);
+  size_t lo = static_cast<size_t>(rank);
+  size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (rank - static_cast<double>(lo));
+}
+
 }  // namespace
+
+json Reporter::frame_json(const FrameRecord& r) {
+  json j;
+  j["type"] = "frame";
+  j["stream"] = r.stream;
+  j["frame"] = r.frame;
+  j["source"] = r.source;
+  json tj = json::array();
+  for (const auto& c : r.top) {
+    json e{{"index", c.index}, {"score", c.score}};
+    if (r.labels && c.index >= 0 && static_cast<size_t>(c.index) < r.labels->size()) {
+      e["label"] = (*r.labels)[static_cast<size_t>(c.index)];
+    }
+    tj.push_back(e);
+  }
+  j["top"] = tj;
+  json plan{{"cut", r.cut},
+            {"cut_name", r.cut_name},
+            {"by", r.by_scheduler ? "scheduler" : "fixed"},
+            {"encoding", r.encoding}};
+  if (!r.precision.empty()) {
+    plan["precision"] = r.precision;
+    plan["lossless"] = r.lossless;
+  }
+  j["plan"] = plan;
+  j["completed"] = r.completed;
+  if (!r.reason.empty()) j["reason"] = r.reason;
+  j["bytes_sent"] = r.completed == "server" ? r.bytes_sent : 0;
+  j["preprocess_ms"] = round3(r.preprocess_ms);
+  j["head_ms"] = round3(r.head_ms);
+  j["pack_ms"] = round3(r.pack_ms);
+  if (r.decision) {
+    const auto& d = *r.decision;
+    const auto& m = d.predicted;
+    j["predicted"] = {{"latency_ms", round3(m.latency_ms)},
+                      {"head_ms", round3(m.head_ms)},
+                      {"pack_ms", round3(m.pack_ms)},
+                      {"transfer_ms", round3(m.transfer_ms)},
+                      {"rtt_ms", round3(m.rtt_ms)},
+                      {"queue_ms", round3(m.queue_ms)},
+                      {"tail_ms", round3(m.unpack_ms + m.tail_ms)},
+                      {"bytes", round3(m.bytes)},
+                      {"fps", round3(m.fps)},
+                      {"energy_j", round3(m.energy_j)},
+                      {"accuracy_drop_pp", round3(m.accuracy_drop_pp)}};
+    json dj{{"objective", partitioner::objective_name(r.objective)},
+            {"feasible", d.feasible},
+            {"changed", d.changed}};
+    if (!d.feasible) {
+      dj["binding_constraint"] = d.binding_constraint;
+      dj["explanation"] = d.explanation;
+    }
+    j["decision"] = dj;
+    const auto& c = r.conditions;
+    j["conditions"] = {{"bandwidth_mbps", round3(c.bandwidth_mbps)},
+                       {"rtt_ms", round3(c.rtt_ms)},
+                       {"server_queue_ms", round3(c.server_queue_ms)},
+                       {"device_load", round3(c.device_load)},
+                       {"server_load", round3(c.server_load)},
+                       {"server_available", c.server_available},
+                       {"link_share", round3(r.link_share)}};
+  }
+  if (r.server) {
+    j["wire_ms"] = round3(r.server->wire_ms);
+    j["server_queue_ms"] = round3(r.server->queue_ms);
+    j["server_unpack_ms"] = round3(r.server->unpack_ms);
+    j["server_compute_ms"] = round3(r.server->compute_ms);
+    j["server_ms"] = round3(r.server->queue_ms + r.server->unpack_ms + r.server->compute_ms);
+  }
+  if (r.local_tail_ms) j["local_tail_ms"] = round3(*r.local_tail_ms);
+  j["latency_ms"] = round3(r.latency_ms);
+  if (r.max_latency_ms) {
+    j["within_bound"] = r.completed != "failed" && r.latency_ms <= *r.max_latency_ms;
+  }
+  return j;
+}
+
+void Reporter::frame(const FrameRecord& r) {
+  json j = frame_json(r);
+  Tally& t = tally_[r.stream];
+  ++t.frames;
+  if (r.completed == "server") {
+    ++t.on_server;
+    t.bytes_sent += r.bytes_sent;
+  } else if (r.completed == "local") {
+    ++t.local;
+  } else {
+    ++t.failed;
+  }
+  if (j.value("within_bound", false)) ++t.within_bound;
+  ++t.plans[std::to_string(r.cut) + ":" + r.encoding];
+  t.latencies_ms.push_back(r.latency_ms);
+  const bool planned_here =
+      r.completed == "server" || (r.completed == "local" && r.encoding == "local");
+  if (r.decision && r.latency_ms > 0 && planned_here) {
+    t.prediction_ratios.push_back(r.decision->predicted.latency_ms / r.latency_ms);
+  }
+  emit(j);
+}
+
+json Reporter::summary(const StreamSummaryInfo& info) {
+  const Tally& t = tally_[info.stream];
+  json s;
+  s["type"] = "summary";
+  s["stream"] = info.stream;
+  s["frames"] = t.frames;
+  s["on_server"] = t.on_server;
+  s["local"] = t.local;
+  s["failed"] = t.failed;
+  s["late_replies_discarded"] = info.late_replies;
+  s["plan_changes"] = info.plan_changes;
+  s["probes"] = info.probes;
+  if (info.local_lane) s["local_lane"] = *info.local_lane;
+  double mean = 0;
+  for (double v : t.latencies_ms) mean += v;
+  if (!t.latencies_ms.empty()) mean /= static_cast<double>(t.latencies_ms.size());
+  s["latency_ms"] = {{"mean", round3(mean)},
+                     {"p50", round3(percentile(t.latencies_ms, 50))},
+                     {"p95", round3(percentile(t.latencies_ms, 95))}};
+  if (info.max_latency_ms) {
+    s["max_latency_ms"] = *info.max_latency_ms;
+    s["within_bound"] = t.within_bound;
+    s["within_bound_fraction"] =
+        t.frames ? round3(static_cast<double>(t.within_bound) / static_cast<double>(t.frames))
+                 : 0.0;
+  }
+  s["bytes_per_frame"] =
+      t.frames ? round3(static_cast<double>(t.bytes_sent) / static_cast<double>(t.frames)) : 0.0;
+  s["fps"] = info.wall_s > 0 ? round3(static_cast<double>(t.frames) / info.wall_s) : 0.0;
+  s["wall_s"] = round3(info.wall_s);
+  json plans = json::object();
+  for (const auto& [k, v] : t.plans) plans[k] = v;
+  s["plans"] = plans;
+  if (!t.prediction_ratios.empty()) {
+    s["predicted_over_measured_latency_p50"] = round3(percentile(t.prediction_ratios, 50));
+  }
+  emit(s);
+  if (!quiet_ && !readable_) {
+    char line[512];
+    std::snprintf(
+        line, sizeof line,
+        "%llu frames (%llu on the server, %llu local, %llu failed), latency mean %.2f ms "
+        "p95 %.2f ms, %.0f bytes/frame sent, %.1f frames/s",
+        static_cast<unsigned long long>(t.frames), static_cast<unsigned long long>(t.on_server),
+        static_cast<unsigned long long>(t.local), static_cast<unsigned long long>(t.failed), mean,
+        percentile(t.latencies_ms, 95), s["bytes_per_frame"].get<double>(), s["fps"].get<double>());
+    log(info.name_in_log ? "[" + info.stream + "] " + line : line);
+  }
+  return s;
+}
 
 Reporter::Reporter(std::ostream& out, bool readable, bool quiet)
     : out_(out), readable_(readable), quiet_(quiet) {}

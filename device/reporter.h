@@ -4,12 +4,62 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <ostream>
 #include <string>
+#include <vector>
+
+#include "partitioner/scheduler.h"
+#include "partitioner/top_k.h"
 
 namespace edgesplit::device {
+
+// One finished frame, as its stream saw it: what the frame line says.
+struct FrameRecord {
+  std::string stream;
+  int64_t frame = 0;
+  std::string source;
+  std::vector<partitioner::ClassScore> top;
+  const std::vector<std::string>* labels = nullptr;  // class names (may be null)
+  int cut = 0;
+  std::string cut_name;
+  bool by_scheduler = false;
+  std::string encoding;   // "local", "jpegQ" or the encoding's name
+  std::string precision;  // packed encodings only: "q4", "fp16", ...
+  std::string lossless;   // packed encodings only
+  std::string completed;  // "server", "local" or "failed"
+  std::string reason;     // why it completed locally or failed
+  size_t bytes_sent = 0;
+  double preprocess_ms = 0, head_ms = 0, pack_ms = 0;
+  // The scheduler's decision and what it planned with (absent without a scheduler).
+  std::optional<partitioner::Decision> decision;
+  partitioner::Objective objective = partitioner::Objective::kLatency;
+  partitioner::Conditions conditions;
+  double link_share = 1;
+  // A reply from the server: its times.
+  struct ServerTimes {
+    double wire_ms = 0, queue_ms = 0, unpack_ms = 0, compute_ms = 0;
+  };
+  std::optional<ServerTimes> server;
+  std::optional<double> local_tail_ms;
+  double latency_ms = 0;                 // from the frame's arrival
+  std::optional<double> max_latency_ms;  // the stream's bound, when it has one
+};
+
+// What a stream adds to its summary line beyond what its frames say.
+struct StreamSummaryInfo {
+  std::string stream;
+  uint64_t late_replies = 0;
+  uint64_t plan_changes = 0;
+  uint64_t probes = 0;
+  std::optional<uint64_t> local_lane;  // frames the local lane ran beside the window (if it runs)
+  std::optional<double> max_latency_ms;
+  double wall_s = 0;
+  bool name_in_log = false;  // several streams: the stderr line names the stream
+};
 
 class Reporter {
  public:
@@ -19,6 +69,12 @@ class Reporter {
 
   // One event: a JSON line, or its readable form.
   void emit(const nlohmann::json& event);
+  // A finished frame: its line, and its stream's tally for the summary.
+  void frame(const FrameRecord& record);
+  // A stream's summary line (and one log line on stderr), from its tally; returns the line.
+  nlohmann::json summary(const StreamSummaryInfo& info);
+  // The frame line of a record (what frame() prints).
+  static nlohmann::json frame_json(const FrameRecord& record);
   // A log line on stderr ("edgesplit-device: ..."), unless quiet.
   void log(const std::string& message);
   bool readable() const { return readable_; }
@@ -29,6 +85,12 @@ class Reporter {
   static std::string readable_frame(const nlohmann::json& frame);
 
  private:
+  struct Tally {
+    std::vector<double> latencies_ms;
+    std::vector<double> prediction_ratios;  // predicted / measured latency
+    uint64_t frames = 0, on_server = 0, local = 0, failed = 0, bytes_sent = 0, within_bound = 0;
+    std::map<std::string, uint64_t> plans;  // "cut:encoding" -> frames
+  };
   struct Live {
     uint64_t frames = 0, server = 0, local = 0, failed = 0;
     double latency_sum_ms = 0;
@@ -39,6 +101,7 @@ class Reporter {
   bool readable_;
   bool quiet_;
   std::map<std::string, Live> live_;
+  std::map<std::string, Tally> tally_;
   std::chrono::steady_clock::time_point last_live_{};
 };
 

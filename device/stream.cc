@@ -38,25 +38,22 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
 
 double round3(double v) { return std::isfinite(v) ? std::round(v * 1000.0) / 1000.0 : -1.0; }
 
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  double rank = p / 100.0 * static_cast<double>(v.size() - 1);
-  size_t lo = static_cast<size_t>(rank);
-  size_t hi = std::min(lo + 1, v.size() - 1);
-  return v[lo] + (v[hi] - v[lo]) * (rank - static_cast<double>(lo));
-}
-
 constexpr double kMiB = 1024.0 * 1024.0;
 
-// What holding the heads up to a cut adds to the process, predicted from the profile before the
-// model is loaded: weights are held by the module, its frozen copy and the engine's packed
-// constants, and loading peaks above what stays (measured on this project's models with the
-// optimized engine: MobileNetV2 ~130 MiB for 14 MiB of weights, ResNet-56 ~27 MiB for 3.4 MiB,
-// the default model ~8 MiB); the runtime checks the prediction against the measured RSS.
-int64_t predicted_bytes(const profiles::CutProfile& cut) {
-  if (cut.id == 0) return 0;
-  return 9 * cut.head_weight_bytes + 4 * cut.head_activation_bytes + (8 << 20);
+// What holding the heads up to a cut adds to the process at its peak, predicted from the profile
+// before the model is loaded. Measured on this project's models with the optimized engine, a model
+// loaded after another added: the default model ~20 MiB, ResNet-56 (3.4 MiB of weights) ~21 MiB,
+// MobileNetV2 (14 MiB) ~135 MiB (the module, its frozen copy, the engine's packed constants, the
+// plain graph each optimized one is checked against). The loader reads the whole TorchScript file
+// and builds the kept heads from it before it releases the rest, so holding only the heads up to
+// a cut lowers what stays, not the peak of loading it: every option but server-only is predicted
+// at the whole model's peak. The first model a process loads also pays LibTorch's one-time
+// initialisation (Runtime accounts for it); the runtime checks every prediction against the
+// measured RSS before it loads.
+int64_t predicted_bytes(const profiles::Profile& profile, const profiles::CutProfile& cut) {
+  if (cut.id == 0 || profile.cuts.empty()) return 0;
+  const profiles::CutProfile& whole = profile.cuts.back();
+  return (20 << 20) + whole.head_weight_bytes * 19 / 2 + 4 * whole.head_activation_bytes;
 }
 
 // The plan one frame runs with.
@@ -215,13 +212,8 @@ class LaneWorker {
 };
 
 struct RunStats {
-  std::vector<double> latencies_ms;
-  std::vector<double> prediction_ratios;  // predicted / measured latency, frames with a prediction
-  uint64_t frames = 0, on_server = 0, local = 0, failed = 0, plan_changes = 0;
-  uint64_t lane = 0;  // frames run whole by the local lane
-  uint64_t bytes_sent = 0;
-  uint64_t within_bound = 0;
-  std::map<std::string, uint64_t> plans;  // "cut:encoding" -> frames
+  uint64_t plan_changes = 0;
+  uint64_t lane = 0;  // frames run whole by the local lane beside the window
 };
 
 // Turns "device", "input" or a number into a cut id, or says what is allowed.
@@ -247,42 +239,6 @@ std::string default_profile_path(const std::string& model_path) {
 }
 
 }  // namespace
-
-// ----- ComputeToken -----
-
-bool ComputeToken::first(const Waiter& w) const {
-  for (const Waiter& o : waiting_) {
-    if (o.ticket == w.ticket) continue;
-    if (o.priority != w.priority) {
-      if (o.priority > w.priority) return false;
-      continue;
-    }
-    if (o.deadline != w.deadline) {
-      if (o.deadline < w.deadline) return false;
-      continue;
-    }
-    if (o.ticket < w.ticket) return false;
-  }
-  return true;
-}
-
-ComputeToken::Hold::Hold(ComputeToken& token, int priority, TimePoint deadline) : token_(token) {
-  std::unique_lock<std::mutex> lock(token.mu_);
-  Waiter me{priority, deadline, token.next_ticket_++};
-  token.waiting_.push_back(me);
-  token.cv_.wait(lock, [&] { return !token.held_ && token.first(me); });
-  token.waiting_.erase(std::find_if(token.waiting_.begin(), token.waiting_.end(),
-                                    [&](const Waiter& w) { return w.ticket == me.ticket; }));
-  token.held_ = true;
-}
-
-ComputeToken::Hold::~Hold() {
-  {
-    std::lock_guard<std::mutex> lock(token_.mu_);
-    token_.held_ = false;
-  }
-  token_.cv_.notify_all();
-}
 
 // ----- Stream -----
 
@@ -695,8 +651,7 @@ struct Stream::Impl {
     auto top =
         partitioner::top_k(d->logits.data_ptr<float>(), static_cast<size_t>(d->logits.numel()),
                            static_cast<size_t>(cfg.top_k));
-    json j = frame_json(p, top, "local", p.lane_reason);
-    emit(p, j, "local");
+    emit(record(p, std::move(top), "local", p.lane_reason), p);
   }
 
   void on_reply(transport::ReceivedReply r) {
@@ -747,13 +702,10 @@ struct Stream::Impl {
     }
     server_load.add_reply(e.server_queue_ms, e.server_compute_ms, e.profiled_server_ms);
 
-    json j = frame_json(p, top, "server", "");
-    j["wire_ms"] = round3(std::max(0.0, rtt - queue_ms - compute_ms));
-    j["server_queue_ms"] = round3(queue_ms);
-    j["server_unpack_ms"] = round3(ir.unpack_us() / 1000.0);
-    j["server_compute_ms"] = round3(ir.compute_us() / 1000.0);
-    j["server_ms"] = round3(queue_ms + compute_ms);
-    emit(p, j, "server");
+    FrameRecord rec = record(p, std::move(top), "server", "");
+    rec.server = FrameRecord::ServerTimes{std::max(0.0, rtt - queue_ms - compute_ms), queue_ms,
+                                          ir.unpack_us() / 1000.0, ir.compute_us() / 1000.0};
+    emit(std::move(rec), p);
   }
 
   void finish_local(PendingFrame& p, const std::string& reason) {
@@ -780,14 +732,13 @@ struct Stream::Impl {
     link.note_busy(t0);
     auto top = partitioner::top_k(logits.data_ptr<float>(), static_cast<size_t>(logits.numel()),
                                   static_cast<size_t>(cfg.top_k));
-    json j = frame_json(p, top, "local", reason);
-    j["local_tail_ms"] = round3(tail_ms);
-    emit(p, j, "local");
+    FrameRecord rec = record(p, std::move(top), "local", reason);
+    rec.local_tail_ms = tail_ms;
+    emit(std::move(rec), p);
   }
 
   void emit_failure(PendingFrame& p, const std::string& reason) {
-    json j = frame_json(p, {}, "failed", reason);
-    emit(p, j, "failed");
+    emit(record(p, {}, "failed", reason), p);
     log("frame " + p.source + ": " + reason);
   }
 
@@ -801,107 +752,49 @@ struct Stream::Impl {
     return cut == 0 ? "input" : "";
   }
 
-  json frame_json(const PendingFrame& p, const std::vector<partitioner::ClassScore>& top,
-                  const std::string& where, const std::string& reason) {
-    json j;
-    j["type"] = "frame";
-    j["stream"] = cfg.name;
-    j["frame"] = p.frame;
-    j["source"] = p.source;
-    json tj = json::array();
-    for (const auto& c : top) {
-      json e{{"index", c.index}, {"score", c.score}};
-      if (c.index >= 0 && static_cast<size_t>(c.index) < info.labels.size()) {
-        e["label"] = info.labels[static_cast<size_t>(c.index)];
-      }
-      tj.push_back(e);
-    }
-    j["top"] = tj;
-    const int cut = p.plan.local ? device_cut : p.plan.cut;
-    json plan{{"cut", cut},
-              {"cut_name", cut_name(cut)},
-              {"by", scheduler && !fixed ? "scheduler" : "fixed"}};
+  FrameRecord record(const PendingFrame& p, std::vector<partitioner::ClassScore> top,
+                     const std::string& where, const std::string& reason) const {
+    FrameRecord r;
+    r.stream = cfg.name;
+    r.frame = p.frame;
+    r.source = p.source;
+    r.top = std::move(top);
+    r.labels = &info.labels;
+    r.cut = p.plan.local ? device_cut : p.plan.cut;
+    r.cut_name = cut_name(r.cut);
+    r.by_scheduler = scheduler && !fixed;
     if (p.plan.local) {
-      plan["encoding"] = "local";
+      r.encoding = "local";
     } else if (p.plan.jpeg_quality > 0) {
-      plan["encoding"] = "jpeg" + std::to_string(p.plan.jpeg_quality);
+      r.encoding = "jpeg" + std::to_string(p.plan.jpeg_quality);
     } else {
-      plan["encoding"] = p.plan.encoding_name;
-      plan["precision"] = packing::precision_name(p.plan.encode.format, p.plan.encode.bits);
-      plan["lossless"] = packing::lossless_name(p.plan.encode.lossless);
+      r.encoding = p.plan.encoding_name;
+      r.precision = packing::precision_name(p.plan.encode.format, p.plan.encode.bits);
+      r.lossless = packing::lossless_name(p.plan.encode.lossless);
     }
-    j["plan"] = plan;
-    j["completed"] = where;
-    if (!reason.empty()) j["reason"] = reason;
-    j["bytes_sent"] = where == "server" ? p.bytes_sent : 0;
-    j["preprocess_ms"] = round3(p.preprocess_ms);
-    j["head_ms"] = round3(p.head_ms);
-    j["pack_ms"] = round3(p.pack_ms);
+    r.completed = where;
+    r.reason = reason;
+    r.bytes_sent = p.bytes_sent;
+    r.preprocess_ms = p.preprocess_ms;
+    r.head_ms = p.head_ms;
+    r.pack_ms = p.pack_ms;
     if (p.plan.decision) {
-      const auto& d = *p.plan.decision;
-      const auto& m = d.predicted;
-      j["predicted"] = {{"latency_ms", round3(m.latency_ms)},
-                        {"head_ms", round3(m.head_ms)},
-                        {"pack_ms", round3(m.pack_ms)},
-                        {"transfer_ms", round3(m.transfer_ms)},
-                        {"rtt_ms", round3(m.rtt_ms)},
-                        {"queue_ms", round3(m.queue_ms)},
-                        {"tail_ms", round3(m.unpack_ms + m.tail_ms)},
-                        {"bytes", round3(m.bytes)},
-                        {"fps", round3(m.fps)},
-                        {"energy_j", round3(m.energy_j)},
-                        {"accuracy_drop_pp", round3(m.accuracy_drop_pp)}};
-      json dj{{"objective", partitioner::objective_name(cfg.scheduler.objective)},
-              {"feasible", d.feasible},
-              {"changed", d.changed}};
-      if (!d.feasible) {
-        dj["binding_constraint"] = d.binding_constraint;
-        dj["explanation"] = d.explanation;
-      }
-      j["decision"] = dj;
-      const auto& c = p.plan.conditions;
-      j["conditions"] = {{"bandwidth_mbps", round3(c.bandwidth_mbps)},
-                         {"rtt_ms", round3(c.rtt_ms)},
-                         {"server_queue_ms", round3(c.server_queue_ms)},
-                         {"device_load", round3(c.device_load)},
-                         {"server_load", round3(c.server_load)},
-                         {"server_available", c.server_available},
-                         {"link_share", round3(link_share)}};
+      r.decision = *p.plan.decision;
+      r.objective = cfg.scheduler.objective;
+      r.conditions = p.plan.conditions;
+      r.link_share = link_share;
     }
-    return j;
+    r.max_latency_ms = latency_bound();
+    return r;
   }
 
-  void emit(const PendingFrame& p, json& j, const std::string& where) {
-    double latency = ms_between(p.start, Clock::now());
-    j["latency_ms"] = round3(latency);
-    const auto bound = latency_bound();
-    if (bound) {
-      const bool within = where != "failed" && latency <= *bound;
-      j["within_bound"] = within;
-      if (within) {
-        ++stats.within_bound;
-      } else {
-        ++misses;
-      }
+  // Reports a finished frame; its latency counts from its arrival.
+  void emit(FrameRecord r, const PendingFrame& p) {
+    r.latency_ms = ms_between(p.start, Clock::now());
+    if (r.max_latency_ms && !(r.completed != "failed" && r.latency_ms <= *r.max_latency_ms)) {
+      ++misses;
     }
-    reporter.emit(j);
-    ++stats.frames;
-    if (where == "server") {
-      ++stats.on_server;
-      stats.bytes_sent += p.bytes_sent;
-    } else if (where == "local") {
-      ++stats.local;
-    } else {
-      ++stats.failed;
-    }
-    const auto& plan = j["plan"];
-    ++stats.plans[std::to_string(plan["cut"].get<int>()) + ":" +
-                  plan["encoding"].get<std::string>()];
-    stats.latencies_ms.push_back(latency);
-    if (p.plan.decision && latency > 0 && where != "failed" &&
-        (where == "server" || p.plan.local)) {
-      stats.prediction_ratios.push_back(p.plan.decision->predicted.latency_ms / latency);
-    }
+    reporter.frame(r);
   }
 };
 
@@ -991,13 +884,19 @@ StreamPlanInfo Stream::plan_info() const {
     auto cut = resolve_cut(s.cfg.cut, s.device_cut, s.cut_ids);
     if (cut.ok()) fixed_cut = *cut;
   }
+  const int64_t whole_bytes = predicted_bytes(*s.profile, s.profile->cuts.back());
   for (const auto& cut : s.profile->cuts) {
+    // Holding fewer heads is only an option when it needs less memory than the whole model (which
+    // also finishes frames locally when the server is away).
+    if (cut.id != 0 && cut.id != s.device_cut && predicted_bytes(*s.profile, cut) >= whole_bytes) {
+      continue;
+    }
     // A fixed plan needs its own cut's head (and the whole model for local fallback); options
     // below it cannot run the plan at all.
     if (fixed_cut && cut.id < *fixed_cut && cut.id != 0) continue;
     MemoryOption o;
     o.retain_cut = cut.id;
-    o.bytes = predicted_bytes(cut);
+    o.bytes = predicted_bytes(*s.profile, cut);
     sched.set_max_head_cut(cut.id);
     double best = std::numeric_limits<double>::infinity();
     bool meets = false;
@@ -1190,54 +1089,16 @@ int Stream::misses_since_last_check() {
 
 void Stream::summary() {
   Impl& s = *impl_;
-  const RunStats& st = s.stats;
-  double wall_s = ms_between(s.run_start, Clock::now()) / 1000.0;
-  json j;
-  j["type"] = "summary";
-  j["stream"] = s.cfg.name;
-  j["frames"] = st.frames;
-  j["on_server"] = st.on_server;
-  j["local"] = st.local;
-  j["failed"] = st.failed;
-  j["late_replies_discarded"] = s.link.late_replies(s.index);
-  j["plan_changes"] = st.plan_changes;
-  j["probes"] = s.link.probes_sent();
-  if (s.lane) j["local_lane"] = st.lane;
-  double mean = 0;
-  for (double v : st.latencies_ms) mean += v;
-  if (!st.latencies_ms.empty()) mean /= static_cast<double>(st.latencies_ms.size());
-  j["latency_ms"] = {{"mean", round3(mean)},
-                     {"p50", round3(percentile(st.latencies_ms, 50))},
-                     {"p95", round3(percentile(st.latencies_ms, 95))}};
-  if (s.latency_bound()) {
-    j["max_latency_ms"] = *s.latency_bound();
-    j["within_bound"] = st.within_bound;
-    j["within_bound_fraction"] =
-        st.frames ? round3(static_cast<double>(st.within_bound) / st.frames) : 0.0;
-  }
-  j["bytes_per_frame"] = st.frames ? round3(static_cast<double>(st.bytes_sent) / st.frames) : 0.0;
-  j["fps"] = wall_s > 0 ? round3(static_cast<double>(st.frames) / wall_s) : 0.0;
-  j["wall_s"] = round3(wall_s);
-  json plans = json::object();
-  for (const auto& [k, v] : st.plans) plans[k] = v;
-  j["plans"] = plans;
-  if (!st.prediction_ratios.empty()) {
-    j["predicted_over_measured_latency_p50"] = round3(percentile(st.prediction_ratios, 50));
-  }
-  s.summary_json = j;
-  s.reporter.emit(j);
-  if (!s.reporter.quiet() && !s.reporter.readable()) {
-    char line[512];
-    std::snprintf(line, sizeof line,
-                  "%llu frames (%llu on the server, %llu local, %llu failed), latency mean %.2f ms "
-                  "p95 %.2f ms, %.0f bytes/frame sent, %.1f frames/s",
-                  static_cast<unsigned long long>(st.frames),
-                  static_cast<unsigned long long>(st.on_server),
-                  static_cast<unsigned long long>(st.local),
-                  static_cast<unsigned long long>(st.failed), mean, percentile(st.latencies_ms, 95),
-                  j["bytes_per_frame"].get<double>(), j["fps"].get<double>());
-    s.reporter.log(s.device.streams.size() > 1 ? "[" + s.cfg.name + "] " + line : line);
-  }
+  StreamSummaryInfo info;
+  info.stream = s.cfg.name;
+  info.late_replies = s.link.late_replies(s.index);
+  info.plan_changes = s.stats.plan_changes;
+  info.probes = s.link.probes_sent();
+  if (s.lane) info.local_lane = s.stats.lane;
+  info.max_latency_ms = s.latency_bound();
+  info.wall_s = ms_between(s.run_start, Clock::now()) / 1000.0;
+  info.name_in_log = s.device.streams.size() > 1;
+  s.summary_json = s.reporter.summary(info);
 }
 
 const json& Stream::summary_json() const { return impl_->summary_json; }

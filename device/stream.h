@@ -7,14 +7,13 @@
 // counted. The interface is free of LibTorch; stream.cc is not.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "device/compute_token.h"
 #include "device/config.h"
 #include "device/link.h"
 #include "device/reporter.h"
@@ -23,37 +22,6 @@
 #include "partitioner/clock.h"
 
 namespace edgesplit::device {
-
-// The device's compute: one network runs at a time, with the threads of the stream it belongs
-// to; two at once would oversubscribe the cores and each would measure the other's work as its
-// own (a wrong device load). Waiters are served by priority (higher first), then by deadline
-// (earliest first), then in arrival order. Thread-safe.
-class ComputeToken {
- public:
-  class Hold {
-   public:
-    explicit Hold(ComputeToken& token, int priority, partitioner::TimePoint deadline);
-    ~Hold();
-    Hold(const Hold&) = delete;
-    Hold& operator=(const Hold&) = delete;
-
-   private:
-    ComputeToken& token_;
-  };
-
- private:
-  struct Waiter {
-    int priority;
-    partitioner::TimePoint deadline;
-    uint64_t ticket;
-  };
-  bool first(const Waiter& w) const;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool held_ = false;
-  uint64_t next_ticket_ = 0;
-  std::vector<Waiter> waiting_;
-};
 
 // What the runtime needs of a stream before it loads the model: its profile's memory options.
 struct StreamPlanInfo {
