@@ -127,13 +127,17 @@ LinkState Link::connect() {
     consecutive_timeouts_ = 0;
     network_.add_answer();
     const bool back = state_ == LinkState::kLost || said_unreachable_;
-    if (state_ == LinkState::kLost) ++reconnects_;
+    const bool recovered = state_ == LinkState::kLost;
+    if (recovered) ++reconnects_;
     change_state(LinkState::kUp, back ? "server is back at " + options_.endpoint +
                                             ": offloading again (" + served_list() + ")"
                                       : "");
-    // Three round-trip probes and one bandwidth probe, answered before the next frame is planned
-    // (at most one probe timeout), so the streams plan from measurements rather than from
-    // nothing. Their replies also tell the estimators that the server answers.
+    // After an outage the estimates are still there: offload again at once (the probes the
+    // estimators ask for follow as frames go).
+    if (recovered) return state_;
+    // The first time: three round-trip probes and one bandwidth probe, answered before the next
+    // frame is planned (at most one probe timeout), so the streams plan from measurements rather
+    // than from nothing. Their replies also tell the estimators that the server answers.
     const TimePoint deadline = clock_.now() + std::chrono::milliseconds(options_.probe_timeout_ms);
     auto await_probes = [&] {
       for (int i = 0; i < 1000 && probe_pending() && clock_.now() < deadline; ++i) {

@@ -226,7 +226,7 @@ std::string Reporter::readable_frame(const json& f) {
     plan = "cut " + str(*p, "cut") + " " + str(*p, "encoding");
   }
   char line[512];
-  std::snprintf(line, sizeof line, "[%s] #%s %-18.18s %-28.28s %-22.22s %8.1f ms %9s  %s%s",
+  std::snprintf(line, sizeof line, "[%s] #%s %-24.24s %-28.28s %-22.22s %8.1f ms %9s  %s%s",
                 str(f, "stream", "-").c_str(), str(f, "frame").c_str(),
                 basename_of(str(f, "source")).c_str(), top.c_str(), plan.c_str(),
                 num(f, "latency_ms"), bytes_text(num(f, "bytes_sent")).c_str(),
@@ -259,26 +259,29 @@ void Reporter::emit(const json& event) {
                                              : ", no server")
          << '\n';
   } else if (type == "summary") {
-    live_line(true);
     char line[512];
     const json lat = event.value("latency_ms", json::object());
     std::snprintf(line, sizeof line,
                   "[%s] summary: %s frames (%s on the server, %s local, %s failed), latency p50 "
-                  "%.1f ms p95 %.1f ms, %s within bound, %.0f bytes/frame, %.1f frames/s",
+                  "%.1f ms p95 %.1f ms%s, %.0f bytes/frame, %.1f frames/s",
                   str(event, "stream", "-").c_str(), str(event, "frames").c_str(),
                   str(event, "on_server").c_str(), str(event, "local").c_str(),
                   str(event, "failed").c_str(), num(lat, "p50"), num(lat, "p95"),
-                  event.contains("within_bound") ? str(event, "within_bound").c_str() : "-",
+                  event.contains("within_bound") ? (", " + str(event, "within_bound") + " within " +
+                                                    str(event, "max_latency_ms") + " ms")
+                                                       .c_str()
+                                                 : "",
                   num(event, "bytes_per_frame"), num(event, "fps"));
     out_ << line << '\n';
   } else if (type == "device") {
     char line[256];
-    std::snprintf(line, sizeof line, "device: peak memory %.1f MiB%s, %s streams, %.1f s",
+    const std::string streams = str(event, "streams");
+    std::snprintf(line, sizeof line, "device: peak memory %.1f MiB%s, %s stream%s, %.1f s",
                   num(event, "peak_rss_mb"),
                   event.contains("max_device_memory_mb")
                       ? (" (bound " + str(event, "max_device_memory_mb") + " MiB)").c_str()
                       : "",
-                  str(event, "streams").c_str(), num(event, "wall_s"));
+                  streams.c_str(), streams == "1" ? "" : "s", num(event, "wall_s"));
     out_ << line << '\n';
   } else {
     out_ << event.dump() << '\n';

@@ -541,35 +541,44 @@ std::vector<double> split_link(const std::vector<double>& demanded_bytes_per_s,
     for (size_t i : senders) share[i] = weight(i) / total_weight;
     return share;
   }
+  // What each sender gets: its demand when the demands fit; otherwise a water-filling: every
+  // unsatisfied sender gets capacity in proportion to its weight, those that need less keep their
+  // demand and give the rest back.
+  std::vector<double> got(n, 0.0);
   if (total <= bandwidth_bytes_per_s) {
-    for (size_t i : senders) share[i] = demand(i) / bandwidth_bytes_per_s;
-    return share;
-  }
-  // Water-filling: every unsatisfied sender gets capacity in proportion to its weight; those
-  // that need less keep their demand and give the rest back.
-  std::vector<size_t> open = senders;
-  double left = bandwidth_bytes_per_s;
-  while (!open.empty()) {
-    double open_weight = 0;
-    for (size_t i : open) open_weight += weight(i);
-    std::vector<size_t> still;
-    bool satisfied_any = false;
-    for (size_t i : open) {
-      if (demand(i) <= left * weight(i) / open_weight) {
-        share[i] = demand(i) / bandwidth_bytes_per_s;
-        satisfied_any = true;
-      } else {
-        still.push_back(i);
+    for (size_t i : senders) got[i] = demand(i);
+  } else {
+    std::vector<size_t> open = senders;
+    double left = bandwidth_bytes_per_s;
+    while (!open.empty()) {
+      double open_weight = 0;
+      for (size_t i : open) open_weight += weight(i);
+      std::vector<size_t> still;
+      for (size_t i : open) {
+        if (demand(i) <= left * weight(i) / open_weight) {
+          got[i] = demand(i);
+        } else {
+          still.push_back(i);
+        }
       }
+      if (still.size() == open.size()) {
+        for (size_t i : open) got[i] = left * weight(i) / open_weight;
+        break;
+      }
+      for (size_t i : open) {
+        if (std::find(still.begin(), still.end(), i) == still.end()) left -= demand(i);
+      }
+      open = std::move(still);
     }
-    if (!satisfied_any) {
-      for (size_t i : open) share[i] = left * weight(i) / open_weight / bandwidth_bytes_per_s;
-      break;
-    }
-    for (size_t i : open) {
-      if (std::find(still.begin(), still.end(), i) == still.end()) left -= demand(i);
-    }
-    open = std::move(still);
+  }
+  // A stream plans with what the others leave it (a frame's bytes go at the link's rate when the
+  // others are quiet), at least what it gets, and a stream that sends nothing at least 1 / n.
+  double all = 0;
+  for (double g : got) all += g;
+  for (size_t i = 0; i < n; ++i) {
+    const double left_by_others = (bandwidth_bytes_per_s - (all - got[i])) / bandwidth_bytes_per_s;
+    share[i] = std::max(left_by_others, got[i] / bandwidth_bytes_per_s);
+    if (demand(i) <= 0) share[i] = std::max(share[i], 1.0 / static_cast<double>(n));
   }
   for (double& s : share) s = std::clamp(s, 1e-9, 1.0);
   return share;

@@ -1043,8 +1043,11 @@ void Stream::ready(double startup_s) {
   j["startup_s"] = round3(startup_s);
   if (!s.refused.empty()) j["refused"] = s.refused;
   s.reporter.emit(j);
-  s.log("engine: " + j["engine"].get<std::string>() +
-        (s.server_engine.empty() ? "" : "; server: " + s.server_engine));
+  // A terminal already shows the ready line as text.
+  if (!s.reporter.readable()) {
+    s.log("engine: " + j["engine"].get<std::string>() +
+          (s.server_engine.empty() ? "" : "; server: " + s.server_engine));
+  }
 }
 
 void Stream::on_handshake() { impl_->on_handshake(); }

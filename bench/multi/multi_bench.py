@@ -100,6 +100,7 @@ QUICK = {"rounds": 2, "warmup_s": 4.0, "measure_s": 15.0}
 SKEW_S = 5.0
 LOAD_TIMEOUT_S = 90.0
 EXIT_GRACE_S = 10.0
+FOOTPRINT_RUNS = 3  # device-only runs per model alone; the medians make the bound
 
 
 def default_streams():
@@ -521,7 +522,7 @@ def launches_for(contender, args, streams, folders, timing, bound_mb, out_dir, f
     if contender in ("runtime", "device-only"):
         if not feats["config"]:
             return "this edgesplit-device has no --config (the multi-stream runtime)"
-        cfg = {"server": server, "threads": CORES, "engine": args.engine,
+        cfg = {"server": server, "threads": args.runtime_threads, "engine": args.engine,
                "streams": [stream_entry(s, folders[s["name"]], args, timing,
                                         cut="device" if contender == "device-only" else None)
                            for s in streams]}
@@ -607,7 +608,8 @@ def slice_metrics(procs, window, streams, labels):
         plans, completed = {}, {}
         for j in inwin:
             pl = j.get("plan", {})
-            k = "%s:%s" % (pl.get("cut"), pl.get("encoding", "?"))
+            k = "failed" if j.get("completed") == "failed" else "%s:%s" % (
+                pl.get("cut"), pl.get("encoding", "?"))
             plans[k] = plans.get(k, 0) + 1
             completed[j.get("completed")] = completed.get(j.get("completed"), 0) + 1
         lat = [j["latency_ms"] for j in answered if "latency_ms" in j]
@@ -689,6 +691,7 @@ def memory_bounds(footprints):
         "literal_bound_mb": MEMORY_FRACTION * procs,
         "literal_bound_definition": "%g x sum over models of the device-only process's "
                                     "peak_rss_mb" % MEMORY_FRACTION,
+        "footprint_runs": FOOTPRINT_RUNS,
         "one_process_whole_models_mb": base + models,
         "literal_binds_one_process": base + models > MEMORY_FRACTION * procs}
 
@@ -700,7 +703,8 @@ def memory_figures(results):
     out = {}
     for c, a in results.get("aggregate", {}).items():
         peak = a.get("peak_rss_mb_max")
-        out[c] = {"peak_rss_mb": peak, "processes": {"runtime": 1, "device-only": 1}.get(c, 3),
+        out[c] = {"peak_rss_mb": peak, "vmhwm_polled_mb": a.get("vmhwm_polled_mb_max"),
+                  "processes": {"runtime": 1, "device-only": 1}.get(c, 3),
                   "within_bound": None if peak is None else peak <= m["bound_mb"],
                   "within_literal_bound": None if peak is None else peak <= m["literal_bound_mb"]}
     m["contenders"] = out
@@ -733,8 +737,10 @@ def aggregate(results, streams):
             offered = sum(x["offered"] for x in ss)
             within = sum(x["within"] for x in ss)
             per_image = {}
-            plans, completed = {}, {}
+            plans, completed, device_plans = {}, {}, {}
             for x in ss:
+                for k, v in (x.get("summary_plans") or {}).items():
+                    device_plans[k] = device_plans.get(k, 0) + v
                 for img, (k, ok) in x["per_image"].items():
                     c2 = per_image.setdefault(img, [0, 0])
                     c2[0] += k
@@ -755,6 +761,7 @@ def aggregate(results, streams):
                 "scored": scored, "images": len(per_image),
                 "top1": sum(v[1] for v in per_image.values()) / scored if scored else None,
                 "plans": dict(sorted(plans.items(), key=lambda kv: -kv[1])),
+                "device_plans": dict(sorted(device_plans.items(), key=lambda kv: -kv[1])),
                 "completed": completed,
                 "latency_p50_ms_per_round": [x["latency_p50_ms"] for x in ss],
                 "latency_p95_ms_per_round": [x["latency_p95_ms"] for x in ss],
@@ -768,6 +775,8 @@ def aggregate(results, streams):
         a["peak_rss_mb_max"] = max(peaks) if peaks else None
         a["peak_rss_mb_per_round"] = [x.get("peak_rss_mb") for x in slices]
         a["peak_rss_source"] = sorted(set(x.get("peak_rss_source") for x in slices))
+        polled = [x.get("vmhwm_polled_mb") for x in slices if x.get("vmhwm_polled_mb")]
+        a["vmhwm_polled_mb_max"] = max(polled) if polled else None
         held = [x.get("memory_bound_held_by_device") for x in slices]
         a["memory_bound_held_by_device_per_round"] = held
         a["base_rss_mb_reported_per_round"] = [x.get("base_rss_mb_reported") for x in slices]
@@ -918,20 +927,21 @@ def markdown(results, streams):
               "one process holding all three models whole stays under it and it never binds "
               "one process"), ""]
     if m.get("contenders"):
-        L += ["| contender | processes | device peak RSS MiB (max over rounds, summed over "
-              "processes) | <= bound %.1f | <= literal %.1f |" % (m["bound_mb"],
-                                                                  m["literal_bound_mb"]),
-              "|---|---|---|---|---|"]
+        L += ["| contender | processes | device peak RSS MiB (the `device` lines; max over "
+              "rounds, summed over processes) | VmHWM polled | <= bound %.1f | <= literal %.1f |"
+              % (m["bound_mb"], m["literal_bound_mb"]), "|---|---|---|---|---|---|"]
         yn = {True: "yes", False: "**no**", None: "-"}
         for c, x in m["contenders"].items():
-            L.append("| %s | %d | %s | %s | %s |" % (c, x["processes"], fmt(x["peak_rss_mb"]),
-                                                     yn[x["within_bound"]],
-                                                     yn[x["within_literal_bound"]]))
+            L.append("| %s | %d | %s | %s | %s | %s |" % (
+                c, x["processes"], fmt(x["peak_rss_mb"]), fmt(x.get("vmhwm_polled_mb")),
+                yn[x["within_bound"]], yn[x["within_literal_bound"]]))
         L.append("")
     L += ["## Per contender and stream", "",
           "Frames of the measured window; within bound from the frames' `within_bound` (the "
           "device's verdict, latency from arrival); the device's own summary fraction covers "
-          "the whole run (warm-up included); holds: what the process held of the model.", "",
+          "the whole run (warm-up included), as do its plans (cut:encoding -> frames, summed "
+          "over rounds; `0:` with no encoding: frames not run); holds: what the process held of "
+          "the model (its `ready` line, per round).", "",
           "| contender | stream | bound ms | offered | answered | within bound | device summary "
           "(rounds) | top-1 | p50 ms (rounds) | p95 ms (rounds) | plans | holds | device peak "
           "RSS MiB |",
@@ -948,8 +958,9 @@ def markdown(results, streams):
             continue
         for s in streams:
             x = a["streams"][s["name"]]
-            plans = ", ".join("%s %d" % kv for kv in list(x["plans"].items())[:3])
-            holds = sorted(set(str(h) for h in x.get("holds_per_round", []) if h))
+            plans = ", ".join("%s %d" % kv for kv in list(
+                (x.get("device_plans") or x["plans"]).items())[:4])
+            holds = [str(h) for h in x.get("holds_per_round", [])]
             L.append("| %s | %s | %g | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 c, s["name"], s["bound_ms"], x["offered"], x["answered"],
                 fmt(None if x["within_ratio"] is None else 100 * x["within_ratio"], "%.1f%%"),
@@ -958,7 +969,7 @@ def markdown(results, streams):
                 fmt(x["top1"], "%.3f"),
                 "/".join(fmt(v, "%.0f") for v in x["latency_p50_ms_per_round"]),
                 "/".join(fmt(v, "%.0f") for v in x["latency_p95_ms_per_round"]), plans,
-                ", ".join(holds) or "-", fmt(a["peak_rss_mb_max"])))
+                " / ".join(holds) or "-", fmt(a["peak_rss_mb_max"])))
     pt = results.get("paired_top1", {})
     if pt:
         L += ["", "## Top-1 against the unconstrained reference (device-only, fp32 on the device)",
@@ -1063,6 +1074,9 @@ def main(argv):
     ap.add_argument("--warmup-s", type=float, help="warm-up seconds per slice (5; quick 4)")
     ap.add_argument("--contenders", default=",".join(CONTENDERS),
                     help="comma-separated, from %s" % ",".join(CONTENDERS))
+    ap.add_argument("--runtime-threads", type=int, default=CORES,
+                    help="`threads` of the runtime's and device-only's config (default %d, the "
+                    "device's cores)" % CORES)
     ap.add_argument("--independent-threads", default="1,1,1",
                     help="--threads of the independent processes (imagenet,cifar,fashion); "
                     "three processes need at least 3 in all, the runtime gets %d" % CORES)
@@ -1153,6 +1167,7 @@ def main(argv):
         "measure_s": timing["measure_s"], "skew_allowance_s": SKEW_S,
         "max_frames": timing["max_frames"], "contenders": contenders, "engine": args.engine,
         "independent_threads": args.independent_threads, "bin_dir": args.bin_dir,
+        "runtime_threads": args.runtime_threads,
         "device_profiles": not args.no_device_profile, "overrides": args.set,
         "independent_args": args.independent_args,
         "device_features": feats, "quick": args.quick,
@@ -1165,10 +1180,14 @@ def main(argv):
     # 1. Footprints and the bound.
     fps_ = {}
     for s in streams:
-        fps_[s["name"]] = measure_footprint(args, s, folders[s["name"]],
-                                            os.path.join(raw_dir, "footprint-%s.jsonl" %
-                                                         s["name"]))
-        f = fps_[s["name"]]
+        # Runs interleaved by model would not help: each is a fresh process. The median of a few
+        # (a model's addition varies by about 10 MiB from run to run).
+        runs = [measure_footprint(args, s, folders[s["name"]],
+                                  os.path.join(raw_dir, "footprint-%s-%d.jsonl" % (s["name"], k)))
+                for k in range(FOOTPRINT_RUNS)]
+        f = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        f["model_mb_runs"] = [r["model_mb"] for r in runs]
+        fps_[s["name"]] = f
         log("footprint %s: peak RSS %.1f MiB, base %.1f MiB, the model adds %.1f MiB (device "
             "line; ru_maxrss %.1f, VmHWM polled %.1f), preprocess %.2f ms, head %.2f ms" % (
                 s["name"], f["peak_rss_mb"], f["base_rss_mb"], f["model_mb"], f["ru_maxrss_mb"],

@@ -277,13 +277,16 @@ TEST_CASE("allocate_memory takes well under 10 ms for 8 streams x 60 options at 
   CHECK(worst_ms < 250);
 }
 
-TEST_CASE("split_link gives demands when they fit and water-fills by priority when not") {
+TEST_CASE("split_link leaves each stream what the others do not use, water-filled by priority") {
   auto near = [](double a, double b) { return std::abs(a - b) < 1e-12; };
-  // Demands fit: each plans with its demand.
+  // Demands fit: each plans with what the others leave.
   auto fit = split_link({20, 30}, {0, 5}, 100);
   REQUIRE(fit.size() == 2);
-  CHECK(near(fit[0], 0.2));
-  CHECK(near(fit[1], 0.3));
+  CHECK(near(fit[0], 0.7));
+  CHECK(near(fit[1], 0.8));
+  // One stream alone plans with the whole link.
+  auto alone = split_link({20}, {0}, 100);
+  CHECK(near(alone[0], 1.0));
   // Too much: weights 1 + priority.
   auto over = split_link({100, 100}, {0, 1}, 100);
   CHECK(near(over[0], 1.0 / 3));
