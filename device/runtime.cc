@@ -7,8 +7,10 @@
 #include <zmq.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -29,6 +31,26 @@ using json = nlohmann::json;
 
 constexpr double kMiB = 1024.0 * 1024.0;
 constexpr int64_t kFirstModelInitBytes = 10 << 20;
+
+// The first SIGINT or SIGTERM asks the runtime to stop taking frames and to finish (frames in
+// flight, summaries, the device line); a second one ends the process at once.
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal.exchange(sig) != 0) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+  }
+}
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: the loop's zmq_poll wakes up
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
 
 double mib(int64_t bytes) { return static_cast<double>(bytes) / kMiB; }
 
@@ -84,7 +106,8 @@ class Runtime {
     d["reconnects"] = link_.reconnects();
     d["wall_s"] = round3(std::chrono::duration<double>(Clock::now() - start).count());
     reporter_.emit(d);
-    return 0;
+    const int sig = g_stop_signal.load();
+    return sig != 0 ? 128 + sig : 0;
   }
 
  private:
@@ -159,18 +182,25 @@ class Runtime {
       if (option >= 0 && config_.max_device_memory_mb) {
         const int64_t bound = static_cast<int64_t>(*config_.max_device_memory_mb * kMiB);
         const int64_t left = bound - resident_bytes();
-        if (options[static_cast<size_t>(option)].bytes > left) {
+        // An option that adds nothing (server-only) always fits, even when the process is
+        // already over the bound.
+        auto fits = [&](int k) {
+          const int64_t b = options[static_cast<size_t>(k)].bytes;
+          return b <= 0 || b <= left;
+        };
+        if (!fits(option)) {
           int fit = -1;
           for (int k = option; k >= 0; --k) {
-            if (options[static_cast<size_t>(k)].bytes <= left) {
+            if (fits(k)) {
               fit = k;
               break;
             }
           }
           reporter_.log("stream \"" + s.name() + "\": measured memory leaves " + mib_text(left) +
                         ", less than its planned share; " +
-                        (fit < 0
-                             ? std::string("it cannot run")
+                        (fit < 0 ? std::string("it cannot run")
+                         : options[static_cast<size_t>(fit)].retain_cut == 0
+                             ? std::string("it runs server-only")
                              : "it holds the heads up to cut " +
                                    std::to_string(options[static_cast<size_t>(fit)].retain_cut)));
           option = fit;
@@ -203,7 +233,7 @@ class Runtime {
                            ? std::string("its whole model")
                            : "the heads up to cut " +
                                  std::to_string(options[static_cast<size_t>(option)].retain_cut)) +
-                      ": " + mib_text(after - before) + " measured (" +
+                      ": " + mib_text(std::max<int64_t>(0, after - before)) + " measured (" +
                       mib_text(options[static_cast<size_t>(option)].bytes) + " predicted)");
       }
     }
@@ -269,7 +299,14 @@ class Runtime {
   }
 
   void loop() {
+    bool stopping = false;
     while (!all_finished()) {
+      if (!stopping && g_stop_signal.load() != 0) {
+        stopping = true;
+        reporter_.log(std::string(g_stop_signal.load() == SIGINT ? "interrupted" : "terminated") +
+                      ": finishing the frames in flight (again to stop at once)");
+        for (auto& s : streams_) s->stop();
+      }
       dispatch(link_.poll(std::chrono::milliseconds(0)));
       // Also when every frame runs locally: a recovery probe lost with the link must expire.
       link_.tend();
@@ -349,6 +386,7 @@ class Runtime {
 }  // namespace
 
 int run_device(const DeviceConfig& config) {
+  install_stop_handlers();
   partitioner::set_compute_threads(config.threads);
   std::unique_ptr<ServerChannel> channel;
   if (!config.server.empty()) {

@@ -10,9 +10,10 @@
 
 namespace edgesplit::device {
 
-// Runs until every stream's input is exhausted. Returns the process exit code: 0 when every
-// stream ran (frames that failed are reported as such), 2 for a configuration the user must fix
-// (one sentence on stderr).
+// Runs until every stream's input is exhausted, or until SIGINT/SIGTERM (frames in flight finish,
+// then the summaries; a second signal ends the process at once). Returns the process exit code: 0
+// when every stream ran to its end (frames that failed are reported as such), 2 for a
+// configuration the user must fix (one sentence on stderr), 128 + the signal when stopped by one.
 int run_device(const DeviceConfig& config);
 
 }  // namespace edgesplit::device

@@ -41,19 +41,19 @@ double round3(double v) { return std::isfinite(v) ? std::round(v * 1000.0) / 100
 constexpr double kMiB = 1024.0 * 1024.0;
 
 // What holding the heads up to a cut adds to the process at its peak, predicted from the profile
-// before the model is loaded. Measured on this project's models with the optimized engine, a model
-// loaded after another added: the default model ~20 MiB, ResNet-56 (3.4 MiB of weights) ~21 MiB,
-// MobileNetV2 (14 MiB) ~135 MiB (the module, its frozen copy, the engine's packed constants, the
-// plain graph each optimized one is checked against). The loader reads the whole TorchScript file
-// and builds the kept heads from it before it releases the rest, so holding only the heads up to
-// a cut lowers what stays, not the peak of loading it: every option but server-only is predicted
-// at the whole model's peak. The first model a process loads also pays LibTorch's one-time
-// initialisation (Runtime accounts for it); the runtime checks every prediction against the
-// measured RSS before it loads.
+// before the model is loaded. Measured on this project's models with the optimized engine, each
+// alone in a process (3 runs), less LibTorch's one-time initialisation (about 10 MiB, which the
+// runtime accounts for once): the default model ~18 MiB, ResNet-56 (3.4 MiB of weights) 31-38 MiB,
+// MobileNetV2 (14 MiB) 118-136 MiB: the module, its frozen copy, the engine's packed constants and
+// the plain graph each optimized one is checked against. The loader reads the whole TorchScript
+// file and builds the kept heads from it before it releases the rest, so holding only the heads
+// up to a cut lowers what stays, not the peak of loading it: every option but server-only is
+// predicted at the whole model's peak. The runtime checks every prediction against the measured
+// RSS before it loads.
 int64_t predicted_bytes(const profiles::Profile& profile, const profiles::CutProfile& cut) {
   if (cut.id == 0 || profile.cuts.empty()) return 0;
   const profiles::CutProfile& whole = profile.cuts.back();
-  return (20 << 20) + whole.head_weight_bytes * 19 / 2 + 4 * whole.head_activation_bytes;
+  return (18 << 20) + 8 * whole.head_weight_bytes + 2 * whole.head_activation_bytes;
 }
 
 // The plan one frame runs with.
@@ -523,6 +523,9 @@ struct Stream::Impl {
     try {
       ComputeToken::Hold hold(token, cfg.priority, p.due);
       set_threads(threads);
+      // A head's graph is built the first time its cut is chosen: not part of its time (a cold
+      // first run would tell the device-load estimate the device is many times slower than it is).
+      if (head_cut > 0) model->prepare(head_cut);
       t_pre = Clock::now();
       torch::NoGradGuard no_grad;
       if (head_cut == 0) {
@@ -976,6 +979,23 @@ Status Stream::load(int retain_cut, int threads) {
     }
   }
 
+  // One warm-up run of what the stream will run most (the whole model, or its deepest kept head),
+  // so that the first measured time is not a cold one (graph building, the backend's first
+  // primitives): a cold first frame would make the device-load estimate say the device is many
+  // times slower than it is, and the scheduler would keep away from local plans.
+  if (s.model && s.retain_cut > 0) {
+    try {
+      torch::NoGradGuard no_grad;
+      set_threads(threads);
+      s.model->prepare(s.retain_cut);
+      at::Tensor zeros = torch::zeros(s.info.input_shape, torch::kFloat32);
+      auto crossing = s.model->run_head(s.retain_cut, zeros);
+      if (s.model->can_run_tail(s.retain_cut)) (void)s.model->run_tail(s.retain_cut, crossing);
+    } catch (const std::exception& e) {
+      return internal_error(who + "the model failed its warm-up run: " + e.what());
+    }
+  }
+
   imaging::SourceOptions so;
   so.max_frames = s.cfg.max_frames;
   so.loop = s.cfg.loop;
@@ -1067,6 +1087,11 @@ bool Stream::frame_ready(TimePoint now, TimePoint* deadline) {
   return impl_->frame_ready(now, deadline);
 }
 void Stream::start_frame() { impl_->start(); }
+
+void Stream::stop() {
+  impl_->eof = true;
+  impl_->next.reset();
+}
 
 bool Stream::finished() const {
   const Impl& s = *impl_;

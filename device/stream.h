@@ -73,7 +73,9 @@ class Stream {
   // Whether a frame has arrived and the stream may start it now; `deadline` is when it is due
   // (arrival + the latency bound) for ordering the streams.
   bool frame_ready(partitioner::TimePoint now, partitioner::TimePoint* deadline);
-  void start_frame();                        // takes the arrived frame and runs/sends it
+  void start_frame();  // takes the arrived frame and runs/sends it
+  // Takes no more frames (a signal asked the device to stop); frames in flight still finish.
+  void stop();
   bool finished() const;                     // the input is exhausted and nothing is pending
   partitioner::TimePoint next_wake() const;  // next arrival or reply deadline
   int lane_fd() const;                       // readable when the local lane finished a frame (-1)
