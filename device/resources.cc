@@ -2,6 +2,10 @@
 // byte/value frontier), the uplink split, and the process's resident memory.
 #include "device/resources.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -606,5 +610,14 @@ int64_t proc_status_bytes(const std::string& field) {
 
 int64_t resident_bytes() { return proc_status_bytes("VmRSS"); }
 int64_t peak_resident_bytes() { return proc_status_bytes("VmHWM"); }
+
+int64_t reusable_heap_bytes() {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+  const struct mallinfo2 m = mallinfo2();
+  return static_cast<int64_t>(m.fordblks);
+#else
+  return 0;
+#endif
+}
 
 }  // namespace edgesplit::device

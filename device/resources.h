@@ -73,5 +73,8 @@ std::vector<double> split_link(const std::vector<double>& demanded_bytes_per_s,
 // bytes; 0 where the file or field is missing.
 int64_t resident_bytes();
 int64_t peak_resident_bytes();
+// Bytes the allocator holds free inside the process (glibc's mallinfo2 fordblks): resident, but
+// reused by the next allocations, so a model loaded now does not need them again. 0 elsewhere.
+int64_t reusable_heap_bytes();
 
 }  // namespace edgesplit::device

@@ -90,6 +90,7 @@ class Runtime {
     const double startup_s = std::chrono::duration<double>(Clock::now() - start).count();
     for (auto& s : streams_) s->ready(startup_s);
     seen_generation_ = link_.generation();
+    usable_seen_ = link_.usable();
     loop();
     for (auto& s : streams_) s->summary();
     json d;
@@ -246,6 +247,108 @@ class Runtime {
     return buf;
   }
 
+  // The manager's later decisions: a stream that finished hands its memory back, and the streams
+  // still running are placed again (the higher priorities first, as at start) at the current
+  // conditions; a stream that now gets its model loads it on a thread of its own and takes it
+  // when it is ready, one that loses it runs server-only. Only with a memory bound, for streams
+  // the scheduler drives; streams with a fixed plan keep what they hold.
+  void resolve(const std::string& why) {
+    if (!config_.max_device_memory_mb) return;
+    const int64_t bound = static_cast<int64_t>(*config_.max_device_memory_mb * kMiB);
+    for (auto& s : streams_) {
+      if (!s->finished() || s->retain_cut() == 0) continue;
+      const int64_t before = resident_bytes();
+      if (!s->release_model()) continue;
+#if defined(__GLIBC__)
+      (void)malloc_trim(0);
+#endif
+      reporter_.log("stream \"" + s->name() + "\" finished: its model is released (" +
+                    mib_text(std::max<int64_t>(0, before - resident_bytes())) + " returned)");
+    }
+    std::vector<size_t> index;
+    std::vector<StreamDemand> demands;
+    int64_t held = 0;  // what the adaptable streams hold now, as predicted
+    for (size_t i = 0; i < streams_.size(); ++i) {
+      Stream& s = *streams_[i];
+      if (!s.adaptable() || s.loading()) continue;
+      StreamPlanInfo info = s.plan_info();
+      for (const auto& o : info.options) {
+        if (o.retain_cut == s.retain_cut()) held += o.bytes;
+      }
+      index.push_back(i);
+      demands.push_back(StreamDemand{info.name, info.priority, info.options});
+    }
+    if (index.empty()) return;
+    // What the process uses now: its resident memory less what the allocator holds free (the
+    // next model reuses it) and less what these streams hold (the allocation places them again).
+    const int64_t budget = bound - (resident_bytes() - reusable_heap_bytes() - held);
+    auto alloc = allocate_memory(demands, std::max<int64_t>(0, budget));
+    if (!alloc.ok()) return;
+    for (size_t k = 0; k < index.size(); ++k) {
+      Stream& s = *streams_[index[k]];
+      const int option = alloc->streams[k].option;
+      if (option < 0) continue;  // a running stream is not refused later; it keeps what it has
+      const MemoryOption& o = demands[k].options[static_cast<size_t>(option)];
+      const int now = s.retain_cut();
+      if (o.retain_cut == now) continue;
+      if (o.retain_cut == 0) {
+        if (s.release_model()) {
+#if defined(__GLIBC__)
+          (void)malloc_trim(0);
+#endif
+          reporter_.log("stream \"" + s.name() + "\" now runs server-only (" + why + ")");
+        }
+      } else if (o.retain_cut > now &&
+                 resident_bytes() - reusable_heap_bytes() + o.bytes <= bound) {
+        s.load_model_async(o.retain_cut);
+        reporter_.log("stream \"" + s.name() + "\" loads its model in the background (" + why +
+                      ": " + mib_text(o.bytes) + " predicted)");
+      }
+    }
+  }
+
+  // Models loaded in the background, taken by their streams once ready.
+  void adopt_models() {
+    for (auto& s : streams_) {
+      if (!s->loading()) continue;
+      const int64_t before = resident_bytes();
+      std::string error;
+      if (!s->adopt_loaded_model(&error)) continue;
+      if (!error.empty()) {
+        reporter_.log("stream \"" + s->name() + "\" could not load its model: " + error);
+      } else {
+        reporter_.log("stream \"" + s->name() + "\" now holds " +
+                      (s->retain_cut() > 0 ? "its model" : "nothing") + " (" +
+                      mib_text(std::max<int64_t>(0, resident_bytes() - base_rss_)) +
+                      " above the base in all)");
+      }
+      (void)before;
+    }
+  }
+
+  // What changes the memory plan: a stream that finished, the server lost or back.
+  void watch_changes() {
+    size_t finished = 0;
+    for (auto& s : streams_) finished += s->finished() ? 1 : 0;
+    const bool usable = link_.usable();
+    std::string why;
+    if (finished > finished_seen_) why = "a stream finished";
+    if (usable != usable_seen_ && link_.has_server()) {
+      why = usable ? "the server is back" : "the server is away";
+    }
+    finished_seen_ = finished;
+    usable_seen_ = usable;
+    if (!why.empty()) resolve_due_ = why;
+    const auto now = Clock::now();
+    if (!resolve_due_.empty() && now - last_resolve_ >= std::chrono::seconds(1)) {
+      last_resolve_ = now;
+      const std::string reason = resolve_due_;
+      resolve_due_.clear();
+      resolve(reason);
+    }
+    adopt_models();
+  }
+
   void dispatch(std::vector<FrameReply> replies) {
     for (auto& r : replies) {
       if (r.stream >= 0 && static_cast<size_t>(r.stream) < streams_.size()) {
@@ -336,6 +439,7 @@ class Runtime {
         for (auto& s : streams_) s->drain_lane();
       }
       manage(Clock::now());
+      watch_changes();
       if (all_finished()) break;
       wait();
     }
@@ -381,6 +485,10 @@ class Runtime {
   Clock::time_point last_manage_{};
   int miss_reports_ = 0;
   bool said_over_ = false;
+  size_t finished_seen_ = 0;
+  bool usable_seen_ = false;
+  std::string resolve_due_;
+  Clock::time_point last_resolve_{};
 };
 
 }  // namespace

@@ -7,9 +7,11 @@
 
 #include <algorithm>
 #include <array>
+#include <climits>
 #include <cmath>
 #include <deque>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <thread>
 
@@ -266,6 +268,8 @@ struct Stream::Impl {
   std::string refused;  // the stream cannot run: every frame fails with this
 
   std::unique_ptr<LaneWorker> lane;
+  std::future<Result<std::shared_ptr<partitioner::ModelGraph>>> pending_load;
+  int pending_retain = 0;
   bool lane_beside_window = false;
   bool lane_holds_planned = false;  // the lane's frame is a planned (not a beside-window) one
   bool server_was_lost = false;     // ... handed over while the server was lost
@@ -393,6 +397,24 @@ struct Stream::Impl {
   }
 
   bool holds_whole_model() const { return model && retain_cut == device_cut; }
+
+  partitioner::LoadOptions load_options(int retain) const {
+    partitioner::LoadOptions lo;
+    lo.input_shape = info.input_shape;
+    lo.engine = device.engine;
+    if (profile && retain < device_cut) {
+      lo.retain = partitioner::Retain::kHeadsUpTo;
+      lo.retain_cut = retain;
+    }
+    return lo;
+  }
+
+  void start_lane_if_wanted() {
+    if (!lane && cfg.local_lane != LocalLane::kOff && link.has_server() &&
+        !(fixed && fixed->local) && holds_whole_model()) {
+      lane = std::make_unique<LaneWorker>(model, &token, cfg.priority, threads);
+    }
+  }
 
   bool lane_wanted() const {
     if (!lane || !lane_beside_window || !lane->idle() || !server_usable() || last_plan_local) {
@@ -925,13 +947,7 @@ Status Stream::load(int retain_cut, int threads) {
   s.threads = threads;
   s.retain_cut = retain_cut < 0 ? s.device_cut : retain_cut;
   if (s.retain_cut > 0 || !s.profile) {
-    partitioner::LoadOptions lo;
-    lo.input_shape = s.info.input_shape;
-    lo.engine = s.device.engine;
-    if (s.profile && s.retain_cut < s.device_cut) {
-      lo.retain = partitioner::Retain::kHeadsUpTo;
-      lo.retain_cut = s.retain_cut;
-    }
+    const partitioner::LoadOptions lo = s.load_options(s.retain_cut);
     auto model = partitioner::ModelGraph::load(s.cfg.model_path, lo);
     if (!model.ok()) return Status(model.status().code(), who + model.status().message());
     s.model = std::move(model).value();
@@ -1011,11 +1027,79 @@ Status Stream::load(int retain_cut, int threads) {
       s.scheduler && !s.fixed && s.cfg.scheduler.objective == partitioner::Objective::kThroughput;
   s.lane_beside_window =
       s.cfg.local_lane == LocalLane::kOn || (s.cfg.local_lane == LocalLane::kAuto && throughput);
-  if (s.cfg.local_lane != LocalLane::kOff && s.link.has_server() && !(s.fixed && s.fixed->local) &&
-      s.holds_whole_model()) {
-    s.lane = std::make_unique<LaneWorker>(s.model, &s.token, s.cfg.priority, threads);
-  }
+  s.start_lane_if_wanted();
   return Status();
+}
+
+bool Stream::adaptable() const {
+  const Impl& s = *impl_;
+  return s.profile && s.scheduler && s.cfg.cut.empty() && s.refused.empty() && !finished();
+}
+
+int Stream::retain_cut() const { return impl_->model ? impl_->retain_cut : 0; }
+
+bool Stream::release_model() {
+  Impl& s = *impl_;
+  if (!s.model) return true;
+  if (s.lane_busy() || !s.pending.empty()) return false;
+  s.lane.reset();
+  s.model.reset();
+  s.retain_cut = 0;
+  if (s.scheduler) {
+    s.scheduler->set_max_head_cut(0);
+    s.scheduler->forget_current();
+  }
+  return true;
+}
+
+void Stream::load_model_async(int retain_cut) {
+  Impl& s = *impl_;
+  if (s.pending_load.valid()) return;
+  s.pending_retain = retain_cut;
+  const partitioner::LoadOptions lo = s.load_options(retain_cut);
+  const std::string path = s.cfg.model_path;
+  const std::vector<int64_t> shape = s.info.input_shape;
+  ComputeToken* token = &s.token;
+  const int threads = s.threads;
+  s.pending_load = std::async(
+      std::launch::async,
+      [lo, path, shape, token, threads,
+       retain_cut]() -> Result<std::shared_ptr<partitioner::ModelGraph>> {
+        auto model = partitioner::ModelGraph::load(path, lo);
+        if (!model.ok()) return model.status();
+        try {
+          ComputeToken::Hold hold(*token, INT_MIN, TimePoint::max());
+          set_threads(threads);
+          torch::NoGradGuard no_grad;
+          (*model)->prepare(retain_cut);
+          auto crossing = (*model)->run_head(retain_cut, torch::zeros(shape, torch::kFloat32));
+          if ((*model)->can_run_tail(retain_cut)) (void)(*model)->run_tail(retain_cut, crossing);
+        } catch (const std::exception& e) {
+          return internal_error(std::string("the model failed its warm-up run: ") + e.what());
+        }
+        return std::move(model).value();
+      });
+}
+
+bool Stream::loading() const { return impl_->pending_load.valid(); }
+
+bool Stream::adopt_loaded_model(std::string* error) {
+  Impl& s = *impl_;
+  if (!s.pending_load.valid()) return false;
+  if (s.pending_load.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return false;
+  auto loaded = s.pending_load.get();
+  if (!loaded.ok()) {
+    if (error) *error = loaded.status().message();
+    return true;
+  }
+  s.model = std::move(loaded).value();
+  s.retain_cut = s.pending_retain;
+  if (s.scheduler) {
+    s.scheduler->set_max_head_cut(s.retain_cut);
+    s.scheduler->forget_current();
+  }
+  s.start_lane_if_wanted();
+  return true;
 }
 
 void Stream::refuse(const std::string& reason) {

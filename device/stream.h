@@ -51,6 +51,20 @@ class Stream {
   // the device cut: the whole model), opens the input, and says why when the budget is below what
   // the stream wanted. Fails with one sentence naming the stream.
   Status load(int retain_cut, int threads);
+  // The resource manager's later decisions (a stream stopped, the server went or came back).
+  // Whether the manager may change what this stream holds (a scheduler-driven stream that runs).
+  bool adaptable() const;
+  // The deepest cut whose head the stream holds (0: nothing; the device cut: the whole model).
+  int retain_cut() const;
+  // Drops the model (the stream runs server-only from now on); false while frames are in flight
+  // or on the local lane (ask again later).
+  bool release_model();
+  // Loads the model holding the heads up to `retain_cut` on a thread of its own (warmed up under
+  // the compute token at the lowest priority); adopt_loaded_model() takes it once it is ready.
+  void load_model_async(int retain_cut);
+  bool loading() const;
+  // Takes a model loaded in the background: true when a load ended (`error` set when it failed).
+  bool adopt_loaded_model(std::string* error);
   // The stream cannot run (memory): every frame of its input is reported failed with `reason`.
   void refuse(const std::string& reason);
   // Bytes of weights the loaded model keeps alive (0 without a model).

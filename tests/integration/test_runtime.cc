@@ -139,6 +139,49 @@ TEST_CASE("two streams in one process share a server; the one over its memory sh
   CHECK(free.ready["low"]["holds"] == "whole model");
 }
 
+TEST_CASE("when a stream finishes, the memory it held goes to a stream that ran server-only") {
+  auto dir = scratch_dir("runtime-resolve");
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string(), "--threads", "1"}));
+  json probe{{"threads", 1}, {"streams", json::array({stream("probe", 0, 1)})}};
+  probe["streams"][0]["cut"] = "device";
+  Run alone = run_config(dir, "alone", probe);
+  REQUIRE_MESSAGE(alone.rc == 0, alone.err);
+  // Room for one model at start (two are predicted at about 2 x 22 MiB beyond LibTorch's first
+  // initialisation), and, once "short" releases its model, for "long" to load one: what a released
+  // model held is not all returned to the system (LibTorch keeps its initialisation and caches).
+  const double bound = alone.device["base_rss_mb"].get<double>() + 50;
+  // "short" (higher priority) holds the model and ends after one pass; "long" starts
+  // server-only and runs ten passes at 40 frames/s, long enough to take the model over.
+  json config{{"server", server.endpoint()},
+              {"threads", 1},
+              {"max_device_memory_mb", bound},
+              {"streams", json::array({stream("short", 1, 1), stream("long", 0, 10)})}};
+  config["streams"][1]["fps"] = 40;
+  Run r = run_config(dir, "resolve", config);
+  INFO(r.err);
+  REQUIRE(r.rc == 0);
+  CHECK(r.ready["short"]["holds"] == "whole model");
+  CHECK(r.ready["long"]["holds"] == "nothing (server-only)");
+  CHECK(r.err.find("stream \"long\" loads its model in the background (a stream finished") !=
+        std::string::npos);
+  CHECK(r.err.find("stream \"long\" now holds its model") != std::string::npos);
+  check_each_frame_once(r, "short", sample_count());
+  check_each_frame_once(r, "long", 10 * sample_count());
+  // Once it holds the model, its scheduler may run frames on the device (the default model is
+  // faster there than any round trip).
+  size_t local = 0;
+  for (const auto& f : r.frames["long"]) {
+    CHECK(f["completed"] != "failed");
+    local += f["completed"] == "local" ? 1 : 0;
+  }
+  CHECK(local > 0);
+  CHECK(r.frames["long"].front()["completed"] == "server");
+  CHECK(r.device["memory_bound_held"] == true);
+  MESSAGE("bound " << bound << " MiB, peak " << r.device["peak_rss_mb"] << " MiB, " << local
+                   << " of the long stream's frames local");
+}
+
 TEST_CASE("several streams without a server: every frame finishes on the device and each line "
           "names its stream") {
   auto dir = scratch_dir("runtime-local");

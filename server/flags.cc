@@ -1,0 +1,140 @@
+// edgesplit-server's flags (server/flags.h): cxxopts, then one check per flag.
+#include "server/flags.h"
+
+#include <chrono>
+#include <cstdint>
+#include <cxxopts.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "partitioner/model_graph.h"
+#include "transport/curve.h"
+
+namespace edgesplit::server {
+
+Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
+  cxxopts::Options cli("edgesplit-server",
+                       "Serves the tails of split CNNs: devices send the tensor at a cut, the "
+                       "server runs the rest of the model and replies with the top classes.");
+  // clang-format off
+  cli.add_options()
+    ("bind", "ZeroMQ endpoint to listen on", cxxopts::value<std::string>()->default_value("tcp://*:5555"))
+    ("model", "TorchScript model to serve (repeat for several)", cxxopts::value<std::vector<std::string>>())
+    ("profile", "profile of the --model at the same position, whose tail times devices get in the "
+     "handshake (default: MODEL.profile.json beside the model, when present)",
+     cxxopts::value<std::vector<std::string>>())
+    ("meta", "metadata JSON for the --model at the same position (default: beside the model)",
+     cxxopts::value<std::vector<std::string>>())
+    ("workers", "threads running tails", cxxopts::value<int>()->default_value("1"))
+    ("threads", "LibTorch intra-op threads per tail (0: LibTorch's default)", cxxopts::value<int>()->default_value("0"))
+    ("engine", "how tails run: optimized (LibTorch's inference passes with the best backend it "
+     "has: oneDNN, else XNNPACK), onednn, xnnpack, or plain (the frozen graph as it is)", cxxopts::value<std::string>()->default_value("optimized"))
+    ("queue", "queued requests before the server answers BUSY", cxxopts::value<int>()->default_value("64"))
+    ("max-message-mb", "largest request accepted, in MiB", cxxopts::value<int>()->default_value("64"))
+    ("name", "server name reported in the handshake", cxxopts::value<std::string>()->default_value("edgesplit-server"))
+    ("endpoint-file", "write the bound endpoint (port resolved) to this file once listening",
+     cxxopts::value<std::string>())
+    ("max-in-flight-per-client", "inference requests one device may have queued or running at once",
+     cxxopts::value<int>()->default_value("32"))
+    ("max-tensor-elements", "largest tensor accepted, in values", cxxopts::value<int64_t>()->default_value("67108864"))
+    ("curve-secret", "CURVE secret key file of this server (edgesplit-keygen): encrypts every connection",
+     cxxopts::value<std::string>())
+    ("allow-keys", "file of device public keys (one Z85 key per line) allowed to connect; needs --curve-secret",
+     cxxopts::value<std::string>())
+    ("http-port", "serve /healthz, /readyz and /metrics on this port (0: any free port; default: off)",
+     cxxopts::value<int>())
+    ("http-bind", "address the HTTP endpoint listens on", cxxopts::value<std::string>()->default_value("0.0.0.0"))
+    ("http-port-file", "write the HTTP port to this file once listening", cxxopts::value<std::string>())
+    ("shutdown-timeout-ms", "on SIGTERM/SIGINT, how long to wait for running tails",
+     cxxopts::value<int>()->default_value("10000"))
+    ("slow-tail-ms", "testing aid: delay every tail by this much (a slow model)",
+     cxxopts::value<int>()->default_value("0"))
+    ("log-level", "trace, debug, info, warn, error", cxxopts::value<std::string>()->default_value("info"))
+    ("h,help", "show this help");
+  // clang-format on
+  cxxopts::ParseResult args;
+  try {
+    args = cli.parse(argc, argv);
+  } catch (const cxxopts::exceptions::exception& e) {
+    return invalid_argument(e.what());
+  }
+  ServerCommand command;
+  if (args.count("help")) {
+    command.help = true;
+    command.help_text = cli.help();
+    return command;
+  }
+  if (!args.count("model")) return invalid_argument("no model given: pass --model FILE.pt");
+  const std::string level_name = args["log-level"].as<std::string>();
+  command.log_level = spdlog::level::from_str(level_name);
+  if (command.log_level == spdlog::level::off && level_name != "off") {
+    return invalid_argument("--log-level must be one of trace, debug, info, warn, error");
+  }
+
+  ServerOptions& options = command.options;
+  options.router.endpoint = args["bind"].as<std::string>();
+  options.model_paths = args["model"].as<std::vector<std::string>>();
+  if (args.count("meta")) options.meta_paths = args["meta"].as<std::vector<std::string>>();
+  if (args.count("profile")) {
+    options.profile_paths = args["profile"].as<std::vector<std::string>>();
+  }
+  options.workers = args["workers"].as<int>();
+  options.compute_threads = args["threads"].as<int>();
+  auto engine = partitioner::parse_engine(args["engine"].as<std::string>());
+  if (!engine) return invalid_argument("--engine must be optimized, onednn, xnnpack or plain");
+  options.engine = *engine;
+  int queue = args["queue"].as<int>();
+  if (queue < 1) return invalid_argument("--queue must be at least 1");
+  options.queue_capacity = static_cast<size_t>(queue);
+  int max_mb = args["max-message-mb"].as<int>();
+  if (max_mb < 1 || max_mb > 4096) {
+    return invalid_argument("--max-message-mb must be between 1 and 4096");
+  }
+  options.router.limits.max_message_bytes = static_cast<size_t>(max_mb) << 20;
+  options.name = args["name"].as<std::string>();
+  int per_client = args["max-in-flight-per-client"].as<int>();
+  if (per_client < 1) return invalid_argument("--max-in-flight-per-client must be at least 1");
+  options.max_in_flight_per_client = static_cast<size_t>(per_client);
+  int64_t max_elements = args["max-tensor-elements"].as<int64_t>();
+  if (max_elements < 1) return invalid_argument("--max-tensor-elements must be at least 1");
+  options.decode_limits.max_elements = static_cast<uint64_t>(max_elements);
+  if (args.count("curve-secret")) {
+    auto key = transport::read_key_file(args["curve-secret"].as<std::string>());
+    if (!key.ok()) return invalid_argument("--curve-secret: " + key.status().message());
+    options.router.curve_secret_key = *key;
+  }
+  if (args.count("allow-keys")) {
+    if (!args.count("curve-secret")) {
+      return invalid_argument(
+          "--allow-keys needs --curve-secret: device keys are checked in the CURVE "
+          "handshake");
+    }
+    auto keys = transport::read_allow_list(args["allow-keys"].as<std::string>());
+    if (!keys.ok()) return invalid_argument("--allow-keys: " + keys.status().message());
+    options.use_allow_list = true;
+    options.allowed_keys = std::move(keys).value();
+  }
+  if (args.count("http-port")) {
+    options.http_port = args["http-port"].as<int>();
+    if (options.http_port < 0 || options.http_port > 65535) {
+      return invalid_argument("--http-port must be 0..65535");
+    }
+  }
+  options.http_host = args["http-bind"].as<std::string>();
+  int shutdown_ms = args["shutdown-timeout-ms"].as<int>();
+  if (shutdown_ms < 0) return invalid_argument("--shutdown-timeout-ms must be 0 or more");
+  options.shutdown_timeout = std::chrono::milliseconds(shutdown_ms);
+  int slow_ms = args["slow-tail-ms"].as<int>();
+  if (slow_ms < 0) return invalid_argument("--slow-tail-ms must be 0 or more");
+  options.slow_tail = std::chrono::milliseconds(slow_ms);
+
+  if (args.count("endpoint-file")) command.endpoint_file = args["endpoint-file"].as<std::string>();
+  if (args.count("http-port-file")) {
+    if (!args.count("http-port")) return invalid_argument("--http-port-file needs --http-port");
+    command.http_port_file = args["http-port-file"].as<std::string>();
+  }
+  return command;
+}
+
+}  // namespace edgesplit::server

@@ -1,0 +1,305 @@
+// Checks edgesplit-server's command line (server/flags.h): the defaults, every flag mapped to its
+// option, repeated --model/--profile/--meta, CURVE key files read, --help, and one sentence naming
+// the flag for each refused value.
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "server/flags.h"
+
+namespace fs = std::filesystem;
+using edgesplit::Result;
+using edgesplit::StatusCode;
+using edgesplit::partitioner::Engine;
+using edgesplit::server::parse_server_flags;
+using edgesplit::server::ServerCommand;
+
+namespace {
+
+// Two Z85 keys (the ZeroMQ CURVE examples): a secret key and a public key.
+const std::string kSecretKey = "D:)Q[IlAW!ahhC2ac:9*A}h:p?([4%wOTJ%JR%cs";
+const std::string kPublicKey = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID";
+
+fs::path scratch_dir(const std::string& name) {
+  const fs::path d = fs::path(EDGESPLIT_BINARY_DIR) / "test-scratch" /
+                     ("server-flags-" + name + "-" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+void write_file(const fs::path& path, const std::string& text) {
+  std::ofstream f(path);
+  f << text;
+}
+
+Result<ServerCommand> parse(std::vector<std::string> args) {
+  args.insert(args.begin(), "edgesplit-server");
+  std::vector<const char*> argv;
+  for (const std::string& a : args) argv.push_back(a.c_str());
+  return parse_server_flags(static_cast<int>(argv.size()), argv.data());
+}
+
+// The flag is refused with kInvalidArgument and this exact sentence.
+void check_refused(const std::vector<std::string>& args, const std::string& sentence) {
+  auto command = parse(args);
+  REQUIRE_FALSE(command.ok());
+  CHECK(command.status().code() == StatusCode::kInvalidArgument);
+  CHECK(command.status().message() == sentence);
+}
+
+}  // namespace
+
+TEST_CASE("server flags: defaults with one --model") {
+  auto command = parse({"--model", "m.pt"});
+  REQUIRE(command.ok());
+  CHECK_FALSE(command->help);
+  const auto& o = command->options;
+  CHECK(o.router.endpoint == "tcp://*:5555");
+  CHECK(o.model_paths == std::vector<std::string>{"m.pt"});
+  CHECK(o.meta_paths.empty());
+  CHECK(o.profile_paths.empty());
+  CHECK(o.workers == 1);
+  CHECK(o.compute_threads == 0);
+  CHECK(o.engine == Engine::kOptimized);
+  CHECK(o.queue_capacity == 64);
+  CHECK(o.router.limits.max_message_bytes == size_t{64} << 20);
+  CHECK(o.name == "edgesplit-server");
+  CHECK(o.max_in_flight_per_client == 32);
+  CHECK(o.decode_limits.max_elements == 67108864u);
+  CHECK(o.router.curve_secret_key.empty());
+  CHECK_FALSE(o.use_allow_list);
+  CHECK(o.allowed_keys.empty());
+  CHECK(o.http_port == -1);
+  CHECK(o.http_host == "0.0.0.0");
+  CHECK(o.shutdown_timeout == std::chrono::milliseconds(10000));
+  CHECK(o.slow_tail == std::chrono::milliseconds(0));
+  CHECK(command->endpoint_file.empty());
+  CHECK(command->http_port_file.empty());
+  CHECK(command->log_level == spdlog::level::info);
+}
+
+TEST_CASE("server flags: every flag maps to its option") {
+  auto command = parse({"--bind",
+                        "tcp://127.0.0.1:7000",
+                        "--model",
+                        "a.pt",
+                        "--workers",
+                        "3",
+                        "--threads",
+                        "2",
+                        "--engine",
+                        "xnnpack",
+                        "--queue",
+                        "5",
+                        "--max-message-mb",
+                        "8",
+                        "--name",
+                        "edge-1",
+                        "--endpoint-file",
+                        "ep.txt",
+                        "--max-in-flight-per-client",
+                        "4",
+                        "--max-tensor-elements",
+                        "1000",
+                        "--http-port",
+                        "0",
+                        "--http-bind",
+                        "127.0.0.1",
+                        "--http-port-file",
+                        "port.txt",
+                        "--shutdown-timeout-ms",
+                        "250",
+                        "--slow-tail-ms",
+                        "7",
+                        "--log-level",
+                        "debug"});
+  REQUIRE(command.ok());
+  const auto& o = command->options;
+  CHECK(o.router.endpoint == "tcp://127.0.0.1:7000");
+  CHECK(o.model_paths == std::vector<std::string>{"a.pt"});
+  CHECK(o.workers == 3);
+  CHECK(o.compute_threads == 2);
+  CHECK(o.engine == Engine::kXnnpack);
+  CHECK(o.queue_capacity == 5);
+  CHECK(o.router.limits.max_message_bytes == size_t{8} << 20);
+  CHECK(o.name == "edge-1");
+  CHECK(o.max_in_flight_per_client == 4);
+  CHECK(o.decode_limits.max_elements == 1000u);
+  CHECK(o.http_port == 0);
+  CHECK(o.http_host == "127.0.0.1");
+  CHECK(o.shutdown_timeout == std::chrono::milliseconds(250));
+  CHECK(o.slow_tail == std::chrono::milliseconds(7));
+  CHECK(command->endpoint_file == "ep.txt");
+  CHECK(command->http_port_file == "port.txt");
+  CHECK(command->log_level == spdlog::level::debug);
+
+  for (const auto& [name, engine] :
+       std::vector<std::pair<std::string, Engine>>{{"optimized", Engine::kOptimized},
+                                                   {"onednn", Engine::kOneDnn},
+                                                   {"xnnpack", Engine::kXnnpack},
+                                                   {"plain", Engine::kPlain}}) {
+    auto c = parse({"--model", "a.pt", "--engine", name});
+    REQUIRE(c.ok());
+    CHECK(c->options.engine == engine);
+  }
+  for (const auto& [name, level] : std::vector<std::pair<std::string, spdlog::level::level_enum>>{
+           {"trace", spdlog::level::trace},
+           {"warn", spdlog::level::warn},
+           {"error", spdlog::level::err},
+           {"off", spdlog::level::off}}) {
+    auto c = parse({"--model", "a.pt", "--log-level", name});
+    REQUIRE(c.ok());
+    CHECK(c->log_level == level);
+  }
+  // The range ends are accepted.
+  auto ends = parse({"--model", "a.pt", "--max-message-mb", "4096", "--http-port", "65535",
+                     "--shutdown-timeout-ms", "0", "--queue", "1"});
+  REQUIRE(ends.ok());
+  CHECK(ends->options.router.limits.max_message_bytes == size_t{4096} << 20);
+  CHECK(ends->options.http_port == 65535);
+  CHECK(ends->options.shutdown_timeout == std::chrono::milliseconds(0));
+  CHECK(ends->options.queue_capacity == 1);
+}
+
+TEST_CASE("server flags: --model, --profile and --meta repeat in order") {
+  auto command =
+      parse({"--model", "a.pt", "--profile", "a.json", "--meta", "a.meta.json", "--model", "b.pt",
+             "--profile", "b.json", "--meta", "b.meta.json", "--model", "c.pt"});
+  REQUIRE(command.ok());
+  const auto& o = command->options;
+  CHECK(o.model_paths == std::vector<std::string>{"a.pt", "b.pt", "c.pt"});
+  CHECK(o.profile_paths == std::vector<std::string>{"a.json", "b.json"});
+  CHECK(o.meta_paths == std::vector<std::string>{"a.meta.json", "b.meta.json"});
+}
+
+TEST_CASE("server flags: --help gives the help text and needs no model") {
+  for (const std::string flag : {"--help", "-h"}) {
+    auto command = parse({flag});
+    REQUIRE(command.ok());
+    CHECK(command->help);
+    const std::string& text = command->help_text;
+    CHECK(text.find("Usage:") != std::string::npos);
+    CHECK(text.find("edgesplit-server") != std::string::npos);
+    CHECK(text.find("Serves the tails of split CNNs") != std::string::npos);
+    for (const char* name : {"--bind",
+                             "--model",
+                             "--profile",
+                             "--meta",
+                             "--workers",
+                             "--threads",
+                             "--engine",
+                             "--queue",
+                             "--max-message-mb",
+                             "--name",
+                             "--endpoint-file",
+                             "--max-in-flight-per-client",
+                             "--max-tensor-elements",
+                             "--curve-secret",
+                             "--allow-keys",
+                             "--http-port",
+                             "--http-bind",
+                             "--http-port-file",
+                             "--shutdown-timeout-ms",
+                             "--slow-tail-ms",
+                             "--log-level"}) {
+      CHECK_MESSAGE(text.find(name) != std::string::npos, name);
+    }
+  }
+  // Help wins over flags that would be refused.
+  auto command = parse({"--queue", "0", "--help"});
+  REQUIRE(command.ok());
+  CHECK(command->help);
+}
+
+TEST_CASE("server flags: bad values are refused with a sentence naming the flag") {
+  check_refused({}, "no model given: pass --model FILE.pt");
+  check_refused({"--workers", "2"}, "no model given: pass --model FILE.pt");
+  const std::vector<std::string> m = {"--model", "a.pt"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = m;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  check_refused(with({"--log-level", "loud"}),
+                "--log-level must be one of trace, debug, info, warn, error");
+  check_refused(with({"--engine", "cuda"}), "--engine must be optimized, onednn, xnnpack or plain");
+  check_refused(with({"--queue", "0"}), "--queue must be at least 1");
+  check_refused(with({"--max-message-mb", "0"}), "--max-message-mb must be between 1 and 4096");
+  check_refused(with({"--max-message-mb", "4097"}), "--max-message-mb must be between 1 and 4096");
+  check_refused(with({"--max-in-flight-per-client", "0"}),
+                "--max-in-flight-per-client must be at least 1");
+  check_refused(with({"--max-tensor-elements", "0"}), "--max-tensor-elements must be at least 1");
+  check_refused(with({"--http-port", "-1"}), "--http-port must be 0..65535");
+  check_refused(with({"--http-port", "65536"}), "--http-port must be 0..65535");
+  check_refused(with({"--shutdown-timeout-ms", "-1"}), "--shutdown-timeout-ms must be 0 or more");
+  check_refused(with({"--slow-tail-ms", "-5"}), "--slow-tail-ms must be 0 or more");
+  check_refused(with({"--allow-keys", "keys.txt"}),
+                "--allow-keys needs --curve-secret: device keys are checked in the CURVE "
+                "handshake");
+  check_refused(with({"--http-port-file", "port.txt"}), "--http-port-file needs --http-port");
+
+  // cxxopts' own errors (unknown flag, not a number, missing value) name the flag too.
+  for (const std::vector<std::string>& args :
+       {with({"--no-such-flag"}), with({"--workers", "many"}), with({"--queue"})}) {
+    auto command = parse(args);
+    REQUIRE_FALSE(command.ok());
+    CHECK(command.status().code() == StatusCode::kInvalidArgument);
+  }
+  auto unknown = parse(with({"--no-such-flag"}));
+  CHECK(unknown.status().message().find("no-such-flag") != std::string::npos);
+  auto not_a_number = parse(with({"--workers", "many"}));
+  CHECK(not_a_number.status().message().find("many") != std::string::npos);
+  auto no_value = parse(with({"--queue"}));
+  CHECK(no_value.status().message().find("queue") != std::string::npos);
+}
+
+TEST_CASE("server flags: --curve-secret and --allow-keys read their key files") {
+  const fs::path dir = scratch_dir("keys");
+  const fs::path secret = dir / "server.key";
+  const fs::path allow = dir / "devices.txt";
+  write_file(secret, "# edgesplit CURVE secret key: keep it private\n" + kSecretKey + "\n");
+  write_file(allow, "# devices\n\n" + kPublicKey + "\n" + kSecretKey + "\n");
+
+  auto command = parse({"--model", "a.pt", "--curve-secret", secret.string()});
+  REQUIRE(command.ok());
+  CHECK(command->options.router.curve_secret_key == kSecretKey);
+  CHECK_FALSE(command->options.use_allow_list);
+
+  command =
+      parse({"--model", "a.pt", "--curve-secret", secret.string(), "--allow-keys", allow.string()});
+  REQUIRE(command.ok());
+  CHECK(command->options.router.curve_secret_key == kSecretKey);
+  CHECK(command->options.use_allow_list);
+  CHECK(command->options.allowed_keys == std::set<std::string>{kPublicKey, kSecretKey});
+
+  // A missing file and a file with no valid key are refused, naming the flag and the file.
+  const fs::path missing = dir / "missing.key";
+  check_refused({"--model", "a.pt", "--curve-secret", missing.string()},
+                "--curve-secret: cannot read key file " + missing.string());
+  const fs::path bad = dir / "bad.key";
+  write_file(bad, "not a key\n");
+  check_refused({"--model", "a.pt", "--curve-secret", bad.string()},
+                "--curve-secret: key file " + bad.string() +
+                    " line 1 is not a 40-character Z85 CURVE key (make one with edgesplit-keygen)");
+  const fs::path empty = dir / "empty.key";
+  write_file(empty, "# nothing here\n");
+  check_refused({"--model", "a.pt", "--curve-secret", empty.string()},
+                "--curve-secret: key file " + empty.string() + " holds no key");
+  const fs::path bad_allow = dir / "bad-allow.txt";
+  write_file(bad_allow, kPublicKey + "\nshort\n");
+  check_refused(
+      {"--model", "a.pt", "--curve-secret", secret.string(), "--allow-keys", bad_allow.string()},
+      "--allow-keys: allow-list " + bad_allow.string() +
+          " line 2 is not a 40-character Z85 public key (the .pub file of "
+          "edgesplit-keygen)");
+  check_refused({"--model", "a.pt", "--curve-secret", secret.string(), "--allow-keys",
+                 (dir / "none.txt").string()},
+                "--allow-keys: cannot read allow-list " + (dir / "none.txt").string());
+  fs::remove_all(dir);
+}
