@@ -1,5 +1,8 @@
 #include "device/stream.h"
 
+#include "device/lane.h"
+#include "device/placement.h"
+
 #include <torch/torch.h>
 
 #include <fcntl.h>
@@ -41,177 +44,6 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
 double round3(double v) { return std::isfinite(v) ? std::round(v * 1000.0) / 1000.0 : -1.0; }
 
 constexpr double kMiB = 1024.0 * 1024.0;
-
-// What holding the heads up to a cut adds to the process at its peak, predicted from the profile
-// before the model is loaded. Measured on this project's models with the optimized engine, each
-// alone in a process (3 runs), less LibTorch's one-time initialisation (about 10 MiB, which the
-// runtime accounts for once): the default model ~18 MiB, ResNet-56 (3.4 MiB of weights) 31-38 MiB,
-// MobileNetV2 (14 MiB) 118-136 MiB: the module, its frozen copy, the engine's packed constants and
-// the plain graph each optimized one is checked against. The loader reads the whole TorchScript
-// file and builds the kept heads from it before it releases the rest, so holding only the heads
-// up to a cut lowers what stays, not the peak of loading it: every option but server-only is
-// predicted at the whole model's peak. The runtime checks every prediction against the measured
-// RSS before it loads.
-int64_t predicted_bytes(const profiles::Profile& profile, const profiles::CutProfile& cut) {
-  if (cut.id == 0 || profile.cuts.empty()) return 0;
-  const profiles::CutProfile& whole = profile.cuts.back();
-  return (18 << 20) + 8 * whole.head_weight_bytes + 2 * whole.head_activation_bytes;
-}
-
-// The plan one frame runs with.
-struct FramePlan {
-  int cut = 0;
-  bool local = false;  // everything on the device
-  packing::EncodeOptions encode;
-  int jpeg_quality = 0;  // > 0: send the 8-bit input as JPEG (cut 0)
-  std::string encoding_name;
-  double profiled_head_ms = 0;
-  double profiled_server_ms = 0;
-  std::optional<partitioner::Decision> decision;  // when the scheduler chose (or knows) the plan
-  partitioner::Conditions conditions;
-};
-
-// A frame between "arrived" and "answered".
-struct PendingFrame {
-  uint64_t request_id = 0;
-  int64_t frame = 0;
-  std::string source;
-  FramePlan plan;
-  std::vector<at::Tensor> crossing;  // fp32, kept to finish locally when needed
-  Clock::time_point start;           // arrival
-  Clock::time_point sent;
-  Clock::time_point deadline;
-  Clock::time_point due;  // arrival + latency bound (for ordering)
-  double preprocess_ms = 0, head_ms = 0, pack_ms = 0;
-  size_t bytes_sent = 0;
-  std::string lane_reason;  // why a frame runs on the local lane
-};
-
-void set_threads(int threads) {
-  if (threads > 0 && at::get_num_threads() != threads) at::set_num_threads(threads);
-}
-
-// Runs whole frames on the device on a thread of its own, one at a time (the local lane), while
-// the runtime's loop keeps offloading others. The loop hands a frame over with submit() when
-// idle() and takes the result back with take().
-class LaneWorker {
- public:
-  struct Done {
-    PendingFrame frame;
-    at::Tensor logits;  // undefined when `error` is set
-    double ms = 0;      // head + tail on this thread
-    std::string error;
-  };
-
-  LaneWorker(std::shared_ptr<partitioner::ModelGraph> model, ComputeToken* token, int priority,
-             int threads)
-      : model_(std::move(model)),
-        token_(token),
-        priority_(priority),
-        threads_(threads),
-        wake_(make_pipe()),
-        thread_([this] { loop(); }) {}
-  ~LaneWorker() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-    for (int fd : wake_) {
-      if (fd >= 0) ::close(fd);
-    }
-  }
-  LaneWorker(const LaneWorker&) = delete;
-  LaneWorker& operator=(const LaneWorker&) = delete;
-
-  // Nothing queued, running or waiting to be taken.
-  bool idle() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return !job_ && !done_;
-  }
-  void submit(PendingFrame frame, at::Tensor input) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      job_ = Job{std::move(frame), std::move(input)};
-    }
-    cv_.notify_all();
-  }
-  std::optional<Done> take() {
-    std::lock_guard<std::mutex> lock(mu_);
-    std::optional<Done> d = std::move(done_);
-    done_.reset();
-    if (d && wake_[0] >= 0) {
-      char drain[16];
-      while (::read(wake_[0], drain, sizeof drain) > 0) {
-      }
-    }
-    return d;
-  }
-  int wake_fd() const { return wake_[0]; }
-
- private:
-  struct Job {
-    PendingFrame frame;
-    at::Tensor input;
-  };
-
-  void loop() {
-    for (;;) {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || (job_ && !done_ && !running_); });
-      if (stop_) return;
-      running_ = true;
-      PendingFrame frame = std::move(job_->frame);
-      at::Tensor input = std::move(job_->input);
-      lock.unlock();
-
-      Done d;
-      {
-        ComputeToken::Hold hold(*token_, priority_, frame.due);
-        set_threads(threads_);
-        const auto t0 = Clock::now();
-        try {
-          torch::NoGradGuard no_grad;
-          const int cut = model_->device_cut();
-          d.logits = model_->run_tail(cut, model_->run_head(cut, input)).contiguous().reshape({-1});
-        } catch (const std::exception& e) {
-          d.error = e.what();
-        }
-        d.ms = ms_between(t0, Clock::now());
-      }
-      d.frame = std::move(frame);
-
-      lock.lock();
-      running_ = false;
-      job_.reset();
-      done_ = std::move(d);
-      if (wake_[1] >= 0) {
-        const char one = 1;
-        (void)!::write(wake_[1], &one, 1);
-      }
-    }
-  }
-
-  static std::array<int, 2> make_pipe() {
-    std::array<int, 2> fds{-1, -1};
-    if (::pipe2(fds.data(), O_NONBLOCK | O_CLOEXEC) != 0) fds = {-1, -1};
-    return fds;
-  }
-
-  std::shared_ptr<partitioner::ModelGraph> model_;
-  ComputeToken* token_;
-  int priority_;
-  int threads_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::optional<Job> job_;
-  std::optional<Done> done_;
-  bool running_ = false;
-  bool stop_ = false;
-  std::array<int, 2> wake_;  // a byte is written to [1] when a frame is done
-  std::thread thread_;       // last: starts once the members above exist
-};
 
 struct RunStats {
   uint64_t plan_changes = 0;
@@ -897,7 +729,6 @@ StreamPlanInfo Stream::plan_info() const {
     out.options.push_back(o);
     return out;
   }
-  partitioner::Scheduler sched = *s.scheduler;  // a copy: the options are evaluated on it
   partitioner::Conditions c = s.conditions();
   // Before the first handshake the estimators know nothing: plan as if the server answers.
   if (s.link.has_server() && s.link.state() == LinkState::kNeverUp) {
@@ -909,35 +740,7 @@ StreamPlanInfo Stream::plan_info() const {
     auto cut = resolve_cut(s.cfg.cut, s.device_cut, s.cut_ids);
     if (cut.ok()) fixed_cut = *cut;
   }
-  const int64_t whole_bytes = predicted_bytes(*s.profile, s.profile->cuts.back());
-  for (const auto& cut : s.profile->cuts) {
-    // Holding fewer heads is only an option when it needs less memory than the whole model (which
-    // also finishes frames locally when the server is away).
-    if (cut.id != 0 && cut.id != s.device_cut && predicted_bytes(*s.profile, cut) >= whole_bytes) {
-      continue;
-    }
-    // A fixed plan needs its own cut's head (and the whole model for local fallback); options
-    // below it cannot run the plan at all.
-    if (fixed_cut && cut.id < *fixed_cut && cut.id != 0) continue;
-    MemoryOption o;
-    o.retain_cut = cut.id;
-    o.bytes = predicted_bytes(*s.profile, cut);
-    sched.set_max_head_cut(cut.id);
-    double best = std::numeric_limits<double>::infinity();
-    bool meets = false;
-    for (const auto& e : sched.evaluate_all(c)) {
-      if (!e.available) continue;
-      if (fixed_cut) {
-        const auto& plan = sched.plans()[static_cast<size_t>(e.plan)];
-        if (plan.cut_id != *fixed_cut) continue;
-      }
-      if (e.feasible) meets = true;
-      best = std::min(best, e.score + 1e3 * e.violation);
-    }
-    o.meets_bounds = meets;
-    o.cost = std::isfinite(best) ? best : 1e12;
-    out.options.push_back(o);
-  }
+  out.options = memory_options(*s.profile, *s.scheduler, c, fixed_cut);
   return out;
 }
 

@@ -1098,6 +1098,9 @@ def main(argv):
     ap.add_argument("--bin-dir", default=os.environ.get("EDGESPLIT_BIN_DIR",
                                                         os.path.join(REPO, "build", "bin")))
     args = ap.parse_args(argv)
+    # The device resolves a config's relative paths against the config's folder: keep every path
+    # the bench writes absolute.
+    args.out = os.path.abspath(args.out)
     timing = dict(QUICK if args.quick else FULL)
     for k in ("rounds", "measure_s", "warmup_s"):
         if getattr(args, k) is not None:

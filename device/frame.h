@@ -1,0 +1,47 @@
+// A frame on its way through a stream: the plan it runs with and what it carries until it is
+// answered. Used by stream.cc and lane.cc (LibTorch: the crossing tensors).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "packing/codec.h"
+#include "partitioner/scheduler.h"
+
+namespace edgesplit::device {
+
+// The plan one frame runs with.
+struct FramePlan {
+  int cut = 0;
+  bool local = false;  // everything on the device
+  packing::EncodeOptions encode;
+  int jpeg_quality = 0;  // > 0: send the 8-bit input as JPEG (cut 0)
+  std::string encoding_name;
+  double profiled_head_ms = 0;
+  double profiled_server_ms = 0;
+  std::optional<partitioner::Decision> decision;  // when the scheduler chose (or knows) the plan
+  partitioner::Conditions conditions;
+};
+
+// A frame between "arrived" and "answered".
+struct PendingFrame {
+  uint64_t request_id = 0;
+  int64_t frame = 0;
+  std::string source;
+  FramePlan plan;
+  std::vector<at::Tensor> crossing;             // fp32, kept to finish locally when needed
+  std::chrono::steady_clock::time_point start;  // arrival
+  std::chrono::steady_clock::time_point sent;
+  std::chrono::steady_clock::time_point deadline;  // a reply after it is not waited for
+  std::chrono::steady_clock::time_point due;       // arrival + latency bound (for ordering)
+  double preprocess_ms = 0, head_ms = 0, pack_ms = 0;
+  size_t bytes_sent = 0;
+  std::string lane_reason;  // why a frame runs on the local lane
+};
+
+}  // namespace edgesplit::device

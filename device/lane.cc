@@ -1,0 +1,66 @@
+#include "device/lane.h"
+
+#include <torch/torch.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace edgesplit::device {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+}  // namespace
+
+void set_threads(int threads) {
+  if (threads > 0 && at::get_num_threads() != threads) at::set_num_threads(threads);
+}
+
+void LaneWorker::loop() {
+  for (;;) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return stop_ || (job_ && !done_ && !running_); });
+    if (stop_) return;
+    running_ = true;
+    PendingFrame frame = std::move(job_->frame);
+    at::Tensor input = std::move(job_->input);
+    lock.unlock();
+
+    Done d;
+    {
+      ComputeToken::Hold hold(*token_, priority_, frame.due);
+      set_threads(threads_);
+      const auto t0 = Clock::now();
+      try {
+        torch::NoGradGuard no_grad;
+        const int cut = model_->device_cut();
+        d.logits = model_->run_tail(cut, model_->run_head(cut, input)).contiguous().reshape({-1});
+      } catch (const std::exception& e) {
+        d.error = e.what();
+      }
+      d.ms = ms_between(t0, Clock::now());
+    }
+    d.frame = std::move(frame);
+
+    lock.lock();
+    running_ = false;
+    job_.reset();
+    done_ = std::move(d);
+    if (wake_[1] >= 0) {
+      const char one = 1;
+      (void)!::write(wake_[1], &one, 1);
+    }
+  }
+}
+
+std::array<int, 2> LaneWorker::make_pipe() {
+  std::array<int, 2> fds{-1, -1};
+  if (::pipe2(fds.data(), O_NONBLOCK | O_CLOEXEC) != 0) fds = {-1, -1};
+  return fds;
+}
+
+}  // namespace edgesplit::device
