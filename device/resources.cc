@@ -538,7 +538,8 @@ std::vector<double> split_link(const std::vector<double>& demanded_bytes_per_s,
     total += demand(i);
     total_weight += weight(i);
   }
-  if (senders.empty()) return share;
+  // Nobody sends: every stream may plan with the whole link.
+  if (senders.empty()) return std::vector<double>(n, 1.0);
   const bool link_known = std::isfinite(bandwidth_bytes_per_s) && bandwidth_bytes_per_s > 0;
   if (!link_known) {
     // Nothing to measure the demands against: split by weight.

@@ -64,8 +64,9 @@ Result<Allocation> allocate_memory_brute_force(const std::vector<StreamDemand>& 
 // each plans to send. Each stream gets its demand when the demands fit, otherwise a water-filling
 // by priority weight (weight = 1 + priority, priorities below 0 count as 0); it then plans with
 // what the other streams leave it (its frames' bytes go at the link's rate while the others are
-// quiet), never less than what it gets, and a stream that sends nothing at least 1 / n. Without a
-// measured link the shares follow the weights of the senders. Shares are in (0, 1].
+// quiet), never less than what it gets, and a stream that sends nothing at least 1 / n; while no
+// stream sends, each plans with the whole link. Without a measured link the shares follow the
+// weights of the senders. Shares are in (0, 1].
 std::vector<double> split_link(const std::vector<double>& demanded_bytes_per_s,
                                const std::vector<int>& priorities, double bandwidth_bytes_per_s);
 

@@ -284,9 +284,11 @@ TEST_CASE("split_link leaves each stream what the others do not use, water-fille
   REQUIRE(fit.size() == 2);
   CHECK(near(fit[0], 0.7));
   CHECK(near(fit[1], 0.8));
-  // One stream alone plans with the whole link.
+  // One stream alone plans with the whole link, and so does every stream while none sends.
   auto alone = split_link({20}, {0}, 100);
   CHECK(near(alone[0], 1.0));
+  auto quiet = split_link({0, 0, 0}, {0, 1, 2}, 100);
+  CHECK(quiet == std::vector<double>{1.0, 1.0, 1.0});
   // Too much: weights 1 + priority.
   auto over = split_link({100, 100}, {0, 1}, 100);
   CHECK(near(over[0], 1.0 / 3));
