@@ -567,8 +567,9 @@ Result<DeviceCommand> parse_device_flags(int argc, const char* const* argv) {
   cxxopts::Options cli("edgesplit-device",
                        "Runs a CNN split between this device and an edgesplit server: the head "
                        "up to --cut here, the crossing tensor packed to --bits, the tail on the "
-                       "server. Prints one JSON line per frame. With --config, runs every stream "
-                       "of a JSON config file.");
+                       "server. Prints one JSON line per frame (on a terminal, a readable line; "
+                       "--json keeps JSON). With --config, runs every stream of a JSON config "
+                       "file.");
   add_flags(cli);
   cxxopts::ParseResult args;
   try {
