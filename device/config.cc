@@ -51,7 +51,7 @@ bool parse_bits(const std::string& s, packing::EncodeOptions& eo, int& jpeg_qual
       return false;
     }
   }
-  if (s == "fp32" || s == "32") {
+  if (s == "fp32") {
     eo.format = Format::kFloat32;
     eo.bits = 32;
     return true;
@@ -252,6 +252,17 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
   s.encode.lossless = *parsed_lossless;
   EDGESPLIT_RETURN_IF_ERROR(f.get("clip_percentile", s.encode.range.clip_percentile, kMustClip));
   EDGESPLIT_RETURN_IF_ERROR(f.get("per_channel", s.encode.per_channel));
+  // The encoding keys describe a fixed plan; without "cut" the scheduler chooses the encoding every
+  // frame and they would be ignored.
+  if (s.cut.empty()) {
+    for (const char* key : {"bits", "lossless", "clip_percentile", "per_channel"}) {
+      if (f.has(key)) {
+        return f.error(key,
+                       "applies to a fixed plan only: add \"cut\" (without it the "
+                       "scheduler chooses the encoding every frame)");
+      }
+    }
+  }
 
   std::string objective = "latency";
   EDGESPLIT_RETURN_IF_ERROR(f.get("objective", objective));
@@ -360,7 +371,7 @@ void add_flags(cxxopts::Options& cli) {
      "fast as they are taken)", cxxopts::value<double>()->default_value("0"))
     ("priority", "the stream's priority: higher runs first and keeps its memory longest",
      cxxopts::value<int>()->default_value("0"))
-    ("cut", "fix the plan's cut: an id (edgesplit-inspect lists them), 'input' or 'device' "
+    ("cut", "fix the plan's cut: an id or a name (edgesplit-inspect lists them), 'input' or 'device' "
      "(default: the scheduler chooses every frame)", cxxopts::value<std::string>()->default_value(""))
     ("bits", "with --cut: precision sent, 1..16 (quantized), fp16, fp32, or jpegQ at the input",
      cxxopts::value<std::string>()->default_value("8"))
@@ -531,6 +542,18 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
     return invalid_argument("--clip-percentile must be 0 (off) or between 50 and 100, e.g. 99.99");
   }
   s.encode.per_channel = args.count("per-channel") > 0;
+  // The encoding flags describe a fixed plan; without --cut the scheduler chooses the encoding
+  // every frame and they would be silently ignored.
+  if (s.cut.empty()) {
+    for (const char* flag : {"bits", "lossless", "clip-percentile", "per-channel"}) {
+      if (args.count(flag)) {
+        return invalid_argument(std::string("--") + flag +
+                                " applies to a fixed plan only: add --cut ID (or --plan "
+                                "cut=ID,bits=B); without it the scheduler chooses the encoding "
+                                "every frame");
+      }
+    }
+  }
   s.top_k = args["top-k"].as<int>();
   s.in_flight = args["in-flight"].as<int>();
   const std::string lane = args["local-lane"].as<std::string>();

@@ -51,20 +51,28 @@ struct RunStats {
 };
 
 // Turns "device", "input" or a number into a cut id, or says what is allowed.
-Result<int> resolve_cut(const std::string& spec, int device_cut, const std::vector<int>& cut_ids) {
+// Turns "device", "input", a cut id or a cut's name (as edgesplit-inspect prints them) into a cut
+// id, or says what is allowed.
+Result<int> resolve_cut(const std::string& spec, int device_cut,
+                        const std::vector<std::pair<int, std::string>>& cuts) {
   if (spec == "device" || spec == "local") return device_cut;
   if (spec == "input") return 0;
   try {
     size_t used = 0;
     int id = std::stoi(spec, &used);
-    if (used == spec.size() && std::find(cut_ids.begin(), cut_ids.end(), id) != cut_ids.end()) {
-      return id;
+    if (used == spec.size()) {
+      for (const auto& c : cuts) {
+        if (c.first == id) return id;
+      }
     }
   } catch (const std::exception&) {
   }
-  return invalid_argument("--cut " + spec + " is not a cut of this model: use 0.." +
+  for (const auto& c : cuts) {
+    if (!c.second.empty() && c.second == spec) return c.first;
+  }
+  return invalid_argument("--cut " + spec + " is not a cut of this model: use an id 0.." +
                           std::to_string(device_cut) +
-                          ", 'input' or 'device' (edgesplit-inspect lists the cuts)");
+                          ", a cut's name, 'input' or 'device' (edgesplit-inspect lists the cuts)");
 }
 
 std::string default_profile_path(const std::string& model_path) {
@@ -229,6 +237,18 @@ struct Stream::Impl {
   }
 
   bool holds_whole_model() const { return model && retain_cut == device_cut; }
+
+  // The cuts a fixed plan may name: the model's when it is loaded (a profile may list only some),
+  // else the profile's.
+  std::vector<std::pair<int, std::string>> known_cuts() const {
+    std::vector<std::pair<int, std::string>> out;
+    if (model) {
+      for (const auto& c : model->cuts()) out.emplace_back(c.id, c.name);
+    } else if (profile) {
+      for (const auto& c : profile->cuts) out.emplace_back(c.id, c.name);
+    }
+    return out;
+  }
 
   partitioner::LoadOptions load_options(int retain) const {
     partitioner::LoadOptions lo;
@@ -737,7 +757,7 @@ StreamPlanInfo Stream::plan_info() const {
   }
   std::optional<int> fixed_cut;
   if (!s.cfg.cut.empty()) {
-    auto cut = resolve_cut(s.cfg.cut, s.device_cut, s.cut_ids);
+    auto cut = resolve_cut(s.cfg.cut, s.device_cut, s.known_cuts());
     if (cut.ok()) fixed_cut = *cut;
   }
   out.options = memory_options(*s.profile, *s.scheduler, c, fixed_cut);
@@ -763,7 +783,7 @@ Status Stream::load(int retain_cut, int threads) {
   if (s.scheduler) s.scheduler->set_max_head_cut(s.retain_cut);
 
   if (!s.cfg.cut.empty()) {
-    auto cut = resolve_cut(s.cfg.cut, s.device_cut, s.cut_ids);
+    auto cut = resolve_cut(s.cfg.cut, s.device_cut, s.known_cuts());
     if (!cut.ok()) return Status(cut.status().code(), who + cut.status().message());
     FramePlan f;
     f.cut = *cut;

@@ -196,7 +196,7 @@ TEST_CASE("a config's absent fields take the command line's defaults") {
     CHECK(j->streams[0].cut == "input");
   }
   SUBCASE("fp16") {
-    auto j = parse_device_config(one_stream(R"(, "bits": "fp16")"));
+    auto j = parse_device_config(one_stream(R"(, "cut": "3", "bits": "fp16")"));
     REQUIRE(j.ok());
     CHECK(j->streams[0].encode.format == Format::kFloat16);
   }
@@ -554,4 +554,48 @@ TEST_CASE("--help gives the help text") {
   auto h = flags({"-h", "--model", "m.pt"});
   REQUIRE(h.ok());
   CHECK(h->help);
+}
+
+TEST_CASE("flags: the encoding flags need a fixed plan, and 32 bits is written fp32") {
+  for (const std::vector<std::string>& extra :
+       std::vector<std::vector<std::string>>{{"--bits", "4"},
+                                             {"--lossless", "zstd"},
+                                             {"--clip-percentile", "99.9"},
+                                             {"--per-channel"}}) {
+    std::vector<std::string> args = {"edgesplit-device", "--model", "net.pt", "--input", "x"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<const char*> argv;
+    for (const auto& a : args) argv.push_back(a.c_str());
+    auto r = edgesplit::device::parse_device_flags(static_cast<int>(argv.size()), argv.data());
+    CAPTURE(extra[0]);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().message().find(extra[0] + " applies to a fixed plan only: add --cut") == 0);
+    // With --cut the same flag is taken.
+    args.insert(args.end(), {"--cut", "3"});
+    argv.clear();
+    for (const auto& a : args) argv.push_back(a.c_str());
+    CHECK(edgesplit::device::parse_device_flags(static_cast<int>(argv.size()), argv.data()).ok());
+  }
+  // A JPEG of the input is a fixed plan by itself.
+  const char* jpeg[] = {"edgesplit-device", "--model", "net.pt", "--input", "x",
+                        "--bits",           "jpeg90"};
+  CHECK(edgesplit::device::parse_device_flags(7, jpeg).ok());
+  const char* thirty_two[] = {"edgesplit-device", "--model", "net.pt", "--input", "x", "--cut", "3",
+                              "--bits",           "32"};
+  auto r = edgesplit::device::parse_device_flags(9, thirty_two);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().message() == "--bits 32 is not a precision: use 1..16, fp16, fp32 or jpegQ");
+}
+
+TEST_CASE("config: the encoding keys need \"cut\"") {
+  auto c = edgesplit::device::parse_device_config(
+      R"({"streams": [{"name": "s", "model": "m.pt", "input": "x", "bits": "4"}]})");
+  REQUIRE_FALSE(c.ok());
+  CHECK(c.status().message().find("stream \"s\"") != std::string::npos);
+  CHECK(c.status().message().find("\"bits\"") != std::string::npos);
+  CHECK(c.status().message().find("fixed plan only") != std::string::npos);
+  CHECK(
+      edgesplit::device::parse_device_config(
+          R"({"streams": [{"name": "s", "model": "m.pt", "input": "x", "bits": "4", "cut": "2"}]})")
+          .ok());
 }
