@@ -128,12 +128,15 @@ TEST_CASE("a tiny testbed run: device and server in namespaces over a shaped lin
   // Device-only sends nothing.
   CHECK(c["device-only"]["bytes_per_frame"].get<double>() == 0);
   // The scheduler's plan: within the accuracy bound, and no slower than the better of the two
-  // baselines by more than noise.
+  // baselines by more than noise: under the device's CPU quota a frame that finds the quota spent
+  // waits for the next CFS period (bench/testbed/netbed.py: 10 ms), and the scheduler's process
+  // (with its local lane and its link) spends it a little sooner than device-only's does.
   const json& es = c["edgesplit-latency"];
   CHECK(es["profile_accuracy_drop_pp_max"].get<double>() <= 1.0);
   const double best = std::min(c["device-only"]["latency_p50_ms"].get<double>(),
                                raw["latency_p50_ms"].get<double>());
-  CHECK(es["latency_p50_ms"].get<double>() <= 1.5 * best + 5.0);
+  constexpr double kCfsPeriodMs = 10.0;
+  CHECK(es["latency_p50_ms"].get<double>() <= 1.5 * best + kCfsPeriodMs);
   // The testbed removed its namespaces and cgroups.
   CHECK(testbed_leftovers() == before);
   fs::remove_all(out);
