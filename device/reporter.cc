@@ -251,7 +251,7 @@ void Reporter::emit(const json& event) {
     if (where == "local") ++l.local;
     if (where == "failed") ++l.failed;
     l.latency_sum_ms += num(event, "latency_ms");
-    live_line(false);
+    live_line();
   } else if (type == "ready") {
     out_ << "[" << str(event, "stream", "-") << "] ready: model " << str(event, "model")
          << ", plan " << str(event, "plan") << ", engine " << str(event, "engine")
@@ -289,10 +289,10 @@ void Reporter::emit(const json& event) {
   out_.flush();
 }
 
-void Reporter::live_line(bool force) {
+void Reporter::live_line() {
   const auto now = std::chrono::steady_clock::now();
-  if (!force && now - last_live_ < std::chrono::seconds(5)) return;
-  if (last_live_ == std::chrono::steady_clock::time_point{} && !force) {
+  if (now - last_live_ < std::chrono::seconds(5)) return;
+  if (last_live_ == std::chrono::steady_clock::time_point{}) {
     last_live_ = now;
     return;
   }

@@ -95,7 +95,7 @@ class Reporter {
     uint64_t frames = 0, server = 0, local = 0, failed = 0;
     double latency_sum_ms = 0;
   };
-  void live_line(bool force);
+  void live_line();
 
   std::ostream& out_;
   bool readable_;

@@ -311,7 +311,6 @@ class Runtime {
   void adopt_models() {
     for (auto& s : streams_) {
       if (!s->loading()) continue;
-      const int64_t before = resident_bytes();
       std::string error;
       if (!s->adopt_loaded_model(&error)) continue;
       if (!error.empty()) {
@@ -322,7 +321,6 @@ class Runtime {
                       mib_text(std::max<int64_t>(0, resident_bytes() - base_rss_)) +
                       " above the base in all)");
       }
-      (void)before;
     }
   }
 

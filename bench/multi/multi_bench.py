@@ -56,7 +56,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "bench", "testbed"))
 import costmodel  # noqa: E402
 import netbed  # noqa: E402
-from bench import fmt, load_labels, percentile  # noqa: E402  (bench/testbed/bench.py)
+from bench import fmt, load_labels, percentile, wait_for_server  # noqa: E402  (bench/testbed/bench.py)
 
 SHARED = os.environ.get("EDGESPLIT_SHARED_DIR", os.path.join(os.path.dirname(REPO), "shared"))
 PORT = 5555
@@ -1052,11 +1052,7 @@ def start_server(tb, args, streams, out_dir):
     log_f.write(json.dumps({"argv": argv}) + "\n")
     log_f.flush()
     proc = tb.spawn("srv", argv, log_f, log_f)
-    deadline = time.monotonic() + 120
-    while not os.path.exists(endpoint_file):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("multi: edgesplit-server did not start: see %s/server.log" % out_dir)
-        time.sleep(0.1)
+    wait_for_server(proc, endpoint_file, out_dir, "multi: edgesplit-server")
     return proc
 
 

@@ -390,12 +390,17 @@ def start_server(tb, args, out_dir):
         argv += ["--meta", args.meta]
     log = open(os.path.join(out_dir, "server.log"), "a")
     proc = tb.spawn("srv", argv, log, log)
-    deadline = time.monotonic() + 120
+    wait_for_server(proc, endpoint_file, out_dir, "edgesplit-server")
+    return proc
+
+
+def wait_for_server(proc, endpoint_file, out_dir, what, timeout_s=120):
+    """Waits until the server wrote its endpoint file; stops the run when it exits or takes longer."""
+    deadline = time.monotonic() + timeout_s
     while not os.path.exists(endpoint_file):
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("edgesplit-server did not start: see %s/server.log" % out_dir)
+            raise SystemExit("%s did not start: see %s/server.log" % (what, out_dir))
         time.sleep(0.1)
-    return proc
 
 
 def run_fixed(tb, args, profile, labels, sc, slowdown, out_dir, results):

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "device/placement.h"
+#include "tests/scheduler/profile_util.h"
 
 using namespace edgesplit;
 using edgesplit::device::memory_options;
@@ -13,16 +14,9 @@ using edgesplit::device::predicted_load_bytes;
 using edgesplit::profiles::CutProfile;
 using edgesplit::profiles::EncodingProfile;
 using edgesplit::profiles::Profile;
-using edgesplit::profiles::Timing;
+using edgesplit::testing::ms;
 
 namespace {
-
-Timing ms(double median) {
-  Timing t;
-  t.median_ms = t.p10_ms = t.p90_ms = median;
-  t.runs = 10;
-  return t;
-}
 
 // Three cuts: the input (sent as 8 bits), a middle cut, the whole model (100 ms on the device).
 Profile profile() {

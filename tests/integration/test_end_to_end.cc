@@ -10,6 +10,7 @@
 #include "packing/codec.h"
 #include "partitioner/model_graph.h"
 #include "tests/integration/child_process.h"
+#include "tests/integration/default_model.h"
 #include "tests/integration/reliability_util.h"
 #include "tests/test_paths.h"
 #include "transport/edgesplit.pb.h"
@@ -21,18 +22,6 @@ using namespace edgesplit;
 using namespace edgesplit::testing;
 
 namespace {
-
-fs::path default_model() { return source_dir() / "models" / "default" / "fashion_mnist_cnn.pt"; }
-fs::path default_samples() { return source_dir() / "models" / "default" / "samples"; }
-std::string bin(const std::string& name) { return (bin_dir() / name).string(); }
-
-size_t sample_count() {
-  size_t n = 0;
-  for (const auto& e : fs::directory_iterator(default_samples())) {
-    if (e.path().extension() == ".png") ++n;
-  }
-  return n;
-}
 
 struct DeviceRun {
   int rc = -1;

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "tests/integration/child_process.h"
+#include "tests/integration/default_model.h"
 #include "tests/test_paths.h"
 
 namespace fs = std::filesystem;
@@ -17,18 +18,6 @@ using json = nlohmann::json;
 using namespace edgesplit::testing;
 
 namespace {
-
-fs::path default_model() { return source_dir() / "models" / "default" / "fashion_mnist_cnn.pt"; }
-fs::path default_samples() { return source_dir() / "models" / "default" / "samples"; }
-std::string bin(const std::string& name) { return (bin_dir() / name).string(); }
-
-size_t sample_count() {
-  size_t n = 0;
-  for (const auto& e : fs::directory_iterator(default_samples())) {
-    if (e.path().extension() == ".png") ++n;
-  }
-  return n;
-}
 
 struct Run {
   int rc = -1;
@@ -75,6 +64,16 @@ json stream(const std::string& name, int priority, int loop) {
               {"constraints", {{"max_latency_ms", 500}}}};
 }
 
+// The device line of one stream of the default model run alone, device-only: the process's memory
+// before any model (base_rss_mb) and with the model (peak_rss_mb).
+json device_line_alone(const fs::path& dir) {
+  json probe{{"threads", 1}, {"streams", json::array({stream("probe", 0, 1)})}};
+  probe["streams"][0]["cut"] = "device";
+  Run alone = run_config(dir, "alone", probe);
+  REQUIRE_MESSAGE(alone.rc == 0, alone.err);
+  return alone.device;
+}
+
 // Every frame of a stream answered exactly once.
 void check_each_frame_once(const Run& r, const std::string& name, size_t expected) {
   CAPTURE(name);
@@ -88,19 +87,17 @@ void check_each_frame_once(const Run& r, const std::string& name, size_t expecte
 
 }  // namespace
 
-TEST_CASE("two streams in one process share a server; the one over its memory share runs "
-          "server-only and both are answered") {
+TEST_CASE(
+    "two streams in one process share a server; the one over its memory share runs "
+    "server-only and both are answered") {
   auto dir = scratch_dir("runtime-memory");
   ServerProcess server;
   REQUIRE(server.start(dir, {"--model", default_model().string(), "--threads", "1"}));
 
   // What the process holds before any model, and what the model adds, measured by the device.
-  json probe{{"threads", 1}, {"streams", json::array({stream("probe", 0, 1)})}};
-  probe["streams"][0]["cut"] = "device";
-  Run alone = run_config(dir, "alone", probe);
-  REQUIRE_MESSAGE(alone.rc == 0, alone.err);
-  const double base = alone.device["base_rss_mb"].get<double>();
-  const double peak = alone.device["peak_rss_mb"].get<double>();
+  const json alone = device_line_alone(dir);
+  const double base = alone["base_rss_mb"].get<double>();
+  const double peak = alone["peak_rss_mb"].get<double>();
   MESSAGE("base " << base << " MiB, one stream " << peak << " MiB");
   REQUIRE(base > 0);
   REQUIRE(peak > base);
@@ -143,14 +140,11 @@ TEST_CASE("when a stream finishes, the memory it held goes to a stream that ran 
   auto dir = scratch_dir("runtime-resolve");
   ServerProcess server;
   REQUIRE(server.start(dir, {"--model", default_model().string(), "--threads", "1"}));
-  json probe{{"threads", 1}, {"streams", json::array({stream("probe", 0, 1)})}};
-  probe["streams"][0]["cut"] = "device";
-  Run alone = run_config(dir, "alone", probe);
-  REQUIRE_MESSAGE(alone.rc == 0, alone.err);
+  const json alone = device_line_alone(dir);
   // Room for one model at start (two are predicted at about 2 x 22 MiB beyond LibTorch's first
   // initialisation), and, once "short" releases its model, for "long" to load one: what a released
   // model held is not all returned to the system (LibTorch keeps its initialisation and caches).
-  const double bound = alone.device["base_rss_mb"].get<double>() + 50;
+  const double bound = alone["base_rss_mb"].get<double>() + 50;
   // "short" (higher priority) holds the model and ends after one pass; "long" starts
   // server-only and runs ten passes at 40 frames/s, long enough to take the model over.
   json config{{"server", server.endpoint()},
@@ -182,11 +176,11 @@ TEST_CASE("when a stream finishes, the memory it held goes to a stream that ran 
                    << " of the long stream's frames local");
 }
 
-TEST_CASE("several streams without a server: every frame finishes on the device and each line "
-          "names its stream") {
+TEST_CASE(
+    "several streams without a server: every frame finishes on the device and each line "
+    "names its stream") {
   auto dir = scratch_dir("runtime-local");
-  json config{{"threads", 1},
-              {"streams", json::array({stream("a", 0, 3), stream("b", 5, 3)})}};
+  json config{{"threads", 1}, {"streams", json::array({stream("a", 0, 3), stream("b", 5, 3)})}};
   config["streams"][0]["fps"] = 200;
   config["streams"][1]["fps"] = 200;
   Run r = run_config(dir, "local", config);

@@ -15,6 +15,7 @@
 #include "partitioner/estimators.h"
 #include "partitioner/scheduler.h"
 #include "profiles/profile.h"
+#include "tests/scheduler/profile_util.h"
 
 using namespace edgesplit::partitioner;
 using edgesplit::StatusCode;
@@ -22,16 +23,9 @@ using edgesplit::packing::Format;
 using edgesplit::profiles::CutProfile;
 using edgesplit::profiles::EncodingProfile;
 using edgesplit::profiles::Profile;
-using edgesplit::profiles::Timing;
+using edgesplit::testing::ms;
 
 namespace {
-
-Timing ms(double median) {
-  Timing t;
-  t.median_ms = t.p10_ms = t.p90_ms = median;
-  t.runs = 10;
-  return t;
-}
 
 EncodingProfile quantized(int64_t elements, int bits, double top1) {
   EncodingProfile e;
