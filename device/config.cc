@@ -285,7 +285,16 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
                    "constraints.");
     EDGESPLIT_RETURN_IF_ERROR(c.check_known());
     auto& k = s.scheduler.constraints;
-    EDGESPLIT_RETURN_IF_ERROR(c.get("max_accuracy_drop", k.max_accuracy_drop_pp, kMustNonNegative));
+    if (c.has("max_accuracy_drop")) {
+      s.default_accuracy_bound = false;
+      const json& v = c.at("max_accuracy_drop");
+      if (v.is_null() || (v.is_string() && v.get<std::string>() == "none")) {
+        k.max_accuracy_drop_pp.reset();
+      } else {
+        EDGESPLIT_RETURN_IF_ERROR(c.get("max_accuracy_drop", k.max_accuracy_drop_pp,
+                                        "a number >= 0, or \"none\" for no accuracy bound"));
+      }
+    }
     EDGESPLIT_RETURN_IF_ERROR(c.get("max_latency_ms", k.max_latency_ms, kMustNonNegative));
     EDGESPLIT_RETURN_IF_ERROR(c.get("min_fps", k.min_fps, kMustNonNegative));
     EDGESPLIT_RETURN_IF_ERROR(c.get("max_bytes_per_frame", k.max_bytes, kMustNonNegative));
@@ -379,9 +388,12 @@ void add_flags(cxxopts::Options& cli) {
      cxxopts::value<std::string>()->default_value(""))
     ("profile", "the model's profile (default: MODEL.profile.json beside the model)",
      cxxopts::value<std::string>()->default_value(""))
-    ("objective", "what the scheduler optimises: latency, throughput, energy, data or cost",
+    ("objective", "what the scheduler optimises: latency, throughput, energy, data (fewest bytes "
+     "sent: every frame runs on the device, 0 bytes, unless a bound such as --max-latency-ms rules "
+     "that out) or cost",
      cxxopts::value<std::string>()->default_value("latency"))
-    ("max-accuracy-drop", "constraint: top-1 points lost vs fp32, from the profile", cxxopts::value<double>())
+    ("max-accuracy-drop", "constraint: top-1 points lost vs fp32, from the profile (default 1; "
+     "'none' lifts it)", cxxopts::value<std::string>())
     ("max-latency-ms", "constraint: predicted end-to-end latency per frame", cxxopts::value<double>())
     ("min-fps", "constraint: pipelined frames per second", cxxopts::value<double>())
     ("max-bytes-per-frame", "constraint: bytes sent per frame", cxxopts::value<double>())
@@ -418,6 +430,8 @@ void add_flags(cxxopts::Options& cli) {
     ("key", "this device's CURVE secret key file (.key; default with --server-key: a fresh key per run)",
      cxxopts::value<std::string>())
     ("quiet", "no log lines or summary on stderr")
+    ("require-server", "a server is required: exit with status 3 and the reason when it cannot be "
+     "reached, refuses this device, does not serve a model, or no frame could be offloaded")
     ("h,help", "show this help");
   // clang-format on
 }
@@ -453,6 +467,7 @@ Status apply_device_flags(const cxxopts::ParseResult& args, DeviceConfig& c) {
     c.device_secret_key = *key;
   }
   if (args.count("quiet")) c.quiet = true;
+  if (args.count("require-server")) c.require_server = true;
   if (args.count("threads")) {
     c.threads = args["threads"].as<int>();
     if (c.threads < 0) return invalid_argument("--threads must be 0 (default) or more");
@@ -520,9 +535,31 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
     const char* flag;
     std::optional<double>* slot;
   };
+  if (args.count("max-accuracy-drop")) {
+    s.default_accuracy_bound = false;
+    const std::string v = args["max-accuracy-drop"].as<std::string>();
+    if (v == "none") {
+      c.max_accuracy_drop_pp.reset();
+    } else {
+      double pp = -1;
+      try {
+        size_t used = 0;
+        pp = std::stod(v, &used);
+        if (used != v.size()) pp = -1;
+      } catch (const std::exception&) {
+        pp = -1;
+      }
+      if (!(pp >= 0) || !std::isfinite(pp)) {
+        return invalid_argument(
+            "--max-accuracy-drop must be a number of top-1 points (0 or "
+            "more), or none for no accuracy bound, not " +
+            in_quotes(v));
+      }
+      c.max_accuracy_drop_pp = pp;
+    }
+  }
   for (Bound b :
-       {Bound{"max-accuracy-drop", &c.max_accuracy_drop_pp},
-        Bound{"max-latency-ms", &c.max_latency_ms}, Bound{"min-fps", &c.min_fps},
+       {Bound{"max-latency-ms", &c.max_latency_ms}, Bound{"min-fps", &c.min_fps},
         Bound{"max-bytes-per-frame", &c.max_bytes}, Bound{"max-server-ms", &c.max_server_ms}}) {
     if (!args.count(b.flag)) continue;
     double v = args[b.flag].as<double>();
@@ -647,10 +684,10 @@ Result<DeviceConfig> parse_device_config(const std::string& json_text,
     return invalid_argument("config: the top level must be a JSON object with \"streams\"");
   }
   DeviceConfig c;
-  const Fields f(
-      j, "config",
-      {"server", "handshake_timeout_ms", "retry_ms", "threads", "max_device_memory_mb", "engine",
-       "device_power", "output", "json", "name", "server_key", "key", "quiet", "streams"});
+  const Fields f(j, "config",
+                 {"server", "handshake_timeout_ms", "retry_ms", "threads", "max_device_memory_mb",
+                  "engine", "device_power", "output", "json", "name", "server_key", "key", "quiet",
+                  "require_server", "streams"});
   EDGESPLIT_RETURN_IF_ERROR(f.check_known());
   EDGESPLIT_RETURN_IF_ERROR(f.get("server", c.server));
   EDGESPLIT_RETURN_IF_ERROR(f.get("handshake_timeout_ms", c.handshake_timeout_ms, kMustPositive));
@@ -673,6 +710,7 @@ Result<DeviceConfig> parse_device_config(const std::string& json_text,
   EDGESPLIT_RETURN_IF_ERROR(f.get("json", c.json));
   EDGESPLIT_RETURN_IF_ERROR(f.get("name", c.device_name));
   EDGESPLIT_RETURN_IF_ERROR(f.get("quiet", c.quiet));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("require_server", c.require_server));
   if (f.has("key") && !f.has("server_key")) {
     return invalid_argument(
         "config: \"key\" needs \"server_key\": the device key is only used with CURVE");
@@ -720,6 +758,10 @@ Status validate_device_config(const DeviceConfig& c) {
   if (!c.device_secret_key.empty() && c.server_public_key.empty()) {
     return invalid_argument(
         "config: \"key\" needs \"server_key\": the device key is only used with CURVE");
+  }
+  if (c.require_server && c.server.empty()) {
+    return invalid_argument(
+        "--require-server (\"require_server\") needs a server: pass --server tcp://HOST:PORT");
   }
   if (c.streams.empty()) {
     return invalid_argument(

@@ -27,6 +27,17 @@ enum class LocalLane {
   kOff,   // none of it: local frames run on the runtime's loop
 };
 
+// The accuracy bound a stream has unless the user sets one (--max-accuracy-drop P) or lifts it
+// (--max-accuracy-drop none): top-1 points lost against fp32, from the profile. Without a bound
+// the scheduler is free to send a 1-bit tensor that loses several points.
+inline constexpr double kDefaultMaxAccuracyDropPp = 1.0;
+
+inline partitioner::SchedulerOptions default_scheduler_options() {
+  partitioner::SchedulerOptions o;
+  o.constraints.max_accuracy_drop_pp = kDefaultMaxAccuracyDropPp;
+  return o;
+}
+
 // One model stream: a model, its input, its objective and bounds, its priority.
 struct StreamConfig {
   std::string name;        // unique within a config; in every JSON line as "stream"
@@ -52,7 +63,9 @@ struct StreamConfig {
   // scheduler.constraints.max_device_memory_mb is the stream's own bound on head weights +
   // activations; the resource manager may lower it to the stream's share of the device.
   std::string profile_path;
-  partitioner::SchedulerOptions scheduler;
+  partitioner::SchedulerOptions scheduler = default_scheduler_options();
+  // Whether max_accuracy_drop_pp is the default (kDefaultMaxAccuracyDropPp), not the user's.
+  bool default_accuracy_bound = true;
 
   int top_k = 5;
   int in_flight = 0;  // frames sent and not yet answered (0: 1, or 4 for throughput)
@@ -84,8 +97,14 @@ struct DeviceConfig {
   std::string server_public_key;
   std::string device_secret_key;
   bool quiet = false;  // no log lines or summary on stderr
+  // A server is required: exit with kExitNoServer (and the reason) when it cannot be reached, is
+  // refused, does not serve a stream's model, or when a stream offloaded no frame because of it.
+  bool require_server = false;
   std::vector<StreamConfig> streams;
 };
+
+// Exit status of a run that needed a server (--require-server) and did not have one.
+inline constexpr int kExitNoServer = 3;
 
 // What the command line asks for: a configuration to run, or help to print.
 struct DeviceCommand {

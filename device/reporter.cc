@@ -41,6 +41,15 @@ std::string basename_of(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
+// " (plan 30, timeout 2)": why frames ran locally; "" when none did.
+std::string reasons_text(const std::map<std::string, uint64_t>& reasons) {
+  std::string out;
+  for (const auto& [k, v] : reasons) {
+    out += (out.empty() ? " (" : ", ") + k + " " + std::to_string(v);
+  }
+  return out.empty() ? out : out + ")";
+}
+
 double round3(double v) { return std::isfinite(v) ? std::round(v * 1000.0) / 1000.0 : -1.0; }
 
 double percentile(std::vector<double> v, double p) {
@@ -98,9 +107,11 @@ json Reporter::frame_json(const FrameRecord& r) {
                       {"fps", round3(m.fps)},
                       {"energy_j", round3(m.energy_j)},
                       {"accuracy_drop_pp", round3(m.accuracy_drop_pp)}};
-    json dj{{"objective", partitioner::objective_name(r.objective)},
-            {"feasible", d.feasible},
-            {"changed", d.changed}};
+    // A fixed plan is not chosen: its decision says so, and what the bounds make of it.
+    json dj = r.by_scheduler ? json{{"objective", partitioner::objective_name(r.objective)},
+                                    {"feasible", d.feasible},
+                                    {"changed", d.changed}}
+                             : json{{"fixed", true}, {"feasible", d.feasible}};
     if (!d.feasible) {
       dj["binding_constraint"] = d.binding_constraint;
       dj["explanation"] = d.explanation;
@@ -139,6 +150,16 @@ void Reporter::frame(const FrameRecord& r) {
     t.bytes_sent += r.bytes_sent;
   } else if (r.completed == "local") {
     ++t.local;
+    // A few kinds of reason; "server error: ..." and the like keep the kind, not the message.
+    std::string why = r.reason.empty() ? "unknown" : r.reason;
+    if (why.rfind("server error", 0) == 0) why = "server error";
+    if (why.rfind("server refused", 0) == 0) why = "server refused";
+    if (why.rfind("cannot ", 0) == 0) why = why.substr(0, why.find(':'));
+    if (t.local_reasons.size() < 16 || t.local_reasons.count(why)) {
+      ++t.local_reasons[why];
+    } else {
+      ++t.local_reasons["other"];
+    }
   } else {
     ++t.failed;
   }
@@ -165,7 +186,14 @@ json Reporter::summary(const StreamSummaryInfo& info) {
   s["late_replies_discarded"] = info.late_replies;
   s["plan_changes"] = info.plan_changes;
   s["probes"] = info.probes;
+  json reasons = json::object();
+  for (const auto& [k, v] : t.local_reasons) reasons[k] = v;
+  s["local_reasons"] = reasons;
   if (info.local_lane) s["local_lane"] = *info.local_lane;
+  if (info.local_lane_beside_window) {
+    s["local_lane_beside_window"] = *info.local_lane_beside_window;
+  }
+  if (!info.heads.is_null()) s["heads"] = info.heads;
   double mean = 0;
   for (double v : t.latencies_ms) mean += v;
   if (!t.latencies_ms.empty()) mean /= static_cast<double>(t.latencies_ms.size());
@@ -194,11 +222,12 @@ json Reporter::summary(const StreamSummaryInfo& info) {
     char line[512];
     std::snprintf(
         line, sizeof line,
-        "%llu frames (%llu on the server, %llu local, %llu failed), latency mean %.2f ms "
+        "%llu frames (%llu on the server, %llu local%s, %llu failed), latency mean %.2f ms "
         "p95 %.2f ms, %.0f bytes/frame sent, %.1f frames/s",
         static_cast<unsigned long long>(t.frames), static_cast<unsigned long long>(t.on_server),
-        static_cast<unsigned long long>(t.local), static_cast<unsigned long long>(t.failed), mean,
-        percentile(t.latencies_ms, 95), s["bytes_per_frame"].get<double>(), s["fps"].get<double>());
+        static_cast<unsigned long long>(t.local), reasons_text(t.local_reasons).c_str(),
+        static_cast<unsigned long long>(t.failed), mean, percentile(t.latencies_ms, 95),
+        s["bytes_per_frame"].get<double>(), s["fps"].get<double>());
     log(info.name_in_log ? "[" + info.stream + "] " + line : line);
   }
   return s;
@@ -208,7 +237,19 @@ Reporter::Reporter(std::ostream& out, bool readable, bool quiet)
     : out_(out), readable_(readable), quiet_(quiet) {}
 
 void Reporter::log(const std::string& message) {
-  if (!quiet_) std::cerr << "edgesplit-device: " << message << '\n';
+  if (quiet_) return;
+  if (holding_) {
+    held_.push_back(message);
+    return;
+  }
+  std::cerr << "edgesplit-device: " << message << '\n';
+}
+
+void Reporter::release_logs(const std::vector<std::string>& first) {
+  holding_ = false;
+  for (const auto& m : first) log(m);
+  for (const auto& m : held_) log(m);
+  held_.clear();
 }
 
 std::string Reporter::readable_frame(const json& f) {
@@ -253,26 +294,40 @@ void Reporter::emit(const json& event) {
     l.latency_sum_ms += num(event, "latency_ms");
     live_line();
   } else if (type == "ready") {
-    out_ << "[" << str(event, "stream", "-") << "] ready: model " << str(event, "model")
-         << ", plan " << str(event, "plan") << ", engine " << str(event, "engine")
+    out_ << "[" << str(event, "stream", "-") << "] ready: model " << str(event, "model") << ", "
+         << str(event, "goal")
+         << (event.contains("initial_plan")
+                 ? "; plan now: cut " + str(event["initial_plan"], "cut") + " " +
+                       str(event["initial_plan"], "encoding")
+                 : "")
+         << ", engine " << str(event, "engine")
          << (event.value("connected", false) ? ", connected to " + str(event, "server")
                                              : ", no server")
          << '\n';
   } else if (type == "summary") {
-    char line[512];
+    char line[768];
     const json lat = event.value("latency_ms", json::object());
+    std::map<std::string, uint64_t> reasons;
+    const json local_reasons = event.value("local_reasons", json::object());
+    for (const auto& [k, v] : local_reasons.items()) {
+      if (v.is_number_unsigned()) reasons[k] = v.get<uint64_t>();
+    }
     std::snprintf(line, sizeof line,
-                  "[%s] summary: %s frames (%s on the server, %s local, %s failed), latency p50 "
+                  "[%s] summary: %s frames (%s on the server, %s local%s, %s failed), latency p50 "
                   "%.1f ms p95 %.1f ms%s, %.0f bytes/frame, %.1f frames/s",
                   str(event, "stream", "-").c_str(), str(event, "frames").c_str(),
                   str(event, "on_server").c_str(), str(event, "local").c_str(),
-                  str(event, "failed").c_str(), num(lat, "p50"), num(lat, "p95"),
+                  reasons_text(reasons).c_str(), str(event, "failed").c_str(), num(lat, "p50"),
+                  num(lat, "p95"),
                   event.contains("within_bound") ? (", " + str(event, "within_bound") + " within " +
                                                     str(event, "max_latency_ms") + " ms")
                                                        .c_str()
                                                  : "",
                   num(event, "bytes_per_frame"), num(event, "fps"));
     out_ << line << '\n';
+  } else if (type == "link") {
+    out_ << "link: " << str(event, "state") << " (" << str(event, "server") << ")"
+         << (event.contains("reason") ? ": " + str(event, "reason") : "") << '\n';
   } else if (type == "device") {
     char line[256];
     const std::string streams = str(event, "streams");

@@ -55,7 +55,12 @@ struct StreamSummaryInfo {
   uint64_t late_replies = 0;
   uint64_t plan_changes = 0;
   uint64_t probes = 0;
-  std::optional<uint64_t> local_lane;  // frames the local lane ran beside the window (if it runs)
+  // Frames the local lane ran (when it runs): all of them, and those beside a full window.
+  std::optional<uint64_t> local_lane;
+  std::optional<uint64_t> local_lane_beside_window;
+  // Per cut whose head ran: measured against profiled head time and the correction planned with
+  // ({"8": {"frames", "measured_over_profiled_p50", "correction"}}); null when none ran.
+  nlohmann::json heads;
   std::optional<double> max_latency_ms;
   double wall_s = 0;
   bool name_in_log = false;  // several streams: the stderr line names the stream
@@ -77,6 +82,14 @@ class Reporter {
   static nlohmann::json frame_json(const FrameRecord& record);
   // A log line on stderr ("edgesplit-device: ..."), unless quiet.
   void log(const std::string& message);
+  // Start-up: log lines are held until release_logs() (which prints `first` before them) or
+  // drop_held_logs() (a start-up error is then said alone, in one sentence).
+  void hold_logs() { holding_ = true; }
+  void release_logs(const std::vector<std::string>& first);
+  void drop_held_logs() {
+    held_.clear();
+    holding_ = false;
+  }
   bool readable() const { return readable_; }
   bool quiet() const { return quiet_; }
 
@@ -89,7 +102,8 @@ class Reporter {
     std::vector<double> latencies_ms;
     std::vector<double> prediction_ratios;  // predicted / measured latency
     uint64_t frames = 0, on_server = 0, local = 0, failed = 0, bytes_sent = 0, within_bound = 0;
-    std::map<std::string, uint64_t> plans;  // "cut:encoding" -> frames
+    std::map<std::string, uint64_t> plans;          // "cut:encoding" -> frames
+    std::map<std::string, uint64_t> local_reasons;  // why frames completed locally -> frames
   };
   struct Live {
     uint64_t frames = 0, server = 0, local = 0, failed = 0;
@@ -100,6 +114,8 @@ class Reporter {
   std::ostream& out_;
   bool readable_;
   bool quiet_;
+  bool holding_ = false;
+  std::vector<std::string> held_;
   std::map<std::string, Live> live_;
   std::map<std::string, Tally> tally_;
   std::chrono::steady_clock::time_point last_live_{};

@@ -72,6 +72,9 @@ class Runtime {
 
   int run() {
     const auto start = Clock::now();
+    // What start-up says is held until it succeeds: an error is then said alone, and otherwise
+    // the first line says what each stream is after (objective and bounds, or its fixed plan).
+    reporter_.hold_logs();
     for (size_t i = 0; i < config_.streams.size(); ++i) {
       auto s = Stream::create(config_.streams[i], config_, static_cast<int>(i), link_, reporter_,
                               token_);
@@ -85,12 +88,31 @@ class Runtime {
                     [](const StreamConfig& s) { return s.cut != "device" && s.cut != "local"; });
     if (link_.has_server() && wants_server) link_.connect();
     for (auto& s : streams_) s->on_handshake();
+    if (config_.require_server) {
+      if (!link_.usable()) {
+        return no_server("server " + config_.server + ": " +
+                         (link_.down_reason().empty() ? std::string("no handshake was made")
+                                                      : link_.down_reason()));
+      }
+      for (auto& s : streams_) {
+        if (!s->served()) {
+          return no_server("server " + config_.server + " does not serve stream \"" + s->name() +
+                           "\"'s model (it serves " + link_.served_list() + ")");
+        }
+      }
+    }
     if (int rc = place_models(); rc != 0) return rc;
+    std::vector<std::string> goals;
+    for (auto& s : streams_) {
+      goals.push_back(streams_.size() > 1 ? "[" + s->name() + "] " + s->goal() : s->goal());
+    }
+    reporter_.release_logs(goals);
 
     const double startup_s = std::chrono::duration<double>(Clock::now() - start).count();
     for (auto& s : streams_) s->ready(startup_s);
     seen_generation_ = link_.generation();
     usable_seen_ = link_.usable();
+    link_seen_ = link_.state();
     loop();
     for (auto& s : streams_) s->summary();
     json d;
@@ -108,7 +130,18 @@ class Runtime {
     d["wall_s"] = round3(std::chrono::duration<double>(Clock::now() - start).count());
     reporter_.emit(d);
     const int sig = g_stop_signal.load();
-    return sig != 0 ? 128 + sig : 0;
+    if (sig != 0) return 128 + sig;
+    if (config_.require_server) {
+      // A stream that offloaded nothing because of the server (not because its plan kept frames
+      // on the device) fails the run.
+      for (auto& s : streams_) {
+        const std::string why = s->main_local_reason();
+        if (!s->offloaded_any() && !why.empty()) {
+          return no_server("stream \"" + s->name() + "\" offloaded no frame (" + why + ")");
+        }
+      }
+    }
+    return 0;
   }
 
  private:
@@ -126,8 +159,26 @@ class Runtime {
   }
 
   int fail(const std::string& message) {
+    reporter_.drop_held_logs();
     std::cerr << "edgesplit-device: " << message << '\n';
     return 2;
+  }
+
+  int no_server(const std::string& message) {
+    reporter_.release_logs({});
+    std::cerr << "edgesplit-device: --require-server: " << message << '\n';
+    return kExitNoServer;
+  }
+
+  // A change of the link's state, as a JSON line (stderr already says it in words).
+  void watch_link() {
+    const LinkState now = link_.state();
+    if (now == link_seen_) return;
+    link_seen_ = now;
+    json j{{"type", "link"}, {"state", link_state_name(now)}, {"server", config_.server}};
+    if (now != LinkState::kUp && !link_.down_reason().empty()) j["reason"] = link_.down_reason();
+    j["reconnects"] = link_.reconnects();
+    reporter_.emit(j);
   }
 
   // The resource manager's memory decision (BlinkNet's bound): which part of each model the
@@ -437,6 +488,7 @@ class Runtime {
         for (auto& s : streams_) s->drain_lane();
       }
       manage(Clock::now());
+      watch_link();
       watch_changes();
       if (all_finished()) break;
       wait();
@@ -485,6 +537,7 @@ class Runtime {
   bool said_over_ = false;
   size_t finished_seen_ = 0;
   bool usable_seen_ = false;
+  LinkState link_seen_ = LinkState::kNeverUp;
   std::string resolve_due_;
   Clock::time_point last_resolve_{};
 };

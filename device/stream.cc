@@ -15,6 +15,7 @@
 #include <deque>
 #include <filesystem>
 #include <future>
+#include <limits>
 #include <map>
 #include <thread>
 
@@ -46,8 +47,10 @@ double round3(double v) { return std::isfinite(v) ? std::round(v * 1000.0) / 100
 constexpr double kMiB = 1024.0 * 1024.0;
 
 struct RunStats {
-  uint64_t plan_changes = 0;
-  uint64_t lane = 0;  // frames run whole by the local lane beside the window
+  uint64_t decisions = 0;
+  uint64_t plan_changes = 0;  // decisions that changed the plan (the first one is no change)
+  uint64_t lane = 0;          // frames run whole by the local lane beside the window
+  uint64_t lane_planned = 0;  // frames planned on the device (or left there) that the lane ran
 };
 
 // Turns "device", "input" or a number into a cut id, or says what is allowed.
@@ -123,6 +126,7 @@ struct Stream::Impl {
 
   partitioner::ServerLoadEstimator server_load;
   partitioner::DeviceLoadEstimator device_load;
+  partitioner::HeadErrorTracker head_errors;
   uint64_t seen_generation = 0;
   bool served = false;  // the last handshake listed this stream's model
   std::string server_engine;
@@ -136,6 +140,7 @@ struct Stream::Impl {
   int64_t next_frame = 0;
 
   RunStats stats;
+  int corrections_said = 0;
   int misses = 0;  // since the manager last asked
   Clock::time_point run_start{};
   json summary_json;
@@ -210,7 +215,8 @@ struct Stream::Impl {
     partitioner::Conditions c = conditions();
     plan.conditions = c;
     partitioner::Decision d = scheduler->decide(c);
-    if (d.changed) ++stats.plan_changes;
+    if (d.changed && stats.decisions > 0) ++stats.plan_changes;
+    ++stats.decisions;
     if (!fixed) {
       plan.cut = d.plan.cut_id;
       plan.local = d.plan.local;
@@ -374,7 +380,7 @@ struct Stream::Impl {
     if (on_device && lane && lane->idle()) {
       // The whole frame on the local lane; the loop stays free for replies and probes.
       const std::string reason = local_reason(p.plan);
-      hand_to_lane(frame, std::move(p), reason, /*planned=*/true);
+      if (hand_to_lane(frame, std::move(p), reason, /*planned=*/true)) ++stats.lane_planned;
       link.probe_if_due(true);
       return;
     }
@@ -414,9 +420,7 @@ struct Stream::Impl {
       return;
     }
     p.head_ms = ms_between(t_pre, t_head);
-    if (p.plan.profiled_head_ms > 0 && head_cut > 0) {
-      device_load.add_head_time(p.head_ms, p.plan.profiled_head_ms);
-    }
+    if (head_cut > 0) note_head_time(head_cut, p.head_ms, p.plan.profiled_head_ms);
     if (on_device) {
       link.note_busy(t_begin);
       finish_local(p, local_reason(p.plan));
@@ -499,6 +503,26 @@ struct Stream::Impl {
     return input;
   }
 
+  // A head (or the whole model) ran: the per-cut error first, at the load the plan was made with,
+  // then the load, from the profiled time as corrected for this cut.
+  void note_head_time(int cut, double measured_ms, double profiled_ms) {
+    if (!(profiled_ms > 0)) return;
+    const double correction = head_errors.correction(cut);
+    if (head_errors.add(cut, measured_ms, profiled_ms, device_load.load_factor()) && scheduler) {
+      const double now = head_errors.correction(cut);
+      if (scheduler->set_head_correction(cut, now).ok() && corrections_said < 5) {
+        ++corrections_said;
+        char buf[160];
+        std::snprintf(buf, sizeof buf,
+                      "the head at cut %d runs %.2fx its profiled time relative to the other "
+                      "cuts: planning with that (was %.2fx)",
+                      cut, now, correction);
+        log(buf);
+      }
+    }
+    device_load.add_head_time(measured_ms, profiled_ms * correction);
+  }
+
   void expire_overdue() {
     auto now = Clock::now();
     for (auto it = pending.begin(); it != pending.end();) {
@@ -524,7 +548,7 @@ struct Stream::Impl {
       return;
     }
     p.head_ms = d->ms;
-    if (p.plan.profiled_head_ms > 0) device_load.add_head_time(d->ms, p.plan.profiled_head_ms);
+    note_head_time(device_cut, d->ms, p.plan.profiled_head_ms);
     auto top =
         partitioner::top_k(d->logits.data_ptr<float>(), static_cast<size_t>(d->logits.numel()),
                            static_cast<size_t>(cfg.top_k));
@@ -714,6 +738,13 @@ Result<std::unique_ptr<Stream>> Stream::create(const StreamConfig& config,
     }
     for (const auto& c : s.profile->cuts) s.cut_ids.push_back(c.id);
     s.device_cut = s.cut_ids.empty() ? 0 : s.cut_ids.back();
+    // Head and tail times that do not add up to the whole model mislead every plan: said once,
+    // at start (checked here as well, for profiles written before the profiler checked them or
+    // edited since). A wide spread is the profiler's to say.
+    for (const auto& w :
+         profiles::check_timings(*s.profile, 0.15, std::numeric_limits<double>::infinity())) {
+      s.log("warning: profile " + s.profile_path + ": " + w);
+    }
   } else if (config.cut.empty()) {
     return fail(invalid_argument(
         "no profile for " + config.model_path + " (looked for " + s.profile_path +
@@ -939,6 +970,78 @@ int64_t Stream::retained_weight_bytes() const {
   return impl_->model ? impl_->model->retained_weight_bytes() : 0;
 }
 
+namespace {
+
+std::string number_text(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+}  // namespace
+
+std::string Stream::goal() const {
+  const Impl& s = *impl_;
+  if (!s.cfg.cut.empty()) {
+    std::string enc = s.cfg.jpeg_quality > 0
+                          ? "jpeg" + std::to_string(s.cfg.jpeg_quality)
+                          : packing::precision_name(s.cfg.encode.format, s.cfg.encode.bits);
+    if (s.cfg.jpeg_quality == 0 && s.cfg.encode.lossless != packing::Lossless::kNone) {
+      enc += "+" + packing::lossless_name(s.cfg.encode.lossless);
+    }
+    const bool local = s.cfg.cut == "device" || s.cfg.cut == "local";
+    return local ? "fixed plan: every frame on the device"
+                 : "fixed plan: cut " + s.cfg.cut + " " + enc + " (no objective, no bounds)";
+  }
+  const auto& k = s.cfg.scheduler.constraints;
+  std::string out = std::string("objective ") +
+                    partitioner::objective_name(s.cfg.scheduler.objective) + "; bounds: ";
+  std::string bounds;
+  auto add = [&](const std::string& b) { bounds += (bounds.empty() ? "" : ", ") + b; };
+  if (k.max_accuracy_drop_pp) {
+    add("top-1 drop <= " + number_text(*k.max_accuracy_drop_pp) +
+        (*k.max_accuracy_drop_pp == 1 ? " point" : " points") +
+        (s.cfg.default_accuracy_bound ? " (the default; --max-accuracy-drop none lifts it)" : ""));
+  }
+  if (k.max_latency_ms) add("latency <= " + number_text(*k.max_latency_ms) + " ms");
+  if (k.min_fps) add("fps >= " + number_text(*k.min_fps));
+  if (k.max_bytes) add("bytes/frame <= " + number_text(*k.max_bytes));
+  if (k.max_device_memory_mb) {
+    add("head memory <= " + number_text(*k.max_device_memory_mb) + " MB");
+  }
+  if (k.max_server_ms) add("server ms <= " + number_text(*k.max_server_ms));
+  if (s.device.max_device_memory_mb) {
+    add("process memory <= " + number_text(*s.device.max_device_memory_mb) + " MiB");
+  }
+  out += bounds.empty() ? "none (top-1 may drop: the accuracy bound is lifted)" : bounds;
+  if (s.cfg.scheduler.objective == partitioner::Objective::kData) {
+    out += "; the data objective runs frames on the device (0 bytes) unless a bound rules it out";
+  }
+  return out;
+}
+
+bool Stream::served() const { return impl_->served; }
+
+bool Stream::offloaded_any() const {
+  const json& j = impl_->summary_json;
+  return j.is_object() && j.value("on_server", uint64_t{0}) > 0;
+}
+
+std::string Stream::main_local_reason() const {
+  const json& j = impl_->summary_json;
+  if (!j.is_object() || !j.contains("local_reasons")) return "";
+  std::string best;
+  uint64_t most = 0;
+  for (const auto& [k, v] : j["local_reasons"].items()) {
+    if (k == "plan" || k == "local lane" || !v.is_number_unsigned()) continue;
+    if (v.get<uint64_t>() > most) {
+      most = v.get<uint64_t>();
+      best = k;
+    }
+  }
+  return best;
+}
+
 void Stream::ready(double startup_s) {
   Impl& s = *impl_;
   s.on_handshake();
@@ -952,8 +1055,31 @@ void Stream::ready(double startup_s) {
   j["connected"] = s.server_usable();
   j["link"] = link_state_name(s.link.state());
   j["plan"] = s.scheduler && !s.fixed ? "scheduler" : "fixed";
+  j["goal"] = goal();
   if (s.scheduler && !s.fixed) {
     j["objective"] = partitioner::objective_name(s.cfg.scheduler.objective);
+    const auto& k = s.cfg.scheduler.constraints;
+    json bounds = json::object();
+    if (k.max_accuracy_drop_pp) bounds["max_accuracy_drop"] = *k.max_accuracy_drop_pp;
+    if (k.max_latency_ms) bounds["max_latency_ms"] = *k.max_latency_ms;
+    if (k.min_fps) bounds["min_fps"] = *k.min_fps;
+    if (k.max_bytes) bounds["max_bytes_per_frame"] = *k.max_bytes;
+    if (k.max_device_memory_mb) bounds["max_device_memory_mb"] = *k.max_device_memory_mb;
+    if (k.max_server_ms) bounds["max_server_ms"] = *k.max_server_ms;
+    j["constraints"] = bounds;
+    j["default_accuracy_bound"] = s.cfg.default_accuracy_bound;
+    // The plan the scheduler settles on under the conditions measured so far (a copy decides,
+    // so the stream's own hysteresis starts fresh).
+    partitioner::Scheduler preview = *s.scheduler;
+    const partitioner::Decision d = preview.decide(s.conditions());
+    json plan{{"cut", d.plan.cut_id},
+              {"cut_name", d.plan.cut_name},
+              {"encoding", d.plan.encoding_name},
+              {"feasible", d.feasible},
+              {"predicted_latency_ms", round3(d.predicted.latency_ms)},
+              {"predicted_bytes", round3(d.plan.local ? 0 : d.predicted.bytes)}};
+    if (!d.feasible) plan["explanation"] = d.explanation;
+    j["initial_plan"] = plan;
   }
   j["priority"] = s.cfg.priority;
   if (s.cfg.fps > 0) j["fps"] = s.cfg.fps;
@@ -1029,7 +1155,19 @@ void Stream::summary() {
   info.late_replies = s.link.late_replies(s.index);
   info.plan_changes = s.stats.plan_changes;
   info.probes = s.link.probes_sent();
-  if (s.lane) info.local_lane = s.stats.lane;
+  if (s.lane) {
+    info.local_lane = s.stats.lane + s.stats.lane_planned;
+    info.local_lane_beside_window = s.stats.lane;
+  }
+  const auto errors = s.head_errors.stats();
+  if (!errors.empty()) {
+    info.heads = json::object();
+    for (const auto& [cut, e] : errors) {
+      info.heads[std::to_string(cut)] = {{"frames", e.samples},
+                                         {"measured_over_profiled_p50", round3(e.median_ratio)},
+                                         {"correction", round3(e.correction)}};
+    }
+  }
   info.max_latency_ms = s.latency_bound();
   info.wall_s = ms_between(s.run_start, Clock::now()) / 1000.0;
   info.name_in_log = s.device.streams.size() > 1;

@@ -72,6 +72,15 @@ class Stream {
 
   // Prints the ready line (after the link's first handshake).
   void ready(double startup_s);
+  // What the stream is after, said once at start: its objective and every active bound (the
+  // default accuracy bound marked as such), or its fixed plan.
+  std::string goal() const;
+  // Whether any frame of this stream completed on the server, and the most frequent reason its
+  // frames completed locally (not counting "plan" and the local lane), or "" when none did.
+  bool offloaded_any() const;
+  // Whether the last handshake listed this stream's model.
+  bool served() const;
+  std::string main_local_reason() const;
   // The link handshook again: plan with what the server now says (tail times, engine, whether it
   // serves this model).
   void on_handshake();

@@ -175,6 +175,64 @@ void DeviceLoadEstimator::add_head_time(double measured_ms, double profiled_ms) 
 }
 
 // ---------------------------------------------------------------------------------------------
+// HeadErrorTracker
+
+namespace {
+double median_of(std::deque<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+}  // namespace
+
+bool HeadErrorTracker::add(int cut, double measured_ms, double profiled_ms, double load) {
+  if (!(profiled_ms >= options_.min_profiled_ms) || !(measured_ms > 0) || !(load > 0)) {
+    return false;
+  }
+  PerCut& c = cuts_[cut];
+  ++c.samples;
+  const auto window = static_cast<size_t>(std::max(1, options_.window));
+  c.ratios.push_back(measured_ms / profiled_ms);
+  if (c.ratios.size() > window) c.ratios.pop_front();
+  c.residuals.push_back(measured_ms / (profiled_ms * c.correction * load));
+  if (c.residuals.size() > window) c.residuals.pop_front();
+  if (static_cast<int>(c.residuals.size()) < options_.min_samples) return false;
+  const double med = median_of(c.residuals);
+  const double t = options_.threshold;
+  if (std::abs(med - 1) <= t) return false;
+  size_t same_side = 0;
+  for (double r : c.residuals) same_side += med > 1 ? (r > 1 + t) : (r < 1 - t);
+  if (static_cast<double>(same_side) <
+      options_.consistent * static_cast<double>(c.residuals.size())) {
+    return false;
+  }
+  const double m = std::max(1.0, options_.max_correction);
+  c.correction = std::clamp(c.correction * med, 1 / m, m);
+  // The samples were relative to the old correction.
+  c.residuals.clear();
+  return true;
+}
+
+double HeadErrorTracker::correction(int cut) const {
+  auto it = cuts_.find(cut);
+  return it == cuts_.end() ? 1.0 : it->second.correction;
+}
+
+std::map<int, HeadErrorTracker::CutStats> HeadErrorTracker::stats() const {
+  std::map<int, CutStats> out;
+  for (const auto& [cut, c] : cuts_) {
+    CutStats s;
+    s.samples = c.samples;
+    s.median_ratio = median_of(c.ratios);
+    s.median_residual = c.residuals.empty() ? 1.0 : median_of(c.residuals);
+    s.correction = c.correction;
+    out[cut] = s;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
 // ConditionsEstimator
 
 ConditionsEstimator::ConditionsEstimator(const Clock& clock, NetworkEstimatorOptions network,

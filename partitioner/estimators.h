@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <utility>
 
 #include "partitioner/clock.h"
@@ -190,6 +191,52 @@ class DeviceLoadEstimator {
  private:
   LoadEstimatorOptions options_;
   LevelTracker load_;
+};
+
+// Per-cut error of the profile's head times, apart from the device's load. The load factor is
+// learnt from every head the device runs, so when the profile misjudges one cut (a timing run hit
+// by a slow spell, a head that runs differently on this device) that cut's error is spread over
+// every plan. Each sample here is measured / (profiled x correction x load) at the time, relative
+// to the cut's current correction; a cut whose recent samples (at least `min_samples` of the last
+// `window`) lie consistently on one side of 1 by more than `threshold` gets the correction that
+// makes its median 1 (the device then feeds the load estimator profiled x correction, so the load
+// factor stays the device's own). With one cut only, its error and the load cannot be told apart:
+// the load factor takes both and the correction stays 1.
+struct HeadErrorOptions {
+  int window = 10;
+  int min_samples = 5;
+  double threshold = 0.10;  // |median - 1| beyond this, relative
+  double consistent = 0.8;  // fraction of the window on the median's side of 1 +- threshold
+  double min_profiled_ms = 0.5;
+  double max_correction = 4;  // a correction is clamped to [1/max, max]
+};
+
+class HeadErrorTracker {
+ public:
+  explicit HeadErrorTracker(HeadErrorOptions options = {}) : options_(options) {}
+  // A head at `cut` ran in `measured_ms`, profiled at `profiled_ms` (uncorrected), while the load
+  // factor was `load`. Returns whether the cut's correction changed.
+  bool add(int cut, double measured_ms, double profiled_ms, double load);
+  // The cut's correction (1 until its error is consistent).
+  double correction(int cut) const;
+
+  struct CutStats {
+    int64_t samples = 0;         // every sample taken
+    double median_ratio = 0;     // measured / profiled (no load removed) over the window
+    double median_residual = 0;  // measured / (profiled x correction x load) over the window
+    double correction = 1;
+  };
+  std::map<int, CutStats> stats() const;
+
+ private:
+  struct PerCut {
+    std::deque<double> residuals;  // measured / (profiled x correction x load)
+    std::deque<double> ratios;     // measured / profiled
+    int64_t samples = 0;
+    double correction = 1;
+  };
+  HeadErrorOptions options_;
+  std::map<int, PerCut> cuts_;
 };
 
 // The three estimators together: what the device agent feeds after every exchange and head run,

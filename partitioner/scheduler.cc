@@ -294,6 +294,23 @@ void Scheduler::set_max_head_cut(std::optional<int> max_head_cut) {
   for (PlanCost& k : costs_) k.beyond_budget = max_head_cut && k.cut_id > *max_head_cut;
 }
 
+Status Scheduler::set_head_correction(int cut_id, double factor) {
+  if (!std::isfinite(factor) || !(factor > 0)) {
+    return invalid_argument("a head correction must be finite and positive");
+  }
+  for (PlanCost& k : costs_) {
+    if (k.cut_id == cut_id) k.head_correction = factor;
+  }
+  return Status();
+}
+
+double Scheduler::head_correction(int cut_id) const {
+  for (const PlanCost& k : costs_) {
+    if (k.cut_id == cut_id) return k.head_correction;
+  }
+  return 1.0;
+}
+
 Result<bool> Scheduler::set_server_tail_ms(const std::vector<double>& tail_ms) {
   if (tail_ms.size() != profile_cut_ids_.size()) {
     return invalid_argument("the server states tail times for " + std::to_string(tail_ms.size()) +
@@ -355,7 +372,7 @@ Status Scheduler::pin(int cut_id, const std::string& encoding_name) {
 PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
   const DevicePower& pw = options_.power;
   PlanMetrics m;
-  m.head_ms = k.head_ms * c.device_load;
+  m.head_ms = k.head_ms * k.head_correction * c.device_load;
   m.accuracy_drop_pp = k.accuracy_drop_pp;
   m.device_memory_mb = k.device_memory_mb;
   if (k.local) {

@@ -215,6 +215,12 @@ class Scheduler {
   // profile's cuts or a time is negative or not finite. Returns whether anything changed.
   Result<bool> set_server_tail_ms(const std::vector<double>& tail_ms);
 
+  // A factor on the profile's head time at `cut_id` (HeadErrorTracker's correction: the profile
+  // misjudged that head on this device), applied before the device-load factor; 1 removes it.
+  // kInvalidArgument for a factor that is not finite and positive.
+  Status set_head_correction(int cut_id, double factor);
+  double head_correction(int cut_id) const;
+
   Status set_constraints(const Constraints& constraints);
   void set_objective(Objective objective) { options_.objective = objective; }
   const SchedulerOptions& options() const { return options_; }
@@ -241,6 +247,7 @@ class Scheduler {
   // Per-plan numbers that do not depend on conditions.
   struct PlanCost {
     double head_ms = 0;
+    double head_correction = 1;  // set_head_correction()
     double pack_ms = 0;
     double unpack_ms = 0;
     double tail_ms = 0;

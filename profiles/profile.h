@@ -102,8 +102,11 @@ struct Profile {
   std::vector<std::string> calibration_images;  // fit ranges/clipping; never scored
   int scored_images = 0;
   std::vector<int64_t> input_shape;
-  double fp32_top1 = 0;
+  double fp32_top1 = 0;  // against the labels; 1 without them (agreement with itself)
   double fp32_top5 = 0;
+  // What check_timings found when the timings were measured or merged: one sentence each, none
+  // when they add up. Absent from the JSON when empty.
+  std::vector<std::string> timing_warnings;
   std::vector<CutProfile> cuts;  // ids 0..N; the last one runs everything on the device
 };
 
@@ -118,6 +121,23 @@ std::string to_json_text(const Profile& profile);
 
 // Replaces the head (device = true) or tail (device = false) timings of `into` with those of
 // `from` (same digest required), with the machine info: a device and a server each time their side.
+// Then sets `into.timing_warnings` to check_timings(into): the warnings describe the merged
+// timings.
 Status merge_timings(Profile& into, const Profile& from, bool device);
+
+// Whether a profile's timings can be trusted, as sentences for a person (no program name, no
+// trailing period); none when they look sound. Two checks:
+//  * Where the head and the tail were timed on the same machine (device_machine and
+//    server_machine agree on host, CPU, threads and engine), head(c) + tail(c) of every cut
+//    that has both must be within `tolerance` of the whole model (the last cut's head), or
+//    within 0.1 ms (the overhead of a second call, on a tiny model): a cut splits the same work
+//    in two. One sentence lists the cuts that are off, with their
+//    deviation.
+//  * A timing's p10-p90 spread must not exceed `spread` times its median. Timings shorter than
+//    5% of the whole model (or than 0.05 ms when the whole model was not timed) are left out:
+//    clock noise dominates them and they barely move a plan. One sentence lists the cuts.
+// profiles/timing_check.cc; free of LibTorch.
+std::vector<std::string> check_timings(const Profile& profile, double tolerance = 0.15,
+                                       double spread = 0.5);
 
 }  // namespace edgesplit::profiles

@@ -131,6 +131,7 @@ OrderedJson profile_json(const Profile& p) {
   j["input_shape"] = p.input_shape;
   j["fp32_top1"] = p.fp32_top1;
   j["fp32_top5"] = p.fp32_top5;
+  if (!p.timing_warnings.empty()) j["timing_warnings"] = p.timing_warnings;
   OrderedJson cuts = OrderedJson::array();
   for (const auto& c : p.cuts) cuts.push_back(cut_json(c));
   j["cuts"] = std::move(cuts);
@@ -140,11 +141,13 @@ OrderedJson profile_json(const Profile& p) {
 bool is_scalar(const OrderedJson& j) { return j.is_primitive(); }
 
 // One line: scalars, arrays of scalars (or of such arrays: shapes), small objects of scalars.
+// Sentences (strings of more than 60 characters, such as timing warnings) get a line each.
 bool fits_one_line(const OrderedJson& j) {
   if (is_scalar(j)) return true;
   if (j.is_array()) {
     if (j.size() > 16) return false;
     for (const auto& e : j) {
+      if (e.is_string() && e.get_ref<const std::string&>().size() > 60) return false;
       if (!is_scalar(e) &&
           !(e.is_array() && e.size() <= 8 &&
             std::all_of(e.begin(), e.end(), [](const auto& x) { return x.is_primitive(); }))) {
@@ -543,6 +546,7 @@ Status parse_profile_json(const Json& j, Profile& p) {
   EDGESPLIT_RETURN_IF_ERROR(read(j, "", "fp32_top5", false, p.fp32_top5));
   EDGESPLIT_RETURN_IF_ERROR(fraction("fp32_top1", p.fp32_top1));
   EDGESPLIT_RETURN_IF_ERROR(fraction("fp32_top5", p.fp32_top5));
+  EDGESPLIT_RETURN_IF_ERROR(read(j, "", "timing_warnings", false, p.timing_warnings));
   const Json* cuts;
   EDGESPLIT_RETURN_IF_ERROR(find(j, "", "cuts", true, &cuts));
   if (!cuts->is_array()) return wrong_type("cuts", "an array", *cuts);
@@ -727,6 +731,7 @@ Status merge_timings(Profile& into, const Profile& from, bool device) {
   } else {
     into.server_machine = from.server_machine;
   }
+  into.timing_warnings = check_timings(into);
   return Status();
 }
 

@@ -1,5 +1,7 @@
 // edgesplit-profile: measures a model's cut points into a profile (see profiles/profiler.h), or
 // re-times one side of an existing profile on this machine and merges it in (--merge-into).
+// Exit status: 0 written, 2 a user error (a bad flag or value, a missing file, a model or profile
+// that does not fit), 1 a failure while running, 130 interrupted.
 #include <signal.h>
 #include <unistd.h>
 
@@ -31,9 +33,18 @@ void on_signal(int) {
   }
 }
 
-int fail(const std::string& message) {
+int usage_error(const std::string& message) {
   std::cerr << "edgesplit-profile: " << message << '\n';
-  return 1;
+  return 2;
+}
+
+// 2 for what the user can fix (kInvalidArgument, kNotFound), 1 for failures while running.
+int fail(const Status& status) {
+  std::cerr << "edgesplit-profile: " << status.message() << '\n';
+  const auto code = status.code();
+  return code == edgesplit::StatusCode::kInvalidArgument || code == edgesplit::StatusCode::kNotFound
+             ? 2
+             : 1;
 }
 
 std::string duration(double s) {
@@ -48,7 +59,17 @@ std::string duration(double s) {
   return buf;
 }
 
-// A bar redrawn in place on a terminal; a line every `every_s` seconds otherwise.
+// "4 features.1.1, 7 features.2.1, ..." for a plan's cuts.
+std::string cut_list(const profiles::RunPlan& plan) {
+  std::string out;
+  for (size_t i = 0; i < plan.cuts.size(); ++i) {
+    if (i > 0) out += ", ";
+    out += std::to_string(plan.cuts[i]) + " " + plan.names[i];
+  }
+  return out;
+}
+
+// A bar redrawn in place on a terminal; a line every 10 s otherwise (the first report at once).
 class ProgressPrinter {
  public:
   explicit ProgressPrinter(bool quiet) : quiet_(quiet), tty_(::isatty(STDERR_FILENO) == 1) {}
@@ -66,14 +87,26 @@ class ProgressPrinter {
                    duration(p.elapsed_s).c_str(), eta.c_str(), p.phase.c_str());
       std::fflush(stderr);
       drawn_ = true;
-    } else if (p.elapsed_s - last_line_s_ >= 10 || p.phase != last_phase_) {
-      // A new line per phase change is too chatty for many cuts: only when 10 s passed, or
-      // when a new cut starts and 2 s passed.
-      if (p.elapsed_s - last_line_s_ < 2 && p.phase != last_phase_) return;
+    } else if (p.elapsed_s - last_line_s_ >= 10) {
       last_line_s_ = p.elapsed_s;
-      last_phase_ = p.phase;
       std::fprintf(stderr, "edgesplit-profile: %5.1f%% %s elapsed, %s left: %s\n", 100 * frac,
                    duration(p.elapsed_s).c_str(), eta.c_str(), p.phase.c_str());
+    }
+  }
+
+  // One line naming the cuts and the estimated duration; `verb` is "profiling" or "timing".
+  void plan(const profiles::RunPlan& plan, const char* verb) {
+    if (quiet_) return;
+    // Clears the bar's line first.
+    if (drawn_) std::fprintf(stderr, "\r%*s\r", 110, "");
+    drawn_ = false;
+    const int n = static_cast<int>(plan.cuts.size());
+    if (n == plan.model_cuts) {
+      std::fprintf(stderr, "edgesplit-profile: %s all %d cuts; estimated %s\n", verb, n,
+                   duration(plan.estimated_s).c_str());
+    } else {
+      std::fprintf(stderr, "edgesplit-profile: %s %d of %d cuts (%s); estimated %s\n", verb, n,
+                   plan.model_cuts, cut_list(plan).c_str(), duration(plan.estimated_s).c_str());
     }
   }
 
@@ -87,7 +120,6 @@ class ProgressPrinter {
   bool tty_;
   bool drawn_ = false;
   double last_line_s_ = -1e9;
-  std::string last_phase_;
 };
 
 Result<std::vector<double>> parse_doubles(const std::string& text) {
@@ -115,7 +147,9 @@ Result<std::vector<double>> parse_doubles(const std::string& text) {
 int main(int argc, char** argv) {
   cxxopts::Options cli("edgesplit-profile",
                        "Measures what every cut point of a model costs (head and tail times), "
-                       "sends (packed bytes per encoding) and loses (top-1/top-5 per encoding).");
+                       "sends (packed bytes per encoding) and loses (top-1/top-5 per encoding). "
+                       "Exit status: 0 written, 2 a user error (flag, value, missing file), 1 a "
+                       "failure while running, 130 interrupted.");
   // clang-format off
   cli.add_options()
     ("model", "TorchScript model file", cxxopts::value<std::string>())
@@ -153,20 +187,20 @@ int main(int argc, char** argv) {
      cxxopts::value<std::string>()->default_value("both"))
     ("merge-into", "time only --side on this machine and merge it into this profile (written "
      "back unless --out is given)", cxxopts::value<std::string>()->default_value(""))
-    ("quiet", "no progress output")
+    ("quiet", "no progress output (warnings and errors are still printed)")
     ("h,help", "print this help");
   // clang-format on
   cxxopts::ParseResult args;
   try {
     args = cli.parse(argc, argv);
   } catch (const std::exception& e) {
-    return fail(std::string(e.what()) + " (see --help)");
+    return usage_error(std::string(e.what()) + " (see --help)");
   }
   if (args.count("help")) {
     std::cout << cli.help() << '\n';
     return 0;
   }
-  if (!args.count("model")) return fail("--model FILE is required (see --help)");
+  if (!args.count("model")) return usage_error("--model FILE is required (see --help)");
 
   profiles::ProfilerOptions o;
   o.model_path = args["model"].as<std::string>();
@@ -181,20 +215,20 @@ int main(int argc, char** argv) {
   o.runs = args["runs"].as<int>();
   o.threads = args["threads"].as<int>();
   auto engine = edgesplit::partitioner::parse_engine(args["engine"].as<std::string>());
-  if (!engine) return fail("--engine must be optimized, onednn, xnnpack or plain");
+  if (!engine) return usage_error("--engine must be optimized, onednn, xnnpack or plain");
   o.engine = *engine;
   if (o.batch < 1 || o.runs < 1 || o.warmup < 0 || o.threads < 0 || o.scored < 0) {
-    return fail("--batch and --runs must be >= 1, --warmup, --threads and --scored >= 0");
+    return usage_error("--batch and --runs must be >= 1, --warmup, --threads and --scored >= 0");
   }
   auto side = profiles::parse_side(args["side"].as<std::string>());
-  if (!side.ok()) return fail(side.status().message());
+  if (!side.ok()) return usage_error(side.status().message());
   o.side = *side;
 
   auto precisions = profiles::parse_precision_list(args["bits"].as<std::string>());
-  if (!precisions.ok()) return fail("--bits: " + precisions.status().message());
+  if (!precisions.ok()) return usage_error("--bits: " + precisions.status().message());
   o.encodings.precisions = *precisions;
   auto lossless = profiles::parse_lossless_list(args["lossless"].as<std::string>());
-  if (!lossless.ok()) return fail("--lossless: " + lossless.status().message());
+  if (!lossless.ok()) return usage_error("--lossless: " + lossless.status().message());
   o.encodings.lossless = *lossless;
   const std::string pc = args["per-channel"].as<std::string>();
   if (pc == "off") {
@@ -204,35 +238,39 @@ int main(int argc, char** argv) {
   } else if (pc == "both") {
     o.encodings.per_channel = {false, true};
   } else {
-    return fail("--per-channel must be off, on or both, not \"" + pc + "\"");
+    return usage_error("--per-channel must be off, on or both, not \"" + pc + "\"");
   }
   auto clips = parse_doubles(args["clip"].as<std::string>());
-  if (!clips.ok() || clips->empty()) return fail("--clip: give percentiles such as 0,99.9");
+  if (!clips.ok() || clips->empty()) return usage_error("--clip: give percentiles such as 0,99.9");
   o.encodings.clip_percentiles = *clips;
   o.encodings.calibrated_ranges = args.count("calibrated-ranges") > 0;
   const std::string jpeg = args["jpeg"].as<std::string>();
   o.encodings.jpeg_qualities.clear();
   if (jpeg != "none") {
     auto q = parse_doubles(jpeg);
-    if (!q.ok()) return fail("--jpeg: " + q.status().message());
+    if (!q.ok()) return usage_error("--jpeg: " + q.status().message());
     for (double v : *q) o.encodings.jpeg_qualities.push_back(static_cast<int>(v));
   }
   auto check = profiles::expand_encodings(o.encodings, true);
-  if (!check.ok()) return fail(check.status().message());
+  if (!check.ok()) return usage_error(check.status().message());
 
   const std::string merge_into = args["merge-into"].as<std::string>();
   std::string out = args["out"].as<std::string>();
   if (out.empty()) out = merge_into;
-  if (out.empty()) return fail("--out PROFILE.json is required (or --merge-into PROFILE.json)");
-  if (o.images.empty() && merge_into.empty()) return fail("--images DIR is required");
+  if (out.empty()) {
+    return usage_error("--out PROFILE.json is required (or --merge-into PROFILE.json)");
+  }
+  if (o.images.empty() && merge_into.empty()) return usage_error("--images DIR is required");
 
   profiles::Profile base;
   if (!merge_into.empty()) {
     auto loaded = profiles::load_profile(merge_into);
-    if (!loaded.ok()) return fail(loaded.status().message());
+    if (!loaded.ok()) return fail(loaded.status());
     base = std::move(loaded).value();
     if (o.images.empty()) o.images = base.images;
-    if (o.images.empty()) return fail("--images DIR is required (the profile names no images)");
+    if (o.images.empty()) {
+      return usage_error("--images DIR is required (the profile names no images)");
+    }
     o.timing_only_for = &base;
   }
 
@@ -244,6 +282,8 @@ int main(int argc, char** argv) {
   o.cancel = &g_interrupted;
   ProgressPrinter printer(args.count("quiet") > 0);
   o.on_progress = [&printer](const profiles::Progress& p) { printer(p); };
+  const char* verb = merge_into.empty() ? "profiling" : "timing";
+  o.on_plan = [&printer, verb](const profiles::RunPlan& plan) { printer.plan(plan, verb); };
 
   auto result = profiles::run_profiler(o);
   printer.finish();
@@ -252,18 +292,18 @@ int main(int argc, char** argv) {
       std::cerr << "edgesplit-profile: interrupted; " << out << " was not written\n";
       return 130;
     }
-    return fail(result.status().message());
+    return fail(result.status());
   }
   profiles::Profile profile = std::move(result).value();
   if (!merge_into.empty()) {
     profiles::Profile merged = base;
     if (o.side != profiles::Side::kServer) {
       Status s = profiles::merge_timings(merged, profile, true);
-      if (!s.ok()) return fail(s.message());
+      if (!s.ok()) return fail(s);
     }
     if (o.side != profiles::Side::kDevice) {
       Status s = profiles::merge_timings(merged, profile, false);
-      if (!s.ok()) return fail(s.message());
+      if (!s.ok()) return fail(s);
     }
     profile = std::move(merged);
   }
@@ -272,9 +312,16 @@ int main(int argc, char** argv) {
     return 130;
   }
   Status saved = profiles::save_profile(out, profile);
-  if (!saved.ok()) return fail(saved.message());
+  if (!saved.ok()) return fail(saved);
+  for (const std::string& w : profile.timing_warnings) {
+    std::cerr << "edgesplit-profile: warning: " << w << '\n';
+  }
   std::cerr << "edgesplit-profile: wrote " << out << " (" << profile.cuts.size() << " cuts, "
-            << profile.scored_images << " scored images, fp32 top-1 " << 100 * profile.fp32_top1
-            << "%)\n";
+            << profile.scored_images << " scored images, ";
+  if (profile.labels.empty()) {
+    std::cerr << "accuracy = agreement with the fp32 model's top-1 (no --labels))\n";
+  } else {
+    std::cerr << "fp32 top-1 " << 100 * profile.fp32_top1 << "%)\n";
+  }
   return 0;
 }

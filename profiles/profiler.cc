@@ -1,11 +1,12 @@
 // The profiler (see profiler.h): the only LibTorch translation unit of profiles/.
 //
 // Order of work: load the model and the images; time every selected cut's head and tail at batch
-// 1; run the whole model on the scored images (the fp32 reference); then per cut: heads on the
-// calibration images (packed sizes, pack/unpack times, fitted ranges) and, batch by batch, heads
-// on the scored images followed by every quantization setting's tail from that one head output.
-// Lossless stages do not change values, so accuracy is measured once per quantization setting and
-// shared by its lossless variants.
+// 1 (prepared and warmed up cut by cut, then timed in rounds over all cuts); run the whole model on
+// the scored images (the fp32 reference); then per cut: heads on the calibration images (packed
+// sizes, pack/unpack times, fitted ranges) and, batch by batch, heads on the scored images followed
+// by every quantization setting's tail from that one head output. Lossless stages do not change
+// values, so accuracy is measured once per quantization setting and shared by its lossless
+// variants.
 #include "profiles/profiler.h"
 
 #include <unistd.h>
@@ -19,6 +20,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -166,14 +168,15 @@ class Profiler {
     EDGESPLIT_RETURN_IF_ERROR(load());
     EDGESPLIT_RETURN_IF_ERROR(plan());
     EDGESPLIT_RETURN_IF_ERROR(time_cuts());
+    profile_.timing_warnings = check_timings(profile_);
     if (opt_.timing_only_for) {
       EDGESPLIT_RETURN_IF_ERROR(time_codecs_only());
-      return std::move(profile_);
-    }
-    EDGESPLIT_RETURN_IF_ERROR(reference());
-    for (int id : selected_) {
-      if (id == graph_->device_cut()) continue;
-      EDGESPLIT_RETURN_IF_ERROR(profile_cut(id));
+    } else {
+      EDGESPLIT_RETURN_IF_ERROR(reference());
+      for (int id : selected_) {
+        if (id == graph_->device_cut()) continue;
+        EDGESPLIT_RETURN_IF_ERROR(profile_cut(id));
+      }
     }
     report("done", true);
     return std::move(profile_);
@@ -340,9 +343,11 @@ class Profiler {
 
   // ---- progress -----------------------------------------------------------------------------
 
+  double elapsed_s() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
+
   void report(const std::string& phase, bool force = false) {
     if (!opt_.on_progress) return;
-    const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
+    const double elapsed = elapsed_s();
     if (!force && elapsed - last_report_s_ < 0.2) return;
     last_report_s_ = elapsed;
     Progress p;
@@ -364,69 +369,162 @@ class Profiler {
 
   // ---- timing -------------------------------------------------------------------------------
 
-  // Median etc. of `runs` timed calls of f after `warmup` untimed ones.
-  // Stops early (returning what it has) when the run is cancelled.
-  template <typename F>
-  Timing time_it(F&& f) {
-    for (int i = 0; i < opt_.warmup && check_cancel().ok(); ++i) f();
-    std::vector<double> ms;
-    for (int i = 0; i < std::max(1, opt_.runs); ++i) {
-      if (!check_cancel().ok()) break;
-      const auto t0 = Clock::now();
-      f();
-      ms.push_back(ms_since(t0));
-    }
-    return summarize_timings(std::move(ms), threads_);
+  // Estimated head and tail milliseconds of a cut at batch 1: from its first runs once it has
+  // been prepared, from the timed medians after the rounds, and half the whole model each before.
+  std::pair<double, double> estimate_ms(int id) const {
+    const auto h = head_ms_.find(id);
+    const auto t = tail_ms_.find(id);
+    return {h != head_ms_.end() ? h->second : whole_ms_ / 2,
+            t != tail_ms_.end() ? t->second : whole_ms_ / 2};
   }
 
+  // Work units of the timed rounds.
+  double rounds_work(bool heads, bool tails) const {
+    double w = 0;
+    for (int id : selected_) {
+      const auto [head, tail] = estimate_ms(id);
+      w += (heads ? head : 0) + (tails ? tail : 0);
+    }
+    return w * std::max(1, opt_.runs);
+  }
+
+  // Times every selected cut's head and tail at batch 1. First each cut is prepared (its graphs
+  // built), run once and warmed up, the device cut first (its head, the whole model, scales the
+  // estimates of cuts not yet run); that phase counts its wall time as work, extrapolated over
+  // the cuts left, and ends with the run's plan and estimate. Then every round runs one head and
+  // one tail of every cut, in an order shuffled with a fixed seed, so that a slow spell of the
+  // machine hits all cuts alike rather than a few.
   Status time_cuts() {
     const bool heads = opt_.side != Side::kServer;
     const bool tails = opt_.side != Side::kDevice;
+    // Tails run once even when not timed when their time estimates the accuracy runs' work.
+    const bool run_tails = tails || !opt_.timing_only_for;
     const at::Tensor one = inputs_.narrow(0, 0, 1).contiguous();
-    int done = 0;
+    const int n = static_cast<int>(selected_.size());
+    work_started_s_ = elapsed_s();
+
+    std::vector<int> prepare_order = {graph_->device_cut()};
     for (int id : selected_) {
+      if (id != graph_->device_cut()) prepare_order.push_back(id);
+    }
+    std::map<int, std::vector<at::Tensor>> crossing;
+    double prepare_ms = 0;
+    for (int k = 0; k < n; ++k) {
+      const int id = prepare_order[static_cast<size_t>(k)];
       EDGESPLIT_RETURN_IF_ERROR(check_cancel());
-      report("timing cut " + std::to_string(id) + " (" + std::to_string(done) + "/" +
-                 std::to_string(selected_.size()) + ")",
-             true);
-      CutProfile& c = profile_.cuts[static_cast<size_t>(id)];
+      report("preparing cut " + std::to_string(id) + " (" + std::to_string(k + 1) + "/" +
+                 std::to_string(n) + ")",
+             k == 0);
+      const auto t0 = Clock::now();
       try {
         torch::NoGradGuard no_grad;
         graph_->prepare(id);
-        const std::vector<at::Tensor> crossing = graph_->run_head(id, one);
-        if (heads) c.head = time_it([&] { (void)graph_->run_head(id, one); });
-        if (tails) c.tail = time_it([&] { (void)graph_->run_tail(id, crossing); });
-        EDGESPLIT_RETURN_IF_ERROR(check_cancel());
-        head_ms_[id] = c.head.measured() ? c.head.median_ms : 0;
-        tail_ms_[id] = c.tail.measured() ? c.tail.median_ms : 0;
-        if (!c.head.measured() || !c.tail.measured()) {
-          // Work estimates for the progress bar still need both.
-          auto t0 = Clock::now();
+        // The last of the first run and the warmup runs estimates each time.
+        auto t = Clock::now();
+        crossing[id] = graph_->run_head(id, one);
+        head_ms_[id] = ms_since(t);
+        for (int i = 0; heads && i < opt_.warmup; ++i) {
+          EDGESPLIT_RETURN_IF_ERROR(check_cancel());
+          t = Clock::now();
           (void)graph_->run_head(id, one);
-          head_ms_[id] = ms_since(t0);
-          t0 = Clock::now();
-          (void)graph_->run_tail(id, crossing);
-          tail_ms_[id] = ms_since(t0);
+          head_ms_[id] = ms_since(t);
+        }
+        for (int i = 0; run_tails && i < (tails ? 1 + opt_.warmup : 1); ++i) {
+          EDGESPLIT_RETURN_IF_ERROR(check_cancel());
+          t = Clock::now();
+          (void)graph_->run_tail(id, crossing[id]);
+          tail_ms_[id] = ms_since(t);
         }
       } catch (const std::exception& e) {
         return internal_error("cut " + std::to_string(id) +
                               " failed to run: " + std::string(e.what()).substr(0, 300));
       }
-      ++done;
+      if (id == graph_->device_cut()) whole_ms_ = head_ms_[id];
+      prepare_ms += ms_since(t0);
+      done_ = prepare_ms;
+      total_ = prepare_ms * n / (k + 1) + rounds_work(heads, tails) + work_after_timing();
+    }
+    total_ = done_ + rounds_work(heads, tails) + work_after_timing();
+    announce_plan();
+
+    std::vector<int> order = selected_;
+    std::mt19937 shuffle(21);  // fixed: every run times in the same orders
+    std::map<int, std::vector<double>> head_runs, tail_runs;
+    const int runs = std::max(1, opt_.runs);
+    for (int r = 0; r < runs; ++r) {
+      std::shuffle(order.begin(), order.end(), shuffle);
+      const std::string phase =
+          "timing round " + std::to_string(r + 1) + "/" + std::to_string(runs);
+      report(phase, r == 0);
+      for (int id : order) {
+        EDGESPLIT_RETURN_IF_ERROR(check_cancel());
+        try {
+          torch::NoGradGuard no_grad;
+          if (heads) {
+            const auto t0 = Clock::now();
+            (void)graph_->run_head(id, one);
+            head_runs[id].push_back(ms_since(t0));
+          }
+          if (tails) {
+            const auto t0 = Clock::now();
+            (void)graph_->run_tail(id, crossing[id]);
+            tail_runs[id].push_back(ms_since(t0));
+          }
+        } catch (const std::exception& e) {
+          return internal_error("cut " + std::to_string(id) +
+                                " failed to run: " + std::string(e.what()).substr(0, 300));
+        }
+        const auto [head, tail] = estimate_ms(id);
+        done_ += (heads ? head : 0) + (tails ? tail : 0);
+        report(phase);
+      }
+    }
+    for (int id : selected_) {
+      CutProfile& c = profile_.cuts[static_cast<size_t>(id)];
+      if (heads) {
+        c.head = summarize_timings(std::move(head_runs[id]), threads_);
+        head_ms_[id] = c.head.median_ms;
+      }
+      if (tails) {
+        c.tail = summarize_timings(std::move(tail_runs[id]), threads_);
+        tail_ms_[id] = c.tail.median_ms;
+      }
     }
     whole_ms_ = head_ms_[graph_->device_cut()];
-    if (!opt_.timing_only_for) estimate_work();
+    total_ = done_ + work_after_timing();
     return Status();
   }
 
-  // Work units (estimated milliseconds at batch 1) of everything after timing.
-  void estimate_work() {
-    const int settings = static_cast<int>(quant_settings(encodings_).size());
+  // Tells on_plan what the run does and how long it should take in all.
+  void announce_plan() {
+    if (!opt_.on_plan) return;
+    RunPlan plan;
+    plan.cuts = selected_;
+    for (int id : selected_) plan.names.push_back(profile_.cuts[static_cast<size_t>(id)].name);
+    plan.model_cuts = static_cast<int>(profile_.cuts.size());
+    const double work_s = std::max(1e-9, elapsed_s() - work_started_s_);
+    plan.estimated_s = elapsed_s() + (total_ - done_) / std::max(1e-9, done_ / work_s);
+    opt_.on_plan(plan);
+  }
+
+  // Work units (estimated milliseconds at batch 1) of everything after the timed rounds; sets
+  // the work of each cut profiled for accuracy (cut_work_).
+  double work_after_timing() {
     const double codec = 0.05;  // ms per frame and encoding, a rough floor
-    total_ = static_cast<double>(n_scored_) * whole_ms_;
+    if (opt_.timing_only_for) {
+      double w = 0;
+      for (int id : selected_) {
+        const CutProfile& c = profile_.cuts[static_cast<size_t>(id)];
+        if (c.encodings.empty()) continue;
+        w += n_cal_ * (estimate_ms(id).first + codec * static_cast<double>(c.encodings.size()));
+      }
+      return w;
+    }
+    const int settings = static_cast<int>(quant_settings(encodings_).size());
+    double total = static_cast<double>(n_scored_) * whole_ms_;
     for (int id : selected_) {
       if (id == graph_->device_cut()) continue;
-      const double head = head_ms_[id], tail = tail_ms_[id];
+      const auto [head, tail] = estimate_ms(id);
       const auto& encs = id == 0 ? input_encodings_ : encodings_;
       double w = n_cal_ * (head + codec * static_cast<double>(encs.size()));
       w += n_scored_ * (head + settings * (tail + codec));
@@ -435,19 +533,21 @@ class Profiler {
              (n_scored_ * (whole_ms_ + 1.0) + n_cal_ * 1.0);
       }
       cut_work_[id] = w;
-      total_ += w;
+      total += w;
     }
-    work_started_s_ = std::chrono::duration<double>(Clock::now() - start_).count();
+    return total;
   }
 
   // Pack and unpack times of a timing-only run, on the frames loaded.
   Status time_codecs_only() {
     const bool pack = opt_.side != Side::kServer;
+    const double codec = 0.05;  // as in work_after_timing
     for (int id : selected_) {
       CutProfile& c = profile_.cuts[static_cast<size_t>(id)];
       if (c.encodings.empty()) continue;
       EDGESPLIT_RETURN_IF_ERROR(check_cancel());
-      report("timing codecs at cut " + std::to_string(id), true);
+      const std::string phase = "timing codecs at cut " + std::to_string(id);
+      report(phase, true);
       std::vector<at::Tensor> crossing;
       try {
         torch::NoGradGuard no_grad;
@@ -456,7 +556,9 @@ class Profiler {
         return internal_error("cut " + std::to_string(id) +
                               " failed to run: " + std::string(e.what()).substr(0, 300));
       }
+      done_ += n_cal_ * estimate_ms(id).first;
       for (auto& e : c.encodings) {
+        EDGESPLIT_RETURN_IF_ERROR(check_cancel());
         CodecMeasure m;
         EDGESPLIT_RETURN_IF_ERROR(measure_codec(id, e.encoding, crossing, 0, n_cal_, m));
         if (pack) {
@@ -464,6 +566,8 @@ class Profiler {
         } else {
           e.unpack = summarize_timings(std::move(m.unpack_ms), threads_);
         }
+        done_ += n_cal_ * codec;
+        report(phase);
       }
     }
     return Status();

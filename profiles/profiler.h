@@ -5,6 +5,12 @@
 //
 // Images are split in order: the first `calibration` images give the packed sizes (and the fitted
 // ranges of calibrated encodings); the rest are scored (accuracy), never used for fitting.
+//
+// Heads and tails are timed at batch 1 in rounds: every cut is prepared and warmed up first, then
+// each round times one head and one tail run of every selected cut (the device cut, whose head is
+// the whole model, included) in an order shuffled with a fixed seed, until each has `runs`
+// samples. A slow spell of the machine then spreads over all cuts instead of skewing a few, and
+// head(c) + tail(c) stays comparable with the whole model (check_timings in profile.h).
 // Free of LibTorch headers (profiler.cc is the only LibTorch translation unit of profiles/).
 #pragma once
 
@@ -74,11 +80,20 @@ Timing summarize_timings(std::vector<double> ms, int threads);
 
 // Progress of a profiling run, in units of estimated work (proportional to compute time).
 struct Progress {
-  std::string phase;        // "timing", "reference", "cut 12 (features.3)", ...
+  std::string phase;        // "preparing cut 4 (2/12)", "timing round 3/10", "cut 12 (...)", ...
   double done = 0;          // work units finished
   double total = 0;         // work units in the whole run
   double elapsed_s = 0;     // since the run started
   double remaining_s = -1;  // estimated seconds left; < 0 while unknown
+};
+
+// What a run does, known once every selected cut has been prepared and warmed up (before the
+// timed rounds and the accuracy runs).
+struct RunPlan {
+  std::vector<int> cuts;           // the selected cut ids, ascending
+  std::vector<std::string> names;  // their names
+  int model_cuts = 0;              // cuts the model has
+  double estimated_s = 0;          // the whole run's estimated duration, from its start
 };
 
 struct ProfilerOptions {
@@ -91,8 +106,8 @@ struct ProfilerOptions {
   int batch = 32;            // images per head/tail run when measuring accuracy
   std::string cuts = "all";  // select_cuts spec
   EncodingSet encodings;
-  int warmup = 3;   // untimed runs before timing each head and tail (batch 1)
-  int runs = 10;    // timed runs of each head and tail (batch 1)
+  int warmup = 3;   // untimed runs of each head and tail before the timed rounds (batch 1)
+  int runs = 10;    // timed runs of each head and tail (batch 1), one per round
   int threads = 0;  // LibTorch intra-op threads; 0 keeps LibTorch's default
   // The engine heads and tails are timed with (and accuracy measured with): the one device and
   // server run by default.
@@ -103,12 +118,15 @@ struct ProfilerOptions {
   const Profile* timing_only_for = nullptr;
   // Called now and then (at least after every batch); may be empty.
   std::function<void(const Progress&)> on_progress;
+  // Called once, when the plan and its estimated duration are known; may be empty.
+  std::function<void(const RunPlan&)> on_plan;
   // Checked between batches: when it becomes true the run stops with kUnavailable "interrupted".
   const std::atomic<bool>* cancel = nullptr;
 };
 
 // Runs the profiler. User errors (no such model or folder, no images, labels that do not parse,
-// too few images for the split) give kInvalidArgument/kNotFound with one sentence. Not
+// too few images for the split) give kInvalidArgument/kNotFound with one sentence. The profile's
+// timing_warnings are check_timings of its timings. Not
 // thread-safe with other LibTorch users of the process when `threads` is set (it sets LibTorch's
 // global thread count).
 Result<Profile> run_profiler(const ProfilerOptions& options);

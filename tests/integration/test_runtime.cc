@@ -47,6 +47,7 @@ Run run_config(const fs::path& dir, const std::string& tag, const json& config,
       r.device = j;
       continue;
     }
+    if (!j.contains("stream")) continue;  // link events
     const std::string stream = j["stream"];
     if (type == "frame") r.frames[stream].push_back(j);
     if (type == "ready") r.ready[stream] = j;

@@ -1,7 +1,8 @@
 // Checks edgesplit-profile end to end on the default model and its sample images: complete and
 // consistent tables (every cut, bytes rising with bits, JPEG at cut 0 only), fp32 accuracy equal to
 // a reference computed here with the whole model, a profile of another model refused, server
-// timings merged into a profile, and an interrupted run leaving the previous file intact.
+// timings merged into a profile (and checked against the device's), user errors exiting with 2,
+// and an interrupted run leaving the previous file intact.
 #include <doctest/doctest.h>
 #include <signal.h>
 #include <torch/torch.h>
@@ -174,7 +175,7 @@ TEST_CASE("a profile made for another model is refused: server timings merge in"
   const int rc = run_to_end({profiler().string(), "--model", model_path().string(), "--side",
                              "server", "--merge-into", wrong.string(), "--runs", "2", "--quiet"},
                             dir / "out.txt", dir / "err.txt");
-  CHECK(rc != 0);
+  CHECK(rc == 2);
   const std::string err = read_file(dir / "err.txt");
   CHECK(err.find("sha256:0000") != std::string::npos);
   CHECK(err.find(p->model_digest) != std::string::npos);
@@ -205,6 +206,63 @@ TEST_CASE("a profile made for another model is refused: server timings merge in"
       CHECK(merged->cuts[i].encodings[k].top1 == p->cuts[i].encodings[k].top1);
       CHECK(merged->cuts[i].encodings[k].bytes_mean == p->cuts[i].encodings[k].bytes_mean);
     }
+  }
+}
+
+TEST_CASE("merged tails that do not add up with the heads to the whole model are warned about") {
+  const fs::path dir = scratch_dir("profile-merge-check");
+  auto p = profiles::load_profile(shared_profile().string());
+  REQUIRE(p.ok());
+  // The whole model (the device cut's head) three times as slow as measured: every head + tail
+  // falls far short of it. Same machine on both sides, so the sums are compared.
+  profiles::Profile doctored = *p;
+  doctored.cuts.back().head.median_ms *= 3;
+  const fs::path path = dir / "doctored.profile.json";
+  REQUIRE(profiles::save_profile(path.string(), doctored).ok());
+  const int rc = run_to_end({profiler().string(), "--model", model_path().string(), "--side",
+                             "server", "--merge-into", path.string(), "--runs", "2", "--quiet"},
+                            dir / "out.txt", dir / "err.txt");
+  const std::string err = read_file(dir / "err.txt");
+  INFO(err);
+  REQUIRE(rc == 0);
+  CHECK(err.find("edgesplit-profile: warning: head + tail differs from the whole model") !=
+        std::string::npos);
+  auto merged = profiles::load_profile(path.string(), p->model_digest);
+  REQUIRE(merged.ok());
+  REQUIRE(!merged->timing_warnings.empty());
+  CHECK(merged->timing_warnings[0].find("cuts 0 (-") != std::string::npos);
+}
+
+TEST_CASE("user errors exit with 2 - nothing is written") {
+  const fs::path dir = scratch_dir("profile-usage");
+  const fs::path out = dir / "never.profile.json";
+  // base_args with `flag` set to `value` (replaced when present, else added).
+  auto with = [&](const std::string& flag, const std::string& value) {
+    std::vector<std::string> args = base_args(out);
+    auto it = std::find(args.begin(), args.end(), flag);
+    if (it == args.end()) {
+      args.push_back(flag);
+      args.push_back(value);
+    } else {
+      *(it + 1) = value;
+    }
+    return args;
+  };
+  std::vector<std::string> unknown = base_args(out);
+  unknown.push_back("--no-such-flag");
+  const std::vector<std::pair<const char*, std::vector<std::string>>> cases = {
+      {"unknown flag", unknown},
+      {"bad value", with("--bits", "99")},
+      {"bad cut list", with("--cuts", "7-2")},
+      {"missing image folder", with("--images", (dir / "absent").string())},
+      {"missing model", with("--model", (dir / "absent.pt").string())},
+  };
+  for (const auto& [what, args] : cases) {
+    CAPTURE(what);
+    const int rc = run_to_end(args, dir / "out.txt", dir / "err.txt");
+    INFO(read_file(dir / "err.txt"));
+    CHECK(rc == 2);
+    CHECK(!fs::exists(out));
   }
 }
 

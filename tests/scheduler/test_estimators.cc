@@ -227,3 +227,53 @@ TEST_CASE("server and device load factors and the queue") {
   CHECK(e.conditions().device_load == doctest::Approx(3));
   CHECK(e.conditions().server_load == doctest::Approx(2));
 }
+
+TEST_CASE("head errors: a cut the profile misjudges is corrected - the load stays the device's") {
+  // Cut 3 runs 1.5x its profiled time, cut 7 as profiled, on an unloaded device; the device runs
+  // them in turn, feeding the load estimator with the corrected profiled time.
+  HeadErrorTracker errors;
+  DeviceLoadEstimator load;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> noise(0.95, 1.05);
+  for (int i = 0; i < 60; ++i) {
+    const int cut = i % 2 ? 3 : 7;
+    const double profiled = cut == 3 ? 10 : 20;
+    const double measured = profiled * (cut == 3 ? 1.5 : 1.0) * noise(rng);
+    const double before = errors.correction(cut);
+    errors.add(cut, measured, profiled, load.load_factor());
+    load.add_head_time(measured, profiled * before);
+  }
+  // Predicted = profiled x correction x load: within 10% of each cut's real time.
+  const double predicted3 = 10 * errors.correction(3) * load.load_factor();
+  const double predicted7 = 20 * errors.correction(7) * load.load_factor();
+  MESSAGE("corrections " << errors.correction(3) << " " << errors.correction(7) << ", load "
+                         << load.load_factor());
+  CHECK(predicted3 == doctest::Approx(15).epsilon(0.1));
+  CHECK(predicted7 == doctest::Approx(20).epsilon(0.1));
+  CHECK(errors.correction(3) / errors.correction(7) == doctest::Approx(1.5).epsilon(0.1));
+  const auto stats = errors.stats();
+  REQUIRE(stats.count(3) == 1);
+  CHECK(stats.at(3).samples == 30);
+  CHECK(stats.at(3).median_ratio == doctest::Approx(1.5).epsilon(0.06));
+}
+
+TEST_CASE("head errors: noise around the profile and a single cut leave the correction at 1") {
+  HeadErrorTracker errors;
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<double> noise(0.85, 1.15);
+  for (int i = 0; i < 50; ++i) errors.add(5, 10 * noise(rng), 10, 1.0);
+  CHECK(errors.correction(5) == 1.0);
+  // One cut 2x slower with the load following it: the load takes it all, nothing to correct.
+  HeadErrorTracker alone;
+  DeviceLoadEstimator load;
+  for (int i = 0; i < 40; ++i) {
+    const double before = alone.correction(9);
+    alone.add(9, 20, 10, load.load_factor());
+    load.add_head_time(20, 10 * before);
+  }
+  CHECK(alone.correction(9) * load.load_factor() == doctest::Approx(2).epsilon(0.1));
+  // Too short a profiled time gives no sample.
+  HeadErrorTracker tiny;
+  for (int i = 0; i < 10; ++i) tiny.add(1, 1, 0.1, 1);
+  CHECK(tiny.stats().empty());
+}

@@ -895,3 +895,26 @@ TEST_CASE("objective names and device descriptions") {
   CHECK_FALSE(parse_device_power("{").ok());
   CHECK(load_device_power("/nonexistent/device.json").status().code() == StatusCode::kNotFound);
 }
+
+TEST_CASE("a head correction scales that cut's predicted head time only") {
+  Scheduler s = make(mobile_profile());
+  const Conditions c = conditions(10);
+  int inner = -1;
+  for (const Plan& p : s.plans()) {
+    if (!p.local && p.cut_id > 0) {
+      inner = p.index;
+      break;
+    }
+  }
+  REQUIRE(inner >= 0);
+  const int cut = s.plans()[static_cast<size_t>(inner)].cut_id;
+  const double head = s.evaluate(inner, c).metrics.head_ms;
+  const double local = s.evaluate(s.local_plan(), c).metrics.head_ms;
+  REQUIRE(s.set_head_correction(cut, 2).ok());
+  CHECK(s.head_correction(cut) == 2);
+  CHECK(s.evaluate(inner, c).metrics.head_ms == doctest::Approx(2 * head));
+  CHECK(s.evaluate(s.local_plan(), c).metrics.head_ms == doctest::Approx(local));
+  CHECK_FALSE(s.set_head_correction(cut, 0).ok());
+  CHECK_FALSE(s.set_head_correction(cut, std::nan("")).ok());
+  CHECK(s.head_correction(cut) == 2);
+}
