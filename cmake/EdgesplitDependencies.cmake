@@ -5,6 +5,10 @@ find_package(Threads REQUIRED)
 # Codec: c-blosc (bit-shuffle + LZ4/zstd) and zstd.
 pkg_check_modules(BLOSC REQUIRED IMPORTED_TARGET blosc)
 pkg_check_modules(ZSTD REQUIRED IMPORTED_TARGET libzstd)
+# The header's CRC-32.
+pkg_check_modules(ZLIB REQUIRED IMPORTED_TARGET zlib)
+# A JPEG's header, read before it is decoded (libjpeg-turbo; OpenCV decodes with it too).
+pkg_check_modules(JPEG REQUIRED IMPORTED_TARGET libjpeg)
 # Model digests (sha256) and CURVE keys.
 pkg_check_modules(SODIUM REQUIRED IMPORTED_TARGET libsodium)
 

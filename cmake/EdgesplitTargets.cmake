@@ -50,3 +50,22 @@ function(edgesplit_test name label)
     WORKING_DIRECTORY ${PROJECT_BINARY_DIR}
     PROPERTIES LABELS ${label} TIMEOUT ${T_TIMEOUT} SKIP_REGULAR_EXPRESSION "skipped: ")
 endfunction()
+
+# edgesplit_fuzz_target(NAME SOURCE FILE LIBS libs... INSTRUMENT targets...): a libFuzzer target
+# in build/bin (clang; scripts/fuzz.sh builds and runs it) with ASan and UBSan; the INSTRUMENT
+# libraries get coverage and the same sanitizers.
+function(edgesplit_fuzz_target name)
+  cmake_parse_arguments(F "" "SOURCE" "LIBS;INSTRUMENT" ${ARGN})
+  set(sanitizers -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+                 -fno-omit-frame-pointer -g)
+  add_executable(${name} ${F_SOURCE})
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR})
+  target_link_libraries(${name} PRIVATE ${F_LIBS})
+  target_compile_options(${name} PRIVATE ${sanitizers})
+  target_link_options(${name} PRIVATE -fsanitize=fuzzer,address,undefined)
+  foreach(lib ${F_INSTRUMENT})
+    target_compile_options(${lib} PRIVATE -fsanitize=fuzzer-no-link,address,undefined
+                                          -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g)
+  endforeach()
+  set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bin)
+endfunction()

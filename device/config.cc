@@ -209,6 +209,7 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
                   "per_channel",
                   "objective",
                   "constraints",
+                  "accuracy_confidence",
                   "server_price",
                   "top_k",
                   "in_flight",
@@ -304,6 +305,11 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
   }
   EDGESPLIT_RETURN_IF_ERROR(
       f.get("server_price", s.scheduler.server_price_per_s, kMustNonNegative));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("accuracy_confidence", s.scheduler.accuracy_confidence,
+                                  "a number in [0, 1), e.g. 0.95 (0: the point estimate)"));
+  if (!(s.scheduler.accuracy_confidence >= 0 && s.scheduler.accuracy_confidence < 1)) {
+    return f.error("accuracy_confidence", "a number in [0, 1), e.g. 0.95 (0: the point estimate)");
+  }
   EDGESPLIT_RETURN_IF_ERROR(f.get("top_k", s.top_k, kMustTopK));
   EDGESPLIT_RETURN_IF_ERROR(f.get("in_flight", s.in_flight, kMustInFlight));
   std::string lane = "auto";
@@ -343,6 +349,7 @@ const std::vector<std::string>& stream_flags() {
                                                   "profile",
                                                   "objective",
                                                   "max-accuracy-drop",
+                                                  "accuracy-confidence",
                                                   "max-latency-ms",
                                                   "min-fps",
                                                   "max-bytes-per-frame",
@@ -394,6 +401,9 @@ void add_flags(cxxopts::Options& cli) {
      cxxopts::value<std::string>()->default_value("latency"))
     ("max-accuracy-drop", "constraint: top-1 points lost vs fp32, from the profile (default 1; "
      "'none' lifts it)", cxxopts::value<std::string>())
+    ("accuracy-confidence", "the accuracy bound holds for the upper end of the loss's interval at "
+     "this confidence, from the profile's paired counts (0: the point estimate)",
+     cxxopts::value<double>()->default_value("0.95"))
     ("max-latency-ms", "constraint: predicted end-to-end latency per frame", cxxopts::value<double>())
     ("min-fps", "constraint: pipelined frames per second", cxxopts::value<double>())
     ("max-bytes-per-frame", "constraint: bytes sent per frame", cxxopts::value<double>())
@@ -557,6 +567,11 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
       }
       c.max_accuracy_drop_pp = pp;
     }
+  }
+  s.scheduler.accuracy_confidence = args["accuracy-confidence"].as<double>();
+  if (!(s.scheduler.accuracy_confidence >= 0 && s.scheduler.accuracy_confidence < 1)) {
+    return invalid_argument(
+        "--accuracy-confidence must lie in [0, 1), e.g. 0.95 (0: the point estimate)");
   }
   for (Bound b :
        {Bound{"max-latency-ms", &c.max_latency_ms}, Bound{"min-fps", &c.min_fps},

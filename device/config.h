@@ -31,10 +31,14 @@ enum class LocalLane {
 // (--max-accuracy-drop none): top-1 points lost against fp32, from the profile. Without a bound
 // the scheduler is free to send a 1-bit tensor that loses several points.
 inline constexpr double kDefaultMaxAccuracyDropPp = 1.0;
+// The bound is checked against the upper end of the loss's interval at this confidence (from the
+// profile's paired counts), not the point estimate: --accuracy-confidence 0 takes the point.
+inline constexpr double kDefaultAccuracyConfidence = 0.95;
 
 inline partitioner::SchedulerOptions default_scheduler_options() {
   partitioner::SchedulerOptions o;
   o.constraints.max_accuracy_drop_pp = kDefaultMaxAccuracyDropPp;
+  o.accuracy_confidence = kDefaultAccuracyConfidence;
   return o;
 }
 

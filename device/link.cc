@@ -119,6 +119,7 @@ LinkState Link::connect() {
       s.digest = m.digest();
       s.name = m.name();
       s.engine = m.engine();
+      s.cut_table = m.cut_table();
       s.tail_ms.assign(m.tail_ms().begin(), m.tail_ms().end());
       served_.push_back(std::move(s));
     }

@@ -67,6 +67,7 @@ struct ServedModel {
   std::string name;
   std::string engine;
   std::vector<double> tail_ms;  // per cut, the server's own profile (may be empty)
+  std::string cut_table;        // partitioner::cut_table_digest of the server's cuts ("": unsaid)
 };
 
 struct LinkOptions {

@@ -106,7 +106,8 @@ json Reporter::frame_json(const FrameRecord& r) {
                       {"bytes", round3(m.bytes)},
                       {"fps", round3(m.fps)},
                       {"energy_j", round3(m.energy_j)},
-                      {"accuracy_drop_pp", round3(m.accuracy_drop_pp)}};
+                      {"accuracy_drop_pp", round3(m.accuracy_drop_pp)},
+                      {"accuracy_drop_point_pp", round3(m.accuracy_drop_point_pp)}};
     // A fixed plan is not chosen: its decision says so, and what the bounds make of it.
     json dj = r.by_scheduler ? json{{"objective", partitioner::objective_name(r.objective)},
                                     {"feasible", d.feasible},

@@ -22,6 +22,7 @@
 #include "imaging/image_codec.h"
 #include "imaging/input_source.h"
 #include "imaging/preprocess.h"
+#include "partitioner/cut_table.h"
 #include "partitioner/estimators.h"
 #include "partitioner/model_graph.h"
 #include "partitioner/model_info.h"
@@ -140,6 +141,7 @@ struct Stream::Impl {
   int64_t next_frame = 0;
 
   RunStats stats;
+  bool said_cut_table = false;
   int corrections_said = 0;
   int misses = 0;  // since the manager last asked
   Clock::time_point run_start{};
@@ -175,6 +177,18 @@ struct Stream::Impl {
     const ServedModel* m = link.served(digest);
     const bool was_served = served;
     served = m != nullptr;
+    const std::string own = cut_table();
+    if (served && !m->cut_table.empty() && !own.empty() && m->cut_table != own) {
+      // The same model file, cut differently: a cut id here would name another cut there.
+      served = false;
+      if (!said_cut_table) {
+        said_cut_table = true;
+        log("server " + link.endpoint() + " numbers this model's cuts differently (its cut table " +
+            m->cut_table + ", this device's " + own +
+            "; another edgesplit or LibTorch version?): finishing its frames on the device");
+      }
+      return;
+    }
     if (!served) {
       log("server " + link.endpoint() + " does not serve this stream's model (" + digest +
           "; it serves " + link.served_list() + "): finishing its frames on the device");
@@ -191,6 +205,21 @@ struct Stream::Impl {
             " cuts)");
       }
     }
+  }
+
+  // The cut table this stream plans with: its profile's, else its model's ("" before either).
+  std::string cut_table() const {
+    std::vector<partitioner::CutTableEntry> table;
+    if (profile) {
+      for (const auto& c : profile->cuts) table.push_back({c.id, c.name, c.shapes});
+    } else if (model) {
+      for (const auto& c : model->cuts()) {
+        partitioner::CutTableEntry e{c.id, c.name, {}};
+        for (const auto& t : c.tensors) e.shapes.push_back(t.shape);
+        table.push_back(std::move(e));
+      }
+    }
+    return table.empty() ? "" : partitioner::cut_table_digest(table);
   }
 
   partitioner::Conditions conditions() const {
@@ -753,6 +782,10 @@ Result<std::unique_ptr<Stream>> Stream::create(const StreamConfig& config,
 
   if (s.profile) {
     partitioner::SchedulerOptions so = config.scheduler;
+    // The window the stream keeps (Stream::load sets the same): the pipelined period's floor.
+    so.in_flight = config.in_flight > 0 ? config.in_flight
+                   : config.scheduler.objective == partitioner::Objective::kThroughput ? 4
+                                                                                       : 1;
     if (!device.device_power_path.empty()) {
       auto power = partitioner::load_device_power(device.device_power_path);
       if (!power.ok()) return fail(power.status());
@@ -761,6 +794,12 @@ Result<std::unique_ptr<Stream>> Stream::create(const StreamConfig& config,
     auto sched = partitioner::Scheduler::create(*s.profile, so);
     if (!sched.ok()) return fail(sched.status());
     s.scheduler = std::move(sched).value();
+    if (so.constraints.max_accuracy_drop_pp && so.accuracy_confidence > 0 &&
+        !s.scheduler->accuracy_intervals_known()) {
+      s.log("profile " + s.profile_path +
+            " has no paired accuracy counts (made before they were recorded): the accuracy bound "
+            "is checked against point estimates; re-profile for intervals");
+    }
   }
   return std::unique_ptr<Stream>(new Stream(std::move(impl)));
 }
@@ -999,8 +1038,10 @@ std::string Stream::goal() const {
   std::string bounds;
   auto add = [&](const std::string& b) { bounds += (bounds.empty() ? "" : ", ") + b; };
   if (k.max_accuracy_drop_pp) {
+    const double conf = s.cfg.scheduler.accuracy_confidence;
     add("top-1 drop <= " + number_text(*k.max_accuracy_drop_pp) +
         (*k.max_accuracy_drop_pp == 1 ? " point" : " points") +
+        (conf > 0 ? " at the upper end of its " + number_text(100 * conf) + "% interval" : "") +
         (s.cfg.default_accuracy_bound ? " (the default; --max-accuracy-drop none lifts it)" : ""));
   }
   if (k.max_latency_ms) add("latency <= " + number_text(*k.max_latency_ms) + " ms");
@@ -1060,7 +1101,10 @@ void Stream::ready(double startup_s) {
     j["objective"] = partitioner::objective_name(s.cfg.scheduler.objective);
     const auto& k = s.cfg.scheduler.constraints;
     json bounds = json::object();
-    if (k.max_accuracy_drop_pp) bounds["max_accuracy_drop"] = *k.max_accuracy_drop_pp;
+    if (k.max_accuracy_drop_pp) {
+      bounds["max_accuracy_drop"] = *k.max_accuracy_drop_pp;
+      bounds["accuracy_confidence"] = s.cfg.scheduler.accuracy_confidence;
+    }
     if (k.max_latency_ms) bounds["max_latency_ms"] = *k.max_latency_ms;
     if (k.min_fps) bounds["min_fps"] = *k.min_fps;
     if (k.max_bytes) bounds["max_bytes_per_frame"] = *k.max_bytes;

@@ -1,8 +1,13 @@
 #include "imaging/image_codec.h"
 
+#include <csetjmp>
+#include <cstdio>
 #include <optional>
 #include <string>
 #include <utility>
+
+// jpeglib.h needs FILE and size_t declared first.
+#include <jpeglib.h>
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -13,31 +18,39 @@ namespace edgesplit::imaging {
 
 namespace {
 
-// Width and height from a JPEG's start-of-frame segment, read without decoding; nullopt when the
-// bytes do not start like a JPEG or end before a frame header.
+// libjpeg reports errors through error_exit, which must not return: it jumps back to the
+// caller's setjmp (no C++ object with a destructor lives between the two).
+struct JpegError {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+};
+
+extern "C" void jpeg_error_jump(j_common_ptr cinfo) {
+  std::longjmp(reinterpret_cast<JpegError*>(cinfo->err)->jump, 1);
+}
+
+extern "C" void jpeg_no_message(j_common_ptr) {}
+
+// Width and height from libjpeg's own header read (markers up to the start of scan, nothing
+// decoded); nullopt when the bytes are not a JPEG with a frame header.
 std::optional<std::pair<int, int>> jpeg_dimensions(const uint8_t* data, size_t size) {
-  if (size < 4 || data[0] != 0xFF || data[1] != 0xD8) return std::nullopt;
-  size_t pos = 2;
-  while (pos + 4 <= size) {
-    if (data[pos] != 0xFF) return std::nullopt;
-    const uint8_t marker = data[pos + 1];
-    if (marker == 0xFF) {  // fill byte
-      ++pos;
-      continue;
-    }
-    const size_t length = (static_cast<size_t>(data[pos + 2]) << 8) | data[pos + 3];
-    if (length < 2) return std::nullopt;
-    const bool start_of_frame =
-        marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
-    if (start_of_frame) {
-      if (pos + 9 > size || length < 7) return std::nullopt;
-      const int height = (data[pos + 5] << 8) | data[pos + 6];
-      const int width = (data[pos + 7] << 8) | data[pos + 8];
-      return std::make_pair(width, height);
-    }
-    pos += 2 + length;
+  jpeg_decompress_struct cinfo;
+  JpegError error;
+  cinfo.err = jpeg_std_error(&error.mgr);
+  error.mgr.error_exit = jpeg_error_jump;
+  error.mgr.output_message = jpeg_no_message;
+  if (setjmp(error.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    return std::nullopt;
   }
-  return std::nullopt;
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
+  const int header = jpeg_read_header(&cinfo, TRUE);
+  const int width = static_cast<int>(cinfo.image_width);
+  const int height = static_cast<int>(cinfo.image_height);
+  jpeg_destroy_decompress(&cinfo);
+  if (header != JPEG_HEADER_OK) return std::nullopt;
+  return std::make_pair(width, height);
 }
 
 }  // namespace

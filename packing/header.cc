@@ -1,6 +1,9 @@
 // Writing and validating the self-describing header (layout in header.h).
 #include "packing/header.h"
 
+#include <zlib.h>
+
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
@@ -40,25 +43,20 @@ float get_f32(const uint8_t* p) {
   return f;
 }
 
-std::array<uint32_t, 256> make_crc_table() {
-  std::array<uint32_t, 256> t{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1u) ? 0xedb88320u ^ (c >> 1) : c >> 1;
-    t[i] = c;
-  }
-  return t;
-}
-
 std::string s(uint64_t v) { return std::to_string(v); }
 
 }  // namespace
 
 uint32_t crc32(const uint8_t* data, size_t n) {
-  static const std::array<uint32_t, 256> table = make_crc_table();
-  uint32_t c = 0xffffffffu;
-  for (size_t i = 0; i < n; ++i) c = table[(c ^ data[i]) & 0xffu] ^ (c >> 8);
-  return c ^ 0xffffffffu;
+  // zlib's (the same IEEE 802.3 polynomial, reflected), in chunks its uInt length can hold.
+  uLong c = ::crc32(0L, Z_NULL, 0);
+  while (n > 0) {
+    const uInt chunk = static_cast<uInt>(std::min<size_t>(n, 1u << 30));
+    c = ::crc32(c, data, chunk);
+    data += chunk;
+    n -= chunk;
+  }
+  return static_cast<uint32_t>(c);
 }
 
 uint64_t raw_payload_bytes(Format format, int bits, uint64_t elements) {

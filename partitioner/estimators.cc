@@ -99,9 +99,18 @@ void NetworkEstimator::add_exchange(const Exchange& e) {
     add_rtt_sample(wire_ms, now);
     return;
   }
-  if (e.request_bytes < options_.bandwidth_sample_min_bytes) return;
   const double transfer_ms = wire_ms - rtt_ms();
   const double bytes = static_cast<double>(e.request_bytes);
+  if (e.request_bytes < options_.bandwidth_sample_min_bytes) {
+    // A mid-size exchange: a sample only when its transfer stands out of the round trip's noise.
+    const double visible =
+        std::max(options_.mid_sample_min_ms, options_.mid_sample_min_rtt_fraction * rtt_ms());
+    if (!has_rtt() || transfer_ms < visible) return;
+    bandwidth_.add(bytes / transfer_ms);
+    last_bandwidth_sample_ = now;
+    any_bandwidth_ = true;
+    return;
+  }
   if (transfer_ms < options_.min_transfer_ms) {
     // Too fast to time: the link moves at least this much. Raise the estimate to it if lower.
     const double at_least = bytes / options_.min_transfer_ms;
@@ -136,7 +145,10 @@ ProbeRequest NetworkEstimator::probe_due(bool plan_is_local) const {
   }
   const bool bandwidth_stale =
       !any_bandwidth_ || ms_between(last_bandwidth_sample_, now) >= options_.probe_interval_ms;
-  if (plan_is_local && bandwidth_stale) {
+  // Frames too small to measure the link leave the estimate to age: refresh it now and then.
+  const bool bandwidth_old =
+      !any_bandwidth_ || ms_between(last_bandwidth_sample_, now) >= options_.bandwidth_refresh_ms;
+  if ((plan_is_local && bandwidth_stale) || bandwidth_old) {
     const double bytes = bandwidth_.value() * options_.probe_transfer_ms;
     p.kind = ProbeRequest::Kind::kBandwidth;
     p.bytes =

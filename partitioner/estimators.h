@@ -92,8 +92,13 @@ struct ProbeRequest {
 struct NetworkEstimatorOptions {
   // Exchanges up to this size (about one packet) are round-trip samples.
   int64_t rtt_sample_max_bytes = 1500;
-  // Exchanges from this size on are bandwidth samples; between the two, neither.
+  // Exchanges from this size on are bandwidth samples. Between the two, an exchange is one only
+  // when its transfer time stands out of the round trip's noise: at least
+  // `mid_sample_min_rtt_fraction` of the base rtt and `mid_sample_min_ms` (a 2 KB frame on a slow
+  // link; on a fast one it says nothing and the bandwidth probe below refreshes the estimate).
   int64_t bandwidth_sample_min_bytes = 4096;
+  double mid_sample_min_rtt_fraction = 0.5;
+  double mid_sample_min_ms = 1.0;
   // A transfer time (wire time - base rtt) below this is too small to measure: the sample then
   // only says the bandwidth is at least bytes / min_transfer_ms.
   double min_transfer_ms = 0.05;
@@ -105,6 +110,9 @@ struct NetworkEstimatorOptions {
   double probe_interval_ms = 1000;
   // A round-trip probe is due after this long without a round-trip sample, whatever the plan.
   double rtt_probe_interval_ms = 2000;
+  // While the plan sends frames too small to be bandwidth samples, a bandwidth probe is due after
+  // this long without one (a probe costs the link probe_transfer_ms every this often).
+  double bandwidth_refresh_ms = 5000;
   // Bandwidth probe size: what the current estimate moves in probe_transfer_ms, within bounds.
   double probe_transfer_ms = 20;
   int64_t probe_bytes_min = 16 << 10;

@@ -12,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "profiles/accuracy_interval.h"
+
 namespace edgesplit::partitioner {
 namespace {
 
@@ -230,6 +232,11 @@ Result<Scheduler> Scheduler::create(const profiles::Profile& profile, SchedulerO
   if (!(options.objective_tolerance >= 0 && options.objective_tolerance < 1)) {
     return invalid_argument("objective_tolerance must lie in [0, 1)");
   }
+  if (options.in_flight < 0) return invalid_argument("in_flight must be >= 0 (0: no window)");
+  if (!(options.accuracy_confidence >= 0 && options.accuracy_confidence < 1)) {
+    return invalid_argument(
+        "accuracy_confidence must lie in [0, 1), e.g. 0.95 (0: point estimates)");
+  }
   if (!(options.server_price_per_s >= 0)) {
     return invalid_argument("server_price_per_s must be >= 0");
   }
@@ -262,7 +269,20 @@ Result<Scheduler> Scheduler::create(const profiles::Profile& profile, SchedulerO
       c.unpack_ms = e.unpack.median_ms;
       c.tail_ms = cut.tail.median_ms;
       c.bytes = e.bytes_mean;
-      c.accuracy_drop_pp = (profile.fp32_top1 - e.top1) * 100.0;
+      c.accuracy_drop_point_pp = (profile.fp32_top1 - e.top1) * 100.0;
+      c.accuracy_drop_pp = c.accuracy_drop_point_pp;
+      if (s.options_.accuracy_confidence > 0) {
+        if (e.paired() && profile.scored_images > 0) {
+          c.accuracy_drop_pp =
+              profiles::drop_interval(
+                  profile.scored_images, e.lost, e.gained,
+                  profiles::fp32_right_of(profile.fp32_top1, profile.scored_images),
+                  s.options_.accuracy_confidence)
+                  .high_pp;
+        } else {
+          s.intervals_known_ = false;
+        }
+      }
       c.device_memory_mb = memory_mb(cut);
       c.cut_id = cut.id;
       s.plans_.push_back(std::move(p));
@@ -374,6 +394,7 @@ PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
   PlanMetrics m;
   m.head_ms = k.head_ms * k.head_correction * c.device_load;
   m.accuracy_drop_pp = k.accuracy_drop_pp;
+  m.accuracy_drop_point_pp = k.accuracy_drop_point_pp;
   m.device_memory_mb = k.device_memory_mb;
   if (k.local) {
     m.latency_ms = m.head_ms;
@@ -392,6 +413,10 @@ PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
   m.latency_ms =
       m.head_ms + m.pack_ms + m.transfer_ms + m.rtt_ms + m.queue_ms + m.unpack_ms + m.tail_ms;
   m.period_ms = std::max({m.head_ms + m.pack_ms, m.transfer_ms, m.tail_ms + m.unpack_ms});
+  // With at most `in_flight` frames on their way, a new one starts only when one comes back.
+  if (options_.in_flight > 0) {
+    m.period_ms = std::max(m.period_ms, m.latency_ms / options_.in_flight);
+  }
   m.fps = m.period_ms > 0 ? 1000.0 / m.period_ms : kInf;
   m.bytes = k.bytes;
   m.server_ms = m.unpack_ms + m.tail_ms;

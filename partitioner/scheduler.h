@@ -103,6 +103,16 @@ struct SchedulerOptions {
   // or energy is not worth a plan twice as slow, and the profile's times are not that precise
   // anyway. 0: the objective alone decides (latency only breaks exact ties).
   double objective_tolerance = 0.05;
+  // The accuracy a plan is judged by: 0 takes the profile's point estimate of the top-1 points
+  // lost; a confidence in (0, 1) takes the upper end of the loss's interval at that confidence
+  // (profiles/accuracy_interval.h, from the paired counts of the scored images), so a plan whose
+  // loss is not known to within the bound is not feasible and no encoding is credited with a gain
+  // beyond its interval. Encodings of a profile without paired counts keep the point estimate
+  // (accuracy_intervals_known() says so).
+  double accuracy_confidence = 0;
+  // Frames the device keeps on their way at once: the pipelined period is at least latency /
+  // in_flight (a window of 1 runs one frame at a time). 0: no window (the stages alone).
+  int in_flight = 0;
 };
 
 // One plan: a cut and an encoding, or the device-only plan.
@@ -129,13 +139,15 @@ struct PlanMetrics {
   double unpack_ms = 0;
   double tail_ms = 0;
   double latency_ms = 0;
-  double period_ms = 0;  // pipelined: slowest stage of head + pack, transfer, unpack + tail
+  double period_ms = 0;  // pipelined: slowest stage of head + pack, transfer, unpack + tail, and
+                         // latency / in_flight
   double fps = 0;        // pipelined throughput, 1000 / period_ms
   double energy_j = 0;   // device energy per frame
   double bytes = 0;
-  double server_ms = 0;  // unpack + tail
-  double cost = 0;       // server_ms x price
-  double accuracy_drop_pp = 0;
+  double server_ms = 0;               // unpack + tail
+  double cost = 0;                    // server_ms x price
+  double accuracy_drop_pp = 0;        // what the bound is checked against (see accuracy_confidence)
+  double accuracy_drop_point_pp = 0;  // the profile's point estimate
   double device_memory_mb = 0;
 };
 
@@ -224,6 +236,9 @@ class Scheduler {
   Status set_constraints(const Constraints& constraints);
   void set_objective(Objective objective) { options_.objective = objective; }
   const SchedulerOptions& options() const { return options_; }
+  // Whether every remote plan's accuracy has an interval (the profile has paired counts); false
+  // when accuracy_confidence > 0 falls back to point estimates for some.
+  bool accuracy_intervals_known() const { return intervals_known_; }
 
   const std::vector<Plan>& plans() const { return plans_; }
   // Index of the device-only plan in plans().
@@ -253,6 +268,7 @@ class Scheduler {
     double tail_ms = 0;
     double bytes = 0;
     double accuracy_drop_pp = 0;
+    double accuracy_drop_point_pp = 0;
     double device_memory_mb = 0;
     bool local = false;
     bool excluded = false;       // exclude(): the server refused it
@@ -298,6 +314,7 @@ class Scheduler {
   std::optional<int> pinned_;
   std::optional<int> max_head_cut_;
   std::vector<int> profile_cut_ids_;  // the profile's cut ids, in its order
+  bool intervals_known_ = true;
   int challenger_ = -1;
   int challenger_streak_ = 0;
   std::vector<PlanEstimate> feasible_;  // decide()'s scratch: the feasible plans of this decision

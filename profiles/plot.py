@@ -6,9 +6,13 @@ Writes two figures (the format follows the file extension of --out-prefix's outp
                        without a lossless stage and with the best one), JPEG points at cut 0 (a
                        marker per quality), the fp32 top-1 as a line. Without labels in the
                        profile the y-axis is the agreement with the fp32 model's top-1 (fp32 is
-                       100% by definition, and has no band). Every point has its 95% interval
-                       (Wilson score, over the profile's scored images) as a bar, the fp32 line as
-                       a band: a point inside the band is no evidence of a gain or a loss. Points
+                       100% by definition, and has no band). Every point has its 95% interval as
+                       a bar: where the profile has the encoding's paired counts against fp32
+                       ("lost", "gained"), the fp32 top-1 minus the paired interval of the
+                       loss (the one profiles/accuracy_interval.h computes: a bar that does not
+                       reach the fp32 line is evidence of a loss); otherwise the Wilson score
+                       interval of its own top-1 over the scored images. The fp32 line has its
+                       Wilson interval as a band. Points
                        below the y-axis are drawn on it as downward triangles. The legend is right
                        of the axes; when there are more cuts than --max-cuts (an even spread is
                        kept, always with the first and the last), a note under it (and a line on
@@ -51,6 +55,84 @@ def wilson_interval(p, n, z=Z95):
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def binomial_cdf(k, m, p):
+    """P(X <= k) for X ~ binomial(m, p), summed in logs."""
+    if k < 0:
+        return 0.0
+    if k >= m or p <= 0:
+        return 1.0
+    if p >= 1:
+        return 0.0
+    lp, lq, lm = math.log(p), math.log1p(-p), math.lgamma(m + 1)
+    terms = [lm - math.lgamma(i + 1) - math.lgamma(m - i + 1) + i * lp + (m - i) * lq
+             for i in range(k + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def solve_decreasing(f, target):
+    """The p in [0, 1] where f (decreasing in p) crosses target, by bisection."""
+    lo, hi = 0.0, 1.0
+    for _ in range(200):
+        if hi - lo <= 1e-13:
+            break
+        mid = 0.5 * (lo + hi)
+        if f(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def clopper_pearson(k, m, confidence=0.95):
+    """The exact two-sided interval (lo, hi) of a binomial proportion, k of m."""
+    if m <= 0:
+        return 0.0, 1.0
+    alpha = 1 - confidence
+    lo = 0.0 if k == 0 else solve_decreasing(lambda p: binomial_cdf(k - 1, m, p), 1 - alpha / 2)
+    hi = 1.0 if k == m else solve_decreasing(lambda p: binomial_cdf(k, m, p), alpha / 2)
+    return lo, hi
+
+
+def drop_interval(n, lost, gained, fp32_right, confidence=0.95):
+    """(point, lo, hi): top-1 points lost against fp32 on n paired images, as
+    profiles/accuracy_interval.h computes them: Newcombe's hybrid score interval (method 10) with
+    labels, the exact interval of lost / n without them (fp32 right on all n). 95% only."""
+    if n <= 0:
+        return 0.0, 0.0, 0.0
+    point = 100.0 * (lost - gained) / n
+    if fp32_right >= n:
+        lo, hi = clopper_pearson(lost - gained, n, confidence)
+        return point, 100.0 * lo, 100.0 * hi
+    b, c = float(lost), float(gained)
+    a = fp32_right - b
+    e = n - a - b - c
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = wilson_interval(p1, n)
+    l2, u2 = wilson_interval(p2, n)
+    den = math.sqrt((a + b) * (c + e) * (a + c) * (b + e))
+    phi = (a * e - b * c) / den if den > 0 else 0.0
+    dl1, du1, dl2, du2 = p1 - l1, u1 - p1, p2 - l2, u2 - p2
+    delta = math.sqrt(max(0.0, dl1 * dl1 - 2 * phi * dl1 * du2 + du2 * du2))
+    eps = math.sqrt(max(0.0, du1 * du1 - 2 * phi * du1 * dl2 + dl2 * dl2))
+    theta = p1 - p2
+    return point, 100.0 * max(-1.0, theta - delta), 100.0 * min(1.0, theta + eps)
+
+
+def paired(e):
+    return e.get("lost", -1) >= 0 and e.get("gained", -1) >= 0
+
+
+def top1_interval(e, n, fp32_top1):
+    """(lo, hi) of an encoding's top-1 at 95%, fractions: fp32_top1 minus the paired loss
+    interval when the profile has the counts, else the Wilson interval of its top-1."""
+    if paired(e) and n > 0:
+        right = min(n, max(0, round(fp32_top1 * n)))
+        _, lo_pp, hi_pp = drop_interval(n, e["lost"], e["gained"], right)
+        return max(0.0, fp32_top1 - hi_pp / 100), min(1.0, fp32_top1 - lo_pp / 100)
+    return wilson_interval(e["top1"], n)
+
+
 def best_per_size(points):
     """The upper-left frontier: points no other point beats in both bytes and top-1."""
     front = []
@@ -60,15 +142,16 @@ def best_per_size(points):
     return front
 
 
-def quantized_curve(cut, lossless):
-    """(bytes, top1, name) of the cut's per-tensor quantized encodings with `lossless`."""
+def quantized_curve(cut, lossless, n, fp32_top1):
+    """(bytes, top1, name, (lo, hi)) of the cut's per-tensor quantized encodings with
+    `lossless`, with the 95% interval of top1 (top1_interval)."""
     out = []
     for e in cut["encodings"]:
         if e["jpeg_quality"] or e["per_channel"] or e["lossless"] != lossless:
             continue
         if e["format"] != "quantized" and e["format"] != "fp32" and e["format"] != "fp16":
             continue
-        out.append((e["bytes_mean"], e["top1"], e["name"]))
+        out.append((e["bytes_mean"], e["top1"], e["name"], top1_interval(e, n, fp32_top1)))
     return sorted(out)
 
 
@@ -89,16 +172,16 @@ def cut_label(cut):
     return f"cut {cut['id']} {cut['name']}"
 
 
-def accuracy_series(cut, lossless_names):
-    """{family: [(bytes, top1, name)]}: one curve per range choice ("", "clip99.9", "clip99/cal",
-    ...), for each precision the smallest of its lossless variants. fp16/fp32 close the plain
-    min/max curve."""
+def accuracy_series(cut, lossless_names, n, fp32_top1):
+    """{family: [(bytes, top1, name, (lo, hi))]}: one curve per range choice ("", "clip99.9",
+    "clip99/cal", ...), for each precision the smallest of its lossless variants. fp16/fp32 close
+    the plain min/max curve."""
     by_name = {}
     for lossless in ["none"] + lossless_names:
-        for b, a, name in quantized_curve(cut, lossless):
+        for b, a, name, iv in quantized_curve(cut, lossless, n, fp32_top1):
             base = name.split("+")[0]
             if base not in by_name or b < by_name[base][0]:
-                by_name[base] = (b, a, name)
+                by_name[base] = (b, a, name, iv)
     families = {}
     for base, point in by_name.items():
         family = base.split("/", 1)[1] if "/" in base else ""
@@ -118,25 +201,31 @@ def plot_accuracy(profile, path, max_cuts):
     cmap = plt.get_cmap("viridis")
     lossless_names = sorted({e["lossless"] for c in cuts for e in c["encodings"]} - {"none"})
     styles = ["-", "--", ":", "-."]
-    curves = []  # (label, colour, linestyle, [(bytes, top1 %, name)])
+    fp32_top1 = profile["fp32_top1"]
+    curves = []  # (label, colour, linestyle, [(bytes, top1 %, name, (lo %, hi %))])
     for i, cut in enumerate(cuts):
         colour = cmap(i / max(1, len(cuts) - 1))
-        families = accuracy_series(cut, lossless_names)
+        families = accuracy_series(cut, lossless_names, n, fp32_top1)
         for k, family in enumerate(sorted(families)):
             label = cut_label(cut) + (f" /{family}" if family else "")
-            pts = [(b, 100 * a, name) for b, a, name in families[family]]
+            pts = [(b, 100 * a, name, (100 * lo, 100 * hi))
+                   for b, a, name, (lo, hi) in families[family]]
             curves.append((label, colour, styles[k % 4], pts))
-    jpeg = [(e["bytes_mean"], 100 * e["top1"], e["name"]) for c in cuts for e in c["encodings"]
-            if e["jpeg_quality"]]
+    jpeg = []
+    for e in (e for c in cuts for e in c["encodings"] if e["jpeg_quality"]):
+        lo, hi = top1_interval(e, n, fp32_top1)
+        jpeg.append((e["bytes_mean"], 100 * e["top1"], e["name"], (100 * lo, 100 * hi)))
     every = [p for _, _, _, pts in curves for p in pts] + jpeg
+    shown = [e for c in cuts for e in c["encodings"]]
+    n_paired = sum(1 for e in shown if paired(e))
 
-    def interval(y):
+    def wilson_pct(y):
         lo, hi = wilson_interval(y / 100, n)
         return 100 * lo, 100 * hi
 
-    lowest = min((interval(p[1])[0] for p in every), default=fp32)
+    lowest = min((p[3][0] for p in every), default=fp32)
     bottom = max(0.0, lowest - 1, fp32 - 30)
-    highest = max([interval(p[1])[1] for p in every] + [interval(fp32)[1] if labelled else fp32])
+    highest = max([p[3][1] for p in every] + [wilson_pct(fp32)[1] if labelled else fp32])
     top = highest + 0.04 * (highest - bottom) + 0.2
 
     fig, ax = plt.subplots(figsize=(12, 6))
@@ -150,10 +239,11 @@ def plot_accuracy(profile, path, max_cuts):
         inside = [p for p in pts if p[1] >= bottom]
         below = [p for p in pts if p[1] < bottom]
         if inside:
-            lo_hi = [interval(p[1]) for p in inside]
+            lo_hi = [p[3] for p in inside]
             ax.errorbar([p[0] for p in inside], [p[1] for p in inside],
-                        yerr=[[p[1] - lh[0] for p, lh in zip(inside, lo_hi)],
-                              [lh[1] - p[1] for p, lh in zip(inside, lo_hi)]],
+                        # max(0, ...): a paired end may equal the point, up to rounding.
+                        yerr=[[max(0.0, p[1] - lh[0]) for p, lh in zip(inside, lo_hi)],
+                              [max(0.0, lh[1] - p[1]) for p, lh in zip(inside, lo_hi)]],
                         fmt="none", ecolor=colour, elinewidth=0.7, alpha=0.4, capsize=1.5)
             ax.plot([p[0] for p in inside], [p[1] for p in inside], marker, color=colour, ms=ms,
                     ls="none", zorder=3, clip_on=False)  # whole markers on the edges too
@@ -180,7 +270,7 @@ def plot_accuracy(profile, path, max_cuts):
     ax.set_xscale("log")
     ax.axhline(fp32, color="grey", ls="--", lw=1)
     if labelled:
-        lo, hi = interval(fp32)
+        lo, hi = wilson_pct(fp32)
         ax.axhspan(lo, hi, color="grey", alpha=0.15, lw=0)
         ax.text(0.01, fp32, " fp32", va="bottom", fontsize=8, color="grey",
                 transform=ax.get_yaxis_transform())
@@ -192,8 +282,16 @@ def plot_accuracy(profile, path, max_cuts):
                 transform=ax.get_yaxis_transform())
         handles.append((Line2D([], [], color="grey", ls="--", lw=1),
                         "fp32: agrees with itself"))
-    handles.append((Line2D([], [], color="grey", marker="|", ms=9, mew=0.8, ls="none"),
-                    f"bars: 95% interval (Wilson, {n} images)"))
+    band = "; Wilson\nfor the fp32 band" if labelled else ""
+    if n_paired == len(shown):
+        bars = (f"bars: 95% interval, fp32 top-1 minus the\npaired interval of the loss "
+                f"({n} images{band})")
+    elif n_paired == 0:
+        bars = f"bars: 95% interval (Wilson, {n} images)"
+    else:
+        bars = (f"bars: 95% interval, fp32 top-1 minus the\npaired interval of the loss "
+                f"where the profile\nhas the counts, else Wilson ({n} images)")
+    handles.append((Line2D([], [], color="grey", marker="|", ms=9, mew=0.8, ls="none"), bars))
     if clipped:
         handles.append((Line2D([], [], color="white", marker="v", ms=6, mec="black", mew=0.5,
                                ls="none"),

@@ -59,6 +59,13 @@ struct EncodingProfile {
   double top1 = 0;  // fraction correct on the scored images (labels, or agreement below)
   double top5 = 0;
   double agreement = 0;  // fraction whose top-1 equals the fp32 model's top-1
+  // Paired with fp32 on the same scored images (top-1 against the labels, or against fp32's own
+  // top-1 without labels): `lost` images fp32 gets right and this encoding wrong, `gained` the
+  // other way round. They give the loss's confidence interval (accuracy_interval.h). -1 in
+  // profiles made before they were recorded: only the point estimate is known.
+  int64_t lost = -1;
+  int64_t gained = -1;
+  bool paired() const { return lost >= 0 && gained >= 0; }
 };
 
 struct CutProfile {

@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "profiles/accuracy_interval.h"
 #include "profiles/profile.h"
 
 namespace edgesplit::profiles {
@@ -75,7 +76,10 @@ OrderedJson machine_json(const MachineInfo& m) {
   return j;
 }
 
-OrderedJson encoding_profile_json(const EncodingProfile& e) {
+double round_to(double v, double unit) { return std::round(v / unit) * unit; }
+
+// `scored`: the profile's scored images, for the loss interval written beside the counts.
+OrderedJson encoding_profile_json(const EncodingProfile& e, int scored, int64_t fp32_right) {
   OrderedJson j;
   j["name"] = e.encoding.name();
   j["format"] = format_key(e.encoding.format);
@@ -94,10 +98,19 @@ OrderedJson encoding_profile_json(const EncodingProfile& e) {
   j["top1"] = e.top1;
   j["top5"] = e.top5;
   j["agreement"] = e.agreement;
+  if (e.paired()) {
+    j["lost"] = e.lost;
+    j["gained"] = e.gained;
+    // For a person reading the file (derived from the counts; not read back).
+    const DropInterval d = drop_interval(scored, e.lost, e.gained, fp32_right, 0.95);
+    j["drop_pp"] = {{"point", round_to(d.point_pp, 1e-3)},
+                    {"low95", round_to(d.low_pp, 1e-3)},
+                    {"high95", round_to(d.high_pp, 1e-3)}};
+  }
   return j;
 }
 
-OrderedJson cut_json(const CutProfile& c) {
+OrderedJson cut_json(const CutProfile& c, int scored, int64_t fp32_right) {
   OrderedJson j;
   j["id"] = c.id;
   j["name"] = c.name;
@@ -111,7 +124,8 @@ OrderedJson cut_json(const CutProfile& c) {
   j["head"] = timing_json(c.head);
   j["tail"] = timing_json(c.tail);
   OrderedJson encodings = OrderedJson::array();
-  for (const auto& e : c.encodings) encodings.push_back(encoding_profile_json(e));
+  for (const auto& e : c.encodings)
+    encodings.push_back(encoding_profile_json(e, scored, fp32_right));
   j["encodings"] = std::move(encodings);
   return j;
 }
@@ -133,7 +147,8 @@ OrderedJson profile_json(const Profile& p) {
   j["fp32_top5"] = p.fp32_top5;
   if (!p.timing_warnings.empty()) j["timing_warnings"] = p.timing_warnings;
   OrderedJson cuts = OrderedJson::array();
-  for (const auto& c : p.cuts) cuts.push_back(cut_json(c));
+  for (const auto& c : p.cuts)
+    cuts.push_back(cut_json(c, p.scored_images, fp32_right_of(p.fp32_top1, p.scored_images)));
   j["cuts"] = std::move(cuts);
   return j;
 }
@@ -477,6 +492,12 @@ Status parse_encoding_profile(const Json& j, const std::string& p, EncodingProfi
   EDGESPLIT_RETURN_IF_ERROR(fraction(p + ".top1", e.top1));
   EDGESPLIT_RETURN_IF_ERROR(fraction(p + ".top5", e.top5));
   EDGESPLIT_RETURN_IF_ERROR(fraction(p + ".agreement", e.agreement));
+  EDGESPLIT_RETURN_IF_ERROR(read(j, p, "lost", false, e.lost));
+  EDGESPLIT_RETURN_IF_ERROR(read(j, p, "gained", false, e.gained));
+  if (e.paired() != (j.contains("lost") && j.contains("gained"))) {
+    return invalid_argument("profile keys \"" + p +
+                            ".lost\" and \".gained\" come together, as counts of 0 or more");
+  }
   return Status();
 }
 

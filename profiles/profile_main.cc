@@ -1,7 +1,9 @@
-// edgesplit-profile: measures a model's cut points into a profile (see profiles/profiler.h), or
-// re-times one side of an existing profile on this machine and merges it in (--merge-into).
-// Exit status: 0 written, 2 a user error (a bad flag or value, a missing file, a model or profile
-// that does not fit), 1 a failure while running, 130 interrupted.
+// edgesplit-profile: measures a model's cut points into a profile (see profiles/profiler.h),
+// re-times one side of an existing profile on this machine and merges it in (--merge-into), or
+// checks an existing profile's accuracy on other images (--verify).
+// Exit status: 0 written (or, with --verify, reported), 2 a user error (a bad flag or value, a
+// missing file, a model or profile that does not fit), 1 a failure while running, 130
+// interrupted.
 #include <signal.h>
 #include <unistd.h>
 
@@ -142,14 +144,76 @@ Result<std::vector<double>> parse_doubles(const std::string& text) {
   return out;
 }
 
+void install_signal_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+// --verify PROFILE: re-scores every plan of the profile on other images and prints predicted
+// against measured loss. 0 once reported (whatever it found), 2 on user errors.
+int run_verify(const cxxopts::ParseResult& args) {
+  if (!args["merge-into"].as<std::string>().empty()) {
+    return usage_error("--verify and --merge-into do not go together");
+  }
+  profiles::VerifyOptions v;
+  v.profile_path = args["verify"].as<std::string>();
+  v.model_path = args["model"].as<std::string>();
+  v.meta_path = args["meta"].as<std::string>();
+  v.images = args["images"].as<std::string>();
+  v.labels = args["labels"].as<std::string>();
+  v.scored = args["scored"].as<int>();
+  v.batch = args["batch"].as<int>();
+  v.threads = args["threads"].as<int>();
+  if (v.images.empty()) return usage_error("--verify needs --images DIR (see --help)");
+  if (v.batch < 1 || v.threads < 0 || v.scored < 0) {
+    return usage_error("--batch must be >= 1, --threads and --scored >= 0");
+  }
+  auto engine = edgesplit::partitioner::parse_engine(args["engine"].as<std::string>());
+  if (!engine) return usage_error("--engine must be optimized, onednn, xnnpack or plain");
+  v.engine = *engine;
+  const std::string out = args["out"].as<std::string>();
+  if (!out.empty() && out == v.profile_path) {
+    return usage_error("--out names the report to write, not the profile being verified");
+  }
+
+  install_signal_handlers();
+  v.cancel = &g_interrupted;
+  ProgressPrinter printer(args.count("quiet") > 0);
+  v.on_progress = [&printer](const profiles::Progress& p) { printer(p); };
+  auto report = profiles::verify_profile(v);
+  printer.finish();
+  if (!report.ok()) {
+    if (g_interrupted.load()) {
+      std::cerr << "edgesplit-profile: interrupted; nothing was reported\n";
+      return 130;
+    }
+    return fail(report.status());
+  }
+  for (const std::string& w : report->warnings) {
+    std::cerr << "edgesplit-profile: warning: " << w << '\n';
+  }
+  std::cout << profiles::verify_table(*report);
+  std::cout << "edgesplit-profile: " << profiles::verify_summary(*report) << std::endl;
+  if (!out.empty()) {
+    Status saved = profiles::save_verify_report(out, *report);
+    if (!saved.ok()) return fail(saved);
+    std::cerr << "edgesplit-profile: wrote " << out << '\n';
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   cxxopts::Options cli("edgesplit-profile",
                        "Measures what every cut point of a model costs (head and tail times), "
-                       "sends (packed bytes per encoding) and loses (top-1/top-5 per encoding). "
-                       "Exit status: 0 written, 2 a user error (flag, value, missing file), 1 a "
-                       "failure while running, 130 interrupted.");
+                       "sends (packed bytes per encoding) and loses (top-1/top-5 per encoding); "
+                       "with --verify PROFILE, checks a profile's predicted top-1 losses on other "
+                       "images. Exit status: 0 written (or reported), 2 a user error (flag, value, "
+                       "missing file), 1 a failure while running, 130 interrupted.");
   // clang-format off
   cli.add_options()
     ("model", "TorchScript model file", cxxopts::value<std::string>())
@@ -159,7 +223,8 @@ int main(int argc, char** argv) {
      cxxopts::value<std::string>()->default_value(""))
     ("labels", "labels file, 'file<TAB>class index' per line (without: agreement with fp32)",
      cxxopts::value<std::string>()->default_value(""))
-    ("out", "profile to write (replaced atomically)", cxxopts::value<std::string>()->default_value(""))
+    ("out", "profile to write (replaced atomically); with --verify, the JSON report",
+     cxxopts::value<std::string>()->default_value(""))
     ("calibration", "images used for packed sizes and fitted ranges (default: min(100, half))",
      cxxopts::value<int>()->default_value("-1"))
     ("scored", "images scored for accuracy after the calibration ones (0: all the rest)",
@@ -187,6 +252,11 @@ int main(int argc, char** argv) {
      cxxopts::value<std::string>()->default_value("both"))
     ("merge-into", "time only --side on this machine and merge it into this profile (written "
      "back unless --out is given)", cxxopts::value<std::string>()->default_value(""))
+    ("verify", "re-score every plan (cut, encoding) of this existing profile on --images (with "
+     "--model, the model it was made for; images it was made from are skipped) and print the "
+     "predicted loss against fp32 top-1 (its 95% interval) beside the measured one, flagging "
+     "OUTSIDE those that miss; --labels, --scored (images to use, 0: all), --batch, --out "
+     "(REPORT.json) apply", cxxopts::value<std::string>()->default_value(""))
     ("quiet", "no progress output (warnings and errors are still printed)")
     ("h,help", "print this help");
   // clang-format on
@@ -201,6 +271,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (!args.count("model")) return usage_error("--model FILE is required (see --help)");
+  if (!args["verify"].as<std::string>().empty()) return run_verify(args);
 
   profiles::ProfilerOptions o;
   o.model_path = args["model"].as<std::string>();
@@ -274,11 +345,7 @@ int main(int argc, char** argv) {
     o.timing_only_for = &base;
   }
 
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
+  install_signal_handlers();
   o.cancel = &g_interrupted;
   ProgressPrinter printer(args.count("quiet") > 0);
   o.on_progress = [&printer](const profiles::Progress& p) { printer(p); };

@@ -6,7 +6,8 @@
 // sizes, pack/unpack times, fitted ranges) and, batch by batch, heads on the scored images followed
 // by every quantization setting's tail from that one head output. Lossless stages do not change
 // values, so accuracy is measured once per quantization setting and shared by its lossless
-// variants.
+// variants. verify_profile reuses the loading, the fp32 reference and the scoring on other images
+// (no calibration, no timing), with the cuts and encodings of an existing profile.
 #include "profiles/profiler.h"
 
 #include <unistd.h>
@@ -21,6 +22,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -127,12 +129,19 @@ Scores score(const at::Tensor& logits) {
 // Running accuracy counts of one quantization setting (or of JPEG at one quality).
 struct Tally {
   int64_t n = 0, top1 = 0, top5 = 0, agree = 0;
-  // `reference` are the fp32 model's top-1 classes of the same images; `labels` < 0 when absent.
+  // Paired with fp32 (EncodingProfile::lost, gained): top1 - fp32's top1 = gained - lost.
+  int64_t lost = 0, gained = 0;
+  // `reference` are the fp32 model's top-1 classes of the same images; `labels` < 0 when absent
+  // (the truth is then the reference itself: nothing is gained).
   void add(const Scores& s, const std::vector<int>& labels, const int* reference) {
     for (size_t i = 0; i < s.top1.size(); ++i) {
       const int truth = labels[i] >= 0 ? labels[i] : reference[i];
+      const bool right = s.top1[i] == truth;
+      const bool fp32_right = reference[i] == truth;
       ++n;
-      if (s.top1[i] == truth) ++top1;
+      if (right) ++top1;
+      if (fp32_right && !right) ++lost;
+      if (!fp32_right && right) ++gained;
       if (std::find(s.top5[i].begin(), s.top5[i].end(), truth) != s.top5[i].end()) ++top5;
       if (s.top1[i] == reference[i]) ++agree;
     }
@@ -150,7 +159,8 @@ double percentile_of_sorted(const std::vector<double>& v, double p) {
 // Two encodings that decode to the same values (they differ only in the lossless stage).
 bool same_values(const Encoding& a, const Encoding& b) {
   return a.format == b.format && a.bits == b.bits && a.per_channel == b.per_channel &&
-         a.clip_percentile == b.clip_percentile && a.jpeg_quality == b.jpeg_quality;
+         a.clip_percentile == b.clip_percentile && a.jpeg_quality == b.jpeg_quality &&
+         a.fixed_range == b.fixed_range && a.range_min == b.range_min && a.range_max == b.range_max;
 }
 
 // Frame `b` of a batched tensor, as the batch-1 shape the device sends.
@@ -162,7 +172,9 @@ std::vector<int64_t> frame_shape(const at::Tensor& t) {
 
 class Profiler {
  public:
-  explicit Profiler(const ProfilerOptions& o) : opt_(o), start_(Clock::now()) {}
+  // With `verify`, the run re-scores that profile's plans (verify()) instead of profiling.
+  explicit Profiler(const ProfilerOptions& o, const Profile* verify = nullptr)
+      : opt_(o), verify_(verify), start_(Clock::now()) {}
 
   Result<Profile> run() {
     EDGESPLIT_RETURN_IF_ERROR(load());
@@ -180,6 +192,61 @@ class Profiler {
     }
     report("done", true);
     return std::move(profile_);
+  }
+
+  // Scores every plan of the profile given to the constructor on the loaded images (none of
+  // them calibration images), paired against fp32 on them.
+  Result<VerifyReport> verify(double confidence) {
+    EDGESPLIT_RETURN_IF_ERROR(load());
+    EDGESPLIT_RETURN_IF_ERROR(plan());
+    // Work estimates from the profile's own timings (nothing is timed here).
+    for (int id : selected_) {
+      const CutProfile& c = verify_->cuts[static_cast<size_t>(id)];
+      if (c.head.measured()) head_ms_[id] = c.head.median_ms;
+      if (c.tail.measured()) tail_ms_[id] = c.tail.median_ms;
+    }
+    const CutProfile& device = verify_->cuts.back();
+    whole_ms_ = std::max(0.01, device.head.measured() ? device.head.median_ms : 1.0);
+    work_started_s_ = elapsed_s();
+    total_ = work_after_timing();
+    EDGESPLIT_RETURN_IF_ERROR(reference());
+
+    VerifyReport r;
+    r.model_digest = graph_->digest();
+    r.images = opt_.images;
+    r.labels = profile_.labels;
+    r.confidence = confidence;
+    r.images_used = n_scored_;
+    r.images_skipped = skipped_;
+    r.profile_scored_images = verify_->scored_images;
+    r.profile_fp32_top1 = verify_->fp32_top1;
+    r.fp32_top1 = profile_.fp32_top1;
+    if (verify_->labels.empty() != profile_.labels.empty()) {
+      r.warnings.push_back(
+          std::string("the profile's losses are against ") +
+          (verify_->labels.empty() ? "the fp32 model's top-1 (it was made without labels)"
+                                   : "labels") +
+          ", these against " +
+          (profile_.labels.empty() ? "the fp32 model's top-1 (no --labels)" : "labels") +
+          ": they measure different losses");
+    }
+    for (int id : selected_) {
+      const CutProfile& c = verify_->cuts[static_cast<size_t>(id)];
+      const std::vector<Encoding> encs = encodings_of(id);
+      std::vector<Tally> tallies(encs.size());
+      const std::string phase = "verifying cut " + std::to_string(id) + " (" + c.name + ")";
+      const double start_done = done_;
+      report(phase, true);
+      EDGESPLIT_RETURN_IF_ERROR(score_cut(id, encs, phase, tallies));
+      done_ = start_done + cut_work_[id];
+      for (size_t i = 0; i < encs.size(); ++i) {
+        const Tally& t = shared_tally(encs, tallies, i);
+        r.rows.push_back(make_verify_row(*verify_, c, c.encodings[i], t.n, t.lost, t.gained,
+                                         fp32_right_of(profile_.fp32_top1, t.n), confidence));
+      }
+    }
+    report("done", true);
+    return r;
   }
 
  private:
@@ -230,14 +297,21 @@ class Profiler {
     }
     auto source = imaging::open_source(opt_.images);
     if (!source.ok()) return source.status();
+    const std::set<std::string> skip =
+        verify_ ? images_of_profile(labels) : std::set<std::string>();
     int unlabelled = 0;
-    // A timing-only run needs a few frames only.
-    const size_t wanted = opt_.timing_only_for ? 8 : SIZE_MAX;
+    // A timing-only run needs a few frames only; a verify run the --scored ones.
+    size_t wanted = opt_.timing_only_for ? 8 : SIZE_MAX;
+    if (verify_ && opt_.scored > 0) wanted = static_cast<size_t>(opt_.scored);
     while (samples_.size() < wanted) {
       auto frame = (*source)->next();
       if (!frame) break;
       Sample s;
       s.name = fs::path(frame->source).filename().string();
+      if (skip.count(s.name) > 0) {
+        ++skipped_;
+        continue;
+      }
       if (!labels.empty()) {
         auto it = labels.find(s.name);
         if (it == labels.end()) {
@@ -258,10 +332,17 @@ class Profiler {
                    unlabelled, opt_.images.c_str(), opt_.labels.c_str());
     }
     const int n = static_cast<int>(samples_.size());
+    if (n == 0 && skipped_ > 0) {
+      return not_found("no images in " + opt_.images + " besides the " + std::to_string(skipped_) +
+                       " the profile was made from; add others or verify on another folder");
+    }
     if (n == 0) return not_found("no usable images in " + opt_.images);
     if (opt_.timing_only_for) {
       n_cal_ = n;
       n_scored_ = 0;
+    } else if (verify_) {
+      n_cal_ = 0;
+      n_scored_ = n;
     } else {
       n_cal_ = opt_.calibration >= 0 ? opt_.calibration : std::min(100, n / 2);
       if (n_cal_ < 1 || n_cal_ >= n) {
@@ -292,9 +373,47 @@ class Profiler {
     return Status();
   }
 
+  // In a verify run, the names of the images in the folder that the profile was made from, when
+  // the folder is the profile's own: its calibration images and the scored ones after them. The
+  // profiler skipped images without a label: those of the profile's labels file (or, when it
+  // cannot be read, `labels`) decide which ones it scored.
+  std::set<std::string> images_of_profile(const std::map<std::string, int>& labels) const {
+    std::error_code ec;
+    if (verify_->images.empty() || !fs::equivalent(opt_.images, verify_->images, ec) || ec) {
+      return {};
+    }
+    std::map<std::string, int> scored_labels;
+    if (!verify_->labels.empty()) {
+      auto l = read_labels(verify_->labels);
+      scored_labels = l.ok() ? std::move(l).value() : labels;
+    }
+    std::vector<std::string> names;
+    for (fs::directory_iterator it(opt_.images, ec), end; !ec && it != end; it.increment(ec)) {
+      std::error_code type_ec;
+      if (it->is_regular_file(type_ec) && imaging::is_image_file(it->path())) {
+        names.push_back(it->path().filename().string());
+      }
+    }
+    std::sort(names.begin(), names.end());
+    std::function<bool(const std::string&)> eligible;
+    if (!scored_labels.empty()) {
+      eligible = [&scored_labels](const std::string& n) { return scored_labels.count(n) > 0; };
+    }
+    return images_profiled(*verify_, names, eligible);
+  }
+
   Status plan() {
     const auto& cuts = graph_->cuts();
-    if (opt_.timing_only_for) {
+    if (verify_) {
+      if (verify_->cuts.size() != cuts.size()) {
+        return invalid_argument("the profile lists " + std::to_string(verify_->cuts.size()) +
+                                " cuts, the model has " + std::to_string(cuts.size()));
+      }
+      for (const auto& c : verify_->cuts) {
+        if (!c.encodings.empty() && c.id != graph_->device_cut()) selected_.push_back(c.id);
+      }
+      profile_.cuts = verify_->cuts;
+    } else if (opt_.timing_only_for) {
       const Profile& p = *opt_.timing_only_for;
       if (p.cuts.size() != cuts.size()) {
         return invalid_argument("the profile to merge into lists " + std::to_string(p.cuts.size()) +
@@ -520,22 +639,34 @@ class Profiler {
       }
       return w;
     }
-    const int settings = static_cast<int>(quant_settings(encodings_).size());
     double total = static_cast<double>(n_scored_) * whole_ms_;
     for (int id : selected_) {
       if (id == graph_->device_cut()) continue;
       const auto [head, tail] = estimate_ms(id);
-      const auto& encs = id == 0 ? input_encodings_ : encodings_;
+      const std::vector<Encoding> encs = encodings_of(id);
+      const auto settings = static_cast<double>(quant_settings(encs).size());
+      const auto jpegs = static_cast<double>(std::count_if(
+          encs.begin(), encs.end(), [](const Encoding& e) { return e.jpeg_quality > 0; }));
       double w = n_cal_ * (head + codec * static_cast<double>(encs.size()));
       w += n_scored_ * (head + settings * (tail + codec));
-      if (id == 0) {
-        w += static_cast<double>(opt_.encodings.jpeg_qualities.size()) *
-             (n_scored_ * (whole_ms_ + 1.0) + n_cal_ * 1.0);
-      }
+      w += jpegs * (n_scored_ * (whole_ms_ + 1.0) + n_cal_ * 1.0);
       cut_work_[id] = w;
       total += w;
     }
     return total;
+  }
+
+  // The encodings a cut is scored with: the verified profile's, or those of the options (with
+  // JPEG at cut 0).
+  std::vector<Encoding> encodings_of(int id) const {
+    if (verify_) {
+      std::vector<Encoding> out;
+      for (const auto& e : verify_->cuts[static_cast<size_t>(id)].encodings) {
+        out.push_back(e.encoding);
+      }
+      return out;
+    }
+    return id == 0 ? input_encodings_ : encodings_;
   }
 
   // Pack and unpack times of a timing-only run, on the frames loaded.
@@ -721,7 +852,7 @@ class Profiler {
 
   Status profile_cut(int id) {
     CutProfile& c = profile_.cuts[static_cast<size_t>(id)];
-    std::vector<Encoding> encs = id == 0 ? input_encodings_ : encodings_;
+    std::vector<Encoding> encs = encodings_of(id);
     const std::string phase = "cut " + std::to_string(id) + " (" + c.name + ")";
     const double start_done = done_;
     const double head = head_ms_[id];
@@ -783,14 +914,43 @@ class Profiler {
     }
     cal.clear();
 
-    // Scoring: one head run per batch, then every quantization setting's tail.
+    std::vector<Tally> tallies(encs.size());
+    EDGESPLIT_RETURN_IF_ERROR(score_cut(id, encs, phase, tallies));
+    for (size_t i = 0; i < encs.size(); ++i) {
+      const Tally& t = shared_tally(encs, tallies, i);
+      results[i].top1 = t.frac(t.top1);
+      results[i].top5 = t.frac(t.top5);
+      results[i].agreement = t.frac(t.agree);
+      results[i].lost = t.lost;
+      results[i].gained = t.gained;
+    }
+    c.encodings = std::move(results);
+    done_ = start_done + cut_work_[id];
+    return Status();
+  }
+
+  // The tally of encoding `i` after score_cut: lossless variants share the one of their
+  // quantization setting.
+  static const Tally& shared_tally(const std::vector<Encoding>& encs,
+                                   const std::vector<Tally>& tallies, size_t i) {
+    if (encs[i].jpeg_quality > 0) return tallies[i];
+    for (size_t s : quant_settings(encs)) {
+      if (same_values(encs[s], encs[i])) return tallies[s];
+    }
+    return tallies[i];
+  }
+
+  // Scores the scored images with every encoding of `encs` at cut `id`: one head run per batch,
+  // then every quantization setting's tail (into the tally of its first encoding), and the JPEG
+  // encodings through the whole model; paired with reference_top1_.
+  Status score_cut(int id, const std::vector<Encoding>& encs, const std::string& phase,
+                   std::vector<Tally>& tallies) {
     const std::vector<size_t> settings = quant_settings(encs);
     std::vector<size_t> jpegs;
     for (size_t i = 0; i < encs.size(); ++i) {
       if (encs[i].jpeg_quality > 0) jpegs.push_back(i);
     }
-    std::vector<Tally> tallies(encs.size());
-    const double tail = tail_ms_[id];
+    const auto [head, tail] = estimate_ms(id);
     for (int b0 = 0; b0 < n_scored_; b0 += batch()) {
       const int n = std::min(batch(), n_scored_ - b0);
       const std::vector<int> labels = labels_of(b0, n);
@@ -822,18 +982,6 @@ class Profiler {
                               " failed to run: " + std::string(e.what()).substr(0, 300));
       }
     }
-    for (size_t i = 0; i < encs.size(); ++i) {
-      // Lossless variants share the accuracy of their quantization setting.
-      const Tally* t = &tallies[i];
-      for (size_t s : settings) {
-        if (same_values(encs[s], encs[i])) t = &tallies[s];
-      }
-      results[i].top1 = t->frac(t->top1);
-      results[i].top5 = t->frac(t->top5);
-      results[i].agreement = t->frac(t->agree);
-    }
-    c.encodings = std::move(results);
-    done_ = start_done + cut_work_[id];
     return Status();
   }
 
@@ -869,6 +1017,8 @@ class Profiler {
   }
 
   const ProfilerOptions& opt_;
+  const Profile* verify_ = nullptr;
+  int skipped_ = 0;  // images of the folder a verified profile was made from
   Clock::time_point start_;
   partitioner::ModelInfo info_;
   std::shared_ptr<partitioner::ModelGraph> graph_;
@@ -1095,6 +1245,38 @@ MachineInfo this_machine(int threads) {
 Result<Profile> run_profiler(const ProfilerOptions& options) {
   Profiler p(options);
   return p.run();
+}
+
+Result<VerifyReport> verify_profile(const VerifyOptions& options) {
+  if (options.images.empty()) return invalid_argument("no image folder given (--images DIR)");
+  if (!(options.confidence > 0 && options.confidence < 1)) {
+    return invalid_argument("the confidence must lie in (0, 1)");
+  }
+  auto profile = load_profile(options.profile_path);
+  if (!profile.ok()) return profile.status();
+  // The model file's digest before loading it: a profile of another model is refused at once.
+  auto digest = partitioner::model_file_digest(options.model_path);
+  if (!digest.ok()) return digest.status();
+  if (*digest != profile->model_digest) {
+    return invalid_argument("profile " + options.profile_path + " was made for model " +
+                            profile->model_digest + ", but " + options.model_path + " is " +
+                            *digest + "; verify a profile with the model it was made for");
+  }
+  ProfilerOptions o;
+  o.model_path = options.model_path;
+  o.meta_path = options.meta_path;
+  o.images = options.images;
+  o.labels = options.labels;
+  o.scored = options.scored;
+  o.batch = options.batch;
+  o.threads = options.threads;
+  o.engine = options.engine;
+  o.on_progress = options.on_progress;
+  o.cancel = options.cancel;
+  Profiler p(o, &*profile);
+  auto report = p.verify(options.confidence);
+  if (report.ok()) report->profile_path = options.profile_path;
+  return report;
 }
 
 }  // namespace edgesplit::profiles

@@ -23,6 +23,7 @@
 #include "packing/status.h"
 #include "partitioner/model_graph.h"
 #include "profiles/profile.h"
+#include "profiles/verify_report.h"
 
 namespace edgesplit::profiles {
 
@@ -130,6 +131,33 @@ struct ProfilerOptions {
 // thread-safe with other LibTorch users of the process when `threads` is set (it sets LibTorch's
 // global thread count).
 Result<Profile> run_profiler(const ProfilerOptions& options);
+
+// What verify_profile checks: an existing profile's accuracy on other images, with the same model.
+struct VerifyOptions {
+  std::string profile_path;
+  std::string model_path;  // must be the file the profile was made for (same digest)
+  std::string meta_path;   // "" to look beside the model
+  // Folder of images, used sorted by name. When it is the profile's own folder, the images the
+  // profile was made from (its calibration images and the scored ones after them) are skipped.
+  std::string images;
+  std::string labels;  // "file<TAB>class index" lines; "": truth is the fp32 model's top-1
+  int scored = 0;      // images used at most; 0: all
+  int batch = 32;
+  int threads = 0;
+  partitioner::Engine engine = partitioner::Engine::kOptimized;
+  double confidence = 0.95;
+  std::function<void(const Progress&)> on_progress;
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+// Re-scores every (cut, encoding) of a profile on the images of `options.images`, paired against
+// the fp32 model on them, with the profiler's own scoring (batches, one head run per batch and
+// cut, each quantization setting's tail; JPEG at cut 0 through the whole model), and returns the
+// predicted and measured losses (verify_report.h). User errors (no such profile, model or
+// folder, a model whose digest differs from the profile's, no images left once the profile's own
+// are skipped, a profile whose cuts are not the model's) give kInvalidArgument/kNotFound with one
+// sentence; kUnavailable "interrupted" when `cancel` becomes true.
+Result<VerifyReport> verify_profile(const VerifyOptions& options);
 
 // This machine: host name, CPU model, cores; `threads` as given.
 MachineInfo this_machine(int threads);

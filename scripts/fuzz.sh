@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Fuzzes with libFuzzer + ASan + UBSan: the codec's decoder (tests/fuzz/fuzz_decode.cc) and the
 # server's message handling (tests/fuzz/fuzz_server.cc: parse_request, admission, payload checks
-# and decoding, without LibTorch).
-#   scripts/fuzz.sh [SECONDS] [TARGET...]   (default 20 s for each of fuzz_decode, fuzz_server)
+# and decoding, without LibTorch) and the JPEG path (tests/fuzz/fuzz_jpeg.cc: libjpeg's header
+# read and OpenCV's decoder).
+#   scripts/fuzz.sh [SECONDS] [TARGET...]   (default 20 s for each of fuzz_decode, fuzz_server,
+#                                            fuzz_jpeg)
 # Builds into build-fuzz/ with clang, seeds a corpus per target with valid inputs, runs each target
 # for SECONDS and exits non-zero when a fuzzer finds a crash, a leak or undefined behaviour (the
 # reproducer is left in build-fuzz/findings/TARGET/). Skips (exit 0) when clang is not installed.
@@ -24,11 +26,11 @@ if command -v ccache >/dev/null; then
   launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
 fi
 targets=("${@:2}")
-[ "${#targets[@]}" -eq 0 ] && targets=(fuzz_decode fuzz_server)
+[ "${#targets[@]}" -eq 0 ] && targets=(fuzz_decode fuzz_server fuzz_jpeg)
 
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER="$cc" -DCMAKE_CXX_COMPILER="$cxx" "${launcher[@]}" \
-  -DEDGESPLIT_ONLY="packing;transport;server" -DEDGESPLIT_BUILD_FUZZ=ON \
+  -DEDGESPLIT_ONLY="packing;transport;imaging;server" -DEDGESPLIT_BUILD_FUZZ=ON \
   -DEDGESPLIT_BUILD_TESTS=OFF -DEDGESPLIT_BUILD_BENCH=OFF >/dev/null
 cmake --build "$build" --target "${targets[@]}" -j "${EDGESPLIT_JOBS:-2}"
 

@@ -15,7 +15,7 @@ packages=(
   libtorch-dev libzmq3-dev cppzmq-dev libprotobuf-dev protobuf-compiler
   libopencv-dev libcxxopts-dev doctest-dev
   # codec, json, logs, http
-  libblosc-dev libzstd-dev nlohmann-json3-dev libspdlog-dev libcpp-httplib-dev
+  libblosc-dev libzstd-dev zlib1g-dev libjpeg62-turbo-dev nlohmann-json3-dev libspdlog-dev libcpp-httplib-dev
   # model export/training, plots, default model's data set
   python3 python3-torch python3-torchvision python3-numpy python3-matplotlib dataset-fashion-mnist
   # testbed: namespaces, tc, process tools

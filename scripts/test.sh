@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine (scripts/setup.sh: packages, configure, build), then runs the tests:
-# a short fuzz run of the codec's decoder and of the server's message handling, then every ctest test (labels: unit, integration,
-# models, netns). Extra arguments go to ctest, e.g. `scripts/test.sh -L unit`.
+# a short fuzz run of the codec's decoder, the server's message handling and the JPEG path, then
+# every ctest test (labels: unit, integration, models, netns). Extra arguments go to ctest, e.g.
+# `scripts/test.sh -L unit`.
 #   EDGESPLIT_FUZZ_SECONDS=0 skips the fuzz run.
 set -euo pipefail
 

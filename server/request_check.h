@@ -27,6 +27,7 @@ struct ModelSignature {
   std::string name;
   std::string digest;
   std::vector<std::vector<std::vector<int64_t>>> cut_shapes;  // [cut][tensor] -> shape
+  std::string cut_table;  // partitioner::cut_table_digest of the cuts' ids, names and shapes
 
   int cut_count() const { return static_cast<int>(cut_shapes.size()); }
   bool has_cut(int cut) const { return cut >= 0 && cut < cut_count(); }

@@ -290,6 +290,7 @@ struct InferenceServer::Impl {
           d->set_num_cuts(static_cast<uint32_t>(m.signature.cut_count()));
           for (float t : m.tail_ms) d->add_tail_ms(t);
           d->set_engine(m.graph->engine_report().summary());
+          d->set_cut_table(m.signature.cut_table);
         }
         reply_to(in.identity, reply);
         return;

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "imaging/image_codec.h"
+#include "partitioner/cut_table.h"
 
 namespace edgesplit::server {
 namespace {
@@ -22,11 +23,14 @@ ModelSignature signature_of(const partitioner::ModelGraph& model, const std::str
   ModelSignature sig;
   sig.name = name;
   sig.digest = model.digest();
+  std::vector<partitioner::CutTableEntry> table;
   for (const auto& point : model.cuts()) {
     std::vector<std::vector<int64_t>> shapes;
     for (const auto& t : point.tensors) shapes.push_back(t.shape);
+    table.push_back({point.id, point.name, shapes});
     sig.cut_shapes.push_back(std::move(shapes));
   }
+  sig.cut_table = partitioner::cut_table_digest(table);
   return sig;
 }
 

@@ -220,6 +220,32 @@ std::optional<ParsedRequest> receive_request(zmq::socket_t& router, const Limits
   return parsed;
 }
 
+StatusCode status_code_from_wire(wire::Status status) {
+  switch (status) {
+    case wire::STATUS_OK:
+      return StatusCode::kOk;
+    case wire::STATUS_BUSY:
+    case wire::STATUS_SHUTTING_DOWN:
+    case wire::STATUS_INTERNAL:
+      return StatusCode::kUnavailable;
+    case wire::STATUS_MALFORMED:
+      return StatusCode::kMalformed;
+    case wire::STATUS_VERSION_MISMATCH:
+      return StatusCode::kUnsupported;
+    case wire::STATUS_UNKNOWN_MODEL:
+    case wire::STATUS_BAD_CUT:
+      return StatusCode::kNotFound;
+    case wire::STATUS_TOO_LARGE:
+      return StatusCode::kResourceExhausted;
+    default:
+      return StatusCode::kMalformed;
+  }
+}
+
+bool transient(wire::Status status) {
+  return status_code_from_wire(status) == StatusCode::kUnavailable;
+}
+
 wire::Reply make_error_reply(uint64_t request_id, wire::Status status, const std::string& message) {
   wire::Reply reply;
   reply.set_request_id(request_id);

@@ -86,6 +86,15 @@ ParsedRequest parse_request(std::vector<zmq::message_t>&& frames, const Limits& 
 std::optional<ParsedRequest> receive_request(zmq::socket_t& router, const Limits& limits,
                                              std::chrono::milliseconds timeout);
 
+// What a server's status means to a device, in one place: BUSY, SHUTTING_DOWN and INTERNAL are
+// passing (kUnavailable: try again, finish the frame locally meanwhile); the others say the
+// request or the configuration is wrong and asking again will not change it: MALFORMED
+// (kMalformed), VERSION_MISMATCH (kUnsupported), UNKNOWN_MODEL and BAD_CUT (kNotFound), TOO_LARGE
+// (kResourceExhausted). STATUS_OK is kOk; an unknown value is kMalformed.
+StatusCode status_code_from_wire(wire::Status status);
+// Whether status_code_from_wire(status) is a passing condition (kUnavailable).
+bool transient(wire::Status status);
+
 // A reply that carries only a status and a one-sentence message.
 wire::Reply make_error_reply(uint64_t request_id, wire::Status status, const std::string& message);
 

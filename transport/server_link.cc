@@ -370,8 +370,11 @@ Result<wire::HelloReply> ServerLink::handshake(const wire::Hello& hello,
                          std::to_string(hello.version_minor()) + ": " + reply.message());
     }
     if (reply.status() != wire::STATUS_OK) {
-      return unavailable("server at " + options_.endpoint + " refused the hello (" +
-                         wire::Status_Name(reply.status()) + "): " + reply.message());
+      // A busy or stopping server is asked again later; any other refusal is the configuration's
+      // (a device the server will not serve): said once by the caller, not retried.
+      return Status(status_code_from_wire(reply.status()),
+                    "server at " + options_.endpoint + " refused the hello (" +
+                        wire::Status_Name(reply.status()) + "): " + reply.message());
     }
     if (reply.body_case() != wire::Reply::kHello) {
       return malformed("server at " + options_.endpoint +

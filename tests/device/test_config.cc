@@ -599,3 +599,51 @@ TEST_CASE("config: the encoding keys need \"cut\"") {
           R"({"streams": [{"name": "s", "model": "m.pt", "input": "x", "bits": "4", "cut": "2"}]})")
           .ok());
 }
+
+TEST_CASE(
+    "the accuracy bound: 1 point at the 95% upper end by default - none lifts it - each said") {
+  auto c = parse_device_config(one_stream(""), "");
+  REQUIRE(c.ok());
+  const StreamConfig& d = c->streams[0];
+  CHECK(d.scheduler.constraints.max_accuracy_drop_pp == 1.0);
+  CHECK(d.scheduler.accuracy_confidence == 0.95);
+  CHECK(d.default_accuracy_bound);
+  CHECK_FALSE(c->require_server);
+
+  auto lifted =
+      parse_device_config(one_stream(R"(, "constraints": {"max_accuracy_drop": "none"})"));
+  REQUIRE(lifted.ok());
+  CHECK_FALSE(lifted->streams[0].scheduler.constraints.max_accuracy_drop_pp.has_value());
+  CHECK_FALSE(lifted->streams[0].default_accuracy_bound);
+  auto point = parse_device_config(one_stream(R"(, "accuracy_confidence": 0)"));
+  REQUIRE(point.ok());
+  CHECK(point->streams[0].scheduler.accuracy_confidence == 0);
+  CHECK(config_error(one_stream(R"(, "accuracy_confidence": 1.5)")).find("accuracy_confidence") !=
+        std::string::npos);
+  CHECK(config_error(one_stream(R"(, "constraints": {"max_accuracy_drop": "lots"})"))
+            .find("max_accuracy_drop") != std::string::npos);
+
+  auto f = flags({"--model", "m.pt", "--input", "in", "--max-accuracy-drop", "none",
+                  "--accuracy-confidence", "0.9"});
+  REQUIRE_MESSAGE(f.ok(), f.status().to_string());
+  CHECK_FALSE(f->config.streams[0].scheduler.constraints.max_accuracy_drop_pp.has_value());
+  CHECK(f->config.streams[0].scheduler.accuracy_confidence == 0.9);
+  auto g = flags({"--model", "m.pt", "--input", "in"});
+  REQUIRE(g.ok());
+  CHECK(g->config.streams[0].scheduler.constraints.max_accuracy_drop_pp == 1.0);
+  for (const auto& bad : std::vector<std::vector<std::string>>{{"--max-accuracy-drop", "-1"},
+                                                               {"--max-accuracy-drop", "x"},
+                                                               {"--accuracy-confidence", "1"},
+                                                               {"--require-server"}}) {
+    std::vector<std::string> args = {"--model", "m.pt", "--input", "in"};
+    args.insert(args.end(), bad.begin(), bad.end());
+    auto r = flags(args);
+    CAPTURE(bad[0]);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().message().find(bad[0]) != std::string::npos);
+  }
+  auto req =
+      flags({"--model", "m.pt", "--input", "in", "--server", "tcp://h:1", "--require-server"});
+  REQUIRE(req.ok());
+  CHECK(req->config.require_server);
+}

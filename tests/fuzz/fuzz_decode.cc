@@ -14,6 +14,7 @@
 #include "packing/check.h"
 #include "packing/codec.h"
 #include "packing/header.h"
+#include "tests/fuzz/fuzz_seeds.h"
 
 namespace {
 
@@ -72,13 +73,7 @@ void write_seeds(const char* dir) {
 
 }  // namespace
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  if (const char* dir = std::getenv("EDGESPLIT_FUZZ_WRITE_SEEDS")) {
-    write_seeds(dir);
-    std::exit(0);
-  }
-  return 0;
-}
+EDGESPLIT_FUZZ_SEEDS(write_seeds)
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   check_decode(data, size);

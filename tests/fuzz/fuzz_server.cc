@@ -25,6 +25,7 @@
 #include "packing/header.h"
 #include "server/client_table.h"
 #include "server/request_check.h"
+#include "tests/fuzz/fuzz_seeds.h"
 #include "transport/protocol.h"
 
 namespace {
@@ -212,13 +213,7 @@ void write_seeds(const char* dir) {
 
 }  // namespace
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  if (const char* dir = std::getenv("EDGESPLIT_FUZZ_WRITE_SEEDS")) {
-    write_seeds(dir);
-    std::exit(0);
-  }
-  return 0;
-}
+EDGESPLIT_FUZZ_SEEDS(write_seeds)
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   handle(split_frames(data, size));

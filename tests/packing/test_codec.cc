@@ -451,3 +451,10 @@ TEST_CASE("encode and decode from several threads at once") {
   for (auto& th : threads) th.join();
   for (int f : failures) CHECK(f == 0);
 }
+
+TEST_CASE("the header's CRC-32 is the standard one (IEEE 802.3): check value and chunks") {
+  const std::string check = "123456789";
+  CHECK(edgesplit::packing::internal::crc32(reinterpret_cast<const uint8_t*>(check.data()),
+                                            check.size()) == 0xCBF43926u);
+  CHECK(edgesplit::packing::internal::crc32(nullptr, 0) == 0u);
+}

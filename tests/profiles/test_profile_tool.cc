@@ -1,8 +1,10 @@
 // Checks edgesplit-profile end to end on the default model and its sample images: complete and
 // consistent tables (every cut, bytes rising with bits, JPEG at cut 0 only), fp32 accuracy equal to
-// a reference computed here with the whole model, a profile of another model refused, server
-// timings merged into a profile (and checked against the device's), user errors exiting with 2,
-// and an interrupted run leaving the previous file intact.
+// a reference computed here with the whole model, paired counts (lost, gained) that add up to each
+// encoding's top-1, a profile of another model refused, server timings merged into a profile (and
+// checked against the device's), --verify re-scoring every plan on images the profile was not
+// made from (and flagging a doctored one), user errors exiting with 2, and an interrupted run
+// leaving the previous file intact.
 #include <doctest/doctest.h>
 #include <signal.h>
 #include <torch/torch.h>
@@ -12,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -75,6 +78,34 @@ const profiles::EncodingProfile* find(const profiles::CutProfile& c, const std::
     if (e.encoding.name() == name) return &e;
   }
   return nullptr;
+}
+
+// The line of --verify's table for `encoding` at cut `cut` ("<id> <name>  <encoding>  ..."); ""
+// when there is none.
+std::string verify_line(const std::string& table, int cut, const std::string& encoding) {
+  std::istringstream lines(table);
+  std::string line;
+  while (std::getline(lines, line)) {
+    std::istringstream words(line);
+    std::string id, name, enc;
+    words >> id >> name >> enc;
+    if (id == std::to_string(cut) && enc == encoding) return line;
+  }
+  return "";
+}
+
+// Checks an encoding's paired counts against its top-1 on the profile's `n` scored images.
+void check_counts(const profiles::Profile& p, const profiles::EncodingProfile& e) {
+  const int64_t n = p.scored_images;
+  CAPTURE(e.encoding.name());
+  REQUIRE(e.paired());
+  CHECK(e.lost + e.gained <= n);
+  const int64_t right = std::llround(e.top1 * static_cast<double>(n));
+  const int64_t fp32_right = std::llround(p.fp32_top1 * static_cast<double>(n));
+  CHECK(right == doctest::Approx(e.top1 * static_cast<double>(n)).epsilon(1e-9));
+  CHECK(right - fp32_right == e.gained - e.lost);
+  CHECK(static_cast<double>(e.gained - e.lost) / static_cast<double>(n) ==
+        doctest::Approx(e.top1 - p.fp32_top1).epsilon(1e-12));
 }
 
 }  // namespace
@@ -162,15 +193,71 @@ TEST_CASE("fp32 accuracy equals a reference computed with the whole model") {
   CHECK(p->fp32_top1 == doctest::Approx(static_cast<double>(correct) / scored).epsilon(1e-12));
 }
 
+TEST_CASE("paired counts add up to each encoding's top-1, with labels and without") {
+  auto p = profiles::load_profile(shared_profile().string());
+  REQUIRE(p.ok());
+  bool some_loss = false;
+  for (const auto& c : p->cuts) {
+    CAPTURE(c.id);
+    for (const auto& e : c.encodings) {
+      check_counts(*p, e);
+      some_loss = some_loss || e.lost > 0;
+      if (e.encoding.format == packing::Format::kFloat32) {
+        CHECK(e.lost == 0);
+        CHECK(e.gained == 0);
+      }
+      // Lossless variants share the counts of their quantization setting.
+      if (e.encoding.lossless != packing::Lossless::kNone) {
+        const auto* raw = find(c, e.encoding.name().substr(0, e.encoding.name().find('+')));
+        REQUIRE(raw != nullptr);
+        CHECK(raw->lost == e.lost);
+        CHECK(raw->gained == e.gained);
+      }
+    }
+  }
+  CHECK(some_loss);
+
+  // Without labels the truth is fp32's own top-1: nothing is gained, and what is lost is what
+  // disagrees with it.
+  const fs::path dir = scratch_dir("profile-unlabelled");
+  const fs::path out = dir / "unlabelled.profile.json";
+  const int rc =
+      run_to_end({profiler().string(), "--model", model_path().string(), "--images",
+                  samples().string(), "--calibration", std::to_string(kCalibration), "--cuts",
+                  "0,4", "--bits", "1,2,8", "--runs", "1", "--quiet", "--out", out.string()},
+                 dir / "out.txt", dir / "err.txt");
+  INFO(read_file(dir / "err.txt"));
+  REQUIRE(rc == 0);
+  auto u = profiles::load_profile(out.string());
+  REQUIRE(u.ok());
+  CHECK(u->labels.empty());
+  CHECK(u->fp32_top1 == 1.0);
+  int encodings = 0;
+  for (const auto& c : u->cuts) {
+    for (const auto& e : c.encodings) {
+      ++encodings;
+      check_counts(*u, e);
+      CHECK(e.gained == 0);
+      CHECK(e.lost == u->scored_images - std::llround(e.agreement * u->scored_images));
+    }
+  }
+  CHECK(encodings > 0);
+}
+
+// `p` saved in `dir` as if made for another model (digest "sha256:0000"); its path.
+fs::path profile_of_another_model(const profiles::Profile& p, const fs::path& dir) {
+  profiles::Profile other = p;
+  other.model_digest = "sha256:0000";
+  const fs::path wrong = dir / "wrong.profile.json";
+  REQUIRE(profiles::save_profile(wrong.string(), other).ok());
+  return wrong;
+}
+
 TEST_CASE("a profile made for another model is refused: server timings merge in") {
   const fs::path dir = scratch_dir("profile-merge");
   auto p = profiles::load_profile(shared_profile().string());
   REQUIRE(p.ok());
-
-  profiles::Profile other = *p;
-  other.model_digest = "sha256:0000";
-  const fs::path wrong = dir / "wrong.profile.json";
-  REQUIRE(profiles::save_profile(wrong.string(), other).ok());
+  const fs::path wrong = profile_of_another_model(*p, dir);
   const std::string before = read_file(wrong);
   const int rc = run_to_end({profiler().string(), "--model", model_path().string(), "--side",
                              "server", "--merge-into", wrong.string(), "--runs", "2", "--quiet"},
@@ -231,6 +318,128 @@ TEST_CASE("merged tails that do not add up with the heads to the whole model are
   REQUIRE(merged.ok());
   REQUIRE(!merged->timing_warnings.empty());
   CHECK(merged->timing_warnings[0].find("cuts 0 (-") != std::string::npos);
+}
+
+// From a --verify row ("0 input  q1  100.00 [ 63.06, 100.00]   50.00 [ 10.66,  70.61]"): the
+// measured point less the predicted interval's upper end.
+double measured_over_predicted_high(const std::string& line) {
+  const size_t comma = line.find(',');
+  const size_t close = line.find(']', comma);
+  if (comma == std::string::npos || close == std::string::npos) return 1e9;
+  const double high = std::stod(line.substr(comma + 1, close - comma - 1));
+  const double measured = std::stod(line.substr(close + 1));
+  return measured - high;
+}
+
+TEST_CASE("--verify re-scores every plan on other images and flags a doctored one") {
+  const fs::path dir = scratch_dir("profile-verify");
+  // A profile of 8 calibration and 8 scored sample images: the 8 left are the new images.
+  const fs::path profile = dir / "half.profile.json";
+  std::vector<std::string> args = base_args(profile);
+  *(std::find(args.begin(), args.end(), "--bits") + 1) = "1,2,8,fp32";
+  args.insert(args.end() - 2, {"--scored", "8"});
+  int rc = run_to_end(args, dir / "out.txt", dir / "err.txt");
+  INFO(read_file(dir / "err.txt"));
+  REQUIRE(rc == 0);
+  auto p = profiles::load_profile(profile.string());
+  REQUIRE(p.ok());
+  REQUIRE(p->scored_images == 8);
+
+  // q1 at the input loses on the scored images (as q1 at stem.0 does): the doctored profile
+  // claims it loses nothing.
+  const auto* q1 = find(p->cuts[0], "q1");
+  REQUIRE(q1 != nullptr);
+  REQUIRE(q1->lost > q1->gained);
+  REQUIRE(q1->top1 < p->fp32_top1);
+  const auto* honest = find(p->cuts[1], "q1");
+  REQUIRE(honest != nullptr);
+  REQUIRE(honest->lost > honest->gained);
+  profiles::Profile doctored = *p;
+  for (auto& e : doctored.cuts[0].encodings) {
+    if (e.encoding.name() == "q1" || e.encoding.name() == "q1+zstd") {
+      e.lost = 0;
+      e.gained = 0;
+      e.top1 = p->fp32_top1;
+      e.agreement = 1;
+    }
+  }
+  const fs::path doctored_path = dir / "doctored.profile.json";
+  REQUIRE(profiles::save_profile(doctored_path.string(), doctored).ok());
+
+  const fs::path report = dir / "report.json";
+  rc = run_to_end({profiler().string(), "--model", model_path().string(), "--verify",
+                   doctored_path.string(), "--images", samples().string(), "--labels",
+                   (samples() / "labels.tsv").string(), "--quiet", "--out", report.string()},
+                  dir / "verify.txt", dir / "verify-err.txt");
+  const std::string table = read_file(dir / "verify.txt");
+  INFO(table);
+  INFO(read_file(dir / "verify-err.txt"));
+  REQUIRE(rc == 0);
+  // Every plan, one line each (a header first, the summary last).
+  int plans = 0;
+  for (const auto& c : p->cuts) {
+    for (const auto& e : c.encodings) {
+      ++plans;
+      CAPTURE(c.id);
+      CAPTURE(e.encoding.name());
+      CHECK(!verify_line(table, c.id, e.encoding.name()).empty());
+    }
+  }
+  CHECK(std::count(table.begin(), table.end(), '\n') == plans + 2);
+  const std::string doctored_line = verify_line(table, 0, "q1");
+  CHECK(doctored_line.find("OUTSIDE") != std::string::npos);
+  CHECK(verify_line(table, 0, "q1+zstd").find("OUTSIDE") != std::string::npos);
+  // Plans that lose nothing lose nothing on the new images either (8 images are too few for an
+  // honest lossy plan's interval to be sure to hold its new measurement).
+  CHECK(verify_line(table, 1, "q8").find("OUTSIDE") == std::string::npos);
+  CHECK(verify_line(table, 0, "fp32").find("OUTSIDE") == std::string::npos);
+  // The summary: plans checked, images used (the 16 the profile was made from skipped).
+  CHECK(table.find("edgesplit-profile: verified " + std::to_string(plans) + " plans: ") !=
+        std::string::npos);
+  CHECK(table.find("on 8 images of " + samples().string() + " (16 more there made the profile") !=
+        std::string::npos);
+  const std::string json = read_file(report);
+  CHECK(json.find("\"images_used\": 8,") != std::string::npos);
+  CHECK(json.find("\"images_skipped\": 16,") != std::string::npos);
+  CHECK(json.find("\"plans_checked\": " + std::to_string(plans) + ",") != std::string::npos);
+
+  // The honest profile: its q1 at the input is not flagged.
+  rc = run_to_end(
+      {profiler().string(), "--model", model_path().string(), "--verify", profile.string(),
+       "--images", samples().string(), "--labels", (samples() / "labels.tsv").string(), "--quiet"},
+      dir / "honest.txt", dir / "honest-err.txt");
+  REQUIRE(rc == 0);
+  // On 8 images either way a measurement can fall outside an honest interval; what a user must be
+  // able to trust is the direction that hurts: the honest row does not lose more than its upper
+  // end, the doctored one does.
+  CHECK(measured_over_predicted_high(verify_line(read_file(dir / "honest.txt"), 0, "q1")) <= 0);
+  CHECK(measured_over_predicted_high(doctored_line) > 0);
+}
+
+TEST_CASE("--verify refuses another model's profile - and a folder with nothing new: exit 2") {
+  const fs::path dir = scratch_dir("profile-verify-errors");
+  auto p = profiles::load_profile(shared_profile().string());
+  REQUIRE(p.ok());
+  const fs::path wrong = profile_of_another_model(*p, dir);
+  int rc = run_to_end({profiler().string(), "--model", model_path().string(), "--verify",
+                       wrong.string(), "--images", samples().string(), "--quiet"},
+                      dir / "out.txt", dir / "err.txt");
+  std::string err = read_file(dir / "err.txt");
+  INFO(err);
+  CHECK(rc == 2);
+  CHECK(err.find("sha256:0000") != std::string::npos);
+  CHECK(err.find(p->model_digest) != std::string::npos);
+  CHECK(std::count(err.begin(), err.end(), '\n') == 1);
+  CHECK(read_file(dir / "out.txt").empty());
+
+  // The shared profile used all 24 samples: none is left to verify it on.
+  rc = run_to_end({profiler().string(), "--model", model_path().string(), "--verify",
+                   shared_profile().string(), "--images", samples().string(), "--quiet"},
+                  dir / "out2.txt", dir / "err2.txt");
+  err = read_file(dir / "err2.txt");
+  INFO(err);
+  CHECK(rc == 2);
+  CHECK(err.find("besides the 24 the profile was made from") != std::string::npos);
 }
 
 TEST_CASE("user errors exit with 2 - nothing is written") {

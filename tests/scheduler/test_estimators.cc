@@ -69,10 +69,13 @@ TEST_CASE("bandwidth: measured from exchanges - a drop followed within two sampl
   clock.advance_ms(30);
   n.add_exchange(exchange(100000, 40, 10));
   CHECK(n.bandwidth_mbps() == doctest::Approx(40).epsilon(0.05));
-  // Medium-sized exchanges count neither as RTT nor as bandwidth samples.
+  // Medium-sized exchanges are never RTT samples, and bandwidth samples only when their transfer
+  // stands out of the round trip's noise (0.6 ms at 40 Mbit/s does not; 24 ms at 1 Mbit/s does).
   const int64_t samples = n.bandwidth_samples();
-  n.add_exchange(exchange(3000, 1, 10));
+  n.add_exchange(exchange(3000, 40, 10));
   CHECK(n.bandwidth_samples() == samples);
+  n.add_exchange(exchange(3000, 1, 10));
+  CHECK(n.bandwidth_samples() == samples + 1);
   CHECK(n.rtt_ms() == doctest::Approx(10).epsilon(0.001));
 }
 
@@ -276,4 +279,46 @@ TEST_CASE("head errors: noise around the profile and a single cut leave the corr
   HeadErrorTracker tiny;
   for (int i = 0; i < 10; ++i) tiny.add(1, 1, 0.1, 1);
   CHECK(tiny.stats().empty());
+}
+
+TEST_CASE(
+    "a small remote plan keeps the bandwidth fresh: mid-size samples on a slow link - probes") {
+  NetworkEstimatorOptions o;
+  // 2 KB frames on a 1 Mbit/s link with a 10 ms round trip: 16 ms of transfer each, well out of
+  // the round trip's noise: they are bandwidth samples, and no probe is needed.
+  ManualClock slow;
+  NetworkEstimator a(slow, o);
+  a.add_exchange(exchange(64, 1, 10));
+  for (int i = 0; i < 40; ++i) {
+    slow.advance_ms(200);
+    a.add_exchange(exchange(2000, 1, 10));
+    if (i % 5 == 0) a.add_exchange(exchange(64, 1, 10));
+    CHECK_FALSE(a.probe_due(false).kind == ProbeRequest::Kind::kBandwidth);
+  }
+  CHECK(a.bandwidth_mbps() == doctest::Approx(1).epsilon(0.05));
+
+  // The same frames on a 1 Gbit/s link move in 0.016 ms: not samples; a bandwidth probe comes
+  // after bandwidth_refresh_ms, and its sample refreshes the estimate.
+  ManualClock fast;
+  NetworkEstimator b(fast, o);
+  b.add_exchange(exchange(64, 1000, 10));
+  b.add_exchange(exchange(200000, 1000, 10));
+  const double before = b.bandwidth_mbps();
+  bool probed = false;
+  double elapsed_ms = 0;
+  for (int i = 0; i < 40 && !probed; ++i) {
+    fast.advance_ms(200);
+    elapsed_ms += 200;
+    b.add_exchange(exchange(2000, 1000, 10));
+    if (i % 5 == 0) b.add_exchange(exchange(64, 1000, 10));
+    const ProbeRequest p = b.probe_due(false);
+    if (p.kind == ProbeRequest::Kind::kBandwidth) {
+      probed = true;
+      CHECK(elapsed_ms >= o.bandwidth_refresh_ms);
+      b.probe_sent();
+      b.add_exchange(exchange(p.bytes, 200, 10));  // the link slowed meanwhile
+    }
+  }
+  CHECK(probed);
+  CHECK(b.bandwidth_mbps() < before);
 }

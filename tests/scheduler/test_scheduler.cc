@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "partitioner/clock.h"
+#include "partitioner/cut_table.h"
 #include "partitioner/estimators.h"
 #include "partitioner/scheduler.h"
 #include "profiles/profile.h"
@@ -917,4 +918,107 @@ TEST_CASE("a head correction scales that cut's predicted head time only") {
   CHECK_FALSE(s.set_head_correction(cut, 0).ok());
   CHECK_FALSE(s.set_head_correction(cut, std::nan("")).ok());
   CHECK(s.head_correction(cut) == 2);
+}
+
+TEST_CASE("with accuracy_confidence the bound holds for the upper end of the loss's interval") {
+  Profile p = mobile_profile();
+  p.scored_images = 300;
+  // At every cut: q4 loses 0.67 points with many discordant images (its interval reaches past
+  // 2 points), q8 and fp16 lose nothing with few, q2 loses 3.3 points.
+  for (auto& c : p.cuts) {
+    for (auto& e : c.encodings) {
+      if (e.encoding.jpeg_quality > 0) {
+        e.lost = 3;
+        e.gained = 2;
+        e.top1 = p.fp32_top1 - 1.0 / 300;
+      } else if (e.encoding.bits == 4) {
+        e.lost = 12;
+        e.gained = 10;  // (12 - 10) / 300 = 0.67 points
+        e.top1 = p.fp32_top1 - 2.0 / 300;
+      } else if (e.encoding.bits == 8 || e.encoding.bits == 16) {
+        e.lost = 1;
+        e.gained = 1;
+        e.top1 = p.fp32_top1;
+      } else {
+        e.lost = 40;
+        e.gained = 30;
+        e.top1 = p.fp32_top1 - 10.0 / 300;
+      }
+    }
+  }
+  SchedulerOptions point;
+  point.constraints.max_accuracy_drop_pp = 1;
+  SchedulerOptions upper = point;
+  upper.accuracy_confidence = 0.95;
+  Scheduler a = make(p, point);
+  Scheduler b = make(p, upper);
+  CHECK(b.accuracy_intervals_known());
+  int q4 = -1;
+  for (const Plan& plan : a.plans()) {
+    if (!plan.local && plan.encoding.bits == 4 && plan.encoding.jpeg_quality == 0) q4 = plan.index;
+  }
+  REQUIRE(q4 >= 0);
+  const Conditions c = conditions(10);
+  const PlanEstimate pa = a.evaluate(q4, c), pb = b.evaluate(q4, c);
+  CHECK(pa.metrics.accuracy_drop_pp == doctest::Approx(200.0 / 300));
+  CHECK(pa.feasible);
+  CHECK(pb.metrics.accuracy_drop_point_pp == doctest::Approx(200.0 / 300));
+  CHECK(pb.metrics.accuracy_drop_pp > 2);
+  CHECK_FALSE(pb.feasible);
+  // Every decision under the upper end keeps its upper end within the bound.
+  for (double mbps : {0.5, 2.0, 10.0, 100.0}) {
+    const Decision d = fresh(b, conditions(mbps));
+    CHECK(d.predicted.accuracy_drop_pp <= 1.0);
+  }
+  // A profile without paired counts keeps point estimates, and says so.
+  Scheduler old = make(mobile_profile(), upper);
+  CHECK_FALSE(old.accuracy_intervals_known());
+  // Out-of-range confidences are refused.
+  upper.accuracy_confidence = 1;
+  CHECK_FALSE(Scheduler::create(p, upper).ok());
+}
+
+TEST_CASE("the in-flight window bounds the pipelined period: one frame at a time is no pipeline") {
+  const Profile p = mobile_profile();
+  SchedulerOptions free_pipe;
+  free_pipe.objective = Objective::kThroughput;
+  SchedulerOptions one = free_pipe, four = free_pipe;
+  one.in_flight = 1;
+  four.in_flight = 4;
+  Scheduler a = make(p, free_pipe), b = make(p, one), c = make(p, four);
+  const Conditions cond = conditions(20, 40);
+  for (int i = 0; i < b.local_plan(); ++i) {
+    const PlanMetrics ma = a.evaluate(i, cond).metrics, mb = b.evaluate(i, cond).metrics,
+                      mc = c.evaluate(i, cond).metrics;
+    CHECK(mb.period_ms == doctest::Approx(mb.latency_ms));
+    CHECK(mc.period_ms == doctest::Approx(std::max(ma.period_ms, mc.latency_ms / 4)));
+    CHECK(ma.period_ms <= mc.period_ms);
+  }
+  SchedulerOptions bad = free_pipe;
+  bad.in_flight = -1;
+  CHECK_FALSE(Scheduler::create(p, bad).ok());
+}
+
+TEST_CASE("the cut table digest is stable and changes with any id - name or shape") {
+  using edgesplit::partitioner::cut_table_digest;
+  using edgesplit::partitioner::CutTableEntry;
+  const std::vector<CutTableEntry> table = {
+      {0, "input", {{1, 3, 224, 224}}}, {1, "features.0", {{1, 32, 112, 112}}}, {2, "fc", {}}};
+  const std::string d = cut_table_digest(table);
+  CHECK(d.rfind("fnv1a64:", 0) == 0);
+  CHECK(d.size() == 8 + 16);
+  CHECK(cut_table_digest(table) == d);
+  auto renamed = table;
+  renamed[1].name = "features.1";
+  auto reshaped = table;
+  reshaped[1].shapes[0][1] = 16;
+  auto renumbered = table;
+  renumbered[2].id = 3;
+  auto two_tensors = table;
+  two_tensors[1].shapes.push_back({1, 4});
+  for (const auto& other : {renamed, reshaped, renumbered, two_tensors}) {
+    CHECK(cut_table_digest(other) != d);
+  }
+  // "1x2,3" and "1,2x3" are different tables.
+  CHECK(cut_table_digest({{0, "a", {{1, 2}, {3}}}}) != cut_table_digest({{0, "a", {{1}, {2, 3}}}}));
 }

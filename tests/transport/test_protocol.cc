@@ -233,3 +233,23 @@ TEST_CASE("make_hello_reply states this version and the limits") {
   CHECK(hello.max_top_k() == 7);
   CHECK(hello.max_message_bytes() == limits.max_message_bytes);
 }
+
+TEST_CASE("a server's statuses map to passing or lasting conditions in one place") {
+  using edgesplit::transport::status_code_from_wire;
+  using edgesplit::transport::transient;
+  CHECK(status_code_from_wire(wire::STATUS_OK) == StatusCode::kOk);
+  for (auto s : {wire::STATUS_BUSY, wire::STATUS_SHUTTING_DOWN, wire::STATUS_INTERNAL}) {
+    CHECK(transient(s));
+    CHECK(status_code_from_wire(s) == StatusCode::kUnavailable);
+  }
+  CHECK(status_code_from_wire(wire::STATUS_MALFORMED) == StatusCode::kMalformed);
+  CHECK(status_code_from_wire(wire::STATUS_VERSION_MISMATCH) == StatusCode::kUnsupported);
+  CHECK(status_code_from_wire(wire::STATUS_UNKNOWN_MODEL) == StatusCode::kNotFound);
+  CHECK(status_code_from_wire(wire::STATUS_BAD_CUT) == StatusCode::kNotFound);
+  CHECK(status_code_from_wire(wire::STATUS_TOO_LARGE) == StatusCode::kResourceExhausted);
+  CHECK(status_code_from_wire(static_cast<wire::Status>(99)) == StatusCode::kMalformed);
+  for (auto s : {wire::STATUS_MALFORMED, wire::STATUS_VERSION_MISMATCH, wire::STATUS_UNKNOWN_MODEL,
+                 wire::STATUS_BAD_CUT, wire::STATUS_TOO_LARGE}) {
+    CHECK_FALSE(transient(s));
+  }
+}
