@@ -46,7 +46,8 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
      cxxopts::value<int>())
     ("http-bind", "address the HTTP endpoint listens on", cxxopts::value<std::string>()->default_value("0.0.0.0"))
     ("http-port-file", "write the HTTP port to this file once listening", cxxopts::value<std::string>())
-    ("shutdown-timeout-ms", "on SIGTERM/SIGINT, how long to wait for running tails",
+    ("shutdown-timeout-ms", "on SIGTERM/SIGINT, how long to wait for running tails (a second "
+     "signal stops waiting)",
      cxxopts::value<int>()->default_value("10000"))
     ("slow-tail-ms", "testing aid: delay every tail by this much (a slow model)",
      cxxopts::value<int>()->default_value("0"))

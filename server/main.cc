@@ -2,6 +2,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
@@ -12,10 +13,20 @@
 
 namespace {
 
-edgesplit::server::InferenceServer* g_server = nullptr;
+// Read by the signal handler: an atomic pointer (lock-free, so async-signal-safe to load).
+std::atomic<edgesplit::server::InferenceServer*> g_server{nullptr};
+std::atomic<int> g_signals{0};
 
+// The first SIGINT/SIGTERM stops the server (queued requests refused, running tails awaited); a
+// second one shortens the wait for the running tails.
 void on_signal(int) {
-  if (g_server) g_server->stop();
+  edgesplit::server::InferenceServer* server = g_server.load();
+  if (!server) return;
+  if (g_signals.fetch_add(1) == 0) {
+    server->stop();
+  } else {
+    server->hurry();
+  }
 }
 
 // Writes one line to `path` through a temporary file, so readers never see a half-written file.
@@ -51,7 +62,7 @@ int main(int argc, char** argv) {
     std::cerr << "edgesplit-server: " << server.status().message() << '\n';
     return 2;
   }
-  g_server = server->get();
+  g_server.store(server->get());
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   const std::string endpoint = (*server)->endpoint();
@@ -61,7 +72,7 @@ int main(int argc, char** argv) {
     write_atomically(command->http_port_file, std::to_string((*server)->http_port()));
   }
   (*server)->run();
-  g_server = nullptr;
+  g_server.store(nullptr);
   if (!(*server)->idle()) {
     // A tail is stuck: destroying the server would wait for it. Exit now; the OS frees the rest.
     spdlog::shutdown();

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -76,7 +77,9 @@ struct InferenceServer::Impl {
   ServerMetrics metrics;
   ClientTable clients;  // I/O thread only
   std::atomic<bool> stop_requested{false};
+  std::atomic<bool> hurry_requested{false};
   std::atomic<bool> accepting{false};
+  std::atomic<int> worker_failures{0};
   std::atomic<int64_t> loop_beat_ms{0};  // last turn of the I/O loop (for /healthz)
   std::atomic<bool> idle{true};
 
@@ -128,13 +131,30 @@ struct InferenceServer::Impl {
       // An empty body tells the I/O thread "no reply": the device has gone, its job is dropped.
       std::string bytes;
       if (!job.gone->load()) {
-        wire::Reply reply = execute(job, queue_left);
+        wire::Reply reply;
+        try {
+          reply = execute(job, queue_left);
+        } catch (const std::exception& e) {
+          // Whatever a tail throws becomes an error reply; the worker keeps serving.
+          reply =
+              transport::make_error_reply(job.request.request.request_id(), wire::STATUS_INTERNAL,
+                                          std::string("the server failed: ") + e.what());
+          if (worker_failures.fetch_add(1) < 5) spdlog::error("a tail failed: {}", e.what());
+        }
         bytes = reply.SerializeAsString();
         metrics.count_reply(reply.status());
       }
-      zmq::message_t id(job.request.identity.data(), job.request.identity.size());
-      push.send(id, zmq::send_flags::sndmore);
-      push.send(zmq::buffer(bytes), zmq::send_flags::none);
+      try {
+        zmq::message_t id(job.request.identity.data(), job.request.identity.size());
+        push.send(id, zmq::send_flags::sndmore);
+        push.send(zmq::buffer(bytes), zmq::send_flags::none);
+      } catch (const zmq::error_t& e) {
+        // The context is going away (the process is ending): nothing left to reply to.
+        running_jobs.fetch_sub(1);
+        if (e.num() == ETERM) return;
+        spdlog::error("a worker could not hand over a reply: {}", e.what());
+        continue;
+      }
       running_jobs.fetch_sub(1);
     }
   }
@@ -445,10 +465,16 @@ struct InferenceServer::Impl {
     }
     // New requests that arrive meanwhile are refused too, so no device waits for a timeout.
     auto deadline = t0 + options.shutdown_timeout;
-    while (running_jobs.load() > 0 && Clock::now() < deadline) {
+    while (running_jobs.load() > 0 && Clock::now() < deadline && !hurry_requested.load()) {
       zmq::pollitem_t items[] = {{replies.handle(), 0, ZMQ_POLLIN, 0},
                                  {router.handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, 2, std::chrono::milliseconds(20));
+      try {
+        zmq::poll(items, 2, std::chrono::milliseconds(20));
+      } catch (const zmq::error_t& e) {
+        if (e.num() == EINTR) continue;  // a signal: hurry() may have been asked for
+        spdlog::error("poll failed while shutting down: {}", e.what());
+        break;
+      }
       forward_replies();
       refuse_incoming();
     }
@@ -638,6 +664,10 @@ const std::string& InferenceServer::endpoint() const { return impl_->endpoint; }
 int InferenceServer::http_port() const { return impl_->http ? impl_->http->port() : -1; }
 void InferenceServer::run() { impl_->serve(); }
 void InferenceServer::stop() { impl_->stop_requested.store(true); }
+void InferenceServer::hurry() {
+  impl_->stop_requested.store(true);
+  impl_->hurry_requested.store(true);
+}
 bool InferenceServer::idle() const { return impl_->idle.load(); }
 const ServerMetrics& InferenceServer::metrics() const { return impl_->metrics; }
 std::string InferenceServer::render_metrics() const {

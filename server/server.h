@@ -74,6 +74,9 @@ class InferenceServer {
   void run();
   // Asks run() to return. Async-signal-safe (a lock-free atomic store); callable from any thread.
   void stop();
+  // Shortens a shutdown under way: stop waiting for running tails (a second SIGINT/SIGTERM).
+  // Async-signal-safe, like stop().
+  void hurry();
   // False when run() returned while a tail was still running (past shutdown_timeout): the caller
   // should then exit the process rather than destroy the server, which would wait for it.
   bool idle() const;

@@ -174,6 +174,30 @@ TEST_CASE("SIGTERM under load answers or refuses every request and exits in boun
   CHECK(server.log().find("stopped after") != std::string::npos);
 }
 
+TEST_CASE("a second SIGTERM while a shutdown waits for a tail shortens it - without an abort") {
+  auto dir = scratch_dir("rel-sigterm-twice");
+  ServerProcess server;
+  // A tail that takes 3 s and a shutdown willing to wait 20 s for it.
+  REQUIRE(server.start(dir, {"--model", default_model().string(), "--workers", "1",
+                             "--slow-tail-ms", "3000", "--shutdown-timeout-ms", "20000"}));
+  WireClient client(server.endpoint());
+  send_burst(client, 1, 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the tail is running
+  server.process().signal(SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const auto t0 = Clock::now();
+  server.process().signal(SIGTERM);
+  auto rc = server.process().wait(std::chrono::seconds(10));
+  const double exit_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  REQUIRE(rc.has_value());
+  MESSAGE("exit status " << *rc << ", " << exit_s << " s after the second SIGTERM");
+  // Ended at once, without waiting for the tail (it ends the process with status 1: a tail was
+  // still running), and not by an abort.
+  CHECK(exit_s < 1.5);
+  CHECK((*rc == 0 || *rc == 1));
+  CHECK(server.log().find("still running") != std::string::npos);
+}
+
 TEST_CASE("a device over its in-flight limit gets BUSY at once and others are not affected") {
   auto dir = scratch_dir("rel-per-client");
   ObservedServer server;
