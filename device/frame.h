@@ -19,6 +19,9 @@ namespace edgesplit::device {
 struct FramePlan {
   int cut = 0;
   bool local = false;  // everything on the device
+  // Run on the device to re-measure its speed, though a remote plan was chosen (see
+  // Stream's device probe): the device-load estimate learns only from heads that run.
+  bool device_probe = false;
   packing::EncodeOptions encode;
   int jpeg_quality = 0;  // > 0: send the 8-bit input as JPEG (cut 0)
   std::string encoding_name;

@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <climits>
+
 namespace edgesplit::device {
 namespace {
 
@@ -21,6 +23,19 @@ void set_threads(int threads) {
 }
 
 void LaneWorker::loop() {
+  // One untimed run on this thread first: its first inference pays for what a new thread sets up
+  // (LibTorch's thread-local state, an intra-op thread team), and a first local frame that is
+  // several times slower than the next would tell the device-load estimate the device is slow.
+  try {
+    ComputeToken::Hold hold(*token_, INT_MIN, partitioner::TimePoint::max());
+    set_threads(threads_);
+    torch::NoGradGuard no_grad;
+    const int cut = model_->device_cut();
+    const at::Tensor zeros = torch::zeros(model_->cut(0).tensors.at(0).shape, torch::kFloat32);
+    (void)model_->run_tail(cut, model_->run_head(cut, zeros));
+  } catch (const std::exception&) {
+    // A model that cannot run fails its frames with the reason, as before.
+  }
   for (;;) {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return stop_ || (job_ && !done_ && !running_); });

@@ -49,9 +49,10 @@ constexpr double kMiB = 1024.0 * 1024.0;
 
 struct RunStats {
   uint64_t decisions = 0;
-  uint64_t plan_changes = 0;  // decisions that changed the plan (the first one is no change)
-  uint64_t lane = 0;          // frames run whole by the local lane beside the window
-  uint64_t lane_planned = 0;  // frames planned on the device (or left there) that the lane ran
+  uint64_t plan_changes = 0;   // decisions that changed the plan (the first one is no change)
+  uint64_t lane = 0;           // frames run whole by the local lane beside the window
+  uint64_t lane_planned = 0;   // frames planned on the device (or left there) that the lane ran
+  uint64_t device_probes = 0;  // frames run on the device to re-measure it (maybe_probe_device)
 };
 
 // Turns "device", "input" or a number into a cut id, or says what is allowed.
@@ -141,6 +142,7 @@ struct Stream::Impl {
   int64_t next_frame = 0;
 
   RunStats stats;
+  int frames_without_head = 0;  // decisions since a head last ran on the device
   bool said_cut_table = false;
   int corrections_said = 0;
   int misses = 0;  // since the manager last asked
@@ -162,6 +164,7 @@ struct Stream::Impl {
   bool server_lost() const { return link.state() == LinkState::kLost; }
 
   std::string local_reason(const FramePlan& plan) const {
+    if (plan.device_probe) return "device probe";
     if (plan.local) return "plan";
     if (!link.has_server()) return "no server";
     if (!link.usable()) return link.down_reason();
@@ -261,8 +264,44 @@ struct Stream::Impl {
         plan.local || !(m.period_ms > 0) ? 1.0 : (m.head_ms + m.pack_ms) / m.period_ms;
     last_bytes = plan.local ? 0 : m.bytes;
     last_period_ms = m.period_ms;
+    // After the stream's view of its plan is taken: a probe frame does not change it.
+    if (!fixed) maybe_probe_device(plan, d, c);
     plan.decision = std::move(d);
     return plan;
+  }
+
+  // The device-load factor learns only from heads that run: one slow local frame (a cold cache, a
+  // CPU quota's period spent) can make every local plan look slower than a remote one for good.
+  // With the latency objective, while the chosen plan runs no head on the device, every
+  // kDeviceProbeEvery-th frame runs on the device instead when the device-only plan is predicted
+  // within kDeviceProbeWithin of the chosen one: a frame a little slower, now and then, against
+  // staying on the wrong side for good.
+  static constexpr int kDeviceProbeEvery = 3;
+  static constexpr double kDeviceProbeWithin = 2.0;
+
+  void maybe_probe_device(FramePlan& plan, partitioner::Decision& d,
+                          const partitioner::Conditions& c) {
+    if (plan.local || plan.cut > 0 || !holds_whole_model() ||
+        cfg.scheduler.objective != partitioner::Objective::kLatency) {
+      return;
+    }
+    if (++frames_without_head < kDeviceProbeEvery) return;
+    const partitioner::PlanEstimate local = scheduler->evaluate(scheduler->local_plan(), c);
+    if (!local.available || !local.feasible ||
+        !(local.metrics.latency_ms < kDeviceProbeWithin * d.predicted.latency_ms)) {
+      return;
+    }
+    frames_without_head = 0;
+    ++stats.device_probes;
+    plan.local = true;
+    plan.device_probe = true;
+    plan.cut = device_cut;
+    plan.jpeg_quality = 0;
+    plan.encoding_name = "local";
+    plan.profiled_head_ms = whole_model_profiled_ms();
+    d.plan = scheduler->plans()[static_cast<size_t>(scheduler->local_plan())];
+    d.predicted = local.metrics;
+    d.changed = false;
   }
 
   double whole_model_profiled_ms() const {
@@ -535,6 +574,7 @@ struct Stream::Impl {
   // A head (or the whole model) ran: the per-cut error first, at the load the plan was made with,
   // then the load, from the profiled time as corrected for this cut.
   void note_head_time(int cut, double measured_ms, double profiled_ms) {
+    frames_without_head = 0;
     if (!(profiled_ms > 0)) return;
     const double correction = head_errors.correction(cut);
     if (head_errors.add(cut, measured_ms, profiled_ms, device_load.load_factor()) && scheduler) {
@@ -1074,7 +1114,9 @@ std::string Stream::main_local_reason() const {
   std::string best;
   uint64_t most = 0;
   for (const auto& [k, v] : j["local_reasons"].items()) {
-    if (k == "plan" || k == "local lane" || !v.is_number_unsigned()) continue;
+    if (k == "plan" || k == "local lane" || k == "device probe" || !v.is_number_unsigned()) {
+      continue;
+    }
     if (v.get<uint64_t>() > most) {
       most = v.get<uint64_t>();
       best = k;

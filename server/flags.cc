@@ -44,7 +44,9 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
      cxxopts::value<std::string>())
     ("http-port", "serve /healthz, /readyz and /metrics on this port (0: any free port; default: off)",
      cxxopts::value<int>())
-    ("http-bind", "address the HTTP endpoint listens on", cxxopts::value<std::string>()->default_value("0.0.0.0"))
+    ("http-bind", "address the HTTP endpoint listens on (default loopback: /metrics is for this "
+     "host; a container publishing it passes 0.0.0.0)",
+     cxxopts::value<std::string>()->default_value("127.0.0.1"))
     ("http-port-file", "write the HTTP port to this file once listening", cxxopts::value<std::string>())
     ("shutdown-timeout-ms", "on SIGTERM/SIGINT, how long to wait for running tails (a second "
      "signal stops waiting)",

@@ -76,7 +76,7 @@ TEST_CASE("server flags: defaults with one --model") {
   CHECK_FALSE(o.use_allow_list);
   CHECK(o.allowed_keys.empty());
   CHECK(o.http_port == -1);
-  CHECK(o.http_host == "0.0.0.0");
+  CHECK(o.http_host == "127.0.0.1");
   CHECK(o.shutdown_timeout == std::chrono::milliseconds(10000));
   CHECK(o.slow_tail == std::chrono::milliseconds(0));
   CHECK(command->endpoint_file.empty());
