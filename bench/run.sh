@@ -18,6 +18,14 @@
 #                           device-only, on the testbed (root); contended: a device 8x slower,
 #                           figures without targets: bench/multi/README.md
 #
+#   bench/run.sh elastic [--quick] --out DIR [--check]
+#                           the Pareto tables of the model families (models/families/): latency,
+#                           multiply-adds, top-1 with intervals per member, on this machine only
+#                           (no testbed, no root): docs/elastic.md
+#   bench/run.sh elastic contention [--quick] --out DIR [--check]
+#                           a latency-bound device under a CPU contender (0, 1, 2 cores taken):
+#                           the CIFAR-10 family against ResNet-56 alone (no root)
+#
 # The testbed needs root. Results: bench/results/<timestamp>/ (results.json, results.csv,
 # summary.md, plots, raw JSON lines of every run). Binaries from build/bin (EDGESPLIT_BIN_DIR or
 # --bin-dir to change).
@@ -28,6 +36,14 @@ py=/usr/bin/python3
 if [[ "${1:-}" == "engine" ]]; then
   shift
   exec "$py" "$here/engine/engine_bench.py" "$@"
+fi
+if [[ "${1:-}" == "elastic" ]]; then
+  shift
+  if [[ "${1:-}" == "contention" ]]; then
+    shift
+    exec "$py" "$here/elastic/contention.py" "$@"
+  fi
+  exec "$py" "$here/elastic/elastic_bench.py" "$@"
 fi
 if [[ "${1:-}" == "cleanup" ]]; then
   shift

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "profiles/family.h"
 #include "transport/curve.h"
 
 namespace edgesplit::device {
@@ -179,6 +180,24 @@ class Fields {
   std::string prefix_;
 };
 
+// A family stream plans with its reference member's file, metadata and profile (a profile given
+// with the stream overrides the reference's). The reference must be a file as it is: a derived
+// variant is an alternative to it, not the network the family is measured against.
+Status apply_family(StreamConfig& s) {
+  auto family = profiles::load_family(s.family_path);
+  if (!family.ok()) return family.status();
+  const profiles::FamilyMember* reference = family->find(family->reference);
+  if (!reference->variant.empty()) {
+    return invalid_argument("family " + s.family_path + ": its reference \"" + reference->name +
+                            "\" is a derived variant; make a network as it is the reference");
+  }
+  s.model_path = reference->model;
+  s.meta_path = reference->meta;
+  if (s.profile_path.empty()) s.profile_path = reference->profile;
+  if (s.name.empty()) s.name = family->name;
+  return Status();
+}
+
 Status parse_stream(const json& j, size_t index, const std::string& base_dir, StreamConfig& s) {
   const std::string at_index = "streams[" + std::to_string(index) + "]";
   if (!j.is_object()) {
@@ -192,45 +211,42 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
   }
   s.name = j.at("name").get<std::string>();
   const std::string where = "stream " + in_quotes(s.name);
-  const Fields f(j, where,
-                 {"name",
-                  "model",
-                  "meta",
-                  "profile",
-                  "input",
-                  "max_frames",
-                  "loop",
-                  "fps",
-                  "priority",
-                  "cut",
-                  "bits",
-                  "lossless",
-                  "clip_percentile",
-                  "per_channel",
-                  "objective",
-                  "constraints",
-                  "accuracy_confidence",
-                  "server_price",
-                  "top_k",
-                  "in_flight",
-                  "local_lane",
-                  "timeout_ms",
-                  "threads"});
+  const Fields f(j, where, {"name",         "model",
+                            "family",       "meta",
+                            "profile",      "input",
+                            "max_frames",   "loop",
+                            "fps",          "priority",
+                            "cut",          "bits",
+                            "lossless",     "clip_percentile",
+                            "per_channel",  "objective",
+                            "constraints",  "accuracy_confidence",
+                            "server_price", "top_k",
+                            "in_flight",    "local_lane",
+                            "timeout_ms",   "threads"});
   EDGESPLIT_RETURN_IF_ERROR(f.check_known());
-  if (!f.has("model")) {
+  if (!f.has("model") && !f.has("family")) {
     return invalid_argument(where + ": \"model\" is missing: give the TorchScript file");
+  }
+  if (f.has("model") && f.has("family")) {
+    return invalid_argument(where + ": \"family\" names its models: leave out \"model\"");
   }
   if (!f.has("input")) {
     return invalid_argument(where +
                             ": \"input\" is missing: give an image, a folder, a video or camera:0");
   }
   EDGESPLIT_RETURN_IF_ERROR(f.get("model", s.model_path));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("family", s.family_path));
   EDGESPLIT_RETURN_IF_ERROR(f.get("meta", s.meta_path));
   EDGESPLIT_RETURN_IF_ERROR(f.get("profile", s.profile_path));
   EDGESPLIT_RETURN_IF_ERROR(f.get("input", s.input));
   s.model_path = resolve(base_dir, s.model_path);
   s.meta_path = resolve(base_dir, s.meta_path);
   s.profile_path = resolve(base_dir, s.profile_path);
+  if (!s.family_path.empty()) {
+    s.family_path = resolve(base_dir, s.family_path);
+    Status family = apply_family(s);
+    if (!family.ok()) return invalid_argument(where + ": " + family.message());
+  }
   if (s.input.rfind("camera:", 0) != 0) s.input = resolve(base_dir, s.input);
   EDGESPLIT_RETURN_IF_ERROR(f.get("max_frames", s.max_frames, kMustCount));
   EDGESPLIT_RETURN_IF_ERROR(f.get("loop", s.loop, kMustLoop));
@@ -269,8 +285,8 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
   EDGESPLIT_RETURN_IF_ERROR(f.get("objective", objective));
   auto parsed_objective = partitioner::parse_objective(objective);
   if (!parsed_objective.ok()) {
-    return f.error("objective",
-                   "latency, throughput, energy, data or cost, not " + in_quotes(objective));
+    return f.error("objective", "latency, throughput, energy, data, cost or accuracy, not " +
+                                    in_quotes(objective));
   }
   s.scheduler.objective = *parsed_objective;
   if (f.has("constraints")) {
@@ -339,6 +355,7 @@ Status read_config_key(const Fields& f, const std::string& field, const std::str
 // The flags that describe the one stream of the command line; refused beside --config.
 const std::vector<std::string>& stream_flags() {
   static const std::vector<std::string> kFlags = {"model",
+                                                  "family",
                                                   "meta",
                                                   "input",
                                                   "max-frames",
@@ -377,6 +394,8 @@ void add_flags(cxxopts::Options& cli) {
     ("server", "server endpoint, e.g. tcp://10.0.0.2:5555 (empty: everything on the device)",
      cxxopts::value<std::string>()->default_value(""))
     ("model", "TorchScript model file (the same file the server serves)", cxxopts::value<std::string>())
+    ("family", "a model family manifest (models/families/): the scheduler picks the member per "
+     "frame, with the cut and encoding (docs/elastic.md)", cxxopts::value<std::string>())
     ("stream", "the stream's name in every JSON line (default: the model file's stem)",
      cxxopts::value<std::string>())
     ("meta", "model metadata JSON (default: beside the model)", cxxopts::value<std::string>()->default_value(""))
@@ -397,7 +416,8 @@ void add_flags(cxxopts::Options& cli) {
      cxxopts::value<std::string>()->default_value(""))
     ("objective", "what the scheduler optimises: latency, throughput, energy, data (fewest bytes "
      "sent: every frame runs on the device, 0 bytes, unless a bound such as --max-latency-ms rules "
-     "that out) or cost",
+     "that out), cost or accuracy (the fewest top-1 points lost among the plans that meet the "
+     "other bounds, such as --max-latency-ms)",
      cxxopts::value<std::string>()->default_value("latency"))
     ("max-accuracy-drop", "constraint: top-1 points lost vs fp32, from the profile (default 1; "
      "'none' lifts it)", cxxopts::value<std::string>())
@@ -487,20 +507,30 @@ Status apply_device_flags(const cxxopts::ParseResult& args, DeviceConfig& c) {
 
 // The one stream of the command line (main.cc's checks, in its order).
 Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
-  if (!args.count("model")) return invalid_argument("no model given: pass --model FILE.pt");
+  if (args.count("family") && args.count("model")) {
+    return invalid_argument("--family names its models: leave out --model");
+  }
+  if (!args.count("model") && !args.count("family")) {
+    return invalid_argument("no model given: pass --model FILE.pt");
+  }
   if (!args.count("input")) {
     return invalid_argument(
         "no input given: pass --input with an image, a folder, a video or camera:0");
   }
-  s.model_path = args["model"].as<std::string>();
+  if (args.count("family")) {
+    s.family_path = args["family"].as<std::string>();
+    EDGESPLIT_RETURN_IF_ERROR(apply_family(s));
+  } else {
+    s.model_path = args["model"].as<std::string>();
+  }
   if (args.count("stream")) {
     s.name = args["stream"].as<std::string>();
     if (s.name.empty()) return invalid_argument("--stream must not be empty");
-  } else {
+  } else if (s.family_path.empty()) {
     s.name = fs::path(s.model_path).stem().string();
     if (s.name.empty()) s.name = s.model_path;
   }
-  s.meta_path = args["meta"].as<std::string>();
+  if (s.family_path.empty()) s.meta_path = args["meta"].as<std::string>();
   s.input = args["input"].as<std::string>();
   s.max_frames = args["max-frames"].as<int64_t>();
   s.loop = args["loop"].as<int>();
@@ -536,7 +566,9 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
   auto lossless = packing::parse_lossless(lossless_name);
   if (!lossless.ok()) return invalid_argument(lossless.status().message());
   s.encode.lossless = *lossless;
-  s.profile_path = args["profile"].as<std::string>();
+  if (s.family_path.empty() || !args["profile"].as<std::string>().empty()) {
+    s.profile_path = args["profile"].as<std::string>();
+  }
   auto objective = partitioner::parse_objective(args["objective"].as<std::string>());
   if (!objective.ok()) return invalid_argument(objective.status().message());
   s.scheduler.objective = *objective;
@@ -794,6 +826,11 @@ Status validate_device_config(const DeviceConfig& c) {
                               "stream a name of its own");
     }
     if (s.model_path.empty()) return field_error(where, "model", "a non-empty path");
+    if (!s.family_path.empty() && !s.cut.empty()) {
+      return invalid_argument(where +
+                              ": a family stream is planned by the scheduler, member by member: "
+                              "leave out the fixed cut (--cut, --plan, --bits)");
+    }
     if (s.input.empty())
       return field_error(where, "input", "an image, a folder, a video or camera:N");
     if (s.max_frames < 0) return field_error(where, "max_frames", kMustCount);

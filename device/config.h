@@ -46,6 +46,11 @@ inline partitioner::SchedulerOptions default_scheduler_options() {
 struct StreamConfig {
   std::string name;        // unique within a config; in every JSON line as "stream"
   std::string model_path;  // TorchScript file
+  // A model family (profiles/family.h): the stream runs its members, the scheduler choosing the
+  // member per frame with the cut and encoding (each member needs a profile and its accuracy
+  // against the reference in the manifest). model_path, meta_path and profile_path are then the
+  // reference's.
+  std::string family_path;
   std::string meta_path;   // model metadata JSON; empty: looked up beside the model
   std::string input;       // image file, folder, video file or camera:N
   int64_t max_frames = 0;  // 0: the whole source

@@ -17,6 +17,7 @@ namespace edgesplit::device {
 
 // The plan one frame runs with.
 struct FramePlan {
+  int member = 0;  // the family member that runs it (0: the stream's model, or its reference)
   int cut = 0;
   bool local = false;  // everything on the device
   // Run on the device to re-measure its speed, though a remote plan was chosen (see

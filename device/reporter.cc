@@ -82,6 +82,7 @@ json Reporter::frame_json(const FrameRecord& r) {
             {"cut_name", r.cut_name},
             {"by", r.by_scheduler ? "scheduler" : "fixed"},
             {"encoding", r.encoding}};
+  if (!r.member.empty()) plan["member"] = r.member;
   if (!r.precision.empty()) {
     plan["precision"] = r.precision;
     plan["lossless"] = r.lossless;
@@ -125,6 +126,7 @@ json Reporter::frame_json(const FrameRecord& r) {
                        {"device_load", round3(c.device_load)},
                        {"server_load", round3(c.server_load)},
                        {"server_available", c.server_available},
+                       {"frame_overhead_ms", round3(c.frame_overhead_ms)},
                        {"link_share", round3(r.link_share)}};
   }
   if (r.server) {
@@ -165,7 +167,8 @@ void Reporter::frame(const FrameRecord& r) {
     ++t.failed;
   }
   if (j.value("within_bound", false)) ++t.within_bound;
-  ++t.plans[std::to_string(r.cut) + ":" + r.encoding];
+  ++t.plans[(r.member.empty() ? "" : r.member + ":") + std::to_string(r.cut) + ":" + r.encoding];
+  if (!r.member.empty()) ++t.members[r.member];
   t.latencies_ms.push_back(r.latency_ms);
   const bool planned_here =
       r.completed == "server" || (r.completed == "local" && r.encoding == "local");
@@ -215,6 +218,11 @@ json Reporter::summary(const StreamSummaryInfo& info) {
   json plans = json::object();
   for (const auto& [k, v] : t.plans) plans[k] = v;
   s["plans"] = plans;
+  if (!t.members.empty()) {
+    json members = json::object();
+    for (const auto& [k, v] : t.members) members[k] = v;
+    s["members"] = members;
+  }
   if (!t.prediction_ratios.empty()) {
     s["predicted_over_measured_latency_p50"] = round3(percentile(t.prediction_ratios, 50));
   }

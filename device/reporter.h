@@ -24,6 +24,7 @@ struct FrameRecord {
   std::string source;
   std::vector<partitioner::ClassScore> top;
   const std::vector<std::string>* labels = nullptr;  // class names (may be null)
+  std::string member;  // the family member that ran it (family streams only)
   int cut = 0;
   std::string cut_name;
   bool by_scheduler = false;
@@ -103,6 +104,7 @@ class Reporter {
     std::vector<double> prediction_ratios;  // predicted / measured latency
     uint64_t frames = 0, on_server = 0, local = 0, failed = 0, bytes_sent = 0, within_bound = 0;
     std::map<std::string, uint64_t> plans;          // "cut:encoding" -> frames
+    std::map<std::string, uint64_t> members;        // family member -> frames (family streams)
     std::map<std::string, uint64_t> local_reasons;  // why frames completed locally -> frames
   };
   struct Live {

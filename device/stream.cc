@@ -28,6 +28,7 @@
 #include "partitioner/model_info.h"
 #include "partitioner/scheduler.h"
 #include "partitioner/top_k.h"
+#include "profiles/family.h"
 #include "profiles/profile.h"
 #include "transport/protocol.h"
 
@@ -111,6 +112,32 @@ struct Stream::Impl {
   int threads = 0;
   std::unique_ptr<imaging::FrameSource> source;
   std::string refused;  // the stream cannot run: every frame fails with this
+
+  // A family stream's members besides the reference (member i + 1 of the scheduler), each held
+  // whole on the device. The fields above are the reference's (member 0).
+  struct Alternate {
+    profiles::FamilyMember member;
+    partitioner::ModelInfo info;
+    profiles::Profile profile;
+    std::string digest;  // its variant digest
+    std::shared_ptr<partitioner::ModelGraph> model;
+    int device_cut = 0;
+    bool served = false;
+  };
+  std::vector<Alternate> alternates;
+  std::string reference_name;  // the family's reference (family streams only)
+  bool family() const { return !cfg.family_path.empty(); }
+  const Alternate* alternate(int member) const {
+    return member > 0 ? &alternates.at(static_cast<size_t>(member - 1)) : nullptr;
+  }
+  const partitioner::ModelGraph* model_of(int member) const {
+    const Alternate* a = alternate(member);
+    return a ? a->model.get() : model.get();
+  }
+  int device_cut_of(int member) const {
+    const Alternate* a = alternate(member);
+    return a ? a->device_cut : device_cut;
+  }
 
   std::unique_ptr<LaneWorker> lane;
   std::future<Result<std::shared_ptr<partitioner::ModelGraph>>> pending_load;
@@ -199,6 +226,21 @@ struct Stream::Impl {
     }
     server_engine = m->engine;
     if (!was_served && seen_generation > 1) log("the server serves this stream's model again");
+    for (size_t i = 0; i < alternates.size(); ++i) {
+      Alternate& a = alternates[i];
+      const int member = static_cast<int>(i) + 1;
+      const ServedModel* am = link.served(a.digest);
+      a.served = am != nullptr;
+      if (!scheduler) continue;
+      if (!a.served) {
+        // Its remote plans leave the choice; its device-only plan stays.
+        for (const auto& plan : scheduler->plans()) {
+          if (plan.member == member && !plan.local) scheduler->exclude(plan.index);
+        }
+      } else if (!am->tail_ms.empty()) {
+        (void)scheduler->set_server_tail_ms(am->tail_ms, member);
+      }
+    }
     if (scheduler && !m->tail_ms.empty()) {
       auto changed = scheduler->set_server_tail_ms(m->tail_ms);
       if (!changed.ok()) {
@@ -225,12 +267,42 @@ struct Stream::Impl {
     return table.empty() ? "" : partitioner::cut_table_digest(table);
   }
 
+  // The median of the recent frames' overheads (0 before the first frame).
+  static constexpr size_t kOverheadSamples = 15;
+  std::deque<double> overheads;
+  double frame_overhead_ms() const {
+    if (overheads.empty()) return 0;
+    std::vector<double> v(overheads.begin(), overheads.end());
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+    return v[v.size() / 2];
+  }
+
+  // Recent heads' measured / profiled times. A latency bound holds per frame: while one is set,
+  // plans are judged at the 80th percentile of these rather than at the load's level, so that a
+  // contender whose time slices make every other frame slow is planned for, not averaged away.
+  static constexpr size_t kLoadSamples = 12;
+  std::deque<double> load_samples;
+  void note_load_sample(double ratio) {
+    if (!std::isfinite(ratio) || !(ratio > 0)) return;
+    load_samples.push_back(ratio);
+    if (load_samples.size() > kLoadSamples) load_samples.pop_front();
+  }
+  double load_for_bound() const {
+    if (load_samples.size() < 5) return 0;
+    std::vector<double> v(load_samples.begin(), load_samples.end());
+    const size_t k = (v.size() * 8) / 10;
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
+    return v[k];
+  }
+
   partitioner::Conditions conditions() const {
     partitioner::Conditions c = link.network_conditions();
+    c.frame_overhead_ms = frame_overhead_ms();
     c.bandwidth_mbps *= link_share;
     c.server_queue_ms = server_load.queue_ms();
     c.server_load = server_load.load_factor();
     c.device_load = device_load.load_factor();
+    if (latency_bound()) c.device_load = std::max(c.device_load, load_for_bound());
     c.server_available = c.server_available && server_usable();
     return c;
   }
@@ -250,6 +322,7 @@ struct Stream::Impl {
     if (d.changed && stats.decisions > 0) ++stats.plan_changes;
     ++stats.decisions;
     if (!fixed) {
+      plan.member = d.plan.member;
       plan.cut = d.plan.cut_id;
       plan.local = d.plan.local;
       plan.encode = d.plan.encoding.encode_options();
@@ -281,7 +354,7 @@ struct Stream::Impl {
 
   void maybe_probe_device(FramePlan& plan, partitioner::Decision& d,
                           const partitioner::Conditions& c) {
-    if (plan.local || plan.cut > 0 || !holds_whole_model() ||
+    if (plan.local || plan.cut > 0 || plan.member != 0 || !holds_whole_model() ||
         cfg.scheduler.objective != partitioner::Objective::kLatency) {
       return;
     }
@@ -439,13 +512,14 @@ struct Stream::Impl {
   void start_frame(const imaging::Frame& frame, PendingFrame p) {
     const auto t_begin = Clock::now();
     p.plan = choose_plan();
-    const bool on_device = p.plan.local || !server_usable();
-    if (on_device && !holds_whole_model()) {
+    const Alternate* alt = alternate(p.plan.member);
+    const bool on_device = p.plan.local || !server_usable() || (alt && !alt->served);
+    if (on_device && !alt && !holds_whole_model()) {
       emit_failure(p, local_reason(p.plan) +
                           "; this stream holds no whole model on the device (memory budget)");
       return;
     }
-    if (on_device && lane && lane->idle()) {
+    if (on_device && !alt && lane && lane->idle()) {
       // The whole frame on the local lane; the loop stays free for replies and probes.
       const std::string reason = local_reason(p.plan);
       if (hand_to_lane(frame, std::move(p), reason, /*planned=*/true)) ++stats.lane_planned;
@@ -454,15 +528,16 @@ struct Stream::Impl {
     }
 
     cv::Mat image8;
-    std::optional<at::Tensor> prepared = prepare_input(frame, p, &image8);
+    std::optional<at::Tensor> prepared = prepare_input(frame, p, &image8, alt ? alt->info : info);
     if (!prepared) {
       link.note_busy(t_begin);
       return;
     }
     at::Tensor input = std::move(*prepared);
 
-    const int head_cut = p.plan.local ? device_cut : p.plan.cut;
-    if (head_cut > 0 && (!model || !model->can_run_head(head_cut))) {
+    const partitioner::ModelGraph* graph = model_of(p.plan.member);
+    const int head_cut = p.plan.local ? device_cut_of(p.plan.member) : p.plan.cut;
+    if (head_cut > 0 && (!graph || !graph->can_run_head(head_cut))) {
       emit_failure(p, "this device does not hold the head of cut " + std::to_string(head_cut) +
                           " (memory budget)");
       return;
@@ -473,13 +548,13 @@ struct Stream::Impl {
       set_threads(threads);
       // A head's graph is built the first time its cut is chosen: not part of its time (a cold
       // first run would tell the device-load estimate the device is many times slower than it is).
-      if (head_cut > 0) model->prepare(head_cut);
+      if (head_cut > 0) graph->prepare(head_cut);
       t_pre = Clock::now();
       torch::NoGradGuard no_grad;
       if (head_cut == 0) {
         p.crossing = {input};
       } else {
-        p.crossing = model->run_head(head_cut, input);
+        p.crossing = graph->run_head(head_cut, input);
       }
       t_head = Clock::now();
     } catch (const std::exception& e) {
@@ -488,7 +563,16 @@ struct Stream::Impl {
       return;
     }
     p.head_ms = ms_between(t_pre, t_head);
-    if (head_cut > 0) note_head_time(head_cut, p.head_ms, p.plan.profiled_head_ms);
+    if (alt) {
+      // The device's load from any member's head; per-cut corrections are the reference's.
+      frames_without_head = 0;
+      if (head_cut > 0 && p.plan.profiled_head_ms > 0) {
+        device_load.add_head_time(p.head_ms, p.plan.profiled_head_ms);
+        note_load_sample(p.head_ms / p.plan.profiled_head_ms);
+      }
+    } else if (head_cut > 0) {
+      note_head_time(head_cut, p.head_ms, p.plan.profiled_head_ms);
+    }
     if (on_device) {
       link.note_busy(t_begin);
       finish_local(p, local_reason(p.plan));
@@ -497,7 +581,7 @@ struct Stream::Impl {
 
     std::vector<std::vector<uint8_t>> payloads;
     wire::InferRequest req;
-    req.set_model_digest(digest);
+    req.set_model_digest(alt ? alt->digest : digest);
     req.set_cut(static_cast<uint32_t>(p.plan.cut));
     req.set_top_k(static_cast<uint32_t>(cfg.top_k));
     if (p.plan.jpeg_quality > 0) {
@@ -516,7 +600,8 @@ struct Stream::Impl {
       for (size_t i = 0; i < p.crossing.size(); ++i) {
         at::Tensor t = p.crossing[i].contiguous();
         packing::EncodeOptions eo = p.plan.encode;
-        eo.non_negative_hint = eo.non_negative_hint || crossing_non_negative(p.plan.cut, i);
+        eo.non_negative_hint =
+            eo.non_negative_hint || crossing_non_negative(p.plan.member, p.plan.cut, i);
         auto packed = packing::encode(t.data_ptr<float>(), static_cast<size_t>(t.numel()),
                                       t.sizes().vec(), eo);
         if (!packed.ok()) {
@@ -546,14 +631,20 @@ struct Stream::Impl {
     link.probe_if_due(false);
   }
 
-  bool crossing_non_negative(int cut, size_t i) const {
-    if (!model || !model->has_cut(cut)) return false;
-    const auto& point = model->cut(cut);
+  bool crossing_non_negative(int member, int cut, size_t i) const {
+    const partitioner::ModelGraph* graph = model_of(member);
+    if (!graph || !graph->has_cut(cut)) return false;
+    const auto& point = graph->cut(cut);
     return i < point.tensors.size() && point.tensors[i].non_negative;
   }
 
   std::optional<at::Tensor> prepare_input(const imaging::Frame& frame, PendingFrame& p,
                                           cv::Mat* image8) {
+    return prepare_input(frame, p, image8, info);
+  }
+
+  std::optional<at::Tensor> prepare_input(const imaging::Frame& frame, PendingFrame& p,
+                                          cv::Mat* image8, const partitioner::ModelInfo& info) {
     const auto t0 = Clock::now();
     auto resized = imaging::resize_and_crop(frame.image, info);
     if (!resized.ok()) {
@@ -590,6 +681,7 @@ struct Stream::Impl {
       }
     }
     device_load.add_head_time(measured_ms, profiled_ms * correction);
+    if (profiled_ms * correction >= 0.5) note_load_sample(measured_ms / (profiled_ms * correction));
   }
 
   void expire_overdue() {
@@ -679,8 +771,9 @@ struct Stream::Impl {
   }
 
   void finish_local(PendingFrame& p, const std::string& reason) {
-    const int cut = p.plan.local ? device_cut : p.plan.cut;
-    if (!model || !model->can_run_tail(cut)) {
+    const partitioner::ModelGraph* graph = model_of(p.plan.member);
+    const int cut = p.plan.local ? device_cut_of(p.plan.member) : p.plan.cut;
+    if (!graph || !graph->can_run_tail(cut)) {
       emit_failure(p, reason + "; this device does not hold the tail of cut " +
                           std::to_string(cut) + " (memory budget)");
       return;
@@ -692,7 +785,7 @@ struct Stream::Impl {
       set_threads(threads);
       t0 = Clock::now();
       torch::NoGradGuard no_grad;
-      logits = model->run_tail(cut, p.crossing).contiguous().reshape({-1});
+      logits = graph->run_tail(cut, p.crossing).contiguous().reshape({-1});
       t1 = Clock::now();
     } catch (const std::exception& e) {
       emit_failure(p, reason + "; the local tail failed: " + e.what());
@@ -730,8 +823,15 @@ struct Stream::Impl {
     r.source = p.source;
     r.top = std::move(top);
     r.labels = &info.labels;
-    r.cut = p.plan.local ? device_cut : p.plan.cut;
-    r.cut_name = cut_name(r.cut);
+    if (const Alternate* a = alternate(p.plan.member)) {
+      r.member = a->member.name;
+      r.cut = p.plan.local ? a->device_cut : p.plan.cut;
+      r.cut_name = a->model && a->model->has_cut(r.cut) ? a->model->cut(r.cut).name : "";
+    } else {
+      if (family()) r.member = reference_name;
+      r.cut = p.plan.local ? device_cut : p.plan.cut;
+      r.cut_name = cut_name(r.cut);
+    }
     r.by_scheduler = scheduler && !fixed;
     if (p.plan.local) {
       r.encoding = "local";
@@ -760,7 +860,20 @@ struct Stream::Impl {
 
   // Reports a finished frame; its latency counts from its arrival.
   void emit(FrameRecord r, const PendingFrame& p) {
-    r.latency_ms = ms_between(p.start, Clock::now());
+    const auto now = Clock::now();
+    r.latency_ms = ms_between(p.start, now);
+    // The frame's time beyond its plan's stages (preprocessing, waiting for the loop, reporting):
+    // what every plan's latency adds (Conditions::frame_overhead_ms).
+    std::optional<double> overhead;
+    if (r.completed == "local" && p.lane_reason.empty()) {
+      overhead = r.latency_ms - p.head_ms - r.local_tail_ms.value_or(0);
+    } else if (r.completed == "server") {
+      overhead = r.latency_ms - p.head_ms - p.pack_ms - ms_between(p.sent, now);
+    }
+    if (overhead) {
+      overheads.push_back(std::max(0.0, *overhead));
+      if (overheads.size() > kOverheadSamples) overheads.pop_front();
+    }
     if (r.max_latency_ms && !(r.completed != "failed" && r.latency_ms <= *r.max_latency_ms)) {
       ++misses;
     }
@@ -820,6 +933,57 @@ Result<std::unique_ptr<Stream>> Stream::create(const StreamConfig& config,
         "): run edgesplit-profile on it, pass --profile FILE, or fix the plan with --cut"));
   }
 
+  if (s.family()) {
+    auto family = profiles::load_family(config.family_path);
+    if (!family.ok()) return fail(family.status());
+    s.reference_name = family->reference;
+    if (!s.profile) {
+      return fail(invalid_argument("family " + config.family_path + ": its reference \"" +
+                                   family->reference +
+                                   "\" has no profile: profile it and name it in the manifest"));
+    }
+    std::string no_profile, no_accuracy;
+    for (const profiles::FamilyMember& m : family->members) {
+      if (m.name == family->reference) continue;
+      const std::string what = "family member \"" + m.name + "\"";
+      Impl::Alternate a;
+      a.member = m;
+      auto minfo = partitioner::load_model_info(m.model, m.meta);
+      if (!minfo.ok()) return fail(invalid_argument(what + ": " + minfo.status().message()));
+      a.info = m.variant.input_size ? partitioner::with_input_size(*minfo, *m.variant.input_size)
+                                    : *minfo;
+      Status member_input = imaging::validate_input_info(a.info);
+      if (!member_input.ok()) return fail(invalid_argument(what + ": " + member_input.message()));
+      auto file_digest = partitioner::model_file_digest(m.model);
+      if (!file_digest.ok()) return fail(file_digest.status());
+      a.digest = partitioner::variant_digest(*file_digest, m.variant);
+      // A member without a profile or an accuracy is left out, said once: a manifest may list
+      // more variants than a device has profiled.
+      if (m.profile.empty()) {
+        no_profile += (no_profile.empty() ? "" : ", ") + m.name;
+        continue;
+      }
+      if (!m.accuracy) {
+        no_accuracy += (no_accuracy.empty() ? "" : ", ") + m.name;
+        continue;
+      }
+      auto prof = profiles::load_profile(m.profile, a.digest);
+      if (!prof.ok()) return fail(invalid_argument(what + ": " + prof.status().message()));
+      if (prof->cuts.empty()) return fail(invalid_argument(what + ": its profile lists no cuts"));
+      a.profile = std::move(prof).value();
+      a.device_cut = a.profile.cuts.back().id;
+      s.alternates.push_back(std::move(a));
+    }
+    if (!no_profile.empty()) {
+      s.log("family members without a profile are not used: " + no_profile +
+            " (edgesplit-profile makes one, --variant for a derived one; name it in the manifest)");
+    }
+    if (!no_accuracy.empty()) {
+      s.log("family members without an accuracy against \"" + family->reference +
+            "\" are not used: " + no_accuracy + " (edgesplit-family table --update measures it)");
+    }
+  }
+
   if (s.profile) {
     partitioner::SchedulerOptions so = config.scheduler;
     // The window the stream keeps (Stream::load sets the same): the pipelined period's floor.
@@ -831,7 +995,13 @@ Result<std::unique_ptr<Stream>> Stream::create(const StreamConfig& config,
       if (!power.ok()) return fail(power.status());
       so.power = *power;
     }
-    auto sched = partitioner::Scheduler::create(*s.profile, so);
+    std::vector<partitioner::FamilyMemberPlans> members;
+    members.push_back({s.reference_name, &*s.profile, 0, 0, true});
+    for (const Impl::Alternate& a : s.alternates) {
+      members.push_back({a.member.name, &a.profile, a.member.accuracy->drop_pp,
+                         a.member.accuracy->high_pp, true});
+    }
+    auto sched = partitioner::Scheduler::create_family(members, so);
     if (!sched.ok()) return fail(sched.status());
     s.scheduler = std::move(sched).value();
     if (so.constraints.max_accuracy_drop_pp && so.accuracy_confidence > 0 &&
@@ -864,6 +1034,18 @@ StreamPlanInfo Stream::plan_info() const {
   if (s.link.has_server() && s.link.state() == LinkState::kNeverUp) {
     c.server_available = true;
     if (!(c.bandwidth_mbps > 0)) c.bandwidth_mbps = 10;
+  }
+  if (s.family()) {
+    // A family stream holds every member whole: one option, the sum of their peaks.
+    MemoryOption o;
+    o.retain_cut = -1;
+    o.bytes = predicted_load_bytes(*s.profile, s.profile->cuts.back());
+    for (const auto& a : s.alternates) {
+      o.bytes += predicted_load_bytes(a.profile, a.profile.cuts.back());
+    }
+    o.meets_bounds = true;
+    out.options.push_back(o);
+    return out;
   }
   std::optional<int> fixed_cut;
   if (!s.cfg.cut.empty()) {
@@ -945,6 +1127,29 @@ Status Stream::load(int retain_cut, int threads) {
     }
   }
 
+  // A family's other members, whole, each warmed up once.
+  for (Impl::Alternate& a : s.alternates) {
+    partitioner::LoadOptions lo;
+    lo.input_shape = a.info.input_shape;
+    lo.engine = s.device.engine;
+    lo.variant = a.member.variant;
+    auto model = partitioner::ModelGraph::load(a.member.model, lo);
+    if (!model.ok()) {
+      return Status(model.status().code(),
+                    who + "family member \"" + a.member.name + "\": " + model.status().message());
+    }
+    a.model = std::move(model).value();
+    try {
+      torch::NoGradGuard no_grad;
+      set_threads(threads);
+      a.model->prepare(a.device_cut);
+      (void)a.model->run(torch::zeros(a.info.input_shape, torch::kFloat32));
+    } catch (const std::exception& e) {
+      return internal_error(who + "family member \"" + a.member.name +
+                            "\" failed its warm-up run: " + e.what());
+    }
+  }
+
   imaging::SourceOptions so;
   so.max_frames = s.cfg.max_frames;
   so.loop = s.cfg.loop;
@@ -966,7 +1171,8 @@ Status Stream::load(int retain_cut, int threads) {
 
 bool Stream::adaptable() const {
   const Impl& s = *impl_;
-  return s.profile && s.scheduler && s.cfg.cut.empty() && s.refused.empty() && !finished();
+  return s.profile && s.scheduler && s.cfg.cut.empty() && s.refused.empty() && !finished() &&
+         !s.family();
 }
 
 int Stream::retain_cut() const { return impl_->model ? impl_->retain_cut : 0; }
@@ -1134,6 +1340,21 @@ void Stream::ready(double startup_s) {
   j["stream"] = s.cfg.name;
   j["model"] = fs::path(s.cfg.model_path).stem().string();
   j["model_digest"] = s.digest;
+  if (s.family()) {
+    json members = json::array();
+    members.push_back({{"name", s.reference_name}, {"digest", s.digest}, {"reference", true}});
+    for (const auto& a : s.alternates) {
+      members.push_back(
+          {{"name", a.member.name},
+           {"digest", a.digest},
+           {"variant", a.member.variant.label()},
+           {"drop_pp", a.member.accuracy->drop_pp},
+           {"drop_interval_pp", {a.member.accuracy->low_pp, a.member.accuracy->high_pp}},
+           {"device_ms", a.profile.cuts.back().head.median_ms},
+           {"served", a.served}});
+    }
+    j["family"] = {{"manifest", s.cfg.family_path}, {"members", members}};
+  }
   j["server"] = s.device.server;
   j["connected"] = s.server_usable();
   j["link"] = link_state_name(s.link.state());
@@ -1165,6 +1386,10 @@ void Stream::ready(double startup_s) {
               {"predicted_latency_ms", round3(d.predicted.latency_ms)},
               {"predicted_bytes", round3(d.plan.local ? 0 : d.predicted.bytes)}};
     if (!d.feasible) plan["explanation"] = d.explanation;
+    if (s.family()) {
+      plan["member"] =
+          d.plan.member == 0 ? s.reference_name : s.alternate(d.plan.member)->member.name;
+    }
     j["initial_plan"] = plan;
   }
   j["priority"] = s.cfg.priority;

@@ -23,6 +23,10 @@ struct Conditions {
   double device_load = 1;        // measured / profiled head time (> 1: the device is slower)
   double server_load = 1;        // measured / profiled server compute time
   bool server_available = true;  // false after repeated timeouts: only the device-only plan runs
+  // What every frame costs on the device besides its plan (preprocessing, waiting for the loop,
+  // reporting), measured: added to every plan's latency, so that a latency bound is checked
+  // against the whole frame, not the network alone.
+  double frame_overhead_ms = 0;
 };
 
 // Tunables of LevelTracker.

@@ -41,6 +41,7 @@
 #include <unordered_set>
 
 #include "packing/check.h"
+#include "partitioner/graph_variant.h"
 
 namespace edgesplit::partitioner {
 
@@ -134,13 +135,7 @@ Result<std::string> sha256_file(const std::string& path) {
   }
   unsigned char hash[crypto_hash_sha256_BYTES];
   crypto_hash_sha256_final(&state, hash);
-  static const char* kHex = "0123456789abcdef";
-  std::string out = "sha256:";
-  for (unsigned char b : hash) {
-    out += kHex[b >> 4];
-    out += kHex[b & 15];
-  }
-  return out;
+  return sha256_text(hash);
 }
 
 bool is_tensor(const Value* v) { return v->type()->kind() == c10::TypeKind::TensorType; }
@@ -221,21 +216,6 @@ int64_t constant_tensor_bytes(const Graph& graph, std::unordered_set<const void*
 int64_t constant_tensor_bytes(const Graph& graph) {
   std::unordered_set<const void*> seen;
   return constant_tensor_bytes(graph, seen);
-}
-
-// The module path of the node's code ("features.3.conv.0"), from the inlined call stack.
-std::string module_path(const Node* n) {
-  auto cs = n->callstack();
-  if (!cs) return "";
-  std::string path;
-  for (const auto& entry : (*cs)->vec()) {
-    const auto& info = std::get<2>(entry);
-    // Calls of a module's own methods (self._conv_forward) are named "SELF": no new level.
-    if (!info || info->instance_name().empty() || info->instance_name() == "SELF") continue;
-    if (!path.empty()) path += ".";
-    path += info->instance_name();
-  }
-  return path;
 }
 
 // Non-negativity by construction: activations with a non-negative range, and ops that keep it.
@@ -363,6 +343,10 @@ class NonNegativeAnalysis {
 struct ModelGraph::Impl {
   std::string path;
   std::string digest;
+  std::string base_digest;
+  std::vector<std::string> skippable_blocks;
+  std::vector<FactorableLayer> factorable_layers;
+  mutable std::optional<int64_t> multiply_adds;
   LoadOptions options;
   std::shared_ptr<Graph> graph;  // processed: frozen, inlined, conv-bn folded; no `self` input
   std::vector<Node*> nodes;      // top-level nodes in order (without the return)
@@ -835,6 +819,11 @@ Status ModelGraph::Impl::process(jit::Module module) {
   jit::FoldFrozenConvBatchnorm(graph);
   jit::ConstantPropagation(graph);
   jit::EliminateDeadCode(graph);
+  if (!options.variant.skip.empty() || !options.variant.low_rank.empty()) {
+    EDGESPLIT_RETURN_IF_ERROR(apply_variant(*graph, options.variant, path));
+  }
+  skippable_blocks = find_skippable_blocks(*graph);
+  factorable_layers = find_factorable_layers(*graph);
   // After freezing, `self` is no longer read; drop it so no function needs the module object.
   if (!graph->inputs().empty() && graph->inputs()[0]->type()->kind() == c10::TypeKind::ClassType) {
     if (graph->inputs()[0]->hasUses()) {
@@ -1118,7 +1107,17 @@ Result<std::shared_ptr<ModelGraph>> ModelGraph::load(const std::string& path,
   }
   auto digest = sha256_file(path);
   if (!digest.ok()) return digest.status();
-  impl->digest = digest.value();
+  impl->base_digest = digest.value();
+  impl->digest = variant_digest(impl->base_digest, options.variant);
+  if (options.variant.input_size) {
+    if (options.input_shape.size() != 4) {
+      return invalid_argument(
+          "an input_size variant needs a 4-d input shape (N x C x H x W), not " +
+          shape_string(options.input_shape));
+    }
+    impl->options.input_shape[2] = *options.variant.input_size;
+    impl->options.input_shape[3] = *options.variant.input_size;
+  }
 
   jit::Module module;
   try {
@@ -1165,6 +1164,71 @@ bool ModelGraph::has_cut(int id) const {
 int ModelGraph::device_cut() const { return static_cast<int>(impl_->cuts.size()) - 1; }
 const std::string& ModelGraph::digest() const { return impl_->digest; }
 const std::string& ModelGraph::path() const { return impl_->path; }
+const std::string& ModelGraph::base_digest() const { return impl_->base_digest; }
+const VariantSpec& ModelGraph::variant() const { return impl_->options.variant; }
+const std::vector<std::string>& ModelGraph::skippable_blocks() const {
+  return impl_->skippable_blocks;
+}
+const std::vector<FactorableLayer>& ModelGraph::factorable_layers() const {
+  return impl_->factorable_layers;
+}
+
+int64_t ModelGraph::multiply_adds() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  if (impl_->multiply_adds) return *impl_->multiply_adds;
+  if (impl_->released) return 0;
+  // One plain run that returns every convolution's and linear layer's output, for their sizes.
+  std::vector<Value*> outputs;
+  std::vector<int64_t> per_output;  // multiply-adds per output element
+  for (Node* n : impl_->nodes) {
+    const bool conv = n->kind() == c10::aten::conv2d || n->kind() == c10::aten::_convolution;
+    if (!conv && n->kind() != c10::aten::linear) continue;
+    auto w = jit::toIValue(n->input(1));
+    if (!w || !w->isTensor()) continue;
+    const at::Tensor weight = w->toTensor();
+    // conv2d: weight O x C/groups x kh x kw; linear: O x I.
+    per_output.push_back(weight.numel() / weight.size(0));
+    outputs.push_back(n->output());
+  }
+  int64_t total = 0;
+  if (!outputs.empty()) {
+    auto probe = impl_->build({impl_->input}, 0, static_cast<int>(impl_->nodes.size()), outputs,
+                              "multiply_adds", false);
+    at::Tensor x = at::zeros(impl_->options.input_shape);
+    auto values = Impl::run_side(*probe, &x, 1);
+    for (size_t i = 0; i < values.size(); ++i) total += values[i].numel() * per_output[i];
+  }
+  impl_->multiply_adds = total;
+  return total;
+}
+
+Result<std::vector<at::Tensor>> ModelGraph::layer_inputs(const std::vector<std::string>& layers,
+                                                         const at::Tensor& input) const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  if (impl_->released)
+    return invalid_argument("layer_inputs needs a model loaded with Retain::kAll");
+  std::vector<Value*> values;
+  for (const std::string& layer : layers) {
+    Node* n = find_layer(*impl_->graph, layer);
+    if (!n)
+      return invalid_argument("model '" + impl_->path + "' has no factorable layer \"" + layer +
+                              "\"");
+    values.push_back(n->input(0));
+  }
+  if (values.empty()) return std::vector<at::Tensor>{};
+  auto probe = impl_->build({impl_->input}, 0, static_cast<int>(impl_->nodes.size()), values,
+                            "layer_inputs", false);
+  return Impl::run_side(*probe, &input, 1);
+}
+
+std::vector<double> ModelGraph::factorization_errors(const std::string& layer, const at::Tensor& x,
+                                                     const std::vector<int>& ranks) const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  if (impl_->released) return {};
+  Node* n = find_layer(*impl_->graph, layer);
+  if (!n) return {};
+  return partitioner::factorization_errors(n, x, ranks);
+}
 EngineReport ModelGraph::engine_report() const {
   std::lock_guard<std::mutex> lock(impl_->mutex);
   return impl_->report;

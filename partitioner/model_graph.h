@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "packing/status.h"
+#include "partitioner/variant.h"
 
 namespace at {
 class Tensor;
@@ -122,6 +123,10 @@ struct LoadOptions {
   int max_crossing_tensors = 1;  // > 1 also offers cuts where a few tensors cross (residuals)
   Retain retain = Retain::kAll;
   int retain_cut = -1;  // with kHeadsUpTo: the last cut whose head is kept (-1: the device cut)
+  // A derived variant built from the file (partitioner/variant.h): skipped blocks and low-rank
+  // layers are applied to the processed graph before its cuts are found; an input_size replaces
+  // input_shape's height and width. Empty: the model itself.
+  VariantSpec variant{};
 };
 
 class ModelGraph {
@@ -139,8 +144,29 @@ class ModelGraph {
   const CutPoint& cut(int id) const;  // EDGESPLIT_CHECKs the id; use has_cut for untrusted ids
   bool has_cut(int id) const;
   int input_cut() const { return 0; }
-  int device_cut() const;             // the last cut: everything on the device
-  const std::string& digest() const;  // "sha256:<hex>" of the model file's bytes
+  int device_cut() const;  // the last cut: everything on the device
+  // "sha256:<hex>" of the model file's bytes; for a derived variant, variant_digest() of that and
+  // the variant's description (what device and server name it by).
+  const std::string& digest() const;
+  const std::string& base_digest() const;  // the file's digest
+  const VariantSpec& variant() const;
+  // What a derived variant can be made of, on this (possibly already derived) graph: residual
+  // blocks that can be skipped, in graph order, and layers that can be factorized.
+  const std::vector<std::string>& skippable_blocks() const;
+  const std::vector<FactorableLayer>& factorable_layers() const;
+  // Multiply-adds of one batch-1 inference (convolutions and linear layers, at the input shape),
+  // and the model's parameter count (weights and biases of those layers and every other constant
+  // tensor). Computed on first call with Retain::kAll (0 otherwise).
+  int64_t multiply_adds() const;
+  // The inputs of the named factorable layers when the model runs on `input` (plain graph), in the
+  // order of `layers`, for fitting ranks. Only with Retain::kAll; kInvalidArgument for a name
+  // that is not a factorable layer.
+  Result<std::vector<at::Tensor>> layer_inputs(const std::vector<std::string>& layers,
+                                               const at::Tensor& input) const;
+  // The relative output error ||y_r - y|| / ||y|| of factorizing `layer` at each rank, on the
+  // layer's inputs `x` (from layer_inputs). Empty for an unknown layer.
+  std::vector<double> factorization_errors(const std::string& layer, const at::Tensor& x,
+                                           const std::vector<int>& ranks) const;
   const std::string& path() const;
   // The engine heads and tails run with, and what it converted (a copy: graphs built later, on
   // first use of a cut, may add fallbacks).

@@ -146,4 +146,17 @@ Result<ModelInfo> load_model_info(const std::string& model_path, const std::stri
                    candidates[0].string() + " or " + candidates[1].string() + ")");
 }
 
+ModelInfo with_input_size(const ModelInfo& info, int side) {
+  ModelInfo out = info;
+  if (out.input_shape.size() != 4 || side <= 0) return out;
+  const int64_t h = out.input_shape[2];
+  if (out.resize_short > 0 && h > 0) {
+    out.resize_short =
+        static_cast<int>((static_cast<int64_t>(out.resize_short) * side + h / 2) / h);
+  }
+  out.input_shape[2] = side;
+  out.input_shape[3] = side;
+  return out;
+}
+
 }  // namespace edgesplit::partitioner

@@ -29,6 +29,10 @@ struct ModelInfo {
 // Fails with kNotFound (no metadata) or kInvalidArgument (bad JSON) and one clear sentence.
 Result<ModelInfo> load_model_info(const std::string& model_path, const std::string& meta_path = "");
 
+// `info` for a square input of `side` pixels (an input-size variant): input_shape's H and W become
+// `side`, and resize_short scales with it, so the crop keeps the same share of the image.
+ModelInfo with_input_size(const ModelInfo& info, int side);
+
 // Parses metadata JSON text; `base_dirs` are searched for a labels file.
 Result<ModelInfo> parse_model_info(const std::string& json_text,
                                    const std::vector<std::string>& base_dirs);

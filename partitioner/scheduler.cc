@@ -131,17 +131,19 @@ const char* objective_name(Objective objective) {
       return "data";
     case Objective::kCost:
       return "cost";
+    case Objective::kAccuracy:
+      return "accuracy";
   }
   return "unknown";
 }
 
 Result<Objective> parse_objective(const std::string& name) {
   for (Objective o : {Objective::kLatency, Objective::kThroughput, Objective::kEnergy,
-                      Objective::kData, Objective::kCost}) {
+                      Objective::kData, Objective::kCost, Objective::kAccuracy}) {
     if (name == objective_name(o)) return o;
   }
   return invalid_argument("unknown objective \"" + name +
-                          "\" (expected latency, throughput, energy, data or cost)");
+                          "\" (expected latency, throughput, energy, data, cost or accuracy)");
 }
 
 const char* constraint_name(Constraint constraint) {
@@ -218,8 +220,22 @@ Result<DevicePower> load_device_power(const std::string& path) {
 // Construction
 
 Result<Scheduler> Scheduler::create(const profiles::Profile& profile, SchedulerOptions options) {
-  if (profile.cuts.empty()) {
-    return invalid_argument("the profile lists no cuts; make it with edgesplit-profile");
+  FamilyMemberPlans only;
+  only.profile = &profile;
+  return create_family({only}, std::move(options));
+}
+
+Result<Scheduler> Scheduler::create_family(const std::vector<FamilyMemberPlans>& members,
+                                           SchedulerOptions options) {
+  if (members.empty()) return invalid_argument("a family needs at least one member");
+  for (const FamilyMemberPlans& m : members) {
+    if (!m.profile || m.profile->cuts.empty()) {
+      return invalid_argument("the profile" + (m.name.empty() ? "" : " of member " + m.name) +
+                              " lists no cuts; make it with edgesplit-profile");
+    }
+    if (!std::isfinite(m.drop_point_pp) || !std::isfinite(m.drop_high_pp)) {
+      return invalid_argument("member " + m.name + ": its loss must be a finite number of points");
+    }
   }
   EDGESPLIT_RETURN_IF_ERROR(check_constraints(options.constraints));
   if (!(options.switch_margin >= 0) || !(options.switch_min_gain >= 0) ||
@@ -250,91 +266,119 @@ Result<Scheduler> Scheduler::create(const profiles::Profile& profile, SchedulerO
   const auto memory_mb = [](const profiles::CutProfile& c) {
     return static_cast<double>(c.head_weight_bytes + c.head_activation_bytes) / kMiB;
   };
-  const size_t last = profile.cuts.size() - 1;
-  for (size_t ci = 0; ci < last; ++ci) {
-    const profiles::CutProfile& cut = profile.cuts[ci];
-    for (const profiles::EncodingProfile& e : cut.encodings) {
-      Plan p;
-      p.index = static_cast<int>(s.plans_.size());
-      p.cut_id = cut.id;
-      p.cut_name = cut.name;
-      p.encoding = e.encoding;
-      p.encoding_name = e.encoding.name();
-      p.profiled_head_ms = cut.head.median_ms;
-      p.profiled_server_ms = e.unpack.median_ms + cut.tail.median_ms;
-      p.bytes = e.bytes_mean;
-      PlanCost c;
-      c.head_ms = cut.head.median_ms;
-      c.pack_ms = e.pack.median_ms;
-      c.unpack_ms = e.unpack.median_ms;
-      c.tail_ms = cut.tail.median_ms;
-      c.bytes = e.bytes_mean;
-      c.accuracy_drop_point_pp = (profile.fp32_top1 - e.top1) * 100.0;
-      c.accuracy_drop_pp = c.accuracy_drop_point_pp;
-      if (s.options_.accuracy_confidence > 0) {
-        if (e.paired() && profile.scored_images > 0) {
-          c.accuracy_drop_pp =
-              profiles::drop_interval(
-                  profile.scored_images, e.lost, e.gained,
-                  profiles::fp32_right_of(profile.fp32_top1, profile.scored_images),
-                  s.options_.accuracy_confidence)
-                  .high_pp;
-        } else {
-          s.intervals_known_ = false;
+  const bool upper = s.options_.accuracy_confidence > 0;
+  for (size_t mi = 0; mi < members.size(); ++mi) {
+    const FamilyMemberPlans& member = members[mi];
+    const profiles::Profile& profile = *member.profile;
+    const int m = static_cast<int>(mi);
+    const double offset = upper ? member.drop_high_pp : member.drop_point_pp;
+    s.member_names_.push_back(member.name);
+    s.profile_cut_ids_.emplace_back();
+    for (const profiles::CutProfile& cut : profile.cuts)
+      s.profile_cut_ids_.back().push_back(cut.id);
+    if (!member.remote) continue;
+    const size_t last = profile.cuts.size() - 1;
+    for (size_t ci = 0; ci < last; ++ci) {
+      const profiles::CutProfile& cut = profile.cuts[ci];
+      for (const profiles::EncodingProfile& e : cut.encodings) {
+        Plan p;
+        p.index = static_cast<int>(s.plans_.size());
+        p.member = m;
+        p.cut_id = cut.id;
+        p.cut_name = cut.name;
+        p.encoding = e.encoding;
+        p.encoding_name = e.encoding.name();
+        p.profiled_head_ms = cut.head.median_ms;
+        p.profiled_server_ms = e.unpack.median_ms + cut.tail.median_ms;
+        p.bytes = e.bytes_mean;
+        PlanCost c;
+        c.member = m;
+        c.head_ms = cut.head.median_ms;
+        c.pack_ms = e.pack.median_ms;
+        c.unpack_ms = e.unpack.median_ms;
+        c.tail_ms = cut.tail.median_ms;
+        c.bytes = e.bytes_mean;
+        c.accuracy_drop_point_pp = (profile.fp32_top1 - e.top1) * 100.0;
+        c.accuracy_drop_pp = c.accuracy_drop_point_pp;
+        if (upper) {
+          if (e.paired() && profile.scored_images > 0) {
+            c.accuracy_drop_pp =
+                profiles::drop_interval(
+                    profile.scored_images, e.lost, e.gained,
+                    profiles::fp32_right_of(profile.fp32_top1, profile.scored_images),
+                    s.options_.accuracy_confidence)
+                    .high_pp;
+          } else {
+            s.intervals_known_ = false;
+          }
         }
+        c.accuracy_drop_point_pp += member.drop_point_pp;
+        c.accuracy_drop_pp += offset;
+        c.device_memory_mb = memory_mb(cut);
+        c.cut_id = cut.id;
+        s.plans_.push_back(std::move(p));
+        s.costs_.push_back(c);
       }
-      c.device_memory_mb = memory_mb(cut);
-      c.cut_id = cut.id;
-      s.plans_.push_back(std::move(p));
-      s.costs_.push_back(c);
     }
   }
-  const profiles::CutProfile& all = profile.cuts[last];
-  Plan local;
-  local.index = static_cast<int>(s.plans_.size());
-  local.cut_id = all.id;
-  local.cut_name = all.name;
-  local.local = true;
-  local.encoding_name = "local";
-  local.profiled_head_ms = all.head.median_ms;
-  PlanCost c;
-  c.head_ms = all.head.median_ms;
-  c.device_memory_mb = memory_mb(all);
-  c.local = true;
-  c.cut_id = all.id;
-  for (const profiles::CutProfile& cut : profile.cuts) s.profile_cut_ids_.push_back(cut.id);
-  s.plans_.push_back(std::move(local));
-  s.costs_.push_back(c);
+  // The device-only plans last, member 0's first.
+  for (size_t mi = 0; mi < members.size(); ++mi) {
+    const FamilyMemberPlans& member = members[mi];
+    const profiles::CutProfile& all = member.profile->cuts.back();
+    Plan local;
+    local.index = static_cast<int>(s.plans_.size());
+    local.member = static_cast<int>(mi);
+    local.cut_id = all.id;
+    local.cut_name = all.name;
+    local.local = true;
+    local.encoding_name = "local";
+    local.profiled_head_ms = all.head.median_ms;
+    PlanCost c;
+    c.member = local.member;
+    c.head_ms = all.head.median_ms;
+    c.device_memory_mb = memory_mb(all);
+    c.local = true;
+    c.cut_id = all.id;
+    c.accuracy_drop_point_pp = member.drop_point_pp;
+    c.accuracy_drop_pp = upper ? member.drop_high_pp : member.drop_point_pp;
+    s.local_plans_.push_back(local.index);
+    s.plans_.push_back(std::move(local));
+    s.costs_.push_back(c);
+  }
   s.apply_constraints();
   return s;
 }
 
 void Scheduler::set_max_head_cut(std::optional<int> max_head_cut) {
   max_head_cut_ = max_head_cut;
-  for (PlanCost& k : costs_) k.beyond_budget = max_head_cut && k.cut_id > *max_head_cut;
+  for (PlanCost& k : costs_) {
+    k.beyond_budget = k.member == 0 && max_head_cut && k.cut_id > *max_head_cut;
+  }
 }
 
-Status Scheduler::set_head_correction(int cut_id, double factor) {
+Status Scheduler::set_head_correction(int cut_id, double factor, int member) {
   if (!std::isfinite(factor) || !(factor > 0)) {
     return invalid_argument("a head correction must be finite and positive");
   }
   for (PlanCost& k : costs_) {
-    if (k.cut_id == cut_id) k.head_correction = factor;
+    if (k.cut_id == cut_id && k.member == member) k.head_correction = factor;
   }
   return Status();
 }
 
-double Scheduler::head_correction(int cut_id) const {
+double Scheduler::head_correction(int cut_id, int member) const {
   for (const PlanCost& k : costs_) {
-    if (k.cut_id == cut_id) return k.head_correction;
+    if (k.cut_id == cut_id && k.member == member) return k.head_correction;
   }
   return 1.0;
 }
 
-Result<bool> Scheduler::set_server_tail_ms(const std::vector<double>& tail_ms) {
-  if (tail_ms.size() != profile_cut_ids_.size()) {
+Result<bool> Scheduler::set_server_tail_ms(const std::vector<double>& tail_ms, int member) {
+  if (member < 0 || member >= members()) return invalid_argument("no such family member");
+  const std::vector<int>& ids = profile_cut_ids_[static_cast<size_t>(member)];
+  if (tail_ms.size() != ids.size()) {
     return invalid_argument("the server states tail times for " + std::to_string(tail_ms.size()) +
-                            " cuts but the profile has " + std::to_string(profile_cut_ids_.size()));
+                            " cuts but the profile has " + std::to_string(ids.size()));
   }
   for (double t : tail_ms) {
     if (!(t >= 0) || !std::isfinite(t)) {
@@ -344,9 +388,9 @@ Result<bool> Scheduler::set_server_tail_ms(const std::vector<double>& tail_ms) {
   bool changed = false;
   for (size_t i = 0; i < plans_.size(); ++i) {
     PlanCost& k = costs_[i];
-    if (k.local) continue;
-    for (size_t c = 0; c < profile_cut_ids_.size(); ++c) {
-      if (profile_cut_ids_[c] != k.cut_id) continue;
+    if (k.local || k.member != member) continue;
+    for (size_t c = 0; c < ids.size(); ++c) {
+      if (ids[c] != k.cut_id) continue;
       if (std::abs(k.tail_ms - tail_ms[c]) > 1e-3) {
         changed = true;
         k.tail_ms = tail_ms[c];
@@ -366,11 +410,11 @@ Status Scheduler::set_constraints(const Constraints& constraints) {
   return Status();
 }
 
-Status Scheduler::pin(int cut_id, const std::string& encoding_name) {
+Status Scheduler::pin(int cut_id, const std::string& encoding_name, int member) {
   std::string names;
   bool cut_found = false;
   for (const Plan& p : plans_) {
-    if (p.cut_id != cut_id) continue;
+    if (p.cut_id != cut_id || p.member != member) continue;
     cut_found = true;
     if (p.local || p.encoding_name == encoding_name) {
       pinned_ = p.index;
@@ -380,7 +424,7 @@ Status Scheduler::pin(int cut_id, const std::string& encoding_name) {
   }
   if (!cut_found) {
     return not_found("the profile has no cut " + std::to_string(cut_id) + " (cuts 0.." +
-                     std::to_string(plans_.back().cut_id) + ")");
+                     std::to_string(profile_cut_ids_.at(static_cast<size_t>(member)).back()) + ")");
   }
   return not_found("cut " + std::to_string(cut_id) + " has no encoding \"" + encoding_name +
                    "\" in the profile (it has " + names + ")");
@@ -397,7 +441,7 @@ PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
   m.accuracy_drop_point_pp = k.accuracy_drop_point_pp;
   m.device_memory_mb = k.device_memory_mb;
   if (k.local) {
-    m.latency_ms = m.head_ms;
+    m.latency_ms = m.head_ms + c.frame_overhead_ms;
     m.period_ms = m.head_ms;
     m.fps = m.head_ms > 0 ? 1000.0 / m.head_ms : kInf;
     m.energy_j = pw.compute_watts * m.head_ms * 1e-3;
@@ -410,8 +454,8 @@ PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
   m.queue_ms = c.server_queue_ms;
   m.unpack_ms = k.unpack_ms;
   m.tail_ms = k.tail_ms * c.server_load;
-  m.latency_ms =
-      m.head_ms + m.pack_ms + m.transfer_ms + m.rtt_ms + m.queue_ms + m.unpack_ms + m.tail_ms;
+  m.latency_ms = m.head_ms + m.pack_ms + m.transfer_ms + m.rtt_ms + m.queue_ms + m.unpack_ms +
+                 m.tail_ms + c.frame_overhead_ms;
   m.period_ms = std::max({m.head_ms + m.pack_ms, m.transfer_ms, m.tail_ms + m.unpack_ms});
   // With at most `in_flight` frames on their way, a new one starts only when one comes back.
   if (options_.in_flight > 0) {
@@ -439,6 +483,8 @@ double Scheduler::primary(const PlanMetrics& m) const {
       return m.bytes;
     case Objective::kCost:
       return m.cost;
+    case Objective::kAccuracy:
+      return m.accuracy_drop_pp;
   }
   return m.latency_ms;
 }
@@ -572,8 +618,13 @@ bool Scheduler::comfortably_feasible(const PlanEstimate& e) const {
 
 std::string Scheduler::describe(int plan) const {
   const Plan& p = plans_[static_cast<size_t>(plan)];
-  if (p.local) return "the device-only plan (cut " + std::to_string(p.cut_id) + ")";
-  return "cut " + std::to_string(p.cut_id) + " \"" + p.cut_name + "\" with " + p.encoding_name;
+  const std::string member = members() > 1 ? member_name(p.member) + "'s " : "";
+  if (p.local) {
+    return (member.empty() ? "the " : member) + "device-only plan (cut " +
+           std::to_string(p.cut_id) + ")";
+  }
+  return member + "cut " + std::to_string(p.cut_id) + " \"" + p.cut_name + "\" with " +
+         p.encoding_name;
 }
 
 Decision Scheduler::decide(const Conditions& conditions) {

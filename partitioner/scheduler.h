@@ -24,9 +24,12 @@ enum class Objective {
   kEnergy,      // minimise device energy per frame
   kData,        // minimise bytes sent per frame
   kCost,        // minimise server cost per frame (tail time x price)
+  kAccuracy,    // minimise the top-1 points lost (what the accuracy bound is checked against):
+                // the most accurate plan that meets the other bounds (a latency bound, mostly),
+                // among a family's members (create_family) and encodings
 };
 
-// "latency", "throughput", "energy", "data", "cost".
+// "latency", "throughput", "energy", "data", "cost", "accuracy".
 const char* objective_name(Objective objective);
 Result<Objective> parse_objective(const std::string& name);
 
@@ -115,9 +118,10 @@ struct SchedulerOptions {
   int in_flight = 0;
 };
 
-// One plan: a cut and an encoding, or the device-only plan.
+// One plan: a cut and an encoding, or the device-only plan (of one member of a family).
 struct Plan {
-  int index = 0;  // position in Scheduler::plans()
+  int index = 0;   // position in Scheduler::plans()
+  int member = 0;  // the family member whose plan it is (0 outside families)
   int cut_id = 0;
   std::string cut_name;
   bool local = false;             // device-only: nothing is sent
@@ -179,12 +183,33 @@ struct Decision {
   std::array<int, kConstraintCount> excluded_by{};
 };
 
+// A member of a model family (profiles/family.h) as the scheduler sees it: its profile (what its
+// plans cost and lose against its own fp32) and what its own fp32 loses against the family's
+// reference on the same images (the family table's paired drop). A plan's loss against the
+// reference is the member's loss plus the plan's; with accuracy_confidence > 0 the bound is
+// checked against the sum of the two upper ends (conservative: the two losses are not independent).
+struct FamilyMemberPlans {
+  std::string name;
+  const profiles::Profile* profile = nullptr;  // read by create_family only
+  double drop_point_pp = 0;
+  double drop_high_pp = 0;  // upper end at the scheduler's accuracy_confidence
+  bool remote = true;       // false: only its device-only plan (no server serves it)
+};
+
 // The plan chooser. Holds the profile's plans, the options and the hysteresis state (the current
 // plan). Not thread-safe: one decision at a time (the device agent calls it from its loop).
 class Scheduler {
  public:
   // Fails with kInvalidArgument when the profile has no cuts or an option is out of range.
   static Result<Scheduler> create(const profiles::Profile& profile, SchedulerOptions options = {});
+  // A scheduler over every plan of every member of a family: (member, cut, encoding). Member 0
+  // comes first (the family's reference, normally); its remote plans keep the indices create()
+  // would give them. The device-only plans of all members come last, member 0's first
+  // (local_plan() is member 0's). set_max_head_cut, set_head_correction, set_server_tail_ms and
+  // pin act on member 0's plans unless a member is given. kInvalidArgument for no members, a
+  // member without a profile or with no cuts, or a loss that is not a finite number.
+  static Result<Scheduler> create_family(const std::vector<FamilyMemberPlans>& members,
+                                         SchedulerOptions options = {});
 
   // Evaluates every plan under `conditions` and returns the plan for the next frame. Without a
   // feasible plan it falls back, visibly (feasible = false), to the least-violating one. A pinned
@@ -194,7 +219,7 @@ class Scheduler {
 
   // Pins a plan (baselines, debugging): `encoding_name` as Encoding::name(); for the last cut
   // (device-only) it is ignored. kNotFound with the available names when there is no such plan.
-  Status pin(int cut_id, const std::string& encoding_name);
+  Status pin(int cut_id, const std::string& encoding_name, int member = 0);
   void unpin() { pinned_.reset(); }
   // Forgets the current plan: the next decision takes the best plan without hysteresis.
   void forget_current() {
@@ -207,10 +232,14 @@ class Scheduler {
   // encoding, or does not serve that cut); the next decision moves off it if it is current.
   // The device-only plan cannot be excluded.
   void exclude(int plan) {
-    if (plan >= 0 && plan < local_plan()) costs_[static_cast<size_t>(plan)].excluded = true;
+    if (plan >= 0 && plan < static_cast<int>(costs_.size()) &&
+        !costs_[static_cast<size_t>(plan)].local) {
+      costs_[static_cast<size_t>(plan)].excluded = true;
+    }
   }
   bool excluded(int plan) const {
-    return plan >= 0 && plan < local_plan() && costs_[static_cast<size_t>(plan)].excluded;
+    return plan >= 0 && plan < static_cast<int>(costs_.size()) &&
+           costs_[static_cast<size_t>(plan)].excluded;
   }
 
   // The deepest cut whose head the device holds (the resource manager's memory budget): plans
@@ -218,20 +247,20 @@ class Scheduler {
   // available. nullopt: no limit. Unlike exclude() this can be changed any time. With no plan
   // available at all (no server, and no whole model on the device), decide() returns the
   // device-only plan with available_plans = 0: the caller cannot run the frame.
-  void set_max_head_cut(std::optional<int> max_head_cut);
+  void set_max_head_cut(std::optional<int> max_head_cut);  // member 0's plans
   std::optional<int> max_head_cut() const { return max_head_cut_; }
 
   // The server's own unpack-free tail time per cut (from the handshake), in the profile's cut
   // order; replaces the profile's tail times in place, keeping exclusions, the pin and the
   // hysteresis state. kInvalidArgument (nothing changed) when the count differs from the
   // profile's cuts or a time is negative or not finite. Returns whether anything changed.
-  Result<bool> set_server_tail_ms(const std::vector<double>& tail_ms);
+  Result<bool> set_server_tail_ms(const std::vector<double>& tail_ms, int member = 0);
 
   // A factor on the profile's head time at `cut_id` (HeadErrorTracker's correction: the profile
   // misjudged that head on this device), applied before the device-load factor; 1 removes it.
   // kInvalidArgument for a factor that is not finite and positive.
-  Status set_head_correction(int cut_id, double factor);
-  double head_correction(int cut_id) const;
+  Status set_head_correction(int cut_id, double factor, int member = 0);
+  double head_correction(int cut_id, int member = 0) const;
 
   Status set_constraints(const Constraints& constraints);
   void set_objective(Objective objective) { options_.objective = objective; }
@@ -242,7 +271,14 @@ class Scheduler {
 
   const std::vector<Plan>& plans() const { return plans_; }
   // Index of the device-only plan in plans().
-  int local_plan() const { return static_cast<int>(plans_.size()) - 1; }
+  // (member 0's; a family's other members' with local_plan(member)).
+  int local_plan() const { return local_plans_.front(); }
+  int local_plan(int member) const { return local_plans_.at(static_cast<size_t>(member)); }
+  // Members of the family (1 for create()) and their names ("" for create()).
+  int members() const { return static_cast<int>(member_names_.size()); }
+  const std::string& member_name(int member) const {
+    return member_names_.at(static_cast<size_t>(member));
+  }
   std::optional<int> current_plan() const { return current_; }
 
   // Predictions for one plan / every plan (no hysteresis state is touched).
@@ -271,6 +307,7 @@ class Scheduler {
     double accuracy_drop_point_pp = 0;
     double device_memory_mb = 0;
     bool local = false;
+    int member = 0;
     bool excluded = false;       // exclude(): the server refused it
     bool beyond_budget = false;  // set_max_head_cut(): the device does not hold this head
     int cut_id = 0;
@@ -313,7 +350,10 @@ class Scheduler {
   std::optional<int> current_;
   std::optional<int> pinned_;
   std::optional<int> max_head_cut_;
-  std::vector<int> profile_cut_ids_;  // the profile's cut ids, in its order
+  // Per member: the profile's cut ids, in its order.
+  std::vector<std::vector<int>> profile_cut_ids_;
+  std::vector<int> local_plans_;  // per member: its device-only plan's index
+  std::vector<std::string> member_names_;
   bool intervals_known_ = true;
   int challenger_ = -1;
   int challenger_streak_ = 0;

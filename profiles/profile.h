@@ -99,7 +99,10 @@ struct MachineInfo {
 struct Profile {
   int format_version = kProfileFormatVersion;
   std::string model_name;
-  std::string model_digest;    // "sha256:..." of the model file
+  std::string model_digest;  // "sha256:..." of the model file (a variant's: variant_digest)
+  // A derived variant's description (partitioner/variant.h, canonical JSON); "" for the file
+  // itself.
+  std::string variant;
   std::string created;         // ISO 8601 UTC
   MachineInfo device_machine;  // where head times (and pack times) were measured
   MachineInfo server_machine;  // where tail times (and unpack times) were measured

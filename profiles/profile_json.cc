@@ -135,6 +135,7 @@ OrderedJson profile_json(const Profile& p) {
   j["format_version"] = p.format_version;
   j["model_name"] = p.model_name;
   j["model_digest"] = p.model_digest;
+  if (!p.variant.empty()) j["variant"] = OrderedJson::parse(p.variant);
   j["created"] = p.created;
   j["device_machine"] = machine_json(p.device_machine);
   j["server_machine"] = machine_json(p.server_machine);
@@ -555,6 +556,12 @@ Status parse_profile_json(const Json& j, Profile& p) {
   }
   EDGESPLIT_RETURN_IF_ERROR(read(j, "", "model_name", false, p.model_name));
   EDGESPLIT_RETURN_IF_ERROR(read(j, "", "model_digest", true, p.model_digest));
+  if (j.contains("variant")) {
+    if (!j["variant"].is_object()) {
+      return invalid_argument("\"variant\" must be an object (a derived variant's description)");
+    }
+    p.variant = nlohmann::json(j["variant"]).dump();  // sorted keys: the canonical form
+  }
   EDGESPLIT_RETURN_IF_ERROR(read(j, "", "created", false, p.created));
   EDGESPLIT_RETURN_IF_ERROR(parse_machine(j, "device_machine", p.device_machine));
   EDGESPLIT_RETURN_IF_ERROR(parse_machine(j, "server_machine", p.server_machine));

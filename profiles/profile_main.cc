@@ -219,6 +219,9 @@ int main(int argc, char** argv) {
     ("model", "TorchScript model file", cxxopts::value<std::string>())
     ("meta", "model metadata JSON (default: MODEL.json beside the model)",
      cxxopts::value<std::string>()->default_value(""))
+    ("variant", "profile a derived variant of the model, e.g. '{\"skip\": [\"features.6\"]}' "
+     "(docs/elastic.md; edgesplit-family derive lists them)",
+     cxxopts::value<std::string>()->default_value(""))
     ("images", "folder of images (sorted by name: calibration first, then scored)",
      cxxopts::value<std::string>()->default_value(""))
     ("labels", "labels file, 'file<TAB>class index' per line (without: agreement with fp32)",
@@ -276,6 +279,11 @@ int main(int argc, char** argv) {
   profiles::ProfilerOptions o;
   o.model_path = args["model"].as<std::string>();
   o.meta_path = args["meta"].as<std::string>();
+  if (!args["variant"].as<std::string>().empty()) {
+    auto spec = edgesplit::partitioner::parse_variant(args["variant"].as<std::string>());
+    if (!spec.ok()) return usage_error("--variant: " + spec.status().message());
+    o.variant = std::move(spec).value();
+  }
   o.images = args["images"].as<std::string>();
   o.labels = args["labels"].as<std::string>();
   o.calibration = args["calibration"].as<int>();
@@ -338,6 +346,12 @@ int main(int argc, char** argv) {
     auto loaded = profiles::load_profile(merge_into);
     if (!loaded.ok()) return fail(loaded.status());
     base = std::move(loaded).value();
+    if (!base.variant.empty()) {
+      // The profile's variant is built again from its description (the digests then agree).
+      auto spec = edgesplit::partitioner::parse_variant(base.variant);
+      if (!spec.ok()) return fail(spec.status());
+      o.variant = std::move(spec).value();
+    }
     if (o.images.empty()) o.images = base.images;
     if (o.images.empty()) {
       return usage_error("--images DIR is required (the profile names no images)");

@@ -258,10 +258,13 @@ class Profiler {
     auto info = partitioner::load_model_info(opt_.model_path, opt_.meta_path);
     if (!info.ok()) return info.status();
     info_ = std::move(info).value();
+    if (opt_.variant.input_size)
+      info_ = partitioner::with_input_size(info_, *opt_.variant.input_size);
     EDGESPLIT_RETURN_IF_ERROR(imaging::validate_input_info(info_));
     partitioner::LoadOptions lo;
     lo.input_shape = info_.input_shape;
     lo.engine = opt_.engine;
+    lo.variant = opt_.variant;
     auto graph = partitioner::ModelGraph::load(opt_.model_path, lo);
     if (!graph.ok()) return graph.status();
     graph_ = std::move(graph).value();
@@ -269,6 +272,7 @@ class Profiler {
     profile_.model_name =
         info_.name.empty() ? fs::path(opt_.model_path).stem().string() : info_.name;
     profile_.model_digest = graph_->digest();
+    profile_.variant = opt_.variant.empty() ? "" : opt_.variant.canonical();
     profile_.created = iso8601_now();
     profile_.input_shape = info_.input_shape;
     MachineInfo machine = this_machine(threads_);
@@ -1041,6 +1045,10 @@ class Profiler {
 
 }  // namespace
 
+Result<std::map<std::string, int>> read_image_labels(const std::string& path) {
+  return read_labels(path);
+}
+
 const char* side_name(Side side) {
   switch (side) {
     case Side::kBoth:
@@ -1257,6 +1265,14 @@ Result<VerifyReport> verify_profile(const VerifyOptions& options) {
   // The model file's digest before loading it: a profile of another model is refused at once.
   auto digest = partitioner::model_file_digest(options.model_path);
   if (!digest.ok()) return digest.status();
+  partitioner::VariantSpec variant;
+  if (!profile->variant.empty()) {
+    auto spec = partitioner::parse_variant(profile->variant);
+    if (!spec.ok())
+      return invalid_argument("profile " + options.profile_path + ": " + spec.status().message());
+    variant = std::move(spec).value();
+    digest = partitioner::variant_digest(*digest, variant);
+  }
   if (*digest != profile->model_digest) {
     return invalid_argument("profile " + options.profile_path + " was made for model " +
                             profile->model_digest + ", but " + options.model_path + " is " +
@@ -1265,6 +1281,7 @@ Result<VerifyReport> verify_profile(const VerifyOptions& options) {
   ProfilerOptions o;
   o.model_path = options.model_path;
   o.meta_path = options.meta_path;
+  o.variant = variant;
   o.images = options.images;
   o.labels = options.labels;
   o.scored = options.scored;

@@ -99,7 +99,10 @@ struct RunPlan {
 
 struct ProfilerOptions {
   std::string model_path;
-  std::string meta_path;     // model metadata (partitioner::load_model_info); "" to look beside it
+  std::string meta_path;  // model metadata (partitioner::load_model_info); "" to look beside it
+  // A derived variant of the model to profile (partitioner/variant.h); its input size, if any,
+  // replaces the metadata's. The profile records it and its digest.
+  partitioner::VariantSpec variant{};
   std::string images;        // folder of images, used sorted by file name
   std::string labels;        // "file<TAB>class index" lines; "": accuracy is agreement with fp32
   int calibration = -1;      // images used for sizes and ranges; -1: min(100, half the images)

@@ -1,6 +1,7 @@
 // edgesplit-server's flags (server/flags.h): cxxopts, then one check per flag.
 #include "server/flags.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cxxopts.hpp>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "partitioner/model_graph.h"
+#include "profiles/family.h"
 #include "transport/curve.h"
 
 namespace edgesplit::server {
@@ -26,6 +28,8 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
      cxxopts::value<std::vector<std::string>>())
     ("meta", "metadata JSON for the --model at the same position (default: beside the model)",
      cxxopts::value<std::vector<std::string>>())
+    ("family", "serve every member of this model family (a manifest, models/families/; repeat for "
+     "several), each under its own digest", cxxopts::value<std::vector<std::string>>())
     ("workers", "threads running tails", cxxopts::value<int>()->default_value("1"))
     ("threads", "LibTorch intra-op threads per tail (0: LibTorch's default)", cxxopts::value<int>()->default_value("0"))
     ("engine", "how tails run: optimized (LibTorch's inference passes with the best backend it "
@@ -68,7 +72,9 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
     command.help_text = cli.help();
     return command;
   }
-  if (!args.count("model")) return invalid_argument("no model given: pass --model FILE.pt");
+  if (!args.count("model") && !args.count("family")) {
+    return invalid_argument("no model given: pass --model FILE.pt or --family FAMILY.json");
+  }
   const std::string level_name = args["log-level"].as<std::string>();
   command.log_level = spdlog::level::from_str(level_name);
   if (command.log_level == spdlog::level::off && level_name != "off") {
@@ -77,10 +83,29 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
 
   ServerOptions& options = command.options;
   options.router.endpoint = args["bind"].as<std::string>();
-  options.model_paths = args["model"].as<std::vector<std::string>>();
+  if (args.count("model")) options.model_paths = args["model"].as<std::vector<std::string>>();
   if (args.count("meta")) options.meta_paths = args["meta"].as<std::vector<std::string>>();
   if (args.count("profile")) {
     options.profile_paths = args["profile"].as<std::vector<std::string>>();
+  }
+  if (args.count("family")) {
+    // Members go after the --model files; the per-position lists are padded to line up.
+    const size_t n = options.model_paths.size();
+    options.meta_paths.resize(std::max(options.meta_paths.size(), n));
+    options.profile_paths.resize(std::max(options.profile_paths.size(), n));
+    options.variants.resize(n);
+    for (const std::string& path : args["family"].as<std::vector<std::string>>()) {
+      auto family = profiles::load_family(path);
+      if (!family.ok()) return invalid_argument("--family: " + family.status().message());
+      for (const profiles::FamilyMember& m : family->members) {
+        options.model_paths.push_back(m.model);
+        options.meta_paths.resize(options.model_paths.size() - 1);
+        options.meta_paths.push_back(m.meta);
+        options.profile_paths.resize(options.model_paths.size() - 1);
+        options.profile_paths.push_back(m.profile);
+        options.variants.push_back(m.variant);
+      }
+    }
   }
   options.workers = args["workers"].as<int>();
   options.compute_threads = args["threads"].as<int>();

@@ -559,9 +559,12 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     const std::string meta = i < options.meta_paths.size() ? options.meta_paths[i] : "";
     partitioner::LoadOptions lo;
     lo.engine = options.engine;
+    if (i < options.variants.size()) lo.variant = options.variants[i];
     std::string name;
     auto info = partitioner::load_model_info(path, meta);
     if (info.ok()) {
+      if (lo.variant.input_size)
+        *info = partitioner::with_input_size(*info, *lo.variant.input_size);
       lo.input_shape = info->input_shape;
       name = info->name;
     } else if (!meta.empty() || info.status().code() != StatusCode::kNotFound) {
@@ -572,7 +575,12 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     // Build every tail now: the first request for a cut should not pay for it.
     for (const auto& point : (*graph)->cuts()) (*graph)->prepare(point.id);
     if (name.empty()) name = path.substr(path.find_last_of('/') + 1);
+    if (!lo.variant.empty()) name += " [" + lo.variant.label() + "]";
     const std::string digest = (*graph)->digest();
+    if (impl->models.count(digest)) {
+      spdlog::info("model {} ({}) is listed twice; serving it once", name, digest);
+      continue;
+    }
     spdlog::info("model {} ({}): {} cuts, {} weight bytes; engine {}", name, digest,
                  (*graph)->cuts().size(), (*graph)->total_weight_bytes(),
                  (*graph)->engine_report().summary());
@@ -583,9 +591,11 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
         i < options.profile_paths.size() ? options.profile_paths[i] : "";
     const std::filesystem::path beside =
         std::filesystem::path(path).replace_extension("").string() + ".profile.json";
-    const std::string profile_path = !explicit_profile.empty()
-                                         ? explicit_profile
-                                         : (std::filesystem::exists(beside) ? beside.string() : "");
+    // The profile beside the file is the file's own, not a derived variant's.
+    const std::string profile_path =
+        !explicit_profile.empty()
+            ? explicit_profile
+            : (lo.variant.empty() && std::filesystem::exists(beside) ? beside.string() : "");
     if (!profile_path.empty()) {
       auto profile = profiles::load_profile(profile_path, digest);
       if (!profile.ok()) return profile.status();

@@ -33,6 +33,9 @@ struct ServerOptions {
   // Optional profile per model (same order; "" = MODEL.profile.json beside the model when present):
   // its tail times go to devices in the handshake.
   std::vector<std::string> profile_paths;
+  // Optional derived variant per model (same order; partitioner/variant.h): the model is served as
+  // that variant, under its digest. A family (--family) lists its members here.
+  std::vector<partitioner::VariantSpec> variants;
   int workers = 1;          // threads running tails
   int compute_threads = 0;  // LibTorch intra-op threads (0: LibTorch's default)
   // How tails run (partitioner::Engine); the cut ids do not depend on it.

@@ -8,10 +8,13 @@ a linear classifier (input 1x3x32x32). branchy.pt: an inception-like block whose
 be cut where 2 or 3 tensors cross. loop.pt: layers inside a data-dependent loop (no cut inside).
 tuple_out.pt: returns two tensors. upconv.pt: a transposed convolution and a 1-d pooling-free
 tail (ops the optimized engine leaves on LibTorch's default path; input 1x3x16x16).
+tiny_cnn_without_block.pt: tiny_cnn.pt with its residual block replaced by the identity (the same
+weights otherwise): what skipping that block must give.
 padded.pt: explicit zero padding before a strided depthwise convolution, as in MobileNetV1 with
 TensorFlow padding (LibTorch 1.13's oneDNN path computes it wrong; input 1x3x32x32).
 """
 
+import copy
 import os
 import sys
 
@@ -141,6 +144,9 @@ def main():
     save(torch.jit.script(tiny), os.path.join(out, "tiny_cnn.pt"))
     with torch.no_grad():
         save(torch.jit.trace(tiny, torch.rand(1, 3, 32, 32)), os.path.join(out, "tiny_cnn_traced.pt"))
+    without = copy.deepcopy(tiny)
+    without.block = nn.Identity()
+    save(torch.jit.script(without.eval()), os.path.join(out, "tiny_cnn_without_block.pt"))
     save(torch.jit.script(Branchy().eval()), os.path.join(out, "branchy.pt"))
     save(torch.jit.script(Loop().eval()), os.path.join(out, "loop.pt"))
     save(torch.jit.script(TupleOut().eval()), os.path.join(out, "tuple_out.pt"))

@@ -197,6 +197,8 @@ double brute_objective(const BruteMetrics& m, Objective o) {
       return m.bytes;
     case Objective::kCost:
       return m.cost;
+    case Objective::kAccuracy:
+      return m.drop;
   }
   return 0;
 }
@@ -323,14 +325,15 @@ TEST_CASE("the latency breakdown adds up and follows DESIGN.md's cost model") {
 TEST_CASE("the choice equals brute force for every objective (random profiles and conditions)") {
   std::mt19937 rng(12345);
   std::uniform_real_distribution<double> u(0, 1);
-  const Objective objectives[] = {Objective::kLatency, Objective::kThroughput, Objective::kEnergy,
-                                  Objective::kData, Objective::kCost};
+  const Objective objectives[] = {Objective::kLatency, Objective::kThroughput,
+                                  Objective::kEnergy,  Objective::kData,
+                                  Objective::kCost,    Objective::kAccuracy};
   int feasible_cases = 0;
   int infeasible_cases = 0;
-  for (int trial = 0; trial < 400; ++trial) {
+  for (int trial = 0; trial < 480; ++trial) {
     const Profile p = random_profile(rng);
     SchedulerOptions o;
-    o.objective = objectives[trial % 5];
+    o.objective = objectives[trial % 6];
     o.server_price_per_s = u(rng) < 0.2 ? 0 : 0.01 + u(rng);
     o.power.compute_watts = 1 + 3 * u(rng);
     o.power.radio_watts = 0.2 + 2 * u(rng);
@@ -409,6 +412,156 @@ TEST_CASE("the choice equals brute force for every objective (random profiles an
   // Both branches were exercised.
   CHECK(feasible_cases > 1000);
   CHECK(infeasible_cases > 100);
+}
+
+TEST_CASE("a family's choice over (member - cut - encoding) equals brute force") {
+  std::mt19937 rng(777);
+  std::uniform_real_distribution<double> u(0, 1);
+  const Objective objectives[] = {Objective::kLatency, Objective::kAccuracy, Objective::kEnergy,
+                                  Objective::kData};
+  int feasible_cases = 0;
+  int other_member = 0;
+  for (int trial = 0; trial < 240; ++trial) {
+    const int n = 2 + static_cast<int>(rng() % 3);
+    std::vector<Profile> profiles;
+    std::vector<FamilyMemberPlans> members;
+    for (int m = 0; m < n; ++m) profiles.push_back(random_profile(rng));
+    for (int m = 0; m < n; ++m) {
+      FamilyMemberPlans f;
+      f.name = "m" + std::to_string(m);
+      f.profile = &profiles[static_cast<size_t>(m)];
+      f.drop_point_pp = m == 0 ? 0 : 4 * u(rng) - 0.5;
+      f.drop_high_pp = f.drop_point_pp + u(rng);
+      f.remote = m == 0 || u(rng) < 0.7;
+      members.push_back(f);
+    }
+    SchedulerOptions o;
+    o.objective = objectives[trial % 4];
+    if (u(rng) < 0.6) o.constraints.max_accuracy_drop_pp = 3 * u(rng);
+    if (u(rng) < 0.6) o.constraints.max_latency_ms = 5 + 100 * u(rng);
+    auto created = Scheduler::create_family(members, o);
+    REQUIRE(created.ok());
+    Scheduler s = std::move(created).value();
+    REQUIRE(s.members() == n);
+    REQUIRE(s.plans()[static_cast<size_t>(s.local_plan())].member == 0);
+    for (int m = 0; m < n; ++m) {
+      const Plan& local = s.plans()[static_cast<size_t>(s.local_plan(m))];
+      CHECK(local.local);
+      CHECK(local.member == m);
+    }
+    for (int k = 0; k < 8; ++k) {
+      const Conditions c = conditions(u(rng) < 0.1 ? 0 : std::exp(std::log(0.1) + 9 * u(rng)),
+                                      50 * u(rng), 0, 0.5 + 3 * u(rng), 0.5 + 3 * u(rng));
+      const Decision d = fresh(s, c);
+      double best = std::numeric_limits<double>::infinity();
+      double least = std::numeric_limits<double>::infinity();
+      std::vector<BruteMetrics> feasible;
+      for (int m = 0; m < n; ++m) {
+        const Profile& p = profiles[static_cast<size_t>(m)];
+        for (size_t cut = 0; cut < p.cuts.size(); ++cut) {
+          const bool last = cut + 1 == p.cuts.size();
+          if (!last && !members[static_cast<size_t>(m)].remote) continue;
+          const int encs = last ? 1 : static_cast<int>(p.cuts[cut].encodings.size());
+          for (int e = 0; e < encs; ++e) {
+            if (!last && c.bandwidth_mbps <= 0) continue;
+            BruteMetrics bm = brute_metrics(p, cut, last ? -1 : e, c, o);
+            bm.drop += members[static_cast<size_t>(m)].drop_point_pp;
+            const double v = brute_violation(bm, o.constraints);
+            if (v == 0) {
+              best = std::min(best, brute_objective(bm, o.objective));
+              feasible.push_back(bm);
+            }
+            least = std::min(least, v);
+          }
+        }
+      }
+      const double band = best + o.objective_tolerance * std::fabs(best);
+      double fastest_in_band = std::numeric_limits<double>::infinity();
+      for (const BruteMetrics& bm : feasible) {
+        if (brute_objective(bm, o.objective) <= band * (1 + 1e-12) + 1e-12) {
+          fastest_in_band = std::min(fastest_in_band, bm.latency);
+        }
+      }
+      const int member = d.plan.member;
+      const Profile& p = profiles[static_cast<size_t>(member)];
+      const size_t cut = static_cast<size_t>(d.plan.cut_id);
+      int enc = -1;
+      if (!d.plan.local) {
+        REQUIRE(members[static_cast<size_t>(member)].remote);
+        for (size_t e = 0; e < p.cuts[cut].encodings.size(); ++e) {
+          if (p.cuts[cut].encodings[e].encoding.name() == d.plan.encoding_name) {
+            enc = static_cast<int>(e);
+          }
+        }
+        REQUIRE(enc >= 0);
+      }
+      BruteMetrics bm = brute_metrics(p, cut, enc, c, o);
+      bm.drop += members[static_cast<size_t>(member)].drop_point_pp;
+      INFO("trial " << trial << " objective " << objective_name(o.objective));
+      CHECK(close(d.predicted.latency_ms, bm.latency));
+      CHECK(close(d.predicted.accuracy_drop_pp, bm.drop));
+      if (member > 0) ++other_member;
+      if (std::isfinite(best)) {
+        ++feasible_cases;
+        CHECK(d.feasible);
+        CHECK(brute_objective(bm, o.objective) <= band * (1 + 1e-9) + 1e-9);
+        CHECK(close(bm.latency, fastest_in_band));
+      } else {
+        CHECK_FALSE(d.feasible);
+        CHECK(close(brute_violation(bm, o.constraints), least));
+      }
+    }
+  }
+  CHECK(feasible_cases > 500);
+  CHECK(other_member > 100);  // members other than the reference were chosen
+}
+
+TEST_CASE("accuracy objective: the most accurate member that meets the latency bound - and back") {
+  // Three members of one family: the reference (20 ms on the device), one 2x faster losing 0.6
+  // points, one 3x faster losing 2.2 (upper ends 1.0 and 2.9).
+  auto member_profile = [](double ms_whole) {
+    Profile p;
+    p.fp32_top1 = 0.8;
+    p.scored_images = 1000;
+    CutProfile in;
+    in.id = 0;
+    in.name = "input";
+    in.head = ms(0);
+    in.tail = ms(ms_whole);
+    CutProfile all;
+    all.id = 1;
+    all.name = "output";
+    all.head = ms(ms_whole);
+    all.tail = ms(0);
+    p.cuts = {in, all};
+    return p;
+  };
+  const Profile full = member_profile(20), half = member_profile(10), third = member_profile(6.7);
+  std::vector<FamilyMemberPlans> members = {{"full", &full, 0, 0, false},
+                                            {"half", &half, 0.6, 1.0, false},
+                                            {"third", &third, 2.2, 2.9, false}};
+  SchedulerOptions o;
+  o.objective = Objective::kAccuracy;
+  o.accuracy_confidence = 0.95;
+  o.constraints.max_latency_ms = 24;  // 1.2x the reference's uncontended latency
+  o.constraints.max_accuracy_drop_pp = 3;
+  auto s = Scheduler::create_family(members, o);
+  REQUIRE(s.ok());
+  auto pick = [&](double device_load) {
+    return s->decide(conditions(0, 5, 0, device_load)).plan.member;
+  };
+  CHECK(pick(1.0) == 0);  // uncontended: the reference meets the bound
+  CHECK(pick(1.0) == 0);
+  CHECK(pick(2.0) == 1);  // one core taken: 40 ms for the reference, 20 for "half"
+  CHECK(pick(3.0) == 2);  // 30 ms for "half": only "third" (20 ms) meets the bound
+  CHECK(pick(1.0) == 0);  // back at once: the reference is feasible and more accurate
+  // A bound of 1 point leaves "third" out: under heavy load the least violating plan is chosen.
+  Constraints tight = o.constraints;
+  tight.max_accuracy_drop_pp = 1;
+  REQUIRE(s->set_constraints(tight).ok());
+  const Decision d = s->decide(conditions(0, 5, 0, 3.0));
+  CHECK_FALSE(d.feasible);
+  CHECK(d.plan.member != 2);
 }
 
 TEST_CASE(

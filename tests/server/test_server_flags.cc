@@ -178,6 +178,38 @@ TEST_CASE("server flags: --model, --profile and --meta repeat in order") {
   CHECK(o.meta_paths == std::vector<std::string>{"a.meta.json", "b.meta.json"});
 }
 
+TEST_CASE("server flags: --family adds every member after the --model files") {
+  const fs::path dir = scratch_dir("family");
+  write_file(dir / "family.json", R"({"family": "f", "members": [
+      {"name": "big", "model": "big.pt", "profile": "big.profile.json"},
+      {"name": "big-160px", "model": "big.pt", "variant": {"input_size": 160}},
+      {"name": "small", "model": "small.pt", "meta": "small.meta.json"}]})");
+  auto command =
+      parse({"--model", "a.pt", "--profile", "a.json", "--family", (dir / "family.json").string()});
+  REQUIRE(command.ok());
+  const auto& o = command->options;
+  REQUIRE(o.model_paths.size() == 4);
+  CHECK(o.model_paths[0] == "a.pt");
+  CHECK(o.model_paths[1] == (dir / "big.pt").string());
+  CHECK(o.model_paths[3] == (dir / "small.pt").string());
+  REQUIRE(o.profile_paths.size() == 4);
+  CHECK(o.profile_paths[0] == "a.json");
+  CHECK(o.profile_paths[1] == (dir / "big.profile.json").string());
+  CHECK(o.profile_paths[2].empty());
+  REQUIRE(o.meta_paths.size() == 4);
+  CHECK(o.meta_paths[3] == (dir / "small.meta.json").string());
+  REQUIRE(o.variants.size() == 4);
+  CHECK(o.variants[0].empty());
+  CHECK(o.variants[2].input_size == 160);
+  // Only a family: no --model needed. A bad manifest: one sentence naming the flag.
+  CHECK(parse({"--family", (dir / "family.json").string()}).ok());
+  write_file(dir / "bad.json", R"({"family": "f", "members": []})");
+  auto bad = parse({"--family", (dir / "bad.json").string()});
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().message().find("--family") != std::string::npos);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("server flags: --help gives the help text and needs no model") {
   for (const std::string flag : {"--help", "-h"}) {
     auto command = parse({flag});
@@ -218,8 +250,8 @@ TEST_CASE("server flags: --help gives the help text and needs no model") {
 }
 
 TEST_CASE("server flags: bad values are refused with a sentence naming the flag") {
-  check_refused({}, "no model given: pass --model FILE.pt");
-  check_refused({"--workers", "2"}, "no model given: pass --model FILE.pt");
+  check_refused({}, "no model given: pass --model FILE.pt or --family FAMILY.json");
+  check_refused({"--workers", "2"}, "no model given: pass --model FILE.pt or --family FAMILY.json");
   const std::vector<std::string> m = {"--model", "a.pt"};
   auto with = [&](std::vector<std::string> extra) {
     std::vector<std::string> args = m;

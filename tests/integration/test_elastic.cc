@@ -1,0 +1,253 @@
+// Model families on the device, as a user runs them: a family stream picks its member per frame;
+// under a real CPU contender (busy processes on the device's core) it moves to a smaller member
+// and back when the contender leaves; a server started with --family serves every member, and the
+// device sends frames of any member to it. Needs ../shared (the CIFAR-10 ResNets); skipped without.
+// And early-exit heads trained on a few hundred images learn something (models/train_exits.py).
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/integration/child_process.h"
+#include "tests/integration/default_model.h"
+#include "tests/test_paths.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using namespace edgesplit::testing;
+
+namespace {
+
+fs::path scratch(const std::string& name) {
+  const fs::path d =
+      binary_dir() / "test-scratch" / ("elastic-" + name + "-" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::vector<json> lines_of(const fs::path& path) {
+  std::vector<json> out;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] != '{') continue;
+    json j = json::parse(line, nullptr, false);
+    if (!j.is_discarded()) out.push_back(j);
+  }
+  return out;
+}
+
+size_t frames_in(const fs::path& path) {
+  size_t n = 0;
+  for (const json& j : lines_of(path)) n += j.value("type", "") == "frame";
+  return n;
+}
+
+// Interleaved links to the first images of each CIFAR-10 class (the folder is sorted by class).
+fs::path cifar_images(const fs::path& dir, int per_class) {
+  const fs::path src = shared_dir() / "data" / "cifar10-test";
+  const fs::path out = dir / "images";
+  fs::create_directories(out);
+  std::ifstream labels(src / "labels.tsv");
+  std::string line;
+  while (std::getline(labels, line)) {
+    const std::string name = line.substr(0, line.find('\t'));
+    const int idx = std::stoi(name.substr(name.rfind('_') + 1));
+    if (idx >= per_class) continue;
+    char prefix[16];
+    std::snprintf(prefix, sizeof prefix, "%04d_", idx);
+    fs::create_symlink(src / "images" / name, out / (prefix + name));
+  }
+  return out;
+}
+
+bool have_family() {
+  return !shared_dir().empty() &&
+         fs::exists(shared_dir() / "models" / "resnet_cifar10" / "resnet20_cifar10.pt") &&
+         fs::exists(source_dir() / "models" / "families" / "cifar10.json");
+}
+
+}  // namespace
+
+TEST_CASE("a family stream moves to a smaller member under a CPU contender, and back") {
+  if (!have_family()) {
+    MESSAGE("skipped: ../shared/models/resnet_cifar10 is absent");
+    return;
+  }
+  const fs::path dir = scratch("contention");
+  const fs::path images = cifar_images(dir, 20);  // 200 frames
+  const std::string family = (source_dir() / "models/families/cifar10.json").string();
+  // One core for the device and, in the middle of the run, two busy processes on it: the device
+  // gets about a third of its core. The bound: three times ResNet-56's profiled whole-model time,
+  // which its members meet alone (frames run about twice their profiled time between arrivals)
+  // and only the smallest meet beside the contenders.
+  const fs::path out = dir / "device.out", err = dir / "device.err";
+  ChildProcess device;
+  REQUIRE(
+      device.start({"/usr/bin/taskset", "-c", "0", bin("edgesplit-device"), "--family", family,
+                    "--input", images.string(), "--threads", "1", "--fps", "30", "--objective",
+                    "accuracy", "--max-latency-ms", "16", "--max-accuracy-drop", "none", "--json"},
+                   out, err));
+  auto wait_frames = [&](size_t n) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (frames_in(out) < n && device.running() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  };
+  wait_frames(60);
+  {
+    ChildProcess hog1, hog2;
+    const std::vector<std::string> busy = {"/usr/bin/taskset", "-c", "0",
+                                           "/bin/sh",          "-c", "while :; do :; done"};
+    REQUIRE(hog1.start(busy, dir / "hog1.out", dir / "hog1.err"));
+    REQUIRE(hog2.start(busy, dir / "hog2.out", dir / "hog2.err"));
+    wait_frames(130);
+  }  // the busy processes are killed here
+  auto rc = device.wait(std::chrono::seconds(60));
+  REQUIRE(rc.has_value());
+  CHECK(*rc == 0);
+
+  json ready;
+  std::vector<json> frames;
+  json summary;
+  for (const json& j : lines_of(out)) {
+    const std::string type = j.value("type", "");
+    if (type == "ready") ready = j;
+    if (type == "frame") frames.push_back(j);
+    if (type == "summary") summary = j;
+  }
+  REQUIRE(frames.size() == 200);
+  // The ready line lists the members the device uses, with what each loses and costs.
+  REQUIRE(ready.contains("family"));
+  std::map<std::string, double> device_ms;
+  for (const json& m : ready["family"]["members"]) {
+    if (m.contains("device_ms")) device_ms[m["name"]] = m["device_ms"];
+  }
+  CHECK(device_ms.size() >= 3);
+  // Every frame names its member; the summary counts them.
+  std::map<std::string, int> before, during, after;
+  for (size_t i = 0; i < frames.size(); ++i) {
+    REQUIRE(frames[i]["plan"].contains("member"));
+    const std::string m = frames[i]["plan"]["member"];
+    if (i >= 20 && i < 60) ++before[m];
+    if (i >= 80 && i < 130) ++during[m];
+    if (i >= 170) ++after[m];
+  }
+  CHECK(summary["members"].size() >= 2);
+  auto most = [](const std::map<std::string, int>& counts) {
+    std::string best;
+    int n = -1;
+    for (const auto& [k, v] : counts) {
+      if (v > n) best = k, n = v;
+    }
+    return best;
+  };
+  const std::string usual = most(before), contended = most(during), later = most(after);
+  INFO("before: " << json(before).dump() << " during: " << json(during).dump()
+                  << " after: " << json(after).dump());
+  // Under the contender the member most used is a cheaper one than before, and it comes back.
+  const double usual_ms = device_ms.count(usual) ? device_ms[usual] : 1e9;
+  const double contended_ms = device_ms.count(contended) ? device_ms[contended] : 1e9;
+  CHECK(contended != usual);
+  CHECK(contended_ms < usual_ms);
+  CHECK(later == usual);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("a server started with --family serves every member: frames of any member offload") {
+  if (!have_family()) {
+    MESSAGE("skipped: ../shared/models/resnet_cifar10 is absent");
+    return;
+  }
+  const fs::path dir = scratch("server");
+  const fs::path images = cifar_images(dir, 3);
+  // A two-member family: ResNet-56 and a derived variant (its input at 28 px), with the profiles
+  // and accuracies of the shipped manifest.
+  json shipped;
+  std::ifstream(source_dir() / "models/families/cifar10.json") >> shipped;
+  const fs::path base = source_dir() / "models/families";
+  json small = {{"family", "two"}, {"reference", "resnet56"}, {"members", json::array()}};
+  for (const json& m : shipped["members"]) {
+    if (m["name"] != "resnet56" && m["name"] != "resnet56-28px") continue;
+    json copy = m;
+    copy["model"] = fs::weakly_canonical(base / m["model"].get<std::string>()).string();
+    copy["profile"] = fs::weakly_canonical(base / m["profile"].get<std::string>()).string();
+    small["members"].push_back(copy);
+  }
+  REQUIRE(small["members"].size() == 2);
+  const fs::path manifest = dir / "two.json";
+  std::ofstream(manifest) << small.dump(2);
+
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--family", manifest.string()}));
+  const fs::path out = dir / "device.out", err = dir / "device.err";
+  // The handshake lists both members; the scheduler may plan either on the server or the device.
+  const int rc = run_to_end({bin("edgesplit-device"), "--family", manifest.string(), "--server",
+                             server.endpoint(), "--input", images.string(), "--json", "--objective",
+                             "latency", "--max-accuracy-drop", "none", "--require-server"},
+                            out, err);
+  CHECK(rc == 0);
+  json ready;
+  std::vector<json> frames;
+  for (const json& j : lines_of(out)) {
+    if (j.value("type", "") == "ready") ready = j;
+    if (j.value("type", "") == "frame") frames.push_back(j);
+  }
+  REQUIRE(ready.contains("family"));
+  bool alternate_served = false;
+  for (const json& m : ready["family"]["members"]) {
+    if (m["name"] == "resnet56-28px") alternate_served = m.value("served", false);
+  }
+  CHECK(alternate_served);
+  REQUIRE(frames.size() == 30);
+  for (const json& f : frames) {
+    CHECK(f["plan"].contains("member"));
+    CHECK(f["completed"] != "failed");
+  }
+  const std::string log = [&] {
+    std::ifstream in(dir / "server.err");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }();
+  // The server built the variant and names it.
+  CHECK(log.find("[28 px]") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("early-exit heads trained on a few hundred Fashion-MNIST images learn something") {
+  if (!fs::exists("/usr/bin/python3") || !fs::exists("/usr/share/datasets/fashion-mnist") ||
+      std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) {
+    MESSAGE("skipped: /usr/bin/python3 with torch, or Debian's dataset-fashion-mnist, is absent");
+    return;
+  }
+  const fs::path dir = scratch("exits");
+  const fs::path out = dir / "train.out", err = dir / "train.err";
+  const int rc = run_to_end({"/usr/bin/python3", (source_dir() / "models/train_exits.py").string(),
+                             "--model", "fashion_mnist", "--limit", "400", "--epochs", "10",
+                             "--threads", "2", "--out", (dir / "exits").string()},
+                            out, err, std::chrono::seconds(240));
+  REQUIRE(rc == 0);
+  std::ifstream in(out);
+  std::string line;
+  double top1 = -1;
+  while (std::getline(in, line)) {
+    const auto at = line.find("exit res1: top-1 ");
+    if (at != std::string::npos) top1 = std::stod(line.substr(at + 17));
+  }
+  // Ten classes: chance is 0.1. The head sees 360 images for 10 epochs.
+  CHECK(top1 > 0.3);
+  CHECK(fs::exists(dir / "exits" / "fashion_mnist_cnn_exit_res1.pt"));
+  json meta;
+  std::ifstream(dir / "exits" / "fashion_mnist_cnn_exit_res1.json") >> meta;
+  CHECK(meta["training"].contains("seconds"));
+  fs::remove_all(dir);
+}
