@@ -25,6 +25,9 @@
 #   bench/run.sh elastic contention [--quick] --out DIR [--check]
 #                           a latency-bound device under a CPU contender (0, 1, 2 cores taken):
 #                           the CIFAR-10 family against ResNet-56 alone (no root)
+#   bench/run.sh elastic budget [--quick] --out DIR [--check]
+#                           at each latency bound, the family's top-1 against the best single
+#                           member meeting it (no root)
 #
 # The testbed needs root. Results: bench/results/<timestamp>/ (results.json, results.csv,
 # summary.md, plots, raw JSON lines of every run). Binaries from build/bin (EDGESPLIT_BIN_DIR or
@@ -42,6 +45,10 @@ if [[ "${1:-}" == "elastic" ]]; then
   if [[ "${1:-}" == "contention" ]]; then
     shift
     exec "$py" "$here/elastic/contention.py" "$@"
+  fi
+  if [[ "${1:-}" == "budget" ]]; then
+    shift
+    exec "$py" "$here/elastic/budget.py" "$@"
   fi
   exec "$py" "$here/elastic/elastic_bench.py" "$@"
 fi

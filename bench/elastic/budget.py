@@ -1,0 +1,133 @@
+#!/usr/bin/python3
+"""Equal budget: at each latency bound of a sweep, the family's top-1 against the best single member.
+
+    bench/run.sh elastic budget [--quick] --out DIR [--check]
+
+The device (edgesplit-device, one thread on one core, frames at 30 fps from the CIFAR-10 test
+images, no contender) first runs each plain member of the CIFAR-10 family alone on the device
+(ResNet-56, -44, -32, -20: `--model M --cut device`), on the same frames; each member's bound is
+the 90th percentile of its own frame latencies. At each such bound B, the best fixed member is the
+most accurate one with at least 90% of its frames within B, and the family runs with
+`--objective accuracy --max-latency-ms B --max-accuracy-drop none`. Target (issue: elastic
+models): at every bound, the family's top-1 is at least the best fixed member's, paired on the same
+frames: the lower end of the 95% interval of (family - best fixed) is above -1 point, and at least
+90% of the family's frames are within B. Baselines and the family alternate in one run.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import contention as c  # noqa: E402  (the same device runner and image folder)
+
+
+def paired_interval(a, b, z=1.96):
+    """Difference of two paired 0/1 sequences (a - b) in points, with a normal-approx interval."""
+    n = len(a)
+    d = [x - y for x, y in zip(a, b)]
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / max(1, n - 1)
+    half = z * math.sqrt(var / n)
+    return 100 * mean, 100 * (mean - half), 100 * (mean + half)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--fps", type=float, default=30)
+    ap.add_argument("--bin-dir", default=os.environ.get("EDGESPLIT_BIN_DIR",
+                                                      os.path.join(c.ROOT, "build", "bin")))
+    args = ap.parse_args()
+    shared = c.shared_dir()
+    if not os.path.isdir(os.path.join(shared, "data", "cifar10-test")):
+        print("budget: ../shared (models and images) is absent; nothing to measure", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    frames = 200 if args.quick else 500
+    images = os.path.join(args.out, "images")
+    labels = c.interleaved_images(shared, images, per_class=(frames + 9) // 10)
+    device = os.path.join(args.bin_dir, "edgesplit-device")
+    family = os.path.join(c.ROOT, "models", "families", "cifar10.json")
+    with open(family) as f:
+        manifest = json.load(f)
+    base = os.path.dirname(family)
+    plain = [m for m in manifest["members"] if "variant" not in m and "profile" in m]
+    pin = ["taskset", "-c", c.CORE]
+    common = ["--input", images, "--max-frames", str(frames), "--threads", "1", "--json",
+              "--fps", str(args.fps), "--quiet"]
+    idle = c.Contender()
+    print(f"budget: {len(plain)} members alone, then the family at {len(plain)} bounds, "
+          f"{frames} frames each", file=sys.stderr, flush=True)
+
+    def by_source(fs):
+        return {f["source"]: f for f in fs}
+
+    fixed = {}
+    for m in plain:
+        cmd = pin + [device, "--model", os.path.normpath(os.path.join(base, m["model"])),
+                     "--profile", os.path.normpath(os.path.join(base, m["profile"])),
+                     "--cut", "device"] + common
+        fs = c.run_device(cmd, 10 ** 9, idle, labels)
+        lat = sorted(f["latency_ms"] for f in fs)
+        fixed[m["name"]] = {"frames": by_source(fs), "p90_ms": lat[int(0.9 * (len(lat) - 1))],
+                            "top1": sum(f["right"] for f in fs) / len(fs)}
+        print(f"budget: {m['name']} alone: p90 {fixed[m['name']]['p90_ms']:.2f} ms, top-1 "
+              f"{100 * fixed[m['name']]['top1']:.1f}%", file=sys.stderr, flush=True)
+
+    rows = []
+    for bound_of in plain:
+        bound = round(fixed[bound_of["name"]]["p90_ms"], 3)
+        meeting = []
+        for name, r in fixed.items():
+            within = sum(f["latency_ms"] <= bound for f in r["frames"].values()) / len(r["frames"])
+            if within >= 0.9:
+                meeting.append((r["top1"], name))
+        best = max(meeting)[1] if meeting else None
+        cmd = pin + [device, "--family", family, "--objective", "accuracy", "--max-latency-ms",
+                     str(bound), "--max-accuracy-drop", "none"] + common
+        fs = c.run_device(cmd, 10 ** 9, idle, labels)
+        fam = by_source(fs)
+        within = sum(f["latency_ms"] <= bound for f in fs) / len(fs)
+        members = {}
+        for f in fs:
+            members[f["member"]] = members.get(f["member"], 0) + 1
+        row = {"bound_ms": bound, "bound_from": bound_of["name"], "best_fixed": best,
+               "family_top1": sum(f["right"] for f in fs) / len(fs), "family_within": within,
+               "members": members}
+        if best:
+            common_src = sorted(set(fam) & set(fixed[best]["frames"]))
+            a = [fam[s]["right"] for s in common_src]
+            b = [fixed[best]["frames"][s]["right"] for s in common_src]
+            point, low, high = paired_interval(a, b)
+            row.update({"best_fixed_top1": fixed[best]["top1"], "diff_pp": round(point, 2),
+                        "diff_interval_pp": [round(low, 2), round(high, 2)],
+                        "paired_frames": len(common_src),
+                        "pass": low > -1 and within >= 0.9})
+        else:
+            row.update({"pass": within >= 0.9})
+        rows.append(row)
+        print(f"budget: bound {bound} ms ({bound_of['name']}'s p90): best fixed {best}, family "
+              f"top-1 {100 * row['family_top1']:.1f}% ({row.get('diff_pp')} points "
+              f"{row.get('diff_interval_pp')}), {100 * within:.0f}% within, {members}",
+              file=sys.stderr, flush=True)
+    ok = all(r["pass"] for r in rows)
+    results = {"bench": "elastic-budget", "quick": args.quick, "frames": frames,
+               "fixed": {k: {"p90_ms": v["p90_ms"], "top1": v["top1"]} for k, v in fixed.items()},
+               "rows": rows,
+               "targets": {"family_at_least_best_fixed_at_every_bound": {
+                   "value": sum(r["pass"] for r in rows), "target": len(rows), "pass": ok}}}
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"budget: {sum(r['pass'] for r in rows)} of {len(rows)} bounds met", file=sys.stderr)
+    if args.check and not ok:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
