@@ -45,31 +45,34 @@ Result<ImageSet> read_images(const std::string& dir, const std::string& labels_p
     labels = std::move(l).value();
   }
   if (!fs::is_directory(dir)) return not_found("image folder " + dir + " does not exist");
-  auto source = imaging::open_source(dir);
-  if (!source.ok()) return source.status();
-  ImageSet all;
-  while (auto frame = (*source)->next()) {
-    const std::string name = fs::path(frame->source).filename().string();
-    int label = -1;
-    if (!labels.empty()) {
-      auto it = labels.find(name);
-      if (it == labels.end()) continue;
-      label = it->second;
-    }
-    all.names.push_back(name);
-    all.labels.push_back(label);
-    all.images.push_back(frame->image);
+  // The names first (sorted, labelled ones only), then the order; only the chosen images are
+  // decoded.
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code type_ec;
+    if (!it->is_regular_file(type_ec) || !imaging::is_image_file(it->path())) continue;
+    const std::string name = it->path().filename().string();
+    if (labels.empty() || labels.count(name)) names.push_back(name);
   }
+  if (names.empty()) return not_found("no usable images in " + dir);
+  std::sort(names.begin(), names.end());
   // Fisher-Yates with mt19937 (whose output the standard fixes; std::shuffle's use of it is not).
-  std::vector<size_t> order(all.names.size());
+  std::vector<size_t> order(names.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::mt19937 rng(20261202);
   for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
   ImageSet set;
   for (size_t k = skip; k < order.size() && (count == 0 || set.images.size() < count); ++k) {
-    set.names.push_back(all.names[order[k]]);
-    set.labels.push_back(all.labels[order[k]]);
-    set.images.push_back(all.images[order[k]]);
+    const std::string& name = names[order[k]];
+    auto source = imaging::open_source((fs::path(dir) / name).string());
+    if (!source.ok()) return source.status();
+    auto frame = (*source)->next();
+    if (!frame)
+      return invalid_argument("image " + (fs::path(dir) / name).string() + " cannot be decoded");
+    set.names.push_back(name);
+    set.labels.push_back(labels.empty() ? -1 : labels.at(name));
+    set.images.push_back(frame->image);
   }
   return set;
 }
@@ -288,7 +291,7 @@ Result<DeriveResult> derive_variants(const DeriveOptions& o) {
   // Input sizes.
   std::vector<int> sizes = o.input_sizes;
   const int side = static_cast<int>(info->input_shape[2]);
-  if (sizes.empty()) {
+  if (sizes.empty() && o.input_size_variants) {
     const int step = side >= 64 ? 32 : 4;
     for (int k : {6, 5, 4}) {
       const int s = static_cast<int>(std::lround(side * k / 7.0 / step)) * step;

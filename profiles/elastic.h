@@ -39,6 +39,7 @@ struct DeriveOptions {
   // Input sizes (networks ending in global pooling); empty: about 6/7, 5/7 and 4/7 of the model's
   // side, in multiples of 32 (of 4 below 64 px).
   std::vector<int> input_sizes;
+  bool input_size_variants = true;  // false: none
   int threads = 0;
   std::function<void(const std::string&)> on_progress;
 };

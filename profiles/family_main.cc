@@ -21,6 +21,7 @@
 
 #include "profiles/elastic.h"
 #include "profiles/family.h"
+#include "profiles/tool_exit.h"
 
 namespace {
 
@@ -30,17 +31,10 @@ using edgesplit::Result;
 using edgesplit::Status;
 
 int usage_error(const std::string& message) {
-  std::cerr << "edgesplit-family: " << message << '\n';
-  return 2;
+  return profiles::usage_error("edgesplit-family", message);
 }
 
-int fail(const Status& status) {
-  std::cerr << "edgesplit-family: " << status.message() << '\n';
-  const auto code = status.code();
-  return code == edgesplit::StatusCode::kInvalidArgument || code == edgesplit::StatusCode::kNotFound
-             ? 2
-             : 1;
-}
+int fail(const Status& status) { return profiles::exit_status("edgesplit-family", status); }
 
 template <typename T>
 Result<std::vector<T>> parse_list(const std::string& text, const std::string& flag) {
@@ -141,8 +135,8 @@ int derive(int argc, char** argv) {
     o.rank_tolerances = *t;
   }
   const std::string sizes = args["input-sizes"].as<std::string>();
-  bool no_sizes = sizes == "none";
-  if (!sizes.empty() && !no_sizes) {
+  o.input_size_variants = sizes != "none";
+  if (!sizes.empty() && o.input_size_variants) {
     auto s = parse_list<int>(sizes, "--input-sizes");
     if (!s.ok()) return usage_error(s.status().message());
     o.input_sizes = *s;
@@ -155,16 +149,8 @@ int derive(int argc, char** argv) {
     family = std::move(f).value();
   }
   o.on_progress = progress;
-  if (no_sizes) o.input_sizes = {-1};  // filtered below
-  if (no_sizes) o.input_sizes.clear();
   auto result = profiles::derive_variants(o);
   if (!result.ok()) return fail(result.status());
-  if (no_sizes) {
-    auto& v = result->variants;
-    v.erase(std::remove_if(v.begin(), v.end(),
-                           [](const auto& d) { return d.spec.input_size.has_value(); }),
-            v.end());
-  }
   std::string base = args["name"].as<std::string>();
   if (base.empty()) base = result->model_name;
   const profiles::FamilyMember* existing = nullptr;

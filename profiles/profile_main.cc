@@ -18,6 +18,7 @@
 
 #include "profiles/profile.h"
 #include "profiles/profiler.h"
+#include "profiles/tool_exit.h"
 
 namespace {
 
@@ -36,18 +37,10 @@ void on_signal(int) {
 }
 
 int usage_error(const std::string& message) {
-  std::cerr << "edgesplit-profile: " << message << '\n';
-  return 2;
+  return profiles::usage_error("edgesplit-profile", message);
 }
 
-// 2 for what the user can fix (kInvalidArgument, kNotFound), 1 for failures while running.
-int fail(const Status& status) {
-  std::cerr << "edgesplit-profile: " << status.message() << '\n';
-  const auto code = status.code();
-  return code == edgesplit::StatusCode::kInvalidArgument || code == edgesplit::StatusCode::kNotFound
-             ? 2
-             : 1;
-}
+int fail(const Status& status) { return profiles::exit_status("edgesplit-profile", status); }
 
 std::string duration(double s) {
   if (s < 0) return "?";

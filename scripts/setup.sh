@@ -18,8 +18,9 @@ packages=(
   libblosc-dev libzstd-dev zlib1g-dev libjpeg62-turbo-dev nlohmann-json3-dev libspdlog-dev libcpp-httplib-dev
   # model export/training, plots, default model's data set
   python3 python3-torch python3-torchvision python3-numpy python3-matplotlib dataset-fashion-mnist
-  # testbed: namespaces, tc, process tools
-  iproute2 procps psmisc libsodium-dev
+  # testbed: namespaces, tc, process tools; CPU contenders (bench/run.sh elastic contention) and
+  # pinning to a core (taskset, also the family contention test)
+  iproute2 procps psmisc libsodium-dev stress-ng util-linux
   # deployment checks: Kubernetes manifests against the API schema, YAML lint
   python3-yaml python3-kubernetes yamllint
 )

@@ -22,7 +22,6 @@ points below the baseline's on the same frames (paired, the interval's upper end
 within 3 frames. Device-only: no server.
 """
 
-import argparse
 import json
 import math
 import os
@@ -32,15 +31,10 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+from common import ROOT, parser, report, shared_dir
+
 PHASES = [0, 1, 2, 0]  # busy processes on the device's core
 CORE = "0"
-
-
-def shared_dir():
-    env = os.environ.get("EDGESPLIT_SHARED_DIR")
-    return env if env else os.path.join(os.path.dirname(ROOT), "shared")
 
 
 def interleaved_images(shared, out, per_class):
@@ -169,13 +163,8 @@ def phase_stats(frames, bound_ms):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--check", action="store_true")
+    ap = parser(__doc__)
     ap.add_argument("--fps", type=float, default=30)
-    ap.add_argument("--bin-dir", default=os.environ.get("EDGESPLIT_BIN_DIR",
-                                                      os.path.join(ROOT, "build", "bin")))
     args = ap.parse_args()
     shared = shared_dir()
     if not os.path.isdir(os.path.join(shared, "data", "cifar10-test")):
@@ -271,12 +260,7 @@ def main():
         json.dump(results, f, indent=2)
     with open(os.path.join(args.out, "frames.json"), "w") as f:
         json.dump(runs, f)
-    for k, v in targets.items():
-        print(f"contention: {k} = {v['value']} (target {v['target']}): "
-              f"{'met' if v['pass'] else 'missed'}", file=sys.stderr)
-    if args.check and not all(v["pass"] for v in targets.values()):
-        return 1
-    return 0
+    return report("contention", targets, args.check)
 
 
 if __name__ == "__main__":

@@ -22,22 +22,13 @@ Writes DIR/results.json (targets, both tables), DIR/<family>-table.json and .md,
 Needs ../shared (models and images); without it, says so and exits 2.
 """
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-
-
-def shared_dir():
-    env = os.environ.get("EDGESPLIT_SHARED_DIR")
-    if env:
-        return env
-    return os.path.join(os.path.dirname(ROOT), "shared")
+from common import ROOT, parser, report, shared_dir
 
 
 def run_table(binary, family, images, labels, scored, rounds, out_dir, name):
@@ -86,13 +77,7 @@ def targets_of(imagenet):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer images and rounds (minutes)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    ap.add_argument("--bin-dir", default=os.environ.get("EDGESPLIT_BIN_DIR",
-                                                      os.path.join(ROOT, "build", "bin")))
-    args = ap.parse_args()
+    args = parser(__doc__).parse_args()
     shared = shared_dir()
     if not os.path.isdir(os.path.join(shared, "models")):
         print("elastic: ../shared (models and images) is absent; nothing to measure", file=sys.stderr)
@@ -126,12 +111,7 @@ def main():
         f.write("## Targets\n\n")
         for k, v in targets.items():
             f.write(f"- {k}: {v['value']} (target {v['target']}): {'met' if v['pass'] else 'missed'}\n")
-    for k, v in targets.items():
-        print(f"elastic: {k} = {v['value']} (target {v['target']}): "
-              f"{'met' if v['pass'] else 'missed'}", file=sys.stderr)
-    if args.check and not all(v["pass"] for v in targets.values()):
-        return 1
-    return 0
+    return report("elastic", targets, args.check)
 
 
 if __name__ == "__main__":
