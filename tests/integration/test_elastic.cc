@@ -150,14 +150,23 @@ TEST_CASE("a family stream moves to a smaller member under a CPU contender, and 
     }
     return best;
   };
-  const std::string usual = most(before), contended = most(during), later = most(after);
+  const std::string usual = most(before), later = most(after);
   INFO("before: " << json(before).dump() << " during: " << json(during).dump()
                   << " after: " << json(after).dump());
-  // Under the contender the member most used is a cheaper one than before, and it comes back.
-  const double usual_ms = device_ms.count(usual) ? device_ms[usual] : 1e9;
-  const double contended_ms = device_ms.count(contended) ? device_ms[contended] : 1e9;
-  CHECK(contended != usual);
-  CHECK(contended_ms < usual_ms);
+  // The frames of members cheaper on the device than the one used uncontended: (almost) none
+  // before, a large share under the contender (its time slices make a member's frames 1x or 3x
+  // as slow, so the choice alternates near the bound), and the usual member again after it.
+  REQUIRE(device_ms.count(usual));
+  auto cheaper_share = [&](const std::map<std::string, int>& counts) {
+    int cheaper = 0, all = 0;
+    for (const auto& [name, n] : counts) {
+      all += n;
+      if (device_ms.count(name) && device_ms[name] < device_ms[usual]) cheaper += n;
+    }
+    return all ? static_cast<double>(cheaper) / all : 0.0;
+  };
+  CHECK(cheaper_share(before) <= 0.1);
+  CHECK(cheaper_share(during) >= 0.3);
   CHECK(later == usual);
   fs::remove_all(dir);
 }
