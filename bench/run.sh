@@ -28,6 +28,10 @@
 #   bench/run.sh elastic budget [--quick] --out DIR [--check]
 #                           at each latency bound, the family's top-1 against the best single
 #                           member meeting it (no root)
+#   bench/run.sh batching [--quick] --out DIR [--check]
+#                           the server's dynamic batcher against batch 1 under open-loop load from
+#                           1 to 64 simulated devices at two cuts of MobileNetV2 (no root):
+#                           docs/server.md
 #
 # The testbed needs root. Results: bench/results/<timestamp>/ (results.json, results.csv,
 # summary.md, plots, raw JSON lines of every run). Binaries from build/bin (EDGESPLIT_BIN_DIR or
@@ -39,6 +43,10 @@ py=/usr/bin/python3
 if [[ "${1:-}" == "engine" ]]; then
   shift
   exec "$py" "$here/engine/engine_bench.py" "$@"
+fi
+if [[ "${1:-}" == "batching" ]]; then
+  shift
+  exec "$py" "$here/batching/batching_bench.py" "$@"
 fi
 if [[ "${1:-}" == "elastic" ]]; then
   shift

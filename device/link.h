@@ -67,7 +67,10 @@ struct ServedModel {
   std::string name;
   std::string engine;
   std::vector<double> tail_ms;  // per cut, the server's own profile (may be empty)
-  std::string cut_table;        // partitioner::cut_table_digest of the server's cuts ("": unsaid)
+  // Batch size -> per cut, the time of one batched tail on the server (its profile's
+  // --batch-sizes; empty when not measured or the server does not batch).
+  std::map<int, std::vector<double>> batch_tail_ms;
+  std::string cut_table;  // partitioner::cut_table_digest of the server's cuts ("": unsaid)
 };
 
 struct LinkOptions {

@@ -154,6 +154,10 @@ struct Stream::Impl {
   double link_share = 1.0;
 
   partitioner::ServerLoadEstimator server_load;
+  // The server's recent batch size (its replies' batch_size, averaged) and the batch size whose
+  // tail times (the server's --batch-sizes profile) the scheduler plans with.
+  double server_batch = 1;
+  int planned_batch = 1;
   partitioner::DeviceLoadEstimator device_load;
   partitioner::HeadErrorTracker head_errors;
   uint64_t seen_generation = 0;
@@ -242,6 +246,7 @@ struct Stream::Impl {
       }
     }
     if (scheduler && !m->tail_ms.empty()) {
+      planned_batch = 1;
       auto changed = scheduler->set_server_tail_ms(m->tail_ms);
       if (!changed.ok()) {
         log("ignoring the server's tail times: " + changed.status().message());
@@ -250,6 +255,30 @@ struct Stream::Impl {
             " cuts)");
       }
     }
+  }
+
+  // A batching server's tail costs more per batch than alone: the scheduler plans with the tail
+  // times of the measured batch size nearest to the server's recent mean (when the server sent
+  // them), so a request's expected server time is what a batch of that size takes.
+  void note_server_batch(uint32_t batch) {
+    server_batch = 0.8 * server_batch + 0.2 * static_cast<double>(batch);
+    const ServedModel* m = link.served(digest);
+    if (!scheduler || fixed || !m || m->batch_tail_ms.empty() || m->tail_ms.empty()) return;
+    int nearest = 1;
+    double gap = std::abs(server_batch - 1);
+    for (const auto& [n, per_cut] : m->batch_tail_ms) {
+      if (std::abs(server_batch - n) < gap) {
+        gap = std::abs(server_batch - n);
+        nearest = n;
+      }
+    }
+    if (nearest == planned_batch) return;
+    auto changed =
+        scheduler->set_server_tail_ms(nearest == 1 ? m->tail_ms : m->batch_tail_ms.at(nearest));
+    if (!changed.ok()) return;
+    planned_batch = nearest;
+    log("the server runs batches of about " + std::to_string(static_cast<int>(server_batch + 0.5)) +
+        ": planning with its tail times at batch " + std::to_string(nearest));
   }
 
   // The cut table this stream plans with: its profile's, else its model's ("" before either).
@@ -620,6 +649,8 @@ struct Stream::Impl {
     p.request_id = link.next_request_id(index);
     p.sent = Clock::now();
     p.deadline = p.sent + std::chrono::milliseconds(cfg.timeout_ms);
+    req.set_priority(static_cast<uint32_t>(std::max(0, cfg.priority)));
+    req.set_deadline_us(server_deadline_us(p.bytes_sent));
     Status sent = link.send_infer(p.request_id, req, std::move(payloads));
     if (!sent.ok()) {
       finish_local(p, "send failed");
@@ -629,6 +660,18 @@ struct Stream::Impl {
     // A probe the estimators ask for goes out when this frame is on its way, just before the loop
     // waits: its reply is then timed as it arrives.
     link.probe_if_due(false);
+  }
+
+  // How long after it arrives the server's result can still help: the frame's timeout less the
+  // expected upload of `bytes` and half a round trip back (the device finishes the frame itself
+  // at its timeout, so a later result is of no use); at least 1 ms.
+  uint64_t server_deadline_us(int64_t bytes) const {
+    const partitioner::Conditions net = link.network_conditions();
+    double transfer_ms = net.rtt_ms / 2;
+    if (net.bandwidth_mbps > 0)
+      transfer_ms += static_cast<double>(bytes) * 8e-3 / net.bandwidth_mbps;
+    const double budget_ms = static_cast<double>(cfg.timeout_ms) - transfer_ms - net.rtt_ms / 2;
+    return static_cast<uint64_t>(std::max(1.0, budget_ms) * 1000);
   }
 
   bool crossing_non_negative(int member, int cut, size_t i) const {
@@ -741,7 +784,11 @@ struct Stream::Impl {
             " (" + reply.message() + "): not choosing it again");
       }
       link.note_answer();
-      finish_local(p, "server error: " + reply.message());
+      if (reply.status() == wire::STATUS_DEADLINE_EXCEEDED) {
+        finish_local(p, "server deadline exceeded");
+      } else {
+        finish_local(p, "server error: " + reply.message());
+      }
       return;
     }
     link.note_answer();
@@ -763,6 +810,7 @@ struct Stream::Impl {
       link.network().add_answer();  // the server's own times are still good
     }
     server_load.add_reply(e.server_queue_ms, e.server_compute_ms, e.profiled_server_ms);
+    if (ir.batch_size() > 0 && p.plan.member == 0) note_server_batch(ir.batch_size());
 
     FrameRecord rec = record(p, std::move(top), "server", "");
     rec.server = FrameRecord::ServerTimes{std::max(0.0, rtt - queue_ms - compute_ms), queue_ms,

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -81,8 +82,11 @@ struct CutProfile {
   // bytes crossing j plus those crossing j + 1 (the head of `id` never produces id + 1), and at
   // least the input's; with head_weight_bytes, what a device must hold.
   int64_t head_activation_bytes = 0;
-  Timing head;                             // device side
-  Timing tail;                             // server side
+  Timing head;  // device side
+  Timing tail;  // server side
+  // Server side, batched: batch size (> 1) -> the time of one tail run over that many requests'
+  // rows at once (edgesplit-profile --batch-sizes); empty when not measured.
+  std::map<int, Timing> tail_batch;
   std::vector<EncodingProfile> encodings;  // empty for the last cut (nothing is sent)
 };
 

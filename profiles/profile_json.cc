@@ -123,6 +123,11 @@ OrderedJson cut_json(const CutProfile& c, int scored, int64_t fp32_right) {
   j["head_activation_bytes"] = c.head_activation_bytes;
   j["head"] = timing_json(c.head);
   j["tail"] = timing_json(c.tail);
+  if (!c.tail_batch.empty()) {
+    OrderedJson batches = OrderedJson::object();
+    for (const auto& [n, t] : c.tail_batch) batches[std::to_string(n)] = timing_json(t);
+    j["tail_batch"] = std::move(batches);
+  }
   OrderedJson encodings = OrderedJson::array();
   for (const auto& e : c.encodings)
     encodings.push_back(encoding_profile_json(e, scored, fp32_right));
@@ -526,6 +531,27 @@ Status parse_cut(const Json& j, const std::string& p, CutProfile& c) {
   EDGESPLIT_RETURN_IF_ERROR(read(j, p, "head_activation_bytes", true, c.head_activation_bytes));
   EDGESPLIT_RETURN_IF_ERROR(parse_timing(j, p, "head", true, c.head));
   EDGESPLIT_RETURN_IF_ERROR(parse_timing(j, p, "tail", true, c.tail));
+  c.tail_batch.clear();
+  if (j.contains("tail_batch")) {
+    const Json& batches = j["tail_batch"];
+    const std::string bp = join(p, "tail_batch");
+    if (!batches.is_object()) return wrong_type(bp, "an object", batches);
+    for (auto it = batches.begin(); it != batches.end(); ++it) {
+      int n = 0;
+      try {
+        size_t used = 0;
+        n = std::stoi(it.key(), &used);
+        if (used != it.key().size()) n = 0;
+      } catch (const std::exception&) {
+        n = 0;
+      }
+      if (n < 2 || n > 1024) {
+        return invalid_argument(bp + ": keys must be batch sizes from 2 to 1024, not \"" +
+                                it.key() + "\"");
+      }
+      EDGESPLIT_RETURN_IF_ERROR(parse_timing(batches, bp, it.key().c_str(), true, c.tail_batch[n]));
+    }
+  }
   const Json* encodings;
   EDGESPLIT_RETURN_IF_ERROR(find(j, p, "encodings", true, &encodings));
   if (!encodings->is_array()) return wrong_type(p + ".encodings", "an array", *encodings);
@@ -740,6 +766,7 @@ Status merge_timings(Profile& into, const Profile& from, bool device) {
       dst.head = src.head;
     } else {
       dst.tail = src.tail;
+      dst.tail_batch = src.tail_batch;
     }
     for (auto& e : dst.encodings) {
       const std::string name = e.encoding.name();

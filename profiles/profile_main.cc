@@ -16,6 +16,7 @@
 
 #include <cxxopts.hpp>
 
+#include "packing/int_list.h"
 #include "profiles/profile.h"
 #include "profiles/profiler.h"
 #include "profiles/tool_exit.h"
@@ -241,6 +242,9 @@ int main(int argc, char** argv) {
      cxxopts::value<std::string>()->default_value("50,75,90"))
     ("warmup", "untimed runs before timing a head or tail", cxxopts::value<int>()->default_value("3"))
     ("runs", "timed runs of each head and tail (batch 1)", cxxopts::value<int>()->default_value("10"))
+    ("batch-sizes", "server side: also time each tail on batches of these sizes, e.g. 4,8,16 "
+     "(what edgesplit-server --max-batch costs; the server sends them in the handshake)",
+     cxxopts::value<std::string>()->default_value(""))
     ("threads", "LibTorch threads (0: LibTorch's default)", cxxopts::value<int>()->default_value("0"))
     ("engine", "the engine to time and score with: optimized (what device and server run by "
      "default), onednn, xnnpack or plain", cxxopts::value<std::string>()->default_value("optimized"))
@@ -295,6 +299,18 @@ int main(int argc, char** argv) {
   auto side = profiles::parse_side(args["side"].as<std::string>());
   if (!side.ok()) return usage_error(side.status().message());
   o.side = *side;
+  {
+    auto sizes = edgesplit::parse_int_list(args["batch-sizes"].as<std::string>(), 2, 1024);
+    if (!sizes) {
+      return usage_error(
+          "--batch-sizes takes batch sizes from 2 to 1024 separated by commas, "
+          "as 4,8,16");
+    }
+    o.batch_sizes = *sizes;
+    if (!o.batch_sizes.empty() && o.side == profiles::Side::kDevice) {
+      return usage_error("--batch-sizes times tails: use it with --side server or both");
+    }
+  }
 
   auto precisions = profiles::parse_precision_list(args["bits"].as<std::string>());
   if (!precisions.ok()) return usage_error("--bits: " + precisions.status().message());

@@ -506,9 +506,16 @@ class Profiler {
     double w = 0;
     for (int id : selected_) {
       const auto [head, tail] = estimate_ms(id);
-      w += (heads ? head : 0) + (tails ? tail : 0);
+      w += (heads ? head : 0) + (tails ? tail * tail_rows() : 0);
     }
     return w * std::max(1, opt_.runs);
+  }
+
+  // Rows a tail runs per round: one, plus every --batch-sizes batch (about linear in rows).
+  double tail_rows() const {
+    double rows = 1;
+    for (int b : opt_.batch_sizes) rows += b;
+    return rows;
   }
 
   // Times every selected cut's head and tail at batch 1. First each cut is prepared (its graphs
@@ -573,6 +580,21 @@ class Profiler {
     std::vector<int> order = selected_;
     std::mt19937 shuffle(21);  // fixed: every run times in the same orders
     std::map<int, std::vector<double>> head_runs, tail_runs;
+    std::map<std::pair<int, int>, std::vector<double>> batch_runs;  // (cut, batch) -> runs
+    // Batches of the same crossing rows, for --batch-sizes.
+    std::map<std::pair<int, int>, std::vector<at::Tensor>> batched;
+    if (tails) {
+      for (int id : selected_) {
+        for (int b : opt_.batch_sizes) {
+          std::vector<at::Tensor>& rows = batched[{id, b}];
+          for (const at::Tensor& t : crossing[id]) {
+            std::vector<int64_t> reps(static_cast<size_t>(t.dim()), 1);
+            if (!reps.empty()) reps[0] = b;
+            rows.push_back(t.repeat(reps).contiguous());
+          }
+        }
+      }
+    }
     const int runs = std::max(1, opt_.runs);
     for (int r = 0; r < runs; ++r) {
       std::shuffle(order.begin(), order.end(), shuffle);
@@ -592,13 +614,18 @@ class Profiler {
             const auto t0 = Clock::now();
             (void)graph_->run_tail(id, crossing[id]);
             tail_runs[id].push_back(ms_since(t0));
+            for (int b : opt_.batch_sizes) {
+              const auto tb = Clock::now();
+              (void)graph_->run_tail(id, batched[{id, b}]);
+              batch_runs[{id, b}].push_back(ms_since(tb));
+            }
           }
         } catch (const std::exception& e) {
           return internal_error("cut " + std::to_string(id) +
                                 " failed to run: " + std::string(e.what()).substr(0, 300));
         }
         const auto [head, tail] = estimate_ms(id);
-        done_ += (heads ? head : 0) + (tails ? tail : 0);
+        done_ += (heads ? head : 0) + (tails ? tail * tail_rows() : 0);
         report(phase);
       }
     }
@@ -611,6 +638,10 @@ class Profiler {
       if (tails) {
         c.tail = summarize_timings(std::move(tail_runs[id]), threads_);
         tail_ms_[id] = c.tail.median_ms;
+        c.tail_batch.clear();
+        for (int b : opt_.batch_sizes) {
+          c.tail_batch[b] = summarize_timings(std::move(batch_runs[{id, b}]), threads_);
+        }
       }
     }
     whole_ms_ = head_ms_[graph_->device_cut()];

@@ -110,8 +110,11 @@ struct ProfilerOptions {
   int batch = 32;            // images per head/tail run when measuring accuracy
   std::string cuts = "all";  // select_cuts spec
   EncodingSet encodings;
-  int warmup = 3;   // untimed runs of each head and tail before the timed rounds (batch 1)
-  int runs = 10;    // timed runs of each head and tail (batch 1), one per round
+  int warmup = 3;  // untimed runs of each head and tail before the timed rounds (batch 1)
+  int runs = 10;   // timed runs of each head and tail (batch 1), one per round
+  // Server side: also time each tail on batches of these sizes (> 1), in the same rounds
+  // (CutProfile::tail_batch): what a batching server (edgesplit-server --max-batch) costs.
+  std::vector<int> batch_sizes;
   int threads = 0;  // LibTorch intra-op threads; 0 keeps LibTorch's default
   // The engine heads and tails are timed with (and accuracy measured with): the one device and
   // server run by default.

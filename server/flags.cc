@@ -9,8 +9,10 @@
 #include <utility>
 #include <vector>
 
+#include "packing/int_list.h"
 #include "partitioner/model_graph.h"
 #include "profiles/family.h"
+#include "server/batcher.h"
 #include "transport/curve.h"
 
 namespace edgesplit::server {
@@ -34,7 +36,13 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
     ("threads", "LibTorch intra-op threads per tail (0: LibTorch's default)", cxxopts::value<int>()->default_value("0"))
     ("engine", "how tails run: optimized (LibTorch's inference passes with the best backend it "
      "has: oneDNN, else XNNPACK), onednn, xnnpack, or plain (the frozen graph as it is)", cxxopts::value<std::string>()->default_value("optimized"))
-    ("queue", "queued requests before the server answers BUSY", cxxopts::value<int>()->default_value("64"))
+    ("queue", "queued requests before the server answers BUSY (or sheds one of a lower priority class)", cxxopts::value<int>()->default_value("64"))
+    ("max-batch", "most requests for the same model and cut run as one tail (1: one at a time)",
+     cxxopts::value<int>()->default_value("1"))
+    ("preferred-batch", "batch sizes to form as soon as that many requests wait, comma-separated "
+     "(each <= --max-batch; default: none)", cxxopts::value<std::string>()->default_value(""))
+    ("max-queue-delay-us", "longest the oldest request waits for its batch to fill (0: run what is "
+     "there at once)", cxxopts::value<int64_t>()->default_value("0"))
     ("max-message-mb", "largest request accepted, in MiB", cxxopts::value<int>()->default_value("64"))
     ("name", "server name reported in the handshake", cxxopts::value<std::string>()->default_value("edgesplit-server"))
     ("endpoint-file", "write the bound endpoint (port resolved) to this file once listening",
@@ -115,6 +123,19 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
   int queue = args["queue"].as<int>();
   if (queue < 1) return invalid_argument("--queue must be at least 1");
   options.queue_capacity = static_cast<size_t>(queue);
+  const int max_batch = args["max-batch"].as<int>();
+  if (max_batch < 1) return invalid_argument("--max-batch must be at least 1");
+  options.max_batch = static_cast<size_t>(max_batch);
+  auto preferred = parse_int_list(args["preferred-batch"].as<std::string>(), 1);
+  if (!preferred) {
+    return invalid_argument("--preferred-batch takes batch sizes separated by commas, as 4,8");
+  }
+  for (int p : *preferred) options.preferred_batch.push_back(static_cast<size_t>(p));
+  options.max_queue_delay = std::chrono::microseconds(args["max-queue-delay-us"].as<int64_t>());
+  {
+    BatchingOptions check = batching_options(options);
+    EDGESPLIT_RETURN_IF_ERROR(check_batching(check));
+  }
   int max_mb = args["max-message-mb"].as<int>();
   if (max_mb < 1 || max_mb > 4096) {
     return invalid_argument("--max-message-mb must be between 1 and 4096");

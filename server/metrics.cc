@@ -92,8 +92,15 @@ std::vector<double> latency_buckets() {
           0.05,   0.1,     0.25,   0.5,   1.0,    2.5,   5.0,  10.0};
 }
 
+std::vector<double> batch_buckets() {
+  std::vector<double> b;
+  for (double v = 1; v <= 1024; v *= 2) b.push_back(v);
+  return b;
+}
+
 ServerMetrics::ServerMetrics()
     : queue_seconds(latency_buckets()),
+      batch_size(batch_buckets()),
       unpack_seconds(latency_buckets()),
       compute_seconds(latency_buckets()) {}
 
@@ -141,6 +148,17 @@ std::string ServerMetrics::render(const MetricsGauges& g) const {
          std::to_string(busy_client_limit.load()) + "\n";
   out += "edgesplit_rejected_total{reason=\"shutting_down\"} " +
          std::to_string(refused_shutdown.load()) + "\n";
+  out += "edgesplit_rejected_total{reason=\"shed_for_priority\"} " +
+         std::to_string(shed_priority.load()) + "\n";
+  metric(out, "edgesplit_expired_total",
+         "Inference requests not computed because their deadline passed (or could not be met) "
+         "before their tail ran.",
+         "counter", static_cast<double>(expired.load()));
+  metric(out, "edgesplit_late_dropped_total",
+         "Results finished after their request's deadline, so not sent.", "counter",
+         static_cast<double>(late_dropped.load()));
+  metric(out, "edgesplit_batches_total", "Tail runs (batches, a batch of one included).", "counter",
+         static_cast<double>(batches.load()));
   metric(out, "edgesplit_dropped_disconnected_total",
          "Queued inference requests dropped unprocessed because their device had disconnected.",
          "counter", static_cast<double>(dropped_gone.load()));
@@ -161,6 +179,7 @@ std::string ServerMetrics::render(const MetricsGauges& g) const {
   }
   queue_seconds.render(out, "edgesplit_queue_seconds",
                        "Time inference requests waited in the queue.");
+  batch_size.render(out, "edgesplit_batch_size", "Requests per tail run.");
   unpack_seconds.render(out, "edgesplit_unpack_seconds", "Time spent decoding payloads.");
   compute_seconds.render(out, "edgesplit_compute_seconds", "Time spent running tails.");
   metric(out, "edgesplit_queue_length", "Inference requests waiting in the queue.", "gauge",

@@ -36,6 +36,9 @@ class Histogram {
 // cuts) to seconds (large models on a busy CPU).
 std::vector<double> latency_buckets();
 
+// Bucket bounds for batch sizes: 1, 2, 4, ... 1024.
+std::vector<double> batch_buckets();
+
 // Values that are read when rendering, not counted.
 struct MetricsGauges {
   size_t queue_length = 0;
@@ -68,7 +71,12 @@ class ServerMetrics {
   std::atomic<uint64_t> clients_gone{0};       // devices marked gone (monitor or failed reply)
   std::atomic<uint64_t> unroutable{0};         // replies that could not be delivered
   std::atomic<uint64_t> refused_shutdown{0};   // queued jobs refused at shutdown
+  std::atomic<uint64_t> shed_priority{0};      // queued jobs displaced by a higher class (BUSY)
+  std::atomic<uint64_t> expired{0};            // not computed: deadline passed or not reachable
+  std::atomic<uint64_t> late_dropped{0};  // computed, but finished after the deadline: not sent
+  std::atomic<uint64_t> batches{0};       // tail runs (a batch of one included)
   Histogram queue_seconds;
+  Histogram batch_size;  // requests per tail run
   Histogram unpack_seconds;
   Histogram compute_seconds;
 
@@ -76,7 +84,7 @@ class ServerMetrics {
   std::string render(const MetricsGauges& gauges) const;
 
  private:
-  static constexpr int kStatusCount = 9;                           // wire::Status values 0..8
+  static constexpr int kStatusCount = 10;                          // wire::Status values 0..9
   std::array<std::atomic<uint64_t>, kStatusCount + 1> replies_{};  // last slot: unknown values
   mutable std::mutex mu_;
   std::map<std::pair<std::string, int>, uint64_t> model_requests_;

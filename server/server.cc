@@ -16,6 +16,7 @@
 #include "partitioner/model_graph.h"
 #include "partitioner/model_info.h"
 #include "profiles/profile.h"
+#include "server/batcher.h"
 #include "server/client_table.h"
 #include "server/http_endpoint.h"
 #include "server/request_check.h"
@@ -34,6 +35,9 @@ struct ServedModel {
   std::shared_ptr<partitioner::ModelGraph> graph;
   std::optional<partitioner::ModelInfo> info;  // needed to decode JPEG inputs
   std::vector<float> tail_ms;                  // per cut, from the server's profile (may be empty)
+  std::map<int, std::vector<float>> batch_tail_ms;  // batch size -> per cut, from the profile
+  // Per cut: whether its tail runs batches (checked at load when batching is on; else false).
+  std::vector<bool> batchable;
 };
 
 // One queued inference: the validated request with its payload frames.
@@ -42,6 +46,7 @@ struct Job {
   const ServedModel* model = nullptr;
   Clock::time_point enqueued;
   GoneFlag gone;  // set by the I/O thread when the device has disconnected
+  std::optional<Clock::time_point> deadline;
 };
 
 int64_t micros(Clock::duration d) {
@@ -83,18 +88,12 @@ struct InferenceServer::Impl {
   std::atomic<int64_t> loop_beat_ms{0};  // last turn of the I/O loop (for /healthz)
   std::atomic<bool> idle{true};
 
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<Job> queue;
-  bool workers_stop = false;
+  std::unique_ptr<BatchQueue<Job>> queue;
   std::atomic<int> running_jobs{0};
   std::vector<std::thread> workers;
   std::unique_ptr<HttpEndpoint> http;  // last: destroyed first, its callbacks read the above
 
-  size_t queue_length() {
-    std::lock_guard<std::mutex> lock(mu);
-    return queue.size();
-  }
+  size_t queue_length() { return queue ? queue->size() : 0; }
 
   MetricsGauges gauges() {
     MetricsGauges g;
@@ -112,112 +111,189 @@ struct InferenceServer::Impl {
   }
   std::atomic<size_t> clients_in_flight{0};  // mirror of clients.size() for other threads
 
+  // Hands one reply (or, with an empty body, "no reply": the device has gone or the result came
+  // too late) to the I/O thread. False when the context is going away.
+  bool hand_over(zmq::socket_t& push, const std::string& identity, const std::string& body) {
+    try {
+      zmq::message_t id(identity.data(), identity.size());
+      push.send(id, zmq::send_flags::sndmore);
+      push.send(zmq::buffer(body), zmq::send_flags::none);
+    } catch (const zmq::error_t& e) {
+      // The context is going away (the process is ending): nothing left to reply to.
+      if (e.num() == ETERM) return false;
+      spdlog::error("a worker could not hand over a reply: {}", e.what());
+    }
+    return true;
+  }
+
   void worker_loop() {
     zmq::socket_t push(context, zmq::socket_type::push);
     push.set(zmq::sockopt::linger, 1000);
     push.connect(kReplyEndpoint);
-    for (;;) {
-      Job job;
-      size_t queue_left = 0;
-      {
-        std::unique_lock<std::mutex> lock(mu);
-        cv.wait(lock, [&] { return workers_stop || !queue.empty(); });
-        if (queue.empty()) return;  // stopping and nothing left
-        job = std::move(queue.front());
-        queue.pop_front();
-        queue_left = queue.size();
-        running_jobs.fetch_add(1);
-      }
-      // An empty body tells the I/O thread "no reply": the device has gone, its job is dropped.
-      std::string bytes;
-      if (!job.gone->load()) {
+    BatchQueue<Job>::Batch batch;
+    while (queue->next(batch)) {
+      const int taken = static_cast<int>(batch.items.size() + batch.expired.size());
+      running_jobs.fetch_add(taken);
+      bool alive = true;
+      for (Job& job : batch.expired) {
         wire::Reply reply;
-        try {
-          reply = execute(job, queue_left);
-        } catch (const std::exception& e) {
-          // Whatever a tail throws becomes an error reply; the worker keeps serving.
-          reply =
-              transport::make_error_reply(job.request.request.request_id(), wire::STATUS_INTERNAL,
-                                          std::string("the server failed: ") + e.what());
-          if (worker_failures.fetch_add(1) < 5) spdlog::error("a tail failed: {}", e.what());
-        }
-        bytes = reply.SerializeAsString();
-        metrics.count_reply(reply.status());
+        const bool answer = expire(job, &reply);
+        if (answer) metrics.count_reply(reply.status());
+        alive = hand_over(push, job.request.identity,
+                          answer ? reply.SerializeAsString() : std::string()) &&
+                alive;
       }
-      try {
-        zmq::message_t id(job.request.identity.data(), job.request.identity.size());
-        push.send(id, zmq::send_flags::sndmore);
-        push.send(zmq::buffer(bytes), zmq::send_flags::none);
-      } catch (const zmq::error_t& e) {
-        // The context is going away (the process is ending): nothing left to reply to.
-        running_jobs.fetch_sub(1);
-        if (e.num() == ETERM) return;
-        spdlog::error("a worker could not hand over a reply: {}", e.what());
-        continue;
-      }
-      running_jobs.fetch_sub(1);
+      if (!batch.items.empty()) alive = run_batch(push, batch) && alive;
+      running_jobs.fetch_sub(taken);
+      if (!alive) return;
     }
   }
 
-  wire::Reply execute(Job& job, size_t queue_left) {
-    auto started = Clock::now();
-    metrics.queue_seconds.observe(std::chrono::duration<double>(started - job.enqueued).count());
-    const wire::InferRequest& req = job.request.request.infer();
-    const uint64_t id = job.request.request.request_id();
-    std::vector<PackedView> views;
-    views.reserve(job.request.payloads.size());
-    for (const auto& m : job.request.payloads) {
-      views.push_back({static_cast<const uint8_t*>(m.data()), m.size()});
+  // Counts an expired job; true with its DEADLINE_EXCEEDED reply when the deadline is still ahead
+  // (after it, the device has finished the frame itself: no reply).
+  bool expire(const Job& job, wire::Reply* reply) {
+    metrics.expired++;
+    if (job.deadline && Clock::now() > *job.deadline) return false;
+    *reply = transport::make_error_reply(
+        job.request.request.request_id(), wire::STATUS_DEADLINE_EXCEEDED,
+        "the request's deadline would pass before its tail could run: finish this frame locally");
+    return true;
+  }
+
+  // I/O thread: answers queued jobs whose deadline cannot be met while every worker is busy.
+  void sweep_expired() {
+    for (Job& job : queue->take_expired()) {
+      release(job.request.identity);
+      wire::Reply reply;
+      if (expire(job, &reply)) reply_to(job.request.identity, reply);
+    }
+  }
+
+  // Runs a batch (one tail run, or one per request when the cut's tail does not batch) and hands
+  // every reply over.
+  bool run_batch(zmq::socket_t& push, BatchQueue<Job>::Batch& batch) {
+    std::vector<Job*> live;
+    bool alive = true;
+    for (Job& job : batch.items) {
+      if (job.gone->load()) {
+        metrics.dropped_gone++;
+        alive = hand_over(push, job.request.identity, std::string()) && alive;
+      } else {
+        live.push_back(&job);
+      }
+    }
+    if (live.empty()) return alive;
+    const ServedModel& model = *live.front()->model;
+    const int cut = static_cast<int>(live.front()->request.request.infer().cut());
+    const bool together = live.size() > 1 && static_cast<size_t>(cut) < model.batchable.size() &&
+                          model.batchable[static_cast<size_t>(cut)];
+    std::vector<std::vector<Job*>> runs;
+    if (together) {
+      runs.push_back(live);
+    } else {
+      for (Job* j : live) runs.push_back({j});
+    }
+    for (auto& run : runs) {
+      const auto started = Clock::now();
+      const size_t queue_left = queue_length();
+      std::vector<wire::Reply> replies;
+      try {
+        replies = execute(run, started, queue_left);
+      } catch (const std::exception& e) {
+        // Whatever a tail throws becomes an error reply; the worker keeps serving.
+        replies.clear();
+        for (Job* j : run) {
+          replies.push_back(
+              transport::make_error_reply(j->request.request.request_id(), wire::STATUS_INTERNAL,
+                                          std::string("the server failed: ") + e.what()));
+        }
+        if (worker_failures.fetch_add(1) < 5) spdlog::error("a tail failed: {}", e.what());
+      }
+      const auto finished = Clock::now();
+      queue->record_batch_time(
+          batch.key, std::chrono::duration<double, std::milli>(finished - started).count());
+      for (size_t i = 0; i < run.size(); ++i) {
+        Job& job = *run[i];
+        // No reply after the deadline: the device has finished the frame itself by now.
+        if (job.deadline && finished > *job.deadline) {
+          metrics.late_dropped++;
+          alive = hand_over(push, job.request.identity, std::string()) && alive;
+          continue;
+        }
+        metrics.count_reply(replies[i].status());
+        alive = hand_over(push, job.request.identity, replies[i].SerializeAsString()) && alive;
+      }
+    }
+    return alive;
+  }
+
+  // The tail of every job of `run` (same model and cut) as one batch, and their replies in order.
+  std::vector<wire::Reply> execute(const std::vector<Job*>& run, Clock::time_point started,
+                                   size_t queue_left) {
+    const ServedModel& model = *run.front()->model;
+    const int cut = static_cast<int>(run.front()->request.request.infer().cut());
+    std::vector<BatchRequest> requests;
+    for (Job* job : run) {
+      metrics.queue_seconds.observe(std::chrono::duration<double>(started - job->enqueued).count());
+      const wire::InferRequest& req = job->request.request.infer();
+      BatchRequest br;
+      for (const auto& m : job->request.payloads) {
+        br.payloads.push_back({static_cast<const uint8_t*>(m.data()), m.size()});
+      }
+      for (const auto& t : req.tensors()) br.jpeg = br.jpeg || t.encoding() == wire::TENSOR_JPEG;
+      br.top_k = static_cast<int>(req.top_k());
+      br.want_logits = req.want_logits();
+      requests.push_back(std::move(br));
     }
     if (options.slow_tail.count() > 0) std::this_thread::sleep_for(options.slow_tail);
-    bool any_jpeg = false;
-    for (const auto& t : req.tensors()) any_jpeg = any_jpeg || t.encoding() == wire::TENSOR_JPEG;
-    Result<TailOutcome> outcome = Status(StatusCode::kInternal, "not run");
-    if (!any_jpeg) {
-      outcome =
-          run_tail_request(*job.model->graph, static_cast<int>(req.cut()), views,
-                           static_cast<int>(req.top_k()), req.want_logits(), options.decode_limits);
-    } else if (req.cut() != 0 || views.size() != 1) {
-      outcome = malformed("a JPEG payload is only accepted alone, at cut 0 (the input)");
-    } else if (!job.model->info) {
-      outcome = malformed("this server has no metadata for model " + job.model->signature.name +
-                          ", so it cannot turn a JPEG into the model's input");
-    } else {
-      outcome = run_jpeg_request(*job.model->graph, *job.model->info, views[0],
-                                 static_cast<int>(req.top_k()), req.want_logits());
-    }
-    if (!outcome.ok()) {
-      const Status& s = outcome.status();
-      if (s.code() == StatusCode::kMalformed) {
-        metrics.malformed++;
-        spdlog::debug("request {}: {}", id, s.message());
-        return transport::make_error_reply(id, wire::STATUS_MALFORMED, s.message());
+    auto outcomes = run_tail_batch(*model.graph, model.info ? &*model.info : nullptr, cut, requests,
+                                   options.decode_limits);
+    metrics.batches++;
+    metrics.batch_size.observe(static_cast<double>(run.size()));
+    std::vector<wire::Reply> replies;
+    bool computed = false;
+    for (size_t i = 0; i < run.size(); ++i) {
+      const Job& job = *run[i];
+      const uint64_t id = job.request.request.request_id();
+      const Result<TailOutcome>& outcome = outcomes[i];
+      if (!outcome.ok()) {
+        const Status& s = outcome.status();
+        if (s.code() == StatusCode::kMalformed) {
+          metrics.malformed++;
+          spdlog::debug("request {}: {}", id, s.message());
+          replies.push_back(transport::make_error_reply(id, wire::STATUS_MALFORMED, s.message()));
+        } else if (s.code() == StatusCode::kResourceExhausted) {
+          metrics.too_large++;
+          replies.push_back(transport::make_error_reply(id, wire::STATUS_TOO_LARGE, s.message()));
+        } else {
+          spdlog::error("request {}: {}", id, s.message());
+          replies.push_back(transport::make_error_reply(id, wire::STATUS_INTERNAL, s.message()));
+        }
+        continue;
       }
-      if (s.code() == StatusCode::kResourceExhausted) {
-        metrics.too_large++;
-        return transport::make_error_reply(id, wire::STATUS_TOO_LARGE, s.message());
+      metrics.unpack_seconds.observe(static_cast<double>(outcome->unpack_us) / 1e6);
+      if (!computed) {
+        metrics.compute_seconds.observe(static_cast<double>(outcome->compute_us) / 1e6);
+        computed = true;
       }
-      spdlog::error("request {}: {}", id, s.message());
-      return transport::make_error_reply(id, wire::STATUS_INTERNAL, s.message());
+      wire::Reply reply;
+      reply.set_request_id(id);
+      reply.set_status(wire::STATUS_OK);
+      wire::InferReply* ir = reply.mutable_infer();
+      for (const auto& c : outcome->top) {
+        auto* cs = ir->add_top();
+        cs->set_index(static_cast<uint32_t>(c.index));
+        cs->set_score(c.score);
+      }
+      for (float v : outcome->logits) ir->add_logits(v);
+      ir->set_queue_us(static_cast<uint64_t>(micros(started - job.enqueued)));
+      ir->set_unpack_us(static_cast<uint64_t>(outcome->unpack_us));
+      ir->set_compute_us(static_cast<uint64_t>(outcome->compute_us));
+      ir->set_queue_length(static_cast<uint32_t>(queue_left));
+      ir->set_batch_size(static_cast<uint32_t>(run.size()));
+      replies.push_back(std::move(reply));
     }
-    metrics.unpack_seconds.observe(static_cast<double>(outcome->unpack_us) / 1e6);
-    metrics.compute_seconds.observe(static_cast<double>(outcome->compute_us) / 1e6);
-    wire::Reply reply;
-    reply.set_request_id(id);
-    reply.set_status(wire::STATUS_OK);
-    wire::InferReply* ir = reply.mutable_infer();
-    for (const auto& c : outcome->top) {
-      auto* cs = ir->add_top();
-      cs->set_index(static_cast<uint32_t>(c.index));
-      cs->set_score(c.score);
-    }
-    for (float v : outcome->logits) ir->add_logits(v);
-    ir->set_queue_us(static_cast<uint64_t>(micros(started - job.enqueued)));
-    ir->set_unpack_us(static_cast<uint64_t>(outcome->unpack_us));
-    ir->set_compute_us(static_cast<uint64_t>(outcome->compute_us));
-    ir->set_queue_length(static_cast<uint32_t>(queue_left));
-    ir->set_batch_size(1);
-    return reply;
+    return replies;
   }
 
   // A reply failed because the device has no route any more: its queued jobs are dropped.
@@ -303,6 +379,9 @@ struct InferenceServer::Impl {
         reply.set_request_id(id);
         reply.set_status(wire::STATUS_OK);
         *reply.mutable_hello() = transport::make_hello_reply(options.name, options.router.limits);
+        reply.mutable_hello()->set_max_batch(static_cast<uint32_t>(options.max_batch));
+        reply.mutable_hello()->set_max_queue_delay_us(
+            static_cast<uint32_t>(options.max_queue_delay.count()));
         for (const auto& [digest, m] : models) {
           auto* d = reply.mutable_hello()->add_models();
           d->set_name(m.signature.name);
@@ -311,6 +390,11 @@ struct InferenceServer::Impl {
           for (float t : m.tail_ms) d->add_tail_ms(t);
           d->set_engine(m.graph->engine_report().summary());
           d->set_cut_table(m.signature.cut_table);
+          for (const auto& [n, per_cut] : m.batch_tail_ms) {
+            auto* b = d->add_batch_tail_ms();
+            b->set_batch(static_cast<uint32_t>(n));
+            for (float t : per_cut) b->add_tail_ms(t);
+          }
         }
         reply_to(in.identity, reply);
         return;
@@ -350,16 +434,35 @@ struct InferenceServer::Impl {
         }
         clients_in_flight.store(clients.size());
         const std::string identity = in.identity;
-        const int cut = static_cast<int>(in.request.infer().cut());
-        Job job{std::move(in), &model, Clock::now(), std::move(gone)};
-        {
-          std::lock_guard<std::mutex> lock(mu);
-          if (queue.size() < options.queue_capacity) {
-            queue.push_back(std::move(job));
-            cv.notify_one();
+        const wire::InferRequest& infer = in.request.infer();
+        const int cut = static_cast<int>(infer.cut());
+        const auto now = Clock::now();
+        Ticket ticket;
+        ticket.key = BatchKey{model.signature.digest, cut};
+        ticket.priority = static_cast<int>(std::min<uint32_t>(infer.priority(), 1000));
+        ticket.enqueued = now;
+        if (infer.deadline_us() > 0) {
+          ticket.deadline =
+              now + std::chrono::microseconds(std::min<uint64_t>(infer.deadline_us(), 3600e6));
+        }
+        Job job{std::move(in), &model, now, std::move(gone), ticket.deadline};
+        Job shed;
+        switch (queue->push(std::move(ticket), std::move(job), &shed)) {
+          case BatchQueue<Job>::Pushed::kQueued:
             metrics.count_model_request(model.signature.name, cut);
             return;
-          }
+          case BatchQueue<Job>::Pushed::kQueuedShedding:
+            metrics.count_model_request(model.signature.name, cut);
+            metrics.shed_priority++;
+            release(shed.request.identity);
+            reply_to(shed.request.identity,
+                     transport::make_error_reply(
+                         shed.request.request.request_id(), wire::STATUS_BUSY,
+                         "the server's queue is full and this request gave its place to one of "
+                         "a higher priority class: retry later or run locally"));
+            return;
+          case BatchQueue<Job>::Pushed::kRefused:
+            break;
         }
         release(identity);
         metrics.busy_queue_full++;
@@ -389,10 +492,7 @@ struct InferenceServer::Impl {
       }
       const std::string identity = id.to_string();
       release(identity);
-      if (body.size() == 0) {
-        metrics.dropped_gone++;
-        continue;
-      }
+      if (body.size() == 0) continue;  // no reply: the device has gone or the result came late
       // The device left (ZMQ_ROUTER_MANDATORY: EHOSTUNREACH) or its queue is full (EAGAIN): the
       // reply is dropped and counted; the device finishes that frame itself.
       bool sent = false;
@@ -419,8 +519,10 @@ struct InferenceServer::Impl {
                                {monitor.handle(), 0, ZMQ_POLLIN, 0}};
     while (!stop_requested.load()) {
       loop_beat_ms.store(now_ms());
+      // Queued requests with deadlines are swept every few milliseconds.
+      const bool deadlines = queue->has_deadlines();
       try {
-        zmq::poll(items, 3, std::chrono::milliseconds(100));
+        zmq::poll(items, 3, std::chrono::milliseconds(deadlines ? 2 : 100));
       } catch (const zmq::error_t& e) {
         if (e.num() == EINTR) continue;
         spdlog::error("poll failed: {}", e.what());
@@ -437,6 +539,7 @@ struct InferenceServer::Impl {
           handle(std::move(*parsed));
         }
       }
+      if (deadlines || queue->has_deadlines()) sweep_expired();
     }
     shutdown();
   }
@@ -446,13 +549,8 @@ struct InferenceServer::Impl {
   void shutdown() {
     accepting.store(false);
     auto t0 = Clock::now();
-    std::deque<Job> left;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      left.swap(queue);
-      workers_stop = true;
-    }
-    cv.notify_all();
+    std::vector<Job> left = queue->drain();
+    queue->stop();
     spdlog::info("shutting down: refusing {} queued requests, waiting for {} running", left.size(),
                  running_jobs.load());
     for (auto& job : left) {
@@ -527,11 +625,7 @@ InferenceServer::InferenceServer(std::unique_ptr<Impl> impl) : impl_(std::move(i
 InferenceServer::~InferenceServer() {
   if (!impl_) return;
   impl_->http.reset();
-  {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    impl_->workers_stop = true;
-  }
-  impl_->cv.notify_all();
+  if (impl_->queue) impl_->queue->stop();
   for (auto& t : impl_->workers) {
     if (t.joinable()) t.join();
   }
@@ -544,7 +638,8 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     return invalid_argument("no model given: pass --model FILE (a TorchScript file)");
   }
   if (options.workers < 1) return invalid_argument("--workers must be at least 1");
-  if (options.queue_capacity < 1) return invalid_argument("--queue must be at least 1");
+  BatchingOptions batching = batching_options(options);
+  EDGESPLIT_RETURN_IF_ERROR(check_batching(batching));
   if (options.max_in_flight_per_client < 1) {
     return invalid_argument("--max-in-flight-per-client must be at least 1");
   }
@@ -553,6 +648,7 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
   }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
+  impl->queue = std::make_unique<BatchQueue<Job>>(batching);
   partitioner::set_compute_threads(options.compute_threads);
   for (size_t i = 0; i < options.model_paths.size(); ++i) {
     const std::string& path = options.model_paths[i];
@@ -574,6 +670,26 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     if (!graph.ok()) return graph.status();
     // Build every tail now: the first request for a cut should not pay for it.
     for (const auto& point : (*graph)->cuts()) (*graph)->prepare(point.id);
+    // With batching on, every cut's tail is checked to give the same rows in a batch as alone;
+    // a cut that does not runs its requests one by one.
+    std::vector<bool> batchable((*graph)->cuts().size(), false);
+    if (batching.max_batch > 1) {
+      int refused = 0;
+      std::string first_reason;
+      for (const auto& point : (*graph)->cuts()) {
+        Status ok = check_batched_tail(**graph, point.id, 2);
+        batchable[static_cast<size_t>(point.id)] = ok.ok();
+        if (!ok.ok()) {
+          if (refused++ == 0) first_reason = ok.message();
+        }
+      }
+      if (refused > 0) {
+        spdlog::warn(
+            "model {}: {} of {} cuts run one request at a time (their tails do not "
+            "batch: {})",
+            path, refused, (*graph)->cuts().size(), first_reason);
+      }
+    }
     if (name.empty()) name = path.substr(path.find_last_of('/') + 1);
     if (!lo.variant.empty()) name += " [" + lo.variant.label() + "]";
     const std::string digest = (*graph)->digest();
@@ -584,7 +700,8 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     spdlog::info("model {} ({}): {} cuts, {} weight bytes; engine {}", name, digest,
                  (*graph)->cuts().size(), (*graph)->total_weight_bytes(),
                  (*graph)->engine_report().summary());
-    ServedModel served{signature_of(**graph, name), std::move(graph).value(), std::nullopt, {}};
+    ServedModel served{signature_of(**graph, name), std::move(graph).value(), std::nullopt, {}, {},
+                       std::move(batchable)};
     if (info.ok()) served.info = std::move(info).value();
     // The tail-time table devices get in the handshake.
     const std::string explicit_profile =
@@ -602,11 +719,49 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
       if (profile->cuts.size() == served.graph->cuts().size()) {
         for (const auto& c : profile->cuts)
           served.tail_ms.push_back(static_cast<float>(c.tail.median_ms));
+        // Batch timings measured for every cut (edgesplit-profile --batch-sizes).
+        for (const auto& [n, t] : profile->cuts.front().tail_batch) {
+          std::vector<float> per_cut;
+          for (const auto& c : profile->cuts) {
+            auto it = c.tail_batch.find(n);
+            if (it == c.tail_batch.end()) break;
+            per_cut.push_back(static_cast<float>(it->second.median_ms));
+          }
+          if (per_cut.size() == profile->cuts.size()) served.batch_tail_ms[n] = std::move(per_cut);
+        }
         spdlog::info("model {}: tail times from {} (measured on {})", name, profile_path,
                      profile->server_machine.hostname);
       } else {
         spdlog::warn("profile {} has {} cuts, model {} has {}: not sending tail times",
                      profile_path, profile->cuts.size(), name, served.graph->cuts().size());
+      }
+    }
+    // Where the profile timed batches, a cut batches only up to the size with the lowest time per
+    // request when a larger measured size costs more per request (large activations on a CPU).
+    if (batching.max_batch > 1 && !served.batch_tail_ms.empty() && !served.tail_ms.empty()) {
+      std::string capped;
+      const int largest = served.batch_tail_ms.rbegin()->first;
+      for (size_t cut = 0; cut < served.tail_ms.size(); ++cut) {
+        int best = 1;
+        double best_per_row = served.tail_ms[cut];
+        for (const auto& [n, per_cut] : served.batch_tail_ms) {
+          if (static_cast<size_t>(n) > batching.max_batch) continue;
+          const double per_row = per_cut[cut] / n;
+          if (per_row < best_per_row) {
+            best = n;
+            best_per_row = per_row;
+          }
+        }
+        if (best != largest && static_cast<size_t>(best) < batching.max_batch) {
+          impl->queue->set_key_cap({digest, static_cast<int>(cut)}, static_cast<size_t>(best));
+          capped += (capped.empty() ? "" : ", ") + std::to_string(cut) + ":" + std::to_string(best);
+        }
+      }
+      if (!capped.empty()) {
+        spdlog::info(
+            "model {}: batches capped where the profile shows larger ones cost more per "
+            "request (cut:batch) {}",
+            name, capped);
       }
     }
     impl->catalog[digest] = served.signature;

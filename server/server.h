@@ -1,9 +1,11 @@
-// InferenceServer: the ROUTER front, a bounded queue and a pool of workers running tails.
+// InferenceServer: the ROUTER front, a bounded batching queue and a pool of workers running tails.
 //
 // One I/O thread (the caller of run()) owns the ROUTER socket: it validates every message
 // (transport/protocol.h), answers handshakes and pings itself, refuses what cannot be served
 // (unknown model, bad cut, a device over its in-flight limit, full queue: explicit error or BUSY
-// replies) and queues the rest. Workers decode and run tails (server/tail_executor.h) and hand
+// replies) and queues the rest in the dynamic batcher (server/batcher.h: batches per model and
+// cut, deadlines, priority classes). Workers take batches, decode and run tails
+// (server/tail_executor.h) and hand
 // their replies back to the I/O thread over an inproc socket, so no socket is shared between
 // threads and a slow tail never blocks the I/O thread. A socket monitor and failed replies tell
 // the I/O thread which devices have gone; workers skip their queued jobs (server/client_table.h).
@@ -21,6 +23,7 @@
 #include "packing/codec.h"
 #include "packing/status.h"
 #include "partitioner/model_graph.h"
+#include "server/batcher.h"
 #include "server/metrics.h"
 #include "transport/protocol.h"
 
@@ -40,7 +43,12 @@ struct ServerOptions {
   int compute_threads = 0;  // LibTorch intra-op threads (0: LibTorch's default)
   // How tails run (partitioner::Engine); the cut ids do not depend on it.
   partitioner::Engine engine = partitioner::Engine::kOptimized;
-  size_t queue_capacity = 64;  // queued requests before BUSY replies
+  size_t queue_capacity = 64;  // queued requests before BUSY replies (or shedding a lower class)
+  // Dynamic batching (server/batcher.h): requests for the same model and cut run as one tail, up
+  // to max_batch, preferring these sizes, the oldest waiting at most max_queue_delay to fill one.
+  size_t max_batch = 1;
+  std::vector<size_t> preferred_batch;
+  std::chrono::microseconds max_queue_delay{0};
   // Inference requests one device may have queued or running at once; more get BUSY at once.
   size_t max_in_flight_per_client = 32;
   std::string name = "edgesplit-server";
@@ -95,6 +103,16 @@ class InferenceServer {
   explicit InferenceServer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// The batcher's settings from the server's options.
+inline BatchingOptions batching_options(const ServerOptions& o) {
+  BatchingOptions b;
+  b.capacity = o.queue_capacity;
+  b.max_batch = o.max_batch;
+  b.preferred_batch = o.preferred_batch;
+  b.max_queue_delay = o.max_queue_delay;
+  return b;
+}
 
 // Whether a ZeroMQ endpoint only listens on this machine (loopback, inproc or ipc).
 bool is_local_endpoint(const std::string& endpoint);

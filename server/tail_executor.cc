@@ -127,4 +127,183 @@ Result<TailOutcome> run_tail_request(const partitioner::ModelGraph& model, int c
   return outcome;
 }
 
+namespace {
+
+// The shape of a batch of `n` rows of a batch-1 shape.
+std::vector<int64_t> batched_shape(std::vector<int64_t> shape, int64_t n) {
+  if (shape.empty()) return {n};
+  shape[0] *= n;
+  return shape;
+}
+
+// Decodes one request into row `row` of `batch` (the crossing tensors, or the input for a JPEG).
+Status decode_row(const partitioner::ModelInfo* info, const partitioner::CutPoint& point,
+                  const BatchRequest& req, const packing::DecodeLimits& limits,
+                  std::vector<at::Tensor>& batch, int64_t row) {
+  if (req.jpeg) {
+    if (point.id != 0 || req.payloads.size() != 1) {
+      return malformed("a JPEG payload is only accepted alone, at cut 0 (the input)");
+    }
+    if (!info) {
+      return malformed(
+          "this server has no metadata for the model, so it cannot turn a JPEG "
+          "into the model's input");
+    }
+    auto values = imaging::jpeg_to_tensor(req.payloads[0].data, req.payloads[0].size, *info);
+    if (!values.ok()) {
+      return malformed("cut 0: the JPEG input does not fit the model: " +
+                       values.status().message());
+    }
+    at::Tensor dst = batch[0][row];
+    if (static_cast<size_t>(dst.numel()) != values->size()) {
+      return malformed("cut 0: the JPEG input does not fit the model's input shape");
+    }
+    std::copy(values->begin(), values->end(), dst.data_ptr<float>());
+    return Status();
+  }
+  std::vector<std::vector<int64_t>> shapes;
+  for (const auto& t : point.tensors) shapes.push_back(t.shape);
+  auto headers = check_payloads(shapes, req.payloads, limits);
+  if (!headers.ok()) {
+    return Status(headers.status().code(),
+                  "cut " + std::to_string(point.id) + ": " + headers.status().message());
+  }
+  for (size_t i = 0; i < req.payloads.size(); ++i) {
+    at::Tensor dst = batch[i][row];
+    EDGESPLIT_RETURN_IF_ERROR(packing::decode_into(req.payloads[i].data, req.payloads[i].size,
+                                                   dst.data_ptr<float>(),
+                                                   static_cast<size_t>(dst.numel()), limits));
+  }
+  return Status();
+}
+
+}  // namespace
+
+std::vector<Result<TailOutcome>> run_tail_batch(const partitioner::ModelGraph& model,
+                                                const partitioner::ModelInfo* info, int cut,
+                                                const std::vector<BatchRequest>& requests,
+                                                const packing::DecodeLimits& limits) {
+  std::vector<Result<TailOutcome>> out(requests.size(), Status(StatusCode::kInternal, "not run"));
+  if (!model.has_cut(cut)) {
+    for (auto& o : out) {
+      o = malformed("cut " + std::to_string(cut) + " does not exist in this model (it has " +
+                    std::to_string(model.cuts().size()) + " cuts)");
+    }
+    return out;
+  }
+  const partitioner::CutPoint& point = model.cut(cut);
+  const auto n = static_cast<int64_t>(requests.size());
+  // Each crossing tensor as [n, 1, ...]: row r holds request r's batch-1 tensor.
+  std::vector<at::Tensor> batch, rows;
+  for (const auto& t : point.tensors) {
+    std::vector<int64_t> row_shape = t.shape;
+    row_shape.insert(row_shape.begin(), n);
+    rows.push_back(torch::empty(row_shape, torch::kFloat32));
+  }
+  std::vector<int64_t> decoded_us(requests.size(), 0);
+  std::vector<int64_t> ok_rows;
+  for (size_t r = 0; r < requests.size(); ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    Status s = decode_row(info, point, requests[r], limits, rows, static_cast<int64_t>(r));
+    decoded_us[r] = micros_since(t0);
+    if (s.ok()) {
+      ok_rows.push_back(static_cast<int64_t>(r));
+    } else {
+      out[r] = s;
+    }
+  }
+  if (ok_rows.empty()) return out;
+  // The rows that decoded, as one batch along the first dimension.
+  const bool all = static_cast<int64_t>(ok_rows.size()) == n;
+  at::Tensor index = torch::tensor(ok_rows, torch::kLong);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    at::Tensor picked = all ? rows[i] : rows[i].index_select(0, index);
+    batch.push_back(picked.reshape(
+        batched_shape(point.tensors[i].shape, static_cast<int64_t>(ok_rows.size()))));
+  }
+  auto t1 = std::chrono::steady_clock::now();
+  at::Tensor logits;
+  try {
+    torch::NoGradGuard no_grad;
+    logits = model.run_tail(cut, batch).contiguous().to(torch::kFloat32);
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    for (int64_t r : ok_rows) {
+      out[static_cast<size_t>(r)] =
+          internal_error("the tail of cut " + std::to_string(cut) + " failed on a batch of " +
+                         std::to_string(ok_rows.size()) + ": " + what.substr(0, what.find('\n')));
+    }
+    return out;
+  }
+  const int64_t compute_us = micros_since(t1);
+  if (logits.numel() == 0 || logits.numel() % static_cast<int64_t>(ok_rows.size()) != 0) {
+    for (int64_t r : ok_rows) {
+      out[static_cast<size_t>(r)] = internal_error("the tail of cut " + std::to_string(cut) +
+                                                   " returned no logits per request");
+    }
+    return out;
+  }
+  logits = logits.reshape({static_cast<int64_t>(ok_rows.size()), -1});
+  for (size_t k = 0; k < ok_rows.size(); ++k) {
+    const auto r = static_cast<size_t>(ok_rows[k]);
+    TailOutcome o =
+        finish_outcome(logits[static_cast<int64_t>(k)], requests[r].top_k, requests[r].want_logits);
+    o.unpack_us = decoded_us[r];
+    o.compute_us = compute_us;
+    out[r] = std::move(o);
+  }
+  return out;
+}
+
+Status check_batched_tail(const partitioner::ModelGraph& model, int cut, int batch,
+                          double* max_diff) {
+  if (max_diff) *max_diff = 0;
+  if (!model.has_cut(cut)) return invalid_argument("no cut " + std::to_string(cut));
+  if (batch < 2) return Status();
+  const partitioner::CutPoint& point = model.cut(cut);
+  torch::NoGradGuard no_grad;
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(20261202 + cut);
+  std::vector<at::Tensor> whole;
+  for (const auto& t : point.tensors) {
+    at::Tensor x = at::rand(batched_shape(t.shape, batch), generator);
+    if (!t.non_negative) x = x * 2 - 1;
+    whole.push_back(x);
+  }
+  at::Tensor batched;
+  std::vector<at::Tensor> single;
+  try {
+    batched = model.run_tail(cut, whole).contiguous().to(torch::kFloat32);
+    for (int r = 0; r < batch; ++r) {
+      std::vector<at::Tensor> one;
+      for (const auto& x : whole) one.push_back(x.narrow(0, r, 1).contiguous());
+      single.push_back(model.run_tail(cut, one).contiguous().to(torch::kFloat32).reshape({-1}));
+    }
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    return internal_error("the tail of cut " + std::to_string(cut) + " fails on a batch of " +
+                          std::to_string(batch) + ": " + what.substr(0, what.find('\n')));
+  }
+  if (batched.numel() != batch * single[0].numel()) {
+    return internal_error("the tail of cut " + std::to_string(cut) + " gives " +
+                          std::to_string(batched.numel()) + " values for a batch of " +
+                          std::to_string(batch) + ", not " + std::to_string(batch) + " rows of " +
+                          std::to_string(single[0].numel()));
+  }
+  batched = batched.reshape({batch, -1});
+  double worst = 0;
+  for (int r = 0; r < batch; ++r) {
+    const double diff = (batched[r] - single[static_cast<size_t>(r)]).abs().max().item<double>();
+    const double scale = single[static_cast<size_t>(r)].abs().max().item<double>();
+    worst = std::max(worst, diff);
+    if (diff > 1e-3 * (1 + scale)) {
+      if (max_diff) *max_diff = worst;
+      return internal_error("the tail of cut " + std::to_string(cut) + " differs by " +
+                            std::to_string(diff) + " when run as a batch of " +
+                            std::to_string(batch));
+    }
+  }
+  if (max_diff) *max_diff = worst;
+  return Status();
+}
+
 }  // namespace edgesplit::server

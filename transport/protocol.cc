@@ -227,6 +227,7 @@ StatusCode status_code_from_wire(wire::Status status) {
     case wire::STATUS_BUSY:
     case wire::STATUS_SHUTTING_DOWN:
     case wire::STATUS_INTERNAL:
+    case wire::STATUS_DEADLINE_EXCEEDED:
       return StatusCode::kUnavailable;
     case wire::STATUS_MALFORMED:
       return StatusCode::kMalformed;

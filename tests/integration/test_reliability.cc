@@ -509,3 +509,85 @@ TEST_CASE("CURVE with an allow-list serves only a listed device key") {
   CHECK(server.metric("edgesplit_zap_total{outcome=\"accepted\"}") >= 1);
   CHECK(server.metric("edgesplit_curve_enabled") == 1);
 }
+
+// --- Dynamic batching, deadlines and priorities (server/batcher.h) ---
+
+namespace {
+
+// Runs edgesplit-load against `server` with `args` and returns its JSON result.
+json run_load(const fs::path& dir, const std::string& endpoint, std::vector<std::string> args) {
+  const fs::path out = dir / "load.json";
+  std::vector<std::string> argv = {bin("edgesplit-load"),    "--server", endpoint,    "--model",
+                                   default_model().string(), "--output", out.string()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const int rc = run_to_end(argv, dir / "load.out", dir / "load.err", std::chrono::seconds(90));
+  INFO(read_file(dir / "load.err"));
+  REQUIRE(rc == 0);
+  json j = json::parse(read_file(out));
+  MESSAGE(j.dump());
+  return j;
+}
+
+uint64_t count_of(const json& j, const std::string& status) {
+  return j["replies"].contains(status) ? j["replies"][status].get<uint64_t>() : 0;
+}
+
+}  // namespace
+
+TEST_CASE("a batching server answers devices at two cuts once each, in batches") {
+  auto dir = scratch_dir("rel-batching");
+  ObservedServer server;
+  REQUIRE(server.start(dir, {"--max-batch", "8", "--max-queue-delay-us", "5000"}));
+  json j = run_load(dir, server.process.endpoint(),
+                    {"--clients", "8", "--cut", "1,2", "--rate", "600", "--seconds", "3"});
+  CHECK(j["lost"] == 0);
+  CHECK(j["answered"] == j["sent"]);
+  CHECK(j["unknown_replies"] == 0);
+  CHECK(count_of(j, "STATUS_OK") == j["sent"].get<uint64_t>());
+  CHECK(j["mean_batch_size"].get<double>() > 1.5);
+  const double runs = server.metric("edgesplit_batch_size_count");
+  const double alone = server.metric("edgesplit_batch_size_bucket{le=\"1\"}");
+  CHECK(runs > 0);
+  CHECK(alone < runs);  // some tails ran more than one request
+  CHECK(server.metric("edgesplit_batch_size_sum") == doctest::Approx(count_of(j, "STATUS_OK")));
+}
+
+TEST_CASE("a request whose deadline cannot be met is not computed, and no reply comes after it") {
+  auto dir = scratch_dir("rel-deadline");
+  ObservedServer server;
+  // One worker, 100 ms per tail, 4 devices at 20 requests/s each: the queue grows past what a
+  // 250 ms deadline allows.
+  REQUIRE(server.start(dir, {"--slow-tail-ms", "100", "--workers", "1"}));
+  json j = run_load(dir, server.process.endpoint(),
+                    {"--clients", "4", "--rate", "80", "--seconds", "3", "--deadline-ms", "250"});
+  CHECK(j["lost"] == 0);
+  CHECK(j["late_ok"] == 0);  // no result after its deadline
+  const uint64_t ok = count_of(j, "STATUS_OK");
+  const uint64_t expired = count_of(j, "STATUS_DEADLINE_EXCEEDED");
+  CHECK(ok > 5);
+  CHECK(expired > 20);
+  // Every tail that ran was answered OK or dropped as late: expired requests never ran.
+  const double late = server.metric("edgesplit_late_dropped_total");
+  CHECK(server.metric("edgesplit_batches_total") ==
+        doctest::Approx(static_cast<double>(ok) + late));
+  CHECK(server.metric("edgesplit_expired_total") >= static_cast<double>(expired));
+  CHECK(j["answered"].get<uint64_t>() + j["unanswered_by_deadline"].get<uint64_t>() ==
+        j["sent"].get<uint64_t>());
+}
+
+TEST_CASE("a higher priority class is served first and a lower one shed under overload") {
+  auto dir = scratch_dir("rel-priority");
+  ObservedServer server;
+  // 20 ms per tail (50/s); class 1 offers 40/s, class 0 another 40/s; a short queue.
+  REQUIRE(server.start(dir, {"--slow-tail-ms", "20", "--workers", "1", "--queue", "4"}));
+  json j = run_load(dir, server.process.endpoint(),
+                    {"--clients", "8", "--priority", "0,1", "--rate", "80", "--seconds", "4"});
+  CHECK(j["lost"] == 0);
+  const auto ok_of = [&](const char* p) {
+    const json& r = j["by_priority"][p]["replies"];
+    return r.contains("STATUS_OK") ? r["STATUS_OK"].get<double>() : 0.0;
+  };
+  const double high = ok_of("1"), low = ok_of("0");
+  CHECK(high > 1.5 * low);
+  CHECK(server.metric("edgesplit_rejected_total{reason=\"shed_for_priority\"}") > 0);
+}

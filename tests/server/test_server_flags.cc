@@ -167,6 +167,20 @@ TEST_CASE("server flags: every flag maps to its option") {
   CHECK(ends->options.queue_capacity == 1);
 }
 
+TEST_CASE("server flags: batching settings") {
+  auto command = parse({"--model", "a.pt", "--max-batch", "16", "--preferred-batch", "8,4",
+                        "--max-queue-delay-us", "2000"});
+  REQUIRE(command.ok());
+  CHECK(command->options.max_batch == 16);
+  CHECK(command->options.preferred_batch == std::vector<size_t>{8, 4});
+  CHECK(command->options.max_queue_delay == std::chrono::microseconds(2000));
+  auto defaults = parse({"--model", "a.pt"});
+  REQUIRE(defaults.ok());
+  CHECK(defaults->options.max_batch == 1);
+  CHECK(defaults->options.preferred_batch.empty());
+  CHECK(defaults->options.max_queue_delay.count() == 0);
+}
+
 TEST_CASE("server flags: --model, --profile and --meta repeat in order") {
   auto command =
       parse({"--model", "a.pt", "--profile", "a.json", "--meta", "a.meta.json", "--model", "b.pt",
@@ -275,6 +289,12 @@ TEST_CASE("server flags: bad values are refused with a sentence naming the flag"
                 "--allow-keys needs --curve-secret: device keys are checked in the CURVE "
                 "handshake");
   check_refused(with({"--http-port-file", "port.txt"}), "--http-port-file needs --http-port");
+  check_refused(with({"--max-batch", "0"}), "--max-batch must be at least 1");
+  check_refused(with({"--max-batch", "4", "--preferred-batch", "2,8"}),
+                "--preferred-batch sizes must be between 1 and --max-batch (4); got 8");
+  check_refused(with({"--max-batch", "4", "--preferred-batch", "2,x"}),
+                "--preferred-batch takes batch sizes separated by commas, as 4,8");
+  check_refused(with({"--max-queue-delay-us", "-1"}), "--max-queue-delay-us must be 0 or more");
 
   // cxxopts' own errors (unknown flag, not a number, missing value) name the flag too.
   for (const std::vector<std::string>& args :

@@ -179,7 +179,10 @@ TEST_CASE("hello: another major is a version mismatch - the same major with payl
   auto parsed = edgesplit::transport::parse_request(message(serialized(r), {}), Limits{});
   CHECK(parsed.error_status == wire::STATUS_VERSION_MISMATCH);
   CHECK(parsed.request_id == 31);
-  CHECK(parsed.request.status().message().find("protocol 2.0") != std::string::npos);
+  const std::string theirs = "protocol " +
+                             std::to_string(edgesplit::transport::kProtocolMajor + 1) + "." +
+                             std::to_string(edgesplit::transport::kProtocolMinor);
+  CHECK(parsed.request.status().message().find(theirs) != std::string::npos);
 }
 
 TEST_CASE("ping: the probe frame must be exactly echo_bytes long") {

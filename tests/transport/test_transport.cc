@@ -288,8 +288,11 @@ TEST_CASE("handshake with another protocol major says so") {
   REQUIRE_FALSE(result.ok());
   CHECK(result.status().code() == StatusCode::kUnsupported);
   MESSAGE(result.status().to_string());
-  CHECK(result.status().message().find("protocol 2.0") != std::string::npos);
-  CHECK(result.status().message().find("speaks 1.0") != std::string::npos);
+  const std::string minor = "." + std::to_string(transport::kProtocolMinor);
+  CHECK(result.status().message().find("protocol " + std::to_string(transport::kProtocolMajor + 1) +
+                                       minor) != std::string::npos);
+  CHECK(result.status().message().find("speaks " + std::to_string(transport::kProtocolMajor) +
+                                       minor) != std::string::npos);
 }
 
 TEST_CASE("handshake for a model the server does not serve names what it serves") {

@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""Dynamic batching under load: edgesplit-server with --max-batch N against the same server at
+--max-batch 1, both started at once and loaded in turn (interleaved rounds, rotating order), with
+open-loop Poisson arrivals from 1 to 64 simulated devices sending payloads at two cuts of the shared
+MobileNetV2 (edgesplit-load --rate).
+
+Per (server, devices, offered load): answered req/s, p50/p99 latency, mean batch size, server queue
+wait, expired (DEADLINE_EXCEEDED), BUSY and late replies. Targets (bench/run.sh's contract):
+  saturation_ratio_16plus   batching's saturation throughput / batch 1's with 16, 32 and 64
+                            devices (closed loop: each device sends again when answered; the
+                            smallest ratio), >= 1.3; the 95% interval over rounds must clear it
+  p99_ratio_below_saturation  batching's p99 / batch 1's at 50% and 80% of batch 1's saturation
+                            (the largest over device counts), <= 1.5
+  late_replies              OK replies received after their deadline, over every run: 0
+
+    bench/run.sh batching [--quick] --out DIR [--check]
+"""
+
+import json
+import math
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "elastic"))
+import common  # noqa: E402
+
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+
+
+def interval(values):
+    """Mean and 95% t-interval of per-round values (log scale: they are ratios)."""
+    logs = [math.log(v) for v in values if v > 0]
+    if not logs:
+        return 0.0, 0.0, 0.0
+    m = statistics.mean(logs)
+    if len(logs) < 2:
+        return math.exp(m), math.exp(m), math.exp(m)
+    h = T95.get(len(logs) - 1, 2.0) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(m), math.exp(m - h), math.exp(m + h)
+
+
+class Server:
+    def __init__(self, name, bin_dir, model, args, workdir):
+        self.name = name
+        self.endpoint_file = os.path.join(workdir, name + ".endpoint")
+        self.log = open(os.path.join(workdir, name + ".log"), "w")
+        cmd = [os.path.join(bin_dir, "edgesplit-server"), "--bind", "tcp://127.0.0.1:*",
+               "--endpoint-file", self.endpoint_file, "--model", model] + args
+        self.cmd = cmd
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout=600):
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"batching bench: server {self.name} exited; see its log")
+            if os.path.exists(self.endpoint_file):
+                text = open(self.endpoint_file).read().strip()
+                if text:
+                    self.endpoint = text
+                    return
+            time.sleep(0.2)
+        raise SystemExit(f"batching bench: server {self.name} did not start in {timeout} s")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def load(bin_dir, model, server, devices, rate, seconds, cuts, deadline_ms, seed, workdir):
+    """One edgesplit-load run: open loop at `rate` requests/s, or closed loop (each device sends
+    its next request when its last is answered) when rate is 0."""
+    out = os.path.join(workdir, "load.json")
+    cmd = [os.path.join(bin_dir, "edgesplit-load"), "--server", server.endpoint, "--model", model,
+           "--clients", str(devices), "--rate", f"{rate:.3f}", "--seconds", str(seconds),
+           "--cut", cuts, "--deadline-ms", str(deadline_ms), "--seed", str(seed),
+           "--max-pending", "1000", "--output", out]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode not in (0, 1) or not os.path.exists(out):
+        raise SystemExit("batching bench: edgesplit-load failed: " + r.stderr[-2000:])
+    with open(out) as f:
+        j = json.load(f)
+    os.remove(out)
+    replies = j.get("replies", {})
+    return {
+        "ok_per_s": j["ok_per_second"],
+        "p50_ms": j["latency_ms"]["p50"],
+        "p99_ms": j["latency_ms"]["p99"],
+        "mean_batch": j["mean_batch_size"],
+        "queue_ms_mean": j["server_queue_ms"]["mean"],
+        "sent": j["sent"],
+        "ok": replies.get("STATUS_OK", 0),
+        "busy": replies.get("STATUS_BUSY", 0),
+        "expired": replies.get("STATUS_DEADLINE_EXCEEDED", 0),
+        "unanswered_by_deadline": j.get("unanswered_by_deadline", 0),
+        "late_ok": j["late_ok"],
+        "lost": j["lost"],
+    }
+
+
+def main():
+    ap = common.parser(__doc__)
+    ap.add_argument("--model", default=os.path.join(common.shared_dir(), "models",
+                                                     "mobilenet_v2_imagenet",
+                                                     "mobilenet_v2_imagenet.pt"))
+    ap.add_argument("--cuts", default="21,45",
+                    help="cut ids the devices send (device i the i-th, modulo)")
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--max-queue-delay-us", type=int, default=0)
+    ap.add_argument("--profile", default=os.path.join(common.ROOT, "bench", "profiles",
+                                                       "mobilenet_v2_imagenet-server-batch"
+                                                       ".profile.json"),
+                    help="the servers' profile (its batch timings cap each cut's batch)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--deadline-ms", type=int, default=1000,
+                    help="each request's deadline (the device's default --timeout-ms)")
+    ap.add_argument("--rounds", type=int, default=0, help="default: 2 quick, 4 full")
+    ap.add_argument("--seconds", type=float, default=0, help="per run; default 3 quick, 5 full")
+    args = ap.parse_args()
+    if not os.path.exists(args.model):
+        print(f"batching bench: {args.model} is absent (../shared/models); nothing to measure",
+              file=sys.stderr)
+        return 2
+    rounds = args.rounds or (2 if args.quick else 4)
+    seconds = args.seconds or (3.0 if args.quick else 5.0)
+    sat_devices = [16, 64] if args.quick else [16, 32, 64]
+    sweep_devices = [1, 16, 64] if args.quick else [1, 4, 16, 32, 64]
+    fractions = [0.5, 0.8]
+    os.makedirs(args.out, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="edgesplit-batching-")
+    common_args = ["--workers", str(args.workers), "--threads", str(args.threads), "--queue", "64",
+                   "--max-in-flight-per-client", "64", "--log-level", "warn"]
+    if args.profile:
+        common_args += ["--profile", args.profile]
+    servers = [
+        Server("batch1", args.bin_dir, args.model, common_args + ["--max-batch", "1"], workdir),
+        Server("batching", args.bin_dir, args.model,
+               common_args + ["--max-batch", str(args.max_batch), "--max-queue-delay-us",
+                              str(args.max_queue_delay_us)], workdir),
+    ]
+    started = time.time()
+    runs = []
+    try:
+        for s in servers:
+            s.wait_ready()
+        print(f"batching bench: servers up in {time.time() - started:.0f} s; {rounds} rounds of "
+              f"{len(sat_devices) * 2 + len(sweep_devices) * len(fractions) * 2} runs of "
+              f"{seconds:.0f} s (about {rounds * (len(sat_devices) + len(sweep_devices) * 2) * 2 * (seconds + 1.5) / 60:.0f} min)",
+              file=sys.stderr)
+        rng = random.Random(20261202)
+        # Warm both up, and a first estimate of batch 1's capacity for the offered loads.
+        for s in servers:
+            load(args.bin_dir, args.model, s, 16, 0.0, 2, args.cuts, args.deadline_ms, 1, workdir)
+        base_capacity = load(args.bin_dir, args.model, servers[0], 16, 0.0, seconds, args.cuts,
+                             args.deadline_ms, 2, workdir)["ok_per_s"]
+        print(f"batching bench: batch 1 answers about {base_capacity:.0f} req/s; saturation: "
+              f"closed loop (every device sends its next request when its last is answered)",
+              file=sys.stderr)
+        for r in range(rounds):
+            order = servers if r % 2 == 0 else servers[::-1]
+            jobs = [("saturation", d, 0.0) for d in sat_devices]
+            jobs += [(f"load{int(f * 100)}", d, f * base_capacity) for d in sweep_devices
+                     for f in fractions]
+            rng.shuffle(jobs)
+            for kind, devices, rate in jobs:
+                seed = rng.randrange(1 << 30)
+                for s in order:  # the same arrivals (seed) for both, one right after the other
+                    m = load(args.bin_dir, args.model, s, devices, rate, seconds, args.cuts,
+                             args.deadline_ms, seed, workdir)
+                    m.update({"round": r, "server": s.name, "kind": kind, "devices": devices,
+                              "offered_per_s": rate})
+                    runs.append(m)
+                    print(f"  round {r} {s.name:8s} {kind:10s} {devices:3d} devices "
+                          f"{rate:6.0f}/s offered: {m['ok_per_s']:6.1f} ok/s p50 "
+                          f"{m['p50_ms']:6.1f} p99 {m['p99_ms']:6.1f} ms batch "
+                          f"{m['mean_batch']:.1f} busy {m['busy']} expired {m['expired']} "
+                          f"late {m['late_ok']}", file=sys.stderr)
+    finally:
+        for s in servers:
+            s.stop()
+    wall = time.time() - started
+
+    def pick(server, kind, devices, rnd):
+        for m in runs:
+            if (m["server"], m["kind"], m["devices"], m["round"]) == (server, kind, devices, rnd):
+                return m
+        return None
+
+    table = []
+    sat_ratios = {}
+    for d in sat_devices:
+        ratios = []
+        for r in range(rounds):
+            a, b = pick("batch1", "saturation", d, r), pick("batching", "saturation", d, r)
+            if a and b and a["ok_per_s"] > 0:
+                ratios.append(b["ok_per_s"] / a["ok_per_s"])
+        sat_ratios[d] = interval(ratios)
+    p99_ratios = {}
+    for d in sweep_devices:
+        for f in fractions:
+            kind = f"load{int(f * 100)}"
+            ratios = []
+            for r in range(rounds):
+                a, b = pick("batch1", kind, d, r), pick("batching", kind, d, r)
+                if a and b and a["p99_ms"] > 0:
+                    ratios.append(b["p99_ms"] / a["p99_ms"])
+            p99_ratios[(d, kind)] = interval(ratios)
+    for server in ("batch1", "batching"):
+        for kind in ["saturation"] + [f"load{int(f * 100)}" for f in fractions]:
+            for d in (sat_devices if kind == "saturation" else sweep_devices):
+                ms = [m for m in runs if (m["server"], m["kind"], m["devices"]) == (server, kind, d)]
+                if not ms:
+                    continue
+                med = lambda k: statistics.median(m[k] for m in ms)  # noqa: E731
+                table.append({"server": server, "kind": kind, "devices": d,
+                              "offered_per_s": round(med("offered_per_s"), 1),
+                              "ok_per_s": round(med("ok_per_s"), 1),
+                              "p50_ms": round(med("p50_ms"), 1), "p99_ms": round(med("p99_ms"), 1),
+                              "mean_batch": round(med("mean_batch"), 2),
+                              "queue_ms_mean": round(med("queue_ms_mean"), 1),
+                              "busy": sum(m["busy"] for m in ms),
+                              "expired": sum(m["expired"] for m in ms),
+                              "late_ok": sum(m["late_ok"] for m in ms), "runs": len(ms)})
+    worst_sat = min(sat_ratios.items(), key=lambda kv: kv[1][0])
+    worst_p99 = max(p99_ratios.items(), key=lambda kv: kv[1][0])
+    late = sum(m["late_ok"] for m in runs)
+    targets = {
+        "saturation_ratio_16plus": {
+            "value": round(worst_sat[1][0], 3), "target": 1.3,
+            "interval95": [round(worst_sat[1][1], 3), round(worst_sat[1][2], 3)],
+            "devices": worst_sat[0], "pass": worst_sat[1][1] >= 1.3},
+        "p99_ratio_below_saturation": {
+            "value": round(worst_p99[1][0], 3), "target": 1.5,
+            "interval95": [round(worst_p99[1][1], 3), round(worst_p99[1][2], 3)],
+            "at": {"devices": worst_p99[0][0], "load": worst_p99[0][1]},
+            "pass": worst_p99[1][2] <= 1.5},
+        "late_replies": {"value": late, "target": 0, "pass": late == 0},
+    }
+    result = {
+        "bench": "batching",
+        "command": " ".join(["bench/run.sh", "batching"] + sys.argv[1:]),
+        "machine": os.uname().nodename + ", " + str(os.cpu_count()) + " CPUs",
+        "model": args.model, "cuts": args.cuts, "max_batch": args.max_batch,
+        "max_queue_delay_us": args.max_queue_delay_us, "workers": args.workers,
+        "threads": args.threads, "deadline_ms": args.deadline_ms, "rounds": rounds,
+        "seconds_per_run": seconds, "batch1_capacity_estimate": round(base_capacity, 1),
+        "wall_seconds": round(wall, 1),
+        "saturation_ratio": {str(d): [round(x, 3) for x in v] for d, v in sat_ratios.items()},
+        "p99_ratio": {f"{d}/{k}": [round(x, 3) for x in v] for (d, k), v in p99_ratios.items()},
+        "table": table, "runs": runs, "targets": targets,
+    }
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    lines = ["| server | run | devices | offered/s | ok/s | p50 ms | p99 ms | mean batch | "
+             "queue ms | BUSY | expired | late |", "|" + "---|" * 12]
+    for t in table:
+        lines.append(f"| {t['server']} | {t['kind']} | {t['devices']} | {t['offered_per_s']} | "
+                     f"{t['ok_per_s']} | {t['p50_ms']} | {t['p99_ms']} | {t['mean_batch']} | "
+                     f"{t['queue_ms_mean']} | {t['busy']} | {t['expired']} | {t['late_ok']} |")
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines), file=sys.stderr)
+    print(f"batching bench: {wall:.0f} s", file=sys.stderr)
+    return common.report("batching", targets, args.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

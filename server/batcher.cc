@@ -1,0 +1,126 @@
+#include "server/batcher.h"
+
+#include <algorithm>
+#include <string>
+
+namespace edgesplit::server {
+
+Status check_batching(BatchingOptions& options) {
+  if (options.max_batch < 1) return invalid_argument("--max-batch must be at least 1");
+  if (options.max_batch > 1024) return invalid_argument("--max-batch must be at most 1024");
+  if (options.capacity < 1) return invalid_argument("--queue must be at least 1");
+  if (options.max_queue_delay.count() < 0) {
+    return invalid_argument("--max-queue-delay-us must be 0 or more");
+  }
+  if (options.max_queue_delay > std::chrono::seconds(10)) {
+    return invalid_argument("--max-queue-delay-us must be at most 10000000 (10 s)");
+  }
+  std::sort(options.preferred_batch.begin(), options.preferred_batch.end());
+  options.preferred_batch.erase(
+      std::unique(options.preferred_batch.begin(), options.preferred_batch.end()),
+      options.preferred_batch.end());
+  for (size_t p : options.preferred_batch) {
+    if (p < 1 || p > options.max_batch) {
+      return invalid_argument("--preferred-batch sizes must be between 1 and --max-batch (" +
+                              std::to_string(options.max_batch) + "); got " + std::to_string(p));
+    }
+  }
+  return Status();
+}
+
+namespace {
+
+// Whether a comes before b in a batch: higher priority, then earlier arrival.
+bool before(const Ticket& a, const Ticket& b) {
+  return a.priority != b.priority ? a.priority > b.priority : a.seq < b.seq;
+}
+
+}  // namespace
+
+BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
+                           const BatchingOptions& options, BatchTimeFn expected_ms,
+                           const void* context, BatchCapFn cap) {
+  BatchDecision d;
+  // Expired first: a deadline that has passed, or that the key's batch time would overrun.
+  std::vector<size_t> live;
+  live.reserve(tickets.size());
+  for (size_t i = 0; i < tickets.size(); ++i) {
+    const Ticket& t = tickets[i];
+    if (t.deadline) {
+      const double need_ms = expected_ms ? expected_ms(context, t.key) : 0.0;
+      if (partitioner::ms_between(now, *t.deadline) <= need_ms) {
+        d.expired.push_back(i);
+        continue;
+      }
+    }
+    live.push_back(i);
+  }
+  // Per key, its tickets in batch order.
+  std::map<BatchKey, std::vector<size_t>> by_key;
+  for (size_t i : live) by_key[tickets[i].key].push_back(i);
+  std::vector<std::vector<size_t>*> keys;
+  for (auto& [key, v] : by_key) {
+    std::sort(v.begin(), v.end(),
+              [&](size_t a, size_t b) { return before(tickets[a], tickets[b]); });
+    keys.push_back(&v);
+  }
+  std::sort(keys.begin(), keys.end(),
+            [&](const std::vector<size_t>* a, const std::vector<size_t>* b) {
+              return before(tickets[a->front()], tickets[b->front()]);
+            });
+  std::optional<TimePoint> wake;
+  for (auto* v : keys) {
+    size_t max_batch = std::max<size_t>(1, options.max_batch);
+    if (cap) {
+      const size_t c = cap(context, tickets[v->front()].key);
+      if (c > 0) max_batch = std::min(max_batch, c);
+    }
+    TimePoint oldest = tickets[v->front()].enqueued;
+    for (size_t i : *v) oldest = std::min(oldest, tickets[i].enqueued);
+    const TimePoint due = oldest + options.max_queue_delay;
+    const size_t count = v->size();
+    const bool delay_spent = options.max_queue_delay.count() == 0 || now >= due;
+    size_t take = 0;
+    if (count >= max_batch) {
+      take = max_batch;
+    } else if (delay_spent) {
+      take = count;
+    } else {
+      for (size_t p : options.preferred_batch) {
+        if (p <= count && p <= max_batch) take = p;
+      }
+    }
+    if (take > 0) {
+      d.batch.assign(v->begin(), v->begin() + static_cast<std::ptrdiff_t>(take));
+      d.wake.reset();
+      return d;
+    }
+    if (!wake || due < *wake) wake = due;
+  }
+  // Nothing ready: wake at the first fill delay or deadline to come.
+  for (size_t i : live) {
+    const Ticket& t = tickets[i];
+    if (!t.deadline) continue;
+    const double need_ms = expected_ms ? expected_ms(context, t.key) : 0.0;
+    const TimePoint at =
+        *t.deadline - std::chrono::microseconds(static_cast<int64_t>(need_ms * 1e3));
+    if (!wake || at < *wake) wake = at;
+  }
+  d.wake = wake;
+  return d;
+}
+
+std::optional<size_t> shed_victim(const std::vector<Ticket>& tickets, int priority) {
+  std::optional<size_t> victim;
+  for (size_t i = 0; i < tickets.size(); ++i) {
+    const Ticket& t = tickets[i];
+    if (t.priority >= priority) continue;
+    if (!victim || t.priority < tickets[*victim].priority ||
+        (t.priority == tickets[*victim].priority && t.seq > tickets[*victim].seq)) {
+      victim = i;
+    }
+  }
+  return victim;
+}
+
+}  // namespace edgesplit::server

@@ -1,0 +1,251 @@
+// The dynamic batcher: the server's queue, which hands workers batches of requests that can run as
+// one tail, as Triton's dynamic batcher does.
+//
+// Requests share a batch when they ask for the same model (or variant) digest and the same cut:
+// the server accepts only the cut's own crossing shapes, so the key fixes the tensor shapes too.
+// Settings (BatchingOptions): the largest batch (--max-batch), preferred batch sizes
+// (--preferred-batch) and the longest the oldest request of a batch may wait for it to fill
+// (--max-queue-delay-us; 0: take what is there). Each request may carry a deadline and a priority
+// class: the batcher answers a request whose deadline has passed, or can no longer be met by the
+// time its key's batches take, as expired (never computed); higher classes are batched first; when
+// the queue is full a request of a higher class takes the place of the newest of the lowest class
+// below it, which is shed (BUSY).
+//
+// decide_batch() is the whole policy as a pure function of the queued tickets and the time, so
+// tests drive it with a ManualClock; BatchQueue wraps it with a mutex and a condition variable for
+// the server's I/O thread (push) and workers (next). Free of LibTorch.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "packing/status.h"
+#include "partitioner/clock.h"
+
+namespace edgesplit::server {
+
+using partitioner::TimePoint;
+
+// What requests must share to run as one batch.
+struct BatchKey {
+  std::string model;  // digest
+  int cut = 0;
+  bool operator<(const BatchKey& o) const {
+    return model != o.model ? model < o.model : cut < o.cut;
+  }
+  bool operator==(const BatchKey& o) const { return model == o.model && cut == o.cut; }
+};
+
+struct BatchingOptions {
+  size_t max_batch = 1;                 // 1: every request runs alone
+  std::vector<size_t> preferred_batch;  // sizes to form when possible (each <= max_batch)
+  std::chrono::microseconds max_queue_delay{0};
+  size_t capacity = 64;  // queued requests; a full queue sheds or refuses (BUSY)
+};
+
+// Checks the settings: one sentence naming the flag for anything wrong; sorts preferred sizes.
+Status check_batching(BatchingOptions& options);
+
+// What the batcher knows of one queued request.
+struct Ticket {
+  BatchKey key;
+  int priority = 0;  // higher first
+  TimePoint enqueued;
+  std::optional<TimePoint> deadline;
+  uint64_t seq = 0;  // arrival order
+};
+
+struct BatchDecision {
+  std::vector<size_t> batch;      // indices of the tickets to run now, in run order (may be empty)
+  std::vector<size_t> expired;    // indices of tickets past (or unable to meet) their deadline
+  std::optional<TimePoint> wake;  // nothing ready: decide again then (nullopt: on the next arrival)
+};
+
+// The expected time of one batch of a key, in ms (0 when not known yet).
+using BatchTimeFn = double (*)(const void* context, const BatchKey& key);
+// The largest batch worth forming for a key (0: options.max_batch): on a CPU a large batch of a
+// tail with large activations can cost more per request than a smaller one.
+using BatchCapFn = size_t (*)(const void* context, const BatchKey& key);
+
+// The policy. Keys are taken in the order of their best ticket (priority, then arrival); the first
+// key that is ready forms the batch: it has max_batch tickets, or a preferred size, or its oldest
+// ticket has waited max_queue_delay (or the delay is 0). A ready batch takes the key's tickets by
+// priority then arrival: max_batch of them, or the largest preferred size there is before the delay
+// is spent, or all (up to max_batch) once it is. A ticket whose deadline is before
+// now + expected_ms(key) is expired instead.
+BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
+                           const BatchingOptions& options, BatchTimeFn expected_ms = nullptr,
+                           const void* context = nullptr, BatchCapFn cap = nullptr);
+
+// Index of the ticket a new one of `priority` displaces in a full queue (the newest of the lowest
+// class, when that class is below `priority`); nullopt: the new ticket is refused.
+std::optional<size_t> shed_victim(const std::vector<Ticket>& tickets, int priority);
+
+// A thread-safe queue of Items (any movable type) around decide_batch.
+template <class Item>
+class BatchQueue {
+ public:
+  explicit BatchQueue(BatchingOptions options,
+                      const partitioner::Clock& clock = partitioner::SteadyClock::instance())
+      : options_(std::move(options)), clock_(clock) {}
+
+  enum class Pushed { kQueued, kQueuedShedding, kRefused };
+  // Queues `item`. kQueuedShedding: it displaced `*shed` (answer that one BUSY); kRefused: the
+  // queue is full of requests of its class or above, `*shed` holds `item` back.
+  Pushed push(Ticket ticket, Item item, Item* shed) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ticket.seq = next_seq_++;
+    Pushed result = Pushed::kQueued;
+    if (tickets_.size() >= options_.capacity) {
+      auto victim = shed_victim(tickets_, ticket.priority);
+      if (!victim) {
+        *shed = std::move(item);
+        return Pushed::kRefused;
+      }
+      *shed = std::move(items_[*victim]);
+      erase_at(*victim);
+      result = Pushed::kQueuedShedding;
+    }
+    tickets_.push_back(std::move(ticket));
+    items_.push_back(std::move(item));
+    cv_.notify_one();
+    return result;
+  }
+
+  struct Batch {
+    BatchKey key;
+    std::vector<Item> items;    // run together
+    std::vector<Item> expired;  // answer DEADLINE_EXCEEDED
+  };
+  // Blocks until a batch (or expired requests) is ready, or stop(): then false.
+  bool next(Batch& out) {
+    out.items.clear();
+    out.expired.clear();
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      if (stopped_) return false;
+      if (!tickets_.empty()) {
+        BatchDecision d = decide_batch(tickets_, clock_.now(), options_, &BatchQueue::expected,
+                                       this, &BatchQueue::cap);
+        if (!d.batch.empty() || !d.expired.empty()) {
+          if (!d.batch.empty()) out.key = tickets_[d.batch.front()].key;
+          for (size_t i : d.batch) out.items.push_back(std::move(items_[i]));
+          for (size_t i : d.expired) out.expired.push_back(std::move(items_[i]));
+          std::vector<size_t> gone = d.batch;
+          gone.insert(gone.end(), d.expired.begin(), d.expired.end());
+          std::sort(gone.rbegin(), gone.rend());
+          for (size_t i : gone) erase_at(i);
+          if (!tickets_.empty()) cv_.notify_one();  // another worker may find the next batch
+          return true;
+        }
+        if (d.wake) {
+          // Real time: the clock is the steady clock here (a ManualClock drives decide_batch).
+          cv_.wait_until(lock, std::chrono::steady_clock::now() + (*d.wake - clock_.now()));
+          continue;
+        }
+      }
+      cv_.wait(lock);
+    }
+  }
+
+  // Takes out every item whose deadline has passed or can no longer be met (decide_batch's rule),
+  // so that the I/O thread answers them while every worker is busy.
+  std::vector<Item> take_expired() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<Item> out;
+    if (tickets_.empty()) return out;
+    const TimePoint now = clock_.now();
+    for (size_t i = tickets_.size(); i-- > 0;) {
+      const Ticket& t = tickets_[i];
+      if (t.deadline && partitioner::ms_between(now, *t.deadline) <= expected(this, t.key)) {
+        out.push_back(std::move(items_[i]));
+        erase_at(i);
+      }
+    }
+    std::reverse(out.begin(), out.end());
+    return out;
+  }
+  // Whether any queued item has a deadline (the I/O thread then sweeps often).
+  bool has_deadlines() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const Ticket& t : tickets_) {
+      if (t.deadline) return true;
+    }
+    return false;
+  }
+
+  // The time one batch of `key` took (ms): an average that deadlines are checked against.
+  void record_batch_time(const BatchKey& key, double ms) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto [it, fresh] = batch_ms_.emplace(key, ms);
+    if (!fresh) it->second = 0.8 * it->second + 0.2 * ms;
+  }
+
+  // The largest batch to form for `key` (0: options().max_batch). Set before serving.
+  void set_key_cap(const BatchKey& key, size_t cap) {
+    std::lock_guard<std::mutex> lock(mu_);
+    caps_[key] = cap;
+  }
+
+  // Wakes every waiting worker; next() returns false from now on.
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopped_ = true;
+    }
+    cv_.notify_all();
+  }
+  // Takes every queued item out (for shutdown), oldest first.
+  std::vector<Item> drain() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<Item> out(std::make_move_iterator(items_.begin()),
+                          std::make_move_iterator(items_.end()));
+    items_.clear();
+    tickets_.clear();
+    return out;
+  }
+  size_t size() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tickets_.size();
+  }
+  const BatchingOptions& options() const { return options_; }
+
+ private:
+  static double expected(const void* self, const BatchKey& key) {
+    const auto* q = static_cast<const BatchQueue*>(self);
+    auto it = q->batch_ms_.find(key);  // called with mu_ held
+    return it == q->batch_ms_.end() ? 0.0 : it->second;
+  }
+  static size_t cap(const void* self, const BatchKey& key) {
+    const auto* q = static_cast<const BatchQueue*>(self);
+    auto it = q->caps_.find(key);  // called with mu_ held
+    return it == q->caps_.end() ? 0 : it->second;
+  }
+  void erase_at(size_t i) {
+    tickets_.erase(tickets_.begin() + static_cast<std::ptrdiff_t>(i));
+    items_.erase(items_.begin() + static_cast<std::ptrdiff_t>(i));
+  }
+
+  const BatchingOptions options_;
+  const partitioner::Clock& clock_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Ticket> tickets_;  // parallel to items_, in arrival order
+  std::deque<Item> items_;
+  std::map<BatchKey, double> batch_ms_;
+  std::map<BatchKey, size_t> caps_;
+  uint64_t next_seq_ = 0;
+  bool stopped_ = false;
+};
+
+}  // namespace edgesplit::server

@@ -1,0 +1,288 @@
+// The dynamic batcher's policy (decide_batch, shed_victim) on a ManualClock, and BatchQueue across
+// threads.
+#include "server/batcher.h"
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <set>
+#include <thread>
+
+namespace edgesplit::server {
+namespace {
+
+using std::chrono::microseconds;
+using std::chrono::milliseconds;
+
+struct Tickets {
+  partitioner::ManualClock clock;
+  std::vector<Ticket> list;
+  uint64_t seq = 0;
+
+  size_t add(const std::string& model, int cut, int priority = 0,
+             std::optional<double> deadline_ms = std::nullopt) {
+    Ticket t;
+    t.key = {model, cut};
+    t.priority = priority;
+    t.enqueued = clock.now();
+    if (deadline_ms)
+      t.deadline = clock.now() + microseconds(static_cast<int64_t>(*deadline_ms * 1e3));
+    t.seq = seq++;
+    list.push_back(t);
+    return list.size() - 1;
+  }
+  BatchDecision decide(const BatchingOptions& o, BatchTimeFn f = nullptr, const void* c = nullptr) {
+    return decide_batch(list, clock.now(), o, f, c);
+  }
+};
+
+BatchingOptions batching(size_t max_batch, int64_t delay_us = 0,
+                         std::vector<size_t> preferred = {}) {
+  BatchingOptions o;
+  o.max_batch = max_batch;
+  o.max_queue_delay = microseconds(delay_us);
+  o.preferred_batch = std::move(preferred);
+  REQUIRE(check_batching(o).ok());
+  return o;
+}
+
+TEST_CASE("only requests for the same model and cut share a batch") {
+  Tickets t;
+  t.add("a", 3);
+  t.add("b", 3);
+  t.add("a", 4);
+  t.add("a", 3);
+  t.add("b", 3);
+  auto d = t.decide(batching(8));
+  // The oldest request's key goes first, with every request of that key, in arrival order.
+  CHECK(d.batch == std::vector<size_t>{0, 3});
+  for (size_t i : d.batch) CHECK(t.list[i].key == BatchKey{"a", 3});
+  CHECK(d.expired.empty());
+}
+
+TEST_CASE("a batch holds at most max_batch requests, oldest first") {
+  Tickets t;
+  for (int i = 0; i < 7; ++i) t.add("m", 1);
+  auto d = t.decide(batching(4));
+  CHECK(d.batch == std::vector<size_t>{0, 1, 2, 3});
+  // max_batch 1: one at a time, in arrival order.
+  CHECK(t.decide(batching(1)).batch == std::vector<size_t>{0});
+}
+
+TEST_CASE("with no queue delay the batcher takes what is there at once") {
+  Tickets t;
+  t.add("m", 1);
+  t.add("m", 1);
+  auto d = t.decide(batching(8, 0));
+  CHECK(d.batch.size() == 2);
+}
+
+TEST_CASE("a batch never waits longer than the queue delay") {
+  Tickets t;
+  const auto o = batching(8, 5000);  // 5 ms
+  t.add("m", 1);
+  t.clock.advance_ms(2);
+  t.add("m", 1);
+  auto d = t.decide(o);
+  CHECK(d.batch.empty());
+  REQUIRE(d.wake.has_value());
+  // Wake exactly when the oldest request has waited the delay.
+  CHECK(partitioner::ms_between(t.list[0].enqueued, *d.wake) == doctest::Approx(5.0));
+  t.clock.advance_ms(2.999);
+  CHECK(t.decide(o).batch.empty());
+  t.clock.advance_ms(0.001);
+  auto ready = t.decide(o);
+  CHECK(ready.batch == std::vector<size_t>{0, 1});
+  // A full batch does not wait at all.
+  Tickets full;
+  for (int i = 0; i < 8; ++i) full.add("m", 1);
+  CHECK(full.decide(o).batch.size() == 8);
+}
+
+TEST_CASE("a key's cap limits its batches, other keys keep max_batch") {
+  Tickets t;
+  for (int i = 0; i < 6; ++i) t.add("big", 0);
+  for (int i = 0; i < 6; ++i) t.add("small", 9);
+  auto cap = [](const void*, const BatchKey& k) -> size_t { return k.model == "big" ? 2 : 0; };
+  auto d = decide_batch(t.list, t.clock.now(), batching(16), nullptr, nullptr, cap);
+  CHECK(d.batch == std::vector<size_t>{0, 1});
+  t.list.erase(t.list.begin(), t.list.begin() + 6);
+  CHECK(decide_batch(t.list, t.clock.now(), batching(16), nullptr, nullptr, cap).batch.size() == 6);
+}
+
+TEST_CASE("a preferred batch size is formed as soon as there are that many requests") {
+  Tickets t;
+  const auto o = batching(16, 100000, {4, 8});
+  for (int i = 0; i < 3; ++i) t.add("m", 1);
+  CHECK(t.decide(o).batch.empty());
+  for (int i = 0; i < 3; ++i) t.add("m", 1);
+  // Six waiting: the largest preferred size that fits (4) goes now; the rest waits.
+  CHECK(t.decide(o).batch.size() == 4);
+  // Once the delay is spent, everything there goes (up to max_batch).
+  t.clock.advance_ms(100);
+  CHECK(t.decide(o).batch.size() == 6);
+}
+
+TEST_CASE("expired requests are never batched, and those that cannot make it are expired early") {
+  Tickets t;
+  const auto o = batching(8);
+  t.add("m", 1, 0, 10.0);
+  t.add("m", 1, 0, 50.0);
+  t.add("m", 1);  // no deadline
+  t.clock.advance_ms(10);
+  auto d = t.decide(o);
+  CHECK(d.expired == std::vector<size_t>{0});
+  CHECK(d.batch == std::vector<size_t>{1, 2});
+  // A batch of this key takes 45 ms: the 50 ms deadline (40 ms left) cannot be met either.
+  static const double kBatchMs = 45;
+  auto expected = [](const void*, const BatchKey&) { return kBatchMs; };
+  auto d2 = t.decide(o, expected);
+  CHECK(d2.expired == std::vector<size_t>{0, 1});
+  CHECK(d2.batch == std::vector<size_t>{2});
+}
+
+TEST_CASE("the batcher wakes for a deadline while a batch fills") {
+  Tickets t;
+  const auto o = batching(8, 20000);  // 20 ms delay
+  t.add("m", 1, 0, 5.0);
+  auto d = t.decide(o);
+  CHECK(d.batch.empty());
+  REQUIRE(d.wake.has_value());
+  CHECK(partitioner::ms_between(t.clock.now(), *d.wake) == doctest::Approx(5.0));
+  t.clock.advance_ms(5);
+  CHECK(t.decide(o).expired == std::vector<size_t>{0});
+}
+
+TEST_CASE("higher priority classes are batched first") {
+  Tickets t;
+  t.add("a", 1, 0);
+  t.add("b", 1, 2);
+  t.add("a", 1, 5);
+  t.add("b", 1, 2);
+  auto d = t.decide(batching(8));
+  // Key a holds the highest class (5): its batch runs first, the priority-5 request leading.
+  CHECK(d.batch == std::vector<size_t>{2, 0});
+  // Batch of one: strictly by class, then arrival.
+  auto one = t.decide(batching(1));
+  CHECK(one.batch == std::vector<size_t>{2});
+  t.list.erase(t.list.begin() + 2);
+  CHECK(t.decide(batching(1)).batch == std::vector<size_t>{1});
+}
+
+TEST_CASE("a full queue sheds the newest request of the lowest class below the new one") {
+  Tickets t;
+  t.add("m", 1, 1);
+  t.add("m", 1, 0);
+  t.add("m", 1, 0);
+  t.add("m", 1, 2);
+  CHECK(shed_victim(t.list, 2) == std::optional<size_t>(2));
+  CHECK(shed_victim(t.list, 1) == std::optional<size_t>(2));
+  CHECK_FALSE(shed_victim(t.list, 0).has_value());
+}
+
+TEST_CASE("batching settings are checked with one sentence") {
+  BatchingOptions o;
+  o.max_batch = 0;
+  CHECK(check_batching(o).message().find("--max-batch") != std::string::npos);
+  o.max_batch = 4;
+  o.preferred_batch = {8};
+  CHECK(check_batching(o).message().find("--preferred-batch") != std::string::npos);
+  o.preferred_batch = {4, 2, 2};
+  CHECK(check_batching(o).ok());
+  CHECK(o.preferred_batch == std::vector<size_t>{2, 4});
+  o.max_queue_delay = microseconds(-1);
+  CHECK(check_batching(o).message().find("--max-queue-delay-us") != std::string::npos);
+}
+
+TEST_CASE("BatchQueue: pushes refuse or shed when full, workers get whole batches") {
+  BatchingOptions o;
+  o.max_batch = 4;
+  o.capacity = 3;
+  REQUIRE(check_batching(o).ok());
+  BatchQueue<int> q(o);
+  auto ticket = [](int cut, int priority) {
+    Ticket t;
+    t.key = {"m", cut};
+    t.priority = priority;
+    t.enqueued = std::chrono::steady_clock::now();
+    return t;
+  };
+  int shed = -1;
+  CHECK(q.push(ticket(1, 0), 10, &shed) == BatchQueue<int>::Pushed::kQueued);
+  CHECK(q.push(ticket(2, 0), 11, &shed) == BatchQueue<int>::Pushed::kQueued);
+  CHECK(q.push(ticket(1, 0), 12, &shed) == BatchQueue<int>::Pushed::kQueued);
+  CHECK(q.push(ticket(1, 0), 13, &shed) == BatchQueue<int>::Pushed::kRefused);
+  CHECK(shed == 13);
+  CHECK(q.push(ticket(1, 1), 14, &shed) == BatchQueue<int>::Pushed::kQueuedShedding);
+  CHECK(shed == 12);  // the newest of class 0
+  BatchQueue<int>::Batch b;
+  REQUIRE(q.next(b));
+  CHECK(b.key == BatchKey{"m", 1});
+  CHECK(b.items == std::vector<int>{14, 10});
+  REQUIRE(q.next(b));
+  CHECK(b.items == std::vector<int>{11});
+  CHECK(q.size() == 0);
+}
+
+TEST_CASE(
+    "BatchQueue: a waiting worker gets the batch when the delay is spent, and stop() ends it") {
+  BatchingOptions o;
+  o.max_batch = 8;
+  o.max_queue_delay = milliseconds(30);
+  REQUIRE(check_batching(o).ok());
+  BatchQueue<int> q(o);
+  std::atomic<int> got{0};
+  std::atomic<bool> ended{false};
+  std::chrono::steady_clock::time_point first_push, taken;
+  std::thread worker([&] {
+    BatchQueue<int>::Batch b;
+    while (q.next(b)) {
+      taken = std::chrono::steady_clock::now();
+      got += static_cast<int>(b.items.size());
+    }
+    ended = true;
+  });
+  int unused = 0;
+  first_push = std::chrono::steady_clock::now();
+  for (int i = 0; i < 3; ++i) {
+    Ticket t;
+    t.key = {"m", 0};
+    t.enqueued = std::chrono::steady_clock::now();
+    q.push(t, i, &unused);
+  }
+  for (int i = 0; i < 200 && got.load() < 3; ++i) std::this_thread::sleep_for(milliseconds(5));
+  CHECK(got.load() == 3);
+  const double waited = partitioner::ms_between(first_push, taken);
+  CHECK(waited >= 29.0);   // held for the delay...
+  CHECK(waited < 1000.0);  // ...and not much longer (generous: a loaded machine)
+  q.stop();
+  worker.join();
+  CHECK(ended.load());
+}
+
+TEST_CASE("BatchQueue: take_expired hands back what cannot make its deadline") {
+  BatchingOptions o;
+  o.max_batch = 8;
+  o.max_queue_delay = milliseconds(1000);
+  REQUIRE(check_batching(o).ok());
+  BatchQueue<int> q(o);
+  int unused = 0;
+  Ticket soon;
+  soon.key = {"m", 0};
+  soon.enqueued = std::chrono::steady_clock::now();
+  soon.deadline = soon.enqueued + milliseconds(1);
+  Ticket later = soon;
+  later.deadline = soon.enqueued + std::chrono::seconds(100);
+  q.push(soon, 1, &unused);
+  q.push(later, 2, &unused);
+  CHECK(q.has_deadlines());
+  std::this_thread::sleep_for(milliseconds(3));
+  CHECK(q.take_expired() == std::vector<int>{1});
+  CHECK(q.size() == 1);
+  // Once a batch of this key is known to take longer than what is left, it expires too.
+  q.record_batch_time({"m", 0}, 200000.0);
+  CHECK(q.take_expired() == std::vector<int>{2});
+}
+
+}  // namespace
+}  // namespace edgesplit::server
