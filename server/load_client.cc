@@ -47,9 +47,10 @@ struct LoadConfig {
   std::vector<CutPayload> cuts;  // device i sends cuts[i % size]
   int in_flight = 1;
   int clients = 1;
-  double rate = 0;       // > 0: open loop, this many requests/s over all devices (Poisson)
-  int max_pending = 64;  // open loop: a device sends no more while this many are unanswered
-  int deadline_ms = 0;   // > 0: each request's deadline (sent as deadline_us)
+  double rate = 0;              // > 0: open loop, this many requests/s over all devices (Poisson)
+  int max_pending = 64;         // open loop: a device sends no more while this many are unanswered
+  int deadline_ms = 0;          // > 0: each request's deadline
+  int deadline_margin_ms = 10;  // sent as deadline_us: the deadline less this (transfer times)
   std::vector<int> priorities{0};  // device i sends priorities[i % size]
   uint64_t seed = 20261202;
   Clock::time_point t0;   // when the run started (every device's sending window starts here)
@@ -114,7 +115,11 @@ void run_client(const LoadConfig& cfg, zmq::context_t& ctx, int index, ClientRes
     ir->set_model_digest(cfg.digest);
     ir->set_cut(static_cast<uint32_t>(cut.cut));
     ir->set_top_k(5);
-    if (cfg.deadline_ms > 0) ir->set_deadline_us(static_cast<uint64_t>(cfg.deadline_ms) * 1000);
+    if (cfg.deadline_ms > 0) {
+      // What a device does: the server's budget is the deadline less the transfers both ways.
+      const int budget_ms = std::max(1, cfg.deadline_ms - cfg.deadline_margin_ms);
+      ir->set_deadline_us(static_cast<uint64_t>(budget_ms) * 1000);
+    }
     ir->set_priority(static_cast<uint32_t>(out.priority));
     for (const auto& p : cut.payloads) ir->add_tensors()->set_packed_bytes(p.size());
     const std::string header = req.SerializeAsString();
@@ -248,6 +253,8 @@ int main(int argc, char** argv) {
      "unanswered", cxxopts::value<int>()->default_value("64"))
     ("deadline-ms", "each request's deadline (0: none); OK replies after it are counted as late",
      cxxopts::value<int>()->default_value("0"))
+    ("deadline-margin-ms", "the deadline sent to the server is --deadline-ms less this (the "
+     "transfers there and back, as a device subtracts them)", cxxopts::value<int>()->default_value("10"))
     ("priority", "priority class of the requests; several, comma-separated: device i sends the "
      "i-th (modulo)", cxxopts::value<std::string>()->default_value("0"))
     ("warmup-s", "OK replies in the first seconds do not count towards ok_per_second",
@@ -289,6 +296,8 @@ int main(int argc, char** argv) {
   cfg.deadline_ms = args["deadline-ms"].as<int>();
   if (cfg.deadline_ms < 0) return usage_error("--deadline-ms must be 0 or more");
   cfg.seed = args["seed"].as<uint64_t>();
+  cfg.deadline_margin_ms = args["deadline-margin-ms"].as<int>();
+  if (cfg.deadline_margin_ms < 0) return usage_error("--deadline-margin-ms must be 0 or more");
   cfg.warmup_s = args["warmup-s"].as<double>();
   if (!(cfg.warmup_s >= 0) || cfg.warmup_s >= seconds) {
     return usage_error("--warmup-s must be 0 or more and less than --seconds");

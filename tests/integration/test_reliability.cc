@@ -537,7 +537,9 @@ uint64_t count_of(const json& j, const std::string& status) {
 TEST_CASE("a batching server answers devices at two cuts once each, in batches") {
   auto dir = scratch_dir("rel-batching");
   ObservedServer server;
-  REQUIRE(server.start(dir, {"--max-batch", "8", "--max-queue-delay-us", "5000"}));
+  // Room for every request: a slow spell of the host must not turn them into BUSY replies.
+  REQUIRE(server.start(dir, {"--max-batch", "8", "--max-queue-delay-us", "5000", "--queue", "4096",
+                             "--max-in-flight-per-client", "1024"}));
   json j = run_load(dir, server.process.endpoint(),
                     {"--clients", "8", "--cut", "1,2", "--rate", "600", "--seconds", "3"});
   CHECK(j["lost"] == 0);
@@ -559,7 +561,8 @@ TEST_CASE("a request whose deadline cannot be met is not computed, and no reply 
   // 250 ms deadline allows.
   REQUIRE(server.start(dir, {"--slow-tail-ms", "100", "--workers", "1"}));
   json j = run_load(dir, server.process.endpoint(),
-                    {"--clients", "4", "--rate", "80", "--seconds", "3", "--deadline-ms", "250"});
+                    {"--clients", "4", "--rate", "80", "--seconds", "3", "--deadline-ms", "250",
+                     "--deadline-margin-ms", "25"});
   CHECK(j["lost"] == 0);
   CHECK(j["late_ok"] == 0);  // no result after its deadline
   const uint64_t ok = count_of(j, "STATUS_OK");
