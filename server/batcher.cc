@@ -39,7 +39,7 @@ bool before(const Ticket& a, const Ticket& b) {
 
 BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
                            const BatchingOptions& options, BatchTimeFn expected_ms,
-                           const void* context, BatchCapFn cap) {
+                           const void* context, BatchCapFn cap, size_t idle_workers) {
   BatchDecision d;
   // Expired first: a deadline that has passed, or that the key's batch time would overrun.
   std::vector<size_t> live;
@@ -84,7 +84,9 @@ BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
     if (count >= max_batch) {
       take = max_batch;
     } else if (delay_spent) {
-      take = count;
+      // Not full: idle workers share the key's tickets.
+      const size_t share = std::max<size_t>(1, idle_workers);
+      take = (count + share - 1) / share;
     } else {
       for (size_t p : options.preferred_batch) {
         if (p <= count && p <= max_batch) take = p;

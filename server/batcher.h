@@ -81,11 +81,15 @@ using BatchCapFn = size_t (*)(const void* context, const BatchKey& key);
 // key that is ready forms the batch: it has max_batch tickets, or a preferred size, or its oldest
 // ticket has waited max_queue_delay (or the delay is 0). A ready batch takes the key's tickets by
 // priority then arrival: max_batch of them, or the largest preferred size there is before the delay
-// is spent, or all (up to max_batch) once it is. A ticket whose deadline is before
+// is spent, or all (up to max_batch) once it is. With `idle_workers` workers free to take a batch
+// now (this one included), a batch that is not full takes only its share of the key's tickets
+// (count / idle_workers, rounded up), so that idle workers run them side by side rather than one
+// worker running them all while the others wait. A ticket whose deadline is before
 // now + expected_ms(key) is expired instead.
 BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
                            const BatchingOptions& options, BatchTimeFn expected_ms = nullptr,
-                           const void* context = nullptr, BatchCapFn cap = nullptr);
+                           const void* context = nullptr, BatchCapFn cap = nullptr,
+                           size_t idle_workers = 1);
 
 // Index of the ticket a new one of `priority` displaces in a full queue (the newest of the lowest
 // class, when that class is below `priority`); nullopt: the new ticket is refused.
@@ -132,11 +136,17 @@ class BatchQueue {
     out.items.clear();
     out.expired.clear();
     std::unique_lock<std::mutex> lock(mu_);
+    // This worker is free until it leaves with a batch (or stops).
+    ++idle_;
+    struct Leave {
+      size_t& idle;
+      ~Leave() { --idle; }
+    } leave{idle_};
     for (;;) {
       if (stopped_) return false;
       if (!tickets_.empty()) {
         BatchDecision d = decide_batch(tickets_, clock_.now(), options_, &BatchQueue::expected,
-                                       this, &BatchQueue::cap);
+                                       this, &BatchQueue::cap, idle_);
         if (!d.batch.empty() || !d.expired.empty()) {
           if (!d.batch.empty()) out.key = tickets_[d.batch.front()].key;
           for (size_t i : d.batch) out.items.push_back(std::move(items_[i]));
@@ -245,6 +255,7 @@ class BatchQueue {
   std::map<BatchKey, double> batch_ms_;
   std::map<BatchKey, size_t> caps_;
   uint64_t next_seq_ = 0;
+  size_t idle_ = 0;  // workers inside next(), free to take a batch
   bool stopped_ = false;
 };
 

@@ -99,6 +99,20 @@ TEST_CASE("a batch never waits longer than the queue delay") {
   CHECK(full.decide(o).batch.size() == 8);
 }
 
+TEST_CASE("idle workers share a batch that is not full; a full one goes to one worker") {
+  Tickets t;
+  for (int i = 0; i < 5; ++i) t.add("m", 1);
+  const auto o = batching(8);
+  auto share = [&](size_t idle) {
+    return decide_batch(t.list, t.clock.now(), o, nullptr, nullptr, nullptr, idle).batch.size();
+  };
+  CHECK(share(1) == 5);
+  CHECK(share(2) == 3);  // 5 over two free workers: 3 now, 2 for the other
+  CHECK(share(8) == 1);
+  for (int i = 0; i < 20; ++i) t.add("m", 1);
+  CHECK(share(2) == 8);  // a full batch is formed whatever the other workers do
+}
+
 TEST_CASE("a key's cap limits its batches, other keys keep max_batch") {
   Tickets t;
   for (int i = 0; i < 6; ++i) t.add("big", 0);
