@@ -58,6 +58,12 @@ Result<double> watts(const json& j, const char* key, const std::string& where, b
 
 }  // namespace
 
+bool shares_cores(const ExecutorDescription& a, const ExecutorDescription& b) {
+  return std::any_of(a.cores.begin(), a.cores.end(), [&](int c) {
+    return std::find(b.cores.begin(), b.cores.end(), c) != b.cores.end();
+  });
+}
+
 int DeviceDescription::executor(const std::string& name) const {
   for (size_t i = 0; i < executors.size(); ++i) {
     if (executors[i].name == name) return static_cast<int>(i);
@@ -268,14 +274,7 @@ double EnergyMeter::advance(double wall_s, double busy_cpu_s, const std::vector<
   } else {
     for (size_t e = 0; e < description_.executors.size(); ++e) {
       const auto& x = description_.executors[e];
-      // An executor sharing cores with this process's (a "little" one made of a big core) is
-      // the same silicon: counted once.
-      const bool shares =
-          static_cast<int>(e) != executor_ &&
-          std::any_of(x.cores.begin(), x.cores.end(), [&](int c) {
-            return std::find(self.cores.begin(), self.cores.end(), c) != self.cores.end();
-          });
-      if (shares) continue;
+      if (static_cast<int>(e) != executor_ && shares_cores(x, self)) continue;
       const int l = e < levels.size() ? levels[e] : 0;
       const PowerLevel& p = x.levels.at(
           static_cast<size_t>(std::clamp<int>(l, 0, static_cast<int>(x.levels.size()) - 1)));

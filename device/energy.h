@@ -30,6 +30,10 @@ struct ExecutorDescription {
   double top_mhz() const { return levels.empty() ? 0 : levels.back().freq_mhz; }
 };
 
+// Whether two executors share a core (a "little" executor made of one of the big cores): the
+// same silicon, whose power is counted once.
+bool shares_cores(const ExecutorDescription& a, const ExecutorDescription& b);
+
 struct DeviceDescription {
   std::string name;
   std::vector<std::string> sources;  // where the figures come from

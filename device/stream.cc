@@ -1423,6 +1423,35 @@ double Stream::demanded_bytes_per_s() const {
   return s.last_bytes * rate;
 }
 
+StreamEnergyView Stream::energy_view() const {
+  const Impl& s = *impl_;
+  StreamEnergyView v;
+  v.name = s.cfg.name;
+  v.fps = s.cfg.fps;
+  v.max_latency_ms = s.latency_bound();
+  v.threads = s.threads;
+  v.running = !s.eof && s.refused.empty();
+  v.fixed = s.fixed.has_value() || s.family();
+  if (!v.running || !s.scheduler || v.fixed) return v;
+  using partitioner::Constraint;
+  for (const auto& e : s.scheduler->evaluate_all(s.conditions())) {
+    if (!e.available) continue;
+    bool meets = true;
+    for (Constraint k :
+         {Constraint::kAccuracyDrop, Constraint::kBytes, Constraint::kDeviceMemory}) {
+      if (e.violations[static_cast<size_t>(k)] > 0) meets = false;
+    }
+    if (meets) v.plans.push_back(e.metrics);
+  }
+  return v;
+}
+
+void Stream::set_device_power(const partitioner::DevicePower& power) {
+  if (impl_->scheduler) impl_->scheduler->set_power(power);
+}
+
+bool Stream::gpu_available() { return torch::cuda::is_available(); }
+
 void Stream::expire_overdue() { impl_->expire_overdue(); }
 void Stream::drain_lane() { impl_->drain_lane(); }
 void Stream::on_reply(transport::ReceivedReply reply) { impl_->on_reply(std::move(reply)); }
