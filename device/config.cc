@@ -222,7 +222,8 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
                             "constraints",  "accuracy_confidence",
                             "server_price", "top_k",
                             "in_flight",    "local_lane",
-                            "timeout_ms",   "threads"});
+                            "timeout_ms",   "threads",
+                            "start_s",      "latency_steps"});
   EDGESPLIT_RETURN_IF_ERROR(f.check_known());
   if (!f.has("model") && !f.has("family")) {
     return invalid_argument(where + ": \"model\" is missing: give the TorchScript file");
@@ -251,6 +252,25 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
   EDGESPLIT_RETURN_IF_ERROR(f.get("max_frames", s.max_frames, kMustCount));
   EDGESPLIT_RETURN_IF_ERROR(f.get("loop", s.loop, kMustLoop));
   EDGESPLIT_RETURN_IF_ERROR(f.get("fps", s.fps, kMustNonNegative));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("start_s", s.start_s, kMustNonNegative));
+  if (f.has("latency_steps")) {
+    // [[at_s, max_latency_ms], ...]: the latency bound from at_s seconds on.
+    const json& steps = f.at("latency_steps");
+    constexpr const char* kMustSteps =
+        "a list of [seconds, max_latency_ms] pairs with rising seconds >= 0 and bounds > 0";
+    if (!steps.is_array()) return f.error("latency_steps", kMustSteps);
+    for (const auto& step : steps) {
+      if (!step.is_array() || step.size() != 2 || !step[0].is_number() || !step[1].is_number()) {
+        return f.error("latency_steps", kMustSteps);
+      }
+      const double at = step[0].get<double>(), ms = step[1].get<double>();
+      if (!(at >= 0) || !(ms > 0) || !std::isfinite(at) || !std::isfinite(ms) ||
+          (!s.latency_steps.empty() && at <= s.latency_steps.back().first)) {
+        return f.error("latency_steps", kMustSteps);
+      }
+      s.latency_steps.emplace_back(at, ms);
+    }
+  }
   EDGESPLIT_RETURN_IF_ERROR(f.get("priority", s.priority, kMustInteger));
   EDGESPLIT_RETURN_IF_ERROR(f.get("cut", s.cut));
 
@@ -900,6 +920,14 @@ Status validate_device_config(const DeviceConfig& c) {
     if (s.loop < 0) return field_error(where, "loop", kMustLoop);
     if (!(s.fps >= 0) || !std::isfinite(s.fps)) {
       return field_error(where, "fps", kMustNonNegative);
+    }
+    if (!(s.start_s >= 0) || !std::isfinite(s.start_s)) {
+      return field_error(where, "start_s", kMustNonNegative);
+    }
+    if (!s.latency_steps.empty() && !s.cut.empty()) {
+      return invalid_argument(where +
+                              ": \"latency_steps\" change the scheduler's bound: leave "
+                              "out the fixed cut");
     }
     if (s.jpeg_quality < 0 || s.jpeg_quality > 100) {
       return field_error(where, "bits", "1..16, fp16, fp32 or jpegQ with Q between 1 and 100");

@@ -59,6 +59,12 @@ struct StreamConfig {
   // Frames arrive at this rate (a camera's frame rate); 0: as fast as the stream takes them.
   // Latency is counted from a frame's arrival, so a stream that falls behind sees it grow.
   double fps = 0;
+  // The first frame arrives this many seconds after the runtime starts its loop (a stream that
+  // joins later, for experiments).
+  double start_s = 0;
+  // The latency bound over time: from `first` seconds after the loop starts on, the bound is
+  // `second` ms (the scheduler's max_latency_ms before the first step). Empty: fixed.
+  std::vector<std::pair<double, double>> latency_steps;
   // Higher runs first when several streams have work ready, keeps its memory and threads when
   // the device cannot hold every stream, and is the last to be made server-only.
   int priority = 0;

@@ -204,9 +204,12 @@ int PowerControl::pick_level(const std::vector<StreamEnergyView>& streams, std::
     const int threads = v.threads > 0 ? std::min(v.threads, cores_) : cores_;
     for (const auto& m : v.plans) {
       PlanDemand p;
-      const double device_ms = m.head_ms + m.pack_ms;
+      // Everything but the network and the server runs on the device: the head, packing, and
+      // the frame's own overhead (decoding, preprocessing, the loop), all slower at a lower level.
+      const double away_ms = m.transfer_ms + m.rtt_ms + m.queue_ms + m.unpack_ms + m.tail_ms;
+      const double device_ms = std::max(0.0, m.latency_ms - away_ms);
       p.device_ms = device_ms * to_top;
-      p.other_ms = std::max(0.0, m.latency_ms - device_ms);
+      p.other_ms = away_ms;
       p.radio_j = d.radio_watts * m.transfer_ms * 1e-3;
       p.threads = threads;
       s.plans.push_back(p);
@@ -223,10 +226,34 @@ int PowerControl::pick_level(const std::vector<StreamEnergyView>& streams, std::
       for (auto& l : executors[e].levels) l.active_watts = l.idle_watts = 0;
     }
   }
+  // What the model misses (other threads, other work of the process) shows in the measured
+  // utilization: when it is above what the cheapest plans predict at this level, every plan's
+  // device time is scaled up by the ratio.
+  double predicted = 0;
+  for (const auto& l : loads) {
+    double least = 1e300;
+    for (const auto& p : l.plans) {
+      least = std::min(least, l.fps * p.device_ms / to_top * 1e-3 * p.threads / cores_);
+    }
+    predicted += least;
+  }
+  const double measured = meter_->last_utilization();
+  if (predicted > 0 && measured > predicted) {
+    const double k = measured / predicted;
+    for (auto& l : loads) {
+      for (auto& p : l.plans) p.device_ms *= k;
+    }
+  }
   const LevelChoice choice = choose_levels(executors, loads);
   if (!choice.feasible) {
     *note = "no level meets every stream's bound: the top level";
     return top;
+  }
+  const int chosen = choice.levels[static_cast<size_t>(executor_)];
+  if (chosen < miss_floor_) {
+    *note = "a stream missed its bound at a lower level: not below " +
+            mhz_text(x.levels.at(static_cast<size_t>(miss_floor_)).freq_mhz) + " for now";
+    return miss_floor_;
   }
   for (size_t e = 0; e < levels_.size(); ++e) {
     if (static_cast<int>(e) != executor_) levels_[e] = choice.levels[e];
@@ -234,7 +261,7 @@ int PowerControl::pick_level(const std::vector<StreamEnergyView>& streams, std::
   char buf[96];
   std::snprintf(buf, sizeof buf, "predicted %.2f W", choice.watts);
   *note = buf;
-  return choice.levels[static_cast<size_t>(executor_)];
+  return chosen;
 }
 
 void PowerControl::account(double now_s) {
@@ -257,6 +284,22 @@ void PowerControl::account(double now_s) {
 json PowerControl::tick(double now_s, const std::vector<StreamEnergyView>& streams,
                         const std::string& why) {
   account(now_s);
+  // A level at which a stream missed its bound is not chosen again until the streams or their
+  // bounds change, or kMissMemoryS pass: the prediction was wrong there.
+  std::string signature;
+  for (const auto& v : streams) {
+    if (v.running) signature += v.name + "@" + std::to_string(v.max_latency_ms.value_or(0)) + ";";
+  }
+  if (signature != signature_ || now_s >= miss_floor_until_s_) miss_floor_ = 0;
+  signature_ = signature;
+  if (why.find("missed its bound") != std::string::npos) {
+    const int top =
+        static_cast<int>(
+            meter_->description().executors.at(static_cast<size_t>(executor_)).levels.size()) -
+        1;
+    miss_floor_ = std::min(top, std::max(miss_floor_, level() + 1));
+    miss_floor_until_s_ = now_s + kMissMemoryS;
+  }
   json event;
   if (config_.governor) {
     std::string note;

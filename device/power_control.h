@@ -104,6 +104,10 @@ class PowerControl {
   std::map<int, double> seconds_at_level_;
   nlohmann::json frame_fields_;
   bool said_fallback_ = false;
+  static constexpr double kMissMemoryS = 10;
+  int miss_floor_ = 0;  // the lowest level the manager may choose (after a miss)
+  double miss_floor_until_s_ = 0;
+  std::string signature_;  // the running streams and their bounds
 };
 
 }  // namespace edgesplit::device

@@ -430,7 +430,11 @@ class Runtime {
     if (usable != usable_seen_ && link_.has_server()) {
       why = usable ? "the server is back" : "the server is away";
     }
+    size_t started = 0;
+    for (auto& s : streams_) started += s->started() ? 1 : 0;
     if (finished > finished_seen_) power_turn("a stream finished");
+    if (started > started_seen_) power_turn("a stream started");
+    started_seen_ = started;
     finished_seen_ = finished;
     usable_seen_ = usable;
     if (!why.empty()) resolve_due_ = why;
@@ -536,6 +540,8 @@ class Runtime {
         best->start_frame();
         dispatch(link_.poll(std::chrono::milliseconds(0)));
         for (auto& s : streams_) s->drain_lane();
+        // A backlog of frames run on this loop must not hold off the manager's turn.
+        manage(Clock::now());
       }
       manage(Clock::now());
       watch_link();
@@ -587,6 +593,7 @@ class Runtime {
   int miss_reports_ = 0;
   bool said_over_ = false;
   size_t finished_seen_ = 0;
+  size_t started_seen_ = 0;
   bool usable_seen_ = false;
   LinkState link_seen_ = LinkState::kNeverUp;
   std::string resolve_due_;

@@ -91,6 +91,8 @@ class Stream {
   double demanded_bytes_per_s() const;
   // For the outer loop that picks the executors' levels.
   StreamEnergyView energy_view() const;
+  // Whether its first frame may have arrived (start_s after the loop started).
+  bool started() const;
   // The device's power at its executor's current level (--objective energy plans with it).
   void set_device_power(const partitioner::DevicePower& power);
   // Whether LibTorch sees a CUDA device (a GPU executor can exist).

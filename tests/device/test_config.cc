@@ -701,3 +701,20 @@ TEST_CASE("knob, description and governor flags and keys") {
       "governor": "x", )")),
                  "\"governor\""));
 }
+
+TEST_CASE("config: a stream's start and latency steps") {
+  auto c = parse_device_config(
+      one_stream(R"(, "start_s": 30, "latency_steps": [[0, 200], [20, 40], [40, 200]])"), "/b");
+  REQUIRE(c.ok());
+  CHECK(c->streams[0].start_s == 30);
+  REQUIRE(c->streams[0].latency_steps.size() == 3);
+  CHECK(c->streams[0].latency_steps[1] == std::make_pair(20.0, 40.0));
+  const std::string must =
+      "a list of [seconds, max_latency_ms] pairs with rising seconds >= 0 and bounds > 0";
+  CHECK(contains(config_error(one_stream(R"(, "latency_steps": [[10, 40], [5, 50]])")), must));
+  CHECK(contains(config_error(one_stream(R"(, "latency_steps": [[0, 0]])")), must));
+  CHECK(contains(config_error(one_stream(R"(, "latency_steps": 5)")), must));
+  CHECK(contains(config_error(one_stream(R"(, "start_s": -1)")), "\"start_s\""));
+  CHECK(contains(config_error(one_stream(R"(, "cut": "3", "latency_steps": [[0, 10]])")),
+                 "leave out the fixed cut"));
+}
