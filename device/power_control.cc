@@ -163,8 +163,10 @@ void PowerControl::refresh_frame_fields() {
     if (static_cast<int>(e) != executor_ && shares_cores(ex[e], self)) continue;
     levels[ex[e].name] = ex[e].levels.at(static_cast<size_t>(levels_[e])).freq_mhz;
   }
-  frame_fields_ = json{
-      {"levels", levels}, {"energy_j", round3(meter_->joules())}, {"energy", meter_->source()}};
+  frame_fields_ = json{{"levels", levels},
+                       {"energy_j", round3(meter_->joules())},
+                       {"energy_t_s", last_s_ ? round3(*last_s_ - start_s_) : 0.0},
+                       {"energy", meter_->source()}};
 }
 
 int PowerControl::pick_level(const std::vector<StreamEnergyView>& streams, std::string* note) {

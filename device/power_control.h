@@ -66,7 +66,8 @@ class PowerControl {
                       const std::string& why);
 
   // The device's state for every frame line: {"levels": {EXECUTOR: MHz}, "energy_j": joules so
-  // far (as of the last turn), "energy": "measured" | "modeled"}.
+  // far as of the last turn, "energy_t_s": that turn's time in seconds since the first turn,
+  // "energy": "measured" | "modeled"}.
   const nlohmann::json& frame_fields() const { return frame_fields_; }
   // The summary: energy, its source and how it was obtained, mean power, time per level.
   nlohmann::json summary(double now_s, uint64_t frames);

@@ -75,6 +75,16 @@ def run_one(bin_dir, out_dir, contender, rnd, window_s):
     return base + ".jsonl", time.time() - t0
 
 
+def idle_watts():
+    """The little executor's idle power when it is the same at every level (vm_2core.json: the
+    board's idle), else None: what the governors cannot change."""
+    with open(os.path.join(REPO, "device/descriptions/vm_2core.json")) as f:
+        d = json.load(f)
+    little = [x for x in d["executors"] if x["name"] == "little"][0]
+    idle = {lv["idle_watts"] for lv in little["levels"]}
+    return idle.pop() if len(idle) == 1 else None
+
+
 def windows_of(path, window_s):
     """Per window: frames, joules (from the frame lines' running total), levels, latencies."""
     fps = {"imagenet": A_FPS, "cifar": B_FPS}
@@ -88,15 +98,31 @@ def windows_of(path, window_s):
                 frames.append((t, j))
             elif j.get("type") == "device":
                 device = j
+    # The meter's running total at each turn (about once a second, from the first turn at the
+    # loop's start), interpolated at the window's edges.
+    turns = sorted({(j["energy_t_s"], j["energy_j"]) for _, j in frames})
+
+    def energy_at(t):
+        if not turns or t <= turns[0][0]:
+            return turns[0][1] if turns else 0.0
+        for (t0, e0), (t1, e1) in zip(turns, turns[1:]):
+            if t0 <= t <= t1:
+                return e0 + (e1 - e0) * (t - t0) / (t1 - t0) if t1 > t0 else e1
+        # Past the last turn a frame line saw: at the last turn's mean power.
+        t0, e0 = turns[-1]
+        return e0 + (e0 / t0 if t0 > 0 else 0.0) * (t - t0)
+
     out = []
     for w in range(4):
         lo, hi = w * window_s, (w + 1) * window_s
         inside = [j for t, j in frames if lo <= t < hi]
-        before = [j["energy_j"] for t, j in frames if t < lo] or [0.0]
-        upto = [j["energy_j"] for t, j in frames if t < hi]
-        joules = max(upto) - max(before)
+        joules = energy_at(hi) - energy_at(lo)
+        idle = idle_watts()
         row = {"window": w, "frames": len(inside), "joules": joules,
                "joules_per_frame": joules / len(inside) if inside else None,
+               "joules_above_idle_per_frame":
+                   (joules - idle * window_s) / len(inside) if inside and idle is not None
+                   else None,
                "mean_mhz": statistics.mean(j["levels"]["little"] for j in inside) if inside else None,
                "over_bound": sum(1 for j in inside if not j.get("within_bound", True)),
                "streams": {}}
@@ -149,7 +175,10 @@ def main():
                "cifar": w >= 2}
         for c in CONTENDERS:
             ws = [r["windows"][w] for r in runs[c]]
+            above = [x["joules_above_idle_per_frame"] for x in ws
+                     if x["joules_above_idle_per_frame"] is not None]
             row[c] = {"joules_per_frame": median_jpf(c, [w]),
+                      "joules_above_idle_per_frame": statistics.median(above) if above else None,
                       "mean_mhz": statistics.median(x["mean_mhz"] for x in ws if x["mean_mhz"]),
                       "over_bound_fraction": sum(x["over_bound"] for x in ws) /
                       max(1, sum(x["frames"] for x in ws)),
@@ -196,6 +225,16 @@ def main():
             " | ".join("%.3f (%.0f, %.1f%%)" % (row[c]["joules_per_frame"], row[c]["mean_mhz"],
                                                100 * row[c]["over_bound_fraction"])
                        for c in CONTENDERS)))
+    lines.append("")
+    lines.append("Above the board's idle power (what a governor can change; derived: joules - "
+                 "idle watts x window, per frame):")
+    lines.append("")
+    lines.append("| window | " + " | ".join(CONTENDERS) + " |")
+    lines.append("|---|" + "---|" * len(CONTENDERS))
+    for row in table:
+        lines.append("| %d | %s |" % (row["window"], " | ".join(
+            "%.4f" % row[c]["joules_above_idle_per_frame"]
+            if row[c]["joules_above_idle_per_frame"] is not None else "-" for c in CONTENDERS)))
     lines.append("")
     for k, t in targets.items():
         lines.append("- %s: %s (target %s): %s" % (k, t["value"], t["target"],
