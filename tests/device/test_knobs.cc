@@ -171,7 +171,7 @@ TEST_CASE("quota: a child cgroup per process over a fake v1 tree, set, read back
   }
 }
 
-TEST_CASE("quota: v2 writes cpu.max; no controller is one sentence") {
+TEST_CASE("quota: v2 writes cpu.max, and no controller is one sentence") {
   TempDir t;
   put(t.path / "cgroup.controllers", "cpuset cpu io memory pids");
   put(t.path / "cgroup.subtree_control", "cpu");

@@ -127,7 +127,7 @@ TEST_CASE("the outer loop drives cpufreq: down after two turns, up at once, rest
   CHECK(slurp(b.dir.path / "cpu/cpufreq/policy0/scaling_governor") == "schedutil");
 }
 
-TEST_CASE("baselines: performance holds the top; schedutil follows utilization") {
+TEST_CASE("baselines: performance holds the top, schedutil follows utilization") {
   Board b;
   auto perf = b.open(Governor::kPerformance);
   for (int i = 0; i < 3; ++i) (void)perf->tick(i, {stream(1, 100.0)}, "tick");
