@@ -32,6 +32,11 @@
 #                           the server's dynamic batcher against batch 1 under open-loop load from
 #                           1 to 64 simulated devices at two cuts of MobileNetV2 (no root):
 #                           docs/server.md
+#   bench/run.sh energy [--quick] --out DIR [--check]
+#                           the hierarchical manager's outer loop against performance, schedutil-
+#                           and ondemand-like governors under latency bounds that step, one then
+#                           two models, on one core under a CPU quota (root); energy modeled from
+#                           device/descriptions/vm_2core.json: docs/energy.md
 #
 # The testbed needs root. Results: bench/results/<timestamp>/ (results.json, results.csv,
 # summary.md, plots, raw JSON lines of every run). Binaries from build/bin (EDGESPLIT_BIN_DIR or
@@ -67,6 +72,10 @@ fi
 if [[ "$(id -u)" != 0 ]]; then
   echo "bench/run.sh: the testbed needs root (network namespaces, tc, cgroups): run it with sudo" >&2
   exit 1
+fi
+if [[ "${1:-}" == "energy" ]]; then
+  shift
+  exec "$py" "$here/energy/energy_bench.py" "$@"
 fi
 if [[ "${1:-}" == "multi" ]]; then
   shift

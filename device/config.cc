@@ -222,7 +222,8 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
                             "constraints",  "accuracy_confidence",
                             "server_price", "top_k",
                             "in_flight",    "local_lane",
-                            "timeout_ms",   "threads"});
+                            "timeout_ms",   "threads",
+                            "start_s",      "latency_steps"});
   EDGESPLIT_RETURN_IF_ERROR(f.check_known());
   if (!f.has("model") && !f.has("family")) {
     return invalid_argument(where + ": \"model\" is missing: give the TorchScript file");
@@ -251,6 +252,25 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
   EDGESPLIT_RETURN_IF_ERROR(f.get("max_frames", s.max_frames, kMustCount));
   EDGESPLIT_RETURN_IF_ERROR(f.get("loop", s.loop, kMustLoop));
   EDGESPLIT_RETURN_IF_ERROR(f.get("fps", s.fps, kMustNonNegative));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("start_s", s.start_s, kMustNonNegative));
+  if (f.has("latency_steps")) {
+    // [[at_s, max_latency_ms], ...]: the latency bound from at_s seconds on.
+    const json& steps = f.at("latency_steps");
+    constexpr const char* kMustSteps =
+        "a list of [seconds, max_latency_ms] pairs with rising seconds >= 0 and bounds > 0";
+    if (!steps.is_array()) return f.error("latency_steps", kMustSteps);
+    for (const auto& step : steps) {
+      if (!step.is_array() || step.size() != 2 || !step[0].is_number() || !step[1].is_number()) {
+        return f.error("latency_steps", kMustSteps);
+      }
+      const double at = step[0].get<double>(), ms = step[1].get<double>();
+      if (!(at >= 0) || !(ms > 0) || !std::isfinite(at) || !std::isfinite(ms) ||
+          (!s.latency_steps.empty() && at <= s.latency_steps.back().first)) {
+        return f.error("latency_steps", kMustSteps);
+      }
+      s.latency_steps.emplace_back(at, ms);
+    }
+  }
   EDGESPLIT_RETURN_IF_ERROR(f.get("priority", s.priority, kMustInteger));
   EDGESPLIT_RETURN_IF_ERROR(f.get("cut", s.cut));
 
@@ -432,6 +452,17 @@ void add_flags(cxxopts::Options& cli) {
     ("max-server-ms", "constraint: server compute per frame", cxxopts::value<double>())
     ("device-power", "device description JSON: compute_watts, radio_watts, idle_watts",
      cxxopts::value<std::string>()->default_value(""))
+    ("knobs", "what sets the device's speed: none, quota (a cgroup CPU quota on this process: "
+     "slices time, does not slow the clock) or cpufreq (needs write access to sysfs)",
+     cxxopts::value<std::string>())
+    ("device-description", "device description JSON: executors and their levels {freq_mhz, "
+     "active_watts, idle_watts} (device/descriptions/); energy is reported, measured or modeled",
+     cxxopts::value<std::string>())
+    ("governor", "who picks the executor's level each second: manager (the lowest energy at "
+     "which every stream still meets its bounds), performance, schedutil or ondemand",
+     cxxopts::value<std::string>())
+    ("executor", "the description's executor that runs the streams (default: its first cpu one)",
+     cxxopts::value<std::string>())
     ("server-price", "price of one second of server compute, for --objective cost",
      cxxopts::value<double>()->default_value("1"))
     ("lossless", "lossless stage: none, blosc-lz4, blosc-zstd or zstd", cxxopts::value<std::string>()->default_value("none"))
@@ -475,6 +506,20 @@ Status apply_device_flags(const cxxopts::ParseResult& args, DeviceConfig& c) {
     c.max_device_memory_mb = v;
   }
   if (args.count("device-power")) c.device_power_path = args["device-power"].as<std::string>();
+  if (args.count("knobs")) {
+    auto k = parse_knob_kind(args["knobs"].as<std::string>());
+    if (!k.ok()) return k.status();
+    c.energy.knobs = *k;
+  }
+  if (args.count("device-description")) {
+    c.energy.description_path = args["device-description"].as<std::string>();
+  }
+  if (args.count("governor")) {
+    auto g = parse_governor(args["governor"].as<std::string>());
+    if (!g.ok()) return g.status();
+    c.energy.governor = *g;
+  }
+  if (args.count("executor")) c.energy.executor = args["executor"].as<std::string>();
   if (args.count("engine")) {
     auto engine = partitioner::parse_engine(args["engine"].as<std::string>());
     if (!engine) return invalid_argument("--engine must be optimized, onednn, xnnpack or plain");
@@ -731,10 +776,11 @@ Result<DeviceConfig> parse_device_config(const std::string& json_text,
     return invalid_argument("config: the top level must be a JSON object with \"streams\"");
   }
   DeviceConfig c;
-  const Fields f(j, "config",
-                 {"server", "handshake_timeout_ms", "retry_ms", "threads", "max_device_memory_mb",
-                  "engine", "device_power", "output", "json", "name", "server_key", "key", "quiet",
-                  "require_server", "streams"});
+  const Fields f(
+      j, "config",
+      {"server", "handshake_timeout_ms", "retry_ms", "threads", "max_device_memory_mb", "engine",
+       "device_power", "output", "json", "name", "server_key", "key", "quiet", "require_server",
+       "knobs", "device_description", "governor", "executor", "streams"});
   EDGESPLIT_RETURN_IF_ERROR(f.check_known());
   EDGESPLIT_RETURN_IF_ERROR(f.get("server", c.server));
   EDGESPLIT_RETURN_IF_ERROR(f.get("handshake_timeout_ms", c.handshake_timeout_ms, kMustPositive));
@@ -758,6 +804,26 @@ Result<DeviceConfig> parse_device_config(const std::string& json_text,
   EDGESPLIT_RETURN_IF_ERROR(f.get("name", c.device_name));
   EDGESPLIT_RETURN_IF_ERROR(f.get("quiet", c.quiet));
   EDGESPLIT_RETURN_IF_ERROR(f.get("require_server", c.require_server));
+  if (f.has("knobs")) {
+    std::string name;
+    EDGESPLIT_RETURN_IF_ERROR(f.get("knobs", name));
+    auto k = parse_knob_kind(name);
+    if (!k.ok()) return f.error("knobs", "none, quota or cpufreq, not " + in_quotes(name));
+    c.energy.knobs = *k;
+  }
+  EDGESPLIT_RETURN_IF_ERROR(f.get("device_description", c.energy.description_path));
+  c.energy.description_path = resolve(base_dir, c.energy.description_path);
+  if (f.has("governor")) {
+    std::string name;
+    EDGESPLIT_RETURN_IF_ERROR(f.get("governor", name));
+    auto g = parse_governor(name);
+    if (!g.ok()) {
+      return f.error("governor",
+                     "manager, performance, schedutil or ondemand, not " + in_quotes(name));
+    }
+    c.energy.governor = *g;
+  }
+  EDGESPLIT_RETURN_IF_ERROR(f.get("executor", c.energy.executor));
   if (f.has("key") && !f.has("server_key")) {
     return invalid_argument(
         "config: \"key\" needs \"server_key\": the device key is only used with CURVE");
@@ -806,6 +872,23 @@ Status validate_device_config(const DeviceConfig& c) {
     return invalid_argument(
         "config: \"key\" needs \"server_key\": the device key is only used with CURVE");
   }
+  if (c.energy.governor && c.energy.description_path.empty()) {
+    return invalid_argument(
+        "--governor (\"governor\") needs --device-description FILE, the executors' levels and "
+        "their power (device/descriptions/ has a Raspberry Pi 4, a Jetson Xavier NX and this "
+        "2-core VM)");
+  }
+  if (c.energy.governor && c.energy.knobs == KnobKind::kNone) {
+    return invalid_argument(
+        "--governor (\"governor\") needs a knob to turn: --knobs quota or --knobs cpufreq");
+  }
+  if (c.energy.knobs != KnobKind::kNone && c.energy.description_path.empty()) {
+    return invalid_argument(
+        "--knobs needs --device-description FILE: the levels it sets come from there");
+  }
+  if (!c.energy.executor.empty() && c.energy.description_path.empty()) {
+    return invalid_argument("--executor needs --device-description FILE, which names executors");
+  }
   if (c.require_server && c.server.empty()) {
     return invalid_argument(
         "--require-server (\"require_server\") needs a server: pass --server tcp://HOST:PORT");
@@ -838,6 +921,14 @@ Status validate_device_config(const DeviceConfig& c) {
     if (!(s.fps >= 0) || !std::isfinite(s.fps)) {
       return field_error(where, "fps", kMustNonNegative);
     }
+    if (!(s.start_s >= 0) || !std::isfinite(s.start_s)) {
+      return field_error(where, "start_s", kMustNonNegative);
+    }
+    if (!s.latency_steps.empty() && !s.cut.empty()) {
+      return invalid_argument(where +
+                              ": \"latency_steps\" change the scheduler's bound: leave "
+                              "out the fixed cut");
+    }
     if (s.jpeg_quality < 0 || s.jpeg_quality > 100) {
       return field_error(where, "bits", "1..16, fp16, fp32 or jpegQ with Q between 1 and 100");
     }
@@ -863,6 +954,25 @@ Status validate_device_config(const DeviceConfig& c) {
     if (s.threads < 0) return field_error(where, "threads", kMustCount);
   }
   return Status();
+}
+
+const char* knob_kind_name(KnobKind kind) {
+  switch (kind) {
+    case KnobKind::kNone:
+      return "none";
+    case KnobKind::kQuota:
+      return "quota";
+    case KnobKind::kCpufreq:
+      return "cpufreq";
+  }
+  return "?";
+}
+
+Result<KnobKind> parse_knob_kind(const std::string& name) {
+  for (KnobKind k : {KnobKind::kNone, KnobKind::kQuota, KnobKind::kCpufreq}) {
+    if (name == knob_kind_name(k)) return k;
+  }
+  return invalid_argument("--knobs must be none, quota or cpufreq, not \"" + name + "\"");
 }
 
 }  // namespace edgesplit::device

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "device/governor.h"
 #include "packing/codec.h"
 #include "packing/status.h"
 #include "partitioner/model_graph.h"
@@ -58,6 +59,12 @@ struct StreamConfig {
   // Frames arrive at this rate (a camera's frame rate); 0: as fast as the stream takes them.
   // Latency is counted from a frame's arrival, so a stream that falls behind sees it grow.
   double fps = 0;
+  // The first frame arrives this many seconds after the runtime starts its loop (a stream that
+  // joins later, for experiments).
+  double start_s = 0;
+  // The latency bound over time: from `first` seconds after the loop starts on, the bound is
+  // `second` ms (the scheduler's max_latency_ms before the first step). Empty: fixed.
+  std::vector<std::pair<double, double>> latency_steps;
   // Higher runs first when several streams have work ready, keeps its memory and threads when
   // the device cannot hold every stream, and is the last to be made server-only.
   int priority = 0;
@@ -81,6 +88,31 @@ struct StreamConfig {
   LocalLane local_lane = LocalLane::kAuto;
   int timeout_ms = 1000;  // a frame not answered by then is finished locally
   int threads = 0;        // intra-op threads for this stream's networks (0: the manager decides)
+};
+
+// What sets the device's speed (device/knobs.h).
+enum class KnobKind {
+  kNone,     // nothing: the hardware keeps its own governor
+  kQuota,    // a cgroup CPU quota on this process (emulates a slower clock by slicing time)
+  kCpufreq,  // cpufreq policies (real boards; needs write access to sysfs)
+};
+const char* knob_kind_name(KnobKind kind);
+Result<KnobKind> parse_knob_kind(const std::string& name);
+
+// Hardware knobs, energy and the outer loop that picks the executors' levels.
+struct EnergyConfig {
+  KnobKind knobs = KnobKind::kNone;
+  // Device description JSON (device/energy.h: executors, levels, power); empty: no energy report.
+  std::string description_path;
+  // Who picks the level; unset: the knob holds the top level (or nothing, without a knob).
+  std::optional<Governor> governor;
+  // The executor that runs the streams (its cores become the process's CPU set); empty: the
+  // description's first cpu executor.
+  std::string executor;
+  // Where the knobs and counters look (tests point them at fake trees).
+  std::string cpufreq_root = "/sys/devices/system/cpu";
+  std::string cgroup_root = "/sys/fs/cgroup";
+  std::string sys_root = "/sys";
 };
 
 // The device as a whole.
@@ -109,6 +141,7 @@ struct DeviceConfig {
   // A server is required: exit with kExitNoServer (and the reason) when it cannot be reached, is
   // refused, does not serve a stream's model, or when a stream offloaded no frame because of it.
   bool require_server = false;
+  EnergyConfig energy;
   std::vector<StreamConfig> streams;
 };
 

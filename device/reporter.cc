@@ -175,6 +175,7 @@ void Reporter::frame(const FrameRecord& r) {
   if (r.decision && r.latency_ms > 0 && planned_here) {
     t.prediction_ratios.push_back(r.decision->predicted.latency_ms / r.latency_ms);
   }
+  if (device_fields_.is_object()) j.update(device_fields_);
   emit(j);
 }
 
@@ -198,6 +199,7 @@ json Reporter::summary(const StreamSummaryInfo& info) {
     s["local_lane_beside_window"] = *info.local_lane_beside_window;
   }
   if (!info.heads.is_null()) s["heads"] = info.heads;
+  if (device_fields_.is_object()) s.update(device_fields_);
   double mean = 0;
   for (double v : t.latencies_ms) mean += v;
   if (!t.latencies_ms.empty()) mean /= static_cast<double>(t.latencies_ms.size());

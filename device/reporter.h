@@ -92,6 +92,9 @@ class Reporter {
     holding_ = false;
   }
   bool readable() const { return readable_; }
+  // Fields added to every frame and summary line from now on (the device's levels and energy
+  // so far: device/power_control.h); an object, or null for none.
+  void set_device_fields(const nlohmann::json& fields) { device_fields_ = fields; }
   bool quiet() const { return quiet_; }
 
   // "frame" events in readable mode: "[stream] #12 cat.png  tabby cat 0.81  cut 8 q4+zstd  23.1 ms
@@ -120,6 +123,7 @@ class Reporter {
   std::vector<std::string> held_;
   std::map<std::string, Live> live_;
   std::map<std::string, Tally> tally_;
+  nlohmann::json device_fields_;
   std::chrono::steady_clock::time_point last_live_{};
 };
 

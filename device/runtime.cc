@@ -17,7 +17,9 @@
 #include <thread>
 #include <vector>
 
+#include "device/knobs.h"
 #include "device/link.h"
+#include "device/power_control.h"
 #include "device/reporter.h"
 #include "device/resources.h"
 #include "device/stream.h"
@@ -33,11 +35,13 @@ constexpr double kMiB = 1024.0 * 1024.0;
 constexpr int64_t kFirstModelInitBytes = 10 << 20;
 
 // The first SIGINT or SIGTERM asks the runtime to stop taking frames and to finish (frames in
-// flight, summaries, the device line); a second one ends the process at once.
+// flight, summaries, the device line); a second one ends the process at once, after undoing what
+// the knobs changed (the governor and maximum frequency, the quota's cgroup).
 std::atomic<int> g_stop_signal{0};
 
 extern "C" void on_stop_signal(int sig) {
   if (g_stop_signal.exchange(sig) != 0) {
+    run_emergency_restore();
     std::signal(sig, SIG_DFL);
     std::raise(sig);
   }
@@ -102,6 +106,7 @@ class Runtime {
       }
     }
     if (int rc = place_models(); rc != 0) return rc;
+    if (int rc = open_power_control(); rc != 0) return rc;
     std::vector<std::string> goals;
     for (auto& s : streams_) {
       goals.push_back(streams_.size() > 1 ? "[" + s->name() + "] " + s->goal() : s->goal());
@@ -128,6 +133,11 @@ class Runtime {
     d["link"] = link_state_name(link_.state());
     d["reconnects"] = link_.reconnects();
     d["wall_s"] = round3(std::chrono::duration<double>(Clock::now() - start).count());
+    if (power_) {
+      uint64_t frames = 0;
+      for (auto& s : streams_) frames += s->summary_json().value("frames", uint64_t{0});
+      d["energy"] = power_->summary(seconds_now(), frames);
+    }
     reporter_.emit(d);
     const int sig = g_stop_signal.load();
     if (sig != 0) return 128 + sig;
@@ -168,6 +178,41 @@ class Runtime {
     reporter_.release_logs({});
     std::cerr << "edgesplit-device: --require-server: " << message << '\n';
     return kExitNoServer;
+  }
+
+  static double seconds_now() {
+    return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+  }
+
+  // The knob, the energy meter and the governor (--device-description, --knobs, --governor).
+  // A knob that cannot be opened is said once and the device runs without it.
+  int open_power_control() {
+    if (config_.energy.description_path.empty()) return 0;
+    PowerControlEnv env;
+    env.gpu_available = Stream::gpu_available();
+    auto pc =
+        PowerControl::open(config_.energy, env, [this](const std::string& m) { reporter_.log(m); });
+    if (!pc.ok()) return fail(pc.status().message());
+    power_ = std::move(pc).value();
+    for (const auto& n : power_->notes()) reporter_.log(n);
+    arm_emergency_restore(power_->restore_steps());
+    for (auto& s : streams_) s->set_device_power(power_->device_power());
+    reporter_.set_device_fields(power_->frame_fields());
+    return 0;
+  }
+
+  // The outer loop's turn (device/power_control.h): energy accounted, the level picked.
+  void power_turn(const std::string& why) {
+    if (!power_) return;
+    std::vector<StreamEnergyView> views;
+    for (auto& s : streams_) views.push_back(s->energy_view());
+    const int before = power_->level();
+    const json event = power_->tick(seconds_now(), views, why);
+    if (!event.is_null()) reporter_.emit(event);
+    if (power_->level() != before) {
+      for (auto& s : streams_) s->set_device_power(power_->device_power());
+    }
+    reporter_.set_device_fields(power_->frame_fields());
   }
 
   // A change of the link's state, as a JSON line (stderr already says it in words).
@@ -385,6 +430,11 @@ class Runtime {
     if (usable != usable_seen_ && link_.has_server()) {
       why = usable ? "the server is back" : "the server is away";
     }
+    size_t started = 0;
+    for (auto& s : streams_) started += s->started() ? 1 : 0;
+    if (finished > finished_seen_) power_turn("a stream finished");
+    if (started > started_seen_) power_turn("a stream started");
+    started_seen_ = started;
     finished_seen_ = finished;
     usable_seen_ = usable;
     if (!why.empty()) resolve_due_ = why;
@@ -430,9 +480,11 @@ class Runtime {
       const std::vector<double> shares = split_link(demand, priority, bw);
       for (size_t i = 0; i < streams_.size(); ++i) streams_[i]->set_link_share(shares[i]);
     }
+    std::string power_why = "tick";
     for (auto& s : streams_) {
       const int misses = s->misses_since_last_check();
       if (misses >= 3 && !s->finished()) {
+        power_why = "stream \"" + s->name() + "\" missed its bound";
         ++miss_reports_;
         if (miss_reports_ <= 5) {
           reporter_.log("stream \"" + s->name() + "\" missed its latency bound on " +
@@ -440,6 +492,7 @@ class Runtime {
         }
       }
     }
+    power_turn(power_why);
     if (config_.max_device_memory_mb && !said_over_) {
       const double rss = mib(resident_bytes());
       if (rss > *config_.max_device_memory_mb) {
@@ -452,6 +505,7 @@ class Runtime {
 
   void loop() {
     bool stopping = false;
+    power_turn("the streams started");
     while (!all_finished()) {
       if (!stopping && g_stop_signal.load() != 0) {
         stopping = true;
@@ -486,6 +540,8 @@ class Runtime {
         best->start_frame();
         dispatch(link_.poll(std::chrono::milliseconds(0)));
         for (auto& s : streams_) s->drain_lane();
+        // A backlog of frames run on this loop must not hold off the manager's turn.
+        manage(Clock::now());
       }
       manage(Clock::now());
       watch_link();
@@ -530,12 +586,14 @@ class Runtime {
   Link link_;
   ComputeToken token_;
   std::vector<std::unique_ptr<Stream>> streams_;
+  std::unique_ptr<PowerControl> power_;
   uint64_t seen_generation_ = 0;
   int64_t base_rss_ = 0;
   Clock::time_point last_manage_{};
   int miss_reports_ = 0;
   bool said_over_ = false;
   size_t finished_seen_ = 0;
+  size_t started_seen_ = 0;
   bool usable_seen_ = false;
   LinkState link_seen_ = LinkState::kNeverUp;
   std::string resolve_due_;

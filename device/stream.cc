@@ -169,6 +169,8 @@ struct Stream::Impl {
   bool eof = false;
   int64_t arrivals = 0;
   Clock::time_point first_arrival{};
+  std::optional<Clock::time_point> loop_start;  // the first time the loop asked for a frame
+  size_t latency_step = 0;                      // steps of cfg.latency_steps applied
   Clock::time_point next_arrival{};
   int64_t next_frame = 0;
 
@@ -455,6 +457,8 @@ struct Stream::Impl {
 
   // Reads the next frame from the source when none is waiting; sets its arrival time.
   void read_ahead(Clock::time_point now) {
+    if (!loop_start) loop_start = now;
+    apply_latency_step(now);
     if (next || eof) return;
     if (!source) {
       eof = true;
@@ -466,7 +470,7 @@ struct Stream::Impl {
       return;
     }
     if (cfg.fps > 0) {
-      if (arrivals == 0) first_arrival = now;
+      if (arrivals == 0) first_arrival = std::max(now, join_time());
       next_arrival = first_arrival + std::chrono::duration_cast<Clock::duration>(
                                          std::chrono::duration<double>(arrivals / cfg.fps));
     } else {
@@ -475,9 +479,35 @@ struct Stream::Impl {
     ++arrivals;
   }
 
+  // When the stream's first frame may arrive (its start_s after the loop started).
+  Clock::time_point join_time() const {
+    return *loop_start +
+           std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.start_s));
+  }
+  bool started(Clock::time_point now) const { return loop_start && now >= join_time(); }
+
+  // The latency bound's schedule (latency_steps): the step in force at `now`.
+  void apply_latency_step(Clock::time_point now) {
+    if (cfg.latency_steps.empty() || !scheduler) return;
+    const double t = std::chrono::duration<double>(now - *loop_start).count();
+    size_t k = latency_step;
+    while (k < cfg.latency_steps.size() && cfg.latency_steps[k].first <= t) ++k;
+    if (k == latency_step) return;
+    latency_step = k;
+    const double ms = cfg.latency_steps[k - 1].second;
+    cfg.scheduler.constraints.max_latency_ms = ms;
+    partitioner::Constraints c = scheduler->options().constraints;
+    c.max_latency_ms = ms;
+    (void)scheduler->set_constraints(c);
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "stream \"%s\": latency bound now %g ms", cfg.name.c_str(), ms);
+    reporter.log(buf);
+  }
+
   bool frame_ready(Clock::time_point now, Clock::time_point* due) {
     read_ahead(now);
     if (!next) return false;
+    if (!started(now)) return false;
     if (cfg.fps > 0 && now < next_arrival) return false;
     // A frame planned to run on the device runs on the local lane, and the next frame waits
     // for it (one local frame at a time), while the loop keeps taking replies as they come
@@ -1470,6 +1500,37 @@ double Stream::demanded_bytes_per_s() const {
   double rate = s.cfg.fps > 0 ? s.cfg.fps : (s.last_period_ms > 0 ? 1000.0 / s.last_period_ms : 0);
   return s.last_bytes * rate;
 }
+
+StreamEnergyView Stream::energy_view() const {
+  const Impl& s = *impl_;
+  StreamEnergyView v;
+  v.name = s.cfg.name;
+  v.fps = s.cfg.fps;
+  v.max_latency_ms = s.latency_bound();
+  v.threads = s.threads;
+  v.running = !s.eof && s.refused.empty() && s.started(Clock::now());
+  v.fixed = s.fixed.has_value() || s.family();
+  if (!v.running || !s.scheduler || v.fixed) return v;
+  using partitioner::Constraint;
+  for (const auto& e : s.scheduler->evaluate_all(s.conditions())) {
+    if (!e.available) continue;
+    bool meets = true;
+    for (Constraint k :
+         {Constraint::kAccuracyDrop, Constraint::kBytes, Constraint::kDeviceMemory}) {
+      if (e.violations[static_cast<size_t>(k)] > 0) meets = false;
+    }
+    if (meets) v.plans.push_back(e.metrics);
+  }
+  return v;
+}
+
+bool Stream::started() const { return impl_->started(Clock::now()); }
+
+void Stream::set_device_power(const partitioner::DevicePower& power) {
+  if (impl_->scheduler) impl_->scheduler->set_power(power);
+}
+
+bool Stream::gpu_available() { return torch::cuda::is_available(); }
 
 void Stream::expire_overdue() { impl_->expire_overdue(); }
 void Stream::drain_lane() { impl_->drain_lane(); }

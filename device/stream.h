@@ -16,6 +16,7 @@
 #include "device/compute_token.h"
 #include "device/config.h"
 #include "device/link.h"
+#include "device/power_control.h"
 #include "device/reporter.h"
 #include "device/resources.h"
 #include "packing/status.h"
@@ -88,6 +89,14 @@ class Stream {
   void set_link_share(double share);
   // Bytes per second this stream's current plan sends (for the link split).
   double demanded_bytes_per_s() const;
+  // For the outer loop that picks the executors' levels.
+  StreamEnergyView energy_view() const;
+  // Whether its first frame may have arrived (start_s after the loop started).
+  bool started() const;
+  // The device's power at its executor's current level (--objective energy plans with it).
+  void set_device_power(const partitioner::DevicePower& power);
+  // Whether LibTorch sees a CUDA device (a GPU executor can exist).
+  static bool gpu_available();
 
   // The loop's questions and calls, in the order it makes them each turn.
   void expire_overdue();  // frames past their deadline finish locally

@@ -264,6 +264,8 @@ class Scheduler {
 
   Status set_constraints(const Constraints& constraints);
   void set_objective(Objective objective) { options_.objective = objective; }
+  // The device's power (the energy objective's figures), e.g. at a new clock level.
+  void set_power(const DevicePower& power) { options_.power = power; }
   const SchedulerOptions& options() const { return options_; }
   // Whether every remote plan's accuracy has an interval (the profile has paired counts); false
   // when accuracy_confidence > 0 falls back to point estimates for some.

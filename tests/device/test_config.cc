@@ -16,6 +16,8 @@ namespace fs = std::filesystem;
 using edgesplit::StatusCode;
 using edgesplit::device::DeviceCommand;
 using edgesplit::device::DeviceConfig;
+using edgesplit::device::Governor;
+using edgesplit::device::KnobKind;
 using edgesplit::device::load_device_config;
 using edgesplit::device::LocalLane;
 using edgesplit::device::parse_device_config;
@@ -646,4 +648,73 @@ TEST_CASE(
       flags({"--model", "m.pt", "--input", "in", "--server", "tcp://h:1", "--require-server"});
   REQUIRE(req.ok());
   CHECK(req->config.require_server);
+}
+
+TEST_CASE("knob, description and governor flags and keys") {
+  const std::vector<std::string> base = {"--model", "m.pt", "--input", "x"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return flags(a);
+  };
+  auto ok = with({"--knobs", "quota", "--device-description", "d.json", "--governor", "manager",
+                  "--executor", "little"});
+  REQUIRE(ok.ok());
+  CHECK(ok->config.energy.knobs == KnobKind::kQuota);
+  CHECK(ok->config.energy.description_path == "d.json");
+  CHECK(ok->config.energy.governor == Governor::kManager);
+  CHECK(ok->config.energy.executor == "little");
+  auto plain = with({});
+  REQUIRE(plain.ok());
+  CHECK(plain->config.energy.knobs == KnobKind::kNone);
+  CHECK_FALSE(plain->config.energy.governor.has_value());
+  // Energy alone: a description without a knob or a governor.
+  CHECK(with({"--device-description", "d.json"}).ok());
+
+  auto error = [&](std::vector<std::string> extra) {
+    auto r = with(std::move(extra));
+    REQUIRE_FALSE(r.ok());
+    return r.status().message();
+  };
+  CHECK(error({"--knobs", "dvfs"}) == "--knobs must be none, quota or cpufreq, not \"dvfs\"");
+  CHECK(error({"--governor", "fast", "--knobs", "quota", "--device-description", "d.json"}) ==
+        "--governor must be manager, performance, schedutil or ondemand, not \"fast\"");
+  CHECK(contains(error({"--governor", "manager", "--knobs", "quota"}),
+                 "--governor (\"governor\") needs --device-description FILE"));
+  CHECK(error({"--governor", "schedutil", "--device-description", "d.json"}) ==
+        "--governor (\"governor\") needs a knob to turn: --knobs quota or --knobs cpufreq");
+  CHECK(error({"--knobs", "cpufreq"}) ==
+        "--knobs needs --device-description FILE: the levels it sets come from there");
+  CHECK(error({"--executor", "big"}) ==
+        "--executor needs --device-description FILE, which names executors");
+
+  auto c = parse_device_config(one_stream("", R"("knobs": "cpufreq", "governor": "ondemand",
+      "device_description": "pi.json", "executor": "big", )"),
+                               "/base");
+  REQUIRE(c.ok());
+  CHECK(c->energy.knobs == KnobKind::kCpufreq);
+  CHECK(c->energy.governor == Governor::kOndemand);
+  CHECK(c->energy.description_path == "/base/pi.json");
+  CHECK(c->energy.executor == "big");
+  CHECK(contains(config_error(one_stream("", R"("knobs": "fast", )")), "\"knobs\""));
+  CHECK(contains(config_error(one_stream("", R"("knobs": "quota", "device_description": "d",
+      "governor": "x", )")),
+                 "\"governor\""));
+}
+
+TEST_CASE("config: a stream's start and latency steps") {
+  auto c = parse_device_config(
+      one_stream(R"(, "start_s": 30, "latency_steps": [[0, 200], [20, 40], [40, 200]])"), "/b");
+  REQUIRE(c.ok());
+  CHECK(c->streams[0].start_s == 30);
+  REQUIRE(c->streams[0].latency_steps.size() == 3);
+  CHECK(c->streams[0].latency_steps[1] == std::make_pair(20.0, 40.0));
+  const std::string must =
+      "a list of [seconds, max_latency_ms] pairs with rising seconds >= 0 and bounds > 0";
+  CHECK(contains(config_error(one_stream(R"(, "latency_steps": [[10, 40], [5, 50]])")), must));
+  CHECK(contains(config_error(one_stream(R"(, "latency_steps": [[0, 0]])")), must));
+  CHECK(contains(config_error(one_stream(R"(, "latency_steps": 5)")), must));
+  CHECK(contains(config_error(one_stream(R"(, "start_s": -1)")), "\"start_s\""));
+  CHECK(contains(config_error(one_stream(R"(, "cut": "3", "latency_steps": [[0, 10]])")),
+                 "leave out the fixed cut"));
 }
