@@ -109,6 +109,10 @@ struct DeviceConfig {
   // A server is required: exit with kExitNoServer (and the reason) when it cannot be reached, is
   // refused, does not serve a stream's model, or when a stream offloaded no frame because of it.
   bool require_server = false;
+  // Frames start only as stdin allows: each line holding a number N lets N more frames start, and
+  // the run finishes when stdin closes. Lets a benchmark take turns between device processes
+  // that stay loaded (bench/testbed: interleaved rounds) without pausing a frame in flight.
+  bool frames_from_stdin = false;
   std::vector<StreamConfig> streams;
 };
 

@@ -395,7 +395,7 @@ class Testbed:
         self.slowdown = slowdown
         self.cgroup.set_slowdown(slowdown)
 
-    def spawn(self, side, argv, stdout, stderr, in_cgroup=False):
+    def spawn(self, side, argv, stdout, stderr, in_cgroup=False, stdin=None):
         """Starts argv in the device or server namespace ("dev"/"srv"); with `in_cgroup` the
         process is in the device cgroup before it executes anything. Returns the Popen; the
         process dies with the testbed."""
@@ -404,7 +404,8 @@ class Testbed:
         if in_cgroup:
             joins = " ".join("echo $$ > %s &&" % f for f in self.cgroup.procs_files())
             cmd = ["/bin/sh", "-c", joins + ' exec "$@"', "sh"] + cmd
-        p = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, preexec_fn=_pdeathsig)
+        p = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr,
+                             preexec_fn=_pdeathsig)
         self.children.append(p)
         return p
 
