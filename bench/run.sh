@@ -7,9 +7,10 @@
 #                           short run: 2, 5, 50 Mbit/s at 10 ms RTT, one trace (50 -> 5), device 4x
 #                           slower, the main contenders interleaved in rounds on the same images,
 #                           50 measured frames each (--quick 20), ratios with 95% intervals;
-#                           --full: every bandwidth (0.25..100 Mbit/s) at 10 and 50 ms (and the
-#                           low ones at 100 ms), every trace, devices 4x and 10x slower, 100
-#                           frames each; --dilation K: time dilation (bench/testbed/README.md)
+#                           --full: 1..100 Mbit/s at 10 and 50 ms and 0.25, 0.5, 1 Mbit/s at
+#                           100 ms, every trace, devices 4x and 10x slower, 100 frames each;
+#                           --dilation K: time dilation (README.md, "Benchmarks and the network
+#                           testbed")
 #   bench/run.sh cleanup    remove namespaces and cgroups left by a crashed run
 #   bench/run.sh --help     every option (scenarios, contenders, frames, model, profile, ...)
 #   bench/run.sh engine [--quick] --out DIR [--check]
