@@ -9,8 +9,10 @@ device CPU time from the device cgroup's CPU accounting. Standard library only.
 """
 
 import argparse
+import contextlib
 import csv
 import datetime
+import fcntl
 import json
 import os
 import statistics
@@ -431,7 +433,9 @@ def screen(tb, args, profile, conditions, out_dir):
     for b in range(0, len(names), args.screen_batch):
         batch = names[b:b + args.screen_batch]
         devs = {}
-        try:
+        with timing_lock(args), contextlib.ExitStack() as done:
+            done.callback(lambda: [d.close(kill=True) for d in devs.values()])
+            done.callback(tb.set_slowdown, 0)
             for slowdown, dilation, sc in conditions:
                 t0 = time.monotonic()
                 res = out[(slowdown, dilation, sc["name"])]
@@ -478,10 +482,6 @@ def screen(tb, args, profile, conditions, out_dir):
                     if v and n not in res["pruned"]:
                         res["median_ms"][n] = statistics.median(v)
                 res["wall_s"] += time.monotonic() - t0
-        finally:
-            tb.set_slowdown(0)
-            for d in devs.values():
-                d.close(kill=True)
     for slowdown, dilation, sc in conditions:
         res = out[(slowdown, dilation, sc["name"])]
         res["keep"] = interleave.screen_keep(res["median_ms"], args.oracle_keep)
@@ -521,6 +521,25 @@ def scenario_contenders(profile, step, slowdown, dilation, args, screened):
             oracle.append(("oracle:" + name, flags, "screened %.1f ms" %
                            (screened["median_ms"][name] / dilation)))
     return cons, oracle
+
+
+@contextlib.contextmanager
+def timing_lock(args):
+    """Holds --lock (flock) while a part of the run measures: each screening batch, each
+    scenario's rounds, each trace run; between them others sharing the machine may measure."""
+    if not args.lock:
+        yield
+        return
+    with open(args.lock, "a") as f:
+        t0 = time.monotonic()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        waited = time.monotonic() - t0
+        if waited > 1:
+            print("  (waited %.0f s for %s)" % (waited, args.lock), flush=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def rounds_of(args):
@@ -1225,6 +1244,10 @@ def main(argv):
     ap.add_argument("--trace-contenders", default="server-jpeg90",
                     help="run through each trace besides edgesplit-latency: device-only, "
                     "server-jpeg90, fixed-q8")
+    ap.add_argument("--lock", default="",
+                    help="a file to flock while measuring (each screening batch, each scenario, "
+                    "each trace), released between them, e.g. /tmp/edgesplit-timing.lock on a "
+                    "machine others measure on too")
     ap.add_argument("--check", action="store_true",
                     help="exit 1 when a target is missed (or has no supporting interval)")
     ap.add_argument("--quick", action="store_true",
@@ -1391,13 +1414,16 @@ def main(argv):
                     for sc in fixed_sc:
                         if server.poll() is not None:
                             server = start_server(tb, args, out_dir)
-                        run_fixed(tb, args, profile, labels, sc, slowdown, out_dir, results, k,
-                                  screened.get((slowdown, k, sc["name"])))
+                        with timing_lock(args):
+                            run_fixed(tb, args, profile, labels, sc, slowdown, out_dir, results,
+                                      k, screened.get((slowdown, k, sc["name"])))
                         write_outputs(results, out_dir)
                     for sc in trace_sc:
                         if server.poll() is not None:
                             server = start_server(tb, args, out_dir)
-                        run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results, k)
+                        with timing_lock(args):
+                            run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results,
+                                      k)
                         write_outputs(results, out_dir)
     finally:
         results["settings"]["wall_s"] = round(time.monotonic() - started, 1)
