@@ -1248,6 +1248,8 @@ def main(argv):
                     help="a file to flock while measuring (each screening batch, each scenario, "
                     "each trace), released between them, e.g. /tmp/edgesplit-timing.lock on a "
                     "machine others measure on too")
+    ap.add_argument("--estimate", action="store_true",
+                    help="print how long the run would take, and exit (no root needed)")
     ap.add_argument("--check", action="store_true",
                     help="exit 1 when a target is missed (or has no supporting interval)")
     ap.add_argument("--quick", action="store_true",
@@ -1315,7 +1317,7 @@ def main(argv):
     ap.add_argument("--scenario-dir", default=os.path.join(REPO, "bench", "scenarios"))
     args = ap.parse_args(argv)
 
-    problem = netbed.root_problem()
+    problem = None if args.estimate else netbed.root_problem()
     if problem:
         print("bench: " + problem, file=sys.stderr)
         return 1
@@ -1367,6 +1369,13 @@ def main(argv):
                     have.add((st["rate"], st["rtt"]))
     fixed_sc.sort(key=lambda s: (s["steps"][0]["rtt"], s["steps"][0]["rate"]))
 
+    if args.estimate:
+        est = estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args)
+        print("bench: %d fixed scenarios, %d traces, device %s x slower, dilation %s, %d frames "
+              "per contender and scenario: about %.0f min" % (
+                  len(fixed_sc), len(trace_sc), "/".join("%g" % s for s in slowdowns),
+                  "/".join("%g" % k for k in dilations), args.frames, est / 60.0))
+        return 0
     out_dir = args.out or os.path.join(REPO, "bench", "results",
                                        datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     os.makedirs(out_dir, exist_ok=True)
