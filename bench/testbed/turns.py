@@ -1,7 +1,9 @@
 """Device processes that take turns: each contender is one edgesplit-device that stays loaded in
-the testbed's device namespace and cgroup and starts frames only when told
-(--frames-from-stdin), so contenders run interleaved in rounds (interleave.schedule) without
-reloading the model and without pausing a frame in flight. Standard library only.
+the testbed's device namespace and starts frames only when told (--frames-from-stdin), so
+contenders run interleaved in rounds (interleave.schedule) without reloading the model and
+without pausing a frame in flight. A process waits in the testbed's idle cgroup (no quota) and
+takes its turn in the device cgroup (the quota): what the waiting ones do (probes, timers) does
+not take the running one's quota. Standard library only.
 """
 
 import json
@@ -27,7 +29,7 @@ class GatedDevice:
         self.err_path = raw_path + ".err"
         err = open(self.err_path, "w")
         self.tb = tb
-        self.proc = tb.spawn("dev", argv, subprocess.PIPE, err, in_cgroup=True,
+        self.proc = tb.spawn("dev", argv, subprocess.PIPE, err, in_cgroup="idle",
                              stdin=subprocess.PIPE)
         err.close()
         self.q = queue.Queue()
@@ -71,11 +73,22 @@ class GatedDevice:
         (the process is then stopped) or the process exited."""
         self.frames_started += n
         try:
+            self.tb.move(self.proc.pid, idle=False)
             self.proc.stdin.write(b"%d\n" % n)
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             self.dead = "exited: " + self.stderr_tail()
             return [], False
+        try:
+            return self._collect(n, timeout_s)
+        finally:
+            if self.proc.poll() is None:
+                try:
+                    self.tb.move(self.proc.pid, idle=True)
+                except OSError:
+                    pass  # it just exited
+
+    def _collect(self, n, timeout_s):
         got = []
         deadline = time.monotonic() + timeout_s
         while len(got) < n:
@@ -130,10 +143,9 @@ class GatedDevice:
 
 
 def start_all(tb, entries, ready_timeout_s=180.0):
-    """Starts every (name, argv, raw_path) with the device at full speed (loading is not slowed
-    down) and waits until each is ready. Returns {name: GatedDevice} of those that are; the
-    others are closed, with their reason in `failed` ({name: why})."""
-    tb.set_slowdown(0)
+    """Starts every (name, argv, raw_path) in the idle cgroup (loading is not slowed down) and
+    waits until each is ready. Returns {name: GatedDevice} of those that are; the others are
+    closed, with their reason in `failed` ({name: why})."""
     devs = {name: GatedDevice(tb, argv, raw) for name, argv, raw in entries}
     failed = {}
     for name, d in list(devs.items()):
