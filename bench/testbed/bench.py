@@ -439,6 +439,11 @@ def screen(tb, args, profile, conditions, out_dir):
             for slowdown, dilation, sc in conditions:
                 t0 = time.monotonic()
                 res = out[(slowdown, dilation, sc["name"])]
+                # A plan pruned in the last condition may still owe frames: wait a little for
+                # them, else stop it (and start it again below).
+                for n in [n for n in batch if n in devs and devs[n].owed]:
+                    if not devs[n].drain(args.max_turn_s):
+                        devs.pop(n).close(kill=True)
                 dead = [n for n in batch if n not in devs]
                 if dead:
                     started, failed = turns.start_all(tb, [(
@@ -465,14 +470,15 @@ def screen(tb, args, profile, conditions, out_dir):
                             args.max_turn_s, max(1.0, args.screen_prune * min(known) *
                                                  per_turn / 1000.0))
                         first = devs[n].frames_started + 1
-                        got, ok = devs[n].turn(per_turn, limit)
+                        got, ok = devs[n].turn(per_turn, limit, stop_late=False)
                         if not ok:
                             res["pruned"][n] = ("turn of %d frames not done within %.1f s (%gx "
                                                 "the best screened median per frame)" % (
                                                     per_turn, limit,
                                                     args.screen_prune)
                                                 if known else devs[n].dead)
-                            devs.pop(n).close(kill=True)
+                            if devs[n].proc.poll() is not None:
+                                devs.pop(n).close(kill=True)
                             continue
                         lat.setdefault(n, []).extend(
                             j["latency_ms"] for _, j in got if j["frame"] >= first and

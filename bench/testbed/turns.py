@@ -35,6 +35,7 @@ class GatedDevice:
         self.q = queue.Queue()
         self.ready = None
         self.frames_started = 0
+        self.owed = 0  # frames of a late turn still to come (turn(stop_late=False))
         self.dead = None  # why this contender stopped taking turns
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -67,10 +68,11 @@ class GatedDevice:
                 self.ready = j
         return True
 
-    def turn(self, n, timeout_s):
+    def turn(self, n, timeout_s, stop_late=True):
         """Lets n more frames start and waits for their n frame lines. Returns (frames, ok):
         frames as (arrival, line) pairs; ok False when they did not all come within timeout_s
-        (the process is then stopped) or the process exited."""
+        or the process exited. A late process is stopped, or with `stop_late` False left to
+        finish its frames (`owed` says how many; drain() waits for them)."""
         self.frames_started += n
         try:
             self.tb.move(self.proc.pid, idle=False)
@@ -80,7 +82,10 @@ class GatedDevice:
             self.dead = "exited: " + self.stderr_tail()
             return [], False
         try:
-            return self._collect(n, timeout_s)
+            got, ok = self._collect(n, timeout_s, stop_late)
+            if not ok and not stop_late and self.proc.poll() is None:
+                self.owed = n - len(got)
+            return got, ok
         finally:
             if self.proc.poll() is None:
                 try:
@@ -88,7 +93,16 @@ class GatedDevice:
                 except OSError:
                     pass  # it just exited
 
-    def _collect(self, n, timeout_s):
+    def drain(self, timeout_s):
+        """Waits (in the device cgroup's place: idle, no quota) for the frames a late turn still
+        owes; False when they did not come within timeout_s."""
+        if not self.owed:
+            return True
+        got, ok = self._collect(self.owed, timeout_s, stop_late=False)
+        self.owed -= len(got)
+        return ok
+
+    def _collect(self, n, timeout_s, stop_late=True):
         got = []
         deadline = time.monotonic() + timeout_s
         while len(got) < n:
@@ -97,7 +111,8 @@ class GatedDevice:
                 t, j = self.q.get(timeout=max(0.01, left)) if left > 0 else self.q.get_nowait()
             except queue.Empty:
                 self.dead = "%d of %d frames within the turn's %.1f s" % (len(got), n, timeout_s)
-                self.close(kill=True)
+                if stop_late:
+                    self.close(kill=True)
                 return got, False
             if j is None:
                 self.dead = "exited: " + self.stderr_tail()
