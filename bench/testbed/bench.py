@@ -1148,6 +1148,8 @@ def markdown(results):
         return "%s %gx K%g" % (r["scenario"], r["slowdown"], r.get("dilation", 1.0))
 
     def iv(r):
+        if r.get("ratio") is None:
+            return "- (no server time)"
         return "%.2f [%.2f, %.2f]" % (r["ratio"], r["lo95"], r["hi95"])
 
     def met(r):
