@@ -3,10 +3,14 @@
 # (raw or JPEG), the best fixed cut in fp32 and at 8 bits, and the oracle, on a shaped link
 # (network namespaces, tc) with the device process N times slower (cgroup CPU quota).
 #
-#   bench/run.sh            short run: 2, 5, 50 Mbit/s at 10 ms RTT, one trace (50 -> 5), device 4x
-#                           slower, 30 frames per run, the main contenders
-#   bench/run.sh --full     every bandwidth (1..100 Mbit/s) at 10 and 50 ms, every trace,
-#                           devices 4x and 10x slower
+#   bench/run.sh [testbed] [--quick|--full] [--dilation K] --out DIR [--check]
+#                           short run: 2, 5, 50 Mbit/s at 10 ms RTT, one trace (50 -> 5), device 4x
+#                           slower, the main contenders interleaved in rounds on the same images,
+#                           50 measured frames each (--quick 20), ratios with 95% intervals;
+#                           --full: 1..100 Mbit/s at 10 and 50 ms and 0.25, 0.5, 1 Mbit/s at
+#                           100 ms, every trace, devices 4x and 10x slower, 100 frames each;
+#                           --dilation K: time dilation (README.md, "Benchmarks and the network
+#                           testbed")
 #   bench/run.sh cleanup    remove namespaces and cgroups left by a crashed run
 #   bench/run.sh --help     every option (scenarios, contenders, frames, model, profile, ...)
 #   bench/run.sh engine [--quick] --out DIR [--check]
@@ -64,6 +68,9 @@ if [[ "${1:-}" == "elastic" ]]; then
     exec "$py" "$here/elastic/budget.py" "$@"
   fi
   exec "$py" "$here/elastic/elastic_bench.py" "$@"
+fi
+if [[ "${1:-}" == "testbed" ]]; then
+  shift  # the default benchmark, named
 fi
 if [[ "${1:-}" == "cleanup" ]]; then
   shift

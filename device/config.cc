@@ -491,6 +491,9 @@ void add_flags(cxxopts::Options& cli) {
     ("key", "this device's CURVE secret key file (.key; default with --server-key: a fresh key per run)",
      cxxopts::value<std::string>())
     ("quiet", "no log lines or summary on stderr")
+    ("frames-from-stdin", "start frames only as stdin allows: each line N lets N more frames "
+     "start; the run finishes when stdin closes (a benchmark takes turns between loaded devices "
+     "with it)")
     ("require-server", "a server is required: exit with status 3 and the reason when it cannot be "
      "reached, refuses this device, does not serve a model, or no frame could be offloaded")
     ("h,help", "show this help");
@@ -543,6 +546,7 @@ Status apply_device_flags(const cxxopts::ParseResult& args, DeviceConfig& c) {
   }
   if (args.count("quiet")) c.quiet = true;
   if (args.count("require-server")) c.require_server = true;
+  if (args.count("frames-from-stdin")) c.frames_from_stdin = true;
   if (args.count("threads")) {
     c.threads = args["threads"].as<int>();
     if (c.threads < 0) return invalid_argument("--threads must be 0 (default) or more");

@@ -142,6 +142,10 @@ struct DeviceConfig {
   // refused, does not serve a stream's model, or when a stream offloaded no frame because of it.
   bool require_server = false;
   EnergyConfig energy;
+  // Frames start only as stdin allows: each line holding a number N lets N more frames start, and
+  // the run finishes when stdin closes. Lets a benchmark take turns between device processes
+  // that stay loaded (bench/testbed: interleaved rounds) without pausing a frame in flight.
+  bool frames_from_stdin = false;
   std::vector<StreamConfig> streams;
 };
 

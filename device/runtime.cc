@@ -1,5 +1,6 @@
 #include "device/runtime.h"
 
+#include <poll.h>
 #include <unistd.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -11,9 +12,11 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -503,14 +506,43 @@ class Runtime {
     }
   }
 
+  // --frames-from-stdin: takes what stdin says without blocking (each line N: N more frames may
+  // start); at its end the run finishes like after SIGTERM.
+  void read_gate() {
+    if (!config_.frames_from_stdin || gate_closed_) return;
+    for (;;) {
+      pollfd p{STDIN_FILENO, POLLIN, 0};
+      if (::poll(&p, 1, 0) <= 0 || !(p.revents & (POLLIN | POLLHUP | POLLERR))) return;
+      char buf[256];
+      const ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
+      if (n <= 0) {
+        gate_closed_ = true;
+        return;
+      }
+      gate_text_.append(buf, static_cast<size_t>(n));
+      for (size_t eol; (eol = gate_text_.find('\n')) != std::string::npos;) {
+        const std::string line = gate_text_.substr(0, eol);
+        gate_text_.erase(0, eol + 1);
+        char* end = nullptr;
+        const long long more = std::strtoll(line.c_str(), &end, 10);
+        if (end != line.c_str() && more > 0) gate_frames_ += more;
+      }
+    }
+  }
+
+  bool gate_allows() const { return !config_.frames_from_stdin || gate_frames_ > 0; }
+
   void loop() {
     bool stopping = false;
     power_turn("the streams started");
     while (!all_finished()) {
-      if (!stopping && g_stop_signal.load() != 0) {
+      read_gate();
+      if (!stopping && (g_stop_signal.load() != 0 || gate_closed_)) {
         stopping = true;
-        reporter_.log(std::string(g_stop_signal.load() == SIGINT ? "interrupted" : "terminated") +
-                      ": finishing the frames in flight (again to stop at once)");
+        if (!gate_closed_) {
+          reporter_.log(std::string(g_stop_signal.load() == SIGINT ? "interrupted" : "terminated") +
+                        ": finishing the frames in flight (again to stop at once)");
+        }
         for (auto& s : streams_) s->stop();
       }
       dispatch(link_.poll(std::chrono::milliseconds(0)));
@@ -523,7 +555,7 @@ class Runtime {
       }
       // Start every frame that has arrived and may start, highest priority first, then the
       // earliest deadline; replies are taken between frames so their round trips stay honest.
-      for (;;) {
+      while (gate_allows()) {
         const auto now = Clock::now();
         Stream* best = nullptr;
         Clock::time_point best_due{};
@@ -538,6 +570,7 @@ class Runtime {
         }
         if (!best) break;
         best->start_frame();
+        if (config_.frames_from_stdin) --gate_frames_;
         dispatch(link_.poll(std::chrono::milliseconds(0)));
         for (auto& s : streams_) s->drain_lane();
         // A backlog of frames run on this loop must not hold off the manager's turn.
@@ -564,6 +597,9 @@ class Runtime {
     ms = std::clamp<int64_t>(ms, 0, 1000);
     std::vector<zmq_pollitem_t> items;
     if (auto item = link_.poll_item()) items.push_back(*item);
+    if (config_.frames_from_stdin && !gate_closed_) {
+      items.push_back(zmq_pollitem_t{nullptr, STDIN_FILENO, ZMQ_POLLIN, 0});
+    }
     bool lane_without_fd = false;
     for (auto& s : streams_) {
       const int fd = s->lane_fd();
@@ -592,6 +628,9 @@ class Runtime {
   Clock::time_point last_manage_{};
   int miss_reports_ = 0;
   bool said_over_ = false;
+  int64_t gate_frames_ = 0;  // frames stdin allows to start (--frames-from-stdin)
+  bool gate_closed_ = false;
+  std::string gate_text_;  // a line from stdin not yet complete
   size_t finished_seen_ = 0;
   size_t started_seen_ = 0;
   bool usable_seen_ = false;

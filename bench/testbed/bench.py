@@ -9,8 +9,10 @@ device CPU time from the device cgroup's CPU accounting. Standard library only.
 """
 
 import argparse
+import contextlib
 import csv
 import datetime
+import fcntl
 import json
 import os
 import statistics
@@ -21,7 +23,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import costmodel  # noqa: E402
+import interleave  # noqa: E402
 import netbed  # noqa: E402
+import turns  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(HERE))
 SHARED = os.environ.get("EDGESPLIT_SHARED_DIR", os.path.join(os.path.dirname(REPO), "shared"))
@@ -99,7 +103,36 @@ class Run:
         self.t_first = None
         self.rc = None
         self.stderr = ""
-        self.capped = False
+
+
+def device_argv(args, extra, max_frames=None):
+    """edgesplit-device's command line in the testbed with `extra` flags; it loops over the
+    images, for `max_frames` frames (None: until stopped)."""
+    argv = [os.path.join(args.bin_dir, "edgesplit-device"),
+            "--server", "tcp://%s:%d" % (netbed.SRV_ADDR, PORT),
+            "--model", args.model, "--input", args.images, "--threads", "1", "--top-k", "1",
+            "--engine", args.engine, "--quiet", "--loop", "0"]
+    if args.meta:
+        argv += ["--meta", args.meta]
+    if args.profile:
+        argv += ["--profile", args.profile]
+    if max_frames:
+        argv += ["--max-frames", str(max_frames)]
+    if "--in-flight" not in extra:
+        # The device's documented default (1; 4 for --objective throughput), given explicitly.
+        argv += ["--in-flight", "4" if "throughput" in extra else "1"]
+    return argv + list(extra)
+
+
+def timeout_flags(flags, dilation, fixed_timeout_ms):
+    """--timeout-ms for a contender under dilation K: a fixed plan gets `fixed_timeout_ms` x K (it
+    should not fall back), edgesplit its default 1000 ms x K (the device's own time scale is
+    dilated with the network's); nothing at K = 1 for edgesplit (its default)."""
+    if "--timeout-ms" in flags:
+        return []
+    if "--cut" in flags or "--plan" in flags:
+        return ["--timeout-ms", str(int(fixed_timeout_ms * dilation))]
+    return ["--timeout-ms", str(int(1000 * dilation))] if dilation != 1 else []
 
 
 def run_device(tb, args, extra, out_path, warmup, quota, duration=None, on_start=None):
@@ -109,22 +142,7 @@ def run_device(tb, args, extra, out_path, warmup, quota, duration=None, on_start
     first frame); the first `warmup` frames are not measured. With `duration` the device loops
     over the images and is stopped that many seconds after the first frame; `on_start(t0)` is
     called then."""
-    argv = [os.path.join(args.bin_dir, "edgesplit-device"),
-            "--server", "tcp://%s:%d" % (netbed.SRV_ADDR, PORT),
-            "--model", args.model, "--input", args.images, "--threads", "1", "--top-k", "1",
-            "--engine", args.engine, "--quiet"]
-    if args.meta:
-        argv += ["--meta", args.meta]
-    if args.profile:
-        argv += ["--profile", args.profile]
-    if duration:
-        argv += ["--loop", "0"]
-    else:
-        argv += ["--max-frames", str(args.frames + warmup), "--loop", "0"]
-    if "--in-flight" not in extra:
-        # The device's documented default (1; 4 for --objective throughput), given explicitly.
-        argv += ["--in-flight", "4" if "throughput" in extra else "1"]
-    argv += extra
+    argv = device_argv(args, extra, None if duration else args.frames + warmup)
     tb.set_slowdown(0)
     run = Run()
     err_path = out_path + ".err"
@@ -161,9 +179,6 @@ def run_device(tb, args, extra, out_path, warmup, quota, duration=None, on_start
                     run.cpu_at[frames] = tb.cgroup.cpu_seconds()
                 if stop_at and now >= stop_at:
                     break
-                if not duration and args.max_run_s and now - run.t_first > args.max_run_s:
-                    run.capped = True  # a slow contender: fewer frames, said in the results
-                    break
         finally:
             run.cpu_at[frames] = tb.cgroup.cpu_seconds()
             tb.stop(proc, timeout=10.0)
@@ -199,8 +214,7 @@ def metrics(run, warmup, labels, slo_ms=None):
     frames = [(t, j) for t, j in run.lines if j.get("type") == "frame"]
     measured = frames[warmup:]
     lat = [j["latency_ms"] for _, j in measured]
-    m = {"frames": len(measured), "frames_total": len(frames), "rc": run.rc,
-         "capped_by_max_run_s": run.capped}
+    m = {"frames": len(measured), "frames_total": len(frames), "rc": run.rc}
     if not measured:
         m["error"] = "no frames measured (device exit %s): %s" % (run.rc, run.stderr.strip()[-300:])
         return m
@@ -271,9 +285,10 @@ def metrics(run, warmup, labels, slo_ms=None):
     return m
 
 
-def timeline(run, t0):
-    """Per frame: arrival time from t0, latency, plan, where it completed."""
-    return [{"t": round(t - t0, 4), "frame": j["frame"], "latency_ms": j["latency_ms"],
+def timeline(run, t0, dilation=1.0):
+    """Per frame: arrival time from t0, latency, plan, where it completed (times / dilation)."""
+    return [{"t": round((t - t0) / dilation, 4), "frame": j["frame"],
+             "latency_ms": j["latency_ms"] / dilation,
              "plan": plan_key(j), "completed": j["completed"]}
             for t, j in run.lines if j.get("type") == "frame"]
 
@@ -318,24 +333,8 @@ def contenders_for(profile, bw, rtt, slowdown, args):
     return out, oracle
 
 
-def measured_slo(entry):
-    """The latency bound of the cost-objective run from this scenario's runs so far: halfway
-    between device-only's measured p50 and the best measured p50 of a contender that sends, within
-    the accuracy bound by the profile (server-raw, server-jpeg90, the fixed cuts, edgesplit for
-    latency). None before both were measured."""
-    c = entry["contenders"]
-    dev = c.get("device-only")
-    sending = [c[n]["latency_p50_ms"] for n in ("server-raw", "server-jpeg90", "fixed-fp32",
-                                                 "fixed-q8", "edgesplit-latency")
-               if clean(n, c.get(n))]
-    if not ok_metrics(dev) or not sending:
-        return None
-    return round((min(sending) + dev["latency_p50_ms"]) / 2.0, 1)
-
-
 def slo_for(profile, bw, rtt, slowdown):
-    """The latency bound of the cost-objective run when device-only or every sending contender is
-    left out of the run: halfway between the best predicted latency (within the accuracy bound)
+    """The latency bound of the cost-objective run without the oracle's screening: halfway between the best predicted latency (within the accuracy bound)
     and the device-only one."""
     r = costmodel.ranked(profile, bw, rtt, slowdown, max_accuracy_drop=ACCURACY_BOUND)
     local = [p for p in r if p["local"]][0]["predicted"]["latency_ms"]
@@ -403,59 +402,325 @@ def wait_for_server(proc, endpoint_file, out_dir, what, timeout_s=120):
         time.sleep(0.1)
 
 
-def run_fixed(tb, args, profile, labels, sc, slowdown, out_dir, results):
-    step = sc["steps"][0]
-    tb.set_link(step["rate"], step["rtt"], step["loss"])
-    tag = "%s/%gx" % (sc["name"], slowdown)
-    print("[%s] %s: %g Mbit/s, RTT %g ms, device %gx slower" %
-          (time.strftime("%H:%M:%S"), sc["name"], step["rate"], step["rtt"], slowdown), flush=True)
-    cons, oracle = contenders_for(profile, step["rate"], step["rtt"], slowdown, args)
+def screen(tb, args, profile, conditions, out_dir):
+    """The oracle's screening: every feasible profiled plan (interleave.feasible_plans) a device
+    process, in batches of --screen-batch loaded at once, each batch kept loaded through every
+    condition (slowdown, dilation, scenario) in turn; per condition, each batch takes
+    --screen-rounds interleaved rounds of 1 settle frame and --screen-frames measured ones. A
+    plan whose turn takes longer than --screen-prune times the best screened median so far (per
+    frame) is pruned by that measurement (its process is stopped, and started again for the next
+    condition). Returns {(slowdown, dilation, scenario name): {candidates, unpinnable, median_ms
+    (wall time), pruned, keep (the --oracle-keep best), flags, slo_ms, wall_s}}."""
+    plans, unpinnable = interleave.feasible_plans(profile, ACCURACY_BOUND)
+    # Fewest bytes first, so the first measured plans on a slow link set a low bar for the
+    # pruning (the order decides what is measured first, not what is measured).
+    plans.sort(key=lambda p: (p["bytes"], p["cut"]))
+    names = [interleave.plan_name(p) for p in plans]
+    flags = {interleave.plan_name(p): costmodel.pinnable(p) for p in plans}
+    key = lambda c: (c[0], c[1], c[2]["name"])  # noqa: E731
+    out = {key(c): {"candidates": names,
+                    "unpinnable": [interleave.plan_name(p) for p in unpinnable],
+                    "median_ms": {}, "pruned": {}, "flags": flags, "wall_s": 0.0}
+           for c in conditions}
+    print("[%s] screening %d feasible plans (%d more cannot be pinned on the command line) in "
+          "%d condition(s), %d processes at a time" % (
+              time.strftime("%H:%M:%S"), len(names), len(unpinnable), len(conditions),
+              args.screen_batch), flush=True)
+    raw_dir = os.path.join(out_dir, "raw", "screening")
+    os.makedirs(raw_dir, exist_ok=True)
+    per_turn = 1 + args.screen_frames
+    k_max = max(c[1] for c in conditions)
+    for b in range(0, len(names), args.screen_batch):
+        batch = names[b:b + args.screen_batch]
+        devs = {}
+        with timing_lock(args), contextlib.ExitStack() as done:
+            done.callback(lambda: [d.close(kill=True) for d in devs.values()])
+            done.callback(tb.set_slowdown, 0)
+            for slowdown, dilation, sc in conditions:
+                t0 = time.monotonic()
+                res = out[(slowdown, dilation, sc["name"])]
+                # A plan pruned in the last condition may still owe frames: wait a little for
+                # them, else stop it (and start it again below).
+                for n in [n for n in batch if n in devs and devs[n].owed]:
+                    if not devs[n].drain(args.max_turn_s):
+                        devs.pop(n).close(kill=True)
+                dead = [n for n in batch if n not in devs]
+                if dead:
+                    started, failed = turns.start_all(tb, [(
+                        n, device_argv(args, flags[n] + timeout_flags(flags[n], k_max,
+                                                                      args.timeout_ms)),
+                        os.path.join(raw_dir, "%gx-K%g-%s-%s.jsonl" % (
+                            slowdown, dilation, sc["name"], n.replace(":", "_"))))
+                        for n in dead])
+                    devs.update(started)
+                    for n, why in failed.items():
+                        res["pruned"][n] = "did not start: %s" % why
+                link = interleave.dilate_step(sc["steps"][0], dilation)
+                tb.set_link(link["rate"], link["rtt"], link["loss"])
+                tb.set_slowdown(slowdown)
+                lat = {}
+                for r in range(args.screen_rounds):
+                    for turn in interleave.schedule(batch, 1, args.screen_frames, 1):
+                        n = turn["name"]
+                        if n not in devs or n in res["pruned"]:
+                            continue
+                        known = list(res["median_ms"].values()) + [
+                            statistics.median(v) for v in lat.values() if v]
+                        limit = args.max_turn_s if not known else min(
+                            args.max_turn_s, max(1.0, args.screen_prune * min(known) *
+                                                 per_turn / 1000.0))
+                        first = devs[n].frames_started + 1
+                        got, ok = devs[n].turn(per_turn, limit, stop_late=False)
+                        if not ok:
+                            res["pruned"][n] = ("turn of %d frames not done within %.1f s (%gx "
+                                                "the best screened median per frame)" % (
+                                                    per_turn, limit,
+                                                    args.screen_prune)
+                                                if known else devs[n].dead)
+                            if devs[n].proc.poll() is not None:
+                                devs.pop(n).close(kill=True)
+                            continue
+                        lat.setdefault(n, []).extend(
+                            j["latency_ms"] for _, j in got if j["frame"] >= first and
+                            j["completed"] != "failed")
+                tb.set_slowdown(0)
+                for n, v in lat.items():
+                    if v and n not in res["pruned"]:
+                        res["median_ms"][n] = statistics.median(v)
+                res["wall_s"] += time.monotonic() - t0
+    for slowdown, dilation, sc in conditions:
+        res = out[(slowdown, dilation, sc["name"])]
+        res["keep"] = interleave.screen_keep(res["median_ms"], args.oracle_keep)
+        local = [v for n, v in res["median_ms"].items() if n.endswith(":local")]
+        sending = [v for n, v in res["median_ms"].items() if not n.endswith(":local")]
+        res["slo_ms"] = round((min(sending) + local[0]) / 2.0, 1) if local and sending else None
+        res["wall_s"] = round(res["wall_s"], 1)
+        print("  %s/%gx/K%g: kept %s of %d screened (%d pruned), %.0f s" % (
+            sc["name"], slowdown, dilation, ", ".join("%s %.1f ms" % (n, res["median_ms"][n] / dilation)
+                                  for n in res["keep"]),
+            len(res["median_ms"]), len(res["pruned"]), res["wall_s"]), flush=True)
+    return out
+
+
+def scenario_contenders(profile, step, slowdown, dilation, args, screened):
+    """(name, flags, note) of a fixed scenario's contenders: the fixed ones and edgesplit's (by
+    the cost model at the link as emulated: rate / K, round trip x K), and the oracle's
+    candidates that the screening kept (`screened`: {name: screened median ms}, or None)."""
+    rate, rtt = step["rate"] / dilation, step["rtt"] * dilation
+    cons, oracle = contenders_for(profile, rate, rtt, slowdown, args)
     cons = [c for c in cons if c[0] in args.contenders or c[0].endswith("-pipelined") and
             "edgesplit-throughput" in args.contenders]
     if profile and "edgesplit-cost" in args.contenders:
-        slo = slo_for(profile, step["rate"], step["rtt"], slowdown)
-        cons.append(("edgesplit-cost", ["--objective", "cost", "--max-latency-ms", str(slo),
-                                        "--max-accuracy-drop", str(ACCURACY_BOUND)],
-                     "SLO %.1f ms" % slo))
-    raw_dir = os.path.join(out_dir, "raw", "%gx" % slowdown, sc["name"])
+        slo = slo_for(profile, rate, rtt, slowdown)
+        note = "SLO %.1f ms (halfway between the best predicted latency and device-only's)"
+        if screened and screened.get("slo_ms"):
+            slo = screened["slo_ms"]
+            note = ("SLO %.1f ms (halfway between device-only's screened median and the best "
+                    "screened median of a plan that sends)")
+        cons.append(("edgesplit-cost", ["--objective", "cost", "--max-latency-ms",
+                                        "%.1f" % slo, "--max-accuracy-drop",
+                                        str(ACCURACY_BOUND)], note % (slo / dilation)))
+    if screened is not None:
+        oracle = []
+        for name in screened["keep"]:
+            flags = screened["flags"][name]
+            oracle.append(("oracle:" + name, flags, "screened %.1f ms" %
+                           (screened["median_ms"][name] / dilation)))
+    return cons, oracle
+
+
+@contextlib.contextmanager
+def timing_lock(args):
+    """Holds --lock (flock) while a part of the run measures: each screening batch, each
+    scenario's rounds, each trace run; between them others sharing the machine may measure."""
+    if not args.lock:
+        yield
+        return
+    with open(args.lock, "a") as f:
+        t0 = time.monotonic()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        waited = time.monotonic() - t0
+        if waited > 1:
+            print("  (waited %.0f s for %s)" % (waited, args.lock), flush=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def rounds_of(args):
+    """(rounds, measured frames per contender and round): --frames over at least 2 rounds of at
+    most --round-frames (--frames rounded up to a multiple of the rounds)."""
+    rounds = max(2, -(-args.frames // args.round_frames))
+    return rounds, -(-args.frames // rounds)
+
+
+def run_fixed(tb, args, profile, labels, sc, slowdown, out_dir, results, dilation=1.0,
+              screened=None):
+    """One fixed scenario: every contender (and the oracle's candidates) a loaded device process,
+    all taking turns in interleaved rounds on the same images (interleave.schedule); metrics per
+    contender over its measured frames, and per round the values the ratios' intervals come
+    from. Times are reported divided by the dilation."""
+    step = sc["steps"][0]
+    link = interleave.dilate_step(step, dilation)
+    tb.set_link(link["rate"], link["rtt"], link["loss"])
+    tag = "%s/%gx/K%g" % (sc["name"], slowdown, dilation)
+    print("[%s] %s: %g Mbit/s, RTT %g ms, device %gx slower, dilation %g (link %g Mbit/s, "
+          "RTT %g ms)" % (time.strftime("%H:%M:%S"), sc["name"], step["rate"], step["rtt"],
+                          slowdown, dilation, link["rate"], link["rtt"]), flush=True)
+    cons, oracle = scenario_contenders(profile, step, slowdown, dilation, args, screened)
+    raw_dir = os.path.join(out_dir, "raw", "%gx" % slowdown, "K%g" % dilation, sc["name"])
     os.makedirs(raw_dir, exist_ok=True)
-    done = {}  # flags -> metrics: a plan that several contenders share runs once
-    entry = {"scenario": sc["name"], "kind": "fixed", "slowdown": slowdown,
-             "rate_mbit": step["rate"], "rtt_ms": step["rtt"], "contenders": {},
-             "oracle_candidates": {}}
+    # A plan that several contenders share runs once.
+    by_flags, same_as = {}, {}
     for name, flags, note in cons + oracle:
-        if name == "edgesplit-cost":
-            measured = measured_slo(entry)
-            if measured:
-                flags = list(flags)
-                flags[flags.index("--max-latency-ms") + 1] = str(measured)
-                note = "SLO %.1f ms (halfway between the best measured p50 and device-only's)" % \
-                    measured
         key = " ".join(flags)
-        if key in done:
-            m = dict(done[key], same_run_as=done[key]["contender"])
+        if key in by_flags:
+            same_as[name] = by_flags[key]
         else:
-            slo = None
-            if name == "edgesplit-cost":
-                slo = float(flags[flags.index("--max-latency-ms") + 1])
-            timeout = ["--timeout-ms", str(args.timeout_ms)] if "--cut" in flags or \
-                "--plan" in flags else []
-            run = run_device(tb, args, flags + timeout,
-                             os.path.join(raw_dir, name.replace(":", "_").replace("/", "-") +
-                                          ".jsonl"), args.warmup, slowdown)
-            m = metrics(run, args.warmup, labels, slo)
-            m["contender"] = name
-            if not results["runs"] and not done and "error" in m:
-                raise SystemExit("bench: the first device run failed, stopping: " + m["error"])
-            done[key] = m
-        m = dict(m, flags=flags, note=note, contender=name)
+            by_flags[key] = name
+    notes = {name: note for name, _, note in cons + oracle}
+    flags_of = {name: flags for name, flags, _ in cons + oracle}
+    running = [n for n in flags_of if n not in same_as]
+    entries = [(n, device_argv(args, flags_of[n] + timeout_flags(flags_of[n], dilation,
+                                                                 args.timeout_ms)),
+                os.path.join(raw_dir, n.replace(":", "_").replace("/", "-") + ".jsonl"))
+               for n in running]
+    entry = {"scenario": sc["name"], "kind": "fixed", "slowdown": slowdown, "dilation": dilation,
+             "rate_mbit": step["rate"], "rtt_ms": step["rtt"], "link_rate_mbit": link["rate"],
+             "link_rtt_ms": link["rtt"], "contenders": {}, "oracle_candidates": {}}
+    rounds, per_round_frames = rounds_of(args)
+    measured = turns.Turns()
+    devs, failed = turns.start_all(tb, entries)
+    if not devs and not results["runs"]:
+        raise SystemExit("bench: no device process started, stopping: %s" % failed)
+    t0 = time.monotonic()
+    try:
+        tb.set_slowdown(slowdown)
+        # Warm-up: every contender its first frames, not measured. One much slower than the
+        # fastest (by more than --drop-factor) whose rounds would take more than --drop-after-s
+        # takes no further turns (device-only and the JPEG upload excepted: the baselines).
+        warm = turns.run_rounds(devs, running, 1, args.warmup, 0, args.max_turn_s)
+        warm_ms = {n: statistics.median(j["latency_ms"] for _, _, j in f)
+                   for n, f in warm.frames.items() if f}
+        dropped = dict(warm.dropped)
+        if warm_ms:
+            fastest = min(warm_ms.values())
+            for n, v in warm_ms.items():
+                projected_s = v / 1000.0 * rounds * (args.settle + per_round_frames)
+                if v > args.drop_factor * fastest and projected_s > args.drop_after_s and \
+                        n not in ("device-only", "server-jpeg90"):
+                    dropped[n] = ("%.1f ms in the warm-up, %.1fx the fastest contender's: not "
+                                  "measured further" % (v / dilation, v / fastest))
+        for n in dropped:
+            if n in devs:
+                devs.pop(n).close(kill=True)
+        taking = [n for n in running if n in devs]
+        measured = turns.run_rounds(devs, taking, rounds, per_round_frames, args.settle,
+                                    args.max_turn_s)
+        dropped.update(measured.dropped)
+        dropped.update(failed)
+    finally:
+        tb.set_slowdown(0)
+        for d in devs.values():
+            d.close()
+    entry["wall_s"] = round(time.monotonic() - t0, 1)
+    entry["rounds"] = rounds
+    per_round = {}
+    for name in running:
+        frames = measured.frames.get(name, [])
+        run = Run()
+        run.lines = [(t, j) for _, t, j in frames]
+        run.t_first = run.lines[0][0] if run.lines else None
+        run.rc = 0
+        d = devs.get(name)
+        run.stderr = d.stderr_tail() if d else ""
+        slo = None
+        if name == "edgesplit-cost":
+            slo = float(flags_of[name][flags_of[name].index("--max-latency-ms") + 1])
+        if frames:
+            m = metrics(run, 0, labels, slo)
+            spans = measured.spans.get(name, [])
+            m["fps"] = (sum(n for _, _, n in spans) / sum(s for _, s, _ in spans)) if spans \
+                else None
+            cpu = measured.cpu.get(name)
+            m["device_cpu_ms_per_frame"] = 1000.0 * cpu[0] / cpu[1] if cpu and cpu[1] else None
+            m["frame_gaps"] = []
+        else:
+            m = {"frames": 0, "error": dropped.get(name, "no frames measured")}
+        if name in dropped:
+            m["dropped"] = dropped[name]
+        # Per round: the median latency of the contender's measured frames, its frames per
+        # second, its mean server time and bytes per frame, in the target system's time.
+        by_round, fps = {}, {}
+        for r, _, j in frames:
+            by_round.setdefault(r, []).append(j)
+        for r, s, n in measured.spans.get(name, []):
+            fps[r] = n / s * dilation
+        per_round[name] = {
+            "latency_p50_ms": interleave.per_round(
+                {r: statistics.median(j["latency_ms"] for j in v) / dilation
+                 for r, v in by_round.items()}, rounds),
+            "fps": interleave.per_round(fps, rounds),
+            "server_ms": interleave.per_round(
+                {r: statistics.mean(j.get("server_unpack_ms", 0) + j.get("server_compute_ms", 0)
+                                    for j in v) / dilation for r, v in by_round.items()}, rounds),
+            "bytes": interleave.per_round(
+                {r: statistics.mean(j.get("bytes_sent", 0) for j in v)
+                 for r, v in by_round.items()}, rounds)}
+        m = interleave.undilate_metrics(m, dilation)
+        m.update(contender=name, flags=flags_of[name], note=notes[name])
         (entry["oracle_candidates"] if name.startswith("oracle:") else
          entry["contenders"])[name] = m
+    for name, other in same_as.items():
+        m = dict(entry["oracle_candidates"].get(other) or entry["contenders"][other],
+                 same_run_as=other, contender=name, flags=flags_of[name], note=notes[name])
+        (entry["oracle_candidates"] if name.startswith("oracle:") else
+         entry["contenders"])[name] = m
+        per_round[name] = per_round[other]
+    entry["per_round"] = per_round
+    if screened is not None:
+        entry["screening"] = {k: screened[k] for k in ("candidates", "unpinnable", "median_ms",
+                                                       "pruned", "keep", "wall_s")}
+    for name in running:
+        m = entry["contenders"].get(name) or entry["oracle_candidates"].get(name)
         print("  %-26s %s" % (name, short(m)), flush=True)
     finish_oracle(entry)
+    entry["intervals"] = ratio_intervals(entry)
+    for what, iv in entry["intervals"].items():
+        if iv:
+            print("  %-40s %.3f [%.3f, %.3f] over %d rounds" % (what, iv["point"], iv["lo"],
+                                                                iv["hi"], iv["rounds"]))
     results["runs"].append(entry)
-    print("  %s done" % tag, flush=True)
+    print("  %s done in %.0f s" % (tag, entry["wall_s"]), flush=True)
     return entry
+
+
+def ratio_intervals(entry):
+    """Per-round paired ratios and their bootstrap intervals: edgesplit-latency over the oracle
+    and over the best fixed contender (each chosen by its median over all rounds), throughput
+    mode's fps over device-only's + the pipelined JPEG upload's."""
+    c, pr = entry["contenders"], entry["per_round"]
+    out = {}
+    es = pr.get("edgesplit-latency")
+    orc = entry.get("oracle")
+    if es and orc and orc["plan"] in pr:
+        out["edgesplit-latency/oracle"] = interleave.paired_ratio(
+            es["latency_p50_ms"], pr[orc["plan"]]["latency_p50_ms"])
+    valid = {k: c[k] for k in FIXED_CONTENDERS if clean(k, c.get(k))}
+    if es and valid:
+        best = min(valid, key=lambda k: valid[k]["latency_p50_ms"])
+        entry["best_fixed"] = best
+        out["edgesplit-latency/best-fixed"] = interleave.paired_ratio(
+            es["latency_p50_ms"], pr[best]["latency_p50_ms"])
+    tp, dev, srv = (pr.get("edgesplit-throughput"), pr.get("device-only"),
+                    pr.get("server-jpeg90-pipelined"))
+    if tp and dev and srv:
+        both = [a + b if a is not None and b is not None else None
+                for a, b in zip(dev["fps"], srv["fps"])]
+        out["edgesplit-throughput/(device-only+server-only) fps"] = interleave.paired_ratio(
+            tp["fps"], both)
+    return out
 
 
 def short(m):
@@ -485,12 +750,15 @@ def finish_oracle(entry):
                            "candidates_tried": sorted(pool)}
 
 
-def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results):
-    print("[%s] trace %s (%gs), device %gx slower" % (time.strftime("%H:%M:%S"), sc["name"],
-                                                       sc["duration"], slowdown), flush=True)
-    raw_dir = os.path.join(out_dir, "raw", "%gx" % slowdown, sc["name"])
+def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results, dilation=1.0):
+    """A trace, one contender after another (a trace replays in time, so its runs cannot take
+    turns); under dilation K the link changes happen at K x their times, rates / K, round trips
+    x K, and the timeline is reported in the target system's time (/ K)."""
+    print("[%s] trace %s (%gs), device %gx slower, dilation %g" % (
+        time.strftime("%H:%M:%S"), sc["name"], sc["duration"], slowdown, dilation), flush=True)
+    raw_dir = os.path.join(out_dir, "raw", "%gx" % slowdown, "K%g" % dilation, sc["name"])
     os.makedirs(raw_dir, exist_ok=True)
-    first = sc["steps"][0]
+    steps = [interleave.dilate_step(st, dilation) for st in sc["steps"]]
     cons = [("edgesplit-latency", ["--objective", "latency", "--max-accuracy-drop",
                                    str(ACCURACY_BOUND)])]
     for name in args.trace_contenders:
@@ -499,23 +767,26 @@ def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results):
         elif name == "device-only":
             cons.append((name, ["--cut", "device"]))
         elif name == "fixed-q8" and profile:
-            best = costmodel.best_fixed(profile, first["rate"], first["rtt"], slowdown, "q8")
+            best = costmodel.best_fixed(profile, steps[0]["rate"], steps[0]["rtt"], slowdown,
+                                        "q8")
             cons.append((name, costmodel.pinnable(best)))
-    entry = {"scenario": sc["name"], "kind": "trace", "slowdown": slowdown,
+    entry = {"scenario": sc["name"], "kind": "trace", "slowdown": slowdown, "dilation": dilation,
              "steps": sc["steps"], "duration_s": sc["duration"], "contenders": {}}
     for name, flags in cons:
-        tb.set_link(first["rate"], first["rtt"], first["loss"])
+        flags = flags + timeout_flags(flags, dilation, args.timeout_ms)
+        tb.set_link(steps[0]["rate"], steps[0]["rtt"], steps[0]["loss"])
         changes = []
         stop = threading.Event()
 
         def replay(t0):
             def loop():
-                for st in sc["steps"][1:]:
-                    if stop.wait(max(0.0, t0 + st["t"] - time.monotonic())):
+                for st, wall in zip(sc["steps"][1:], steps[1:]):
+                    if stop.wait(max(0.0, t0 + wall["t"] - time.monotonic())):
                         return
-                    tb.set_link(st["rate"], st["rtt"], st["loss"])
-                    changes.append({"t": round(time.monotonic() - t0, 4), "scheduled_t": st["t"],
-                                    "rate": st["rate"], "rtt": st["rtt"], "loss": st["loss"]})
+                    tb.set_link(wall["rate"], wall["rtt"], wall["loss"])
+                    changes.append({"t": round((time.monotonic() - t0) / dilation, 4),
+                                    "scheduled_t": st["t"], "rate": st["rate"], "rtt": st["rtt"],
+                                    "loss": st["loss"]})
                     print("    %.2fs: link now %g Mbit/s, RTT %g ms, loss %g%%" %
                           (changes[-1]["t"], st["rate"], st["rtt"], st["loss"]), flush=True)
             th = threading.Thread(target=loop, daemon=True)
@@ -523,11 +794,11 @@ def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results):
 
         t0_box = []
         run = run_device(tb, args, flags, os.path.join(raw_dir, name + ".jsonl"), args.warmup,
-                         slowdown, duration=sc["duration"],
+                         slowdown, duration=interleave.dilate_duration_s(sc["duration"], dilation),
                          on_start=lambda t0: (t0_box.append(t0), replay(t0)))
         stop.set()
-        m = metrics(run, args.warmup, labels)
-        m["timeline"] = timeline(run, t0_box[0]) if t0_box else []
+        m = interleave.undilate_metrics(metrics(run, args.warmup, labels), dilation)
+        m["timeline"] = timeline(run, t0_box[0], dilation) if t0_box else []
         m["changes"] = changes
         m["flags"] = flags
         entry["contenders"][name] = m
@@ -550,69 +821,100 @@ def ok_metrics(m):
 def clean(name, m):
     """Measured, nothing failed, and a plan that sends finished every frame on the server (a
     fallback to the device means the contender did not run as itself)."""
+    local_plan = name == "device-only" or m is not None and m.get("flags") == ["--cut", "device"]
     return (ok_metrics(m) and m["failed"] == 0 and
-            (name == "device-only" or m["completed"].get("local", 0) == 0))
+            (local_plan or m["completed"].get("local", 0) == 0))
+
+
+def interval_fields(iv):
+    """A ratio's point and 95% interval as target fields."""
+    return {"ratio": iv["point"], "lo95": iv["lo"], "hi95": iv["hi"], "rounds": iv["rounds"]}
+
+
+def inner_cut(plan_name, last_cut):
+    """Whether a contender's plan ("oracle:CUT:ENC", or a fixed contender's "CUT:ENC") cuts inside
+    the network."""
+    try:
+        cut = int(plan_name.split(":")[-2])
+    except (ValueError, IndexError):
+        return False
+    return 0 < cut < last_cut
 
 
 def targets(results, profile):
+    """The earlier testbed issue's targets per fixed scenario, each from the paired 95% interval
+    over rounds: met only when the whole interval supports it."""
     t = {"latency_vs_oracle": [], "latency_vs_best_fixed": [], "trace_recovery": [],
          "trace_outage": [], "throughput": [], "cost": [], "bytes": [], "prediction": []}
     last_cut = profile["cuts"][-1]["id"] if profile else None
     fixed = [e for e in results["runs"] if e["kind"] == "fixed"]
     for e in fixed:
-        c = e["contenders"]
+        c, iv, pr = e["contenders"], e.get("intervals", {}), e.get("per_round", {})
         es = c.get("edgesplit-latency")
-        where = {"scenario": e["scenario"], "slowdown": e["slowdown"], "rate_mbit": e["rate_mbit"],
+        where = {"scenario": e["scenario"], "slowdown": e["slowdown"],
+                 "dilation": e.get("dilation", 1.0), "rate_mbit": e["rate_mbit"],
                  "rtt_ms": e["rtt_ms"]}
-        if ok_metrics(es) and e.get("oracle"):
-            r = es["latency_p50_ms"] / e["oracle"]["latency_p50_ms"]
-            t["latency_vs_oracle"].append(dict(where, ratio=r, met=r <= 1.10,
-                                               oracle=e["oracle"]["plan"]))
-        valid = {k: c[k] for k in FIXED_CONTENDERS if clean(k, c.get(k))}
-        if ok_metrics(es) and valid:
-            best = min(valid, key=lambda k: valid[k]["latency_p50_ms"])
-            r = es["latency_p50_ms"] / valid[best]["latency_p50_ms"]
+        if iv.get("edgesplit-latency/oracle"):
+            r = iv["edgesplit-latency/oracle"]
+            t["latency_vs_oracle"].append(dict(
+                where, oracle=e["oracle"]["plan"], met=interleave.supports_at_most(r, 1.10),
+                **interval_fields(r)))
+        if iv.get("edgesplit-latency/best-fixed"):
+            r = iv["edgesplit-latency/best-fixed"]
+            valid = {k: c[k] for k in FIXED_CONTENDERS if clean(k, c.get(k))}
             t["latency_vs_best_fixed"].append(dict(
-                where, ratio=r, met=r <= 1.05, best_fixed=best,
-                gain_over={k: v["latency_p50_ms"] / es["latency_p50_ms"] for k, v in valid.items()}))
-        tp, dev, srv = (c.get("edgesplit-throughput"), c.get("device-only"),
-                        c.get("server-jpeg90-pipelined"))
-        if e["rate_mbit"] >= 20 and ok_metrics(tp) and ok_metrics(dev) and ok_metrics(srv):
-            both = dev["fps"] + srv["fps"]
-            t["throughput"].append(dict(where, fps=tp["fps"], device_only_fps=dev["fps"],
-                                        server_only_fps=srv["fps"], ratio=tp["fps"] / both,
-                                        met=tp["fps"] / both >= 0.8))
+                where, best_fixed=e["best_fixed"], met=interleave.supports_at_most(r, 1.05),
+                gain_over={k: v["latency_p50_ms"] / es["latency_p50_ms"] for k, v in valid.items()},
+                **interval_fields(r)))
+        r = iv.get("edgesplit-throughput/(device-only+server-only) fps")
+        if e["rate_mbit"] >= 20 and r:
+            t["throughput"].append(dict(
+                where, fps=c["edgesplit-throughput"]["fps"],
+                device_only_fps=c["device-only"]["fps"],
+                server_only_fps=c["server-jpeg90-pipelined"]["fps"],
+                met=interleave.supports_at_least(r, 0.8), **interval_fields(r)))
         cost = c.get("edgesplit-cost")
-        so = [c[k]["server_ms_per_frame"] for k in ("server-raw", "server-jpeg90")
-              if ok_metrics(c.get(k))]
+        so = [k for k in ("server-raw", "server-jpeg90") if ok_metrics(c.get(k))]
         if ok_metrics(cost) and so:
+            ref = min(so, key=lambda k: c[k]["server_ms_per_frame"])
+            r = interleave.paired_ratio(pr[ref]["server_ms"], pr["edgesplit-cost"]["server_ms"])
             ms = cost["server_ms_per_frame"]
-            r = min(so) / ms if ms > 0 else float("inf")
-            t["cost"].append(dict(where, server_ms=ms, server_only_ms=min(so), ratio=r,
-                                  slo_ms=cost.get("slo_ms"), slo_met=cost.get("slo_met"),
-                                  met=r >= 2 and (cost.get("slo_met") or 0) >= 0.95))
+            row = dict(where, server_ms=ms, server_only_ms=c[ref]["server_ms_per_frame"],
+                       slo_ms=cost.get("slo_ms"), slo_met=cost.get("slo_met"))
+            if r is None and ms == 0:
+                row.update(ratio=None, lo95=None, hi95=None,
+                           met=(cost.get("slo_met") or 0) >= 0.95,
+                           note="every frame ran on the device")
+            elif r:
+                row.update(met=interleave.supports_at_least(r, 2.0) and
+                           (cost.get("slo_met") or 0) >= 0.95, **interval_fields(r))
+            if "met" in row:
+                t["cost"].append(row)
         jpeg = c.get("server-jpeg90")
-        # Every plan with a cut inside the network that an edgesplit contender ran, by its own
-        # frames' bytes.
-        for name in ("edgesplit-latency", "edgesplit-throughput", "edgesplit-cost"):
-            m = c.get(name)
-            if not (ok_metrics(m) and ok_metrics(jpeg)):
-                continue
-            for plan, b in m.get("server_plans", {}).items():
-                cut = int(plan.split(":")[0])
-                if not 0 < cut < last_cut:
-                    continue
-                r = jpeg["bytes_per_frame"] / b["bytes"] if b["bytes"] > 0 else float("inf")
-                drop = b["drop_pp"]
-                t["bytes"].append(dict(where, contender=name, plan=plan, frames=b["frames"],
-                                       ratio=r, bytes=b["bytes"],
-                                       jpeg_bytes=jpeg["bytes_per_frame"],
-                                       profile_accuracy_drop_pp=drop,
-                                       met=r >= 8 and drop is not None and drop <= ACCURACY_BOUND))
+        orc = e.get("oracle")
+        if ok_metrics(es) and ok_metrics(jpeg) and orc and last_cut is not None:
+            pool = dict(e.get("oracle_candidates", {}), **c)
+            plan = orc["plan"]
+            main = next(iter(pool[plan]["plans"])) if pool.get(plan, {}).get("plans") else plan
+            if inner_cut(plan, last_cut) or inner_cut("x:" + main, last_cut):
+                r = interleave.paired_ratio(pr["server-jpeg90"]["bytes"],
+                                            pr["edgesplit-latency"]["bytes"])
+                drop = es.get("profile_accuracy_drop_pp_max")
+                row = dict(where, oracle=plan, oracle_plan=main, bytes=es["bytes_per_frame"],
+                           jpeg_bytes=jpeg["bytes_per_frame"], plans=es["plans"],
+                           profile_accuracy_drop_pp=drop)
+                if es["bytes_per_frame"] == 0:
+                    row.update(ratio=None, lo95=None, hi95=None,
+                               met=True, note="edgesplit ran every frame on the device")
+                elif r:
+                    row.update(met=interleave.supports_at_least(r, 8.0) and drop is not None
+                               and drop <= ACCURACY_BOUND, **interval_fields(r))
+                if "met" in row:
+                    t["bytes"].append(row)
         if ok_metrics(es) and es.get("predicted_over_measured_p50"):
             r = es["predicted_over_measured_p50"]
             t["prediction"].append(dict(where, ratio=r, met=0.85 <= r <= 1.15))
-    ref = {(e["slowdown"], e["rate_mbit"], e["rtt_ms"]): e for e in fixed}
+    ref = {(e["slowdown"], e.get("dilation", 1.0), e["rate_mbit"], e["rtt_ms"]): e for e in fixed}
     for e in results["runs"]:
         if e["kind"] != "trace":
             continue
@@ -622,7 +924,8 @@ def targets(results, profile):
         tl = es["timeline"]
         if any(s["loss"] >= 100 for s in e["steps"]):
             t["trace_outage"].append({
-                "scenario": e["scenario"], "slowdown": e["slowdown"], "frames": len(tl),
+                "scenario": e["scenario"], "slowdown": e["slowdown"],
+                "dilation": e.get("dilation", 1.0), "frames": len(tl),
                 "failed": sum(1 for f in tl if f["completed"] == "failed"),
                 "frame_gaps": es.get("frame_gaps", []),
                 "local_during_outage": sum(1 for f in tl if f["completed"] == "local"),
@@ -632,8 +935,9 @@ def targets(results, profile):
             if ch["loss"] >= 100:
                 ref_e = None
             else:
-                ref_e = ref.get((e["slowdown"], ch["rate"], ch["rtt"]))
-            row = {"scenario": e["scenario"], "slowdown": e["slowdown"], "change_t": ch["t"],
+                ref_e = ref.get((e["slowdown"], e.get("dilation", 1.0), ch["rate"], ch["rtt"]))
+            row = {"scenario": e["scenario"], "slowdown": e["slowdown"],
+                   "dilation": e.get("dilation", 1.0), "change_t": ch["t"],
                    "rate_mbit": ch["rate"], "rtt_ms": ch["rtt"], "loss": ch["loss"]}
             if ch["loss"] >= 100:
                 row["note"] = "outage: frames finish on the device"
@@ -669,6 +973,41 @@ def fmt(v, spec="%.1f"):
     return "-" if v is None else spec % v
 
 
+def fmt_iv(iv, spec="%.2f"):
+    """A ratio with its interval: 0.97 [0.93, 1.02]."""
+    if not iv:
+        return "-"
+    return (spec + " [" + spec + ", " + spec + "]") % (iv["point"], iv["lo"], iv["hi"])
+
+
+TARGET_BOUNDS = {"latency_vs_oracle": "<= 1.10 (95% interval)",
+                 "latency_vs_best_fixed": "<= 1.05 (95% interval)",
+                 "throughput": ">= 0.8 (95% interval)",
+                 "cost": ">= 2 (95% interval), SLO met by >= 95% of frames",
+                 "bytes": ">= 8 (95% interval), profile drop <= 1 point",
+                 "trace_recovery": "<= 1 s", "trace_outage": "no failed frame, no gap",
+                 "prediction": "0.85 .. 1.15"}
+
+
+def flat_targets(rows):
+    """bench/run.sh's contract: one entry per target and place, {value, target, pass} (with the
+    interval where there is one), from the rows targets() made."""
+    out = {}
+    for kind, items in rows.items():
+        for r in items:
+            if "met" not in r:
+                continue
+            key = "%s/%s/%gx/K%g" % (kind, r["scenario"], r["slowdown"], r.get("dilation", 1.0))
+            if "change_t" in r:
+                key += "/t%.1f" % r["change_t"]
+            value = r.get("ratio", r.get("recovery_s"))
+            entry = {"value": value, "target": TARGET_BOUNDS[kind], "pass": bool(r["met"])}
+            if r.get("lo95") is not None:
+                entry["ci95"] = [r["lo95"], r["hi95"]]
+            out[key] = entry
+    return out
+
+
 def write_outputs(results, out_dir):
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -693,23 +1032,41 @@ def write_outputs(results, out_dir):
 def markdown(results):
     L = ["# edgesplit end-to-end benchmark", ""]
     s = results["settings"]
-    L.append("Model `%s`, %d measured frames per run after %d warm-up frames, images `%s`; "
-             "device and server each run LibTorch on 1 thread; the device's cgroup quota makes it "
-             "N times slower than the server; link shaped with tc tbf (rate) and %s (delay, loss). "
-             "Oracle: the best measured p50 among the %d best plans the cost model predicts "
-             "(within %g point of top-1 by the profile) and the fixed contenders. Started %s on %s."
-             % (os.path.basename(s["model"]), s["frames"], s["warmup"], s["image_source"],
-                s["delay_by"], s["oracle_k"], ACCURACY_BOUND, s["started"], s["host"]))
+    if s.get("oracle") == "screened":
+        oracle = ("the best measured p50 among every feasible profiled plan (within %g point of "
+                  "top-1 by the profile) that the command line can pin, screened in %d rounds of "
+                  "1 + %d frames each (a plan slower than %gx the best screened median pruned), "
+                  "the %d best measured in the rounds, and the fixed contenders" % (
+                      ACCURACY_BOUND, s["screening"]["rounds"], s["screening"]["frames"],
+                      s["screening"]["prune"], s["oracle_keep"]))
+    else:
+        oracle = ("the best measured p50 among the %d best plans the cost model predicts (within "
+                  "%g point of top-1 by the profile) and the fixed contenders" % (
+                      s["oracle_k"], ACCURACY_BOUND))
+    L.append("Model `%s`, images `%s`; device and server each run LibTorch on 1 thread; the "
+             "device's cgroup quota makes it N times slower than the server; link shaped with tc "
+             "tbf (rate) and %s (delay, loss). Contenders interleaved: each a loaded device "
+             "process, taking turns in rounds (rotating order) on the same images, %d warm-up "
+             "frames each, then per round %d settle + %d measured frames each, %d measured "
+             "frames per contender and scenario. Ratios: median of the per-round ratios [95%% "
+             "bootstrap interval over rounds]; a target is met only when the interval supports "
+             "it. Time dilation K: link rates / K, delays x K; every time below is divided by K "
+             "(the target system's time). Oracle: %s. Started %s on %s; wall time %s s."
+             % (os.path.basename(s["model"]), s["image_source"], s["delay_by"], s["warmup"],
+                s.get("settle", 0), s.get("round_frames", 0), s["frames"], oracle,
+                s["started"], s["host"], s.get("wall_s", "-")))
     L.append("")
     fixed = [e for e in results["runs"] if e["kind"] == "fixed"]
-    for slowdown in sorted(set(e["slowdown"] for e in fixed)):
-        rows = [e for e in fixed if e["slowdown"] == slowdown]
+    for slowdown, dilation in sorted(set((e["slowdown"], e.get("dilation", 1.0)) for e in fixed)):
+        rows = [e for e in fixed if (e["slowdown"], e.get("dilation", 1.0)) == (slowdown,
+                                                                                  dilation)]
         names = []
         for e in rows:
             for n in e["contenders"]:
                 if n not in names:
                     names.append(n)
-        L += ["## Device %gx slower: latency p50 (ms) per contender" % slowdown, ""]
+        L += ["## Device %gx slower, dilation %g: latency p50 (ms) per contender" % (
+            slowdown, dilation), ""]
         L.append("| scenario | " + " | ".join(names) + " | oracle | winner | edgesplit / oracle "
                  "| edgesplit / best fixed |")
         L.append("|---" * (len(names) + 5) + "|")
@@ -720,19 +1077,19 @@ def markdown(results):
             if ok_metrics(c.get("edgesplit-latency")):
                 valid["edgesplit-latency"] = c["edgesplit-latency"]["latency_p50_ms"]
             winner = min(valid, key=valid.get) if valid else "-"
-            es = c.get("edgesplit-latency")
             orc = e.get("oracle")
-            r_o = es["latency_p50_ms"] / orc["latency_p50_ms"] if ok_metrics(es) and orc else None
-            fx = [valid[n] for n in FIXED_CONTENDERS if n in valid]
             for n in names:
                 if n in c and n in FIXED_CONTENDERS and not clean(n, c[n]) and ok_metrics(c[n]):
                     cells[names.index(n)] += " (fell back: %d local)" % c[n]["completed"].get(
                         "local", 0)
-            r_f = es["latency_p50_ms"] / min(fx) if ok_metrics(es) and fx else None
+                if n in c and c[n].get("dropped"):
+                    cells[names.index(n)] += " (dropped)"
+            iv = e.get("intervals", {})
             L.append("| %s (%g Mbit/s, %g ms) | %s | %s | %s | %s | %s |" % (
                 e["scenario"], e["rate_mbit"], e["rtt_ms"], " | ".join(cells),
                 "%s (%s)" % (fmt(orc["latency_p50_ms"]), orc["plan"]) if orc else "-", winner,
-                fmt(r_o, "%.2f"), fmt(r_f, "%.2f")))
+                fmt_iv(iv.get("edgesplit-latency/oracle")),
+                fmt_iv(iv.get("edgesplit-latency/best-fixed"))))
         L += ["", "Per contender: p95 ms / frames per s / bytes per frame / top-1 / device CPU ms "
               "per frame / server ms per frame (mean over all frames, 0 for local ones) / median "
               "server compute of the frames that reached it (unpack + tail: compare it with the "
@@ -774,7 +1131,7 @@ def markdown(results):
                         fmt(m["latency_p95_ms"]), m["completed"].get("local", 0), m["failed"],
                         m["plan_changes"]))
         L.append("")
-    t = results.get("targets", {})
+    t = results.get("target_rows", {})
     L += ["## Targets", ""]
 
     def block(title, rows, render):
@@ -787,39 +1144,50 @@ def markdown(results):
             L.append("- " + render(r))
         L.append("")
 
-    where = lambda r: "%s %gx" % (r["scenario"], r["slowdown"])  # noqa: E731
-    block("edgesplit (latency, 1 point) within 10% of the oracle", t.get("latency_vs_oracle"),
-          lambda r: "%s: %.2f x oracle (%s)%s" % (where(r), r["ratio"], r["oracle"],
-                                                  "" if r["met"] else " NOT MET"))
-    block("never more than 5% worse than the best fixed contender",
+    def where(r):
+        return "%s %gx K%g" % (r["scenario"], r["slowdown"], r.get("dilation", 1.0))
+
+    def iv(r):
+        if r.get("ratio") is None:
+            return "- (no server time)"
+        return "%.2f [%.2f, %.2f]" % (r["ratio"], r["lo95"], r["hi95"])
+
+    def met(r):
+        return "" if r.get("met") else " NOT MET"
+
+    block("edgesplit (latency, 1 point) within 10% of the oracle (interval <= 1.10)",
+          t.get("latency_vs_oracle"),
+          lambda r: "%s: %s x oracle (%s)%s" % (where(r), iv(r), r["oracle"], met(r)))
+    block("never more than 5% worse than the best fixed contender (interval <= 1.05)",
           t.get("latency_vs_best_fixed"),
-          lambda r: "%s: %.2f x %s; gain over each: %s%s" % (
-              where(r), r["ratio"], r["best_fixed"],
-              ", ".join("%s %.2fx" % kv for kv in r["gain_over"].items()),
-              "" if r["met"] else " NOT MET"))
+          lambda r: "%s: %s x %s; gain over each: %s%s" % (
+              where(r), iv(r), r["best_fixed"],
+              ", ".join("%s %.2fx" % kv for kv in r["gain_over"].items()), met(r)))
     block("traces: within 10% of the oracle within 1 s of each change", t.get("trace_recovery"),
           lambda r: "%s at %.1f s -> %g Mbit/s: %s" % (
               where(r), r["change_t"], r["rate_mbit"], r["note"] if "note" in r else
               ("recovered after %.2f s" % r["recovery_s"] if r["recovery_s"] is not None
                else "not back within 10%% of %.1f ms before the next change" %
-               r["oracle_p50_ms"]) + ("" if r.get("met") else " NOT MET")))
+               r["oracle_p50_ms"]) + met(r)))
     block("outage: every frame answered", t.get("trace_outage"),
           lambda r: "%s: %d frames, %d failed, %d local, gaps %s" % (
               where(r), r["frames"], r["failed"], r["local_during_outage"], r["frame_gaps"]))
-    block("throughput mode >= 80% of device-only + server-only fps (>= 20 Mbit/s)",
-          t.get("throughput"),
-          lambda r: "%s: %.2f fps vs %.2f + %.2f: %.2f%s" % (
-              where(r), r["fps"], r["device_only_fps"], r["server_only_fps"], r["ratio"],
-              "" if r["met"] else " NOT MET"))
-    block("cost objective: server time >= 2x below server-only, >= 95% of frames within the SLO",
-          t.get("cost"),
-          lambda r: "%s: %.1f ms vs %.1f ms server-only (%.1fx), SLO %.1f ms met by %.0f%%%s" % (
-              where(r), r["server_ms"], r["server_only_ms"], r["ratio"], r["slo_ms"],
-              100 * (r["slo_met"] or 0), "" if r["met"] else " NOT MET"))
-    block("inner cut: bytes >= 8x below JPEG-90 at <= 1 point", t.get("bytes"),
-          lambda r: "%s %s: %s (%s frames) %.0f B vs JPEG %.0f B: %.1fx, profile drop %s pp%s" % (
-              where(r), r.get("contender", "edgesplit-latency"), r["plan"], r.get("frames", "?"), r["bytes"], r["jpeg_bytes"], r["ratio"],
-              fmt(r["profile_accuracy_drop_pp"], "%.2f"), "" if r["met"] else " NOT MET"))
+    block("throughput mode >= 80% of device-only + server-only fps (>= 20 Mbit/s; interval "
+          ">= 0.8)", t.get("throughput"),
+          lambda r: "%s: %.2f fps vs %.2f + %.2f: %s%s" % (
+              where(r), r["fps"], r["device_only_fps"], r["server_only_fps"], iv(r), met(r)))
+    block("cost objective: server time >= 2x below server-only (interval >= 2), >= 95% of "
+          "frames within the SLO", t.get("cost"),
+          lambda r: "%s: %.1f ms vs %.1f ms server-only (%sx), SLO %.1f ms met by %.0f%%%s%s" % (
+              where(r), r["server_ms"], r["server_only_ms"], iv(r), r["slo_ms"] or 0,
+              100 * (r["slo_met"] or 0), "; " + r["note"] if r.get("note") else "", met(r)))
+    block("where the oracle's plan is an inner cut: edgesplit's bytes >= 8x below JPEG-90 at <= 1 "
+          "point (interval >= 8)", t.get("bytes"),
+          lambda r: "%s: oracle %s; edgesplit %.0f B/frame (%s) vs JPEG %.0f B: %sx, profile "
+          "drop %s pp%s" % (
+              where(r), r["oracle"], r["bytes"], ", ".join("%s x%d" % kv for kv in
+                                                          list(r["plans"].items())[:3]),
+              r["jpeg_bytes"], iv(r), fmt(r["profile_accuracy_drop_pp"], "%.2f"), met(r)))
     block("predicted latency within 15% of measured (median of predicted/measured)",
           t.get("prediction"),
           lambda r: "%s: %.2f%s" % (where(r), r["ratio"], "" if r["met"] else " NOT MET"))
@@ -829,10 +1197,46 @@ def markdown(results):
 # ---------------------------------------------------------------------------------------------
 
 
+START_S = 6.0  # wall seconds to load one device process (MobileNetV2 on 2 shared cores: 4-8 s)
+
+
+def estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args):
+    """The run's wall time before it starts, from the profile's predicted latency of each
+    contender's plan at the link as emulated (rate / K, round trip x K): frames x latency per
+    contender, device starts, the screening, and the traces' durations."""
+    total = 0.0
+    rounds, per_round_frames = rounds_of(args)
+    per_contender = args.warmup + rounds * (args.settle + per_round_frames)
+    for slowdown in slowdowns:
+        for k in dilations:
+            for sc in fixed_sc:
+                st = sc["steps"][0]
+                rate, rtt = st["rate"] / k, st["rtt"] * k
+                cons = len(args.contenders) + (args.oracle_keep if args.oracle == "screened"
+                                               else args.oracle_k)
+                if not profile:
+                    total += cons * (START_S + per_contender * 0.2)
+                    continue
+                r = costmodel.ranked(profile, rate, rtt, slowdown,
+                                     max_accuracy_drop=ACCURACY_BOUND)
+                best = r[0]["predicted"]["latency_ms"] / 1000.0
+                # Contenders are mostly within --drop-factor of the best: take twice the best.
+                total += cons * (START_S / 2 + per_contender * 2 * best)
+                if args.oracle == "screened":
+                    screen_frames = args.screen_rounds * (1 + args.screen_frames)
+                    total += sum(min(p["predicted"]["latency_ms"] / 1000.0,
+                                     args.screen_prune * best) * screen_frames for p in r)
+            total += sum(sc["duration"] * k * (1 + len(args.trace_contenders)) for sc in trace_sc)
+    if args.oracle == "screened" and profile:
+        total += len(interleave.feasible_plans(profile, ACCURACY_BOUND)[0]) * START_S / 2
+    return total
+
+
 DEFAULT_SCENARIOS = ["bw2-rtt10", "bw5-rtt10", "bw50-rtt10"]
-FULL_SCENARIOS = ["bw%d-rtt%d" % (b, r) for r in (10, 50) for b in (1, 2, 5, 10, 20, 50, 100)]
+FULL_SCENARIOS = (["bw%d-rtt%d" % (b, r) for r in (10, 50) for b in (1, 2, 5, 10, 20, 50, 100)] +
+                  ["bw0.25-rtt100", "bw0.5-rtt100", "bw1-rtt100"])
 DEFAULT_TRACES = ["step-down"]
-FULL_TRACES = ["step-down", "step-up", "ramp-down", "outage"]
+FULL_TRACES = ["step-down", "step-up", "ramp-down", "outage", "cellular"]
 ALL_CONTENDERS = ["device-only", "server-raw", "server-jpeg90", "fixed-fp32", "fixed-q8",
                   "edgesplit-latency", "edgesplit-throughput", "edgesplit-cost"]
 
@@ -849,15 +1253,59 @@ def main(argv):
     ap.add_argument("--trace-contenders", default="server-jpeg90",
                     help="run through each trace besides edgesplit-latency: device-only, "
                     "server-jpeg90, fixed-q8")
+    ap.add_argument("--lock", default="",
+                    help="a file to flock while measuring (each screening batch, each scenario, "
+                    "each trace), released between them, e.g. /tmp/edgesplit-timing.lock on a "
+                    "machine others measure on too")
+    ap.add_argument("--report", metavar="DIR",
+                    help="recompute the targets, results.csv and summary.md of DIR/results.json "
+                    "(no run, no root)")
+    ap.add_argument("--estimate", action="store_true",
+                    help="print how long the run would take, and exit (no root needed)")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 when a target is missed (or has no supporting interval)")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer frames: 20 measured per contender and scenario")
     ap.add_argument("--frames", type=int, default=None,
-                    help="measured frames per run (default 30; --full 50)")
-    ap.add_argument("--max-run-s", type=float, default=None,
-                    help="stop a fixed-scenario run after this many seconds, with fewer frames "
-                    "(default 30; --full 90; 0: never)")
-    ap.add_argument("--warmup", type=int, default=3, help="frames per run not measured")
+                    help="measured frames per contender and fixed scenario (default 50; --full "
+                    "100; --quick 20), in rounds of --round-frames")
+    ap.add_argument("--round-frames", type=int, default=5,
+                    help="measured frames of each contender per round (after --settle)")
+    ap.add_argument("--settle", type=int, default=1,
+                    help="frames at the start of each turn that are not measured (the first "
+                    "after another process ran)")
+    ap.add_argument("--max-turn-s", type=float, default=60.0,
+                    help="a contender whose turn takes longer (wall seconds) takes no further "
+                    "turns in that scenario")
+    ap.add_argument("--drop-factor", type=float, default=4.0,
+                    help="a contender more than this many times slower than the fastest in the "
+                    "warm-up, whose rounds would take more than --drop-after-s, is not measured "
+                    "further (device-only and the JPEG upload always are)")
+    ap.add_argument("--drop-after-s", type=float, default=60.0,
+                    help="see --drop-factor (wall seconds)")
+    ap.add_argument("--warmup", type=int, default=3,
+                    help="frames per contender and scenario before the rounds, not measured")
+    ap.add_argument("--dilation", default="1",
+                    help="comma-separated time dilations K: link rates / K, delays and trace "
+                    "times x K; latencies reported / K, throughputs x K (default 1)")
+    ap.add_argument("--oracle", choices=("screened", "costmodel"), default="screened",
+                    help="screened: every feasible profiled plan, screened by measurement, the "
+                    "--oracle-keep best measured in the rounds; costmodel: the --oracle-k plans "
+                    "the cost model ranks best (cheaper, but it never tries a plan the cost "
+                    "model misranks)")
     ap.add_argument("--oracle-k", type=int, default=None,
-                    help="best predicted plans the oracle tries besides the fixed contenders "
-                    "(default 2; --full 4)")
+                    help="with --oracle costmodel: best predicted plans the oracle tries "
+                    "besides the fixed contenders (default 2; --full 4; 0: no oracle)")
+    ap.add_argument("--oracle-keep", type=int, default=3,
+                    help="with --oracle screened: plans measured in the rounds after screening")
+    ap.add_argument("--screen-batch", type=int, default=10,
+                    help="screening: device processes loaded at once")
+    ap.add_argument("--screen-rounds", type=int, default=2, help="screening: rounds per scenario")
+    ap.add_argument("--screen-frames", type=int, default=2,
+                    help="screening: measured frames per plan and round (after 1 settle frame)")
+    ap.add_argument("--screen-prune", type=float, default=3.0,
+                    help="screening: a plan whose turn takes longer than this many times the best "
+                    "screened median (per frame) is pruned")
     ap.add_argument("--timeout-ms", type=int, default=30000,
                     help="device --timeout-ms for the fixed contenders (edgesplit keeps 1000)")
     ap.add_argument("--model", default=os.path.join(
@@ -881,7 +1329,21 @@ def main(argv):
     ap.add_argument("--scenario-dir", default=os.path.join(REPO, "bench", "scenarios"))
     args = ap.parse_args(argv)
 
-    problem = netbed.root_problem()
+    if args.report:
+        with open(os.path.join(args.report, "results.json")) as f:
+            results = json.load(f)
+        profile = costmodel.load_profile(results["settings"]["profile"]) if \
+            results["settings"].get("profile") else None
+        for e in results["runs"]:
+            if e["kind"] == "fixed" and "per_round" in e:
+                finish_oracle(e)
+                e["intervals"] = ratio_intervals(e)
+        results["target_rows"] = targets(results, profile)
+        results["targets"] = flat_targets(results["target_rows"])
+        write_outputs(results, args.report)
+        print("bench: rewrote %s/{results.json,results.csv,summary.md}" % args.report)
+        return 1 if args.check and not all(v["pass"] for v in results["targets"].values()) else 0
+    problem = None if args.estimate else netbed.root_problem()
     if problem:
         print("bench: " + problem, file=sys.stderr)
         return 1
@@ -910,9 +1372,13 @@ def main(argv):
     slowdowns = [float(x) for x in (args.slowdown or ("4,10" if args.full else "4")).split(",")]
     args.contenders = (args.contenders.split(",") if args.contenders else
                        ALL_CONTENDERS if args.full else ALL_CONTENDERS[:6])
-    args.frames = args.frames or (50 if args.full else 30)
-    args.max_run_s = args.max_run_s if args.max_run_s is not None else (90 if args.full else 30)
+    args.frames = args.frames or (100 if args.full else 20 if args.quick else 50)
     args.oracle_k = args.oracle_k if args.oracle_k is not None else (4 if args.full else 2)
+    if args.oracle == "screened" and args.oracle_k == 0:
+        args.oracle = "none"
+    if args.oracle == "screened":
+        args.oracle_k = 0  # contenders_for: no cost-model candidates
+    dilations = [float(x) for x in args.dilation.split(",")]
     args.objectives = ["throughput"] if "edgesplit-throughput" in args.contenders else []
     args.trace_contenders = [c for c in args.trace_contenders.split(",") if c]
     fixed_sc = scenario_list(scen, args.scenario_dir)
@@ -929,6 +1395,13 @@ def main(argv):
                     have.add((st["rate"], st["rtt"]))
     fixed_sc.sort(key=lambda s: (s["steps"][0]["rtt"], s["steps"][0]["rate"]))
 
+    if args.estimate:
+        est = estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args)
+        print("bench: %d fixed scenarios, %d traces, device %s x slower, dilation %s, %d frames "
+              "per contender and scenario: about %.0f min" % (
+                  len(fixed_sc), len(trace_sc), "/".join("%g" % s for s in slowdowns),
+                  "/".join("%g" % k for k in dilations), args.frames, est / 60.0))
+        return 0
     out_dir = args.out or os.path.join(REPO, "bench", "results",
                                        datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     os.makedirs(out_dir, exist_ok=True)
@@ -944,33 +1417,61 @@ def main(argv):
         "host": os.uname().nodename, "threads": 1, "bin_dir": args.bin_dir,
         "scenarios": [s["name"] for s in fixed_sc], "traces": [s["name"] for s in trace_sc]},
         "runs": []}
-    print("bench: %d fixed scenarios, %d traces, device %s x slower, %d frames per run; "
-          "results in %s" % (len(fixed_sc), len(trace_sc), "/".join("%g" % s for s in slowdowns),
-                             args.frames, out_dir), flush=True)
+    results["settings"].update(
+        dilations=dilations, oracle=args.oracle, oracle_keep=args.oracle_keep,
+        round_frames=args.round_frames, settle=args.settle, drop_factor=args.drop_factor,
+        screening={"batch": args.screen_batch, "rounds": args.screen_rounds,
+                   "frames": args.screen_frames, "prune": args.screen_prune})
+    est = estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args)
+    results["settings"]["estimated_s"] = round(est)
+    print("bench: %d fixed scenarios, %d traces, device %s x slower, dilation %s, %d measured "
+          "frames per contender and scenario in rounds of %d (+%d settle); oracle: %s; results in "
+          "%s" % (len(fixed_sc), len(trace_sc), "/".join("%g" % s for s in slowdowns),
+                  "/".join("%g" % k for k in dilations), args.frames, args.round_frames,
+                  args.settle, args.oracle, out_dir), flush=True)
+    print("bench: this run takes about %.0f min (from the profile's predicted latencies and "
+          "%.0f s per device start)" % (est / 60.0, START_S), flush=True)
     try:
         with netbed.Testbed(slowdown=0) as tb:
             results["settings"]["delay_by"] = ("netem" if tb.use_netem else
                                                "a userspace TUN relay (this kernel has no netem)")
             results["settings"]["cgroup"] = tb.cgroup.layout
             server = start_server(tb, args, out_dir)
+            screened = {}
+            if profile and args.oracle == "screened":
+                t0 = time.monotonic()
+                screened = screen(tb, args, profile, [(s, k, sc) for s in slowdowns
+                                                      for k in dilations for sc in fixed_sc],
+                                  out_dir)
+                results["settings"]["screening"]["wall_s"] = round(time.monotonic() - t0, 1)
             for slowdown in slowdowns:
-                for sc in fixed_sc:
-                    if server.poll() is not None:
-                        server = start_server(tb, args, out_dir)
-                    run_fixed(tb, args, profile, labels, sc, slowdown, out_dir, results)
-                    write_outputs(results, out_dir)
-                for sc in trace_sc:
-                    if server.poll() is not None:
-                        server = start_server(tb, args, out_dir)
-                    run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results)
-                    write_outputs(results, out_dir)
+                for k in dilations:
+                    for sc in fixed_sc:
+                        if server.poll() is not None:
+                            server = start_server(tb, args, out_dir)
+                        with timing_lock(args):
+                            run_fixed(tb, args, profile, labels, sc, slowdown, out_dir, results,
+                                      k, screened.get((slowdown, k, sc["name"])))
+                        write_outputs(results, out_dir)
+                    for sc in trace_sc:
+                        if server.poll() is not None:
+                            server = start_server(tb, args, out_dir)
+                        with timing_lock(args):
+                            run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results,
+                                      k)
+                        write_outputs(results, out_dir)
     finally:
         results["settings"]["wall_s"] = round(time.monotonic() - started, 1)
-        results["targets"] = targets(results, profile)
+        results["target_rows"] = targets(results, profile)
+        results["targets"] = flat_targets(results["target_rows"])
         write_outputs(results, out_dir)
         print("bench: wrote %s/{results.json,results.csv,summary.md} (%.0f s)" %
               (out_dir, results["settings"]["wall_s"]), flush=True)
-    return 0
+    missed = [k for k, v in results["targets"].items() if not v["pass"]]
+    print("bench: %d of %d targets met%s" % (len(results["targets"]) - len(missed),
+                                             len(results["targets"]),
+                                             (": missed " + ", ".join(missed)) if missed else ""))
+    return 1 if args.check and missed else 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import sys
 import time
 
 CGROUP_ROOT = "/sys/fs/cgroup"
-NAME_RE = re.compile(r"^es-(\d+)-(dev|srv)$")
+NAME_RE = re.compile(r"^es-(\d+)-(dev|srv|idle)$")
 # Addresses exist only inside the two namespaces (a private /30).
 DEV_ADDR = "10.77.0.1"
 SRV_ADDR = "10.77.0.2"
@@ -335,6 +335,7 @@ class Testbed:
         self.srv_ns = "es-%s-srv" % self.tag
         self.slowdown = slowdown
         self.cgroup = None
+        self.idle_cgroup = None
         self.children = []
         self.up_links = None
         self.down_links = None
@@ -383,6 +384,9 @@ class Testbed:
         self.up_links = Link(self.dev_ns, self.wire, "up")  # device -> server
         self.down_links = Link(self.srv_ns, self.wire, "down")  # server -> device
         self.cgroup = DeviceCgroup("es-%s-dev" % self.tag, self.slowdown)
+        # Device processes waiting for their turn (bench/testbed/turns.py) wait here, without
+        # a quota, so that what they do while idle does not take the running one's quota.
+        self.idle_cgroup = DeviceCgroup("es-%s-idle" % self.tag, 0)
 
     def set_link(self, rate_mbit, rtt_ms, loss_pct=0.0):
         """Shapes both directions: `rate_mbit` each way, half the round trip on each, `loss_pct`
@@ -395,18 +399,26 @@ class Testbed:
         self.slowdown = slowdown
         self.cgroup.set_slowdown(slowdown)
 
-    def spawn(self, side, argv, stdout, stderr, in_cgroup=False):
+    def spawn(self, side, argv, stdout, stderr, in_cgroup=False, stdin=None):
         """Starts argv in the device or server namespace ("dev"/"srv"); with `in_cgroup` the
-        process is in the device cgroup before it executes anything. Returns the Popen; the
-        process dies with the testbed."""
+        process is in the device cgroup (with "idle": the idle one, see move()) before it
+        executes anything. Returns the Popen; the process dies with the testbed."""
         ns = self.dev_ns if side == "dev" else self.srv_ns
         cmd = ["ip", "netns", "exec", ns] + list(argv)
         if in_cgroup:
-            joins = " ".join("echo $$ > %s &&" % f for f in self.cgroup.procs_files())
+            group = self.idle_cgroup if in_cgroup == "idle" else self.cgroup
+            joins = " ".join("echo $$ > %s &&" % f for f in group.procs_files())
             cmd = ["/bin/sh", "-c", joins + ' exec "$@"', "sh"] + cmd
-        p = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, preexec_fn=_pdeathsig)
+        p = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr,
+                             preexec_fn=_pdeathsig)
         self.children.append(p)
         return p
+
+    def move(self, pid, idle):
+        """Moves a device process (every thread) into the quota'd device cgroup, or out of it
+        into the idle one (no quota)."""
+        for f in (self.idle_cgroup if idle else self.cgroup).procs_files():
+            _write(f, pid)
 
     def stop(self, proc, timeout=5.0):
         """SIGTERM, then SIGKILL after `timeout`, for a process started by spawn()."""
@@ -432,9 +444,10 @@ class Testbed:
                 self.stop(p, timeout=3.0)
             except Exception:  # keep cleaning up
                 pass
-        if self.cgroup:
-            self.cgroup.remove()
-            self.cgroup = None
+        for group in (self.cgroup, self.idle_cgroup):
+            if group:
+                group.remove()
+        self.cgroup = self.idle_cgroup = None
         if self.wire:
             self.wire.stop()
             self.wire = None
@@ -468,7 +481,8 @@ def remove_named(tag):
                     pass
             sh(["ip", "netns", "del", ns], check=False)
     for sub in ("cpu", "cpuacct", ""):
-        remove_cgroup_dir(os.path.join(CGROUP_ROOT, sub, "es-%s-dev" % tag))
+        for name in ("es-%s-dev" % tag, "es-%s-idle" % tag):
+            remove_cgroup_dir(os.path.join(CGROUP_ROOT, sub, name))
 
 
 def cleanup_stale(everything=False):

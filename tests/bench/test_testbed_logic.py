@@ -1,0 +1,212 @@
+"""Checks the testbed's measurement logic without processes or root (bench/testbed): the
+interleaved rounds give every contender its share of rounds and the same images, the paired
+bootstrap intervals, the time dilation arithmetic, and that the oracle's candidates are every
+feasible profiled plan."""
+
+import json
+import os
+import sys
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "bench", "testbed"))
+
+import bench  # noqa: E402
+import costmodel  # noqa: E402
+import interleave  # noqa: E402
+import turns  # noqa: E402
+
+PROFILE = os.path.join(ROOT, "bench", "profiles", "mobilenet_v2_imagenet.profile.json")
+
+
+class FakeDevice:
+    """A gated device that answers `n` frames per turn with a latency set per contender, and
+    fails the turn given in `fail_on`."""
+
+    def __init__(self, name, latency_ms, log, fail_on=None):
+        self.name, self.latency_ms, self.log, self.fail_on = name, latency_ms, log, fail_on
+        self.frames_started = 0
+        self.clock = 0.0
+        self.cpu = 0.0
+        self.dead = None
+
+    def turn(self, n, timeout_s):
+        first = self.frames_started
+        self.frames_started += n
+        self.log.append((self.name, first, n))
+        if self.fail_on is not None and len([e for e in self.log if e[0] == self.name]) == \
+                self.fail_on:
+            self.dead = "failed on purpose"
+            return [], False
+        got = []
+        for f in range(first, first + n):
+            self.clock += self.latency_ms / 1000.0
+            self.cpu += 0.001
+            got.append((self.clock, {"frame": f, "latency_ms": self.latency_ms,
+                                     "source": "img%03d.jpg" % (f % 7)}))
+        return got, True
+
+    def cpu_seconds(self):
+        return self.cpu
+
+
+class Rounds(unittest.TestCase):
+    def test_each_contender_gets_one_turn_per_round_in_rotating_order(self):
+        names = ["a", "b", "c"]
+        plan = interleave.schedule(names, rounds=6, frames=4, settle=1)
+        self.assertEqual(len(plan), 18)
+        for r in range(6):
+            turn_names = [t["name"] for t in plan if t["round"] == r]
+            self.assertEqual(sorted(turn_names), names)
+            self.assertEqual(turn_names[0], names[r % 3])  # rotation: each leads in turn
+        leads = [next(t["name"] for t in plan if t["round"] == r) for r in range(6)]
+        self.assertEqual({n: leads.count(n) for n in names}, {"a": 2, "b": 2, "c": 2})
+
+    def test_every_contender_sees_the_same_images_in_each_round(self):
+        plan = interleave.schedule(["x", "y"], rounds=5, frames=3, settle=2)
+        for r in range(5):
+            imgs = {t["name"]: [interleave.image_of(f, 4) for f in
+                                interleave.measured_frames(t)]
+                    for t in plan if t["round"] == r}
+            self.assertEqual(imgs["x"], imgs["y"])
+            self.assertEqual(len(imgs["x"]), 3)
+
+    def test_bad_schedules_are_refused(self):
+        for kw in ({"rounds": 0, "frames": 1, "settle": 0}, {"rounds": 1, "frames": 0,
+                                                               "settle": 0}):
+            with self.assertRaises(ValueError):
+                interleave.schedule(["a"], **kw)
+
+    def test_run_rounds_gives_every_contender_its_share_and_same_frames(self):
+        log = []
+        devs = {n: FakeDevice(n, ms, log) for n, ms in (("a", 10), ("b", 20), ("c", 40))}
+        out = turns.run_rounds(devs, ["a", "b", "c"], rounds=4, frames=3, settle=1,
+                               turn_timeout_s=1)
+        for n in ("a", "b", "c"):
+            self.assertEqual(len(out.frames[n]), 12)  # 4 rounds x 3 measured frames
+            self.assertEqual(sorted({r for r, _, _ in out.frames[n]}), [0, 1, 2, 3])
+            self.assertEqual(out.cpu[n][1], 16)  # settle frames count for CPU
+        # The same frame numbers (so the same images) for every contender, round by round.
+        frames_of = {n: [j["frame"] for _, _, j in out.frames[n]] for n in devs}
+        self.assertEqual(frames_of["a"], frames_of["b"])
+        self.assertEqual(frames_of["a"], frames_of["c"])
+        self.assertNotIn(0, frames_of["a"])  # each turn's first frame settles
+        # Turns alternate: no contender takes two turns in a row within a round.
+        self.assertEqual([e[0] for e in log[:6]], ["a", "b", "c", "b", "c", "a"])
+        # Frames per second from each turn's span: 3 frames after the settle frame.
+        r, span, n = out.spans["c"][0]
+        self.assertAlmostEqual(n / span, 25.0)
+
+    def test_a_contender_that_fails_a_turn_takes_no_further_turns(self):
+        log = []
+        devs = {"a": FakeDevice("a", 10, log), "b": FakeDevice("b", 10, log, fail_on=2)}
+        out = turns.run_rounds(devs, ["a", "b"], rounds=4, frames=2, settle=0, turn_timeout_s=1)
+        self.assertIn("b", out.dropped)
+        self.assertEqual(len([e for e in log if e[0] == "b"]), 2)
+        self.assertEqual(len(out.frames["a"]), 8)
+        self.assertEqual(len(out.frames["b"]), 2)
+
+
+class Intervals(unittest.TestCase):
+    def test_paired_ratio_point_interval_and_seed(self):
+        num = [110, 120, 100, 130, 115, 105, 125, 118]
+        den = [100] * 8
+        a = interleave.paired_ratio(num, den)
+        b = interleave.paired_ratio(num, den)
+        self.assertEqual(a, b)  # fixed seed
+        self.assertAlmostEqual(a["point"], 1.165)
+        self.assertLessEqual(a["lo"], a["point"])
+        self.assertGreaterEqual(a["hi"], a["point"])
+        self.assertGreater(a["hi"] - a["lo"], 0.0)
+        self.assertEqual(a["rounds"], 8)
+
+    def test_rounds_with_a_missing_value_are_left_out(self):
+        r = interleave.paired_ratio([2, None, 4, 6], [1, 1, None, 2])
+        self.assertEqual(r["rounds"], 2)
+        self.assertIsNone(interleave.paired_ratio([1], [1]))
+
+    def test_drift_shared_by_both_contenders_cancels(self):
+        drift = [1.0, 1.6, 0.8, 2.2, 1.1, 1.9]
+        r = interleave.paired_ratio([50 * d for d in drift], [100 * d for d in drift])
+        self.assertAlmostEqual(r["lo"], 0.5)
+        self.assertAlmostEqual(r["hi"], 0.5)
+
+    def test_a_target_is_met_only_when_the_interval_supports_it(self):
+        iv = {"point": 1.05, "lo": 0.98, "hi": 1.14}
+        self.assertFalse(interleave.supports_at_most(iv, 1.10))
+        self.assertTrue(interleave.supports_at_most(iv, 1.15))
+        self.assertTrue(interleave.supports_at_least(iv, 0.95))
+        self.assertFalse(interleave.supports_at_least(iv, 1.0))
+        self.assertFalse(interleave.supports_at_most(None, 10))
+
+
+class Dilation(unittest.TestCase):
+    def test_link_and_trace_times(self):
+        st = {"t": 10.0, "rate": 5.0, "rtt": 20.0, "loss": 100.0}
+        d = interleave.dilate_step(st, 10)
+        self.assertEqual(d, {"t": 100.0, "rate": 0.5, "rtt": 200.0, "loss": 100.0})
+        self.assertEqual(interleave.dilate_duration_s(25, 4), 100)
+
+    def test_reported_times_and_rates(self):
+        m = {"latency_p50_ms": 500.0, "fps": 2.0, "bytes_per_frame": 3000.0,
+             "device_cpu_ms_per_frame": 40.0, "top1": 0.7, "latency_p95_ms": None}
+        u = interleave.undilate_metrics(m, 10)
+        self.assertEqual(u["latency_p50_ms"], 50.0)
+        self.assertEqual(u["fps"], 20.0)
+        self.assertEqual(u["device_cpu_ms_per_frame"], 4.0)
+        self.assertEqual(u["bytes_per_frame"], 3000.0)
+        self.assertEqual(u["top1"], 0.7)
+        self.assertIsNone(u["latency_p95_ms"])
+        self.assertEqual(u["dilation"], 10)
+
+    def test_a_plan_keeps_its_latency_share_under_dilation(self):
+        # Compute 10x slower here, network 10x slower by dilation: the whole frame is 10x.
+        plan = {"local": False, "head_ms": 4.0, "pack_ms": 1.0, "unpack_ms": 1.0,
+                "tail_ms": 2.0, "bytes": 12500.0}
+        target = costmodel.predict(plan, 10.0, 20.0)["latency_ms"]
+        slow = dict(plan, head_ms=40.0, pack_ms=10.0, unpack_ms=10.0, tail_ms=20.0)
+        st = interleave.dilate_step({"t": 0, "rate": 10.0, "rtt": 20.0, "loss": 0}, 10)
+        here = costmodel.predict(slow, st["rate"], st["rtt"])["latency_ms"]
+        self.assertAlmostEqual(interleave.undilate_ms(here, 10), target)
+
+    def test_dilation_from_tail_times(self):
+        self.assertAlmostEqual(interleave.dilation_for(12.3, 1.23), 10.0)
+        with self.assertRaises(ValueError):
+            interleave.dilation_for(0, 1)
+
+    def test_timeouts_scale_with_dilation(self):
+        self.assertEqual(bench.timeout_flags(["--cut", "device"], 10, 30000),
+                         ["--timeout-ms", "300000"])
+        self.assertEqual(bench.timeout_flags(["--objective", "latency"], 10, 30000),
+                         ["--timeout-ms", "10000"])
+        self.assertEqual(bench.timeout_flags(["--objective", "latency"], 1, 30000), [])
+
+
+class Oracle(unittest.TestCase):
+    def setUp(self):
+        with open(PROFILE) as f:  # shipped in the repository
+            self.profile = json.load(f)
+
+    def test_candidates_cover_every_feasible_profiled_plan(self):
+        fp32 = self.profile["fp32_top1"]
+        expected = set()
+        for cut in self.profile["cuts"][:-1]:
+            for e in cut.get("encodings", []):
+                if (fp32 - e["top1"]) * 100.0 <= bench.ACCURACY_BOUND + 1e-9:
+                    expected.add("%d:%s" % (cut["id"], e["name"]))
+        expected.add("%d:local" % self.profile["cuts"][-1]["id"])
+        pinnable, unpinnable = interleave.feasible_plans(self.profile, bench.ACCURACY_BOUND)
+        got = {interleave.plan_name(p) for p in pinnable + unpinnable}
+        self.assertEqual(got, expected)
+        self.assertGreater(len(got), 50)
+        for p in pinnable:
+            self.assertIsNotNone(costmodel.pinnable(p))
+
+    def test_screening_keeps_the_best_measured(self):
+        keep = interleave.screen_keep({"a": 30.0, "b": 10.0, "c": None, "d": 20.0, "e": 50.0}, 3)
+        self.assertEqual(keep, ["b", "d", "a"])
+        self.assertEqual(interleave.screen_keep({"c": None}, 3), [])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
