@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The energy run (issue 16): edgesplit-device's outer loop (--governor manager) against the
+"""The energy run: edgesplit-device's outer loop (--governor manager) against the
 performance, schedutil-like and ondemand-like governors, in rounds, each contender on the same
 scenario and inputs:
 
@@ -33,7 +33,7 @@ LOOSE_MS, TIGHT_MS = 300.0, 60.0
 A_FPS, B_FPS, B_BOUND_MS = 5.0, 10.0, 100.0
 FULL = {"window_s": 20.0, "rounds": 3}
 QUICK = {"window_s": 8.0, "rounds": 1}
-# Targets (issue 16).
+# Targets.
 TARGET_SAVING_ONE = 0.20
 TARGET_SAVING_TWO = 0.50
 TARGET_MISSES = 0.05
