@@ -594,3 +594,48 @@ TEST_CASE("a higher priority class is served first and a lower one shed under ov
   CHECK(high > 1.5 * low);
   CHECK(server.metric("edgesplit_rejected_total{reason=\"shed_for_priority\"}") > 0);
 }
+
+TEST_CASE(
+    "a device told its deadline cannot be met finishes the frame at once, not at its timeout") {
+  auto dir = scratch_dir("rel-device-deadline");
+  ServerProcess server;
+  // Every tail takes 400 ms; the device gives the server 300 ms. Once the server has seen one
+  // tail take that long, it answers DEADLINE_EXCEEDED at once instead of computing.
+  REQUIRE(server.start(
+      dir, {"--model", default_model().string(), "--slow-tail-ms", "400", "--workers", "1"}));
+  ChildProcess device;
+  REQUIRE(device.start(
+      {bin("edgesplit-device"), "--model", default_model().string(), "--input",
+       default_samples().string(), "--server", server.endpoint(), "--cut", std::to_string(kCut),
+       "--bits", "8", "--loop", "2", "--in-flight", "1", "--timeout-ms", "300"},
+      dir / "run.jsonl", dir / "run.err"));
+  REQUIRE(device.wait(std::chrono::seconds(120)) == 0);
+  std::istringstream lines(read_file(dir / "run.jsonl"));
+  std::string line;
+  std::set<int64_t> ids;
+  size_t frames = 0, told = 0;
+  std::vector<double> told_latency;
+  while (std::getline(lines, line)) {
+    json j = json::parse(line);
+    if (j["type"] != "frame") continue;
+    ++frames;
+    ids.insert(j["frame"].get<int64_t>());
+    if (j.value("reason", "") == "server deadline exceeded") {
+      ++told;
+      told_latency.push_back(j["latency_ms"].get<double>());
+    }
+  }
+  INFO(read_file(dir / "run.err"));
+  CHECK(frames == ids.size());
+  size_t samples = 0;
+  for (const auto& e : fs::directory_iterator(default_samples())) {
+    samples += e.path().extension() == ".png";
+  }
+  CHECK(frames == 2 * samples);
+  CHECK(told + 3 >= frames);  // all but the first few, which time out while the server learns
+  // Told at once: well before the 300 ms timeout (the local tail of this model takes a few ms).
+  REQUIRE_FALSE(told_latency.empty());
+  CHECK(percentile(told_latency, 50) < 150);
+  server.process().signal(SIGTERM);
+  CHECK(server.process().wait(std::chrono::seconds(15)) == 0);
+}
