@@ -2,7 +2,9 @@
 
 namespace edgesplit::server {
 
-GoneFlag ClientTable::try_acquire(const std::string& identity, int fd, size_t limit) {
+GoneFlag ClientTable::try_acquire(const std::string& identity, int fd, size_t limit,
+                                  const std::string& key) {
+  if (!key.empty() && key_in_flight(key) >= limit) return nullptr;
   auto it = clients_.find(identity);
   if (it == clients_.end()) {
     if (limit == 0) return nullptr;
@@ -10,18 +12,31 @@ GoneFlag ClientTable::try_acquire(const std::string& identity, int fd, size_t li
     c.gone = std::make_shared<std::atomic<bool>>(false);
     c.fd = fd;
     if (fd >= 0) c.generation = generation_[fd];
+    c.key = key;
     it = clients_.emplace(identity, std::move(c)).first;
   }
   Client& c = it->second;
   if (c.in_flight >= limit) return nullptr;
   ++c.in_flight;
+  if (!c.key.empty()) ++key_in_flight_[c.key];
   return c.gone;
+}
+
+size_t ClientTable::key_in_flight(const std::string& key) const {
+  auto it = key_in_flight_.find(key);
+  return it == key_in_flight_.end() ? 0 : it->second;
 }
 
 void ClientTable::release(const std::string& identity) {
   auto it = clients_.find(identity);
   if (it == clients_.end()) return;
-  if (it->second.in_flight > 0) --it->second.in_flight;
+  if (it->second.in_flight > 0) {
+    --it->second.in_flight;
+    if (!it->second.key.empty()) {
+      auto k = key_in_flight_.find(it->second.key);
+      if (k != key_in_flight_.end() && --k->second == 0) key_in_flight_.erase(k);
+    }
+  }
   if (it->second.in_flight == 0) clients_.erase(it);
 }
 

@@ -32,8 +32,11 @@ class ClientTable {
   bool knows(const std::string& identity) const { return clients_.count(identity) != 0; }
 
   // Reserves one in-flight slot for `identity` (connected on `fd`, -1 when unknown) if it holds
-  // fewer than `limit`. Returns the job's gone flag, or nullptr when the device is at its limit.
-  GoneFlag try_acquire(const std::string& identity, int fd, size_t limit);
+  // fewer than `limit` and, when `key` is not empty (the device's authenticated CURVE key), every
+  // connection with that key together holds fewer than `limit`: a device cannot multiply its
+  // share by opening connections. Returns the job's gone flag, or nullptr at the limit.
+  GoneFlag try_acquire(const std::string& identity, int fd, size_t limit,
+                       const std::string& key = "");
 
   // Returns the slot taken by try_acquire (the reply was sent, refused or dropped).
   void release(const std::string& identity);
@@ -46,6 +49,7 @@ class ClientTable {
   size_t on_disconnected(int fd);
 
   size_t in_flight(const std::string& identity) const;
+  size_t key_in_flight(const std::string& key) const;
   size_t size() const { return clients_.size(); }
 
  private:
@@ -54,9 +58,11 @@ class ClientTable {
     size_t in_flight = 0;
     int fd = -1;
     uint64_t generation = 0;
+    std::string key;  // authenticated key, "" without one
   };
   std::unordered_map<std::string, Client> clients_;
-  std::unordered_map<int, uint64_t> generation_;  // by file descriptor
+  std::unordered_map<int, uint64_t> generation_;           // by file descriptor
+  std::unordered_map<std::string, size_t> key_in_flight_;  // by authenticated key
 };
 
 }  // namespace edgesplit::server

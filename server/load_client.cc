@@ -57,7 +57,9 @@ struct LoadConfig {
   double warmup_s = 0.5;  // OK replies before t0 + warmup_s do not count towards the rate
   std::chrono::milliseconds duration{3000};
   std::chrono::milliseconds drain{10000};
-  std::string server_key;  // CURVE: the server's public key (Z85); empty: plain
+  std::string server_key;     // CURVE: the server's public key (Z85); empty: plain
+  std::string client_secret;  // CURVE: every device's secret key (one device, many connections);
+                              // empty: a fresh key per simulated device
 };
 
 // What one simulated device saw.
@@ -80,6 +82,10 @@ void run_client(const LoadConfig& cfg, zmq::context_t& ctx, int index, ClientRes
   s.set(zmq::sockopt::immediate, 1);
   if (!cfg.server_key.empty()) {
     auto pair = transport::generate_curve_keypair();
+    if (!cfg.client_secret.empty()) {
+      auto pub = transport::curve_public_key(cfg.client_secret);
+      if (pub.ok()) pair = transport::CurveKeyPair{*pub, cfg.client_secret};
+    }
     if (pair.ok()) {
       s.set(zmq::sockopt::curve_serverkey, cfg.server_key);
       s.set(zmq::sockopt::curve_publickey, pair->public_key);
@@ -264,6 +270,8 @@ int main(int argc, char** argv) {
      cxxopts::value<int>()->default_value("10000"))
     ("server-pid", "sample this process's resident memory during the run", cxxopts::value<int>())
     ("server-key", "the server's CURVE public key file (.pub)", cxxopts::value<std::string>())
+    ("key", "with --server-key: every simulated device uses this CURVE secret key file (one device "
+     "opening many connections; default: a fresh key each)", cxxopts::value<std::string>())
     ("output", "write the JSON result here instead of stdout", cxxopts::value<std::string>())
     ("h,help", "show this help");
   // clang-format on
@@ -316,6 +324,12 @@ int main(int argc, char** argv) {
     auto key = transport::read_key_file(args["server-key"].as<std::string>());
     if (!key.ok()) return usage_error("--server-key: " + key.status().message());
     cfg.server_key = *key;
+  }
+  if (args.count("key")) {
+    if (cfg.server_key.empty()) return usage_error("--key needs --server-key");
+    auto key = transport::read_key_file(args["key"].as<std::string>());
+    if (!key.ok()) return usage_error("--key: " + key.status().message());
+    cfg.client_secret = *key;
   }
 
   const std::string model_path = args["model"].as<std::string>();

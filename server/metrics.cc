@@ -194,7 +194,9 @@ std::string ServerMetrics::render(const MetricsGauges& g) const {
          g.ready ? 1.0 : 0.0);
   metric(out, "edgesplit_curve_enabled", "1 when connections are encrypted with CURVE.", "gauge",
          g.curve ? 1.0 : 0.0);
-  header(out, "edgesplit_zap_total", "CURVE clients checked against the allow-list, by outcome.",
+  header(out, "edgesplit_zap_total",
+         "CURVE clients checked by the ZAP handler (against the allow-list when one is set), by "
+         "outcome.",
          "counter");
   out += "edgesplit_zap_total{outcome=\"accepted\"} " + std::to_string(g.zap_accepted) + "\n";
   out += "edgesplit_zap_total{outcome=\"denied\"} " + std::to_string(g.zap_denied) + "\n";

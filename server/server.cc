@@ -363,6 +363,7 @@ struct InferenceServer::Impl {
       return;
     }
     const int source_fd = parsed.source_fd;
+    const std::string user_id = parsed.user_id;
     transport::IncomingRequest in = std::move(parsed.request).value();
     const uint64_t id = in.request.request_id();
     metrics.bytes_in += in.bytes;
@@ -420,7 +421,7 @@ struct InferenceServer::Impl {
         // generation before the device is tied to its descriptor (ClientTable).
         if (!clients.knows(in.identity)) drain_monitor();
         GoneFlag gone =
-            clients.try_acquire(in.identity, source_fd, options.max_in_flight_per_client);
+            clients.try_acquire(in.identity, source_fd, options.max_in_flight_per_client, user_id);
         if (!gone) {
           metrics.busy_client_limit++;
           reply_to(
@@ -771,8 +772,11 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
   if (curve && !transport::curve_available()) {
     return invalid_argument("this libzmq has no CURVE support (built without libsodium)");
   }
-  if (options.use_allow_list) {
-    auto zap = transport::ZapHandler::start(impl->context, options.allowed_keys);
+  // With CURVE a ZAP handler always runs: with an allow-list it enforces it; without one it
+  // accepts any key and names each connection by it, so the in-flight limit counts per key.
+  if (curve) {
+    auto zap =
+        transport::ZapHandler::start(impl->context, options.allowed_keys, !options.use_allow_list);
     if (!zap.ok()) return zap.status();
     impl->zap = std::move(zap).value();
   }

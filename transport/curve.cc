@@ -141,11 +141,13 @@ Status write_key_files(const std::string& base, const CurveKeyPair& keys, bool o
                     overwrite);
 }
 
-ZapHandler::ZapHandler(std::set<std::string> allowed) : allowed_(std::move(allowed)) {}
+ZapHandler::ZapHandler(std::set<std::string> allowed, bool any_key)
+    : allowed_(std::move(allowed)), any_key_(any_key) {}
 
 Result<std::unique_ptr<ZapHandler>> ZapHandler::start(zmq::context_t& context,
-                                                      std::set<std::string> allowed_public_keys) {
-  std::unique_ptr<ZapHandler> h(new ZapHandler(std::move(allowed_public_keys)));
+                                                      std::set<std::string> allowed_public_keys,
+                                                      bool any_key) {
+  std::unique_ptr<ZapHandler> h(new ZapHandler(std::move(allowed_public_keys), any_key));
   try {
     h->socket_ = zmq::socket_t(context, zmq::socket_type::rep);
     h->socket_.set(zmq::sockopt::linger, 0);
@@ -189,7 +191,7 @@ void ZapHandler::loop() {
     if (mechanism == "CURVE" && frames.size() > 6 && frames[6].size() == 32) {
       char z85[41] = {0};
       zmq_z85_encode(z85, static_cast<const uint8_t*>(frames[6].data()), 32);
-      if (allowed_.count(z85) != 0) {
+      if (any_key_ || allowed_.count(z85) != 0) {
         code = "200";
         text = "OK";
         user = z85;

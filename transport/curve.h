@@ -56,8 +56,12 @@ class ZapHandler {
  public:
   // Binds the ZAP endpoint on `context` (which must outlive the handler) and starts the thread.
   // kInvalidArgument when another handler already holds the endpoint.
+  // With `any_key`, every CURVE client is accepted (the allow-list is ignored): the handler then
+  // only names each connection by its key (ZeroMQ's "User-Id"), so that the server can count a
+  // device's requests per key rather than per connection.
   static Result<std::unique_ptr<ZapHandler>> start(zmq::context_t& context,
-                                                   std::set<std::string> allowed_public_keys);
+                                                   std::set<std::string> allowed_public_keys,
+                                                   bool any_key = false);
   // Stops and joins the thread.
   ~ZapHandler();
   ZapHandler(const ZapHandler&) = delete;
@@ -68,10 +72,11 @@ class ZapHandler {
   size_t allowed_count() const { return allowed_.size(); }
 
  private:
-  explicit ZapHandler(std::set<std::string> allowed);
+  ZapHandler(std::set<std::string> allowed, bool any_key);
   void loop();
 
   std::set<std::string> allowed_;
+  bool any_key_ = false;
   zmq::socket_t socket_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> accepted_{0};

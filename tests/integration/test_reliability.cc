@@ -639,3 +639,33 @@ TEST_CASE(
   server.process().signal(SIGTERM);
   CHECK(server.process().wait(std::chrono::seconds(15)) == 0);
 }
+
+TEST_CASE("with CURVE the in-flight limit counts per device key, not per connection") {
+  auto dir = scratch_dir("rel-curve-key-limit");
+  for (const char* who : {"server", "device"}) {
+    REQUIRE(run_to_end({bin("edgesplit-keygen"), (dir / who).string()}, dir / "keygen.out",
+                       dir / "keygen.err") == 0);
+  }
+  ObservedServer server;
+  // 300 ms per tail and one worker: requests stay in flight; each device may hold 2.
+  REQUIRE(server.start(dir, {"--curve-secret", (dir / "server.key").string(), "--slow-tail-ms",
+                             "300", "--workers", "1", "--max-in-flight-per-client", "2"}));
+  const std::string server_pub = (dir / "server.pub").string();
+  // Four connections with four keys, 2 in flight each: within every device's limit.
+  json distinct = run_load(
+      dir, server.process.endpoint(),
+      {"--clients", "4", "--in-flight", "2", "--seconds", "2", "--server-key", server_pub});
+  CHECK(count_of(distinct, "STATUS_BUSY") == 0);
+  const double refused_before =
+      server.metric("edgesplit_rejected_total{reason=\"client_in_flight_limit\"}");
+  // The same four connections under one device key: 2 in flight for all of them together.
+  json shared = run_load(dir, server.process.endpoint(),
+                         {"--clients", "4", "--in-flight", "2", "--seconds", "2", "--server-key",
+                          server_pub, "--key", (dir / "device.key").string()});
+  CHECK(count_of(shared, "STATUS_BUSY") > 0);
+  CHECK(count_of(shared, "STATUS_OK") > 0);
+  CHECK(shared["lost"] == 0);
+  CHECK(server.metric("edgesplit_rejected_total{reason=\"client_in_flight_limit\"}") >
+        refused_before);
+  CHECK(server.metric("edgesplit_zap_total{outcome=\"accepted\"}") >= 8);
+}

@@ -79,7 +79,8 @@ TEST_CASE("family manifest: written with relative paths, read back the same") {
   Family f;
   f.name = "imagenet";
   f.reference = "v2";
-  f.members.push_back({"v2", (dir / "models/v2.pt").string(), "", {}, "", ""});
+  const edgesplit::partitioner::VariantSpec whole;
+  f.members.push_back({"v2", (dir / "models/v2.pt").string(), "", whole, "", ""});
   edgesplit::partitioner::VariantSpec small;
   small.input_size = 160;
   f.members.push_back({"v2-160px", (dir / "models/v2.pt").string(), "", small, "", "smaller"});

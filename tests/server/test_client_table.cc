@@ -60,3 +60,23 @@ TEST_CASE("mark_gone after an unroutable reply") {
   CHECK(a->load());
   CHECK(!t.mark_gone("zzz"));
 }
+
+TEST_CASE("connections with the same authenticated key share one in-flight limit") {
+  ClientTable t;
+  // Three connections of one device (one CURVE key), limit 2: two slots in all.
+  CHECK(static_cast<bool>(t.try_acquire("conn-a", 5, 2, "KEY1")));
+  CHECK(static_cast<bool>(t.try_acquire("conn-b", 6, 2, "KEY1")));
+  CHECK_FALSE(static_cast<bool>(t.try_acquire("conn-c", 7, 2, "KEY1")));
+  CHECK(t.key_in_flight("KEY1") == 2);
+  // Another key, and a connection without one, keep their own limits.
+  CHECK(static_cast<bool>(t.try_acquire("conn-d", 8, 2, "KEY2")));
+  CHECK(static_cast<bool>(t.try_acquire("conn-e", 9, 2)));
+  CHECK(static_cast<bool>(t.try_acquire("conn-e", 9, 2)));
+  // A released slot is free again for any connection of that key.
+  t.release("conn-a");
+  CHECK(t.key_in_flight("KEY1") == 1);
+  CHECK(static_cast<bool>(t.try_acquire("conn-c", 7, 2, "KEY1")));
+  t.release("conn-b");
+  t.release("conn-c");
+  CHECK(t.key_in_flight("KEY1") == 0);
+}
