@@ -86,15 +86,16 @@ TEST_CASE("a family stream moves to a smaller member under a CPU contender, and 
   const fs::path images = cifar_images(dir, 20);  // 200 frames
   const std::string family = (source_dir() / "models/families/cifar10.json").string();
   // One core for the device and, in the middle of the run, two busy processes on it: the device
-  // gets about a third of its core. The bound: three times ResNet-56's profiled whole-model time,
-  // which its members meet alone (frames run about twice their profiled time between arrivals)
-  // and only the smallest meet beside the contenders.
+  // gets about a third of its core. The bound, 12 ms: the usual member (the most accurate, about
+  // 4.6 ms profiled) meets it alone with room (frames of 5-8 ms), and beside the contenders
+  // (about 2.7x its time, 16 ms predicted) clearly not, outside the scheduler's 5% band around a
+  // bound; the smaller members (1.8-4 ms profiled) still meet it there.
   const fs::path out = dir / "device.out", err = dir / "device.err";
   ChildProcess device;
   REQUIRE(
       device.start({"/usr/bin/taskset", "-c", "0", bin("edgesplit-device"), "--family", family,
                     "--input", images.string(), "--threads", "1", "--fps", "30", "--objective",
-                    "accuracy", "--max-latency-ms", "16", "--max-accuracy-drop", "none", "--json"},
+                    "accuracy", "--max-latency-ms", "12", "--max-accuracy-drop", "none", "--json"},
                    out, err));
   auto wait_frames = [&](size_t n) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
