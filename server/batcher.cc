@@ -46,14 +46,11 @@ BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
   live.reserve(tickets.size());
   for (size_t i = 0; i < tickets.size(); ++i) {
     const Ticket& t = tickets[i];
-    if (t.deadline) {
-      const double need_ms = expected_ms ? expected_ms(context, t.key) : 0.0;
-      if (partitioner::ms_between(now, *t.deadline) <= need_ms) {
-        d.expired.push_back(i);
-        continue;
-      }
+    if (cannot_meet(t, now, expected_ms ? expected_ms(context, t.key) : 0.0)) {
+      d.expired.push_back(i);
+    } else {
+      live.push_back(i);
     }
-    live.push_back(i);
   }
   // Per key, its tickets in batch order.
   std::map<BatchKey, std::vector<size_t>> by_key;
@@ -110,6 +107,30 @@ BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
   }
   d.wake = wake;
   return d;
+}
+
+std::vector<size_t> batch_caps(const std::vector<float>& tail_ms,
+                               const std::map<int, std::vector<float>>& batch_tail_ms,
+                               size_t max_batch) {
+  std::vector<size_t> caps(tail_ms.size(), 0);
+  if (batch_tail_ms.empty()) return caps;
+  const int largest = batch_tail_ms.rbegin()->first;
+  for (size_t cut = 0; cut < tail_ms.size(); ++cut) {
+    int best = 1;
+    double best_per_row = tail_ms[cut];
+    for (const auto& [n, per_cut] : batch_tail_ms) {
+      if (static_cast<size_t>(n) > max_batch || cut >= per_cut.size()) continue;
+      const double per_row = per_cut[cut] / n;
+      if (per_row < best_per_row) {
+        best = n;
+        best_per_row = per_row;
+      }
+    }
+    if (best != largest && static_cast<size_t>(best) < max_batch) {
+      caps[cut] = static_cast<size_t>(best);
+    }
+  }
+  return caps;
 }
 
 std::optional<size_t> shed_victim(const std::vector<Ticket>& tickets, int priority) {

@@ -65,6 +65,21 @@ struct Ticket {
   uint64_t seq = 0;  // arrival order
 };
 
+// Whether `t` can no longer be answered in time at `now`: its deadline is not further away than
+// `need_ms`, the time a batch of its key takes.
+inline bool cannot_meet(const Ticket& t, TimePoint now, double need_ms) {
+  return t.deadline && partitioner::ms_between(now, *t.deadline) <= need_ms;
+}
+
+// Per cut, the largest batch worth forming (0: no cap) from a profile's tail times: batch 1's
+// (`tail_ms`, per cut) and a whole batch's per measured size (`batch_tail_ms`). A cut is capped at
+// the measured size with the lowest time per request when a larger measured size costs more per
+// request; sizes over `max_batch` are not considered; beyond the largest measured size nothing is
+// known, so a cut whose best is that size is not capped.
+std::vector<size_t> batch_caps(const std::vector<float>& tail_ms,
+                               const std::map<int, std::vector<float>>& batch_tail_ms,
+                               size_t max_batch);
+
 struct BatchDecision {
   std::vector<size_t> batch;      // indices of the tickets to run now, in run order (may be empty)
   std::vector<size_t> expired;    // indices of tickets past (or unable to meet) their deadline
@@ -176,8 +191,7 @@ class BatchQueue {
     if (tickets_.empty()) return out;
     const TimePoint now = clock_.now();
     for (size_t i = tickets_.size(); i-- > 0;) {
-      const Ticket& t = tickets_[i];
-      if (t.deadline && partitioner::ms_between(now, *t.deadline) <= expected(this, t.key)) {
+      if (cannot_meet(tickets_[i], now, expected(this, tickets_[i].key))) {
         out.push_back(std::move(items_[i]));
         erase_at(i);
       }

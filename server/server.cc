@@ -739,24 +739,14 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     }
     // Where the profile timed batches, a cut batches only up to the size with the lowest time per
     // request when a larger measured size costs more per request (large activations on a CPU).
-    if (batching.max_batch > 1 && !served.batch_tail_ms.empty() && !served.tail_ms.empty()) {
+    if (batching.max_batch > 1) {
+      const auto caps = batch_caps(served.tail_ms, served.batch_tail_ms, batching.max_batch);
       std::string capped;
-      const int largest = served.batch_tail_ms.rbegin()->first;
-      for (size_t cut = 0; cut < served.tail_ms.size(); ++cut) {
-        int best = 1;
-        double best_per_row = served.tail_ms[cut];
-        for (const auto& [n, per_cut] : served.batch_tail_ms) {
-          if (static_cast<size_t>(n) > batching.max_batch) continue;
-          const double per_row = per_cut[cut] / n;
-          if (per_row < best_per_row) {
-            best = n;
-            best_per_row = per_row;
-          }
-        }
-        if (best != largest && static_cast<size_t>(best) < batching.max_batch) {
-          impl->queue->set_key_cap({digest, static_cast<int>(cut)}, static_cast<size_t>(best));
-          capped += (capped.empty() ? "" : ", ") + std::to_string(cut) + ":" + std::to_string(best);
-        }
+      for (size_t cut = 0; cut < caps.size(); ++cut) {
+        if (caps[cut] == 0) continue;
+        impl->queue->set_key_cap({digest, static_cast<int>(cut)}, caps[cut]);
+        capped +=
+            (capped.empty() ? "" : ", ") + std::to_string(cut) + ":" + std::to_string(caps[cut]);
       }
       if (!capped.empty()) {
         spdlog::info(

@@ -1,4 +1,4 @@
-// Runs the tail of a model for one request: validates the packed crossing tensors
+// Runs the tails of a model for batches of requests: validates the packed crossing tensors
 // (server/request_check.h), decodes them straight into tensors, runs ModelGraph::run_tail, and
 // returns the top-k classes. The only server file that touches LibTorch. Thread-safe: any number of
 // workers may call it at once.
@@ -24,19 +24,6 @@ struct TailOutcome {
   int64_t compute_us = 0;
 };
 
-// Checks that `payloads` fit `cut` of `model` (count, shapes, element limits), decodes them and
-// runs the tail. kMalformed for payloads that do not fit, kInternal when the tail itself fails.
-Result<TailOutcome> run_tail_request(const partitioner::ModelGraph& model, int cut,
-                                     const std::vector<PackedView>& payloads, int top_k,
-                                     bool want_logits, const packing::DecodeLimits& limits);
-
-// Runs the whole model on a JPEG of the input (a cut-0 request with TENSOR_JPEG): decodes it
-// (bounded by the model's input size, never trusting the JPEG's own header), resizes, crops and
-// normalizes it with `info`. kMalformed for a JPEG that does not decode or does not fit.
-Result<TailOutcome> run_jpeg_request(const partitioner::ModelGraph& model,
-                                     const partitioner::ModelInfo& info, const PackedView& jpeg,
-                                     int top_k, bool want_logits);
-
 // One request of a batch: its payload frames (one JPEG at cut 0, or the cut's packed tensors).
 struct BatchRequest {
   std::vector<PackedView> payloads;
@@ -45,12 +32,14 @@ struct BatchRequest {
   bool want_logits = false;
 };
 
-// Runs requests for the same (model, cut) as one tail: each request's payloads are checked and
-// decoded into its row of the batched crossing tensors (a JPEG into its row of the input), the tail
-// runs once on the rows that decoded, and each row gets its own top-k. One outcome per request, in
-// order: a request that does not fit fails alone (kMalformed, as run_tail_request says); a tail
-// that fails fails them all. Each outcome's compute_us is the whole batch's. `info` is needed for
-// JPEG requests only.
+// Runs requests for the same (model, cut) as one tail (a batch of one included): each request's
+// payloads are checked to fit the cut (count, shapes, element limits: check_payloads) and decoded
+// into its row of the batched crossing tensors; a JPEG (cut 0 only) is decoded, bounded by the
+// model's input size and never trusting its own header, resized, cropped and normalized with
+// `info` into its row of the input. The tail runs once on the rows that decoded and each row gets
+// its own top-k. One outcome per request, in order: a request that does not fit fails alone
+// (kMalformed); a tail that fails fails them all (kInternal). Each outcome's compute_us is the
+// whole batch's. `info` is needed for JPEG requests only.
 std::vector<Result<TailOutcome>> run_tail_batch(const partitioner::ModelGraph& model,
                                                 const partitioner::ModelInfo* info, int cut,
                                                 const std::vector<BatchRequest>& requests,

@@ -36,6 +36,15 @@ struct Tickets {
   }
 };
 
+// A ticket for the BatchQueue tests (steady clock): key ("m", cut), enqueued now.
+Ticket now_ticket(int cut = 0, int priority = 0) {
+  Ticket t;
+  t.key = {"m", cut};
+  t.priority = priority;
+  t.enqueued = std::chrono::steady_clock::now();
+  return t;
+}
+
 BatchingOptions batching(size_t max_batch, int64_t delay_us = 0,
                          std::vector<size_t> preferred = {}) {
   BatchingOptions o;
@@ -183,6 +192,24 @@ TEST_CASE("higher priority classes are batched first") {
   CHECK(t.decide(batching(1)).batch == std::vector<size_t>{1});
 }
 
+TEST_CASE(
+    "batch caps from a profile: the size with the lowest time per request, where larger costs "
+    "more") {
+  // Per cut, batch 1's tail time and whole-batch times at 4 and 16.
+  const std::vector<float> one = {10, 10, 10};
+  const std::map<int, std::vector<float>> batches = {
+      {4, {30, 20, 30}},      // per request: 7.5, 5, 7.5
+      {16, {160, 100, 80}}};  // per request: 10, 6.25, 5
+  // Cut 0: best at 4, 16 costs more per request: capped at 4. Cut 1: the same. Cut 2: best at the
+  // largest measured size, nothing known beyond it: no cap.
+  CHECK(batch_caps(one, batches, 32) == std::vector<size_t>{4, 4, 0});
+  // Sizes over max_batch are not considered, and a cap at max_batch is no cap.
+  CHECK(batch_caps(one, batches, 4) == std::vector<size_t>{0, 0, 0});
+  // Batch 1 cheapest per request: capped at 1.
+  CHECK(batch_caps({1, 1, 1}, batches, 32) == std::vector<size_t>{1, 1, 1});
+  CHECK(batch_caps(one, {}, 32) == std::vector<size_t>{0, 0, 0});
+}
+
 TEST_CASE("a full queue sheds the newest request of the lowest class below the new one") {
   Tickets t;
   t.add("m", 1, 1);
@@ -214,13 +241,7 @@ TEST_CASE("BatchQueue: pushes refuse or shed when full, workers get whole batche
   o.capacity = 3;
   REQUIRE(check_batching(o).ok());
   BatchQueue<int> q(o);
-  auto ticket = [](int cut, int priority) {
-    Ticket t;
-    t.key = {"m", cut};
-    t.priority = priority;
-    t.enqueued = std::chrono::steady_clock::now();
-    return t;
-  };
+  const auto ticket = now_ticket;
   int shed = -1;
   CHECK(q.push(ticket(1, 0), 10, &shed) == BatchQueue<int>::Pushed::kQueued);
   CHECK(q.push(ticket(2, 0), 11, &shed) == BatchQueue<int>::Pushed::kQueued);
@@ -258,12 +279,7 @@ TEST_CASE(
   });
   int unused = 0;
   first_push = std::chrono::steady_clock::now();
-  for (int i = 0; i < 3; ++i) {
-    Ticket t;
-    t.key = {"m", 0};
-    t.enqueued = std::chrono::steady_clock::now();
-    q.push(t, i, &unused);
-  }
+  for (int i = 0; i < 3; ++i) q.push(now_ticket(), i, &unused);
   for (int i = 0; i < 200 && got.load() < 3; ++i) std::this_thread::sleep_for(milliseconds(5));
   CHECK(got.load() == 3);
   const double waited = partitioner::ms_between(first_push, taken);
@@ -281,9 +297,7 @@ TEST_CASE("BatchQueue: take_expired hands back what cannot make its deadline") {
   REQUIRE(check_batching(o).ok());
   BatchQueue<int> q(o);
   int unused = 0;
-  Ticket soon;
-  soon.key = {"m", 0};
-  soon.enqueued = std::chrono::steady_clock::now();
+  Ticket soon = now_ticket();
   soon.deadline = soon.enqueued + milliseconds(1);
   Ticket later = soon;
   later.deadline = soon.enqueued + std::chrono::seconds(100);

@@ -81,7 +81,8 @@ double compare_cuts(const partitioner::ModelGraph& g, const std::vector<int>& cu
     auto batched = run_tail_batch(g, nullptr, cut, requests, {});
     REQUIRE(batched.size() == requests.size());
     for (size_t r = 0; r < requests.size(); ++r) {
-      auto alone = run_tail_request(g, cut, requests[r].payloads, 3, true, {});
+      // The same request alone: a batch of one.
+      auto alone = std::move(run_tail_batch(g, nullptr, cut, {requests[r]}, {}).front());
       REQUIRE_MESSAGE(alone.ok(), alone.status().message());
       REQUIRE_MESSAGE(batched[r].ok(), batched[r].status().message());
       const auto& a = alone->logits;
@@ -133,7 +134,7 @@ TEST_CASE("a request that does not fit fails alone; the rest of its batch runs")
   CHECK(out[2].ok());
   CHECK(out[1].status().code() == StatusCode::kMalformed);
   CHECK(out[3].status().code() == StatusCode::kMalformed);
-  auto alone = run_tail_request(*g, cut, requests[2].payloads, 3, true, {});
+  auto alone = std::move(run_tail_batch(*g, nullptr, cut, {requests[2]}, {}).front());
   REQUIRE(alone.ok());
   CHECK(alone->logits == out[2]->logits);
   // A cut the model does not have fails every request, clearly.
