@@ -17,6 +17,7 @@
 #include "packing/bitpack.h"
 #include "packing/check.h"
 #include "packing/codec.h"
+#include "packing/entropy_codec.h"
 #include "packing/header.h"
 #include "packing/lossless.h"
 #include "packing/quantize.h"
@@ -260,9 +261,83 @@ bool use_byte_symbols(const EncodeOptions& opt) {
   return opt.lossless != Lossless::kZstd;  // see the top of this file
 }
 
+// kEntropyCoded: the table's checks, then [v2 header][payload].
+Status check_entropy_options(const std::vector<int64_t>& shape, const EncodeOptions& opt) {
+  if (opt.entropy_table == nullptr) {
+    return invalid_argument("the entropy-coded format needs a codec table (entropy_table)");
+  }
+  const float step = opt.step_scale == 0.0f ? opt.entropy_table->s_ref : opt.step_scale;
+  return internal::entropy_check_encode(*opt.entropy_table, shape, step);
+}
+
+Result<size_t> encode_entropy(const float* data, size_t count, const std::vector<int64_t>& shape,
+                              const EncodeOptions& opt, uint8_t* out, size_t capacity) {
+  EDGESPLIT_RETURN_IF_ERROR(check_entropy_options(shape, opt));
+  const CodecTable& table = *opt.entropy_table;
+  if (count != static_cast<uint64_t>(table.elements())) {
+    return invalid_argument("shape holds " + s(table.elements()) + " elements but " + s(count) +
+                            " values were given");
+  }
+  if (data == nullptr && count != 0) return invalid_argument("no data for a non-empty tensor");
+  const size_t header = internal::header_size_v2(shape.size());
+  const size_t max_size = header + internal::entropy_max_payload_bytes(table);
+  if (capacity < max_size || out == nullptr) {
+    return resource_exhausted("output buffer of " + s(capacity) + " bytes is smaller than the " +
+                              s(max_size) + " bytes this tensor may need");
+  }
+  PackedHeader h;
+  h.version = internal::kFormatVersionEntropy;
+  h.format = Format::kEntropyCoded;
+  h.shape = shape;
+  h.header_bytes = header;
+  h.table_id = table.id;
+  h.step_scale = opt.step_scale == 0.0f ? table.s_ref : opt.step_scale;
+  h.lanes = table.lanes;
+  auto payload =
+      internal::entropy_encode_payload(table, data, h.step_scale, out + header, capacity - header);
+  if (!payload.ok()) return payload.status();
+  h.payload_bytes = *payload;
+  internal::write_header_v2(h, out);
+  return header + *payload;
+}
+
+// A v2 frame whose header (and CRC) validated: the table, its shape, lanes and step scale, then
+// the payload into scratch and only then into out.
+Status decode_entropy(const PackedHeader& h, const uint8_t* bytes, float* out,
+                      const DecodeLimits& limits) {
+  const std::string id = codec_table_id_hex(h.table_id);
+  std::shared_ptr<const CodecTable> table =
+      limits.tables != nullptr ? limits.tables->find(h.table_id) : nullptr;
+  if (table == nullptr) {
+    return not_found("entropy-coded tensor names codec table " + id +
+                     (limits.tables != nullptr ? ", which is not registered"
+                                               : ", but no codec tables are registered"));
+  }
+  if (h.shape != table->shape) {
+    return malformed("entropy-coded tensor's shape does not match codec table " + id + "'s");
+  }
+  if (h.lanes != table->lanes) {
+    return malformed("entropy-coded tensor has " + s(h.lanes) + " rANS lanes, codec table " + id +
+                     " has " + s(table->lanes));
+  }
+  if (!(h.step_scale >= table->s_min && h.step_scale <= table->s_max)) {
+    return malformed("entropy-coded tensor's step scale " + std::to_string(h.step_scale) +
+                     " is outside codec table " + id + "'s range [" + std::to_string(table->s_min) +
+                     ", " + std::to_string(table->s_max) + "]");
+  }
+  if (out == nullptr) return invalid_argument("no output memory for a non-empty tensor");
+  return internal::entropy_decode_payload(*table, h.step_scale, bytes + h.header_bytes,
+                                          h.payload_bytes, out);
+}
+
 }  // namespace
 
 Result<size_t> max_encoded_size(const std::vector<int64_t>& shape, const EncodeOptions& opt) {
+  if (opt.format == Format::kEntropyCoded) {
+    EDGESPLIT_RETURN_IF_ERROR(check_entropy_options(shape, opt));
+    return internal::header_size_v2(shape.size()) +
+           internal::entropy_max_payload_bytes(*opt.entropy_table);
+  }
   auto count = checked_count(shape);
   if (!count.ok()) return count.status();
   EDGESPLIT_RETURN_IF_ERROR(check_options(shape, opt));
@@ -275,6 +350,9 @@ Result<size_t> max_encoded_size(const std::vector<int64_t>& shape, const EncodeO
 
 Result<size_t> encode_into(const float* data, size_t count, const std::vector<int64_t>& shape,
                            const EncodeOptions& opt, uint8_t* out, size_t capacity) {
+  if (opt.format == Format::kEntropyCoded) {
+    return encode_entropy(data, count, shape, opt, out, capacity);
+  }
   auto expected = checked_count(shape);
   if (!expected.ok()) return expected.status();
   if (*expected != count) {
@@ -317,6 +395,8 @@ Result<size_t> encode_into(const float* data, size_t count, const std::vector<in
   h.payload_bytes = raw;
   const bool try_lossless = opt.lossless != Lossless::kNone && raw > 0;
   switch (opt.format) {
+    case Format::kEntropyCoded:  // encode_entropy
+      break;
     case Format::kFloat32: {
       const auto* bytes = reinterpret_cast<const uint8_t*>(data);
       size_t c = try_lossless ? internal::lossless_compress(opt.lossless, opt.lossless_level, bytes,
@@ -415,6 +495,7 @@ Status decode_into(const uint8_t* bytes, size_t size, float* out, size_t out_cou
     return invalid_argument("output of " + s(out_count) + " floats does not fit a tensor of " +
                             s(n) + " elements");
   }
+  if (h.format == Format::kEntropyCoded) return decode_entropy(h, bytes, out, limits);
   if (n == 0) return Status();
   if (out == nullptr) return invalid_argument("no output memory for a non-empty tensor");
   const uint8_t* payload = bytes + h.header_bytes;
@@ -434,6 +515,8 @@ Status decode_into(const uint8_t* bytes, size_t size, float* out, size_t out_cou
     }
   }
   switch (h.format) {
+    case Format::kEntropyCoded:  // decode_entropy
+      break;
     case Format::kFloat32:
       std::memcpy(out, src, n * 4);
       break;
@@ -489,6 +572,8 @@ std::string precision_name(Format format, int bits) {
       return "fp32";
     case Format::kQuantized:
       return "q" + std::to_string(bits);
+    case Format::kEntropyCoded:
+      return "ecsq";
   }
   return "unknown";
 }

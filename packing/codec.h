@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,7 +20,13 @@ enum class Format : uint8_t {
   kQuantized = 0,  // linear quantization to `bits` (1..16) with scale/offset
   kFloat16 = 1,    // IEEE half, per value
   kFloat32 = 2,    // passthrough, bit-exact
+  // FW-ECSQ: per-channel-and-position steps, neighbour-context rANS, wire format v2 (packing/
+  // entropy_codec.h); needs a CodecTable shared by both ends.
+  kEntropyCoded = 3,
 };
+
+struct CodecTable;    // packing/entropy_codec.h
+class CodecTableSet;  // packing/entropy_codec.h
 
 // Lossless stage applied after quantization (never allowed to make a payload bigger: the encoder
 // stores the raw packed bits and records kNone when compression does not pay).
@@ -65,6 +72,11 @@ struct EncodeOptions {
   // detects min >= 0 itself; set this when the producer guarantees it (negative values then clamp
   // to 0). A fixed range with fixed_min >= 0 means the same.
   bool non_negative_hint = false;
+  // kEntropyCoded: the table (the tensor's shape must equal its shape) and the per-frame step
+  // scale (0 = the table's s_ref; otherwise within its [s_min, s_max]). bits, per_channel,
+  // channel_axis, range, lossless and symbol_layout are ignored for kEntropyCoded.
+  std::shared_ptr<const CodecTable> entropy_table;
+  float step_scale = 0;
 };
 
 // The decoded form of a header: everything needed to read the payload.
@@ -82,6 +94,10 @@ struct PackedHeader {
   std::vector<float> offset;   // value = offset + code * scale
   uint64_t payload_bytes = 0;  // bytes after the header as stored (after the lossless stage)
   uint64_t header_bytes = 0;
+  // Version 2 (kEntropyCoded) only: the codec table, the frame's step scale, its rANS lanes.
+  uint64_t table_id = 0;
+  float step_scale = 0;
+  int lanes = 0;
   uint64_t element_count() const;
 };
 
@@ -94,6 +110,8 @@ struct DecodedTensor {
 struct DecodeLimits {
   uint64_t max_elements = 64ull << 20;  // 64 Mi values
   int max_rank = 8;
+  // The codec tables a kEntropyCoded frame may name (not owned); none when null.
+  const CodecTableSet* tables = nullptr;
 };
 
 // Encodes `count` floats of the given shape (product of shape == count). Fails (never crashes) on

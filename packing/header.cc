@@ -47,9 +47,9 @@ std::string s(uint64_t v) { return std::to_string(v); }
 
 }  // namespace
 
-uint32_t crc32(const uint8_t* data, size_t n) {
+uint32_t crc32(const uint8_t* data, size_t n, uint32_t crc) {
   // zlib's (the same IEEE 802.3 polynomial, reflected), in chunks its uInt length can hold.
-  uLong c = ::crc32(0L, Z_NULL, 0);
+  uLong c = crc;
   while (n > 0) {
     const uInt chunk = static_cast<uInt>(std::min<size_t>(n, 1u << 30));
     c = ::crc32(c, data, chunk);
@@ -67,6 +67,8 @@ uint64_t raw_payload_bytes(Format format, int bits, uint64_t elements) {
       return elements * 2;
     case Format::kQuantized:
       return packed_bytes(elements, bits);
+    case Format::kEntropyCoded:
+      return 0;  // variable: the header says
   }
   return 0;
 }
@@ -106,6 +108,28 @@ void write_header(const PackedHeader& h, uint8_t* out) {
   put_u32(p, crc32(out, static_cast<size_t>(p - out)));
 }
 
+void write_header_v2(const PackedHeader& h, uint8_t* out) {
+  const size_t rank = h.shape.size();
+  EDGESPLIT_CHECK_EQ(h.header_bytes, header_size_v2(rank));
+  EDGESPLIT_CHECK(h.lanes == 1 || h.lanes == 2 || h.lanes == 4);
+  std::memcpy(out, kMagic, 4);
+  out[4] = kFormatVersionEntropy;
+  out[5] = static_cast<uint8_t>(Format::kEntropyCoded);
+  out[6] = static_cast<uint8_t>(h.lanes == 1 ? 0 : h.lanes == 2 ? 1 : 2);
+  out[7] = static_cast<uint8_t>(rank);
+  put_u64(out + 8, h.table_id);
+  uint8_t* p = out + kFixedHeaderBytesV2;
+  for (int64_t d : h.shape) {
+    put_u32(p, static_cast<uint32_t>(d));
+    p += 4;
+  }
+  put_f32(p, h.step_scale);
+  put_u32(p + 4, static_cast<uint32_t>(h.payload_bytes));
+  p += 8;
+  const size_t before = static_cast<size_t>(p - out);
+  put_u32(p, crc32(out + h.header_bytes, h.payload_bytes, crc32(out, before)));
+}
+
 // Where the CRC sits, if the fixed part, rank and shape can be read; 0 otherwise.
 static size_t crc_position(const uint8_t* bytes, size_t size) {
   if (size < kFixedHeaderBytes) return 0;
@@ -125,6 +149,15 @@ static size_t crc_position(const uint8_t* bytes, size_t size) {
 }
 
 bool reseal_header(uint8_t* bytes, size_t size) {
+  if (size >= kFixedHeaderBytesV2 && bytes[4] == kFormatVersionEntropy) {
+    const size_t rank = bytes[7];
+    const size_t header = header_size_v2(rank);
+    if (size < header) return false;
+    const uint64_t payload = get_u32(bytes + header - 8);
+    if (payload > size - header) return false;
+    put_u32(bytes + header - 4, crc32(bytes + header, payload, crc32(bytes, header - 4)));
+    return true;
+  }
   const size_t pos = crc_position(bytes, size);
   if (pos == 0) return false;
   put_u32(bytes + pos, crc32(bytes, pos));
@@ -143,6 +176,73 @@ uint64_t PackedHeader::element_count() const {
   return n;
 }
 
+// The v2 header (layout in header.h). The CRC covers the payload too, so it is checked when
+// `size` reaches the end of the declared payload (decode always has the whole frame).
+static Result<PackedHeader> parse_header_v2(const uint8_t* bytes, size_t size,
+                                            const DecodeLimits& limits) {
+  if (size < kFixedHeaderBytesV2) {
+    return malformed("entropy-coded tensor of " + s(size) + " bytes is shorter than the " +
+                     s(kFixedHeaderBytesV2) + "-byte fixed header");
+  }
+  PackedHeader h;
+  h.version = kFormatVersionEntropy;
+  if (bytes[5] != static_cast<uint8_t>(Format::kEntropyCoded)) {
+    return malformed("format version 2 tensor has format " + s(bytes[5]) + ", expected " +
+                     s(static_cast<uint8_t>(Format::kEntropyCoded)));
+  }
+  h.format = Format::kEntropyCoded;
+  const uint8_t flags = bytes[6];
+  if ((flags & ~kFlagLanesMask) != 0 || (flags & kFlagLanesMask) > 2) {
+    return malformed("entropy-coded tensor has unknown flags " + s(flags));
+  }
+  h.lanes = 1 << (flags & kFlagLanesMask);
+  const size_t rank = bytes[7];
+  if (rank < 1 || rank > 4 || rank > static_cast<size_t>(limits.max_rank)) {
+    return malformed("entropy-coded tensor has rank " + s(rank) + ", expected 1..4 within the " +
+                     "limit of " + s(static_cast<uint64_t>(std::max(limits.max_rank, 0))));
+  }
+  const size_t header_bytes = header_size_v2(rank);
+  if (size < header_bytes) {
+    return malformed("entropy-coded tensor of " + s(size) + " bytes is shorter than its " +
+                     s(header_bytes) + "-byte header");
+  }
+  h.table_id = get_u64(bytes + 8);
+  uint64_t elements = 1;
+  h.shape.resize(rank);
+  const uint8_t* p = bytes + kFixedHeaderBytesV2;
+  for (size_t i = 0; i < rank; ++i, p += 4) {
+    const uint64_t d = get_u32(p);
+    if (__builtin_mul_overflow(elements, d, &elements) || elements > limits.max_elements) {
+      return malformed("entropy-coded tensor has more than " + s(limits.max_elements) +
+                       " elements");
+    }
+    h.shape[i] = static_cast<int64_t>(d);
+  }
+  h.step_scale = get_f32(p);
+  h.payload_bytes = get_u32(p + 4);
+  h.header_bytes = header_bytes;
+  if (size - header_bytes >= h.payload_bytes) {
+    const uint32_t stored_crc = get_u32(p + 8);
+    const uint32_t crc =
+        crc32(bytes + header_bytes, h.payload_bytes, crc32(bytes, header_bytes - 4));
+    if (stored_crc != crc) {
+      return malformed("entropy-coded tensor checksum " + s(stored_crc) + " does not match " +
+                       s(crc));
+    }
+  }
+  if (!std::isfinite(h.step_scale) || !(h.step_scale > 0.0f)) {
+    return malformed("entropy-coded tensor has step scale " + std::to_string(h.step_scale) +
+                     ", expected finite and > 0");
+  }
+  const uint64_t lanes_bytes = 4 * static_cast<uint64_t>(h.lanes);
+  if (h.payload_bytes < lanes_bytes || h.payload_bytes > lanes_bytes + 2 * elements) {
+    return malformed("entropy-coded tensor of " + s(elements) + " elements and " + s(h.lanes) +
+                     " lanes declares a payload of " + s(h.payload_bytes) + " bytes, expected " +
+                     s(lanes_bytes) + ".." + s(lanes_bytes + 2 * elements));
+  }
+  return h;
+}
+
 Result<PackedHeader> parse_header(const uint8_t* bytes, size_t size, const DecodeLimits& limits) {
   if (bytes == nullptr || size < kFixedHeaderBytes) {
     return malformed("packed tensor of " + s(size) + " bytes is shorter than the " +
@@ -151,6 +251,7 @@ Result<PackedHeader> parse_header(const uint8_t* bytes, size_t size, const Decod
   if (std::memcmp(bytes, kMagic, 4) != 0) {
     return malformed("packed tensor does not start with the magic \"ESPK\"");
   }
+  if (bytes[4] == kFormatVersionEntropy) return parse_header_v2(bytes, size, limits);
   PackedHeader h;
   h.version = bytes[4];
   if (h.version != kFormatVersion) {

@@ -15,6 +15,21 @@
 //                 or 0 for kFloat16/kFloat32
 //   ..      8     payload length in bytes (as stored, after the lossless stage)
 //   ..      4     CRC-32 (IEEE) of every header byte before it
+//
+// Wire format v2 (Format::kEntropyCoded, packing/entropy_codec.h), all fields little-endian:
+//
+//   offset  size  field
+//   0       4     magic "ESPK"
+//   4       1     format version (kFormatVersionEntropy = 2)
+//   5       1     Format::kEntropyCoded (3)
+//   6       1     flags: bits 0-1 = log2(rANS lanes) (0, 1 or 2); others 0
+//   7       1     rank r (1..kCodecMaxRank)
+//   8       8     codec table id
+//   16      4*r   shape, one uint32 per dimension (must equal the table's)
+//   16+4r   4     step scale s (float32; finite, within the table's [s_min, s_max])
+//   20+4r   4     payload length in bytes (uint32)
+//   24+4r   4     CRC-32 (IEEE) of the header bytes before it and of the payload
+//                 = 44 bytes at rank 4
 #pragma once
 
 #include <cstddef>
@@ -30,6 +45,12 @@ inline constexpr size_t kFixedHeaderBytes = 12;
 inline constexpr uint8_t kFlagNonNegative = 1u << 0;
 inline constexpr uint8_t kFlagPerChannel = 1u << 1;
 inline constexpr uint8_t kFlagByteSymbols = 1u << 2;
+inline constexpr uint8_t kFormatVersionEntropy = 2;
+inline constexpr size_t kFixedHeaderBytesV2 = 16;
+inline constexpr uint8_t kFlagLanesMask = 0x03;
+
+// v2 header bytes for this rank.
+inline size_t header_size_v2(size_t rank) { return kFixedHeaderBytesV2 + 4 * rank + 12; }
 
 // Header bytes for this rank and number of scale/offset pairs.
 inline size_t header_size(size_t rank, size_t params) {
@@ -44,10 +65,16 @@ uint64_t lossless_input_bytes(Format format, int bits, bool byte_symbols, uint64
 // Writes `h` (its header_bytes must equal header_size(...)) at out and seals it with the CRC.
 void write_header(const PackedHeader& h, uint8_t* out);
 
-// CRC-32 (IEEE 802.3, reflected) of n bytes.
-uint32_t crc32(const uint8_t* data, size_t n);
+// CRC-32 (IEEE 802.3, reflected) of n bytes; `crc` continues the CRC of bytes before them.
+uint32_t crc32(const uint8_t* data, size_t n, uint32_t crc = 0);
 
-// Recomputes the CRC of a header whose layout can be read far enough to find it; returns false
+// Writes a v2 header (h.header_bytes == header_size_v2(rank), h.lanes, h.table_id, h.step_scale,
+// h.payload_bytes) at out and seals it with the CRC over the header and the payload, which must
+// already be at out + h.header_bytes.
+void write_header_v2(const PackedHeader& h, uint8_t* out);
+
+// Recomputes the CRC of a header (v2: of the header and the payload it declares, when it fits in
+// size) whose layout can be read far enough to find it; returns false
 // (and changes nothing) otherwise. Lets a fuzzer reach the checks behind the checksum.
 bool reseal_header(uint8_t* bytes, size_t size);
 
