@@ -221,14 +221,20 @@ void for_each_channel(const CodecTable& t, float step_scale, F&& f) {
 void quantize(const CodecTable& t, const float* x, float step_scale, uint8_t* sym) {
   const size_t positions = static_cast<size_t>(t.positions());
   const float kmaxf = static_cast<float>(t.kmax);
+  const int kmax = t.kmax;
   const float* sp = t.step_p.data();
   for_each_channel(t, step_scale, [&](size_t first, float a, float m) {
+    // Locals and restrict: the byte stores may otherwise alias everything and stop vectorising.
+    const float* __restrict xc = x + first;
+    const float* __restrict spc = sp;
+    uint8_t* __restrict out = sym + first;
     for (size_t p = 0; p < positions; ++p) {
-      float r = (x[first + p] - m) / (a * sp[p]);
-      r = r > kmaxf ? kmaxf : r;  // NaN stays NaN through both comparisons
-      r = r < -kmaxf ? -kmaxf : r;
-      r = r == r ? r : 0.0f;
-      sym[first + p] = static_cast<uint8_t>(static_cast<int>(std::nearbyint(r)) + t.kmax);
+      float r = (xc[p] - m) / (a * spc[p]);
+      r = std::isnan(r) ? 0.0f : r;
+      r = std::min(std::max(r, -kmaxf), kmaxf);
+      // Half away from zero (as bench/codec_research/ecsq.py), as float operations that vectorise.
+      const float rounded = r + std::copysign(0.5f, r);
+      out[p] = static_cast<uint8_t>(static_cast<int>(rounded) + kmax);
     }
   });
 }
@@ -281,8 +287,6 @@ void contexts(const CodecTable& t, const uint8_t* sym, uint16_t* ctx) {
 template <int L>
 Result<size_t> encode_lanes(const RansModel& m, const uint8_t* sym, const uint16_t* ctx,
                             size_t channels, size_t positions, uint8_t* out, size_t capacity) {
-  const int bits = m.prob_bits();
-  const uint64_t x_max_unit = uint64_t{kLower >> bits} << 8;
   uint8_t* const end = out + capacity;
   uint8_t* p = end;
   uint32_t x[L];
@@ -293,10 +297,13 @@ Result<size_t> encode_lanes(const RansModel& m, const uint8_t* sym, const uint16
     for (size_t q = positions; q-- > 0;) {
       for (int l = lanes; l-- > 0;) {
         const size_t e = (g * L + l) * positions + q;
-        const uint32_t fr = m.frequency(ctx[e], sym[e]);
-        const uint64_t x_max = x_max_unit * fr;
+        const RansEncSymbol& es = m.enc_symbol(ctx[e], sym[e]);
+        if (es.x_max == 0) {
+          return invalid_argument("codec table cannot code symbol " + s(sym[e]) + " in context " +
+                                  s(ctx[e]) + ": its frequency is 0");
+        }
         uint32_t v = x[l];
-        while (v >= x_max) {
+        while (v >= es.x_max) {
           if (p - out <= 4 * L) {
             return resource_exhausted("entropy-coded payload does not fit " + s(capacity) +
                                       " bytes");
@@ -304,7 +311,7 @@ Result<size_t> encode_lanes(const RansModel& m, const uint8_t* sym, const uint16
           *--p = static_cast<uint8_t>(v & 0xffu);
           v >>= 8;
         }
-        x[l] = ((v / fr) << bits) + (v % fr) + m.cumulative(ctx[e], sym[e]);
+        x[l] = es.encode(v);
       }
     }
   }

@@ -5,7 +5,8 @@
 //
 // For a tensor {1, C, H, W} (or {1, C}: H = W = 1) and a per-frame step scale s:
 //   step[c, p] = s * step_c[c] * step_p[p]           (float32, computed as (s * step_c) * step_p)
-//   k = clamp(nearbyint((x - mu[c]) / step), -kmax, kmax)   NaN -> 0, +-Inf clamp to +-kmax
+//   r = clamp((x - mu[c]) / step, -kmax, kmax)    NaN -> 0, +-Inf clamp to +-kmax
+//   k = trunc(r + (r < 0 ? -0.5 : 0.5))            (float32: rounds half away from zero)
 //   decoded value mu[c] + k * step
 // Symbols k + kmax (2 kmax + 1 of them) are coded channel-major, raster order inside each H x W
 // map, each under the context

@@ -75,6 +75,24 @@ Result<RansModel> RansModel::from_frequencies(int num_symbols, int num_contexts,
       std::memset(slots + m.cum_[base + s], s, freqs[base + s]);
     }
   }
+  m.enc_.resize(freqs.size());
+  for (size_t i = 0; i < freqs.size(); ++i) {
+    const uint32_t fr = freqs[i];
+    RansEncSymbol& e = m.enc_[i];
+    e.x_max = static_cast<uint32_t>((uint64_t{kL >> prob_bits} << 8) * fr);
+    e.cmpl_freq = static_cast<uint16_t>(total - fr);
+    if (fr < 2) {  // x / 1 = x: q = x * (2^32 - 1) >> 32 = x - 1, and the bias adds the 1 back
+      e.rcp_freq = ~0u;
+      e.rcp_shift = 0;
+      e.bias = m.cum_[i] + static_cast<uint32_t>(total) - 1;
+    } else {
+      uint32_t shift = 0;
+      while (fr > (1u << shift)) ++shift;
+      e.rcp_freq = static_cast<uint32_t>(((uint64_t{1} << (shift + 31)) + fr - 1) / fr);
+      e.rcp_shift = static_cast<uint16_t>(shift - 1);
+      e.bias = m.cum_[i];
+    }
+  }
   return m;
 }
 

@@ -2,9 +2,9 @@
 // of small symbols, each under a context chosen by the caller, with frequency tables fixed in
 // advance (fitted by the profiler on calibration data and shared by both ends). Free of LibTorch.
 //
-// Not yet part of the wire format; bench/codec_research/README.md has the study (issue 19) and
-// the planned format that will use it. The stream layout matches the Python reference coder in
-// bench/codec_research/common.py byte for byte:
+// Wire format v2 (packing/entropy_codec.h, Format::kEntropyCoded) codes its payload with it, in
+// interleaved lanes; bench/codec_research/README.md has the study. The single-lane layout matches
+// the Python reference coder in bench/codec_research/common.py byte for byte:
 //
 //   [final encoder state: uint32 little-endian][renormalisation bytes, in the order decode reads]
 //
@@ -28,6 +28,23 @@ inline constexpr int kRansProbBitsMax = 15;
 inline constexpr int kRansMaxSymbols = 256;
 // Contexts x 2^prob_bits bounds the decoder's lookup table (one byte per slot).
 inline constexpr size_t kRansMaxTableSlots = size_t{1} << 24;
+
+// The encoder's view of one (context, symbol): the renormalisation bound and the division by the
+// frequency done as a multiplication by a reciprocal (ryg_rans' rans_byte.h), exact for every
+// state below 2^31, which the coder keeps. For frequency 0, x_max is 0.
+struct RansEncSymbol {
+  uint32_t x_max = 0;      // renormalise while x >= x_max
+  uint32_t rcp_freq = 0;   // fixed-point reciprocal of the frequency
+  uint32_t bias = 0;       // cumulative frequency (+ 2^prob_bits - 1 for frequency 1)
+  uint16_t cmpl_freq = 0;  // 2^prob_bits - frequency
+  uint16_t rcp_shift = 0;
+  // The coded state: x + bias + (x / freq) * cmpl_freq, with the quotient from the reciprocal.
+  uint32_t encode(uint32_t x) const {
+    const uint32_t q =
+        static_cast<uint32_t>((static_cast<uint64_t>(x) * rcp_freq) >> 32) >> rcp_shift;
+    return x + bias + q * cmpl_freq;
+  }
+};
 
 // Frequency tables: for each of num_contexts contexts, one frequency per symbol, summing to
 // 2^prob_bits. A symbol of frequency 0 cannot be encoded (never decoded). Immutable after
@@ -56,6 +73,10 @@ class RansModel {
   uint32_t cumulative(int context, int symbol) const {
     return cum_[static_cast<size_t>(context) * num_symbols_ + symbol];
   }
+  // The encoder's constants for `symbol` under `context`.
+  const RansEncSymbol& enc_symbol(int context, int symbol) const {
+    return enc_[static_cast<size_t>(context) * num_symbols_ + symbol];
+  }
   // The symbol whose interval holds `slot` (< 2^prob_bits) in this context.
   uint8_t symbol_at(int context, uint32_t slot) const {
     return slot_symbol_[(static_cast<size_t>(context) << prob_bits_) + slot];
@@ -72,6 +93,7 @@ class RansModel {
   std::vector<uint32_t> freq_;
   std::vector<uint32_t> cum_;
   std::vector<uint8_t> slot_symbol_;
+  std::vector<RansEncSymbol> enc_;
 };
 
 // The most bytes rans_encode can write for n symbols: 4 + 2 n.

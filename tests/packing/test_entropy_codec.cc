@@ -84,7 +84,7 @@ int ref_k(const CodecTable& t, const float* x, float s, size_t c, size_t p) {
   if (std::isnan(r)) return 0;
   if (r >= static_cast<float>(t.kmax)) return t.kmax;
   if (r <= -static_cast<float>(t.kmax)) return -t.kmax;
-  return static_cast<int>(std::nearbyint(r));
+  return static_cast<int>(std::trunc(r + (r < 0.0f ? -0.5f : 0.5f)));
 }
 
 std::vector<uint8_t> encode_v2(const std::vector<float>& x, std::shared_ptr<const CodecTable> t,

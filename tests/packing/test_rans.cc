@@ -267,3 +267,27 @@ TEST_CASE("rans: truncated, extended, bit-flipped and garbage streams are malfor
   bad_ctx[17] = 144;
   CHECK(try_decode(m, stream, bad_ctx, &out).code() == StatusCode::kInvalidArgument);
 }
+
+TEST_CASE("rans: the encoder's reciprocal equals division for every frequency") {
+  std::mt19937 rng(11);
+  for (int bits : {8, 12, 15}) {
+    const uint32_t total = 1u << bits;
+    for (uint32_t f = 1; f < total; f += (f < 64 ? 1 : 1 + rng() % 97)) {
+      const RansModel m = must_model(2, 1, bits, {total - f, f});
+      const RansEncSymbol& e = m.enc_symbol(0, 1);
+      CHECK(e.x_max == (RansDecoder::kLower >> bits) * 256u * f);
+      int wrong = 0;
+      for (int i = 0; i < 200; ++i) {
+        // States the encoder codes from after renormalising: [x_max / 256, x_max).
+        const uint32_t lo = e.x_max >> 8;
+        const uint32_t x = i == 0 ? lo : i == 1 ? e.x_max - 1 : lo + rng() % (e.x_max - lo);
+        wrong += e.encode(x) != ((x / f) << bits) + (x % f) + (total - f);
+      }
+      CHECK_MESSAGE(wrong == 0, bits, " ", f);
+    }
+    const RansModel whole = must_model(2, 1, bits, {total, 0});
+    CHECK(whole.enc_symbol(0, 1).x_max == 0);
+    const uint32_t x = RansDecoder::kLower + 12345;
+    CHECK(whole.enc_symbol(0, 0).encode(x) == ((x / total) << bits) + (x % total));
+  }
+}
