@@ -36,6 +36,12 @@
 #                           the server's dynamic batcher against batch 1 under open-loop load from
 #                           1 to 64 simulated devices at two cuts of MobileNetV2 (no root):
 #                           docs/server.md
+#   bench/run.sh codec [--quick] --out DIR [--check]
+#                           the entropy-coded encodings (ecsq) against the quantized ones on the
+#                           shared MobileNetV2: profile (bytes against loss with intervals), the
+#                           fixed plan features.16 + ecsq1 end to end on loopback paired against
+#                           fp32, --verify on unseen images, codec speed (no root):
+#                           docs/codec.md
 #   bench/run.sh energy [--quick] --out DIR [--check]
 #                           the hierarchical manager's outer loop against performance, schedutil-
 #                           and ondemand-like governors under latency bounds that step, one then
@@ -52,6 +58,10 @@ py=/usr/bin/python3
 if [[ "${1:-}" == "engine" ]]; then
   shift
   exec "$py" "$here/engine/engine_bench.py" "$@"
+fi
+if [[ "${1:-}" == "codec" ]]; then
+  shift
+  exec "$py" "$here/codec/codec_bench.py" "$@"
 fi
 if [[ "${1:-}" == "batching" ]]; then
   shift

@@ -36,11 +36,27 @@ constexpr const char* kMustClip = "0 (off) or a number between 50 and 100";
 constexpr const char* kMustString = "a string";
 constexpr const char* kMustBool = "true or false";
 
-// "1".."16" quantized, "fp16", "fp32", or "jpegQ" (Q = 1..100, the input as JPEG); false when
-// it is none of those.
-bool parse_bits(const std::string& s, packing::EncodeOptions& eo, int& jpeg_quality) {
+// "1".."16" quantized, "fp16", "fp32", "jpegQ" (Q = 1..100, the input as JPEG) or "ecsqB" (the
+// profile's entropy-coded encoding for B bits per element: its name); false when it is none of
+// those.
+bool parse_bits(const std::string& s, packing::EncodeOptions& eo, int& jpeg_quality,
+                std::string& entropy_encoding) {
   using packing::Format;
   jpeg_quality = 0;
+  entropy_encoding.clear();
+  if (s.rfind("ecsq", 0) == 0) {
+    try {
+      size_t used = 0;
+      const double b = std::stod(s.substr(4), &used);
+      if (used != s.size() - 4 || !(b > 0 && b <= 16)) return false;
+    } catch (const std::exception&) {
+      return false;
+    }
+    eo.format = Format::kEntropyCoded;
+    eo.bits = 0;
+    entropy_encoding = s;
+    return true;
+  }
   if (s.rfind("jpeg", 0) == 0) {
     try {
       size_t used = 0;
@@ -276,8 +292,8 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
 
   std::string bits = "8";
   EDGESPLIT_RETURN_IF_ERROR(f.get("bits", bits));
-  if (!parse_bits(bits, s.encode, s.jpeg_quality)) {
-    return f.error("bits", "1..16, fp16, fp32 or jpegQ, not " + in_quotes(bits));
+  if (!parse_bits(bits, s.encode, s.jpeg_quality, s.entropy_encoding)) {
+    return f.error("bits", "1..16, fp16, fp32, jpegQ or ecsqB, not " + in_quotes(bits));
   }
   if (s.jpeg_quality > 0 && s.cut.empty()) s.cut = "input";
   std::string lossless = "none";
@@ -607,9 +623,10 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
     if (s.cut.empty())
       return invalid_argument("--plan " + plan + " names no cut: use cut=ID,bits=B");
   }
-  if (!parse_bits(bits, s.encode, s.jpeg_quality)) {
+  if (!parse_bits(bits, s.encode, s.jpeg_quality, s.entropy_encoding)) {
     return invalid_argument("--bits " + bits +
-                            " is not a precision: use 1..16, fp16, fp32 or jpegQ");
+                            " is not a precision: use 1..16, fp16, fp32, jpegQ or ecsqB (the "
+                            "profile's entropy-coded encoding)");
   }
   if (s.jpeg_quality > 0 && s.cut.empty()) s.cut = "input";
   auto lossless = packing::parse_lossless(lossless_name);

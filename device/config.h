@@ -74,6 +74,9 @@ struct StreamConfig {
   std::string cut;
   packing::EncodeOptions encode;
   int jpeg_quality = 0;
+  // An entropy-coded encoding of the profile at that cut ("ecsq1": --bits ecsq1), whose coding
+  // table comes from the profile; encode.format is then kEntropyCoded.
+  std::string entropy_encoding;
 
   // The scheduler's inputs. An empty profile path means MODEL.profile.json beside the model.
   // scheduler.constraints.max_device_memory_mb is the stream's own bound on head weights +

@@ -121,6 +121,7 @@ LinkState Link::connect() {
       s.engine = m.engine();
       s.cut_table = m.cut_table();
       s.tail_ms.assign(m.tail_ms().begin(), m.tail_ms().end());
+      s.codec_tables.insert(m.codec_tables().begin(), m.codec_tables().end());
       for (const auto& b : m.batch_tail_ms()) {
         s.batch_tail_ms[static_cast<int>(b.batch())].assign(b.tail_ms().begin(), b.tail_ms().end());
       }

@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -71,6 +72,7 @@ struct ServedModel {
   // --batch-sizes; empty when not measured or the server does not batch).
   std::map<int, std::vector<double>> batch_tail_ms;
   std::string cut_table;  // partitioner::cut_table_digest of the server's cuts ("": unsaid)
+  std::set<uint64_t> codec_tables;  // entropy-coding tables it decodes for this model
 };
 
 struct LinkOptions {

@@ -177,6 +177,7 @@ struct Stream::Impl {
   RunStats stats;
   int frames_without_head = 0;  // decisions since a head last ran on the device
   bool said_cut_table = false;
+  bool said_unknown_tables = false;
   int corrections_said = 0;
   int misses = 0;  // since the manager last asked
   Clock::time_point run_start{};
@@ -207,6 +208,28 @@ struct Stream::Impl {
 
   // ----- the server's answer -----
 
+  // Entropy-coded plans of `member` whose coding table the server does not list leave the choice
+  // (its frames would be refused); said once per stream.
+  void exclude_unknown_tables(int member, const ServedModel& m) {
+    if (!scheduler) return;
+    int excluded = 0;
+    for (const auto& plan : scheduler->plans()) {
+      const auto& table = plan.encoding.entropy_table;
+      if (plan.member != member || plan.local || !table || m.codec_tables.count(table->id) > 0 ||
+          scheduler->excluded(plan.index)) {
+        continue;
+      }
+      scheduler->exclude(plan.index);
+      ++excluded;
+    }
+    if (excluded > 0 && !said_unknown_tables) {
+      said_unknown_tables = true;
+      log("server " + link.endpoint() + " does not decode " + std::to_string(excluded) +
+          " entropy-coded plans of this stream (its profile for the model lacks their coding "
+          "tables; give it the profile this device uses): not choosing them");
+    }
+  }
+
   void on_handshake() {
     if (seen_generation == link.generation()) return;
     seen_generation = link.generation();
@@ -231,6 +254,7 @@ struct Stream::Impl {
       return;
     }
     server_engine = m->engine;
+    exclude_unknown_tables(0, *m);
     if (!was_served && seen_generation > 1) log("the server serves this stream's model again");
     for (size_t i = 0; i < alternates.size(); ++i) {
       Alternate& a = alternates[i];
@@ -243,8 +267,9 @@ struct Stream::Impl {
         for (const auto& plan : scheduler->plans()) {
           if (plan.member == member && !plan.local) scheduler->exclude(plan.index);
         }
-      } else if (!am->tail_ms.empty()) {
-        (void)scheduler->set_server_tail_ms(am->tail_ms, member);
+      } else {
+        exclude_unknown_tables(member, *am);
+        if (!am->tail_ms.empty()) (void)scheduler->set_server_tail_ms(am->tail_ms, member);
       }
     }
     if (scheduler && !m->tail_ms.empty()) {
@@ -1177,6 +1202,32 @@ Status Stream::load(int retain_cut, int threads) {
     e.clip_percentile = f.encode.range.clip_percentile;
     e.jpeg_quality = f.jpeg_quality;
     f.encoding_name = f.local ? "local" : e.name();
+    if (!f.local && !s.cfg.entropy_encoding.empty()) {
+      // The coding table is the profile's, at this cut.
+      const profiles::EncodingProfile* found = nullptr;
+      std::string names;
+      if (s.profile) {
+        for (const auto& c : s.profile->cuts) {
+          if (c.id != f.cut) continue;
+          for (const auto& ep : c.encodings) {
+            if (!ep.encoding.entropy_table) continue;
+            names += (names.empty() ? "" : ", ") + ep.encoding.name();
+            if (ep.encoding.name() == s.cfg.entropy_encoding) found = &ep;
+          }
+        }
+      }
+      if (!found) {
+        return invalid_argument(
+            who + "--bits " + s.cfg.entropy_encoding + " needs the profile's coding table at cut " +
+            std::to_string(f.cut) + ", and " +
+            (!s.profile      ? std::string("this stream has no profile")
+             : names.empty() ? std::string("the profile has no entropy-coded encoding there")
+                             : "the profile has only " + names + " there") +
+            " (edgesplit-profile fits them: --entropy-bits)");
+      }
+      f.encode = found->encoding.encode_options();
+      f.encoding_name = found->encoding.name();
+    }
     s.fixed = f;
     if (s.scheduler) {
       // Pinned: the scheduler predicts for the fixed plan when the profile has it.
@@ -1346,8 +1397,9 @@ std::string number_text(double v) {
 std::string Stream::goal() const {
   const Impl& s = *impl_;
   if (!s.cfg.cut.empty()) {
-    std::string enc = s.cfg.jpeg_quality > 0
-                          ? "jpeg" + std::to_string(s.cfg.jpeg_quality)
+    std::string enc = s.cfg.jpeg_quality > 0 ? "jpeg" + std::to_string(s.cfg.jpeg_quality)
+                      : !s.cfg.entropy_encoding.empty()
+                          ? s.cfg.entropy_encoding
                           : packing::precision_name(s.cfg.encode.format, s.cfg.encode.bits);
     if (s.cfg.jpeg_quality == 0 && s.cfg.encode.lossless != packing::Lossless::kNone) {
       enc += "+" + packing::lossless_name(s.cfg.encode.lossless);

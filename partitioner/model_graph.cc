@@ -360,6 +360,7 @@ struct ModelGraph::Impl {
   std::shared_ptr<SideFunction> whole;
   mutable std::mutex mutex;
   mutable std::map<int, CutFunctions> cache;
+  mutable std::map<int, std::shared_ptr<SideFunction>> plain_tails;  // run_tail_differentiable
   // Retain::kHeadsUpTo: the processed graph is gone; only the cached heads of cuts
   // 0..retained_cut remain.
   bool released = false;
@@ -1253,6 +1254,25 @@ at::Tensor ModelGraph::run_tail(int cut, const std::vector<at::Tensor>& crossing
   EDGESPLIT_CHECK_EQ(crossing.size(), impl_->cuts[static_cast<size_t>(cut)].tensors.size());
   const CutFunctions& f = impl_->functions(cut);
   return Impl::run_side(*f.tail, crossing.data(), crossing.size()).at(0);
+}
+
+at::Tensor ModelGraph::run_tail_differentiable(int cut,
+                                               const std::vector<at::Tensor>& crossing) const {
+  EDGESPLIT_CHECK(!impl_->released);
+  EDGESPLIT_CHECK(has_cut(cut));
+  EDGESPLIT_CHECK_EQ(crossing.size(), impl_->cuts[static_cast<size_t>(cut)].tensors.size());
+  std::shared_ptr<SideFunction> side;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    auto& slot = impl_->plain_tails[cut];
+    if (!slot) slot = impl_->build_tail(cut, /*optimize=*/false);
+    side = slot;
+  }
+  jit::Stack stack(crossing.begin(), crossing.end());
+  side->function->run(stack);
+  EDGESPLIT_CHECK_EQ(stack.size(), size_t{1});
+  if (side->num_outputs == 1) return stack[0].toTensor();
+  return stack[0].toTuple()->elements().at(0).toTensor();
 }
 
 at::Tensor ModelGraph::run(const at::Tensor& input) const {

@@ -186,6 +186,11 @@ class ModelGraph {
   // Runs the tail of `cut` on the crossing tensors (same order as CutPoint::tensors).
   // Same failure rules as run_head (can_run_tail).
   at::Tensor run_tail(int cut, const std::vector<at::Tensor>& crossing) const;
+  // Runs the tail of `cut` on the plain graph (no engine, no inference mode), so that gradients
+  // flow back to crossing tensors that require them: what the profiler's sensitivity estimates
+  // (the Fisher information of the output with respect to the crossing tensor) differentiate.
+  // Only with Retain::kAll. The graph is built on first use and kept.
+  at::Tensor run_tail_differentiable(int cut, const std::vector<at::Tensor>& crossing) const;
   // Runs the processed whole graph through the engine (with Engine::kPlain, what head then tail
   // reproduce bit for bit in fp32; with kOptimized, within float tolerance). Only with
   // Retain::kAll.

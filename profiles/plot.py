@@ -174,8 +174,8 @@ def cut_label(cut):
 
 def accuracy_series(cut, lossless_names, n, fp32_top1):
     """{family: [(bytes, top1, name, (lo, hi))]}: one curve per range choice ("", "clip99.9",
-    "clip99/cal", ...), for each precision the smallest of its lossless variants. fp16/fp32 close
-    the plain min/max curve."""
+    "clip99/cal", ...), for each precision the smallest of its lossless variants, and one of the
+    entropy-coded encodings ("ecsq"). fp16/fp32 close the plain min/max curve."""
     by_name = {}
     for lossless in ["none"] + lossless_names:
         for b, a, name, iv in quantized_curve(cut, lossless, n, fp32_top1):
@@ -186,6 +186,11 @@ def accuracy_series(cut, lossless_names, n, fp32_top1):
     for base, point in by_name.items():
         family = base.split("/", 1)[1] if "/" in base else ""
         families.setdefault(family, []).append(point)
+    # Entropy-coded encodings (ecsq1, ecsq0.8, ...): a curve of their own.
+    for e in cut["encodings"]:
+        if e["format"] == "entropy":
+            families.setdefault("ecsq", []).append(
+                (e["bytes_mean"], e["top1"], e["name"], top1_interval(e, n, fp32_top1)))
     return {f: sorted(p) for f, p in families.items()}
 
 

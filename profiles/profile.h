@@ -6,10 +6,12 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "packing/codec.h"
+#include "packing/entropy_codec.h"
 #include "packing/status.h"
 
 namespace edgesplit::profiles {
@@ -40,8 +42,15 @@ struct Encoding {
   bool fixed_range = false;
   double range_min = 0;
   double range_max = 0;
+  // Format::kEntropyCoded (bits 0): the coding table the profiler fitted on its calibration images
+  // at this cut (packing/entropy_codec.h: Fisher-weighted steps, neighbour-context rANS tables),
+  // for a mean payload of `entropy_bits` bits per element; frames are coded at the table's own
+  // step scale. Device and server must hold the same table (the handshake registers it).
+  std::shared_ptr<const packing::CodecTable> entropy_table;
+  double entropy_bits = 0;
   // "q4", "q4+zstd", "q4/pc", "fp16", "fp32", "jpeg90": unique within a cut, stable across runs.
-  // Grammar: jpeg<quality>, or <precision>[/pc][/clip<percentile>][/cal][+<lossless>] with
+  // Grammar: jpeg<quality>, ecsq<bits per element> ("ecsq1", "ecsq0.8"), or
+  // <precision>[/pc][/clip<percentile>][/cal][+<lossless>] with
   // precision as packing::precision_name, lossless as packing::lossless_name and /cal marking a
   // fixed (calibrated) range ("q2/pc/clip99.99+zstd", "q3/clip99.9/cal+zstd").
   std::string name() const;

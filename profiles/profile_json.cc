@@ -10,9 +10,11 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -36,6 +38,8 @@ const char* format_key(packing::Format format) {
       return "fp16";
     case packing::Format::kFloat32:
       return "fp32";
+    case packing::Format::kEntropyCoded:
+      return "entropy";
   }
   return "unknown";
 }
@@ -44,7 +48,53 @@ Result<packing::Format> parse_format_key(const std::string& s) {
   if (s == "quantized") return packing::Format::kQuantized;
   if (s == "fp16") return packing::Format::kFloat16;
   if (s == "fp32") return packing::Format::kFloat32;
-  return invalid_argument("unknown format \"" + s + "\" (expected quantized, fp16 or fp32)");
+  if (s == "entropy") return packing::Format::kEntropyCoded;
+  return invalid_argument("unknown format \"" + s +
+                          "\" (expected quantized, fp16, fp32 or entropy)");
+}
+
+constexpr char kBase64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+// Standard base64 (RFC 4648, padded): how a coding table's bytes sit in the JSON.
+std::string base64_encode(const std::vector<uint8_t>& bytes) {
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  for (size_t i = 0; i < bytes.size(); i += 3) {
+    const size_t n = std::min<size_t>(3, bytes.size() - i);
+    uint32_t v = uint32_t{bytes[i]} << 16;
+    if (n > 1) v |= uint32_t{bytes[i + 1]} << 8;
+    if (n > 2) v |= bytes[i + 2];
+    for (size_t k = 0; k < 4; ++k) {
+      out += k <= n ? kBase64[(v >> (18 - 6 * k)) & 63] : '=';
+    }
+  }
+  return out;
+}
+
+// Strict inverse of base64_encode; std::nullopt for anything else.
+std::optional<std::vector<uint8_t>> base64_decode(const std::string& text) {
+  if (text.size() % 4 != 0) return std::nullopt;
+  std::vector<uint8_t> out;
+  out.reserve(text.size() / 4 * 3);
+  for (size_t i = 0; i < text.size(); i += 4) {
+    uint32_t v = 0;
+    int pad = 0;
+    for (size_t k = 0; k < 4; ++k) {
+      const char c = text[i + k];
+      const char* at = c == '\0' ? nullptr : std::strchr(kBase64, c);
+      if (c == '=' && i + 4 == text.size() && k >= 2) {
+        ++pad;
+        v <<= 6;
+        continue;
+      }
+      if (!at || pad > 0) return std::nullopt;
+      v = (v << 6) | static_cast<uint32_t>(at - kBase64);
+    }
+    out.push_back(static_cast<uint8_t>(v >> 16));
+    if (pad < 2) out.push_back(static_cast<uint8_t>(v >> 8));
+    if (pad < 1) out.push_back(static_cast<uint8_t>(v));
+  }
+  return out;
 }
 
 std::string short_number(double v) {
@@ -90,6 +140,12 @@ OrderedJson encoding_profile_json(const EncodingProfile& e, int scored, int64_t 
   j["jpeg_quality"] = e.encoding.jpeg_quality;
   if (e.encoding.fixed_range) {
     j["range"] = {e.encoding.range_min, e.encoding.range_max};
+  }
+  if (e.encoding.entropy_table) {
+    j["entropy_bits"] = e.encoding.entropy_bits;
+    j["table_id"] = packing::codec_table_id_hex(e.encoding.entropy_table->id);
+    j["step_scale"] = e.encoding.entropy_table->s_ref;
+    j["table"] = base64_encode(packing::serialize_codec_table(*e.encoding.entropy_table));
   }
   j["bytes_mean"] = e.bytes_mean;
   j["bytes_p95"] = e.bytes_p95;
@@ -427,6 +483,30 @@ Status parse_machine(const Json& obj, const char* key, MachineInfo& m) {
   return Status();
 }
 
+// An entropy-coded encoding's table: base64 of packing::serialize_codec_table, whose id must be
+// the recorded one.
+Status parse_entropy_table(const Json& j, const std::string& p, Encoding& enc) {
+  std::string text, id;
+  EDGESPLIT_RETURN_IF_ERROR(read(j, p, "table", true, text));
+  EDGESPLIT_RETURN_IF_ERROR(read(j, p, "table_id", false, id));
+  EDGESPLIT_RETURN_IF_ERROR(read(j, p, "entropy_bits", true, enc.entropy_bits));
+  if (!std::isfinite(enc.entropy_bits) || enc.entropy_bits <= 0) {
+    return invalid_argument("profile key \"" + p + ".entropy_bits\" must be a positive number");
+  }
+  auto bytes = base64_decode(text);
+  if (!bytes) return invalid_argument("profile key \"" + p + ".table\" is not base64");
+  auto table = packing::parse_codec_table(bytes->data(), bytes->size());
+  if (!table.ok()) {
+    return invalid_argument("profile key \"" + p + ".table\": " + table.status().message());
+  }
+  if (!id.empty() && id != packing::codec_table_id_hex(table->id)) {
+    return invalid_argument("profile key \"" + p + ".table_id\" is " + id +
+                            " but the table's id is " + packing::codec_table_id_hex(table->id));
+  }
+  enc.entropy_table = std::make_shared<const packing::CodecTable>(std::move(table).value());
+  return Status();
+}
+
 Status parse_encoding_profile(const Json& j, const std::string& p, EncodingProfile& e) {
   if (!j.is_object()) return wrong_type(p, "an object", j);
   Encoding& enc = e.encoding;
@@ -448,12 +528,16 @@ Status parse_encoding_profile(const Json& j, const std::string& p, EncodingProfi
   enc.lossless = *l;
   const bool bits_ok = enc.format == packing::Format::kQuantized ? enc.bits >= 1 && enc.bits <= 16
                        : enc.format == packing::Format::kFloat16 ? enc.bits == 16
-                                                                 : enc.bits == 32;
+                       : enc.format == packing::Format::kFloat32 ? enc.bits == 32
+                                                                 : enc.bits == 0;
   if (!bits_ok) {
     return invalid_argument("profile key \"" + p + ".bits\" is " + std::to_string(enc.bits) +
                             ", which format " + format +
                             " does not allow (quantized: 1..16, fp16: 16, "
-                            "fp32: 32)");
+                            "fp32: 32, entropy: 0)");
+  }
+  if (enc.format == packing::Format::kEntropyCoded) {
+    EDGESPLIT_RETURN_IF_ERROR(parse_entropy_table(j, p, enc));
   }
   if (enc.jpeg_quality < 0 || enc.jpeg_quality > 100) {
     return invalid_argument("profile key \"" + p +
@@ -646,6 +730,10 @@ Status write_all(int fd, const std::string& text) {
 packing::EncodeOptions Encoding::encode_options(bool non_negative) const {
   packing::EncodeOptions eo;
   eo.format = format;
+  if (format == packing::Format::kEntropyCoded) {
+    eo.entropy_table = entropy_table;
+    return eo;
+  }
   eo.bits = bits;
   eo.lossless = lossless;
   eo.per_channel = per_channel;
@@ -662,6 +750,7 @@ packing::EncodeOptions Encoding::encode_options(bool non_negative) const {
 
 std::string Encoding::name() const {
   if (jpeg_quality > 0) return "jpeg" + std::to_string(jpeg_quality);
+  if (format == packing::Format::kEntropyCoded) return "ecsq" + short_number(entropy_bits);
   std::string n = packing::precision_name(format, bits);
   if (per_channel) n += "/pc";
   if (clip_percentile > 0) n += "/clip" + short_number(clip_percentile);

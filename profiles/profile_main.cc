@@ -240,6 +240,12 @@ int main(int argc, char** argv) {
      "and store it in the profile")
     ("jpeg", "JPEG qualities for the input at cut 0 ('none' for none)",
      cxxopts::value<std::string>()->default_value("50,75,90"))
+    ("entropy-bits", "entropy-coded encodings (ecsq): mean payload bits per element, one coding "
+     "table fitted on the calibration images for each, e.g. 1,0.8 ('none' for none)",
+     cxxopts::value<std::string>()->default_value("1,0.8"))
+    ("fisher-labels", "labels drawn per calibration image from the model's prediction when "
+     "measuring the tail's sensitivity for entropy-coded encodings",
+     cxxopts::value<int>()->default_value("8"))
     ("warmup", "untimed runs before timing a head or tail", cxxopts::value<int>()->default_value("3"))
     ("runs", "timed runs of each head and tail (batch 1)", cxxopts::value<int>()->default_value("10"))
     ("batch-sizes", "server side: also time each tail on batches of these sizes, e.g. 4,8,16 "
@@ -338,6 +344,22 @@ int main(int argc, char** argv) {
     auto q = parse_doubles(jpeg);
     if (!q.ok()) return usage_error("--jpeg: " + q.status().message());
     for (double v : *q) o.encodings.jpeg_qualities.push_back(static_cast<int>(v));
+  }
+  const std::string entropy = args["entropy-bits"].as<std::string>();
+  o.encodings.entropy_bits.clear();
+  if (entropy != "none") {
+    auto bits = parse_doubles(entropy);
+    if (!bits.ok()) return usage_error("--entropy-bits: " + bits.status().message());
+    for (double b : *bits) {
+      if (!(b > 0 && b <= 16)) {
+        return usage_error("--entropy-bits: give bits per element in (0, 16], such as 1,0.8");
+      }
+    }
+    o.encodings.entropy_bits = *bits;
+  }
+  o.encodings.fisher_labels = args["fisher-labels"].as<int>();
+  if (o.encodings.fisher_labels < 1 || o.encodings.fisher_labels > 64) {
+    return usage_error("--fisher-labels must be in 1..64");
   }
   auto check = profiles::expand_encodings(o.encodings, true);
   if (!check.ok()) return usage_error(check.status().message());

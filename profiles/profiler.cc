@@ -158,6 +158,9 @@ double percentile_of_sorted(const std::vector<double>& v, double p) {
 
 // Two encodings that decode to the same values (they differ only in the lossless stage).
 bool same_values(const Encoding& a, const Encoding& b) {
+  if (a.format == packing::Format::kEntropyCoded || b.format == packing::Format::kEntropyCoded) {
+    return a.format == b.format && a.entropy_table == b.entropy_table;
+  }
   return a.format == b.format && a.bits == b.bits && a.per_channel == b.per_channel &&
          a.clip_percentile == b.clip_percentile && a.jpeg_quality == b.jpeg_quality &&
          a.fixed_range == b.fixed_range && a.range_min == b.range_min && a.range_max == b.range_max;
@@ -684,6 +687,12 @@ class Profiler {
           encs.begin(), encs.end(), [](const Encoding& e) { return e.jpeg_quality > 0; }));
       double w = n_cal_ * (head + codec * static_cast<double>(encs.size()));
       w += n_scored_ * (head + settings * (tail + codec));
+      if (entropy_eligible(id)) {
+        // Gradients (about 3 tails per row), and each table's scoring like one more setting.
+        const auto tables = static_cast<double>(opt_.encodings.entropy_bits.size());
+        w += n_cal_ * std::max(1, opt_.encodings.fisher_labels) * 3.0 * tail;
+        w += n_scored_ * tables * (tail + codec);
+      }
       w += jpegs * (n_scored_ * (whole_ms_ + 1.0) + n_cal_ * 1.0);
       cut_work_[id] = w;
       total += w;
@@ -818,7 +827,8 @@ class Profiler {
         bytes += static_cast<double>(packed->size());
         out.resize(static_cast<size_t>(per));
         t0 = Clock::now();
-        Status s = packing::decode_into(packed->data(), packed->size(), out.data(), out.size());
+        Status s = packing::decode_into(packed->data(), packed->size(), out.data(), out.size(),
+                                        limits_for(e));
         unpack_ms += ms_since(t0);
         if (!s.ok()) return internal_error("cannot unpack " + e.name() + ": " + s.message());
       }
@@ -851,11 +861,123 @@ class Profiler {
         }
         EDGESPLIT_RETURN_IF_ERROR(packing::decode_into(packed->data(), packed->size(),
                                                        y.data_ptr<float>() + b * per,
-                                                       static_cast<size_t>(per)));
+                                                       static_cast<size_t>(per), limits_for(e)));
       }
       result.push_back(std::move(y));
     }
     return result;
+  }
+
+  // Decode limits that know `e`'s coding table, if it has one.
+  packing::DecodeLimits limits_for(const Encoding& e) {
+    packing::DecodeLimits limits;
+    if (e.entropy_table) {
+      (void)tables_.add(e.entropy_table);
+      limits.tables = &tables_;
+    }
+    return limits;
+  }
+
+  // Whether cut `id` gets entropy-coded encodings (EncodingSet::entropy_bits).
+  bool entropy_eligible(int id) const {
+    if (opt_.encodings.entropy_bits.empty() || verify_ || id == 0 || id == graph_->device_cut()) {
+      return false;
+    }
+    const auto& tensors = graph_->cut(id).tensors;
+    if (tensors.size() != 1) return false;
+    const auto& shape = tensors[0].shape;
+    return (shape.size() == 4 || shape.size() == 2) && shape[0] == 1;
+  }
+
+  // What an entropy-coded encoding of cut `id` needs besides its frequency tables, from the
+  // calibration crossing tensor `cal` (N x C x H x W or N x C): the mean of every channel, and
+  // step multipliers that follow the tail's sensitivity. The sensitivity of element (c, p) is the
+  // diagonal of the Fisher information of the model's output with respect to the crossing tensor,
+  // E_x E_{y ~ p(y|x)} (d log p(y|x) / dx_cp)^2, estimated on the calibration images with
+  // `fisher_labels` labels drawn per image from the model's own prediction. Made separable
+  // (a_c = sum over positions, b_p = sum over channels) and turned into steps proportional to
+  // a_c^-1/2 and b_p^-1/2 (each normalised to geometric mean 1): an error costs the output about
+  // the same wherever it falls.
+  Result<packing::CodecTableSpec> entropy_spec(int id, const at::Tensor& cal) {
+    const int64_t n = cal.size(0);
+    const int64_t channels = cal.size(1);
+    const int64_t positions = cal.dim() == 4 ? cal.size(2) * cal.size(3) : 1;
+    packing::CodecTableSpec spec;
+    spec.shape = graph_->cut(id).tensors[0].shape;
+    const at::Tensor mu =
+        cal.reshape({n, channels, positions}).to(torch::kDouble).mean(std::vector<int64_t>{0, 2});
+    const int labels = std::max(1, opt_.encodings.fisher_labels);
+    const int64_t images_per_run = std::max<int64_t>(1, 64 / labels);
+    at::Tensor fisher = torch::zeros({channels, positions}, torch::kDouble);
+    torch::manual_seed(static_cast<uint64_t>(id));
+    try {
+      torch::AutoGradMode grad(true);
+      for (int64_t b0 = 0; b0 < n; b0 += images_per_run) {
+        EDGESPLIT_RETURN_IF_ERROR(check_cancel());
+        const int64_t nb = std::min(images_per_run, n - b0);
+        at::Tensor x =
+            cal.narrow(0, b0, nb).repeat_interleave(labels, 0).detach().clone().requires_grad_();
+        at::Tensor logits = graph_->run_tail_differentiable(id, {x});
+        at::Tensor lp = torch::log_softmax(logits.reshape({logits.size(0), -1}), 1);
+        at::Tensor y = torch::multinomial(lp.detach().exp(), 1, /*replacement=*/true);
+        lp.gather(1, y).sum().backward();
+        fisher +=
+            x.grad().reshape({nb * labels, channels, positions}).to(torch::kDouble).pow(2).sum(0) /
+            labels;
+      }
+    } catch (const std::exception& e) {
+      return internal_error("the sensitivity of cut " + std::to_string(id) +
+                            " could not be measured: " + std::string(e.what()).substr(0, 300));
+    }
+    // Steps from a sensitivity profile: s^-1/2, floored at 1e-8 of the largest (a channel the
+    // output ignores gets a large but finite step), normalised to geometric mean 1.
+    auto steps = [](const at::Tensor& sensitivity) {
+      at::Tensor a = sensitivity.clamp_min(sensitivity.max().item<double>() * 1e-8 + 1e-300);
+      at::Tensor w = a.pow(-0.5);
+      w = w / w.log().mean().exp();
+      std::vector<float> out(static_cast<size_t>(w.numel()));
+      auto acc = w.accessor<double, 1>();
+      for (int64_t i = 0; i < w.numel(); ++i)
+        out[static_cast<size_t>(i)] = static_cast<float>(acc[i]);
+      return out;
+    };
+    spec.step_c = steps(fisher.sum(1));
+    spec.step_p = steps(fisher.sum(0));
+    spec.mu.resize(static_cast<size_t>(channels));
+    auto m = mu.accessor<double, 1>();
+    for (int64_t c = 0; c < channels; ++c)
+      spec.mu[static_cast<size_t>(c)] = static_cast<float>(m[c]);
+    return spec;
+  }
+
+  // The entropy-coded encodings of cut `id`: one table per EncodingSet::entropy_bits target, fitted
+  // on the calibration crossing tensor `cal`. A target the fit cannot reach is left out (said
+  // once).
+  Result<std::vector<Encoding>> entropy_encodings(int id, const at::Tensor& cal) {
+    std::vector<Encoding> out;
+    auto spec = entropy_spec(id, cal);
+    if (!spec.ok()) return spec.status();
+    const int64_t per = cal[0].numel();
+    std::vector<const float*> frames;
+    for (int64_t i = 0; i < cal.size(0); ++i) frames.push_back(cal.data_ptr<float>() + i * per);
+    const double header = 28.0 + 4.0 * static_cast<double>(spec->shape.size());
+    for (double bits : opt_.encodings.entropy_bits) {
+      const double target = header + bits * static_cast<double>(per) / 8.0;
+      auto table = packing::fit_codec_table_for_bytes(*spec, frames, target);
+      if (!table.ok()) {
+        report("cut " + std::to_string(id) + ": no entropy-coded encoding at " +
+                   std::to_string(bits) + " bits per element (" + table.status().message() + ")",
+               true);
+        continue;
+      }
+      Encoding e;
+      e.format = packing::Format::kEntropyCoded;
+      e.bits = 0;
+      e.entropy_bits = bits;
+      e.entropy_table = std::make_shared<const packing::CodecTable>(std::move(table).value());
+      out.push_back(std::move(e));
+    }
+    return out;
   }
 
   // The clip-percentile range of every calibration value crossing the cut (sampled evenly to at
@@ -924,6 +1046,11 @@ class Profiler {
         e.range_min = lo;
         e.range_max = hi;
       }
+    }
+    if (entropy_eligible(id)) {
+      auto entropy = entropy_encodings(id, cal[0]);
+      if (!entropy.ok()) return entropy.status();
+      encs.insert(encs.end(), entropy->begin(), entropy->end());
     }
     std::vector<EncodingProfile> results(encs.size());
     for (size_t i = 0; i < encs.size(); ++i) {
@@ -1068,6 +1195,7 @@ class Profiler {
   std::map<int, double> head_ms_, tail_ms_, cut_work_;
   double whole_ms_ = 0;
   std::vector<int> reference_top1_;
+  packing::CodecTableSet tables_{1u << 16};  // every entropy-coded encoding's table
   Profile profile_;
   double done_ = 0, total_ = 0;
   double work_started_s_ = -1;

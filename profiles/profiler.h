@@ -52,6 +52,14 @@ struct EncodingSet {
   // percentiles of all their values) and use that fixed range for every frame, instead of each
   // frame's own percentiles. The range is stored in the profile (EncodingProfile::range_*).
   bool calibrated_ranges = false;
+  // Entropy-coded encodings (packing/entropy_codec.h), one per entry: a coding table fitted on the
+  // calibration images for this mean payload in bits per element. Fitted at every cut whose one
+  // crossing tensor is N x C x H x W or N x C, except cut 0 (the input goes as JPEG) and the last.
+  // Steps follow the tail's sensitivity: the Fisher information of its output with respect to the
+  // crossing tensor, from gradients on the calibration images with `fisher_labels` labels drawn
+  // from the model's own prediction per image.
+  std::vector<double> entropy_bits = {1.0, 0.8};
+  int fisher_labels = 8;
 };
 
 // Parses a comma-separated list of precisions: "1-8,10,12,16,fp16,fp32" (bare numbers and ranges

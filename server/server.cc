@@ -38,6 +38,9 @@ struct ServedModel {
   std::map<int, std::vector<float>> batch_tail_ms;  // batch size -> per cut, from the profile
   // Per cut: whether its tail runs batches (checked at load when batching is on; else false).
   std::vector<bool> batchable;
+  // Ids of the entropy-coding tables of the server's profile (packing/entropy_codec.h), which it
+  // decodes; the handshake lists them so that devices only send frames coded with these.
+  std::vector<uint64_t> codec_tables;
 };
 
 // One queued inference: the validated request with its payload frames.
@@ -77,8 +80,10 @@ struct InferenceServer::Impl {
   zmq::socket_t replies;  // PULL: workers' replies, forwarded by the I/O thread
   zmq::socket_t monitor;  // PAIR: the router's ACCEPTED/DISCONNECTED events
   std::string endpoint;
-  std::map<std::string, ServedModel> models;  // by digest
-  ModelCatalog catalog;                       // the same, without LibTorch
+  std::map<std::string, ServedModel> models;             // by digest
+  ModelCatalog catalog;                                  // the same, without LibTorch
+  packing::CodecTableSet codec_tables{size_t{1} << 16};  // every served model's, by id
+  packing::DecodeLimits decode_limits;  // options.decode_limits, knowing codec_tables
   ServerMetrics metrics;
   ClientTable clients;  // I/O thread only
   std::atomic<bool> stop_requested{false};
@@ -247,7 +252,7 @@ struct InferenceServer::Impl {
     }
     if (options.slow_tail.count() > 0) std::this_thread::sleep_for(options.slow_tail);
     auto outcomes = run_tail_batch(*model.graph, model.info ? &*model.info : nullptr, cut, requests,
-                                   options.decode_limits);
+                                   decode_limits);
     metrics.batches++;
     metrics.batch_size.observe(static_cast<double>(run.size()));
     std::vector<wire::Reply> replies;
@@ -258,7 +263,9 @@ struct InferenceServer::Impl {
       const Result<TailOutcome>& outcome = outcomes[i];
       if (!outcome.ok()) {
         const Status& s = outcome.status();
-        if (s.code() == StatusCode::kMalformed) {
+        if (s.code() == StatusCode::kMalformed || s.code() == StatusCode::kNotFound) {
+          // kNotFound: coded with a table this server does not have (the device then stops
+          // choosing that encoding).
           metrics.malformed++;
           spdlog::debug("request {}: {}", id, s.message());
           replies.push_back(transport::make_error_reply(id, wire::STATUS_MALFORMED, s.message()));
@@ -391,6 +398,7 @@ struct InferenceServer::Impl {
           for (float t : m.tail_ms) d->add_tail_ms(t);
           d->set_engine(m.graph->engine_report().summary());
           d->set_cut_table(m.signature.cut_table);
+          for (uint64_t t : m.codec_tables) d->add_codec_tables(t);
           for (const auto& [n, per_cut] : m.batch_tail_ms) {
             auto* b = d->add_batch_tail_ms();
             b->set_batch(static_cast<uint32_t>(n));
@@ -649,6 +657,8 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
   }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
+  impl->decode_limits = options.decode_limits;
+  impl->decode_limits.tables = &impl->codec_tables;
   impl->queue = std::make_unique<BatchQueue<Job>>(batching);
   partitioner::set_compute_threads(options.compute_threads);
   for (size_t i = 0; i < options.model_paths.size(); ++i) {
@@ -701,8 +711,13 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     spdlog::info("model {} ({}): {} cuts, {} weight bytes; engine {}", name, digest,
                  (*graph)->cuts().size(), (*graph)->total_weight_bytes(),
                  (*graph)->engine_report().summary());
-    ServedModel served{signature_of(**graph, name), std::move(graph).value(), std::nullopt, {}, {},
-                       std::move(batchable)};
+    ServedModel served{signature_of(**graph, name),
+                       std::move(graph).value(),
+                       std::nullopt,
+                       {},
+                       {},
+                       std::move(batchable),
+                       {}};
     if (info.ok()) served.info = std::move(info).value();
     // The tail-time table devices get in the handshake.
     const std::string explicit_profile =
@@ -732,6 +747,18 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
         }
         spdlog::info("model {}: tail times from {} (measured on {})", name, profile_path,
                      profile->server_machine.hostname);
+        for (const auto& c : profile->cuts) {
+          for (const auto& e : c.encodings) {
+            if (!e.encoding.entropy_table) continue;
+            Status added = impl->codec_tables.add(e.encoding.entropy_table);
+            if (!added.ok()) return added;
+            served.codec_tables.push_back(e.encoding.entropy_table->id);
+          }
+        }
+        if (!served.codec_tables.empty()) {
+          spdlog::info("model {}: {} entropy-coding tables from the profile", name,
+                       served.codec_tables.size());
+        }
       } else {
         spdlog::warn("profile {} has {} cuts, model {} has {}: not sending tail times",
                      profile_path, profile->cuts.size(), name, served.graph->cuts().size());

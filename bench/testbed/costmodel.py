@@ -65,6 +65,8 @@ def pinnable(plan):
     if plan.get("fixed_range"):
         return None
     fmt = plan.get("format")
+    if fmt == "entropy":
+        return ["--cut", str(plan["cut"]), "--bits", plan["encoding"]]
     bits = "fp32" if fmt == "fp32" else "fp16" if fmt == "fp16" else str(plan["bits"])
     flags = ["--plan", "cut=%d,bits=%s,lossless=%s" % (plan["cut"], bits, plan["lossless"])]
     if plan.get("per_channel"):

@@ -466,6 +466,16 @@ TEST_CASE("the single-model flags give one stream with main.cc's values") {
     REQUIRE(m.ok());
     CHECK(m->config.streams.at(0).name == "front");
   }
+  SUBCASE("--bits ecsq1 names the profile's entropy-coded encoding at a fixed cut") {
+    auto m = flags({"--model", "net.pt", "--input", "x", "--cut", "9", "--bits", "ecsq1"});
+    REQUIRE(m.ok());
+    CHECK(m->config.streams.at(0).entropy_encoding == "ecsq1");
+    CHECK(m->config.streams.at(0).encode.format == edgesplit::packing::Format::kEntropyCoded);
+    CHECK_FALSE(flags({"--model", "net.pt", "--input", "x", "--cut", "9", "--bits", "ecsq"}).ok());
+    CHECK_FALSE(
+        flags({"--model", "net.pt", "--input", "x", "--cut", "9", "--bits", "ecsq-1"}).ok());
+    CHECK_FALSE(flags({"--model", "net.pt", "--input", "x", "--bits", "ecsq1"}).ok());  // no cut
+  }
   SUBCASE("--bits jpeg90 sends the input") {
     auto m = flags({"--model", "net.pt", "--input", "x", "--bits", "jpeg90"});
     REQUIRE(m.ok());
@@ -490,7 +500,9 @@ TEST_CASE("flag mistakes read as main.cc wrote them") {
   CHECK(with({"--threads", "-1"}) == "--threads must be 0 (default) or more");
   CHECK(with({"--max-frames", "-1"}) == "--max-frames must be 0 or more");
   CHECK(with({"--loop", "-1"}) == "--loop must be 0 (forever) or more");
-  CHECK(with({"--bits", "17"}) == "--bits 17 is not a precision: use 1..16, fp16, fp32 or jpegQ");
+  CHECK(with({"--bits", "17"}) ==
+        "--bits 17 is not a precision: use 1..16, fp16, fp32, jpegQ or ecsqB (the profile's "
+        "entropy-coded encoding)");
   CHECK(with({"--plan", "cut=3,bogus"}) == "--plan cut=3,bogus is not cut=ID,bits=B[,lossless=L]");
   CHECK(with({"--plan", "bits=4"}) == "--plan bits=4 names no cut: use cut=ID,bits=B");
   CHECK(with({"--max-latency-ms", "-1"}) == "--max-latency-ms must be 0 or more");
@@ -586,7 +598,9 @@ TEST_CASE("flags: the encoding flags need a fixed plan, and 32 bits is written f
                               "--bits",           "32"};
   auto r = edgesplit::device::parse_device_flags(9, thirty_two);
   REQUIRE_FALSE(r.ok());
-  CHECK(r.status().message() == "--bits 32 is not a precision: use 1..16, fp16, fp32 or jpegQ");
+  CHECK(r.status().message() ==
+        "--bits 32 is not a precision: use 1..16, fp16, fp32, jpegQ or ecsqB (the "
+        "profile's entropy-coded encoding)");
 }
 
 TEST_CASE("config: the encoding keys need \"cut\"") {

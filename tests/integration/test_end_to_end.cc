@@ -581,3 +581,95 @@ TEST_CASE("the server's tail times from its own profile reach the device in the 
   REQUIRE(run2.rc == 0);
   CHECK(run2.err.find("server's own tail times") == std::string::npos);
 }
+
+TEST_CASE("an entropy-coded plan fitted by the profiler is decoded by a server holding its table") {
+  auto dir = scratch_dir("e2e-entropy");
+  // A small profile of the default model at two inner cuts: 10 calibration images fit the
+  // tables, the other 15 are scored (agreement with fp32: no labels).
+  const fs::path profile = dir / "model.profile.json";
+  const fs::path out = dir / "profile.out", err = dir / "profile.err";
+  const int rc = run_to_end({bin("edgesplit-profile"),
+                             "--model",
+                             default_model().string(),
+                             "--images",
+                             default_samples().string(),
+                             "--calibration",
+                             "10",
+                             "--cuts",
+                             "5,9",
+                             "--bits",
+                             "8",
+                             "--lossless",
+                             "none",
+                             "--jpeg",
+                             "none",
+                             "--entropy-bits",
+                             "1",
+                             "--runs",
+                             "2",
+                             "--threads",
+                             "1",
+                             "--out",
+                             profile.string()},
+                            out, err);
+  REQUIRE_MESSAGE(rc == 0, read_file(err));
+  const json p = json::parse(read_file(profile));
+  bool has_table = false;
+  for (const auto& c : p["cuts"]) {
+    for (const auto& e : c["encodings"]) {
+      if (e["name"] == "ecsq1") {
+        has_table = e.contains("table") && e["format"] == "entropy";
+        // About 1 bit per element plus the header on the calibration frames.
+        CHECK(e["bytes_mean"].get<double>() <= c["elements"].get<double>() / 8 + 44 + 1);
+        CHECK(e["bytes_mean"].get<double>() >= c["elements"].get<double>() / 16);
+      }
+    }
+  }
+  REQUIRE(has_table);
+
+  auto local = run_device(dir, "local", {"--cut", "device"});
+  REQUIRE(local.rc == 0);
+  // A server with the profile decodes the frames; the device's bytes are the profile's.
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string(), "--profile", profile.string()}));
+  auto coded = run_device(dir, "ecsq",
+                          {"--server", server.endpoint(), "--profile", profile.string(), "--cut",
+                           "9", "--bits", "ecsq1"});
+  REQUIRE_MESSAGE(coded.rc == 0, coded.err);
+  REQUIRE(coded.frames.size() == local.frames.size());
+  size_t same = 0;
+  for (size_t i = 0; i < coded.frames.size(); ++i) {
+    CHECK(coded.frames[i]["completed"] == "server");
+    CHECK(coded.frames[i]["bytes_sent"].get<int64_t>() < 3136 / 8 + 44 + 200);
+    same += coded.frames[i]["top"][0]["index"] == local.frames[i]["top"][0]["index"];
+  }
+  CHECK(same + 3 >= coded.frames.size());
+
+  // A server without the profile does not list the table: the scheduler leaves those plans out
+  // (said once), and a fixed entropy-coded plan is refused frame by frame while the server keeps
+  // serving.
+  auto dir2 = scratch_dir("e2e-entropy-plain");
+  fs::copy_file(default_model(), dir2 / "model.pt");
+  fs::copy_file(source_dir() / "models" / "default" / "fashion_mnist_cnn.json",
+                dir2 / "model.json");
+  ServerProcess plain;
+  REQUIRE(plain.start(dir2, {"--model", (dir2 / "model.pt").string()}));
+  auto scheduled = run_device(dir2, "scheduled",
+                              {"--server", plain.endpoint(), "--profile", profile.string(),
+                               "--max-frames", "5", "--max-accuracy-drop", "none"});
+  REQUIRE_MESSAGE(scheduled.rc == 0, scheduled.err);
+  CHECK(scheduled.err.find("does not decode") != std::string::npos);
+  for (const auto& f : scheduled.frames) {
+    CHECK(f["plan"]["encoding"].get<std::string>().find("ecsq") == std::string::npos);
+  }
+  auto refused = run_device(dir2, "refused",
+                            {"--server", plain.endpoint(), "--profile", profile.string(), "--cut",
+                             "9", "--bits", "ecsq1", "--max-frames", "3"});
+  REQUIRE_MESSAGE(refused.rc == 0, refused.err);
+  for (const auto& f : refused.frames) CHECK(f["completed"] == "local");
+  auto after =
+      run_device(dir2, "after",
+                 {"--server", plain.endpoint(), "--cut", "9", "--bits", "8", "--max-frames", "3"});
+  REQUIRE(after.rc == 0);
+  for (const auto& f : after.frames) CHECK(f["completed"] == "server");
+}

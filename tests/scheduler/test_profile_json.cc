@@ -6,11 +6,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 
+#include "packing/entropy_codec.h"
 #include "profiles/profile.h"
 #include "tests/test_paths.h"
 
@@ -83,6 +86,34 @@ Profile sample_profile() {
       f.top1 = 0.7186;
       c.encodings.push_back(f);
     }
+    if (id == 1) {
+      // An entropy-coded encoding with its coding table (fitted on random frames).
+      const auto& shape = c.shapes[0];
+      edgesplit::packing::CodecTableSpec spec;
+      spec.shape = {1, shape[1], 4, 4};
+      spec.mu.assign(static_cast<size_t>(shape[1]), 0.25f);
+      spec.step_c.assign(static_cast<size_t>(shape[1]), 1.0f);
+      spec.step_c[0] = 2.0f;
+      spec.step_p.assign(16, 1.0f);
+      spec.step_p[5] = 0.5f;
+      std::vector<float> values(static_cast<size_t>(shape[1] * 16 * 4));
+      for (size_t i = 0; i < values.size(); ++i) values[i] = std::sin(0.37f * i) * 3.0f;
+      std::vector<const float*> frames;
+      for (size_t f = 0; f < 4; ++f) frames.push_back(values.data() + f * values.size() / 4);
+      auto table = edgesplit::packing::fit_codec_table(spec, frames, 0.5f);
+      REQUIRE_MESSAGE(table.ok(), table.status().to_string());
+      EncodingProfile e;
+      e.encoding.format = Format::kEntropyCoded;
+      e.encoding.bits = 0;
+      e.encoding.entropy_bits = 0.8;
+      e.encoding.entropy_table =
+          std::make_shared<const edgesplit::packing::CodecTable>(std::move(table).value());
+      e.bytes_mean = 123.5;
+      e.top1 = 0.71;
+      e.lost = 3;
+      e.gained = 2;
+      c.encodings.push_back(e);
+    }
     if (id == 0) {
       EncodingProfile j;
       j.encoding.jpeg_quality = 90;
@@ -145,6 +176,13 @@ void check_equal(const Profile& a, const Profile& b) {
       CHECK(e.encoding.per_channel == f.encoding.per_channel);
       CHECK(e.encoding.clip_percentile == f.encoding.clip_percentile);
       CHECK(e.encoding.jpeg_quality == f.encoding.jpeg_quality);
+      CHECK(e.encoding.entropy_bits == f.encoding.entropy_bits);
+      REQUIRE(!e.encoding.entropy_table == !f.encoding.entropy_table);
+      if (e.encoding.entropy_table) {
+        CHECK(e.encoding.entropy_table->id == f.encoding.entropy_table->id);
+        CHECK(edgesplit::packing::serialize_codec_table(*e.encoding.entropy_table) ==
+              edgesplit::packing::serialize_codec_table(*f.encoding.entropy_table));
+      }
       CHECK(e.bytes_mean == f.bytes_mean);
       CHECK(e.bytes_p95 == f.bytes_p95);
       CHECK(same_timing(e.pack, f.pack));
@@ -212,6 +250,13 @@ TEST_CASE("encoding names are short - unique and documented") {
   Encoding j;
   j.jpeg_quality = 90;
   CHECK(j.name() == "jpeg90");
+  Encoding ecsq;
+  ecsq.format = Format::kEntropyCoded;
+  ecsq.bits = 0;
+  ecsq.entropy_bits = 0.8;
+  CHECK(ecsq.name() == "ecsq0.8");
+  ecsq.entropy_bits = 1;
+  CHECK(ecsq.name() == "ecsq1");
 }
 
 TEST_CASE("a profile survives save and load unchanged") {
@@ -232,6 +277,19 @@ TEST_CASE("a profile survives save and load unchanged") {
   CHECK(text.find("\"format\": \"fp16\"") != std::string::npos);
   CHECK(text.find("\"lossless\": \"zstd\"") != std::string::npos);
   CHECK(text.find("\"name\": \"jpeg90\"") != std::string::npos);
+  CHECK(text.find("\"name\": \"ecsq0.8\"") != std::string::npos);
+  CHECK(text.find("\"format\": \"entropy\"") != std::string::npos);
+  CHECK(text.find("\"table\": \"RVNDV") != std::string::npos);  // base64 of the magic "ESCT"
+  // A table that does not match its recorded id, or is not base64, is refused.
+  {
+    const size_t at = text.find("\"table_id\": \"") + 13;
+    std::string bad = text;
+    bad[at] = bad[at] == '0' ? '1' : '0';
+    CHECK_FALSE(parse_profile(bad).ok());
+    std::string garbage = text;
+    garbage.insert(text.find("\"table\": \"") + 10, "!");
+    CHECK_FALSE(parse_profile(garbage).ok());
+  }
   CHECK(text.find("\"input_shape\": [1, 3, 224, 224]") != std::string::npos);
   CHECK(text.find("\"format_version\"") < text.find("\"model_name\""));
   CHECK(text.find("\"model_name\"") < text.find("\"cuts\""));
