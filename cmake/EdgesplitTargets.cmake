@@ -9,6 +9,11 @@ function(edgesplit_target_defaults target)
   if(EDGESPLIT_SANITIZE)
     target_compile_options(${target} PRIVATE -fsanitize=${EDGESPLIT_SANITIZE} -fno-omit-frame-pointer)
     target_link_options(${target} PRIVATE -fsanitize=${EDGESPLIT_SANITIZE})
+    # ThreadSanitizer's runtime is not ready when the loader runs ifunc resolvers (the AVX2
+    # clones' selection), which are instrumented too: build the baseline loops only.
+    if(EDGESPLIT_SANITIZE MATCHES "thread")
+      target_compile_definitions(${target} PRIVATE EDGESPLIT_NO_TARGET_CLONES)
+    endif()
   endif()
 endfunction()
 

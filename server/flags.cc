@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cxxopts.hpp>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,6 +17,34 @@
 #include "transport/curve.h"
 
 namespace edgesplit::server {
+
+std::optional<size_t> parse_byte_size(const std::string& text) {
+  if (text.empty() || text.size() > 24) return std::nullopt;
+  size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  if (digits == 0) return std::nullopt;
+  unsigned shift = 0;
+  if (digits < text.size()) {
+    const std::string unit = text.substr(digits);
+    if (unit == "K" || unit == "k" || unit == "KiB") {
+      shift = 10;
+    } else if (unit == "M" || unit == "m" || unit == "MiB") {
+      shift = 20;
+    } else if (unit == "G" || unit == "g" || unit == "GiB") {
+      shift = 30;
+    } else {
+      return std::nullopt;
+    }
+  }
+  uint64_t value = 0;
+  for (size_t i = 0; i < digits; ++i) {
+    const uint64_t d = static_cast<uint64_t>(text[i] - '0');
+    if (value > (UINT64_MAX - d) / 10) return std::nullopt;
+    value = value * 10 + d;
+  }
+  if (value > (UINT64_MAX >> shift) || (value << shift) > SIZE_MAX) return std::nullopt;
+  return static_cast<size_t>(value << shift);
+}
 
 Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
   cxxopts::Options cli("edgesplit-server",
@@ -49,6 +78,11 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
      cxxopts::value<std::string>())
     ("max-in-flight-per-client", "inference requests one device may have queued or running at once",
      cxxopts::value<int>()->default_value("32"))
+    ("max-queued-bytes", "most bytes of inference requests held at once, queued or running, over "
+     "all devices (a number of bytes, or with K, M or G): a request that does not fit gets BUSY; "
+     "it also bounds what ZeroMQ buffers for each connection (at least --max-message-mb; default: "
+     "256M or --max-message-mb when larger)",
+     cxxopts::value<std::string>()->default_value("256M"))
     ("max-tensor-elements", "largest tensor accepted, in values", cxxopts::value<int64_t>()->default_value("67108864"))
     ("curve-secret", "CURVE secret key file of this server (edgesplit-keygen): encrypts every connection",
      cxxopts::value<std::string>())
@@ -65,6 +99,8 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
      cxxopts::value<int>()->default_value("10000"))
     ("slow-tail-ms", "testing aid: delay every tail by this much (a slow model)",
      cxxopts::value<int>()->default_value("0"))
+    ("slow-io-us", "testing aid: the I/O thread reads one message per turn and waits this long "
+     "after it (a host too busy to keep up)", cxxopts::value<int>()->default_value("0"))
     ("log-level", "trace, debug, info, warn, error", cxxopts::value<std::string>()->default_value("info"))
     ("h,help", "show this help");
   // clang-format on
@@ -145,6 +181,17 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
   int per_client = args["max-in-flight-per-client"].as<int>();
   if (per_client < 1) return invalid_argument("--max-in-flight-per-client must be at least 1");
   options.max_in_flight_per_client = static_cast<size_t>(per_client);
+  // Unset, the budget grows to hold one request of the largest size accepted.
+  auto queued = parse_byte_size(args["max-queued-bytes"].as<std::string>());
+  if (!args.count("max-queued-bytes") && queued) {
+    queued = std::max(*queued, options.router.limits.max_message_bytes);
+  }
+  if (!queued || *queued < options.router.limits.max_message_bytes) {
+    return invalid_argument(
+        "--max-queued-bytes takes a size of at least --max-message-mb, in bytes or with K, M or G "
+        "(as 256M)");
+  }
+  options.max_queued_bytes = *queued;
   int64_t max_elements = args["max-tensor-elements"].as<int64_t>();
   if (max_elements < 1) return invalid_argument("--max-tensor-elements must be at least 1");
   options.decode_limits.max_elements = static_cast<uint64_t>(max_elements);
@@ -177,6 +224,9 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
   int slow_ms = args["slow-tail-ms"].as<int>();
   if (slow_ms < 0) return invalid_argument("--slow-tail-ms must be 0 or more");
   options.slow_tail = std::chrono::milliseconds(slow_ms);
+  int slow_io_us = args["slow-io-us"].as<int>();
+  if (slow_io_us < 0) return invalid_argument("--slow-io-us must be 0 or more");
+  options.slow_io = std::chrono::microseconds(slow_io_us);
 
   if (args.count("endpoint-file")) command.endpoint_file = args["endpoint-file"].as<std::string>();
   if (args.count("http-port-file")) {

@@ -4,6 +4,8 @@
 
 #include <spdlog/common.h>
 
+#include <cstddef>
+#include <optional>
 #include <string>
 
 #include "packing/status.h"
@@ -22,6 +24,10 @@ struct ServerCommand {
   bool help = false;
   std::string help_text;  // set when help is true
 };
+
+// A size as flags write it: a number of bytes, or one followed by K, M or G (KiB, MiB, GiB; also
+// written k, m, g or KiB, MiB, GiB). nullopt for anything else, or a size over SIZE_MAX.
+std::optional<size_t> parse_byte_size(const std::string& text);
 
 // Parses edgesplit-server's command line: --model (repeatable, at least one), --profile/--meta per
 // model, limits and ranges, CURVE key files (read here: --curve-secret, --allow-keys), the HTTP

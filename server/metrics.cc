@@ -146,6 +146,7 @@ std::string ServerMetrics::render(const MetricsGauges& g) const {
          std::to_string(busy_queue_full.load()) + "\n";
   out += "edgesplit_rejected_total{reason=\"client_in_flight_limit\"} " +
          std::to_string(busy_client_limit.load()) + "\n";
+  out += "edgesplit_rejected_total{reason=\"memory\"} " + std::to_string(busy_memory.load()) + "\n";
   out += "edgesplit_rejected_total{reason=\"shutting_down\"} " +
          std::to_string(refused_shutdown.load()) + "\n";
   out += "edgesplit_rejected_total{reason=\"shed_for_priority\"} " +
@@ -190,6 +191,13 @@ std::string ServerMetrics::render(const MetricsGauges& g) const {
          static_cast<double>(g.running_jobs));
   metric(out, "edgesplit_clients_in_flight", "Devices with inference requests queued or running.",
          "gauge", static_cast<double>(g.clients_in_flight));
+  metric(out, "edgesplit_queued_bytes",
+         "Bytes of inference requests held from admission until they are answered (queued or "
+         "running).",
+         "gauge", static_cast<double>(g.queued_bytes));
+  metric(out, "edgesplit_queued_bytes_limit",
+         "Most bytes of inference requests held at once (--max-queued-bytes); more get BUSY.",
+         "gauge", static_cast<double>(g.queued_bytes_limit));
   metric(out, "edgesplit_ready", "1 while models are loaded and requests are accepted.", "gauge",
          g.ready ? 1.0 : 0.0);
   metric(out, "edgesplit_curve_enabled", "1 when connections are encrypted with CURVE.", "gauge",

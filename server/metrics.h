@@ -44,7 +44,9 @@ struct MetricsGauges {
   size_t queue_length = 0;
   size_t queue_capacity = 0;
   size_t running_jobs = 0;
-  size_t clients_in_flight = 0;  // devices with work queued or running
+  size_t clients_in_flight = 0;   // devices with work queued or running
+  size_t queued_bytes = 0;        // request bytes held from admission to the reply (MemoryBudget)
+  size_t queued_bytes_limit = 0;  // --max-queued-bytes
   bool ready = false;
   uint64_t zap_accepted = 0, zap_denied = 0;
   bool curve = false;
@@ -67,6 +69,7 @@ class ServerMetrics {
   std::atomic<uint64_t> too_large{0};          // over a size or count limit (not in malformed)
   std::atomic<uint64_t> busy_queue_full{0};    // refused: the queue was full
   std::atomic<uint64_t> busy_client_limit{0};  // refused: the device had too many in flight
+  std::atomic<uint64_t> busy_memory{0};        // refused: its bytes did not fit the budget
   std::atomic<uint64_t> dropped_gone{0};       // queued jobs skipped: their device had gone
   std::atomic<uint64_t> clients_gone{0};       // devices marked gone (monitor or failed reply)
   std::atomic<uint64_t> unroutable{0};         // replies that could not be delivered

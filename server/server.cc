@@ -19,6 +19,7 @@
 #include "server/batcher.h"
 #include "server/client_table.h"
 #include "server/http_endpoint.h"
+#include "server/memory_budget.h"
 #include "server/request_check.h"
 #include "server/tail_executor.h"
 #include "transport/curve.h"
@@ -50,6 +51,7 @@ struct Job {
   Clock::time_point enqueued;
   GoneFlag gone;  // set by the I/O thread when the device has disconnected
   std::optional<Clock::time_point> deadline;
+  MemoryBudget::Lease bytes;  // the request's share of --max-queued-bytes, given back with it
 };
 
 int64_t micros(Clock::duration d) {
@@ -85,7 +87,8 @@ struct InferenceServer::Impl {
   packing::CodecTableSet codec_tables{size_t{1} << 16};  // every served model's, by id
   packing::DecodeLimits decode_limits;  // options.decode_limits, knowing codec_tables
   ServerMetrics metrics;
-  ClientTable clients;  // I/O thread only
+  std::unique_ptr<MemoryBudget> budget;  // --max-queued-bytes, shared by the I/O thread and workers
+  ClientTable clients;                   // I/O thread only
   std::atomic<bool> stop_requested{false};
   std::atomic<bool> hurry_requested{false};
   std::atomic<bool> accepting{false};
@@ -106,6 +109,10 @@ struct InferenceServer::Impl {
     g.queue_capacity = options.queue_capacity;
     g.running_jobs = static_cast<size_t>(std::max(0, running_jobs.load()));
     g.clients_in_flight = clients_in_flight.load();
+    if (budget) {
+      g.queued_bytes = budget->used();
+      g.queued_bytes_limit = budget->limit();
+    }
     g.ready = accepting.load();
     g.curve = !options.router.curve_secret_key.empty();
     if (zap) {
@@ -442,6 +449,20 @@ struct InferenceServer::Impl {
           return;
         }
         clients_in_flight.store(clients.size());
+        // The request's bytes stay held until it is answered: within the server's budget or BUSY.
+        std::optional<MemoryBudget::Lease> lease = budget->try_reserve(in.bytes);
+        if (!lease) {
+          release(in.identity);
+          metrics.busy_memory++;
+          reply_to(in.identity,
+                   transport::make_error_reply(
+                       id, wire::STATUS_BUSY,
+                       "the server holds " + std::to_string(budget->used() >> 20) + " of its " +
+                           std::to_string(budget->limit() >> 20) +
+                           " MiB for queued requests and this one (" + std::to_string(in.bytes) +
+                           " bytes) does not fit: retry later or run locally"));
+          return;
+        }
         const std::string identity = in.identity;
         const wire::InferRequest& infer = in.request.infer();
         const int cut = static_cast<int>(infer.cut());
@@ -454,7 +475,7 @@ struct InferenceServer::Impl {
           ticket.deadline =
               now + std::chrono::microseconds(std::min<uint64_t>(infer.deadline_us(), 3600e6));
         }
-        Job job{std::move(in), &model, now, std::move(gone), ticket.deadline};
+        Job job{std::move(in), &model, now, std::move(gone), ticket.deadline, std::move(*lease)};
         Job shed;
         switch (queue->push(std::move(ticket), std::move(job), &shed)) {
           case BatchQueue<Job>::Pushed::kQueued:
@@ -546,6 +567,10 @@ struct InferenceServer::Impl {
                                                    std::chrono::milliseconds(0));
           if (!parsed) break;
           handle(std::move(*parsed));
+          if (options.slow_io.count() > 0) {
+            std::this_thread::sleep_for(options.slow_io);
+            break;  // one message per turn, so that replies still flow
+          }
         }
       }
       if (deadlines || queue->has_deadlines()) sweep_expired();
@@ -652,6 +677,10 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
   if (options.max_in_flight_per_client < 1) {
     return invalid_argument("--max-in-flight-per-client must be at least 1");
   }
+  if (options.max_queued_bytes < options.router.limits.max_message_bytes) {
+    return invalid_argument(
+        "--max-queued-bytes must be at least the largest request accepted (--max-message-mb)");
+  }
   if (options.use_allow_list && options.router.curve_secret_key.empty()) {
     return invalid_argument("an allow-list of device keys needs CURVE: pass --curve-secret too");
   }
@@ -660,6 +689,7 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
   impl->decode_limits = options.decode_limits;
   impl->decode_limits.tables = &impl->codec_tables;
   impl->queue = std::make_unique<BatchQueue<Job>>(batching);
+  impl->budget = std::make_unique<MemoryBudget>(options.max_queued_bytes);
   partitioner::set_compute_threads(options.compute_threads);
   for (size_t i = 0; i < options.model_paths.size(); ++i) {
     const std::string& path = options.model_paths[i];
@@ -797,7 +827,10 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     if (!zap.ok()) return zap.status();
     impl->zap = std::move(zap).value();
   }
-  auto router = transport::bind_router(impl->context, options.router);
+  transport::RouterOptions router_options = options.router;
+  router_options.rcvhwm = receive_hwm(options.router.rcvhwm, options.max_queued_bytes,
+                                      options.router.limits.max_message_bytes);
+  auto router = transport::bind_router(impl->context, router_options);
   if (!router.ok()) return router.status();
   impl->router = std::move(router).value();
   impl->endpoint = transport::last_endpoint(impl->router);

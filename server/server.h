@@ -51,6 +51,10 @@ struct ServerOptions {
   std::chrono::microseconds max_queue_delay{0};
   // Inference requests one device may have queued or running at once; more get BUSY at once.
   size_t max_in_flight_per_client = 32;
+  // Most bytes of inference requests (header and payload frames) held at once, from admission
+  // until the reply: a request that does not fit gets BUSY. It also caps each connection's
+  // receive queue in ZeroMQ (router.rcvhwm, receive_hwm in server/memory_budget.h).
+  size_t max_queued_bytes = size_t{256} << 20;
   std::string name = "edgesplit-server";
   packing::DecodeLimits decode_limits;
   // With CURVE (router.curve_secret_key set): when use_allow_list, only these device public keys
@@ -64,6 +68,9 @@ struct ServerOptions {
   std::chrono::milliseconds shutdown_timeout{10000};
   // Testing aid: every tail waits this long first, to stand for a slow model or a stuck worker.
   std::chrono::milliseconds slow_tail{0};
+  // Testing aid: the I/O thread reads one message per turn of its loop and waits this long after
+  // it (a host too busy to keep up with its peers).
+  std::chrono::microseconds slow_io{0};
 };
 
 class InferenceServer {

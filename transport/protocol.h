@@ -128,9 +128,11 @@ struct Heartbeat {
   std::chrono::milliseconds ttl{6000};      // ask the peer to close it after this much silence
 };
 
-// The server's ROUTER. Each high-water mark counts whole messages; the receive side is large so
-// that bursts queue in ZeroMQ rather than in the kernel, the send side bounds replies waiting for
-// one slow device.
+// The server's ROUTER. Each high-water mark counts whole messages per connection (ZeroMQ has no
+// bound in bytes, nor on the frames of one message): the receive side lets bursts queue in ZeroMQ
+// rather than in the kernel (the server lowers it so that it holds at most its byte budget of
+// largest-size messages: server/memory_budget.h, receive_hwm), the send side bounds replies
+// waiting for one slow device.
 struct RouterOptions {
   std::string endpoint = "tcp://*:5555";
   Limits limits;

@@ -1,7 +1,9 @@
-// The server image (docker/Dockerfile, built by docker/build.sh with podman): it builds, runs as
-// a non-root user on a read-only root file system, reports healthy through its HEALTHCHECK and
-// /healthz, /readyz, serves a device on the host with the native device's top-1 classes, and
-// exits cleanly on SIGTERM. Skipped with a message where podman is not installed.
+// The server image (docker/Dockerfile, built by docker/build.sh with podman): it builds, refuses
+// to start without a CURVE key unless told to serve plaintext, runs as a non-root user on a
+// read-only root file system with its key mounted, reports healthy through its HEALTHCHECK and
+// /healthz, /readyz, serves a device on the host (with the server's public key) with the native
+// device's top-1 classes, and exits cleanly on SIGTERM. Skipped with a message where podman is
+// not installed.
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
@@ -113,13 +115,33 @@ TEST_CASE("server container: build - health - a host device against it - clean s
   MESSAGE("docker/build.sh --server-only: " << std::chrono::duration<double>(t1 - t0).count()
                                             << " s");
 
+  // CURVE is the image's default: without a key (and without EDGESPLIT_PLAINTEXT=1) the server
+  // does not start, and says why in one sentence.
+  Output keyless = capture({podman, "run", "--rm", kImage}, dir, "keyless");
+  CHECK(keyless.rc == 2);
+  CHECK(keyless.err.find("no CURVE secret key") != std::string::npos);
+  CHECK(keyless.err.find("EDGESPLIT_PLAINTEXT=1") != std::string::npos);
+
+  // Keys for the server (mounted where the image's entrypoint reads them) and the device. The
+  // container's user (uid 10001) must be able to read the mounted secret key.
+  const fs::path keys = dir / "keys";
+  fs::create_directories(keys);
+  for (const char* who : {"server", "device"}) {
+    Output made = capture({(bin_dir() / "edgesplit-keygen").string(), (keys / who).string()}, dir,
+                          std::string("keygen-") + who);
+    REQUIRE_MESSAGE(made.rc == 0, made.err);
+  }
+  fs::permissions(keys / "server.key",
+                  fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+
   const std::string name = "edgesplit-test-" + std::to_string(::getpid());
   ContainerGuard guard{podman, name, dir};
-  // The same restrictions as docker/k8s/deployment.yaml: read-only root, a writable /tmp.
-  Output started =
-      capture({podman, "run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "--cap-drop",
-               "ALL", "-p", "127.0.0.1::5555", "-p", "127.0.0.1::8080", kImage},
-              dir, "run");
+  // The same restrictions as docker/k8s/deployment.yaml: read-only root, a writable /tmp, the
+  // key mounted read-only.
+  Output started = capture({podman, "run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp",
+                            "--cap-drop", "ALL", "-v", keys.string() + ":/run/secrets/edgesplit:ro",
+                            "-p", "127.0.0.1::5555", "-p", "127.0.0.1::8080", kImage},
+                           dir, "run");
   REQUIRE_MESSAGE(started.rc == 0, started.err);
 
   auto host_port = [&](const std::string& port) {
@@ -158,9 +180,11 @@ TEST_CASE("server container: build - health - a host device against it - clean s
     return a;
   };
   Output local = capture(with({"--cut", "device"}), dir, "local");
-  Output split = capture(with({"--server", "tcp://127.0.0.1:" + std::to_string(zmq_port), "--cut",
-                               "8", "--bits", "4", "--lossless", "zstd", "--timeout-ms", "5000"}),
-                         dir, "split");
+  Output split =
+      capture(with({"--server", "tcp://127.0.0.1:" + std::to_string(zmq_port), "--cut", "8",
+                    "--bits", "4", "--lossless", "zstd", "--timeout-ms", "5000", "--server-key",
+                    (keys / "server.pub").string(), "--key", (keys / "device.key").string()}),
+              dir, "split");
   REQUIRE_MESSAGE(local.rc == 0, local.err);
   REQUIRE_MESSAGE(split.rc == 0, split.err);
   auto lf = frames(local.out), sf = frames(split.out);
@@ -178,4 +202,6 @@ TEST_CASE("server container: build - health - a host device against it - clean s
   Output code = capture({podman, "inspect", name, "--format", "{{.State.ExitCode}}"}, dir, "code");
   REQUIRE(code.rc == 0);
   CHECK(trim(code.out) == "0");
+  Output log = capture({podman, "logs", name}, dir, "logs-after");
+  CHECK((log.out + log.err).find("CURVE on") != std::string::npos);
 }

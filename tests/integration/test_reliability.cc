@@ -669,3 +669,166 @@ TEST_CASE("with CURVE the in-flight limit counts per device key, not per connect
         refused_before);
   CHECK(server.metric("edgesplit_zap_total{outcome=\"accepted\"}") >= 8);
 }
+
+// --- Memory under peers that send large messages as fast as they can ---
+
+namespace {
+
+// A field of /proc/PID/status in KiB (VmRSS, VmHWM); -1 when the process or the field is gone.
+int64_t proc_status_kb(pid_t pid, const std::string& field) {
+  std::istringstream in(read_file("/proc/" + std::to_string(pid) + "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1));
+  }
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("peers flooding large messages leave the server's memory within its byte budget") {
+  auto dir = scratch_dir("rel-memory");
+  ObservedServer server;
+  // Slow tails fill the queue; a slow I/O thread lets ZeroMQ's per-connection queues fill too.
+  constexpr int64_t kBudgetMiB = 64, kMessageMiB = 8;
+  constexpr size_t kPayload = size_t{4} << 20;  // each flood message: 4 MiB
+  constexpr int kPeers = 4;
+  REQUIRE(
+      server.start(dir, {"--workers", "1", "--slow-tail-ms", "100", "--slow-io-us", "5000",
+                         "--max-message-mb", std::to_string(kMessageMiB), "--max-queued-bytes",
+                         std::to_string(kBudgetMiB) + "M", "--max-in-flight-per-client", "64"}));
+  const pid_t pid = server.process.process().pid();
+  const std::string endpoint = server.process.endpoint();
+  const auto& f = facts();
+
+  // The good device: one request at a time in a higher priority class, so it does not wait
+  // behind the flood's tails.
+  WireClient good(endpoint);
+  uint64_t good_id = 1;
+  size_t good_ok = 0, good_other = 0;
+  std::vector<Clock::time_point> good_ok_at;
+  auto good_round = [&] {
+    wire::Request req = infer_request(good_id++, f.digest, kCut, {f.payload});
+    req.mutable_infer()->set_priority(1);
+    good.send(req, {f.payload});
+    auto r = good.receive(std::chrono::seconds(5));
+    if (r && r->status() == wire::STATUS_OK) {
+      ++good_ok;
+      good_ok_at.push_back(Clock::now());
+    } else {
+      ++good_other;
+      MESSAGE("good device: " << (r ? wire::Status_Name(r->status()) + " " + r->message()
+                                    : std::string("no reply within 5 s")));
+    }
+  };
+  good_round();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const int64_t base_kb = proc_status_kb(pid, "VmRSS");
+  const int64_t hwm_before_kb = proc_status_kb(pid, "VmHWM");
+  REQUIRE(base_kb > 0);
+
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> sent{0}, busy{0}, replies{0};
+  std::vector<std::thread> peers;
+  for (int p = 0; p < kPeers; ++p) {
+    peers.emplace_back([&] {
+      zmq::context_t ctx;
+      zmq::socket_t s(ctx, zmq::socket_type::dealer);
+      s.set(zmq::sockopt::linger, 0);
+      s.set(zmq::sockopt::sndhwm, 2);  // the flood waits in the server, not in this process
+      s.connect(endpoint);
+      const std::string payload(kPayload, '\x5a');
+      for (uint64_t i = 1; !stop.load(); ++i) {
+        const std::string header = infer_request(i, f.digest, kCut, {payload}).SerializeAsString();
+        bool queued = false;
+        while (!queued && !stop.load()) {
+          zmq::message_t h(header.data(), header.size()), body(payload.data(), payload.size());
+          queued = s.send(h, zmq::send_flags::sndmore | zmq::send_flags::dontwait).has_value();
+          if (queued) {
+            (void)s.send(body, zmq::send_flags::none);
+          } else {
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          }
+          zmq::message_t m;
+          while (s.recv(m, zmq::recv_flags::dontwait)) {
+            wire::Reply r;
+            if (r.ParseFromArray(m.data(), static_cast<int>(m.size()))) {
+              ++replies;
+              if (r.status() == wire::STATUS_BUSY) ++busy;
+            }
+          }
+        }
+        if (queued) ++sent;
+      }
+    });
+  }
+  // The flood runs for 5 s; the RSS is sampled every 20 ms meanwhile and the good device keeps
+  // asking.
+  std::atomic<int64_t> sampled_peak_kb{base_kb};
+  std::thread sampler([&] {
+    while (!stop.load()) {
+      const int64_t kb = proc_status_kb(pid, "VmRSS");
+      if (kb > sampled_peak_kb.load()) sampled_peak_kb.store(kb);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+  const auto t0 = Clock::now();
+  const size_t ok_before = good_ok_at.size();
+  double queued_bytes_max = 0;
+  while (Clock::now() - t0 < std::chrono::seconds(5)) {
+    good_round();
+    queued_bytes_max = std::max(queued_bytes_max, server.metric("edgesplit_queued_bytes"));
+  }
+  const auto t1 = Clock::now();
+  // The longest the good device went without an OK reply during the flood.
+  double longest_gap_s = 0;
+  Clock::time_point last = t0;
+  for (size_t i = ok_before; i < good_ok_at.size(); ++i) {
+    longest_gap_s =
+        std::max(longest_gap_s, std::chrono::duration<double>(good_ok_at[i] - last).count());
+    last = good_ok_at[i];
+  }
+  longest_gap_s = std::max(longest_gap_s, std::chrono::duration<double>(t1 - last).count());
+  stop.store(true);
+  for (auto& t : peers) t.join();
+  sampler.join();
+  const int64_t hwm_kb = proc_status_kb(pid, "VmHWM");
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // the queue drains, the peers are gone
+  const int64_t after_kb = proc_status_kb(pid, "VmRSS");
+  good_round();  // still served once the flood is over
+  const std::string text = http_get(server.http_port, "/metrics").body;
+  const double refused_memory = metric_value(text, "edgesplit_rejected_total{reason=\"memory\"}");
+
+  // What ZeroMQ may hold per connection before it stops reading it: as many whole messages as
+  // the budget has room for at the largest size (receive_hwm), and the one being read.
+  const int64_t hwm_messages = std::max<int64_t>(1, kBudgetMiB / kMessageMiB);
+  const int64_t zmq_allowance_kb =
+      kPeers * (hwm_messages + 1) * static_cast<int64_t>(kPayload >> 10);
+  const int64_t slack_kb = 64 * 1024;  // decode buffers, the message in hand, allocator slack
+  const int64_t bound_kb = base_kb + kBudgetMiB * 1024 + zmq_allowance_kb + slack_kb;
+  MESSAGE("server RSS: before " << base_kb / 1024 << " MiB (peak so far " << hwm_before_kb / 1024
+                                << " MiB), peak during the flood " << hwm_kb / 1024
+                                << " MiB (sampled " << sampled_peak_kb.load() / 1024
+                                << " MiB), after " << after_kb / 1024 << " MiB; budget "
+                                << kBudgetMiB << " MiB, bound " << bound_kb / 1024
+                                << " MiB (before + budget + ZeroMQ's " << zmq_allowance_kb / 1024
+                                << " MiB + " << slack_kb / 1024 << " MiB slack)");
+  MESSAGE(kPeers << " peers sent " << sent.load() << " messages of " << (kPayload >> 20) << " MiB ("
+                 << (sent.load() * kPayload >> 20) << " MiB), " << busy.load() << " answered BUSY, "
+                 << refused_memory << " refused for memory; queued bytes at "
+                 << "most " << static_cast<int64_t>(queued_bytes_max) / 1024
+                 << " KiB seen; the good device had " << good_ok << " OK replies, " << good_other
+                 << " others, at most " << longest_gap_s << " s apart");
+  CHECK(hwm_before_kb < bound_kb);  // the bound says something: startup stayed below it
+  CHECK(hwm_kb <= bound_kb);
+  CHECK(sampled_peak_kb.load() <= bound_kb);
+  CHECK(queued_bytes_max <= static_cast<double>(kBudgetMiB << 20));
+  CHECK(sent.load() * kPayload > (size_t{4} * kBudgetMiB << 20));  // the flood was a flood
+  CHECK(refused_memory > 0);
+  CHECK(good_other == 0);
+  CHECK(good_ok >= 5);
+  CHECK(longest_gap_s < 2.5);  // served throughout the flood
+  CHECK(server.process.process().running());
+  CHECK(metric_value(text, "edgesplit_queued_bytes_limit") ==
+        static_cast<double>(kBudgetMiB << 20));
+}

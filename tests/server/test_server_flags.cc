@@ -79,6 +79,8 @@ TEST_CASE("server flags: defaults with one --model") {
   CHECK(o.http_host == "127.0.0.1");
   CHECK(o.shutdown_timeout == std::chrono::milliseconds(10000));
   CHECK(o.slow_tail == std::chrono::milliseconds(0));
+  CHECK(o.slow_io == std::chrono::microseconds(0));
+  CHECK(o.max_queued_bytes == size_t{256} << 20);
   CHECK(command->endpoint_file.empty());
   CHECK(command->http_port_file.empty());
   CHECK(command->log_level == spdlog::level::info);
@@ -117,6 +119,10 @@ TEST_CASE("server flags: every flag maps to its option") {
                         "250",
                         "--slow-tail-ms",
                         "7",
+                        "--slow-io-us",
+                        "300",
+                        "--max-queued-bytes",
+                        "96M",
                         "--log-level",
                         "debug"});
   REQUIRE(command.ok());
@@ -135,6 +141,8 @@ TEST_CASE("server flags: every flag maps to its option") {
   CHECK(o.http_host == "127.0.0.1");
   CHECK(o.shutdown_timeout == std::chrono::milliseconds(250));
   CHECK(o.slow_tail == std::chrono::milliseconds(7));
+  CHECK(o.slow_io == std::chrono::microseconds(300));
+  CHECK(o.max_queued_bytes == size_t{96} << 20);
   CHECK(command->endpoint_file == "ep.txt");
   CHECK(command->http_port_file == "port.txt");
   CHECK(command->log_level == spdlog::level::debug);
@@ -165,6 +173,26 @@ TEST_CASE("server flags: every flag maps to its option") {
   CHECK(ends->options.http_port == 65535);
   CHECK(ends->options.shutdown_timeout == std::chrono::milliseconds(0));
   CHECK(ends->options.queue_capacity == 1);
+  // Left unset, the byte budget holds at least one request of the largest size.
+  CHECK(ends->options.max_queued_bytes == size_t{4096} << 20);
+  auto exact = parse({"--model", "a.pt", "--max-message-mb", "1", "--max-queued-bytes", "1048576"});
+  REQUIRE(exact.ok());
+  CHECK(exact->options.max_queued_bytes == size_t{1} << 20);
+}
+
+TEST_CASE("server flags: sizes in bytes or with a unit") {
+  using edgesplit::server::parse_byte_size;
+  CHECK(parse_byte_size("0") == size_t{0});
+  CHECK(parse_byte_size("4096") == size_t{4096});
+  CHECK(parse_byte_size("64K") == size_t{64} << 10);
+  CHECK(parse_byte_size("256M") == size_t{256} << 20);
+  CHECK(parse_byte_size("256MiB") == size_t{256} << 20);
+  CHECK(parse_byte_size("2g") == size_t{2} << 30);
+  for (const char* bad :
+       {"", "M", "-1", "1.5G", "12 M", "1T", "99999999999999999999999", "17179869184G"}) {
+    CAPTURE(bad);
+    CHECK_FALSE(parse_byte_size(bad).has_value());
+  }
 }
 
 TEST_CASE("server flags: batching settings") {
@@ -253,6 +281,8 @@ TEST_CASE("server flags: --help gives the help text and needs no model") {
                              "--http-port-file",
                              "--shutdown-timeout-ms",
                              "--slow-tail-ms",
+                             "--slow-io-us",
+                             "--max-queued-bytes",
                              "--log-level"}) {
       CHECK_MESSAGE(text.find(name) != std::string::npos, name);
     }
@@ -285,6 +315,13 @@ TEST_CASE("server flags: bad values are refused with a sentence naming the flag"
   check_refused(with({"--http-port", "65536"}), "--http-port must be 0..65535");
   check_refused(with({"--shutdown-timeout-ms", "-1"}), "--shutdown-timeout-ms must be 0 or more");
   check_refused(with({"--slow-tail-ms", "-5"}), "--slow-tail-ms must be 0 or more");
+  check_refused(with({"--slow-io-us", "-5"}), "--slow-io-us must be 0 or more");
+  const std::string queued_sentence =
+      "--max-queued-bytes takes a size of at least --max-message-mb, in bytes or with K, M or G "
+      "(as 256M)";
+  check_refused(with({"--max-queued-bytes", "lots"}), queued_sentence);
+  check_refused(with({"--max-queued-bytes", "32M"}), queued_sentence);  // under 64 MiB
+  check_refused(with({"--max-message-mb", "8", "--max-queued-bytes", "4M"}), queued_sentence);
   check_refused(with({"--allow-keys", "keys.txt"}),
                 "--allow-keys needs --curve-secret: device keys are checked in the CURVE "
                 "handshake");
