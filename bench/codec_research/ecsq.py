@@ -1,5 +1,5 @@
 """Fisher-weighted entropy-constrained scalar quantizer ("FW-ECSQ") with a neighbour-context static
-entropy model: the scheme that meets issue 19's target.
+entropy model: the scheme that meets the 1 KB at 1 point target.
 
   step[c, p] = s * w[c, p],  w = (a_c b_p)^(-gamma/2) / geometric mean   (a, b: Fisher per channel,
                                                                           per position; calibration)

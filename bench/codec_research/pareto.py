@@ -1,4 +1,4 @@
-"""The Pareto table of issue 19: every scheme fitted on the 100 calibration images, scored on the
+"""The Pareto table of the codec study: every scheme fitted on the 100 calibration images, scored on the
 other 1,200. Writes results/pareto.json and results/pareto.md.
 
 Usage: /usr/bin/python3 pareto.py [--quick]   (after cache_features.py and fisher.py f16|f13|pooled)
