@@ -6,18 +6,13 @@
 // (promtool, prometheus) is not installed.
 #include <doctest/doctest.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "tests/integration/child_process.h"
 #include "tests/integration/default_model.h"
+#include "tests/integration/prometheus_server.h"
 #include "tests/integration/reliability_util.h"
 #include "tests/test_paths.h"
 
@@ -39,46 +34,6 @@ const std::string kOddFile = "fashion \"mnist\" \\cnn\nv2 \xc3\xbc \xff.pt";
 // stores it (0xFF replaced by U+FFFD).
 const std::string kOddNameEscaped = "fashion \\\"mnist\\\" \\\\cnn\\nv2 \xc3\xbc \xef\xbf\xbd.pt";
 const std::string kOddNameStored = "fashion \"mnist\" \\cnn\nv2 \xc3\xbc \xef\xbf\xbd.pt";
-
-// A program on PATH (then /usr/bin, /usr/sbin), or empty.
-fs::path find_program(const std::string& name) {
-  std::vector<std::string> dirs;
-  if (const char* path = std::getenv("PATH")) {
-    std::string p = path;
-    size_t start = 0;
-    while (start <= p.size()) {
-      size_t end = p.find(':', start);
-      if (end == std::string::npos) end = p.size();
-      if (end > start) dirs.push_back(p.substr(start, end - start));
-      start = end + 1;
-    }
-  }
-  dirs.push_back("/usr/bin");
-  dirs.push_back("/usr/sbin");
-  for (const auto& d : dirs) {
-    fs::path candidate = fs::path(d) / name;
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
-  }
-  return {};
-}
-
-// A free TCP port on 127.0.0.1 (bound, read back, released).
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = 0;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  int port = -1;
-  socklen_t len = sizeof addr;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  ::close(fd);
-  return port;
-}
 
 // A server with an HTTP endpoint on an ephemeral port, serving the default model under kOddFile's
 // name, after traffic that fills its histograms and labelled counters.
@@ -206,56 +161,25 @@ TEST_CASE("a Prometheus server scrapes /metrics: target up, labelled series stor
   PopulatedServer server;
   server.start(dir);
 
-  const int web_port = free_port();
-  REQUIRE(web_port > 0);
-  const fs::path config = dir / "prometheus.yml";
-  std::ofstream(config) << "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-                        << "scrape_configs:\n  - job_name: edgesplit\n    static_configs:\n"
-                        << "      - targets: ['127.0.0.1:" << server.http_port << "']\n";
-  ChildProcess prom;
-  REQUIRE(prom.start({prometheus.string(), "--config.file=" + config.string(),
-                      "--storage.tsdb.path=" + (dir / "tsdb").string(),
-                      "--web.listen-address=127.0.0.1:" + std::to_string(web_port)},
-                     dir / "prometheus.out", dir / "prometheus.err"));
-
+  PrometheusServer prom;
+  REQUIRE(prom.start(prometheus, dir, {"127.0.0.1:" + std::to_string(server.http_port)}));
   // The target's state once it has been scraped (health "up" or "down" with Prometheus's error).
-  json target;
-  auto deadline = Clock::now() + std::chrono::seconds(60);
-  while (Clock::now() < deadline) {
-    REQUIRE_MESSAGE(prom.running(), read_file(dir / "prometheus.err"));
-    HttpResponse r = http_get(web_port, "/api/v1/targets");
-    if (r.status == 200) {
-      json j = json::parse(r.body, nullptr, false);
-      if (j.is_object() && j["data"]["activeTargets"].is_array() &&
-          !j["data"]["activeTargets"].empty()) {
-        target = j["data"]["activeTargets"][0];
-        if (target.value("health", "unknown") != "unknown") break;
-      }
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
-  REQUIRE_MESSAGE(target.is_object(), read_file(dir / "prometheus.err"));
-  INFO("target: " << target.dump());
-  CHECK(target.value("health", "") == "up");
-  CHECK(target.value("lastError", "?").empty());
+  auto targets = prom.scraped_targets(1, std::chrono::seconds(60));
+  REQUIRE_MESSAGE(targets.size() == 1, prom.log());
+  INFO("target: " << targets[0].dump());
+  CHECK(targets[0].value("health", "") == "up");
+  CHECK(targets[0].value("lastError", "?").empty());
 
   // The series Prometheus stored hold the label values and counts the server reported.
   const std::string text = server.metrics();
-  auto query = [&](const std::string& q) {
-    HttpResponse r = http_get(web_port, "/api/v1/query?query=" + q);
-    REQUIRE(r.status == 200);
-    json j = json::parse(r.body, nullptr, false);
-    REQUIRE(j.is_object());
-    REQUIRE(j.value("status", "") == "success");
-    return j["data"]["result"];
-  };
   json series;
-  deadline = Clock::now() + std::chrono::seconds(20);
+  auto deadline = Clock::now() + std::chrono::seconds(20);
   while (Clock::now() < deadline) {
-    series = query("edgesplit_model_requests_total");
-    if (series.size() >= 2) break;
+    series = prom.query("edgesplit_model_requests_total");
+    if (series.is_array() && series.size() >= 2) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
+  REQUIRE(series.is_array());
   REQUIRE(series.size() == 2);
   for (const auto& s : series) {
     CAPTURE(s.dump());
@@ -266,14 +190,15 @@ TEST_CASE("a Prometheus server scrapes /metrics: target up, labelled series stor
                                                  kOddNameEscaped + "\",cut=\"" + cut + "\"}");
     CHECK(std::stod(s["value"][1].get<std::string>()) == served);
   }
-  json buckets = query("edgesplit_compute_seconds_bucket");
+  json buckets = prom.query("edgesplit_compute_seconds_bucket");
+  REQUIRE(buckets.is_array());
   CHECK(buckets.size() == 17);  // 16 bounds and +Inf
-  json samples = query("scrape_samples_scraped");
+  json samples = prom.query("scrape_samples_scraped");
+  REQUIRE(samples.is_array());
   REQUIRE(samples.size() == 1);
   CHECK(std::stod(samples[0]["value"][1].get<std::string>()) > 50);
 
-  prom.signal(SIGTERM);
-  CHECK(prom.wait(std::chrono::seconds(20)).has_value());
+  CHECK(prom.stop());
   server.process.process().signal(SIGTERM);
   CHECK(server.process.process().wait(std::chrono::seconds(10)) == 0);
 }
