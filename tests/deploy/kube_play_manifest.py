@@ -21,6 +21,10 @@ as they are.
       volumes are made under KEY_DIR/volumes/. OUT_JSON lists the replicas: each one's pod and
       container names as podman makes them and its host ports by port name. Prints one line per
       change on stderr.
+  kube_play_manifest.py --self-test K8S_DIR
+      renders K8S_DIR into a scratch folder and checks the result: one Deployment of one replica
+      per replica asked for, distinct loopback host ports, no secret volume left, the key in the
+      folder the curve-key volume mounts, probes on port numbers, everything else unchanged.
 Exit 77 (ctest's skip) when python3-yaml is missing.
 """
 import copy
@@ -121,7 +125,59 @@ def split_replicas(deployment):
     return docs, listed
 
 
+def self_test(k8s_dir):
+    """Renders k8s_dir with a fake key and checks the result; the problems found."""
+    import tempfile
+    problems = []
+    original = yaml.safe_load((k8s_dir / "deployment.yaml").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        key_dir = pathlib.Path(tmp)
+        (key_dir / "server.key").write_text("not a key\n")
+        deployment, _ = render(k8s_dir, key_dir)
+        docs, replicas = split_replicas(deployment)
+        if len(docs) != original["spec"]["replicas"] or len(docs) < 2:
+            problems.append(f"{len(docs)} Deployments for {original['spec']['replicas']} replicas")
+        ports = [p for r in replicas for p in r["ports"].values()]
+        if len(set(ports)) != len(ports):
+            problems.append(f"host ports not distinct: {ports}")
+        for d in docs:
+            spec = d["spec"]["template"]["spec"]
+            if d["spec"]["replicas"] != 1:
+                problems.append(f"{d['metadata']['name']}: replicas {d['spec']['replicas']}")
+            for v in spec.get("volumes", []):
+                if "secret" in v:
+                    problems.append(f"{d['metadata']['name']}: secret volume {v['name']} left")
+                if v["name"] == "curve-key":
+                    key = pathlib.Path(v["hostPath"]["path"]) / "server.key"
+                    if not key.is_file() or key.read_text() != "not a key\n":
+                        problems.append(f"{key}: not the server's key")
+            for c in spec["containers"]:
+                for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                    get = (c.get(probe) or {}).get("httpGet")
+                    if get and not isinstance(get["port"], int):
+                        problems.append(f"{c['name']}.{probe}: port {get['port']!r}")
+                for p in c.get("ports", []):
+                    if p.get("hostIP") != "127.0.0.1" or not p.get("hostPort"):
+                        problems.append(f"{c['name']}: port {p} not published on loopback")
+            # Everything else is the original template: image, args, env, security context.
+            want = original["spec"]["template"]["spec"]["containers"][0]
+            got = spec["containers"][0]
+            for field in ("image", "args", "env", "securityContext", "resources", "volumeMounts"):
+                if got.get(field) != want.get(field):
+                    problems.append(f"{d['metadata']['name']}: {field} changed")
+            if spec.get("securityContext") != original["spec"]["template"]["spec"].get(
+                    "securityContext"):
+                problems.append(f"{d['metadata']['name']}: the pod's securityContext changed")
+    return problems
+
+
 def main(argv):
+    if len(argv) == 3 and argv[1] == "--self-test":
+        problems = self_test(pathlib.Path(argv[2]))
+        for p in problems:
+            print(f"kube_play_manifest.py --self-test: {p}", file=sys.stderr)
+        print(f"kube_play_manifest.py --self-test: {'FAILED' if problems else 'ok'}")
+        return 1 if problems else 0
     if len(argv) != 5:
         print(__doc__, file=sys.stderr)
         return 2
