@@ -317,7 +317,9 @@ int main(int argc, char** argv) {
       cxxopts::value<std::string>())("image-count", "images to capture activations from",
                                      cxxopts::value<int>()->default_value("2"))(
       "runs", "timed runs per measurement (median reported)",
-      cxxopts::value<int>()->default_value("15"))("h,help", "show this help");
+      cxxopts::value<int>()->default_value("15"))(
+      "check", "exit 1 when a target is missed (bench/run.sh's contract)")("h,help",
+                                                                           "show this help");
   cxxopts::ParseResult args;
   try {
     args = cli.parse(argc, argv);
@@ -617,6 +619,19 @@ int main(int argc, char** argv) {
     if (!f) {
       std::cerr << "edgesplit-bench-packing: cannot write " << args["json"].as<std::string>()
                 << "\n";
+      return 1;
+    }
+  }
+  if (args.count("check")) {
+    std::vector<std::string> missed;
+    for (const auto& [name, target] : out["targets"].items()) {
+      if (!target["pass"].get<bool>()) missed.push_back(name);
+    }
+    if (!missed.empty()) {
+      std::string list;
+      for (const auto& m : missed) list += (list.empty() ? "" : ", ") + m;
+      std::cerr << "edgesplit-bench-packing: --check: " << missed.size() << " of "
+                << out["targets"].size() << " targets missed: " << list << "\n";
       return 1;
     }
   }

@@ -2,7 +2,8 @@
 # Builds edgesplit's images from docker/Dockerfile with podman (Debian's; no Docker engine needed):
 #   docker/build.sh                 localhost/edgesplit-server:latest and localhost/edgesplit-device:latest
 #   docker/build.sh --server-only   the server image only
-# First run: installs podman, runc and debootstrap, and makes the base image
+# First run: installs podman, runc, debootstrap and catatonit (the pods' pause process for
+# `podman kube play`), and makes the base image
 # localhost/debian:bookworm with debootstrap from the host's Debian mirror (no registry needed).
 # podman runs with docker/containers.conf (runc, cgroupfs, ulimits this kind of host accepts).
 # Environment: EDGESPLIT_MIRROR (Debian mirror), EDGESPLIT_JOBS (compile jobs in the build stage),
@@ -26,7 +27,7 @@ as_root() {
 }
 
 missing=()
-for p in podman runc debootstrap; do
+for p in podman runc debootstrap catatonit; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

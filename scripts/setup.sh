@@ -21,8 +21,9 @@ packages=(
   # testbed: namespaces, tc, process tools; CPU contenders (bench/run.sh elastic contention) and
   # pinning to a core (taskset, also the family contention test)
   iproute2 procps psmisc libsodium-dev stress-ng util-linux
-  # deployment checks: Kubernetes manifests against the API schema, YAML lint
-  python3-yaml python3-kubernetes yamllint
+  # deployment checks: Kubernetes manifests against the API schema, YAML lint; promtool and a
+  # Prometheus server for the /metrics test (a 19 MB download, about 20 s to install)
+  python3-yaml python3-kubernetes yamllint prometheus
 )
 
 missing=()

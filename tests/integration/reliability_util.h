@@ -1,5 +1,5 @@
 // Helpers for the integration tests: a raw DEALER that speaks the wire format by hand, packed
-// payloads, an HTTP GET over a plain socket and Prometheus sample lookup.
+// payloads and Prometheus sample lookup (HTTP GET: tests/integration/http_client.h).
 #pragma once
 
 #include <arpa/inet.h>
@@ -16,6 +16,7 @@
 #include <zmq.hpp>
 
 #include "packing/codec.h"
+#include "tests/integration/http_client.h"
 #include "transport/edgesplit.pb.h"
 
 namespace edgesplit::testing {
@@ -78,46 +79,6 @@ inline wire::Request infer_request(uint64_t id, const std::string& digest, int c
   ir->set_top_k(5);
   for (const auto& p : payloads) ir->add_tensors()->set_packed_bytes(p.size());
   return req;
-}
-
-struct HttpResponse {
-  int status = 0;  // 0: no connection or no answer
-  std::string body;
-};
-
-// GET http://127.0.0.1:port/path (HTTP/1.0, the server closes the connection after the answer).
-inline HttpResponse http_get(int port, const std::string& path) {
-  HttpResponse r;
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return r;
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return r;
-  }
-  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-  if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
-    ::close(fd);
-    return r;
-  }
-  std::string all;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    all.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  if (all.rfind("HTTP/1.", 0) != 0 || all.size() < 12) return r;
-  r.status = std::stoi(all.substr(9, 3));
-  const size_t body = all.find("\r\n\r\n");
-  if (body != std::string::npos) r.body = all.substr(body + 4);
-  return r;
 }
 
 // The value of the sample whose line starts with `name` (including labels) and a space; -1 when

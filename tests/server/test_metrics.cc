@@ -78,3 +78,18 @@ TEST_CASE("server metrics render every family") {
   }
   CHECK(text.back() == '\n');
 }
+
+TEST_CASE("label values are UTF-8: invalid bytes become U+FFFD, valid sequences stay") {
+  ServerMetrics m;
+  // Valid: 2-, 3- and 4-byte sequences. Invalid: a lone 0xFF, a truncated 3-byte sequence, an
+  // overlong '/', a surrogate, a lone continuation byte.
+  m.count_model_request(std::string("a\xc3\xbc\xe2\x82\xac\xf0\x9f\x98\x80") + "|\xff|\xe2\x82|" +
+                            "\xc0\xaf|\xed\xa0\x80|\x80",
+                        1);
+  const std::string text = m.render(MetricsGauges{});
+  const std::string r = "\xef\xbf\xbd";
+  const std::string expected = std::string("a\xc3\xbc\xe2\x82\xac\xf0\x9f\x98\x80") + "|" + r +
+                               "|" + r + r + "|" + r + r + "|" + r + r + r + "|" + r;
+  CHECK(value_of(text, "edgesplit_model_requests_total{model=\"" + expected + "\",cut=\"1\"}") ==
+        1);
+}
