@@ -904,6 +904,9 @@ class Profiler {
     const int64_t positions = cal.dim() == 4 ? cal.size(2) * cal.size(3) : 1;
     packing::CodecTableSpec spec;
     spec.shape = graph_->cut(id).tensors[0].shape;
+    // Four rANS lanes decode a large tensor faster; each costs a 4-byte state, which a small one
+    // cannot afford.
+    spec.lanes = channels * positions >= 4096 ? 4 : 1;
     const at::Tensor mu =
         cal.reshape({n, channels, positions}).to(torch::kDouble).mean(std::vector<int64_t>{0, 2});
     const int labels = std::max(1, opt_.encodings.fisher_labels);

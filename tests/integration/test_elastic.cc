@@ -204,7 +204,7 @@ TEST_CASE("a server started with --family serves every member: frames of any mem
                              server.endpoint(), "--input", images.string(), "--json", "--objective",
                              "latency", "--max-accuracy-drop", "none", "--require-server"},
                             out, err);
-  CHECK(rc == 0);
+  CHECK_MESSAGE(rc == 0, read_file(err));
   json ready;
   std::vector<json> frames;
   for (const json& j : lines_of(out)) {

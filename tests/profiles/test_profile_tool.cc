@@ -131,8 +131,25 @@ TEST_CASE("the profile lists every cut with a complete - consistent table") {
       CHECK(c.encodings.empty());
       continue;
     }
-    // Every precision with both lossless stages, JPEG at cut 0 only.
-    CHECK(c.encodings.size() == (quantized.size() + 2) * 2 + (c.id == 0 ? 3 : 0));
+    // Every precision with both lossless stages, JPEG at cut 0 only, and the entropy-coded
+    // encodings (--entropy-bits 1,0.8 by default) at the other cuts whose tensor is large enough
+    // for their target (64 values at 1 bit per element cannot carry a rANS state).
+    const auto* ecsq1 = find(c, "ecsq1");
+    const auto* ecsq08 = find(c, "ecsq0.8");
+    const size_t entropy = (ecsq1 != nullptr) + (ecsq08 != nullptr);
+    CHECK(c.encodings.size() == (quantized.size() + 2) * 2 + (c.id == 0 ? 3 : 0) + entropy);
+    if (c.id == 0) CHECK(entropy == 0);
+    if (c.id > 0 && c.elements >= 1000) {
+      REQUIRE(entropy == 2);
+      REQUIRE(ecsq1->encoding.entropy_table != nullptr);
+      CHECK(ecsq1->encoding.entropy_table->elements() == c.elements);
+      // Fitted for a mean payload of 1 and 0.8 bits per element on the calibration images.
+      CHECK(ecsq1->bytes_mean <= 44 + c.elements / 8.0 + 0.5);
+      CHECK(ecsq1->bytes_mean >= 44 + c.elements / 8.0 * 0.9);
+      CHECK(ecsq08->bytes_mean < ecsq1->bytes_mean);
+      CHECK(ecsq1->pack.runs == kCalibration);
+      check_counts(*p, *ecsq1);
+    }
     CHECK((find(c, "jpeg75") != nullptr) == (c.id == 0));
     double previous = 0;
     for (const auto& name : quantized) {
