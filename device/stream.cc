@@ -816,6 +816,23 @@ struct Stream::Impl {
 
   // ----- early exits -----
 
+  // An exit head through LibTorch's frozen-graph inference passes (oneDNN where this LibTorch has
+  // it), as the model's parts run; kept as it is when the optimized module does not give what the
+  // plain one gives on a probe input (within 1e-3 of 1 + the output's largest magnitude).
+  static torch::jit::Module optimized_exit(const torch::jit::Module& plain,
+                                           const std::vector<int64_t>& shape) {
+    torch::jit::Module frozen = torch::jit::freeze(plain);
+    torch::jit::Module fast = torch::jit::optimize_for_inference(frozen);
+    torch::NoGradGuard no_grad;
+    const at::Tensor probe = torch::linspace(0, 2, c10::multiply_integers(shape)).reshape(shape);
+    const at::Tensor want = const_cast<torch::jit::Module&>(plain).forward({probe}).toTensor();
+    const at::Tensor got = fast.forward({probe}).toTensor();
+    const double scale = 1 + want.abs().max().item<double>();
+    const bool agrees =
+        got.sizes() == want.sizes() && (got - want).abs().max().item<double>() <= 1e-3 * scale;
+    return agrees ? fast : plain;
+  }
+
   // Reads cfg.exits_path and the heads it names; checks that they were trained on this model and
   // maps each to the profile's cut of its name (load() checks the model's).
   Status load_exit_heads() {
@@ -848,6 +865,9 @@ struct Stream::Impl {
       try {
         r.module = torch::jit::load(h.module_path);
         r.module.eval();
+        if (device.engine != partitioner::Engine::kPlain) {
+          r.module = optimized_exit(r.module, h.input_shape);
+        }
       } catch (const std::exception& e) {
         std::string what = e.what();
         what = what.substr(0, what.find('\n'));
@@ -890,7 +910,7 @@ struct Stream::Impl {
       previous = id;
       x.cut = id;
       try {
-        torch::NoGradGuard no_grad;
+        c10::InferenceMode inference;
         const at::Tensor zeros = torch::zeros(x.input_shape, torch::kFloat32);
         std::vector<double> times;
         for (int i = 0; i < 11; ++i) {
@@ -988,7 +1008,11 @@ struct Stream::Impl {
       }
       at = e.cut;
       const auto t0 = Clock::now();
-      at::Tensor logits = e.module.forward({x.at(0)}).toTensor();
+      at::Tensor logits;
+      {
+        c10::InferenceMode inference;  // as the model's parts run (their tensors are such)
+        logits = e.module.forward({x.at(0)}).toTensor();
+      }
       const double confidence = max_softmax(logits);
       p.exit_ms += ms_between(t0, Clock::now());
       p.exit_confidences.push_back(confidence);
@@ -1533,6 +1557,16 @@ Status Stream::load(int retain_cut, int threads) {
       at::Tensor zeros = torch::zeros(s.info.input_shape, torch::kFloat32);
       auto crossing = s.model->run_head(s.retain_cut, zeros);
       if (s.model->can_run_tail(s.retain_cut)) (void)s.model->run_tail(s.retain_cut, crossing);
+      // With exits, the parts between their cuts and on to the fixed plan's cut (or the deepest
+      // kept one) too, passing every exit (a threshold of 1 lets no frame leave).
+      const int exit_cut = s.fixed && !s.fixed->local ? s.fixed->cut : s.retain_cut;
+      if (!s.exit_heads.empty() && exit_cut >= s.exit_heads.front().cut) {
+        s.prepare_exits(*s.model, exit_cut);
+        PendingFrame warm;
+        warm.plan.exit_threshold = 1.0;
+        bool continued = true;
+        (void)s.run_with_exits(warm, *s.model, exit_cut, zeros, &continued);
+      }
     } catch (const std::exception& e) {
       return internal_error(who + "the model failed its warm-up run: " + e.what());
     }
@@ -1687,8 +1721,13 @@ std::string Stream::goal() const {
       enc += "+" + packing::lossless_name(s.cfg.encode.lossless);
     }
     const bool local = s.cfg.cut == "device" || s.cfg.cut == "local";
-    return local ? "fixed plan: every frame on the device"
-                 : "fixed plan: cut " + s.cfg.cut + " " + enc + " (no objective, no bounds)";
+    const std::string exits =
+        s.cfg.exits_path.empty()
+            ? ""
+            : ", early exits at threshold " + number_text(s.cfg.exit_thresholds.at(0));
+    return local
+               ? "fixed plan: every frame on the device" + exits
+               : "fixed plan: cut " + s.cfg.cut + " " + enc + exits + " (no objective, no bounds)";
   }
   const auto& k = s.cfg.scheduler.constraints;
   std::string out = std::string("objective ") +
@@ -1716,6 +1755,7 @@ std::string Stream::goal() const {
   if (s.cfg.scheduler.objective == partitioner::Objective::kData) {
     out += "; the data objective runs frames on the device (0 bytes) unless a bound rules it out";
   }
+  if (!s.cfg.exits_path.empty()) out += "; plans with and without early exits";
   return out;
 }
 
