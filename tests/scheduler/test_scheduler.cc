@@ -2,10 +2,13 @@
 // constraints hold, bandwidth/load/queue changes move the plan, noise does not (hysteresis),
 // infeasible constraints fall back visibly, pinning, the Pareto front, device descriptions.
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <random>
 #include <set>
@@ -15,7 +18,10 @@
 #include "partitioner/clock.h"
 #include "partitioner/cut_table.h"
 #include "partitioner/estimators.h"
+#include "partitioner/exit_plans.h"
 #include "partitioner/scheduler.h"
+#include "profiles/accuracy_interval.h"
+#include "profiles/exits.h"
 #include "profiles/profile.h"
 #include "tests/scheduler/profile_util.h"
 
@@ -1447,4 +1453,122 @@ TEST_CASE("exit options are refused when malformed") {
   CHECK(Scheduler::create_family({only}).ok());
   only.exits[0].stages[1].cut_id = 2;  // not rising
   CHECK(Scheduler::create_family({only}).status().code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("exits descriptions: the shipped files read; a head of another model is refused") {
+  namespace fs = std::filesystem;
+  using edgesplit::profiles::load_exits;
+  const fs::path dir = fs::path(EDGESPLIT_SOURCE_DIR) / "models" / "exits";
+  auto fm = load_exits((dir / "fashion_mnist_cnn_exits.json").string());
+  REQUIRE_MESSAGE(fm.ok(), fm.status().to_string());
+  REQUIRE(fm->exits.size() == 1);
+  CHECK(fm->exits[0].cut_name == "res1.relu");
+  CHECK(fm->exits[0].input_shape == std::vector<int64_t>{1, 32, 14, 14});
+  CHECK(fm->test_images == 10000);
+  REQUIRE(fm->cascade.size() == 7);
+  CHECK(fm->cascade[4].threshold == doctest::Approx(0.9));
+  CHECK(fm->cascade[4].exit_rate() == doctest::Approx(0.6523));
+  auto r56 = load_exits((dir / "resnet56_cifar10_exits.json").string());
+  REQUIRE(r56.ok());
+  REQUIRE(r56->exits.size() == 2);
+  CHECK(r56->exits[1].cut_name == "layer2.8:relu");
+  CHECK(r56->cascade[4].fractions.size() == 2);
+  CHECK(r56->exits[0].alone.size() == 7);
+  CHECK(load_exits((dir / "none.json").string()).status().code() == StatusCode::kNotFound);
+  // A head trained on another model than the description says.
+  const fs::path tmp =
+      fs::path(EDGESPLIT_BINARY_DIR) / "test-scratch" / ("exits-" + std::to_string(::getpid()));
+  fs::create_directories(tmp);
+  fs::copy_file(dir / "fashion_mnist_cnn_exits.json", tmp / "fashion_mnist_cnn_exits.json");
+  std::ifstream head_in(dir / "fashion_mnist_cnn_exit_res1.json");
+  std::string head((std::istreambuf_iterator<char>(head_in)), std::istreambuf_iterator<char>());
+  head.replace(head.find("sha256:bb17"), 11, "sha256:0000");
+  std::ofstream(tmp / "fashion_mnist_cnn_exit_res1.json") << head;
+  auto other = load_exits((tmp / "fashion_mnist_cnn_exits.json").string());
+  CHECK(other.status().code() == StatusCode::kInvalidArgument);
+  CHECK(other.status().message().find("was trained on model") != std::string::npos);
+  fs::remove_all(tmp);
+}
+
+TEST_CASE("an exit level's loss: paired counts give Newcombe's interval; without, a wider one") {
+  using namespace edgesplit::profiles;
+  ExitSet set;
+  set.path = "x.json";
+  set.test_images = 1000;
+  set.backbone_top1 = 0.8;
+  ExitLevel level;
+  level.threshold = 0.9;
+  level.fractions = {0.3};
+  level.top1 = 0.79;  // 10 images fewer right
+  const ExitDrop wide = exit_drop(set, level, 0.95);
+  CHECK_FALSE(wide.paired);
+  CHECK(wide.point_pp == doctest::Approx(1.0));
+  // Any pairing the marginals allow (lost - gained = 10, lost + gained <= 300) is no wider.
+  for (int64_t gained : {0, 20, 100, 145}) {
+    CAPTURE(gained);
+    level.lost = gained + 10;
+    level.gained = gained;
+    const ExitDrop paired = exit_drop(set, level, 0.95);
+    CHECK(paired.paired);
+    CHECK(paired.point_pp == doctest::Approx(1.0));
+    const DropInterval want = drop_interval(1000, gained + 10, gained, 800, 0.95);
+    CHECK(paired.high_pp == doctest::Approx(want.high_pp));
+    CHECK(wide.high_pp >= paired.high_pp - 1e-9);
+  }
+  level.lost.reset();
+  level.gained.reset();
+  CHECK(exit_drop(set, level, 0).high_pp == doctest::Approx(1.0));  // the point
+}
+
+TEST_CASE("exit options from a description: every threshold - the first exit alone - threshold 1") {
+  using namespace edgesplit::profiles;
+  ExitSet set;
+  set.path = "m_exits.json";
+  set.test_images = 10000;
+  set.backbone_top1 = 0.8;
+  set.backbone_macs = 1000;
+  for (int i = 0; i < 2; ++i) {
+    ExitHead h;
+    h.position = i == 0 ? "early" : "late";
+    h.backbone_macs_to_position = i == 0 ? 250 : 500;
+    h.alone = {ExitLevel{0.8, {0.4}, 0.79, {}, {}}, ExitLevel{0.9, {0.2}, 0.8, {}, {}}};
+    set.exits.push_back(h);
+  }
+  set.cascade = {ExitLevel{0.8, {0.4, 0.2}, 0.78, {}, {}},
+                 ExitLevel{0.9, {0.2, 0.1}, 0.795, {}, {}}};
+  const Profile p = mobile_profile();  // cut 2 has a head time (30 ms); the last cut 80 ms
+  Profile missing = p;
+  missing.cuts[4].head = ms(0);  // no time at cut 4
+  std::vector<std::string> notes;
+  auto all = exit_options(set, missing, {2, 4}, {1.5, 0.5}, {}, 0, &notes);
+  REQUIRE_MESSAGE(all.ok(), all.status().to_string());
+  REQUIRE(all->size() == 4);  // per threshold: both exits, and the first alone
+  const ExitOption& both = (*all)[2];
+  CHECK(both.threshold == doctest::Approx(0.9));
+  REQUIRE(both.stages.size() == 2);
+  CHECK(both.stages[0].head_ms == doctest::Approx(30));
+  CHECK(both.stages[1].head_ms == doctest::Approx(80 * 0.5));  // the multiply-adds' share
+  CHECK(both.stages[0].rate == doctest::Approx(0.2));
+  CHECK(both.stages[1].rate == doctest::Approx(0.1));
+  CHECK(both.stages[1].exit_ms == doctest::Approx(0.5));
+  CHECK(both.min_cut == 4);
+  CHECK(both.drop_point_pp == doctest::Approx(0.5));
+  const ExitOption& first = (*all)[3];
+  REQUIRE(first.stages.size() == 1);
+  CHECK(first.stages[0].rate == doctest::Approx(0.2));
+  CHECK(first.min_cut == 2);
+  CHECK(first.max_cut == 3);
+  CHECK(first.drop_point_pp == doctest::Approx(0));
+  CHECK(notes.size() == 1);
+  // Chosen thresholds: 1 never leaves; one not in the table is refused.
+  auto never = exit_options(set, p, {2, 4}, {1.5, 0.5}, {1.0}, 0, nullptr);
+  REQUIRE(never.ok());
+  for (const ExitOption& o : *never) {
+    for (const ExitStage& st : o.stages) CHECK(st.rate == 0);
+    CHECK(o.drop_point_pp == 0);
+  }
+  auto bad = exit_options(set, p, {2, 4}, {1.5, 0.5}, {0.85}, 0, nullptr);
+  CHECK(bad.status().code() == StatusCode::kInvalidArgument);
+  CHECK(exit_options(set, p, {4, 2}, {1.5, 0.5}, {}, 0, nullptr).status().code() ==
+        StatusCode::kInvalidArgument);
 }
