@@ -1490,12 +1490,23 @@ TEST_CASE("exits descriptions: the shipped files read; a head of another model i
   fs::remove_all(tmp);
 }
 
+namespace {
+
+// An exits description without heads: `images` test images, the whole model right on 80%.
+edgesplit::profiles::ExitSet exits_of(int64_t images) {
+  edgesplit::profiles::ExitSet set;
+  set.path = "m_exits.json";
+  set.test_images = images;
+  set.backbone_top1 = 0.8;
+  set.backbone_macs = 1000;
+  return set;
+}
+
+}  // namespace
+
 TEST_CASE("an exit level's loss: paired counts give Newcombe's interval; without, a wider one") {
   using namespace edgesplit::profiles;
-  ExitSet set;
-  set.path = "x.json";
-  set.test_images = 1000;
-  set.backbone_top1 = 0.8;
+  const ExitSet set = exits_of(1000);
   ExitLevel level;
   level.threshold = 0.9;
   level.fractions = {0.3};
@@ -1522,11 +1533,7 @@ TEST_CASE("an exit level's loss: paired counts give Newcombe's interval; without
 
 TEST_CASE("exit options from a description: every threshold - the first exit alone - threshold 1") {
   using namespace edgesplit::profiles;
-  ExitSet set;
-  set.path = "m_exits.json";
-  set.test_images = 10000;
-  set.backbone_top1 = 0.8;
-  set.backbone_macs = 1000;
+  ExitSet set = exits_of(10000);
   for (int i = 0; i < 2; ++i) {
     ExitHead h;
     h.position = i == 0 ? "early" : "late";
