@@ -36,6 +36,17 @@ constexpr const char* kMustClip = "0 (off) or a number between 50 and 100";
 constexpr const char* kMustString = "a string";
 constexpr const char* kMustBool = "true or false";
 
+// The number `text` spells in full, or -1 when it is not one.
+double number_or_minus_one(const std::string& text) {
+  try {
+    size_t used = 0;
+    const double v = std::stod(text, &used);
+    return used == text.size() ? v : -1;
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
 // "1".."16" quantized, "fp16", "fp32", "jpegQ" (Q = 1..100, the input as JPEG) or "ecsqB" (the
 // profile's entropy-coded encoding for B bits per element: its name); false when it is none of
 // those.
@@ -239,7 +250,8 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
                             "server_price", "top_k",
                             "in_flight",    "local_lane",
                             "timeout_ms",   "threads",
-                            "start_s",      "latency_steps"});
+                            "start_s",      "latency_steps",
+                            "exits",        "exit_threshold"});
   EDGESPLIT_RETURN_IF_ERROR(f.check_known());
   if (!f.has("model") && !f.has("family")) {
     return invalid_argument(where + ": \"model\" is missing: give the TorchScript file");
@@ -371,6 +383,20 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
   s.local_lane = *parsed_lane;
   EDGESPLIT_RETURN_IF_ERROR(f.get("timeout_ms", s.timeout_ms, kMustPositive));
   EDGESPLIT_RETURN_IF_ERROR(f.get("threads", s.threads, kMustCount));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("exits", s.exits_path));
+  if (!s.exits_path.empty()) s.exits_path = resolve(base_dir, s.exits_path);
+  if (f.has("exit_threshold")) {
+    // A number, or a list of them for the scheduler.
+    constexpr const char* kMustThresholds = "a threshold in [0, 1] or a list of them";
+    const json& t = f.at("exit_threshold");
+    const json list = t.is_array() ? t : json::array({t});
+    for (const auto& v : list) {
+      if (!v.is_number() || !(v.get<double>() >= 0 && v.get<double>() <= 1)) {
+        return f.error("exit_threshold", kMustThresholds);
+      }
+      s.exit_thresholds.push_back(v.get<double>());
+    }
+  }
   return Status();
 }
 
@@ -417,6 +443,8 @@ const std::vector<std::string>& stream_flags() {
                                                   "timeout-ms",
                                                   "fps",
                                                   "priority",
+                                                  "exits",
+                                                  "exit-threshold",
                                                   "stream"};
   return kFlags;
 }
@@ -494,6 +522,11 @@ void add_flags(cxxopts::Options& cli) {
      "any full window) or off",
      cxxopts::value<std::string>()->default_value("auto"))
     ("timeout-ms", "a frame not answered by then is finished on the device", cxxopts::value<int>()->default_value("1000"))
+    ("exits", "early exits of the model: NAME_exits.json (models/exits/): a frame an exit head is "
+     "confident about is finished on the device there (docs/elastic.md)", cxxopts::value<std::string>())
+    ("exit-threshold", "with --exits: the exit threshold of a fixed plan (--cut), or the thresholds "
+     "the scheduler may choose among, comma-separated (default: the file's table)",
+     cxxopts::value<std::string>())
     ("threads", "LibTorch intra-op threads for all streams together (0: LibTorch's default); the "
      "loop and its local lane run one network at a time, each with all of them",
      cxxopts::value<int>()->default_value("0"))
@@ -649,14 +682,7 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
     if (v == "none") {
       c.max_accuracy_drop_pp.reset();
     } else {
-      double pp = -1;
-      try {
-        size_t used = 0;
-        pp = std::stod(v, &used);
-        if (used != v.size()) pp = -1;
-      } catch (const std::exception&) {
-        pp = -1;
-      }
+      const double pp = number_or_minus_one(v);
       if (!(pp >= 0) || !std::isfinite(pp)) {
         return invalid_argument(
             "--max-accuracy-drop must be a number of top-1 points (0 or "
@@ -713,6 +739,19 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
   }
   s.local_lane = *parsed_lane;
   s.timeout_ms = args["timeout-ms"].as<int>();
+  if (args.count("exits")) s.exits_path = args["exits"].as<std::string>();
+  if (args.count("exit-threshold")) {
+    std::stringstream list(args["exit-threshold"].as<std::string>());
+    std::string item;
+    while (std::getline(list, item, ',')) {
+      const double t = number_or_minus_one(item);
+      if (!(t >= 0 && t <= 1)) {
+        return invalid_argument("--exit-threshold " + args["exit-threshold"].as<std::string>() +
+                                " is not a threshold in [0, 1] or a comma-separated list of them");
+      }
+      s.exit_thresholds.push_back(t);
+    }
+  }
   return Status();
 }
 
@@ -930,6 +969,19 @@ Status validate_device_config(const DeviceConfig& c) {
                               "stream a name of its own");
     }
     if (s.model_path.empty()) return field_error(where, "model", "a non-empty path");
+    if (!s.exits_path.empty() && !s.family_path.empty()) {
+      return invalid_argument(where +
+                              ": early exits are for a stream of one model: leave out --exits "
+                              "or --family");
+    }
+    if (!s.exit_thresholds.empty() && s.exits_path.empty()) {
+      return invalid_argument(where + ": an exit threshold needs the exits: give --exits FILE");
+    }
+    if (!s.exits_path.empty() && !s.cut.empty() && s.exit_thresholds.size() != 1) {
+      return invalid_argument(where +
+                              ": a fixed plan with exits needs one threshold: add "
+                              "--exit-threshold T (0.9, say; 1 never leaves)");
+    }
     if (!s.family_path.empty() && !s.cut.empty()) {
       return invalid_argument(where +
                               ": a family stream is planned by the scheduler, member by member: "

@@ -91,6 +91,12 @@ struct StreamConfig {
   LocalLane local_lane = LocalLane::kAuto;
   int timeout_ms = 1000;  // a frame not answered by then is finished locally
   int threads = 0;        // intra-op threads for this stream's networks (0: the manager decides)
+
+  // Early exits (profiles/exits.h, docs/elastic.md): NAME_exits.json of the stream's model; empty:
+  // none. With a fixed plan, exit_thresholds holds its one threshold; with the scheduler, the
+  // thresholds it may choose among (empty: every threshold of the file's table).
+  std::string exits_path;
+  std::vector<double> exit_thresholds;
 };
 
 // What sets the device's speed (device/knobs.h).

@@ -28,6 +28,9 @@ struct FramePlan {
   std::string encoding_name;
   double profiled_head_ms = 0;
   double profiled_server_ms = 0;
+  // Early exits: the threshold (the stream's exit heads at cuts up to the plan's run on the way;
+  // a frame whose max softmax reaches it at one of them is finished there). Unset: none.
+  std::optional<double> exit_threshold;
   std::optional<partitioner::Decision> decision;  // when the scheduler chose (or knows) the plan
   partitioner::Conditions conditions;
 };
@@ -45,7 +48,10 @@ struct PendingFrame {
   std::chrono::steady_clock::time_point due;       // arrival + latency bound (for ordering)
   double preprocess_ms = 0, head_ms = 0, pack_ms = 0;
   size_t bytes_sent = 0;
-  std::string lane_reason;  // why a frame runs on the local lane
+  std::string lane_reason;               // why a frame runs on the local lane
+  int exit_left = -1;                    // the exit (index) the frame left at; -1: none
+  double exit_ms = 0;                    // the exit heads that ran
+  std::vector<double> exit_confidences;  // their max softmax, in order
 };
 
 }  // namespace edgesplit::device

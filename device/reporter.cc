@@ -137,6 +137,20 @@ json Reporter::frame_json(const FrameRecord& r) {
     j["server_ms"] = round3(r.server->queue_ms + r.server->unpack_ms + r.server->compute_ms);
   }
   if (r.local_tail_ms) j["local_tail_ms"] = round3(*r.local_tail_ms);
+  if (r.exit) {
+    json ej{{"threshold", r.exit->threshold},
+            {"ms", round3(r.exit->ms)},
+            {"left", !r.exit->position.empty()}};
+    json conf = json::array();
+    for (double c : r.exit->confidences) conf.push_back(round3(c));
+    ej["confidences"] = conf;
+    if (!r.exit->position.empty()) {
+      ej["position"] = r.exit->position;
+      ej["cut"] = r.exit->cut;
+      ej["cut_name"] = r.exit->cut_name;
+    }
+    j["exit"] = ej;
+  }
   j["latency_ms"] = round3(r.latency_ms);
   if (r.max_latency_ms) {
     j["within_bound"] = r.completed != "failed" && r.latency_ms <= *r.max_latency_ms;
@@ -151,6 +165,8 @@ void Reporter::frame(const FrameRecord& r) {
   if (r.completed == "server") {
     ++t.on_server;
     t.bytes_sent += r.bytes_sent;
+  } else if (r.completed == "exit") {
+    ++t.exits[r.exit ? r.exit->position : ""];
   } else if (r.completed == "local") {
     ++t.local;
     // A few kinds of reason; "server error: ..." and the like keep the kind, not the message.
@@ -169,9 +185,10 @@ void Reporter::frame(const FrameRecord& r) {
   if (j.value("within_bound", false)) ++t.within_bound;
   ++t.plans[(r.member.empty() ? "" : r.member + ":") + std::to_string(r.cut) + ":" + r.encoding];
   if (!r.member.empty()) ++t.members[r.member];
+  if (r.exit) ++t.exit_plan_frames;
   t.latencies_ms.push_back(r.latency_ms);
-  const bool planned_here =
-      r.completed == "server" || (r.completed == "local" && r.encoding == "local");
+  const bool planned_here = r.completed == "server" || r.completed == "exit" ||
+                            (r.completed == "local" && r.encoding == "local");
   if (r.decision && r.latency_ms > 0 && planned_here) {
     t.prediction_ratios.push_back(r.decision->predicted.latency_ms / r.latency_ms);
   }
@@ -188,6 +205,16 @@ json Reporter::summary(const StreamSummaryInfo& info) {
   s["on_server"] = t.on_server;
   s["local"] = t.local;
   s["failed"] = t.failed;
+  if (t.exit_plan_frames > 0) {
+    // Frames planned with early exits, those that left at an exit (by exit), the others.
+    uint64_t left = 0;
+    json at = json::object();
+    for (const auto& [k, v] : t.exits) {
+      at[k] = v;
+      left += v;
+    }
+    s["exits"] = {{"planned", t.exit_plan_frames}, {"left", left}, {"at", at}};
+  }
   s["late_replies_discarded"] = info.late_replies;
   s["plan_changes"] = info.plan_changes;
   s["probes"] = info.probes;
@@ -239,7 +266,12 @@ json Reporter::summary(const StreamSummaryInfo& info) {
         static_cast<unsigned long long>(t.local), reasons_text(t.local_reasons).c_str(),
         static_cast<unsigned long long>(t.failed), mean, percentile(t.latencies_ms, 95),
         s["bytes_per_frame"].get<double>(), s["fps"].get<double>());
-    log(info.name_in_log ? "[" + info.stream + "] " + line : line);
+    std::string text = line;
+    if (s.contains("exits")) {
+      text += "; " + std::to_string(s["exits"]["left"].get<uint64_t>()) + " of " +
+              std::to_string(t.exit_plan_frames) + " frames planned with early exits left at one";
+    }
+    log(info.name_in_log ? "[" + info.stream + "] " + text : text);
   }
   return s;
 }

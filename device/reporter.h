@@ -46,6 +46,17 @@ struct FrameRecord {
   };
   std::optional<ServerTimes> server;
   std::optional<double> local_tail_ms;
+  // A plan with early exits: the threshold, the max softmax of each exit head that ran, and
+  // where the frame left (completed "exit") or that it went on.
+  struct ExitRecord {
+    double threshold = 0;
+    std::vector<double> confidences;
+    double ms = 0;         // the exit heads' time
+    std::string position;  // the exit it left at ("" : it went on)
+    int cut = 0;           // ... its cut
+    std::string cut_name;
+  };
+  std::optional<ExitRecord> exit;
   double latency_ms = 0;                 // from the frame's arrival
   std::optional<double> max_latency_ms;  // the stream's bound, when it has one
 };
@@ -106,6 +117,8 @@ class Reporter {
     std::vector<double> latencies_ms;
     std::vector<double> prediction_ratios;  // predicted / measured latency
     uint64_t frames = 0, on_server = 0, local = 0, failed = 0, bytes_sent = 0, within_bound = 0;
+    uint64_t exit_plan_frames = 0;                  // frames planned with early exits
+    std::map<std::string, uint64_t> exits;          // exit position -> frames that left there
     std::map<std::string, uint64_t> plans;          // "cut:encoding" -> frames
     std::map<std::string, uint64_t> members;        // family member -> frames (family streams)
     std::map<std::string, uint64_t> local_reasons;  // why frames completed locally -> frames

@@ -3,6 +3,7 @@
 #include "device/lane.h"
 #include "device/placement.h"
 
+#include <torch/script.h>
 #include <torch/torch.h>
 
 #include <fcntl.h>
@@ -24,10 +25,12 @@
 #include "imaging/preprocess.h"
 #include "partitioner/cut_table.h"
 #include "partitioner/estimators.h"
+#include "partitioner/exit_plans.h"
 #include "partitioner/model_graph.h"
 #include "partitioner/model_info.h"
 #include "partitioner/scheduler.h"
 #include "partitioner/top_k.h"
+#include "profiles/exits.h"
 #include "profiles/family.h"
 #include "profiles/profile.h"
 #include "transport/protocol.h"
@@ -45,6 +48,18 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
 }
 
 double round3(double v) { return std::isfinite(v) ? std::round(v * 1000.0) / 1000.0 : -1.0; }
+
+// The largest softmax probability of a logits tensor (computed in double).
+double max_softmax(const at::Tensor& logits) {
+  const at::Tensor l = logits.contiguous().to(torch::kFloat32);
+  const float* v = l.data_ptr<float>();
+  const int64_t n = l.numel();
+  if (n == 0) return 0;
+  const double top = *std::max_element(v, v + n);
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(v[i]) - top);
+  return 1.0 / sum;
+}
 
 constexpr double kMiB = 1024.0 * 1024.0;
 
@@ -138,6 +153,21 @@ struct Stream::Impl {
     const Alternate* a = alternate(member);
     return a ? a->device_cut : device_cut;
   }
+
+  // Early exits (cfg.exits_path): each head with the cut it reads, in the model's order.
+  struct ExitRunner {
+    std::string position;
+    int cut = -1;  // the model's cut of that name
+    std::string cut_name;
+    std::vector<int64_t> input_shape;
+    torch::jit::Module module;
+    double ms = 0;                // its time on this device (an estimate until load() measures it)
+    double profiled_head_ms = 0;  // the model's head up to its cut, from the profile (0: none)
+  };
+  std::optional<profiles::ExitSet> exit_set;
+  std::vector<ExitRunner> exit_heads;
+  partitioner::SchedulerOptions scheduler_options;  // what the scheduler was built with
+  std::vector<std::string> exit_notes;              // said once, at start
 
   std::unique_ptr<LaneWorker> lane;
   std::future<Result<std::shared_ptr<partitioner::ModelGraph>>> pending_load;
@@ -384,6 +414,7 @@ struct Stream::Impl {
       plan.encode = d.plan.encoding.encode_options();
       plan.jpeg_quality = d.plan.local ? 0 : d.plan.encoding.jpeg_quality;
       plan.encoding_name = d.plan.encoding_name;
+      plan.exit_threshold = d.plan.exit_threshold;
     }
     plan.profiled_head_ms = d.plan.profiled_head_ms;
     plan.profiled_server_ms = d.plan.profiled_server_ms;
@@ -424,6 +455,7 @@ struct Stream::Impl {
     ++stats.device_probes;
     plan.local = true;
     plan.device_probe = true;
+    plan.exit_threshold.reset();
     plan.cut = device_cut;
     plan.jpeg_quality = 0;
     plan.encoding_name = "local";
@@ -603,7 +635,7 @@ struct Stream::Impl {
                           "; this stream holds no whole model on the device (memory budget)");
       return;
     }
-    if (on_device && !alt && lane && lane->idle()) {
+    if (on_device && !alt && lane && lane->idle() && !p.plan.exit_threshold) {
       // The whole frame on the local lane; the loop stays free for replies and probes.
       const std::string reason = local_reason(p.plan);
       if (hand_to_lane(frame, std::move(p), reason, /*planned=*/true)) ++stats.lane_planned;
@@ -627,16 +659,23 @@ struct Stream::Impl {
       return;
     }
     Clock::time_point t_pre, t_head;
+    at::Tensor exit_logits;
+    const bool with_exits = p.plan.exit_threshold && !alt && head_cut > 0 && !exit_heads.empty() &&
+                            exit_heads.front().cut <= head_cut;
+    bool continued_from_exit = true;  // the head went on from the last exit's cut
     try {
       ComputeToken::Hold hold(token, cfg.priority, p.due);
       set_threads(threads);
       // A head's graph is built the first time its cut is chosen: not part of its time (a cold
       // first run would tell the device-load estimate the device is many times slower than it is).
       if (head_cut > 0) graph->prepare(head_cut);
+      if (with_exits) prepare_exits(*graph, head_cut);
       t_pre = Clock::now();
       torch::NoGradGuard no_grad;
       if (head_cut == 0) {
         p.crossing = {input};
+      } else if (with_exits) {
+        exit_logits = run_with_exits(p, *graph, head_cut, input, &continued_from_exit);
       } else {
         p.crossing = graph->run_head(head_cut, input);
       }
@@ -646,7 +685,21 @@ struct Stream::Impl {
       emit_failure(p, std::string("head failed: ") + e.what());
       return;
     }
-    p.head_ms = ms_between(t_pre, t_head);
+    p.head_ms = ms_between(t_pre, t_head) - p.exit_ms;
+    if (p.exit_left >= 0) {
+      // The frame left at an exit: finished here, nothing sent.
+      link.note_busy(t_begin);
+      const ExitRunner& x = exit_heads[static_cast<size_t>(p.exit_left)];
+      note_head_time(x.cut, p.head_ms, x.profiled_head_ms);
+      char why[128];
+      std::snprintf(why, sizeof why, "exit %s: confidence %.3f >= %g", x.position.c_str(),
+                    p.exit_confidences.back(), *p.plan.exit_threshold);
+      const at::Tensor flat = exit_logits.contiguous().reshape({-1});
+      auto top = partitioner::top_k(flat.data_ptr<float>(), static_cast<size_t>(flat.numel()),
+                                    static_cast<size_t>(cfg.top_k));
+      emit(record(p, std::move(top), "exit", why), p);
+      return;
+    }
     if (alt) {
       // The device's load from any member's head; per-cut corrections are the reference's.
       frames_without_head = 0;
@@ -654,7 +707,8 @@ struct Stream::Impl {
         device_load.add_head_time(p.head_ms, p.plan.profiled_head_ms);
         note_load_sample(p.head_ms / p.plan.profiled_head_ms);
       }
-    } else if (head_cut > 0) {
+    } else if (head_cut > 0 && continued_from_exit) {
+      // (A head that ran again from the input after the exits is not the profiled head.)
       note_head_time(head_cut, p.head_ms, p.plan.profiled_head_ms);
     }
     if (on_device) {
@@ -758,6 +812,224 @@ struct Stream::Impl {
     if (image8) *image8 = std::move(resized).value();
     p.preprocess_ms = ms_between(t0, Clock::now());
     return input;
+  }
+
+  // ----- early exits -----
+
+  // An exit head through LibTorch's frozen-graph inference passes (oneDNN where this LibTorch has
+  // it), as the model's parts run; kept as it is when the optimized module does not give what the
+  // plain one gives on a probe input (within 1e-3 of 1 + the output's largest magnitude).
+  static torch::jit::Module optimized_exit(const torch::jit::Module& plain,
+                                           const std::vector<int64_t>& shape) {
+    torch::jit::Module frozen = torch::jit::freeze(plain);
+    torch::jit::Module fast = torch::jit::optimize_for_inference(frozen);
+    torch::NoGradGuard no_grad;
+    const at::Tensor probe = torch::linspace(0, 2, c10::multiply_integers(shape)).reshape(shape);
+    const at::Tensor want = const_cast<torch::jit::Module&>(plain).forward({probe}).toTensor();
+    const at::Tensor got = fast.forward({probe}).toTensor();
+    const double scale = 1 + want.abs().max().item<double>();
+    const bool agrees =
+        got.sizes() == want.sizes() && (got - want).abs().max().item<double>() <= 1e-3 * scale;
+    return agrees ? fast : plain;
+  }
+
+  // Reads cfg.exits_path and the heads it names; checks that they were trained on this model and
+  // maps each to the profile's cut of its name (load() checks the model's).
+  Status load_exit_heads() {
+    auto set = profiles::load_exits(cfg.exits_path);
+    if (!set.ok()) return set.status();
+    if (set->model_digest != digest) {
+      return invalid_argument("the exit heads of " + cfg.exits_path + " were trained on model " +
+                              set->model_digest + ", not on " + cfg.model_path + " (" + digest +
+                              "): train exits for this model with models/train_exits.py");
+    }
+    const double whole_ms = profile ? profile->cuts.back().head.median_ms : 0;
+    for (const profiles::ExitHead& h : set->exits) {
+      ExitRunner r;
+      r.position = h.position;
+      r.cut_name = h.cut_name;
+      r.input_shape = h.input_shape;
+      if (profile) {
+        for (const auto& c : profile->cuts) {
+          if (c.name != h.cut_name) continue;
+          r.cut = c.id;
+          r.profiled_head_ms = c.head.median_ms;
+        }
+        if (r.cut < 0) {
+          return invalid_argument("exit " + h.position + " of " + cfg.exits_path + " reads cut \"" +
+                                  h.cut_name + "\", which profile " + profile_path +
+                                  " does not list: profile the model with that cut "
+                                  "(edgesplit-inspect lists the model's cuts)");
+        }
+      }
+      try {
+        r.module = torch::jit::load(h.module_path);
+        r.module.eval();
+        if (device.engine != partitioner::Engine::kPlain) {
+          r.module = optimized_exit(r.module, h.input_shape);
+        }
+      } catch (const std::exception& e) {
+        std::string what = e.what();
+        what = what.substr(0, what.find('\n'));
+        return invalid_argument("cannot load exit head " + h.module_path + ": " + what);
+      }
+      // Until load() measures it: the whole model's time in proportion to the multiply-adds.
+      r.ms = set->backbone_macs > 0
+                 ? whole_ms * static_cast<double>(h.macs) / static_cast<double>(set->backbone_macs)
+                 : 0;
+      exit_heads.push_back(std::move(r));
+    }
+    exit_set = std::move(set).value();
+    return Status();
+  }
+
+  // With the model loaded: maps each exit to the model's cut of its name, checks the tensor it
+  // reads, and measures the exit head on this device (the median of 9 runs after 2 warm-ups).
+  Status attach_exits() {
+    int previous = -1;
+    for (ExitRunner& x : exit_heads) {
+      int id = -1;
+      for (const auto& c : model->cuts()) {
+        if (c.name == x.cut_name) id = c.id;
+      }
+      if (id < 0) {
+        return invalid_argument("exit " + x.position + " of " + cfg.exits_path + " reads cut \"" +
+                                x.cut_name +
+                                "\", which the model does not have (edgesplit-inspect lists its "
+                                "cuts)");
+      }
+      const partitioner::CutPoint& cut = model->cut(id);
+      if (cut.tensors.size() != 1 || cut.tensors[0].shape != x.input_shape) {
+        return invalid_argument("exit " + x.position + " of " + cfg.exits_path +
+                                " takes a tensor of another shape than cut \"" + x.cut_name +
+                                "\" carries (the model's input size differs from training?)");
+      }
+      if (id <= previous) {
+        return invalid_argument(cfg.exits_path + " must list its exits in the model's order");
+      }
+      previous = id;
+      x.cut = id;
+      try {
+        c10::InferenceMode inference;
+        const at::Tensor zeros = torch::zeros(x.input_shape, torch::kFloat32);
+        std::vector<double> times;
+        for (int i = 0; i < 11; ++i) {
+          const auto t0 = Clock::now();
+          (void)x.module.forward({zeros});
+          if (i >= 2) times.push_back(ms_between(t0, Clock::now()));
+        }
+        std::nth_element(times.begin(), times.begin() + 4, times.end());
+        x.ms = times[4];
+      } catch (const std::exception& e) {
+        std::string what = e.what();
+        what = what.substr(0, what.find('\n'));
+        return invalid_argument("exit head " + x.position + " of " + cfg.exits_path +
+                                " failed on a tensor of its input shape: " + what);
+      }
+    }
+    return Status();
+  }
+
+  // The scheduler over the stream's members (and the exits' options when the exits are mapped).
+  Status build_scheduler() {
+    std::vector<partitioner::FamilyMemberPlans> members;
+    members.push_back({reference_name, &*profile, 0, 0, true, {}});
+    for (const Alternate& a : alternates) {
+      members.push_back({a.member.name,
+                         &a.profile,
+                         a.member.accuracy->drop_pp,
+                         a.member.accuracy->high_pp,
+                         true,
+                         {}});
+    }
+    if (exit_set && !exit_heads.empty() && exit_heads.front().cut >= 0) {
+      std::vector<int> cuts;
+      std::vector<double> ms;
+      for (const ExitRunner& x : exit_heads) {
+        cuts.push_back(x.cut);
+        ms.push_back(x.ms);
+      }
+      // A fixed plan pins its threshold among the table's; the scheduler chooses among the
+      // thresholds given (every one of the table by default).
+      const std::vector<double> offered =
+          cfg.cut.empty() ? cfg.exit_thresholds : std::vector<double>{};
+      exit_notes.clear();
+      auto options = partitioner::exit_options(*exit_set, *profile, cuts, ms, offered,
+                                               scheduler_options.accuracy_confidence, &exit_notes);
+      if (!options.ok()) return options.status();
+      members.front().exits = std::move(options).value();
+    }
+    auto sched = partitioner::Scheduler::create_family(members, scheduler_options);
+    if (!sched.ok()) return sched.status();
+    scheduler = std::move(sched).value();
+    return Status();
+  }
+
+  // Builds what a frame with exits runs up to `head_cut` (the heads and the parts between the
+  // exits' cuts), so that the first such frame does not pay for it in its time.
+  void prepare_exits(const partitioner::ModelGraph& graph, int head_cut) const {
+    int at = 0;
+    for (const ExitRunner& x : exit_heads) {
+      if (x.cut > head_cut) break;
+      if (at == 0) {
+        graph.prepare(x.cut);
+      } else if (graph.can_run_between(at, x.cut)) {
+        graph.prepare_between(at, x.cut);
+      }
+      at = x.cut;
+    }
+    if (at > 0 && at < head_cut && graph.can_run_between(at, head_cut)) {
+      graph.prepare_between(at, head_cut);
+    }
+  }
+
+  // Runs the head of `head_cut` with the exits on the way: the model's head up to the first
+  // exit's cut, its exit head, and so on; at the first exit whose max softmax reaches the
+  // threshold the frame leaves (p.exit_left, and its logits are returned), else the head goes on
+  // from the last exit's cut to `head_cut` (p.crossing). Where the device holds no part between
+  // two cuts (a memory bound keeps only heads) the next part runs from the input
+  // (*continued = false). A threshold of 1 or more never lets a frame leave.
+  at::Tensor run_with_exits(PendingFrame& p, const partitioner::ModelGraph& graph, int head_cut,
+                            const at::Tensor& input, bool* continued) {
+    const double threshold = *p.plan.exit_threshold;
+    std::vector<at::Tensor> x;
+    int at = 0;
+    *continued = true;
+    for (size_t i = 0; i < exit_heads.size(); ++i) {
+      ExitRunner& e = exit_heads[i];
+      if (e.cut > head_cut) break;
+      if (at == 0) {
+        x = graph.run_head(e.cut, input);
+      } else if (graph.can_run_between(at, e.cut)) {
+        x = graph.run_between(at, e.cut, x);
+      } else {
+        x = graph.run_head(e.cut, input);
+        *continued = false;
+      }
+      at = e.cut;
+      const auto t0 = Clock::now();
+      at::Tensor logits;
+      {
+        c10::InferenceMode inference;  // as the model's parts run (their tensors are such)
+        logits = e.module.forward({x.at(0)}).toTensor();
+      }
+      const double confidence = max_softmax(logits);
+      p.exit_ms += ms_between(t0, Clock::now());
+      p.exit_confidences.push_back(confidence);
+      if (threshold < 1 && confidence >= threshold) {
+        p.exit_left = static_cast<int>(i);
+        return logits;
+      }
+    }
+    if (at == head_cut) {
+      p.crossing = std::move(x);
+    } else if (graph.can_run_between(at, head_cut)) {
+      p.crossing = graph.run_between(at, head_cut, x);
+    } else {
+      p.crossing = graph.run_head(head_cut, input);
+      *continued = false;
+    }
+    return at::Tensor();
   }
 
   // A head (or the whole model) ran: the per-cut error first, at the load the plan was made with,
@@ -958,6 +1230,19 @@ struct Stream::Impl {
       r.link_share = link_share;
     }
     r.max_latency_ms = latency_bound();
+    if (p.plan.exit_threshold) {
+      FrameRecord::ExitRecord e;
+      e.threshold = *p.plan.exit_threshold;
+      e.confidences = p.exit_confidences;
+      e.ms = p.exit_ms;
+      if (p.exit_left >= 0) {
+        const ExitRunner& x = exit_heads.at(static_cast<size_t>(p.exit_left));
+        e.position = x.position;
+        e.cut = x.cut;
+        e.cut_name = x.cut_name;
+      }
+      r.exit = std::move(e);
+    }
     return r;
   }
 
@@ -969,9 +1254,11 @@ struct Stream::Impl {
     // what every plan's latency adds (Conditions::frame_overhead_ms).
     std::optional<double> overhead;
     if (r.completed == "local" && p.lane_reason.empty()) {
-      overhead = r.latency_ms - p.head_ms - r.local_tail_ms.value_or(0);
+      overhead = r.latency_ms - p.head_ms - p.exit_ms - r.local_tail_ms.value_or(0);
+    } else if (r.completed == "exit") {
+      overhead = r.latency_ms - p.head_ms - p.exit_ms;
     } else if (r.completed == "server") {
-      overhead = r.latency_ms - p.head_ms - p.pack_ms - ms_between(p.sent, now);
+      overhead = r.latency_ms - p.head_ms - p.exit_ms - p.pack_ms - ms_between(p.sent, now);
     }
     if (overhead) {
       overheads.push_back(std::max(0.0, *overhead));
@@ -1087,6 +1374,11 @@ Result<std::unique_ptr<Stream>> Stream::create(const StreamConfig& config,
     }
   }
 
+  if (!config.exits_path.empty()) {
+    Status exits = s.load_exit_heads();
+    if (!exits.ok()) return fail(exits);
+  }
+
   if (s.profile) {
     partitioner::SchedulerOptions so = config.scheduler;
     // The window the stream keeps (Stream::load sets the same): the pipelined period's floor.
@@ -1098,15 +1390,19 @@ Result<std::unique_ptr<Stream>> Stream::create(const StreamConfig& config,
       if (!power.ok()) return fail(power.status());
       so.power = *power;
     }
-    std::vector<partitioner::FamilyMemberPlans> members;
-    members.push_back({s.reference_name, &*s.profile, 0, 0, true});
-    for (const Impl::Alternate& a : s.alternates) {
-      members.push_back({a.member.name, &a.profile, a.member.accuracy->drop_pp,
-                         a.member.accuracy->high_pp, true});
+    s.scheduler_options = so;
+    Status built = s.build_scheduler();
+    if (!built.ok()) return fail(built);
+    for (const std::string& note : s.exit_notes) s.log(note);
+    if (s.exit_set && so.accuracy_confidence > 0) {
+      bool paired = true;
+      for (const auto& l : s.exit_set->cascade) paired = paired && l.lost && l.gained;
+      if (!paired) {
+        s.log("the exits' table " + config.exits_path +
+              " has top-1s but no paired counts: their losses are judged at the widest interval "
+              "those allow (every frame that leaves counted as changed)");
+      }
     }
-    auto sched = partitioner::Scheduler::create_family(members, so);
-    if (!sched.ok()) return fail(sched.status());
-    s.scheduler = std::move(sched).value();
     if (so.constraints.max_accuracy_drop_pp && so.accuracy_confidence > 0 &&
         !s.scheduler->accuracy_intervals_known()) {
       s.log("profile " + s.profile_path +
@@ -1175,6 +1471,15 @@ Status Stream::load(int retain_cut, int threads) {
       for (const auto& c : s.model->cuts()) s.cut_ids.push_back(c.id);
     }
   }
+  if (s.model && !s.exit_heads.empty()) {
+    Status attached = s.attach_exits();
+    if (!attached.ok()) return Status(attached.code(), who + attached.message());
+    // Planned again with the exit heads' measured times.
+    if (s.scheduler) {
+      Status built = s.build_scheduler();
+      if (!built.ok()) return Status(built.code(), who + built.message());
+    }
+  }
   if (s.scheduler) s.scheduler->set_max_head_cut(s.retain_cut);
 
   if (!s.cfg.cut.empty()) {
@@ -1228,10 +1533,11 @@ Status Stream::load(int retain_cut, int threads) {
       f.encode = found->encoding.encode_options();
       f.encoding_name = found->encoding.name();
     }
+    if (!s.exit_heads.empty()) f.exit_threshold = s.cfg.exit_thresholds.at(0);
     s.fixed = f;
     if (s.scheduler) {
       // Pinned: the scheduler predicts for the fixed plan when the profile has it.
-      Status pinned = s.scheduler->pin(f.cut, f.encoding_name);
+      Status pinned = s.scheduler->pin(f.cut, f.encoding_name, 0, f.exit_threshold);
       if (!pinned.ok()) s.scheduler.reset();
     }
     if (s.model && (f.local || s.model->can_run_head(f.cut))) {
@@ -1251,6 +1557,16 @@ Status Stream::load(int retain_cut, int threads) {
       at::Tensor zeros = torch::zeros(s.info.input_shape, torch::kFloat32);
       auto crossing = s.model->run_head(s.retain_cut, zeros);
       if (s.model->can_run_tail(s.retain_cut)) (void)s.model->run_tail(s.retain_cut, crossing);
+      // With exits, the parts between their cuts and on to the fixed plan's cut (or the deepest
+      // kept one) too, passing every exit (a threshold of 1 lets no frame leave).
+      const int exit_cut = s.fixed && !s.fixed->local ? s.fixed->cut : s.retain_cut;
+      if (!s.exit_heads.empty() && exit_cut >= s.exit_heads.front().cut) {
+        s.prepare_exits(*s.model, exit_cut);
+        PendingFrame warm;
+        warm.plan.exit_threshold = 1.0;
+        bool continued = true;
+        (void)s.run_with_exits(warm, *s.model, exit_cut, zeros, &continued);
+      }
     } catch (const std::exception& e) {
       return internal_error(who + "the model failed its warm-up run: " + e.what());
     }
@@ -1405,8 +1721,13 @@ std::string Stream::goal() const {
       enc += "+" + packing::lossless_name(s.cfg.encode.lossless);
     }
     const bool local = s.cfg.cut == "device" || s.cfg.cut == "local";
-    return local ? "fixed plan: every frame on the device"
-                 : "fixed plan: cut " + s.cfg.cut + " " + enc + " (no objective, no bounds)";
+    const std::string exits =
+        s.cfg.exits_path.empty()
+            ? ""
+            : ", early exits at threshold " + number_text(s.cfg.exit_thresholds.at(0));
+    return local
+               ? "fixed plan: every frame on the device" + exits
+               : "fixed plan: cut " + s.cfg.cut + " " + enc + exits + " (no objective, no bounds)";
   }
   const auto& k = s.cfg.scheduler.constraints;
   std::string out = std::string("objective ") +
@@ -1434,6 +1755,7 @@ std::string Stream::goal() const {
   if (s.cfg.scheduler.objective == partitioner::Objective::kData) {
     out += "; the data objective runs frames on the device (0 bytes) unless a bound rules it out";
   }
+  if (!s.cfg.exits_path.empty()) out += "; plans with and without early exits";
   return out;
 }
 
@@ -1516,11 +1838,28 @@ void Stream::ready(double startup_s) {
               {"predicted_latency_ms", round3(d.predicted.latency_ms)},
               {"predicted_bytes", round3(d.plan.local ? 0 : d.predicted.bytes)}};
     if (!d.feasible) plan["explanation"] = d.explanation;
+    if (d.plan.exit_threshold) {
+      plan["exit_threshold"] = *d.plan.exit_threshold;
+      plan["predicted_exit_rate"] = round3(d.predicted.exit_rate);
+    }
     if (s.family()) {
       plan["member"] =
           d.plan.member == 0 ? s.reference_name : s.alternate(d.plan.member)->member.name;
     }
     j["initial_plan"] = plan;
+  }
+  if (s.exit_set) {
+    json heads = json::array();
+    for (const auto& x : s.exit_heads) {
+      heads.push_back({{"position", x.position},
+                       {"cut", x.cut},
+                       {"cut_name", x.cut_name},
+                       {"ms", round3(x.ms)}});
+    }
+    json thresholds = json::array();
+    for (const auto& l : s.exit_set->cascade) thresholds.push_back(l.threshold);
+    j["exits"] = {{"file", s.cfg.exits_path}, {"heads", heads}, {"thresholds", thresholds}};
+    if (s.fixed && s.fixed->exit_threshold) j["exits"]["threshold"] = *s.fixed->exit_threshold;
   }
   j["priority"] = s.cfg.priority;
   if (s.cfg.fps > 0) j["fps"] = s.cfg.fps;

@@ -18,10 +18,14 @@ softmax decides an exit.
 Writes into --out, per exit, NAME_exit_POSITION.pt (TorchScript: the backbone's N x C x H x W tensor
 after POSITION in, N x classes logits out) and NAME_exit_POSITION.json (backbone digest, position,
 input shape, multiply-adds, training, test top-1, threshold table), and NAME_exits.json: the cascade
-per threshold (leave at the first exit whose max softmax reaches it, else run the whole model).
+per threshold (leave at the first exit whose max softmax reaches it, else run the whole model),
+with the test images the cascade gets wrong where the whole model is right (lost) and the other
+way round (gained), for paired intervals of its loss.
 
   /usr/bin/python3 models/train_exits.py --model resnet56 --out models/exits
   /usr/bin/python3 models/train_exits.py --model resnet56 --limit 500 --epochs 1 --out /tmp/x
+  /usr/bin/python3 models/train_exits.py --model resnet56 --rescore --out models/exits
+                 (the heads in --out scored again, their tables rewritten, no training)
 """
 
 import argparse
@@ -265,19 +269,25 @@ def cascade_table(exit_probs, final_logits, labels, cost_at):
     whole model ("backbone"); the fraction leaving at each and their top-1, overall top-1 and mean
     multiply-adds. cost_at[name]: the backbone up to the exit plus every head up to this one."""
     steps = list(exit_probs.items()) + [("backbone", F.softmax(final_logits, 1))]
+    backbone_right = final_logits.argmax(1) == labels
     rows = []
     for t in THRESHOLDS:
         remaining, row = torch.ones(len(labels), dtype=torch.bool), {"threshold": t, "exits": {}}
-        correct = macs = 0
+        right = torch.zeros(len(labels), dtype=torch.bool)
+        macs = 0
         for name, probs in steps:
             confidence, predicted = probs.max(1)
             leave = remaining & ((confidence >= t) | (name == "backbone"))
             count, hits = int(leave.sum()), int((predicted[leave] == labels[leave]).sum())
             row["exits"][name] = {"fraction": count / len(labels),
                                   "top1": hits / count if count else None}
-            correct, macs = correct + hits, macs + cost_at[name] * count
+            right |= leave & (predicted == labels)
+            macs += cost_at[name] * count
             remaining &= ~leave
-        row.update(top1=correct / len(labels), macs_mean=macs / len(labels))
+        # Paired against the whole model on the same images: what the cascade loses and gains.
+        row.update(top1=int(right.sum()) / len(labels), macs_mean=macs / len(labels),
+                   lost=int((backbone_right & ~right).sum()),
+                   gained=int((~backbone_right & right).sum()))
         rows.append(row)
     return rows
 
@@ -293,6 +303,52 @@ def write_json(path, obj):
     os.replace(path + ".tmp", path)
 
 
+def rescore(args, spec, digest, stages, positions):
+    """Scores the exported heads in args.out on the test images again and rewrites the threshold
+    tables of their JSON and of NAME_exits.json (the rest of the files is kept)."""
+    path = os.path.join(args.out, f"{spec['name']}_exits.json")
+    with open(path) as f:
+        exits = json.load(f)
+    if exits["model_digest"] != digest:
+        sys.exit(f"error: {path} was made for another backbone")
+    try:
+        test_images, test_labels = spec["load"]("test", args.limit, args.seed)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: cannot read the {args.model} data: {e}")
+    test_feats, test_logits = extract(stages, spec["to_input"], test_images, positions,
+                                      torch.float32, True)
+    y_test = torch.from_numpy(test_labels)
+    exit_probs, metas, cost_at, heads_so_far = {}, {}, {}, 0
+    for name in positions:
+        head_path = os.path.join(args.out, f"{spec['name']}_exit_{name}")
+        with open(head_path + ".json") as f:
+            metas[name] = json.load(f)
+        logits = predict(torch.jit.load(head_path + ".pt"), test_feats[name])
+        exit_probs[name] = F.softmax(logits, 1)
+        macs = metas[name]["macs"]
+        heads_so_far += macs
+        cost_at[name] = metas[name]["backbone_macs_to_position"] + heads_so_far
+        alone = cascade_table({name: exit_probs[name]}, test_logits, y_test,
+                              {name: metas[name]["backbone_macs_to_position"] + macs,
+                               "backbone": exits["backbone_macs"] + macs})
+        metas[name]["thresholds"] = [
+            {"threshold": r["threshold"], "exit_fraction": r["exits"][name]["fraction"],
+             "exit_top1": r["exits"][name]["top1"], "with_backbone_top1": r["top1"],
+             "with_backbone_macs_mean": r["macs_mean"], "lost": r["lost"], "gained": r["gained"]}
+            for r in alone]
+        write_json(head_path + ".json", metas[name])
+    cost_at["backbone"] = exits["backbone_macs"] + heads_so_far
+    cascade = cascade_table(exit_probs, test_logits, y_test, cost_at)
+    for row in cascade:
+        row["macs_ratio"] = row["macs_mean"] / exits["backbone_macs"]
+    exits["cascade"] = cascade
+    write_json(path, exits)
+    for row in cascade:
+        print(f"threshold {row['threshold']:.2f}: top-1 {row['top1']:.4f}, "
+              f"lost {row['lost']}, gained {row['gained']}")
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), required=True)
@@ -304,6 +360,9 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2,
                         help="CPU threads (results are reproducible for a fixed thread count)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="no training: score the heads already in --out on the test images "
+                             "again and rewrite their threshold tables")
     args = parser.parse_args()
     if args.epochs < 1 or (args.limit is not None and args.limit < 10):
         parser.error("--epochs must be at least 1 and --limit at least 10")
@@ -320,6 +379,8 @@ def main():
     stages, positions = spec["stages"](backbone), list(spec["heads"])
     cumulative = stage_macs(stages, backbone, spec["input_shape"])
     full_macs = cumulative[stages[-1][0]]
+    if args.rescore:
+        return rescore(args, spec, digest, stages, positions)
     try:
         train_images, train_labels = spec["load"]("train", args.limit, args.seed)
         test_images, test_labels = spec["load"]("test", args.limit, args.seed)
@@ -377,7 +438,8 @@ def main():
                                "backbone": full_macs + head_macs[name]})
         tables[name] = [{"threshold": r["threshold"], "exit_fraction": r["exits"][name]["fraction"],
                          "exit_top1": r["exits"][name]["top1"], "with_backbone_top1": r["top1"],
-                         "with_backbone_macs_mean": r["macs_mean"]} for r in alone]
+                         "with_backbone_macs_mean": r["macs_mean"], "lost": r["lost"],
+                         "gained": r["gained"]} for r in alone]
         write_json(path + ".json", {
             "format_version": 1, "model_name": spec["name"], "model_digest": digest,
             "position": name, "cut": spec["cuts"][name],

@@ -361,6 +361,7 @@ struct ModelGraph::Impl {
   mutable std::mutex mutex;
   mutable std::map<int, CutFunctions> cache;
   mutable std::map<int, std::shared_ptr<SideFunction>> plain_tails;  // run_tail_differentiable
+  mutable std::map<std::pair<int, int>, std::shared_ptr<SideFunction>> betweens;  // run_between
   // Retain::kHeadsUpTo: the processed graph is gone; only the cached heads of cuts
   // 0..retained_cut remain.
   bool released = false;
@@ -460,6 +461,14 @@ struct ModelGraph::Impl {
   std::shared_ptr<SideFunction> build_head(int cut, bool optimize = true) const {
     const CutSite& site = sites.at(static_cast<size_t>(cut));
     return build({input}, 0, site.position, site.crossing, "head_" + std::to_string(cut), optimize);
+  }
+
+  // The part of the model from cut `from`'s crossing tensors to cut `to`'s.
+  std::shared_ptr<SideFunction> build_between(int from, int to) const {
+    const CutSite& a = sites.at(static_cast<size_t>(from));
+    const CutSite& b = sites.at(static_cast<size_t>(to));
+    return build(a.crossing, a.position, b.position, b.crossing,
+                 "between_" + std::to_string(from) + "_" + std::to_string(to));
   }
 
   std::shared_ptr<SideFunction> build_tail(int cut, bool optimize = true) const {
@@ -1273,6 +1282,33 @@ at::Tensor ModelGraph::run_tail_differentiable(int cut,
   EDGESPLIT_CHECK_EQ(stack.size(), size_t{1});
   if (side->num_outputs == 1) return stack[0].toTensor();
   return stack[0].toTuple()->elements().at(0).toTensor();
+}
+
+bool ModelGraph::can_run_between(int from, int to) const {
+  return has_cut(from) && has_cut(to) && from <= to && !impl_->released;
+}
+
+void ModelGraph::prepare_between(int from, int to) const {
+  EDGESPLIT_CHECK(can_run_between(from, to));
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  auto& slot = impl_->betweens[{from, to}];
+  if (slot) return;
+  slot = impl_->build_between(from, to);
+  Impl::compile(*slot);
+}
+
+std::vector<at::Tensor> ModelGraph::run_between(int from, int to,
+                                                const std::vector<at::Tensor>& crossing) const {
+  EDGESPLIT_CHECK(can_run_between(from, to));
+  EDGESPLIT_CHECK_EQ(crossing.size(), impl_->cuts[static_cast<size_t>(from)].tensors.size());
+  if (from == to) return crossing;
+  prepare_between(from, to);
+  std::shared_ptr<SideFunction> side;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    side = impl_->betweens.at({from, to});
+  }
+  return Impl::run_side(*side, crossing.data(), crossing.size());
 }
 
 at::Tensor ModelGraph::run(const at::Tensor& input) const {

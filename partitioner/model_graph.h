@@ -191,6 +191,15 @@ class ModelGraph {
   // (the Fisher information of the output with respect to the crossing tensor) differentiate.
   // Only with Retain::kAll. The graph is built on first use and kept.
   at::Tensor run_tail_differentiable(int cut, const std::vector<at::Tensor>& crossing) const;
+  // Runs the part of the model between two cuts: from cut `from`'s crossing tensors (what
+  // run_head(from) gives) to cut `to`'s, so that run_head(from) then run_between(from, to) gives
+  // what run_head(to) gives (bit for bit with Engine::kPlain; within float tolerance otherwise).
+  // An early exit reads the crossing tensors of its cut and the frame then goes on from there.
+  // Only with Retain::kAll and from <= to (can_run_between); built on first use and kept.
+  bool can_run_between(int from, int to) const;
+  std::vector<at::Tensor> run_between(int from, int to,
+                                      const std::vector<at::Tensor>& crossing) const;
+  void prepare_between(int from, int to) const;  // builds it now rather than on first use
   // Runs the processed whole graph through the engine (with Engine::kPlain, what head then tail
   // reproduce bit for bit in fp32; with kOptimized, within float tolerance). Only with
   // Retain::kAll.

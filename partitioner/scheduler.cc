@@ -73,8 +73,8 @@ double value_of(const PlanMetrics& m, Constraint k) {
   switch (k) {
     case Constraint::kAccuracyDrop:
       return m.accuracy_drop_pp;
-    case Constraint::kLatency:
-      return m.latency_ms;
+    case Constraint::kLatency:  // per frame: the frames that do not leave at an exit
+      return std::max(m.latency_ms, m.latency_slowest_ms);
     case Constraint::kFps:
       return m.fps;
     case Constraint::kBytes:
@@ -345,6 +345,39 @@ Result<Scheduler> Scheduler::create_family(const std::vector<FamilyMemberPlans>&
     s.plans_.push_back(std::move(local));
     s.costs_.push_back(c);
   }
+  // Early-exit variants of member 0's plans, last.
+  const size_t plain_plans = s.plans_.size();
+  for (const ExitOption& o : members.front().exits) {
+    bool ok = o.threshold >= 0 && o.threshold <= 1 && !o.stages.empty() &&
+              o.min_cut <= o.max_cut && std::isfinite(o.drop_point_pp) &&
+              std::isfinite(o.drop_high_pp);
+    double rate = 0;
+    for (size_t i = 0; i < o.stages.size() && ok; ++i) {
+      const ExitStage& st = o.stages[i];
+      ok = st.rate >= 0 && st.head_ms >= 0 && st.exit_ms >= 0 && std::isfinite(st.head_ms) &&
+           std::isfinite(st.exit_ms) && (i == 0 || st.cut_id > o.stages[i - 1].cut_id);
+      rate += st.rate;
+    }
+    if (!ok || !(rate <= 1 + 1e-9)) {
+      return invalid_argument(
+          "an exit option needs a threshold in [0, 1], exits at rising cuts with times >= 0, "
+          "rates >= 0 that sum to at most 1, min_cut <= max_cut and finite losses");
+    }
+    for (size_t i = 0; i < plain_plans; ++i) {
+      const PlanCost& base = s.costs_[i];
+      if (base.member != 0 || base.cut_id < o.min_cut || base.cut_id > o.max_cut) continue;
+      Plan p = s.plans_[i];
+      p.index = static_cast<int>(s.plans_.size());
+      p.exit_threshold = o.threshold;
+      for (const ExitStage& st : o.stages) p.exit_cuts.push_back(st.cut_id);
+      PlanCost c = base;
+      c.exit_stages = o.stages;
+      c.accuracy_drop_point_pp += o.drop_point_pp;
+      c.accuracy_drop_pp += upper ? o.drop_high_pp : o.drop_point_pp;
+      s.plans_.push_back(std::move(p));
+      s.costs_.push_back(std::move(c));
+    }
+  }
   s.apply_constraints();
   return s;
 }
@@ -410,12 +443,19 @@ Status Scheduler::set_constraints(const Constraints& constraints) {
   return Status();
 }
 
-Status Scheduler::pin(int cut_id, const std::string& encoding_name, int member) {
+Status Scheduler::pin(int cut_id, const std::string& encoding_name, int member,
+                      std::optional<double> exit_threshold) {
   std::string names;
   bool cut_found = false;
+  bool exit_found = false;
   for (const Plan& p : plans_) {
     if (p.cut_id != cut_id || p.member != member) continue;
     cut_found = true;
+    if (p.exit_threshold.has_value() != exit_threshold.has_value() ||
+        (exit_threshold && std::fabs(*p.exit_threshold - *exit_threshold) > 1e-9)) {
+      continue;
+    }
+    exit_found = true;
     if (p.local || p.encoding_name == encoding_name) {
       pinned_ = p.index;
       return Status();
@@ -426,6 +466,10 @@ Status Scheduler::pin(int cut_id, const std::string& encoding_name, int member) 
     return not_found("the profile has no cut " + std::to_string(cut_id) + " (cuts 0.." +
                      std::to_string(profile_cut_ids_.at(static_cast<size_t>(member)).back()) + ")");
   }
+  if (!exit_found) {
+    return not_found("cut " + std::to_string(cut_id) + " has no plan with an exit threshold of " +
+                     (exit_threshold ? number(*exit_threshold) : std::string("none")));
+  }
   return not_found("cut " + std::to_string(cut_id) + " has no encoding \"" + encoding_name +
                    "\" in the profile (it has " + names + ")");
 }
@@ -434,6 +478,51 @@ Status Scheduler::pin(int cut_id, const std::string& encoding_name, int member) 
 // Cost model
 
 PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
+  PlanMetrics m = predict_plan(k, c);
+  m.latency_slowest_ms = m.latency_ms;
+  if (k.exit_stages.empty()) return m;
+  // A frame leaving at exit i: the head up to its cut and the exit heads up to i, on the device.
+  // The others: every exit head, then the plan (the head goes on from the last exit's cut).
+  const double head_factor = k.head_correction * c.device_load;
+  double exits_ms = 0;  // the exit heads so far
+  double leave = 0;     // fraction of frames that leave
+  double leave_ms = 0;  // their device time, weighted by their fractions
+  for (const ExitStage& st : k.exit_stages) {
+    exits_ms += st.exit_ms * c.device_load;
+    leave += st.rate;
+    leave_ms += st.rate * (st.head_ms * head_factor + exits_ms);
+  }
+  const double stay = std::max(0.0, 1.0 - leave);
+  const auto go_on = [stay](double v) { return stay > 0 ? stay * v : 0.0; };
+  const DevicePower& pw = options_.power;
+  m.latency_slowest_ms = m.latency_ms + exits_ms;
+  m.latency_ms = leave_ms + leave * c.frame_overhead_ms + go_on(m.latency_slowest_ms);
+  m.energy_j = pw.compute_watts * leave_ms * 1e-3 +
+               go_on(m.energy_j + pw.compute_watts * exits_ms * 1e-3);
+  m.head_ms = leave_ms + go_on(m.head_ms + exits_ms);
+  m.pack_ms = go_on(m.pack_ms);
+  m.transfer_ms = go_on(m.transfer_ms);
+  m.rtt_ms = go_on(m.rtt_ms);
+  m.queue_ms = go_on(m.queue_ms);
+  m.unpack_ms = go_on(m.unpack_ms);
+  m.tail_ms = go_on(m.tail_ms);
+  m.bytes = go_on(m.bytes);
+  m.server_ms = go_on(m.server_ms);
+  m.cost = go_on(m.cost);
+  if (k.local) {
+    m.period_ms = m.head_ms;
+  } else {
+    m.period_ms = std::max({m.head_ms + m.pack_ms, m.transfer_ms, m.tail_ms + m.unpack_ms});
+    if (options_.in_flight > 0) {
+      m.period_ms = std::max(m.period_ms, m.latency_ms / options_.in_flight);
+    }
+  }
+  m.fps = m.period_ms > 0 ? 1000.0 / m.period_ms : kInf;
+  m.exit_rate = leave;
+  return m;
+}
+
+PlanMetrics Scheduler::predict_plan(const PlanCost& k, const Conditions& c) const {
   const DevicePower& pw = options_.power;
   PlanMetrics m;
   m.head_ms = k.head_ms * k.head_correction * c.device_load;
@@ -619,12 +708,14 @@ bool Scheduler::comfortably_feasible(const PlanEstimate& e) const {
 std::string Scheduler::describe(int plan) const {
   const Plan& p = plans_[static_cast<size_t>(plan)];
   const std::string member = members() > 1 ? member_name(p.member) + "'s " : "";
+  const std::string exits =
+      p.exit_threshold ? " with early exits at threshold " + number(*p.exit_threshold) : "";
   if (p.local) {
     return (member.empty() ? "the " : member) + "device-only plan (cut " +
-           std::to_string(p.cut_id) + ")";
+           std::to_string(p.cut_id) + ")" + exits;
   }
   return member + "cut " + std::to_string(p.cut_id) + " \"" + p.cut_name + "\" with " +
-         p.encoding_name;
+         p.encoding_name + exits;
 }
 
 Decision Scheduler::decide(const Conditions& conditions) {

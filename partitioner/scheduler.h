@@ -2,7 +2,8 @@
 // cut, from a profile (what each plan costs on this hardware) and the current Conditions (what the
 // estimators measure), under the user's objective and constraints. Every (cut, encoding) of the
 // profile is a plan, plus the device-only plan (the last cut); each decision evaluates all of them
-// with the cost model of DESIGN.md. Free of LibTorch.
+// with the cost model of DESIGN.md. Plans may also carry early exits (ExitOption): a frame that an
+// exit head on the device is confident about leaves there. Free of LibTorch.
 #pragma once
 
 #include <array>
@@ -130,6 +131,10 @@ struct Plan {
   double profiled_head_ms = 0;    // to feed DeviceLoadEstimator with the measured head time
   double profiled_server_ms = 0;  // unpack + tail: to fill Exchange::profiled_server_ms
   double bytes = 0;               // bytes_mean from the profile
+  // An early-exit variant of the plan (ExitOption): its threshold and the cuts of the exits a
+  // frame passes on the device, rising. Unset: no exit (every plan create() makes).
+  std::optional<double> exit_threshold;
+  std::vector<int> exit_cuts;
 };
 
 // A plan's predicted costs under some Conditions. Latency = head + pack + transfer + rtt + queue
@@ -153,6 +158,13 @@ struct PlanMetrics {
   double accuracy_drop_pp = 0;        // what the bound is checked against (see accuracy_confidence)
   double accuracy_drop_point_pp = 0;  // the profile's point estimate
   double device_memory_mb = 0;
+  // Early exits: the fraction of frames predicted to leave at an exit (0 without), and the
+  // latency of a frame that does not (what max_latency_ms is checked against: the bound holds
+  // per frame, as max_bytes does, checked against the bytes of a frame that goes on). Without
+  // exits latency_slowest_ms = latency_ms; with them latency_ms and every other value above are
+  // expectations over the frames that leave and those that go on.
+  double exit_rate = 0;
+  double latency_slowest_ms = 0;
 };
 
 // A plan evaluated under some Conditions against the scheduler's objective and constraints.
@@ -183,6 +195,29 @@ struct Decision {
   std::array<int, kConstraintCount> excluded_by{};
 };
 
+// Early exits on the device at one threshold (profiles/exits.h as the scheduler sees it): the
+// exits a frame passes, each with the fraction of all frames that leave there. Every plan of
+// member 0 whose cut lies in [min_cut, max_cut] (the device-only plan included) gets a variant
+// with them: a frame leaving at exit i costs the model's head up to that exit's cut and the exit
+// heads up to i, and is finished on the device (nothing sent); the others run every exit head and
+// then the plan as it is (the head continues from the last exit's cut). The variant loses the
+// plan's points plus the cascade's against the whole model (the sum of the upper ends with
+// accuracy_confidence > 0: conservative, as for family members).
+struct ExitStage {
+  int cut_id = 0;
+  double head_ms = 0;  // the model's head up to this exit's cut (profiled)
+  double exit_ms = 0;  // the exit head itself
+  double rate = 0;     // fraction of all frames that leave here
+};
+struct ExitOption {
+  double threshold = 0;
+  std::vector<ExitStage> stages;  // cuts rising
+  int min_cut = 0;                // the plans' cuts it applies to
+  int max_cut = 0;
+  double drop_point_pp = 0;  // the cascade's top-1 loss against the whole model
+  double drop_high_pp = 0;   // ... its upper end at the scheduler's accuracy_confidence
+};
+
 // A member of a model family (profiles/family.h) as the scheduler sees it: its profile (what its
 // plans cost and lose against its own fp32) and what its own fp32 loses against the family's
 // reference on the same images (the family table's paired drop). A plan's loss against the
@@ -194,6 +229,9 @@ struct FamilyMemberPlans {
   double drop_point_pp = 0;
   double drop_high_pp = 0;  // upper end at the scheduler's accuracy_confidence
   bool remote = true;       // false: only its device-only plan (no server serves it)
+  // Early-exit options (member 0's only; ignored for the others). Their variants come after
+  // every other plan, so the indices of those do not depend on them.
+  std::vector<ExitOption> exits;
 };
 
 // The plan chooser. Holds the profile's plans, the options and the hysteresis state (the current
@@ -218,8 +256,10 @@ class Scheduler {
   Decision decide(const Conditions& conditions);
 
   // Pins a plan (baselines, debugging): `encoding_name` as Encoding::name(); for the last cut
-  // (device-only) it is ignored. kNotFound with the available names when there is no such plan.
-  Status pin(int cut_id, const std::string& encoding_name, int member = 0);
+  // (device-only) it is ignored. With `exit_threshold`, the plan's early-exit variant at that
+  // threshold. kNotFound with the available names when there is no such plan.
+  Status pin(int cut_id, const std::string& encoding_name, int member = 0,
+             std::optional<double> exit_threshold = std::nullopt);
   void unpin() { pinned_.reset(); }
   // Forgets the current plan: the next decision takes the best plan without hysteresis.
   void forget_current() {
@@ -313,6 +353,7 @@ class Scheduler {
     bool excluded = false;       // exclude(): the server refused it
     bool beyond_budget = false;  // set_max_head_cut(): the device does not hold this head
     int cut_id = 0;
+    std::vector<ExitStage> exit_stages;  // an early-exit variant's exits (empty: none)
     // Violations of the constraints that do not depend on conditions (accuracy, bytes, memory),
     // recomputed when the constraints change.
     std::array<double, kConstraintCount> static_violations{};
@@ -327,6 +368,8 @@ class Scheduler {
   Scheduler() = default;
   void apply_constraints();
   PlanMetrics predict(const PlanCost& cost, const Conditions& c) const;
+  // The plan without its exits (predict() then takes the exits into account).
+  PlanMetrics predict_plan(const PlanCost& cost, const Conditions& c) const;
   void judge(const PlanCost& cost, PlanEstimate& e) const;
   double primary(const PlanMetrics& m) const;
   // Improvement of `best` over `current`: relative in the objective when `best` is feasible;

@@ -732,3 +732,31 @@ TEST_CASE("config: a stream's start and latency steps") {
   CHECK(contains(config_error(one_stream(R"(, "cut": "3", "latency_steps": [[0, 10]])")),
                  "leave out the fixed cut"));
 }
+
+TEST_CASE("early exits: the exits file and thresholds from flags and keys") {
+  auto c = parse_device_config(
+      one_stream(R"(, "exits": "exits/m_exits.json", "exit_threshold": [0.8, 0.9])"), "/b");
+  REQUIRE(c.ok());
+  CHECK(c->streams[0].exits_path == "/b/exits/m_exits.json");
+  CHECK(c->streams[0].exit_thresholds == std::vector<double>{0.8, 0.9});
+  c = parse_device_config(one_stream(R"(, "exits": "e.json", "cut": "3", "exit_threshold": 0.9)"),
+                          "/b");
+  REQUIRE(c.ok());
+  CHECK(c->streams[0].exit_thresholds == std::vector<double>{0.9});
+  CHECK(contains(config_error(one_stream(R"(, "exits": "e.json", "exit_threshold": 1.5)")),
+                 "\"exit_threshold\""));
+  CHECK(contains(config_error(one_stream(R"(, "exit_threshold": 0.9)")), "--exits"));
+  CHECK(contains(config_error(one_stream(R"(, "exits": "e.json", "cut": "3")")),
+                 "needs one threshold"));
+  auto f = flags({"--model", "m.pt", "--input", "in", "--exits", "e.json", "--exit-threshold",
+                  "0.5,0.95"});
+  REQUIRE(f.ok());
+  CHECK(f->config.streams[0].exits_path == "e.json");
+  CHECK(f->config.streams[0].exit_thresholds == std::vector<double>{0.5, 0.95});
+  CHECK(contains(flags_error({"--model", "m.pt", "--input", "in", "--exits", "e.json",
+                              "--exit-threshold", "0.9x"}),
+                 "is not a threshold"));
+  CHECK(contains(flags_error({"--model", "m.pt", "--input", "in", "--exits", "e.json", "--cut",
+                              "device", "--exit-threshold", "0.8,0.9"}),
+                 "needs one threshold"));
+}

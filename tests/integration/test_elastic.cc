@@ -2,9 +2,12 @@
 // under a real CPU contender (busy processes on the device's core) it moves to a smaller member
 // and back when the contender leaves; a server started with --family serves every member, and the
 // device sends frames of any member to it. Needs ../shared (the CIFAR-10 ResNets); skipped without.
-// And early-exit heads trained on a few hundred images learn something (models/train_exits.py).
+// And early-exit heads trained on a few hundred images learn something (models/train_exits.py);
+// a device with the default model's exit (models/exits/) finishes confident frames there, each
+// with the exit head's own class, and the others as a run without exits does.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -259,5 +262,147 @@ TEST_CASE("early-exit heads trained on a few hundred Fashion-MNIST images learn 
   json meta;
   std::ifstream(dir / "exits" / "fashion_mnist_cnn_exit_res1.json") >> meta;
   CHECK(meta["training"].contains("seconds"));
+  fs::remove_all(dir);
+}
+
+namespace {
+
+fs::path default_exits() {
+  return source_dir() / "models" / "exits" / "fashion_mnist_cnn_exits.json";
+}
+
+// The frame lines of a device run on the sample images with `extra` arguments, by source.
+std::map<std::string, json> device_frames(const fs::path& dir, const std::string& name,
+                                          const std::vector<std::string>& extra, json* summary) {
+  std::vector<std::string> argv = {bin("edgesplit-device"),    "--model",
+                                   default_model().string(),   "--input",
+                                   default_samples().string(), "--json"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  const fs::path out = dir / (name + ".out"), err = dir / (name + ".err");
+  const int rc = run_to_end(argv, out, err);
+  INFO(name << ": " << read_file(err));
+  CHECK(rc == 0);
+  std::map<std::string, json> frames;
+  for (const json& j : lines_of(out)) {
+    if (j.value("type", "") == "frame") frames[j["source"].get<std::string>()] = j;
+    if (j.value("type", "") == "summary" && summary) *summary = j;
+  }
+  CHECK(frames.size() == sample_count());
+  return frames;
+}
+
+int top_class(const json& frame) { return frame["top"].at(0)["index"].get<int>(); }
+
+}  // namespace
+
+TEST_CASE(
+    "early exits on the device: confident frames leave with the exit's class - the rest as "
+    "without") {
+  const fs::path dir = scratch("exit-device");
+  const std::vector<std::string> local = {"--cut", "device"};
+  const std::vector<std::string> exits = {"--cut", "device", "--exits", default_exits().string()};
+  const auto plain = device_frames(dir, "plain", local, nullptr);
+  // At threshold 0 every frame leaves at the exit: its class is the exit head's own.
+  auto with = [&](const std::string& t) {
+    std::vector<std::string> a = exits;
+    a.insert(a.end(), {"--exit-threshold", t});
+    return a;
+  };
+  const auto all = device_frames(dir, "all", with("0"), nullptr);
+  for (const auto& [source, f] : all) {
+    CHECK(f["completed"] == "exit");
+    CHECK(f["exit"]["position"] == "res1");
+    CHECK(f["exit"]["cut_name"] == "res1.relu");
+    CHECK(f["exit"]["cut"] == 6);
+  }
+  json summary;
+  const auto some = device_frames(dir, "some", with("0.9"), &summary);
+  size_t left = 0, differ = 0;
+  for (const auto& [source, f] : some) {
+    CAPTURE(source);
+    REQUIRE(f.contains("exit"));
+    const double confidence = f["exit"]["confidences"].at(0).get<double>();
+    if (f["completed"] == "exit") {
+      ++left;
+      CHECK(confidence >= 0.9);
+      CHECK(top_class(f) == top_class(all.at(source)));
+      CHECK(f["bytes_sent"] == 0);
+    } else {
+      CHECK(f["completed"] == "local");
+      CHECK(confidence < 0.9);
+      CHECK(top_class(f) == top_class(plain.at(source)));
+    }
+    differ += top_class(all.at(source)) != top_class(plain.at(source));
+  }
+  // Some frames leave, some go on; the summary counts them.
+  CHECK(left > 0);
+  CHECK(left < some.size());
+  CHECK(summary["exits"]["left"] == left);
+  CHECK(summary["exits"]["at"]["res1"] == left);
+  CHECK(summary["exits"]["planned"] == some.size());
+  MESSAGE(left << " of " << some.size() << " sample frames left at the exit at 0.9; the exit alone "
+               << "disagrees with the whole model on " << differ);
+  // A threshold of 1 never lets a frame leave.
+  const auto none = device_frames(dir, "none", with("1"), &summary);
+  for (const auto& [source, f] : none) {
+    CHECK(f["completed"] == "local");
+    CHECK(top_class(f) == top_class(plain.at(source)));
+  }
+  CHECK(summary["exits"]["left"] == 0);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("early exits with a server: frames that do not leave go on to the cut and are sent") {
+  const fs::path dir = scratch("exit-server");
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string()}));
+  const std::vector<std::string> remote = {
+      "--server", server.endpoint(), "--cut", "down2.2", "--bits", "8", "--require-server"};
+  const auto plain = device_frames(dir, "plain", remote, nullptr);
+  std::vector<std::string> exits = remote;
+  exits.insert(exits.end(), {"--exits", default_exits().string(), "--exit-threshold", "0.9"});
+  json summary;
+  const auto some = device_frames(dir, "exits", exits, &summary);
+  size_t left = 0;
+  for (const auto& [source, f] : some) {
+    CAPTURE(source);
+    if (f["completed"] == "exit") {
+      ++left;
+      CHECK(f["bytes_sent"] == 0);
+    } else {
+      CHECK(f["completed"] == "server");
+      CHECK(f["bytes_sent"].get<int64_t>() > 0);
+      CHECK(top_class(f) == top_class(plain.at(source)));
+    }
+  }
+  CHECK(left > 0);
+  CHECK(left < some.size());
+  CHECK(summary["on_server"] == some.size() - left);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("early exits: the wrong model's exits or a fixed plan without a threshold are refused") {
+  const fs::path dir = scratch("exit-errors");
+  const fs::path out = dir / "out", err = dir / "err";
+  const std::string other = (source_dir() / "models/exits/resnet56_cifar10_exits.json").string();
+  int rc = run_to_end({bin("edgesplit-device"), "--model", default_model().string(), "--input",
+                       default_samples().string(), "--exits", other},
+                      out, err);
+  CHECK(rc == 2);
+  std::string said = read_file(err);
+  CHECK(said.find("were trained on model") != std::string::npos);
+  CHECK(std::count(said.begin(), said.end(), '\n') == 1);
+  rc = run_to_end(
+      {bin("edgesplit-device"), "--model", default_model().string(), "--input",
+       default_samples().string(), "--cut", "device", "--exits", default_exits().string()},
+      out, err);
+  CHECK(rc == 2);
+  CHECK(read_file(err).find("--exit-threshold") != std::string::npos);
+  rc = run_to_end(
+      {bin("edgesplit-device"), "--model", default_model().string(), "--input",
+       default_samples().string(), "--exits", default_exits().string(), "--exit-threshold", "0.85"},
+      out, err);
+  CHECK(rc == 2);
+  CHECK(read_file(err).find("is not in") != std::string::npos);
   fs::remove_all(dir);
 }

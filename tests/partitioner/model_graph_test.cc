@@ -284,6 +284,42 @@ TEST_CASE("Retain::kHeadsUpTo keeps only the heads it needs and their weights") 
   CHECK(bad.status().code() == StatusCode::kInvalidArgument);
 }
 
+TEST_CASE("run_between: the head of one cut then the part to a later cut is that cut's head") {
+  // The default model (in the repository): what an early exit reads and where the frame goes on.
+  const fs::path path = source_dir() / "models" / "default" / "fashion_mnist_cnn.pt";
+  torch::manual_seed(11);
+  const at::Tensor input = torch::randn({1, 1, 28, 28});
+  for (const auto engine :
+       {edgesplit::partitioner::Engine::kPlain, edgesplit::partitioner::Engine::kOptimized}) {
+    LoadOptions options = shape({1, 1, 28, 28});
+    options.engine = engine;
+    auto g = load_ok(path, options);
+    const int last = g->device_cut();
+    for (int from = 1; from <= last; ++from) {
+      const auto crossing = g->run_head(from, input);
+      for (int to = from; to <= last; ++to) {
+        CAPTURE(from);
+        CAPTURE(to);
+        REQUIRE(g->can_run_between(from, to));
+        const auto between = g->run_between(from, to, crossing);
+        const auto direct = g->run_head(to, input);
+        REQUIRE(between.size() == direct.size());
+        if (engine == edgesplit::partitioner::Engine::kPlain) {
+          CHECK(torch::equal(between[0], direct[0]));
+        } else {
+          CHECK(torch::allclose(between[0], direct[0], 1e-4, 1e-4));
+        }
+      }
+    }
+    CHECK_FALSE(g->can_run_between(3, 2));
+  }
+  // Only the heads kept: nothing between cuts.
+  LoadOptions heads = shape({1, 1, 28, 28});
+  heads.retain = edgesplit::partitioner::Retain::kHeadsUpTo;
+  heads.retain_cut = 8;
+  CHECK_FALSE(load_ok(path, heads)->can_run_between(2, 6));
+}
+
 TEST_CASE("heads and tails run concurrently from several threads") {
   auto path = test_model("tiny_cnn.pt");
   if (path.empty()) {

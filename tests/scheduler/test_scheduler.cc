@@ -2,9 +2,13 @@
 // constraints hold, bandwidth/load/queue changes move the plan, noise does not (hysteresis),
 // infeasible constraints fall back visibly, pinning, the Pareto front, device descriptions.
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <random>
 #include <set>
@@ -14,7 +18,10 @@
 #include "partitioner/clock.h"
 #include "partitioner/cut_table.h"
 #include "partitioner/estimators.h"
+#include "partitioner/exit_plans.h"
 #include "partitioner/scheduler.h"
+#include "profiles/accuracy_interval.h"
+#include "profiles/exits.h"
 #include "profiles/profile.h"
 #include "tests/scheduler/profile_util.h"
 
@@ -145,6 +152,19 @@ Scheduler make(const Profile& p, SchedulerOptions o = {}) {
   return std::move(s).value();
 }
 
+constexpr std::array<Objective, 6> kObjectives = {Objective::kLatency, Objective::kThroughput,
+                                                  Objective::kEnergy,  Objective::kData,
+                                                  Objective::kCost,    Objective::kAccuracy};
+
+// Random conditions without a server queue: no link one time in ten, else 0.1 to 800 Mbit/s.
+Conditions random_conditions(std::mt19937& rng) {
+  std::uniform_real_distribution<double> u(0, 1);
+  const double mbps = u(rng) < 0.1 ? 0 : std::exp(std::log(0.1) + 9 * u(rng));
+  const double rtt = 50 * u(rng);
+  const double device_load = 0.5 + 3 * u(rng);
+  return conditions(mbps, rtt, 0, device_load, 0.5 + 3 * u(rng));
+}
+
 // The best plan for fresh conditions, without hysteresis.
 Decision fresh(Scheduler& s, const Conditions& c) {
   s.forget_current();
@@ -220,6 +240,69 @@ double brute_violation(const BruteMetrics& m, const Constraints& c) {
 
 bool close(double a, double b) {
   return std::fabs(a - b) <= 1e-9 * std::max({1.0, std::fabs(a), std::fabs(b)});
+}
+
+// The lowest latency among `feasible` plans whose objective lies within objective_tolerance of
+// the best one (`best`).
+double fastest_in_band(const std::vector<BruteMetrics>& feasible, double best,
+                       const SchedulerOptions& o) {
+  const double band = best + o.objective_tolerance * std::fabs(best);
+  double fastest = std::numeric_limits<double>::infinity();
+  for (const BruteMetrics& m : feasible) {
+    if (brute_objective(m, o.objective) <= band * (1 + 1e-12) + 1e-12) {
+      fastest = std::min(fastest, m.latency);
+    }
+  }
+  return fastest;
+}
+
+// What a brute force saw: the best feasible objective, the least violation, the feasible plans.
+struct BruteSearch {
+  double best = std::numeric_limits<double>::infinity();
+  double least = std::numeric_limits<double>::infinity();
+  std::vector<BruteMetrics> feasible;
+  void add(const BruteMetrics& m, double violation, Objective objective) {
+    if (violation == 0) {
+      best = std::min(best, brute_objective(m, objective));
+      feasible.push_back(m);
+    }
+    least = std::min(least, violation);
+  }
+};
+
+// Calls f(cut, encoding index) for every plan of `p` available under `c` (encoding -1: the
+// device-only plan).
+template <typename F>
+void for_each_plan(const Profile& p, const Conditions& c, F f) {
+  for (size_t cut = 0; cut < p.cuts.size(); ++cut) {
+    const bool last = cut + 1 == p.cuts.size();
+    if (last) {
+      f(cut, -1);
+      continue;
+    }
+    if (c.bandwidth_mbps <= 0) continue;
+    for (size_t e = 0; e < p.cuts[cut].encodings.size(); ++e) f(cut, static_cast<int>(e));
+  }
+}
+
+// The decision's predictions against the brute force's.
+void check_predictions(const PlanMetrics& p, const BruteMetrics& m) {
+  CHECK(close(p.latency_ms, m.latency));
+  CHECK(close(p.energy_j, m.energy));
+  CHECK(close(p.fps, m.fps));
+  CHECK(close(p.cost, m.cost));
+  CHECK(close(p.server_ms, m.server));
+  CHECK(close(p.bytes, m.bytes));
+}
+
+// The index of a plan's encoding in its cut's profile (-1 for the device-only plan).
+int encoding_index(const Profile& p, const Plan& plan) {
+  if (plan.local) return -1;
+  const CutProfile& k = p.cuts[static_cast<size_t>(plan.cut_id)];
+  for (size_t e = 0; e < k.encodings.size(); ++e) {
+    if (k.encodings[e].encoding.name() == plan.encoding_name) return static_cast<int>(e);
+  }
+  return -2;
 }
 
 struct Simulation {
@@ -325,9 +408,7 @@ TEST_CASE("the latency breakdown adds up and follows DESIGN.md's cost model") {
 TEST_CASE("the choice equals brute force for every objective (random profiles and conditions)") {
   std::mt19937 rng(12345);
   std::uniform_real_distribution<double> u(0, 1);
-  const Objective objectives[] = {Objective::kLatency, Objective::kThroughput,
-                                  Objective::kEnergy,  Objective::kData,
-                                  Objective::kCost,    Objective::kAccuracy};
+  const auto& objectives = kObjectives;
   int feasible_cases = 0;
   int infeasible_cases = 0;
   for (int trial = 0; trial < 480; ++trial) {
@@ -352,53 +433,27 @@ TEST_CASE("the choice equals brute force for every objective (random profiles an
       const Decision d = fresh(s, c);
       // Brute force: the best feasible objective, else the least violation; then the lowest
       // latency among the feasible plans within objective_tolerance of the best objective.
-      double best = std::numeric_limits<double>::infinity();
-      double least = std::numeric_limits<double>::infinity();
-      std::vector<BruteMetrics> feasible;
-      for (size_t cut = 0; cut < p.cuts.size(); ++cut) {
-        const bool last = cut + 1 == p.cuts.size();
-        const int n = last ? 1 : static_cast<int>(p.cuts[cut].encodings.size());
-        for (int e = 0; e < n; ++e) {
-          if (!last && c.bandwidth_mbps <= 0) continue;
-          const BruteMetrics m = brute_metrics(p, cut, last ? -1 : e, c, o);
-          const double v = brute_violation(m, o.constraints);
-          if (v == 0) {
-            best = std::min(best, brute_objective(m, o.objective));
-            feasible.push_back(m);
-          }
-          least = std::min(least, v);
-        }
-      }
+      BruteSearch b;
+      for_each_plan(p, c, [&](size_t cut, int e) {
+        const BruteMetrics m = brute_metrics(p, cut, e, c, o);
+        b.add(m, brute_violation(m, o.constraints), o.objective);
+      });
+      const double best = b.best, least = b.least;
+      const std::vector<BruteMetrics>& feasible = b.feasible;
       const double band = best + o.objective_tolerance * std::fabs(best);
-      double fastest_in_band = std::numeric_limits<double>::infinity();
-      for (const BruteMetrics& m : feasible) {
-        if (brute_objective(m, o.objective) <= band * (1 + 1e-12) + 1e-12) {
-          fastest_in_band = std::min(fastest_in_band, m.latency);
-        }
-      }
       // The chosen plan, recomputed by the brute force.
       const size_t cut = static_cast<size_t>(d.plan.cut_id);
-      int enc = -1;
-      if (!d.plan.local) {
-        for (size_t e = 0; e < p.cuts[cut].encodings.size(); ++e) {
-          if (p.cuts[cut].encodings[e].encoding.name() == d.plan.encoding_name)
-            enc = static_cast<int>(e);
-        }
-        REQUIRE(enc >= 0);
-      }
+      const int enc = encoding_index(p, d.plan);
+      REQUIRE(enc >= -1);
       const BruteMetrics m = brute_metrics(p, cut, enc, c, o);
       INFO("trial " << trial << " objective " << objective_name(o.objective));
-      CHECK(close(d.predicted.latency_ms, m.latency));
-      CHECK(close(d.predicted.energy_j, m.energy));
-      CHECK(close(d.predicted.fps, m.fps));
-      CHECK(close(d.predicted.cost, m.cost));
-      CHECK(close(d.predicted.server_ms, m.server));
+      check_predictions(d.predicted, m);
       if (std::isfinite(best)) {
         ++feasible_cases;
         CHECK(d.feasible);
         CHECK(brute_violation(m, o.constraints) == 0);
         CHECK(brute_objective(m, o.objective) <= band * (1 + 1e-9) + 1e-9);
-        CHECK(close(m.latency, fastest_in_band));
+        CHECK(close(m.latency, fastest_in_band(feasible, best, o)));
         CHECK(d.binding_constraint.empty());
       } else {
         ++infeasible_cases;
@@ -450,12 +505,9 @@ TEST_CASE("a family's choice over (member - cut - encoding) equals brute force")
       CHECK(local.member == m);
     }
     for (int k = 0; k < 8; ++k) {
-      const Conditions c = conditions(u(rng) < 0.1 ? 0 : std::exp(std::log(0.1) + 9 * u(rng)),
-                                      50 * u(rng), 0, 0.5 + 3 * u(rng), 0.5 + 3 * u(rng));
+      const Conditions c = random_conditions(rng);
       const Decision d = fresh(s, c);
-      double best = std::numeric_limits<double>::infinity();
-      double least = std::numeric_limits<double>::infinity();
-      std::vector<BruteMetrics> feasible;
+      BruteSearch b;
       for (int m = 0; m < n; ++m) {
         const Profile& p = profiles[static_cast<size_t>(m)];
         for (size_t cut = 0; cut < p.cuts.size(); ++cut) {
@@ -466,49 +518,31 @@ TEST_CASE("a family's choice over (member - cut - encoding) equals brute force")
             if (!last && c.bandwidth_mbps <= 0) continue;
             BruteMetrics bm = brute_metrics(p, cut, last ? -1 : e, c, o);
             bm.drop += members[static_cast<size_t>(m)].drop_point_pp;
-            const double v = brute_violation(bm, o.constraints);
-            if (v == 0) {
-              best = std::min(best, brute_objective(bm, o.objective));
-              feasible.push_back(bm);
-            }
-            least = std::min(least, v);
+            b.add(bm, brute_violation(bm, o.constraints), o.objective);
           }
         }
       }
-      const double band = best + o.objective_tolerance * std::fabs(best);
-      double fastest_in_band = std::numeric_limits<double>::infinity();
-      for (const BruteMetrics& bm : feasible) {
-        if (brute_objective(bm, o.objective) <= band * (1 + 1e-12) + 1e-12) {
-          fastest_in_band = std::min(fastest_in_band, bm.latency);
-        }
-      }
+      const double band = b.best + o.objective_tolerance * std::fabs(b.best);
       const int member = d.plan.member;
       const Profile& p = profiles[static_cast<size_t>(member)];
       const size_t cut = static_cast<size_t>(d.plan.cut_id);
-      int enc = -1;
-      if (!d.plan.local) {
-        REQUIRE(members[static_cast<size_t>(member)].remote);
-        for (size_t e = 0; e < p.cuts[cut].encodings.size(); ++e) {
-          if (p.cuts[cut].encodings[e].encoding.name() == d.plan.encoding_name) {
-            enc = static_cast<int>(e);
-          }
-        }
-        REQUIRE(enc >= 0);
-      }
+      if (!d.plan.local) REQUIRE(members[static_cast<size_t>(member)].remote);
+      const int enc = encoding_index(p, d.plan);
+      REQUIRE(enc >= -1);
       BruteMetrics bm = brute_metrics(p, cut, enc, c, o);
       bm.drop += members[static_cast<size_t>(member)].drop_point_pp;
       INFO("trial " << trial << " objective " << objective_name(o.objective));
       CHECK(close(d.predicted.latency_ms, bm.latency));
       CHECK(close(d.predicted.accuracy_drop_pp, bm.drop));
       if (member > 0) ++other_member;
-      if (std::isfinite(best)) {
+      if (std::isfinite(b.best)) {
         ++feasible_cases;
         CHECK(d.feasible);
         CHECK(brute_objective(bm, o.objective) <= band * (1 + 1e-9) + 1e-9);
-        CHECK(close(bm.latency, fastest_in_band));
+        CHECK(close(bm.latency, fastest_in_band(b.feasible, b.best, o)));
       } else {
         CHECK_FALSE(d.feasible);
-        CHECK(close(brute_violation(bm, o.constraints), least));
+        CHECK(close(brute_violation(bm, o.constraints), b.least));
       }
     }
   }
@@ -537,9 +571,9 @@ TEST_CASE("accuracy objective: the most accurate member that meets the latency b
     return p;
   };
   const Profile full = member_profile(20), half = member_profile(10), third = member_profile(6.7);
-  std::vector<FamilyMemberPlans> members = {{"full", &full, 0, 0, false},
-                                            {"half", &half, 0.6, 1.0, false},
-                                            {"third", &third, 2.2, 2.9, false}};
+  std::vector<FamilyMemberPlans> members = {{"full", &full, 0, 0, false, {}},
+                                            {"half", &half, 0.6, 1.0, false, {}},
+                                            {"third", &third, 2.2, 2.9, false, {}}};
   SchedulerOptions o;
   o.objective = Objective::kAccuracy;
   o.accuracy_confidence = 0.95;
@@ -1174,4 +1208,374 @@ TEST_CASE("the cut table digest is stable and changes with any id - name or shap
   }
   // "1x2,3" and "1,2x3" are different tables.
   CHECK(cut_table_digest({{0, "a", {{1, 2}, {3}}}}) != cut_table_digest({{0, "a", {{1}, {2, 3}}}}));
+}
+
+// ---- Early exits ----
+
+namespace {
+
+// A random exit option for a profile: one or two exits at random inner cuts.
+ExitOption random_exit_option(const Profile& p, std::mt19937& rng) {
+  std::uniform_real_distribution<double> u(0, 1);
+  const int last = p.cuts.back().id;
+  ExitOption o;
+  o.threshold = 0.5 + 0.5 * u(rng);
+  const int stages = last >= 3 && u(rng) < 0.5 ? 2 : 1;
+  int cut = 1 + static_cast<int>(rng() % static_cast<unsigned>(std::max(1, last - 1)));
+  double left = 1;
+  for (int i = 0; i < stages && cut <= last; ++i) {
+    ExitStage st;
+    st.cut_id = cut;
+    st.head_ms = p.cuts[static_cast<size_t>(cut)].head.median_ms;
+    st.exit_ms = 2 * u(rng);
+    st.rate = left * u(rng);
+    left -= st.rate;
+    o.stages.push_back(st);
+    cut += 1 + static_cast<int>(rng() % 2);
+  }
+  o.min_cut = o.stages.back().cut_id;
+  o.max_cut = u(rng) < 0.7 ? 1 << 30 : std::max(o.min_cut, last - 1);
+  o.drop_point_pp = 2 * u(rng) - 0.3;
+  o.drop_high_pp = o.drop_point_pp + u(rng);
+  return o;
+}
+
+// The expected metrics of plan (cut, enc) with option `o`, from the frames' outcomes: a frame
+// leaving at exit i with probability rate_i costs the head up to its cut and the exit heads up to
+// i; the others every exit head and then the plan. `slowest` is the latency of a frame that
+// goes on.
+BruteMetrics brute_exit_metrics(const Profile& p, size_t cut, int enc, const Conditions& c,
+                                const SchedulerOptions& o, const ExitOption& x, double* slowest) {
+  const BruteMetrics plain = brute_metrics(p, cut, enc, c, o);
+  double exits = 0;
+  for (const ExitStage& st : x.stages) exits += st.exit_ms * c.device_load;
+  const double head_c = p.cuts[cut].head.median_ms * c.device_load;
+  double pack = 0, transfer = 0, server = 0;
+  if (enc >= 0) {
+    const EncodingProfile& e = p.cuts[cut].encodings[static_cast<size_t>(enc)];
+    pack = e.pack.median_ms;
+    transfer = e.bytes_mean / (c.bandwidth_mbps * 1e6 / 8 / 1000);
+    server = e.unpack.median_ms + p.cuts[cut].tail.median_ms * c.server_load;
+  }
+  BruteMetrics m;
+  m.memory = plain.memory;
+  m.drop = plain.drop + x.drop_point_pp;
+  double stay = 1, run = 0, device = 0;
+  for (const ExitStage& st : x.stages) {
+    run += st.exit_ms * c.device_load;
+    const double t = st.head_ms * c.device_load + run;
+    m.latency += st.rate * t;
+    m.energy += st.rate * o.power.compute_watts * t / 1000;
+    device += st.rate * t;
+    stay -= st.rate;
+  }
+  *slowest = plain.latency + exits;
+  m.latency += stay * *slowest;
+  m.energy += stay * (plain.energy + o.power.compute_watts * exits / 1000);
+  m.bytes = stay * plain.bytes;
+  m.server = stay * plain.server;
+  m.cost = stay * plain.cost;
+  device += stay * (head_c + exits);
+  m.fps = enc < 0 ? 1000 / device
+                  : 1000 / std::max({device + stay * pack, stay * transfer, stay * server});
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("exit plans: the choice equals brute force over plans with and without exits") {
+  std::mt19937 rng(4242);
+  std::uniform_real_distribution<double> u(0, 1);
+  const auto& objectives = kObjectives;
+  int feasible_cases = 0, exit_chosen = 0, plain_chosen = 0;
+  for (int trial = 0; trial < 360; ++trial) {
+    const Profile p = random_profile(rng);
+    if (p.cuts.size() < 3) continue;
+    SchedulerOptions o;
+    o.objective = objectives[trial % 6];
+    o.server_price_per_s = 0.01 + u(rng);
+    if (u(rng) < 0.4) o.constraints.max_accuracy_drop_pp = 3 * u(rng);
+    if (u(rng) < 0.4) o.constraints.max_latency_ms = 5 + 100 * u(rng);
+    if (u(rng) < 0.3) o.constraints.max_bytes = 200000 * u(rng);
+    FamilyMemberPlans only;
+    only.profile = &p;
+    const int options = 1 + static_cast<int>(rng() % 3);
+    for (int k = 0; k < options; ++k) only.exits.push_back(random_exit_option(p, rng));
+    auto created = Scheduler::create_family({only}, o);
+    REQUIRE_MESSAGE(created.ok(), created.status().to_string());
+    Scheduler s = std::move(created).value();
+    // The plans without exits keep the indices create() gives them.
+    const Scheduler plain = make(p, o);
+    for (size_t i = 0; i < plain.plans().size(); ++i) {
+      CHECK_FALSE(s.plans()[i].exit_threshold.has_value());
+      CHECK(s.plans()[i].encoding_name == plain.plans()[i].encoding_name);
+    }
+    CHECK(s.local_plan() == plain.local_plan());
+    for (int k = 0; k < 6; ++k) {
+      const Conditions c = random_conditions(rng);
+      const Decision d = fresh(s, c);
+      // Brute force over every plan and every option that applies to it.
+      BruteSearch b;
+      // The latency and bytes bounds hold per frame: for the frames that do not leave.
+      auto consider = [&](const BruteMetrics& m, double slowest, double bytes) {
+        BruteMetrics checked = m;
+        checked.latency = slowest;
+        checked.bytes = bytes;
+        b.add(m, brute_violation(checked, o.constraints), o.objective);
+      };
+      for_each_plan(p, c, [&](size_t cut, int e) {
+        const BruteMetrics m = brute_metrics(p, cut, e, c, o);
+        consider(m, m.latency, m.bytes);
+        for (const ExitOption& x : only.exits) {
+          if (static_cast<int>(cut) < x.min_cut || static_cast<int>(cut) > x.max_cut) continue;
+          double slowest = 0;
+          const BruteMetrics xm = brute_exit_metrics(p, cut, e, c, o, x, &slowest);
+          consider(xm, slowest, m.bytes);
+        }
+      });
+      const double band = b.best + o.objective_tolerance * std::fabs(b.best);
+      const double fastest = fastest_in_band(b.feasible, b.best, o);
+      // The chosen plan, recomputed.
+      const size_t cut = static_cast<size_t>(d.plan.cut_id);
+      const int enc = encoding_index(p, d.plan);
+      REQUIRE(enc >= -1);
+      BruteMetrics m = brute_metrics(p, cut, enc, c, o);
+      double slowest = m.latency;
+      const double bytes = m.bytes;
+      if (d.plan.exit_threshold) {
+        ++exit_chosen;
+        const ExitOption* x = nullptr;
+        for (const ExitOption& k : only.exits) {
+          if (k.threshold == *d.plan.exit_threshold && k.stages.size() == d.plan.exit_cuts.size() &&
+              static_cast<int>(cut) >= k.min_cut && static_cast<int>(cut) <= k.max_cut) {
+            x = &k;
+          }
+        }
+        REQUIRE(x != nullptr);
+        m = brute_exit_metrics(p, cut, enc, c, o, *x, &slowest);
+        CHECK(close(d.predicted.latency_slowest_ms, slowest));
+        CHECK(d.predicted.exit_rate > 0);
+      } else {
+        ++plain_chosen;
+      }
+      INFO("trial " << trial << " objective " << objective_name(o.objective));
+      check_predictions(d.predicted, m);
+      CHECK(close(d.predicted.accuracy_drop_pp, m.drop));
+      if (std::isfinite(b.best)) {
+        ++feasible_cases;
+        CHECK(d.feasible);
+        CHECK(brute_objective(m, o.objective) <= band * (1 + 1e-9) + 1e-9);
+        CHECK(close(m.latency, fastest));
+      } else {
+        CHECK_FALSE(d.feasible);
+        BruteMetrics checked = m;
+        checked.latency = slowest;
+        checked.bytes = bytes;
+        CHECK(close(brute_violation(checked, o.constraints), b.least));
+      }
+    }
+  }
+  CHECK(feasible_cases > 500);
+  CHECK(exit_chosen > 100);  // both kinds were chosen
+  CHECK(plain_chosen > 100);
+}
+
+TEST_CASE("an exit plan's expected latency: rate x exit path + (1 - rate) x (plan + exit head)") {
+  const Profile p = mobile_profile();
+  // One exit after features.6 (cut 2, head 30 ms), exit head 2 ms, 60% of the frames leave.
+  ExitOption x;
+  x.threshold = 0.9;
+  x.stages = {ExitStage{2, 30, 2, 0.6}};
+  x.min_cut = 2;
+  x.max_cut = 1 << 30;
+  x.drop_point_pp = 0.4;
+  x.drop_high_pp = 0.9;
+  FamilyMemberPlans only;
+  only.profile = &p;
+  only.exits = {x};
+  x.threshold = 1.0;  // never leaves
+  x.stages[0].rate = 0;
+  x.drop_point_pp = x.drop_high_pp = 0;
+  only.exits.push_back(x);
+  SchedulerOptions o;
+  o.accuracy_confidence = 0.95;
+  auto s = Scheduler::create_family({only}, o);
+  REQUIRE(s.ok());
+  const Conditions c = conditions(0);  // no link: the device-only plans
+  REQUIRE(s->pin(6, "local", 0, 0.9).ok());
+  const Decision d = s->decide(c);
+  REQUIRE(d.plan.exit_threshold.has_value());
+  CHECK(*d.plan.exit_threshold == doctest::Approx(0.9));
+  CHECK(d.plan.exit_cuts == std::vector<int>{2});
+  // 0.6 x (30 + 2) + 0.4 x (80 + 2)
+  CHECK(d.predicted.latency_ms == doctest::Approx(0.6 * 32 + 0.4 * 82));
+  CHECK(d.predicted.latency_slowest_ms == doctest::Approx(82));
+  CHECK(d.predicted.exit_rate == doctest::Approx(0.6));
+  CHECK(d.predicted.accuracy_drop_pp == doctest::Approx(0.9));        // upper end
+  CHECK(d.predicted.accuracy_drop_point_pp == doctest::Approx(0.4));  // the point
+  // A threshold of 1 never leaves: the plan plus the exit head, no loss.
+  REQUIRE(s->pin(6, "local", 0, 1.0).ok());
+  const Decision never = s->decide(c);
+  CHECK(never.predicted.latency_ms == doctest::Approx(82));
+  CHECK(never.predicted.exit_rate == 0);
+  CHECK(never.predicted.accuracy_drop_pp == doctest::Approx(0));
+  // Without an exit: as create() predicts.
+  REQUIRE(s->pin(6, "local").ok());
+  CHECK(s->decide(c).predicted.latency_ms == doctest::Approx(80));
+  CHECK_FALSE(s->pin(6, "local", 0, 0.7).ok());  // no such threshold
+  // A remote plan at cut 3 with the exit: bytes and server time scale with the frames that go on.
+  REQUIRE(s->pin(3, "q8", 0, 0.9).ok());
+  const Conditions net = conditions(100);
+  const Decision r = s->decide(net);
+  REQUIRE(s->pin(3, "q8").ok());
+  const Decision plain = s->decide(net);
+  CHECK(r.predicted.bytes == doctest::Approx(0.4 * plain.predicted.bytes));
+  CHECK(r.predicted.server_ms == doctest::Approx(0.4 * plain.predicted.server_ms));
+  CHECK(r.predicted.latency_slowest_ms == doctest::Approx(plain.predicted.latency_ms + 2));
+  CHECK(r.predicted.latency_ms ==
+        doctest::Approx(0.6 * 32 + 0.4 * (plain.predicted.latency_ms + 2)));
+  // An exit after the plan's cut does not apply: cut 1 has no exit variant.
+  CHECK_FALSE(s->pin(1, "q8", 0, 0.9).ok());
+}
+
+TEST_CASE("exit options are refused when malformed") {
+  const Profile p = mobile_profile();
+  FamilyMemberPlans only;
+  only.profile = &p;
+  ExitOption x;
+  x.threshold = 0.9;
+  x.stages = {ExitStage{2, 30, 2, 0.7}, ExitStage{3, 50, 1, 0.5}};  // rates sum to 1.2
+  x.min_cut = 3;
+  x.max_cut = 6;
+  only.exits = {x};
+  CHECK(Scheduler::create_family({only}).status().code() == StatusCode::kInvalidArgument);
+  only.exits[0].stages[1].rate = 0.3;
+  CHECK(Scheduler::create_family({only}).ok());
+  only.exits[0].stages[1].cut_id = 2;  // not rising
+  CHECK(Scheduler::create_family({only}).status().code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("exits descriptions: the shipped files read; a head of another model is refused") {
+  namespace fs = std::filesystem;
+  using edgesplit::profiles::load_exits;
+  const fs::path dir = fs::path(EDGESPLIT_SOURCE_DIR) / "models" / "exits";
+  auto fm = load_exits((dir / "fashion_mnist_cnn_exits.json").string());
+  REQUIRE_MESSAGE(fm.ok(), fm.status().to_string());
+  REQUIRE(fm->exits.size() == 1);
+  CHECK(fm->exits[0].cut_name == "res1.relu");
+  CHECK(fm->exits[0].input_shape == std::vector<int64_t>{1, 32, 14, 14});
+  CHECK(fm->test_images == 10000);
+  REQUIRE(fm->cascade.size() == 7);
+  CHECK(fm->cascade[4].threshold == doctest::Approx(0.9));
+  CHECK(fm->cascade[4].exit_rate() == doctest::Approx(0.6523));
+  auto r56 = load_exits((dir / "resnet56_cifar10_exits.json").string());
+  REQUIRE(r56.ok());
+  REQUIRE(r56->exits.size() == 2);
+  CHECK(r56->exits[1].cut_name == "layer2.8:relu");
+  CHECK(r56->cascade[4].fractions.size() == 2);
+  CHECK(r56->exits[0].alone.size() == 7);
+  CHECK(load_exits((dir / "none.json").string()).status().code() == StatusCode::kNotFound);
+  // A head trained on another model than the description says.
+  const fs::path tmp =
+      fs::path(EDGESPLIT_BINARY_DIR) / "test-scratch" / ("exits-" + std::to_string(::getpid()));
+  fs::create_directories(tmp);
+  fs::copy_file(dir / "fashion_mnist_cnn_exits.json", tmp / "fashion_mnist_cnn_exits.json");
+  std::ifstream head_in(dir / "fashion_mnist_cnn_exit_res1.json");
+  std::string head((std::istreambuf_iterator<char>(head_in)), std::istreambuf_iterator<char>());
+  head.replace(head.find("sha256:bb17"), 11, "sha256:0000");
+  std::ofstream(tmp / "fashion_mnist_cnn_exit_res1.json") << head;
+  auto other = load_exits((tmp / "fashion_mnist_cnn_exits.json").string());
+  CHECK(other.status().code() == StatusCode::kInvalidArgument);
+  CHECK(other.status().message().find("was trained on model") != std::string::npos);
+  fs::remove_all(tmp);
+}
+
+namespace {
+
+// An exits description without heads: `images` test images, the whole model right on 80%.
+edgesplit::profiles::ExitSet exits_of(int64_t images) {
+  edgesplit::profiles::ExitSet set;
+  set.path = "m_exits.json";
+  set.test_images = images;
+  set.backbone_top1 = 0.8;
+  set.backbone_macs = 1000;
+  return set;
+}
+
+}  // namespace
+
+TEST_CASE("an exit level's loss: paired counts give Newcombe's interval; without, a wider one") {
+  using namespace edgesplit::profiles;
+  const ExitSet set = exits_of(1000);
+  ExitLevel level;
+  level.threshold = 0.9;
+  level.fractions = {0.3};
+  level.top1 = 0.79;  // 10 images fewer right
+  const ExitDrop wide = exit_drop(set, level, 0.95);
+  CHECK_FALSE(wide.paired);
+  CHECK(wide.point_pp == doctest::Approx(1.0));
+  // Any pairing the marginals allow (lost - gained = 10, lost + gained <= 300) is no wider.
+  for (int64_t gained : {0, 20, 100, 145}) {
+    CAPTURE(gained);
+    level.lost = gained + 10;
+    level.gained = gained;
+    const ExitDrop paired = exit_drop(set, level, 0.95);
+    CHECK(paired.paired);
+    CHECK(paired.point_pp == doctest::Approx(1.0));
+    const DropInterval want = drop_interval(1000, gained + 10, gained, 800, 0.95);
+    CHECK(paired.high_pp == doctest::Approx(want.high_pp));
+    CHECK(wide.high_pp >= paired.high_pp - 1e-9);
+  }
+  level.lost.reset();
+  level.gained.reset();
+  CHECK(exit_drop(set, level, 0).high_pp == doctest::Approx(1.0));  // the point
+}
+
+TEST_CASE("exit options from a description: every threshold - the first exit alone - threshold 1") {
+  using namespace edgesplit::profiles;
+  ExitSet set = exits_of(10000);
+  for (int i = 0; i < 2; ++i) {
+    ExitHead h;
+    h.position = i == 0 ? "early" : "late";
+    h.backbone_macs_to_position = i == 0 ? 250 : 500;
+    h.alone = {ExitLevel{0.8, {0.4}, 0.79, {}, {}}, ExitLevel{0.9, {0.2}, 0.8, {}, {}}};
+    set.exits.push_back(h);
+  }
+  set.cascade = {ExitLevel{0.8, {0.4, 0.2}, 0.78, {}, {}},
+                 ExitLevel{0.9, {0.2, 0.1}, 0.795, {}, {}}};
+  const Profile p = mobile_profile();  // cut 2 has a head time (30 ms); the last cut 80 ms
+  Profile missing = p;
+  missing.cuts[4].head = ms(0);  // no time at cut 4
+  std::vector<std::string> notes;
+  auto all = exit_options(set, missing, {2, 4}, {1.5, 0.5}, {}, 0, &notes);
+  REQUIRE_MESSAGE(all.ok(), all.status().to_string());
+  REQUIRE(all->size() == 4);  // per threshold: both exits, and the first alone
+  const ExitOption& both = (*all)[2];
+  CHECK(both.threshold == doctest::Approx(0.9));
+  REQUIRE(both.stages.size() == 2);
+  CHECK(both.stages[0].head_ms == doctest::Approx(30));
+  CHECK(both.stages[1].head_ms == doctest::Approx(80 * 0.5));  // the multiply-adds' share
+  CHECK(both.stages[0].rate == doctest::Approx(0.2));
+  CHECK(both.stages[1].rate == doctest::Approx(0.1));
+  CHECK(both.stages[1].exit_ms == doctest::Approx(0.5));
+  CHECK(both.min_cut == 4);
+  CHECK(both.drop_point_pp == doctest::Approx(0.5));
+  const ExitOption& first = (*all)[3];
+  REQUIRE(first.stages.size() == 1);
+  CHECK(first.stages[0].rate == doctest::Approx(0.2));
+  CHECK(first.min_cut == 2);
+  CHECK(first.max_cut == 3);
+  CHECK(first.drop_point_pp == doctest::Approx(0));
+  CHECK(notes.size() == 1);
+  // Chosen thresholds: 1 never leaves; one not in the table is refused.
+  auto never = exit_options(set, p, {2, 4}, {1.5, 0.5}, {1.0}, 0, nullptr);
+  REQUIRE(never.ok());
+  for (const ExitOption& o : *never) {
+    for (const ExitStage& st : o.stages) CHECK(st.rate == 0);
+    CHECK(o.drop_point_pp == 0);
+  }
+  auto bad = exit_options(set, p, {2, 4}, {1.5, 0.5}, {0.85}, 0, nullptr);
+  CHECK(bad.status().code() == StatusCode::kInvalidArgument);
+  CHECK(exit_options(set, p, {4, 2}, {1.5, 0.5}, {}, 0, nullptr).status().code() ==
+        StatusCode::kInvalidArgument);
 }

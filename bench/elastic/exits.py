@@ -1,0 +1,135 @@
+#!/usr/bin/python3
+"""Early exits on the device: latency and top-1 with exits at a threshold against the same model
+without them, paired on the same images.
+
+    /usr/bin/python3 bench/elastic/exits.py --out DIR [--quick] [--threshold 0.9]
+
+ResNet-56 (../shared/models/resnet_cifar10) with its exit heads after layer1 and layer2
+(models/exits/resnet56_cifar10_exits.json) on the CIFAR-10 test JPEGs (../shared/data/cifar10-test,
+classes interleaved). The images are split into rounds (20: a host whose speed drifts hits both
+settings alike); each round runs both settings on its images (edgesplit-device --cut device, one
+thread, with and without --exits --exit-threshold T), alternating which goes first. Per image:
+the frame's latency (from when it is taken: preprocessing, head, exit heads, tail), its compute
+(head, exit heads, tail) and its class. Reported: mean and median latency, mean compute, the
+ratios of the means with a 95% paired bootstrap interval over images; top-1 of both, and the loss
+with Newcombe's paired interval (lost / gained images, as profiles use); the fraction of frames
+that left at each exit.
+"""
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import contention as c  # noqa: E402  (the interleaved image folder, Newcombe's interval)
+from common import ROOT, parser, shared_dir  # noqa: E402
+
+
+def run_device(binary, model, profile, images, threads, extra, save):
+    cmd = [binary, "--model", model, "--profile", profile, "--cut", "device", "--input", images,
+           "--json", "--quiet", "--threads", str(threads)] + extra
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    with open(save, "w") as f:
+        f.write(out)
+    lines = [json.loads(line) for line in out.splitlines()]
+    return {os.path.basename(j["source"]): j for j in lines if j.get("type") == "frame"}
+
+
+def bootstrap_ratio(a, b, reps=2000, seed=1):
+    """Ratio of means sum(a)/sum(b) and its 95% percentile interval, resampling paired items."""
+    rng = random.Random(seed)
+    n = len(a)
+    ratios = []
+    for _ in range(reps):
+        idx = [rng.randrange(n) for _ in range(n)]
+        ratios.append(sum(a[i] for i in idx) / sum(b[i] for i in idx))
+    ratios.sort()
+    return sum(a) / sum(b), ratios[int(0.025 * reps)], ratios[int(0.975 * reps) - 1]
+
+
+def main():
+    ap = parser(__doc__)
+    ap.add_argument("--threshold", default="0.9")
+    ap.add_argument("--per-class", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    per_class = 50 if args.quick else args.per_class
+    shared = shared_dir()
+    model = os.path.join(shared, "models", "resnet_cifar10", "resnet56_cifar10.pt")
+    profile = os.path.join(ROOT, "bench", "profiles", "cifar10", "resnet56.profile.json")
+    exits = os.path.join(ROOT, "models", "exits", "resnet56_cifar10_exits.json")
+    binary = os.path.join(args.bin_dir, "edgesplit-device")
+    os.makedirs(args.out, exist_ok=True)
+    labels = c.interleaved_images(shared, os.path.join(args.out, "all"), per_class)
+    names = sorted(labels)
+    # Rounds of disjoint images, each a folder of links.
+    rounds = []
+    for r in range(args.rounds):
+        d = os.path.join(args.out, f"round{r}")
+        os.makedirs(d, exist_ok=True)
+        for name in names[r::args.rounds]:
+            link = os.path.join(d, name)
+            if not os.path.exists(link):
+                os.symlink(os.path.realpath(os.path.join(args.out, "all", name)), link)
+        rounds.append(d)
+    base, with_exits = {}, {}
+    for r, d in enumerate(rounds):
+        order = [False, True] if r % 2 == 0 else [True, False]
+        for exits_on in order:
+            extra = ["--exits", exits, "--exit-threshold", args.threshold] if exits_on else []
+            save = os.path.join(args.out, f"round{r}-{'exits' if exits_on else 'plain'}.jsonl")
+            frames = run_device(binary, model, profile, d, args.threads, extra, save)
+            (with_exits if exits_on else base).update(frames)
+            print(f"round {r}: {'exits' if exits_on else 'plain'} {len(frames)} frames",
+                  file=sys.stderr)
+    common = sorted(set(base) & set(with_exits))
+    lat_b = [base[n]["latency_ms"] for n in common]
+    lat_e = [with_exits[n]["latency_ms"] for n in common]
+    right_b = [base[n]["top"][0]["index"] == labels[n] for n in common]
+    right_e = [with_exits[n]["top"][0]["index"] == labels[n] for n in common]
+    n = len(common)
+    lost = sum(1 for a, b in zip(right_b, right_e) if a and not b)
+    gained = sum(1 for a, b in zip(right_b, right_e) if b and not a)
+    ratio = bootstrap_ratio(lat_e, lat_b)
+    # The device's compute alone: head (+ exit heads) + local tail.
+    def compute(f):
+        return f["head_ms"] + f.get("exit", {}).get("ms", 0) + f.get("local_tail_ms", 0)
+    comp_b = [compute(base[n]) for n in common]
+    comp_e = [compute(with_exits[n]) for n in common]
+    comp_ratio = bootstrap_ratio(comp_e, comp_b)
+    at = {}
+    for name in common:
+        f = with_exits[name]
+        if f["completed"] == "exit":
+            at[f["exit"]["position"]] = at.get(f["exit"]["position"], 0) + 1
+    # Newcombe's interval of the loss (points): the upper end as profiles use, the lower from the
+    # mirrored counts.
+    high = c.newcombe_upper(n, lost, gained, sum(right_b))
+    low = -c.newcombe_upper(n, gained, lost, sum(right_e))
+    result = {
+        "model": "resnet56_cifar10", "threshold": float(args.threshold), "images": n,
+        "rounds": args.rounds, "threads": args.threads,
+        "latency_ms_mean": {"plain": sum(lat_b) / n, "exits": sum(lat_e) / n},
+        "latency_ms_median": {"plain": statistics.median(lat_b),
+                              "exits": statistics.median(lat_e)},
+        "latency_ratio": {"value": ratio[0], "low95": ratio[1], "high95": ratio[2]},
+        "compute_ms_mean": {"plain": sum(comp_b) / n, "exits": sum(comp_e) / n},
+        "compute_ratio": {"value": comp_ratio[0], "low95": comp_ratio[1],
+                          "high95": comp_ratio[2]},
+        "top1": {"plain": sum(right_b) / n, "exits": sum(right_e) / n},
+        "loss_pp": {"value": 100.0 * (lost - gained) / n, "low95": low, "high95": high,
+                    "lost": lost, "gained": gained},
+        "left_at": {k: v / n for k, v in sorted(at.items())},
+    }
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
