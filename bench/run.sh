@@ -32,6 +32,9 @@
 #   bench/run.sh elastic budget [--quick] --out DIR [--check]
 #                           at each latency bound, the family's top-1 against the best single
 #                           member meeting it (no root)
+#   bench/run.sh elastic exits [--quick] [--threshold T] --out DIR [--check]
+#                           ResNet-56 with its early exits against without, paired on the same
+#                           CIFAR-10 images: latency ratio and top-1 loss (no root)
 #   bench/run.sh batching [--quick] --out DIR [--check]
 #                           the server's dynamic batcher against batch 1 under open-loop load from
 #                           1 to 64 simulated devices at two cuts of MobileNetV2 (no root):
@@ -76,6 +79,10 @@ if [[ "${1:-}" == "elastic" ]]; then
   if [[ "${1:-}" == "budget" ]]; then
     shift
     exec "$py" "$here/elastic/budget.py" "$@"
+  fi
+  if [[ "${1:-}" == "exits" ]]; then
+    shift
+    exec "$py" "$here/elastic/exits.py" "$@"
   fi
   exec "$py" "$here/elastic/elastic_bench.py" "$@"
 fi

@@ -2,7 +2,7 @@
 """Early exits on the device: latency and top-1 with exits at a threshold against the same model
 without them, paired on the same images.
 
-    /usr/bin/python3 bench/elastic/exits.py --out DIR [--quick] [--threshold 0.9]
+    bench/run.sh elastic exits [--quick] [--threshold 0.9] --out DIR [--check]
 
 ResNet-56 (../shared/models/resnet_cifar10) with its exit heads after layer1 and layer2
 (models/exits/resnet56_cifar10_exits.json) on the CIFAR-10 test JPEGs (../shared/data/cifar10-test,
@@ -13,7 +13,9 @@ the frame's latency (from when it is taken: preprocessing, head, exit heads, tai
 (head, exit heads, tail) and its class. Reported: mean and median latency, mean compute, the
 ratios of the means with a 95% paired bootstrap interval over images; top-1 of both, and the loss
 with Newcombe's paired interval (lost / gained images, as profiles use); the fraction of frames
-that left at each exit.
+that left at each exit. Targets (bench/run.sh's contract): the upper end of the latency ratio's
+95% interval below 1, and the upper end of the loss's at most 1 point (the device's default
+bound).
 """
 
 import json
@@ -25,7 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import contention as c  # noqa: E402  (the interleaved image folder, Newcombe's interval)
-from common import ROOT, parser, shared_dir  # noqa: E402
+from common import ROOT, parser, report, shared_dir  # noqa: E402
 
 
 def run_device(binary, model, profile, images, threads, extra, save):
@@ -125,10 +127,18 @@ def main():
                     "lost": lost, "gained": gained},
         "left_at": {k: v / n for k, v in sorted(at.items())},
     }
+    # Targets: exits make the device's frames faster (the interval of the latency ratio lies
+    # below 1) within the device's default accuracy bound (the loss's upper end <= 1 point).
+    result["targets"] = {
+        "exit_latency_ratio": {"value": round(ratio[0], 3), "target": 1.0,
+                               "interval95": [round(ratio[1], 3), round(ratio[2], 3)],
+                               "pass": ratio[2] < 1.0},
+        "exit_loss_upper95": {"value": round(high, 3), "target": 1.0, "pass": high <= 1.0},
+    }
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
-    return 0
+    return report("exits", result["targets"], args.check)
 
 
 if __name__ == "__main__":
