@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include <sodium.h>
 #include <nlohmann/json.hpp>
 
 #include "profiles/accuracy_interval.h"
@@ -53,47 +54,26 @@ Result<packing::Format> parse_format_key(const std::string& s) {
                           "\" (expected quantized, fp16, fp32 or entropy)");
 }
 
-constexpr char kBase64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-// Standard base64 (RFC 4648, padded): how a coding table's bytes sit in the JSON.
+// Standard base64 (RFC 4648, padded; libsodium's): how a coding table's bytes sit in the JSON.
 std::string base64_encode(const std::vector<uint8_t>& bytes) {
-  std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4);
-  for (size_t i = 0; i < bytes.size(); i += 3) {
-    const size_t n = std::min<size_t>(3, bytes.size() - i);
-    uint32_t v = uint32_t{bytes[i]} << 16;
-    if (n > 1) v |= uint32_t{bytes[i + 1]} << 8;
-    if (n > 2) v |= bytes[i + 2];
-    for (size_t k = 0; k < 4; ++k) {
-      out += k <= n ? kBase64[(v >> (18 - 6 * k)) & 63] : '=';
-    }
-  }
+  constexpr int kVariant = sodium_base64_VARIANT_ORIGINAL;
+  std::string out(sodium_base64_encoded_len(bytes.size(), kVariant), '\0');
+  sodium_bin2base64(out.data(), out.size(), bytes.data(), bytes.size(), kVariant);
+  out.resize(out.size() - 1);  // the terminating NUL
   return out;
 }
 
-// Strict inverse of base64_encode; std::nullopt for anything else.
+// Strict inverse of base64_encode (no whitespace, padding required); std::nullopt otherwise.
 std::optional<std::vector<uint8_t>> base64_decode(const std::string& text) {
-  if (text.size() % 4 != 0) return std::nullopt;
-  std::vector<uint8_t> out;
-  out.reserve(text.size() / 4 * 3);
-  for (size_t i = 0; i < text.size(); i += 4) {
-    uint32_t v = 0;
-    int pad = 0;
-    for (size_t k = 0; k < 4; ++k) {
-      const char c = text[i + k];
-      const char* at = c == '\0' ? nullptr : std::strchr(kBase64, c);
-      if (c == '=' && i + 4 == text.size() && k >= 2) {
-        ++pad;
-        v <<= 6;
-        continue;
-      }
-      if (!at || pad > 0) return std::nullopt;
-      v = (v << 6) | static_cast<uint32_t>(at - kBase64);
-    }
-    out.push_back(static_cast<uint8_t>(v >> 16));
-    if (pad < 2) out.push_back(static_cast<uint8_t>(v >> 8));
-    if (pad < 1) out.push_back(static_cast<uint8_t>(v));
+  std::vector<uint8_t> out(text.size() / 4 * 3 + 3);
+  size_t length = 0;
+  const char* end = nullptr;
+  if (sodium_base642bin(out.data(), out.size(), text.data(), text.size(), nullptr, &length, &end,
+                        sodium_base64_VARIANT_ORIGINAL) != 0 ||
+      end != text.data() + text.size()) {
+    return std::nullopt;
   }
+  out.resize(length);
   return out;
 }
 

@@ -808,6 +808,7 @@ class Profiler {
   Status measure_codec(int id, const Encoding& e, const std::vector<at::Tensor>& crossing, int b0,
                        int n, CodecMeasure& m) {
     const auto& point = graph_->cut(id);
+    const packing::DecodeLimits limits = limits_for(e);
     std::vector<uint8_t> buf;
     std::vector<float> out;
     for (int b = b0; b < b0 + n; ++b) {
@@ -827,8 +828,8 @@ class Profiler {
         bytes += static_cast<double>(packed->size());
         out.resize(static_cast<size_t>(per));
         t0 = Clock::now();
-        Status s = packing::decode_into(packed->data(), packed->size(), out.data(), out.size(),
-                                        limits_for(e));
+        Status s =
+            packing::decode_into(packed->data(), packed->size(), out.data(), out.size(), limits);
         unpack_ms += ms_since(t0);
         if (!s.ok()) return internal_error("cannot unpack " + e.name() + ": " + s.message());
       }
@@ -846,6 +847,7 @@ class Profiler {
     Encoding raw = e;
     raw.lossless = packing::Lossless::kNone;
     const auto& point = graph_->cut(id);
+    const packing::DecodeLimits limits = limits_for(e);
     std::vector<at::Tensor> result;
     for (size_t t = 0; t < crossing.size(); ++t) {
       const at::Tensor& x = crossing[t];
@@ -861,7 +863,7 @@ class Profiler {
         }
         EDGESPLIT_RETURN_IF_ERROR(packing::decode_into(packed->data(), packed->size(),
                                                        y.data_ptr<float>() + b * per,
-                                                       static_cast<size_t>(per), limits_for(e)));
+                                                       static_cast<size_t>(per), limits));
       }
       result.push_back(std::move(y));
     }

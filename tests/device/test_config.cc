@@ -748,8 +748,8 @@ TEST_CASE("early exits: the exits file and thresholds from flags and keys") {
   CHECK(contains(config_error(one_stream(R"(, "exit_threshold": 0.9)")), "--exits"));
   CHECK(contains(config_error(one_stream(R"(, "exits": "e.json", "cut": "3")")),
                  "needs one threshold"));
-  auto f = flags({"--model", "m.pt", "--input", "in", "--exits", "e.json", "--exit-threshold",
-                  "0.5,0.95"});
+  auto f = flags(
+      {"--model", "m.pt", "--input", "in", "--exits", "e.json", "--exit-threshold", "0.5,0.95"});
   REQUIRE(f.ok());
   CHECK(f->config.streams[0].exits_path == "e.json");
   CHECK(f->config.streams[0].exit_thresholds == std::vector<double>{0.5, 0.95});
