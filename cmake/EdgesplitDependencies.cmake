@@ -19,6 +19,13 @@ find_package(Protobuf REQUIRED)
 
 # Model graph and inference.
 find_package(Torch REQUIRED)
+# Any LibTorch works through -DTorch_DIR; one built with CUDA also runs tails on a GPU
+# (edgesplit-server --device cuda:N, docs/server.md).
+if(TORCH_CUDA_LIBRARIES OR C10_CUDA_LIBRARY)
+  message(STATUS "edgesplit: LibTorch ${Torch_VERSION} with CUDA: --device cuda:N available")
+else()
+  message(STATUS "edgesplit: LibTorch ${Torch_VERSION} without CUDA: tails run on the CPU")
+endif()
 # LibTorch's intra-op threads are OpenMP threads (libgomp); the engine sets the calling thread's
 # OpenMP team size around XNNPACK graphs (partitioner/model_graph.cc). Optional.
 find_package(OpenMP COMPONENTS CXX)

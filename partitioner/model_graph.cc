@@ -77,6 +77,8 @@ struct SideFunction {
   // region; with both pools on the same cores every XNNPACK operator waits for spinning threads
   // (MobileNetV2 at 2 threads: 500 ms instead of 21 ms on this 2-core machine).
   bool serial_aten = false;
+  // Where its constants live (LoadOptions::device); inputs are moved there and outputs back.
+  std::optional<c10::Device> device;
 };
 
 #ifdef EDGESPLIT_HAVE_OPENMP
@@ -399,6 +401,10 @@ struct ModelGraph::Impl {
   // input: what each optimized side graph is checked against when it is built. Released once
   // every side graph that can be built has been.
   mutable std::unordered_map<const Value*, at::Tensor> probe_values;
+  // LoadOptions::device, parsed (none: the graphs run on the CPU as loaded), and each constant
+  // placed there, by the source tensor (kept alive beside its copy, so the key stays unique).
+  std::optional<c10::Device> target;
+  mutable std::unordered_map<const void*, std::pair<at::Tensor, at::Tensor>> device_constants;
   static constexpr size_t kMaxFailuresReported = 3;
 
   // Clones the producer of a recomputable value (and what it needs) into `g`.
@@ -448,14 +454,31 @@ struct ModelGraph::Impl {
     return make_side(g, outputs.size(), name);
   }
 
-  static std::shared_ptr<SideFunction> make_side(std::shared_ptr<Graph> g, size_t num_outputs,
-                                                 const std::string& name) {
+  std::shared_ptr<SideFunction> make_side(std::shared_ptr<Graph> g, size_t num_outputs,
+                                          const std::string& name) const {
+    if (target) place_constants(*g);
     auto side = std::make_shared<SideFunction>();
+    side->device = target;
     side->graph = g;
     side->num_outputs = num_outputs;
     side->function =
         std::make_unique<jit::GraphFunction>(name, g, nullptr, jit::ExecutorExecutionMode::SIMPLE);
     return side;
+  }
+  // Moves every constant tensor of `g` to the target device. A constant shared across side graphs
+  // (share_constants) is copied once and shared there too.
+  void place_constants(Graph& g) const {
+    for_each_node(g, [&](Node* n) {
+      auto t = constant_tensor(n);
+      if (!t || !t->defined() || t->is_mkldnn()) return;
+      const void* key = t->unsafeGetTensorImpl();
+      auto it = device_constants.find(key);
+      if (it == device_constants.end()) {
+        at::Tensor placed = t->to(*target, t->scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+        it = device_constants.emplace(key, std::make_pair(*t, placed)).first;
+      }
+      n->t_(c10::attr::value, it->second.second);
+    });
   }
 
   std::shared_ptr<SideFunction> build_head(int cut, bool optimize = true) const {
@@ -800,14 +823,37 @@ struct ModelGraph::Impl {
     c10::InferenceMode guard;
     std::optional<SerialOpenMp> serial;
     if (side.serial_aten) serial.emplace();
-    jit::Stack stack(tensors, tensors + count);
+    jit::Stack stack = to_side(side, tensors, count);
     side.function->run(stack);
+    return from_side(side, stack);
+  }
+
+  // The stack a side runs on: the tensors, moved to its device (asynchronously from pinned
+  // memory).
+  static jit::Stack to_side(const SideFunction& side, const at::Tensor* tensors, size_t count) {
+    jit::Stack stack;
+    stack.reserve(count);
+    for (size_t i = 0; i < count; ++i) {
+      if (side.device && tensors[i].device() != *side.device) {
+        stack.emplace_back(tensors[i].to(*side.device, /*non_blocking=*/tensors[i].is_pinned()));
+      } else {
+        stack.emplace_back(tensors[i]);
+      }
+    }
+    return stack;
+  }
+
+  // A side's outputs, on the CPU (the copy from a GPU waits for its work).
+  static std::vector<at::Tensor> from_side(const SideFunction& side, jit::Stack& stack) {
     EDGESPLIT_CHECK_EQ(stack.size(), size_t{1});
     std::vector<at::Tensor> out;
     if (side.num_outputs == 1) {
       out.push_back(stack[0].toTensor());
     } else {
       for (const auto& e : stack[0].toTuple()->elements()) out.push_back(e.toTensor());
+    }
+    if (side.device) {
+      for (at::Tensor& t : out) t = t.to(at::kCPU);
     }
     return out;
   }
@@ -1035,9 +1081,12 @@ std::vector<std::string> available_backends() {
 std::string EngineReport::summary() const {
   std::ostringstream os;
   os << engine_name(engine);
+  if (device != "cpu") os << " on " << device;
   if (engine == Engine::kPlain) return os.str();
   if (backend == "frozen-graph") {
-    os << " (frozen-graph folding only: this LibTorch has neither oneDNN nor XNNPACK)";
+    os << (device.rfind("cuda", 0) == 0
+               ? " (frozen-graph folding: oneDNN and XNNPACK are CPU backends)"
+               : " (frozen-graph folding only: this LibTorch has neither oneDNN nor XNNPACK)");
   } else {
     os << " (" << backend << "): ";
     if (accelerated.empty()) os << "no convolution/linear op in " << backend;
@@ -1076,6 +1125,39 @@ void set_compute_threads(int intra_op) {
   if (intra_op > 0) at::set_num_threads(intra_op);
 }
 
+bool cuda_available() { return torch::cuda::is_available(); }
+
+namespace {
+
+// LoadOptions::device as a LibTorch device this process can use, or one sentence.
+Result<c10::Device> parse_device(const std::string& text) {
+  std::optional<c10::Device> device;
+  try {
+    device = c10::Device(text);
+  } catch (const std::exception&) {
+    return invalid_argument("device '" + text + "' is not a LibTorch device: use cpu or cuda:N");
+  }
+  if (device->is_cpu()) return *device;
+  if (!device->is_cuda()) {
+    return unsupported("device '" + text + "' is not supported: use cpu or cuda:N");
+  }
+  if (!torch::cuda::is_available()) {
+    return unsupported("device '" + text +
+                       "' needs a LibTorch built with CUDA and a visible GPU; this one has "
+                       "none (Debian's LibTorch is CPU-only: see docs/server.md, GPU)");
+  }
+  const auto count = static_cast<int64_t>(torch::cuda::device_count());
+  if (device->has_index() && device->index() >= count) {
+    return invalid_argument("device '" + text + "' does not exist: this machine has " +
+                            std::to_string(count) + " GPU(s), cuda:0.." +
+                            std::to_string(count - 1));
+  }
+  if (!device->has_index()) device = c10::Device(c10::DeviceType::CUDA, 0);
+  return *device;
+}
+
+}  // namespace
+
 Result<std::shared_ptr<ModelGraph>> ModelGraph::load(const std::string& path,
                                                      const LoadOptions& options) {
   std::error_code ec;
@@ -1098,7 +1180,21 @@ Result<std::shared_ptr<ModelGraph>> ModelGraph::load(const std::string& path,
   impl->path = path;
   impl->options = options;
   impl->report.engine = options.engine;
-  if (options.engine != Engine::kPlain) {
+  if (!options.device.empty()) {
+    auto device = parse_device(options.device);
+    if (!device.ok()) return device.status();
+    impl->target = device.value();
+    impl->report.device = device.value().str();
+  }
+  if (impl->target && impl->target->is_cuda()) {
+    if (options.engine == Engine::kOneDnn || options.engine == Engine::kXnnpack) {
+      return unsupported(std::string("the ") + engine_name(options.engine) +
+                         " engine runs on the CPU only: on " + impl->report.device +
+                         " use --engine optimized or plain");
+    }
+    // oneDNN and XNNPACK are CPU backends: on a GPU the engine folds the frozen graph only.
+    if (options.engine == Engine::kOptimized) impl->report.backend = "frozen-graph";
+  } else if (options.engine != Engine::kPlain) {
     const std::vector<std::string> backends = available_backends();
     auto has = [&](const char* b) {
       return std::find(backends.begin(), backends.end(), b) != backends.end();
@@ -1246,6 +1342,8 @@ EngineReport ModelGraph::engine_report() const {
 int64_t ModelGraph::total_weight_bytes() const { return impl_->total_weight_bytes; }
 int64_t ModelGraph::retained_weight_bytes() const { return impl_->retained_weight_bytes; }
 
+bool ModelGraph::on_gpu() const { return impl_->target && impl_->target->is_cuda(); }
+
 bool ModelGraph::can_run_head(int cut) const {
   return has_cut(cut) && (!impl_->released || cut <= impl_->retained_cut);
 }
@@ -1277,11 +1375,9 @@ at::Tensor ModelGraph::run_tail_differentiable(int cut,
     if (!slot) slot = impl_->build_tail(cut, /*optimize=*/false);
     side = slot;
   }
-  jit::Stack stack(crossing.begin(), crossing.end());
+  jit::Stack stack = Impl::to_side(*side, crossing.data(), crossing.size());
   side->function->run(stack);
-  EDGESPLIT_CHECK_EQ(stack.size(), size_t{1});
-  if (side->num_outputs == 1) return stack[0].toTensor();
-  return stack[0].toTuple()->elements().at(0).toTensor();
+  return Impl::from_side(*side, stack).at(0);
 }
 
 bool ModelGraph::can_run_between(int from, int to) const {

@@ -94,6 +94,8 @@ struct EngineReport {
   // around that one): this keeps such results from reaching a user.
   std::map<std::string, int> fallbacks;
   std::vector<std::string> failures;
+  // Where the graphs run: "cpu" unless LoadOptions::device named another device.
+  std::string device = "cpu";
   // One line for logs: "optimized (onednn): 52 ops in onednn; on the default path: ...".
   std::string summary() const;
 };
@@ -127,7 +129,19 @@ struct LoadOptions {
   // layers are applied to the processed graph before its cuts are found; an input_size replaces
   // input_shape's height and width. Empty: the model itself.
   VariantSpec variant{};
+  // Where heads, tails and the whole model run. Empty: on the CPU, as loaded. A LibTorch device
+  // ("cuda:0", or "cpu"): the model is analysed on the CPU as always (cuts, shapes, engine passes),
+  // then every graph built from it holds its weights on that device; run_head/run_tail/run take
+  // CPU tensors (pinned ones are copied asynchronously) and return CPU tensors. On a GPU the
+  // engine is frozen-graph folding (oneDNN and XNNPACK are CPU backends). "cpu" takes the same
+  // path on the CPU (each graph's weights copied once more, inputs and outputs moved where they
+  // are already): what a GPU run does, short of the GPU. A device this LibTorch cannot use is a
+  // load error with one sentence.
+  std::string device{};
 };
+
+// Whether this LibTorch can run on a CUDA GPU now (built with CUDA and a GPU visible).
+bool cuda_available();
 
 class ModelGraph {
  public:
@@ -171,6 +185,9 @@ class ModelGraph {
   // The engine heads and tails run with, and what it converted (a copy: graphs built later, on
   // first use of a cut, may add fallbacks).
   EngineReport engine_report() const;
+  // Whether the graphs run on a GPU (LoadOptions::device "cuda..."): callers then stage inputs in
+  // pinned memory (at::TensorOptions::pinned_memory) so their copies are asynchronous.
+  bool on_gpu() const;
   int64_t total_weight_bytes() const;
   // Bytes of the weights this object keeps alive: total_weight_bytes() with Retain::kAll, else
   // what the retained heads use (measured on their graphs).

@@ -254,6 +254,8 @@ int main(int argc, char** argv) {
     ("threads", "LibTorch threads (0: LibTorch's default)", cxxopts::value<int>()->default_value("0"))
     ("engine", "the engine to time and score with: optimized (what device and server run by "
      "default), onednn, xnnpack or plain", cxxopts::value<std::string>()->default_value("optimized"))
+    ("device", "where heads and tails run: cpu, or cuda:N (a LibTorch with CUDA) to time a GPU "
+     "server's tails with --side server", cxxopts::value<std::string>()->default_value("cpu"))
     ("side", "which times to measure: device (head, pack), server (tail, unpack) or both",
      cxxopts::value<std::string>()->default_value("both"))
     ("merge-into", "time only --side on this machine and merge it into this profile (written "
@@ -299,6 +301,7 @@ int main(int argc, char** argv) {
   auto engine = edgesplit::partitioner::parse_engine(args["engine"].as<std::string>());
   if (!engine) return usage_error("--engine must be optimized, onednn, xnnpack or plain");
   o.engine = *engine;
+  o.device = args["device"].as<std::string>();
   if (o.batch < 1 || o.runs < 1 || o.warmup < 0 || o.threads < 0 || o.scored < 0) {
     return usage_error("--batch and --runs must be >= 1, --warmup, --threads and --scored >= 0");
   }

@@ -268,6 +268,7 @@ class Profiler {
     lo.input_shape = info_.input_shape;
     lo.engine = opt_.engine;
     lo.variant = opt_.variant;
+    if (opt_.device != "cpu") lo.device = opt_.device;
     auto graph = partitioner::ModelGraph::load(opt_.model_path, lo);
     if (!graph.ok()) return graph.status();
     graph_ = std::move(graph).value();

@@ -127,6 +127,9 @@ struct ProfilerOptions {
   // The engine heads and tails are timed with (and accuracy measured with): the one device and
   // server run by default.
   partitioner::Engine engine = partitioner::Engine::kOptimized;
+  // Where heads and tails run (partitioner::LoadOptions::device): "cpu", or "cuda:N" to time a
+  // GPU server's tails (with side kServer).
+  std::string device = "cpu";
   Side side = Side::kBoth;
   // When set, only timings are measured (side kDevice or kServer): the cuts and encodings are
   // those of this profile, which is left unchanged here (merge the result with merge_timings).

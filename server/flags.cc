@@ -65,6 +65,8 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
     ("threads", "LibTorch intra-op threads per tail (0: LibTorch's default)", cxxopts::value<int>()->default_value("0"))
     ("engine", "how tails run: optimized (LibTorch's inference passes with the best backend it "
      "has: oneDNN, else XNNPACK), onednn, xnnpack, or plain (the frozen graph as it is)", cxxopts::value<std::string>()->default_value("optimized"))
+    ("device", "where tails run: cpu, or cuda:N with a LibTorch built with CUDA (payloads are "
+     "unpacked on the CPU into pinned memory and copied asynchronously)", cxxopts::value<std::string>()->default_value("cpu"))
     ("queue", "queued requests before the server answers BUSY (or sheds one of a lower priority class)", cxxopts::value<int>()->default_value("64"))
     ("max-batch", "most requests for the same model and cut run as one tail (1: one at a time)",
      cxxopts::value<int>()->default_value("1"))
@@ -156,6 +158,10 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
   auto engine = partitioner::parse_engine(args["engine"].as<std::string>());
   if (!engine) return invalid_argument("--engine must be optimized, onednn, xnnpack or plain");
   options.engine = *engine;
+  options.device = args["device"].as<std::string>();
+  if (options.device != "cpu" && options.device.rfind("cuda", 0) != 0) {
+    return invalid_argument("--device must be cpu or cuda:N, not '" + options.device + "'");
+  }
   int queue = args["queue"].as<int>();
   if (queue < 1) return invalid_argument("--queue must be at least 1");
   options.queue_capacity = static_cast<size_t>(queue);

@@ -696,6 +696,7 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     const std::string meta = i < options.meta_paths.size() ? options.meta_paths[i] : "";
     partitioner::LoadOptions lo;
     lo.engine = options.engine;
+    if (options.device != "cpu") lo.device = options.device;
     if (i < options.variants.size()) lo.variant = options.variants[i];
     std::string name;
     auto info = partitioner::load_model_info(path, meta);

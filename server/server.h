@@ -43,6 +43,8 @@ struct ServerOptions {
   int compute_threads = 0;  // LibTorch intra-op threads (0: LibTorch's default)
   // How tails run (partitioner::Engine); the cut ids do not depend on it.
   partitioner::Engine engine = partitioner::Engine::kOptimized;
+  // Where tails run: "cpu", or "cuda:N" (a LibTorch with CUDA: partitioner::LoadOptions::device).
+  std::string device = "cpu";
   size_t queue_capacity = 64;  // queued requests before BUSY replies (or shedding a lower class)
   // Dynamic batching (server/batcher.h): requests for the same model and cut run as one tail, up
   // to max_batch, preferring these sizes, the oldest waiting at most max_queue_delay to fill one.

@@ -116,7 +116,9 @@ std::vector<Result<TailOutcome>> run_tail_batch(const partitioner::ModelGraph& m
   for (const auto& t : point.tensors) {
     std::vector<int64_t> row_shape = t.shape;
     row_shape.insert(row_shape.begin(), n);
-    rows.push_back(torch::empty(row_shape, torch::kFloat32));
+    // On a GPU the rows are pinned, so the tail's copy to the GPU is asynchronous.
+    rows.push_back(torch::empty(
+        row_shape, torch::TensorOptions().dtype(torch::kFloat32).pinned_memory(model.on_gpu())));
   }
   std::vector<int64_t> decoded_us(requests.size(), 0);
   std::vector<int64_t> ok_rows;

@@ -486,10 +486,18 @@ TEST_CASE("user errors get one sentence and exit code 2") {
       {{bin("edgesplit-server"), "--model", default_model().string(), "--engine", "fast"},
        "--engine must be optimized, onednn, xnnpack or plain"},
       {{bin("edgesplit-server"), "--model", "/nonexistent/model.pt"}, "/nonexistent/model.pt"},
+      {{bin("edgesplit-server"), "--model", default_model().string(), "--device", "gpu"},
+       "--device must be cpu or cuda:N"},
       {{bin("edgesplit-server"), "--model", default_model().string(), "--bind", "nonsense://x"},
        "nonsense://x",
        false},
   };
+  if (!edgesplit::partitioner::cuda_available()) {
+    cases.push_back(
+        {{bin("edgesplit-server"), "--model", default_model().string(), "--device", "cuda:0"},
+         "needs a LibTorch built with CUDA",
+         false});
+  }
   int i = 0;
   for (const auto& c : cases) {
     CAPTURE(c.expect);

@@ -339,3 +339,77 @@ TEST_CASE(
   CHECK(torch::allclose(whole, plain->run(input), 1e-5, 1e-6));
   for (const auto& c : g->cuts()) check_cut_close(*g, c.id, input, whole);
 }
+
+TEST_CASE(
+    "engine on a device: placed graphs give the CPU's results - a device it cannot use is "
+    "one sentence") {
+  auto path = test_model("tiny_cnn.pt");
+  if (path.empty()) {
+    MESSAGE("skipped: /usr/bin/python3 cannot import torch to export the test model");
+    return;
+  }
+  using edgesplit::StatusCode;
+  torch::manual_seed(13);
+  at::Tensor input = torch::randn({2, 3, 32, 32});
+  auto cpu = load_ok(path, options_for({1, 3, 32, 32}, Engine::kOptimized));
+  CHECK(cpu->engine_report().device == "cpu");
+  CHECK_FALSE(cpu->on_gpu());
+  at::Tensor whole = cpu->run(input);
+  // "cpu" named explicitly takes the placement path a GPU takes: weights copied into every graph,
+  // inputs and outputs moved. Same cuts, same results, for both engines.
+  for (Engine engine : {Engine::kOptimized, Engine::kPlain}) {
+    CAPTURE(edgesplit::partitioner::engine_name(engine));
+    LoadOptions o = options_for({1, 3, 32, 32}, engine);
+    o.device = "cpu";
+    auto placed = load_ok(path, o);
+    CHECK(placed->engine_report().device == "cpu");
+    CHECK_FALSE(placed->on_gpu());
+    REQUIRE(placed->cuts().size() == cpu->cuts().size());
+    at::Tensor out = placed->run(input);
+    CHECK(torch::allclose(out, whole, 1e-4, 1e-5));
+    for (const auto& c : placed->cuts()) check_cut_close(*placed, c.id, input, whole);
+  }
+  // Devices this LibTorch cannot use.
+  LoadOptions bad = options_for({1, 3, 32, 32}, Engine::kOptimized);
+  bad.device = "banana";
+  auto r = ModelGraph::load(path.string(), bad);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == StatusCode::kInvalidArgument);
+  CHECK(r.status().message().find("not a LibTorch device") != std::string::npos);
+  bad.device = "cuda:0";
+  r = ModelGraph::load(path.string(), bad);
+  if (!edgesplit::partitioner::cuda_available()) {
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code() == StatusCode::kUnsupported);
+    CHECK(r.status().message().find("needs a LibTorch built with CUDA") != std::string::npos);
+  } else {
+    CHECK(r.ok());
+  }
+}
+
+TEST_CASE("engine on a GPU: every cut on cuda:0 gives the CPU's results, from pinned inputs") {
+  if (!edgesplit::partitioner::cuda_available()) {
+    MESSAGE("skipped: this LibTorch has no CUDA or sees no GPU");
+    return;
+  }
+  auto path = test_model("tiny_cnn.pt");
+  if (path.empty()) {
+    MESSAGE("skipped: /usr/bin/python3 cannot import torch to export the test model");
+    return;
+  }
+  torch::manual_seed(14);
+  at::Tensor input = torch::randn({4, 3, 32, 32});
+  auto cpu = load_ok(path, options_for({1, 3, 32, 32}, Engine::kPlain));
+  at::Tensor whole = cpu->run(input);
+  LoadOptions o = options_for({1, 3, 32, 32}, Engine::kOptimized);
+  o.device = "cuda:0";
+  auto gpu = load_ok(path, o);
+  MESSAGE(gpu->engine_report().summary());
+  CHECK(gpu->on_gpu());
+  CHECK(gpu->engine_report().device == "cuda:0");
+  CHECK(gpu->engine_report().backend == "frozen-graph");
+  at::Tensor out = gpu->run(input.pin_memory());
+  CHECK((out.device() == at::Device(at::kCPU)));
+  CHECK(torch::allclose(out, whole, 1e-3, 1e-4));
+  for (const auto& c : gpu->cuts()) check_cut_close(*gpu, c.id, input, whole, 1e-3);
+}

@@ -67,6 +67,7 @@ TEST_CASE("server flags: defaults with one --model") {
   CHECK(o.workers == 1);
   CHECK(o.compute_threads == 0);
   CHECK(o.engine == Engine::kOptimized);
+  CHECK(o.device == "cpu");
   CHECK(o.queue_capacity == 64);
   CHECK(o.router.limits.max_message_bytes == size_t{64} << 20);
   CHECK(o.name == "edgesplit-server");
@@ -97,6 +98,8 @@ TEST_CASE("server flags: every flag maps to its option") {
                         "2",
                         "--engine",
                         "xnnpack",
+                        "--device",
+                        "cuda:1",
                         "--queue",
                         "5",
                         "--max-message-mb",
@@ -132,6 +135,7 @@ TEST_CASE("server flags: every flag maps to its option") {
   CHECK(o.workers == 3);
   CHECK(o.compute_threads == 2);
   CHECK(o.engine == Engine::kXnnpack);
+  CHECK(o.device == "cuda:1");
   CHECK(o.queue_capacity == 5);
   CHECK(o.router.limits.max_message_bytes == size_t{8} << 20);
   CHECK(o.name == "edge-1");
@@ -305,6 +309,7 @@ TEST_CASE("server flags: bad values are refused with a sentence naming the flag"
   check_refused(with({"--log-level", "loud"}),
                 "--log-level must be one of trace, debug, info, warn, error");
   check_refused(with({"--engine", "cuda"}), "--engine must be optimized, onednn, xnnpack or plain");
+  check_refused(with({"--device", "gpu"}), "--device must be cpu or cuda:N, not 'gpu'");
   check_refused(with({"--queue", "0"}), "--queue must be at least 1");
   check_refused(with({"--max-message-mb", "0"}), "--max-message-mb must be between 1 and 4096");
   check_refused(with({"--max-message-mb", "4097"}), "--max-message-mb must be between 1 and 4096");
