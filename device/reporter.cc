@@ -90,7 +90,7 @@ json Reporter::frame_json(const FrameRecord& r) {
   j["plan"] = plan;
   j["completed"] = r.completed;
   if (!r.reason.empty()) j["reason"] = r.reason;
-  j["bytes_sent"] = r.completed == "server" ? r.bytes_sent : 0;
+  j["bytes_sent"] = r.completed == "server" || r.completed == "server_exit" ? r.bytes_sent : 0;
   j["preprocess_ms"] = round3(r.preprocess_ms);
   j["head_ms"] = round3(r.head_ms);
   j["pack_ms"] = round3(r.pack_ms);
@@ -340,7 +340,7 @@ void Reporter::emit(const json& event) {
     Live& l = live_[str(event, "stream", "-")];
     ++l.frames;
     const std::string where = str(event, "completed");
-    if (where == "server") ++l.server;
+    if (where == "server" || where == "server_exit") ++l.server;
     if (where == "local") ++l.local;
     if (where == "failed") ++l.failed;
     l.latency_sum_ms += num(event, "latency_ms");
