@@ -122,7 +122,8 @@ TEST_CASE("placement: the exit heads a stream holds count with the heads they fo
   CHECK(options[1].retain_cut == 2);
   CHECK(options[1].bytes == plain + (4 << 20));
   // An exit head's prediction from its parameters and input: ResNet-56's layer1 head measured
-  // 3.8-3.9 MiB, its layer2 head 1.1-1.2 MiB (profiles/exits.cc); the predictions stay above.
+  // 3.8-3.9 MiB, its layer2 head 1.1-1.2 MiB, both held by a stream (with the model's parts
+  // between their cuts) 8.6-8.8 MiB (profiles/exits.cc); the predictions stay above.
   profiles::ExitHead layer1, layer2;
   layer1.params = 23882;
   layer1.input_shape = {1, 16, 32, 32};
@@ -131,7 +132,8 @@ TEST_CASE("placement: the exit heads a stream holds count with the heads they fo
   const int64_t b1 = profiles::predicted_exit_head_bytes(layer1);
   const int64_t b2 = profiles::predicted_exit_head_bytes(layer2);
   CHECK(b1 >= 39 * (1 << 20) / 10);
-  CHECK(b1 < 6 << 20);
+  CHECK(b1 < 8 << 20);
   CHECK(b2 >= 12 * (1 << 20) / 10);
   CHECK(b2 < b1);
+  CHECK(b1 + b2 >= 88 * (1 << 20) / 10);
 }
