@@ -1633,6 +1633,66 @@ TEST_CASE("exits descriptions: the shipped files read; a head of another model i
   fs::remove_all(tmp);
 }
 
+TEST_CASE("server exit options: ResNet-56's cascade on the server, for the cuts before layer1") {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(EDGESPLIT_SOURCE_DIR) / "models" / "exits";
+  auto r56 = edgesplit::profiles::load_exits((dir / "resnet56_cifar10_exits.json").string());
+  REQUIRE(r56.ok());
+  // The file's digest: sha256 of its bytes, stable across reads.
+  CHECK(r56->digest.rfind("sha256:", 0) == 0);
+  CHECK(r56->digest.size() == 7 + 64);
+  CHECK(edgesplit::profiles::load_exits((dir / "resnet56_cifar10_exits.json").string())->digest ==
+        r56->digest);
+  CHECK(edgesplit::profiles::load_exits((dir / "fashion_mnist_cnn_exits.json").string())->digest !=
+        r56->digest);
+  // A profile whose cuts 4 and 7 are the exits' (tails 3 and 1 ms).
+  Profile p = mobile_profile();
+  p.cuts[4].tail = ms(3);
+  p.cuts[5].tail = ms(1);
+  auto options = edgesplit::partitioner::server_exit_options(*r56, p, {4, 5}, {0.2, 0.1},
+                                                             {0.8, 0.9, 1.0}, 0.95);
+  REQUIRE_MESSAGE(options.ok(), options.status().to_string());
+  REQUIRE(options->size() == 3);
+  const ExitOption& o = (*options)[0];
+  CHECK(o.server);
+  CHECK(o.threshold == doctest::Approx(0.8));
+  CHECK(o.min_cut == 0);
+  CHECK(o.max_cut == 3);
+  REQUIRE(o.stages.size() == 2);
+  CHECK(o.stages[0].rate == doctest::Approx(0.3246));  // the cascade's, as on the device
+  CHECK(o.stages[1].rate == doctest::Approx(0.1406));
+  CHECK(o.stages[0].tail_ms == doctest::Approx(3));
+  CHECK(o.stages[1].tail_ms == doctest::Approx(1));
+  CHECK(o.stages[0].exit_ms == doctest::Approx(0.2));
+  CHECK(o.drop_high_pp > o.drop_point_pp);
+  CHECK((*options)[2].stages[0].rate == 0);  // 1 never leaves
+  CHECK((*options)[2].drop_point_pp == 0);
+  // A threshold not in the table, and exits out of order, are refused.
+  CHECK_FALSE(
+      edgesplit::partitioner::server_exit_options(*r56, p, {4, 5}, {0.2, 0.1}, {0.85}, 0).ok());
+  CHECK_FALSE(edgesplit::partitioner::server_exit_options(*r56, p, {5, 4}, {0.2, 0.1}, {}, 0).ok());
+  // The scheduler takes them: remote plans at cuts 0..3 get a variant per threshold.
+  FamilyMemberPlans only;
+  only.profile = &p;
+  only.exits = *options;
+  auto s = Scheduler::create_family({only}, SchedulerOptions{});
+  REQUIRE(s.ok());
+  int variants = 0;
+  for (const auto& plan : s->plans()) {
+    if (!plan.server_exits) continue;
+    ++variants;
+    CHECK(plan.cut_id <= 3);
+    CHECK_FALSE(plan.local);
+    CHECK(plan.exit_cuts == std::vector<int>{4, 5});
+  }
+  int remote_before = 0;
+  const Scheduler plain = make(p, SchedulerOptions{});
+  for (const auto& plan : plain.plans()) {
+    remote_before += !plan.local && plan.cut_id <= 3;
+  }
+  CHECK(variants == 3 * remote_before);
+}
+
 namespace {
 
 // An exits description without heads: `images` test images, the whole model right on 80%.
