@@ -31,6 +31,8 @@ struct FramePlan {
   // Early exits: the threshold (the stream's exit heads at cuts up to the plan's run on the way;
   // a frame whose max softmax reaches it at one of them is finished there). Unset: none.
   std::optional<double> exit_threshold;
+  // The plan's exits are on the server (past its cut): the request carries the threshold.
+  bool server_exits = false;
   std::optional<partitioner::Decision> decision;  // when the scheduler chose (or knows) the plan
   partitioner::Conditions conditions;
 };

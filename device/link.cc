@@ -122,6 +122,8 @@ LinkState Link::connect() {
       s.cut_table = m.cut_table();
       s.tail_ms.assign(m.tail_ms().begin(), m.tail_ms().end());
       s.codec_tables.insert(m.codec_tables().begin(), m.codec_tables().end());
+      s.exits_digest = m.exits_digest();
+      for (const auto& x : m.exits()) s.exit_ms.emplace_back(static_cast<int>(x.cut()), x.ms());
       for (const auto& b : m.batch_tail_ms()) {
         s.batch_tail_ms[static_cast<int>(b.batch())].assign(b.tail_ms().begin(), b.tail_ms().end());
       }

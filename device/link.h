@@ -73,6 +73,10 @@ struct ServedModel {
   std::map<int, std::vector<double>> batch_tail_ms;
   std::string cut_table;  // partitioner::cut_table_digest of the server's cuts ("": unsaid)
   std::set<uint64_t> codec_tables;  // entropy-coding tables it decodes for this model
+  // The early exits it runs for this model (ModelDesc.exits): the exits file's digest ("" : none)
+  // and each exit's cut id and its time there.
+  std::string exits_digest;
+  std::vector<std::pair<int, double>> exit_ms;
 };
 
 struct LinkOptions {

@@ -16,16 +16,24 @@ namespace edgesplit::device {
 // up to a cut lowers what stays, not the peak of loading it: every option but server-only is
 // predicted at the whole model's peak. The runtime checks every prediction against the measured
 // RSS before it loads.
-int64_t predicted_load_bytes(const profiles::Profile& profile, const profiles::CutProfile& cut) {
+// The exit heads a stream holds load with its model, each after it (profiles/exits.h says what
+// one adds).
+int64_t predicted_load_bytes(const profiles::Profile& profile, const profiles::CutProfile& cut,
+                             const std::vector<HeldExit>& exits) {
   if (cut.id == 0 || profile.cuts.empty()) return 0;
   const profiles::CutProfile& whole = profile.cuts.back();
-  return (18 << 20) + 8 * whole.head_weight_bytes + 2 * whole.head_activation_bytes;
+  int64_t bytes = (18 << 20) + 8 * whole.head_weight_bytes + 2 * whole.head_activation_bytes;
+  for (const HeldExit& e : exits) {
+    if (e.cut <= cut.id) bytes += e.bytes;
+  }
+  return bytes;
 }
 
 std::vector<MemoryOption> memory_options(const profiles::Profile& profile,
                                          const partitioner::Scheduler& scheduler,
                                          const partitioner::Conditions& conditions,
-                                         std::optional<int> fixed_cut) {
+                                         std::optional<int> fixed_cut,
+                                         const std::vector<HeldExit>& exits) {
   std::vector<MemoryOption> out;
   if (profile.cuts.empty()) return out;
   const int device_cut = profile.cuts.back().id;
@@ -42,7 +50,7 @@ std::vector<MemoryOption> memory_options(const profiles::Profile& profile,
     if (fixed_cut && cut.id < *fixed_cut && cut.id != 0) continue;
     MemoryOption o;
     o.retain_cut = cut.id;
-    o.bytes = predicted_load_bytes(profile, cut);
+    o.bytes = predicted_load_bytes(profile, cut, exits);
     sched.set_max_head_cut(cut.id);
     double best = std::numeric_limits<double>::infinity();
     bool meets = false;

@@ -90,7 +90,7 @@ json Reporter::frame_json(const FrameRecord& r) {
   j["plan"] = plan;
   j["completed"] = r.completed;
   if (!r.reason.empty()) j["reason"] = r.reason;
-  j["bytes_sent"] = r.completed == "server" ? r.bytes_sent : 0;
+  j["bytes_sent"] = r.completed == "server" || r.completed == "server_exit" ? r.bytes_sent : 0;
   j["preprocess_ms"] = round3(r.preprocess_ms);
   j["head_ms"] = round3(r.head_ms);
   j["pack_ms"] = round3(r.pack_ms);
@@ -140,7 +140,8 @@ json Reporter::frame_json(const FrameRecord& r) {
   if (r.exit) {
     json ej{{"threshold", r.exit->threshold},
             {"ms", round3(r.exit->ms)},
-            {"left", !r.exit->position.empty()}};
+            {"left", !r.exit->position.empty()},
+            {"side", r.exit->side}};
     json conf = json::array();
     for (double c : r.exit->confidences) conf.push_back(round3(c));
     ej["confidences"] = conf;
@@ -162,9 +163,13 @@ void Reporter::frame(const FrameRecord& r) {
   json j = frame_json(r);
   Tally& t = tally_[r.stream];
   ++t.frames;
-  if (r.completed == "server") {
+  if (r.completed == "server" || r.completed == "server_exit") {
     ++t.on_server;
     t.bytes_sent += r.bytes_sent;
+    if (r.completed == "server_exit") {
+      ++t.exits[r.exit ? r.exit->position : ""];
+      ++t.server_exits;
+    }
   } else if (r.completed == "exit") {
     ++t.exits[r.exit ? r.exit->position : ""];
   } else if (r.completed == "local") {
@@ -188,6 +193,7 @@ void Reporter::frame(const FrameRecord& r) {
   if (r.exit) ++t.exit_plan_frames;
   t.latencies_ms.push_back(r.latency_ms);
   const bool planned_here = r.completed == "server" || r.completed == "exit" ||
+                            r.completed == "server_exit" ||
                             (r.completed == "local" && r.encoding == "local");
   if (r.decision && r.latency_ms > 0 && planned_here) {
     t.prediction_ratios.push_back(r.decision->predicted.latency_ms / r.latency_ms);
@@ -213,7 +219,10 @@ json Reporter::summary(const StreamSummaryInfo& info) {
       at[k] = v;
       left += v;
     }
-    s["exits"] = {{"planned", t.exit_plan_frames}, {"left", left}, {"at", at}};
+    s["exits"] = {{"planned", t.exit_plan_frames},
+                  {"left", left},
+                  {"at", at},
+                  {"left_on_server", t.server_exits}};
   }
   s["late_replies_discarded"] = info.late_replies;
   s["plan_changes"] = info.plan_changes;
@@ -331,7 +340,7 @@ void Reporter::emit(const json& event) {
     Live& l = live_[str(event, "stream", "-")];
     ++l.frames;
     const std::string where = str(event, "completed");
-    if (where == "server") ++l.server;
+    if (where == "server" || where == "server_exit") ++l.server;
     if (where == "local") ++l.local;
     if (where == "failed") ++l.failed;
     l.latency_sum_ms += num(event, "latency_ms");

@@ -31,8 +31,10 @@ struct FrameRecord {
   std::string encoding;   // "local", "jpegQ" or the encoding's name
   std::string precision;  // packed encodings only: "q4", "fp16", ...
   std::string lossless;   // packed encodings only
-  std::string completed;  // "server", "local" or "failed"
-  std::string reason;     // why it completed locally or failed
+  // "server", "local", "exit" (left at an exit on the device), "server_exit" (answered by the
+  // server at one of its exits: exit.side "server") or "failed"
+  std::string completed;
+  std::string reason;  // why it completed locally or failed
   size_t bytes_sent = 0;
   double preprocess_ms = 0, head_ms = 0, pack_ms = 0;
   // The scheduler's decision and what it planned with (absent without a scheduler).
@@ -55,6 +57,7 @@ struct FrameRecord {
     std::string position;  // the exit it left at ("" : it went on)
     int cut = 0;           // ... its cut
     std::string cut_name;
+    std::string side = "device";  // where its exits ran: "device", or "server" (server exits)
   };
   std::optional<ExitRecord> exit;
   double latency_ms = 0;                 // from the frame's arrival
@@ -119,6 +122,7 @@ class Reporter {
     uint64_t frames = 0, on_server = 0, local = 0, failed = 0, bytes_sent = 0, within_bound = 0;
     uint64_t exit_plan_frames = 0;                  // frames planned with early exits
     std::map<std::string, uint64_t> exits;          // exit position -> frames that left there
+    uint64_t server_exits = 0;                      // ... of them at an exit on the server
     std::map<std::string, uint64_t> plans;          // "cut:encoding" -> frames
     std::map<std::string, uint64_t> members;        // family member -> frames (family streams)
     std::map<std::string, uint64_t> local_reasons;  // why frames completed locally -> frames

@@ -25,6 +25,7 @@
 #include "imaging/preprocess.h"
 #include "partitioner/cut_table.h"
 #include "partitioner/estimators.h"
+#include "partitioner/exit_head.h"
 #include "partitioner/exit_plans.h"
 #include "partitioner/model_graph.h"
 #include "partitioner/model_info.h"
@@ -160,6 +161,9 @@ struct Stream::Impl {
     int cut = -1;  // the model's cut of that name
     std::string cut_name;
     std::vector<int64_t> input_shape;
+    std::string module_path;
+    int64_t bytes = 0;    // what loading it adds (predicted)
+    bool loaded = false;  // held with the model: its cut is at or before the cut the stream holds
     torch::jit::Module module;
     double ms = 0;                // its time on this device (an estimate until load() measures it)
     double profiled_head_ms = 0;  // the model's head up to its cut, from the profile (0: none)
@@ -168,9 +172,19 @@ struct Stream::Impl {
   std::vector<ExitRunner> exit_heads;
   partitioner::SchedulerOptions scheduler_options;  // what the scheduler was built with
   std::vector<std::string> exit_notes;              // said once, at start
+  // Whether the server runs this stream's exits (the handshake lists the same exits file, at the
+  // same cuts), and its times of the exit heads (cut id -> ms).
+  bool server_exits_held = false;
+  std::vector<std::pair<int, double>> server_exit_ms;
+  bool said_server_exits = false;
 
   std::unique_ptr<LaneWorker> lane;
-  std::future<Result<std::shared_ptr<partitioner::ModelGraph>>> pending_load;
+  // A model loaded off the loop, with the exit heads it holds (by index into exit_heads).
+  struct LoadedModel {
+    std::shared_ptr<partitioner::ModelGraph> model;
+    std::vector<std::pair<size_t, torch::jit::Module>> exits;
+  };
+  std::future<Result<LoadedModel>> pending_load;
   int pending_retain = 0;
   bool lane_beside_window = false;
   bool lane_holds_planned = false;  // the lane's frame is a planned (not a beside-window) one
@@ -260,6 +274,34 @@ struct Stream::Impl {
     }
   }
 
+  // Plans with exits on the server need a server that runs this stream's exits: the same file
+  // (by digest) at the same cuts. Without, they leave the choice, said once.
+  void note_server_exits(const ServedModel& m) {
+    if (!exit_set || family()) return;
+    bool held = m.exits_digest == exit_set->digest && m.exit_ms.size() == exit_heads.size();
+    for (size_t i = 0; held && i < exit_heads.size(); ++i) {
+      held = m.exit_ms[i].first == exit_heads[i].cut;
+    }
+    server_exits_held = held;
+    server_exit_ms = held ? m.exit_ms : std::vector<std::pair<int, double>>{};
+    if (scheduler) scheduler->set_server_exits(server_exits_held, server_exit_ms);
+    const bool planned =
+        fixed ? fixed->server_exits
+              : scheduler && std::any_of(scheduler->plans().begin(), scheduler->plans().end(),
+                                         [](const partitioner::Plan& p) { return p.server_exits; });
+    if (!held && planned && !said_server_exits) {
+      said_server_exits = true;
+      log("server " + link.endpoint() + " does not run this stream's exits (" + cfg.exits_path +
+          ", " + exit_set->digest +
+          (m.exits_digest.empty() ? "; it runs none" : "; it runs " + m.exits_digest) +
+          "): leaving out the plans with exits on the server (start it with "
+          "--exits " +
+          cfg.exits_path + ")");
+    } else if (held && planned) {
+      said_server_exits = false;
+    }
+  }
+
   void on_handshake() {
     if (seen_generation == link.generation()) return;
     seen_generation = link.generation();
@@ -285,6 +327,7 @@ struct Stream::Impl {
     }
     server_engine = m->engine;
     exclude_unknown_tables(0, *m);
+    note_server_exits(*m);
     if (!was_served && seen_generation > 1) log("the server serves this stream's model again");
     for (size_t i = 0; i < alternates.size(); ++i) {
       Alternate& a = alternates[i];
@@ -415,6 +458,7 @@ struct Stream::Impl {
       plan.jpeg_quality = d.plan.local ? 0 : d.plan.encoding.jpeg_quality;
       plan.encoding_name = d.plan.encoding_name;
       plan.exit_threshold = d.plan.exit_threshold;
+      plan.server_exits = d.plan.server_exits;
     }
     plan.profiled_head_ms = d.plan.profiled_head_ms;
     plan.profiled_server_ms = d.plan.profiled_server_ms;
@@ -456,6 +500,7 @@ struct Stream::Impl {
     plan.local = true;
     plan.device_probe = true;
     plan.exit_threshold.reset();
+    plan.server_exits = false;
     plan.cut = device_cut;
     plan.jpeg_quality = 0;
     plan.encoding_name = "local";
@@ -759,6 +804,12 @@ struct Stream::Impl {
     p.sent = Clock::now();
     p.deadline = p.sent + std::chrono::milliseconds(cfg.timeout_ms);
     req.set_priority(static_cast<uint32_t>(std::max(0, cfg.priority)));
+    if (p.plan.exit_threshold && p.plan.server_exits && server_exits_held) {
+      // On the wire 0 means no exit: a threshold of 0 (every frame leaves at the first exit)
+      // goes as the smallest positive float, which every confidence reaches.
+      req.set_exit_threshold(
+          std::max(static_cast<float>(*p.plan.exit_threshold), std::numeric_limits<float>::min()));
+    }
     req.set_deadline_us(server_deadline_us(p.bytes_sent));
     Status sent = link.send_infer(p.request_id, req, std::move(payloads));
     if (!sent.ok()) {
@@ -816,23 +867,6 @@ struct Stream::Impl {
 
   // ----- early exits -----
 
-  // An exit head through LibTorch's frozen-graph inference passes (oneDNN where this LibTorch has
-  // it), as the model's parts run; kept as it is when the optimized module does not give what the
-  // plain one gives on a probe input (within 1e-3 of 1 + the output's largest magnitude).
-  static torch::jit::Module optimized_exit(const torch::jit::Module& plain,
-                                           const std::vector<int64_t>& shape) {
-    torch::jit::Module frozen = torch::jit::freeze(plain);
-    torch::jit::Module fast = torch::jit::optimize_for_inference(frozen);
-    torch::NoGradGuard no_grad;
-    const at::Tensor probe = torch::linspace(0, 2, c10::multiply_integers(shape)).reshape(shape);
-    const at::Tensor want = const_cast<torch::jit::Module&>(plain).forward({probe}).toTensor();
-    const at::Tensor got = fast.forward({probe}).toTensor();
-    const double scale = 1 + want.abs().max().item<double>();
-    const bool agrees =
-        got.sizes() == want.sizes() && (got - want).abs().max().item<double>() <= 1e-3 * scale;
-    return agrees ? fast : plain;
-  }
-
   // Reads cfg.exits_path and the heads it names; checks that they were trained on this model and
   // maps each to the profile's cut of its name (load() checks the model's).
   Status load_exit_heads() {
@@ -862,17 +896,9 @@ struct Stream::Impl {
                                   "(edgesplit-inspect lists the model's cuts)");
         }
       }
-      try {
-        r.module = torch::jit::load(h.module_path);
-        r.module.eval();
-        if (device.engine != partitioner::Engine::kPlain) {
-          r.module = optimized_exit(r.module, h.input_shape);
-        }
-      } catch (const std::exception& e) {
-        std::string what = e.what();
-        what = what.substr(0, what.find('\n'));
-        return invalid_argument("cannot load exit head " + h.module_path + ": " + what);
-      }
+      r.module_path = h.module_path;
+      r.bytes = profiles::predicted_exit_head_bytes(h);
+      // Loaded with the model (load_exit_modules), not before the process measures its base.
       // Until load() measures it: the whole model's time in proportion to the multiply-adds.
       r.ms = set->backbone_macs > 0
                  ? whole_ms * static_cast<double>(h.macs) / static_cast<double>(set->backbone_macs)
@@ -883,8 +909,39 @@ struct Stream::Impl {
     return Status();
   }
 
+  // Whether the stream holds exit head `x` when it holds the heads up to `retain` (nothing at 0;
+  // a head whose cut is not known yet, without a profile, goes with the whole model).
+  static bool holds_exit(const ExitRunner& x, int retain) {
+    return retain > 0 && (x.cut < 0 || x.cut <= retain);
+  }
+
+  // Loads the exit heads the stream holds with the heads up to `retain` and lets the others go.
+  Status load_exit_modules(int retain) {
+    for (ExitRunner& x : exit_heads) {
+      const bool wanted = holds_exit(x, retain);
+      if (wanted && !x.loaded) {
+        auto module = partitioner::load_exit_head(x.module_path, x.input_shape, device.engine);
+        if (!module.ok()) return module.status();
+        x.module = std::move(module).value();
+        x.loaded = true;
+      } else if (!wanted && x.loaded) {
+        x.module = torch::jit::Module();
+        x.loaded = false;
+      }
+    }
+    return Status();
+  }
+
+  // The exit heads and what each adds when held (for the memory options).
+  std::vector<HeldExit> held_exits() const {
+    std::vector<HeldExit> out;
+    for (const ExitRunner& x : exit_heads) out.push_back({std::max(x.cut, 0), x.bytes});
+    return out;
+  }
+
   // With the model loaded: maps each exit to the model's cut of its name, checks the tensor it
-  // reads, and measures the exit head on this device (the median of 9 runs after 2 warm-ups).
+  // reads, and measures each exit head the stream holds on this device (the median of 9 runs
+  // after 2 warm-ups).
   Status attach_exits() {
     int previous = -1;
     for (ExitRunner& x : exit_heads) {
@@ -909,6 +966,7 @@ struct Stream::Impl {
       }
       previous = id;
       x.cut = id;
+      if (!x.loaded) continue;
       try {
         c10::InferenceMode inference;
         const at::Tensor zeros = torch::zeros(x.input_shape, torch::kFloat32);
@@ -958,10 +1016,17 @@ struct Stream::Impl {
                                                scheduler_options.accuracy_confidence, &exit_notes);
       if (!options.ok()) return options.status();
       members.front().exits = std::move(options).value();
+      // The same exits on the server, for the plans cutting before the first (the exit heads'
+      // times there come with the handshake; until then this device's stand in).
+      auto on_server = partitioner::server_exit_options(*exit_set, *profile, cuts, ms, offered,
+                                                        scheduler_options.accuracy_confidence);
+      if (!on_server.ok()) return on_server.status();
+      for (auto& o : *on_server) members.front().exits.push_back(std::move(o));
     }
     auto sched = partitioner::Scheduler::create_family(members, scheduler_options);
     if (!sched.ok()) return sched.status();
     scheduler = std::move(sched).value();
+    scheduler->set_server_exits(server_exits_held, server_exit_ms);
     return Status();
   }
 
@@ -1136,10 +1201,26 @@ struct Stream::Impl {
     } else {
       link.network().add_answer();  // the server's own times are still good
     }
-    server_load.add_reply(e.server_queue_ms, e.server_compute_ms, e.profiled_server_ms);
+    // A frame answered at a server exit ran part of the tail: not a sample of the server's load.
+    if (!ir.has_server_exit()) {
+      server_load.add_reply(e.server_queue_ms, e.server_compute_ms, e.profiled_server_ms);
+    }
     if (ir.batch_size() > 0 && p.plan.member == 0) note_server_batch(ir.batch_size());
 
-    FrameRecord rec = record(p, std::move(top), "server", "");
+    FrameRecord rec;
+    if (ir.has_server_exit() && p.plan.exit_threshold) {
+      const wire::ServerExitResult& x = ir.server_exit();
+      char why[160];
+      std::snprintf(why, sizeof why, "server exit %s: confidence %.3f >= %g", x.position().c_str(),
+                    x.confidence(), *p.plan.exit_threshold);
+      rec = record(p, std::move(top), "server_exit", why);
+      rec.exit->position = x.position();
+      rec.exit->cut = static_cast<int>(x.cut());
+      rec.exit->cut_name = cut_name(rec.exit->cut);
+      rec.exit->confidences = {x.confidence()};
+    } else {
+      rec = record(p, std::move(top), "server", "");
+    }
     rec.server = FrameRecord::ServerTimes{std::max(0.0, rtt - queue_ms - compute_ms), queue_ms,
                                           ir.unpack_us() / 1000.0, ir.compute_us() / 1000.0};
     emit(std::move(rec), p);
@@ -1235,6 +1316,7 @@ struct Stream::Impl {
       e.threshold = *p.plan.exit_threshold;
       e.confidences = p.exit_confidences;
       e.ms = p.exit_ms;
+      if (p.plan.server_exits) e.side = "server";
       if (p.exit_left >= 0) {
         const ExitRunner& x = exit_heads.at(static_cast<size_t>(p.exit_left));
         e.position = x.position;
@@ -1257,7 +1339,7 @@ struct Stream::Impl {
       overhead = r.latency_ms - p.head_ms - p.exit_ms - r.local_tail_ms.value_or(0);
     } else if (r.completed == "exit") {
       overhead = r.latency_ms - p.head_ms - p.exit_ms;
-    } else if (r.completed == "server") {
+    } else if (r.completed == "server" || r.completed == "server_exit") {
       overhead = r.latency_ms - p.head_ms - p.exit_ms - p.pack_ms - ms_between(p.sent, now);
     }
     if (overhead) {
@@ -1451,7 +1533,7 @@ StreamPlanInfo Stream::plan_info() const {
     auto cut = resolve_cut(s.cfg.cut, s.device_cut, s.known_cuts());
     if (cut.ok()) fixed_cut = *cut;
   }
-  out.options = memory_options(*s.profile, *s.scheduler, c, fixed_cut);
+  out.options = memory_options(*s.profile, *s.scheduler, c, fixed_cut, s.held_exits());
   return out;
 }
 
@@ -1470,6 +1552,10 @@ Status Stream::load(int retain_cut, int threads) {
       s.retain_cut = s.device_cut;
       for (const auto& c : s.model->cuts()) s.cut_ids.push_back(c.id);
     }
+  }
+  if (!s.exit_heads.empty()) {
+    Status loaded = s.load_exit_modules(s.model ? s.retain_cut : 0);
+    if (!loaded.ok()) return Status(loaded.code(), who + loaded.message());
   }
   if (s.model && !s.exit_heads.empty()) {
     Status attached = s.attach_exits();
@@ -1533,7 +1619,12 @@ Status Stream::load(int retain_cut, int threads) {
       f.encode = found->encoding.encode_options();
       f.encoding_name = found->encoding.name();
     }
-    if (!s.exit_heads.empty()) f.exit_threshold = s.cfg.exit_thresholds.at(0);
+    if (!s.exit_heads.empty()) {
+      f.exit_threshold = s.cfg.exit_thresholds.at(0);
+      // A cut before the first exit: the exits run on the server (when it runs them).
+      f.server_exits =
+          !f.local && s.exit_heads.front().cut >= 0 && f.cut < s.exit_heads.front().cut;
+    }
     s.fixed = f;
     if (s.scheduler) {
       // Pinned: the scheduler predicts for the fixed plan when the profile has it.
@@ -1629,6 +1720,7 @@ bool Stream::release_model() {
   s.lane.reset();
   s.model.reset();
   s.retain_cut = 0;
+  (void)s.load_exit_modules(0);  // lets every exit head go
   if (s.scheduler) {
     s.scheduler->set_max_head_cut(0);
     s.scheduler->forget_current();
@@ -1645,10 +1737,27 @@ void Stream::load_model_async(int retain_cut) {
   const std::vector<int64_t> shape = s.info.input_shape;
   ComputeToken* token = &s.token;
   const int threads = s.threads;
+  // The exit heads held with these heads, loaded on the same thread.
+  std::vector<std::pair<size_t, Impl::ExitRunner>> exits;
+  for (size_t i = 0; i < s.exit_heads.size(); ++i) {
+    const Impl::ExitRunner& x = s.exit_heads[i];
+    if (!x.loaded && Impl::holds_exit(x, retain_cut)) {
+      Impl::ExitRunner what;
+      what.module_path = x.module_path;
+      what.input_shape = x.input_shape;
+      exits.emplace_back(i, std::move(what));
+    }
+  }
+  const partitioner::Engine engine = s.device.engine;
   s.pending_load = std::async(
       std::launch::async,
-      [lo, path, shape, token, threads,
-       retain_cut]() -> Result<std::shared_ptr<partitioner::ModelGraph>> {
+      [lo, path, shape, token, threads, retain_cut, exits, engine]() -> Result<Impl::LoadedModel> {
+        Impl::LoadedModel out;
+        for (const auto& [i, x] : exits) {
+          auto module = partitioner::load_exit_head(x.module_path, x.input_shape, engine);
+          if (!module.ok()) return module.status();
+          out.exits.emplace_back(i, std::move(module).value());
+        }
         auto model = partitioner::ModelGraph::load(path, lo);
         if (!model.ok()) return model.status();
         try {
@@ -1661,7 +1770,8 @@ void Stream::load_model_async(int retain_cut) {
         } catch (const std::exception& e) {
           return internal_error(std::string("the model failed its warm-up run: ") + e.what());
         }
-        return std::move(model).value();
+        out.model = std::move(model).value();
+        return out;
       });
 }
 
@@ -1676,7 +1786,11 @@ bool Stream::adopt_loaded_model(std::string* error) {
     if (error) *error = loaded.status().message();
     return true;
   }
-  s.model = std::move(loaded).value();
+  s.model = std::move(loaded->model);
+  for (auto& [i, module] : loaded->exits) {
+    s.exit_heads.at(i).module = std::move(module);
+    s.exit_heads.at(i).loaded = true;
+  }
   s.retain_cut = s.pending_retain;
   if (s.scheduler) {
     s.scheduler->set_max_head_cut(s.retain_cut);

@@ -21,6 +21,37 @@ const profiles::ExitLevel* find_level(const std::vector<profiles::ExitLevel>& ta
   return nullptr;
 }
 
+// The cascade's level at threshold `t` (nullptr for 1 or more: no frame leaves), or one sentence.
+Result<const profiles::ExitLevel*> cascade_level(const profiles::ExitSet& set, double t) {
+  if (t >= 1) return static_cast<const profiles::ExitLevel*>(nullptr);
+  const profiles::ExitLevel* all = find_level(set.cascade, t);
+  if (all) return all;
+  std::string table;
+  for (const auto& l : set.cascade) table += (table.empty() ? "" : ", ") + number(l.threshold);
+  return invalid_argument("exit threshold " + number(t) + " is not in " + set.path + "'s table (" +
+                          table + "; 1 never exits)");
+}
+
+// The thresholds asked for, or every threshold of the table.
+std::vector<double> offered(const profiles::ExitSet& set, const std::vector<double>& thresholds) {
+  std::vector<double> wanted = thresholds;
+  if (wanted.empty()) {
+    for (const auto& l : set.cascade) wanted.push_back(l.threshold);
+  }
+  return wanted;
+}
+
+// Sets the option's rates (stage i: fractions[i] of `level`, 0 without a level) and losses.
+void apply_level(const profiles::ExitSet& set, const profiles::ExitLevel* level, double confidence,
+                 ExitOption& o) {
+  for (size_t i = 0; i < o.stages.size(); ++i)
+    o.stages[i].rate = level ? level->fractions.at(i) : 0;
+  if (!level) return;
+  const profiles::ExitDrop d = profiles::exit_drop(set, *level, confidence);
+  o.drop_point_pp = d.point_pp;
+  o.drop_high_pp = d.high_pp;
+}
+
 }  // namespace
 
 Result<std::vector<ExitOption>> exit_options(const profiles::ExitSet& set,
@@ -66,31 +97,18 @@ Result<std::vector<ExitOption>> exit_options(const profiles::ExitSet& set,
     }
     stages.push_back(st);
   }
-  std::vector<double> wanted = thresholds;
-  if (wanted.empty()) {
-    for (const auto& l : set.cascade) wanted.push_back(l.threshold);
-  }
+  const std::vector<double> wanted = offered(set, thresholds);
   std::vector<ExitOption> out;
   for (double t : wanted) {
     const bool never = t >= 1;
-    const profiles::ExitLevel* all = never ? nullptr : find_level(set.cascade, t);
-    if (!never && !all) {
-      std::string table;
-      for (const auto& l : set.cascade) table += (table.empty() ? "" : ", ") + number(l.threshold);
-      return invalid_argument("exit threshold " + number(t) + " is not in " + set.path +
-                              "'s table (" + table + "; 1 never exits)");
-    }
+    auto found = cascade_level(set, t);
+    if (!found.ok()) return found.status();
     ExitOption o;
     o.threshold = t;
     o.stages = stages;
     o.min_cut = stages.back().cut_id;
     o.max_cut = INT_MAX;
-    for (size_t i = 0; i < n; ++i) o.stages[i].rate = never ? 0 : all->fractions.at(i);
-    if (!never) {
-      const profiles::ExitDrop d = profiles::exit_drop(set, *all, confidence);
-      o.drop_point_pp = d.point_pp;
-      o.drop_high_pp = d.high_pp;
-    }
+    apply_level(set, *found, confidence, o);
     out.push_back(o);
     if (n < 2) continue;
     // The first exit alone, for the plans that cut before the second.
@@ -99,15 +117,51 @@ Result<std::vector<ExitOption>> exit_options(const profiles::ExitSet& set,
     ExitOption first;
     first.threshold = t;
     first.stages = {stages[0]};
-    first.stages[0].rate = never ? 0 : alone->fractions.at(0);
     first.min_cut = stages[0].cut_id;
     first.max_cut = stages[1].cut_id - 1;
-    if (!never) {
-      const profiles::ExitDrop d = profiles::exit_drop(set, *alone, confidence);
-      first.drop_point_pp = d.point_pp;
-      first.drop_high_pp = d.high_pp;
-    }
+    apply_level(set, alone, confidence, first);
     out.push_back(first);
+  }
+  return out;
+}
+
+Result<std::vector<ExitOption>> server_exit_options(const profiles::ExitSet& set,
+                                                    const profiles::Profile& profile,
+                                                    const std::vector<int>& exit_cuts,
+                                                    const std::vector<double>& exit_ms,
+                                                    const std::vector<double>& thresholds,
+                                                    double confidence) {
+  const size_t n = set.exits.size();
+  if (exit_cuts.size() != n || exit_ms.size() != n || n == 0) {
+    return invalid_argument("an exit option needs one cut and one time per exit");
+  }
+  std::vector<ExitStage> stages;
+  for (size_t i = 0; i < n; ++i) {
+    if (i > 0 && exit_cuts[i] <= exit_cuts[i - 1]) {
+      return invalid_argument(set.path + ": its exits must be listed in the model's order");
+    }
+    ExitStage st;
+    st.cut_id = exit_cuts[i];
+    st.exit_ms = exit_ms[i];
+    for (const auto& c : profile.cuts) {
+      if (c.id == exit_cuts[i]) st.tail_ms = c.tail.median_ms;
+    }
+    stages.push_back(st);
+  }
+  std::vector<ExitOption> out;
+  if (exit_cuts.front() < 1) return out;  // no plan cuts before the first exit
+  const std::vector<double> wanted = offered(set, thresholds);
+  for (double t : wanted) {
+    auto found = cascade_level(set, t);
+    if (!found.ok()) return found.status();
+    ExitOption o;
+    o.threshold = t;
+    o.server = true;
+    o.stages = stages;
+    o.min_cut = 0;
+    o.max_cut = exit_cuts.front() - 1;
+    apply_level(set, *found, confidence, o);
+    out.push_back(o);
   }
   return out;
 }

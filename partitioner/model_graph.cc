@@ -1418,3 +1418,43 @@ void ModelGraph::prepare(int cut) const {
 }
 
 }  // namespace edgesplit::partitioner
+
+// ---------------------------------------------------------------------------------------------
+// Early-exit heads (exit_head.h)
+
+#include "partitioner/exit_head.h"
+
+namespace edgesplit::partitioner {
+
+Result<torch::jit::Module> load_exit_head(const std::string& path,
+                                          const std::vector<int64_t>& shape, Engine engine) {
+  try {
+    torch::jit::Module plain = torch::jit::load(path);
+    plain.eval();
+    if (engine == Engine::kPlain) return plain;
+    torch::jit::Module frozen = torch::jit::freeze(plain);
+    torch::jit::Module fast = torch::jit::optimize_for_inference(frozen);
+    torch::NoGradGuard no_grad;
+    const at::Tensor probe = torch::linspace(0, 2, c10::multiply_integers(shape)).reshape(shape);
+    const at::Tensor want = plain.forward({probe}).toTensor();
+    const at::Tensor got = fast.forward({probe}).toTensor();
+    const double scale = 1 + want.abs().max().item<double>();
+    const bool agrees =
+        got.sizes() == want.sizes() && (got - want).abs().max().item<double>() <= 1e-3 * scale;
+    return agrees ? fast : plain;
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    what = what.substr(0, what.find('\n'));
+    return invalid_argument("cannot load exit head " + path + ": " + what);
+  }
+}
+
+std::vector<double> max_softmax_rows(const at::Tensor& logits) {
+  const at::Tensor l =
+      logits.dim() >= 2 ? logits.reshape({logits.size(0), -1}) : logits.reshape({1, -1});
+  const at::Tensor p = torch::softmax(l.to(torch::kFloat64), 1).amax(1).contiguous();
+  const double* v = p.data_ptr<double>();
+  return std::vector<double>(v, v + p.numel());
+}
+
+}  // namespace edgesplit::partitioner

@@ -358,20 +358,29 @@ Result<Scheduler> Scheduler::create_family(const std::vector<FamilyMemberPlans>&
            std::isfinite(st.exit_ms) && (i == 0 || st.cut_id > o.stages[i - 1].cut_id);
       rate += st.rate;
     }
+    for (size_t i = 0; i < o.stages.size() && ok && o.server; ++i) {
+      ok = o.stages[i].tail_ms >= 0 && std::isfinite(o.stages[i].tail_ms);
+    }
     if (!ok || !(rate <= 1 + 1e-9)) {
       return invalid_argument(
           "an exit option needs a threshold in [0, 1], exits at rising cuts with times >= 0, "
           "rates >= 0 that sum to at most 1, min_cut <= max_cut and finite losses");
     }
+    if (o.server && o.max_cut >= o.stages.front().cut_id) {
+      return invalid_argument("exits on the server apply to plans that cut before the first exit");
+    }
     for (size_t i = 0; i < plain_plans; ++i) {
       const PlanCost& base = s.costs_[i];
       if (base.member != 0 || base.cut_id < o.min_cut || base.cut_id > o.max_cut) continue;
+      if (o.server && base.local) continue;
       Plan p = s.plans_[i];
       p.index = static_cast<int>(s.plans_.size());
       p.exit_threshold = o.threshold;
+      p.server_exits = o.server;
       for (const ExitStage& st : o.stages) p.exit_cuts.push_back(st.cut_id);
       PlanCost c = base;
       c.exit_stages = o.stages;
+      c.server_exits = o.server;
       c.accuracy_drop_point_pp += o.drop_point_pp;
       c.accuracy_drop_pp += upper ? o.drop_high_pp : o.drop_point_pp;
       s.plans_.push_back(std::move(p));
@@ -422,6 +431,12 @@ Result<bool> Scheduler::set_server_tail_ms(const std::vector<double>& tail_ms, i
   for (size_t i = 0; i < plans_.size(); ++i) {
     PlanCost& k = costs_[i];
     if (k.local || k.member != member) continue;
+    // Server exits: the tail from each exit's cut is the server's too.
+    for (ExitStage& st : k.exit_stages) {
+      for (size_t c = 0; c < ids.size() && k.server_exits; ++c) {
+        if (ids[c] == st.cut_id) st.tail_ms = tail_ms[c];
+      }
+    }
     for (size_t c = 0; c < ids.size(); ++c) {
       if (ids[c] != k.cut_id) continue;
       if (std::abs(k.tail_ms - tail_ms[c]) > 1e-3) {
@@ -434,6 +449,18 @@ Result<bool> Scheduler::set_server_tail_ms(const std::vector<double>& tail_ms, i
   }
   if (changed) apply_constraints();
   return changed;
+}
+
+void Scheduler::set_server_exits(bool held, const std::vector<std::pair<int, double>>& exit_ms) {
+  server_exits_held_ = held;
+  for (PlanCost& k : costs_) {
+    if (!k.server_exits) continue;
+    for (ExitStage& st : k.exit_stages) {
+      for (const auto& [cut, ms] : exit_ms) {
+        if (cut == st.cut_id && ms >= 0 && std::isfinite(ms)) st.exit_ms = ms;
+      }
+    }
+  }
 }
 
 Status Scheduler::set_constraints(const Constraints& constraints) {
@@ -481,6 +508,10 @@ PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
   PlanMetrics m = predict_plan(k, c);
   m.latency_slowest_ms = m.latency_ms;
   if (k.exit_stages.empty()) return m;
+  if (k.server_exits) {
+    predict_server_exits(k, c, m);
+    return m;
+  }
   // A frame leaving at exit i: the head up to its cut and the exit heads up to i, on the device.
   // The others: every exit head, then the plan (the head goes on from the last exit's cut).
   const double head_factor = k.head_correction * c.device_load;
@@ -520,6 +551,37 @@ PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
   m.fps = m.period_ms > 0 ? 1000.0 / m.period_ms : kInf;
   m.exit_rate = leave;
   return m;
+}
+
+void Scheduler::predict_server_exits(const PlanCost& k, const Conditions& c,
+                                     PlanMetrics& m) const {
+  // The tail up to exit i: the plan's tail less the tail from the exit's cut, then the exit
+  // heads up to i; a frame that leaves nowhere runs the whole tail and every exit head.
+  double exits_ms = 0;  // the exit heads so far
+  double leave = 0;     // fraction of frames that leave
+  double tail_ms = 0;   // the expected tail
+  for (const ExitStage& st : k.exit_stages) {
+    exits_ms += st.exit_ms * c.server_load;
+    leave += st.rate;
+    tail_ms += st.rate * (std::max(0.0, k.tail_ms - st.tail_ms) * c.server_load + exits_ms);
+  }
+  const double stay = std::max(0.0, 1.0 - leave);
+  tail_ms += stay > 0 ? stay * (m.tail_ms + exits_ms) : 0.0;
+  const DevicePower& pw = options_.power;
+  m.latency_slowest_ms = m.latency_ms + exits_ms;
+  m.latency_ms += tail_ms - m.tail_ms;
+  m.tail_ms = tail_ms;
+  m.server_ms = m.unpack_ms + m.tail_ms;
+  m.cost = m.server_ms * 1e-3 * options_.server_price_per_s;
+  m.energy_j = (pw.compute_watts * (m.head_ms + m.pack_ms) + pw.radio_watts * m.transfer_ms +
+                pw.idle_watts * (m.rtt_ms + m.queue_ms + m.server_ms)) *
+               1e-3;
+  m.period_ms = std::max({m.head_ms + m.pack_ms, m.transfer_ms, m.tail_ms + m.unpack_ms});
+  if (options_.in_flight > 0) {
+    m.period_ms = std::max(m.period_ms, m.latency_ms / options_.in_flight);
+  }
+  m.fps = m.period_ms > 0 ? 1000.0 / m.period_ms : kInf;
+  m.exit_rate = leave;
 }
 
 PlanMetrics Scheduler::predict_plan(const PlanCost& k, const Conditions& c) const {
@@ -709,7 +771,9 @@ std::string Scheduler::describe(int plan) const {
   const Plan& p = plans_[static_cast<size_t>(plan)];
   const std::string member = members() > 1 ? member_name(p.member) + "'s " : "";
   const std::string exits =
-      p.exit_threshold ? " with early exits at threshold " + number(*p.exit_threshold) : "";
+      p.exit_threshold ? std::string(" with early exits") + (p.server_exits ? " on the server" : "") +
+                             " at threshold " + number(*p.exit_threshold)
+                       : "";
   if (p.local) {
     return (member.empty() ? "the " : member) + "device-only plan (cut " +
            std::to_string(p.cut_id) + ")" + exits;

@@ -3,7 +3,8 @@
 // estimators measure), under the user's objective and constraints. Every (cut, encoding) of the
 // profile is a plan, plus the device-only plan (the last cut); each decision evaluates all of them
 // with the cost model of DESIGN.md. Plans may also carry early exits (ExitOption): a frame that an
-// exit head on the device is confident about leaves there. Free of LibTorch.
+// exit head on the device (or, past the cut, on the server) is confident about leaves there. Free
+// of LibTorch.
 #pragma once
 
 #include <array>
@@ -135,6 +136,9 @@ struct Plan {
   // frame passes on the device, rising. Unset: no exit (every plan create() makes).
   std::optional<double> exit_threshold;
   std::vector<int> exit_cuts;
+  // The exits of exit_cuts are on the server (ExitOption::server): the device sends every frame
+  // with the threshold and the server's tail stops at the first exit that is confident enough.
+  bool server_exits = false;
 };
 
 // A plan's predicted costs under some Conditions. Latency = head + pack + transfer + rtt + queue
@@ -203,11 +207,24 @@ struct Decision {
 // then the plan as it is (the head continues from the last exit's cut). The variant loses the
 // plan's points plus the cascade's against the whole model (the sum of the upper ends with
 // accuracy_confidence > 0: conservative, as for family members).
+//
+// Exits on the server (server = true) apply to the remote plans of member 0 whose cut lies in
+// [min_cut, max_cut], before the first exit's cut: every frame is sent; the server runs the tail
+// to the first exit's cut and that exit head, and answers a frame that leaves there; the others go
+// on to the next exit, and past the last one to the end. Expected server time = unpack + the
+// tail up to exit 1 + exit_1 + sum over later exits of P(still there) x (the part between the
+// exits + the exit head) + P(not leaving) x the rest of the tail; latency and energy follow it,
+// bytes do not change (every frame is sent). The tail up to an exit is the plan's tail less the
+// tail from the exit's cut (ExitStage::tail_ms, replaced by set_server_tail_ms as the plans' tail
+// times are). Such plans are available only while set_server_exits says the server holds the
+// exits.
 struct ExitStage {
   int cut_id = 0;
-  double head_ms = 0;  // the model's head up to this exit's cut (profiled)
-  double exit_ms = 0;  // the exit head itself
+  double head_ms = 0;  // the model's head up to this exit's cut (profiled; device exits)
+  double exit_ms = 0;  // the exit head itself (on the side it runs on)
   double rate = 0;     // fraction of all frames that leave here
+  double tail_ms = 0;  // server exits: the model's tail from this exit's cut (what a frame leaving
+                       // here does not run)
 };
 struct ExitOption {
   double threshold = 0;
@@ -216,6 +233,7 @@ struct ExitOption {
   int max_cut = 0;
   double drop_point_pp = 0;  // the cascade's top-1 loss against the whole model
   double drop_high_pp = 0;   // ... its upper end at the scheduler's accuracy_confidence
+  bool server = false;       // the exits run on the server (max_cut below the first exit's cut)
 };
 
 // A member of a model family (profiles/family.h) as the scheduler sees it: its profile (what its
@@ -257,7 +275,8 @@ class Scheduler {
 
   // Pins a plan (baselines, debugging): `encoding_name` as Encoding::name(); for the last cut
   // (device-only) it is ignored. With `exit_threshold`, the plan's early-exit variant at that
-  // threshold. kNotFound with the available names when there is no such plan.
+  // threshold (on the device or, for a cut before the exits, on the server). kNotFound with the
+  // available names when there is no such plan.
   Status pin(int cut_id, const std::string& encoding_name, int member = 0,
              std::optional<double> exit_threshold = std::nullopt);
   void unpin() { pinned_.reset(); }
@@ -289,6 +308,13 @@ class Scheduler {
   // device-only plan with available_plans = 0: the caller cannot run the frame.
   void set_max_head_cut(std::optional<int> max_head_cut);  // member 0's plans
   std::optional<int> max_head_cut() const { return max_head_cut_; }
+
+  // Whether the server holds the exits of the server-exit plans (the handshake lists them):
+  // without, those plans are not available (they are, until this is called). With `exit_ms`
+  // (cut id -> the server's time of the exit head at that cut), their exit heads' times are
+  // replaced. Changing it does not touch the pin or the hysteresis state.
+  void set_server_exits(bool held, const std::vector<std::pair<int, double>>& exit_ms = {});
+  bool server_exits_held() const { return server_exits_held_; }
 
   // The server's own unpack-free tail time per cut (from the handshake), in the profile's cut
   // order; replaces the profile's tail times in place, keeping exclusions, the pin and the
@@ -354,6 +380,7 @@ class Scheduler {
     bool beyond_budget = false;  // set_max_head_cut(): the device does not hold this head
     int cut_id = 0;
     std::vector<ExitStage> exit_stages;  // an early-exit variant's exits (empty: none)
+    bool server_exits = false;           // ... on the server
     // Violations of the constraints that do not depend on conditions (accuracy, bytes, memory),
     // recomputed when the constraints change.
     std::array<double, kConstraintCount> static_violations{};
@@ -370,6 +397,8 @@ class Scheduler {
   PlanMetrics predict(const PlanCost& cost, const Conditions& c) const;
   // The plan without its exits (predict() then takes the exits into account).
   PlanMetrics predict_plan(const PlanCost& cost, const Conditions& c) const;
+  // A plan with exits on the server: `m` is predict_plan's, turned into the expectation.
+  void predict_server_exits(const PlanCost& cost, const Conditions& c, PlanMetrics& m) const;
   void judge(const PlanCost& cost, PlanEstimate& e) const;
   double primary(const PlanMetrics& m) const;
   // Improvement of `best` over `current`: relative in the objective when `best` is feasible;
@@ -383,8 +412,9 @@ class Scheduler {
   bool comfortably_feasible(const PlanEstimate& e) const;
   // Fills the plan, predictions, feasibility and explanation of `d` from `e`.
   void finish(const PlanEstimate& e, Decision& d) const;
-  static bool available(const PlanCost& cost, const Conditions& c) {
+  bool available(const PlanCost& cost, const Conditions& c) const {
     if (cost.beyond_budget) return false;
+    if (cost.server_exits && !server_exits_held_) return false;
     return cost.local || (!cost.excluded && c.server_available && c.bandwidth_mbps > 0);
   }
 
@@ -400,6 +430,7 @@ class Scheduler {
   std::vector<int> local_plans_;  // per member: its device-only plan's index
   std::vector<std::string> member_names_;
   bool intervals_known_ = true;
+  bool server_exits_held_ = true;
   int challenger_ = -1;
   int challenger_streak_ = 0;
   std::vector<PlanEstimate> feasible_;  // decide()'s scratch: the feasible plans of this decision

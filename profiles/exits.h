@@ -35,6 +35,7 @@ struct ExitHead {
   std::vector<int64_t> input_shape;  // N x C x H x W of that crossing tensor
   int64_t num_classes = 0;
   int64_t macs = 0;                       // the head's multiply-adds
+  int64_t params = 0;                     // the head's parameters (0: not stated)
   int64_t backbone_macs_to_position = 0;  // the model's multiply-adds up to the cut
   std::vector<ExitLevel> alone;           // the cascade of this exit alone
 };
@@ -43,12 +44,19 @@ struct ExitSet {
   std::string path;
   std::string model_name;
   std::string model_digest;  // "sha256:..." of the model file the heads were trained on
+  // "sha256:..." of NAME_exits.json's bytes: device and server agree on the exits by it (the
+  // handshake's ModelDesc.exits_digest).
+  std::string digest;
   double backbone_top1 = 0;  // the whole model's top-1 on the same test images
   int64_t test_images = 0;
   int64_t backbone_macs = 0;
   std::vector<ExitHead> exits;     // in the model's order
   std::vector<ExitLevel> cascade;  // every exit, per threshold (rising)
 };
+
+// What loading an exit head adds to a process's resident memory, predicted from its parameters
+// and the tensor it reads (see exits.cc for the measurement behind it).
+int64_t predicted_exit_head_bytes(const ExitHead& head);
 
 // Reads NAME_exits.json and each head's JSON beside it (NAME_exit_POSITION.json, named after its
 // TorchScript file). kNotFound for a missing file, kInvalidArgument with one sentence naming the

@@ -59,6 +59,9 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
      cxxopts::value<std::vector<std::string>>())
     ("meta", "metadata JSON for the --model at the same position (default: beside the model)",
      cxxopts::value<std::vector<std::string>>())
+    ("exits", "early-exit heads to run on the server (NAME_exits.json from models/train_exits.py; "
+     "repeat for several models): each applies to the served model its heads were trained on",
+     cxxopts::value<std::vector<std::string>>())
     ("family", "serve every member of this model family (a manifest, models/families/; repeat for "
      "several), each under its own digest", cxxopts::value<std::vector<std::string>>())
     ("workers", "threads running tails", cxxopts::value<int>()->default_value("1"))
@@ -131,6 +134,7 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
   options.router.endpoint = args["bind"].as<std::string>();
   if (args.count("model")) options.model_paths = args["model"].as<std::vector<std::string>>();
   if (args.count("meta")) options.meta_paths = args["meta"].as<std::vector<std::string>>();
+  if (args.count("exits")) options.exits_paths = args["exits"].as<std::vector<std::string>>();
   if (args.count("profile")) {
     options.profile_paths = args["profile"].as<std::vector<std::string>>();
   }

@@ -199,6 +199,10 @@ std::string ServerMetrics::render(const MetricsGauges& g) const {
          static_cast<double>(late_dropped.load()));
   metric(out, "edgesplit_batches_total", "Tail runs (batches, a batch of one included).", "counter",
          static_cast<double>(batches.load()));
+  metric(out, "edgesplit_server_exits_total",
+         "Inference requests answered at an early exit on the server (--exits): the rest of "
+         "the tail did not run.",
+         "counter", static_cast<double>(server_exits.load()));
   metric(out, "edgesplit_dropped_disconnected_total",
          "Queued inference requests dropped unprocessed because their device had disconnected.",
          "counter", static_cast<double>(dropped_gone.load()));

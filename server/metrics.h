@@ -78,6 +78,7 @@ class ServerMetrics {
   std::atomic<uint64_t> expired{0};            // not computed: deadline passed or not reachable
   std::atomic<uint64_t> late_dropped{0};  // computed, but finished after the deadline: not sent
   std::atomic<uint64_t> batches{0};       // tail runs (a batch of one included)
+  std::atomic<uint64_t> server_exits{0};  // frames answered at an exit head (--exits)
   Histogram queue_seconds;
   Histogram batch_size;  // requests per tail run
   Histogram unpack_seconds;

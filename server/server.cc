@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -15,6 +16,7 @@
 
 #include "partitioner/model_graph.h"
 #include "partitioner/model_info.h"
+#include "profiles/exits.h"
 #include "profiles/profile.h"
 #include "server/batcher.h"
 #include "server/client_table.h"
@@ -42,6 +44,7 @@ struct ServedModel {
   // Ids of the entropy-coding tables of the server's profile (packing/entropy_codec.h), which it
   // decodes; the handshake lists them so that devices only send frames coded with these.
   std::vector<uint64_t> codec_tables;
+  std::shared_ptr<const ServerExits> exits;  // --exits for this model; null: none
 };
 
 // One queued inference: the validated request with its payload frames.
@@ -255,11 +258,12 @@ struct InferenceServer::Impl {
       for (const auto& t : req.tensors()) br.jpeg = br.jpeg || t.encoding() == wire::TENSOR_JPEG;
       br.top_k = static_cast<int>(req.top_k());
       br.want_logits = req.want_logits();
+      br.exit_threshold = req.exit_threshold();
       requests.push_back(std::move(br));
     }
     if (options.slow_tail.count() > 0) std::this_thread::sleep_for(options.slow_tail);
     auto outcomes = run_tail_batch(*model.graph, model.info ? &*model.info : nullptr, cut, requests,
-                                   decode_limits);
+                                   decode_limits, model.exits.get());
     metrics.batches++;
     metrics.batch_size.observe(static_cast<double>(run.size()));
     std::vector<wire::Reply> replies;
@@ -305,6 +309,13 @@ struct InferenceServer::Impl {
       ir->set_compute_us(static_cast<uint64_t>(outcome->compute_us));
       ir->set_queue_length(static_cast<uint32_t>(queue_left));
       ir->set_batch_size(static_cast<uint32_t>(run.size()));
+      if (outcome->exit) {
+        metrics.server_exits++;
+        auto* x = ir->mutable_server_exit();
+        x->set_cut(static_cast<uint32_t>(outcome->exit->cut));
+        x->set_position(outcome->exit->position);
+        x->set_confidence(static_cast<float>(outcome->exit->confidence));
+      }
       replies.push_back(std::move(reply));
     }
     return replies;
@@ -406,6 +417,15 @@ struct InferenceServer::Impl {
           d->set_engine(m.graph->engine_report().summary());
           d->set_cut_table(m.signature.cut_table);
           for (uint64_t t : m.codec_tables) d->add_codec_tables(t);
+          if (m.exits) {
+            d->set_exits_digest(m.exits->digest());
+            for (const auto& x : m.exits->exits()) {
+              auto* e = d->add_exits();
+              e->set_cut(static_cast<uint32_t>(x.cut));
+              e->set_position(x.position);
+              e->set_ms(static_cast<float>(x.ms));
+            }
+          }
           for (const auto& [n, per_cut] : m.batch_tail_ms) {
             auto* b = d->add_batch_tail_ms();
             b->set_batch(static_cast<uint32_t>(n));
@@ -748,7 +768,8 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
                        {},
                        {},
                        std::move(batchable),
-                       {}};
+                       {},
+                       nullptr};
     if (info.ok()) served.info = std::move(info).value();
     // The tail-time table devices get in the handshake.
     const std::string explicit_profile =
@@ -815,6 +836,44 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     }
     impl->catalog[digest] = served.signature;
     impl->models[digest] = std::move(served);
+  }
+  // Each exits file goes with the served model its heads were trained on.
+  for (const std::string& path : options.exits_paths) {
+    auto set = profiles::load_exits(path);
+    if (!set.ok()) return invalid_argument("--exits: " + set.status().message());
+    ServedModel* target = nullptr;
+    std::string served;
+    for (auto& [digest, m] : impl->models) {
+      served += (served.empty() ? "" : ", ") + m.signature.name + " (" + digest + ")";
+      if (digest == set->model_digest) target = &m;
+    }
+    if (!target) {
+      return invalid_argument("--exits " + path + ": its heads were trained on model " +
+                              set->model_digest + ", which this server does not serve (it serves " +
+                              served + ")");
+    }
+    if (target->exits) {
+      return invalid_argument("--exits " + path + ": model " + target->signature.name +
+                              " already has exits from " + target->exits->path());
+    }
+    auto exits = ServerExits::load(path, *target->graph, options.engine);
+    if (!exits.ok()) return exits.status();
+    target->exits = std::move(exits).value();
+    std::string list;
+    for (const auto& x : target->exits->exits()) {
+      char buf[96];
+      std::snprintf(buf, sizeof buf, "%s%s at cut %d (%.3f ms)", list.empty() ? "" : ", ",
+                    x.position.c_str(), x.cut, x.ms);
+      list += buf;
+    }
+    spdlog::info("model {}: early exits from {}: {}", target->signature.name, path, list);
+    // The parts between the exits, built now (the part from a request's cut to the first exit
+    // is built on first use).
+    int at = 0;
+    for (const auto& x : target->exits->exits()) {
+      if (at > 0) target->graph->prepare_between(at, x.cut);
+      at = x.cut;
+    }
   }
   const bool curve = !options.router.curve_secret_key.empty();
   if (curve && !transport::curve_available()) {

@@ -39,6 +39,9 @@ struct ServerOptions {
   // Optional derived variant per model (same order; partitioner/variant.h): the model is served as
   // that variant, under its digest. A family (--family) lists its members here.
   std::vector<partitioner::VariantSpec> variants;
+  // Early exits on the server (server/tail_executor.h, ServerExits): each file applies to the
+  // served model its heads were trained on (by digest); one that matches none fails create().
+  std::vector<std::string> exits_paths;
   int workers = 1;          // threads running tails
   int compute_threads = 0;  // LibTorch intra-op threads (0: LibTorch's default)
   // How tails run (partitioner::Engine); the cut ids do not depend on it.

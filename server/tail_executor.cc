@@ -2,11 +2,14 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 
 #include "imaging/image_codec.h"
 #include "partitioner/cut_table.h"
+#include "partitioner/exit_head.h"
+#include "profiles/exits.h"
 
 namespace edgesplit::server {
 namespace {
@@ -18,6 +21,77 @@ int64_t micros_since(std::chrono::steady_clock::time_point t0) {
 }
 
 }  // namespace
+
+struct ServerExits::Heads {
+  std::vector<torch::jit::Module> modules;  // one per exit
+};
+
+Result<std::shared_ptr<const ServerExits>> ServerExits::load(const std::string& path,
+                                                             const partitioner::ModelGraph& model,
+                                                             partitioner::Engine engine) {
+  auto set = profiles::load_exits(path);
+  if (!set.ok()) return set.status();
+  if (set->model_digest != model.base_digest() || model.digest() != model.base_digest()) {
+    return invalid_argument("--exits " + path + ": its heads were trained on model " +
+                            set->model_digest + ", not on the model served as " + model.digest() +
+                            " (give each --exits the model file its heads were trained on)");
+  }
+  auto out = std::make_shared<ServerExits>();
+  out->path_ = path;
+  out->digest_ = set->digest;
+  out->heads_ = std::make_shared<Heads>();
+  int previous = -1;
+  for (const profiles::ExitHead& h : set->exits) {
+    int id = -1;
+    for (const auto& c : model.cuts()) {
+      if (c.name == h.cut_name) id = c.id;
+    }
+    if (id < 0) {
+      return invalid_argument("--exits " + path + ": exit " + h.position + " reads cut \"" +
+                              h.cut_name +
+                              "\", which the model does not have (edgesplit-inspect lists its "
+                              "cuts)");
+    }
+    const partitioner::CutPoint& point = model.cut(id);
+    if (point.tensors.size() != 1 || point.tensors[0].shape != h.input_shape) {
+      return invalid_argument("--exits " + path + ": exit " + h.position +
+                              " takes a tensor of another shape than cut \"" + h.cut_name +
+                              "\" carries");
+    }
+    if (id <= previous) {
+      return invalid_argument("--exits " + path + " must list its exits in the model's order");
+    }
+    previous = id;
+    auto module = partitioner::load_exit_head(h.module_path, h.input_shape, engine);
+    if (!module.ok()) return invalid_argument("--exits " + path + ": " + module.status().message());
+    // Its time here, for the handshake: the median of 9 runs after 2 warm-ups.
+    std::vector<double> times;
+    try {
+      c10::InferenceMode inference;
+      const at::Tensor zeros = torch::zeros(h.input_shape, torch::kFloat32);
+      for (int i = 0; i < 11; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        (void)module->forward({zeros});
+        if (i >= 2) times.push_back(static_cast<double>(micros_since(t0)) / 1000);
+      }
+    } catch (const std::exception& e) {
+      std::string what = e.what();
+      return invalid_argument(
+          "--exits " + path + ": exit head " + h.position +
+          " fails on a tensor of its input shape: " + what.substr(0, what.find('\n')));
+    }
+    std::nth_element(times.begin(), times.begin() + 4, times.end());
+    out->exits_.push_back({h.position, id, times[4]});
+    out->heads_->modules.push_back(std::move(module).value());
+  }
+  return std::shared_ptr<const ServerExits>(std::move(out));
+}
+
+at::Tensor ServerExits::run(size_t i, const at::Tensor& crossing) const {
+  torch::jit::Module module = heads_->modules.at(i);  // a handle: forward is not const
+  c10::InferenceMode inference;  // as the device runs them (oneDNN's packed weights need it)
+  return module.forward({crossing}).toTensor().contiguous().to(torch::kFloat32);
+}
 
 ModelSignature signature_of(const partitioner::ModelGraph& model, const std::string& name) {
   ModelSignature sig;
@@ -100,7 +174,8 @@ Status decode_row(const partitioner::ModelInfo* info, const partitioner::CutPoin
 std::vector<Result<TailOutcome>> run_tail_batch(const partitioner::ModelGraph& model,
                                                 const partitioner::ModelInfo* info, int cut,
                                                 const std::vector<BatchRequest>& requests,
-                                                const packing::DecodeLimits& limits) {
+                                                const packing::DecodeLimits& limits,
+                                                const ServerExits* exits) {
   std::vector<Result<TailOutcome>> out(requests.size(), Status(StatusCode::kInternal, "not run"));
   if (!model.has_cut(cut)) {
     for (auto& o : out) {
@@ -142,30 +217,64 @@ std::vector<Result<TailOutcome>> run_tail_batch(const partitioner::ModelGraph& m
         batched_shape(point.tensors[i].shape, static_cast<int64_t>(ok_rows.size()))));
   }
   auto t1 = std::chrono::steady_clock::now();
+  // `live` maps the batch's rows to requests; exits past the cut shrink it.
+  std::vector<int64_t> live = ok_rows;
+  int at_cut = cut;
   at::Tensor logits;
+  const auto fail_rows = [&](const std::string& why) {
+    for (int64_t r : live) out[static_cast<size_t>(r)] = internal_error(why);
+  };
   try {
     torch::NoGradGuard no_grad;
-    logits = model.run_tail(cut, batch).contiguous().to(torch::kFloat32);
+    bool wanted = false;
+    for (int64_t r : live) wanted = wanted || requests[static_cast<size_t>(r)].exit_threshold > 0;
+    for (size_t e = 0; exits && wanted && e < exits->exits().size() && !live.empty(); ++e) {
+      const ServerExits::Exit& x = exits->exits()[e];
+      if (x.cut <= at_cut) continue;
+      batch = model.run_between(at_cut, x.cut, batch);
+      at_cut = x.cut;
+      const at::Tensor exit_logits = exits->run(e, batch.at(0));
+      const std::vector<double> confidence = partitioner::max_softmax_rows(exit_logits);
+      const int64_t done_us = micros_since(t1);
+      std::vector<int64_t> keep;  // positions in the batch of the rows that go on
+      for (size_t k = 0; k < live.size(); ++k) {
+        const auto r = static_cast<size_t>(live[k]);
+        const double t = requests[r].exit_threshold;
+        if (!(t > 0 && t < 1 && confidence[k] >= t)) {
+          keep.push_back(static_cast<int64_t>(k));
+          continue;
+        }
+        TailOutcome o = finish_outcome(exit_logits[static_cast<int64_t>(k)], requests[r].top_k,
+                                       requests[r].want_logits);
+        o.unpack_us = decoded_us[r];
+        o.compute_us = done_us;
+        o.exit = ExitTaken{x.cut, x.position, confidence[k]};
+        out[r] = std::move(o);
+      }
+      if (keep.size() == live.size()) continue;
+      std::vector<int64_t> left;
+      for (int64_t k : keep) left.push_back(live[static_cast<size_t>(k)]);
+      live = std::move(left);
+      if (live.empty()) break;
+      const at::Tensor picked = torch::tensor(keep, torch::kLong);
+      for (auto& t : batch) t = t.index_select(0, picked);
+    }
+    if (live.empty()) return out;
+    logits = model.run_tail(at_cut, batch).contiguous().to(torch::kFloat32);
   } catch (const std::exception& e) {
     std::string what = e.what();
-    for (int64_t r : ok_rows) {
-      out[static_cast<size_t>(r)] =
-          internal_error("the tail of cut " + std::to_string(cut) + " failed on a batch of " +
-                         std::to_string(ok_rows.size()) + ": " + what.substr(0, what.find('\n')));
-    }
+    fail_rows("the tail of cut " + std::to_string(cut) + " failed on a batch of " +
+              std::to_string(live.size()) + ": " + what.substr(0, what.find('\n')));
     return out;
   }
   const int64_t compute_us = micros_since(t1);
-  if (logits.numel() == 0 || logits.numel() % static_cast<int64_t>(ok_rows.size()) != 0) {
-    for (int64_t r : ok_rows) {
-      out[static_cast<size_t>(r)] = internal_error("the tail of cut " + std::to_string(cut) +
-                                                   " returned no logits per request");
-    }
+  if (logits.numel() == 0 || logits.numel() % static_cast<int64_t>(live.size()) != 0) {
+    fail_rows("the tail of cut " + std::to_string(cut) + " returned no logits per request");
     return out;
   }
-  logits = logits.reshape({static_cast<int64_t>(ok_rows.size()), -1});
-  for (size_t k = 0; k < ok_rows.size(); ++k) {
-    const auto r = static_cast<size_t>(ok_rows[k]);
+  logits = logits.reshape({static_cast<int64_t>(live.size()), -1});
+  for (size_t k = 0; k < live.size(); ++k) {
+    const auto r = static_cast<size_t>(live[k]);
     TailOutcome o =
         finish_outcome(logits[static_cast<int64_t>(k)], requests[r].top_k, requests[r].want_logits);
     o.unpack_us = decoded_us[r];

@@ -124,6 +124,11 @@ ParsedRequest parse_frames(std::vector<zmq::message_t>&& frames, const Limits& l
                                                          std::to_string(encoding));
         }
       }
+      if (!(infer.exit_threshold() >= 0 && infer.exit_threshold() <= 1)) {
+        return reject_malformed(std::move(parsed), who + ": exit threshold " +
+                                                       std::to_string(infer.exit_threshold()) +
+                                                       " is not in [0, 1]");
+      }
       infer.set_top_k(std::min(infer.top_k(), limits.max_top_k));
       break;
     }

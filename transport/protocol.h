@@ -24,7 +24,7 @@ namespace edgesplit::transport {
 // Protocol version sent in Hello/HelloReply. Peers with another major cannot talk; the minor only
 // adds fields an older peer may ignore.
 inline constexpr uint32_t kProtocolMajor = 1;
-inline constexpr uint32_t kProtocolMinor = 2;
+inline constexpr uint32_t kProtocolMinor = 3;
 
 // Upper bounds on what one peer accepts from the other. Anything over them is rejected before use
 // (STATUS_TOO_LARGE), so a bad or hostile peer cannot make the receiver allocate or loop without
@@ -74,7 +74,8 @@ struct ParsedRequest {
 // max_header_bytes; the body is a oneof this version knows; the total is under max_message_bytes;
 // Hello: same major (else STATUS_VERSION_MISMATCH) and no payload; InferRequest: digest non-empty
 // and short, 1..max_payload_frames tensors, one payload frame per tensor whose size equals its
-// packed_bytes; Ping: a probe frame of exactly echo_bytes. top_k is capped to max_top_k in place.
+// packed_bytes, an exit_threshold in [0, 1]; Ping: a probe frame of exactly echo_bytes. top_k is
+// capped to max_top_k in place.
 // Never throws; every failure is a value in the result.
 ParsedRequest parse_request(std::vector<zmq::message_t>&& frames, const Limits& limits);
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "device/placement.h"
+#include "profiles/exits.h"
 #include "tests/scheduler/profile_util.h"
 
 using namespace edgesplit;
@@ -104,4 +105,35 @@ TEST_CASE("placement: a fixed cut counts only its own plans") {
   CHECK(options[0].retain_cut == 0);
   CHECK_FALSE(options[0].meets_bounds);  // holds no head of cut 1
   CHECK(options[1].meets_bounds);
+}
+
+TEST_CASE("placement: the exit heads a stream holds count with the heads they follow") {
+  const Profile p = profile();
+  // Exit heads after cut 1 (3 MiB) and after cut 2 (1 MiB): the whole model holds both.
+  const std::vector<edgesplit::device::HeldExit> exits = {{1, 3 << 20}, {2, 1 << 20}};
+  const int64_t plain = predicted_load_bytes(p, p.cuts[2]);
+  CHECK(predicted_load_bytes(p, p.cuts[0], exits) == 0);  // server-only loads no exit head
+  CHECK(predicted_load_bytes(p, p.cuts[1], exits) == plain + (3 << 20));
+  CHECK(predicted_load_bytes(p, p.cuts[2], exits) == plain + (4 << 20));
+  auto options = memory_options(p, scheduler(p, 50), up(), std::nullopt, exits);
+  // The same options as without exits (holding fewer heads is not offered for the exits alone).
+  REQUIRE(options.size() == 2);
+  CHECK(options[0].bytes == 0);
+  CHECK(options[1].retain_cut == 2);
+  CHECK(options[1].bytes == plain + (4 << 20));
+  // An exit head's prediction from its parameters and input: ResNet-56's layer1 head measured
+  // 3.8-3.9 MiB, its layer2 head 1.1-1.2 MiB, both held by a stream (with the model's parts
+  // between their cuts) 8.6-8.8 MiB (profiles/exits.cc); the predictions stay above.
+  profiles::ExitHead layer1, layer2;
+  layer1.params = 23882;
+  layer1.input_shape = {1, 16, 32, 32};
+  layer2.params = 19210;
+  layer2.input_shape = {1, 32, 16, 16};
+  const int64_t b1 = profiles::predicted_exit_head_bytes(layer1);
+  const int64_t b2 = profiles::predicted_exit_head_bytes(layer2);
+  CHECK(b1 >= 39 * (1 << 20) / 10);
+  CHECK(b1 < 8 << 20);
+  CHECK(b2 >= 12 * (1 << 20) / 10);
+  CHECK(b2 < b1);
+  CHECK(b1 + b2 >= 88 * (1 << 20) / 10);
 }

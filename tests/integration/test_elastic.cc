@@ -4,7 +4,10 @@
 // device sends frames of any member to it. Needs ../shared (the CIFAR-10 ResNets); skipped without.
 // And early-exit heads trained on a few hundred images learn something (models/train_exits.py);
 // a device with the default model's exit (models/exits/) finishes confident frames there, each
-// with the exit head's own class, and the others as a run without exits does.
+// with the exit head's own class, and the others as a run without exits does. With the exit on
+// the server (edgesplit-server --exits), a frame cut before it is answered by the server at the
+// exit when confident, with the class the exit head alone gives there, and otherwise by the whole
+// tail; a server without the exits makes the device leave those plans out.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -20,6 +23,7 @@
 
 #include "tests/integration/child_process.h"
 #include "tests/integration/default_model.h"
+#include "tests/integration/http_client.h"
 #include "tests/test_paths.h"
 
 namespace fs = std::filesystem;
@@ -404,5 +408,122 @@ TEST_CASE("early exits: the wrong model's exits or a fixed plan without a thresh
       out, err);
   CHECK(rc == 2);
   CHECK(read_file(err).find("is not in") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE(
+    "early exits on the server: confident frames are answered at the exit - the rest as without") {
+  const fs::path dir = scratch("exit-on-server");
+  ServerProcess server;
+  const fs::path port_file = dir / "http-port.txt";
+  REQUIRE(server.start(
+      dir, {"--model", default_model().string(), "--exits", default_exits().string(), "--http-port",
+            "0", "--http-bind", "127.0.0.1", "--http-port-file", port_file.string()}));
+  INFO(server.log());
+  // Cut down1.2 (4) lies before the exit (res1.relu, 6): the exit runs on the server.
+  const std::vector<std::string> remote = {
+      "--server", server.endpoint(), "--cut", "down1.2", "--bits", "8", "--require-server"};
+  const auto plain = device_frames(dir, "plain", remote, nullptr);
+  auto with = [&](const std::string& t) {
+    std::vector<std::string> a = remote;
+    a.insert(a.end(), {"--exits", default_exits().string(), "--exit-threshold", t});
+    return a;
+  };
+  // At threshold 0 every frame leaves at the server's exit: the exit head's own class there.
+  const auto all = device_frames(dir, "all", with("0"), nullptr);
+  for (const auto& [source, f] : all) {
+    CHECK(f["completed"] == "server_exit");
+    CHECK(f["exit"]["side"] == "server");
+    CHECK(f["exit"]["position"] == "res1");
+    CHECK(f["exit"]["cut"] == 6);
+    CHECK(f["bytes_sent"].get<int64_t>() > 0);
+  }
+  json summary;
+  const auto some = device_frames(dir, "some", with("0.9"), &summary);
+  size_t left = 0;
+  for (const auto& [source, f] : some) {
+    CAPTURE(source);
+    REQUIRE(f.contains("exit"));
+    CHECK(f["exit"]["side"] == "server");
+    CHECK(f["bytes_sent"].get<int64_t>() > 0);  // every frame is sent
+    if (f["completed"] == "server_exit") {
+      ++left;
+      CHECK(f["exit"]["confidences"].at(0).get<double>() >= 0.9);
+      CHECK(top_class(f) == top_class(all.at(source)));
+    } else {
+      CHECK(f["completed"] == "server");
+      CHECK_FALSE(f["exit"]["left"].get<bool>());
+      CHECK(top_class(f) == top_class(plain.at(source)));
+    }
+  }
+  CHECK(left > 0);
+  CHECK(left < some.size());
+  CHECK(summary["exits"]["left_on_server"] == left);
+  CHECK(summary["exits"]["at"]["res1"] == left);
+  CHECK(summary["on_server"] == some.size());
+  MESSAGE(left << " of " << some.size() << " sample frames left at the server's exit at 0.9");
+  // The server counts them.
+  int http_port = -1;
+  for (int i = 0; i < 500 && http_port < 0; ++i) {
+    const std::string text = read_file(port_file);
+    if (!text.empty() && text.back() == '\n') http_port = std::stoi(text);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(http_port > 0);
+  const std::string metrics = http_get(http_port, "/metrics").body;
+  CHECK(metrics.find("edgesplit_server_exits_total " + std::to_string(left + all.size())) !=
+        std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("early exits on the server: a server without the exits makes the device leave them out") {
+  const fs::path dir = scratch("exit-not-on-server");
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string()}));
+  // A fixed plan before the exit: sent without a threshold, answered by the whole tail.
+  const std::vector<std::string> fixed = {"--server",
+                                          server.endpoint(),
+                                          "--cut",
+                                          "down1.2",
+                                          "--bits",
+                                          "8",
+                                          "--require-server",
+                                          "--exits",
+                                          default_exits().string(),
+                                          "--exit-threshold",
+                                          "0"};
+  json summary;
+  const auto frames = device_frames(dir, "fixed", fixed, &summary);
+  for (const auto& [source, f] : frames) CHECK(f["completed"] == "server");
+  CHECK(summary["exits"]["left"] == 0);
+  CHECK(read_file(dir / "fixed.err").find("does not run this stream's exits") != std::string::npos);
+  // Scheduled: no plan with exits on the server is chosen, and the device says why once.
+  const std::vector<std::string> scheduled = {"--server", server.endpoint(), "--require-server",
+                                              "--exits", default_exits().string()};
+  const auto chosen = device_frames(dir, "scheduled", scheduled, nullptr);
+  for (const auto& [source, f] : chosen) {
+    CHECK(f["completed"] != "server_exit");
+    if (f.contains("exit")) CHECK(f["exit"]["side"] == "device");
+  }
+  const std::string said = read_file(dir / "scheduled.err");
+  const auto first = said.find("does not run this stream's exits");
+  CHECK(first != std::string::npos);
+  CHECK(said.find("does not run this stream's exits", first + 1) == std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE(
+    "early exits on the server: exits of another model are refused at start, in one sentence") {
+  const fs::path dir = scratch("exit-server-errors");
+  const fs::path out = dir / "out", err = dir / "err";
+  const std::string other = (source_dir() / "models/exits/resnet56_cifar10_exits.json").string();
+  const int rc = run_to_end({bin("edgesplit-server"), "--bind", "tcp://127.0.0.1:*", "--model",
+                             default_model().string(), "--exits", other},
+                            out, err);
+  CHECK(rc != 0);
+  const std::string said = read_file(err);
+  INFO(said);
+  CHECK(said.find("--exits") != std::string::npos);
+  CHECK(said.find("does not serve") != std::string::npos);
   fs::remove_all(dir);
 }

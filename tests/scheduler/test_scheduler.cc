@@ -1281,13 +1281,74 @@ BruteMetrics brute_exit_metrics(const Profile& p, size_t cut, int enc, const Con
   return m;
 }
 
+// A random option with its exits on the server: one or two exits at random inner cuts, for the
+// remote plans cutting before the first.
+ExitOption random_server_exit_option(const Profile& p, std::mt19937& rng) {
+  std::uniform_real_distribution<double> u(0, 1);
+  ExitOption o = random_exit_option(p, rng);
+  o.server = true;
+  for (ExitStage& st : o.stages) {
+    st.head_ms = 0;
+    st.tail_ms = p.cuts[static_cast<size_t>(st.cut_id)].tail.median_ms;
+  }
+  o.max_cut = o.stages.front().cut_id - 1;
+  o.min_cut = static_cast<int>(rng() % static_cast<unsigned>(o.max_cut + 1));
+  return o;
+}
+
+// The expected metrics of remote plan (cut, enc) with exits on the server, from the frames'
+// outcomes: every frame is sent; one leaving at exit i costs the server the tail from the plan's
+// cut to the exit's (the plan's tail less the tail from the exit's cut) and the exit heads up to
+// i; the others the whole tail and every exit head.
+BruteMetrics brute_server_exit_metrics(const Profile& p, size_t cut, int enc, const Conditions& c,
+                                       const SchedulerOptions& o, const ExitOption& x,
+                                       double* slowest) {
+  const BruteMetrics plain = brute_metrics(p, cut, enc, c, o);
+  const EncodingProfile& e = p.cuts[cut].encodings[static_cast<size_t>(enc)];
+  const double head = p.cuts[cut].head.median_ms * c.device_load;
+  const double transfer = e.bytes_mean / (c.bandwidth_mbps * 1e6 / 8 / 1000);
+  const double tail = p.cuts[cut].tail.median_ms * c.server_load;
+  BruteMetrics m;
+  m.memory = plain.memory;
+  m.drop = plain.drop + x.drop_point_pp;
+  m.bytes = plain.bytes;
+  // Each outcome: (probability, the server's tail time).
+  std::vector<std::pair<double, double>> outcomes;
+  double stay = 1, exits = 0;
+  for (const ExitStage& st : x.stages) {
+    exits += st.exit_ms * c.server_load;
+    const double to_exit =
+        (p.cuts[cut].tail.median_ms - p.cuts[static_cast<size_t>(st.cut_id)].tail.median_ms) *
+        c.server_load;
+    outcomes.emplace_back(st.rate, std::max(0.0, to_exit) + exits);
+    stay -= st.rate;
+  }
+  outcomes.emplace_back(stay, tail + exits);
+  *slowest = plain.latency + exits;
+  double expected_tail = 0;
+  for (const auto& [prob, t] : outcomes) {
+    const double server = e.unpack.median_ms + t;
+    m.latency += prob * (plain.latency - tail + t);
+    m.server += prob * server;
+    m.energy +=
+        prob *
+        (o.power.compute_watts * (head + e.pack.median_ms) + o.power.radio_watts * transfer +
+         o.power.idle_watts * (c.rtt_ms + c.server_queue_ms + server)) /
+        1000;
+    expected_tail += prob * t;
+  }
+  m.cost = m.server / 1000 * o.server_price_per_s;
+  m.fps = 1000 / std::max({head + e.pack.median_ms, transfer, expected_tail + e.unpack.median_ms});
+  return m;
+}
+
 }  // namespace
 
 TEST_CASE("exit plans: the choice equals brute force over plans with and without exits") {
   std::mt19937 rng(4242);
   std::uniform_real_distribution<double> u(0, 1);
   const auto& objectives = kObjectives;
-  int feasible_cases = 0, exit_chosen = 0, plain_chosen = 0;
+  int feasible_cases = 0, exit_chosen = 0, plain_chosen = 0, server_exit_chosen = 0;
   for (int trial = 0; trial < 360; ++trial) {
     const Profile p = random_profile(rng);
     if (p.cuts.size() < 3) continue;
@@ -1301,9 +1362,15 @@ TEST_CASE("exit plans: the choice equals brute force over plans with and without
     only.profile = &p;
     const int options = 1 + static_cast<int>(rng() % 3);
     for (int k = 0; k < options; ++k) only.exits.push_back(random_exit_option(p, rng));
+    // Exits on the server too, in two of three trials; held by the server in two of those three.
+    if (trial % 3 != 0) {
+      for (int k = 0; k < options; ++k) only.exits.push_back(random_server_exit_option(p, rng));
+    }
+    const bool server_held = trial % 9 != 1 && trial % 9 != 4 && trial % 9 != 7;
     auto created = Scheduler::create_family({only}, o);
     REQUIRE_MESSAGE(created.ok(), created.status().to_string());
     Scheduler s = std::move(created).value();
+    s.set_server_exits(server_held);
     // The plans without exits keep the indices create() gives them.
     const Scheduler plain = make(p, o);
     for (size_t i = 0; i < plain.plans().size(); ++i) {
@@ -1328,8 +1395,10 @@ TEST_CASE("exit plans: the choice equals brute force over plans with and without
         consider(m, m.latency, m.bytes);
         for (const ExitOption& x : only.exits) {
           if (static_cast<int>(cut) < x.min_cut || static_cast<int>(cut) > x.max_cut) continue;
+          if (x.server && (e < 0 || !server_held)) continue;
           double slowest = 0;
-          const BruteMetrics xm = brute_exit_metrics(p, cut, e, c, o, x, &slowest);
+          const BruteMetrics xm = x.server ? brute_server_exit_metrics(p, cut, e, c, o, x, &slowest)
+                                           : brute_exit_metrics(p, cut, e, c, o, x, &slowest);
           consider(xm, slowest, m.bytes);
         }
       });
@@ -1347,12 +1416,19 @@ TEST_CASE("exit plans: the choice equals brute force over plans with and without
         const ExitOption* x = nullptr;
         for (const ExitOption& k : only.exits) {
           if (k.threshold == *d.plan.exit_threshold && k.stages.size() == d.plan.exit_cuts.size() &&
-              static_cast<int>(cut) >= k.min_cut && static_cast<int>(cut) <= k.max_cut) {
+              k.server == d.plan.server_exits && static_cast<int>(cut) >= k.min_cut &&
+              static_cast<int>(cut) <= k.max_cut) {
             x = &k;
           }
         }
         REQUIRE(x != nullptr);
-        m = brute_exit_metrics(p, cut, enc, c, o, *x, &slowest);
+        if (x->server) {
+          CHECK(server_held);
+          ++server_exit_chosen;
+          m = brute_server_exit_metrics(p, cut, enc, c, o, *x, &slowest);
+        } else {
+          m = brute_exit_metrics(p, cut, enc, c, o, *x, &slowest);
+        }
         CHECK(close(d.predicted.latency_slowest_ms, slowest));
         CHECK(d.predicted.exit_rate > 0);
       } else {
@@ -1378,6 +1454,73 @@ TEST_CASE("exit plans: the choice equals brute force over plans with and without
   CHECK(feasible_cases > 500);
   CHECK(exit_chosen > 100);  // both kinds were chosen
   CHECK(plain_chosen > 100);
+  CHECK(server_exit_chosen > 20);  // exits on the server too
+  MESSAGE("exit plans chosen: " << exit_chosen << " (on the server " << server_exit_chosen
+                                << "), plain " << plain_chosen);
+}
+
+TEST_CASE("server exits: expected server time = time to the exit + P(not leaving) x the rest") {
+  const Profile p = mobile_profile();
+  // The exit reads cut 3; plans at cuts 1..2 may send their frames with it. 60% leave there.
+  ExitOption x;
+  x.threshold = 0.9;
+  x.server = true;
+  ExitStage st;
+  st.cut_id = 3;
+  st.exit_ms = 0.5;
+  st.rate = 0.6;
+  st.tail_ms = p.cuts[3].tail.median_ms;
+  x.stages = {st};
+  x.min_cut = 1;
+  x.max_cut = 2;
+  x.drop_point_pp = 0.2;
+  x.drop_high_pp = 0.7;
+  FamilyMemberPlans only;
+  only.profile = &p;
+  only.exits = {x};
+  SchedulerOptions o;
+  o.server_price_per_s = 1;
+  auto s = Scheduler::create_family({only}, o);
+  REQUIRE(s.ok());
+  const Conditions net = conditions(100);
+  REQUIRE(s->pin(1, "q8").ok());
+  const Decision plain = s->decide(net);
+  REQUIRE(s->pin(1, "q8", 0, 0.9).ok());
+  const Decision d = s->decide(net);
+  REQUIRE(d.plan.server_exits);
+  CHECK(d.plan.exit_cuts == std::vector<int>{3});
+  const double tail1 = p.cuts[1].tail.median_ms, tail3 = p.cuts[3].tail.median_ms;
+  const double unpack = plain.predicted.unpack_ms;
+  // unpack + (tail to the exit + exit head) + 0.4 x (the rest)
+  const double want = unpack + (tail1 - tail3) + 0.5 + 0.4 * tail3;
+  CHECK(d.predicted.server_ms == doctest::Approx(want));
+  CHECK(d.predicted.cost == doctest::Approx(want * 1e-3));
+  CHECK(d.predicted.bytes == doctest::Approx(plain.predicted.bytes));  // every frame is sent
+  CHECK(d.predicted.latency_ms ==
+        doctest::Approx(plain.predicted.latency_ms - plain.predicted.server_ms + want));
+  CHECK(d.predicted.latency_slowest_ms == doctest::Approx(plain.predicted.latency_ms + 0.5));
+  CHECK(d.predicted.exit_rate == doctest::Approx(0.6));
+  CHECK(d.predicted.accuracy_drop_pp == doctest::Approx(plain.predicted.accuracy_drop_pp + 0.2));
+  // The server's own tail times replace the profile's, the exit's tail with them; its exit head
+  // time comes from the handshake.
+  std::vector<double> server_tail;
+  for (const auto& c : p.cuts) server_tail.push_back(c.tail.median_ms / 2);
+  REQUIRE(s->set_server_tail_ms(server_tail).ok());
+  s->set_server_exits(true, {{3, 0.25}});
+  const Decision halved = s->decide(net);
+  CHECK(halved.predicted.server_ms ==
+        doctest::Approx(unpack + (tail1 - tail3) / 2 + 0.25 + 0.4 * tail3 / 2));
+  // A server without the exits: the plan is not available (a pinned plan says so).
+  s->set_server_exits(false);
+  CHECK_FALSE(s->evaluate(d.plan.index, net).available);
+  s->unpin();
+  CHECK_FALSE(fresh(*s, net).plan.server_exits);
+  // Not for the device-only plan, nor for cuts at or after the exit.
+  CHECK_FALSE(s->pin(6, "local", 0, 0.9).ok());
+  CHECK_FALSE(s->pin(3, "q8", 0, 0.9).ok());
+  // An option reaching the exit's cut is refused.
+  only.exits[0].max_cut = 3;
+  CHECK_FALSE(Scheduler::create_family({only}, o).ok());
 }
 
 TEST_CASE("an exit plan's expected latency: rate x exit path + (1 - rate) x (plan + exit head)") {
@@ -1488,6 +1631,66 @@ TEST_CASE("exits descriptions: the shipped files read; a head of another model i
   CHECK(other.status().code() == StatusCode::kInvalidArgument);
   CHECK(other.status().message().find("was trained on model") != std::string::npos);
   fs::remove_all(tmp);
+}
+
+TEST_CASE("server exit options: ResNet-56's cascade on the server, for the cuts before layer1") {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(EDGESPLIT_SOURCE_DIR) / "models" / "exits";
+  auto r56 = edgesplit::profiles::load_exits((dir / "resnet56_cifar10_exits.json").string());
+  REQUIRE(r56.ok());
+  // The file's digest: sha256 of its bytes, stable across reads.
+  CHECK(r56->digest.rfind("sha256:", 0) == 0);
+  CHECK(r56->digest.size() == 7 + 64);
+  CHECK(edgesplit::profiles::load_exits((dir / "resnet56_cifar10_exits.json").string())->digest ==
+        r56->digest);
+  CHECK(edgesplit::profiles::load_exits((dir / "fashion_mnist_cnn_exits.json").string())->digest !=
+        r56->digest);
+  // A profile whose cuts 4 and 7 are the exits' (tails 3 and 1 ms).
+  Profile p = mobile_profile();
+  p.cuts[4].tail = ms(3);
+  p.cuts[5].tail = ms(1);
+  auto options = edgesplit::partitioner::server_exit_options(*r56, p, {4, 5}, {0.2, 0.1},
+                                                             {0.8, 0.9, 1.0}, 0.95);
+  REQUIRE_MESSAGE(options.ok(), options.status().to_string());
+  REQUIRE(options->size() == 3);
+  const ExitOption& o = (*options)[0];
+  CHECK(o.server);
+  CHECK(o.threshold == doctest::Approx(0.8));
+  CHECK(o.min_cut == 0);
+  CHECK(o.max_cut == 3);
+  REQUIRE(o.stages.size() == 2);
+  CHECK(o.stages[0].rate == doctest::Approx(0.3246));  // the cascade's, as on the device
+  CHECK(o.stages[1].rate == doctest::Approx(0.1406));
+  CHECK(o.stages[0].tail_ms == doctest::Approx(3));
+  CHECK(o.stages[1].tail_ms == doctest::Approx(1));
+  CHECK(o.stages[0].exit_ms == doctest::Approx(0.2));
+  CHECK(o.drop_high_pp > o.drop_point_pp);
+  CHECK((*options)[2].stages[0].rate == 0);  // 1 never leaves
+  CHECK((*options)[2].drop_point_pp == 0);
+  // A threshold not in the table, and exits out of order, are refused.
+  CHECK_FALSE(
+      edgesplit::partitioner::server_exit_options(*r56, p, {4, 5}, {0.2, 0.1}, {0.85}, 0).ok());
+  CHECK_FALSE(edgesplit::partitioner::server_exit_options(*r56, p, {5, 4}, {0.2, 0.1}, {}, 0).ok());
+  // The scheduler takes them: remote plans at cuts 0..3 get a variant per threshold.
+  FamilyMemberPlans only;
+  only.profile = &p;
+  only.exits = *options;
+  auto s = Scheduler::create_family({only}, SchedulerOptions{});
+  REQUIRE(s.ok());
+  int variants = 0;
+  for (const auto& plan : s->plans()) {
+    if (!plan.server_exits) continue;
+    ++variants;
+    CHECK(plan.cut_id <= 3);
+    CHECK_FALSE(plan.local);
+    CHECK(plan.exit_cuts == std::vector<int>{4, 5});
+  }
+  int remote_before = 0;
+  const Scheduler plain = make(p, SchedulerOptions{});
+  for (const auto& plan : plain.plans()) {
+    remote_before += !plan.local && plan.cut_id <= 3;
+  }
+  CHECK(variants == 3 * remote_before);
 }
 
 namespace {

@@ -50,6 +50,7 @@ TEST_CASE("server metrics render every family") {
   m.busy_client_limit += 2;
   m.busy_memory += 3;
   m.dropped_gone += 5;
+  m.server_exits += 4;
   m.compute_seconds.observe(0.002);
   MetricsGauges g;
   g.queue_length = 7;
@@ -64,6 +65,7 @@ TEST_CASE("server metrics render every family") {
   CHECK(value_of(text, "edgesplit_queued_bytes") == 4096);
   CHECK(value_of(text, "edgesplit_queued_bytes_limit") == 1 << 20);
   CHECK(value_of(text, "edgesplit_dropped_disconnected_total") == 5);
+  CHECK(value_of(text, "edgesplit_server_exits_total") == 4);
   CHECK(value_of(text, "edgesplit_queue_length") == 7);
   CHECK(value_of(text, "edgesplit_ready") == 1);
   CHECK(value_of(text, "edgesplit_compute_seconds_count") == 1);

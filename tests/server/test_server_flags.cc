@@ -224,6 +224,16 @@ TEST_CASE("server flags: --model, --profile and --meta repeat in order") {
   CHECK(o.meta_paths == std::vector<std::string>{"a.meta.json", "b.meta.json"});
 }
 
+TEST_CASE("server flags: --exits repeats, one file per model") {
+  auto command = parse(
+      {"--model", "a.pt", "--exits", "a_exits.json", "--model", "b.pt", "--exits", "b_exits.json"});
+  REQUIRE(command.ok());
+  CHECK(command->options.exits_paths == std::vector<std::string>{"a_exits.json", "b_exits.json"});
+  auto none = parse({"--model", "a.pt"});
+  REQUIRE(none.ok());
+  CHECK(none->options.exits_paths.empty());
+}
+
 TEST_CASE("server flags: --family adds every member after the --model files") {
   const fs::path dir = scratch_dir("family");
   write_file(dir / "family.json", R"({"family": "f", "members": [

@@ -1,5 +1,6 @@
 // Batched tails (server/tail_executor.h): a batch gives each request what it gets alone, a request
-// that does not fit fails alone, and every cut of the shipped models batches.
+// that does not fit fails alone, every cut of the shipped models batches, and early exits on the
+// server answer the rows that pass with the exit head's classes while the rest go on.
 //
 // What "the same" means: on this machine (x86-64, LibTorch 1.13, oneDNN) every batched row was
 // bit-exact to the row run alone, for the default model, ResNet-20 (every cut) and MobileNetV2
@@ -15,6 +16,7 @@
 #include <memory>
 
 #include "packing/codec.h"
+#include "partitioner/exit_head.h"
 #include "partitioner/model_graph.h"
 #include "partitioner/model_info.h"
 #include "server/tail_executor.h"
@@ -157,6 +159,113 @@ TEST_CASE("batched tails of ResNet-20 and MobileNetV2 agree with single rows wit
   const double m_worst = compare_cuts(*mobilenet, cuts, 4, 1e-4);
   MESSAGE("MobileNetV2, cuts 0/21/45/55, 4 rows: largest difference " << m_worst);
   for (int cut : cuts) CHECK(check_batched_tail(*mobilenet, cut, 2).ok());
+}
+
+TEST_CASE("server exits: rows that pass leave with the exit head's classes, the rest go on") {
+  const fs::path dir = testing::source_dir() / "models";
+  auto g = load(dir / "default" / "fashion_mnist_cnn.pt");
+  auto loaded = ServerExits::load((dir / "exits" / "fashion_mnist_cnn_exits.json").string(), *g,
+                                  partitioner::Engine::kOptimized);
+  REQUIRE_MESSAGE(loaded.ok(), loaded.status().message());
+  const ServerExits& exits = **loaded;
+  REQUIRE(exits.exits().size() == 1);
+  const int exit_cut = exits.exits()[0].cut;
+  CHECK(g->cut(exit_cut).name == "res1.relu");
+  CHECK(exits.digest().rfind("sha256:", 0) == 0);
+  CHECK(exits.exits()[0].ms > 0);
+  // Rows cut before the exit; each one's exit-head confidence straight from the head.
+  const int cut = exit_cut - 1;
+  const int n = 8;
+  auto payloads = payloads_for(*g, cut, n);
+  std::vector<double> confidence;
+  std::vector<at::Tensor> head_logits;
+  torch::manual_seed(7 + cut);  // the inputs payloads_for made
+  for (int i = 0; i < n; ++i) {
+    const at::Tensor input = torch::rand(g->cut(0).tensors[0].shape);
+    const at::Tensor at_exit = g->run_head(exit_cut, input).at(0);
+    head_logits.push_back(exits.run(0, at_exit).reshape({-1}));
+    confidence.push_back(partitioner::max_softmax_rows(head_logits.back()).at(0));
+  }
+  // A threshold between the confidences: some rows leave, some do not.
+  std::vector<double> sorted = confidence;
+  std::sort(sorted.begin(), sorted.end());
+  const double threshold = (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+  REQUIRE(sorted[n / 2 - 1] < sorted[n / 2]);
+  std::vector<BatchRequest> requests;
+  for (const auto& p : payloads) {
+    requests.push_back(request_of(p));
+    requests.back().exit_threshold = threshold;
+  }
+  requests[0].exit_threshold = 0;  // asks for no exit
+  requests[1].exit_threshold = 1;  // never leaves
+  auto batched = run_tail_batch(*g, nullptr, cut, requests, {}, &exits);
+  std::vector<BatchRequest> plain = requests;
+  for (auto& r : plain) r.exit_threshold = 0;
+  auto without = run_tail_batch(*g, nullptr, cut, plain, {}, &exits);
+  int left = 0, stayed = 0;
+  for (size_t r = 0; r < requests.size(); ++r) {
+    CAPTURE(r);
+    REQUIRE_MESSAGE(batched[r].ok(), batched[r].status().message());
+    REQUIRE(without[r].ok());
+    CHECK_FALSE(without[r]->exit.has_value());
+    const bool should_leave = r >= 2 && confidence[r] >= threshold;
+    REQUIRE(batched[r]->exit.has_value() == should_leave);
+    // The same row alone: the same answer, bit for bit.
+    auto alone = std::move(run_tail_batch(*g, nullptr, cut, {requests[r]}, {}, &exits).front());
+    REQUIRE(alone.ok());
+    CHECK(alone->exit.has_value() == should_leave);
+    CHECK(alone->logits == batched[r]->logits);
+    if (should_leave) {
+      ++left;
+      CHECK(batched[r]->exit->cut == exit_cut);
+      CHECK(batched[r]->exit->position == "res1");
+      CHECK(batched[r]->exit->confidence == doctest::Approx(confidence[r]));
+      // The exit head's own classes, as the head alone gives them.
+      const at::Tensor want = head_logits[r].contiguous();
+      REQUIRE(batched[r]->logits.size() == static_cast<size_t>(want.numel()));
+      for (size_t i = 0; i < batched[r]->logits.size(); ++i) {
+        CHECK(batched[r]->logits[i] == doctest::Approx(want.data_ptr<float>()[i]).epsilon(1e-5));
+      }
+      CHECK(batched[r]->top.front().index == want.argmax().item<int64_t>());
+    } else {
+      ++stayed;
+      // The whole tail, as without exits (the part to the exit then the rest of the tail).
+      const auto& a = without[r]->logits;
+      const auto& b = batched[r]->logits;
+      REQUIRE(a.size() == b.size());
+      for (size_t i = 0; i < a.size(); ++i) CHECK(b[i] == doctest::Approx(a[i]).epsilon(1e-4));
+      CHECK(without[r]->top.front().index == batched[r]->top.front().index);
+    }
+  }
+  MESSAGE("threshold " << threshold << ": " << left << " rows left at the exit, " << stayed
+                       << " went on");
+  CHECK(left >= 2);
+  CHECK(stayed >= 4);
+  // A row cut at or after the exit passes no exit on the server.
+  auto late = payloads_for(*g, exit_cut, 2);
+  std::vector<BatchRequest> after;
+  for (const auto& p : late) {
+    after.push_back(request_of(p));
+    after.back().exit_threshold = 1e-6;
+  }
+  for (const auto& r : run_tail_batch(*g, nullptr, exit_cut, after, {}, &exits)) {
+    REQUIRE(r.ok());
+    CHECK_FALSE(r->exit.has_value());
+  }
+}
+
+TEST_CASE("server exits: heads of another model or cut are refused in one sentence") {
+  const fs::path dir = testing::source_dir() / "models";
+  auto g = load(dir / "default" / "fashion_mnist_cnn.pt");
+  auto other = ServerExits::load((dir / "exits" / "resnet56_cifar10_exits.json").string(), *g,
+                                 partitioner::Engine::kOptimized);
+  REQUIRE_FALSE(other.ok());
+  CHECK(other.status().code() == StatusCode::kInvalidArgument);
+  CHECK(other.status().message().find("trained on model") != std::string::npos);
+  CHECK(other.status().message().find('\n') == std::string::npos);
+  auto missing = ServerExits::load((dir / "exits" / "nothing_exits.json").string(), *g,
+                                   partitioner::Engine::kOptimized);
+  CHECK_FALSE(missing.ok());
 }
 
 }  // namespace

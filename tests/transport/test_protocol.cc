@@ -3,6 +3,7 @@
 // identity and request id as could be recovered, and good messages keep their payload frames.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -217,6 +218,66 @@ TEST_CASE("parse_reply accepts one Reply frame and nothing else") {
   garbage.push_back(frame_of("\xff\xff"));
   CHECK(edgesplit::transport::parse_reply(garbage, Limits{}).status().code() ==
         StatusCode::kMalformed);
+}
+
+TEST_CASE("server exits: the request's threshold, the reply's exit and the handshake's exits") {
+  // The request: a threshold in [0, 1] passes; NaN or one above 1 is malformed.
+  wire::Request r = infer_request(5, {10});
+  r.mutable_infer()->set_exit_threshold(0.8f);
+  auto header = serialized(r);
+  auto parsed = edgesplit::transport::parse_request(message(header, {10}), Limits{});
+  REQUIRE_MESSAGE(parsed.ok(), parsed.request.status().to_string());
+  CHECK(parsed.request->request.infer().exit_threshold() == doctest::Approx(0.8));
+  for (float bad : {1.5f, -0.1f, std::nanf("")}) {
+    r.mutable_infer()->set_exit_threshold(bad);
+    auto refused = edgesplit::transport::parse_request(message(serialized(r), {10}), Limits{});
+    CHECK(refused.error_status == wire::STATUS_MALFORMED);
+  }
+  // A request without it (an older device) has none.
+  wire::Request old = infer_request(6, {10});
+  auto plain = edgesplit::transport::parse_request(message(serialized(old), {10}), Limits{});
+  REQUIRE(plain.ok());
+  CHECK(plain.request->request.infer().exit_threshold() == 0);
+
+  // The reply: which exit the frame left at, through a serialized round trip.
+  wire::Reply reply;
+  reply.set_request_id(5);
+  auto* exit = reply.mutable_infer()->mutable_server_exit();
+  exit->set_cut(11);
+  exit->set_position("layer1");
+  exit->set_confidence(0.93f);
+  std::string bytes;
+  REQUIRE(reply.SerializeToString(&bytes));
+  std::vector<zmq::message_t> one;
+  one.push_back(frame_of(bytes));
+  auto back = edgesplit::transport::parse_reply(one, Limits{});
+  REQUIRE(back.ok());
+  REQUIRE(back->infer().has_server_exit());
+  CHECK(back->infer().server_exit().cut() == 11);
+  CHECK(back->infer().server_exit().position() == "layer1");
+  CHECK(back->infer().server_exit().confidence() == doctest::Approx(0.93));
+  wire::Reply none;
+  none.mutable_infer()->add_top()->set_index(3);
+  CHECK_FALSE(none.infer().has_server_exit());
+
+  // The handshake: the exits a server holds for a model, by the exits file's digest.
+  auto hello = edgesplit::transport::make_hello_reply("srv", Limits{});
+  auto* model = hello.add_models();
+  model->set_digest(kDigest);
+  model->set_exits_digest("sha256:exits");
+  auto* e = model->add_exits();
+  e->set_cut(11);
+  e->set_position("layer1");
+  e->set_ms(0.2f);
+  std::string hb;
+  REQUIRE(hello.SerializeToString(&hb));
+  wire::HelloReply read;
+  REQUIRE(read.ParseFromString(hb));
+  CHECK(read.version_minor() >= 3);
+  REQUIRE(read.models(0).exits_size() == 1);
+  CHECK(read.models(0).exits_digest() == "sha256:exits");
+  CHECK(read.models(0).exits(0).cut() == 11);
+  CHECK(read.models(0).exits(0).ms() == doctest::Approx(0.2));
 }
 
 TEST_CASE("adopt_payload hands the vector's own buffer to ZeroMQ") {
