@@ -385,12 +385,25 @@ void PipelineRun::time_blocks() {
     double sum = 0;
     for (double v : row) sum += v;
     // A block timed as a graph of its own converts its input and output between LibTorch's dense
-    // layout and the backend's blocked one at each cut; a stage runs its blocks as one graph and
-    // converts only at its ends. The blocks are scaled so that they add up to the whole model's
-    // time on the executor.
-    if (sum > 0) {
-      for (double& v : row) v *= whole_ms / sum;
+    // layout and the backend's blocked one at each of its cuts; a stage runs its blocks as one
+    // graph and converts only at its two ends. What the blocks add up to beyond the whole model's
+    // time is taken as that conversion, in proportion to each inner cut's elements: a cut's
+    // conversion leaves its two blocks' times (half each) and is what a stage starting or ending
+    // there pays (cut_ms).
+    double inner_elements = 0;
+    for (size_t i = 1; i + 1 < table_.cut_ids.size(); ++i) {
+      inner_elements += static_cast<double>(model_->cut(table_.cut_ids[i]).elements);
     }
+    const double per_element =
+        inner_elements > 0 ? std::max(0.0, sum - whole_ms) / inner_elements : 0;
+    std::vector<double> at_cut;
+    for (size_t i = 0; i < table_.cut_ids.size(); ++i) {
+      at_cut.push_back(per_element * static_cast<double>(model_->cut(table_.cut_ids[i]).elements) /
+                       2);
+    }
+    for (size_t b = 0; b < row.size(); ++b)
+      row[b] = std::max(0.0, row[b] - at_cut[b] - at_cut[b + 1]);
+    table_.cut_ms.push_back(std::move(at_cut));
     table_.block_ms.push_back(std::move(row));
     blocks_sum_ms_.push_back(sum);
     whole_ms_.push_back(whole_ms);
@@ -467,6 +480,7 @@ void PipelineRun::read_table() {
     }
     table_.executors.push_back(t->executors[static_cast<size_t>(i)]);
     table_.block_ms.push_back(t->block_ms[static_cast<size_t>(i)]);
+    if (!t->cut_ms.empty()) table_.cut_ms.push_back(t->cut_ms[static_cast<size_t>(i)]);
   }
 }
 
@@ -701,6 +715,11 @@ int PipelineRun::run() {
                     {"mhz", table_.executors[e].mhz},
                     {"level", executors_[e].level_note},
                     {"block_ms", row}});
+      if (!table_.cut_ms.empty()) {
+        json cuts = json::array();
+        for (double v : table_.cut_ms[e]) cuts.push_back(round3(v));
+        ex.back()["cut_ms"] = cuts;
+      }
       if (e < whole_ms_.size()) {
         ex.back()["blocks_timed_alone_ms"] = round3(blocks_sum_ms_[e]);
         ex.back()["whole_model_ms"] = round3(whole_ms_[e]);

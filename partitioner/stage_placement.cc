@@ -55,6 +55,23 @@ Status validate_segment_table(const SegmentTable& t) {
       }
     }
   }
+  if (!t.cut_ms.empty()) {
+    if (t.cut_ms.size() != t.executors.size()) {
+      return invalid_argument("the segment table needs one row of cut times per executor");
+    }
+    for (size_t e = 0; e < t.cut_ms.size(); ++e) {
+      if (t.cut_ms[e].size() != t.cut_ids.size()) {
+        return invalid_argument("executor \"" + t.executors[e].name +
+                                "\" needs one cut time per cut");
+      }
+      for (double v : t.cut_ms[e]) {
+        if (!std::isfinite(v) || v < 0) {
+          return invalid_argument("executor \"" + t.executors[e].name +
+                                  "\" has a cut time that is negative or not finite");
+        }
+      }
+    }
+  }
   if (!std::isfinite(t.handoff_ms) || t.handoff_ms < 0) {
     return invalid_argument("the segment table's handoff must be a finite number >= 0");
   }
@@ -87,8 +104,13 @@ Result<StagePlacement> evaluate_placement(const SegmentTable& t,
     s.executor = e;
     s.first_block = begin;
     s.end_block = end;
-    for (int b = begin; b < end; ++b)
+    for (int b = begin; b < end; ++b) {
       s.ms += t.block_ms[static_cast<size_t>(e)][static_cast<size_t>(b)];
+    }
+    if (!t.cut_ms.empty()) {
+      s.ms += t.cut_ms[static_cast<size_t>(e)][static_cast<size_t>(begin)] +
+              t.cut_ms[static_cast<size_t>(e)][static_cast<size_t>(end)];
+    }
     p.period_ms = std::max(p.period_ms, s.ms);
     p.latency_ms += s.ms + (i > 0 ? t.handoff_ms : 0);
     p.stages.push_back(s);
@@ -136,7 +158,14 @@ std::optional<StagePlacement> best_placement(const SegmentTable& t, PlacementObj
       prefix[e][b + 1] = prefix[e][b] + t.block_ms[static_cast<size_t>(e)][static_cast<size_t>(b)];
     }
   }
-  auto stage_ms = [&](int e, int a, int b) { return prefix[e][b] - prefix[e][a]; };
+  auto stage_ms = [&](int e, int a, int b) {
+    double ms = prefix[e][b] - prefix[e][a];
+    if (!t.cut_ms.empty()) {
+      ms += t.cut_ms[static_cast<size_t>(e)][static_cast<size_t>(a)] +
+            t.cut_ms[static_cast<size_t>(e)][static_cast<size_t>(b)];
+    }
+    return ms;
+  };
   auto at = [&](int b, unsigned m) { return static_cast<size_t>(b) * masks + m; };
 
   // The period bound: the shortest period (throughput) or the given one (latency).
@@ -226,6 +255,7 @@ std::string segment_table_json(const SegmentTable& t, const std::string& model_d
   }
   j["cut_ids"] = t.cut_ids;
   j["block_ms"] = t.block_ms;
+  if (!t.cut_ms.empty()) j["cut_ms"] = t.cut_ms;
   j["handoff_ms"] = t.handoff_ms;
   return j.dump(1) + "\n";
 }
@@ -252,6 +282,7 @@ Result<SegmentTable> parse_segment_table(const std::string& text, std::string* m
     }
     t.cut_ids = j.at("cut_ids").get<std::vector<int>>();
     t.block_ms = j.at("block_ms").get<std::vector<std::vector<double>>>();
+    if (j.contains("cut_ms")) t.cut_ms = j.at("cut_ms").get<std::vector<std::vector<double>>>();
     t.handoff_ms = j.at("handoff_ms").get<double>();
   } catch (const nlohmann::json::exception& e) {
     return invalid_argument(what + "is not valid (" + e.what() + ")");

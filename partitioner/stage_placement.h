@@ -2,7 +2,8 @@
 // them (DeepX): the model's blocks (the segments between consecutive cuts) are split into
 // consecutive stages, each stage on its own executor (executors of one placement share no core),
 // and frames flow from stage to stage so that every executor works on a different frame at once.
-// The cost model: a stage's time is the sum of its blocks' times measured on its executor; a
+// The cost model: a stage's time is the sum of its blocks' times measured on its executor (and
+// what it pays at its two ends: SegmentTable::cut_ms); a
 // frame's latency is the sum of the stage times and a handoff per boundary; the pipelined period
 // (the time between two finished frames in steady state) is the largest stage time, and the
 // throughput its inverse. Free of LibTorch.
@@ -29,6 +30,10 @@ struct SegmentTable {
   std::vector<int> cut_ids;
   // block_ms[e][b]: block b on executor e, ms per frame (steady state, at the executor's level).
   std::vector<std::vector<double>> block_ms;
+  // cut_ms[e][i]: what a stage on executor e pays at cut cut_ids[i] when it starts or ends there
+  // (a stage runs its blocks as one graph and converts its input and output between layouts
+  // only at its ends). Empty: nothing.
+  std::vector<std::vector<double>> cut_ms;
   // Handing a frame's tensors from one stage to the next (a queue between two threads).
   double handoff_ms = 0;
 
@@ -41,7 +46,7 @@ struct PipelineStage {
   int executor = 0;
   int first_block = 0;
   int end_block = 0;
-  double ms = 0;  // predicted: the sum of its blocks' times on its executor
+  double ms = 0;  // predicted: its blocks' times on its executor and its two ends' cut_ms
 };
 
 struct StagePlacement {
@@ -52,8 +57,8 @@ struct StagePlacement {
 };
 
 // kInvalidArgument (one sentence) for a table that cannot be planned on: no executor, fewer than
-// two cut ids, cut ids not increasing, a row of the wrong length, a time that is negative or not
-// finite, a negative handoff.
+// two cut ids, cut ids not increasing, a row of the wrong length (block_ms, or cut_ms when given),
+// a time that is negative or not finite, a negative handoff.
 Status validate_segment_table(const SegmentTable& table);
 
 // The placement of consecutive stages (executor, end block) covering every block in order; the
@@ -80,7 +85,8 @@ std::optional<StagePlacement> best_placement(const SegmentTable& table,
 
 // The segment table as JSON, for a placement profile file: {"format":
 // "edgesplit-segment-table", "version": 1, "model_digest", "engine", "executors": [{"name",
-// "cores", "threads", "mhz"}], "cut_ids", "block_ms": [[...] per executor], "handoff_ms"}.
+// "cores", "threads", "mhz"}], "cut_ids", "block_ms": [[...] per executor], "cut_ms" (optional,
+// the same), "handoff_ms"}.
 std::string segment_table_json(const SegmentTable& table, const std::string& model_digest,
                                const std::string& engine);
 // Parses segment_table_json's text (validated as validate_segment_table does); the model's digest

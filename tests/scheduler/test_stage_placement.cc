@@ -110,6 +110,21 @@ TEST_CASE("stage placement: period is the slowest stage, latency the sum with ha
   CHECK(little->period_ms == doctest::Approx(15));
 }
 
+TEST_CASE("stage placement: a stage pays the cut times at its two ends only") {
+  SegmentTable t = two_executors();
+  t.cut_ms = {{0.5, 0.25, 0.25, 0.25, 0.5}, {1, 1, 1, 1, 1}};
+  auto p = evaluate_placement(t, {{0, 2}, {1, 4}});
+  REQUIRE(p.ok());
+  CHECK(p->stages[0].ms == doctest::Approx(7 + 0.5 + 0.25));
+  CHECK(p->stages[1].ms == doctest::Approx(4.5 + 1 + 1));
+  CHECK(p->period_ms == doctest::Approx(7.75));
+  auto whole = evaluate_placement(t, {{0, 4}});
+  REQUIRE(whole.ok());
+  CHECK(whole->period_ms == doctest::Approx(10 + 0.5 + 0.5));
+  t.cut_ms[1].pop_back();
+  CHECK(validate_segment_table(t).message().find("one cut time per cut") != std::string::npos);
+}
+
 TEST_CASE("stage placement: the dynamic program matches brute force on random tables") {
   std::mt19937 rng(7);
   std::uniform_real_distribution<double> ms(0.05, 10.0);
@@ -131,6 +146,12 @@ TEST_CASE("stage placement: the dynamic program matches brute force on random ta
     }
     for (int b = 0; b <= B; ++b) t.cut_ids.push_back(b * 2);
     t.handoff_ms = (rng() % 2) ? 0.0 : ms(rng) / 10;
+    if (trial % 3 == 0) {  // what a stage pays at its ends
+      for (int e = 0; e < E; ++e) {
+        t.cut_ms.emplace_back();
+        for (int b = 0; b <= B; ++b) t.cut_ms.back().push_back(ms(rng) / 5);
+      }
+    }
     const auto objective =
         (trial % 2) ? PlacementObjective::kThroughput : PlacementObjective::kLatency;
     std::optional<double> bound;
@@ -191,6 +212,13 @@ TEST_CASE("stage placement: the segment table's JSON round-trips and is validate
   CHECK(back->executors[1].name == "little");
   CHECK(back->executors[1].cores == std::vector<int>{1});
   CHECK(back->handoff_ms == doctest::Approx(0.1));
+  CHECK(back->cut_ms.empty());
+  SegmentTable with_cuts = t;
+  with_cuts.cut_ms = {{0, 0.1, 0.2, 0.3, 0.4}, {0.5, 0.6, 0.7, 0.8, 0.9}};
+  auto cuts_back =
+      parse_segment_table(segment_table_json(with_cuts, "d", "plain"), nullptr, nullptr);
+  REQUIRE(cuts_back.ok());
+  CHECK(cuts_back->cut_ms == with_cuts.cut_ms);
   CHECK_FALSE(parse_segment_table("{}", nullptr, nullptr).ok());
   CHECK_FALSE(parse_segment_table("not json", nullptr, nullptr).ok());
   std::string bad = text;
