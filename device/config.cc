@@ -1004,7 +1004,7 @@ Status validate_device_config(const DeviceConfig& c) {
     if (c.streams.size() != 1 || !c.streams[0].family_path.empty() ||
         !c.streams[0].exits_path.empty()) {
       return invalid_argument(
-          "--placement runs one model (--model, no --family, --exits or --config)");
+          "--placement runs one model: one stream, without --family or --exits");
     }
     if (!(c.placement.block_ms > 0) || c.placement.block_ms > 60000) {
       return invalid_argument("--placement-block-ms must be above 0 and at most 60000");
