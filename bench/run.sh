@@ -50,6 +50,11 @@
 #                           and ondemand-like governors under latency bounds that step, one then
 #                           two models, on one core under a CPU quota (root); energy modeled from
 #                           device/descriptions/vm_2core.json: docs/energy.md
+#   bench/run.sh energy placement [--quick] --out DIR [--check]
+#                           MobileNetV2's unit blocks split over a big and a little core with
+#                           frames pipelined through them against the best single executor, in
+#                           rounds; the cost model's period against the measured one (root):
+#                           docs/energy.md, Placement
 #
 # The testbed needs root. Results: bench/results/<timestamp>/ (results.json, results.csv,
 # summary.md, plots, raw JSON lines of every run). Binaries from build/bin (EDGESPLIT_BIN_DIR or
@@ -99,6 +104,10 @@ if [[ "$(id -u)" != 0 ]]; then
 fi
 if [[ "${1:-}" == "energy" ]]; then
   shift
+  if [[ "${1:-}" == "placement" ]]; then
+    shift
+    exec "$py" "$here/energy/placement_bench.py" "$@"
+  fi
   exec "$py" "$here/energy/energy_bench.py" "$@"
 fi
 if [[ "${1:-}" == "multi" ]]; then

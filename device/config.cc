@@ -507,6 +507,18 @@ void add_flags(cxxopts::Options& cli) {
      cxxopts::value<std::string>())
     ("executor", "the description's executor that runs the streams (default: its first cpu one)",
      cxxopts::value<std::string>())
+    ("placement", "pipeline the model's unit blocks over the description's executors, every "
+     "frame on the device: auto (the cost model's split over --placement-executors), an executor "
+     "(the whole model there) or EXEC:CUT,EXEC (stages ending at those cut ids) (docs/energy.md)",
+     cxxopts::value<std::string>())
+    ("placement-executors", "the executors --placement auto places stages on, e.g. big,little "
+     "(default: every cpu executor of the description)", cxxopts::value<std::string>())
+    ("placement-block-ms", "the placement profiler's time per unit block and executor, in ms",
+     cxxopts::value<double>()->default_value("50"))
+    ("placement-profile", "a segment table (--placement-profile-out) to place with instead of "
+     "timing the blocks", cxxopts::value<std::string>())
+    ("placement-profile-out", "write the measured segment table to this file",
+     cxxopts::value<std::string>())
     ("server-price", "price of one second of server compute, for --objective cost",
      cxxopts::value<double>()->default_value("1"))
     ("lossless", "lossless stage: none, blosc-lz4, blosc-zstd or zstd", cxxopts::value<std::string>()->default_value("none"))
@@ -572,6 +584,26 @@ Status apply_device_flags(const cxxopts::ParseResult& args, DeviceConfig& c) {
     c.energy.governor = *g;
   }
   if (args.count("executor")) c.energy.executor = args["executor"].as<std::string>();
+  if (args.count("placement")) {
+    auto p = parse_placement(args["placement"].as<std::string>());
+    if (!p.ok()) return p.status();
+    c.placement.mode = p->mode;
+    c.placement.stages = p->stages;
+  }
+  if (args.count("placement-executors")) {
+    std::stringstream in(args["placement-executors"].as<std::string>());
+    std::string name;
+    while (std::getline(in, name, ',')) {
+      if (!name.empty()) c.placement.executors.push_back(name);
+    }
+  }
+  c.placement.block_ms = args["placement-block-ms"].as<double>();
+  if (args.count("placement-profile")) {
+    c.placement.profile_in = args["placement-profile"].as<std::string>();
+  }
+  if (args.count("placement-profile-out")) {
+    c.placement.profile_out = args["placement-profile-out"].as<std::string>();
+  }
   if (args.count("engine")) {
     auto engine = partitioner::parse_engine(args["engine"].as<std::string>());
     if (!engine) return invalid_argument("--engine must be optimized, onednn, xnnpack or plain");
@@ -949,6 +981,38 @@ Status validate_device_config(const DeviceConfig& c) {
   if (!c.energy.executor.empty() && c.energy.description_path.empty()) {
     return invalid_argument("--executor needs --device-description FILE, which names executors");
   }
+  if (c.placement.mode == PlacementConfig::Mode::kOff) {
+    if (!c.placement.executors.empty() || !c.placement.profile_in.empty() ||
+        !c.placement.profile_out.empty()) {
+      return invalid_argument(
+          "--placement-executors, --placement-profile and --placement-profile-out need "
+          "--placement");
+    }
+  } else {
+    if (c.energy.description_path.empty()) {
+      return invalid_argument(
+          "--placement needs --device-description FILE, which lists the executors (this VM: "
+          "device/descriptions/vm_big_little.json)");
+    }
+    if (!c.server.empty()) {
+      return invalid_argument("--placement runs every frame on the device: leave out --server");
+    }
+    if (c.energy.governor) {
+      return invalid_argument(
+          "--placement runs every executor at its top level: leave out --governor");
+    }
+    if (c.streams.size() != 1 || !c.streams[0].family_path.empty() ||
+        !c.streams[0].exits_path.empty()) {
+      return invalid_argument(
+          "--placement runs one model: one stream, without --family or --exits");
+    }
+    if (!(c.placement.block_ms > 0) || c.placement.block_ms > 60000) {
+      return invalid_argument("--placement-block-ms must be above 0 and at most 60000");
+    }
+    if (c.placement.mode == PlacementConfig::Mode::kFixed && !c.placement.executors.empty()) {
+      return invalid_argument("--placement-executors is for --placement auto");
+    }
+  }
   if (c.require_server && c.server.empty()) {
     return invalid_argument(
         "--require-server (\"require_server\") needs a server: pass --server tcp://HOST:PORT");
@@ -1039,6 +1103,46 @@ const char* knob_kind_name(KnobKind kind) {
       return "cpufreq";
   }
   return "?";
+}
+
+Result<PlacementConfig> parse_placement(const std::string& text) {
+  PlacementConfig p;
+  if (text == "auto") {
+    p.mode = PlacementConfig::Mode::kAuto;
+    return p;
+  }
+  const std::string usage =
+      "--placement must be auto, an executor of the description, or "
+      "EXEC:CUT,...,EXEC (stages ending at those cut ids), not \"" +
+      text + "\"";
+  p.mode = PlacementConfig::Mode::kFixed;
+  std::stringstream in(text);
+  std::string part;
+  while (std::getline(in, part, ',')) {
+    const auto colon = part.find(':');
+    const std::string name = part.substr(0, colon);
+    if (name.empty()) return invalid_argument(usage);
+    int cut = -1;
+    if (colon != std::string::npos) {
+      const std::string id = part.substr(colon + 1);
+      if (id.empty() || id.size() > 6 || id.find_first_not_of("0123456789") != std::string::npos) {
+        return invalid_argument(usage);
+      }
+      cut = std::stoi(id);
+    }
+    p.stages.emplace_back(name, cut);
+  }
+  if (p.stages.empty() || (!text.empty() && text.back() == ',')) return invalid_argument(usage);
+  for (size_t i = 0; i < p.stages.size(); ++i) {
+    const bool last = i + 1 == p.stages.size();
+    if (last != (p.stages[i].second < 0)) {
+      return invalid_argument(usage + ": every stage but the last ends at a cut id");
+    }
+    if (i > 0 && !last && p.stages[i].second <= p.stages[i - 1].second) {
+      return invalid_argument(usage + ": the stages' cut ids must increase");
+    }
+  }
+  return p;
 }
 
 Result<KnobKind> parse_knob_kind(const std::string& name) {

@@ -124,6 +124,30 @@ struct EnergyConfig {
   std::string sys_root = "/sys";
 };
 
+// Placement of the model's unit blocks over the description's executors, frames pipelined
+// through them (docs/energy.md, Placement): every frame runs on the device, stage by stage.
+struct PlacementConfig {
+  enum class Mode {
+    kOff,    // the streams run as usual, on one executor
+    kAuto,   // the cost model's split (partitioner/stage_placement.h) over `executors`
+    kFixed,  // the stages given in `stages`
+  };
+  Mode mode = Mode::kOff;
+  // kFixed: each stage's executor and the cut id its stage ends at (-1: the last stage, which
+  // ends at the model's output).
+  std::vector<std::pair<std::string, int>> stages;
+  // The executors auto may place stages on (empty: every cpu executor of the description).
+  std::vector<std::string> executors;
+  // The profiler's time per unit block and executor: blocks run back to back for this long.
+  double block_ms = 50;
+  std::string profile_in;   // a segment table to use instead of timing the blocks
+  std::string profile_out;  // where to write the measured segment table
+};
+
+// Parses --placement's value: "auto", an executor name (the whole model there), or
+// "EXEC:CUT,EXEC:CUT,...,EXEC" (stages ending at those cut ids). kInvalidArgument, one sentence.
+Result<PlacementConfig> parse_placement(const std::string& text);
+
 // The device as a whole.
 struct DeviceConfig {
   std::string server;  // tcp://HOST:PORT; empty runs every frame on the device
@@ -151,6 +175,7 @@ struct DeviceConfig {
   // refused, does not serve a stream's model, or when a stream offloaded no frame because of it.
   bool require_server = false;
   EnergyConfig energy;
+  PlacementConfig placement;  // command line only
   // Frames start only as stdin allows: each line holding a number N lets N more frames start, and
   // the run finishes when stdin closes. Lets a benchmark take turns between device processes
   // that stay loaded (bench/testbed: interleaved rounds) without pausing a frame in flight.

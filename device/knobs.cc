@@ -182,14 +182,17 @@ constexpr int kPeriodUs = 10000;
 
 class QuotaKnob final : public Knob {
  public:
+  // `members`: the file that moves a task in and out, "cgroup.procs" (the whole process) or
+  // "tasks" (one thread, cgroup v1).
   QuotaKnob(CgroupLayout layout, std::string parent, std::string child, int cores, double top_mhz,
-            int pid)
+            int pid, std::string members = "cgroup.procs")
       : layout_(layout),
         parent_(std::move(parent)),
         child_(std::move(child)),
         cores_(cores),
         top_mhz_(top_mhz),
-        pid_(pid) {}
+        pid_(pid),
+        members_(std::move(members)) {}
   ~QuotaKnob() override { restore(); }
 
   std::string kind() const override { return "quota"; }
@@ -219,8 +222,10 @@ class QuotaKnob final : public Knob {
   }
 
   std::string describe() const override {
-    return "a CPU quota on this process (" + child_ + ", " + std::to_string(kPeriodUs / 1000) +
-           " ms period, " + std::to_string(cores_) + " core(s) = " + mhz_text(top_mhz_) +
+    return std::string(members_ == "tasks" ? "a CPU quota on thread " + std::to_string(pid_)
+                                           : "a CPU quota on this process") +
+           " (" + child_ + ", " + std::to_string(kPeriodUs / 1000) + " ms period, " +
+           std::to_string(cores_) + " core(s) = " + mhz_text(top_mhz_) +
            "): a quota slices time and does not slow the clock, so memory-bound work slows less "
            "under real DVFS than here";
   }
@@ -238,7 +243,7 @@ class QuotaKnob final : public Knob {
     }
   }
   std::vector<RestoreStep> restore_steps() const override {
-    return {{parent_ + "/cgroup.procs", std::to_string(pid_), false}, {child_, "", true}};
+    return {{parent_ + "/" + members_, std::to_string(pid_), false}, {child_, "", true}};
   }
 
   std::optional<std::string> write_quota(int64_t quota) {
@@ -249,7 +254,7 @@ class QuotaKnob final : public Knob {
     return write_text(child_ + "/cpu.max", std::to_string(quota) + " " + std::to_string(kPeriodUs));
   }
   std::optional<std::string> join() {
-    return write_text(child_ + "/cgroup.procs", std::to_string(pid_));
+    return write_text(child_ + "/" + members_, std::to_string(pid_));
   }
 
  private:
@@ -258,6 +263,7 @@ class QuotaKnob final : public Knob {
   int cores_;
   double top_mhz_;
   int pid_;
+  std::string members_;
   bool restored_ = false;
 };
 
@@ -406,9 +412,28 @@ Result<std::unique_ptr<Knob>> open_cpufreq_knob(const std::string& root,
   return std::unique_ptr<Knob>(new CpufreqKnob(std::move(policies), userspace));
 }
 
-Result<std::unique_ptr<Knob>> open_quota_knob(const std::string& cgroup_root, int cores,
-                                              double top_mhz, int pid,
-                                              const std::string& self_cgroup) {
+namespace {
+
+// The CPU set of `cores`; kInvalidArgument for an empty set or a core this machine lacks.
+Result<cpu_set_t> cpu_set_of(const std::vector<int>& cores) {
+  if (cores.empty()) return invalid_argument("a core group needs at least one core");
+  const long n = ::sysconf(_SC_NPROCESSORS_CONF);
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int c : cores) {
+    if (c < 0 || c >= n || c >= CPU_SETSIZE) {
+      return invalid_argument("core " + std::to_string(c) +
+                              " does not exist here (this machine has " + std::to_string(n) + ")");
+    }
+    CPU_SET(c, &set);
+  }
+  return set;
+}
+
+// open_quota_knob and open_thread_quota_knob: a child cgroup `name` beside the process's own,
+// `id` moved in through `members`.
+Result<std::unique_ptr<Knob>> open_quota(const std::string& cgroup_root, int cores, double top_mhz,
+                                         int id, const std::string& self_cgroup, bool thread) {
   if (cores <= 0 || !(top_mhz > 0)) {
     return invalid_argument("quota: the executor needs at least one core and a top frequency");
   }
@@ -433,34 +458,60 @@ Result<std::unique_ptr<Knob>> open_quota_knob(const std::string& cgroup_root, in
       }
     }
   }
-  const std::string child = parent + "/edgesplit-device-" + std::to_string(pid);
+  if (thread && layout != CgroupLayout::kV1) {
+    return unavailable(
+        "quota: a quota on one thread needs cgroup v1's cpu controller (its tasks "
+        "file); this machine has cgroup v2: use --knobs none");
+  }
+  const std::string child =
+      parent + (thread ? "/edgesplit-stage-" : "/edgesplit-device-") + std::to_string(id);
   if (::mkdir(child.c_str(), 0755) != 0 && errno != EEXIST) {
     return unavailable("quota: cannot create the cgroup " + child + " (" + std::strerror(errno) +
                        "): run as root, or the device runs without a frequency knob (--knobs "
                        "none)");
   }
-  auto knob = std::make_unique<QuotaKnob>(layout, parent, child, cores, top_mhz, pid);
+  auto knob = std::make_unique<QuotaKnob>(layout, parent, child, cores, top_mhz, id,
+                                          thread ? "tasks" : "cgroup.procs");
   if (auto err = knob->write_quota(static_cast<int64_t>(cores) * kPeriodUs)) {
     return unavailable("quota: cannot set the quota of " + child + " (" + *err + ")");
   }
   if (auto err = knob->join()) {
-    return unavailable("quota: cannot move this process into " + child + " (" + *err + ")");
+    return unavailable(std::string("quota: cannot move ") +
+                       (thread ? "thread " + std::to_string(id) : std::string("this process")) +
+                       " into " + child + " (" + *err + ")");
   }
   return std::unique_ptr<Knob>(std::move(knob));
 }
 
-Status set_process_affinity(const std::vector<int>& cores) {
-  if (cores.empty()) return invalid_argument("a core group needs at least one core");
-  const long n = ::sysconf(_SC_NPROCESSORS_CONF);
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  for (int c : cores) {
-    if (c < 0 || c >= n || c >= CPU_SETSIZE) {
-      return invalid_argument("core " + std::to_string(c) +
-                              " does not exist here (this machine has " + std::to_string(n) + ")");
-    }
-    CPU_SET(c, &set);
+}  // namespace
+
+Result<std::unique_ptr<Knob>> open_quota_knob(const std::string& cgroup_root, int cores,
+                                              double top_mhz, int pid,
+                                              const std::string& self_cgroup) {
+  return open_quota(cgroup_root, cores, top_mhz, pid, self_cgroup, false);
+}
+
+Result<std::unique_ptr<Knob>> open_thread_quota_knob(const std::string& cgroup_root, int cores,
+                                                     double top_mhz, int tid,
+                                                     const std::string& self_cgroup) {
+  return open_quota(cgroup_root, cores, top_mhz, tid, self_cgroup, true);
+}
+
+Status set_thread_affinity(const std::vector<int>& cores) {
+  auto core_set = cpu_set_of(cores);
+  if (!core_set.ok()) return core_set.status();
+  const cpu_set_t set = *core_set;
+  if (::sched_setaffinity(0, sizeof set, &set) != 0) {
+    return unavailable(std::string("cannot set the thread's CPU set (") + std::strerror(errno) +
+                       ")");
   }
+  return Status::ok_status();
+}
+
+Status set_process_affinity(const std::vector<int>& cores) {
+  auto core_set = cpu_set_of(cores);
+  if (!core_set.ok()) return core_set.status();
+  const cpu_set_t set = *core_set;
   std::error_code ec;
   bool any = false;
   for (const auto& e : fs::directory_iterator("/proc/self/task", ec)) {

@@ -69,6 +69,18 @@ Result<std::unique_ptr<Knob>> open_quota_knob(const std::string& cgroup_root, in
                                               double top_mhz, int pid,
                                               const std::string& self_cgroup = "");
 
+// A CPU quota on one thread of this process (`tid`, as gettid() gives it): a child cgroup
+// edgesplit-stage-TID beside the process's own, the thread moved in through cgroup v1's `tasks`
+// file (threads it starts later inherit the cgroup); otherwise as open_quota_knob. cgroup v2 puts
+// whole processes in a cgroup's cpu controller: kUnavailable there, with one sentence.
+Result<std::unique_ptr<Knob>> open_thread_quota_knob(const std::string& cgroup_root, int cores,
+                                                     double top_mhz, int tid,
+                                                     const std::string& self_cgroup = "");
+
+// Sets the CPU set of the calling thread only (threads it starts later inherit it).
+// kInvalidArgument for an empty set or a core this machine does not have.
+Status set_thread_affinity(const std::vector<int>& cores);
+
 // Sets the CPU set of every thread of this process (threads started later inherit it).
 // kInvalidArgument for an empty set or a core this machine does not have.
 Status set_process_affinity(const std::vector<int>& cores);

@@ -22,6 +22,7 @@
 
 #include "device/knobs.h"
 #include "device/link.h"
+#include "device/pipeline.h"
 #include "device/power_control.h"
 #include "device/reporter.h"
 #include "device/resources.h"
@@ -681,6 +682,9 @@ int run_device(const DeviceConfig& config) {
     }
   }
   std::ostream& out = config.output.empty() ? std::cout : file;
+  if (config.placement.mode != PlacementConfig::Mode::kOff) {
+    return run_pipeline(config, g_stop_signal, out);
+  }
   const bool readable = config.output.empty() && !config.json && ::isatty(STDOUT_FILENO);
   Reporter reporter(out, readable, config.quiet);
   Runtime runtime(config, reporter, std::move(channel));

@@ -7,7 +7,8 @@ edgesplit_library(scheduler
   ${CMAKE_CURRENT_LIST_DIR}/engine_names.cc
   ${CMAKE_CURRENT_LIST_DIR}/cut_table.cc
   ${CMAKE_CURRENT_LIST_DIR}/pressure.cc
-  ${CMAKE_CURRENT_LIST_DIR}/exit_plans.cc)
+  ${CMAKE_CURRENT_LIST_DIR}/exit_plans.cc
+  ${CMAKE_CURRENT_LIST_DIR}/stage_placement.cc)
 target_link_libraries(edgesplit_scheduler
   PUBLIC edgesplit::profiles
   PRIVATE nlohmann_json::nlohmann_json)

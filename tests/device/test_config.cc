@@ -22,6 +22,7 @@ using edgesplit::device::load_device_config;
 using edgesplit::device::LocalLane;
 using edgesplit::device::parse_device_config;
 using edgesplit::device::parse_device_flags;
+using edgesplit::device::PlacementConfig;
 using edgesplit::device::StreamConfig;
 using edgesplit::device::validate_device_config;
 using edgesplit::packing::Format;
@@ -714,6 +715,55 @@ TEST_CASE("knob, description and governor flags and keys") {
   CHECK(contains(config_error(one_stream("", R"("knobs": "quota", "device_description": "d",
       "governor": "x", )")),
                  "\"governor\""));
+}
+
+TEST_CASE("placement flags: auto, one executor, fixed stages, and mistakes in one sentence") {
+  const std::vector<std::string> base = {"--model", "m.pt", "--input", "x", "--device-description",
+                                         "d.json"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return flags(a);
+  };
+  auto none = with({});
+  REQUIRE(none.ok());
+  CHECK(none->config.placement.mode == PlacementConfig::Mode::kOff);
+  auto aut = with({"--placement", "auto", "--placement-executors", "big,little",
+                   "--placement-block-ms", "50", "--placement-profile-out", "t.json"});
+  REQUIRE(aut.ok());
+  CHECK(aut->config.placement.mode == PlacementConfig::Mode::kAuto);
+  CHECK(aut->config.placement.executors == std::vector<std::string>{"big", "little"});
+  CHECK(aut->config.placement.block_ms == 50);
+  CHECK(aut->config.placement.profile_out == "t.json");
+  auto one = with({"--placement", "little"});
+  REQUIRE(one.ok());
+  CHECK(one->config.placement.mode == PlacementConfig::Mode::kFixed);
+  REQUIRE(one->config.placement.stages.size() == 1);
+  CHECK(one->config.placement.stages[0] == std::make_pair(std::string("little"), -1));
+  auto two = with({"--placement", "big:7,little"});
+  REQUIRE(two.ok());
+  REQUIRE(two->config.placement.stages.size() == 2);
+  CHECK(two->config.placement.stages[0] == std::make_pair(std::string("big"), 7));
+
+  auto error = [&](std::vector<std::string> extra) {
+    auto r = with(std::move(extra));
+    REQUIRE_FALSE(r.ok());
+    return r.status().message();
+  };
+  CHECK(contains(error({"--placement", "big:x,little"}), "--placement must be auto"));
+  CHECK(contains(error({"--placement", "big,little"}), "every stage but the last ends at a cut"));
+  CHECK(contains(error({"--placement", "big:9,gpu:4,little"}), "must increase"));
+  CHECK(contains(error({"--placement", "big:3,"}), "--placement must be auto"));
+  CHECK(contains(error({"--placement", "auto", "--server", "tcp://127.0.0.1:5555"}),
+                 "leave out --server"));
+  CHECK(contains(error({"--placement-executors", "big"}), "need --placement"));
+  CHECK(contains(error({"--placement", "big", "--placement-executors", "big"}),
+                 "for --placement auto"));
+  CHECK(contains(error({"--placement", "auto", "--placement-block-ms", "0"}),
+                 "--placement-block-ms"));
+  auto no_description = flags({"--model", "m.pt", "--input", "x", "--placement", "auto"});
+  REQUIRE_FALSE(no_description.ok());
+  CHECK(contains(no_description.status().message(), "--placement needs --device-description"));
 }
 
 TEST_CASE("config: a stream's start and latency steps") {

@@ -34,7 +34,8 @@ const char* kTwoExecutors = R"({
 }  // namespace
 
 TEST_CASE("the shipped device descriptions parse and cite their sources") {
-  for (const char* name : {"raspberry_pi_4.json", "jetson_xavier_nx.json", "vm_2core.json"}) {
+  for (const char* name :
+       {"raspberry_pi_4.json", "jetson_xavier_nx.json", "vm_2core.json", "vm_big_little.json"}) {
     const fs::path p = edgesplit::testing::source_dir() / "device" / "descriptions" / name;
     auto d = load_device_description(p.string());
     REQUIRE_MESSAGE(d.ok(), name << ": " << d.status().message());

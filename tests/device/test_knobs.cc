@@ -189,6 +189,40 @@ TEST_CASE("quota: v2 writes cpu.max, and no controller is one sentence") {
   CHECK(missing.status().message().find("no cgroup cpu controller") != std::string::npos);
 }
 
+TEST_CASE("quota on one thread: v1 tasks file in and out, v2 refused with a sentence") {
+  TempDir t;
+  put(t.path / "cpu/cpu.cfs_quota_us", "-1");
+  put(t.path / "cpu/tasks", "");
+  for (const char* f : {"tasks", "cpu.cfs_period_us", "cpu.cfs_quota_us"}) {
+    put(t.path / "cpu/edgesplit-stage-5151" / f, "");
+  }
+  {
+    auto knob = open_thread_quota_knob(t.path.string(), 1, 1500, 5151, "2:cpu,cpuacct:/\n0::/\n");
+    REQUIRE(knob.ok());
+    Knob& k = **knob;
+    const fs::path child = t.path / "cpu/edgesplit-stage-5151";
+    CHECK(slurp(child / "tasks") == "5151");
+    CHECK(slurp(child / "cpu.cfs_quota_us") == "10000");
+    CHECK(k.set_mhz(1000).ok());
+    CHECK(slurp(child / "cpu.cfs_quota_us") == "6667");
+    CHECK(k.describe().find("thread 5151") != std::string::npos);
+    k.restore();
+    CHECK(slurp(t.path / "cpu/tasks") == "5151");
+    fs::remove_all(child);
+  }
+  TempDir v2;
+  put(v2.path / "cgroup.controllers", "cpuset cpu io memory pids");
+  put(v2.path / "cgroup.subtree_control", "cpu");
+  auto refused = open_thread_quota_knob(v2.path.string(), 1, 1000, 77, "0::/\n");
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().message().find("cgroup v1") != std::string::npos);
+}
+
+TEST_CASE("thread affinity: a core this machine lacks is refused") {
+  CHECK(set_thread_affinity({}).code() == edgesplit::StatusCode::kInvalidArgument);
+  CHECK(set_thread_affinity({100000}).code() == edgesplit::StatusCode::kInvalidArgument);
+}
+
 TEST_CASE("CPU lists") {
   CHECK(*parse_cpu_list("0-3,6") == std::vector<int>{0, 1, 2, 3, 6});
   CHECK(*parse_cpu_list("1") == std::vector<int>{1});

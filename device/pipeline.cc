@@ -1,0 +1,783 @@
+#include "device/pipeline.h"
+
+#include <torch/torch.h>
+
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <fstream>
+#include <functional>
+#include <future>
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <thread>
+
+#include "device/energy.h"
+#include "device/knobs.h"
+#include "device/lane.h"
+#include "imaging/input_source.h"
+#include "imaging/preprocess.h"
+#include "packing/check.h"
+#include "partitioner/model_graph.h"
+#include "partitioner/model_info.h"
+#include "partitioner/stage_placement.h"
+#include "partitioner/top_k.h"
+
+namespace edgesplit::device {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+using partitioner::SegmentTable;
+using Tensors = std::vector<at::Tensor>;
+
+double ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+double round3(double v) { return std::isfinite(v) ? std::round(v * 1000.0) / 1000.0 : -1.0; }
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double rank = p / 100.0 * static_cast<double>(v.size() - 1);
+  const size_t lo = static_cast<size_t>(rank);
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (rank - static_cast<double>(lo));
+}
+
+// A bounded FIFO between two threads: push blocks while full, pop while empty; close() wakes
+// both (push then fails, pop drains what is left, then gives nothing). Thread-safe.
+template <class T>
+class BoundedQueue {
+ public:
+  explicit BoundedQueue(size_t capacity) : capacity_(std::max<size_t>(capacity, 1)) {}
+  bool push(T v) {
+    std::unique_lock<std::mutex> lock(mu_);
+    not_full_.wait(lock, [&] { return closed_ || items_.size() < capacity_; });
+    if (closed_) return false;
+    items_.push_back(std::move(v));
+    not_empty_.notify_one();
+    return true;
+  }
+  std::optional<T> pop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    not_empty_.wait(lock, [&] { return closed_ || !items_.empty(); });
+    if (items_.empty()) return std::nullopt;
+    T v = std::move(items_.front());
+    items_.pop_front();
+    not_full_.notify_one();
+    return v;
+  }
+  void close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    not_full_.notify_all();
+    not_empty_.notify_all();
+  }
+
+ private:
+  size_t capacity_;
+  std::mutex mu_;
+  std::condition_variable not_full_, not_empty_;
+  std::deque<T> items_;
+  bool closed_ = false;
+};
+
+// One executor's thread: pinned to the executor's cores, with its intra-op threads (LibTorch's
+// OpenMP setting is per thread: the threads a stage's operators fork inherit the CPU set and the
+// cgroup), autograd off. Runs the jobs posted to it in order. The destructor finishes the jobs
+// posted and joins.
+class ExecutorThread {
+ public:
+  ExecutorThread(std::vector<int> cores, int threads)
+      : cores_(std::move(cores)), threads_(threads) {}
+  ~ExecutorThread() {
+    jobs_.close();
+    if (thread_.joinable()) thread_.join();
+  }
+  ExecutorThread(const ExecutorThread&) = delete;
+  ExecutorThread& operator=(const ExecutorThread&) = delete;
+
+  // Starts the thread; its kernel thread id once it runs pinned, or why it could not be pinned.
+  Result<int> start() {
+    std::promise<std::pair<int, std::string>> started;
+    auto ready = started.get_future();
+    thread_ = std::thread([this, &started] { loop(started); });
+    auto [tid, error] = ready.get();
+    if (tid < 0) return unavailable(error);
+    return tid;
+  }
+  std::future<void> post(std::function<void()> job) {
+    std::packaged_task<void()> task(std::move(job));
+    auto done = task.get_future();
+    jobs_.push(std::move(task));
+    return done;
+  }
+  // Runs `job` on the thread and waits; its exception is rethrown here.
+  void run(std::function<void()> job) { post(std::move(job)).get(); }
+
+ private:
+  void loop(std::promise<std::pair<int, std::string>>& started) {
+    const int tid = static_cast<int>(::syscall(SYS_gettid));
+    const Status pinned = set_thread_affinity(cores_);
+    if (!pinned.ok()) {
+      started.set_value({-1, pinned.message()});
+      return;
+    }
+    set_threads(threads_);
+    torch::NoGradGuard no_grad;
+    started.set_value({tid, ""});
+    while (auto job = jobs_.pop()) (*job)();
+  }
+
+  std::vector<int> cores_;
+  int threads_;
+  BoundedQueue<std::packaged_task<void()>> jobs_{64};
+  std::thread thread_;
+};
+
+// An executor the run may place stages on: its description, its thread and its knob.
+struct ExecutorRun {
+  ExecutorDescription description;
+  std::vector<int> cores;  // the description's cores this machine has
+  double mhz = 0;          // its top level
+  std::unique_ptr<Knob> knob;
+  std::unique_ptr<ExecutorThread> thread;
+  std::string level_note;  // how the level is set
+};
+
+// Thrown for a mistake the user must fix (one sentence); caught by run_pipeline.
+struct UserError {
+  std::string message;
+};
+
+// Runs the blocks from cut `from` to cut `to` (the model's output after the last cut).
+Tensors run_span(const partitioner::ModelGraph& model, int from, int to, const Tensors& x) {
+  Tensors y = model.run_between(from, to, x);
+  if (to == model.device_cut()) return {model.run_tail(to, y)};
+  return y;
+}
+
+class PipelineRun {
+ public:
+  PipelineRun(const DeviceConfig& config, const std::atomic<int>& stop, std::ostream& out)
+      : config_(config), stream_(config.streams.front()), stop_(stop), out_(out) {}
+
+  int run();
+
+ private:
+  void log(const std::string& line) const {
+    if (!config_.quiet) std::cerr << "edgesplit-device: " << line << '\n';
+  }
+  void emit(const json& j) { out_ << j.dump() << '\n' << std::flush; }
+
+  void open_executors();
+  void load_model();
+  void load_frames();
+  void time_blocks();
+  void read_table();
+  partitioner::StagePlacement choose();
+  void run_frames(const partitioner::StagePlacement& placement);
+
+  const DeviceConfig& config_;
+  const StreamConfig& stream_;
+  const std::atomic<int>& stop_;
+  std::ostream& out_;
+  std::vector<ExecutorRun> executors_;
+  partitioner::ModelInfo info_;
+  std::shared_ptr<partitioner::ModelGraph> model_;
+  std::vector<at::Tensor> inputs_;
+  std::vector<std::string> sources_;
+  int64_t frames_ = 0;
+  SegmentTable table_;
+  std::vector<double> blocks_sum_ms_, whole_ms_;  // per executor, when measured here
+};
+
+void PipelineRun::open_executors() {
+  auto description = load_device_description(config_.energy.description_path);
+  if (!description.ok()) throw UserError{description.status().message()};
+  const PlacementConfig& pc = config_.placement;
+  std::vector<std::string> names;
+  if (pc.mode == PlacementConfig::Mode::kFixed) {
+    for (const auto& s : pc.stages) names.push_back(s.first);
+  } else if (!pc.executors.empty()) {
+    names = pc.executors;
+  } else {
+    for (const auto& x : description->executors) {
+      if (x.kind == "cpu") names.push_back(x.name);
+    }
+  }
+  double fastest = 0;
+  for (const auto& x : description->executors) {
+    if (x.kind == "cpu") fastest = std::max(fastest, x.top_mhz());
+  }
+  const long here = ::sysconf(_SC_NPROCESSORS_CONF);
+  for (const std::string& name : names) {
+    const int i = description->executor(name);
+    if (i < 0) {
+      throw UserError{"--placement names executor \"" + name + "\", which " +
+                      config_.energy.description_path + " does not list"};
+    }
+    for (const auto& e : executors_) {
+      if (e.description.name == name) throw UserError{"--placement names \"" + name + "\" twice"};
+    }
+    const ExecutorDescription& x = description->executors[static_cast<size_t>(i)];
+    if (x.kind != "cpu") {
+      throw UserError{"executor \"" + name +
+                      "\" is a GPU: stages run on cpu executors only (this LibTorch has no CUDA "
+                      "and no stage is built for a GPU)"};
+    }
+    ExecutorRun e;
+    e.description = x;
+    for (int c : x.cores) {
+      if (c < here) e.cores.push_back(c);
+    }
+    if (e.cores.empty()) {
+      throw UserError{"executor \"" + name + "\"'s cores do not exist on this machine"};
+    }
+    e.mhz = x.top_mhz();
+    executors_.push_back(std::move(e));
+  }
+  for (auto& e : executors_) {
+    e.thread = std::make_unique<ExecutorThread>(e.cores, static_cast<int>(e.cores.size()));
+    auto tid = e.thread->start();
+    if (!tid.ok())
+      throw UserError{"executor \"" + e.description.name + "\": " + tid.status().message()};
+    const KnobKind kind = config_.energy.knobs;
+    if (kind == KnobKind::kQuota && e.mhz < fastest * 0.9999) {
+      auto knob = open_thread_quota_knob(config_.energy.cgroup_root,
+                                         static_cast<int>(e.cores.size()), fastest, *tid);
+      if (!knob.ok()) throw UserError{knob.status().message()};
+      Status set = (*knob)->set_mhz(e.mhz);
+      if (!set.ok()) throw UserError{set.message()};
+      e.level_note = (*knob)->describe();
+      e.knob = std::move(knob).value();
+    } else if (kind == KnobKind::kCpufreq) {
+      auto knob = open_cpufreq_knob(config_.energy.cpufreq_root, e.cores);
+      if (!knob.ok()) throw UserError{knob.status().message()};
+      Status set = (*knob)->set_mhz(e.mhz);
+      if (!set.ok()) throw UserError{set.message()};
+      e.level_note = (*knob)->describe();
+      e.knob = std::move(knob).value();
+    } else {
+      e.level_note =
+          kind == KnobKind::kNone ? "no knob: the hardware's own clock" : "the top level: no quota";
+    }
+  }
+  std::vector<RestoreStep> steps;
+  for (const auto& e : executors_) {
+    if (e.knob) {
+      for (auto& s : e.knob->restore_steps()) steps.push_back(std::move(s));
+    }
+  }
+  arm_emergency_restore(steps);
+}
+
+void PipelineRun::load_model() {
+  auto info = partitioner::load_model_info(stream_.model_path, stream_.meta_path);
+  if (!info.ok()) throw UserError{info.status().message()};
+  Status input_ok = imaging::validate_input_info(*info);
+  if (!input_ok.ok()) throw UserError{input_ok.message()};
+  info_ = std::move(info).value();
+  partitioner::LoadOptions lo;
+  lo.input_shape = info_.input_shape;
+  lo.engine = config_.engine;
+  auto model = partitioner::ModelGraph::load(stream_.model_path, lo);
+  if (!model.ok()) throw UserError{model.status().message()};
+  model_ = std::move(model).value();
+  log("model " + stream_.model_path + ": " + std::to_string(model_->cuts().size()) +
+      " cuts, engine " + model_->engine_report().summary());
+}
+
+// Up to 64 frames of the input, decoded and preprocessed before anything is timed; the run
+// cycles through them for --max-frames frames (default: each once).
+void PipelineRun::load_frames() {
+  constexpr int64_t kPreloaded = 64;
+  if (stream_.max_frames == 0 && stream_.loop == 0) {
+    throw UserError{"--placement needs a finite run: give --max-frames N"};
+  }
+  imaging::SourceOptions so;
+  so.max_frames = stream_.max_frames > 0 ? std::min(stream_.max_frames, kPreloaded) : kPreloaded;
+  so.loop = stream_.loop;
+  auto source = imaging::open_source(stream_.input, so);
+  if (!source.ok()) throw UserError{source.status().message()};
+  while (auto frame = (*source)->next()) {
+    auto resized = imaging::resize_and_crop(frame->image, info_);
+    if (!resized.ok())
+      throw UserError{"cannot preprocess " + frame->source + ": " + resized.status().message()};
+    auto data = imaging::normalize_to_tensor(*resized, info_);
+    if (!data.ok())
+      throw UserError{"cannot preprocess " + frame->source + ": " + data.status().message()};
+    inputs_.push_back(torch::from_blob(data->data(), info_.input_shape, torch::kFloat32).clone());
+    sources_.push_back(frame->source);
+  }
+  if (inputs_.empty()) throw UserError{"the input " + stream_.input + " gave no frame"};
+  frames_ = stream_.max_frames > 0 ? stream_.max_frames : static_cast<int64_t>(inputs_.size());
+}
+
+// The placement profiler: every unit block on every executor at the executor's level, the whole
+// chain of blocks once per frame (after two untimed frames) for block_ms x blocks in all; a
+// block's time is its mean over the frames. Under a quota the throttled time falls on the blocks
+// in proportion to their work over many frames, as in the pipeline.
+void PipelineRun::time_blocks() {
+  const auto& cuts = model_->cuts();
+  table_ = SegmentTable{};
+  for (const auto& c : cuts) table_.cut_ids.push_back(c.id);
+  for (const auto& e : executors_) {
+    table_.executors.push_back(
+        {e.description.name, e.cores, static_cast<int>(e.cores.size()), e.mhz});
+  }
+  const int blocks = table_.blocks();
+  for (int b = 0; b < blocks; ++b) {
+    model_->prepare_between(table_.cut_ids[static_cast<size_t>(b)],
+                            table_.cut_ids[static_cast<size_t>(b) + 1]);
+  }
+  // The blocks run in order, frame after frame, each on what the one before gave (as in a stage:
+  // its input fresh from the block before, its weights not left in the cache by a run of itself),
+  // each timed.
+  const double budget_ms = config_.placement.block_ms * blocks;
+  for (auto& e : executors_) {
+    std::vector<double> row(static_cast<size_t>(blocks), 0.0);
+    double whole_ms = 0;
+    e.thread->run([&] {
+      auto pass = [&](std::vector<double>* acc) {
+        Tensors x = {inputs_.front()};
+        for (int b = 0; b < blocks; ++b) {
+          const int from = table_.cut_ids[static_cast<size_t>(b)];
+          const int to = table_.cut_ids[static_cast<size_t>(b) + 1];
+          const auto t0 = Clock::now();
+          x = run_span(*model_, from, to, x);
+          if (acc) (*acc)[static_cast<size_t>(b)] += ms_between(t0, Clock::now());
+        }
+      };
+      for (int i = 0; i < 2; ++i) pass(nullptr);
+      int runs = 0;
+      const auto t0 = Clock::now();
+      while (runs < 5 || ms_between(t0, Clock::now()) < budget_ms) {
+        pass(&row);
+        ++runs;
+      }
+      for (double& v : row) v /= runs;
+      // The whole model as one graph, as many frames: what the blocks add up to in a stage.
+      const Tensors input = {inputs_.front()};
+      const auto w0 = Clock::now();
+      for (int i = 0; i < runs; ++i)
+        (void)run_span(*model_, table_.cut_ids.front(), table_.cut_ids.back(), input);
+      whole_ms = ms_between(w0, Clock::now()) / runs;
+    });
+    double sum = 0;
+    for (double v : row) sum += v;
+    // A block timed as a graph of its own converts its input and output between LibTorch's dense
+    // layout and the backend's blocked one at each of its cuts; a stage runs its blocks as one
+    // graph and converts only at its two ends. What the blocks add up to beyond the whole model's
+    // time is taken as that conversion, in proportion to each inner cut's elements: a cut's
+    // conversion leaves its two blocks' times (half each) and is what a stage starting or ending
+    // there pays (cut_ms).
+    double inner_elements = 0;
+    for (size_t i = 1; i + 1 < table_.cut_ids.size(); ++i) {
+      inner_elements += static_cast<double>(model_->cut(table_.cut_ids[i]).elements);
+    }
+    const double per_element =
+        inner_elements > 0 ? std::max(0.0, sum - whole_ms) / inner_elements : 0;
+    std::vector<double> at_cut;
+    for (size_t i = 0; i < table_.cut_ids.size(); ++i) {
+      at_cut.push_back(per_element * static_cast<double>(model_->cut(table_.cut_ids[i]).elements) /
+                       2);
+    }
+    for (size_t b = 0; b < row.size(); ++b)
+      row[b] = std::max(0.0, row[b] - at_cut[b] - at_cut[b + 1]);
+    table_.cut_ms.push_back(std::move(at_cut));
+    table_.block_ms.push_back(std::move(row));
+    blocks_sum_ms_.push_back(sum);
+    whole_ms_.push_back(whole_ms);
+    char line[200];
+    std::snprintf(line, sizeof line,
+                  "placement profiler: %d blocks on %s at %.0f MHz: %.2f ms a frame as blocks, "
+                  "%.2f ms as one graph",
+                  blocks, e.description.name.c_str(), e.mhz, sum, whole_ms);
+    log(line);
+  }
+  // The handoff: a token passed between the first two executors' threads through the queue the
+  // stages use, 200 round trips; one way is half a round trip.
+  if (executors_.size() >= 2) {
+    BoundedQueue<int> there(1), back(1);
+    constexpr int kTrips = 200;
+    double total_ms = 0;
+    auto pong = executors_[1].thread->post([&] {
+      for (int i = 0; i < kTrips; ++i) {
+        auto v = there.pop();
+        if (!v) return;
+        back.push(*v);
+      }
+    });
+    executors_[0].thread->run([&] {
+      const auto t0 = Clock::now();
+      for (int i = 0; i < kTrips; ++i) {
+        there.push(i);
+        (void)back.pop();
+      }
+      total_ms = ms_between(t0, Clock::now());
+    });
+    pong.get();
+    table_.handoff_ms = total_ms / (2.0 * kTrips);
+  }
+  if (!config_.placement.profile_out.empty()) {
+    std::ofstream f(config_.placement.profile_out);
+    f << partitioner::segment_table_json(table_, model_->digest(),
+                                         partitioner::engine_name(config_.engine));
+    if (!f) {
+      throw UserError{"cannot write --placement-profile-out " + config_.placement.profile_out};
+    }
+  }
+}
+
+// A segment table from --placement-profile: the same model, engine and cuts, and every executor
+// of the run with the same cores and level; its rows are reordered to the run's executors.
+void PipelineRun::read_table() {
+  const std::string& path = config_.placement.profile_in;
+  std::ifstream f(path);
+  if (!f) throw UserError{"cannot read --placement-profile " + path};
+  std::stringstream text;
+  text << f.rdbuf();
+  std::string digest, engine;
+  auto t = partitioner::parse_segment_table(text.str(), &digest, &engine);
+  if (!t.ok()) throw UserError{path + ": " + t.status().message()};
+  if (digest != model_->digest() || engine != partitioner::engine_name(config_.engine)) {
+    throw UserError{path +
+                    " was measured for another model or engine: measure it again with "
+                    "--placement-profile-out"};
+  }
+  std::vector<int> ids;
+  for (const auto& c : model_->cuts()) ids.push_back(c.id);
+  if (t->cut_ids != ids) throw UserError{path + " has other cuts than the model"};
+  table_ = SegmentTable{};
+  table_.cut_ids = t->cut_ids;
+  table_.handoff_ms = t->handoff_ms;
+  for (const auto& e : executors_) {
+    const int i = t->executor(e.description.name);
+    if (i < 0 || t->executors[static_cast<size_t>(i)].cores != e.cores ||
+        std::abs(t->executors[static_cast<size_t>(i)].mhz - e.mhz) > 0.5) {
+      throw UserError{path + " has no row for executor \"" + e.description.name +
+                      "\" on these cores at this level: measure it again with "
+                      "--placement-profile-out"};
+    }
+    table_.executors.push_back(t->executors[static_cast<size_t>(i)]);
+    table_.block_ms.push_back(t->block_ms[static_cast<size_t>(i)]);
+    if (!t->cut_ms.empty()) table_.cut_ms.push_back(t->cut_ms[static_cast<size_t>(i)]);
+  }
+}
+
+partitioner::StagePlacement PipelineRun::choose() {
+  const PlacementConfig& pc = config_.placement;
+  if (pc.mode == PlacementConfig::Mode::kFixed) {
+    std::vector<std::pair<int, int>> stages;
+    for (size_t i = 0; i < pc.stages.size(); ++i) {
+      int end = table_.blocks();
+      if (pc.stages[i].second >= 0) {
+        const auto it =
+            std::find(table_.cut_ids.begin(), table_.cut_ids.end(), pc.stages[i].second);
+        if (it == table_.cut_ids.end() || it == table_.cut_ids.begin() ||
+            pc.stages[i].second == table_.cut_ids.back()) {
+          throw UserError{"--placement: cut " + std::to_string(pc.stages[i].second) +
+                          " is not a cut between two blocks of this model (edgesplit-inspect "
+                          "lists them)"};
+        }
+        end = static_cast<int>(it - table_.cut_ids.begin());
+      }
+      stages.emplace_back(static_cast<int>(i), end);
+    }
+    auto p = partitioner::evaluate_placement(table_, stages);
+    if (!p.ok()) throw UserError{"--placement: " + p.status().message()};
+    return *p;
+  }
+  const auto& s = stream_.scheduler;
+  const bool throughput = s.objective == partitioner::Objective::kThroughput;
+  std::optional<double> bound;
+  if (s.constraints.min_fps && *s.constraints.min_fps > 0) bound = 1000.0 / *s.constraints.min_fps;
+  auto p = partitioner::best_placement(table_,
+                                       throughput ? partitioner::PlacementObjective::kThroughput
+                                                  : partitioner::PlacementObjective::kLatency,
+                                       bound);
+  if (!p) {
+    throw UserError{
+        "no placement over these executors meets --min-fps (the fastest period "
+        "predicted is above the bound)"};
+  }
+  return *p;
+}
+
+void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
+  const size_t k = placement.stages.size();
+  struct Item {
+    int64_t frame = 0;
+    Tensors x;
+    Clock::time_point started;
+    std::vector<double> stage_ms;
+    std::string error;
+  };
+  struct StageSpan {
+    int from = 0, to = 0;
+    ExecutorThread* thread = nullptr;
+  };
+  std::vector<StageSpan> spans;
+  for (const auto& s : placement.stages) {
+    StageSpan sp;
+    sp.from = table_.cut_ids[static_cast<size_t>(s.first_block)];
+    sp.to = table_.cut_ids[static_cast<size_t>(s.end_block)];
+    sp.thread = executors_[static_cast<size_t>(s.executor)].thread.get();
+    model_->prepare_between(sp.from, sp.to);
+    spans.push_back(sp);
+  }
+  // One untimed frame through every stage on its own thread (a thread's first inference pays
+  // for its setup).
+  {
+    Tensors x = {inputs_.front()};
+    for (const auto& sp : spans) sp.thread->run([&] { x = run_span(*model_, sp.from, sp.to, x); });
+  }
+  const int window = stream_.in_flight > 0 ? stream_.in_flight : static_cast<int>(2 * k);
+  std::vector<std::unique_ptr<BoundedQueue<Item>>> queues;
+  for (size_t i = 0; i <= k; ++i) {
+    queues.push_back(std::make_unique<BoundedQueue<Item>>(static_cast<size_t>(window)));
+  }
+  std::vector<std::future<void>> workers;
+  for (size_t s = 0; s < k; ++s) {
+    BoundedQueue<Item>* in = queues[s].get();
+    BoundedQueue<Item>* next = queues[s + 1].get();
+    const StageSpan sp = spans[s];
+    workers.push_back(sp.thread->post([this, in, next, sp] {
+      while (auto item = in->pop()) {
+        const auto t0 = Clock::now();
+        if (item->error.empty()) {
+          try {
+            item->x = run_span(*model_, sp.from, sp.to, item->x);
+          } catch (const std::exception& e) {
+            item->error = e.what();
+          }
+        }
+        item->stage_ms.push_back(ms_between(t0, Clock::now()));
+        next->push(std::move(*item));
+      }
+      next->close();
+    }));
+  }
+  const auto start = Clock::now();
+  std::vector<double> done_ms, latency_ms;
+  std::vector<std::vector<double>> stage_ms(k);
+  int64_t submitted = 0, finished = 0, failed = 0;
+  bool interrupted = false;
+  auto submit = [&] {
+    Item it;
+    it.frame = submitted;
+    it.x = {inputs_[static_cast<size_t>(submitted) % inputs_.size()].clone()};
+    it.started = Clock::now();
+    ++submitted;
+    queues.front()->push(std::move(it));
+  };
+  while (submitted < frames_ && submitted < window) submit();
+  if (submitted >= frames_) queues.front()->close();
+  while (auto item = queues.back()->pop()) {
+    const auto now = Clock::now();
+    EDGESPLIT_CHECK_EQ(item->frame, finished);  // stages are FIFO: frames leave in order
+    ++finished;
+    done_ms.push_back(ms_between(start, now));
+    latency_ms.push_back(ms_between(item->started, now));
+    for (size_t s = 0; s < k; ++s) stage_ms[s].push_back(item->stage_ms[s]);
+    json j{{"type", "frame"},
+           {"stream", stream_.name},
+           {"frame", item->frame},
+           {"source", sources_[static_cast<size_t>(item->frame) % sources_.size()]},
+           {"latency_ms", round3(latency_ms.back())}};
+    json sm = json::array();
+    for (double v : item->stage_ms) sm.push_back(round3(v));
+    j["stage_ms"] = sm;
+    if (!item->error.empty()) {
+      ++failed;
+      j["error"] = item->error;
+    } else {
+      const at::Tensor logits = item->x.at(0).contiguous().reshape({-1});
+      json tj = json::array();
+      for (const auto& c :
+           partitioner::top_k(logits.data_ptr<float>(), static_cast<size_t>(logits.numel()),
+                              static_cast<size_t>(stream_.top_k))) {
+        json e{{"index", c.index}, {"score", c.score}};
+        if (static_cast<size_t>(c.index) < info_.labels.size()) {
+          e["label"] = info_.labels[static_cast<size_t>(c.index)];
+        }
+        tj.push_back(e);
+      }
+      j["top"] = tj;
+    }
+    emit(j);
+    if (!interrupted && stop_.load() != 0) {
+      interrupted = true;
+      log("interrupted: the frames in flight finish");
+      queues.front()->close();
+    }
+    if (!interrupted && submitted < frames_) {
+      submit();
+      if (submitted >= frames_) queues.front()->close();
+    }
+  }
+  for (auto& w : workers) w.get();
+
+  // The period in steady state: from the end of the window's first frames on, so that filling
+  // the pipeline does not count.
+  const size_t n = done_ms.size();
+  const size_t skip = std::min(n > 1 ? n - 2 : 0, static_cast<size_t>(window));
+  double period = 0;
+  if (n >= 2) period = (done_ms.back() - done_ms[skip]) / static_cast<double>(n - 1 - skip);
+  json stages = json::array();
+  for (size_t s = 0; s < k; ++s) {
+    std::vector<double> steady(
+        stage_ms[s].begin() + static_cast<std::ptrdiff_t>(std::min(skip, stage_ms[s].size())),
+        stage_ms[s].end());
+    stages.push_back(
+        {{"executor", table_.executors[static_cast<size_t>(placement.stages[s].executor)].name},
+         {"predicted_ms", round3(placement.stages[s].ms)},
+         {"measured_ms", round3(median(steady))}});
+  }
+  const double error = placement.period_ms > 0 ? period / placement.period_ms - 1 : 0;
+  emit(
+      {{"type", "placement_summary"},
+       {"stream", stream_.name},
+       {"frames", finished},
+       {"failed", failed},
+       {"in_flight", window},
+       {"wall_s", round3(n ? done_ms.back() / 1000.0 : 0)},
+       {"fps", round3(n ? 1000.0 * static_cast<double>(n) / done_ms.back() : 0)},
+       {"period_ms", round3(period)},
+       {"steady_fps", round3(period > 0 ? 1000.0 / period : 0)},
+       {"predicted_period_ms", round3(placement.period_ms)},
+       {"predicted_fps", round3(placement.fps())},
+       {"period_error", round3(error)},
+       {"latency_ms",
+        {{"p50", round3(percentile(latency_ms, 50))}, {"p95", round3(percentile(latency_ms, 95))}}},
+       {"predicted_latency_ms", round3(placement.latency_ms)},
+       {"stages", stages},
+       {"interrupted", interrupted}});
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "%lld frames, %.1f frames/s in steady state (period %.2f ms, predicted %.2f ms: "
+                "%+.1f%%)",
+                static_cast<long long>(finished), period > 0 ? 1000.0 / period : 0.0, period,
+                placement.period_ms, 100 * error);
+  log(line);
+}
+
+int PipelineRun::run() {
+  try {
+    partitioner::set_compute_threads(1);
+    load_model();
+    load_frames();
+    open_executors();
+    for (const auto& e : executors_) {
+      log("executor " + e.description.name + ": cores " + std::to_string(e.cores.size()) + ", " +
+          std::to_string(static_cast<int>(e.mhz)) + " MHz, " + e.level_note);
+    }
+    if (config_.placement.profile_in.empty()) {
+      time_blocks();
+    } else {
+      read_table();
+    }
+    json profile{{"type", "segment_table"},
+                 {"stream", stream_.name},
+                 {"source",
+                  config_.placement.profile_in.empty() ? "measured" : config_.placement.profile_in},
+                 {"cut_ids", table_.cut_ids},
+                 {"handoff_ms", round3(table_.handoff_ms)}};
+    json names = json::array();
+    for (int id : table_.cut_ids) names.push_back(model_->cut(id).name);
+    profile["cut_names"] = names;
+    json ex = json::array();
+    for (size_t e = 0; e < table_.executors.size(); ++e) {
+      json row = json::array();
+      for (double v : table_.block_ms[e]) row.push_back(round3(v));
+      ex.push_back({{"name", table_.executors[e].name},
+                    {"cores", table_.executors[e].cores},
+                    {"threads", table_.executors[e].threads},
+                    {"mhz", table_.executors[e].mhz},
+                    {"level", executors_[e].level_note},
+                    {"block_ms", row}});
+      if (!table_.cut_ms.empty()) {
+        json cuts = json::array();
+        for (double v : table_.cut_ms[e]) cuts.push_back(round3(v));
+        ex.back()["cut_ms"] = cuts;
+      }
+      if (e < whole_ms_.size()) {
+        ex.back()["blocks_timed_alone_ms"] = round3(blocks_sum_ms_[e]);
+        ex.back()["whole_model_ms"] = round3(whole_ms_[e]);
+      }
+    }
+    profile["executors"] = ex;
+    emit(profile);
+
+    const partitioner::StagePlacement placement = choose();
+    json alternatives = json::object();
+    for (size_t e = 0; e < table_.executors.size(); ++e) {
+      auto alone =
+          partitioner::evaluate_placement(table_, {{static_cast<int>(e), table_.blocks()}});
+      if (alone.ok()) alternatives[table_.executors[e].name] = round3(alone->period_ms);
+    }
+    json stages = json::array();
+    std::string said;
+    for (const auto& s : placement.stages) {
+      const int from = table_.cut_ids[static_cast<size_t>(s.first_block)];
+      const int to = table_.cut_ids[static_cast<size_t>(s.end_block)];
+      const std::string& name = table_.executors[static_cast<size_t>(s.executor)].name;
+      stages.push_back({{"executor", name},
+                        {"from_cut", from},
+                        {"to_cut", to},
+                        {"from", model_->cut(from).name},
+                        {"to", model_->cut(to).name},
+                        {"predicted_ms", round3(s.ms)}});
+      said += (said.empty() ? "" : " | ") + name + " cuts " + std::to_string(from) + "-" +
+              std::to_string(to);
+    }
+    emit({{"type", "placement"},
+          {"stream", stream_.name},
+          {"mode", config_.placement.mode == PlacementConfig::Mode::kAuto ? "auto" : "fixed"},
+          {"stages", stages},
+          {"predicted_period_ms", round3(placement.period_ms)},
+          {"predicted_fps", round3(placement.fps())},
+          {"predicted_latency_ms", round3(placement.latency_ms)},
+          {"single_executor_period_ms", alternatives}});
+    char line[160];
+    std::snprintf(line, sizeof line, ": predicted period %.2f ms (%.1f frames/s), latency %.2f ms",
+                  placement.period_ms, placement.fps(), placement.latency_ms);
+    log("placement " + said + line);
+    run_frames(placement);
+  } catch (const UserError& e) {
+    std::cerr << "edgesplit-device: " << e.message << '\n';
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "edgesplit-device: the placement run failed: " << e.what() << '\n';
+    return 1;
+  }
+  return stop_.load() != 0 ? 128 + stop_.load() : 0;
+}
+
+}  // namespace
+
+int run_pipeline(const DeviceConfig& config, const std::atomic<int>& stop, std::ostream& out) {
+  PipelineRun run(config, stop, out);
+  return run.run();
+}
+
+}  // namespace edgesplit::device
