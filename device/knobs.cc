@@ -178,21 +178,27 @@ std::optional<std::string> own_cgroup(const std::string& text, CgroupLayout layo
   return std::nullopt;
 }
 
+// The process's quota slices a 10 ms period. A pipeline stage's thread gets the shortest period
+// the kernel accepts for its share (quota and period at least 1 ms each): a stage busy for a few
+// ms of every frame uses less than its share of 10 ms and would run unslowed at full clock; sliced
+// finely, its work stretches by the quota's factor throughout, as a slower clock stretches it.
 constexpr int kPeriodUs = 10000;
+constexpr int kMinQuotaUs = 1000;
 
 class QuotaKnob final : public Knob {
  public:
   // `members`: the file that moves a task in and out, "cgroup.procs" (the whole process) or
   // "tasks" (one thread, cgroup v1).
   QuotaKnob(CgroupLayout layout, std::string parent, std::string child, int cores, double top_mhz,
-            int pid, std::string members = "cgroup.procs")
+            int pid, std::string members = "cgroup.procs", bool fine = false)
       : layout_(layout),
         parent_(std::move(parent)),
         child_(std::move(child)),
         cores_(cores),
         top_mhz_(top_mhz),
         pid_(pid),
-        members_(std::move(members)) {}
+        members_(std::move(members)),
+        fine_(fine) {}
   ~QuotaKnob() override { restore(); }
 
   std::string kind() const override { return "quota"; }
@@ -203,28 +209,40 @@ class QuotaKnob final : public Knob {
       return invalid_argument("quota: " + mhz_text(mhz) + " is outside 0 to " + mhz_text(top_mhz_) +
                               " (the top level, a quota of every core)");
     }
-    const int64_t quota = std::max<int64_t>(
-        1000, std::llround(mhz / top_mhz_ * cores_ * static_cast<double>(kPeriodUs)));
-    const auto err = write_quota(quota);
+    const double share = mhz / top_mhz_ * cores_;  // cores' worth of time
+    int64_t period = kPeriodUs;
+    if (fine_) period = std::max<int64_t>(kMinQuotaUs, std::llround(kMinQuotaUs / share));
+    const int64_t quota =
+        std::max<int64_t>(kMinQuotaUs, std::llround(share * static_cast<double>(period)));
+    const auto err = write_quota(quota, period);
     if (err) return unavailable("quota: cannot write the cgroup's quota (" + *err + ")");
     return Status::ok_status();
   }
 
   std::optional<double> current_mhz() const override {
-    std::optional<double> quota;
+    std::optional<double> quota, period;
     if (layout_ == CgroupLayout::kV1) {
       quota = read_number(child_ + "/cpu.cfs_quota_us");
+      period = read_number(child_ + "/cpu.cfs_period_us");
     } else {
       quota = read_number(child_ + "/cpu.max");  // "max 10000" reads as no number
+      auto text = read_text(child_ + "/cpu.max").value_or("");
+      std::istringstream in(text);
+      std::string q;
+      double p = 0;
+      if (in >> q >> p) period = p;
     }
     if (!quota || *quota <= 0) return top_mhz_;
-    return *quota / (cores_ * static_cast<double>(kPeriodUs)) * top_mhz_;
+    const double p = period && *period > 0 ? *period : static_cast<double>(kPeriodUs);
+    return *quota / (cores_ * p) * top_mhz_;
   }
 
   std::string describe() const override {
     return std::string(members_ == "tasks" ? "a CPU quota on thread " + std::to_string(pid_)
                                            : "a CPU quota on this process") +
-           " (" + child_ + ", " + std::to_string(kPeriodUs / 1000) + " ms period, " +
+           " (" + child_ + ", " +
+           (fine_ ? std::string("a period of 1 ms or more, as short as the quota allows, ")
+                  : std::to_string(kPeriodUs / 1000) + " ms period, ") +
            std::to_string(cores_) + " core(s) = " + mhz_text(top_mhz_) +
            "): a quota slices time and does not slow the clock, so memory-bound work slows less "
            "under real DVFS than here";
@@ -246,12 +264,12 @@ class QuotaKnob final : public Knob {
     return {{parent_ + "/" + members_, std::to_string(pid_), false}, {child_, "", true}};
   }
 
-  std::optional<std::string> write_quota(int64_t quota) {
+  std::optional<std::string> write_quota(int64_t quota, int64_t period = kPeriodUs) {
     if (layout_ == CgroupLayout::kV1) {
-      if (auto e = write_text(child_ + "/cpu.cfs_period_us", std::to_string(kPeriodUs))) return e;
+      if (auto e = write_text(child_ + "/cpu.cfs_period_us", std::to_string(period))) return e;
       return write_text(child_ + "/cpu.cfs_quota_us", std::to_string(quota));
     }
-    return write_text(child_ + "/cpu.max", std::to_string(quota) + " " + std::to_string(kPeriodUs));
+    return write_text(child_ + "/cpu.max", std::to_string(quota) + " " + std::to_string(period));
   }
   std::optional<std::string> join() {
     return write_text(child_ + "/" + members_, std::to_string(pid_));
@@ -264,6 +282,7 @@ class QuotaKnob final : public Knob {
   double top_mhz_;
   int pid_;
   std::string members_;
+  bool fine_ = false;
   bool restored_ = false;
 };
 
@@ -471,7 +490,7 @@ Result<std::unique_ptr<Knob>> open_quota(const std::string& cgroup_root, int cor
                        "none)");
   }
   auto knob = std::make_unique<QuotaKnob>(layout, parent, child, cores, top_mhz, id,
-                                          thread ? "tasks" : "cgroup.procs");
+                                          thread ? "tasks" : "cgroup.procs", /*fine=*/thread);
   if (auto err = knob->write_quota(static_cast<int64_t>(cores) * kPeriodUs)) {
     return unavailable("quota: cannot set the quota of " + child + " (" + *err + ")");
   }

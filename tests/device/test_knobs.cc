@@ -203,8 +203,19 @@ TEST_CASE("quota on one thread: v1 tasks file in and out, v2 refused with a sent
     const fs::path child = t.path / "cpu/edgesplit-stage-5151";
     CHECK(slurp(child / "tasks") == "5151");
     CHECK(slurp(child / "cpu.cfs_quota_us") == "10000");
+    // A stage's thread is sliced as finely as the kernel allows (quota and period >= 1 ms), so
+    // that a stage busy for a few ms of every frame is slowed throughout.
     CHECK(k.set_mhz(1000).ok());
-    CHECK(slurp(child / "cpu.cfs_quota_us") == "6667");
+    CHECK(slurp(child / "cpu.cfs_quota_us") == "1000");
+    CHECK(slurp(child / "cpu.cfs_period_us") == "1500");
+    CHECK(k.current_mhz().value() == doctest::Approx(1000).epsilon(0.001));
+    CHECK(k.set_mhz(400).ok());
+    CHECK(slurp(child / "cpu.cfs_quota_us") == "1000");
+    CHECK(slurp(child / "cpu.cfs_period_us") == "3750");
+    CHECK(k.current_mhz().value() == doctest::Approx(400).epsilon(0.001));
+    CHECK(k.set_mhz(1500).ok());
+    CHECK(slurp(child / "cpu.cfs_quota_us") == "1000");
+    CHECK(slurp(child / "cpu.cfs_period_us") == "1000");
     CHECK(k.describe().find("thread 5151") != std::string::npos);
     k.restore();
     CHECK(slurp(t.path / "cpu/tasks") == "5151");
