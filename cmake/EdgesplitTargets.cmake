@@ -14,6 +14,11 @@ function(edgesplit_target_defaults target)
     if(EDGESPLIT_SANITIZE MATCHES "thread")
       target_compile_definitions(${target} PRIVATE EDGESPLIT_NO_TARGET_CLONES)
     endif()
+    # UBSan's vptr check references the typeinfo of the classes it checks, and LibTorch does not
+    # export all of its own (c10::DynamicType): with LibTorch configured, the check is left out.
+    if(EDGESPLIT_SANITIZE MATCHES "undefined" AND "partitioner" IN_LIST EDGESPLIT_COMPONENTS)
+      target_compile_options(${target} PRIVATE -fno-sanitize=vptr)
+    endif()
   endif()
 endfunction()
 

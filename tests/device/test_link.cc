@@ -98,7 +98,7 @@ TEST_CASE("link: a server never reached is retried with backoff and said once") 
   CHECK(rig.logs_containing("is back") == 1);
 }
 
-TEST_CASE("link: replies reach the stream that sent them; late ones are counted, not returned") {
+TEST_CASE("link: replies reach the stream that sent them - late ones are counted, not returned") {
   Rig rig;
   REQUIRE(rig.link->connect() == LinkState::kUp);
   const uint64_t a = rig.send_frame(0);
@@ -122,7 +122,7 @@ TEST_CASE("link: replies reach the stream that sent them; late ones are counted,
 }
 
 TEST_CASE(
-    "link: two timeouts in a row lose the server once; a ping brings it back after a new "
+    "link: two timeouts in a row lose the server once - a ping brings it back after a new "
     "handshake with the replica that answers") {
   Rig rig;
   REQUIRE(rig.link->connect() == LinkState::kUp);

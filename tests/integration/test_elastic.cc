@@ -24,6 +24,7 @@
 #include "tests/integration/child_process.h"
 #include "tests/integration/default_model.h"
 #include "tests/integration/http_client.h"
+#include "tests/sanitizers.h"
 #include "tests/test_paths.h"
 
 namespace fs = std::filesystem;
@@ -87,6 +88,10 @@ bool have_family() {
 TEST_CASE("a family stream moves to a smaller member under a CPU contender, and back") {
   if (!have_family()) {
     MESSAGE("skipped: ../shared/models/resnet_cifar10 is absent");
+    return;
+  }
+  if (kReleaseTimingSkip != nullptr) {
+    MESSAGE(std::string(kReleaseTimingSkip));
     return;
   }
   const fs::path dir = scratch("contention");

@@ -11,6 +11,7 @@
 
 #include "tests/integration/child_process.h"
 #include "tests/integration/default_model.h"
+#include "tests/sanitizers.h"
 #include "tests/test_paths.h"
 
 namespace fs = std::filesystem;
@@ -89,8 +90,12 @@ void check_each_frame_once(const Run& r, const std::string& name, size_t expecte
 }  // namespace
 
 TEST_CASE(
-    "two streams in one process share a server; the one over its memory share runs "
+    "two streams in one process share a server - the one over its memory share runs "
     "server-only and both are answered") {
+  if (kResidentMemorySkip != nullptr) {
+    MESSAGE(std::string(kResidentMemorySkip));
+    return;
+  }
   auto dir = scratch_dir("runtime-memory");
   ServerProcess server;
   REQUIRE(server.start(dir, {"--model", default_model().string(), "--threads", "1"}));
@@ -138,6 +143,10 @@ TEST_CASE(
 }
 
 TEST_CASE("when a stream finishes, the memory it held goes to a stream that ran server-only") {
+  if (kResidentMemorySkip != nullptr) {
+    MESSAGE(std::string(kResidentMemorySkip));
+    return;
+  }
   auto dir = scratch_dir("runtime-resolve");
   ServerProcess server;
   REQUIRE(server.start(dir, {"--model", default_model().string(), "--threads", "1"}));

@@ -284,7 +284,7 @@ TEST_CASE("ecsq: class edges are ascending quantiles away from every element's v
   for (uint8_t c : u.table->step_class) CHECK(c == 0);
 }
 
-TEST_CASE("ecsq: table serialisation round trip keeps the id; parse rejects what is broken") {
+TEST_CASE("ecsq: table serialisation round trip keeps the id - parse rejects what is broken") {
   const Fitted f = fit(make_spec({1, 10, 3, 4}, 2), 1.0f, 2);
   const CodecTable& t = *f.table;
   const auto bytes = serialize_codec_table(t);

@@ -121,7 +121,7 @@ TEST_CASE("a skipped block gives exactly the network without it, and does not ru
   CHECK(bad.status().message().find("block") != std::string::npos);  // the candidates
 }
 
-TEST_CASE("a full-rank factorization reproduces its layer; lower ranks approximate it") {
+TEST_CASE("a full-rank factorization reproduces its layer - lower ranks approximate it") {
   auto tiny = test_model("tiny_cnn.pt");
   if (tiny.empty()) {
     MESSAGE("skipped: /usr/bin/python3 cannot import torch and torchvision");

@@ -1598,7 +1598,7 @@ TEST_CASE("exit options are refused when malformed") {
   CHECK(Scheduler::create_family({only}).status().code() == StatusCode::kInvalidArgument);
 }
 
-TEST_CASE("exits descriptions: the shipped files read; a head of another model is refused") {
+TEST_CASE("exits descriptions: the shipped files read - a head of another model is refused") {
   namespace fs = std::filesystem;
   using edgesplit::profiles::load_exits;
   const fs::path dir = fs::path(EDGESPLIT_SOURCE_DIR) / "models" / "exits";
@@ -1707,7 +1707,7 @@ edgesplit::profiles::ExitSet exits_of(int64_t images) {
 
 }  // namespace
 
-TEST_CASE("an exit level's loss: paired counts give Newcombe's interval; without, a wider one") {
+TEST_CASE("an exit level's loss: paired counts give Newcombe's interval - without, a wider one") {
   using namespace edgesplit::profiles;
   const ExitSet set = exits_of(1000);
   ExitLevel level;

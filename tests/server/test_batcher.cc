@@ -108,7 +108,7 @@ TEST_CASE("a batch never waits longer than the queue delay") {
   CHECK(full.decide(o).batch.size() == 8);
 }
 
-TEST_CASE("idle workers share a batch that is not full; a full one goes to one worker") {
+TEST_CASE("idle workers share a batch that is not full - a full one goes to one worker") {
   Tickets t;
   for (int i = 0; i < 5; ++i) t.add("m", 1);
   const auto o = batching(8);

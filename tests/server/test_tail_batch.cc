@@ -119,7 +119,7 @@ TEST_CASE("a batched tail gives each request what it gets alone: the default mod
   for (int cut : every_cut(*g)) CHECK(check_batched_tail(*g, cut, 4).ok());
 }
 
-TEST_CASE("a request that does not fit fails alone; the rest of its batch runs") {
+TEST_CASE("a request that does not fit fails alone - the rest of its batch runs") {
   auto g = load(testing::source_dir() / "models" / "default" / "fashion_mnist_cnn.pt");
   const int cut = every_cut(*g)[every_cut(*g).size() / 2];
   auto payloads = payloads_for(*g, cut, 3, 8);
