@@ -69,6 +69,7 @@ struct ClientResult {
   std::vector<double> latencies_ms;           // STATUS_OK replies only
   std::vector<double> queue_ms;               // the server's queue time of each OK reply
   uint64_t batch_rows = 0;                    // sum of the OK replies' batch sizes
+  std::map<uint32_t, uint64_t> batch_sizes;   // OK replies by the size of the batch they ran in
   uint64_t late_ok = 0;                       // OK replies received after the request's deadline
   uint64_t ok_in_window = 0;  // OK replies received between the warm-up and the end of sending
   uint64_t lost = 0;          // sent, never answered (no deadline)
@@ -195,6 +196,7 @@ void run_client(const LoadConfig& cfg, zmq::context_t& ctx, int index, ClientRes
         if (reply.has_infer()) {
           out.queue_ms.push_back(static_cast<double>(reply.infer().queue_us()) / 1000.0);
           out.batch_rows += reply.infer().batch_size();
+          ++out.batch_sizes[reply.infer().batch_size()];
         }
         if (cfg.deadline_ms > 0 && received > it->second + deadline) ++out.late_ok;
         if (received >= window_start && received <= stop_sending) ++out.ok_in_window;
@@ -396,6 +398,7 @@ int main(int argc, char** argv) {
     p.latencies_ms.insert(p.latencies_ms.end(), r.latencies_ms.begin(), r.latencies_ms.end());
     total.queue_ms.insert(total.queue_ms.end(), r.queue_ms.begin(), r.queue_ms.end());
     total.batch_rows += r.batch_rows;
+    for (const auto& [size, n] : r.batch_sizes) total.batch_sizes[size] += n;
     total.late_ok += r.late_ok;
     total.ok_in_window += r.ok_in_window;
     total.sent += r.sent;
@@ -428,6 +431,10 @@ int main(int argc, char** argv) {
   j["late_ok"] = total.late_ok;
   const double ok_count = static_cast<double>(total.latencies_ms.size());
   j["mean_batch_size"] = ok_count > 0 ? static_cast<double>(total.batch_rows) / ok_count : 0.0;
+  // Per batch size, how many OK replies ran in a batch of that size (weighted by request).
+  json sizes = json::object();
+  for (const auto& [size, n] : total.batch_sizes) sizes[std::to_string(size)] = n;
+  j["batch_size_replies"] = sizes;
   double queue_sum = 0;
   for (double q : total.queue_ms) queue_sum += q;
   j["server_queue_ms"] = {

@@ -106,7 +106,23 @@ def load(bin_dir, model, server, devices, rate, seconds, cuts, deadline_ms, seed
         "unanswered_by_deadline": j.get("unanswered_by_deadline", 0),
         "late_ok": j["late_ok"],
         "lost": j["lost"],
+        "batch_sizes": {int(k): v for k, v in j.get("batch_size_replies", {}).items()},
     }
+
+
+BINS = [(1, 1), (2, 3), (4, 7), (8, 15), (16, 1 << 30)]
+
+
+def distribution(runs):
+    """Share of OK replies per batch-size bin (BINS), over `runs`."""
+    counts = [0] * len(BINS)
+    for m in runs:
+        for size, n in m.get("batch_sizes", {}).items():
+            for i, (lo, hi) in enumerate(BINS):
+                if lo <= int(size) <= hi:
+                    counts[i] += n
+    total = sum(counts)
+    return [c / total if total else 0.0 for c in counts]
 
 
 def main():
@@ -232,7 +248,8 @@ def main():
                               "queue_ms_mean": round(med("queue_ms_mean"), 1),
                               "busy": sum(m["busy"] for m in ms),
                               "expired": sum(m["expired"] for m in ms),
-                              "late_ok": sum(m["late_ok"] for m in ms), "runs": len(ms)})
+                              "late_ok": sum(m["late_ok"] for m in ms), "runs": len(ms),
+                              "batch_size_share": [round(x, 4) for x in distribution(ms)]})
     worst_sat = min(sat_ratios.items(), key=lambda kv: kv[1][0])
     worst_p99 = max(p99_ratios.items(), key=lambda kv: kv[1][0])
     late = sum(m["late_ok"] for m in runs)
@@ -269,6 +286,15 @@ def main():
         lines.append(f"| {t['server']} | {t['kind']} | {t['devices']} | {t['offered_per_s']} | "
                      f"{t['ok_per_s']} | {t['p50_ms']} | {t['p99_ms']} | {t['mean_batch']} | "
                      f"{t['queue_ms_mean']} | {t['busy']} | {t['expired']} | {t['late_ok']} |")
+    lines += ["", "Batch sizes: share of OK replies that ran in a batch of each size, over every "
+              "round.", "",
+              "| server | run | devices | " + " | ".join(
+                  str(lo) if lo == hi else (f"{lo}-{hi}" if hi < (1 << 30) else f"{lo}+")
+                  for lo, hi in BINS) + " |", "|" + "---|" * (3 + len(BINS))]
+    for t in table:
+        if t["server"] == "batching":
+            lines.append(f"| {t['server']} | {t['kind']} | {t['devices']} | " + " | ".join(
+                f"{100 * x:.1f}%" for x in t["batch_size_share"]) + " |")
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines), file=sys.stderr)

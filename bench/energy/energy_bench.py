@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from common import finish
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 SHARED = os.environ.get("EDGESPLIT_SHARED_DIR", os.path.join(os.path.dirname(REPO), "shared"))
@@ -240,11 +242,7 @@ def main():
         lines.append("- %s: %s (target %s): %s" % (k, t["value"], t["target"],
                                                   "pass" if t["pass"] else "MISSED"))
     lines.append("- energy: modeled (no counter here); top-1: unchanged by construction")
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    if args.check and not all(t["pass"] for t in targets.values()):
-        sys.exit(1)
+    finish(args.out, lines, targets, args.check)
 
 
 if __name__ == "__main__":

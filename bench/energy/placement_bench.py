@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from common import finish
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 SHARED = os.environ.get("EDGESPLIT_SHARED_DIR", os.path.join(os.path.dirname(REPO), "shared"))
@@ -189,11 +191,7 @@ def main():
     lines.append("- reference: split / both (two intra-op threads on both cores) %.3f "
                  "(95%% interval %.3f..%.3f)" % (vs_both, both_lo, both_hi))
     lines.append("- top-1 of every frame the same in every run: %s" % same_top1)
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    if args.check and not all(t["pass"] for t in targets.values()):
-        sys.exit(1)
+    finish(args.out, lines, targets, args.check)
 
 
 if __name__ == "__main__":
