@@ -10,7 +10,9 @@ wait, expired (DEADLINE_EXCEEDED), BUSY and late replies. Targets (bench/run.sh'
                             devices (closed loop: each device sends again when answered; the
                             smallest ratio), >= 1.3; the 95% interval over rounds must clear it
   p99_ratio_below_saturation  batching's p99 / batch 1's at 50% and 80% of batch 1's saturation
-                            (the largest over device counts), <= 1.5
+                            for the cuts the devices send (one device sends the first cut only;
+                            its capacity is measured apart), the largest over device counts,
+                            <= 1.5
   late_replies              OK replies received after their deadline, over every run: 0
 
     bench/run.sh batching [--quick] --out DIR [--check]
@@ -184,10 +186,36 @@ def main():
         print(f"batching bench: batch 1 answers about {base_capacity:.0f} req/s; saturation: "
               f"closed loop (every device sends its next request when its last is answered)",
               file=sys.stderr)
+        # Device i sends at the i-th cut (modulo): fewer devices than cuts send another mix (one
+        # device: the first cut only), whose batch-1 capacity is its own. The offered loads are
+        # fractions of the capacity of the mix the run sends.
+        cut_list = args.cuts.split(",")
+        capacities = {}
+
+        def mix(d):
+            sent = [cut_list[i % len(cut_list)] for i in range(d)]
+            return tuple(sorted((c, sent.count(c) / d) for c in set(sent)))
+
+        def capacity(d):
+            key = mix(d)
+            if key not in capacities:
+                if key == mix(len(cut_list) * 8):
+                    capacities[key] = base_capacity
+                else:
+                    sent = ",".join(cut_list[i % len(cut_list)] for i in range(d))
+                    capacities[key] = load(args.bin_dir, args.model, servers[0], max(16, d), 0.0,
+                                           seconds, sent, args.deadline_ms, 3,
+                                           workdir)["ok_per_s"]
+                    print(f"batching bench: batch 1 answers about {capacities[key]:.0f} req/s "
+                          f"for {d} device(s) at cut(s) {sent}", file=sys.stderr)
+            return capacities[key]
+
+        for d in sweep_devices:
+            capacity(d)
         for r in range(rounds):
             order = servers if r % 2 == 0 else servers[::-1]
             jobs = [("saturation", d, 0.0) for d in sat_devices]
-            jobs += [(f"load{int(f * 100)}", d, f * base_capacity) for d in sweep_devices
+            jobs += [(f"load{int(f * 100)}", d, f * capacity(d)) for d in sweep_devices
                      for f in fractions]
             rng.shuffle(jobs)
             for kind, devices, rate in jobs:
@@ -273,6 +301,8 @@ def main():
         "max_queue_delay_us": args.max_queue_delay_us, "workers": args.workers,
         "threads": args.threads, "deadline_ms": args.deadline_ms, "rounds": rounds,
         "seconds_per_run": seconds, "batch1_capacity_estimate": round(base_capacity, 1),
+        "batch1_capacity_by_mix": {",".join(f"{c}:{w:.2f}" for c, w in k): round(v, 1)
+                                   for k, v in capacities.items()},
         "wall_seconds": round(wall, 1),
         "saturation_ratio": {str(d): [round(x, 3) for x in v] for d, v in sat_ratios.items()},
         "p99_ratio": {f"{d}/{k}": [round(x, 3) for x in v] for (d, k), v in p99_ratios.items()},
