@@ -1,6 +1,7 @@
 #include "server/batcher.h"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 namespace edgesplit::server {
@@ -39,7 +40,8 @@ bool before(const Ticket& a, const Ticket& b) {
 
 BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
                            const BatchingOptions& options, BatchTimeFn expected_ms,
-                           const void* context, BatchCapFn cap, size_t idle_workers) {
+                           const void* context, BatchCapFn cap, size_t idle_workers,
+                           BatchTimeFn row_ms) {
   BatchDecision d;
   // Expired first: a deadline that has passed, or that the key's batch time would overrun.
   std::vector<size_t> live;
@@ -84,6 +86,14 @@ BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
       // Not full: idle workers share the key's tickets.
       const size_t share = std::max<size_t>(1, idle_workers);
       take = (count + share - 1) / share;
+      const double row =
+          options.backlog_only && row_ms ? row_ms(context, tickets[v->front()].key) : 0;
+      if (row > 0) {
+        // Only the backlog: one request, and one more per request time the oldest has waited.
+        const double waited = partitioner::ms_between(oldest, now);
+        const double allowed = 1.0 + std::floor(std::max(0.0, waited) / row);
+        if (allowed < static_cast<double>(take)) take = static_cast<size_t>(allowed);
+      }
     } else {
       for (size_t p : options.preferred_batch) {
         if (p <= count && p <= max_batch) take = p;

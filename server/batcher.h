@@ -51,6 +51,11 @@ struct BatchingOptions {
   std::vector<size_t> preferred_batch;  // sizes to form when possible (each <= max_batch)
   std::chrono::microseconds max_queue_delay{0};
   size_t capacity = 64;  // queued requests; a full queue sheds or refuses (BUSY)
+  // Once the delay is spent, a batch takes only the backlog: 1 + (how long its oldest request has
+  // waited / one request's tail time) requests, so that at light load requests run one by one
+  // (on a CPU a batch of n costs nearly n tails, and its first request would wait for the others)
+  // and what has piled up is batched. false: every compatible request queued (Triton's rule).
+  bool backlog_only = false;
 };
 
 // Checks the settings: one sentence naming the flag for anything wrong; sorts preferred sizes.
@@ -101,10 +106,11 @@ using BatchCapFn = size_t (*)(const void* context, const BatchKey& key);
 // (count / idle_workers, rounded up), so that idle workers run them side by side rather than one
 // worker running them all while the others wait. A ticket whose deadline is before
 // now + expected_ms(key) is expired instead.
+// With options.backlog_only, `row_ms` gives a key's time per request (0: not known yet, no limit).
 BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
                            const BatchingOptions& options, BatchTimeFn expected_ms = nullptr,
                            const void* context = nullptr, BatchCapFn cap = nullptr,
-                           size_t idle_workers = 1);
+                           size_t idle_workers = 1, BatchTimeFn row_ms = nullptr);
 
 // Index of the ticket a new one of `priority` displaces in a full queue (the newest of the lowest
 // class, when that class is below `priority`); nullopt: the new ticket is refused.
@@ -161,7 +167,7 @@ class BatchQueue {
       if (stopped_) return false;
       if (!tickets_.empty()) {
         BatchDecision d = decide_batch(tickets_, clock_.now(), options_, &BatchQueue::expected,
-                                       this, &BatchQueue::cap, idle_);
+                                       this, &BatchQueue::cap, idle_, &BatchQueue::row);
         if (!d.batch.empty() || !d.expired.empty()) {
           if (!d.batch.empty()) out.key = tickets_[d.batch.front()].key;
           for (size_t i : d.batch) out.items.push_back(std::move(items_[i]));
@@ -209,10 +215,14 @@ class BatchQueue {
   }
 
   // The time one batch of `key` took (ms): an average that deadlines are checked against.
-  void record_batch_time(const BatchKey& key, double ms) {
+  // `rows`: the requests it ran (the time per request is tracked too).
+  void record_batch_time(const BatchKey& key, double ms, size_t rows = 1) {
     std::lock_guard<std::mutex> lock(mu_);
     auto [it, fresh] = batch_ms_.emplace(key, ms);
     if (!fresh) it->second = 0.8 * it->second + 0.2 * ms;
+    const double per_row = ms / static_cast<double>(std::max<size_t>(1, rows));
+    auto [r, first] = row_ms_.emplace(key, per_row);
+    if (!first) r->second = 0.8 * r->second + 0.2 * per_row;
   }
 
   // The largest batch to form for `key` (0: options().max_batch). Set before serving.
@@ -250,6 +260,11 @@ class BatchQueue {
     auto it = q->batch_ms_.find(key);  // called with mu_ held
     return it == q->batch_ms_.end() ? 0.0 : it->second;
   }
+  static double row(const void* self, const BatchKey& key) {
+    const auto* q = static_cast<const BatchQueue*>(self);
+    auto it = q->row_ms_.find(key);  // called with mu_ held
+    return it == q->row_ms_.end() ? 0.0 : it->second;
+  }
   static size_t cap(const void* self, const BatchKey& key) {
     const auto* q = static_cast<const BatchQueue*>(self);
     auto it = q->caps_.find(key);  // called with mu_ held
@@ -267,6 +282,7 @@ class BatchQueue {
   std::vector<Ticket> tickets_;  // parallel to items_, in arrival order
   std::deque<Item> items_;
   std::map<BatchKey, double> batch_ms_;
+  std::map<BatchKey, double> row_ms_;  // time per request of the key's batches
   std::map<BatchKey, size_t> caps_;
   uint64_t next_seq_ = 0;
   size_t idle_ = 0;  // workers inside next(), free to take a batch

@@ -77,6 +77,10 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
      "(each <= --max-batch; default: none)", cxxopts::value<std::string>()->default_value(""))
     ("max-queue-delay-us", "longest the oldest request waits for its batch to fill (0: run what is "
      "there at once)", cxxopts::value<int64_t>()->default_value("0"))
+    ("batch-from", "ready: a worker takes every compatible request queued (up to --max-batch); "
+     "backlog: only as many as have waited, one more per single tail's time the oldest has waited, "
+     "so light load runs at batch 1 and a backlog is batched (for CPUs, where a batch of n costs "
+     "nearly n tails)", cxxopts::value<std::string>()->default_value("ready"))
     ("max-message-mb", "largest request accepted, in MiB", cxxopts::value<int>()->default_value("64"))
     ("name", "server name reported in the handshake", cxxopts::value<std::string>()->default_value("edgesplit-server"))
     ("endpoint-file", "write the bound endpoint (port resolved) to this file once listening",
@@ -178,6 +182,11 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
   }
   for (int p : *preferred) options.preferred_batch.push_back(static_cast<size_t>(p));
   options.max_queue_delay = std::chrono::microseconds(args["max-queue-delay-us"].as<int64_t>());
+  const std::string batch_from = args["batch-from"].as<std::string>();
+  if (batch_from != "ready" && batch_from != "backlog") {
+    return invalid_argument("--batch-from must be ready or backlog, not '" + batch_from + "'");
+  }
+  options.batch_backlog_only = batch_from == "backlog";
   {
     BatchingOptions check = batching_options(options);
     EDGESPLIT_RETURN_IF_ERROR(check_batching(check));

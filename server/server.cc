@@ -226,7 +226,8 @@ struct InferenceServer::Impl {
       }
       const auto finished = Clock::now();
       queue->record_batch_time(
-          batch.key, std::chrono::duration<double, std::milli>(finished - started).count());
+          batch.key, std::chrono::duration<double, std::milli>(finished - started).count(),
+          run.size());
       for (size_t i = 0; i < run.size(); ++i) {
         Job& job = *run[i];
         // No reply after the deadline: the device has finished the frame itself by now.

@@ -54,6 +54,8 @@ struct ServerOptions {
   size_t max_batch = 1;
   std::vector<size_t> preferred_batch;
   std::chrono::microseconds max_queue_delay{0};
+  // Only requests that have waited form a batch (BatchingOptions::backlog_only).
+  bool batch_backlog_only = false;
   // Inference requests one device may have queued or running at once; more get BUSY at once.
   size_t max_in_flight_per_client = 32;
   // Most bytes of inference requests (header and payload frames) held at once, from admission
@@ -123,6 +125,7 @@ inline BatchingOptions batching_options(const ServerOptions& o) {
   b.max_batch = o.max_batch;
   b.preferred_batch = o.preferred_batch;
   b.max_queue_delay = o.max_queue_delay;
+  b.backlog_only = o.batch_backlog_only;
   return b;
 }
 

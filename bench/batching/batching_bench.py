@@ -136,6 +136,8 @@ def main():
                     help="cut ids the devices send (device i the i-th, modulo)")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-queue-delay-us", type=int, default=0)
+    ap.add_argument("--batch-from", default="ready", choices=["ready", "backlog"],
+                    help="the batching server's --batch-from")
     ap.add_argument("--profile", default=os.path.join(common.ROOT, "bench", "profiles",
                                                        "mobilenet_v2_imagenet-server-batch"
                                                        ".profile.json"),
@@ -166,7 +168,8 @@ def main():
         Server("batch1", args.bin_dir, args.model, common_args + ["--max-batch", "1"], workdir),
         Server("batching", args.bin_dir, args.model,
                common_args + ["--max-batch", str(args.max_batch), "--max-queue-delay-us",
-                              str(args.max_queue_delay_us)], workdir),
+                              str(args.max_queue_delay_us), "--batch-from", args.batch_from],
+               workdir),
     ]
     started = time.time()
     runs = []
@@ -298,7 +301,8 @@ def main():
         "command": " ".join(["bench/run.sh", "batching"] + sys.argv[1:]),
         "machine": os.uname().nodename + ", " + str(os.cpu_count()) + " CPUs",
         "model": args.model, "cuts": args.cuts, "max_batch": args.max_batch,
-        "max_queue_delay_us": args.max_queue_delay_us, "workers": args.workers,
+        "max_queue_delay_us": args.max_queue_delay_us, "batch_from": args.batch_from,
+        "workers": args.workers,
         "threads": args.threads, "deadline_ms": args.deadline_ms, "rounds": rounds,
         "seconds_per_run": seconds, "batch1_capacity_estimate": round(base_capacity, 1),
         "batch1_capacity_by_mix": {",".join(f"{c}:{w:.2f}" for c, w in k): round(v, 1)

@@ -122,6 +122,58 @@ TEST_CASE("idle workers share a batch that is not full - a full one goes to one 
   CHECK(share(2) == 8);  // a full batch is formed whatever the other workers do
 }
 
+TEST_CASE("backlog_only: a batch takes one request, and one more per request time waited") {
+  Tickets t;
+  for (int i = 0; i < 5; ++i) t.add("m", 1);
+  auto o = batching(8);
+  o.backlog_only = true;
+  auto ten_ms = [](const void*, const BatchKey&) { return 10.0; };
+  auto take = [&](BatchTimeFn row) {
+    return decide_batch(t.list, t.clock.now(), o, nullptr, nullptr, nullptr, 1, row).batch.size();
+  };
+  CHECK(take(ten_ms) == 1);   // nothing has waited: one at a time, as at batch 1
+  CHECK(take(nullptr) == 5);  // no request time known yet: no limit
+  t.clock.advance_ms(10);
+  CHECK(take(ten_ms) == 2);
+  t.clock.advance_ms(25);
+  CHECK(take(ten_ms) == 4);  // the oldest waited 35 ms: 1 + 3
+  t.clock.advance_ms(100);
+  CHECK(take(ten_ms) == 5);  // never more than there is
+  for (int i = 0; i < 10; ++i) t.add("m", 1);
+  CHECK(take(ten_ms) == 8);  // max_batch
+  Tickets fresh;
+  for (int i = 0; i < 9; ++i) fresh.add("m", 1);
+  auto f = decide_batch(fresh.list, fresh.clock.now(), o, nullptr, nullptr, nullptr, 1, ten_ms);
+  CHECK(f.batch.size() == 8);  // a full batch is a backlog whatever its age
+  o.backlog_only = false;
+  CHECK(take(ten_ms) == 8);
+}
+
+TEST_CASE("BatchQueue with backlog_only learns a key's time per request from its batches") {
+  partitioner::ManualClock clock;
+  auto o = batching(8);
+  o.backlog_only = true;
+  BatchQueue<int> q(o, clock);
+  int unused = 0;
+  auto ticket = [&] {
+    Ticket t;
+    t.key = {"m", 0};
+    t.enqueued = clock.now();
+    return t;
+  };
+  for (int i = 0; i < 4; ++i) q.push(ticket(), i, &unused);
+  BatchQueue<int>::Batch b;
+  REQUIRE(q.next(b));
+  CHECK(b.items.size() == 4);              // nothing measured yet
+  q.record_batch_time({"m", 0}, 40.0, 4);  // 10 ms per request
+  for (int i = 0; i < 4; ++i) q.push(ticket(), i, &unused);
+  REQUIRE(q.next(b));
+  CHECK(b.items.size() == 1);
+  clock.advance_ms(20);
+  REQUIRE(q.next(b));
+  CHECK(b.items.size() == 3);
+}
+
 TEST_CASE("a key's cap limits its batches, other keys keep max_batch") {
   Tickets t;
   for (int i = 0; i < 6; ++i) t.add("big", 0);

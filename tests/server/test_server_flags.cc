@@ -201,8 +201,10 @@ TEST_CASE("server flags: sizes in bytes or with a unit") {
 
 TEST_CASE("server flags: batching settings") {
   auto command = parse({"--model", "a.pt", "--max-batch", "16", "--preferred-batch", "8,4",
-                        "--max-queue-delay-us", "2000"});
+                        "--max-queue-delay-us", "2000", "--batch-from", "backlog"});
   REQUIRE(command.ok());
+  CHECK(command->options.batch_backlog_only);
+  CHECK(batching_options(command->options).backlog_only);
   CHECK(command->options.max_batch == 16);
   CHECK(command->options.preferred_batch == std::vector<size_t>{8, 4});
   CHECK(command->options.max_queue_delay == std::chrono::microseconds(2000));
@@ -211,6 +213,7 @@ TEST_CASE("server flags: batching settings") {
   CHECK(defaults->options.max_batch == 1);
   CHECK(defaults->options.preferred_batch.empty());
   CHECK(defaults->options.max_queue_delay.count() == 0);
+  CHECK_FALSE(defaults->options.batch_backlog_only);
 }
 
 TEST_CASE("server flags: --model, --profile and --meta repeat in order") {
@@ -347,6 +350,8 @@ TEST_CASE("server flags: bad values are refused with a sentence naming the flag"
   check_refused(with({"--max-batch", "4", "--preferred-batch", "2,x"}),
                 "--preferred-batch takes batch sizes separated by commas, as 4,8");
   check_refused(with({"--max-queue-delay-us", "-1"}), "--max-queue-delay-us must be 0 or more");
+  check_refused(with({"--batch-from", "queue"}),
+                "--batch-from must be ready or backlog, not 'queue'");
 
   // cxxopts' own errors (unknown flag, not a number, missing value) name the flag too.
   for (const std::vector<std::string>& args :
