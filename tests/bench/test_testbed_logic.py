@@ -208,5 +208,36 @@ class Oracle(unittest.TestCase):
         self.assertEqual(interleave.screen_keep({"c": None}, 3), [])
 
 
+def measured(p50, p95, server_ms, drop=0.0, local=0):
+    """A contender's metrics as bench.metrics() gives them (only what the oracle reads)."""
+    return {"frames": 30, "frames_total": 33, "rc": 0, "latency_p50_ms": p50,
+            "latency_p95_ms": p95, "server_ms_per_frame": server_ms, "failed": 0,
+            "completed": {"server": 30 - local, "local": local},
+            "profile_accuracy_drop_pp_max": drop}
+
+
+class OracleAndCost(unittest.TestCase):
+    def entry(self):
+        return {"contenders": {"device-only": measured(80, 85, 0),
+                               "server-jpeg90": measured(50, 60, 16, drop=0.3),
+                               "fixed-q8": measured(70, 90, 7)},
+                "oracle_candidates": {"oracle:21:q3": measured(65, 75, 8),
+                                      "oracle:0:q2": measured(40, 45, 16, drop=3.0)}}
+
+    def test_the_jpeg_upload_is_an_oracle_plan(self):
+        e = self.entry()
+        bench.finish_oracle(e)
+        self.assertEqual(e["oracle"]["plan"], "server-jpeg90")  # oracle:0:q2 loses 3 points
+        self.assertIn("server-jpeg90", e["oracle"]["candidates_tried"])
+
+    def test_cost_target_only_where_a_measured_plan_can_meet_it(self):
+        e = self.entry()
+        self.assertIs(bench.cost_feasible(e, 16.0, 80.0), True)  # oracle:21:q3: 8 ms, p95 75
+        self.assertEqual(bench.cost_feasible(e, 16.0, 70.0), ("oracle:21:q3", 8, 75))
+        self.assertIsNone(bench.cost_feasible(e, 12.0, 200.0))  # nothing sends 6 ms or less
+        e["oracle_candidates"]["oracle:21:q3"]["completed"]["local"] = 3  # fell back: not itself
+        self.assertEqual(bench.cost_feasible(e, 16.0, 80.0), ("fixed-q8", 7, 90))
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
