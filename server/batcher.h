@@ -218,11 +218,12 @@ class BatchQueue {
   // `rows`: the requests it ran (the time per request is tracked too).
   void record_batch_time(const BatchKey& key, double ms, size_t rows = 1) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto [it, fresh] = batch_ms_.emplace(key, ms);
-    if (!fresh) it->second = 0.8 * it->second + 0.2 * ms;
     const double per_row = ms / static_cast<double>(std::max<size_t>(1, rows));
-    auto [r, first] = row_ms_.emplace(key, per_row);
-    if (!first) r->second = 0.8 * r->second + 0.2 * per_row;
+    auto [it, fresh] = times_.emplace(key, KeyTimes{ms, per_row});
+    if (!fresh) {
+      it->second.batch_ms = 0.8 * it->second.batch_ms + 0.2 * ms;
+      it->second.row_ms = 0.8 * it->second.row_ms + 0.2 * per_row;
+    }
   }
 
   // The largest batch to form for `key` (0: options().max_batch). Set before serving.
@@ -255,15 +256,20 @@ class BatchQueue {
   const BatchingOptions& options() const { return options_; }
 
  private:
+  // A key's measured times (zeros before its first batch); called with mu_ held.
+  struct KeyTimes {
+    double batch_ms = 0;  // one batch
+    double row_ms = 0;    // per request
+  };
+  KeyTimes times(const BatchKey& key) const {
+    auto it = times_.find(key);
+    return it == times_.end() ? KeyTimes{} : it->second;
+  }
   static double expected(const void* self, const BatchKey& key) {
-    const auto* q = static_cast<const BatchQueue*>(self);
-    auto it = q->batch_ms_.find(key);  // called with mu_ held
-    return it == q->batch_ms_.end() ? 0.0 : it->second;
+    return static_cast<const BatchQueue*>(self)->times(key).batch_ms;
   }
   static double row(const void* self, const BatchKey& key) {
-    const auto* q = static_cast<const BatchQueue*>(self);
-    auto it = q->row_ms_.find(key);  // called with mu_ held
-    return it == q->row_ms_.end() ? 0.0 : it->second;
+    return static_cast<const BatchQueue*>(self)->times(key).row_ms;
   }
   static size_t cap(const void* self, const BatchKey& key) {
     const auto* q = static_cast<const BatchQueue*>(self);
@@ -281,8 +287,7 @@ class BatchQueue {
   std::condition_variable cv_;
   std::vector<Ticket> tickets_;  // parallel to items_, in arrival order
   std::deque<Item> items_;
-  std::map<BatchKey, double> batch_ms_;
-  std::map<BatchKey, double> row_ms_;  // time per request of the key's batches
+  std::map<BatchKey, KeyTimes> times_;  // averages over the key's batches
   std::map<BatchKey, size_t> caps_;
   uint64_t next_seq_ = 0;
   size_t idle_ = 0;  // workers inside next(), free to take a batch

@@ -733,17 +733,23 @@ def short(m):
                ",".join("%s x%d" % kv for kv in list(m["plans"].items())[:2])))
 
 
-def cost_feasible(entry, server_only_ms, slo_ms):
-    """Whether a plan measured in this scenario (a fixed contender or an oracle candidate, within
-    the accuracy bound by the profile, every frame finished as itself) sends, at most halves
-    server-only's server time and keeps 95% of frames within the SLO (p95 <= SLO): True; else
-    the plan that halves it with the lowest p95 as (name, server ms, p95 ms), or None."""
+def feasible_measured(entry):
+    """The plans measured in a scenario that the oracle may take: the oracle's candidates and
+    every fixed contender (the JPEG upload too), within the accuracy bound by the profile, each
+    having finished every frame as itself. {name: metrics}."""
     pool = dict(entry.get("oracle_candidates", {}))
     pool.update({k: v for k, v in entry["contenders"].items() if k in FIXED_CONTENDERS})
-    halves = {k: v for k, v in pool.items()
-              if clean("device-only" if k.endswith(":local") else k, v) and
-              v.get("profile_accuracy_drop_pp_max", 0) <= ACCURACY_BOUND + 1e-9 and
-              0 < v["server_ms_per_frame"] <= server_only_ms / 2}
+    return {k: v for k, v in pool.items()
+            if clean("device-only" if k.endswith(":local") else k, v) and
+            v.get("profile_accuracy_drop_pp_max", 0) <= ACCURACY_BOUND + 1e-9}
+
+
+def cost_feasible(entry, server_only_ms, slo_ms):
+    """Whether a feasible measured plan (feasible_measured) sends, at most halves server-only's
+    server time and keeps 95% of frames within the SLO (p95 <= SLO): True; else the plan that
+    halves it with the lowest p95 as (name, server ms, p95 ms), or None."""
+    halves = {k: v for k, v in feasible_measured(entry).items()
+              if 0 < v["server_ms_per_frame"] <= server_only_ms / 2}
     if any(v["latency_p95_ms"] <= slo_ms for v in halves.values()):
         return True
     if not halves:
@@ -755,13 +761,7 @@ def cost_feasible(entry, server_only_ms, slo_ms):
 def finish_oracle(entry):
     """The oracle: the lowest measured p50 latency among the candidate plans and the fixed
     contenders that meet the accuracy bound (by the profile)."""
-    pool = dict(entry["oracle_candidates"])
-    for name in FIXED_CONTENDERS:  # every fixed plan, the JPEG upload too
-        if name in entry["contenders"]:
-            pool[name] = entry["contenders"][name]
-    pool = {k: v for k, v in pool.items()
-            if clean("device-only" if k.endswith(":local") else k, v) and
-            v.get("profile_accuracy_drop_pp_max", 0) <= ACCURACY_BOUND + 1e-9}
+    pool = feasible_measured(entry)
     if pool:
         best = min(pool, key=lambda k: pool[k]["latency_p50_ms"])
         entry["oracle"] = {"plan": best, "latency_p50_ms": pool[best]["latency_p50_ms"],
