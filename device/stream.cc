@@ -476,12 +476,11 @@ struct Stream::Impl {
 
   // The device-load factor learns only from heads that run: one slow local frame (a cold cache, a
   // CPU quota's period spent) can make every local plan look slower than a remote one for good.
-  // With the latency objective, while the chosen plan runs no head on the device, every
-  // kDeviceProbeEvery-th frame runs on the device instead when the device-only plan is predicted
-  // within kDeviceProbeWithin of the chosen one: a frame a little slower, now and then, against
-  // staying on the wrong side for good.
-  static constexpr int kDeviceProbeEvery = 3;
-  static constexpr double kDeviceProbeWithin = 2.0;
+  // With the latency objective, while the chosen plan runs no head on the device, a frame runs
+  // on the device instead now and then (partitioner::device_probe_every: when the device-only
+  // plan is predicted within 2x of the chosen one, every 3rd frame at most, and rarer the more
+  // the probe costs, so that probes add at most 3% to the mean latency): a frame a little slower,
+  // now and then, against staying on the wrong side for good.
 
   void maybe_probe_device(FramePlan& plan, partitioner::Decision& d,
                           const partitioner::Conditions& c) {
@@ -489,12 +488,13 @@ struct Stream::Impl {
         cfg.scheduler.objective != partitioner::Objective::kLatency) {
       return;
     }
-    if (++frames_without_head < kDeviceProbeEvery) return;
+    const partitioner::DeviceProbeOptions probe;
+    if (++frames_without_head < probe.at_least) return;
     const partitioner::PlanEstimate local = scheduler->evaluate(scheduler->local_plan(), c);
-    if (!local.available || !local.feasible ||
-        !(local.metrics.latency_ms < kDeviceProbeWithin * d.predicted.latency_ms)) {
-      return;
-    }
+    if (!local.available || !local.feasible) return;
+    const int every =
+        partitioner::device_probe_every(local.metrics.latency_ms, d.predicted.latency_ms, probe);
+    if (every == 0 || frames_without_head < every) return;
     frames_without_head = 0;
     ++stats.device_probes;
     plan.local = true;

@@ -88,6 +88,7 @@ void NetworkEstimator::add_rtt_sample(double wire_ms, TimePoint now) {
     rtt_window_.pop_front();
   }
   last_rtt_sample_ = now;
+  rtt_suspect_ = false;
 }
 
 void NetworkEstimator::add_exchange(const Exchange& e) {
@@ -101,12 +102,22 @@ void NetworkEstimator::add_exchange(const Exchange& e) {
   }
   const double transfer_ms = wire_ms - rtt_ms();
   const double bytes = static_cast<double>(e.request_bytes);
+  if (has_rtt() && transfer_ms < -options_.min_transfer_ms) {
+    // Faster than the base round trip: the base is too high. Only a lower bound here.
+    rtt_suspect_ = true;
+    const double at_least = bytes / std::max(wire_ms, options_.min_transfer_ms);
+    if (at_least > bandwidth_.value()) bandwidth_.reset(at_least);
+    last_bandwidth_sample_ = now;
+    any_bandwidth_ = true;
+    return;
+  }
   if (e.request_bytes < options_.bandwidth_sample_min_bytes) {
     // A mid-size exchange: a sample only when its transfer stands out of the round trip's noise.
     const double visible =
         std::max(options_.mid_sample_min_ms, options_.mid_sample_min_rtt_fraction * rtt_ms());
     if (!has_rtt() || transfer_ms < visible) return;
     bandwidth_.add(bytes / transfer_ms);
+    largest_timed_bytes_ = std::max(largest_timed_bytes_, e.request_bytes);
     last_bandwidth_sample_ = now;
     any_bandwidth_ = true;
     return;
@@ -117,6 +128,7 @@ void NetworkEstimator::add_exchange(const Exchange& e) {
     if (at_least > bandwidth_.value()) bandwidth_.reset(at_least);
   } else {
     bandwidth_.add(bytes / transfer_ms);
+    largest_timed_bytes_ = std::max(largest_timed_bytes_, e.request_bytes);
   }
   last_bandwidth_sample_ = now;
   any_bandwidth_ = true;
@@ -136,8 +148,14 @@ void NetworkEstimator::probe_sent() {
 ProbeRequest NetworkEstimator::probe_due(bool plan_is_local) const {
   const TimePoint now = clock_.now();
   const double since_probe = ms_between(last_probe_sent_, now);
-  if (any_probe_ && since_probe < options_.probe_interval_ms) return {};
   ProbeRequest p;
+  if (rtt_suspect_ && server_available() &&
+      (!any_probe_ || since_probe >= options_.recheck_rtt_gap_ms)) {
+    p.kind = ProbeRequest::Kind::kRoundTrip;
+    p.bytes = options_.rtt_probe_bytes;
+    return p;
+  }
+  if (any_probe_ && since_probe < options_.probe_interval_ms) return {};
   if (!server_available()) {
     p.kind = ProbeRequest::Kind::kRoundTrip;
     p.bytes = options_.rtt_probe_bytes;
@@ -150,9 +168,11 @@ ProbeRequest NetworkEstimator::probe_due(bool plan_is_local) const {
       !any_bandwidth_ || ms_between(last_bandwidth_sample_, now) >= options_.bandwidth_refresh_ms;
   if ((plan_is_local && bandwidth_stale) || bandwidth_old) {
     const double bytes = bandwidth_.value() * options_.probe_transfer_ms;
+    const auto grown =
+        static_cast<int64_t>(options_.probe_growth * static_cast<double>(largest_timed_bytes_));
     p.kind = ProbeRequest::Kind::kBandwidth;
-    p.bytes =
-        std::clamp(static_cast<int64_t>(bytes), options_.probe_bytes_min, options_.probe_bytes_max);
+    p.bytes = std::clamp(std::min(static_cast<int64_t>(bytes), grown), options_.probe_bytes_min,
+                         options_.probe_bytes_max);
     return p;
   }
   if (!has_rtt() || ms_between(last_rtt_sample_, now) >= options_.rtt_probe_interval_ms) {
@@ -160,6 +180,13 @@ ProbeRequest NetworkEstimator::probe_due(bool plan_is_local) const {
     p.bytes = options_.rtt_probe_bytes;
   }
   return p;
+}
+
+int device_probe_every(double local_ms, double chosen_ms, const DeviceProbeOptions& o) {
+  if (!(chosen_ms > 0) || !(local_ms < o.within * chosen_ms)) return 0;
+  const double extra = std::max(0.0, local_ms - chosen_ms);
+  const double every = std::ceil(extra / (o.budget * chosen_ms));
+  return std::max(o.at_least, static_cast<int>(std::min(every, 1e6)));
 }
 
 // ---------------------------------------------------------------------------------------------

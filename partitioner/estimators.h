@@ -106,6 +106,10 @@ struct NetworkEstimatorOptions {
   // A transfer time (wire time - base rtt) below this is too small to measure: the sample then
   // only says the bandwidth is at least bytes / min_transfer_ms.
   double min_transfer_ms = 0.05;
+  // A wire time below the base rtt shows the base too high (its samples waited behind other
+  // traffic): the exchange only says the bandwidth is at least bytes / wire time, and a round-trip
+  // probe is due at once (no sooner than this after the last probe) to measure the base again.
+  double recheck_rtt_gap_ms = 100;
   // Base rtt = minimum wire time of the round-trip samples of the last `rtt_window_ms`; older
   // minima expire, so the base can rise again after a route change.
   double rtt_window_ms = 10000;
@@ -117,8 +121,11 @@ struct NetworkEstimatorOptions {
   // While the plan sends frames too small to be bandwidth samples, a bandwidth probe is due after
   // this long without one (a probe costs the link probe_transfer_ms every this often).
   double bandwidth_refresh_ms = 5000;
-  // Bandwidth probe size: what the current estimate moves in probe_transfer_ms, within bounds.
+  // Bandwidth probe size: what the current estimate moves in probe_transfer_ms, within bounds,
+  // and at most probe_growth x the largest exchange whose transfer was timed (an estimate raised
+  // by untimed exchanges alone must not size a probe that holds a slow link for long).
   double probe_transfer_ms = 20;
+  double probe_growth = 4;
   int64_t probe_bytes_min = 16 << 10;
   int64_t probe_bytes_max = 256 << 10;
   int64_t rtt_probe_bytes = 64;
@@ -166,8 +173,24 @@ class NetworkEstimator {
   TimePoint last_rtt_sample_{};
   TimePoint last_probe_sent_{};
   bool any_probe_ = false;
+  bool rtt_suspect_ = false;  // an exchange's wire time was below the base rtt
+  int64_t largest_timed_bytes_ = 0;
   int consecutive_timeouts_ = 0;
 };
+
+// Device probes: the device-load factor learns only from heads that run, so a stream whose plan
+// runs no head on the device now and then runs a frame on the device instead. A probe is due
+// after `frames_without_head` frames when the device-only plan's predicted latency `local_ms` is
+// within `within` x the chosen plan's `chosen_ms`, at most every `at_least` frames, and further
+// apart the more it is predicted to cost: its extra latency, spread over the frames between
+// probes, stays within `budget` of the chosen plan's latency.
+struct DeviceProbeOptions {
+  int at_least = 3;
+  double within = 2.0;
+  double budget = 0.03;
+};
+// Frames between probes for these predictions (0: no probe, the device is too far behind).
+int device_probe_every(double local_ms, double chosen_ms, const DeviceProbeOptions& o = {});
 
 struct LoadEstimatorOptions {
   // Load samples from operations profiled shorter than this are too noisy to use.

@@ -51,11 +51,17 @@ struct BatchingOptions {
   std::vector<size_t> preferred_batch;  // sizes to form when possible (each <= max_batch)
   std::chrono::microseconds max_queue_delay{0};
   size_t capacity = 64;  // queued requests; a full queue sheds or refuses (BUSY)
-  // Once the delay is spent, a batch takes only the backlog: 1 + (how long its oldest request has
-  // waited / one request's tail time) requests, so that at light load requests run one by one
-  // (on a CPU a batch of n costs nearly n tails, and its first request would wait for the others)
-  // and what has piled up is batched. false: every compatible request queued (Triton's rule).
+  // Once the delay is spent, a batch that is not full takes only the backlog, so that at light
+  // load requests run one by one (on a CPU a batch of n costs nearly n tails, and its first
+  // request would wait for the others) and what has piled up is batched. The backlog: every
+  // queued request of the key when there are more than `backlog_per_worker` x `workers` of them
+  // and the oldest has waited at least one request's time alone (a standing queue the workers
+  // could not clear within a tail or two, not a burst that just came); otherwise 1 + (how long
+  // the oldest has waited / one request's time alone). false: every compatible request queued
+  // (Triton's rule).
   bool backlog_only = false;
+  size_t workers = 1;  // the server's workers (for backlog_only)
+  size_t backlog_per_worker = 2;
 };
 
 // Checks the settings: one sentence naming the flag for anything wrong; sorts preferred sizes.
@@ -106,7 +112,8 @@ using BatchCapFn = size_t (*)(const void* context, const BatchKey& key);
 // (count / idle_workers, rounded up), so that idle workers run them side by side rather than one
 // worker running them all while the others wait. A ticket whose deadline is before
 // now + expected_ms(key) is expired instead.
-// With options.backlog_only, `row_ms` gives a key's time per request (0: not known yet, no limit).
+// With options.backlog_only, `row_ms` gives a key's time for one request alone (0: not known yet,
+// no limit).
 BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
                            const BatchingOptions& options, BatchTimeFn expected_ms = nullptr,
                            const void* context = nullptr, BatchCapFn cap = nullptr,
@@ -219,10 +226,14 @@ class BatchQueue {
   void record_batch_time(const BatchKey& key, double ms, size_t rows = 1) {
     std::lock_guard<std::mutex> lock(mu_);
     const double per_row = ms / static_cast<double>(std::max<size_t>(1, rows));
-    auto [it, fresh] = times_.emplace(key, KeyTimes{ms, per_row});
+    auto [it, fresh] = times_.emplace(key, KeyTimes{ms, per_row, 0});
     if (!fresh) {
       it->second.batch_ms = 0.8 * it->second.batch_ms + 0.2 * ms;
       it->second.row_ms = 0.8 * it->second.row_ms + 0.2 * per_row;
+    }
+    if (rows <= 1) {
+      double& single = it->second.single_ms;
+      single = single > 0 ? 0.8 * single + 0.2 * ms : ms;
     }
   }
 
@@ -258,8 +269,9 @@ class BatchQueue {
  private:
   // A key's measured times (zeros before its first batch); called with mu_ held.
   struct KeyTimes {
-    double batch_ms = 0;  // one batch
-    double row_ms = 0;    // per request
+    double batch_ms = 0;   // one batch
+    double row_ms = 0;     // per request
+    double single_ms = 0;  // a batch of one request
   };
   KeyTimes times(const BatchKey& key) const {
     auto it = times_.find(key);
@@ -269,7 +281,10 @@ class BatchQueue {
     return static_cast<const BatchQueue*>(self)->times(key).batch_ms;
   }
   static double row(const void* self, const BatchKey& key) {
-    return static_cast<const BatchQueue*>(self)->times(key).row_ms;
+    // A request alone: batches of one when there have been some (a larger batch's time per
+    // request is shorter, and would let the backlog rule batch more the more it batches).
+    const KeyTimes t = static_cast<const BatchQueue*>(self)->times(key);
+    return t.single_ms > 0 ? t.single_ms : t.row_ms;
   }
   static size_t cap(const void* self, const BatchKey& key) {
     const auto* q = static_cast<const BatchQueue*>(self);

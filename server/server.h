@@ -13,6 +13,7 @@
 // endpoint with /healthz, /readyz and /metrics (server/http_endpoint.h, server/metrics.h).
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -54,7 +55,7 @@ struct ServerOptions {
   size_t max_batch = 1;
   std::vector<size_t> preferred_batch;
   std::chrono::microseconds max_queue_delay{0};
-  // Only requests that have waited form a batch (BatchingOptions::backlog_only).
+  // Only a backlog forms a batch (BatchingOptions::backlog_only).
   bool batch_backlog_only = false;
   // Inference requests one device may have queued or running at once; more get BUSY at once.
   size_t max_in_flight_per_client = 32;
@@ -126,6 +127,7 @@ inline BatchingOptions batching_options(const ServerOptions& o) {
   b.preferred_batch = o.preferred_batch;
   b.max_queue_delay = o.max_queue_delay;
   b.backlog_only = o.batch_backlog_only;
+  b.workers = static_cast<size_t>(std::max(1, o.workers));
   return b;
 }
 

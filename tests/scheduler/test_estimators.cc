@@ -154,10 +154,20 @@ TEST_CASE("probes: due while local and silent - sized to the link - never while 
   clock.advance_ms(600);
   p = n.probe_due(true);
   REQUIRE(p.kind == ProbeRequest::Kind::kBandwidth);
-  // Sized to move for probe_transfer_ms at the estimated rate, within bounds.
+  // Sized to move for probe_transfer_ms at the estimated rate, within bounds, and at most
+  // probe_growth x the largest timed exchange (the first probe).
   const double expected = n.bandwidth_mbps() * 125 * o.probe_transfer_ms;
-  CHECK(p.bytes ==
-        std::clamp(static_cast<int64_t>(expected), o.probe_bytes_min, o.probe_bytes_max));
+  const auto grown = static_cast<int64_t>(o.probe_growth * static_cast<double>(o.probe_bytes_min));
+  CHECK(expected > static_cast<double>(grown));  // 100 Mbit/s: the growth bound decides
+  CHECK(p.bytes == std::clamp(std::min(static_cast<int64_t>(expected), grown), o.probe_bytes_min,
+                              o.probe_bytes_max));
+  n.probe_sent();
+  clock.advance_ms(30);
+  n.add_exchange(exchange(p.bytes, 100, 10));
+  clock.advance_ms(1100);
+  p = n.probe_due(true);
+  CHECK(p.bytes == std::clamp(static_cast<int64_t>(n.bandwidth_mbps() * 125 * o.probe_transfer_ms),
+                              o.probe_bytes_min, o.probe_bytes_max));
 
   // A remote plan keeps the bandwidth estimate alive by itself: only round-trip probes, when
   // no small exchange happened for rtt_probe_interval_ms.
@@ -174,6 +184,56 @@ TEST_CASE("probes: due while local and silent - sized to the link - never while 
   p = r.probe_due(false);
   CHECK(p.kind == ProbeRequest::Kind::kRoundTrip);
   CHECK(p.bytes == o.rtt_probe_bytes);
+}
+
+TEST_CASE("a wire time below the base rtt: a lower bound only, and the base measured again") {
+  ManualClock clock;
+  NetworkEstimatorOptions o;
+  NetworkEstimator n(clock, o);
+  // Round-trip samples that waited behind other traffic: the base reads 49 ms on a 10 ms path.
+  n.add_exchange(exchange(64, 5, 49));
+  for (int i = 0; i < 5; ++i) {
+    clock.advance_ms(100);
+    n.add_exchange(exchange(100000, 5, 49));
+  }
+  CHECK(n.bandwidth_mbps() == doctest::Approx(5).epsilon(0.01));
+  n.probe_sent();
+  clock.advance_ms(50);
+  CHECK_FALSE(n.probe_due(false).due());
+  // 16 KB at 5 Mbit/s over the real 10 ms path: 35.6 ms of wire time, below the base.
+  n.add_exchange(exchange(16000, 5, 10));
+  CHECK(n.bandwidth_mbps() == doctest::Approx(5).epsilon(0.01));  // not raised to 16000 / 0.05 ms
+  CHECK(n.probe_due(false).due() == false);  // within recheck_rtt_gap_ms of the last probe
+  clock.advance_ms(60);
+  ProbeRequest p = n.probe_due(false);
+  CHECK(p.kind == ProbeRequest::Kind::kRoundTrip);
+  n.probe_sent();
+  n.add_exchange(exchange(64, 5, 10));
+  CHECK(n.rtt_ms() == doctest::Approx(10).epsilon(0.01));
+  clock.advance_ms(200);
+  CHECK_FALSE(n.probe_due(false).due());  // measured again: back to the usual schedule
+  // A faster link than estimated: the lower bound bytes / wire time raises the estimate.
+  NetworkEstimator f(clock, o);
+  f.add_exchange(exchange(64, 1, 30));
+  f.add_exchange(exchange(100000, 1, 30));
+  CHECK(f.bandwidth_mbps() == doctest::Approx(1).epsilon(0.01));
+  f.add_exchange(exchange(100000, 100, 10));  // 18 ms of wire time, below the 30 ms base
+  CHECK(f.bandwidth_mbps() == doctest::Approx(100000.0 / 18 / 125).epsilon(0.01));
+}
+
+TEST_CASE("device probes: every 3rd frame at most, rarer the more one costs, none past 2x") {
+  CHECK(device_probe_every(50, 52) == 3);    // the device is as fast: probe often
+  CHECK(device_probe_every(53, 52) == 3);    // 1 ms more: 3% of 52 ms covers it at 3 frames
+  CHECK(device_probe_every(80, 52) == 18);   // 28 ms more: 28 / (0.03 x 52) = 17.9
+  CHECK(device_probe_every(103, 52) == 33);  // just within 2x
+  CHECK(device_probe_every(104, 52) == 0);   // 2x: no probe
+  CHECK(device_probe_every(10, 0) == 0);
+  // The mean extra latency stays within the budget wherever probes run.
+  for (double local = 52; local < 104; local += 0.5) {
+    const int every = device_probe_every(local, 52);
+    REQUIRE(every >= 3);
+    CHECK((local - 52) / every <= 0.03 * 52 + 1e-9);
+  }
 }
 
 TEST_CASE("timeouts: two in a row mark the server unavailable until a reply") {

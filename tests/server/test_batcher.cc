@@ -127,6 +127,7 @@ TEST_CASE("backlog_only: a batch takes one request, and one more per request tim
   for (int i = 0; i < 5; ++i) t.add("m", 1);
   auto o = batching(8);
   o.backlog_only = true;
+  o.workers = 8;  // never a backlog by count here: the wait sets the batch
   auto ten_ms = [](const void*, const BatchKey&) { return 10.0; };
   auto take = [&](BatchTimeFn row) {
     return decide_batch(t.list, t.clock.now(), o, nullptr, nullptr, nullptr, 1, row).batch.size();
@@ -149,10 +150,39 @@ TEST_CASE("backlog_only: a batch takes one request, and one more per request tim
   CHECK(take(ten_ms) == 8);
 }
 
+TEST_CASE("backlog_only: a queue that has waited a tail and outnumbers the workers is a backlog") {
+  Tickets t;
+  auto o = batching(8);
+  o.backlog_only = true;
+  o.workers = 2;
+  o.backlog_per_worker = 1;  // more than 2 queued
+  auto ten_ms = [](const void*, const BatchKey&) { return 10.0; };
+  auto take = [&](size_t idle) {
+    return decide_batch(t.list, t.clock.now(), o, nullptr, nullptr, nullptr, idle, ten_ms)
+        .batch.size();
+  };
+  for (int i = 0; i < 5; ++i) t.add("m", 1);
+  t.add("other", 1);
+  CHECK(take(1) == 1);  // a burst that just arrived: one at a time, as at batch 1
+  t.clock.advance_ms(12);
+  CHECK(take(1) == 5);  // it has waited a whole tail: all of it
+  CHECK(take(2) == 3);  // two idle workers share it
+  t.list.erase(t.list.begin() + 2, t.list.begin() + 5);
+  CHECK(take(1) == 2);  // two of the key: the wait decides (1 + 12 / 10)
+  t.add("m", 1);
+  CHECK(take(1) == 3);       // three (the other key does not count)
+  o.backlog_per_worker = 2;  // the default: more than 4
+  CHECK(take(1) == 2);
+  t.add("m", 1);
+  t.add("m", 1);
+  CHECK(take(1) == 5);
+}
+
 TEST_CASE("BatchQueue with backlog_only learns a key's time per request from its batches") {
   partitioner::ManualClock clock;
   auto o = batching(8);
   o.backlog_only = true;
+  o.workers = 4;
   BatchQueue<int> q(o, clock);
   int unused = 0;
   auto ticket = [&] {
@@ -172,6 +202,14 @@ TEST_CASE("BatchQueue with backlog_only learns a key's time per request from its
   clock.advance_ms(20);
   REQUIRE(q.next(b));
   CHECK(b.items.size() == 3);
+  // Once batches of one are measured, their time sets the allowance (a larger batch's time per
+  // request is shorter).
+  q.record_batch_time({"m", 0}, 20.0, 1);
+  q.record_batch_time({"m", 0}, 80.0, 16);  // 5 ms per request: does not count
+  for (int i = 0; i < 4; ++i) q.push(ticket(), i, &unused);
+  clock.advance_ms(20);
+  REQUIRE(q.next(b));
+  CHECK(b.items.size() == 2);  // 1 + 20 ms / 20 ms
 }
 
 TEST_CASE("a key's cap limits its batches, other keys keep max_batch") {

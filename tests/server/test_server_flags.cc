@@ -200,11 +200,13 @@ TEST_CASE("server flags: sizes in bytes or with a unit") {
 }
 
 TEST_CASE("server flags: batching settings") {
-  auto command = parse({"--model", "a.pt", "--max-batch", "16", "--preferred-batch", "8,4",
-                        "--max-queue-delay-us", "2000", "--batch-from", "backlog"});
+  auto command =
+      parse({"--model", "a.pt", "--max-batch", "16", "--preferred-batch", "8,4",
+             "--max-queue-delay-us", "2000", "--batch-from", "backlog", "--workers", "3"});
   REQUIRE(command.ok());
   CHECK(command->options.batch_backlog_only);
   CHECK(batching_options(command->options).backlog_only);
+  CHECK(batching_options(command->options).workers == 3);  // the backlog rule's worker count
   CHECK(command->options.max_batch == 16);
   CHECK(command->options.preferred_batch == std::vector<size_t>{8, 4});
   CHECK(command->options.max_queue_delay == std::chrono::microseconds(2000));
