@@ -105,10 +105,7 @@ void NetworkEstimator::add_exchange(const Exchange& e) {
   if (has_rtt() && transfer_ms < -options_.min_transfer_ms) {
     // Faster than the base round trip: the base is too high. Only a lower bound here.
     rtt_suspect_ = true;
-    const double at_least = bytes / std::max(wire_ms, options_.min_transfer_ms);
-    if (at_least > bandwidth_.value()) bandwidth_.reset(at_least);
-    last_bandwidth_sample_ = now;
-    any_bandwidth_ = true;
+    add_bandwidth_bound(bytes / std::max(wire_ms, options_.min_transfer_ms), now);
     return;
   }
   if (e.request_bytes < options_.bandwidth_sample_min_bytes) {
@@ -116,20 +113,26 @@ void NetworkEstimator::add_exchange(const Exchange& e) {
     const double visible =
         std::max(options_.mid_sample_min_ms, options_.mid_sample_min_rtt_fraction * rtt_ms());
     if (!has_rtt() || transfer_ms < visible) return;
-    bandwidth_.add(bytes / transfer_ms);
-    largest_timed_bytes_ = std::max(largest_timed_bytes_, e.request_bytes);
-    last_bandwidth_sample_ = now;
-    any_bandwidth_ = true;
+    add_bandwidth_sample(e.request_bytes, transfer_ms, now);
     return;
   }
   if (transfer_ms < options_.min_transfer_ms) {
-    // Too fast to time: the link moves at least this much. Raise the estimate to it if lower.
-    const double at_least = bytes / options_.min_transfer_ms;
-    if (at_least > bandwidth_.value()) bandwidth_.reset(at_least);
+    // Too fast to time: the link moves at least this much.
+    add_bandwidth_bound(bytes / options_.min_transfer_ms, now);
   } else {
-    bandwidth_.add(bytes / transfer_ms);
-    largest_timed_bytes_ = std::max(largest_timed_bytes_, e.request_bytes);
+    add_bandwidth_sample(e.request_bytes, transfer_ms, now);
   }
+}
+
+void NetworkEstimator::add_bandwidth_sample(int64_t bytes, double transfer_ms, TimePoint now) {
+  bandwidth_.add(static_cast<double>(bytes) / transfer_ms);
+  largest_timed_bytes_ = std::max(largest_timed_bytes_, bytes);
+  last_bandwidth_sample_ = now;
+  any_bandwidth_ = true;
+}
+
+void NetworkEstimator::add_bandwidth_bound(double at_least, TimePoint now) {
+  if (at_least > bandwidth_.value()) bandwidth_.reset(at_least);
   last_bandwidth_sample_ = now;
   any_bandwidth_ = true;
 }

@@ -163,6 +163,10 @@ class NetworkEstimator {
 
  private:
   void add_rtt_sample(double wire_ms, TimePoint now);
+  // A timed transfer: a bandwidth sample.
+  void add_bandwidth_sample(int64_t bytes, double transfer_ms, TimePoint now);
+  // An untimed one: the link moves at least `at_least` bytes/ms (raises the estimate if lower).
+  void add_bandwidth_bound(double at_least, TimePoint now);
 
   const Clock& clock_;
   NetworkEstimatorOptions options_;

@@ -88,15 +88,16 @@ BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
       take = (count + share - 1) / share;
       const double row =
           options.backlog_only && row_ms ? row_ms(context, tickets[v->front()].key) : 0;
-      const double waited = partitioner::ms_between(oldest, now);
-      const bool queue =
-          count > options.backlog_per_worker * std::max<size_t>(1, options.workers) &&
-          waited >= row;
-      if (row > 0 && !queue) {
-        // Not a standing queue (a burst that just came, or a few the workers clear soon): one
-        // request, and one more per request time the oldest has waited.
-        const double allowed = 1.0 + std::floor(std::max(0.0, waited) / row);
-        if (allowed < static_cast<double>(take)) take = static_cast<size_t>(allowed);
+      if (row > 0) {
+        const double waited = std::max(0.0, partitioner::ms_between(oldest, now));
+        const size_t workers = std::max<size_t>(1, options.workers);
+        const bool standing = count > options.backlog_per_worker * workers && waited >= row;
+        if (!standing) {
+          // A burst that just came, or a few the workers clear soon: one request, and one more
+          // per request time the oldest has waited.
+          const double allowed = 1.0 + std::floor(waited / row);
+          if (allowed < static_cast<double>(take)) take = static_cast<size_t>(allowed);
+        }
       }
     } else {
       for (size_t p : options.preferred_batch) {

@@ -79,8 +79,9 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
      "there at once)", cxxopts::value<int64_t>()->default_value("0"))
     ("batch-from", "ready: a worker takes every compatible request queued (up to --max-batch); "
      "backlog: all of them only when more than two per worker have queued for a single tail's "
-     "time, else one, plus one per single tail's time the oldest has waited, so light load runs at batch 1 and a backlog is batched "
-     "(for CPUs, where a batch of n costs nearly n tails)", cxxopts::value<std::string>()->default_value("ready"))
+     "time, else one, plus one per single tail's time the oldest has waited, so light load runs "
+     "at batch 1 and a backlog is batched (for CPUs, where a batch of n costs nearly n tails)",
+     cxxopts::value<std::string>()->default_value("ready"))
     ("max-message-mb", "largest request accepted, in MiB", cxxopts::value<int>()->default_value("64"))
     ("name", "server name reported in the handshake", cxxopts::value<std::string>()->default_value("edgesplit-server"))
     ("endpoint-file", "write the bound endpoint (port resolved) to this file once listening",
