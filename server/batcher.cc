@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 
 namespace edgesplit::server {
@@ -36,12 +37,55 @@ bool before(const Ticket& a, const Ticket& b) {
   return a.priority != b.priority ? a.priority > b.priority : a.seq < b.seq;
 }
 
+// The time (in requests' worth) at which workers free from `starts` (sorted) have done `n` more
+// requests between them, each taking the next one as it frees: the water-filling level L, where a
+// worker free at s takes L - s (0 for no requests).
+double finish_level(double n, const std::vector<double>& starts) {
+  if (n <= 0 || starts.empty()) return n <= 0 ? 0.0 : std::numeric_limits<double>::infinity();
+  double sum = 0;
+  double level = 0;
+  for (size_t i = 0; i < starts.size(); ++i) {
+    sum += starts[i];
+    level = (n + sum) / static_cast<double>(i + 1);
+    if (i + 1 == starts.size() || level <= starts[i + 1]) break;
+  }
+  return level;
+}
+
 }  // namespace
+
+size_t balanced_share(size_t count, size_t idle_workers, const std::vector<double>& busy_rows) {
+  if (count == 0) return 0;
+  // The other workers: the other idle ones start now, busy ones when their work left is done.
+  std::vector<double> others(std::max<size_t>(1, idle_workers) - 1, 0.0);
+  for (double b : busy_rows) others.push_back(std::max(0.0, b));
+  std::sort(others.begin(), others.end());
+  std::vector<double> all = others;
+  all.insert(all.begin(), 0.0);  // this worker
+  const double level = finish_level(static_cast<double>(count), all);
+  // The whole number of requests next to the level whose finish is soonest: this worker's k or
+  // the others' level for the rest, whichever is later; the smaller k on a tie (the oldest
+  // requests, taken here, are then answered first).
+  size_t best = 1;
+  double best_finish = std::numeric_limits<double>::infinity();
+  const size_t lo = std::clamp<size_t>(static_cast<size_t>(std::floor(level + 1e-9)), 1, count);
+  const size_t hi = std::clamp<size_t>(static_cast<size_t>(std::ceil(level - 1e-9)), 1, count);
+  for (size_t k = lo; k <= hi; ++k) {
+    const double finish =
+        std::max(static_cast<double>(k), finish_level(static_cast<double>(count - k), others));
+    if (finish < best_finish - 1e-9) {
+      best = k;
+      best_finish = finish;
+    }
+  }
+  return best;
+}
 
 BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
                            const BatchingOptions& options, BatchTimeFn expected_ms,
                            const void* context, BatchCapFn cap, size_t idle_workers,
-                           BatchTimeFn row_ms) {
+                           BatchTimeFn row_ms, const std::vector<double>& busy_rows,
+                           double offered_load) {
   BatchDecision d;
   // Expired first: a deadline that has passed, or that the key's batch time would overrun.
   std::vector<size_t> live;
@@ -92,7 +136,11 @@ BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
         const double waited = std::max(0.0, partitioner::ms_between(oldest, now));
         const size_t workers = std::max<size_t>(1, options.workers);
         const bool standing = count > options.backlog_per_worker * workers && waited >= row;
-        if (!standing) {
+        if (offered_load >= 0 && offered_load < options.saturated_load) {
+          // Not saturated: this worker's part of the soonest finish of the queue over every
+          // worker, idle or busy (a busy one takes over when the work it has left is done).
+          take = std::min(take, balanced_share(count, idle_workers, busy_rows));
+        } else if (!standing) {
           // A burst that just came, or a few the workers clear soon: one request, and one more
           // per request time the oldest has waited.
           const double allowed = 1.0 + std::floor(waited / row);

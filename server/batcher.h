@@ -53,7 +53,8 @@ struct BatchingOptions {
   size_t capacity = 64;  // queued requests; a full queue sheds or refuses (BUSY)
   // Once the delay is spent, a batch that is not full takes only the backlog, so that at light
   // load requests run one by one (on a CPU a batch of n costs nearly n tails, and its first
-  // request would wait for the others) and what has piled up is batched. The backlog: every
+  // request would wait for the others) and what has piled up is batched. Below `saturated_load`,
+  // the backlog is this worker's balanced_share() of the key's tickets. At or above it: every
   // queued request of the key when there are more than `backlog_per_worker` x `workers` of them
   // and the oldest has waited at least one request's time alone (a standing queue the workers
   // could not clear within a tail or two, not a burst that just came); otherwise 1 + (how long
@@ -62,6 +63,10 @@ struct BatchingOptions {
   bool backlog_only = false;
   size_t workers = 1;  // the server's workers (for backlog_only)
   size_t backlog_per_worker = 2;
+  // The offered load: the work that arrived over the last `load_window` (each request at its key's
+  // time alone) per worker and unit of time; 1 is what the workers clear at batch 1.
+  double saturated_load = 0.75;
+  std::chrono::milliseconds load_window{500};
 };
 
 // Checks the settings: one sentence naming the flag for anything wrong; sorts preferred sizes.
@@ -113,11 +118,21 @@ using BatchCapFn = size_t (*)(const void* context, const BatchKey& key);
 // worker running them all while the others wait. A ticket whose deadline is before
 // now + expected_ms(key) is expired instead.
 // With options.backlog_only, `row_ms` gives a key's time for one request alone (0: not known yet,
-// no limit).
+// no limit), `busy_rows` the work the busy workers have left, in requests (a batch's rows times
+// the part of its expected time still to run), and `offered_load` the load (see
+// BatchingOptions::saturated_load; < 0: not known): below saturated_load a batch that is not full
+// takes balanced_share() of the key's tickets; otherwise the backlog rule, and never more than
+// balanced_share().
 BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
                            const BatchingOptions& options, BatchTimeFn expected_ms = nullptr,
                            const void* context = nullptr, BatchCapFn cap = nullptr,
-                           size_t idle_workers = 1, BatchTimeFn row_ms = nullptr);
+                           size_t idle_workers = 1, BatchTimeFn row_ms = nullptr,
+                           const std::vector<double>& busy_rows = {}, double offered_load = -1);
+
+// This worker's part of `count` requests so that they are all done soonest: `idle_workers` workers
+// (this one included) start now, and busy ones once the rows they have left (`busy_rows`) are done;
+// every request costs the same. Rounded up; at least 1. With no busy workers: count / idle_workers.
+size_t balanced_share(size_t count, size_t idle_workers, const std::vector<double>& busy_rows);
 
 // Index of the ticket a new one of `priority` displaces in a full queue (the newest of the lowest
 // class, when that class is below `priority`); nullopt: the new ticket is refused.
@@ -148,6 +163,7 @@ class BatchQueue {
       erase_at(*victim);
       result = Pushed::kQueuedShedding;
     }
+    note_arrival(ticket.key, ticket.enqueued);
     tickets_.push_back(std::move(ticket));
     items_.push_back(std::move(item));
     cv_.notify_one();
@@ -158,13 +174,16 @@ class BatchQueue {
     BatchKey key;
     std::vector<Item> items;    // run together
     std::vector<Item> expired;  // answer DEADLINE_EXCEEDED
+    uint64_t running = 0;       // the queue's handle on this batch while it runs (0: none)
   };
   // Blocks until a batch (or expired requests) is ready, or stop(): then false.
   bool next(Batch& out) {
     out.items.clear();
     out.expired.clear();
     std::unique_lock<std::mutex> lock(mu_);
-    // This worker is free until it leaves with a batch (or stops).
+    // The batch `out` held (if any) has run: this worker is free until it leaves with a batch.
+    if (out.running != 0) running_.erase(out.running);
+    out.running = 0;
     ++idle_;
     struct Leave {
       size_t& idle;
@@ -173,10 +192,15 @@ class BatchQueue {
     for (;;) {
       if (stopped_) return false;
       if (!tickets_.empty()) {
-        BatchDecision d = decide_batch(tickets_, clock_.now(), options_, &BatchQueue::expected,
-                                       this, &BatchQueue::cap, idle_, &BatchQueue::row);
+        const TimePoint now = clock_.now();
+        BatchDecision d =
+            decide_batch(tickets_, now, options_, &BatchQueue::expected, this, &BatchQueue::cap,
+                         idle_, &BatchQueue::row, busy_rows(now), offered_load(now));
         if (!d.batch.empty() || !d.expired.empty()) {
-          if (!d.batch.empty()) out.key = tickets_[d.batch.front()].key;
+          if (!d.batch.empty()) {
+            out.key = tickets_[d.batch.front()].key;
+            out.running = start_running(out.key, d.batch.size(), now);
+          }
           for (size_t i : d.batch) out.items.push_back(std::move(items_[i]));
           for (size_t i : d.expired) out.expired.push_back(std::move(items_[i]));
           std::vector<size_t> gone = d.batch;
@@ -286,6 +310,54 @@ class BatchQueue {
     const KeyTimes t = static_cast<const BatchQueue*>(self)->times(key);
     return t.single_ms > 0 ? t.single_ms : t.row_ms;
   }
+  // A batch of `rows` requests of `key` a worker starts at `now`, with the time it is expected to
+  // take (rows x the key's time per request, or a single request's time); returns its handle.
+  uint64_t start_running(const BatchKey& key, size_t rows, TimePoint now) {
+    const KeyTimes t = times(key);
+    const double ms =
+        rows == 1 && t.single_ms > 0 ? t.single_ms : static_cast<double>(rows) * t.row_ms;
+    const uint64_t id = ++next_running_;
+    running_[id] = Running{now, now + std::chrono::microseconds(static_cast<int64_t>(ms * 1e3)),
+                           static_cast<double>(rows)};
+    return id;
+  }
+  // Per running batch, the requests' worth of work it has left at `now` (0 once it is due).
+  std::vector<double> busy_rows(TimePoint now) const {
+    std::vector<double> rows;
+    if (!options_.backlog_only) return rows;
+    for (const auto& [id, r] : running_) {
+      const double total = partitioner::ms_between(r.started, r.due);
+      const double left = partitioner::ms_between(now, r.due);
+      rows.push_back(total > 0 && left > 0 ? r.rows * left / total : 0.0);
+    }
+    return rows;
+  }
+  // The work offered: per request that arrived, its key's time alone (backlog_only).
+  void note_arrival(const BatchKey& key, TimePoint at) {
+    if (!options_.backlog_only) return;
+    const double ms = row(this, key);
+    arrivals_.push_back({at, ms});
+    arrived_ms_ += ms;
+    forget_arrivals(at);
+  }
+  void forget_arrivals(TimePoint now) {
+    while (!arrivals_.empty() && arrivals_.front().first < now - options_.load_window) {
+      arrived_ms_ -= arrivals_.front().second;
+      arrivals_.pop_front();
+    }
+    if (arrivals_.empty()) arrived_ms_ = 0;
+  }
+  // The work that arrived over the last load window, per worker and ms of the window (-1 before a
+  // request's time is known, or without backlog_only).
+  double offered_load(TimePoint now) {
+    if (!options_.backlog_only) return -1;
+    forget_arrivals(now);
+    for (const auto& a : arrivals_) {
+      if (a.second <= 0) return -1;
+    }
+    const double window = static_cast<double>(options_.load_window.count());
+    return arrived_ms_ / (window * static_cast<double>(std::max<size_t>(1, options_.workers)));
+  }
   static size_t cap(const void* self, const BatchKey& key) {
     const auto* q = static_cast<const BatchQueue*>(self);
     auto it = q->caps_.find(key);  // called with mu_ held
@@ -304,6 +376,14 @@ class BatchQueue {
   std::deque<Item> items_;
   std::map<BatchKey, KeyTimes> times_;  // averages over the key's batches
   std::map<BatchKey, size_t> caps_;
+  struct Running {
+    TimePoint started, due;
+    double rows = 0;
+  };
+  std::map<uint64_t, Running> running_;                // batches workers are running, by handle
+  std::deque<std::pair<TimePoint, double>> arrivals_;  // over the load window: when, time alone
+  double arrived_ms_ = 0;                              // their sum
+  uint64_t next_running_ = 0;
   uint64_t next_seq_ = 0;
   size_t idle_ = 0;  // workers inside next(), free to take a batch
   bool stopped_ = false;

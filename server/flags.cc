@@ -78,9 +78,10 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
     ("max-queue-delay-us", "longest the oldest request waits for its batch to fill (0: run what is "
      "there at once)", cxxopts::value<int64_t>()->default_value("0"))
     ("batch-from", "ready: a worker takes every compatible request queued (up to --max-batch); "
-     "backlog: all of them only when more than two per worker have queued for a single tail's "
-     "time, else one, plus one per single tail's time the oldest has waited, so light load runs "
-     "at batch 1 and a backlog is batched (for CPUs, where a batch of n costs nearly n tails)",
+     "backlog (for CPUs, where a batch of n costs nearly n tails): below 75% of the workers' "
+     "capacity at batch 1, its part of the queue that the workers, busy ones included, finish "
+     "soonest; above it, all of them when more than two per worker have queued for a single "
+     "tail's time, else one, plus one per single tail's time the oldest has waited",
      cxxopts::value<std::string>()->default_value("ready"))
     ("max-message-mb", "largest request accepted, in MiB", cxxopts::value<int>()->default_value("64"))
     ("name", "server name reported in the handshake", cxxopts::value<std::string>()->default_value("edgesplit-server"))

@@ -55,6 +55,26 @@ BatchingOptions batching(size_t max_batch, int64_t delay_us = 0,
   return o;
 }
 
+// --batch-from backlog with `workers` workers.
+BatchingOptions backlog(size_t max_batch, size_t workers) {
+  BatchingOptions o = batching(max_batch);
+  o.backlog_only = true;
+  o.workers = workers;
+  return o;
+}
+
+// Pushes n tickets of key ("m", 0) into q, one every `every_ms` on clock (0: all at once).
+void push_every(BatchQueue<int>& q, partitioner::ManualClock& clock, int n, double every_ms = 0) {
+  int unused = 0;
+  for (int i = 0; i < n; ++i) {
+    Ticket t;
+    t.key = {"m", 0};
+    t.enqueued = clock.now();
+    q.push(t, i, &unused);
+    if (every_ms > 0) clock.advance_ms(every_ms);
+  }
+}
+
 TEST_CASE("only requests for the same model and cut share a batch") {
   Tickets t;
   t.add("a", 3);
@@ -152,9 +172,7 @@ TEST_CASE("backlog_only: a batch takes one request, and one more per request tim
 
 TEST_CASE("backlog_only: a queue that has waited a tail and outnumbers the workers is a backlog") {
   Tickets t;
-  auto o = batching(8);
-  o.backlog_only = true;
-  o.workers = 2;
+  auto o = backlog(8, 2);
   o.backlog_per_worker = 1;  // more than 2 queued
   auto ten_ms = [](const void*, const BatchKey&) { return 10.0; };
   auto take = [&](size_t idle) {
@@ -178,11 +196,95 @@ TEST_CASE("backlog_only: a queue that has waited a tail and outnumbers the worke
   CHECK(take(1) == 5);
 }
 
+TEST_CASE("balanced_share: the part of a queue that finishes it soonest over every worker") {
+  CHECK(balanced_share(0, 1, {}) == 0);
+  CHECK(balanced_share(5, 1, {}) == 5);
+  CHECK(balanced_share(5, 2, {}) == 2);     // two idle: 2 and 3 both finish at 3; the oldest first
+  CHECK(balanced_share(5, 1, {0.0}) == 2);  // a busy worker about to be free counts as idle
+  CHECK(balanced_share(5, 1, {0.5}) == 3);  // level 2.75: 3 here, 2 there after its half row
+  CHECK(balanced_share(5, 1, {4.0}) == 4);  // 4 here, the other takes the fifth at 4: done at 5
+  CHECK(balanced_share(5, 1, {9.0}) == 5);  // the other is busy past the whole queue's time
+  CHECK(balanced_share(2, 1, {0.1}) == 1);  // not 2: the other is free almost at once
+  CHECK(balanced_share(3, 1, {2.5}) == 3);
+  CHECK(balanced_share(8, 1, {1.0, 1.0}) == 3);  // 3 here; the other two finish 5 at 3.5
+  CHECK(balanced_share(8, 1, {1.0, 9.0}) == 4);  // 4 and 4 more from 1: the one 9 rows away none
+  CHECK(balanced_share(2, 4, {}) == 1);
+}
+
+TEST_CASE("backlog_only below the saturated load: a batch is this worker's balanced share") {
+  Tickets t;
+  auto o = backlog(16, 2);
+  auto ten_ms = [](const void*, const BatchKey&) { return 10.0; };
+  for (int i = 0; i < 9; ++i) t.add("m", 1);
+  t.clock.advance_ms(30);  // a standing queue: 9 > 4, waited 3 tails
+  auto take = [&](double load, std::vector<double> busy) {
+    return decide_batch(t.list, t.clock.now(), o, nullptr, nullptr, nullptr, 1, ten_ms, busy, load)
+        .batch.size();
+  };
+  CHECK(take(-1, {0.5}) == 9);   // load not known: the backlog rule, all of it
+  CHECK(take(0.9, {0.5}) == 9);  // saturated: all of it, the largest batch
+  CHECK(take(0.5, {0.5}) == 5);  // not: level (9 + 0.5) / 2 = 4.75
+  CHECK(take(0.5, {20}) == 9);   // the other worker will not be free before this one is done
+  Tickets burst;  // not a standing queue: the wait allowance gives 1, the share 3 (level 3)
+  for (int i = 0; i < 5; ++i) burst.add("m", 1);
+  CHECK(decide_batch(burst.list, burst.clock.now(), o, nullptr, nullptr, nullptr, 1, ten_ms, {1.0},
+                     0.5)
+            .batch.size() == 3);
+  CHECK(decide_batch(burst.list, burst.clock.now(), o, nullptr, nullptr, nullptr, 1, ten_ms, {1.0},
+                     0.9)
+            .batch.size() == 1);
+}
+
+TEST_CASE("BatchQueue measures the offered load over its window") {
+  partitioner::ManualClock clock;
+  auto o = backlog(32, 2);
+  o.load_window = std::chrono::milliseconds(100);
+  BatchQueue<int> q(o, clock);
+  auto push = [&](int n, double every_ms) { push_every(q, clock, n, every_ms); };
+  q.record_batch_time({"m", 0}, 10.0, 1);  // 10 ms alone
+  push(5, 10);                             // load 50 ms / (100 ms x 2 workers) = 0.25
+  BatchQueue<int>::Batch b, other;
+  REQUIRE(q.next(b));
+  CHECK(b.items.size() == 5);  // the only worker: all of it, due in 50 ms
+  push(6, 5);                  // load 0.55 at t = 80 ms
+  REQUIRE(q.next(other));      // the first has 2 requests' worth left: level (6 + 2) / 2
+  CHECK(other.items.size() == 4);
+  // Three times faster: 21 requests in the window, 1.05 of the capacity at batch 1, saturated:
+  // the backlog rule takes the whole standing queue (balanced, 9 of the 17).
+  push(15, 4);
+  REQUIRE(q.next(b));
+  CHECK(b.items.size() == 17);
+}
+
+TEST_CASE("BatchQueue with backlog_only leaves a busy worker the part it will be free for") {
+  partitioner::ManualClock clock;
+  auto o = backlog(16, 2);
+  o.backlog_per_worker = 1;  // more than 2 queued
+  BatchQueue<int> q(o, clock);
+  auto push = [&](int n) { push_every(q, clock, n); };
+  q.record_batch_time({"m", 0}, 10.0, 1);  // 10 ms per request
+  push(4);
+  clock.advance_ms(10);
+  BatchQueue<int>::Batch first, second;
+  REQUIRE(q.next(first));
+  CHECK(first.items.size() == 4);  // a standing queue, the only worker: all of it (40 ms)
+  push(6);
+  clock.advance_ms(12);
+  // The first worker has 28 of its 40 ms left (2.8 requests' worth): 4 here (done at 4), 2 there
+  // (done at 4.8); 5 here would finish at 5.
+  REQUIRE(q.next(second));
+  CHECK(second.items.size() == 4);
+  REQUIRE(q.next(first));  // its batch is done: it no longer counts as busy; the second's 4 are
+  CHECK(first.items.size() == 2);  // still to run, so both queued come here
+  push(6);
+  clock.advance_ms(60);  // both are overdue: as good as free
+  REQUIRE(q.next(second));
+  CHECK(second.items.size() == 3);
+}
+
 TEST_CASE("BatchQueue with backlog_only learns a key's time per request from its batches") {
   partitioner::ManualClock clock;
-  auto o = batching(8);
-  o.backlog_only = true;
-  o.workers = 4;
+  auto o = backlog(8, 4);
   BatchQueue<int> q(o, clock);
   int unused = 0;
   auto ticket = [&] {
