@@ -121,8 +121,7 @@ using BatchCapFn = size_t (*)(const void* context, const BatchKey& key);
 // no limit), `busy_rows` the work the busy workers have left, in requests (a batch's rows times
 // the part of its expected time still to run), and `offered_load` the load (see
 // BatchingOptions::saturated_load; < 0: not known): below saturated_load a batch that is not full
-// takes balanced_share() of the key's tickets; otherwise the backlog rule, and never more than
-// balanced_share().
+// takes balanced_share() of the key's tickets; otherwise the backlog rule.
 BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
                            const BatchingOptions& options, BatchTimeFn expected_ms = nullptr,
                            const void* context = nullptr, BatchCapFn cap = nullptr,
@@ -131,7 +130,8 @@ BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
 
 // This worker's part of `count` requests so that they are all done soonest: `idle_workers` workers
 // (this one included) start now, and busy ones once the rows they have left (`busy_rows`) are done;
-// every request costs the same. Rounded up; at least 1. With no busy workers: count / idle_workers.
+// every request costs the same. The whole number next to the water level that finishes soonest,
+// the smaller on a tie; at least 1 (0 for no requests).
 size_t balanced_share(size_t count, size_t idle_workers, const std::vector<double>& busy_rows);
 
 // Index of the ticket a new one of `priority` displaces in a full queue (the newest of the lowest
@@ -182,7 +182,7 @@ class BatchQueue {
     out.expired.clear();
     std::unique_lock<std::mutex> lock(mu_);
     // The batch `out` held (if any) has run: this worker is free until it leaves with a batch.
-    if (out.running != 0) running_.erase(out.running);
+    if (out.running != 0) running_.erase(out.running);  // (only with backlog_only)
     out.running = 0;
     ++idle_;
     struct Leave {
@@ -199,7 +199,7 @@ class BatchQueue {
         if (!d.batch.empty() || !d.expired.empty()) {
           if (!d.batch.empty()) {
             out.key = tickets_[d.batch.front()].key;
-            out.running = start_running(out.key, d.batch.size(), now);
+            if (options_.backlog_only) out.running = start_running(out.key, d.batch.size(), now);
           }
           for (size_t i : d.batch) out.items.push_back(std::move(items_[i]));
           for (size_t i : d.expired) out.expired.push_back(std::move(items_[i]));
@@ -324,7 +324,6 @@ class BatchQueue {
   // Per running batch, the requests' worth of work it has left at `now` (0 once it is due).
   std::vector<double> busy_rows(TimePoint now) const {
     std::vector<double> rows;
-    if (!options_.backlog_only) return rows;
     for (const auto& [id, r] : running_) {
       const double total = partitioner::ms_between(r.started, r.due);
       const double left = partitioner::ms_between(now, r.due);
@@ -338,11 +337,13 @@ class BatchQueue {
     const double ms = row(this, key);
     arrivals_.push_back({at, ms});
     arrived_ms_ += ms;
+    if (ms <= 0) ++unknown_arrivals_;
     forget_arrivals(at);
   }
   void forget_arrivals(TimePoint now) {
     while (!arrivals_.empty() && arrivals_.front().first < now - options_.load_window) {
       arrived_ms_ -= arrivals_.front().second;
+      if (arrivals_.front().second <= 0) --unknown_arrivals_;
       arrivals_.pop_front();
     }
     if (arrivals_.empty()) arrived_ms_ = 0;
@@ -352,9 +353,7 @@ class BatchQueue {
   double offered_load(TimePoint now) {
     if (!options_.backlog_only) return -1;
     forget_arrivals(now);
-    for (const auto& a : arrivals_) {
-      if (a.second <= 0) return -1;
-    }
+    if (unknown_arrivals_ > 0) return -1;
     const double window = static_cast<double>(options_.load_window.count());
     return arrived_ms_ / (window * static_cast<double>(std::max<size_t>(1, options_.workers)));
   }
@@ -383,6 +382,7 @@ class BatchQueue {
   std::map<uint64_t, Running> running_;                // batches workers are running, by handle
   std::deque<std::pair<TimePoint, double>> arrivals_;  // over the load window: when, time alone
   double arrived_ms_ = 0;                              // their sum
+  size_t unknown_arrivals_ = 0;                        // of them, before their key's time was known
   uint64_t next_running_ = 0;
   uint64_t next_seq_ = 0;
   size_t idle_ = 0;  // workers inside next(), free to take a batch
