@@ -1033,11 +1033,6 @@ Status validate_device_config(const DeviceConfig& c) {
                               "stream a name of its own");
     }
     if (s.model_path.empty()) return field_error(where, "model", "a non-empty path");
-    if (!s.exits_path.empty() && !s.family_path.empty()) {
-      return invalid_argument(where +
-                              ": early exits are for a stream of one model: leave out --exits "
-                              "or --family");
-    }
     if (!s.exit_thresholds.empty() && s.exits_path.empty()) {
       return invalid_argument(where + ": an exit threshold needs the exits: give --exits FILE");
     }

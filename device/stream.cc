@@ -277,7 +277,7 @@ struct Stream::Impl {
   // Plans with exits on the server need a server that runs this stream's exits: the same file
   // (by digest) at the same cuts. Without, they leave the choice, said once.
   void note_server_exits(const ServedModel& m) {
-    if (!exit_set || family()) return;
+    if (!exit_set) return;
     bool held = m.exits_digest == exit_set->digest && m.exit_ms.size() == exit_heads.size();
     for (size_t i = 0; held && i < exit_heads.size(); ++i) {
       held = m.exit_ms[i].first == exit_heads[i].cut;
@@ -1517,13 +1517,15 @@ StreamPlanInfo Stream::plan_info() const {
     if (!(c.bandwidth_mbps > 0)) c.bandwidth_mbps = 10;
   }
   if (s.family()) {
-    // A family stream holds every member whole: one option, the sum of their peaks.
+    // A family stream holds every member whole, and the reference's exit heads: one option, the
+    // sum of their peaks.
     MemoryOption o;
     o.retain_cut = -1;
     o.bytes = predicted_load_bytes(*s.profile, s.profile->cuts.back());
     for (const auto& a : s.alternates) {
       o.bytes += predicted_load_bytes(a.profile, a.profile.cuts.back());
     }
+    for (const HeldExit& x : s.held_exits()) o.bytes += x.bytes;
     o.meets_bounds = true;
     out.options.push_back(o);
     return out;

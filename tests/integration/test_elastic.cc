@@ -7,7 +7,8 @@
 // with the exit head's own class, and the others as a run without exits does. With the exit on
 // the server (edgesplit-server --exits), a frame cut before it is answered by the server at the
 // exit when confident, with the class the exit head alone gives there, and otherwise by the whole
-// tail; a server without the exits makes the device leave those plans out.
+// tail; a server without the exits makes the device leave those plans out. A family stream takes
+// its reference member's exits, on the device and from a server of the family with them.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -83,6 +84,26 @@ bool have_family() {
          fs::exists(source_dir() / "models" / "families" / "cifar10.json");
 }
 
+// A two-member family: ResNet-56 and a derived variant (its input at 28 px), with the profiles
+// and accuracies of the shipped manifest.
+fs::path two_member_family(const fs::path& dir) {
+  json shipped;
+  std::ifstream(source_dir() / "models/families/cifar10.json") >> shipped;
+  const fs::path base = source_dir() / "models/families";
+  json small = {{"family", "two"}, {"reference", "resnet56"}, {"members", json::array()}};
+  for (const json& m : shipped["members"]) {
+    if (m["name"] != "resnet56" && m["name"] != "resnet56-28px") continue;
+    json copy = m;
+    copy["model"] = fs::weakly_canonical(base / m["model"].get<std::string>()).string();
+    copy["profile"] = fs::weakly_canonical(base / m["profile"].get<std::string>()).string();
+    small["members"].push_back(copy);
+  }
+  REQUIRE(small["members"].size() == 2);
+  const fs::path manifest = dir / "two.json";
+  std::ofstream(manifest) << small.dump(2);
+  return manifest;
+}
+
 }  // namespace
 
 TEST_CASE("a family stream moves to a smaller member under a CPU contender, and back") {
@@ -95,34 +116,72 @@ TEST_CASE("a family stream moves to a smaller member under a CPU contender, and 
     return;
   }
   const fs::path dir = scratch("contention");
-  const fs::path images = cifar_images(dir, 20);  // 200 frames
+  const fs::path images = cifar_images(dir, 40);  // 400 frames
   const std::string family = (source_dir() / "models/families/cifar10.json").string();
-  // One core for the device and, in the middle of the run, two busy processes on it: the device
-  // gets about a third of its core. The bound, 12 ms: the usual member (the most accurate, about
-  // 4.6 ms profiled) meets it alone with room (frames of 5-8 ms), and beside the contenders
-  // (about 2.7x its time, 16 ms predicted) clearly not, outside the scheduler's 5% band around a
-  // bound; the smaller members (1.8-4 ms profiled) still meet it there.
+  // Frames are taken as fast as they are processed, on one core, so that the device wants all of
+  // it: beside three busy processes it gets about a quarter (a stream paced well below its share
+  // would be scheduled first on every wake-up and barely slowed). The bound comes from this
+  // machine's speed: 2.5x the usual member's 80th-percentile frame time in a first, uncontended
+  // run. Alone the usual member (the most accurate) meets it with room; beside the contenders
+  // (4x or more) clearly not, outside the scheduler's 5% band around a bound, so the stream moves
+  // to a member cheaper on the device (one that meets the bound, or the least violating).
+  const std::vector<std::string> device_argv = {"/usr/bin/taskset",
+                                                "-c",
+                                                "0",
+                                                bin("edgesplit-device"),
+                                                "--family",
+                                                family,
+                                                "--input",
+                                                images.string(),
+                                                "--threads",
+                                                "1",
+                                                "--fps",
+                                                "0",
+                                                "--objective",
+                                                "accuracy",
+                                                "--max-accuracy-drop",
+                                                "none",
+                                                "--json"};
+  double bound_ms = 0;
+  {
+    std::vector<std::string> argv = device_argv;
+    argv.insert(argv.end(), {"--max-frames", "60"});
+    ChildProcess calibration;
+    REQUIRE(calibration.start(argv, dir / "calibration.out", dir / "calibration.err"));
+    auto rc = calibration.wait(std::chrono::seconds(60));
+    REQUIRE(rc.has_value());
+    REQUIRE(*rc == 0);
+    std::vector<double> ms;
+    for (const json& j : lines_of(dir / "calibration.out")) {
+      if (j.value("type", "") == "frame" && j.value("frame", 0) >= 20)
+        ms.push_back(j["latency_ms"]);
+    }
+    REQUIRE(ms.size() >= 30);
+    std::sort(ms.begin(), ms.end());
+    bound_ms = 2.5 * ms[ms.size() * 8 / 10];
+  }
+  INFO("bound: " << bound_ms << " ms");
   const fs::path out = dir / "device.out", err = dir / "device.err";
   ChildProcess device;
-  REQUIRE(
-      device.start({"/usr/bin/taskset", "-c", "0", bin("edgesplit-device"), "--family", family,
-                    "--input", images.string(), "--threads", "1", "--fps", "30", "--objective",
-                    "accuracy", "--max-latency-ms", "12", "--max-accuracy-drop", "none", "--json"},
-                   out, err));
+  std::vector<std::string> argv = device_argv;
+  argv.insert(argv.end(), {"--max-latency-ms", std::to_string(bound_ms)});
+  REQUIRE(device.start(argv, out, err));
   auto wait_frames = [&](size_t n) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     while (frames_in(out) < n && device.running() && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   };
-  wait_frames(60);
+  wait_frames(120);
   {
-    ChildProcess hog1, hog2;
+    ChildProcess hogs[3];
     const std::vector<std::string> busy = {"/usr/bin/taskset", "-c", "0",
                                            "/bin/sh",          "-c", "while :; do :; done"};
-    REQUIRE(hog1.start(busy, dir / "hog1.out", dir / "hog1.err"));
-    REQUIRE(hog2.start(busy, dir / "hog2.out", dir / "hog2.err"));
-    wait_frames(130);
+    for (int i = 0; i < 3; ++i) {
+      const std::string name = "hog" + std::to_string(i);
+      REQUIRE(hogs[i].start(busy, dir / (name + ".out"), dir / (name + ".err")));
+    }
+    wait_frames(300);
   }  // the busy processes are killed here
   auto rc = device.wait(std::chrono::seconds(60));
   REQUIRE(rc.has_value());
@@ -137,7 +196,7 @@ TEST_CASE("a family stream moves to a smaller member under a CPU contender, and 
     if (type == "frame") frames.push_back(j);
     if (type == "summary") summary = j;
   }
-  REQUIRE(frames.size() == 200);
+  REQUIRE(frames.size() == 400);
   // The ready line lists the members the device uses, with what each loses and costs.
   REQUIRE(ready.contains("family"));
   std::map<std::string, double> device_ms;
@@ -150,9 +209,9 @@ TEST_CASE("a family stream moves to a smaller member under a CPU contender, and 
   for (size_t i = 0; i < frames.size(); ++i) {
     REQUIRE(frames[i]["plan"].contains("member"));
     const std::string m = frames[i]["plan"]["member"];
-    if (i >= 20 && i < 60) ++before[m];
-    if (i >= 80 && i < 130) ++during[m];
-    if (i >= 170) ++after[m];
+    if (i >= 20 && i < 120) ++before[m];
+    if (i >= 180 && i < 300) ++during[m];
+    if (i >= 340) ++after[m];
   }
   CHECK(summary["members"].size() >= 2);
   auto most = [](const std::map<std::string, int>& counts) {
@@ -167,8 +226,9 @@ TEST_CASE("a family stream moves to a smaller member under a CPU contender, and 
   INFO("before: " << json(before).dump() << " during: " << json(during).dump()
                   << " after: " << json(after).dump());
   // The frames of members cheaper on the device than the one used uncontended: (almost) none
-  // before, a large share under the contender (its time slices make a member's frames 1x or 3x
-  // as slow, so the choice alternates near the bound), and the usual member again after it.
+  // before, a large share under the contenders (their time slices make a member's frames from 1x
+  // to many times as slow, so the choice may alternate near the bound), and the usual member
+  // again after them.
   REQUIRE(device_ms.count(usual));
   auto cheaper_share = [&](const std::map<std::string, int>& counts) {
     int cheaper = 0, all = 0;
@@ -191,22 +251,7 @@ TEST_CASE("a server started with --family serves every member: frames of any mem
   }
   const fs::path dir = scratch("server");
   const fs::path images = cifar_images(dir, 3);
-  // A two-member family: ResNet-56 and a derived variant (its input at 28 px), with the profiles
-  // and accuracies of the shipped manifest.
-  json shipped;
-  std::ifstream(source_dir() / "models/families/cifar10.json") >> shipped;
-  const fs::path base = source_dir() / "models/families";
-  json small = {{"family", "two"}, {"reference", "resnet56"}, {"members", json::array()}};
-  for (const json& m : shipped["members"]) {
-    if (m["name"] != "resnet56" && m["name"] != "resnet56-28px") continue;
-    json copy = m;
-    copy["model"] = fs::weakly_canonical(base / m["model"].get<std::string>()).string();
-    copy["profile"] = fs::weakly_canonical(base / m["profile"].get<std::string>()).string();
-    small["members"].push_back(copy);
-  }
-  REQUIRE(small["members"].size() == 2);
-  const fs::path manifest = dir / "two.json";
-  std::ofstream(manifest) << small.dump(2);
+  const fs::path manifest = two_member_family(dir);
 
   ServerProcess server;
   REQUIRE(server.start(dir, {"--family", manifest.string()}));
@@ -242,6 +287,83 @@ TEST_CASE("a server started with --family serves every member: frames of any mem
   }();
   // The server built the variant and names it.
   CHECK(log.find("[28 px]") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE(
+    "a family stream with its reference's exits: exit plans for that member, on either side") {
+  const fs::path exits = source_dir() / "models/exits/resnet56_cifar10_exits.json";
+  if (!have_family() || !fs::exists(exits)) {
+    MESSAGE("skipped: ../shared/models/resnet_cifar10 or models/exits/ is absent");
+    return;
+  }
+  const fs::path dir = scratch("family-exits");
+  const fs::path images = cifar_images(dir, 3);
+  const fs::path manifest = two_member_family(dir);
+  // The latency objective within 2 points of ResNet-56 (at the upper end of each interval):
+  // ResNet-56 with its exits is faster than the 28 px variant.
+  const std::vector<std::string> device = {bin("edgesplit-device"),
+                                           "--family",
+                                           manifest.string(),
+                                           "--exits",
+                                           exits.string(),
+                                           "--input",
+                                           images.string(),
+                                           "--threads",
+                                           "1",
+                                           "--json",
+                                           "--objective",
+                                           "latency",
+                                           "--max-accuracy-drop",
+                                           "2"};
+  auto frames_of = [&](const std::string& name) {
+    std::vector<json> frames;
+    for (const json& j : lines_of(dir / (name + ".out"))) {
+      if (j.value("type", "") == "frame") frames.push_back(j);
+    }
+    return frames;
+  };
+  {
+    const int rc = run_to_end(device, dir / "alone.out", dir / "alone.err");
+    CHECK_MESSAGE(rc == 0, read_file(dir / "alone.err"));
+    const auto frames = frames_of("alone");
+    REQUIRE(frames.size() == 30);
+    int left = 0;
+    for (const json& f : frames) {
+      // The exits are ResNet-56's: a plan with a threshold is that member's.
+      if (f["plan"].contains("exit_threshold")) CHECK(f["plan"]["member"] == "resnet56");
+      if (f["completed"] == "exit") {
+        ++left;
+        CHECK(f["plan"]["member"] == "resnet56");
+        CHECK(f["exit"]["side"] == "device");
+      }
+    }
+    CHECK(left > 0);
+  }
+  // A server of the family with the exits runs them (the device plans exits there); one with the
+  // family alone makes the device leave those plans out, said once.
+  for (const bool with_exits : {true, false}) {
+    const std::string name = with_exits ? "served-exits" : "served";
+    const fs::path sdir = dir / name;
+    fs::create_directories(sdir);
+    std::vector<std::string> flags = {"--family", manifest.string()};
+    if (with_exits) flags.insert(flags.end(), {"--exits", exits.string()});
+    ServerProcess server;
+    REQUIRE(server.start(sdir, flags));
+    std::vector<std::string> argv = device;
+    argv.insert(argv.end(), {"--server", server.endpoint(), "--require-server"});
+    const int rc = run_to_end(argv, dir / (name + ".out"), dir / (name + ".err"));
+    CHECK_MESSAGE(rc == 0, read_file(dir / (name + ".err")));
+    CHECK(frames_of(name).size() == 30);
+    const std::string said = read_file(dir / (name + ".err"));
+    const auto first = said.find("does not run this stream's exits");
+    if (with_exits) {
+      CHECK(first == std::string::npos);
+    } else {
+      CHECK(first != std::string::npos);
+      CHECK(said.find("does not run this stream's exits", first + 1) == std::string::npos);
+    }
+  }
   fs::remove_all(dir);
 }
 
