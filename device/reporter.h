@@ -57,7 +57,9 @@ struct FrameRecord {
     std::string position;  // the exit it left at ("" : it went on)
     int cut = 0;           // ... its cut
     std::string cut_name;
-    std::string side = "device";  // where its exits ran: "device", or "server" (server exits)
+    // Where its exits ran: "device", "server" (server exits), or "both" (those at or before the
+    // cut on the device, the later ones on the server).
+    std::string side = "device";
   };
   std::optional<ExitRecord> exit;
   double latency_ms = 0;                 // from the frame's arrival

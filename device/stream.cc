@@ -1217,7 +1217,7 @@ struct Stream::Impl {
       rec.exit->position = x.position();
       rec.exit->cut = static_cast<int>(x.cut());
       rec.exit->cut_name = cut_name(rec.exit->cut);
-      rec.exit->confidences = {x.confidence()};
+      rec.exit->confidences.push_back(x.confidence());  // after the device's, if any
     } else {
       rec = record(p, std::move(top), "server", "");
     }
@@ -1316,7 +1316,12 @@ struct Stream::Impl {
       e.threshold = *p.plan.exit_threshold;
       e.confidences = p.exit_confidences;
       e.ms = p.exit_ms;
-      if (p.plan.server_exits) e.side = "server";
+      if (p.plan.server_exits) {
+        // Exits at or before the cut ran on the device: both sides.
+        const bool both = !exit_heads.empty() && exit_heads.front().cut >= 0 &&
+                          exit_heads.front().cut <= p.plan.cut;
+        e.side = both ? "both" : "server";
+      }
       if (p.exit_left >= 0) {
         const ExitRunner& x = exit_heads.at(static_cast<size_t>(p.exit_left));
         e.position = x.position;
@@ -1623,19 +1628,24 @@ Status Stream::load(int retain_cut, int threads) {
     }
     if (!s.exit_heads.empty()) {
       f.exit_threshold = s.cfg.exit_thresholds.at(0);
-      // A cut before the first exit: the exits run on the server (when it runs them).
-      f.server_exits =
-          !f.local && s.exit_heads.front().cut >= 0 && f.cut < s.exit_heads.front().cut;
+      // The exits after the cut run on the server (when it runs them), those at or before it on
+      // the device.
+      f.server_exits = !f.local && s.exit_heads.back().cut >= 0 && f.cut < s.exit_heads.back().cut;
     }
     s.fixed = f;
     if (s.scheduler) {
       // Pinned: the scheduler predicts for the fixed plan when the profile has it.
-      Status pinned = s.scheduler->pin(f.cut, f.encoding_name, 0, f.exit_threshold);
+      Status pinned = s.scheduler->pin(f.cut, f.encoding_name, 0, f.exit_threshold, f.server_exits);
       if (!pinned.ok()) s.scheduler.reset();
     }
     if (s.model && (f.local || s.model->can_run_head(f.cut))) {
       s.model->prepare(f.local ? s.device_cut : f.cut);
     }
+  }
+  // The exits' cuts are known now (the model's, where the profile did not name them), and the
+  // fixed plan: whether the server runs this stream's exits, judged again.
+  if (s.exit_set && s.served) {
+    if (const ServedModel* m = s.link.served(s.digest)) s.note_server_exits(*m);
   }
 
   // One warm-up run of what the stream will run most (the whole model, or its deepest kept head),

@@ -52,16 +52,17 @@ void apply_level(const profiles::ExitSet& set, const profiles::ExitLevel* level,
   o.drop_high_pp = d.high_pp;
 }
 
-}  // namespace
-
-Result<std::vector<ExitOption>> exit_options(const profiles::ExitSet& set,
-                                             const profiles::Profile& profile,
-                                             const std::vector<int>& exit_cuts,
-                                             const std::vector<double>& exit_ms,
-                                             const std::vector<double>& thresholds,
-                                             double confidence, std::vector<std::string>* notes) {
+// Every exit's stage: its cut, its head's time, the model's head time up to its cut (the
+// profile's; where it lacks that cut, the whole model's in proportion to the multiply-adds, said
+// in `notes`) and the tail from its cut (the profile's; 0 where it has no time for it).
+// kInvalidArgument for cuts that do not rise.
+Result<std::vector<ExitStage>> exit_stages(const profiles::ExitSet& set,
+                                           const profiles::Profile& profile,
+                                           const std::vector<int>& exit_cuts,
+                                           const std::vector<double>& exit_ms,
+                                           std::vector<std::string>* notes) {
   const size_t n = set.exits.size();
-  if (exit_cuts.size() != n || exit_ms.size() != n || profile.cuts.empty()) {
+  if (exit_cuts.size() != n || exit_ms.size() != n || n == 0 || profile.cuts.empty()) {
     return invalid_argument("an exit option needs one cut and one time per exit, and a profile");
   }
   for (size_t i = 1; i < n; ++i) {
@@ -69,7 +70,6 @@ Result<std::vector<ExitOption>> exit_options(const profiles::ExitSet& set,
       return invalid_argument(set.path + ": its exits must be listed in the model's order");
     }
   }
-  // The head time up to each exit's cut.
   std::vector<ExitStage> stages;
   const double whole_ms = profile.cuts.back().head.median_ms;
   for (size_t i = 0; i < n; ++i) {
@@ -80,6 +80,7 @@ Result<std::vector<ExitOption>> exit_options(const profiles::ExitSet& set,
     for (const auto& c : profile.cuts) {
       if (c.id == exit_cuts[i]) cut = &c;
     }
+    if (cut) st.tail_ms = cut->tail.median_ms;
     if (cut && cut->head.median_ms > 0) {
       st.head_ms = cut->head.median_ms;
     } else {
@@ -97,6 +98,22 @@ Result<std::vector<ExitOption>> exit_options(const profiles::ExitSet& set,
     }
     stages.push_back(st);
   }
+  return stages;
+}
+
+}  // namespace
+
+Result<std::vector<ExitOption>> exit_options(const profiles::ExitSet& set,
+                                             const profiles::Profile& profile,
+                                             const std::vector<int>& exit_cuts,
+                                             const std::vector<double>& exit_ms,
+                                             const std::vector<double>& thresholds,
+                                             double confidence, std::vector<std::string>* notes) {
+  auto built = exit_stages(set, profile, exit_cuts, exit_ms, notes);
+  if (!built.ok()) return built.status();
+  std::vector<ExitStage> stages = std::move(built).value();
+  for (ExitStage& st : stages) st.tail_ms = 0;
+  const size_t n = stages.size();
   const std::vector<double> wanted = offered(set, thresholds);
   std::vector<ExitOption> out;
   for (double t : wanted) {
@@ -131,25 +148,10 @@ Result<std::vector<ExitOption>> server_exit_options(const profiles::ExitSet& set
                                                     const std::vector<double>& exit_ms,
                                                     const std::vector<double>& thresholds,
                                                     double confidence) {
-  const size_t n = set.exits.size();
-  if (exit_cuts.size() != n || exit_ms.size() != n || n == 0) {
-    return invalid_argument("an exit option needs one cut and one time per exit");
-  }
-  std::vector<ExitStage> stages;
-  for (size_t i = 0; i < n; ++i) {
-    if (i > 0 && exit_cuts[i] <= exit_cuts[i - 1]) {
-      return invalid_argument(set.path + ": its exits must be listed in the model's order");
-    }
-    ExitStage st;
-    st.cut_id = exit_cuts[i];
-    st.exit_ms = exit_ms[i];
-    for (const auto& c : profile.cuts) {
-      if (c.id == exit_cuts[i]) st.tail_ms = c.tail.median_ms;
-    }
-    stages.push_back(st);
-  }
+  auto built = exit_stages(set, profile, exit_cuts, exit_ms, nullptr);
+  if (!built.ok()) return built.status();
+  const std::vector<ExitStage> stages = std::move(built).value();
   std::vector<ExitOption> out;
-  if (exit_cuts.front() < 1) return out;  // no plan cuts before the first exit
   const std::vector<double> wanted = offered(set, thresholds);
   for (double t : wanted) {
     auto found = cascade_level(set, t);
@@ -161,7 +163,15 @@ Result<std::vector<ExitOption>> server_exit_options(const profiles::ExitSet& set
     o.min_cut = 0;
     o.max_cut = exit_cuts.front() - 1;
     apply_level(set, *found, confidence, o);
-    out.push_back(o);
+    if (exit_cuts.front() >= 1) out.push_back(o);  // some plan cuts before the first exit
+    // Exits on both sides: the plans cutting at exit i or after it, before exit i + 1, run the
+    // exits up to i on the device and send the frames that go on for the server's.
+    for (size_t i = 0; i + 1 < stages.size(); ++i) {
+      ExitOption both = o;
+      both.min_cut = exit_cuts[i];
+      both.max_cut = exit_cuts[i + 1] - 1;
+      out.push_back(both);
+    }
   }
   return out;
 }

@@ -30,10 +30,12 @@ Result<std::vector<ExitOption>> exit_options(const profiles::ExitSet& set,
                                              double confidence, std::vector<std::string>* notes);
 
 // Options per threshold with every exit of `set` on the server, for the remote plans cutting
-// before the first exit (cuts 0 .. exit_cuts[0] - 1): the cascade's rates and losses as for
-// exit_options, `exit_ms` the server's time of each exit head, and the tail from each exit's cut
-// the profile's (ExitStage::tail_ms; 0 where the profile has no time for it). The same thresholds
-// and failures as exit_options.
+// before the first exit (cuts 0 .. exit_cuts[0] - 1), and, with several exits, with the exits on
+// both sides, for the remote plans cutting at exit i or after it and before exit i + 1: exits up
+// to i on the device, the others on the server. The cascade's rates and losses as for
+// exit_options; `exit_ms` each exit head's time (the server's, or the device's standing in until
+// the server states them), and the tail from each exit's cut the profile's (ExitStage::tail_ms; 0
+// where the profile has no time for it). The same thresholds and failures as exit_options.
 Result<std::vector<ExitOption>> server_exit_options(const profiles::ExitSet& set,
                                                     const profiles::Profile& profile,
                                                     const std::vector<int>& exit_cuts,

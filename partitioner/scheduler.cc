@@ -366,8 +366,15 @@ Result<Scheduler> Scheduler::create_family(const std::vector<FamilyMemberPlans>&
           "an exit option needs a threshold in [0, 1], exits at rising cuts with times >= 0, "
           "rates >= 0 that sum to at most 1, min_cut <= max_cut and finite losses");
     }
-    if (o.server && o.max_cut >= o.stages.front().cut_id) {
-      return invalid_argument("exits on the server apply to plans that cut before the first exit");
+    // With exits on the server, every exit lies at or before the plans' cuts (on the device) or
+    // after them (on the server), and the last after.
+    bool sides = !o.server || o.stages.back().cut_id > o.max_cut;
+    for (const ExitStage& st : o.stages) {
+      sides = sides && (!o.server || st.cut_id <= o.min_cut || st.cut_id > o.max_cut);
+    }
+    if (!sides) {
+      return invalid_argument("exits on the server apply to plans that cut before an exit, with "
+                              "every exit before or at the plans' cuts or after them");
     }
     for (size_t i = 0; i < plain_plans; ++i) {
       const PlanCost& base = s.costs_[i];
@@ -380,6 +387,7 @@ Result<Scheduler> Scheduler::create_family(const std::vector<FamilyMemberPlans>&
       for (const ExitStage& st : o.stages) p.exit_cuts.push_back(st.cut_id);
       PlanCost c = base;
       c.exit_stages = o.stages;
+      for (ExitStage& st : c.exit_stages) st.on_server = o.server && st.cut_id > o.max_cut;
       c.server_exits = o.server;
       c.accuracy_drop_point_pp += o.drop_point_pp;
       c.accuracy_drop_pp += upper ? o.drop_high_pp : o.drop_point_pp;
@@ -433,7 +441,7 @@ Result<bool> Scheduler::set_server_tail_ms(const std::vector<double>& tail_ms, i
     if (k.local || k.member != member) continue;
     // Server exits: the tail from each exit's cut is the server's too.
     for (ExitStage& st : k.exit_stages) {
-      for (size_t c = 0; c < ids.size() && k.server_exits; ++c) {
+      for (size_t c = 0; c < ids.size() && st.on_server; ++c) {
         if (ids[c] == st.cut_id) st.tail_ms = tail_ms[c];
       }
     }
@@ -456,6 +464,7 @@ void Scheduler::set_server_exits(bool held, const std::vector<std::pair<int, dou
   for (PlanCost& k : costs_) {
     if (!k.server_exits) continue;
     for (ExitStage& st : k.exit_stages) {
+      if (!st.on_server) continue;
       for (const auto& [cut, ms] : exit_ms) {
         if (cut == st.cut_id && ms >= 0 && std::isfinite(ms)) st.exit_ms = ms;
       }
@@ -471,7 +480,7 @@ Status Scheduler::set_constraints(const Constraints& constraints) {
 }
 
 Status Scheduler::pin(int cut_id, const std::string& encoding_name, int member,
-                      std::optional<double> exit_threshold) {
+                      std::optional<double> exit_threshold, bool server_exits) {
   std::string names;
   bool cut_found = false;
   bool exit_found = false;
@@ -479,7 +488,8 @@ Status Scheduler::pin(int cut_id, const std::string& encoding_name, int member,
     if (p.cut_id != cut_id || p.member != member) continue;
     cut_found = true;
     if (p.exit_threshold.has_value() != exit_threshold.has_value() ||
-        (exit_threshold && std::fabs(*p.exit_threshold - *exit_threshold) > 1e-9)) {
+        (exit_threshold && std::fabs(*p.exit_threshold - *exit_threshold) > 1e-9) ||
+        (exit_threshold && p.server_exits != server_exits)) {
       continue;
     }
     exit_found = true;
@@ -508,10 +518,14 @@ PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
   PlanMetrics m = predict_plan(k, c);
   m.latency_slowest_ms = m.latency_ms;
   if (k.exit_stages.empty()) return m;
-  if (k.server_exits) {
-    predict_server_exits(k, c, m);
-    return m;
+  double device_leave = 0;  // fraction of frames that leave at the device's exits
+  bool on_device = false;
+  for (const ExitStage& st : k.exit_stages) {
+    if (!st.on_server) device_leave += st.rate, on_device = true;
   }
+  // The server's exits first: the expected metrics of a frame that is sent.
+  if (k.server_exits) predict_server_exits(k, c, device_leave, m);
+  if (!on_device) return m;
   // A frame leaving at exit i: the head up to its cut and the exit heads up to i, on the device.
   // The others: every exit head, then the plan (the head goes on from the last exit's cut).
   const double head_factor = k.head_correction * c.device_load;
@@ -519,6 +533,7 @@ PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
   double leave = 0;     // fraction of frames that leave
   double leave_ms = 0;  // their device time, weighted by their fractions
   for (const ExitStage& st : k.exit_stages) {
+    if (st.on_server) continue;
     exits_ms += st.exit_ms * c.device_load;
     leave += st.rate;
     leave_ms += st.rate * (st.head_ms * head_factor + exits_ms);
@@ -526,8 +541,9 @@ PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
   const double stay = std::max(0.0, 1.0 - leave);
   const auto go_on = [stay](double v) { return stay > 0 ? stay * v : 0.0; };
   const DevicePower& pw = options_.power;
-  m.latency_slowest_ms = m.latency_ms + exits_ms;
-  m.latency_ms = leave_ms + leave * c.frame_overhead_ms + go_on(m.latency_slowest_ms);
+  const double sent_exit_rate = k.server_exits ? m.exit_rate : 0;  // of the frames that go on
+  m.latency_slowest_ms += exits_ms;
+  m.latency_ms = leave_ms + leave * c.frame_overhead_ms + go_on(m.latency_ms + exits_ms);
   m.energy_j = pw.compute_watts * leave_ms * 1e-3 +
                go_on(m.energy_j + pw.compute_watts * exits_ms * 1e-3);
   m.head_ms = leave_ms + go_on(m.head_ms + exits_ms);
@@ -549,21 +565,26 @@ PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
     }
   }
   m.fps = m.period_ms > 0 ? 1000.0 / m.period_ms : kInf;
-  m.exit_rate = leave;
+  m.exit_rate = leave + go_on(sent_exit_rate);
   return m;
 }
 
-void Scheduler::predict_server_exits(const PlanCost& k, const Conditions& c,
+void Scheduler::predict_server_exits(const PlanCost& k, const Conditions& c, double device_leave,
                                      PlanMetrics& m) const {
   // The tail up to exit i: the plan's tail less the tail from the exit's cut, then the exit
-  // heads up to i; a frame that leaves nowhere runs the whole tail and every exit head.
+  // heads up to i; a frame that leaves nowhere runs the whole tail and every exit head. The rates
+  // are over the frames sent: those that did not leave at the device's exits.
+  const double sent = 1.0 - device_leave;
+  if (!(sent > 1e-12)) return;
   double exits_ms = 0;  // the exit heads so far
-  double leave = 0;     // fraction of frames that leave
+  double leave = 0;     // fraction of the frames sent that leave
   double tail_ms = 0;   // the expected tail
   for (const ExitStage& st : k.exit_stages) {
+    if (!st.on_server) continue;
+    const double rate = std::min(1.0, st.rate / sent);
     exits_ms += st.exit_ms * c.server_load;
-    leave += st.rate;
-    tail_ms += st.rate * (std::max(0.0, k.tail_ms - st.tail_ms) * c.server_load + exits_ms);
+    leave += rate;
+    tail_ms += rate * (std::max(0.0, k.tail_ms - st.tail_ms) * c.server_load + exits_ms);
   }
   const double stay = std::max(0.0, 1.0 - leave);
   tail_ms += stay > 0 ? stay * (m.tail_ms + exits_ms) : 0.0;
@@ -770,10 +791,11 @@ bool Scheduler::comfortably_feasible(const PlanEstimate& e) const {
 std::string Scheduler::describe(int plan) const {
   const Plan& p = plans_[static_cast<size_t>(plan)];
   const std::string member = members() > 1 ? member_name(p.member) + "'s " : "";
-  const std::string exits =
-      p.exit_threshold ? std::string(" with early exits") + (p.server_exits ? " on the server" : "") +
-                             " at threshold " + number(*p.exit_threshold)
-                       : "";
+  const bool both = p.server_exits && !p.exit_cuts.empty() && p.exit_cuts.front() <= p.cut_id;
+  const char* side = !p.server_exits ? "" : both ? " on the device and the server" : " on the server";
+  const std::string exits = p.exit_threshold ? std::string(" with early exits") + side +
+                                                   " at threshold " + number(*p.exit_threshold)
+                                             : "";
   if (p.local) {
     return (member.empty() ? "the " : member) + "device-only plan (cut " +
            std::to_string(p.cut_id) + ")" + exits;

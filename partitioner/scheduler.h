@@ -136,8 +136,9 @@ struct Plan {
   // frame passes on the device, rising. Unset: no exit (every plan create() makes).
   std::optional<double> exit_threshold;
   std::vector<int> exit_cuts;
-  // The exits of exit_cuts are on the server (ExitOption::server): the device sends every frame
-  // with the threshold and the server's tail stops at the first exit that is confident enough.
+  // The exits of exit_cuts after cut_id are on the server (ExitOption::server): the device sends
+  // every frame that did not leave at an exit on the device with the threshold, and the server's
+  // tail stops at the first exit that is confident enough.
   bool server_exits = false;
 };
 
@@ -218,6 +219,13 @@ struct Decision {
 // tail from the exit's cut (ExitStage::tail_ms, replaced by set_server_tail_ms as the plans' tail
 // times are). Such plans are available only while set_server_exits says the server holds the
 // exits.
+//
+// Exits on both sides (server = true with stages at or before min_cut): a plan cutting between
+// two exits runs the exits at or before its cut on the device, as above, and sends the frames
+// that did not leave there; the server runs the exits after the cut, as above, for those frames
+// (the server stages' rates, fractions of all frames, are taken over the frames sent). The
+// expected metrics are the device exits' mix over (the frames leaving on the device, the frames
+// sent with their expected server time); a frame that leaves nowhere runs every exit head.
 struct ExitStage {
   int cut_id = 0;
   double head_ms = 0;  // the model's head up to this exit's cut (profiled; device exits)
@@ -225,6 +233,7 @@ struct ExitStage {
   double rate = 0;     // fraction of all frames that leave here
   double tail_ms = 0;  // server exits: the model's tail from this exit's cut (what a frame leaving
                        // here does not run)
+  bool on_server = false;  // set by create_family: server option, cut after the plan's
 };
 struct ExitOption {
   double threshold = 0;
@@ -233,7 +242,8 @@ struct ExitOption {
   int max_cut = 0;
   double drop_point_pp = 0;  // the cascade's top-1 loss against the whole model
   double drop_high_pp = 0;   // ... its upper end at the scheduler's accuracy_confidence
-  bool server = false;       // the exits run on the server (max_cut below the first exit's cut)
+  bool server = false;       // the exits after the plan's cut run on the server; the others
+                             // (cuts <= min_cut) on the device
 };
 
 // A member of a model family (profiles/family.h) as the scheduler sees it: its profile (what its
@@ -275,10 +285,11 @@ class Scheduler {
 
   // Pins a plan (baselines, debugging): `encoding_name` as Encoding::name(); for the last cut
   // (device-only) it is ignored. With `exit_threshold`, the plan's early-exit variant at that
-  // threshold (on the device or, for a cut before the exits, on the server). kNotFound with the
+  // threshold: with `server_exits`, the one whose exits after the cut run on the server (for a
+  // cut before the exits, all of them); otherwise the one on the device. kNotFound with the
   // available names when there is no such plan.
   Status pin(int cut_id, const std::string& encoding_name, int member = 0,
-             std::optional<double> exit_threshold = std::nullopt);
+             std::optional<double> exit_threshold = std::nullopt, bool server_exits = false);
   void unpin() { pinned_.reset(); }
   // Forgets the current plan: the next decision takes the best plan without hysteresis.
   void forget_current() {
@@ -398,7 +409,8 @@ class Scheduler {
   // The plan without its exits (predict() then takes the exits into account).
   PlanMetrics predict_plan(const PlanCost& cost, const Conditions& c) const;
   // A plan with exits on the server: `m` is predict_plan's, turned into the expectation.
-  void predict_server_exits(const PlanCost& cost, const Conditions& c, PlanMetrics& m) const;
+  void predict_server_exits(const PlanCost& cost, const Conditions& c, double device_leave,
+                            PlanMetrics& m) const;
   void judge(const PlanCost& cost, PlanEstimate& e) const;
   double primary(const PlanMetrics& m) const;
   // Improvement of `best` over `current`: relative in the objective when `best` is feasible;

@@ -84,6 +84,13 @@ bool have_family() {
          fs::exists(source_dir() / "models" / "families" / "cifar10.json");
 }
 
+// ResNet-56's early exits (models/exits/), or an empty path when they or ../shared's ResNets are
+// absent (the test is then skipped).
+fs::path resnet56_exits() {
+  const fs::path exits = source_dir() / "models/exits/resnet56_cifar10_exits.json";
+  return have_family() && fs::exists(exits) ? exits : fs::path();
+}
+
 // A two-member family: ResNet-56 and a derived variant (its input at 28 px), with the profiles
 // and accuracies of the shipped manifest.
 fs::path two_member_family(const fs::path& dir) {
@@ -292,8 +299,8 @@ TEST_CASE("a server started with --family serves every member: frames of any mem
 
 TEST_CASE(
     "a family stream with its reference's exits: exit plans for that member, on either side") {
-  const fs::path exits = source_dir() / "models/exits/resnet56_cifar10_exits.json";
-  if (!have_family() || !fs::exists(exits)) {
+  const fs::path exits = resnet56_exits();
+  if (exits.empty()) {
     MESSAGE("skipped: ../shared/models/resnet_cifar10 or models/exits/ is absent");
     return;
   }
@@ -652,5 +659,69 @@ TEST_CASE(
   INFO(said);
   CHECK(said.find("--exits") != std::string::npos);
   CHECK(said.find("does not serve") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("exits on both sides: layer1 on the device, layer2 on the server, for a cut between") {
+  const fs::path exits = resnet56_exits();
+  if (exits.empty()) {
+    MESSAGE("skipped: ../shared/models/resnet_cifar10 or models/exits/ is absent");
+    return;
+  }
+  const fs::path model = shared_dir() / "models/resnet_cifar10/resnet56_cifar10.pt";
+  const fs::path dir = scratch("exits-both");
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", model.string(), "--exits", exits.string()}));
+  INFO(server.log());
+  // A fixed plan at layer2.4 (between layer1's exit, cut 20, and layer2's, cut 38), at 0.8.
+  const double threshold = 0.8;
+  const fs::path images = cifar_images(dir, 4);
+  const fs::path out = dir / "device.out", err = dir / "device.err";
+  const int rc = run_to_end(
+      {bin("edgesplit-device"), "--model", model.string(), "--input", images.string(), "--json",
+       "--server", server.endpoint(), "--require-server", "--cut", "layer2.4:relu", "--bits", "8",
+       "--exits", exits.string(), "--exit-threshold", "0.8"},
+      out, err);
+  CHECK_MESSAGE(rc == 0, read_file(err));
+  std::map<std::string, int> completed;
+  json summary;
+  size_t frames = 0;
+  for (const json& f : lines_of(out)) {
+    if (f.value("type", "") == "summary") summary = f;
+    if (f.value("type", "") != "frame") continue;
+    ++frames;
+    const std::string how = f["completed"];
+    ++completed[how];
+    REQUIRE(f.contains("exit"));
+    const json& x = f["exit"];
+    CAPTURE(x.dump());
+    CHECK(x["side"] == "both");
+    const std::vector<double> conf = x["confidences"];
+    REQUIRE(!conf.empty());
+    if (how == "exit") {  // left at layer1, on the device: nothing sent
+      CHECK(x["position"] == "layer1");
+      CHECK(conf.back() >= threshold);
+      CHECK(f["bytes_sent"] == 0);
+    } else if (how == "server_exit") {  // not confident at layer1, then at layer2 on the server
+      CHECK(x["position"] == "layer2");
+      REQUIRE(conf.size() == 2);
+      CHECK(conf[0] < threshold);
+      CHECK(conf[1] >= threshold);
+      CHECK(f["bytes_sent"].get<int64_t>() > 0);
+    } else {  // through the whole tail
+      CHECK(how == "server");
+      CHECK(conf.at(0) < threshold);
+      CHECK_FALSE(x["left"].get<bool>());
+      CHECK(f["bytes_sent"].get<int64_t>() > 0);
+    }
+  }
+  CHECK(frames == 40);
+  INFO(json(completed).dump());
+  // Each way out is taken by some of the 40 frames.
+  CHECK(completed["exit"] > 0);
+  CHECK(completed["server_exit"] > 0);
+  CHECK(completed["server"] > 0);
+  CHECK(summary["exits"]["left_on_server"] == completed["server_exit"]);
+  MESSAGE("exits on both sides at 0.8: " << json(completed).dump());
   fs::remove_all(dir);
 }

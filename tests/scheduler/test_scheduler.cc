@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -1342,13 +1343,82 @@ BruteMetrics brute_server_exit_metrics(const Profile& p, size_t cut, int enc, co
   return m;
 }
 
+// A random option with exits on both sides: two exits, for the remote plans cutting at the first
+// or after it and before the second (the first on the device, the second on the server).
+std::optional<ExitOption> random_both_exit_option(const Profile& p, std::mt19937& rng) {
+  ExitOption o = random_exit_option(p, rng);
+  if (o.stages.size() < 2) return std::nullopt;
+  o.server = true;
+  for (ExitStage& st : o.stages) st.tail_ms = p.cuts[static_cast<size_t>(st.cut_id)].tail.median_ms;
+  o.min_cut = o.stages[0].cut_id;
+  o.max_cut = o.stages[1].cut_id - 1;
+  return o;
+}
+
+// The expected metrics of remote plan (cut, enc) with exits on both sides, from the frames'
+// outcomes: a frame leaving at a device exit costs as in brute_exit_metrics; the others run the
+// device's exit heads and are sent, and the server's exits take them as in
+// brute_server_exit_metrics, each leaving with its rate among the frames sent.
+BruteMetrics brute_both_exit_metrics(const Profile& p, size_t cut, int enc, const Conditions& c,
+                                     const SchedulerOptions& o, const ExitOption& x,
+                                     double* slowest) {
+  // The device's exits (at or before the cut), and the server's with their rates among the frames
+  // sent.
+  std::vector<ExitStage> device;
+  ExitOption on_server = x;
+  on_server.stages.clear();
+  for (const ExitStage& st : x.stages) {
+    (st.cut_id <= static_cast<int>(cut) ? device : on_server.stages).push_back(st);
+  }
+  double stay = 1;
+  for (const ExitStage& st : device) stay -= st.rate;
+  for (ExitStage& st : on_server.stages) st.rate /= stay;
+  double sent_slowest = 0;
+  const BruteMetrics sent = brute_server_exit_metrics(p, cut, enc, c, o, on_server, &sent_slowest);
+  const BruteMetrics plain = brute_metrics(p, cut, enc, c, o);
+  const EncodingProfile& e = p.cuts[cut].encodings[static_cast<size_t>(enc)];
+  const double head_c = p.cuts[cut].head.median_ms * c.device_load;
+  const double transfer = e.bytes_mean / (c.bandwidth_mbps * 1e6 / 8 / 1000);
+  BruteMetrics m;
+  m.memory = plain.memory;
+  m.drop = plain.drop + x.drop_point_pp;
+  double run = 0, device_ms = 0;
+  for (const ExitStage& st : device) {
+    run += st.exit_ms * c.device_load;
+    const double t = st.head_ms * c.device_load + run;
+    m.latency += st.rate * t;
+    m.energy += st.rate * o.power.compute_watts * t / 1000;
+    device_ms += st.rate * t;
+  }
+  *slowest = sent_slowest + run;
+  m.latency += stay * (sent.latency + run);
+  m.energy += stay * (sent.energy + o.power.compute_watts * run / 1000);
+  m.bytes = stay * plain.bytes;
+  m.server = stay * sent.server;
+  m.cost = stay * sent.cost;
+  device_ms += stay * (head_c + run);
+  m.fps =
+      1000 / std::max({device_ms + stay * e.pack.median_ms, stay * transfer, stay * sent.server});
+  return m;
+}
+
 }  // namespace
 
 TEST_CASE("exit plans: the choice equals brute force over plans with and without exits") {
   std::mt19937 rng(4242);
   std::uniform_real_distribution<double> u(0, 1);
   const auto& objectives = kObjectives;
-  int feasible_cases = 0, exit_chosen = 0, plain_chosen = 0, server_exit_chosen = 0;
+  int feasible_cases = 0, exit_chosen = 0, plain_chosen = 0, server_exit_chosen = 0,
+      both_chosen = 0;
+  // Exits on both sides when the plan cuts at or after an exit of a server option.
+  const auto exit_metrics = [](const Profile& p, size_t cut, int e, const Conditions& c,
+                               const SchedulerOptions& o, const ExitOption& x, double* slowest) {
+    if (!x.server) return brute_exit_metrics(p, cut, e, c, o, x, slowest);
+    if (x.stages.front().cut_id <= static_cast<int>(cut)) {
+      return brute_both_exit_metrics(p, cut, e, c, o, x, slowest);
+    }
+    return brute_server_exit_metrics(p, cut, e, c, o, x, slowest);
+  };
   for (int trial = 0; trial < 360; ++trial) {
     const Profile p = random_profile(rng);
     if (p.cuts.size() < 3) continue;
@@ -1365,6 +1435,10 @@ TEST_CASE("exit plans: the choice equals brute force over plans with and without
     // Exits on the server too, in two of three trials; held by the server in two of those three.
     if (trial % 3 != 0) {
       for (int k = 0; k < options; ++k) only.exits.push_back(random_server_exit_option(p, rng));
+      // And on both sides, where two exits fit.
+      for (int k = 0; k < options; ++k) {
+        if (auto both = random_both_exit_option(p, rng)) only.exits.push_back(*both);
+      }
     }
     const bool server_held = trial % 9 != 1 && trial % 9 != 4 && trial % 9 != 7;
     auto created = Scheduler::create_family({only}, o);
@@ -1397,8 +1471,7 @@ TEST_CASE("exit plans: the choice equals brute force over plans with and without
           if (static_cast<int>(cut) < x.min_cut || static_cast<int>(cut) > x.max_cut) continue;
           if (x.server && (e < 0 || !server_held)) continue;
           double slowest = 0;
-          const BruteMetrics xm = x.server ? brute_server_exit_metrics(p, cut, e, c, o, x, &slowest)
-                                           : brute_exit_metrics(p, cut, e, c, o, x, &slowest);
+          const BruteMetrics xm = exit_metrics(p, cut, e, c, o, x, &slowest);
           consider(xm, slowest, m.bytes);
         }
       });
@@ -1425,10 +1498,9 @@ TEST_CASE("exit plans: the choice equals brute force over plans with and without
         if (x->server) {
           CHECK(server_held);
           ++server_exit_chosen;
-          m = brute_server_exit_metrics(p, cut, enc, c, o, *x, &slowest);
-        } else {
-          m = brute_exit_metrics(p, cut, enc, c, o, *x, &slowest);
+          both_chosen += x->stages.front().cut_id <= static_cast<int>(cut);
         }
+        m = exit_metrics(p, cut, enc, c, o, *x, &slowest);
         CHECK(close(d.predicted.latency_slowest_ms, slowest));
         CHECK(d.predicted.exit_rate > 0);
       } else {
@@ -1455,9 +1527,49 @@ TEST_CASE("exit plans: the choice equals brute force over plans with and without
   CHECK(exit_chosen > 100);  // both kinds were chosen
   CHECK(plain_chosen > 100);
   CHECK(server_exit_chosen > 20);  // exits on the server too
+  CHECK(both_chosen > 5);          // and on both sides
   MESSAGE("exit plans chosen: " << exit_chosen << " (on the server " << server_exit_chosen
-                                << "), plain " << plain_chosen);
+                                << ", of which on both sides " << both_chosen << "), plain "
+                                << plain_chosen);
 }
+
+namespace {
+
+// A scheduler with exit option `x` alone (server price 1 per second), and its decisions at 100
+// Mbit/s pinned to (cut, q8) without exits and with x at 0.9 (exits on the server).
+struct PinnedServerExit {
+  std::optional<Scheduler> s;
+  Conditions net;
+  Decision plain, d;
+};
+PinnedServerExit pinned_server_exit(const Profile& p, const ExitOption& x, int cut) {
+  FamilyMemberPlans only;
+  only.profile = &p;
+  only.exits = {x};
+  SchedulerOptions o;
+  o.server_price_per_s = 1;
+  auto created = Scheduler::create_family({only}, o);
+  REQUIRE(created.ok());
+  PinnedServerExit r;
+  r.s.emplace(std::move(created).value());
+  r.net = conditions(100);
+  REQUIRE(r.s->pin(cut, "q8").ok());
+  r.plain = r.s->decide(r.net);
+  REQUIRE(r.s->pin(cut, "q8", 0, 0.9, true).ok());
+  r.d = r.s->decide(r.net);
+  REQUIRE(r.d.plan.server_exits);
+  return r;
+}
+
+// Whether create_family refuses option `x` alone.
+bool refused(const Profile& p, const ExitOption& x) {
+  FamilyMemberPlans only;
+  only.profile = &p;
+  only.exits = {x};
+  return !Scheduler::create_family({only}, SchedulerOptions{}).ok();
+}
+
+}  // namespace
 
 TEST_CASE("server exits: expected server time = time to the exit + P(not leaving) x the rest") {
   const Profile p = mobile_profile();
@@ -1475,19 +1587,10 @@ TEST_CASE("server exits: expected server time = time to the exit + P(not leaving
   x.max_cut = 2;
   x.drop_point_pp = 0.2;
   x.drop_high_pp = 0.7;
-  FamilyMemberPlans only;
-  only.profile = &p;
-  only.exits = {x};
-  SchedulerOptions o;
-  o.server_price_per_s = 1;
-  auto s = Scheduler::create_family({only}, o);
-  REQUIRE(s.ok());
-  const Conditions net = conditions(100);
-  REQUIRE(s->pin(1, "q8").ok());
-  const Decision plain = s->decide(net);
-  REQUIRE(s->pin(1, "q8", 0, 0.9).ok());
-  const Decision d = s->decide(net);
-  REQUIRE(d.plan.server_exits);
+  PinnedServerExit run = pinned_server_exit(p, x, 1);
+  auto& s = run.s;
+  const Conditions net = run.net;
+  const Decision plain = run.plain, d = run.d;
   CHECK(d.plan.exit_cuts == std::vector<int>{3});
   const double tail1 = p.cuts[1].tail.median_ms, tail3 = p.cuts[3].tail.median_ms;
   const double unpack = plain.predicted.unpack_ms;
@@ -1519,8 +1622,54 @@ TEST_CASE("server exits: expected server time = time to the exit + P(not leaving
   CHECK_FALSE(s->pin(6, "local", 0, 0.9).ok());
   CHECK_FALSE(s->pin(3, "q8", 0, 0.9).ok());
   // An option reaching the exit's cut is refused.
-  only.exits[0].max_cut = 3;
-  CHECK_FALSE(Scheduler::create_family({only}, o).ok());
+  x.max_cut = 3;
+  CHECK(refused(p, x));
+}
+
+TEST_CASE("exits on both sides: the device's exit, then the server's for the frames sent") {
+  const Profile p = mobile_profile();
+  // Exits at cuts 1 (on the device for a plan at cut 2) and 3 (on the server); half of all frames
+  // leave at the first, 30% at the second: 60% of those sent. Stages: cut, head to it, exit head,
+  // rate, tail from it; the option: threshold, stages, plans' cuts 1..2, loss 0.3 (0.8), server.
+  const ExitOption x{0.9,
+                     {ExitStage{1, p.cuts[1].head.median_ms, 0.4, 0.5, p.cuts[1].tail.median_ms},
+                      ExitStage{3, 0, 0.5, 0.3, p.cuts[3].tail.median_ms}},
+                     1,
+                     2,
+                     0.3,
+                     0.8,
+                     true};
+  PinnedServerExit run = pinned_server_exit(p, x, 2);
+  auto& [s, net, plain, d] = run;
+  CHECK(d.plan.exit_cuts == std::vector<int>{1, 3});
+  const double tail2 = p.cuts[2].tail.median_ms, tail3 = p.cuts[3].tail.median_ms;
+  const double unpack = plain.predicted.unpack_ms;
+  // A frame sent: unpack + 0.6 x (tail to exit b + its head) + 0.4 x (whole tail + its head).
+  const double sent_server = unpack + 0.6 * (tail2 - tail3 + 0.5) + 0.4 * (tail2 + 0.5);
+  const double sent_latency =
+      plain.predicted.latency_ms - plain.predicted.server_ms + sent_server + 0.4;
+  const double leave_device = p.cuts[1].head.median_ms + 0.4;
+  CHECK(d.predicted.latency_ms == doctest::Approx(0.5 * leave_device + 0.5 * sent_latency));
+  CHECK(d.predicted.server_ms == doctest::Approx(0.5 * sent_server));
+  CHECK(d.predicted.cost == doctest::Approx(0.5 * sent_server * 1e-3));
+  CHECK(d.predicted.bytes == doctest::Approx(0.5 * plain.predicted.bytes));
+  CHECK(d.predicted.latency_slowest_ms == doctest::Approx(plain.predicted.latency_ms + 0.9));
+  CHECK(d.predicted.exit_rate == doctest::Approx(0.8));
+  CHECK(d.predicted.accuracy_drop_pp == doctest::Approx(plain.predicted.accuracy_drop_pp + 0.3));
+  // The server's exit head time from the handshake changes only its own stage.
+  s->set_server_exits(true, {{1, 9.0}, {3, 0.25}});
+  const Decision stated = s->decide(net);
+  const double sent_server2 = unpack + 0.6 * (tail2 - tail3 + 0.25) + 0.4 * (tail2 + 0.25);
+  CHECK(stated.predicted.server_ms == doctest::Approx(0.5 * sent_server2));
+  CHECK(stated.predicted.latency_slowest_ms ==
+        doctest::Approx(plain.predicted.latency_ms + 0.4 + 0.25));
+  // An option whose plans' cuts reach past an exit it does not run on the device is refused.
+  ExitOption past = x;
+  past.max_cut = 3;
+  CHECK(refused(p, past));
+  // Without the exits on the server: not available.
+  s->set_server_exits(false);
+  CHECK_FALSE(s->evaluate(d.plan.index, net).available);
 }
 
 TEST_CASE("an exit plan's expected latency: rate x exit path + (1 - rate) x (plan + exit head)") {
@@ -1578,7 +1727,7 @@ TEST_CASE("an exit plan's expected latency: rate x exit path + (1 - rate) x (pla
   CHECK(r.predicted.latency_ms ==
         doctest::Approx(0.6 * 32 + 0.4 * (plain.predicted.latency_ms + 2)));
   // An exit after the plan's cut does not apply: cut 1 has no exit variant.
-  CHECK_FALSE(s->pin(1, "q8", 0, 0.9).ok());
+  CHECK_FALSE(s->pin(1, "q8", 0, 0.9, true).ok());
 }
 
 TEST_CASE("exit options are refused when malformed") {
@@ -1633,7 +1782,8 @@ TEST_CASE("exits descriptions: the shipped files read - a head of another model 
   fs::remove_all(tmp);
 }
 
-TEST_CASE("server exit options: ResNet-56's cascade on the server, for the cuts before layer1") {
+TEST_CASE(
+    "server exit options: ResNet-56's cascade on the server before layer1, on both sides after") {
   namespace fs = std::filesystem;
   const fs::path dir = fs::path(EDGESPLIT_SOURCE_DIR) / "models" / "exits";
   auto r56 = edgesplit::profiles::load_exits((dir / "resnet56_cifar10_exits.json").string());
@@ -1652,7 +1802,8 @@ TEST_CASE("server exit options: ResNet-56's cascade on the server, for the cuts 
   auto options = edgesplit::partitioner::server_exit_options(*r56, p, {4, 5}, {0.2, 0.1},
                                                              {0.8, 0.9, 1.0}, 0.95);
   REQUIRE_MESSAGE(options.ok(), options.status().to_string());
-  REQUIRE(options->size() == 3);
+  // Per threshold: every exit on the server, then layer1 on the device and layer2 on the server.
+  REQUIRE(options->size() == 6);
   const ExitOption& o = (*options)[0];
   CHECK(o.server);
   CHECK(o.threshold == doctest::Approx(0.8));
@@ -1665,8 +1816,16 @@ TEST_CASE("server exit options: ResNet-56's cascade on the server, for the cuts 
   CHECK(o.stages[1].tail_ms == doctest::Approx(1));
   CHECK(o.stages[0].exit_ms == doctest::Approx(0.2));
   CHECK(o.drop_high_pp > o.drop_point_pp);
-  CHECK((*options)[2].stages[0].rate == 0);  // 1 never leaves
-  CHECK((*options)[2].drop_point_pp == 0);
+  const ExitOption& both = (*options)[1];
+  CHECK(both.server);
+  CHECK(both.threshold == doctest::Approx(0.8));
+  CHECK(both.min_cut == 4);  // at layer1's cut, before layer2's
+  CHECK(both.max_cut == 4);
+  CHECK(both.stages[0].rate == doctest::Approx(0.3246));
+  CHECK(both.stages[0].head_ms == doctest::Approx(p.cuts[4].head.median_ms));
+  CHECK(both.drop_point_pp == doctest::Approx(o.drop_point_pp));
+  CHECK((*options)[4].stages[0].rate == 0);  // 1 never leaves
+  CHECK((*options)[4].drop_point_pp == 0);
   // A threshold not in the table, and exits out of order, are refused.
   CHECK_FALSE(
       edgesplit::partitioner::server_exit_options(*r56, p, {4, 5}, {0.2, 0.1}, {0.85}, 0).ok());
@@ -1681,14 +1840,14 @@ TEST_CASE("server exit options: ResNet-56's cascade on the server, for the cuts 
   for (const auto& plan : s->plans()) {
     if (!plan.server_exits) continue;
     ++variants;
-    CHECK(plan.cut_id <= 3);
+    CHECK(plan.cut_id <= 4);
     CHECK_FALSE(plan.local);
     CHECK(plan.exit_cuts == std::vector<int>{4, 5});
   }
   int remote_before = 0;
   const Scheduler plain = make(p, SchedulerOptions{});
   for (const auto& plan : plain.plans()) {
-    remote_before += !plan.local && plan.cut_id <= 3;
+    remote_before += !plan.local && plan.cut_id <= 4;
   }
   CHECK(variants == 3 * remote_before);
 }
