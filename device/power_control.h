@@ -28,7 +28,7 @@ namespace edgesplit::device {
 struct StreamEnergyView {
   std::string name;
   bool running = false;  // has frames to come and may run them
-  bool fixed = false;    // a fixed plan (or a family): its plans are not offered to the loop
+  bool fixed = false;    // a fixed plan: its plans are not offered to the loop
   double fps = 0;        // 0: frames as fast as they are taken
   std::optional<double> max_latency_ms;
   int threads = 0;  // intra-op threads (0: LibTorch's default, every core)

@@ -2026,7 +2026,7 @@ StreamEnergyView Stream::energy_view() const {
   v.max_latency_ms = s.latency_bound();
   v.threads = s.threads;
   v.running = !s.eof && s.refused.empty() && s.started(Clock::now());
-  v.fixed = s.fixed.has_value() || s.family();
+  v.fixed = s.fixed.has_value();
   if (!v.running || !s.scheduler || v.fixed) return v;
   using partitioner::Constraint;
   for (const auto& e : s.scheduler->evaluate_all(s.conditions())) {

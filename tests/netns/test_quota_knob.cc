@@ -1,7 +1,8 @@
 // The CPU quota knob on the real cgroup tree (root only; skipped otherwise): fixed CPU work takes
 // longer at a lower level in the expected proportion, the process is back in its own cgroup and
 // the child cgroup gone afterwards; and edgesplit-device under --knobs quota --governor manager
-// reports levels and modeled joules on every frame line and leaves no cgroup behind.
+// reports levels and modeled joules on every frame line and leaves no cgroup behind; a family
+// stream under the manager goes below the top level (its members are offered to the loop).
 #include <doctest/doctest.h>
 #include <unistd.h>
 
@@ -64,6 +65,16 @@ std::vector<std::string> edgesplit_cgroups() {
   return out;
 }
 
+// edgesplit-device with `args` on one thread under the manager, on the quota knob as the little
+// executor of device/descriptions/vm_2core.json, JSON lines to `out`; its exit status.
+int run_under_manager(const std::string& args, const std::string& out) {
+  const std::string cmd = (bin_dir() / "edgesplit-device").string() + " " + args +
+                          " --threads 1 --knobs quota --device-description " +
+                          (source_dir() / "device/descriptions/vm_2core.json").string() +
+                          " --executor little --governor manager --json --quiet --output " + out;
+  return std::system(cmd.c_str());
+}
+
 }  // namespace
 
 TEST_CASE("a lower quota level slows fixed CPU work in proportion, and is undone") {
@@ -107,14 +118,10 @@ TEST_CASE("edgesplit-device under the manager: levels and joules on every line, 
   }
   const auto before = edgesplit_cgroups();
   const std::string out = (binary_dir() / "quota_knob_test.jsonl").string();
-  const std::string cmd =
-      bin.string() + " --model " + model.string() + " --input " +
-      (source_dir() / "models/default/samples").string() +
-      " --loop 0 --max-frames 60 --fps 20 --max-latency-ms 50 --threads 1 --knobs quota"
-      " --device-description " +
-      (source_dir() / "device/descriptions/vm_2core.json").string() +
-      " --executor little --governor manager --json --quiet --output " + out;
-  REQUIRE(std::system(cmd.c_str()) == 0);
+  REQUIRE(run_under_manager("--model " + model.string() + " --input " +
+                                (source_dir() / "models/default/samples").string() +
+                                " --loop 0 --max-frames 60 --fps 20 --max-latency-ms 50",
+                            out) == 0);
   std::ifstream in(out);
   std::string line;
   int frames = 0;
@@ -137,4 +144,41 @@ TEST_CASE("edgesplit-device under the manager: levels and joules on every line, 
   CHECK(frames == 60);
   CHECK(device_line);
   CHECK(edgesplit_cgroups() == before);
+}
+
+TEST_CASE("under the manager a family stream offers its members: a level below the top is chosen") {
+  if (!usable()) return;
+  const fs::path bin = bin_dir() / "edgesplit-device";
+  const fs::path family = source_dir() / "models/families/cifar10.json";
+  const fs::path images =
+      shared_dir().empty() ? fs::path() : shared_dir() / "data/cifar10-test/images";
+  if (!fs::exists(bin) || images.empty() ||
+      !fs::exists(shared_dir() / "models/resnet_cifar10/resnet20_cifar10.pt")) {
+    MESSAGE("skipped: no edgesplit-device binary, or ../shared's CIFAR-10 ResNets are absent");
+    return;
+  }
+  const std::string out = (binary_dir() / "quota_knob_family_test.jsonl").string();
+  // ResNet-56 at 28 px takes 2-5 ms a frame on one core here: at 30 fps and a 12 ms bound it has
+  // room at a lower level.
+  REQUIRE(run_under_manager("--family " + family.string() + " --input " + images.string() +
+                                " --max-frames 200 --fps 30 --max-latency-ms 12"
+                                " --max-accuracy-drop 2 --objective energy",
+                            out) == 0);
+  std::ifstream in(out);
+  std::string line;
+  double top = 0, lowest = 1e9;
+  int frames = 0;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["type"] != "frame") continue;
+    ++frames;
+    CHECK(j["plan"].contains("member"));
+    const double mhz = j["levels"]["little"].get<double>();
+    top = std::max(top, mhz);
+    lowest = std::min(lowest, mhz);
+  }
+  CHECK(frames == 200);
+  // Not kept at the top level as a stream with a fixed plan is.
+  CHECK(lowest < top);
+  CHECK(lowest < 1000);
 }
