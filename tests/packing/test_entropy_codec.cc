@@ -315,9 +315,12 @@ TEST_CASE("ecsq: table serialisation round trip keeps the id - parse rejects wha
   auto longer = bytes;
   longer.push_back(0);
   CHECK(rejected(longer, longer.size()));
-  // Every single-bit flip: the id, a field's validation or the id check catches it.
+  // A single-bit flip in every byte (every bit of the first 64, the header's fields; one bit of
+  // each later byte, its position cycling, so that the test stays within its time under a
+  // sanitizer): the id, a field's validation or the id check catches it.
   for (size_t i = 0; i < bytes.size(); ++i) {
     for (int bit = 0; bit < 8; ++bit) {
+      if (i >= 64 && bit != static_cast<int>(i % 8)) continue;
       auto c = bytes;
       c[i] ^= static_cast<uint8_t>(1u << bit);
       CHECK_MESSAGE(rejected(c, c.size()), i);
