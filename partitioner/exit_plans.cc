@@ -111,8 +111,7 @@ Result<std::vector<ExitOption>> exit_options(const profiles::ExitSet& set,
                                              double confidence, std::vector<std::string>* notes) {
   auto built = exit_stages(set, profile, exit_cuts, exit_ms, notes);
   if (!built.ok()) return built.status();
-  std::vector<ExitStage> stages = std::move(built).value();
-  for (ExitStage& st : stages) st.tail_ms = 0;
+  const std::vector<ExitStage> stages = std::move(built).value();
   const size_t n = stages.size();
   const std::vector<double> wanted = offered(set, thresholds);
   std::vector<ExitOption> out;

@@ -519,13 +519,10 @@ PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
   m.latency_slowest_ms = m.latency_ms;
   if (k.exit_stages.empty()) return m;
   double device_leave = 0;  // fraction of frames that leave at the device's exits
-  bool on_device = false;
-  for (const ExitStage& st : k.exit_stages) {
-    if (!st.on_server) device_leave += st.rate, on_device = true;
-  }
+  for (const ExitStage& st : k.exit_stages) device_leave += st.on_server ? 0 : st.rate;
   // The server's exits first: the expected metrics of a frame that is sent.
   if (k.server_exits) predict_server_exits(k, c, device_leave, m);
-  if (!on_device) return m;
+  if (k.exit_stages.front().on_server) return m;  // no exit on the device (they come first)
   // A frame leaving at exit i: the head up to its cut and the exit heads up to i, on the device.
   // The others: every exit head, then the plan (the head goes on from the last exit's cut).
   const double head_factor = k.head_correction * c.device_load;
