@@ -50,7 +50,7 @@
 #                           and ondemand-like governors under latency bounds that step, one then
 #                           two models, on one core under a CPU quota (root); energy modeled from
 #                           device/descriptions/vm_2core.json: docs/energy.md
-#   bench/run.sh energy placement [--quick] --out DIR [--check]
+#   bench/run.sh energy placement [--server] [--quick] --out DIR [--check]
 #                           MobileNetV2's unit blocks split over a big and a little core with
 #                           frames pipelined through them against the best single executor, in
 #                           rounds; the cost model's period against the measured one (root):

@@ -472,7 +472,7 @@ void add_flags(cxxopts::Options& cli) {
      cxxopts::value<int>()->default_value("0"))
     ("cut", "fix the plan's cut: an id or a name (edgesplit-inspect lists them), 'input' or 'device' "
      "(default: the scheduler chooses every frame)", cxxopts::value<std::string>()->default_value(""))
-    ("bits", "with --cut: precision sent, 1..16 (quantized), fp16, fp32, or jpegQ at the input",
+    ("bits", "with --cut or a --placement crossing to --server: precision sent, 1..16 (quantized), fp16, fp32, or jpegQ at the input",
      cxxopts::value<std::string>()->default_value("8"))
     ("plan", "fix the plan as cut=ID,bits=B[,lossless=L] (same as --cut/--bits/--lossless)",
      cxxopts::value<std::string>()->default_value(""))
@@ -507,9 +507,10 @@ void add_flags(cxxopts::Options& cli) {
      cxxopts::value<std::string>())
     ("executor", "the description's executor that runs the streams (default: its first cpu one)",
      cxxopts::value<std::string>())
-    ("placement", "pipeline the model's unit blocks over the description's executors, every "
-     "frame on the device: auto (the cost model's split over --placement-executors), an executor "
-     "(the whole model there) or EXEC:CUT,EXEC (stages ending at those cut ids) (docs/energy.md)",
+    ("placement", "pipeline the model's unit blocks over the description's executors: auto (the "
+     "cost model's split over --placement-executors, and with --server the cut after which the "
+     "server runs the rest), an executor (the whole model there), EXEC:CUT,EXEC (stages ending "
+     "at those cut ids) or EXEC:CUT,...,server (the server after the last) (docs/energy.md)",
      cxxopts::value<std::string>())
     ("placement-executors", "the executors --placement auto places stages on, e.g. big,little "
      "(default: every cpu executor of the description)", cxxopts::value<std::string>())
@@ -589,6 +590,7 @@ Status apply_device_flags(const cxxopts::ParseResult& args, DeviceConfig& c) {
     if (!p.ok()) return p.status();
     c.placement.mode = p->mode;
     c.placement.stages = p->stages;
+    c.placement.to_server = p->to_server;
   }
   if (args.count("placement-executors")) {
     std::stringstream in(args["placement-executors"].as<std::string>());
@@ -752,7 +754,8 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
   s.encode.per_channel = args.count("per-channel") > 0;
   // The encoding flags describe a fixed plan; without --cut the scheduler chooses the encoding
   // every frame and they would be silently ignored.
-  if (s.cut.empty()) {
+  // With --placement they describe the tensor its crossing to a server sends.
+  if (s.cut.empty() && !args.count("placement")) {
     for (const char* flag : {"bits", "lossless", "clip-percentile", "per-channel"}) {
       if (args.count(flag)) {
         return invalid_argument(std::string("--") + flag +
@@ -994,8 +997,22 @@ Status validate_device_config(const DeviceConfig& c) {
           "--placement needs --device-description FILE, which lists the executors (this VM: "
           "device/descriptions/vm_big_little.json)");
     }
-    if (!c.server.empty()) {
-      return invalid_argument("--placement runs every frame on the device: leave out --server");
+    if (c.placement.to_server && c.server.empty()) {
+      return invalid_argument(
+          "--placement ...,server sends every frame to a server: give --server tcp://HOST:PORT");
+    }
+    if (!c.streams.empty() && c.streams[0].jpeg_quality > 0) {
+      return invalid_argument(
+          "--placement sends a tensor after the device's stages, not a JPEG: use --bits 1..16, "
+          "fp16 or fp32");
+    }
+    if (!c.streams.empty() && !c.streams[0].cut.empty()) {
+      return invalid_argument(
+          "--placement's stages say where frames cross to the server: leave out --cut and --plan");
+    }
+    if (!c.streams.empty() && !c.streams[0].entropy_encoding.empty()) {
+      return invalid_argument(
+          "--placement sends tensors quantized (--bits 1..16), fp16 or fp32, not entropy-coded");
     }
     if (c.energy.governor) {
       return invalid_argument(
@@ -1107,11 +1124,19 @@ Result<PlacementConfig> parse_placement(const std::string& text) {
     return p;
   }
   const std::string usage =
-      "--placement must be auto, an executor of the description, or "
-      "EXEC:CUT,...,EXEC (stages ending at those cut ids), not \"" +
+      "--placement must be auto, an executor of the description, EXEC:CUT,...,EXEC (stages ending "
+      "at those cut ids) or EXEC:CUT,...,server, not \"" +
       text + "\"";
   p.mode = PlacementConfig::Mode::kFixed;
-  std::stringstream in(text);
+  std::string stages_text = text;
+  const std::string to_server = ",server";
+  if (stages_text.size() > to_server.size() &&
+      stages_text.compare(stages_text.size() - to_server.size(), to_server.size(), to_server) ==
+          0) {
+    p.to_server = true;
+    stages_text.resize(stages_text.size() - to_server.size());
+  }
+  std::stringstream in(stages_text);
   std::string part;
   while (std::getline(in, part, ',')) {
     const auto colon = part.find(':');
@@ -1127,13 +1152,21 @@ Result<PlacementConfig> parse_placement(const std::string& text) {
     }
     p.stages.emplace_back(name, cut);
   }
-  if (p.stages.empty() || (!text.empty() && text.back() == ',')) return invalid_argument(usage);
+  if (p.stages.empty() || (!stages_text.empty() && stages_text.back() == ',')) {
+    return invalid_argument(usage);
+  }
+  for (const auto& stage : p.stages) {
+    if (stage.first == "server") {
+      return invalid_argument(usage + ": \"server\" comes last, after the device's stages");
+    }
+  }
   for (size_t i = 0; i < p.stages.size(); ++i) {
-    const bool last = i + 1 == p.stages.size();
+    // Before a server, every stage ends at a cut id (the last one where frames cross).
+    const bool last = i + 1 == p.stages.size() && !p.to_server;
     if (last != (p.stages[i].second < 0)) {
       return invalid_argument(usage + ": every stage but the last ends at a cut id");
     }
-    if (i > 0 && !last && p.stages[i].second <= p.stages[i - 1].second) {
+    if (i > 0 && p.stages[i].second >= 0 && p.stages[i].second <= p.stages[i - 1].second) {
       return invalid_argument(usage + ": the stages' cut ids must increase");
     }
   }

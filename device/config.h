@@ -125,7 +125,8 @@ struct EnergyConfig {
 };
 
 // Placement of the model's unit blocks over the description's executors, frames pipelined
-// through them (docs/energy.md, Placement): every frame runs on the device, stage by stage.
+// through them (docs/energy.md, Placement): every frame runs stage by stage on the device, and
+// with a server may cross to it after the device's stages.
 struct PlacementConfig {
   enum class Mode {
     kOff,    // the streams run as usual, on one executor
@@ -136,6 +137,9 @@ struct PlacementConfig {
   // kFixed: each stage's executor and the cut id its stage ends at (-1: the last stage, which
   // ends at the model's output).
   std::vector<std::pair<std::string, int>> stages;
+  // kFixed: after the last stage (which then ends at a cut id), frames cross to the server
+  // ("EXEC:CUT,...,server").
+  bool to_server = false;
   // The executors auto may place stages on (empty: every cpu executor of the description).
   std::vector<std::string> executors;
   // The profiler's time per unit block and executor: blocks run back to back for this long.
@@ -144,8 +148,9 @@ struct PlacementConfig {
   std::string profile_out;  // where to write the measured segment table
 };
 
-// Parses --placement's value: "auto", an executor name (the whole model there), or
-// "EXEC:CUT,EXEC:CUT,...,EXEC" (stages ending at those cut ids). kInvalidArgument, one sentence.
+// Parses --placement's value: "auto", an executor name (the whole model there),
+// "EXEC:CUT,EXEC:CUT,...,EXEC" (stages ending at those cut ids) or "EXEC:CUT,...,EXEC:CUT,server"
+// (the server runs the rest). kInvalidArgument, one sentence.
 Result<PlacementConfig> parse_placement(const std::string& text);
 
 // The device as a whole.

@@ -24,9 +24,13 @@
 #include "device/energy.h"
 #include "device/knobs.h"
 #include "device/lane.h"
+#include "device/link.h"
+#include "device/runtime.h"
 #include "imaging/input_source.h"
 #include "imaging/preprocess.h"
 #include "packing/check.h"
+#include "packing/codec.h"
+#include "partitioner/cut_table.h"
 #include "partitioner/model_graph.h"
 #include "partitioner/model_info.h"
 #include "partitioner/stage_placement.h"
@@ -79,6 +83,17 @@ class BoundedQueue {
   std::optional<T> pop() {
     std::unique_lock<std::mutex> lock(mu_);
     not_empty_.wait(lock, [&] { return closed_ || !items_.empty(); });
+    if (items_.empty()) return std::nullopt;
+    T v = std::move(items_.front());
+    items_.pop_front();
+    not_full_.notify_one();
+    return v;
+  }
+  // An item when one is there, without waiting; `drained` tells whether the queue is closed and
+  // empty (nothing will come).
+  std::optional<T> try_pop(bool* drained) {
+    std::lock_guard<std::mutex> lock(mu_);
+    *drained = closed_ && items_.empty();
     if (items_.empty()) return std::nullopt;
     T v = std::move(items_.front());
     items_.pop_front();
@@ -175,10 +190,39 @@ Tensors run_span(const partitioner::ModelGraph& model, int from, int to, const T
   return y;
 }
 
+// A frame on its way through the stages.
+struct Item {
+  int64_t frame = 0;
+  Tensors x;  // the tensors at the cut it has reached; the logits at the end
+  Clock::time_point started;
+  std::vector<double> stage_ms;  // per stage (the crossing's: hand-over to answer)
+  std::string error;
+  // The crossing to the server: the top classes it answered (x is then left empty), or why the
+  // frame finished on the device instead.
+  std::optional<std::vector<partitioner::ClassScore>> top;
+  std::string completed = "device";
+  std::string reason;
+  int64_t bytes = 0;          // sent to the server
+  double round_trip_ms = -1;  // of its request, when answered
+  double server_ms = -1;      // the server's unpack and compute
+  uint64_t request_id = 0;
+  Clock::time_point sent, deadline;
+  bool done = false;  // in the crossing: answered, or finished on the device
+};
+
 class PipelineRun {
  public:
-  PipelineRun(const DeviceConfig& config, const std::atomic<int>& stop, std::ostream& out)
-      : config_(config), stream_(config.streams.front()), stop_(stop), out_(out) {}
+  PipelineRun(const DeviceConfig& config, const std::atomic<int>& stop, std::ostream& out,
+              std::unique_ptr<ServerChannel> channel)
+      : config_(config),
+        stream_(config.streams.front()),
+        stop_(stop),
+        out_(out),
+        channel_(std::move(channel)) {}
+  ~PipelineRun() {
+    // The link lives on its thread: it is closed there, before the thread ends.
+    if (link_thread_) link_thread_->run([this] { link_.reset(); });
+  }
 
   int run();
 
@@ -195,6 +239,17 @@ class PipelineRun {
   void read_table();
   partitioner::StagePlacement choose();
   void run_frames(const partitioner::StagePlacement& placement);
+  // The server: its link on a thread of its own, the handshake, and the network estimate.
+  void connect_server();
+  // Every inner cut's tensor packed once with the stream's encoding: bytes and packing time.
+  void measure_crossings();
+  std::vector<partitioner::ServerCrossing> crossings() const;
+  partitioner::ServerCrossing crossing(int cut_index) const;
+  // The crossing as a stage: sends the frames the device's last stage hands over (up to `window`
+  // in flight), passes them on in order once answered, and finishes on the device (the tail from
+  // `cut` on this thread) a frame the server does not answer in time or at all.
+  void server_stage(BoundedQueue<Item>* in, BoundedQueue<Item>* out, int cut, size_t window);
+  void finish_on_device(Item& item, int cut, const std::string& reason);
 
   const DeviceConfig& config_;
   const StreamConfig& stream_;
@@ -208,6 +263,16 @@ class PipelineRun {
   int64_t frames_ = 0;
   SegmentTable table_;
   std::vector<double> blocks_sum_ms_, whole_ms_;  // per executor, when measured here
+  std::unique_ptr<ServerChannel> channel_;
+  std::unique_ptr<ExecutorThread> link_thread_;
+  std::unique_ptr<Link> link_;          // used on link_thread_ only
+  bool server_serves_ = false;          // up, serving this model with this device's cut table
+  std::string server_note_;             // why the server cannot take frames (when it cannot)
+  std::vector<double> server_tail_ms_;  // per cut id, the server's own (empty: not stated)
+  partitioner::Conditions network_;
+  std::vector<int64_t> crossing_bytes_;  // per cut index of the table (0: not measured)
+  std::vector<double> pack_ms_;
+  std::string said_fallback_;  // the last reason a frame finished on the device, said once
 };
 
 void PipelineRun::open_executors() {
@@ -484,6 +549,128 @@ void PipelineRun::read_table() {
   }
 }
 
+void PipelineRun::connect_server() {
+  if (!channel_) return;
+  std::vector<int> all;
+  for (long c = 0; c < ::sysconf(_SC_NPROCESSORS_CONF); ++c) all.push_back(static_cast<int>(c));
+  // Not pinned to an executor's cores: its work per frame is small (packing, the replies, the tail
+  // of a frame the server does not answer) and must not wait for a busy stage's time slice.
+  link_thread_ = std::make_unique<ExecutorThread>(all, 1);
+  auto tid = link_thread_->start();
+  if (!tid.ok()) throw UserError{"the server's link thread: " + tid.status().message()};
+  const LinkOptions lo = link_options(config_);
+  std::vector<partitioner::CutTableEntry> own;
+  for (const auto& c : model_->cuts()) {
+    partitioner::CutTableEntry e{c.id, c.name, {}};
+    for (const auto& t : c.tensors) e.shapes.push_back(t.shape);
+    own.push_back(std::move(e));
+  }
+  const std::string own_table = partitioner::cut_table_digest(own);
+  link_thread_->run([&] {
+    link_ = std::make_unique<Link>(lo, std::move(channel_), partitioner::SteadyClock::instance(),
+                                   [this](const std::string& line) { log(line); });
+    const LinkState state = link_->connect();
+    network_ = link_->network_conditions();
+    if (state != LinkState::kUp) {
+      server_note_ = link_->down_reason();
+      return;
+    }
+    const ServedModel* m = link_->served(model_->digest());
+    if (!m) {
+      server_note_ = "the server does not serve " + stream_.model_path + " (it serves " +
+                     link_->served_list() + ")";
+      return;
+    }
+    if (!m->cut_table.empty() && m->cut_table != own_table) {
+      server_note_ = "the server's cut table for this model differs from this device's (" +
+                     m->cut_table + " against " + own_table + ")";
+      return;
+    }
+    server_serves_ = true;
+    if (m->tail_ms.size() == model_->cuts().size()) server_tail_ms_ = m->tail_ms;
+  });
+  char line[200];
+  std::snprintf(line, sizeof line, ": %.2f Mbit/s, round trip %.2f ms", network_.bandwidth_mbps,
+                network_.rtt_ms);
+  log("server " + config_.server + ": " +
+      (server_serves_ ? std::string("serves this model") + line +
+                            (server_tail_ms_.empty() ? ", no tail times stated" : "")
+                      : server_note_));
+}
+
+Result<std::vector<std::vector<uint8_t>>> pack_crossing(const partitioner::ModelGraph& model,
+                                                        const packing::EncodeOptions& encode,
+                                                        int cut, const Tensors& x, int64_t* bytes) {
+  std::vector<std::vector<uint8_t>> payloads;
+  *bytes = 0;
+  const auto& tensors = model.cut(cut).tensors;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const at::Tensor t = x[i].contiguous();
+    packing::EncodeOptions eo = encode;
+    eo.non_negative_hint = eo.non_negative_hint || (i < tensors.size() && tensors[i].non_negative);
+    auto packed =
+        packing::encode(t.data_ptr<float>(), static_cast<size_t>(t.numel()), t.sizes().vec(), eo);
+    if (!packed.ok()) return packed.status();
+    *bytes += static_cast<int64_t>(packed->size());
+    payloads.push_back(std::move(packed).value());
+  }
+  return payloads;
+}
+
+void PipelineRun::measure_crossings() {
+  const int blocks = table_.blocks();
+  crossing_bytes_.assign(table_.cut_ids.size(), 0);
+  pack_ms_.assign(table_.cut_ids.size(), 0);
+  for (int b = 0; b < blocks; ++b) {
+    model_->prepare_between(table_.cut_ids[static_cast<size_t>(b)],
+                            table_.cut_ids[static_cast<size_t>(b) + 1]);
+  }
+  executors_.front().thread->run([&] {
+    Tensors x = {inputs_.front()};
+    for (int i = 1; i < blocks; ++i) {
+      const int cut = table_.cut_ids[static_cast<size_t>(i)];
+      x = run_span(*model_, table_.cut_ids[static_cast<size_t>(i) - 1], cut, x);
+      std::vector<double> times;
+      for (int r = 0; r < 3; ++r) {
+        int64_t bytes = 0;
+        const auto t0 = Clock::now();
+        auto packed = pack_crossing(*model_, stream_.encode, cut, x, &bytes);
+        times.push_back(ms_between(t0, Clock::now()));
+        if (!packed.ok()) {
+          throw UserError{"cannot pack the tensor at cut " + std::to_string(cut) + ": " +
+                          packed.status().message()};
+        }
+        crossing_bytes_[static_cast<size_t>(i)] = bytes;
+      }
+      pack_ms_[static_cast<size_t>(i)] = median(times);
+    }
+  });
+}
+
+partitioner::ServerCrossing PipelineRun::crossing(int i) const {
+  partitioner::ServerCrossing c;
+  c.cut_index = i;
+  const double bytes = static_cast<double>(crossing_bytes_.at(static_cast<size_t>(i)));
+  c.send_ms = pack_ms_.at(static_cast<size_t>(i)) +
+              (network_.bandwidth_mbps > 0 ? bytes * 8 / (network_.bandwidth_mbps * 1000) : 0);
+  c.round_trip_ms = network_.rtt_ms;
+  const int cut = table_.cut_ids[static_cast<size_t>(i)];
+  if (cut >= 0 && static_cast<size_t>(cut) < server_tail_ms_.size()) {
+    c.server_ms = server_tail_ms_[static_cast<size_t>(cut)];
+  }
+  return c;
+}
+
+std::vector<partitioner::ServerCrossing> PipelineRun::crossings() const {
+  std::vector<partitioner::ServerCrossing> out;
+  // Only where the server states its tail time (its profile may time some cuts only).
+  for (int i = 1; i < table_.blocks(); ++i) {
+    const partitioner::ServerCrossing c = crossing(i);
+    if (crossing_bytes_[static_cast<size_t>(i)] > 0 && c.server_ms > 0) out.push_back(c);
+  }
+  return out;
+}
+
 partitioner::StagePlacement PipelineRun::choose() {
   const PlacementConfig& pc = config_.placement;
   if (pc.mode == PlacementConfig::Mode::kFixed) {
@@ -503,18 +690,43 @@ partitioner::StagePlacement PipelineRun::choose() {
       }
       stages.emplace_back(static_cast<int>(i), end);
     }
-    auto p = partitioner::evaluate_placement(table_, stages);
+    if (!pc.to_server) {
+      auto p = partitioner::evaluate_placement(table_, stages);
+      if (!p.ok()) throw UserError{"--placement: " + p.status().message()};
+      return *p;
+    }
+    const int at = stages.back().second;
+    auto p = partitioner::evaluate_placement(partitioner::leading_blocks(table_, at), stages);
     if (!p.ok()) throw UserError{"--placement: " + p.status().message()};
-    return *p;
+    if (!server_serves_) {
+      log("frames finish on the device while the server cannot take them: " + server_note_);
+    }
+    const partitioner::ServerCrossing c = crossing(at);
+    if (server_serves_ && !(c.server_ms > 0)) {
+      log("the server states no tail time for cut " +
+          std::to_string(table_.cut_ids[static_cast<size_t>(at)]) +
+          " (its profile did not time it): the prediction leaves the server's tail out");
+    }
+    return partitioner::with_server(*p, table_, c);
   }
   const auto& s = stream_.scheduler;
   const bool throughput = s.objective == partitioner::Objective::kThroughput;
   std::optional<double> bound;
   if (s.constraints.min_fps && *s.constraints.min_fps > 0) bound = 1000.0 / *s.constraints.min_fps;
-  auto p = partitioner::best_placement(table_,
-                                       throughput ? partitioner::PlacementObjective::kThroughput
-                                                  : partitioner::PlacementObjective::kLatency,
-                                       bound);
+  const auto objective = throughput ? partitioner::PlacementObjective::kThroughput
+                                    : partitioner::PlacementObjective::kLatency;
+  std::optional<partitioner::StagePlacement> p;
+  if (link_ && server_serves_ && !server_tail_ms_.empty() && network_.bandwidth_mbps > 0) {
+    p = partitioner::best_placement_with_server(table_, crossings(), objective, bound);
+  } else {
+    if (link_) {
+      log("placing every block on the device: " +
+          (server_serves_ ? std::string("the server states no tail times (start it with its "
+                                        "profile) or the bandwidth is unknown")
+                          : server_note_));
+    }
+    p = partitioner::best_placement(table_, objective, bound);
+  }
   if (!p) {
     throw UserError{
         "no placement over these executors meets --min-fps (the fastest period "
@@ -525,13 +737,6 @@ partitioner::StagePlacement PipelineRun::choose() {
 
 void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
   const size_t k = placement.stages.size();
-  struct Item {
-    int64_t frame = 0;
-    Tensors x;
-    Clock::time_point started;
-    std::vector<double> stage_ms;
-    std::string error;
-  };
   struct StageSpan {
     int from = 0, to = 0;
     ExecutorThread* thread = nullptr;
@@ -551,9 +756,12 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
     Tensors x = {inputs_.front()};
     for (const auto& sp : spans) sp.thread->run([&] { x = run_span(*model_, sp.from, sp.to, x); });
   }
-  const int window = stream_.in_flight > 0 ? stream_.in_flight : static_cast<int>(2 * k);
+  const bool to_server = placement.server.has_value();
+  // The crossing counts as a stage: frames on the link and at the server are in flight too.
+  const size_t all_stages = k + (to_server ? 1 : 0);
+  const int window = stream_.in_flight > 0 ? stream_.in_flight : static_cast<int>(2 * all_stages);
   std::vector<std::unique_ptr<BoundedQueue<Item>>> queues;
-  for (size_t i = 0; i <= k; ++i) {
+  for (size_t i = 0; i <= all_stages; ++i) {
     queues.push_back(std::make_unique<BoundedQueue<Item>>(static_cast<size_t>(window)));
   }
   std::vector<std::future<void>> workers;
@@ -577,9 +785,19 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
       next->close();
     }));
   }
+  if (to_server) {
+    const int cut = table_.cut_ids[static_cast<size_t>(placement.server->cut_index)];
+    model_->prepare_between(cut, model_->device_cut());  // for frames that finish on the device
+    BoundedQueue<Item>* in = queues[k].get();
+    BoundedQueue<Item>* next = queues[k + 1].get();
+    workers.push_back(link_thread_->post([this, in, next, cut, window] {
+      server_stage(in, next, cut, static_cast<size_t>(window));
+    }));
+  }
   const auto start = Clock::now();
+  int64_t answered = 0;  // by the server
   std::vector<double> done_ms, latency_ms;
-  std::vector<std::vector<double>> stage_ms(k);
+  std::vector<std::vector<double>> stage_ms(all_stages);
   int64_t submitted = 0, finished = 0, failed = 0;
   bool interrupted = false;
   auto submit = [&] {
@@ -598,7 +816,9 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
     ++finished;
     done_ms.push_back(ms_between(start, now));
     latency_ms.push_back(ms_between(item->started, now));
-    for (size_t s = 0; s < k; ++s) stage_ms[s].push_back(item->stage_ms[s]);
+    for (size_t s = 0; s < all_stages && s < item->stage_ms.size(); ++s) {
+      stage_ms[s].push_back(item->stage_ms[s]);
+    }
     json j{{"type", "frame"},
            {"stream", stream_.name},
            {"frame", item->frame},
@@ -607,9 +827,27 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
     json sm = json::array();
     for (double v : item->stage_ms) sm.push_back(round3(v));
     j["stage_ms"] = sm;
+    if (to_server) {
+      j["completed"] = item->completed;
+      if (!item->reason.empty()) j["reason"] = item->reason;
+      if (item->bytes > 0) j["bytes"] = item->bytes;
+      if (item->round_trip_ms >= 0) j["round_trip_ms"] = round3(item->round_trip_ms);
+      if (item->server_ms >= 0) j["server_ms"] = round3(item->server_ms);
+    }
     if (!item->error.empty()) {
       ++failed;
       j["error"] = item->error;
+    } else if (item->top) {
+      ++answered;
+      json tj = json::array();
+      for (const auto& c : *item->top) {
+        json e{{"index", c.index}, {"score", c.score}};
+        if (static_cast<size_t>(c.index) < info_.labels.size()) {
+          e["label"] = info_.labels[static_cast<size_t>(c.index)];
+        }
+        tj.push_back(e);
+      }
+      j["top"] = tj;
     } else {
       const at::Tensor logits = item->x.at(0).contiguous().reshape({-1});
       json tj = json::array();
@@ -644,10 +882,16 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
   double period = 0;
   if (n >= 2) period = (done_ms.back() - done_ms[skip]) / static_cast<double>(n - 1 - skip);
   json stages = json::array();
-  for (size_t s = 0; s < k; ++s) {
+  for (size_t s = 0; s < all_stages; ++s) {
     std::vector<double> steady(
         stage_ms[s].begin() + static_cast<std::ptrdiff_t>(std::min(skip, stage_ms[s].size())),
         stage_ms[s].end());
+    if (s == k) {  // the crossing: hand-over to answer
+      stages.push_back({{"executor", "server"},
+                        {"predicted_ms", round3(placement.server->latency_ms())},
+                        {"measured_ms", round3(median(steady))}});
+      continue;
+    }
     stages.push_back(
         {{"executor", table_.executors[static_cast<size_t>(placement.stages[s].executor)].name},
          {"predicted_ms", round3(placement.stages[s].ms)},
@@ -671,6 +915,7 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
         {{"p50", round3(percentile(latency_ms, 50))}, {"p95", round3(percentile(latency_ms, 95))}}},
        {"predicted_latency_ms", round3(placement.latency_ms)},
        {"stages", stages},
+       {"answered_by_server", answered},
        {"interrupted", interrupted}});
   char line[256];
   std::snprintf(line, sizeof line,
@@ -679,6 +924,119 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
                 static_cast<long long>(finished), period > 0 ? 1000.0 / period : 0.0, period,
                 placement.period_ms, 100 * error);
   log(line);
+}
+
+void PipelineRun::finish_on_device(Item& item, int cut, const std::string& reason) {
+  item.completed = "device";
+  item.reason = reason;
+  item.done = true;
+  if (reason != said_fallback_) {
+    said_fallback_ = reason;
+    log("frames finish on the device: " + reason);
+  }
+  if (!item.error.empty()) return;
+  try {
+    item.x = run_span(*model_, cut, model_->device_cut(), item.x);
+  } catch (const std::exception& e) {
+    item.error = e.what();
+  }
+}
+
+void PipelineRun::server_stage(BoundedQueue<Item>* in, BoundedQueue<Item>* out, int cut,
+                               size_t window) {
+  const std::chrono::milliseconds timeout(stream_.timeout_ms);
+  std::deque<Item> flight;  // in the order the device's last stage handed them over
+  bool drained = false;
+  auto send = [&](Item& it) {
+    if (!it.error.empty()) {
+      it.done = true;
+      return;
+    }
+    link_->tend();
+    if (!link_->usable() || !server_serves_) {
+      finish_on_device(it, cut, link_->usable() ? server_note_ : link_->down_reason());
+      return;
+    }
+    auto payloads = pack_crossing(*model_, stream_.encode, cut, it.x, &it.bytes);
+    if (!payloads.ok()) {
+      finish_on_device(it, cut, "cannot pack: " + payloads.status().message());
+      return;
+    }
+    wire::InferRequest req;
+    req.set_model_digest(model_->digest());
+    req.set_cut(static_cast<uint32_t>(cut));
+    req.set_top_k(static_cast<uint32_t>(stream_.top_k));
+    for (const auto& p : *payloads) req.add_tensors()->set_packed_bytes(p.size());
+    req.set_priority(static_cast<uint32_t>(std::max(0, stream_.priority)));
+    // The server's result helps until the frame's timeout, less the upload and half a round trip
+    // back (the device finishes the frame itself then).
+    const partitioner::Conditions net = link_->network_conditions();
+    double left_ms = stream_.timeout_ms - net.rtt_ms / 2;
+    if (net.bandwidth_mbps > 0) {
+      left_ms -= static_cast<double>(it.bytes) * 8 / (net.bandwidth_mbps * 1000);
+    }
+    req.set_deadline_us(static_cast<uint64_t>(std::max(1.0, left_ms) * 1000));
+    it.request_id = link_->next_request_id(0);
+    it.deadline = Clock::now() + timeout;
+    // The frame keeps its tensors until answered: without an answer, its tail runs here.
+    Status sent = link_->send_infer(it.request_id, req, std::move(payloads).value());
+    if (!sent.ok()) finish_on_device(it, cut, "send failed: " + sent.message());
+  };
+  while (true) {
+    while (!drained && flight.size() < window) {
+      std::optional<Item> it = flight.empty() ? in->pop() : in->try_pop(&drained);
+      if (!it) {
+        if (flight.empty()) drained = true;
+        break;
+      }
+      it->sent = Clock::now();
+      flight.push_back(std::move(*it));
+      send(flight.back());
+    }
+    const bool waiting =
+        std::any_of(flight.begin(), flight.end(), [](const Item& it) { return !it.done; });
+    if (waiting) {
+      for (FrameReply& r : link_->poll(std::chrono::milliseconds(1))) {
+        auto it = std::find_if(flight.begin(), flight.end(), [&](const Item& f) {
+          return !f.done && f.request_id == r.reply.reply.request_id();
+        });
+        if (it == flight.end()) continue;
+        const wire::Reply& reply = r.reply.reply;
+        link_->note_answer();
+        if (reply.status() != wire::STATUS_OK || !reply.has_infer()) {
+          finish_on_device(*it, cut,
+                           reply.status() == wire::STATUS_DEADLINE_EXCEEDED
+                               ? std::string("server deadline exceeded")
+                               : "server error: " + reply.message());
+          continue;
+        }
+        const wire::InferReply& ir = reply.infer();
+        std::vector<partitioner::ClassScore> top;
+        for (const auto& c : ir.top()) top.push_back({static_cast<int>(c.index()), c.score()});
+        it->top = std::move(top);
+        it->x.clear();
+        it->completed = "server";
+        it->round_trip_ms = r.reply.timing.round_trip_ms();
+        it->server_ms = (ir.unpack_us() + ir.compute_us()) / 1000.0;
+        it->done = true;
+      }
+      link_->tend();
+      const auto now = Clock::now();
+      for (Item& it : flight) {
+        if (it.done || now < it.deadline) continue;
+        link_->give_up(it.request_id, it.bytes, ms_between(it.sent, now), stream_.timeout_ms);
+        finish_on_device(it, cut, "server timeout");
+      }
+    }
+    while (!flight.empty() && flight.front().done) {
+      Item& front = flight.front();
+      front.stage_ms.push_back(ms_between(front.sent, Clock::now()));
+      out->push(std::move(front));
+      flight.pop_front();
+    }
+    if (drained && flight.empty()) break;
+  }
+  out->close();
 }
 
 int PipelineRun::run() {
@@ -728,6 +1086,8 @@ int PipelineRun::run() {
     profile["executors"] = ex;
     emit(profile);
 
+    connect_server();
+    if (link_) measure_crossings();
     const partitioner::StagePlacement placement = choose();
     json alternatives = json::object();
     for (size_t e = 0; e < table_.executors.size(); ++e) {
@@ -750,14 +1110,35 @@ int PipelineRun::run() {
       said += (said.empty() ? "" : " | ") + name + " cuts " + std::to_string(from) + "-" +
               std::to_string(to);
     }
-    emit({{"type", "placement"},
-          {"stream", stream_.name},
-          {"mode", config_.placement.mode == PlacementConfig::Mode::kAuto ? "auto" : "fixed"},
-          {"stages", stages},
-          {"predicted_period_ms", round3(placement.period_ms)},
-          {"predicted_fps", round3(placement.fps())},
-          {"predicted_latency_ms", round3(placement.latency_ms)},
-          {"single_executor_period_ms", alternatives}});
+    json line_json{
+        {"type", "placement"},
+        {"stream", stream_.name},
+        {"mode", config_.placement.mode == PlacementConfig::Mode::kAuto ? "auto" : "fixed"},
+        {"stages", stages},
+        {"predicted_period_ms", round3(placement.period_ms)},
+        {"predicted_fps", round3(placement.fps())},
+        {"predicted_latency_ms", round3(placement.latency_ms)},
+        {"single_executor_period_ms", alternatives}};
+    if (link_) {
+      line_json["network"] = {{"bandwidth_mbps", round3(network_.bandwidth_mbps)},
+                              {"rtt_ms", round3(network_.rtt_ms)},
+                              {"server_serves", server_serves_}};
+      if (!server_serves_) line_json["network"]["why_not"] = server_note_;
+    }
+    if (placement.server) {
+      const partitioner::ServerCrossing& c = *placement.server;
+      const int cut = table_.cut_ids[static_cast<size_t>(c.cut_index)];
+      line_json["server"] = {
+          {"cut", cut},
+          {"cut_name", model_->cut(cut).name},
+          {"bytes", crossing_bytes_[static_cast<size_t>(c.cut_index)]},
+          {"encoding", packing::precision_name(stream_.encode.format, stream_.encode.bits)},
+          {"predicted_send_ms", round3(c.send_ms)},
+          {"predicted_round_trip_ms", round3(c.round_trip_ms)},
+          {"predicted_server_ms", round3(c.server_ms)}};
+      said += " | server from cut " + std::to_string(cut);
+    }
+    emit(line_json);
     char line[160];
     std::snprintf(line, sizeof line, ": predicted period %.2f ms (%.1f frames/s), latency %.2f ms",
                   placement.period_ms, placement.fps(), placement.latency_ms);
@@ -775,8 +1156,9 @@ int PipelineRun::run() {
 
 }  // namespace
 
-int run_pipeline(const DeviceConfig& config, const std::atomic<int>& stop, std::ostream& out) {
-  PipelineRun run(config, stop, out);
+int run_pipeline(const DeviceConfig& config, const std::atomic<int>& stop, std::ostream& out,
+                 std::unique_ptr<ServerChannel> channel) {
+  PipelineRun run(config, stop, out, std::move(channel));
   return run.run();
 }
 

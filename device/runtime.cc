@@ -75,7 +75,7 @@ class Runtime {
   Runtime(const DeviceConfig& config, Reporter& reporter, std::unique_ptr<ServerChannel> channel)
       : config_(config),
         reporter_(reporter),
-        link_(make_link_options(config), std::move(channel), partitioner::SteadyClock::instance(),
+        link_(link_options(config), std::move(channel), partitioner::SteadyClock::instance(),
               [this](const std::string& m) { reporter_.log(m); }) {}
 
   int run() {
@@ -159,19 +159,6 @@ class Runtime {
   }
 
  private:
-  static LinkOptions make_link_options(const DeviceConfig& c) {
-    LinkOptions lo;
-    lo.endpoint = c.server;
-    lo.device_name = c.device_name;
-    lo.handshake_timeout_ms = c.handshake_timeout_ms;
-    lo.retry_ms = c.retry_ms;
-    int timeout = 0;
-    for (const auto& s : c.streams)
-      timeout = timeout == 0 ? s.timeout_ms : std::min(timeout, s.timeout_ms);
-    lo.probe_timeout_ms = timeout > 0 ? timeout : 1000;
-    return lo;
-  }
-
   int fail(const std::string& message) {
     reporter_.drop_held_logs();
     std::cerr << "edgesplit-device: " << message << '\n';
@@ -642,6 +629,19 @@ class Runtime {
 
 }  // namespace
 
+LinkOptions link_options(const DeviceConfig& c) {
+  LinkOptions lo;
+  lo.endpoint = c.server;
+  lo.device_name = c.device_name;
+  lo.handshake_timeout_ms = c.handshake_timeout_ms;
+  lo.retry_ms = c.retry_ms;
+  int timeout = 0;
+  for (const auto& s : c.streams)
+    timeout = timeout == 0 ? s.timeout_ms : std::min(timeout, s.timeout_ms);
+  lo.probe_timeout_ms = timeout > 0 ? timeout : 1000;
+  return lo;
+}
+
 int run_device(const DeviceConfig& config) {
   install_stop_handlers();
   partitioner::set_compute_threads(config.threads);
@@ -683,7 +683,7 @@ int run_device(const DeviceConfig& config) {
   }
   std::ostream& out = config.output.empty() ? std::cout : file;
   if (config.placement.mode != PlacementConfig::Mode::kOff) {
-    return run_pipeline(config, g_stop_signal, out);
+    return run_pipeline(config, g_stop_signal, out, std::move(channel));
   }
   const bool readable = config.output.empty() && !config.json && ::isatty(STDOUT_FILENO);
   Reporter reporter(out, readable, config.quiet);

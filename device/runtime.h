@@ -7,6 +7,7 @@
 #pragma once
 
 #include "device/config.h"
+#include "device/link.h"
 
 namespace edgesplit::device {
 
@@ -15,5 +16,9 @@ namespace edgesplit::device {
 // when every stream ran to its end (frames that failed are reported as such), 2 for a
 // configuration the user must fix (one sentence on stderr), 128 + the signal when stopped by one.
 int run_device(const DeviceConfig& config);
+
+// The link's settings for `config`'s server: its endpoint and device name, the handshake timeout
+// and retry interval, and probes given up after the shortest of the streams' --timeout-ms.
+LinkOptions link_options(const DeviceConfig& config);
 
 }  // namespace edgesplit::device

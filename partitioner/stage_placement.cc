@@ -241,6 +241,60 @@ std::optional<StagePlacement> best_placement(const SegmentTable& t, PlacementObj
   return std::move(p).value();
 }
 
+SegmentTable leading_blocks(const SegmentTable& t, int blocks) {
+  SegmentTable out = t;
+  const size_t cuts = static_cast<size_t>(std::clamp(blocks, 0, t.blocks())) + 1;
+  out.cut_ids.resize(std::min(cuts, t.cut_ids.size()));
+  for (auto& row : out.block_ms) row.resize(std::min(row.size(), cuts - 1));
+  for (auto& row : out.cut_ms) row.resize(std::min(row.size(), cuts));
+  return out;
+}
+
+StagePlacement with_server(StagePlacement p, const SegmentTable& t, const ServerCrossing& c) {
+  p.period_ms = std::max(p.period_ms, c.period_ms());
+  p.latency_ms += t.handoff_ms + c.latency_ms();
+  p.server = c;
+  return p;
+}
+
+std::optional<StagePlacement> best_placement_with_server(
+    const SegmentTable& t, const std::vector<ServerCrossing>& crossings,
+    PlacementObjective objective, std::optional<double> max_period_ms, int max_stages,
+    const std::vector<int>& executors) {
+  std::optional<StagePlacement> best =
+      best_placement(t, objective, max_period_ms, max_stages, executors);
+  // Throughput: the shortest period, then the shortest latency; latency: the shortest latency
+  // (every candidate already meets the period bound).
+  auto better = [&](const StagePlacement& a, const StagePlacement& b) {
+    constexpr double kTie = 1e-9;
+    if (objective == PlacementObjective::kThroughput && a.period_ms < b.period_ms - kTie) {
+      return true;
+    }
+    if (objective == PlacementObjective::kThroughput && a.period_ms > b.period_ms + kTie) {
+      return false;
+    }
+    return a.latency_ms < b.latency_ms - kTie;
+  };
+  for (const ServerCrossing& c : crossings) {
+    if (c.cut_index < 1 || c.cut_index >= t.blocks()) continue;
+    if (max_period_ms && c.period_ms() > *max_period_ms) continue;
+    // The device's stages and the crossing combine by max (period) and sum (latency): the
+    // device's best placement of its blocks is the best one with this crossing.
+    auto device = best_placement(leading_blocks(t, c.cut_index), objective, max_period_ms,
+                                 max_stages, executors);
+    if (!device) continue;
+    if (objective == PlacementObjective::kThroughput && device->period_ms <= c.period_ms()) {
+      // The crossing sets the period: among the device's placements within it, the fastest frame.
+      auto within = best_placement(leading_blocks(t, c.cut_index), PlacementObjective::kLatency,
+                                   c.period_ms(), max_stages, executors);
+      if (within) device = std::move(within);
+    }
+    StagePlacement p = with_server(std::move(*device), t, c);
+    if (!best || better(p, *best)) best = std::move(p);
+  }
+  return best;
+}
+
 std::string segment_table_json(const SegmentTable& t, const std::string& model_digest,
                                const std::string& engine) {
   nlohmann::json j;

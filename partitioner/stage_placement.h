@@ -49,10 +49,27 @@ struct PipelineStage {
   double ms = 0;  // predicted: its blocks' times on its executor and its two ends' cut_ms
 };
 
+// The crossing to a server after the device's stages: the device's stages cover blocks
+// [0, cut_index) and send the tensor at cut cut_ids[cut_index]; the server runs the rest. In the
+// pipeline the crossing is one more stage: while the device's stages work on later frames, the
+// link carries this frame's tensor and the server computes its tail.
+struct ServerCrossing {
+  int cut_index = 0;
+  double send_ms = 0;        // packing the tensor and uploading it (bytes over the bandwidth)
+  double round_trip_ms = 0;  // the link's base round trip
+  double server_ms = 0;      // the server's tail from that cut
+  // The crossing's share of the period: the link sends one frame at a time and the server computes
+  // one tail at a time for this device.
+  double period_ms() const { return send_ms > server_ms ? send_ms : server_ms; }
+  // What it adds to a frame's latency after the device's last stage.
+  double latency_ms() const { return send_ms + round_trip_ms + server_ms; }
+};
+
 struct StagePlacement {
   std::vector<PipelineStage> stages;
-  double period_ms = 0;   // the largest stage time
-  double latency_ms = 0;  // the stage times plus a handoff per boundary
+  double period_ms = 0;  // the largest stage time (the crossing's share counted, when there is one)
+  double latency_ms = 0;  // the stage times plus a handoff per boundary (and the crossing's part)
+  std::optional<ServerCrossing> server;  // unset: every block runs on the device
   double fps() const { return period_ms > 0 ? 1000.0 / period_ms : 0; }
 };
 
@@ -82,6 +99,25 @@ std::optional<StagePlacement> best_placement(const SegmentTable& table,
                                              std::optional<double> max_period_ms = std::nullopt,
                                              int max_stages = 0,
                                              const std::vector<int>& executors = {});
+
+// The first `blocks` blocks of the table (cut ids up to cut_ids[blocks]): what the device's stages
+// cover when the frame crosses to a server there.
+SegmentTable leading_blocks(const SegmentTable& table, int blocks);
+
+// `device` (a placement of the blocks before crossing.cut_index, e.g. from leading_blocks) followed
+// by the crossing: the period is the largest of the stages' and the crossing's share, the latency
+// adds a handoff to the sending stage and the crossing's part.
+StagePlacement with_server(StagePlacement device, const SegmentTable& table,
+                           const ServerCrossing& crossing);
+
+// The best placement when frames may cross to a server: every block on the device
+// (best_placement), or the device's stages up to one of `crossings` and the server after it
+// (cut_index from 1 to blocks - 1: at least one block on the device and one on the server), by
+// the same objective and period bound. std::nullopt when nothing meets the bound.
+std::optional<StagePlacement> best_placement_with_server(
+    const SegmentTable& table, const std::vector<ServerCrossing>& crossings,
+    PlacementObjective objective, std::optional<double> max_period_ms = std::nullopt,
+    int max_stages = 0, const std::vector<int>& executors = {});
 
 // The segment table as JSON, for a placement profile file: {"format":
 // "edgesplit-segment-table", "version": 1, "model_digest", "engine", "executors": [{"name",

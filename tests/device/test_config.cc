@@ -754,8 +754,27 @@ TEST_CASE("placement flags: auto, one executor, fixed stages, and mistakes in on
   CHECK(contains(error({"--placement", "big,little"}), "every stage but the last ends at a cut"));
   CHECK(contains(error({"--placement", "big:9,gpu:4,little"}), "must increase"));
   CHECK(contains(error({"--placement", "big:3,"}), "--placement must be auto"));
-  CHECK(contains(error({"--placement", "auto", "--server", "tcp://127.0.0.1:5555"}),
-                 "leave out --server"));
+  // With a server: auto may cross to it, and fixed stages name where ("...,server").
+  auto served = with({"--placement", "auto", "--server", "tcp://127.0.0.1:5555", "--bits", "6"});
+  REQUIRE(served.ok());
+  CHECK_FALSE(served->config.placement.to_server);
+  CHECK(served->config.streams[0].encode.bits == 6);
+  auto to_server = with({"--placement", "big:7,little:20,server", "--server", "tcp://h:1"});
+  REQUIRE(to_server.ok());
+  CHECK(to_server->config.placement.to_server);
+  REQUIRE(to_server->config.placement.stages.size() == 2);
+  CHECK(to_server->config.placement.stages[1] == std::make_pair(std::string("little"), 20));
+  CHECK(contains(error({"--placement", "big:7,server"}), "give --server"));
+  CHECK(contains(error({"--placement", "big,server", "--server", "tcp://h:1"}),
+                 "every stage but the last ends at a cut"));
+  CHECK(contains(error({"--placement", "server,big", "--server", "tcp://h:1"}),
+                 "\"server\" comes last"));
+  CHECK(contains(error({"--placement", "big:9,little:4,server", "--server", "tcp://h:1"}),
+                 "must increase"));
+  CHECK(contains(error({"--placement", "big:7,server", "--server", "tcp://h:1", "--cut", "3"}),
+                 "leave out --cut"));
+  CHECK(contains(error({"--placement", "auto", "--server", "tcp://h:1", "--bits", "jpeg90"}),
+                 "not a JPEG"));
   CHECK(contains(error({"--placement-executors", "big"}), "need --placement"));
   CHECK(contains(error({"--placement", "big", "--placement-executors", "big"}),
                  "for --placement auto"));

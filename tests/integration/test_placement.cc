@@ -3,15 +3,19 @@
 // under a CPU quota on its thread) places MobileNetV2's unit blocks on both, its measured period
 // is within 15% of the cost model's, and every frame's result equals the unpipelined run's (the
 // whole model on one executor). Needs root, cgroup v1's cpu controller and ../shared; skipped
-// without.
+// without. With a server (the default model, no quota, any user): the device's stages and then the
+// server's tail give every frame the unpipelined result, and a server lost in the middle of a run
+// leaves the frames to the device, none lost.
 #include <doctest/doctest.h>
 
 #include <unistd.h>
 
+#include <csignal>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/integration/child_process.h"
@@ -30,6 +34,19 @@ std::vector<json> lines_of(const fs::path& path) {
   std::string line;
   while (std::getline(in, line)) {
     if (!line.empty()) out.push_back(json::parse(line));
+  }
+  return out;
+}
+
+// The complete lines of a file another process is still writing.
+std::vector<json> lines_of_partial(const fs::path& path) {
+  std::vector<json> out;
+  std::istringstream in(read_file(path));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (in.eof()) break;  // the last line may be cut short
+    json j = json::parse(line, nullptr, false);
+    if (!j.is_discarded()) out.push_back(std::move(j));
   }
   return out;
 }
@@ -128,4 +145,125 @@ TEST_CASE(
   for (const auto& e : fs::directory_iterator("/sys/fs/cgroup/cpu")) {
     CHECK(e.path().filename().string().rfind("edgesplit-stage-", 0) != 0);
   }
+}
+
+TEST_CASE(
+    "placement with a server: the device's stages then the server's tail, results as "
+    "unpipelined, and a lost server leaves the frames to the device") {
+  const fs::path dir = scratch_dir("placement-server");
+  const std::string description =
+      (source_dir() / "device" / "descriptions" / "vm_big_little.json").string();
+  const std::string profile =
+      (source_dir() / "models" / "default" / "fashion_mnist_cnn.profile.json").string();
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", default_model().string(), "--profile", profile}));
+  auto device = [&](const std::string& frames, std::vector<std::string> extra) {
+    // The default model on the samples, no quota (any user), a short profiler.
+    std::vector<std::string> a = {bin("edgesplit-device"), "--knobs", "none", "--quiet"};
+    for (const auto& [flag, value] :
+         std::vector<std::pair<std::string, std::string>>{{"--model", default_model().string()},
+                                                          {"--input", default_samples().string()},
+                                                          {"--max-frames", frames},
+                                                          {"--device-description", description},
+                                                          {"--placement-block-ms", "5"}}) {
+      a.push_back(flag);
+      a.push_back(value);
+    }
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  // Blocks up to down1.2 (cut 4) on big, up to res2.relu (cut 10) on little, the rest on the
+  // server, the tensor sent in fp32: the server's tail gives the scores of the whole model.
+  const fs::path piped = dir / "piped.jsonl";
+  REQUIRE(
+      run_to_end(device("120", {"--placement", "big:4,little:10,server", "--server",
+                                server.endpoint(), "--bits", "fp32", "--output", piped.string()}),
+                 dir / "p.out", dir / "p.err") == 0);
+  const fs::path whole = dir / "whole.jsonl";
+  REQUIRE(run_to_end(device("120", {"--placement", "big", "--output", whole.string()}),
+                     dir / "w.out", dir / "w.err") == 0);
+  const auto lines = lines_of(piped);
+  const auto placement = of_type(lines, "placement");
+  REQUIRE(placement.size() == 1);
+  INFO(placement[0].dump());
+  CHECK(placement[0]["stages"].size() == 2);
+  REQUIRE(placement[0].contains("server"));
+  CHECK(placement[0]["server"]["cut"] == 10);
+  CHECK(placement[0]["server"]["bytes"].get<int>() > 0);
+  CHECK(placement[0]["network"]["server_serves"] == true);
+  const auto summary = of_type(lines, "placement_summary");
+  REQUIRE(summary.size() == 1);
+  CHECK(summary[0]["failed"] == 0);
+  CHECK(summary[0]["answered_by_server"] == 120);
+  CHECK(summary[0]["stages"].size() == 3);
+  const auto a = of_type(lines, "frame");
+  const auto b = of_type(lines_of(whole), "frame");
+  REQUIRE(a.size() == 120);
+  REQUIRE(b.size() == 120);
+  for (size_t i = 0; i < a.size(); ++i) {
+    REQUIRE(a[i]["frame"] == static_cast<int>(i));
+    CHECK(a[i]["completed"] == "server");
+    CHECK(a[i]["bytes"].get<int>() > 0);
+    CHECK(a[i]["stage_ms"].size() == 3);
+    CHECK(a[i]["source"] == b[i]["source"]);
+    REQUIRE(a[i]["top"].size() == b[i]["top"].size());
+    CHECK(a[i]["top"][0]["index"] == b[i]["top"][0]["index"]);
+    CHECK(a[i]["top"][0]["score"].get<double>() ==
+          doctest::Approx(b[i]["top"][0]["score"].get<double>()).epsilon(1e-3));
+  }
+
+  // auto with the server: the cost model may place the crossing anywhere (or nowhere); every
+  // frame is answered once, in order, and the line says what it knew of the server.
+  const fs::path chosen = dir / "auto.jsonl";
+  REQUIRE(run_to_end(device("60", {"--placement", "auto", "--server", server.endpoint(),
+                                   "--objective", "throughput", "--output", chosen.string()}),
+                     dir / "a.out", dir / "a.err") == 0);
+  const auto auto_lines = lines_of(chosen);
+  const auto auto_placement = of_type(auto_lines, "placement");
+  REQUIRE(auto_placement.size() == 1);
+  INFO(auto_placement[0].dump());
+  CHECK(auto_placement[0]["network"]["server_serves"] == true);
+  CHECK(auto_placement[0]["network"]["bandwidth_mbps"].get<double>() > 0);
+  const auto auto_summary = of_type(auto_lines, "placement_summary");
+  REQUIRE(auto_summary.size() == 1);
+  CHECK(auto_summary[0]["failed"] == 0);
+  CHECK(of_type(auto_lines, "frame").size() == 60);
+
+  // The server goes away while frames cross to it: the frames in flight wait their timeout and
+  // finish on the device, later ones do not wait; none is lost.
+  const fs::path lost = dir / "lost.jsonl";
+  ChildProcess run;
+  REQUIRE(run.start(device("4000", {"--placement", "big:4,server", "--server", server.endpoint(),
+                                    "--timeout-ms", "300", "--output", lost.string()}),
+                    dir / "l.out", dir / "l.err"));
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < give_up && run.running()) {
+    if (of_type(lines_of_partial(lost), "frame").size() >= 100) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  server.process().kill_now();
+  auto rc = run.wait(std::chrono::seconds(120));
+  REQUIRE(rc.has_value());
+  CHECK(*rc == 0);
+  INFO(read_file(dir / "l.err"));
+  const auto lost_lines = lines_of(lost);
+  const auto frames = of_type(lost_lines, "frame");
+  REQUIRE(frames.size() == 4000);
+  int on_server = 0, on_device = 0;
+  for (size_t i = 0; i < frames.size(); ++i) {
+    REQUIRE(frames[i]["frame"] == static_cast<int>(i));
+    CHECK_FALSE(frames[i].contains("error"));
+    CHECK(frames[i]["top"].size() > 0);
+    if (frames[i]["completed"] == "server") ++on_server;
+    if (frames[i]["completed"] == "device") {
+      ++on_device;
+      CHECK(frames[i].contains("reason"));
+    }
+  }
+  CHECK(on_server >= 100);
+  CHECK(on_device > 0);
+  CHECK(on_server + on_device == 4000);
+  const auto lost_summary = of_type(lost_lines, "placement_summary");
+  REQUIRE(lost_summary.size() == 1);
+  CHECK(lost_summary[0]["failed"] == 0);
 }

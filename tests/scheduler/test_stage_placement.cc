@@ -27,9 +27,10 @@ struct Best {
   double latency = 1e300;
 };
 
-// Every ordered choice of distinct executors and every split of the blocks among them.
-Best brute_force(const SegmentTable& t, PlacementObjective objective, std::optional<double> bound) {
-  Best best;
+// Calls `fn` with every valid placement: every ordered choice of distinct executors and every
+// split of the blocks among them.
+void for_each_placement(const SegmentTable& t,
+                        const std::function<void(const StagePlacement&)>& fn) {
   const int E = static_cast<int>(t.executors.size());
   const int B = t.blocks();
   std::vector<std::pair<int, int>> stages;
@@ -37,19 +38,7 @@ Best brute_force(const SegmentTable& t, PlacementObjective objective, std::optio
   std::function<void(int)> walk = [&](int begin) {
     if (begin == B) {
       auto p = evaluate_placement(t, stages);
-      if (!p.ok()) return;  // executors sharing a core
-      if (objective == PlacementObjective::kThroughput) {
-        if (p->period_ms < best.period - 1e-9 ||
-            (p->period_ms <= best.period + 1e-9 && p->latency_ms < best.latency)) {
-          best.period = p->period_ms;
-          best.latency = p->latency_ms;
-        }
-      } else if (!bound || p->period_ms <= *bound) {
-        if (p->latency_ms < best.latency) {
-          best.latency = p->latency_ms;
-          best.period = p->period_ms;
-        }
-      }
+      if (p.ok()) fn(*p);  // (not ok: executors sharing a core)
       return;
     }
     for (int e = 0; e < E; ++e) {
@@ -64,7 +53,66 @@ Best brute_force(const SegmentTable& t, PlacementObjective objective, std::optio
     }
   };
   walk(0);
+}
+
+void consider(Best& best, const StagePlacement& p, PlacementObjective objective,
+              std::optional<double> bound) {
+  if (bound && p.period_ms > *bound) return;
+  if (objective == PlacementObjective::kThroughput) {
+    if (p.period_ms < best.period - 1e-9 ||
+        (p.period_ms <= best.period + 1e-9 && p.latency_ms < best.latency)) {
+      best.period = p.period_ms;
+      best.latency = p.latency_ms;
+    }
+  } else if (p.latency_ms < best.latency) {
+    best.latency = p.latency_ms;
+    best.period = p.period_ms;
+  }
+}
+
+Best brute_force(const SegmentTable& t, PlacementObjective objective, std::optional<double> bound) {
+  Best best;
+  for_each_placement(t, [&](const StagePlacement& p) {
+    consider(best, p, objective, objective == PlacementObjective::kLatency ? bound : std::nullopt);
+  });
   return best;
+}
+
+// A random table: E executors over cores 0..cores-1 (some overlapping: a "both" executor over two
+// single cores), B blocks of 0.05..10 ms, and with `ends` what a stage pays at its ends.
+SegmentTable random_table(std::mt19937& rng, int E, int B, int cores, bool ends) {
+  std::uniform_real_distribution<double> ms(0.05, 10.0);
+  SegmentTable t;
+  for (int e = 0; e < E; ++e) {
+    std::vector<int> on;
+    for (int c = 0; c < cores; ++c) {
+      if (rng() % 3 == 0) on.push_back(c);
+    }
+    if (on.empty()) on.push_back(static_cast<int>(rng() % static_cast<unsigned>(cores)));
+    t.executors.push_back({"e" + std::to_string(e), on, 1, 1000});
+    t.block_ms.emplace_back();
+    for (int b = 0; b < B; ++b) t.block_ms.back().push_back(ms(rng));
+    if (ends) {
+      t.cut_ms.emplace_back();
+      for (int b = 0; b <= B; ++b) t.cut_ms.back().push_back(ms(rng) / 5);
+    }
+  }
+  for (int b = 0; b <= B; ++b) t.cut_ids.push_back(b * 2);
+  return t;
+}
+
+// Checks the placement found against brute force's best; true when there was one to find.
+bool matches(const Best& expect, const std::optional<StagePlacement>& got,
+             std::optional<double> bound) {
+  if (expect.latency == 1e300) {
+    CHECK_FALSE(got.has_value());
+    return false;
+  }
+  REQUIRE(got.has_value());
+  CHECK(got->period_ms == doctest::Approx(expect.period).epsilon(1e-9));
+  CHECK(got->latency_ms == doctest::Approx(expect.latency).epsilon(1e-9));
+  if (bound) CHECK(got->period_ms <= *bound + 1e-9);
+  return true;
 }
 
 }  // namespace
@@ -130,45 +178,98 @@ TEST_CASE("stage placement: the dynamic program matches brute force on random ta
   std::uniform_real_distribution<double> ms(0.05, 10.0);
   int checked = 0;
   for (int trial = 0; trial < 1500; ++trial) {
-    SegmentTable t;
     const int E = 1 + static_cast<int>(rng() % 4);
     const int B = 1 + static_cast<int>(rng() % 7);
-    for (int e = 0; e < E; ++e) {
-      // Cores 0..4: some executors overlap (a "both" executor over two single cores).
-      std::vector<int> cores;
-      for (int c = 0; c < 5; ++c) {
-        if (rng() % 3 == 0) cores.push_back(c);
-      }
-      if (cores.empty()) cores.push_back(static_cast<int>(rng() % 5));
-      t.executors.push_back({"e" + std::to_string(e), cores, 1, 1000});
-      t.block_ms.emplace_back();
-      for (int b = 0; b < B; ++b) t.block_ms.back().push_back(ms(rng));
-    }
-    for (int b = 0; b <= B; ++b) t.cut_ids.push_back(b * 2);
+    SegmentTable t = random_table(rng, E, B, 5, trial % 3 == 0);
     t.handoff_ms = (rng() % 2) ? 0.0 : ms(rng) / 10;
-    if (trial % 3 == 0) {  // what a stage pays at its ends
-      for (int e = 0; e < E; ++e) {
-        t.cut_ms.emplace_back();
-        for (int b = 0; b <= B; ++b) t.cut_ms.back().push_back(ms(rng) / 5);
-      }
-    }
     const auto objective =
         (trial % 2) ? PlacementObjective::kThroughput : PlacementObjective::kLatency;
     std::optional<double> bound;
     if (objective == PlacementObjective::kLatency && trial % 4 == 0) bound = ms(rng) * 2;
     const Best expect = brute_force(t, objective, bound);
-    auto got = best_placement(t, objective, bound);
-    if (expect.latency == 1e300) {
-      CHECK_FALSE(got.has_value());
-      continue;
-    }
-    REQUIRE(got.has_value());
-    CHECK(got->period_ms == doctest::Approx(expect.period).epsilon(1e-9));
-    CHECK(got->latency_ms == doctest::Approx(expect.latency).epsilon(1e-9));
-    if (bound) CHECK(got->period_ms <= *bound + 1e-9);
-    ++checked;
+    if (matches(expect, best_placement(t, objective, bound), bound)) ++checked;
   }
   CHECK(checked > 1000);
+}
+
+TEST_CASE("stage placement: a crossing to a server adds its share of the period and its latency") {
+  const SegmentTable t = two_executors();
+  ServerCrossing c;
+  c.cut_index = 2;  // the device runs blocks 0 and 1 (cut ids 0..3), the server the rest
+  c.send_ms = 3;
+  c.round_trip_ms = 2;
+  c.server_ms = 1;
+  auto device = evaluate_placement(leading_blocks(t, 2), {{0, 2}});
+  REQUIRE(device.ok());
+  CHECK(device->period_ms == doctest::Approx(7));
+  const StagePlacement p = with_server(*device, t, c);
+  REQUIRE(p.server.has_value());
+  CHECK(p.period_ms == doctest::Approx(7));
+  CHECK(p.latency_ms == doctest::Approx(7 + 0.1 + 3 + 2 + 1));
+  // A slow link sets the period.
+  c.send_ms = 9;
+  CHECK(with_server(*device, t, c).period_ms == doctest::Approx(9));
+  // Throughput: big on block 0 (4 ms) and little on block 1 (4.5 ms), then a crossing whose
+  // share is 4.5 ms beats every placement on the device alone (6 ms at best).
+  c.cut_index = 2;
+  c.send_ms = 4.5;
+  auto best = best_placement_with_server(t, {c}, PlacementObjective::kThroughput);
+  REQUIRE(best.has_value());
+  REQUIRE(best->server.has_value());
+  CHECK(best->period_ms == doctest::Approx(4.5));
+  CHECK(best->stages.size() == 2);
+  // A crossing slower than the device alone is not chosen.
+  c.send_ms = 20;
+  best = best_placement_with_server(t, {c}, PlacementObjective::kThroughput);
+  REQUIRE(best.has_value());
+  CHECK_FALSE(best->server.has_value());
+  CHECK(best->period_ms == doctest::Approx(6));
+  // Crossings at the input or after the last block are not placements with a server.
+  c.send_ms = 0.1;
+  c.cut_index = 0;
+  CHECK_FALSE(best_placement_with_server(t, {c}, PlacementObjective::kLatency)->server);
+  c.cut_index = 4;
+  CHECK_FALSE(best_placement_with_server(t, {c}, PlacementObjective::kLatency)->server);
+}
+
+TEST_CASE("stage placement: placements with a server match brute force on random tables") {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<double> ms(0.05, 10.0);
+  int with_crossing = 0;
+  for (int trial = 0; trial < 800; ++trial) {
+    // One to three executors over four cores, two to six blocks, every table with end costs.
+    SegmentTable t = random_table(rng, 1 + static_cast<int>(rng() % 3),
+                                  2 + static_cast<int>(rng() % 5), 4, true);
+    const int B = t.blocks();
+    t.handoff_ms = ms(rng) / 10;
+    std::vector<ServerCrossing> crossings;
+    for (int i = 0; i <= B; ++i) {
+      if (rng() % 4 == 0) continue;
+      ServerCrossing c;
+      c.cut_index = i;
+      c.send_ms = ms(rng);
+      c.round_trip_ms = ms(rng) / 2;
+      c.server_ms = ms(rng) / 2;
+      crossings.push_back(c);
+    }
+    const auto objective =
+        (trial % 2) ? PlacementObjective::kThroughput : PlacementObjective::kLatency;
+    std::optional<double> bound;
+    if (trial % 3 == 0) bound = ms(rng) * 1.5;
+    Best expect;
+    for_each_placement(t, [&](const StagePlacement& p) { consider(expect, p, objective, bound); });
+    for (const ServerCrossing& c : crossings) {
+      if (c.cut_index < 1 || c.cut_index >= B) continue;
+      const SegmentTable lead = leading_blocks(t, c.cut_index);
+      REQUIRE(lead.blocks() == c.cut_index);
+      for_each_placement(lead, [&](const StagePlacement& p) {
+        consider(expect, with_server(p, t, c), objective, bound);
+      });
+    }
+    const auto got = best_placement_with_server(t, crossings, objective, bound);
+    if (matches(expect, got, bound) && got->server) ++with_crossing;
+  }
+  CHECK(with_crossing > 100);
 }
 
 TEST_CASE("stage placement: bad tables and placements are refused with a sentence") {
