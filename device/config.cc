@@ -548,6 +548,9 @@ void add_flags(cxxopts::Options& cli) {
     ("output", "write JSON lines to this file instead of stdout", cxxopts::value<std::string>()->default_value(""))
     ("json", "JSON lines even on a terminal")
     ("name", "device name sent in the handshake", cxxopts::value<std::string>()->default_value("edgesplit-device"))
+    ("handshake-timeout-ms", "how long the first handshake (and its calibration probes) may take "
+     "before the server counts as unreachable (default 2000; raise it for links with long round trips)",
+     cxxopts::value<int>())
     ("server-key", "the server's CURVE public key file (.pub from edgesplit-keygen): encrypts the link",
      cxxopts::value<std::string>())
     ("key", "this device's CURVE secret key file (.key; default with --server-key: a fresh key per run)",
@@ -565,6 +568,12 @@ void add_flags(cxxopts::Options& cli) {
 // The device-wide flags that were given (all of them are optional), over `c`.
 Status apply_device_flags(const cxxopts::ParseResult& args, DeviceConfig& c) {
   if (args.count("server")) c.server = args["server"].as<std::string>();
+  if (args.count("handshake-timeout-ms")) {
+    c.handshake_timeout_ms = args["handshake-timeout-ms"].as<int>();
+    if (c.handshake_timeout_ms < 1) {
+      return invalid_argument("--handshake-timeout-ms must be at least 1 (milliseconds)");
+    }
+  }
   if (args.count("max-device-memory-mb")) {
     const double v = args["max-device-memory-mb"].as<double>();
     if (!(v >= 0)) return invalid_argument("--max-device-memory-mb must be 0 or more");

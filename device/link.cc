@@ -105,9 +105,12 @@ LinkState Link::connect() {
   attempted_ = true;
   last_attempt_ = clock_.now();
   // ZeroMQ reconnects in the background (with its own backoff); a retry only asks whether the
-  // server answers again, briefly, so frames keep flowing locally meanwhile.
+  // server answers again, briefly, so frames keep flowing locally meanwhile: 250 ms, stretched
+  // like ZeroMQ's own timings (device/runtime.cc) when the handshake timeout was raised above its
+  // 2 s default for a link with long round trips, which a 250 ms retry would never reach across.
+  const int retry_ms = std::max(250, options_.handshake_timeout_ms / 8);
   const int timeout_ms =
-      first ? options_.handshake_timeout_ms : std::min(options_.handshake_timeout_ms, 250);
+      first ? options_.handshake_timeout_ms : std::min(options_.handshake_timeout_ms, retry_ms);
   // No model digest: the server lists every model it serves, and each stream looks for its own.
   wire::Hello hello = transport::make_hello("", options_.device_name);
   auto reply = channel_->handshake(hello, std::chrono::milliseconds(timeout_ms));

@@ -657,12 +657,20 @@ int run_device(const DeviceConfig& config) {
     // After an outage the device should offload again well within a second: a silent link is
     // dropped after 1.5 s (ZeroMQ heartbeats, answered by the server's I/O thread even while it
     // computes), and ZeroMQ then tries a new connection every quarter second, each attempt
-    // bounded to a quarter second (a SYN lost in the outage is not waited for).
-    lo.heartbeat.ivl = std::chrono::milliseconds(500);
-    lo.heartbeat.timeout = std::chrono::milliseconds(1500);
-    lo.reconnect_ivl = std::chrono::milliseconds(100);
-    lo.reconnect_ivl_max = std::chrono::milliseconds(250);
-    lo.connect_timeout = std::chrono::milliseconds(250);
+    // bounded to a quarter second (a SYN lost in the outage is not waited for). A handshake
+    // timeout raised above its 2 s default (a link whose round trip nears a second) stretches
+    // these in proportion: a connection attempt must outlast a round trip, and a heartbeat's
+    // answer may queue behind a frame on a slow uplink.
+    const double stretch = std::max(1.0, config.handshake_timeout_ms / 2000.0);
+    auto ms = [&](double v) {
+      return std::chrono::milliseconds(static_cast<int64_t>(v * stretch));
+    };
+    lo.heartbeat.ivl = ms(500);
+    lo.heartbeat.timeout = ms(1500);
+    lo.heartbeat.ttl = ms(30000);  // the server drops this device after 30 s without a message
+    lo.reconnect_ivl = ms(100);
+    lo.reconnect_ivl_max = ms(250);
+    lo.connect_timeout = ms(250);
     lo.curve_server_key = config.server_public_key;
     lo.curve_secret_key = config.device_secret_key;
     auto opened = open_zmq_channel(lo);

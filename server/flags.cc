@@ -138,6 +138,12 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
 
   ServerOptions& options = command.options;
   options.router.endpoint = args["bind"].as<std::string>();
+  // ZeroMQ counts only whole messages as a connection's traffic: on a slow uplink a device's
+  // request (or its 64 KB bandwidth probe) can take seconds to arrive, with the device's
+  // heartbeat answers queued behind it. A connection is dropped only after 30 s without a whole
+  // message (a device that is gone costs nothing meanwhile: its requests have deadlines).
+  options.router.heartbeat.timeout = std::chrono::seconds(30);
+  options.router.heartbeat.ttl = std::chrono::seconds(60);
   if (args.count("model")) options.model_paths = args["model"].as<std::vector<std::string>>();
   if (args.count("meta")) options.meta_paths = args["meta"].as<std::vector<std::string>>();
   if (args.count("exits")) options.exits_paths = args["exits"].as<std::vector<std::string>>();

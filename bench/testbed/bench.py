@@ -127,12 +127,17 @@ def device_argv(args, extra, max_frames=None):
 def timeout_flags(flags, dilation, fixed_timeout_ms):
     """--timeout-ms for a contender under dilation K: a fixed plan gets `fixed_timeout_ms` x K (it
     should not fall back), edgesplit its default 1000 ms x K (the device's own time scale is
-    dilated with the network's); nothing at K = 1 for edgesplit (its default)."""
+    dilated with the network's); nothing at K = 1 for edgesplit (its default). At K != 1 the
+    handshake's timeout (default 2000 ms) is dilated too: at 100 ms x 10 the handshake alone takes
+    two round trips of a second."""
+    out = []
+    if dilation != 1 and "--handshake-timeout-ms" not in flags:
+        out = ["--handshake-timeout-ms", str(int(2000 * dilation))]
     if "--timeout-ms" in flags:
-        return []
+        return out
     if "--cut" in flags or "--plan" in flags:
-        return ["--timeout-ms", str(int(fixed_timeout_ms * dilation))]
-    return ["--timeout-ms", str(int(1000 * dilation))] if dilation != 1 else []
+        return out + ["--timeout-ms", str(int(fixed_timeout_ms * dilation))]
+    return out + (["--timeout-ms", str(int(1000 * dilation))] if dilation != 1 else [])
 
 
 def run_device(tb, args, extra, out_path, warmup, quota, duration=None, on_start=None):

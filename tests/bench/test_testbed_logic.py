@@ -176,10 +176,12 @@ class Dilation(unittest.TestCase):
 
     def test_timeouts_scale_with_dilation(self):
         self.assertEqual(bench.timeout_flags(["--cut", "device"], 10, 30000),
-                         ["--timeout-ms", "300000"])
+                         ["--handshake-timeout-ms", "20000", "--timeout-ms", "300000"])
         self.assertEqual(bench.timeout_flags(["--objective", "latency"], 10, 30000),
-                         ["--timeout-ms", "10000"])
+                         ["--handshake-timeout-ms", "20000", "--timeout-ms", "10000"])
         self.assertEqual(bench.timeout_flags(["--objective", "latency"], 1, 30000), [])
+        self.assertEqual(bench.timeout_flags(["--timeout-ms", "5"], 2, 30000),
+                         ["--handshake-timeout-ms", "4000"])
 
 
 class Oracle(unittest.TestCase):

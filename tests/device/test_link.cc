@@ -98,6 +98,30 @@ TEST_CASE("link: a server never reached is retried with backoff and said once") 
   CHECK(rig.logs_containing("is back") == 1);
 }
 
+TEST_CASE("link: a retry's handshake is brief, and longer when the handshake timeout was raised") {
+  for (const auto& [handshake_ms, retry_ms] :
+       {std::pair<int, double>{2000, 250}, std::pair<int, double>{20000, 2500}}) {
+    partitioner::ManualClock clock;
+    auto server = std::make_shared<FakeServer>();
+    server->up = false;
+    LinkOptions o;
+    o.endpoint = "tcp://fake:5555";
+    o.handshake_timeout_ms = handshake_ms;
+    o.retry_ms = 2000;
+    Link link(o, std::make_unique<FakeChannel>(server, clock), clock, nullptr);
+    auto t0 = clock.now();
+    CHECK(link.connect() == LinkState::kNeverUp);
+    // The fake waits out the whole timeout of a hello nobody answers.
+    CHECK(std::chrono::duration<double, std::milli>(clock.now() - t0).count() ==
+          doctest::Approx(handshake_ms));
+    clock.advance_ms(30000);
+    t0 = clock.now();
+    link.tend();
+    CHECK(std::chrono::duration<double, std::milli>(clock.now() - t0).count() ==
+          doctest::Approx(retry_ms));
+  }
+}
+
 TEST_CASE("link: replies reach the stream that sent them - late ones are counted, not returned") {
   Rig rig;
   REQUIRE(rig.link->connect() == LinkState::kUp);
