@@ -837,23 +837,19 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
     if (!item->error.empty()) {
       ++failed;
       j["error"] = item->error;
-    } else if (item->top) {
-      ++answered;
-      json tj = json::array();
-      for (const auto& c : *item->top) {
-        json e{{"index", c.index}, {"score", c.score}};
-        if (static_cast<size_t>(c.index) < info_.labels.size()) {
-          e["label"] = info_.labels[static_cast<size_t>(c.index)];
-        }
-        tj.push_back(e);
-      }
-      j["top"] = tj;
     } else {
-      const at::Tensor logits = item->x.at(0).contiguous().reshape({-1});
+      // The server's top classes, or the device's from the logits.
+      std::vector<partitioner::ClassScore> top;
+      if (item->top) {
+        ++answered;
+        top = *item->top;
+      } else {
+        const at::Tensor logits = item->x.at(0).contiguous().reshape({-1});
+        top = partitioner::top_k(logits.data_ptr<float>(), static_cast<size_t>(logits.numel()),
+                                 static_cast<size_t>(stream_.top_k));
+      }
       json tj = json::array();
-      for (const auto& c :
-           partitioner::top_k(logits.data_ptr<float>(), static_cast<size_t>(logits.numel()),
-                              static_cast<size_t>(stream_.top_k))) {
+      for (const auto& c : top) {
         json e{{"index", c.index}, {"score", c.score}};
         if (static_cast<size_t>(c.index) < info_.labels.size()) {
           e["label"] = info_.labels[static_cast<size_t>(c.index)];
