@@ -562,6 +562,11 @@ struct Stream::Impl {
     if (!loop_start) loop_start = now;
     apply_latency_step(now);
     if (next || eof) return;
+    // While the lane runs a frame the next one waits for, the next image is read once that frame
+    // is done, as a device-only run reads it: read now, its decoding would take CPU time from the
+    // frame on the lane wherever the device has less than a core to spare (a single core, a
+    // quota), and make the frame slower than the same plan run without a server.
+    if (lane_waits_next()) return;
     if (!source) {
       eof = true;
       return;
@@ -606,6 +611,13 @@ struct Stream::Impl {
     reporter.log(buf);
   }
 
+  // Whether the next frame waits for the lane's frame: a planned local frame runs on the lane
+  // one at a time, except that, while a lost server is away, the first frame after its return is
+  // offloaded at once.
+  bool lane_waits_next() {
+    return lane_holds_planned && lane_busy() && !(server_usable() && server_was_lost);
+  }
+
   bool frame_ready(Clock::time_point now, Clock::time_point* due) {
     read_ahead(now);
     if (!next) return false;
@@ -615,7 +627,7 @@ struct Stream::Impl {
     // for it (one local frame at a time), while the loop keeps taking replies as they come
     // and, while a lost server is away, keeps asking whether it is back: the first frame
     // after its return is offloaded without waiting for a local frame to finish.
-    if (lane_holds_planned && lane_busy() && !(server_usable() && server_was_lost)) return false;
+    if (lane_waits_next()) return false;
     const bool window_open = pending_frames() < window;
     const bool beside = !window_open && lane_wanted();
     if (!window_open && !beside) return false;
