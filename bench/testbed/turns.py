@@ -157,18 +157,78 @@ class GatedDevice:
         self.raw.flush()
 
 
-def start_all(tb, entries, ready_timeout_s=180.0):
+SLOW_LINK_MBIT = 2.0  # below this (on the wire), contenders start one at a time
+
+
+def start_all(tb, entries, ready_timeout_s=180.0, quiet_timeout_s=120.0):
     """Starts every (name, argv, raw_path) in the idle cgroup (loading is not slowed down) and
-    waits until each is ready. Returns {name: GatedDevice} of those that are; the others are
-    closed, with their reason in `failed` ({name: why})."""
-    devs = {name: GatedDevice(tb, argv, raw) for name, argv, raw in entries}
-    failed = {}
-    for name, d in list(devs.items()):
-        if not d.wait_ready(ready_timeout_s):
-            failed[name] = d.dead
-            d.close(kill=True)
-            del devs[name]
+    waits until each is ready and the link is quiet again (wait_quiet): a device that connects
+    sends a 64 KB bandwidth probe. On a link slower than SLOW_LINK_MBIT the contenders start one
+    at a time, each after the previous one's probe is through: started together, their probes
+    share the link for a minute or more, the first turns with them, and a probe that takes the
+    server's heartbeat timeout (30 s) without arriving whole costs its device the connection.
+    Returns {name: GatedDevice} of those that are ready; the others are closed, with their
+    reason in `failed` ({name: why})."""
+    state = getattr(tb, "link_state", None)
+    one_by_one = bool(state) and state[0] < SLOW_LINK_MBIT
+    devs, failed = {}, {}
+    waited = 0.0
+
+    def settle(batch):
+        nonlocal waited
+        for name, d in batch.items():
+            if d.wait_ready(ready_timeout_s):
+                devs[name] = d
+            else:
+                failed[name] = d.dead
+                d.close(kill=True)
+        if batch:
+            waited += wait_quiet(tb, quiet_timeout_s) or 0.0
+
+    if one_by_one:
+        for name, argv, raw in entries:
+            settle({name: GatedDevice(tb, argv, raw)})
+    else:
+        settle({name: GatedDevice(tb, argv, raw) for name, argv, raw in entries})
+    if waited >= 1.0:
+        print("  (%s: %.0f s waiting for their bandwidth probes to go through)"
+              % ("contenders started one at a time" if one_by_one else "contenders started",
+                 waited), flush=True)
     return devs, failed
+
+
+def unsent_bytes(tb):
+    """Bytes the device's and the server's TCP connections hold unacknowledged or unsent (the
+    Send-Q column of `ss`), or None when ss cannot tell."""
+    total = 0
+    for ns in (tb.dev_ns, tb.srv_ns):
+        try:
+            out = subprocess.run(["ip", "netns", "exec", ns, "ss", "-tnH", "state", "established"],
+                                 capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        for line in out.splitlines():
+            cols = line.split()
+            if len(cols) >= 2 and cols[1].isdigit():
+                total += int(cols[1])
+    return total
+
+
+def wait_quiet(tb, timeout_s, below=4096, interval_s=0.5):
+    """Waits until the connections hold fewer than `below` bytes twice in a row (heartbeats, tens
+    of bytes, do not count), at most `timeout_s`. Returns the seconds waited (None when ss cannot
+    tell)."""
+    t0 = time.monotonic()
+    calm = 0
+    while time.monotonic() - t0 < timeout_s:
+        n = unsent_bytes(tb)
+        if n is None:
+            return None
+        calm = calm + 1 if n < below else 0
+        if calm >= 2:
+            return time.monotonic() - t0
+        time.sleep(interval_s)
+    return time.monotonic() - t0
 
 
 class Turns:
