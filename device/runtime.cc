@@ -573,12 +573,10 @@ class Runtime {
   }
 
   // Sleeps until a reply, a local lane's frame, the next arrival or deadline, or the link's next
-  // errand, whichever comes first (a busy loop would take CPU time, and under a CPU quota the
-  // quota, from the networks).
-  // zmq_poll counts whole milliseconds: it waits the whole milliseconds before the wake, and the
-  // rest, under one, is slept to the microsecond, so that a paced frame starts at its arrival
-  // rather than up to 2 ms after it (on frames of a few milliseconds, most of their latency
-  // beyond compute). A wake already past that the loop did not act on waits 1 ms: no busy loop.
+  // errand, whichever comes first. zmq_poll counts whole milliseconds: it waits those before the
+  // wake, and the rest, under one, is slept to the microsecond, so that a paced frame starts at
+  // its arrival rather than up to 2 ms after it. A wake already past that the loop did not act
+  // on waits 1 ms: a busy loop would take CPU time (under a quota, the networks' quota).
   void wait() {
     auto wake = link_.next_wake();
     for (auto& s : streams_) wake = std::min(wake, s->next_wake());
