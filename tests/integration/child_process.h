@@ -111,6 +111,13 @@ class ChildProcess {
   std::optional<int> exit_code_;
 };
 
+// Appended to a device's arguments when its server is already up: the first handshake may take
+// up to 20 s. The device's 2 s default suits a real link, but under ThreadSanitizer, beside other
+// tests on 2 cores, a device and a server can take longer to shake hands, and a short run would
+// then finish every frame on the device. (The longer timeout also stretches the link's heartbeat
+// and reconnect timings, device/runtime.cc, which a test of a lost server must not use.)
+inline const std::vector<std::string> kServerIsUp = {"--handshake-timeout-ms", "20000"};
+
 // Runs a binary to completion; its exit code (or -1 on timeout, after killing it).
 inline int run_to_end(const std::vector<std::string>& argv, const std::filesystem::path& out,
                       const std::filesystem::path& err,

@@ -269,10 +269,11 @@ TEST_CASE("a server started with --family serves every member: frames of any mem
   REQUIRE(server.start(dir, {"--family", manifest.string()}));
   const fs::path out = dir / "device.out", err = dir / "device.err";
   // The handshake lists both members; the scheduler may plan either on the server or the device.
-  const int rc = run_to_end({bin("edgesplit-device"), "--family", manifest.string(), "--server",
-                             server.endpoint(), "--input", images.string(), "--json", "--objective",
-                             "latency", "--max-accuracy-drop", "none", "--require-server"},
-                            out, err);
+  const int rc = run_to_end(
+      {bin("edgesplit-device"), "--family", manifest.string(), "--server", server.endpoint(),
+       "--input", images.string(), "--json", "--objective", "latency", "--max-accuracy-drop",
+       "none", "--require-server", kServerIsUp[0], kServerIsUp[1]},
+      out, err);
   CHECK_MESSAGE(rc == 0, read_file(err));
   json ready;
   std::vector<json> frames;
@@ -363,7 +364,8 @@ TEST_CASE(
     ServerProcess server;
     REQUIRE(server.start(sdir, flags));
     std::vector<std::string> argv = device;
-    argv.insert(argv.end(), {"--server", server.endpoint(), "--require-server"});
+    argv.insert(argv.end(), {"--server", server.endpoint(), "--require-server", kServerIsUp[0],
+                             kServerIsUp[1]});
     const int rc = run_to_end(argv, dir / (name + ".out"), dir / (name + ".err"));
     CHECK_MESSAGE(rc == 0, read_file(dir / (name + ".err")));
     CHECK(frames_of(name).size() == 30);
@@ -499,8 +501,9 @@ TEST_CASE("early exits with a server: frames that do not leave go on to the cut 
   const fs::path dir = scratch("exit-server");
   ServerProcess server;
   REQUIRE(server.start(dir, {"--model", default_model().string()}));
-  const std::vector<std::string> remote = {
-      "--server", server.endpoint(), "--cut", "down2.2", "--bits", "8", "--require-server"};
+  const std::vector<std::string> remote = {"--server",         server.endpoint(), "--cut",
+                                           "down2.2",          "--bits",          "8",
+                                           "--require-server", kServerIsUp[0],    kServerIsUp[1]};
   const auto plain = device_frames(dir, "plain", remote, nullptr);
   std::vector<std::string> exits = remote;
   exits.insert(exits.end(), {"--exits", default_exits().string(), "--exit-threshold", "0.9"});
@@ -560,8 +563,9 @@ TEST_CASE(
             "0", "--http-bind", "127.0.0.1", "--http-port-file", port_file.string()}));
   INFO(server.log());
   // Cut down1.2 (4) lies before the exit (res1.relu, 6): the exit runs on the server.
-  const std::vector<std::string> remote = {
-      "--server", server.endpoint(), "--cut", "down1.2", "--bits", "8", "--require-server"};
+  const std::vector<std::string> remote = {"--server",         server.endpoint(), "--cut",
+                                           "down1.2",          "--bits",          "8",
+                                           "--require-server", kServerIsUp[0],    kServerIsUp[1]};
   const auto plain = device_frames(dir, "plain", remote, nullptr);
   auto with = [&](const std::string& t) {
     std::vector<std::string> a = remote;
@@ -627,6 +631,8 @@ TEST_CASE("early exits on the server: a server without the exits makes the devic
                                           "--bits",
                                           "8",
                                           "--require-server",
+                                          kServerIsUp[0],
+                                          kServerIsUp[1],
                                           "--exits",
                                           default_exits().string(),
                                           "--exit-threshold",
@@ -637,8 +643,9 @@ TEST_CASE("early exits on the server: a server without the exits makes the devic
   CHECK(summary["exits"]["left"] == 0);
   CHECK(read_file(dir / "fixed.err").find("does not run this stream's exits") != std::string::npos);
   // Scheduled: no plan with exits on the server is chosen, and the device says why once.
-  const std::vector<std::string> scheduled = {"--server", server.endpoint(), "--require-server",
-                                              "--exits", default_exits().string()};
+  const std::vector<std::string> scheduled = {
+      "--server",     server.endpoint(), "--require-server",      kServerIsUp[0],
+      kServerIsUp[1], "--exits",         default_exits().string()};
   const auto chosen = device_frames(dir, "scheduled", scheduled, nullptr);
   for (const auto& [source, f] : chosen) {
     CHECK(f["completed"] != "server_exit");
@@ -684,8 +691,8 @@ TEST_CASE("exits on both sides: layer1 on the device, layer2 on the server, for 
   const fs::path out = dir / "device.out", err = dir / "device.err";
   const int rc = run_to_end(
       {bin("edgesplit-device"), "--model", model.string(), "--input", images.string(), "--json",
-       "--server", server.endpoint(), "--require-server", "--cut", "layer2.4:relu", "--bits", "8",
-       "--exits", exits.string(), "--exit-threshold", "0.8"},
+       "--server", server.endpoint(), "--require-server", kServerIsUp[0], kServerIsUp[1], "--cut",
+       "layer2.4:relu", "--bits", "8", "--exits", exits.string(), "--exit-threshold", "0.8"},
       out, err);
   CHECK_MESSAGE(rc == 0, read_file(err));
   std::map<std::string, int> completed;

@@ -3,6 +3,7 @@
 // several models; a missing or killed server; malformed and hostile messages.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <zmq.hpp>
@@ -51,6 +52,11 @@ DeviceRun run_device(const fs::path& dir, const std::string& tag, std::vector<st
   std::vector<std::string> argv = {bin("edgesplit-device"), "--model", default_model().string(),
                                    "--input", default_samples().string()};
   argv.insert(argv.end(), args.begin(), args.end());
+  // A server given here is up, except where the test sets the handshake timeout itself.
+  if (std::count(args.begin(), args.end(), "--server") &&
+      !std::count(args.begin(), args.end(), kServerIsUp[0])) {
+    argv.insert(argv.end(), kServerIsUp.begin(), kServerIsUp.end());
+  }
   fs::path out = dir / (tag + ".jsonl"), err = dir / (tag + ".err");
   int rc = run_to_end(argv, out, err);
   return parse_run(rc, out, err);
@@ -207,6 +213,7 @@ TEST_CASE("two devices at once against one server") {
                                    "4",
                                    "--in-flight",
                                    "4"};
+  base.insert(base.end(), kServerIsUp.begin(), kServerIsUp.end());
   ChildProcess a, b;
   REQUIRE(a.start(base, dir / "a.jsonl", dir / "a.err"));
   REQUIRE(b.start(base, dir / "b.jsonl", dir / "b.err"));
@@ -216,6 +223,7 @@ TEST_CASE("two devices at once against one server") {
   REQUIRE(rb == 0);
   for (const char* tag : {"a", "b"}) {
     auto run = parse_run(0, dir / (std::string(tag) + ".jsonl"), dir / (std::string(tag) + ".err"));
+    INFO(tag << ": " << run.err);
     CHECK(run.frames.size() == 4 * sample_count());
     CHECK(run.summary["on_server"] == run.frames.size());
   }
@@ -290,6 +298,7 @@ TEST_CASE("one server serves two models") {
                                    // the point is two models on one server, not latency: allow a
                                    // cold ResNet-18 tail on a loaded machine
                                    "--timeout-ms", "20000"};
+  argv.insert(argv.end(), kServerIsUp.begin(), kServerIsUp.end());
   auto rc = run_to_end(argv, dir / "second.jsonl", dir / "second.err");
   auto second_run = parse_run(rc, dir / "second.jsonl", dir / "second.err");
   INFO(second_run.err);
@@ -308,7 +317,9 @@ TEST_CASE("no server running: every frame finishes on the device and is marked a
     s.bind("tcp://127.0.0.1:*");
     endpoint = s.get(zmq::sockopt::last_endpoint);
   }
-  auto run = run_device(dir, "absent", {"--server", endpoint, "--cut", "2", "--timeout-ms", "300"});
+  auto run = run_device(dir, "absent",
+                        {"--server", endpoint, "--cut", "2", "--timeout-ms", "300",
+                         "--handshake-timeout-ms", "2000"});  // the default: nothing listens
   REQUIRE(run.rc == 0);
   REQUIRE(run.frames.size() == sample_count());
   for (const auto& f : run.frames) {

@@ -161,6 +161,7 @@ TEST_CASE(
   REQUIRE(server.start(dir, {"--model", default_model().string()}));
   std::vector<std::string> served = required;
   served[served.size() - 6] = server.endpoint();  // --server's value
+  served.insert(served.end(), kServerIsUp.begin(), kServerIsUp.end());
   Outcome ok = run(dir, "served", device(served));
   REQUIRE_MESSAGE(ok.rc == 0, ok.err);
   CHECK(ok.summary["on_server"] == 3);
@@ -263,10 +264,10 @@ TEST_CASE(
   // 4. Serve it and let the scheduler run it with the defaults: within the 1-point bound.
   ServerProcess server;
   REQUIRE(server.start(dir, {"--model", model.string(), "--profile", profile.string()}));
-  Outcome dev = run(
-      dir, "device",
-      device({"--model", model.string(), "--profile", profile.string(), "--input", subset.string(),
-              "--max-frames", "20", "--server", server.endpoint(), "--require-server"}));
+  Outcome dev = run(dir, "device",
+                    device({"--model", model.string(), "--profile", profile.string(), "--input",
+                            subset.string(), "--max-frames", "20", "--server", server.endpoint(),
+                            "--require-server", kServerIsUp[0], kServerIsUp[1]}));
   REQUIRE_MESSAGE(dev.rc == 0, dev.err);
   CHECK(dev.ready["constraints"]["max_accuracy_drop"] == 1.0);
   CHECK(first_line(dev.err).find("top-1 drop <= 1 point") != std::string::npos);
@@ -276,10 +277,11 @@ TEST_CASE(
     CHECK(f["predicted"]["accuracy_drop_pp"].get<double>() <= 1.0);
   }
   // Fixed plans by cut name, as edgesplit-inspect prints them.
-  Outcome named = run(dir, "named",
-                      device({"--model", model.string(), "--profile", profile.string(), "--input",
-                              subset.string(), "--max-frames", "3", "--server", server.endpoint(),
-                              "--cut", "features.13.1", "--bits", "8"}));
+  Outcome named =
+      run(dir, "named",
+          device({"--model", model.string(), "--profile", profile.string(), "--input",
+                  subset.string(), "--max-frames", "3", "--server", server.endpoint(),
+                  kServerIsUp[0], kServerIsUp[1], "--cut", "features.13.1", "--bits", "8"}));
   REQUIRE_MESSAGE(named.rc == 0, named.err);
   for (const json& f : named.frames) CHECK(f["plan"]["cut_name"] == "features.13.1");
 }

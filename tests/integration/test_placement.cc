@@ -175,10 +175,10 @@ TEST_CASE(
   // Blocks up to down1.2 (cut 4) on big, up to res2.relu (cut 10) on little, the rest on the
   // server, the tensor sent in fp32: the server's tail gives the scores of the whole model.
   const fs::path piped = dir / "piped.jsonl";
-  REQUIRE(
-      run_to_end(device("120", {"--placement", "big:4,little:10,server", "--server",
-                                server.endpoint(), "--bits", "fp32", "--output", piped.string()}),
-                 dir / "p.out", dir / "p.err") == 0);
+  REQUIRE(run_to_end(device("120", {"--placement", "big:4,little:10,server", "--server",
+                                    server.endpoint(), kServerIsUp[0], kServerIsUp[1], "--bits",
+                                    "fp32", "--output", piped.string()}),
+                     dir / "p.out", dir / "p.err") == 0);
   const fs::path whole = dir / "whole.jsonl";
   REQUIRE(run_to_end(device("120", {"--placement", "big", "--output", whole.string()}),
                      dir / "w.out", dir / "w.err") == 0);
@@ -216,7 +216,8 @@ TEST_CASE(
   // frame is answered once, in order, and the line says what it knew of the server.
   const fs::path chosen = dir / "auto.jsonl";
   REQUIRE(run_to_end(device("60", {"--placement", "auto", "--server", server.endpoint(),
-                                   "--objective", "throughput", "--output", chosen.string()}),
+                                   kServerIsUp[0], kServerIsUp[1], "--objective", "throughput",
+                                   "--output", chosen.string()}),
                      dir / "a.out", dir / "a.err") == 0);
   const auto auto_lines = lines_of(chosen);
   const auto auto_placement = of_type(auto_lines, "placement");
