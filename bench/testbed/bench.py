@@ -389,7 +389,10 @@ def start_server(tb, args, out_dir):
     endpoint_file = os.path.join(out_dir, "server.endpoint")
     argv = [os.path.join(args.bin_dir, "edgesplit-server"), "--bind",
             "tcp://%s:%d" % (netbed.SRV_ADDR, PORT), "--model", args.model, "--workers", "1",
-            "--threads", "1", "--engine", args.engine, "--endpoint-file", endpoint_file]
+            "--threads", "1", "--engine", args.engine, "--endpoint-file", endpoint_file,
+            # a connection is dropped after 30 s without a whole message, in the run's time
+            "--heartbeat-timeout-s",
+            str(int(30 * max(float(k) for k in args.dilation.split(","))))]
     if args.meta:
         argv += ["--meta", args.meta]
     log = open(os.path.join(out_dir, "server.log"), "a")

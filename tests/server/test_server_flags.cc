@@ -68,6 +68,8 @@ TEST_CASE("server flags: defaults with one --model") {
   CHECK(o.compute_threads == 0);
   CHECK(o.engine == Engine::kOptimized);
   CHECK(o.device == "cpu");
+  CHECK(o.router.heartbeat.timeout == std::chrono::seconds(30));
+  CHECK(o.router.heartbeat.ttl == std::chrono::seconds(60));
   CHECK(o.queue_capacity == 64);
   CHECK(o.router.limits.max_message_bytes == size_t{64} << 20);
   CHECK(o.name == "edgesplit-server");
@@ -182,6 +184,13 @@ TEST_CASE("server flags: every flag maps to its option") {
   auto exact = parse({"--model", "a.pt", "--max-message-mb", "1", "--max-queued-bytes", "1048576"});
   REQUIRE(exact.ok());
   CHECK(exact->options.max_queued_bytes == size_t{1} << 20);
+}
+
+TEST_CASE("server flags: --heartbeat-timeout-s sets the timeout and twice it as the TTL") {
+  auto command = parse({"--model", "m.pt", "--heartbeat-timeout-s", "300"});
+  REQUIRE(command.ok());
+  CHECK(command->options.router.heartbeat.timeout == std::chrono::seconds(300));
+  CHECK(command->options.router.heartbeat.ttl == std::chrono::seconds(600));
 }
 
 TEST_CASE("server flags: sizes in bytes or with a unit") {
@@ -326,6 +335,8 @@ TEST_CASE("server flags: bad values are refused with a sentence naming the flag"
   check_refused(with({"--engine", "cuda"}), "--engine must be optimized, onednn, xnnpack or plain");
   check_refused(with({"--device", "gpu"}), "--device must be cpu or cuda:N, not 'gpu'");
   check_refused(with({"--queue", "0"}), "--queue must be at least 1");
+  check_refused(with({"--heartbeat-timeout-s", "0"}),
+                "--heartbeat-timeout-s must be between 1 and 3000 seconds");
   check_refused(with({"--max-message-mb", "0"}), "--max-message-mb must be between 1 and 4096");
   check_refused(with({"--max-message-mb", "4097"}), "--max-message-mb must be between 1 and 4096");
   check_refused(with({"--max-in-flight-per-client", "0"}),
