@@ -551,6 +551,9 @@ void add_flags(cxxopts::Options& cli) {
     ("handshake-timeout-ms", "how long the first handshake (and its calibration probes) may take "
      "before the server counts as unreachable (default 2000; raise it for links with long round trips)",
      cxxopts::value<int>())
+    ("realtime", "run the device's threads at this real-time priority (SCHED_FIFO, 1-99; 0: the "
+     "normal scheduler), so that busy processes on its cores do not delay a frame; needs root, "
+     "CAP_SYS_NICE or ulimit -r", cxxopts::value<int>())
     ("server-key", "the server's CURVE public key file (.pub from edgesplit-keygen): encrypts the link",
      cxxopts::value<std::string>())
     ("key", "this device's CURVE secret key file (.key; default with --server-key: a fresh key per run)",
@@ -572,6 +575,12 @@ Status apply_device_flags(const cxxopts::ParseResult& args, DeviceConfig& c) {
     c.handshake_timeout_ms = args["handshake-timeout-ms"].as<int>();
     if (c.handshake_timeout_ms < 1) {
       return invalid_argument("--handshake-timeout-ms must be at least 1 (milliseconds)");
+    }
+  }
+  if (args.count("realtime")) {
+    c.realtime_priority = args["realtime"].as<int>();
+    if (c.realtime_priority < 0 || c.realtime_priority > 99) {
+      return invalid_argument("--realtime must be between 0 (off) and 99, e.g. --realtime 1");
     }
   }
   if (args.count("max-device-memory-mb")) {
@@ -880,15 +889,22 @@ Result<DeviceConfig> parse_device_config(const std::string& json_text,
     return invalid_argument("config: the top level must be a JSON object with \"streams\"");
   }
   DeviceConfig c;
+  // clang-format off
   const Fields f(
       j, "config",
       {"server", "handshake_timeout_ms", "retry_ms", "threads", "max_device_memory_mb", "engine",
        "device_power", "output", "json", "name", "server_key", "key", "quiet", "require_server",
-       "knobs", "device_description", "governor", "executor", "streams"});
+       "knobs", "device_description", "governor", "executor", "realtime_priority", "streams"});
+  // clang-format on
   EDGESPLIT_RETURN_IF_ERROR(f.check_known());
   EDGESPLIT_RETURN_IF_ERROR(f.get("server", c.server));
   EDGESPLIT_RETURN_IF_ERROR(f.get("handshake_timeout_ms", c.handshake_timeout_ms, kMustPositive));
   EDGESPLIT_RETURN_IF_ERROR(f.get("retry_ms", c.retry_ms, kMustPositive));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("realtime_priority", c.realtime_priority, kMustCount));
+  if (c.realtime_priority < 0 || c.realtime_priority > 99) {
+    return f.error("realtime_priority",
+                   "between 0 (off) and 99, not " + std::to_string(c.realtime_priority));
+  }
   EDGESPLIT_RETURN_IF_ERROR(f.get("threads", c.threads, kMustCount));
   EDGESPLIT_RETURN_IF_ERROR(
       f.get("max_device_memory_mb", c.max_device_memory_mb, kMustNonNegative));

@@ -158,6 +158,9 @@ struct DeviceConfig {
   std::string server;  // tcp://HOST:PORT; empty runs every frame on the device
   int handshake_timeout_ms = 2000;
   int retry_ms = 2000;  // how often to look for a server that never answered
+  // SCHED_FIFO priority of the device's threads (1-99; 0: the normal scheduler). See
+  // set_process_realtime (device/knobs.h).
+  int realtime_priority = 0;
   // Threads for all streams together (0: LibTorch's default, i.e. the cores it sees).
   int threads = 0;
   // The whole process's resident memory (VmRSS, LibTorch's allocator included) must stay at or

@@ -543,6 +543,28 @@ Status set_process_affinity(const std::vector<int>& cores) {
   return Status::ok_status();
 }
 
+Status set_process_realtime(int priority) {
+  if (priority < 1 || priority > 99) {
+    return invalid_argument("a real-time priority is between 1 and 99, not " +
+                            std::to_string(priority));
+  }
+  sched_param param{};
+  param.sched_priority = priority;
+  std::error_code ec;
+  int failed = 0;
+  for (const auto& e : fs::directory_iterator("/proc/self/task", ec)) {
+    const int tid = std::atoi(e.path().filename().c_str());
+    if (tid > 0 && ::sched_setscheduler(tid, SCHED_FIFO, &param) != 0) failed = errno;
+  }
+  if (ec && ::sched_setscheduler(0, SCHED_FIFO, &param) != 0) failed = errno;
+  if (failed != 0) {
+    return unavailable("real-time priority " + std::to_string(priority) + " was refused (" +
+                       std::strerror(failed) + "): it needs root, CAP_SYS_NICE or ulimit -r " +
+                       std::to_string(priority));
+  }
+  return Status::ok_status();
+}
+
 std::vector<int> process_affinity() {
   cpu_set_t set;
   CPU_ZERO(&set);

@@ -84,6 +84,16 @@ Status set_thread_affinity(const std::vector<int>& cores);
 // Sets the CPU set of every thread of this process (threads started later inherit it).
 // kInvalidArgument for an empty set or a core this machine does not have.
 Status set_process_affinity(const std::vector<int>& cores);
+
+// Real-time priority (SCHED_FIFO at `priority`, 1-99) for every thread of the process and the
+// threads they create afterwards. A busy process at normal priority on the same cores then no
+// longer delays a frame: the kernel runs a woken real-time thread at once, where its fair
+// scheduler first lets the busy process finish its slice (milliseconds). A thread that runs
+// without pause keeps other processes to what real-time throttling leaves them
+// (/proc/sys/kernel/sched_rt_runtime_us: 5% by default). kInvalidArgument outside 1-99,
+// kUnavailable (one sentence) without the right to it: root, CAP_SYS_NICE or an RLIMIT_RTPRIO of
+// at least `priority` (ulimit -r).
+Status set_process_realtime(int priority);
 // The cores this process may run on.
 std::vector<int> process_affinity();
 

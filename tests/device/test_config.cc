@@ -717,6 +717,21 @@ TEST_CASE("knob, description and governor flags and keys") {
                  "\"governor\""));
 }
 
+TEST_CASE("real-time priority: flag and key, 0-99") {
+  CHECK(flags({"--model", "m.pt", "--input", "x"})->config.realtime_priority == 0);
+  CHECK(flags({"--model", "m.pt", "--input", "x", "--realtime", "5"})->config.realtime_priority ==
+        5);
+  CHECK(flags_error({"--model", "m.pt", "--input", "x", "--realtime", "100"}) ==
+        "--realtime must be between 0 (off) and 99, e.g. --realtime 1");
+  auto c = parse_device_config(one_stream("", R"("realtime_priority": 2, )"), "/base");
+  REQUIRE(c.ok());
+  CHECK(c->realtime_priority == 2);
+  CHECK(contains(config_error(one_stream("", R"("realtime_priority": 120, )")),
+                 "\"realtime_priority\" must be between 0 (off) and 99, not 120"));
+  CHECK(contains(config_error(one_stream("", R"("realtime_priority": -1, )")),
+                 "\"realtime_priority\""));
+}
+
 TEST_CASE("placement flags: auto, one executor, fixed stages, and mistakes in one sentence") {
   const std::vector<std::string> base = {"--model", "m.pt", "--input", "x", "--device-description",
                                          "d.json"};

@@ -4,6 +4,8 @@
 // governor and maximum restored, also by the signal handler's steps, no write access said in one
 // sentence), the quota backend against a fake cgroup tree (v1 and v2 files), and CPU lists.
 #include <doctest/doctest.h>
+#include <sched.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -11,6 +13,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "device/knobs.h"
 #include "tests/device/fake_tree.h"
@@ -232,6 +235,30 @@ TEST_CASE("quota on one thread: v1 tasks file in and out, v2 refused with a sent
 TEST_CASE("thread affinity: a core this machine lacks is refused") {
   CHECK(set_thread_affinity({}).code() == edgesplit::StatusCode::kInvalidArgument);
   CHECK(set_thread_affinity({100000}).code() == edgesplit::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("real-time priority: every thread and the threads started later, or one sentence") {
+  CHECK(set_process_realtime(0).code() == edgesplit::StatusCode::kInvalidArgument);
+  CHECK(set_process_realtime(100).code() == edgesplit::StatusCode::kInvalidArgument);
+  // In a child process, so that this one keeps the normal scheduler. Its exit code: 0 set and
+  // inherited, 1 set but not inherited, 2 refused with a sentence, 3 refused without one.
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    const auto st = set_process_realtime(1);
+    if (!st.ok()) ::_exit(st.message().find("CAP_SYS_NICE") != std::string::npos ? 2 : 3);
+    int policy = -1;
+    std::thread([&] { policy = ::sched_getscheduler(0); }).join();
+    ::_exit(::sched_getscheduler(0) == SCHED_FIFO && policy == SCHED_FIFO ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  if (WEXITSTATUS(status) == 2) {
+    MESSAGE("skipped: no right to real-time priority here (needs root or CAP_SYS_NICE)");
+    return;
+  }
+  CHECK(WEXITSTATUS(status) == 0);
 }
 
 TEST_CASE("CPU lists") {

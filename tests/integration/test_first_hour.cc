@@ -6,6 +6,7 @@
 // --require-server fails without a server, a profile whose head and tail times do not add up is
 // warned about.
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <csignal>
@@ -284,4 +285,21 @@ TEST_CASE(
                   kServerIsUp[0], kServerIsUp[1], "--cut", "features.13.1", "--bits", "8"}));
   REQUIRE_MESSAGE(named.rc == 0, named.err);
   for (const json& f : named.frames) CHECK(f["plan"]["cut_name"] == "features.13.1");
+}
+
+TEST_CASE("--realtime runs the device at real-time priority, or says once why not and goes on") {
+  auto dir = scratch_dir("first-hour-realtime");
+  Outcome r = run(dir, "rt",
+                  device({"--model", default_model().string(), "--input",
+                          default_samples().string(), "--max-frames", "3", "--realtime", "1"}));
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  CHECK(r.frames.size() == 3);
+  const bool set = r.err.find("threads at real-time priority 1 (SCHED_FIFO)") != std::string::npos;
+  const bool refused = r.err.find("real-time priority 1 was refused") != std::string::npos;
+  CHECK(set != refused);
+  if (::geteuid() == 0) CHECK(set);
+  if (refused) {
+    CHECK(r.err.find("running at normal priority") != std::string::npos);
+    MESSAGE("skipped: no right to real-time priority here; checked the sentence only");
+  }
 }
