@@ -157,8 +157,16 @@ void run_client(const LoadConfig& cfg, zmq::context_t& ctx, int index, ClientRes
         next_send += std::chrono::microseconds(static_cast<int64_t>(gap(rng) * 1e6));
       }
       if (next_send < stop_sending) {
-        const auto until = std::chrono::duration_cast<std::chrono::milliseconds>(next_send - now);
-        wait_ms = static_cast<int>(std::clamp<int64_t>(until.count(), 0, 50));
+        const auto until = next_send - Clock::now();
+        if (until < std::chrono::milliseconds(1)) {
+          // zmq_poll counts whole milliseconds: sleep out the rest rather than poll it away in a
+          // loop that takes a core from the server it measures.
+          std::this_thread::sleep_for(until);
+          wait_ms = 0;
+        } else {
+          wait_ms = static_cast<int>(std::min<int64_t>(
+              std::chrono::duration_cast<std::chrono::milliseconds>(until).count(), 50));
+        }
       }
     } else {
       while (now < stop_sending && static_cast<int>(pending.size()) < cfg.in_flight) {

@@ -80,11 +80,20 @@ class Server:
                 self.proc.kill()
 
 
+# SCHED_FIFO priority of edgesplit-load (0: normal priority), set by main() from --load-priority.
+# The simulated devices stand for machines of their own: on the cores they share with the servers,
+# at normal priority their sends can come late and in bursts, and replies are stamped when the
+# client next gets a core; at real-time priority they preempt the servers' workers instead
+# (docs/results/batching/README.md, load-fifo/, has a run of each).
+LOAD_PRIORITY = 0
+
+
 def load(bin_dir, model, server, devices, rate, seconds, cuts, deadline_ms, seed, workdir):
     """One edgesplit-load run: open loop at `rate` requests/s, or closed loop (each device sends
     its next request when its last is answered) when rate is 0."""
     out = os.path.join(workdir, "load.json")
-    cmd = [os.path.join(bin_dir, "edgesplit-load"), "--server", server.endpoint, "--model", model,
+    prefix = ["chrt", "-f", str(LOAD_PRIORITY)] if LOAD_PRIORITY > 0 else []
+    cmd = prefix + [os.path.join(bin_dir, "edgesplit-load"), "--server", server.endpoint, "--model", model,
            "--clients", str(devices), "--rate", f"{rate:.3f}", "--seconds", str(seconds),
            "--cut", cuts, "--deadline-ms", str(deadline_ms), "--seed", str(seed),
            "--max-pending", "1000", "--deadline-margin-ms", "10", "--output", out]
@@ -148,7 +157,16 @@ def main():
                     help="each request's deadline (the device's default --timeout-ms)")
     ap.add_argument("--rounds", type=int, default=0, help="default: 2 quick, 4 full")
     ap.add_argument("--seconds", type=float, default=0, help="per run; default 3 quick, 5 full")
+    ap.add_argument("--load-priority", type=int, default=0,
+                    help="SCHED_FIFO priority of the load generator (needs root; default 0: "
+                         "normal priority)")
     args = ap.parse_args()
+    global LOAD_PRIORITY
+    LOAD_PRIORITY = args.load_priority
+    if LOAD_PRIORITY > 0 and os.geteuid() != 0:
+        print("batching bench: --load-priority needs root (chrt -f); run it as root or without "
+              "the flag", file=sys.stderr)
+        return 2
     if not os.path.exists(args.model):
         print(f"batching bench: {args.model} is absent (../shared/models); nothing to measure",
               file=sys.stderr)
@@ -179,6 +197,10 @@ def main():
         print(f"batching bench: servers up in {time.time() - started:.0f} s; {rounds} rounds of "
               f"{len(sat_devices) * 2 + len(sweep_devices) * len(fractions) * 2} runs of "
               f"{seconds:.0f} s (about {rounds * (len(sat_devices) + len(sweep_devices) * 2) * 2 * (seconds + 1.5) / 60:.0f} min)",
+              file=sys.stderr)
+        print("batching bench: the load generator runs at " + (
+            f"SCHED_FIFO priority {LOAD_PRIORITY} (chrt)" if LOAD_PRIORITY > 0 else
+            "normal priority"),
               file=sys.stderr)
         rng = random.Random(20261202)
         # Warm both up, and a first estimate of batch 1's capacity for the offered loads.
@@ -302,7 +324,7 @@ def main():
         "machine": os.uname().nodename + ", " + str(os.cpu_count()) + " CPUs",
         "model": args.model, "cuts": args.cuts, "max_batch": args.max_batch,
         "max_queue_delay_us": args.max_queue_delay_us, "batch_from": args.batch_from,
-        "workers": args.workers,
+        "workers": args.workers, "load_client_fifo_priority": LOAD_PRIORITY,
         "threads": args.threads, "deadline_ms": args.deadline_ms, "rounds": rounds,
         "seconds_per_run": seconds, "batch1_capacity_estimate": round(base_capacity, 1),
         "batch1_capacity_by_mix": {",".join(f"{c}:{w:.2f}" for c, w in k): round(v, 1)
