@@ -93,10 +93,11 @@ def load(bin_dir, model, server, devices, rate, seconds, cuts, deadline_ms, seed
     its next request when its last is answered) when rate is 0."""
     out = os.path.join(workdir, "load.json")
     prefix = ["chrt", "-f", str(LOAD_PRIORITY)] if LOAD_PRIORITY > 0 else []
-    cmd = prefix + [os.path.join(bin_dir, "edgesplit-load"), "--server", server.endpoint, "--model", model,
-           "--clients", str(devices), "--rate", f"{rate:.3f}", "--seconds", str(seconds),
-           "--cut", cuts, "--deadline-ms", str(deadline_ms), "--seed", str(seed),
-           "--max-pending", "1000", "--deadline-margin-ms", "10", "--output", out]
+    cmd = prefix + [
+        os.path.join(bin_dir, "edgesplit-load"), "--server", server.endpoint, "--model", model,
+        "--clients", str(devices), "--rate", f"{rate:.3f}", "--seconds", str(seconds),
+        "--cut", cuts, "--deadline-ms", str(deadline_ms), "--seed", str(seed),
+        "--max-pending", "1000", "--deadline-margin-ms", "10", "--output", out]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode not in (0, 1) or not os.path.exists(out):
         raise SystemExit("batching bench: edgesplit-load failed: " + r.stderr[-2000:])

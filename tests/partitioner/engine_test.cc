@@ -271,7 +271,7 @@ TEST_CASE(
   CHECK((whole - reference).abs().max().item<double>() <= 1e-4 * scale);
   CHECK(torch::equal(whole.argmax(1), reference.argmax(1)));  // 100% top-1 agreement
   // Every cut, on 8 of the images: close to the optimized whole model, and so the same top-1 as
-  // the plain engine. (All 32 at every cut took six minutes on 2 cores, 44% of it in the kernel:
+  // the plain engine. (All 32 at every cut take six minutes on 2 cores, 44% of it in the kernel:
   // page faults on activations too large for malloc to keep. 8 check the same code in 80 s.)
   const at::Tensor few = batch.slice(0, 0, 8);
   const at::Tensor few_whole = fast->run(few);
