@@ -524,6 +524,7 @@ struct ModelGraph::Impl {
     jit::OptimizeFrozenGraph(g, /*optimize_numerics=*/true);
     if (backend == "onednn") {
       jit::FuseFrozenConvAddRelu(g);
+      keep_adaptive_pools_dense(*g);
       jit::ConvertFrozenOpsToMKLDNN(g);
       keep_clamps_exact(*g);
     } else if (backend == "xnnpack") {
@@ -534,6 +535,33 @@ struct ModelGraph::Impl {
     jit::FrozenLinearTranspose(g);
     jit::EliminateDeadCode(g);
     share_constants(*g);
+  }
+
+  // oneDNN's adaptive average pooling needs the input's height and width to be multiples of the
+  // output's; otherwise it throws, and LibTorch 1.13 has been seen to crash rather than throw when
+  // a second graph runs the same pooling (VGG16 at 64 x 64: 2 x 2 pooled to 7 x 7). A pooling to
+  // anything but 1 x 1 (where every size divides) runs as aten::_adaptive_avg_pool2d, which the
+  // oneDNN conversion leaves dense: what aten::adaptive_avg_pool2d runs on a dense tensor, so the
+  // result is the same, and it is the last op before the classifier's flatten, which is dense too.
+  static void keep_adaptive_pools_dense(Graph& g) {
+    static const c10::Symbol kPool = c10::Symbol::fromQualString("aten::adaptive_avg_pool2d");
+    static const c10::Symbol kDensePool = c10::Symbol::fromQualString("aten::_adaptive_avg_pool2d");
+    std::vector<Node*> pools;
+    for (Node* n : g.nodes()) {
+      if (n->kind() != kPool || n->inputs().size() != 2) continue;
+      auto size = jit::toIValue(n->input(1));
+      if (size && size->isIntList()) {
+        const auto sizes = size->toIntVector();
+        if (std::all_of(sizes.begin(), sizes.end(), [](int64_t s) { return s == 1; })) continue;
+      }
+      pools.push_back(n);
+    }
+    for (Node* n : pools) {
+      jit::WithInsertPoint guard(n);
+      Value* y = g.insert(kDensePool, {n->input(0), n->input(1)});
+      n->output()->replaceAllUsesWith(y);
+      n->destroy();
+    }
   }
 
   // LibTorch 1.13's in-place oneDNN clamps (prim::MKLDNNHardTanh_, ReLU6's conversion, and its

@@ -128,8 +128,10 @@ TEST_CASE("resnet50") {
 
 TEST_CASE("mobilenet_v2") { check_architecture("mobilenet_v2", 224, 40); }
 
+// At 64 x 64 the features end at 2 x 2 and the adaptive pooling spreads them over 7 x 7, a shape
+// oneDNN's pooling does not take: the optimized engine must still build and agree at every cut.
 TEST_CASE("vgg16") {
-  auto g = check_architecture("vgg16", 224, 30, 8);
+  auto g = check_architecture("vgg16", 64, 30, 8);
   if (!g) return;
   CHECK(g->total_weight_bytes() > 500'000'000);
 }
