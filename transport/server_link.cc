@@ -14,8 +14,11 @@ using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kInternalIdBit = uint64_t{1} << 63;
 
+// Whole milliseconds to the deadline, rounded up: zmq_poll counts whole milliseconds, and a wait
+// rounded down to 0 returns at once, so a loop that waits for the deadline would spin through its
+// last millisecond (all of a 1 ms wait).
 std::chrono::milliseconds remaining(Clock::time_point deadline) {
-  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
   return std::max(left, std::chrono::milliseconds(0));
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <ctime>
 #include <map>
 #include <mutex>
 #include <string>
@@ -385,6 +386,24 @@ TEST_CASE("with no server - sends fail fast and waits end at their timeout") {
   CHECK(hello.status().code() == StatusCode::kTimeout);
   CHECK(Clock::now() - start < milliseconds(1500));
   MESSAGE(hello.status().to_string());
+}
+
+// A wait for replies sleeps: a thread that polls the link for 1 ms at a time while its requests
+// are out (as the device's placement pipeline does) must not take a core from the server.
+TEST_CASE("short waits for a reply sleep rather than spin") {
+  EchoServer server;
+  auto link = connected_link(server);
+  timespec cpu0{}, cpu1{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu0);
+  const auto start = Clock::now();
+  for (int i = 0; i < 200; ++i) CHECK_FALSE(link->receive(milliseconds(1)).has_value());
+  const double wall_s = std::chrono::duration<double>(Clock::now() - start).count();
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu1);
+  const double cpu_s = static_cast<double>(cpu1.tv_sec - cpu0.tv_sec) +
+                       static_cast<double>(cpu1.tv_nsec - cpu0.tv_nsec) * 1e-9;
+  MESSAGE("200 waits of 1 ms: " << wall_s << " s, " << cpu_s << " s of CPU");
+  CHECK(wall_s >= 0.19);
+  CHECK(cpu_s < 0.3 * wall_s);
 }
 
 TEST_CASE("a reply that comes after forget() is flagged late - once") {
