@@ -18,6 +18,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -249,6 +250,22 @@ class PipelineRun {
   // in flight), passes them on in order once answered, and finishes on the device (the tail from
   // `cut` on this thread) a frame the server does not answer in time or at all.
   void server_stage(BoundedQueue<Item>* in, BoundedQueue<Item>* out, int cut, size_t window);
+  // The request for a frame's tensors packed at `cut` (`bytes` of them).
+  wire::InferRequest infer_request(int cut, const std::vector<std::vector<uint8_t>>& payloads,
+                                   int64_t bytes) const;
+  // A burst of requests at the crossing `cut_index`, `window` in flight as the run keeps them,
+  // each packed as the run packs it: the period the server answers at, against the crossing's
+  // prediction; what exceeds it becomes every crossing's per-request overhead. False (and one
+  // line saying why) when the burst did not get through.
+  bool calibrate_crossing(int cut_index, int window);
+  // The link's thread and the main thread (frames in and out, the output lines) on the cores that
+  // hold no stage of `placement`, when there are such cores, so that their work per frame does not
+  // take a stage's time; on every core this process may use otherwise. The cores they got.
+  std::vector<int> place_helpers(const partitioner::StagePlacement& placement);
+  int window_for(const partitioner::StagePlacement& placement) const {
+    const size_t stages = placement.stages.size() + (placement.server ? 1 : 0);
+    return stream_.in_flight > 0 ? stream_.in_flight : static_cast<int>(2 * stages);
+  }
   void finish_on_device(Item& item, int cut, const std::string& reason);
 
   const DeviceConfig& config_;
@@ -272,7 +289,9 @@ class PipelineRun {
   partitioner::Conditions network_;
   std::vector<int64_t> crossing_bytes_;  // per cut index of the table (0: not measured)
   std::vector<double> pack_ms_;
-  std::string said_fallback_;  // the last reason a frame finished on the device, said once
+  double server_overhead_ms_ = 0;  // per request, beyond the tail (calibrate_crossing)
+  std::vector<int> usable_cores_;  // this process's CPU set at the start
+  std::string said_fallback_;      // the last reason a frame finished on the device, said once
 };
 
 void PipelineRun::open_executors() {
@@ -658,6 +677,7 @@ partitioner::ServerCrossing PipelineRun::crossing(int i) const {
   if (cut >= 0 && static_cast<size_t>(cut) < server_tail_ms_.size()) {
     c.server_ms = server_tail_ms_[static_cast<size_t>(cut)];
   }
+  c.overhead_ms = server_overhead_ms_;
   return c;
 }
 
@@ -759,7 +779,7 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
   const bool to_server = placement.server.has_value();
   // The crossing counts as a stage: frames on the link and at the server are in flight too.
   const size_t all_stages = k + (to_server ? 1 : 0);
-  const int window = stream_.in_flight > 0 ? stream_.in_flight : static_cast<int>(2 * all_stages);
+  const int window = window_for(placement);
   std::vector<std::unique_ptr<BoundedQueue<Item>>> queues;
   for (size_t i = 0; i <= all_stages; ++i) {
     queues.push_back(std::make_unique<BoundedQueue<Item>>(static_cast<size_t>(window)));
@@ -938,6 +958,138 @@ void PipelineRun::finish_on_device(Item& item, int cut, const std::string& reaso
   }
 }
 
+wire::InferRequest PipelineRun::infer_request(int cut,
+                                              const std::vector<std::vector<uint8_t>>& payloads,
+                                              int64_t bytes) const {
+  wire::InferRequest req;
+  req.set_model_digest(model_->digest());
+  req.set_cut(static_cast<uint32_t>(cut));
+  req.set_top_k(static_cast<uint32_t>(stream_.top_k));
+  for (const auto& p : payloads) req.add_tensors()->set_packed_bytes(p.size());
+  req.set_priority(static_cast<uint32_t>(std::max(0, stream_.priority)));
+  // The server's result helps until the frame's timeout, less the upload and half a round trip
+  // back (the device finishes the frame itself then).
+  const partitioner::Conditions net = link_->network_conditions();
+  double left_ms = stream_.timeout_ms - net.rtt_ms / 2;
+  if (net.bandwidth_mbps > 0) {
+    left_ms -= static_cast<double>(bytes) * 8 / (net.bandwidth_mbps * 1000);
+  }
+  req.set_deadline_us(static_cast<uint64_t>(std::max(1.0, left_ms) * 1000));
+  return req;
+}
+
+bool PipelineRun::calibrate_crossing(int cut_index, int window) {
+  const int cut = table_.cut_ids[static_cast<size_t>(cut_index)];
+  model_->prepare_between(table_.cut_ids.front(), cut);
+  Tensors x;
+  executors_.front().thread->run(
+      [&] { x = run_span(*model_, table_.cut_ids.front(), cut, {inputs_.front()}); });
+  // Enough requests that the filling of the window (left out) is a small part.
+  const int n = std::max(24, 4 * window);
+  std::string problem;
+  std::vector<Clock::time_point> answered;
+  link_thread_->run([&] {
+    struct Pending {
+      uint64_t id;
+      int64_t bytes;
+      Clock::time_point sent;
+    };
+    std::vector<Pending> pending;
+    const auto timeout = std::chrono::milliseconds(stream_.timeout_ms);
+    int sent = 0;
+    // After a problem no more is sent, and what is in flight is waited for (up to --timeout-ms),
+    // so that the run starts with nothing of the burst on the link.
+    while (!pending.empty() || (static_cast<int>(answered.size()) < n && problem.empty())) {
+      while (problem.empty() && sent < n && static_cast<int>(pending.size()) < window) {
+        link_->tend();
+        if (!link_->usable()) {
+          problem = link_->down_reason();
+          break;
+        }
+        int64_t bytes = 0;
+        auto payloads = pack_crossing(*model_, stream_.encode, cut, x, &bytes);
+        if (!payloads.ok()) {
+          problem = "cannot pack: " + payloads.status().message();
+          break;
+        }
+        const wire::InferRequest req = infer_request(cut, *payloads, bytes);
+        const uint64_t id = link_->next_request_id(0);
+        Status ok = link_->send_infer(id, req, std::move(payloads).value());
+        if (!ok.ok()) {
+          problem = "send failed: " + ok.message();
+          break;
+        }
+        pending.push_back({id, bytes, Clock::now()});
+        ++sent;
+      }
+      for (FrameReply& r : link_->poll(std::chrono::milliseconds(1))) {
+        const wire::Reply& reply = r.reply.reply;
+        auto it = std::find_if(pending.begin(), pending.end(),
+                               [&](const Pending& p) { return p.id == reply.request_id(); });
+        if (it == pending.end()) continue;
+        pending.erase(it);
+        link_->note_answer();
+        if (reply.status() == wire::STATUS_OK) {
+          answered.push_back(Clock::now());
+        } else if (problem.empty()) {
+          problem = "the server answered " + wire::Status_Name(reply.status()) +
+                    (reply.message().empty() ? "" : " (" + reply.message() + ")");
+        }
+      }
+      const auto now = Clock::now();
+      for (auto it = pending.begin(); it != pending.end();) {
+        if (now - it->sent < timeout) {
+          ++it;
+          continue;
+        }
+        link_->give_up(it->id, it->bytes, ms_between(it->sent, now), stream_.timeout_ms);
+        if (problem.empty()) problem = "a request went unanswered within --timeout-ms";
+        it = pending.erase(it);
+      }
+    }
+  });
+  if (!problem.empty()) {
+    log("the crossing's cost is predicted without a measured server overhead: " + problem);
+    return false;
+  }
+  const size_t skip = static_cast<size_t>(window);
+  const double period =
+      ms_between(answered[skip - 1], answered.back()) / static_cast<double>(answered.size() - skip);
+  server_overhead_ms_ = 0;
+  const partitioner::ServerCrossing c = crossing(cut_index);
+  server_overhead_ms_ = std::max(0.0, period - c.period_ms());
+  emit({{"type", "server_calibration"},
+        {"stream", stream_.name},
+        {"cut", cut},
+        {"requests", n},
+        {"in_flight", window},
+        {"period_ms", round3(period)},
+        {"predicted_period_ms", round3(c.period_ms())},
+        {"overhead_ms", round3(server_overhead_ms_)}});
+  char line[200];
+  std::snprintf(line, sizeof line,
+                "a burst of %d requests at cut %d: the server answered every %.2f ms (predicted "
+                "%.2f ms); %.2f ms per request counted as server overhead",
+                n, cut, period, c.period_ms(), server_overhead_ms_);
+  log(line);
+  return true;
+}
+
+std::vector<int> PipelineRun::place_helpers(const partitioner::StagePlacement& placement) {
+  std::set<int> held;
+  for (const auto& s : placement.stages) {
+    for (int c : executors_[static_cast<size_t>(s.executor)].cores) held.insert(c);
+  }
+  std::vector<int> cores;
+  for (int c : usable_cores_) {
+    if (!held.count(c)) cores.push_back(c);
+  }
+  if (cores.empty()) cores = usable_cores_;
+  if (cores.empty() || !set_thread_affinity(cores).ok()) return {};
+  if (link_thread_) link_thread_->run([&] { (void)set_thread_affinity(cores); });
+  return cores;
+}
+
 void PipelineRun::server_stage(BoundedQueue<Item>* in, BoundedQueue<Item>* out, int cut,
                                size_t window) {
   const std::chrono::milliseconds timeout(stream_.timeout_ms);
@@ -958,20 +1110,7 @@ void PipelineRun::server_stage(BoundedQueue<Item>* in, BoundedQueue<Item>* out, 
       finish_on_device(it, cut, "cannot pack: " + payloads.status().message());
       return;
     }
-    wire::InferRequest req;
-    req.set_model_digest(model_->digest());
-    req.set_cut(static_cast<uint32_t>(cut));
-    req.set_top_k(static_cast<uint32_t>(stream_.top_k));
-    for (const auto& p : *payloads) req.add_tensors()->set_packed_bytes(p.size());
-    req.set_priority(static_cast<uint32_t>(std::max(0, stream_.priority)));
-    // The server's result helps until the frame's timeout, less the upload and half a round trip
-    // back (the device finishes the frame itself then).
-    const partitioner::Conditions net = link_->network_conditions();
-    double left_ms = stream_.timeout_ms - net.rtt_ms / 2;
-    if (net.bandwidth_mbps > 0) {
-      left_ms -= static_cast<double>(it.bytes) * 8 / (net.bandwidth_mbps * 1000);
-    }
-    req.set_deadline_us(static_cast<uint64_t>(std::max(1.0, left_ms) * 1000));
+    const wire::InferRequest req = infer_request(cut, *payloads, it.bytes);
     it.request_id = link_->next_request_id(0);
     it.deadline = Clock::now() + timeout;
     // The frame keeps its tensors until answered: without an answer, its tail runs here.
@@ -1038,6 +1177,7 @@ void PipelineRun::server_stage(BoundedQueue<Item>* in, BoundedQueue<Item>* out, 
 int PipelineRun::run() {
   try {
     partitioner::set_compute_threads(1);
+    usable_cores_ = process_affinity();
     load_model();
     load_frames();
     open_executors();
@@ -1084,7 +1224,15 @@ int PipelineRun::run() {
 
     connect_server();
     if (link_) measure_crossings();
-    const partitioner::StagePlacement placement = choose();
+    partitioner::StagePlacement placement = choose();
+    std::vector<int> helper_cores = place_helpers(placement);
+    // The server's cost per request beyond its tail is measured on the chosen crossing, then every
+    // crossing is weighed again with it.
+    if (placement.server && server_serves_ &&
+        calibrate_crossing(placement.server->cut_index, window_for(placement))) {
+      placement = choose();
+      helper_cores = place_helpers(placement);
+    }
     json alternatives = json::object();
     for (size_t e = 0; e < table_.executors.size(); ++e) {
       auto alone =
@@ -1114,7 +1262,8 @@ int PipelineRun::run() {
         {"predicted_period_ms", round3(placement.period_ms)},
         {"predicted_fps", round3(placement.fps())},
         {"predicted_latency_ms", round3(placement.latency_ms)},
-        {"single_executor_period_ms", alternatives}};
+        {"single_executor_period_ms", alternatives},
+        {"helper_cores", helper_cores}};
     if (link_) {
       line_json["network"] = {{"bandwidth_mbps", round3(network_.bandwidth_mbps)},
                               {"rtt_ms", round3(network_.rtt_ms)},
@@ -1131,7 +1280,8 @@ int PipelineRun::run() {
           {"encoding", packing::precision_name(stream_.encode.format, stream_.encode.bits)},
           {"predicted_send_ms", round3(c.send_ms)},
           {"predicted_round_trip_ms", round3(c.round_trip_ms)},
-          {"predicted_server_ms", round3(c.server_ms)}};
+          {"predicted_server_ms", round3(c.server_ms)},
+          {"predicted_overhead_ms", round3(c.overhead_ms)}};
       said += " | server from cut " + std::to_string(cut);
     }
     emit(line_json);

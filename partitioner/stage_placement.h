@@ -58,11 +58,16 @@ struct ServerCrossing {
   double send_ms = 0;        // packing the tensor and uploading it (bytes over the bandwidth)
   double round_trip_ms = 0;  // the link's base round trip
   double server_ms = 0;      // the server's tail from that cut
-  // The crossing's share of the period: the link sends one frame at a time and the server computes
-  // one tail at a time for this device.
-  double period_ms() const { return send_ms > server_ms ? send_ms : server_ms; }
+  // What a request costs the server beyond its tail (receiving, unpacking, replying, and what
+  // shares its cores), per request: measured by a burst of requests before the run.
+  double overhead_ms = 0;
+  // The crossing's share of the period: the link sends one frame at a time and the server serves
+  // one request at a time for this device.
+  double period_ms() const {
+    return send_ms > server_ms + overhead_ms ? send_ms : server_ms + overhead_ms;
+  }
   // What it adds to a frame's latency after the device's last stage.
-  double latency_ms() const { return send_ms + round_trip_ms + server_ms; }
+  double latency_ms() const { return send_ms + round_trip_ms + server_ms + overhead_ms; }
 };
 
 struct StagePlacement {

@@ -194,6 +194,16 @@ TEST_CASE(
   CHECK(placement[0]["server"]["cut"] == 10);
   CHECK(placement[0]["server"]["bytes"].get<int>() > 0);
   CHECK(placement[0]["network"]["server_serves"] == true);
+  // The burst at the crossing before the run: its period, and what exceeds the prediction counted
+  // as the server's overhead per request in the placement.
+  const auto calibration = of_type(lines, "server_calibration");
+  REQUIRE(calibration.size() == 1);
+  CHECK(calibration[0]["cut"] == 10);
+  CHECK(calibration[0]["period_ms"].get<double>() > 0);
+  const double excess = calibration[0]["period_ms"].get<double>() -
+                        calibration[0]["predicted_period_ms"].get<double>();
+  CHECK(std::abs(calibration[0]["overhead_ms"].get<double>() - std::max(0.0, excess)) <= 0.002);
+  CHECK(placement[0]["server"]["predicted_overhead_ms"] == calibration[0]["overhead_ms"]);
   const auto summary = of_type(lines, "placement_summary");
   REQUIRE(summary.size() == 1);
   CHECK(summary[0]["failed"] == 0);

@@ -209,6 +209,12 @@ TEST_CASE("stage placement: a crossing to a server adds its share of the period 
   // A slow link sets the period.
   c.send_ms = 9;
   CHECK(with_server(*device, t, c).period_ms == doctest::Approx(9));
+  // What a request costs the server beyond its tail counts in its share and in the latency.
+  c.send_ms = 3;
+  c.overhead_ms = 7.5;
+  CHECK(with_server(*device, t, c).period_ms == doctest::Approx(8.5));
+  CHECK(with_server(*device, t, c).latency_ms == doctest::Approx(7 + 0.1 + 3 + 2 + 1 + 7.5));
+  c.overhead_ms = 0;
   // Throughput: big on block 0 (4 ms) and little on block 1 (4.5 ms), then a crossing whose
   // share is 4.5 ms beats every placement on the device alone (6 ms at best).
   c.cut_index = 2;
@@ -250,6 +256,7 @@ TEST_CASE("stage placement: placements with a server match brute force on random
       c.send_ms = ms(rng);
       c.round_trip_ms = ms(rng) / 2;
       c.server_ms = ms(rng) / 2;
+      c.overhead_ms = (i % 2) ? ms(rng) / 4 : 0;
       crossings.push_back(c);
     }
     const auto objective =
