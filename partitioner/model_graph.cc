@@ -542,7 +542,7 @@ struct ModelGraph::Impl {
   // a second graph runs the same pooling (VGG16 at 64 x 64: 2 x 2 pooled to 7 x 7). A pooling to
   // anything but 1 x 1 (where every size divides) runs as aten::_adaptive_avg_pool2d, which the
   // oneDNN conversion leaves dense: what aten::adaptive_avg_pool2d runs on a dense tensor, so the
-  // result is the same, and it is the last op before the classifier's flatten, which is dense too.
+  // result is the same (in torchvision's models such a pooling feeds the classifier, dense anyway).
   static void keep_adaptive_pools_dense(Graph& g) {
     static const c10::Symbol kPool = c10::Symbol::fromQualString("aten::adaptive_avg_pool2d");
     static const c10::Symbol kDensePool = c10::Symbol::fromQualString("aten::_adaptive_avg_pool2d");
