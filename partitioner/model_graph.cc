@@ -397,6 +397,10 @@ struct ModelGraph::Impl {
   }
   // Storages of the processed graph's own constants (shared by every side graph already).
   std::unordered_set<const void*> processed_constants;
+  // Transposed linear weights (transpose_linear_weights), by the weight they come from: every side
+  // graph with that layer uses the one copy; their storages, which share_constants need not hash.
+  mutable std::unordered_map<std::string, at::Tensor> transposed_weights;
+  mutable std::unordered_set<const void*> transposed_storages;
   // The plain graph's value of every crossing tensor (and of the input and output) on the probe
   // input: what each optimized side graph is checked against when it is built. Released once
   // every side graph that can be built has been.
@@ -532,9 +536,54 @@ struct ModelGraph::Impl {
       jit::ConstantPropagation(g);  // runs each prepack (all its inputs are frozen constants)
       share_packed_objects(*g);
     }
-    jit::FrozenLinearTranspose(g);
+    transpose_linear_weights(*g);
+    jit::FrozenLinearTranspose(g);  // what the above left (none expected)
     jit::EliminateDeadCode(g);
     share_constants(*g);
+  }
+
+  // What jit::FrozenLinearTranspose does (a linear layer with constant weight and bias becomes a
+  // matmul with the transposed weight, then the bias added), with each transposed weight made once
+  // for every side graph that has the layer: a tail of VGG16 holds its 400 MB classifier, and
+  // transposing and hashing that for every one of 41 tails took most of a server's two-minute
+  // start.
+  void transpose_linear_weights(Graph& g) const {
+    std::vector<Node*> linears;
+    for_each_node(g, [&](Node* n) {
+      if (n->kind() != c10::aten::linear || n->inputs().size() != 3) return;
+      auto weight = constant_tensor(n->input(1)->node());
+      auto bias = jit::toIValue(n->input(2));
+      if (!weight || !weight->defined() || weight->dim() != 2 || weight->is_mkldnn()) return;
+      if (!bias || !(bias->isNone() || bias->isTensor())) return;
+      linears.push_back(n);
+    });
+    for (Node* n : linears) {
+      const at::Tensor weight = *constant_tensor(n->input(1)->node());
+      std::ostringstream key;
+      key << tensor_key(weight) << '|' << weight.storage_offset() << '|' << weight.sizes() << '|'
+          << weight.strides() << '|' << weight.scalar_type();
+      auto it = transposed_weights.find(key.str());
+      if (it == transposed_weights.end()) {
+        at::Tensor t = at::transpose(weight, 1, 0).clone(at::MemoryFormat::Contiguous);
+        transposed_storages.insert(tensor_key(t));
+        it = transposed_weights.emplace(key.str(), std::move(t)).first;
+      }
+      // Nodes made as the LibTorch pass makes them (no overload resolution: a bias typed Tensor?
+      // would not match aten::add's tensor overload).
+      jit::WithInsertPoint guard(n);
+      Value* weight_t = g.insertConstant(it->second);
+      Node* matmul = g.create(c10::aten::matmul, {n->input(0), weight_t});
+      matmul->insertBefore(n);
+      Value* out = matmul->output();
+      if (!n->input(2)->type()->cast<c10::NoneType>()) {
+        Value* one = g.insertConstant(1);
+        Node* add = g.create(c10::aten::add, {out, n->input(2), one});
+        add->insertBefore(n);
+        out = add->output();
+      }
+      n->output()->replaceAllUsesWith(out);
+      n->destroy();
+    }
   }
 
   // oneDNN's adaptive average pooling needs the input's height and width to be multiples of the
@@ -747,7 +796,8 @@ struct ModelGraph::Impl {
     for_each_node(g, [&](Node* n) {
       auto t = constant_tensor(n);
       if (!t || !t->defined()) return;
-      if (!t->is_mkldnn() && (!t->has_storage() || processed_constants.count(tensor_key(*t)))) {
+      if (!t->is_mkldnn() && (!t->has_storage() || processed_constants.count(tensor_key(*t)) ||
+                              transposed_storages.count(tensor_key(*t)))) {
         return;
       }
       at::Tensor dense = t->is_mkldnn() ? t->to_dense() : t->contiguous();
