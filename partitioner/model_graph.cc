@@ -398,7 +398,8 @@ struct ModelGraph::Impl {
   // Storages of the processed graph's own constants (shared by every side graph already).
   std::unordered_set<const void*> processed_constants;
   // Transposed linear weights (transpose_linear_weights), by the weight they come from: every side
-  // graph with that layer uses the one copy; their storages, which share_constants need not hash.
+  // graph with that layer uses the one copy (keyed by the weight's storage, which the processed
+  // graph keeps); their storages, which share_constants need not hash.
   mutable std::unordered_map<std::string, at::Tensor> transposed_weights;
   mutable std::unordered_set<const void*> transposed_storages;
   // The plain graph's value of every crossing tensor (and of the input and output) on the probe
@@ -554,6 +555,10 @@ struct ModelGraph::Impl {
       auto weight = constant_tensor(n->input(1)->node());
       auto bias = jit::toIValue(n->input(2));
       if (!weight || !weight->defined() || weight->dim() != 2 || weight->is_mkldnn()) return;
+      // Only the processed graph's own weights, which live as long as the model: a weight the
+      // passes folded anew for this graph is freed with it, and its address could be reused by
+      // another (LibTorch's pass, after this one, transposes such a weight per graph).
+      if (!processed_constants.count(tensor_key(*weight))) return;
       if (!bias || !(bias->isNone() || bias->isTensor())) return;
       linears.push_back(n);
     });
