@@ -55,6 +55,11 @@
 #                           frames pipelined through them against the best single executor, in
 #                           rounds; the cost model's period against the measured one (root):
 #                           docs/energy.md, Placement
+#   bench/run.sh energy placement-step [--quick] --out DIR [--check]
+#                           MobileNetV2 placed over big and a server in network namespaces while
+#                           the link falls from 100 to 2 Mbit/s and comes back: the placement
+#                           chosen again as measured, against the first one kept and the device
+#                           alone, in rounds (root): docs/energy.md, Placement
 #
 # The testbed needs root. Results: bench/results/<timestamp>/ (results.json, results.csv,
 # summary.md, plots, raw JSON lines of every run). Binaries from build/bin (EDGESPLIT_BIN_DIR or
@@ -107,6 +112,11 @@ if [[ "${1:-}" == "energy" ]]; then
   if [[ "${1:-}" == "placement" ]]; then
     shift
     exec "$py" "$here/energy/placement_bench.py" "$@"
+  fi
+  if [[ "${1:-}" == "placement-step" ]]; then
+    shift
+    "$py" "$here/testbed/netbed.py" cleanup >/dev/null
+    exec "$py" "$here/energy/placement_step.py" "$@"
   fi
   exec "$py" "$here/energy/energy_bench.py" "$@"
 fi

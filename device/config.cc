@@ -516,6 +516,9 @@ void add_flags(cxxopts::Options& cli) {
      "(default: every cpu executor of the description)", cxxopts::value<std::string>())
     ("placement-block-ms", "the placement profiler's time per unit block and executor, in ms",
      cxxopts::value<double>()->default_value("50"))
+    ("placement-recheck-ms", "with --placement auto and --server: how often the placement is "
+     "weighed again on the bandwidth and round trip measured during the run (0: never); it changes "
+     "when another is predicted at least 10% better", cxxopts::value<int>()->default_value("1000"))
     ("placement-profile", "a segment table (--placement-profile-out) to place with instead of "
      "timing the blocks", cxxopts::value<std::string>())
     ("placement-profile-out", "write the measured segment table to this file",
@@ -618,6 +621,7 @@ Status apply_device_flags(const cxxopts::ParseResult& args, DeviceConfig& c) {
     }
   }
   c.placement.block_ms = args["placement-block-ms"].as<double>();
+  c.placement.recheck_ms = args["placement-recheck-ms"].as<int>();
   if (args.count("placement-profile")) {
     c.placement.profile_in = args["placement-profile"].as<std::string>();
   }
@@ -1050,6 +1054,10 @@ Status validate_device_config(const DeviceConfig& c) {
     }
     if (!(c.placement.block_ms > 0) || c.placement.block_ms > 60000) {
       return invalid_argument("--placement-block-ms must be above 0 and at most 60000");
+    }
+    if (c.placement.recheck_ms < 0 || c.placement.recheck_ms > 3600000) {
+      return invalid_argument(
+          "--placement-recheck-ms must be 0 (never) or a period in ms of at most 3600000");
     }
     if (c.placement.mode == PlacementConfig::Mode::kFixed && !c.placement.executors.empty()) {
       return invalid_argument("--placement-executors is for --placement auto");

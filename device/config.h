@@ -144,6 +144,9 @@ struct PlacementConfig {
   std::vector<std::string> executors;
   // The profiler's time per unit block and executor: blocks run back to back for this long.
   double block_ms = 50;
+  // kAuto with a server: how often the placement is weighed again on the network as measured
+  // during the run (0: never); it changes when another is predicted at least 10% better.
+  int recheck_ms = 1000;
   std::string profile_in;   // a segment table to use instead of timing the blocks
   std::string profile_out;  // where to write the measured segment table
 };

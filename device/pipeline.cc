@@ -14,6 +14,7 @@
 #include <functional>
 #include <future>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -222,6 +223,7 @@ class PipelineRun {
         channel_(std::move(channel)) {}
   ~PipelineRun() {
     // The link lives on its thread: it is closed there, before the thread ends.
+    watching_ = false;
     if (link_thread_) link_thread_->run([this] { link_.reset(); });
   }
 
@@ -239,7 +241,35 @@ class PipelineRun {
   void time_blocks();
   void read_table();
   partitioner::StagePlacement choose();
-  void run_frames(const partitioner::StagePlacement& placement);
+  // --placement auto's choice over the device's executors and, when the server serves and is
+  // available (network_), every crossing to it; no log lines. Empty when none meets --min-fps.
+  std::optional<partitioner::StagePlacement> best_auto() const;
+  // `placement` predicted again on network_ (a crossing to a server that is not available counts
+  // as never finishing).
+  partitioner::StagePlacement predicted_again(const partitioner::StagePlacement& placement) const;
+  // During a run: the placement to change to when, on the network the link measured since,
+  // another is predicted at least 10% better than `current` (or meets --min-fps where `current`
+  // no longer does) at this check and the one before; `why` says so.
+  std::optional<partitioner::StagePlacement> better_placement(
+      const partitioner::StagePlacement& current, std::string* why);
+  // The frames from `first_frame` on through `placement`, until the last or, with --placement
+  // auto and a server, until another placement is predicted better (frames in flight finish
+  // first): then that placement and why.
+  struct Epoch {
+    int64_t next_frame = 0;
+    std::optional<partitioner::StagePlacement> next;
+    std::string why;
+  };
+  Epoch run_frames(const partitioner::StagePlacement& placement, int64_t first_frame);
+  // The placement line (and its log line); `replaced`: the reason it replaces the one before.
+  void announce(const partitioner::StagePlacement& placement, const std::vector<int>& helper_cores,
+                int64_t from_frame, const std::string& replaced);
+  // On the link's thread: the link's network estimate, for the main thread's seen_network().
+  void publish_network();
+  partitioner::Conditions seen_network() const {
+    std::lock_guard<std::mutex> lock(seen_mu_);
+    return seen_network_;
+  }
   // The server: its link on a thread of its own, the handshake, and the network estimate.
   void connect_server();
   // Every inner cut's tensor packed once with the stream's encoding: bytes and packing time.
@@ -286,7 +316,12 @@ class PipelineRun {
   bool server_serves_ = false;          // up, serving this model with this device's cut table
   std::string server_note_;             // why the server cannot take frames (when it cannot)
   std::vector<double> server_tail_ms_;  // per cut id, the server's own (empty: not stated)
-  partitioner::Conditions network_;
+  partitioner::Conditions network_;     // what placements are predicted on (main thread)
+  mutable std::mutex seen_mu_;
+  partitioner::Conditions seen_network_;  // the link's latest estimate (publish_network)
+  std::atomic<bool> watching_{false};     // the link's thread tends the link between frames
+  Clock::time_point run_start_;           // the first frame's start (frame lines' t_ms)
+  std::optional<partitioner::StagePlacement> candidate_;  // better at the last check
   std::vector<int64_t> crossing_bytes_;  // per cut index of the table (0: not measured)
   std::vector<double> pack_ms_;
   double server_overhead_ms_ = 0;  // per request, beyond the tail (calibrate_crossing)
@@ -590,6 +625,7 @@ void PipelineRun::connect_server() {
                                    [this](const std::string& line) { log(line); });
     const LinkState state = link_->connect();
     network_ = link_->network_conditions();
+    publish_network();
     if (state != LinkState::kUp) {
       server_note_ = link_->down_reason();
       return;
@@ -729,24 +765,16 @@ partitioner::StagePlacement PipelineRun::choose() {
     }
     return partitioner::with_server(*p, table_, c);
   }
-  const auto& s = stream_.scheduler;
-  const bool throughput = s.objective == partitioner::Objective::kThroughput;
-  std::optional<double> bound;
-  if (s.constraints.min_fps && *s.constraints.min_fps > 0) bound = 1000.0 / *s.constraints.min_fps;
-  const auto objective = throughput ? partitioner::PlacementObjective::kThroughput
-                                    : partitioner::PlacementObjective::kLatency;
-  std::optional<partitioner::StagePlacement> p;
-  if (link_ && server_serves_ && !server_tail_ms_.empty() && network_.bandwidth_mbps > 0) {
-    p = partitioner::best_placement_with_server(table_, crossings(), objective, bound);
-  } else {
-    if (link_) {
-      log("placing every block on the device: " +
-          (server_serves_ ? std::string("the server states no tail times (start it with its "
-                                        "profile) or the bandwidth is unknown")
-                          : server_note_));
-    }
-    p = partitioner::best_placement(table_, objective, bound);
+  if (link_ && !(server_serves_ && !server_tail_ms_.empty() && network_.bandwidth_mbps > 0 &&
+                 network_.server_available)) {
+    log("placing every block on the device: " +
+        (!server_serves_              ? server_note_
+         : !network_.server_available ? std::string("the server did not answer the link's probes")
+                                      : std::string("the server states no tail times (start it "
+                                                    "with its profile) or the bandwidth is "
+                                                    "unknown")));
   }
+  const std::optional<partitioner::StagePlacement> p = best_auto();
   if (!p) {
     throw UserError{
         "no placement over these executors meets --min-fps (the fastest period "
@@ -755,7 +783,100 @@ partitioner::StagePlacement PipelineRun::choose() {
   return *p;
 }
 
-void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
+std::optional<partitioner::StagePlacement> PipelineRun::best_auto() const {
+  const auto& s = stream_.scheduler;
+  const bool throughput = s.objective == partitioner::Objective::kThroughput;
+  std::optional<double> bound;
+  if (s.constraints.min_fps && *s.constraints.min_fps > 0) bound = 1000.0 / *s.constraints.min_fps;
+  const auto objective = throughput ? partitioner::PlacementObjective::kThroughput
+                                    : partitioner::PlacementObjective::kLatency;
+  if (link_ && server_serves_ && !server_tail_ms_.empty() && network_.bandwidth_mbps > 0 &&
+      network_.server_available) {
+    return partitioner::best_placement_with_server(table_, crossings(), objective, bound);
+  }
+  return partitioner::best_placement(table_, objective, bound);
+}
+
+partitioner::StagePlacement PipelineRun::predicted_again(
+    const partitioner::StagePlacement& placement) const {
+  std::vector<std::pair<int, int>> stages;
+  for (const auto& s : placement.stages) stages.emplace_back(s.executor, s.end_block);
+  if (!placement.server) {
+    auto p = partitioner::evaluate_placement(table_, stages);
+    return p.ok() ? *p : placement;
+  }
+  const int at = placement.server->cut_index;
+  auto p = partitioner::evaluate_placement(partitioner::leading_blocks(table_, at), stages);
+  if (!p.ok()) return placement;
+  partitioner::StagePlacement out = partitioner::with_server(*p, table_, crossing(at));
+  if (!network_.server_available) {
+    out.period_ms = std::numeric_limits<double>::infinity();
+    out.latency_ms = std::numeric_limits<double>::infinity();
+  }
+  return out;
+}
+
+bool same_placement(const partitioner::StagePlacement& a, const partitioner::StagePlacement& b) {
+  if (a.stages.size() != b.stages.size() || a.server.has_value() != b.server.has_value()) {
+    return false;
+  }
+  for (size_t i = 0; i < a.stages.size(); ++i) {
+    if (a.stages[i].executor != b.stages[i].executor ||
+        a.stages[i].first_block != b.stages[i].first_block ||
+        a.stages[i].end_block != b.stages[i].end_block) {
+      return false;
+    }
+  }
+  return !a.server || a.server->cut_index == b.server->cut_index;
+}
+
+std::optional<partitioner::StagePlacement> PipelineRun::better_placement(
+    const partitioner::StagePlacement& current, std::string* why) {
+  const partitioner::Conditions seen = seen_network();
+  if (!(seen.bandwidth_mbps > 0)) return std::nullopt;
+  network_ = seen;
+  const partitioner::StagePlacement now = predicted_again(current);
+  const std::optional<partitioner::StagePlacement> best = best_auto();
+  if (!best || same_placement(*best, current)) {
+    candidate_.reset();
+    return std::nullopt;
+  }
+  const auto& s = stream_.scheduler;
+  const bool throughput = s.objective == partitioner::Objective::kThroughput;
+  const double a = throughput ? now.period_ms : now.latency_ms;
+  const double b = throughput ? best->period_ms : best->latency_ms;
+  const bool bounded = s.constraints.min_fps && *s.constraints.min_fps > 0;
+  const bool rescues = bounded && now.period_ms > 1000.0 / *s.constraints.min_fps;
+  if (!(b < 0.9 * a) && !rescues) {
+    candidate_.reset();
+    return std::nullopt;
+  }
+  // One low bandwidth sample moves the estimate at once (it is cautious), and a change of
+  // placement drains the pipeline: the same placement must win two checks in a row.
+  if (!candidate_ || !same_placement(*candidate_, *best)) {
+    candidate_ = best;
+    return std::nullopt;
+  }
+  candidate_.reset();
+  char line[240];
+  std::snprintf(line, sizeof line,
+                "%.2f Mbit/s, round trip %.2f ms%s: predicted %s %.2f ms against %.2f ms for the "
+                "placement running",
+                seen.bandwidth_mbps, seen.rtt_ms,
+                seen.server_available ? "" : ", the server not available",
+                throughput ? "period" : "latency", b, a);
+  *why = line;
+  return best;
+}
+
+void PipelineRun::publish_network() {
+  const partitioner::Conditions c = link_->network_conditions();
+  std::lock_guard<std::mutex> lock(seen_mu_);
+  seen_network_ = c;
+}
+
+PipelineRun::Epoch PipelineRun::run_frames(const partitioner::StagePlacement& placement,
+                                           int64_t first_frame) {
   const size_t k = placement.stages.size();
   struct StageSpan {
     int from = 0, to = 0;
@@ -814,11 +935,30 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
       server_stage(in, next, cut, static_cast<size_t>(window));
     }));
   }
+  // Without a crossing, the link's thread keeps the network estimate alive (probes, and pings
+  // to a server that was lost) for the checks below.
+  const bool recheck = config_.placement.mode == PlacementConfig::Mode::kAuto && link_ &&
+                       server_serves_ && config_.placement.recheck_ms > 0;
+  watching_ = true;
+  std::future<void> watch;
+  if (recheck && !to_server) {
+    watch = link_thread_->post([this] {
+      while (watching_.load()) {
+        link_->tend();
+        link_->probe_if_due(true);
+        (void)link_->poll(std::chrono::milliseconds(20));
+        publish_network();
+      }
+    });
+  }
+  const auto recheck_every = std::chrono::milliseconds(std::max(1, config_.placement.recheck_ms));
+  auto next_check = Clock::now() + recheck_every;
+  Epoch epoch;
   const auto start = Clock::now();
   int64_t answered = 0;  // by the server
   std::vector<double> done_ms, latency_ms;
   std::vector<std::vector<double>> stage_ms(all_stages);
-  int64_t submitted = 0, finished = 0, failed = 0;
+  int64_t submitted = first_frame, finished = 0, failed = 0;
   bool interrupted = false;
   auto submit = [&] {
     Item it;
@@ -828,11 +968,11 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
     ++submitted;
     queues.front()->push(std::move(it));
   };
-  while (submitted < frames_ && submitted < window) submit();
+  while (submitted < frames_ && submitted < first_frame + window) submit();
   if (submitted >= frames_) queues.front()->close();
   while (auto item = queues.back()->pop()) {
     const auto now = Clock::now();
-    EDGESPLIT_CHECK_EQ(item->frame, finished);  // stages are FIFO: frames leave in order
+    EDGESPLIT_CHECK_EQ(item->frame, first_frame + finished);  // stages are FIFO: frames in order
     ++finished;
     done_ms.push_back(ms_between(start, now));
     latency_ms.push_back(ms_between(item->started, now));
@@ -843,6 +983,7 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
            {"stream", stream_.name},
            {"frame", item->frame},
            {"source", sources_[static_cast<size_t>(item->frame) % sources_.size()]},
+           {"t_ms", round3(ms_between(run_start_, now))},
            {"latency_ms", round3(latency_ms.back())}};
     json sm = json::array();
     for (double v : item->stage_ms) sm.push_back(round3(v));
@@ -884,12 +1025,20 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
       log("interrupted: the frames in flight finish");
       queues.front()->close();
     }
-    if (!interrupted && submitted < frames_) {
+    if (recheck && !interrupted && !epoch.next && submitted < frames_ && now >= next_check) {
+      next_check = now + recheck_every;
+      epoch.next = better_placement(placement, &epoch.why);
+      if (epoch.next) queues.front()->close();  // the frames in flight finish as placed
+    }
+    if (!interrupted && !epoch.next && submitted < frames_) {
       submit();
       if (submitted >= frames_) queues.front()->close();
     }
   }
+  watching_ = false;
+  if (watch.valid()) watch.get();
   for (auto& w : workers) w.get();
+  epoch.next_frame = submitted;
 
   // The period in steady state: from the end of the window's first frames on, so that filling
   // the pipeline does not count.
@@ -917,6 +1066,7 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
   emit(
       {{"type", "placement_summary"},
        {"stream", stream_.name},
+       {"from_frame", first_frame},
        {"frames", finished},
        {"failed", failed},
        {"in_flight", window},
@@ -932,7 +1082,8 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
        {"predicted_latency_ms", round3(placement.latency_ms)},
        {"stages", stages},
        {"answered_by_server", answered},
-       {"interrupted", interrupted}});
+       {"interrupted", interrupted},
+       {"replaced", epoch.next.has_value()}});
   char line[256];
   std::snprintf(line, sizeof line,
                 "%lld frames, %.1f frames/s in steady state (period %.2f ms, predicted %.2f ms: "
@@ -940,6 +1091,7 @@ void PipelineRun::run_frames(const partitioner::StagePlacement& placement) {
                 static_cast<long long>(finished), period > 0 ? 1000.0 / period : 0.0, period,
                 placement.period_ms, 100 * error);
   log(line);
+  return epoch;
 }
 
 void PipelineRun::finish_on_device(Item& item, int cut, const std::string& reason) {
@@ -1093,6 +1245,10 @@ std::vector<int> PipelineRun::place_helpers(const partitioner::StagePlacement& p
 void PipelineRun::server_stage(BoundedQueue<Item>* in, BoundedQueue<Item>* out, int cut,
                                size_t window) {
   const std::chrono::milliseconds timeout(stream_.timeout_ms);
+  const partitioner::NetworkEstimatorOptions estimator_options;
+  const int64_t kTimedBytes = estimator_options.bandwidth_sample_min_bytes;
+  const int64_t kRttSampleBytes = estimator_options.rtt_sample_max_bytes;
+  int64_t smallest_sent = std::numeric_limits<int64_t>::max();  // this stage's tensors, packed
   std::deque<Item> flight;  // in the order the device's last stage handed them over
   bool drained = false;
   auto send = [&](Item& it) {
@@ -1102,14 +1258,19 @@ void PipelineRun::server_stage(BoundedQueue<Item>* in, BoundedQueue<Item>* out, 
     }
     link_->tend();
     if (!link_->usable() || !server_serves_) {
+      const auto t0 = Clock::now();
       finish_on_device(it, cut, link_->usable() ? server_note_ : link_->down_reason());
+      link_->note_busy(t0);  // a reply that came meanwhile waited here, not on the network
       return;
     }
+    const auto t0 = Clock::now();
     auto payloads = pack_crossing(*model_, stream_.encode, cut, it.x, &it.bytes);
+    link_->note_busy(t0);
     if (!payloads.ok()) {
       finish_on_device(it, cut, "cannot pack: " + payloads.status().message());
       return;
     }
+    smallest_sent = std::min(smallest_sent, it.bytes);
     const wire::InferRequest req = infer_request(cut, *payloads, it.bytes);
     it.request_id = link_->next_request_id(0);
     it.deadline = Clock::now() + timeout;
@@ -1146,6 +1307,23 @@ void PipelineRun::server_stage(BoundedQueue<Item>* in, BoundedQueue<Item>* out, 
           continue;
         }
         const wire::InferReply& ir = reply.infer();
+        // The network estimate learns the bandwidth from the answers, as a stream's does
+        // (device/stream.cc); not the base round trip: with several frames in flight, queued at
+        // the server and in the uplink, a small frame's wire time is not one (the probes time it).
+        partitioner::Exchange e;
+        e.request_bytes = static_cast<int64_t>(r.reply.timing.bytes_sent);
+        e.server_queue_ms = ir.queue_us() / 1000.0;
+        e.server_compute_ms = (ir.unpack_us() + ir.compute_us()) / 1000.0;
+        if (cut >= 0 && static_cast<size_t>(cut) < server_tail_ms_.size()) {
+          e.profiled_server_ms = server_tail_ms_[static_cast<size_t>(cut)];
+        }
+        e.round_trip_ms =
+            link_->effective_round_trip_ms(r.reply, e.server_queue_ms + e.server_compute_ms);
+        if (e.round_trip_ms >= 0 && e.request_bytes > kRttSampleBytes) {
+          link_->network().add_exchange(e);
+        } else {
+          link_->network().add_answer();
+        }
         std::vector<partitioner::ClassScore> top;
         for (const auto& c : ir.top()) top.push_back({static_cast<int>(c.index()), c.score()});
         it->top = std::move(top);
@@ -1161,7 +1339,12 @@ void PipelineRun::server_stage(BoundedQueue<Item>* in, BoundedQueue<Item>* out, 
         if (it.done || now < it.deadline) continue;
         link_->give_up(it.request_id, it.bytes, ms_between(it.sent, now), stream_.timeout_ms);
         finish_on_device(it, cut, "server timeout");
+        link_->note_busy(now);
       }
+      // Tensors too small to time the link leave the bandwidth estimate as it was: the link's
+      // probes keep it fresh then, as when no frame crosses (a probe about once a second).
+      link_->probe_if_due(smallest_sent < kTimedBytes);
+      publish_network();
     }
     while (!flight.empty() && flight.front().done) {
       Item& front = flight.front();
@@ -1172,6 +1355,70 @@ void PipelineRun::server_stage(BoundedQueue<Item>* in, BoundedQueue<Item>* out, 
     if (drained && flight.empty()) break;
   }
   out->close();
+}
+
+void PipelineRun::announce(const partitioner::StagePlacement& placement,
+                           const std::vector<int>& helper_cores, int64_t from_frame,
+                           const std::string& replaced) {
+  json alternatives = json::object();
+  for (size_t e = 0; e < table_.executors.size(); ++e) {
+    auto alone = partitioner::evaluate_placement(table_, {{static_cast<int>(e), table_.blocks()}});
+    if (alone.ok()) alternatives[table_.executors[e].name] = round3(alone->period_ms);
+  }
+  json stages = json::array();
+  std::string said;
+  for (const auto& s : placement.stages) {
+    const int from = table_.cut_ids[static_cast<size_t>(s.first_block)];
+    const int to = table_.cut_ids[static_cast<size_t>(s.end_block)];
+    const std::string& name = table_.executors[static_cast<size_t>(s.executor)].name;
+    stages.push_back({{"executor", name},
+                      {"from_cut", from},
+                      {"to_cut", to},
+                      {"from", model_->cut(from).name},
+                      {"to", model_->cut(to).name},
+                      {"predicted_ms", round3(s.ms)}});
+    said += (said.empty() ? "" : " | ") + name + " cuts " + std::to_string(from) + "-" +
+            std::to_string(to);
+  }
+  json line_json{
+      {"type", "placement"},
+      {"stream", stream_.name},
+      {"mode", config_.placement.mode == PlacementConfig::Mode::kAuto ? "auto" : "fixed"},
+      {"stages", stages},
+      {"predicted_period_ms", round3(placement.period_ms)},
+      {"predicted_fps", round3(placement.fps())},
+      {"predicted_latency_ms", round3(placement.latency_ms)},
+      {"single_executor_period_ms", alternatives},
+      {"helper_cores", helper_cores},
+      {"from_frame", from_frame},
+      {"t_ms", round3(from_frame > 0 ? ms_between(run_start_, Clock::now()) : 0.0)}};
+  if (!replaced.empty()) line_json["replaces_because"] = replaced;
+  if (link_) {
+    line_json["network"] = {{"bandwidth_mbps", round3(network_.bandwidth_mbps)},
+                            {"rtt_ms", round3(network_.rtt_ms)},
+                            {"server_serves", server_serves_},
+                            {"server_available", network_.server_available}};
+    if (!server_serves_) line_json["network"]["why_not"] = server_note_;
+  }
+  if (placement.server) {
+    const partitioner::ServerCrossing& c = *placement.server;
+    const int cut = table_.cut_ids[static_cast<size_t>(c.cut_index)];
+    line_json["server"] = {
+        {"cut", cut},
+        {"cut_name", model_->cut(cut).name},
+        {"bytes", crossing_bytes_[static_cast<size_t>(c.cut_index)]},
+        {"encoding", packing::precision_name(stream_.encode.format, stream_.encode.bits)},
+        {"predicted_send_ms", round3(c.send_ms)},
+        {"predicted_round_trip_ms", round3(c.round_trip_ms)},
+        {"predicted_server_ms", round3(c.server_ms)},
+        {"predicted_overhead_ms", round3(c.overhead_ms)}};
+    said += " | server from cut " + std::to_string(cut);
+  }
+  emit(line_json);
+  char line[160];
+  std::snprintf(line, sizeof line, ": predicted period %.2f ms (%.1f frames/s), latency %.2f ms",
+                placement.period_ms, placement.fps(), placement.latency_ms);
+  log("placement " + said + line);
 }
 
 int PipelineRun::run() {
@@ -1233,63 +1480,15 @@ int PipelineRun::run() {
       placement = choose();
       helper_cores = place_helpers(placement);
     }
-    json alternatives = json::object();
-    for (size_t e = 0; e < table_.executors.size(); ++e) {
-      auto alone =
-          partitioner::evaluate_placement(table_, {{static_cast<int>(e), table_.blocks()}});
-      if (alone.ok()) alternatives[table_.executors[e].name] = round3(alone->period_ms);
+    run_start_ = Clock::now();
+    announce(placement, helper_cores, 0, "");
+    for (Epoch epoch = run_frames(placement, 0); epoch.next && stop_.load() == 0;
+         epoch = run_frames(placement, epoch.next_frame)) {
+      placement = *epoch.next;
+      helper_cores = place_helpers(placement);
+      log("placement changed at frame " + std::to_string(epoch.next_frame) + ": " + epoch.why);
+      announce(placement, helper_cores, epoch.next_frame, epoch.why);
     }
-    json stages = json::array();
-    std::string said;
-    for (const auto& s : placement.stages) {
-      const int from = table_.cut_ids[static_cast<size_t>(s.first_block)];
-      const int to = table_.cut_ids[static_cast<size_t>(s.end_block)];
-      const std::string& name = table_.executors[static_cast<size_t>(s.executor)].name;
-      stages.push_back({{"executor", name},
-                        {"from_cut", from},
-                        {"to_cut", to},
-                        {"from", model_->cut(from).name},
-                        {"to", model_->cut(to).name},
-                        {"predicted_ms", round3(s.ms)}});
-      said += (said.empty() ? "" : " | ") + name + " cuts " + std::to_string(from) + "-" +
-              std::to_string(to);
-    }
-    json line_json{
-        {"type", "placement"},
-        {"stream", stream_.name},
-        {"mode", config_.placement.mode == PlacementConfig::Mode::kAuto ? "auto" : "fixed"},
-        {"stages", stages},
-        {"predicted_period_ms", round3(placement.period_ms)},
-        {"predicted_fps", round3(placement.fps())},
-        {"predicted_latency_ms", round3(placement.latency_ms)},
-        {"single_executor_period_ms", alternatives},
-        {"helper_cores", helper_cores}};
-    if (link_) {
-      line_json["network"] = {{"bandwidth_mbps", round3(network_.bandwidth_mbps)},
-                              {"rtt_ms", round3(network_.rtt_ms)},
-                              {"server_serves", server_serves_}};
-      if (!server_serves_) line_json["network"]["why_not"] = server_note_;
-    }
-    if (placement.server) {
-      const partitioner::ServerCrossing& c = *placement.server;
-      const int cut = table_.cut_ids[static_cast<size_t>(c.cut_index)];
-      line_json["server"] = {
-          {"cut", cut},
-          {"cut_name", model_->cut(cut).name},
-          {"bytes", crossing_bytes_[static_cast<size_t>(c.cut_index)]},
-          {"encoding", packing::precision_name(stream_.encode.format, stream_.encode.bits)},
-          {"predicted_send_ms", round3(c.send_ms)},
-          {"predicted_round_trip_ms", round3(c.round_trip_ms)},
-          {"predicted_server_ms", round3(c.server_ms)},
-          {"predicted_overhead_ms", round3(c.overhead_ms)}};
-      said += " | server from cut " + std::to_string(cut);
-    }
-    emit(line_json);
-    char line[160];
-    std::snprintf(line, sizeof line, ": predicted period %.2f ms (%.1f frames/s), latency %.2f ms",
-                  placement.period_ms, placement.fps(), placement.latency_ms);
-    log("placement " + said + line);
-    run_frames(placement);
   } catch (const UserError& e) {
     std::cerr << "edgesplit-device: " << e.message << '\n';
     return 2;

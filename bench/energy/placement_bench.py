@@ -32,14 +32,13 @@ one (median over the split runs).
 import argparse
 import json
 import socket
-import math
 import os
 import statistics
 import subprocess
 import sys
 import time
 
-from common import finish
+from common import finish, interval
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -57,17 +56,6 @@ FULL = {"frames": 1200, "rounds": 6, "block_ms": 80}
 QUICK = {"frames": 400, "rounds": 3, "block_ms": 40}
 TARGET_SPEEDUP = 1.3
 TARGET_PERIOD_ERROR = 0.15
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
-
-
-def interval(values):
-    """Mean and 95% t-interval of per-round ratios (on the log scale)."""
-    logs = [math.log(v) for v in values if v > 0]
-    m = statistics.mean(logs)
-    if len(logs) < 2:
-        return math.exp(m), math.exp(m), math.exp(m)
-    h = T95.get(len(logs) - 1, 2.0) * statistics.stdev(logs) / math.sqrt(len(logs))
-    return math.exp(m), math.exp(m - h), math.exp(m + h)
 
 
 def device(bin_dir, out, extra):

@@ -750,6 +750,10 @@ TEST_CASE("placement flags: auto, one executor, fixed stages, and mistakes in on
   CHECK(aut->config.placement.executors == std::vector<std::string>{"big", "little"});
   CHECK(aut->config.placement.block_ms == 50);
   CHECK(aut->config.placement.profile_out == "t.json");
+  CHECK(aut->config.placement.recheck_ms == 1000);  // the default
+  auto never = with({"--placement", "auto", "--placement-recheck-ms", "0"});
+  REQUIRE(never.ok());
+  CHECK(never->config.placement.recheck_ms == 0);
   auto one = with({"--placement", "little"});
   REQUIRE(one.ok());
   CHECK(one->config.placement.mode == PlacementConfig::Mode::kFixed);
@@ -795,6 +799,8 @@ TEST_CASE("placement flags: auto, one executor, fixed stages, and mistakes in on
                  "for --placement auto"));
   CHECK(contains(error({"--placement", "auto", "--placement-block-ms", "0"}),
                  "--placement-block-ms"));
+  CHECK(contains(error({"--placement", "auto", "--placement-recheck-ms", "-5"}),
+                 "--placement-recheck-ms must be 0"));
   auto no_description = flags({"--model", "m.pt", "--input", "x", "--placement", "auto"});
   REQUIRE_FALSE(no_description.ok());
   CHECK(contains(no_description.status().message(), "--placement needs --device-description"));

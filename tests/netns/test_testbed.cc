@@ -199,3 +199,59 @@ TEST_CASE("the scheduler moves work to the device as the shaped link gets worse"
   fs::remove_all(out);
   fs::remove(plain_profile);
 }
+
+TEST_CASE("placement with a server follows the shaped link: the crossing goes when it falls") {
+  if (!testbed_usable()) return;
+  const fs::path images = shared_dir() / "data" / "imagenet-val-1300" / "images";
+  if (!fs::exists(shared_mobilenet()) || !fs::exists(images)) {
+    MESSAGE("skipped: needs ../shared's MobileNetV2 and ImageNet images");
+    return;
+  }
+  // One adaptive run through the three phases (100 Mbit/s, 2 Mbit/s, 100 Mbit/s, 12 s each):
+  // MobileNetV2 on the device's big core and the server (bench/run.sh energy placement-step).
+  const fs::path out =
+      binary_dir() / "test-scratch" / ("placement-step-" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  fs::create_directories(out.parent_path());
+  std::ostringstream cmd;
+  cmd << "/usr/bin/python3 " << (source_dir() / "bench" / "energy" / "placement_step.py")
+      << " --contenders adaptive --rounds 1 --phase-s 12 --bin-dir " << bin_dir() << " --out "
+      << out << " > " << (out.string() + ".log") << " 2>&1";
+  const int rc = std::system(cmd.str().c_str());
+  std::ifstream log(out.string() + ".log");
+  std::stringstream log_text;
+  log_text << log.rdbuf();
+  INFO("placement_step.py output:\n" << log_text.str());
+  REQUIRE(rc == 0);
+  std::ifstream f(out / "results.json");
+  REQUIRE(f.good());
+  const json results = json::parse(f);
+  const json& run = results["runs"]["adaptive"].at(0);
+  INFO(run.dump());
+  CHECK(run["in_order_once"] == true);
+  // On the fast link the crossing to the server is chosen and frames finish there.
+  REQUIRE_FALSE(run["first_crossing_cut"].is_null());
+  const int first = run["first_crossing_cut"].get<int>();
+  CHECK(run["phases"][0]["on_server"].get<int>() > 0);
+  for (const auto& p : run["phases"]) CHECK(p["failed"] == 0);
+  // After the fall a placement with a deeper crossing (fewer bytes) or none replaces it, within
+  // a few seconds; after the rise one with a crossing again.
+  REQUIRE(run["steps_s"].size() == 2);
+  const double fall = run["steps_s"][0].get<double>();
+  const double rise = run["steps_s"][1].get<double>();
+  bool moved_off = false, came_back = false;
+  for (const auto& c : run["changes"]) {
+    const double t = c["t_s"].get<double>();
+    if (t >= fall && t < rise && (c["crossing_cut"].is_null() || c["crossing_cut"] > first)) {
+      moved_off = true;
+    }
+    if (t >= rise && !c["crossing_cut"].is_null()) came_back = true;
+  }
+  CHECK(moved_off);
+  CHECK(came_back);
+  REQUIRE(run["reaction_s"].size() == 2);
+  CHECK_FALSE(run["reaction_s"][0].is_null());
+  if (!run["reaction_s"][0].is_null()) CHECK(run["reaction_s"][0].get<double>() <= 5.0);
+  fs::remove_all(out);
+  fs::remove(out.string() + ".log");
+}
