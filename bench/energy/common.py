@@ -1,5 +1,6 @@
-"""What the energy benchmarks share: the interval of per-round ratios and how a run ends (bench/run.sh's contract: summary.md beside
-results.json, the summary printed, --check fails on a missed target)."""
+"""What the energy benchmarks share: the interval of per-round ratios, and how a run ends
+(bench/run.sh's contract: summary.md beside results.json, the summary printed, --check fails on a
+missed target)."""
 
 import math
 import os
