@@ -67,6 +67,20 @@ bool testbed_usable() {
   return true;
 }
 
+// Runs `command` (a bench script with --out `out`), its output to `out`.log, and returns
+// `out`/results.json (the output is attached to failures).
+json run_script(const std::string& command, const fs::path& out) {
+  const int rc = std::system((command + " > \"" + out.string() + ".log\" 2>&1").c_str());
+  std::ifstream log(out.string() + ".log");
+  std::stringstream log_text;
+  log_text << log.rdbuf();
+  INFO("output of " << command << ":\n" << log_text.str());
+  REQUIRE(rc == 0);
+  std::ifstream f(out / "results.json");
+  REQUIRE(f.good());
+  return json::parse(f);
+}
+
 // Runs bench/testbed/bench.py on the default model and its samples with `args`, results in
 // `out`, and returns its results.json (the run's output is attached to failures).
 json run_bench(const fs::path& out, const std::string& args) {
@@ -78,16 +92,8 @@ json run_bench(const fs::path& out, const std::string& args) {
       << (models / "fashion_mnist_cnn.pt") << " --meta " << (models / "fashion_mnist_cnn.json")
       << " --profile " << (models / "fashion_mnist_cnn.profile.json") << " --images "
       << (models / "samples") << " --labels none --traces none " << args << " --bin-dir "
-      << bin_dir() << " --out " << out << " > " << (out.string() + ".log") << " 2>&1";
-  const int rc = std::system(cmd.str().c_str());
-  std::ifstream log(out.string() + ".log");
-  std::stringstream log_text;
-  log_text << log.rdbuf();
-  INFO("bench.py output:\n" << log_text.str());
-  REQUIRE(rc == 0);
-  std::ifstream f(out / "results.json");
-  REQUIRE(f.good());
-  return json::parse(f);
+      << bin_dir() << " --out " << out;
+  return run_script(cmd.str(), out);
 }
 
 }  // namespace
@@ -216,16 +222,8 @@ TEST_CASE("placement with a server follows the shaped link: the crossing goes wh
   std::ostringstream cmd;
   cmd << "/usr/bin/python3 " << (source_dir() / "bench" / "energy" / "placement_step.py")
       << " --contenders adaptive --rounds 1 --phase-s 12 --bin-dir " << bin_dir() << " --out "
-      << out << " > " << (out.string() + ".log") << " 2>&1";
-  const int rc = std::system(cmd.str().c_str());
-  std::ifstream log(out.string() + ".log");
-  std::stringstream log_text;
-  log_text << log.rdbuf();
-  INFO("placement_step.py output:\n" << log_text.str());
-  REQUIRE(rc == 0);
-  std::ifstream f(out / "results.json");
-  REQUIRE(f.good());
-  const json results = json::parse(f);
+      << out;
+  const json results = run_script(cmd.str(), out);
   const json& run = results["runs"]["adaptive"].at(0);
   INFO(run.dump());
   CHECK(run["in_order_once"] == true);
