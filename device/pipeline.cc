@@ -50,6 +50,10 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
+// A bandwidth estimate this far above the one a placement was chosen on is past the estimator's
+// jump band: a run of samples moved it, not one.
+const double kConfirmedRise = 1 + partitioner::NetworkEstimatorOptions{}.bandwidth.jump_ratio;
+
 double round3(double v) { return std::isfinite(v) ? std::round(v * 1000.0) / 1000.0 : -1.0; }
 
 double median(std::vector<double> v) {
@@ -322,6 +326,7 @@ class PipelineRun {
   std::atomic<bool> watching_{false};     // the link's thread tends the link between frames
   Clock::time_point run_start_;           // the first frame's start (frame lines' t_ms)
   std::optional<partitioner::StagePlacement> candidate_;  // better at the last check
+  partitioner::Conditions placed_on_;    // the network the running placement was chosen on
   std::vector<int64_t> crossing_bytes_;  // per cut index of the table (0: not measured)
   std::vector<double> pack_ms_;
   double server_overhead_ms_ = 0;  // per request, beyond the tail (calibrate_crossing)
@@ -852,12 +857,16 @@ std::optional<partitioner::StagePlacement> PipelineRun::better_placement(
     return std::nullopt;
   }
   // One low bandwidth sample moves the estimate at once (it is cautious), and a change of
-  // placement drains the pipeline: the same placement must win two checks in a row.
-  if (!candidate_ || !same_placement(*candidate_, *best)) {
+  // placement drains the pipeline: the same placement must win two checks in a row. A rise past
+  // the tracker's band took a run of samples already (LevelTracker): it needs no second check.
+  const bool rose = seen.server_available && placed_on_.server_available &&
+                    seen.bandwidth_mbps > kConfirmedRise * placed_on_.bandwidth_mbps;
+  if (!rose && (!candidate_ || !same_placement(*candidate_, *best))) {
     candidate_ = best;
     return std::nullopt;
   }
   candidate_.reset();
+  placed_on_ = seen;
   char line[240];
   std::snprintf(line, sizeof line,
                 "%.2f Mbit/s, round trip %.2f ms%s: predicted %s %.2f ms against %.2f ms for the "
@@ -1481,6 +1490,7 @@ int PipelineRun::run() {
       helper_cores = place_helpers(placement);
     }
     run_start_ = Clock::now();
+    placed_on_ = network_;
     announce(placement, helper_cores, 0, "");
     for (Epoch epoch = run_frames(placement, 0); epoch.next && stop_.load() == 0;
          epoch = run_frames(placement, epoch.next_frame)) {

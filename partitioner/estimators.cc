@@ -158,14 +158,18 @@ ProbeRequest NetworkEstimator::probe_due(bool plan_is_local) const {
     p.bytes = options_.rtt_probe_bytes;
     return p;
   }
-  if (any_probe_ && since_probe < options_.probe_interval_ms) return {};
+  const double interval = bandwidth_.step_pending()
+                              ? std::min(options_.probe_interval_ms, options_.confirm_probe_ms)
+                              : options_.probe_interval_ms;
+  if (any_probe_ && since_probe < interval) return {};
   if (!server_available()) {
     p.kind = ProbeRequest::Kind::kRoundTrip;
     p.bytes = options_.rtt_probe_bytes;
     return p;
   }
   const bool bandwidth_stale =
-      !any_bandwidth_ || ms_between(last_bandwidth_sample_, now) >= options_.probe_interval_ms;
+      !any_bandwidth_ || bandwidth_.step_pending() ||
+      ms_between(last_bandwidth_sample_, now) >= options_.probe_interval_ms;
   // Frames too small to measure the link leave the estimate to age: refresh it now and then.
   const bool bandwidth_old =
       !any_bandwidth_ || ms_between(last_bandwidth_sample_, now) >= options_.bandwidth_refresh_ms;

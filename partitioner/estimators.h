@@ -60,6 +60,9 @@ class LevelTracker {
   // The level; 0 before any sample.
   double value() const;
   int64_t samples() const { return samples_; }
+  // Whether the last samples began a run beyond the band that has not yet moved the level: a step
+  // that one or two more samples would confirm.
+  bool step_pending() const { return run_length_ > 0; }
 
  private:
   bool beyond(double sample, double reference, bool cautious_side) const;
@@ -116,6 +119,9 @@ struct NetworkEstimatorOptions {
   // While the plan is device-only (nothing sent), a bandwidth probe is due after this long
   // without a bandwidth sample; when the server is unavailable, a round-trip probe instead.
   double probe_interval_ms = 1000;
+  // ... and after this long when the last bandwidth sample began a run beyond the tracker's band
+  // (the link may have stepped): the samples that confirm a step come sooner than the refresh.
+  double confirm_probe_ms = 250;
   // A round-trip probe is due after this long without a round-trip sample, whatever the plan.
   double rtt_probe_interval_ms = 2000;
   // While the plan sends frames too small to be bandwidth samples, a bandwidth probe is due after

@@ -64,7 +64,7 @@ CONTENDERS = {
               "--placement-recheck-ms", "0"],
     "big": ["--placement", "big"],
 }
-FULL = {"rounds": 4, "phase_s": 15.0, "block_ms": 60}
+FULL = {"rounds": 8, "phase_s": 15.0, "block_ms": 60}
 QUICK = {"rounds": 1, "phase_s": 10.0, "block_ms": 30}
 # Per phase, what is left out of its frames/s: the start (model loading done, the pipeline
 # filling), then the reaction each step is allowed (TARGET_REACTION_S).

@@ -237,19 +237,27 @@ TEST_CASE("placement with a server follows the shaped link: the crossing goes wh
   REQUIRE(run["steps_s"].size() == 2);
   const double fall = run["steps_s"][0].get<double>();
   const double rise = run["steps_s"][1].get<double>();
+  // "Back": a crossing that leaves more of the model to the server than the slow link's did
+  // (none: the device alone).
   bool moved_off = false, came_back = false;
+  int slow_cut = 1 << 30;
   for (const auto& c : run["changes"]) {
     const double t = c["t_s"].get<double>();
-    if (t >= fall && t < rise && (c["crossing_cut"].is_null() || c["crossing_cut"] > first)) {
-      moved_off = true;
+    if (t >= fall && t < rise) {
+      if (c["crossing_cut"].is_null() || c["crossing_cut"] > first) moved_off = true;
+      slow_cut = c["crossing_cut"].is_null() ? 1 << 30 : c["crossing_cut"].get<int>();
     }
-    if (t >= rise && !c["crossing_cut"].is_null()) came_back = true;
+    if (t >= rise && !c["crossing_cut"].is_null() && c["crossing_cut"] < slow_cut) came_back = true;
   }
   CHECK(moved_off);
   CHECK(came_back);
   REQUIRE(run["reaction_s"].size() == 2);
-  CHECK_FALSE(run["reaction_s"][0].is_null());
-  if (!run["reaction_s"][0].is_null()) CHECK(run["reaction_s"][0].get<double>() <= 5.0);
+  // The fall shows on one sample and two checks; a rise on a run of probes (brought forward while
+  // it lasts) and one check: a few seconds each, with slack for a loaded machine.
+  for (const auto& r : run["reaction_s"]) {
+    CHECK_FALSE(r.is_null());
+    if (!r.is_null()) CHECK(r.get<double>() <= 6.0);
+  }
   fs::remove_all(out);
   fs::remove(out.string() + ".log");
 }

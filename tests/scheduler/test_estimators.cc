@@ -186,6 +186,48 @@ TEST_CASE("probes: due while local and silent - sized to the link - never while 
   CHECK(p.bytes == o.rtt_probe_bytes);
 }
 
+TEST_CASE("probes: a sample beyond the band is confirmed within confirm_probe_ms, not a second") {
+  ManualClock clock;
+  NetworkEstimatorOptions o;
+  NetworkEstimator n(clock, o);
+  n.add_exchange(exchange(64, 10, 10));
+  // A local plan probing a steady 10 Mbit/s link: one probe a second.
+  auto probe_at = [&](double mbps) {
+    const ProbeRequest p = n.probe_due(true);
+    REQUIRE(p.kind == ProbeRequest::Kind::kBandwidth);
+    n.probe_sent();
+    clock.advance_ms(20);
+    n.add_exchange(exchange(p.bytes, mbps, 10));
+  };
+  for (int i = 0; i < 4; ++i) {
+    probe_at(10);
+    clock.advance_ms(o.probe_interval_ms);
+  }
+  CHECK(n.bandwidth_mbps() == doctest::Approx(10).epsilon(0.05));
+  // The link rises to 50 Mbit/s: the first sample starts a run, and the next probe is due after
+  // confirm_probe_ms instead of probe_interval_ms, until the run has moved the level.
+  probe_at(50);
+  CHECK(n.bandwidth_mbps() < 20);  // one sample does not move a rise
+  int probes = 1;
+  double waited_ms = 0;
+  while (n.bandwidth_mbps() < 40) {
+    clock.advance_ms(o.confirm_probe_ms - 30);
+    CHECK_FALSE(n.probe_due(true).due());
+    clock.advance_ms(10);
+    waited_ms += o.confirm_probe_ms;
+    probe_at(50);
+    ++probes;
+    REQUIRE(probes <= o.bandwidth.jump_samples_recover);
+  }
+  CHECK(probes == o.bandwidth.jump_samples_recover);
+  CHECK(waited_ms < o.probe_interval_ms);
+  // The level has moved: back to one probe a second.
+  clock.advance_ms(o.confirm_probe_ms);
+  CHECK_FALSE(n.probe_due(true).due());
+  clock.advance_ms(o.probe_interval_ms);
+  CHECK(n.probe_due(true).due());
+}
+
 TEST_CASE("a wire time below the base rtt: a lower bound only, and the base measured again") {
   ManualClock clock;
   NetworkEstimatorOptions o;
