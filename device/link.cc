@@ -12,6 +12,7 @@ using partitioner::TimePoint;
 
 constexpr int64_t kCalibrationProbeBytes = 64 << 10;
 constexpr int64_t kPingBytes = 64;
+constexpr double kLateProbeBusyShare = 0.05;  // handle_late_probe
 // A lost server is pinged this often; a ping not answered within the timeout was lost with the
 // link and the next one may go.
 constexpr double kRecoveryProbeMs = 100;
@@ -134,6 +135,7 @@ LinkState Link::connect() {
     }
     ++generation_;
     retry_interval_ms_ = options_.retry_ms;
+    failed_recoveries_ = 0;
     consecutive_timeouts_ = 0;
     network_.add_answer();
     const bool back = state_ == LinkState::kLost || said_unreachable_;
@@ -167,6 +169,7 @@ LinkState Link::connect() {
   if (s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kTimeout) {
     // Retries back off (doubling up to 15 s) while the server stays away.
     retry_interval_ms_ = first ? options_.retry_ms : std::min(retry_interval_ms_ * 2, kRetryMaxMs);
+    if (state_ == LinkState::kLost) ++failed_recoveries_;
     down_reason_ = "server unreachable";
     if (state_ == LinkState::kNeverUp && !said_unreachable_ && log_) {
       log_("server " + options_.endpoint + " unreachable (" + s.message() +
@@ -207,7 +210,7 @@ void Link::tend() {
   const TimePoint now = clock_.now();
   const double since = ms_between(last_attempt_, now);
   if (state_ == LinkState::kLost) {
-    if (since >= kRecoveryProbeMs && !probe_pending()) {
+    if (since >= recovery_wait_ms() && !probe_pending()) {
       last_attempt_ = now;
       send_probe(kPingBytes, /*even_when_down=*/true, kRecoveryProbeTimeoutMs);
     }
@@ -216,12 +219,24 @@ void Link::tend() {
   }
 }
 
+// A lost server is pinged every kRecoveryProbeMs; an answer brings a handshake, which holds the
+// caller's loop until it is answered or times out. When pings are answered but hellos are not (a
+// link so slow or so queued that the hello misses the retry's timeout: 2.5 s at 1 s round trips
+// in the testbed), each ping would cost the loop that wait again: after a failed handshake the
+// next ping waits for the retry interval instead, doubling up to 15 s.
+double Link::recovery_wait_ms() const {
+  return failed_recoveries_ > 0
+             ? std::max(kRecoveryProbeMs, static_cast<double>(retry_interval_ms_))
+             : kRecoveryProbeMs;
+}
+
 TimePoint Link::next_wake() const {
   TimePoint t = TimePoint::max();
   if (!channel_ || state_ == LinkState::kRefused) return t;
   for (const auto& p : probes_) t = std::min(t, p.deadline);
   if (state_ == LinkState::kLost && probes_.empty()) {
-    t = std::min(t, last_attempt_ + std::chrono::milliseconds(static_cast<int>(kRecoveryProbeMs)));
+    t = std::min(t,
+                 last_attempt_ + std::chrono::milliseconds(static_cast<int>(recovery_wait_ms())));
   } else if (state_ == LinkState::kNeverUp) {
     t = std::min(t, last_attempt_ + std::chrono::milliseconds(retry_interval_ms_));
   }
@@ -289,6 +304,9 @@ std::vector<FrameReply> Link::poll(std::chrono::milliseconds wait) {
       const int stream = owner == owner_.end() ? -1 : owner->second;
       ++late_[stream];
       if (owner != owner_.end()) owner_.erase(owner);
+      if (stream == kProbeStream && r->origin == transport::ReplyOrigin::kLate) {
+        handle_late_probe(*r);
+      }
       // A late answer still proves that a lost server is reachable again.
       if (state_ == LinkState::kLost && r->reply.status() == wire::STATUS_OK) {
         last_attempt_ = TimePoint{};
@@ -351,6 +369,30 @@ void Link::handle_probe_reply(const transport::ReceivedReply& r) {
   } else {
     network_.add_answer();
   }
+}
+
+// A bandwidth probe answered after its timeout still timed the link: on a link too slow for the
+// probe within the timeout (a 64 KB probe takes 21 s at 25 kbit/s) it is the only sample there is,
+// and the answer shows the server is there (its timeout does not count towards losing it). The
+// loop may have held the reply while computing; over so long a round trip that costs little, so
+// the sample counts unless the loop was busy for more than kLateProbeBusyShare of it.
+void Link::handle_late_probe(const transport::ReceivedReply& r) {
+  if (state_ != LinkState::kUp || r.reply.status() != wire::STATUS_OK) return;
+  if (r.timing.bytes_sent <= static_cast<size_t>(kPingBytes) * 2) return;  // a round-trip probe
+  consecutive_timeouts_ = 0;
+  const double round_trip_ms = r.timing.round_trip_ms();
+  double busy_ms = 0;
+  for (const auto& [from, to] : busy_) {
+    const TimePoint a = std::max(from, r.timing.sent);
+    const TimePoint b = std::min(to, r.timing.received);
+    if (b > a) busy_ms += ms_between(a, b);
+  }
+  if (!(round_trip_ms > 0) || busy_ms > kLateProbeBusyShare * round_trip_ms) return;
+  partitioner::Exchange e;
+  e.request_bytes = static_cast<int64_t>(r.timing.bytes_sent);
+  e.round_trip_ms = round_trip_ms;
+  network_.add_exchange(e);
+  ++late_probe_samples_;
 }
 
 void Link::expire_probes() {

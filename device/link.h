@@ -163,6 +163,8 @@ class Link {
 
   uint64_t late_replies(int stream) const;
   uint64_t probes_sent() const { return probes_sent_; }
+  // Bandwidth probes answered after their timeout whose timing still fed the estimate.
+  uint64_t late_probe_samples() const { return late_probe_samples_; }
   int reconnects() const { return reconnects_; }
 
  private:
@@ -176,6 +178,8 @@ class Link {
   void change_state(LinkState next, const std::string& why);
   void send_probe(int64_t bytes, bool even_when_down, int timeout_ms);
   void handle_probe_reply(const transport::ReceivedReply& r);
+  void handle_late_probe(const transport::ReceivedReply& r);
+  double recovery_wait_ms() const;
   void expire_probes();
 
   LinkOptions options_;
@@ -189,6 +193,7 @@ class Link {
   partitioner::TimePoint last_attempt_{};
   bool attempted_ = false;
   bool recovery_due_ = false;  // a lost server answered: handshake again
+  int failed_recoveries_ = 0;  // handshakes that failed since the server was lost
   uint64_t generation_ = 0;
   int reconnects_ = 0;
   std::vector<ServedModel> served_;
@@ -198,6 +203,7 @@ class Link {
   int consecutive_timeouts_ = 0;
   std::vector<Probe> probes_;
   uint64_t probes_sent_ = 0;
+  uint64_t late_probe_samples_ = 0;
   uint64_t next_request_id_ = 1;
   std::unordered_map<uint64_t, int> owner_;  // in-flight and given-up request -> stream
   std::deque<uint64_t> given_up_order_;      // bounds owner_ for given-up requests

@@ -1234,12 +1234,27 @@ def markdown(results):
 
 
 START_S = 6.0  # wall seconds to load one device process (MobileNetV2 on 2 shared cores: 4-8 s)
+CONNECT_PROBE_BYTES = 64 << 10  # a device's first bandwidth probe, sent once it is connected
+CONNECT_ROUND_TRIPS = 6  # connection, hello, round-trip probes before a device is ready
+
+
+def start_s(rate_mbit, rtt_ms, contenders):
+    """Seconds until `contenders` devices are ready on a link of `rate_mbit` / `rtt_ms` as
+    emulated: loaded together on a fast link; on one under turns.SLOW_LINK_MBIT one at a time,
+    each connecting and sending its first bandwidth probe before the next starts
+    (turns.start_all)."""
+    if rate_mbit >= turns.SLOW_LINK_MBIT:
+        return contenders * START_S / 2
+    one = (START_S + CONNECT_PROBE_BYTES * 8 / (rate_mbit * 1e6) +
+           CONNECT_ROUND_TRIPS * rtt_ms / 1000.0)
+    return contenders * one
 
 
 def estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args):
     """The run's wall time before it starts, from the profile's predicted latency of each
     contender's plan at the link as emulated (rate / K, round trip x K): frames x latency per
-    contender, device starts, the screening, and the traces' durations."""
+    contender, device starts (one at a time on a slow link: start_s), the screening, and the
+    traces' durations."""
     total = 0.0
     rounds, per_round_frames = rounds_of(args)
     per_contender = args.warmup + rounds * (args.settle + per_round_frames)
@@ -1251,13 +1266,13 @@ def estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args):
                 cons = len(args.contenders) + (args.oracle_keep if args.oracle == "screened"
                                                else args.oracle_k)
                 if not profile:
-                    total += cons * (START_S + per_contender * 0.2)
+                    total += start_s(rate, rtt, cons) + cons * per_contender * 0.2
                     continue
                 r = costmodel.ranked(profile, rate, rtt, slowdown,
                                      max_accuracy_drop=ACCURACY_BOUND)
                 best = r[0]["predicted"]["latency_ms"] / 1000.0
                 # Contenders are mostly within --drop-factor of the best: take twice the best.
-                total += cons * (START_S / 2 + per_contender * 2 * best)
+                total += start_s(rate, rtt, cons) + cons * per_contender * 2 * best
                 if args.oracle == "screened":
                     screen_frames = args.screen_rounds * (1 + args.screen_frames)
                     total += sum(min(p["predicted"]["latency_ms"] / 1000.0,
@@ -1467,8 +1482,9 @@ def main(argv):
           "%s" % (len(fixed_sc), len(trace_sc), "/".join("%g" % s for s in slowdowns),
                   "/".join("%g" % k for k in dilations), args.frames, args.round_frames,
                   args.settle, args.oracle, out_dir), flush=True)
-    print("bench: this run takes about %.0f min (from the profile's predicted latencies and "
-          "%.0f s per device start)" % (est / 60.0, START_S), flush=True)
+    print("bench: this run takes about %.0f min (from the profile's predicted latencies, %.0f s "
+          "per device start, and on a link under %g Mbit/s its first probe)"
+          % (est / 60.0, START_S, turns.SLOW_LINK_MBIT), flush=True)
     try:
         with netbed.Testbed(slowdown=0) as tb:
             results["settings"]["delay_by"] = ("netem" if tb.use_netem else

@@ -184,6 +184,20 @@ class Dilation(unittest.TestCase):
                          ["--handshake-timeout-ms", "4000"])
 
 
+class StartTime(unittest.TestCase):
+    def test_slow_links_start_devices_one_at_a_time_behind_their_probes(self):
+        fast = bench.start_s(5.0, 10.0, 4)
+        self.assertAlmostEqual(fast, 4 * bench.START_S / 2)
+        # 0.025 Mbit/s, 1 s round trips (0.25 Mbit/s at dilation 10): each device's 64 KB probe
+        # alone holds the link for 21 s.
+        slow = bench.start_s(0.025, 1000.0, 4)
+        probe_s = bench.CONNECT_PROBE_BYTES * 8 / 0.025e6
+        self.assertGreater(slow, 4 * probe_s)
+        self.assertAlmostEqual(slow, 4 * (bench.START_S + probe_s + bench.CONNECT_ROUND_TRIPS))
+        self.assertGreater(bench.start_s(0.05, 1000.0, 4), fast)
+        self.assertLess(bench.start_s(0.05, 1000.0, 4), slow)
+
+
 class Oracle(unittest.TestCase):
     def setUp(self):
         with open(PROFILE) as f:  # shipped in the repository

@@ -26,11 +26,14 @@ struct FakeServer {
   bool refuse = false;        // answers hellos with another protocol major
   bool fail_sends = false;    // the send queue is full (send_infer fails at once)
   bool answer_frames = true;  // frames get a reply (else they are silently dropped)
+  bool answer_hellos = true;  // hellos get a reply (else they time out; pings still answered)
   std::string name = "replica-a";
   std::vector<wire::ModelDesc> models;
-  int hellos = 0;
+  int hellos = 0;          // answered
+  int hello_attempts = 0;  // every handshake asked for, answered or not
   int pings = 0;
   int frames = 0;
+  uint32_t last_echo_bytes = 0;  // the last ping's probe payload
 
   void serve(const std::string& digest, std::vector<double> tail_ms = {}) {
     wire::ModelDesc m;
@@ -56,7 +59,8 @@ class FakeChannel final : public device::ServerChannel {
 
   Result<wire::HelloReply> handshake(const wire::Hello& hello,
                                      std::chrono::milliseconds timeout) override {
-    if (!server_->up) {
+    ++server_->hello_attempts;
+    if (!server_->up || !server_->answer_hellos) {
       clock_.advance_ms(static_cast<double>(timeout.count()));
       return timeout_error("server did not answer the hello within " +
                            std::to_string(timeout.count()) + " ms");
@@ -99,6 +103,7 @@ class FakeChannel final : public device::ServerChannel {
     sent_[id] = Sent{clock_.now(), 64 + echo_bytes};
     if (!server_->up) return Status();
     ++server_->pings;
+    server_->last_echo_bytes = echo_bytes;
     wire::Reply reply;
     reply.set_request_id(id);
     reply.set_status(wire::STATUS_OK);

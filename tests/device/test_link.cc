@@ -60,6 +60,27 @@ struct Rig {
     Status s = link->send_infer(id, req, std::move(payloads));
     return s.ok() ? id : 0;
   }
+
+  // Two frames unanswered and given up: the server counts as lost.
+  void lose_server() {
+    server->answer_frames = false;
+    const uint64_t a = send_frame(0);
+    const uint64_t b = send_frame(0);
+    link->give_up(a, 164, 1000, 1000);
+    link->give_up(b, 164, 1000, 1000);
+  }
+
+  // The caller's loop for `ms` of the clock (or until the link is up), tending the link every
+  // 100 ms.
+  void run_for(double ms, bool until_up = false) {
+    const auto start = clock.now();
+    while (partitioner::ms_between(start, clock.now()) < ms &&
+           !(until_up && link->state() == LinkState::kUp)) {
+      clock.advance_ms(100);
+      link->tend();
+      (void)link->poll(std::chrono::milliseconds(0));
+    }
+  }
 };
 
 }  // namespace
@@ -145,6 +166,43 @@ TEST_CASE("link: replies reach the stream that sent them - late ones are counted
   CHECK(rig.link->state() == LinkState::kUp);
 }
 
+TEST_CASE("link: a bandwidth probe answered after its timeout still times a slow link") {
+  Rig rig;
+  REQUIRE(rig.link->connect() == LinkState::kUp);
+  CHECK(rig.link->late_probe_samples() == 0);
+  // A link of 25 kbit/s with the fake's 1 ms round trip: each probe's reply comes seconds after
+  // it was sent, well past the 1000 ms probe timeout.
+  const double kbit = 25;
+  for (int i = 0; i < 2; ++i) {
+    rig.clock.advance_ms(1000);
+    rig.link->probe_if_due(true);
+    REQUIRE(rig.link->probe_pending());
+    REQUIRE(rig.server->last_echo_bytes >= 16 * 1024);
+    rig.clock.advance_ms((64.0 + rig.server->last_echo_bytes) * 8 / kbit);
+    rig.link->tend();  // the probe's timeout: given up (and counted as one)
+    CHECK_FALSE(rig.link->probe_pending());
+    (void)rig.link->poll(std::chrono::milliseconds(0));  // its reply, late
+    CHECK(rig.link->late_probe_samples() == static_cast<uint64_t>(i + 1));
+  }
+  const double sample_mbps = rig.link->network_conditions().bandwidth_mbps;
+  // Two samples in a row below the calibration's estimate move it there (the cautious side).
+  CHECK(sample_mbps > kbit / 1000 * 0.8);
+  CHECK(sample_mbps < kbit / 1000 * 1.3);
+
+  // Each late answer showed the server there: two timeouts, but not in a row.
+  CHECK(rig.link->state() == LinkState::kUp);
+
+  // A late round-trip probe times nothing.
+  rig.clock.advance_ms(3000);
+  rig.link->probe_if_due(false);
+  REQUIRE(rig.link->probe_pending());
+  rig.clock.advance_ms(2000);
+  rig.link->tend();
+  CHECK_FALSE(rig.link->probe_pending());
+  (void)rig.link->poll(std::chrono::milliseconds(0));
+  CHECK(rig.link->late_probe_samples() == 2);
+}
+
 TEST_CASE(
     "link: two timeouts in a row lose the server once - a ping brings it back after a new "
     "handshake with the replica that answers") {
@@ -197,6 +255,36 @@ TEST_CASE(
   auto replies = rig.link->poll(std::chrono::milliseconds(0));
   REQUIRE(replies.size() == 1);
   CHECK(replies[0].reply.reply.request_id() == c);
+}
+
+TEST_CASE("link: pings answered but hellos not: each failed handshake spaces the next further") {
+  Rig rig;
+  REQUIRE(rig.link->connect() == LinkState::kUp);
+  rig.lose_server();
+  REQUIRE(rig.link->state() == LinkState::kLost);
+  // Every handshake holds the caller's loop for the retry's timeout (250 ms here). A ping every
+  // 100 ms, each answered, would bring one after every ping: about 80 in 30 s.
+  rig.server->answer_hellos = false;
+  const int before = rig.server->hello_attempts;
+  rig.run_for(30000);
+  const int attempts = rig.server->hello_attempts - before;
+  CHECK(attempts >= 3);  // after 4, 8 and 15 s
+  CHECK(attempts <= 5);
+  CHECK(rig.link->state() == LinkState::kLost);
+  // Hellos answered again: back within the longest wait.
+  rig.server->answer_hellos = true;
+  rig.server->answer_frames = true;
+  const auto back = rig.clock.now();
+  rig.run_for(20000, /*until_up=*/true);
+  CHECK(rig.link->state() == LinkState::kUp);
+  CHECK(partitioner::ms_between(back, rig.clock.now()) <= 15500);
+  // Lost again later: the success reset the wait, so the first ping goes 100 ms after.
+  rig.lose_server();
+  REQUIRE(rig.link->state() == LinkState::kLost);
+  rig.clock.advance_ms(100);
+  rig.link->tend();
+  (void)rig.link->poll(std::chrono::milliseconds(0));
+  CHECK(rig.link->state() == LinkState::kUp);
 }
 
 TEST_CASE("link: a failed send loses the server at once") {
