@@ -21,7 +21,6 @@ wait, expired (DEADLINE_EXCEEDED), BUSY and late replies. Targets (bench/run.sh'
 """
 
 import json
-import math
 import os
 import random
 import signal
@@ -40,7 +39,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "elastic"))
 import common  # noqa: E402
 
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ratio_stats import interval  # noqa: E402
 
 
 def pooled_p99(rounds, idx=None):
@@ -82,18 +82,6 @@ def pooled_p99_ratio(a_rounds, b_rounds, draws=2000, seed=20261204):
         return point, point, point
     ratios.sort()
     return point, ratios[int(0.025 * (len(ratios) - 1))], ratios[int(0.975 * (len(ratios) - 1))]
-
-
-def interval(values):
-    """Mean and 95% t-interval of per-round values (log scale: they are ratios)."""
-    logs = [math.log(v) for v in values if v > 0]
-    if not logs:
-        return 0.0, 0.0, 0.0
-    m = statistics.mean(logs)
-    if len(logs) < 2:
-        return math.exp(m), math.exp(m), math.exp(m)
-    h = T95.get(len(logs) - 1, 2.0) * statistics.stdev(logs) / math.sqrt(len(logs))
-    return math.exp(m), math.exp(m - h), math.exp(m + h)
 
 
 class Server:
