@@ -27,6 +27,13 @@ class ZmqChannel final : public ServerChannel {
                                      std::chrono::milliseconds timeout) override {
     return link_->handshake(hello, timeout);
   }
+  Result<uint64_t> send_hello(const wire::Hello& hello) override {
+    return link_->send_hello(hello);
+  }
+  Result<wire::HelloReply> accept_hello(const wire::Hello& hello,
+                                        const wire::Reply& reply) override {
+    return link_->accept_hello(hello, reply);
+  }
   Status send_infer(uint64_t id, const wire::InferRequest& infer,
                     std::vector<std::vector<uint8_t>> payloads) override {
     return link_->send_infer(id, infer, std::move(payloads));
@@ -115,57 +122,66 @@ LinkState Link::connect() {
   // No model digest: the server lists every model it serves, and each stream looks for its own.
   wire::Hello hello = transport::make_hello("", options_.device_name);
   auto reply = channel_->handshake(hello, std::chrono::milliseconds(timeout_ms));
-  if (reply.ok()) {
-    served_.clear();
-    server_name_ = reply->server_name();
-    for (const auto& m : reply->models()) {
-      ServedModel s;
-      s.digest = m.digest();
-      s.name = m.name();
-      s.engine = m.engine();
-      s.cut_table = m.cut_table();
-      s.tail_ms.assign(m.tail_ms().begin(), m.tail_ms().end());
-      s.codec_tables.insert(m.codec_tables().begin(), m.codec_tables().end());
-      s.exits_digest = m.exits_digest();
-      for (const auto& x : m.exits()) s.exit_ms.emplace_back(static_cast<int>(x.cut()), x.ms());
-      for (const auto& b : m.batch_tail_ms()) {
-        s.batch_tail_ms[static_cast<int>(b.batch())].assign(b.tail_ms().begin(), b.tail_ms().end());
-      }
-      served_.push_back(std::move(s));
-    }
-    ++generation_;
-    retry_interval_ms_ = options_.retry_ms;
-    failed_recoveries_ = 0;
-    consecutive_timeouts_ = 0;
-    network_.add_answer();
-    const bool back = state_ == LinkState::kLost || said_unreachable_;
-    const bool recovered = state_ == LinkState::kLost;
-    if (recovered) ++reconnects_;
-    change_state(LinkState::kUp, back ? "server is back at " + options_.endpoint +
-                                            ": offloading again (" + served_list() + ")"
-                                      : "");
-    // After an outage the estimates are still there: offload again at once (the probes the
-    // estimators ask for follow as frames go).
-    if (recovered) return state_;
-    // The first time: three round-trip probes and one bandwidth probe, answered before the next
-    // frame is planned (at most one probe timeout), so the streams plan from measurements rather
-    // than from nothing. Their replies also tell the estimators that the server answers.
-    const TimePoint deadline = clock_.now() + std::chrono::milliseconds(options_.probe_timeout_ms);
-    auto await_probes = [&] {
-      for (int i = 0; i < 1000 && probe_pending() && clock_.now() < deadline; ++i) {
-        std::vector<FrameReply> frames = poll(std::chrono::milliseconds(5));
-        for (auto& f : frames) stashed_.push_back(std::move(f));
-      }
-    };
-    for (int i = 0; i < 3; ++i) {
-      send_probe(kPingBytes, false, 0);
-      await_probes();
-    }
-    send_probe(kCalibrationProbeBytes, false, 0);
-    await_probes();
+  if (!reply.ok()) {
+    hello_failed(reply.status(), first);
     return state_;
   }
-  const Status& s = reply.status();
+  const bool recovered = state_ == LinkState::kLost;
+  hello_answered(*reply);
+  // After an outage the estimates are still there: offload again at once (the probes the
+  // estimators ask for follow as frames go).
+  if (recovered) return state_;
+  // The first time: three round-trip probes and one bandwidth probe, answered before the next
+  // frame is planned (at most one probe timeout), so the streams plan from measurements rather
+  // than from nothing. Their replies also tell the estimators that the server answers.
+  const TimePoint deadline = clock_.now() + std::chrono::milliseconds(options_.probe_timeout_ms);
+  auto await_probes = [&] {
+    for (int i = 0; i < 1000 && probe_pending() && clock_.now() < deadline; ++i) {
+      std::vector<FrameReply> frames = poll(std::chrono::milliseconds(5));
+      for (auto& f : frames) stashed_.push_back(std::move(f));
+    }
+  };
+  for (int i = 0; i < 3; ++i) {
+    send_probe(kPingBytes, false, 0);
+    await_probes();
+  }
+  send_probe(kCalibrationProbeBytes, false, 0);
+  await_probes();
+  return state_;
+}
+
+void Link::hello_answered(const wire::HelloReply& reply) {
+  served_.clear();
+  server_name_ = reply.server_name();
+  for (const auto& m : reply.models()) {
+    ServedModel s;
+    s.digest = m.digest();
+    s.name = m.name();
+    s.engine = m.engine();
+    s.cut_table = m.cut_table();
+    s.tail_ms.assign(m.tail_ms().begin(), m.tail_ms().end());
+    s.codec_tables.insert(m.codec_tables().begin(), m.codec_tables().end());
+    s.exits_digest = m.exits_digest();
+    for (const auto& x : m.exits()) s.exit_ms.emplace_back(static_cast<int>(x.cut()), x.ms());
+    for (const auto& b : m.batch_tail_ms()) {
+      s.batch_tail_ms[static_cast<int>(b.batch())].assign(b.tail_ms().begin(), b.tail_ms().end());
+    }
+    served_.push_back(std::move(s));
+  }
+  ++generation_;
+  retry_interval_ms_ = options_.retry_ms;
+  failed_recoveries_ = 0;
+  consecutive_timeouts_ = 0;
+  hello_.open = false;
+  network_.add_answer();
+  const bool back = state_ == LinkState::kLost || said_unreachable_;
+  if (state_ == LinkState::kLost) ++reconnects_;
+  change_state(LinkState::kUp, back ? "server is back at " + options_.endpoint +
+                                          ": offloading again (" + served_list() + ")"
+                                    : "");
+}
+
+void Link::hello_failed(const Status& s, bool first) {
   if (s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kTimeout) {
     // Retries back off (doubling up to 15 s) while the server stays away.
     retry_interval_ms_ = first ? options_.retry_ms : std::min(retry_interval_ms_ * 2, kRetryMaxMs);
@@ -176,15 +192,47 @@ LinkState Link::connect() {
            "): finishing frames on the device");
     }
     said_unreachable_ = true;
-    return state_;
+    return;
   }
   // Reachable but refuses this device or speaks another protocol: a configuration problem the
   // user must fix, said once; retrying would not change it.
+  hello_.open = false;
   down_reason_ = "server refused: " + s.message();
   change_state(LinkState::kRefused, "server " + options_.endpoint +
                                         " refused the handshake: " + s.message() +
                                         " Finishing frames on the device; not retrying.");
-  return state_;
+}
+
+// A lost server answered a ping: say hello again (a replica behind the same address may differ)
+// without holding the caller's loop. On a slow or queued link the answer may take seconds, and the
+// loop computes frames locally meanwhile; poll() takes the answer when it comes. The hello is
+// given up after the full handshake timeout (tend()), which counts as a failed recovery: the next
+// ping waits the retry interval.
+void Link::send_recovery_hello() {
+  if (hello_.open) return;
+  last_attempt_ = clock_.now();
+  wire::Hello hello = transport::make_hello("", options_.device_name);
+  Result<uint64_t> id = channel_->send_hello(hello);
+  if (!id.ok()) {
+    hello_failed(id.status(), /*first=*/false);
+    return;
+  }
+  hello_ = PendingHello{
+      *id, last_attempt_ + std::chrono::milliseconds(options_.handshake_timeout_ms), true};
+  ++async_hellos_;
+}
+
+void Link::handle_hello_reply(const transport::ReceivedReply& r) {
+  hello_.open = false;
+  hello_.id = 0;
+  if (state_ != LinkState::kLost) return;  // up again already, or refused
+  wire::Hello hello = transport::make_hello("", options_.device_name);
+  Result<wire::HelloReply> reply = channel_->accept_hello(hello, r.reply);
+  if (reply.ok()) {
+    hello_answered(*reply);
+  } else {
+    hello_failed(reply.status(), /*first=*/false);
+  }
 }
 
 const ServedModel* Link::served(const std::string& digest) const {
@@ -208,9 +256,18 @@ void Link::tend() {
   expire_probes();
   if (state_ == LinkState::kUp) return;
   const TimePoint now = clock_.now();
+  if (hello_.open && now >= hello_.deadline) {
+    // Overdue: a failed recovery (its answer, should it still come, is taken all the same).
+    channel_->forget(hello_.id);
+    hello_.open = false;
+    last_attempt_ = now;
+    hello_failed(timeout_error("no answer to the hello within " +
+                               std::to_string(options_.handshake_timeout_ms) + " ms"),
+                 /*first=*/false);
+  }
   const double since = ms_between(last_attempt_, now);
   if (state_ == LinkState::kLost) {
-    if (since >= recovery_wait_ms() && !probe_pending()) {
+    if (since >= recovery_wait_ms() && !probe_pending() && !hello_.open) {
       last_attempt_ = now;
       send_probe(kPingBytes, /*even_when_down=*/true, kRecoveryProbeTimeoutMs);
     }
@@ -219,11 +276,11 @@ void Link::tend() {
   }
 }
 
-// A lost server is pinged every kRecoveryProbeMs; an answer brings a handshake, which holds the
-// caller's loop until it is answered or times out. When pings are answered but hellos are not (a
-// link so slow or so queued that the hello misses the retry's timeout: 2.5 s at 1 s round trips
-// in the testbed), each ping would cost the loop that wait again: after a failed handshake the
-// next ping waits for the retry interval instead, doubling up to 15 s.
+// A lost server is pinged every kRecoveryProbeMs; an answer brings a hello. When pings are
+// answered but hellos are not (a server that answers pings but cannot serve yet, or a link so
+// queued that the hello misses the handshake timeout), pinging on every 100 ms would send a hello
+// after each: after a failed one the next ping waits for the retry interval instead, doubling up
+// to 15 s.
 double Link::recovery_wait_ms() const {
   return failed_recoveries_ > 0
              ? std::max(kRecoveryProbeMs, static_cast<double>(retry_interval_ms_))
@@ -234,7 +291,8 @@ TimePoint Link::next_wake() const {
   TimePoint t = TimePoint::max();
   if (!channel_ || state_ == LinkState::kRefused) return t;
   for (const auto& p : probes_) t = std::min(t, p.deadline);
-  if (state_ == LinkState::kLost && probes_.empty()) {
+  if (hello_.open) t = std::min(t, hello_.deadline);
+  if (state_ == LinkState::kLost && probes_.empty() && !hello_.open) {
     t = std::min(t,
                  last_attempt_ + std::chrono::milliseconds(static_cast<int>(recovery_wait_ms())));
   } else if (state_ == LinkState::kNeverUp) {
@@ -287,10 +345,18 @@ std::vector<FrameReply> Link::poll(std::chrono::milliseconds wait) {
   if (!channel_) return out;
   if (!out.empty()) wait = std::chrono::milliseconds(0);
   for (;;) {
+    if (recovery_due_) {
+      recovery_due_ = false;
+      if (state_ == LinkState::kLost) send_recovery_hello();
+    }
     std::optional<transport::ReceivedReply> r = channel_->receive(wait);
     if (!r) break;
     wait = std::chrono::milliseconds(0);
     const uint64_t id = r->reply.request_id();
+    if (hello_.id != 0 && id == hello_.id) {
+      handle_hello_reply(*r);
+      continue;
+    }
     auto probe =
         std::find_if(probes_.begin(), probes_.end(), [&](const Probe& p) { return p.id == id; });
     if (probe != probes_.end()) {
@@ -319,11 +385,9 @@ std::vector<FrameReply> Link::poll(std::chrono::milliseconds wait) {
     if (stream == kProbeStream) continue;
     out.push_back(FrameReply{stream, std::move(*r)});
   }
-  if (recovery_due_ && state_ == LinkState::kLost) {
+  if (recovery_due_) {
     recovery_due_ = false;
-    (void)connect();
-    for (auto& f : stashed_) out.push_back(std::move(f));
-    stashed_.clear();
+    if (state_ == LinkState::kLost) send_recovery_hello();
   }
   return out;
 }

@@ -48,6 +48,11 @@ class ServerChannel {
   virtual ~ServerChannel() = default;
   virtual Result<wire::HelloReply> handshake(const wire::Hello& hello,
                                              std::chrono::milliseconds timeout) = 0;
+  // A hello that does not wait: its answer comes through receive() under the returned id, and
+  // accept_hello() reads it (transport::ServerLink::send_hello/accept_hello).
+  virtual Result<uint64_t> send_hello(const wire::Hello& hello) = 0;
+  virtual Result<wire::HelloReply> accept_hello(const wire::Hello& hello,
+                                                const wire::Reply& reply) = 0;
   virtual Status send_infer(uint64_t request_id, const wire::InferRequest& infer,
                             std::vector<std::vector<uint8_t>> payloads) = 0;
   virtual Status send_ping(uint64_t request_id, uint32_t echo_bytes) = 0;
@@ -122,7 +127,8 @@ class Link {
   std::string served_list() const;
 
   // Called every turn of the runtime's loop: retries the handshake of a server never reached (with
-  // backoff), pings a lost server (a pong starts a new handshake), gives up overdue probes.
+  // backoff), pings a lost server (a pong sends a new hello, whose answer poll() takes: the loop
+  // never waits for it), gives up overdue probes and an overdue hello.
   void tend();
   // The latest time tend() has something to do (a retry, a ping, a probe deadline).
   partitioner::TimePoint next_wake() const;
@@ -166,6 +172,8 @@ class Link {
   // Bandwidth probes answered after their timeout whose timing still fed the estimate.
   uint64_t late_probe_samples() const { return late_probe_samples_; }
   int reconnects() const { return reconnects_; }
+  // Hellos sent after an outage without waiting for their answers.
+  uint64_t recovery_hellos() const { return async_hellos_; }
 
  private:
   struct Probe {
@@ -180,6 +188,11 @@ class Link {
   void handle_probe_reply(const transport::ReceivedReply& r);
   void handle_late_probe(const transport::ReceivedReply& r);
   double recovery_wait_ms() const;
+  // The outcome of a handshake, blocking (connect) or not (a recovery's hello).
+  void hello_answered(const wire::HelloReply& reply);
+  void hello_failed(const Status& s, bool first);
+  void send_recovery_hello();
+  void handle_hello_reply(const transport::ReceivedReply& r);
   void expire_probes();
 
   LinkOptions options_;
@@ -194,6 +207,15 @@ class Link {
   bool attempted_ = false;
   bool recovery_due_ = false;  // a lost server answered: handshake again
   int failed_recoveries_ = 0;  // handshakes that failed since the server was lost
+  // The recovery's hello in flight (id 0: none sent yet); `open` until answered or overdue. An
+  // answer after the deadline is still taken: the server is there and says what it serves.
+  struct PendingHello {
+    uint64_t id = 0;
+    partitioner::TimePoint deadline;
+    bool open = false;
+  };
+  PendingHello hello_;
+  uint64_t async_hellos_ = 0;
   uint64_t generation_ = 0;
   int reconnects_ = 0;
   std::vector<ServedModel> served_;

@@ -328,26 +328,75 @@ std::vector<uint64_t> ServerLink::expire_overdue(Clock::time_point now) {
   return overdue;
 }
 
-Result<wire::HelloReply> ServerLink::handshake(const wire::Hello& hello,
-                                               std::chrono::milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
+Result<uint64_t> ServerLink::send_hello(const wire::Hello& hello) {
   const uint64_t id = next_internal_id_++;
   wire::Request request;
   request.set_request_id(id);
   *request.mutable_hello() = hello;
+  EDGESPLIT_RETURN_IF_ERROR(send_request(request, {}));
+  return id;
+}
 
+Result<wire::HelloReply> ServerLink::accept_hello(const wire::Hello& hello,
+                                                  const wire::Reply& reply) {
+  if (reply.status() == wire::STATUS_VERSION_MISMATCH) {
+    return unsupported("server at " + options_.endpoint + " rejected our protocol " +
+                       std::to_string(hello.version_major()) + "." +
+                       std::to_string(hello.version_minor()) + ": " + reply.message());
+  }
+  if (reply.status() != wire::STATUS_OK) {
+    // A busy or stopping server is asked again later; any other refusal is the configuration's
+    // (a device the server will not serve): said once by the caller, not retried.
+    return Status(status_code_from_wire(reply.status()),
+                  "server at " + options_.endpoint + " refused the hello (" +
+                      wire::Status_Name(reply.status()) + "): " + reply.message());
+  }
+  if (reply.body_case() != wire::Reply::kHello) {
+    return malformed("server at " + options_.endpoint + " answered the hello without a HelloReply");
+  }
+  const wire::HelloReply& server = reply.hello();
+  if (server.version_major() != kProtocolMajor) {
+    return unsupported("server at " + options_.endpoint + " speaks protocol " +
+                       std::to_string(server.version_major()) + "." +
+                       std::to_string(server.version_minor()) + " but this device speaks " +
+                       std::to_string(kProtocolMajor) + "." + std::to_string(kProtocolMinor));
+  }
+  if (!hello.model_digest().empty()) {
+    const bool served =
+        std::any_of(server.models().begin(), server.models().end(),
+                    [&](const wire::ModelDesc& m) { return m.digest() == hello.model_digest(); });
+    if (!served) {
+      return not_found("server '" + server.server_name() + "' at " + options_.endpoint +
+                       " does not serve model " + hello.model_digest() + "; it serves " +
+                       served_models(server));
+    }
+  }
+  send_max_bytes_ = options_.limits.max_message_bytes;
+  send_max_frames_ = options_.limits.max_payload_frames;
+  if (server.max_message_bytes() > 0) {
+    send_max_bytes_ = std::min<size_t>(send_max_bytes_, server.max_message_bytes());
+  }
+  if (server.max_payload_frames() > 0) {
+    send_max_frames_ = std::min<size_t>(send_max_frames_, server.max_payload_frames());
+  }
+  return Result<wire::HelloReply>(server);
+}
+
+Result<wire::HelloReply> ServerLink::handshake(const wire::Hello& hello,
+                                               std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
   // ZMQ_IMMEDIATE refuses sends until the connection is up, so wait for it within the deadline.
-  Status sent = unavailable("not sent");
+  Result<uint64_t> sent = unavailable("not sent");
   while (true) {
-    sent = send_request(request, {});
-    if (sent.ok() || sent.code() != StatusCode::kUnavailable) break;
+    sent = send_hello(hello);
+    if (sent.ok() || sent.status().code() != StatusCode::kUnavailable) break;
     if (Clock::now() >= deadline) break;
     if (!wait_writable(std::min(remaining(deadline), std::chrono::milliseconds(50)))) {
       if (Clock::now() >= deadline) break;
     }
   }
   if (!sent.ok()) {
-    if (sent.code() != StatusCode::kUnavailable) return sent;
+    if (sent.status().code() != StatusCode::kUnavailable) return sent.status();
     return timeout_error(
         "no connection to " + options_.endpoint + " within " + std::to_string(timeout.count()) +
         " ms; is the server running there?" +
@@ -356,6 +405,7 @@ Result<wire::HelloReply> ServerLink::handshake(const wire::Hello& hello,
              : " With CURVE, also check that --server-key is that server's public key and that "
                "the server admits this device's key"));
   }
+  const uint64_t id = *sent;
 
   while (true) {
     std::optional<ReceivedReply> got = receive_from_socket(remaining(deadline));
@@ -366,49 +416,7 @@ Result<wire::HelloReply> ServerLink::handshake(const wire::Hello& hello,
       }
       continue;
     }
-    const wire::Reply& reply = got->reply;
-    if (reply.status() == wire::STATUS_VERSION_MISMATCH) {
-      return unsupported("server at " + options_.endpoint + " rejected our protocol " +
-                         std::to_string(hello.version_major()) + "." +
-                         std::to_string(hello.version_minor()) + ": " + reply.message());
-    }
-    if (reply.status() != wire::STATUS_OK) {
-      // A busy or stopping server is asked again later; any other refusal is the configuration's
-      // (a device the server will not serve): said once by the caller, not retried.
-      return Status(status_code_from_wire(reply.status()),
-                    "server at " + options_.endpoint + " refused the hello (" +
-                        wire::Status_Name(reply.status()) + "): " + reply.message());
-    }
-    if (reply.body_case() != wire::Reply::kHello) {
-      return malformed("server at " + options_.endpoint +
-                       " answered the hello without a HelloReply");
-    }
-    const wire::HelloReply& server = reply.hello();
-    if (server.version_major() != kProtocolMajor) {
-      return unsupported("server at " + options_.endpoint + " speaks protocol " +
-                         std::to_string(server.version_major()) + "." +
-                         std::to_string(server.version_minor()) + " but this device speaks " +
-                         std::to_string(kProtocolMajor) + "." + std::to_string(kProtocolMinor));
-    }
-    if (!hello.model_digest().empty()) {
-      const bool served =
-          std::any_of(server.models().begin(), server.models().end(),
-                      [&](const wire::ModelDesc& m) { return m.digest() == hello.model_digest(); });
-      if (!served) {
-        return not_found("server '" + server.server_name() + "' at " + options_.endpoint +
-                         " does not serve model " + hello.model_digest() + "; it serves " +
-                         served_models(server));
-      }
-    }
-    send_max_bytes_ = options_.limits.max_message_bytes;
-    send_max_frames_ = options_.limits.max_payload_frames;
-    if (server.max_message_bytes() > 0) {
-      send_max_bytes_ = std::min<size_t>(send_max_bytes_, server.max_message_bytes());
-    }
-    if (server.max_payload_frames() > 0) {
-      send_max_frames_ = std::min<size_t>(send_max_frames_, server.max_payload_frames());
-    }
-    return Result<wire::HelloReply>(server);
+    return accept_hello(hello, got->reply);
   }
   forget(id);
   return timeout_error("server at " + options_.endpoint + " did not answer the hello within " +

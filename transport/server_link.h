@@ -103,6 +103,16 @@ class ServerLink {
   // for receive().
   Result<wire::HelloReply> handshake(const wire::Hello& hello, std::chrono::milliseconds timeout);
 
+  // The same hello without waiting, for a caller whose loop must not stop (a device recovering
+  // from an outage while it computes frames locally): sends it under an id of the link's own,
+  // returned, or fails at once with kUnavailable when there is no connection now. The answer comes
+  // through receive() like any reply (awaited under that id; late after forget()), and
+  // accept_hello() reads it.
+  Result<uint64_t> send_hello(const wire::Hello& hello);
+  // Reads the answer to `hello`, with handshake()'s checks and errors; on success, later sends are
+  // checked against the limits the server stated.
+  Result<wire::HelloReply> accept_hello(const wire::Hello& hello, const wire::Reply& reply);
+
   // Sends [Request{request_id, infer}][payload 0]...; the payloads are handed to ZeroMQ without a
   // copy. When infer has no tensors, one TensorDesc per payload is filled in; otherwise their
   // packed_bytes must match the payload sizes (kInvalidArgument). kUnavailable when there is no

@@ -78,6 +78,38 @@ class FakeChannel final : public device::ServerChannel {
     return r;
   }
 
+  Result<uint64_t> send_hello(const wire::Hello& hello) override {
+    (void)hello;
+    if (server_->fail_sends) return unavailable("send queue full");
+    ++server_->hello_attempts;
+    const uint64_t id = next_hello_id_++;
+    sent_[id] = Sent{clock_.now(), 64};
+    if (!server_->up || !server_->answer_hellos) return id;
+    ++server_->hellos;
+    wire::Reply reply;
+    reply.set_request_id(id);
+    reply.set_status(wire::STATUS_OK);
+    wire::HelloReply* r = reply.mutable_hello();
+    r->set_version_major(transport::kProtocolMajor + (server_->refuse ? 1 : 0));
+    r->set_server_name(server_->name);
+    for (const auto& m : server_->models) *r->add_models() = m;
+    queue(reply);
+    return id;
+  }
+
+  Result<wire::HelloReply> accept_hello(const wire::Hello& hello,
+                                        const wire::Reply& reply) override {
+    (void)hello;
+    if (reply.status() != wire::STATUS_OK || reply.body_case() != wire::Reply::kHello) {
+      return malformed("not a hello reply");
+    }
+    if (reply.hello().version_major() != transport::kProtocolMajor) {
+      return unsupported("server speaks protocol " + std::to_string(reply.hello().version_major()) +
+                         ".0 but this device speaks " + std::to_string(transport::kProtocolMajor));
+    }
+    return reply.hello();
+  }
+
   Status send_infer(uint64_t id, const wire::InferRequest& infer,
                     std::vector<std::vector<uint8_t>> payloads) override {
     if (server_->fail_sends) return unavailable("send queue full");
@@ -139,6 +171,19 @@ class FakeChannel final : public device::ServerChannel {
 
   zmq_pollitem_t poll_item() override { return zmq_pollitem_t{nullptr, pipe_[0], ZMQ_POLLIN, 0}; }
 
+  // Answers the latest hello now (one the server did not answer when it was sent).
+  void answer_last_hello() {
+    wire::Reply reply;
+    reply.set_request_id(next_hello_id_ - 1);
+    reply.set_status(wire::STATUS_OK);
+    wire::HelloReply* r = reply.mutable_hello();
+    r->set_version_major(transport::kProtocolMajor);
+    r->set_server_name(server_->name);
+    for (const auto& m : server_->models) *r->add_models() = m;
+    ++server_->hellos;
+    queue(reply);
+  }
+
   // Replies queued and not yet received.
   size_t queued() const { return replies_.size(); }
   // Drops every queued reply (the connection broke before they arrived).
@@ -157,6 +202,7 @@ class FakeChannel final : public device::ServerChannel {
   std::map<uint64_t, Sent> sent_;
   std::set<uint64_t> forgotten_;
   std::array<int, 2> pipe_{-1, -1};
+  uint64_t next_hello_id_ = uint64_t{1} << 63;
 };
 
 }  // namespace edgesplit::testing

@@ -280,6 +280,59 @@ TEST_CASE("handshake returns the server's version - limits and models") {
   CHECK(link->in_flight() == 0);
 }
 
+TEST_CASE(
+    "a hello that does not wait: its answer comes through receive() and accept_hello reads it") {
+  EchoServer server;
+  auto link = connected_link(server);
+  const wire::Hello hello = transport::make_hello(kDigest, "cam0");
+  auto id = link->send_hello(hello);
+  REQUIRE_MESSAGE(id.ok(), id.status().to_string());
+  CHECK(link->is_in_flight(*id));
+  // A frame sent after it is answered on the same socket; both replies come through receive().
+  REQUIRE(link->send_infer(9, infer_body(), {pattern(10, 9)}).ok());
+  std::optional<wire::HelloReply> answered;
+  bool frame = false;
+  for (int i = 0; i < 2; ++i) {
+    auto r = link->receive(milliseconds(3000));
+    REQUIRE(r.has_value());
+    CHECK(r->origin == transport::ReplyOrigin::kAwaited);
+    if (r->reply.request_id() == *id) {
+      auto accepted = link->accept_hello(hello, r->reply);
+      REQUIRE_MESSAGE(accepted.ok(), accepted.status().to_string());
+      answered = *accepted;
+    } else {
+      CHECK(r->reply.request_id() == 9);
+      frame = true;
+    }
+  }
+  REQUIRE(answered.has_value());
+  CHECK(answered->server_name() == "echo");
+  CHECK(frame);
+  // The same checks as the blocking handshake: a model it does not serve is named.
+  const wire::Hello other = transport::make_hello("sha256:feedface", "cam0");
+  auto id2 = link->send_hello(other);
+  REQUIRE(id2.ok());
+  auto r = link->receive(milliseconds(3000));
+  REQUIRE(r.has_value());
+  auto refused = link->accept_hello(other, r->reply);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().code() == StatusCode::kNotFound);
+}
+
+TEST_CASE("with no connection a hello that does not wait fails at once") {
+  std::string endpoint;
+  {
+    EchoServer gone;
+    endpoint = gone.endpoint();
+  }
+  auto link = open_link(endpoint);
+  const auto t0 = Clock::now();
+  auto id = link->send_hello(transport::make_hello(kDigest, "cam0"));
+  CHECK(Clock::now() - t0 < milliseconds(100));
+  REQUIRE_FALSE(id.ok());
+  CHECK(id.status().code() == StatusCode::kUnavailable);
+}
+
 TEST_CASE("handshake with another protocol major says so") {
   EchoServer server;
   auto link = open_link(server.endpoint());
