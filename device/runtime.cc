@@ -136,6 +136,8 @@ class Runtime {
     }
     d["link"] = link_state_name(link_.state());
     d["reconnects"] = link_.reconnects();
+    d["recovery_hellos"] = link_.recovery_hellos();
+    d["late_probe_samples"] = link_.late_probe_samples();
     d["wall_s"] = round3(std::chrono::duration<double>(Clock::now() - start).count());
     if (power_) {
       uint64_t frames = 0;
