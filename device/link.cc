@@ -172,7 +172,6 @@ void Link::hello_answered(const wire::HelloReply& reply) {
   retry_interval_ms_ = options_.retry_ms;
   failed_recoveries_ = 0;
   consecutive_timeouts_ = 0;
-  hello_.open = false;
   network_.add_answer();
   const bool back = state_ == LinkState::kLost || said_unreachable_;
   if (state_ == LinkState::kLost) ++reconnects_;
@@ -196,7 +195,6 @@ void Link::hello_failed(const Status& s, bool first) {
   }
   // Reachable but refuses this device or speaks another protocol: a configuration problem the
   // user must fix, said once; retrying would not change it.
-  hello_.open = false;
   down_reason_ = "server refused: " + s.message();
   change_state(LinkState::kRefused, "server " + options_.endpoint +
                                         " refused the handshake: " + s.message() +
@@ -219,7 +217,7 @@ void Link::send_recovery_hello() {
   }
   hello_ = PendingHello{
       *id, last_attempt_ + std::chrono::milliseconds(options_.handshake_timeout_ms), true};
-  ++async_hellos_;
+  ++recovery_hellos_;
 }
 
 void Link::handle_hello_reply(const transport::ReceivedReply& r) {

@@ -173,7 +173,7 @@ class Link {
   uint64_t late_probe_samples() const { return late_probe_samples_; }
   int reconnects() const { return reconnects_; }
   // Hellos sent after an outage without waiting for their answers.
-  uint64_t recovery_hellos() const { return async_hellos_; }
+  uint64_t recovery_hellos() const { return recovery_hellos_; }
 
  private:
   struct Probe {
@@ -215,7 +215,7 @@ class Link {
     bool open = false;
   };
   PendingHello hello_;
-  uint64_t async_hellos_ = 0;
+  uint64_t recovery_hellos_ = 0;
   uint64_t generation_ = 0;
   int reconnects_ = 0;
   std::vector<ServedModel> served_;

@@ -71,11 +71,7 @@ class FakeChannel final : public device::ServerChannel {
                          ".0 but this device speaks " + std::to_string(transport::kProtocolMajor));
     }
     (void)hello;
-    wire::HelloReply r;
-    r.set_version_major(transport::kProtocolMajor);
-    r.set_server_name(server_->name);
-    for (const auto& m : server_->models) *r.add_models() = m;
-    return r;
+    return server_hello();
   }
 
   Result<uint64_t> send_hello(const wire::Hello& hello) override {
@@ -84,16 +80,7 @@ class FakeChannel final : public device::ServerChannel {
     ++server_->hello_attempts;
     const uint64_t id = next_hello_id_++;
     sent_[id] = Sent{clock_.now(), 64};
-    if (!server_->up || !server_->answer_hellos) return id;
-    ++server_->hellos;
-    wire::Reply reply;
-    reply.set_request_id(id);
-    reply.set_status(wire::STATUS_OK);
-    wire::HelloReply* r = reply.mutable_hello();
-    r->set_version_major(transport::kProtocolMajor + (server_->refuse ? 1 : 0));
-    r->set_server_name(server_->name);
-    for (const auto& m : server_->models) *r->add_models() = m;
-    queue(reply);
+    if (server_->up && server_->answer_hellos) queue_hello(id);
     return id;
   }
 
@@ -172,17 +159,7 @@ class FakeChannel final : public device::ServerChannel {
   zmq_pollitem_t poll_item() override { return zmq_pollitem_t{nullptr, pipe_[0], ZMQ_POLLIN, 0}; }
 
   // Answers the latest hello now (one the server did not answer when it was sent).
-  void answer_last_hello() {
-    wire::Reply reply;
-    reply.set_request_id(next_hello_id_ - 1);
-    reply.set_status(wire::STATUS_OK);
-    wire::HelloReply* r = reply.mutable_hello();
-    r->set_version_major(transport::kProtocolMajor);
-    r->set_server_name(server_->name);
-    for (const auto& m : server_->models) *r->add_models() = m;
-    ++server_->hellos;
-    queue(reply);
-  }
+  void answer_last_hello() { queue_hello(next_hello_id_ - 1); }
 
   // Replies queued and not yet received.
   size_t queued() const { return replies_.size(); }
@@ -195,6 +172,22 @@ class FakeChannel final : public device::ServerChannel {
     size_t bytes = 0;
   };
   void queue(const wire::Reply& r) { replies_.push_back(r); }
+  // What the server answers a hello (another protocol major when it refuses).
+  wire::HelloReply server_hello() const {
+    wire::HelloReply r;
+    r.set_version_major(transport::kProtocolMajor + (server_->refuse ? 1 : 0));
+    r.set_server_name(server_->name);
+    for (const auto& m : server_->models) *r.add_models() = m;
+    return r;
+  }
+  void queue_hello(uint64_t id) {
+    ++server_->hellos;
+    wire::Reply reply;
+    reply.set_request_id(id);
+    reply.set_status(wire::STATUS_OK);
+    *reply.mutable_hello() = server_hello();
+    queue(reply);
+  }
 
   std::shared_ptr<FakeServer> server_;
   partitioner::ManualClock& clock_;
