@@ -4,6 +4,10 @@
 
 #include "tests/partitioner/torch_doctest.h"  // first: see there
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
@@ -34,12 +38,31 @@ inline std::filesystem::path models_cache() {
   return dir;
 }
 
+// Holds an exclusive lock on the models cache while it lives. Test binaries run in parallel under
+// ctest, and an export is not byte-for-byte reproducible: without the lock a second process could
+// replace a model file another one has already loaded (and taken the digest of).
+class CacheLock {
+ public:
+  CacheLock()
+      : fd_(::open((models_cache() / ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644)) {
+    REQUIRE(fd_ >= 0);
+    REQUIRE(::flock(fd_, LOCK_EX) == 0);
+  }
+  ~CacheLock() { ::close(fd_); }
+  CacheLock(const CacheLock&) = delete;
+  CacheLock& operator=(const CacheLock&) = delete;
+
+ private:
+  int fd_;
+};
+
 // The small models of tests/partitioner/make_test_models.py, written once into the build tree.
 // Empty when python3-torch is missing.
 inline std::filesystem::path test_model(const std::string& file) {
   if (!python_has_torch()) return {};
   auto dir = models_cache() / "test-models";
   auto path = dir / file;
+  CacheLock lock;
   if (!std::filesystem::exists(path)) {
     std::string cmd = std::string(kPython) + " " +
                       (source_dir() / "tests/partitioner/make_test_models.py").string() + " " +
@@ -55,6 +78,7 @@ inline std::filesystem::path test_model(const std::string& file) {
 inline std::filesystem::path exported_model(const std::string& arch, bool trace = false) {
   if (!python_has_torch()) return {};
   auto path = models_cache() / (arch + (trace ? "_traced" : "") + ".pt");
+  CacheLock lock;
   if (!std::filesystem::exists(path)) {
     std::string cmd = std::string(kPython) + " " + (source_dir() / "models/export.py").string() +
                       " " + arch + " " + path.string() + (trace ? " --trace" : "");
