@@ -45,7 +45,7 @@
 #                           fixed plan features.16 + ecsq1 end to end on loopback paired against
 #                           fp32, --verify on unseen images, codec speed (no root):
 #                           docs/codec.md
-#   bench/run.sh energy [--quick] --out DIR [--check]
+#   bench/run.sh energy [--quick] [--rounds N] [--from-raw DIR/raw] --out DIR [--check]
 #                           the hierarchical manager's outer loop against performance, schedutil-
 #                           and ondemand-like governors under latency bounds that step, one then
 #                           two models, on one core under a CPU quota (root); energy modeled from

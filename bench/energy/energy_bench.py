@@ -19,7 +19,11 @@ every frame runs on the device (no server), so the level is the only knob. Energ
 the description (this VM has no energy counter); the results say so. Per window and contender:
 joules per frame, the levels, p50/p95 latency per stream, the share of frames over their bound.
 
-  bench/run.sh energy [--quick] --out DIR [--check]
+  bench/run.sh energy [--quick] [--rounds N] --out DIR [--check]
+  bench/run.sh energy --from-raw OLD/raw [--rounds N] --out DIR   (the results again, no run)
+
+Ratios of joules per frame are paired by round and given with their 95% interval over the rounds;
+a ratio target is met only where its interval supports it (one round: none is claimed).
 """
 import argparse
 import json
@@ -29,7 +33,7 @@ import subprocess
 import sys
 import time
 
-from common import finish
+from common import finish, interval
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -142,25 +146,46 @@ def windows_of(path, window_s):
     return out, device
 
 
+def fmt_ratio(r, with_interval):
+    if not with_interval:
+        return "%.4f" % r["value"]
+    return "%.4f [%.4f, %.4f]" % (r["value"], r["ci95"][0], r["ci95"][1])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="8 s windows, one round")
     ap.add_argument("--out", required=True, help="results folder")
     ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--rounds", type=int, help="rounds (default: 3, or 1 with --quick); the "
+                    "intervals need 2 or more")
+    ap.add_argument("--from-raw", metavar="DIR",
+                    help="recompute the results from an earlier run's raw/ folder (its JSON "
+                    "lines) instead of running; --quick and --rounds must match that run")
     ap.add_argument("--bin-dir", default=os.environ.get("EDGESPLIT_BIN_DIR",
                                                         os.path.join(REPO, "build", "bin")))
     args = ap.parse_args()
     for p in [os.path.join(SHARED, "models"), os.path.join(SHARED, "data")]:
-        if not os.path.isdir(p):
+        if not args.from_raw and not os.path.isdir(p):
             sys.exit("bench/run.sh energy: %s is missing: the run needs ../shared's models and data" % p)
-    timing = QUICK if args.quick else FULL
+    timing = dict(QUICK if args.quick else FULL)
+    if args.rounds is not None:
+        if args.rounds < 1:
+            sys.exit("bench/run.sh energy: --rounds must be 1 or more")
+        timing["rounds"] = args.rounds
     window_s = timing["window_s"]
     os.makedirs(os.path.join(args.out, "raw"), exist_ok=True)
     runs = {c: [] for c in CONTENDERS}
     for rnd in range(timing["rounds"]):
         order = CONTENDERS[rnd % len(CONTENDERS):] + CONTENDERS[:rnd % len(CONTENDERS)]
         for c in order:
-            path, wall = run_one(args.bin_dir, args.out, c, rnd, window_s)
+            if args.from_raw:
+                path, wall = os.path.join(args.from_raw, "%s-r%d.jsonl" % (c, rnd)), None
+                if not os.path.exists(path):
+                    sys.exit("bench/run.sh energy: %s is missing: --from-raw needs the raw/ "
+                             "folder of a run with these --rounds" % path)
+            else:
+                path, wall = run_one(args.bin_dir, args.out, c, rnd, window_s)
             wins, device = windows_of(path, window_s)
             runs[c].append({"round": rnd, "windows": wins, "wall_s": wall,
                             "energy": device["energy"] if device else None})
@@ -191,27 +216,56 @@ def main():
                       max(1, sum(x["frames"] for x in ws)),
                       "streams": ws[0]["streams"]}
         table.append(row)
-    saving_one = 1 - median_jpf("manager", [0, 1]) / median_jpf("performance", [0, 1])
-    saving_two = 1 - median_jpf("manager", [2, 3]) / median_jpf("performance", [2, 3])
+    def jpf(r, ws):
+        n = sum(r["windows"][w]["frames"] for w in ws)
+        return sum(r["windows"][w]["joules"] for w in ws) / n if n else float("nan")
+
+    def ratio(a, b, ws):
+        """Mean and 95% interval of a's joules per frame over b's, paired by round (both ran in
+        the same round, one after the other)."""
+        per_round = [jpf(ra, ws) / jpf(rb, ws) for ra, rb in zip(runs[a], runs[b])]
+        mean, lo, hi = interval([x for x in per_round if x == x])
+        return {"value": round(mean, 4), "ci95": [round(lo, 4), round(hi, 4)],
+                "per_round": [round(x, 4) for x in per_round]}
+
+    rounds = timing["rounds"]
+    for row in table:
+        row["manager_over_performance"] = ratio("manager", "performance", [row["window"]])
+        row["manager_over_schedutil"] = ratio("manager", "schedutil", [row["window"]])
+    one = ratio("manager", "performance", [0, 1])
+    two = ratio("manager", "performance", [2, 3])
+    saving_one, saving_two = 1 - one["value"], 1 - two["value"]
+    saving_one_ci = [round(1 - one["ci95"][1], 4), round(1 - one["ci95"][0], 4)]
+    saving_two_ci = [round(1 - two["ci95"][1], 4), round(1 - two["ci95"][0], 4)]
     frames_all = sum(w["frames"] for r in runs["manager"] for w in r["windows"])
     misses = sum(w["over_bound"] for r in runs["manager"] for w in r["windows"]) / max(1, frames_all)
+    # A target is claimed only where the interval supports it; one round has no interval.
+    supported = rounds >= 2
     vs_schedutil = sum(1 for row in table
-                       if row["manager"]["joules_per_frame"] <= row["schedutil"]["joules_per_frame"])
+                       if supported and row["manager_over_schedutil"]["ci95"][1] <= 1.0)
+    vs_schedutil_point = sum(1 for row in table if row["manager_over_schedutil"]["value"] <= 1.0)
     targets = {
         "energy_saving_vs_performance_one_model": {
-            "value": round(saving_one, 4), "target": ">= %.2f" % TARGET_SAVING_ONE,
-            "pass": saving_one >= TARGET_SAVING_ONE},
+            "value": round(saving_one, 4), "ci95": saving_one_ci,
+            "target": ">= %.2f" % TARGET_SAVING_ONE,
+            "pass": supported and saving_one_ci[0] >= TARGET_SAVING_ONE},
         "energy_saving_vs_performance_two_models": {
-            "value": round(saving_two, 4), "target": ">= %.2f" % TARGET_SAVING_TWO,
-            "pass": saving_two >= TARGET_SAVING_TWO},
+            "value": round(saving_two, 4), "ci95": saving_two_ci,
+            "target": ">= %.2f" % TARGET_SAVING_TWO,
+            "pass": supported and saving_two_ci[0] >= TARGET_SAVING_TWO},
         "manager_frames_over_bound": {
             "value": round(misses, 4), "target": "<= %.2f" % TARGET_MISSES,
             "pass": misses <= TARGET_MISSES},
         "windows_manager_at_most_schedutil": {
-            "value": vs_schedutil, "target": "4 of 4", "pass": vs_schedutil == 4},
+            "value": vs_schedutil, "point_estimates": vs_schedutil_point,
+            "target": "4 of 4 (the interval of manager / schedutil at or below 1)",
+            "pass": vs_schedutil == 4},
     }
     results = {
-        "bench": "energy", "quick": args.quick, "window_s": window_s, "rounds": timing["rounds"],
+        "bench": "energy", "quick": args.quick, "window_s": window_s, "rounds": rounds,
+        "interval_note": "ratios of joules per frame are paired by round (each round runs every "
+                         "contender once, in a rotating order); 95%% t-interval of their logs over "
+                         "%d round(s)%s" % (rounds, "" if supported else ": none from one round"),
         "energy_source": "modeled",
         "energy_note": "this VM has no energy counter: joules are modeled from "
                        "device/descriptions/vm_2core.json (a two-core Raspberry Pi 4 derived "
@@ -243,9 +297,22 @@ def main():
             "%.4f" % row[c]["joules_above_idle_per_frame"]
             if row[c]["joules_above_idle_per_frame"] is not None else "-" for c in CONTENDERS)))
     lines.append("")
+    lines.append("Paired by round, manager's joules per frame over each baseline's (mean and 95%% "
+                 "interval over %d rounds):" % rounds if supported else
+                 "Manager's joules per frame over each baseline's (one round, no interval):")
+    lines.append("")
+    lines.append("| window | manager / performance | manager / schedutil |")
+    lines.append("|---|---|---|")
+    for row in table:
+        lines.append("| %d | %s | %s |" % (row["window"], fmt_ratio(row["manager_over_performance"], supported),
+                                           fmt_ratio(row["manager_over_schedutil"], supported)))
+    lines.append("")
     for k, t in targets.items():
-        lines.append("- %s: %s (target %s): %s" % (k, t["value"], t["target"],
-                                                  "pass" if t["pass"] else "MISSED"))
+        ci = " [%.4f, %.4f]" % tuple(t["ci95"]) if "ci95" in t and supported else ""
+        lines.append("- %s: %s%s (target %s): %s" % (k, t["value"], ci, t["target"],
+                                                    "pass" if t["pass"] else "MISSED"))
+    if not supported:
+        lines.append("- one round: no interval, so no ratio target is claimed (--rounds 2 or more)")
     lines.append("- energy: modeled (no counter here); top-1: unchanged by construction")
     finish(args.out, lines, targets, args.check)
 
