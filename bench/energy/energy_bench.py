@@ -174,7 +174,7 @@ def main():
             sys.exit("bench/run.sh energy: --rounds must be 1 or more")
         timing["rounds"] = args.rounds
     window_s = timing["window_s"]
-    os.makedirs(os.path.join(args.out, "raw"), exist_ok=True)
+    os.makedirs(os.path.join(args.out, "raw") if not args.from_raw else args.out, exist_ok=True)
     runs = {c: [] for c in CONTENDERS}
     for rnd in range(timing["rounds"]):
         order = CONTENDERS[rnd % len(CONTENDERS):] + CONTENDERS[:rnd % len(CONTENDERS)]
@@ -193,13 +193,13 @@ def main():
                 rnd, c, [round(w["joules_per_frame"] or 0, 3) for w in wins],
                 sum(w["over_bound"] for w in wins)), file=sys.stderr)
 
+    def jpf(r, ws):
+        """Joules per frame of one run over windows `ws`."""
+        n = sum(r["windows"][w]["frames"] for w in ws)
+        return sum(r["windows"][w]["joules"] for w in ws) / n if n else float("nan")
+
     def median_jpf(c, ws):
-        vals = []
-        for r in runs[c]:
-            j = sum(r["windows"][w]["joules"] for w in ws)
-            n = sum(r["windows"][w]["frames"] for w in ws)
-            vals.append(j / n if n else float("nan"))
-        return statistics.median(vals)
+        return statistics.median(jpf(r, ws) for r in runs[c])
 
     table = []
     for w in range(4):
@@ -216,10 +216,6 @@ def main():
                       max(1, sum(x["frames"] for x in ws)),
                       "streams": ws[0]["streams"]}
         table.append(row)
-    def jpf(r, ws):
-        n = sum(r["windows"][w]["frames"] for w in ws)
-        return sum(r["windows"][w]["joules"] for w in ws) / n if n else float("nan")
-
     def ratio(a, b, ws):
         """Mean and 95% interval of a's joules per frame over b's, paired by round (both ran in
         the same round, one after the other)."""
