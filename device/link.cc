@@ -12,6 +12,9 @@ using partitioner::TimePoint;
 
 constexpr int64_t kCalibrationProbeBytes = 64 << 10;
 constexpr int64_t kPingBytes = 64;
+// Frames above this size (about a packet: smaller ones time nothing but the round trip) go behind a
+// lead ping.
+constexpr int64_t kLeadMinBytes = 1500;
 constexpr double kLateProbeBusyShare = 0.05;  // handle_late_probe
 // A lost server is pinged this often; a ping not answered within the timeout was lost with the
 // link and the next one may go.
@@ -131,8 +134,8 @@ LinkState Link::connect() {
   // After an outage the estimates are still there: offload again at once (the probes the
   // estimators ask for follow as frames go).
   if (recovered) return state_;
-  // The first time: three round-trip probes and one bandwidth probe, answered before the next
-  // frame is planned (at most one probe timeout), so the streams plan from measurements rather
+  // The first time: three round-trip probes and one (paired) bandwidth probe, answered before the
+  // next frame is planned (at most one probe timeout), so the streams plan from measurements rather
   // than from nothing. Their replies also tell the estimators that the server answers.
   const TimePoint deadline = clock_.now() + std::chrono::milliseconds(options_.probe_timeout_ms);
   auto await_probes = [&] {
@@ -145,7 +148,7 @@ LinkState Link::connect() {
     send_probe(kPingBytes, false, 0);
     await_probes();
   }
-  send_probe(kCalibrationProbeBytes, false, 0);
+  send_bandwidth_probe(kCalibrationProbeBytes);
   await_probes();
   return state_;
 }
@@ -290,7 +293,7 @@ TimePoint Link::next_wake() const {
   if (!channel_ || state_ == LinkState::kRefused) return t;
   for (const auto& p : probes_) t = std::min(t, p.deadline);
   if (hello_.open) t = std::min(t, hello_.deadline);
-  if (state_ == LinkState::kLost && probes_.empty() && !hello_.open) {
+  if (state_ == LinkState::kLost && !probe_pending() && !hello_.open) {
     t = std::min(t,
                  last_attempt_ + std::chrono::milliseconds(static_cast<int>(recovery_wait_ms())));
   } else if (state_ == LinkState::kNeverUp) {
@@ -308,7 +311,32 @@ uint64_t Link::next_request_id(int stream) {
 Status Link::send_infer(uint64_t request_id, const wire::InferRequest& infer,
                         std::vector<std::vector<uint8_t>> payloads) {
   if (!channel_) return unavailable("no server");
+  // A frame big enough to time the uplink goes behind a lead ping (send_bandwidth_probe says why)
+  // when it is the only frame in flight. Behind others (a pipeline keeps several in flight) it is
+  // timed from the end of the upload before it (effective_round_trip_ms), and a ping per frame
+  // would double the messages queued for the socket, whose limit (ServerLinkOptions::sndhwm)
+  // counts them to tell a link that has fallen behind.
+  int64_t bytes = kPingBytes;
+  for (const auto& p : payloads) bytes += static_cast<int64_t>(p.size());
+  uint64_t lead = 0;
+  if (state_ == LinkState::kUp && bytes > kLeadMinBytes && frames_in_flight_.empty()) {
+    lead = send_probe(kPingBytes, false, 0, 0, /*lead_only=*/true);
+    if (lead != 0) leads_[lead] = LeadReply{};
+  }
   Status s = channel_->send_infer(request_id, infer, std::move(payloads));
+  if (s.ok()) frames_in_flight_.insert(request_id);
+  if (s.ok() && lead != 0) {
+    frame_leads_[request_id] = lead;
+    if (frame_leads_.size() > kMaxGivenUp) {
+      // Replies that never came and were never given up (cannot happen while streams time their
+      // frames out); forget the pairs rather than grow.
+      frame_leads_.clear();
+      answered_leads_.clear();
+      frames_in_flight_.clear();
+    }
+  } else if (lead != 0) {
+    leads_.erase(lead);
+  }
   if (!s.ok()) {
     owner_.erase(request_id);
     last_attempt_ = clock_.now();
@@ -320,6 +348,12 @@ Status Link::send_infer(uint64_t request_id, const wire::InferRequest& infer,
 
 void Link::give_up(uint64_t request_id, int64_t bytes, double waited_ms, int timeout_ms) {
   if (channel_) channel_->forget(request_id);
+  frames_in_flight_.erase(request_id);
+  auto lead = frame_leads_.find(request_id);
+  if (lead != frame_leads_.end()) {
+    leads_.erase(lead->second);
+    frame_leads_.erase(lead);
+  }
   given_up_order_.push_back(request_id);
   while (given_up_order_.size() > kMaxGivenUp) {
     owner_.erase(given_up_order_.front());
@@ -337,6 +371,7 @@ void Link::give_up(uint64_t request_id, int64_t bytes, double waited_ms, int tim
 void Link::note_answer() { consecutive_timeouts_ = 0; }
 
 std::vector<FrameReply> Link::poll(std::chrono::milliseconds wait) {
+  answered_leads_.clear();  // the replies of the last poll() have been handled
   std::vector<FrameReply> out(std::make_move_iterator(stashed_.begin()),
                               std::make_move_iterator(stashed_.end()));
   stashed_.clear();
@@ -358,9 +393,10 @@ std::vector<FrameReply> Link::poll(std::chrono::milliseconds wait) {
     auto probe =
         std::find_if(probes_.begin(), probes_.end(), [&](const Probe& p) { return p.id == id; });
     if (probe != probes_.end()) {
+      const Probe answered = *probe;
       probes_.erase(probe);
       owner_.erase(id);
-      handle_probe_reply(*r);
+      handle_probe_reply(*r, answered);
       continue;
     }
     auto owner = owner_.find(id);
@@ -380,7 +416,17 @@ std::vector<FrameReply> Link::poll(std::chrono::milliseconds wait) {
     }
     const int stream = owner->second;
     owner_.erase(owner);
+    frames_in_flight_.erase(id);
     if (stream == kProbeStream) continue;
+    auto lead = frame_leads_.find(id);
+    if (lead != frame_leads_.end()) {
+      auto l = leads_.find(lead->second);
+      if (l != leads_.end()) {
+        if (l->second.answered) answered_leads_[id] = l->second;
+        leads_.erase(l);
+      }
+      frame_leads_.erase(lead);
+    }
     out.push_back(FrameReply{stream, std::move(*r)});
   }
   if (recovery_due_) {
@@ -395,37 +441,103 @@ std::optional<zmq_pollitem_t> Link::poll_item() {
   return channel_->poll_item();
 }
 
-void Link::send_probe(int64_t bytes, bool even_when_down, int timeout_ms) {
-  if (!channel_ || (state_ != LinkState::kUp && !even_when_down)) return;
+uint64_t Link::send_probe(int64_t bytes, bool even_when_down, int timeout_ms, uint64_t lead,
+                          bool lead_only) {
+  if (!channel_ || (state_ != LinkState::kUp && !even_when_down)) return 0;
+  const bool behind = !frames_in_flight_.empty() || !probes_.empty();
   const uint64_t id = next_request_id_++;
   owner_[id] = kProbeStream;
   Status s = channel_->send_ping(id, static_cast<uint32_t>(std::max<int64_t>(bytes, 0)));
   if (!s.ok()) {
     owner_.erase(id);
-    return;
+    return 0;
   }
   const int t =
       timeout_ms > 0 ? std::min(timeout_ms, options_.probe_timeout_ms) : options_.probe_timeout_ms;
-  probes_.push_back(Probe{id, clock_.now() + std::chrono::milliseconds(t), bytes});
-  network_.probe_sent();
-  ++probes_sent_;
+  probes_.push_back(
+      Probe{id, clock_.now() + std::chrono::milliseconds(t), bytes, lead, lead_only, behind});
+  if (lead_only) {
+    ++lead_pings_;
+  } else {
+    network_.probe_sent();
+    ++probes_sent_;
+  }
+  return id;
 }
 
-void Link::handle_probe_reply(const transport::ReceivedReply& r) {
-  if (r.reply.status() != wire::STATUS_OK) return;
+// A bandwidth probe goes right behind a round-trip ping (its lead): the ping's reply comes back
+// one round trip after both were sent, the probe's one transfer later, so the gap between the two
+// replies times the transfer by itself. Timed from its own send instead (wire time - base rtt),
+// a probe also counts every delay in taking its reply off the socket that the luckiest ping of the
+// last seconds (the base rtt) did not have: on a device held back by a CPU quota, a wait of a few
+// milliseconds for its slice on most replies, which halved the estimate of a 5 Mbit/s link under
+// a 10% quota.
+void Link::send_bandwidth_probe(int64_t bytes) {
+  const uint64_t lead = send_probe(kPingBytes, false, 0);
+  if (lead != 0) leads_[lead] = LeadReply{};
+  const uint64_t id = send_probe(bytes, false, 0, lead);
+  if (id == 0 && lead != 0) leads_.erase(lead);
+}
+
+bool Link::busy_between(TimePoint from, TimePoint to) const {
+  return std::any_of(busy_.begin(), busy_.end(),
+                     [&](const auto& iv) { return iv.second > from && iv.first < to; });
+}
+
+double Link::paired_transfer_ms(const transport::ReceivedReply& r, double server_ms) const {
+  auto it = answered_leads_.find(r.timing.request_id);
+  if (it == answered_leads_.end()) return kNotPaired;
+  if (busy_between(it->second.sent, r.timing.received)) return kNotPaired;
+  return ms_between(it->second.received, r.timing.received) - server_ms;
+}
+
+void Link::handle_probe_reply(const transport::ReceivedReply& r, const Probe& probe) {
+  if (r.reply.status() != wire::STATUS_OK) {
+    leads_.erase(probe.id);
+    if (probe.lead != 0) leads_.erase(probe.lead);
+    return;
+  }
   consecutive_timeouts_ = 0;
+  auto as_lead = leads_.find(probe.id);
+  if (as_lead != leads_.end()) {
+    as_lead->second = LeadReply{true, r.timing.sent, r.timing.received};
+  }
+  if (probe.lead != 0 && state_ == LinkState::kUp) {
+    auto lead = leads_.find(probe.lead);
+    if (lead != leads_.end()) {
+      const LeadReply l = lead->second;
+      leads_.erase(lead);
+      if (l.answered) {
+        // (effective_round_trip_ms also notes where this upload ended, for the frames behind it.)
+        if (effective_round_trip_ms(r, 0.0) < 0 || busy_between(l.sent, r.timing.received)) {
+          // A reply waited on the socket while the loop computed: the gap says nothing.
+          network_.add_answer();
+          return;
+        }
+        partitioner::Exchange e;
+        e.request_bytes = static_cast<int64_t>(r.timing.bytes_sent);
+        e.round_trip_ms = r.timing.round_trip_ms();
+        e.transfer_measured = true;
+        e.transfer_ms = ms_between(l.received, r.timing.received);
+        network_.add_exchange(e);
+        return;
+      }
+    }
+  }
   if (state_ == LinkState::kLost) {
     // The server answers again: say hello again (the replica may differ) before offloading.
     recovery_due_ = true;
     partitioner::Exchange e;
     e.request_bytes = static_cast<int64_t>(r.timing.bytes_sent);
     e.round_trip_ms = r.timing.round_trip_ms();
+    e.behind_other_traffic = probe.behind;
     network_.add_exchange(e);
     return;
   }
   partitioner::Exchange e;
   e.request_bytes = static_cast<int64_t>(r.timing.bytes_sent);
   e.round_trip_ms = effective_round_trip_ms(r, 0.0);
+  e.behind_other_traffic = probe.behind;
   if (e.round_trip_ms >= 0) {
     network_.add_exchange(e);
   } else {
@@ -466,6 +578,14 @@ void Link::expire_probes() {
     }
     const Probe p = *it;
     it = probes_.erase(it);
+    leads_.erase(p.id);
+    if (p.lead != 0) leads_.erase(p.lead);
+    if (p.lead_only) {
+      // A frame's lead ping: the frame's own timeout speaks for the server (a lead behind a long
+      // upload on a slow link can be late without anything being lost).
+      if (channel_) channel_->forget(p.id);
+      continue;
+    }
     const int timeout_ms = options_.probe_timeout_ms;
     give_up(p.id, p.bytes, ms_between(p.deadline - std::chrono::milliseconds(timeout_ms), now),
             timeout_ms);
@@ -475,7 +595,12 @@ void Link::expire_probes() {
 void Link::probe_if_due(bool plan_is_local) {
   if (state_ != LinkState::kUp) return;
   partitioner::ProbeRequest probe = network_.probe_due(plan_is_local);
-  if (probe.due()) send_probe(probe.bytes, false, 0);
+  if (!probe.due()) return;
+  if (probe.kind == partitioner::ProbeRequest::Kind::kBandwidth) {
+    send_bandwidth_probe(probe.bytes);
+  } else {
+    send_probe(probe.bytes, false, 0);
+  }
 }
 
 void Link::note_busy(TimePoint since) {
@@ -492,10 +617,7 @@ void Link::note_busy(TimePoint since) {
 // (request ids grow with it, across streams: they share the uplink); an out-of-order or lost reply
 // only makes the correction smaller.
 double Link::effective_round_trip_ms(const transport::ReceivedReply& r, double server_ms) {
-  const bool busy = std::any_of(busy_.begin(), busy_.end(), [&](const auto& iv) {
-    return iv.second > r.timing.sent && iv.first < r.timing.received;
-  });
-  if (busy) {
+  if (busy_between(r.timing.sent, r.timing.received)) {
     last_upload_id_ = std::max(last_upload_id_, r.timing.request_id);
     last_upload_end_ = TimePoint{};  // unknown
     return -1;

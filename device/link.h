@@ -11,6 +11,7 @@
 
 #include <zmq.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -21,6 +22,7 @@
 #include <set>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -156,10 +158,19 @@ class Link {
   // The round trip the estimators learn from (see link.cc); negative when the loop was busy while
   // the reply could have arrived.
   double effective_round_trip_ms(const transport::ReceivedReply& r, double server_ms);
+  // A frame of the last poll() sent behind a lead ping: its upload's own time, the gap between
+  // the lead's reply and its own less its server time `server_ms` (partitioner::Exchange::
+  // transfer_ms); kNotPaired when it had no lead, the lead was not answered first, or the loop
+  // was busy meanwhile.
+  static constexpr double kNotPaired = -1e300;
+  double paired_transfer_ms(const transport::ReceivedReply& r, double server_ms) const;
 
   // A probe, when the network estimate asks for one; `plan_is_local`: no stream sends frames now.
   void probe_if_due(bool plan_is_local);
-  bool probe_pending() const { return !probes_.empty(); }
+  // A probe of the link's own is in flight (frames' lead pings do not count).
+  bool probe_pending() const {
+    return std::any_of(probes_.begin(), probes_.end(), [](const Probe& p) { return !p.lead_only; });
+  }
 
   partitioner::NetworkEstimator& network() { return network_; }
   const partitioner::NetworkEstimator& network() const { return network_; }
@@ -169,6 +180,8 @@ class Link {
 
   uint64_t late_replies(int stream) const;
   uint64_t probes_sent() const { return probes_sent_; }
+  // Pings sent ahead of frames to time their uploads.
+  uint64_t lead_pings() const { return lead_pings_; }
   // Bandwidth probes answered after their timeout whose timing still fed the estimate.
   uint64_t late_probe_samples() const { return late_probe_samples_; }
   int reconnects() const { return reconnects_; }
@@ -180,12 +193,26 @@ class Link {
     uint64_t id = 0;
     partitioner::TimePoint deadline;
     int64_t bytes = 0;
+    uint64_t lead = 0;       // a bandwidth probe's lead ping (send_bandwidth_probe); 0: none
+    bool lead_only = false;  // a frame's lead ping: its timeout does not count against the server
+    bool behind = false;     // sent while other requests were in flight
+  };
+  // A lead ping's reply, kept until its bandwidth probe is answered or expires.
+  struct LeadReply {
+    bool answered = false;
+    partitioner::TimePoint sent;
+    partitioner::TimePoint received;
   };
   static constexpr int kProbeStream = -2;
 
   void change_state(LinkState next, const std::string& why);
-  void send_probe(int64_t bytes, bool even_when_down, int timeout_ms);
-  void handle_probe_reply(const transport::ReceivedReply& r);
+  // Sends a ping with `bytes` of probe payload; its id, or 0 when it could not be sent.
+  uint64_t send_probe(int64_t bytes, bool even_when_down, int timeout_ms, uint64_t lead = 0,
+                      bool lead_only = false);
+  void send_bandwidth_probe(int64_t bytes);
+  void handle_probe_reply(const transport::ReceivedReply& r, const Probe& probe);
+  // Whether the loop computed at some time between `from` and `to` (note_busy).
+  bool busy_between(partitioner::TimePoint from, partitioner::TimePoint to) const;
   void handle_late_probe(const transport::ReceivedReply& r);
   double recovery_wait_ms() const;
   // The outcome of a handshake, blocking (connect) or not (a recovery's hello).
@@ -224,6 +251,12 @@ class Link {
   partitioner::NetworkEstimator network_;
   int consecutive_timeouts_ = 0;
   std::vector<Probe> probes_;
+  std::unordered_map<uint64_t, LeadReply> leads_;       // lead ping id -> its reply, once answered
+  std::unordered_map<uint64_t, uint64_t> frame_leads_;  // frame request id -> its lead ping
+  std::unordered_set<uint64_t> frames_in_flight_;       // sent, not answered nor given up
+  // The lead replies of the frames the last poll() returned (paired_transfer_ms).
+  std::unordered_map<uint64_t, LeadReply> answered_leads_;
+  uint64_t lead_pings_ = 0;
   uint64_t probes_sent_ = 0;
   uint64_t late_probe_samples_ = 0;
   uint64_t next_request_id_ = 1;

@@ -1328,6 +1328,12 @@ void PipelineRun::server_stage(BoundedQueue<Item>* in, BoundedQueue<Item>* out, 
         }
         e.round_trip_ms =
             link_->effective_round_trip_ms(r.reply, e.server_queue_ms + e.server_compute_ms);
+        const double transfer_ms =
+            link_->paired_transfer_ms(r.reply, e.server_queue_ms + e.server_compute_ms);
+        if (transfer_ms != Link::kNotPaired) {
+          e.transfer_measured = true;
+          e.transfer_ms = transfer_ms;
+        }
         if (e.round_trip_ms >= 0 && e.request_bytes > kRttSampleBytes) {
           link_->network().add_exchange(e);
         } else {

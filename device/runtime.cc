@@ -138,6 +138,7 @@ class Runtime {
     d["reconnects"] = link_.reconnects();
     d["recovery_hellos"] = link_.recovery_hellos();
     d["late_probe_samples"] = link_.late_probe_samples();
+    d["lead_pings"] = link_.lead_pings();
     d["wall_s"] = round3(std::chrono::duration<double>(Clock::now() - start).count());
     if (power_) {
       uint64_t frames = 0;

@@ -1208,6 +1208,11 @@ struct Stream::Impl {
     e.server_queue_ms = queue_ms;
     e.server_compute_ms = compute_ms;
     e.profiled_server_ms = p.plan.profiled_server_ms;
+    const double transfer_ms = link.paired_transfer_ms(r, queue_ms + compute_ms);
+    if (transfer_ms != Link::kNotPaired) {
+      e.transfer_measured = true;
+      e.transfer_ms = transfer_ms;
+    }
     if (e.round_trip_ms >= 0) {
       link.network().add_exchange(e);
     } else {

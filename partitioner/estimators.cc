@@ -80,7 +80,7 @@ NetworkEstimator::NetworkEstimator(const Clock& clock, NetworkEstimatorOptions o
   last_bandwidth_sample_ = last_rtt_sample_ = last_probe_sent_ = clock.now();
 }
 
-void NetworkEstimator::add_rtt_sample(double wire_ms, TimePoint now) {
+void NetworkEstimator::add_rtt_sample(double wire_ms, bool behind_other_traffic, TimePoint now) {
   while (!rtt_window_.empty() && rtt_window_.back().second >= wire_ms) rtt_window_.pop_back();
   rtt_window_.emplace_back(now, wire_ms);
   // The newest sample always stays, so the window never empties.
@@ -89,6 +89,17 @@ void NetworkEstimator::add_rtt_sample(double wire_ms, TimePoint now) {
   }
   last_rtt_sample_ = now;
   rtt_suspect_ = false;
+  if (behind_other_traffic) return;
+  // How far round trips lie above the base: the delays pooling must outweigh (add_paired).
+  const double excess = wire_ms - rtt_ms();
+  rtt_excess_ms_ = rtt_excess_samples_++ == 0 ? excess : 0.9 * rtt_excess_ms_ + 0.1 * excess;
+}
+
+double NetworkEstimator::paired_pool_ms() const {
+  // Each exchange adds its own delay difference, so the noise grows as the root of their number.
+  const double noise = rtt_excess_ms_ * std::sqrt(static_cast<double>(std::max(1, paired_count_)));
+  return std::clamp(options_.paired_noise_factor * noise, options_.paired_sample_min_ms,
+                    options_.paired_sample_max_ms);
 }
 
 void NetworkEstimator::add_exchange(const Exchange& e) {
@@ -97,11 +108,15 @@ void NetworkEstimator::add_exchange(const Exchange& e) {
   const double server_ms = std::max(0.0, e.server_queue_ms) + std::max(0.0, e.server_compute_ms);
   const double wire_ms = std::max(0.0, e.round_trip_ms - server_ms);
   if (e.request_bytes <= options_.rtt_sample_max_bytes) {
-    add_rtt_sample(wire_ms, now);
+    add_rtt_sample(wire_ms, e.behind_other_traffic, now);
+    return;
+  }
+  const double bytes = static_cast<double>(e.request_bytes);
+  if (e.transfer_measured) {
+    add_paired(e.request_bytes, e.transfer_ms, now);  // the base rtt plays no part
     return;
   }
   const double transfer_ms = wire_ms - rtt_ms();
-  const double bytes = static_cast<double>(e.request_bytes);
   if (has_rtt() && transfer_ms < -options_.min_transfer_ms) {
     // Faster than the base round trip: the base is too high. Only a lower bound here.
     rtt_suspect_ = true;
@@ -129,6 +144,53 @@ void NetworkEstimator::add_bandwidth_sample(int64_t bytes, double transfer_ms, T
   largest_timed_bytes_ = std::max(largest_timed_bytes_, bytes);
   last_bandwidth_sample_ = now;
   any_bandwidth_ = true;
+}
+
+void NetworkEstimator::add_paired(int64_t request_bytes, double transfer_ms, TimePoint now) {
+  const double bytes = static_cast<double>(request_bytes);
+  if (transfer_ms >= paired_pool_ms() && paired_bytes_ == 0) {
+    // Long enough to stand out of the noise by itself (a probe, a large frame): one sample.
+    add_bandwidth_sample(request_bytes, transfer_ms, now);
+    return;
+  }
+  if (paired_bytes_ > 0 && ms_between(paired_since_, now) > options_.paired_pool_max_ms) {
+    // Too fast to time in so long: the link moved at least this much. A bound only, which does not
+    // count as a sample (the probes that time such a link stay due).
+    raise_to(paired_bytes_ / std::max(paired_ms_, paired_pool_ms()));
+    clear_pool();
+  }
+  if (paired_bytes_ == 0) paired_since_ = now;
+  paired_bytes_ += bytes;
+  paired_ms_ += transfer_ms;
+  ++paired_count_;
+  const double pool_ms = paired_pool_ms();
+  if (!bandwidth_.has_value() && paired_ms_ < pool_ms) {
+    // No estimate yet (the calibration probe on a fast link): what there is, now.
+    if (paired_ms_ < options_.min_transfer_ms) {
+      add_bandwidth_bound(paired_bytes_ / options_.min_transfer_ms, now);
+    } else {
+      add_bandwidth_sample(static_cast<int64_t>(paired_bytes_), paired_ms_, now);
+    }
+    clear_pool();
+  } else if (paired_ms_ >= pool_ms) {
+    add_bandwidth_sample(static_cast<int64_t>(paired_bytes_), paired_ms_, now);
+    clear_pool();
+  } else if (paired_bytes_ >= options_.paired_faster_factor * pool_ms * bandwidth_.value()) {
+    // By the estimate these bytes take several pools' time, and they took less than one: the link
+    // is at least that much faster. Raised now, long before such a pool would fill.
+    raise_to(paired_bytes_ / pool_ms);
+    clear_pool();
+  }
+}
+
+void NetworkEstimator::raise_to(double at_least) {
+  if (at_least > bandwidth_.value()) bandwidth_.reset(at_least);
+}
+
+void NetworkEstimator::clear_pool() {
+  paired_bytes_ = 0;
+  paired_ms_ = 0;
+  paired_count_ = 0;
 }
 
 void NetworkEstimator::add_bandwidth_bound(double at_least, TimePoint now) {

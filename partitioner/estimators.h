@@ -86,6 +86,18 @@ struct Exchange {
   double server_queue_ms = 0;     // reported by the server: time in its queue
   double server_compute_ms = 0;   // reported by the server: unpack + tail (+ batching)
   double profiled_server_ms = 0;  // the profile's unpack + tail for this plan; 0 for a probe
+  // The request's transfer time measured by itself (transfer_measured): the request went right
+  // behind a small ping (its lead), and transfer = the gap between the two replies - the
+  // request's server time. The round trip drops out of the difference, and so does, on average,
+  // the delay a device adds to each reply before it takes it off the socket (a device process
+  // waiting for its CPU slice), which `wire time - base rtt` counts whole against the luckiest
+  // ping of the window. Can be negative for a small request (the delays of the two replies differ).
+  bool transfer_measured = false;
+  double transfer_ms = 0;
+  // Sent while other requests were in flight: its round trip may include their uploads. Still a
+  // base-rtt sample (the base is a minimum), but not one of how far round trips scatter above it
+  // (the delays a reply picks up on the device, which size the pools of measured transfers).
+  bool behind_other_traffic = false;
 };
 
 // What the estimator asks the device to send so its estimates stay alive.
@@ -135,6 +147,23 @@ struct NetworkEstimatorOptions {
   int64_t probe_bytes_min = 16 << 10;
   int64_t probe_bytes_max = 256 << 10;
   int64_t rtt_probe_bytes = 64;
+  // Exchanges with a measured transfer (Exchange::transfer_measured) are pooled until their
+  // transfer times add up to `paired_noise_factor` x how far round-trip samples lie above the
+  // base rtt on average (the delays a reply can pick up on the device) x the square root of the
+  // pool's exchanges, within [paired_sample_min_ms, paired_sample_max_ms] (a sample within about
+  // 20% whatever the size of the exchanges), then give one sample: bytes / time, both summed. An
+  // exchange whose transfer alone is that long (a probe, a large frame) is a sample by itself.
+  // Summed, the differences of two replies' delays cancel; a small frame's own ratio would be
+  // ruled by them. On a device that takes replies at once, every exchange is a sample. A pool
+  // open for longer than `paired_pool_max_ms` is closed as a lower bound only (a link too fast to
+  // time with such small exchanges: the probes time it), and so is a pool whose bytes would take
+  // `paired_faster_factor` x its time at the estimate (the link got faster). Before the first
+  // sample, an exchange gives one at once.
+  double paired_noise_factor = 4;
+  double paired_sample_min_ms = 1;
+  double paired_sample_max_ms = 100;
+  double paired_pool_max_ms = 5000;
+  double paired_faster_factor = 4;
   // Consecutive timeouts after which the server counts as unavailable (a reply resets it).
   int timeouts_unavailable = 2;
   LevelTrackerOptions bandwidth{0.5, 0.1, 0.3, 0, 2, 3};
@@ -168,11 +197,18 @@ class NetworkEstimator {
   ProbeRequest probe_due(bool plan_is_local) const;
 
  private:
-  void add_rtt_sample(double wire_ms, TimePoint now);
+  void add_rtt_sample(double wire_ms, bool behind_other_traffic, TimePoint now);
   // A timed transfer: a bandwidth sample.
   void add_bandwidth_sample(int64_t bytes, double transfer_ms, TimePoint now);
   // An untimed one: the link moves at least `at_least` bytes/ms (raises the estimate if lower).
   void add_bandwidth_bound(double at_least, TimePoint now);
+  // An exchange with a measured transfer: a sample by itself, or into the pool.
+  void add_paired(int64_t request_bytes, double transfer_ms, TimePoint now);
+  // Raises the estimate to `at_least` (bytes/ms) if lower, without counting a sample.
+  void raise_to(double at_least);
+  void clear_pool();
+  // The transfer time a pool gathers before it gives a sample.
+  double paired_pool_ms() const;
 
   const Clock& clock_;
   NetworkEstimatorOptions options_;
@@ -185,6 +221,12 @@ class NetworkEstimator {
   bool any_probe_ = false;
   bool rtt_suspect_ = false;  // an exchange's wire time was below the base rtt
   int64_t largest_timed_bytes_ = 0;
+  double paired_bytes_ = 0;  // the open pool of paired exchanges
+  double paired_ms_ = 0;
+  int paired_count_ = 0;
+  TimePoint paired_since_{};
+  double rtt_excess_ms_ = 0;  // average of round-trip samples - base rtt
+  int64_t rtt_excess_samples_ = 0;
   int consecutive_timeouts_ = 0;
 };
 

@@ -6,7 +6,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <chrono>
+#include <cstdint>
 #include <deque>
 #include <map>
 #include <memory>
@@ -34,6 +37,12 @@ struct FakeServer {
   int pings = 0;
   int frames = 0;
   uint32_t last_echo_bytes = 0;  // the last ping's probe payload
+  // The uplink: > 0, requests go out one after another at this rate and a reply can be received
+  // only once its request is through (plus the wire's millisecond); 0: at once.
+  double uplink_mbps = 0;
+  // The device is slow to take replies off the socket: each reply is stamped this much later, a
+  // pseudo-random fraction in [0, 1) of `pickup_delay_ms` (a fixed sequence, so runs repeat).
+  double pickup_delay_ms = 0;
 
   void serve(const std::string& digest, std::vector<double> tail_ms = {}) {
     wire::ModelDesc m;
@@ -103,6 +112,7 @@ class FakeChannel final : public device::ServerChannel {
     size_t bytes = 64;
     for (const auto& p : payloads) bytes += p.size();
     sent_[id] = Sent{clock_.now(), bytes};
+    upload(id, bytes);
     if (!server_->up || !server_->answer_frames) return Status();
     ++server_->frames;
     wire::Reply reply;
@@ -120,6 +130,7 @@ class FakeChannel final : public device::ServerChannel {
   Status send_ping(uint64_t id, uint32_t echo_bytes) override {
     if (server_->fail_sends) return unavailable("send queue full");
     sent_[id] = Sent{clock_.now(), 64 + echo_bytes};
+    upload(id, 64 + echo_bytes);
     if (!server_->up) return Status();
     ++server_->pings;
     server_->last_echo_bytes = echo_bytes;
@@ -136,7 +147,22 @@ class FakeChannel final : public device::ServerChannel {
       clock_.advance_ms(static_cast<double>(timeout.count()));
       return std::nullopt;
     }
+    auto ready = ready_at_.find(replies_.front().request_id());
+    if (ready != ready_at_.end() && ready->second > clock_.now()) {
+      const double wait = partitioner::ms_between(clock_.now(), ready->second);
+      if (wait > static_cast<double>(timeout.count())) {
+        clock_.advance_ms(static_cast<double>(timeout.count()));
+        return std::nullopt;
+      }
+      clock_.advance_ms(wait);
+    }
+    if (ready != ready_at_.end()) ready_at_.erase(ready);
     clock_.advance_ms(1);  // the wire takes a millisecond
+    if (server_->pickup_delay_ms > 0) {
+      pickup_state_ = pickup_state_ * 6364136223846793005ULL + 1442695040888963407ULL;
+      clock_.advance_ms(server_->pickup_delay_ms * static_cast<double>(pickup_state_ >> 11) /
+                        9007199254740992.0);
+    }
     transport::ReceivedReply r;
     r.reply = replies_.front();
     replies_.pop_front();
@@ -172,6 +198,15 @@ class FakeChannel final : public device::ServerChannel {
     size_t bytes = 0;
   };
   void queue(const wire::Reply& r) { replies_.push_back(r); }
+  // With an uplink rate: the request goes out behind the ones before it.
+  void upload(uint64_t id, size_t bytes) {
+    if (server_->uplink_mbps <= 0) return;
+    const partitioner::TimePoint start = std::max(clock_.now(), uplink_free_);
+    uplink_free_ = start + std::chrono::duration_cast<partitioner::TimePoint::duration>(
+                               std::chrono::duration<double, std::milli>(
+                                   static_cast<double>(bytes) * 8 / (server_->uplink_mbps * 1e3)));
+    ready_at_[id] = uplink_free_;
+  }
   // What the server answers a hello (another protocol major when it refuses).
   wire::HelloReply server_hello() const {
     wire::HelloReply r;
@@ -193,6 +228,9 @@ class FakeChannel final : public device::ServerChannel {
   partitioner::ManualClock& clock_;
   std::deque<wire::Reply> replies_;
   std::map<uint64_t, Sent> sent_;
+  std::map<uint64_t, partitioner::TimePoint> ready_at_;  // with an uplink rate
+  partitioner::TimePoint uplink_free_{};
+  uint64_t pickup_state_ = 1;
   std::set<uint64_t> forgotten_;
   std::array<int, 2> pipe_{-1, -1};
   uint64_t next_hello_id_ = uint64_t{1} << 63;

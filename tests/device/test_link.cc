@@ -104,8 +104,9 @@ TEST_CASE("link: a handshake brings it up, lists what the server serves and cali
   REQUIRE(rig.link->served(kDigest) != nullptr);
   CHECK(rig.link->served(kDigest)->tail_ms == std::vector<double>{1.0, 2.0, 3.0});
   CHECK(rig.link->served(kOther) == nullptr);
-  // Three round-trip probes and one bandwidth probe were answered before the first frame.
-  CHECK(rig.server->pings == 4);
+  // Three round-trip probes and one bandwidth probe (behind its lead ping) were answered before
+  // the first frame.
+  CHECK(rig.server->pings == 5);
   CHECK(rig.link->network().has_rtt());
   CHECK(rig.link->network().has_bandwidth());
   CHECK(rig.link->down_reason().empty());
@@ -181,13 +182,16 @@ TEST_CASE("link: a bandwidth probe answered after its timeout still times a slow
   REQUIRE(rig.link->connect() == LinkState::kUp);
   CHECK(rig.link->late_probe_samples() == 0);
   // A link of 25 kbit/s with the fake's 1 ms round trip: each probe's reply comes seconds after
-  // it was sent, well past the 1000 ms probe timeout.
+  // it was sent, well past the 1000 ms probe timeout (its lead ping's within 50 ms).
   const double kbit = 25;
+  rig.server->uplink_mbps = kbit / 1000;
   for (int i = 0; i < 2; ++i) {
     rig.clock.advance_ms(1000);
     rig.link->probe_if_due(true);
     REQUIRE(rig.link->probe_pending());
     REQUIRE(rig.server->last_echo_bytes >= 16 * 1024);
+    (void)rig.link->poll(std::chrono::milliseconds(100));  // the lead ping's reply
+    CHECK(rig.link->probe_pending());
     rig.clock.advance_ms((64.0 + rig.server->last_echo_bytes) * 8 / kbit);
     rig.link->tend();  // the probe's timeout: given up (and counted as one)
     CHECK_FALSE(rig.link->probe_pending());
@@ -211,6 +215,34 @@ TEST_CASE("link: a bandwidth probe answered after its timeout still times a slow
   CHECK_FALSE(rig.link->probe_pending());
   (void)rig.link->poll(std::chrono::milliseconds(0));
   CHECK(rig.link->late_probe_samples() == 2);
+}
+
+TEST_CASE(
+    "link: a bandwidth probe is timed by the gap behind its lead ping - replies taken late by a "
+    "slow device do not lower the estimate") {
+  Rig rig;
+  REQUIRE(rig.link->connect() == LinkState::kUp);
+  // A 5 Mbit/s uplink, and a device that takes each reply off the socket 0-20 ms late (a device
+  // process waiting for its CPU slice). Timed from its own send against the best ping's round
+  // trip, a 26 ms probe would count about 10 ms of that wait on average: some 3.5 Mbit/s.
+  rig.server->uplink_mbps = 5;
+  rig.server->pickup_delay_ms = 20;
+  const uint64_t sent_before = rig.link->probes_sent();
+  double sum = 0;
+  for (int i = 0; i < 100; ++i) {
+    rig.clock.advance_ms(1000);
+    rig.link->probe_if_due(true);
+    for (int j = 0; j < 10 && rig.link->probe_pending(); ++j) {
+      (void)rig.link->poll(std::chrono::milliseconds(200));
+    }
+    REQUIRE_FALSE(rig.link->probe_pending());
+    if (i >= 40) sum += rig.link->network_conditions().bandwidth_mbps;
+  }
+  CHECK(rig.link->probes_sent() - sent_before >= 180);  // a lead ping and a probe, every second
+  const double mbps = sum / 60;                         // the estimate, averaged over the last 60 s
+  MESSAGE("estimate " << mbps << " Mbit/s for a 5 Mbit/s uplink");
+  CHECK(mbps > 4.3);
+  CHECK(mbps < 5.7);
 }
 
 TEST_CASE(
