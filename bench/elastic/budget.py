@@ -18,7 +18,7 @@ percentile of each one's frame latencies. The sweep's bounds (`--bounds`):
 At each bound B, the best fixed member is the most accurate one with at least 90% of its frames
 within B. The family runs with `--objective accuracy --max-latency-ms B --max-accuracy-drop none`,
 and the best fixed member runs again right after it: the pair compared is two neighbouring runs on
-the same frames. Target (issue: elastic models): at every bound, the family's top-1 is at least
+the same frames. Target (elastic models): at every bound, the family's top-1 is at least
 the best fixed member's, paired on the same frames: the lower end of the 95% interval of (family -
 best fixed) is above -1 point, and at least 90% of the family's frames are within B.
 """

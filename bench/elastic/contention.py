@@ -12,14 +12,14 @@ goes through four phases of the same length: no contender, one busy process on t
 (`stress-ng --cpu 1`, confined to the same core: the device gets about half of it), two (about a
 third), none again (Python busy loops when stress-ng is absent; the output says which). With two
 threads on this 2-core machine a contender on one core stalls every OpenMP barrier of the device
-instead (frames 10-50x slower, a thread-count problem, not a model-size one): the hardware-knob
-issue's core groups answer that. Baseline and family alternate (ABAB), on the same frames; as
+instead (frames 10-50x slower, a thread-count problem, not a model-size one): core groups
+(`docs/energy.md`) answer that. Baseline and family alternate (ABAB), on the same frames; as
 root, each is followed by itself at real-time priority (`--realtime 1`, SCHED_FIFO), which the
 busy processes, at normal priority, can no longer delay.
 
 Per run and phase: frames within the bound (%), top-1 against the labels, the members used, and
 frames to react (after a phase starts: frames until one is back within the bound). Targets
-(issue: elastic models): with one contender, >= 95% of frames within the bound, top-1 at most 2
+(elastic models): with one contender, >= 95% of frames within the bound, top-1 at most 2
 points below the baseline's on the same frames (paired, the interval's upper end), reacting
 within 3 frames, for the family at normal priority. The real-time runs are reported beside them
 (`realtime` in results.json). Device-only: no server.

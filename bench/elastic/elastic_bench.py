@@ -9,7 +9,7 @@ every round, in a rotating order, so slow spells of the host hit all alike), and
 the family's reference on the same images (the images after the 100 calibration images the variants
 were derived on, in the fixed shuffled order edgesplit-family uses), with 95% intervals.
 
-Targets (issue: elastic models), each judged on the interval, not the point:
+Targets (elastic models), each judged on the interval, not the point:
   mnv2_derived_speedup_within_1pt  the largest lower end of the 1-thread speedup interval among
                                    MobileNetV2's derived variants (skipped blocks, low-rank layers)
                                    whose loss against MobileNetV2 has its upper end <= 1 point

@@ -869,7 +869,7 @@ def inner_cut(plan_name, last_cut):
 
 
 def targets(results, profile):
-    """The earlier testbed issue's targets per fixed scenario, each from the paired 95% interval
+    """The testbed's targets per fixed scenario, each from the paired 95% interval
     over rounds: met only when the whole interval supports it."""
     t = {"latency_vs_oracle": [], "latency_vs_best_fixed": [], "trace_recovery": [],
          "trace_outage": [], "throughput": [], "cost": [], "bytes": [], "prediction": []}
