@@ -331,7 +331,6 @@ Status Link::send_infer(uint64_t request_id, const wire::InferRequest& infer,
       // Replies that never came and were never given up (cannot happen while streams time their
       // frames out); forget the pairs rather than grow.
       frame_leads_.clear();
-      answered_leads_.clear();
       frames_in_flight_.clear();
     }
   } else if (lead != 0) {
@@ -484,11 +483,17 @@ bool Link::busy_between(TimePoint from, TimePoint to) const {
                      [&](const auto& iv) { return iv.second > from && iv.first < to; });
 }
 
+double Link::lead_gap_ms(const LeadReply& lead, const transport::ReceivedReply& r) const {
+  // A reply that waited on the socket while the loop computed makes the gap say nothing.
+  if (busy_between(lead.sent, r.timing.received)) return kNotPaired;
+  return ms_between(lead.received, r.timing.received);
+}
+
 double Link::paired_transfer_ms(const transport::ReceivedReply& r, double server_ms) const {
   auto it = answered_leads_.find(r.timing.request_id);
   if (it == answered_leads_.end()) return kNotPaired;
-  if (busy_between(it->second.sent, r.timing.received)) return kNotPaired;
-  return ms_between(it->second.received, r.timing.received) - server_ms;
+  const double gap = lead_gap_ms(it->second, r);
+  return gap == kNotPaired ? kNotPaired : gap - server_ms;
 }
 
 void Link::handle_probe_reply(const transport::ReceivedReply& r, const Probe& probe) {
@@ -509,8 +514,9 @@ void Link::handle_probe_reply(const transport::ReceivedReply& r, const Probe& pr
       leads_.erase(lead);
       if (l.answered) {
         // (effective_round_trip_ms also notes where this upload ended, for the frames behind it.)
-        if (effective_round_trip_ms(r, 0.0) < 0 || busy_between(l.sent, r.timing.received)) {
-          // A reply waited on the socket while the loop computed: the gap says nothing.
+        const bool busy = effective_round_trip_ms(r, 0.0) < 0;
+        const double gap = lead_gap_ms(l, r);
+        if (busy || gap == kNotPaired) {
           network_.add_answer();
           return;
         }
@@ -518,7 +524,7 @@ void Link::handle_probe_reply(const transport::ReceivedReply& r, const Probe& pr
         e.request_bytes = static_cast<int64_t>(r.timing.bytes_sent);
         e.round_trip_ms = r.timing.round_trip_ms();
         e.transfer_measured = true;
-        e.transfer_ms = ms_between(l.received, r.timing.received);
+        e.transfer_ms = gap;
         network_.add_exchange(e);
         return;
       }

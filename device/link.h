@@ -213,6 +213,9 @@ class Link {
   void handle_probe_reply(const transport::ReceivedReply& r, const Probe& probe);
   // Whether the loop computed at some time between `from` and `to` (note_busy).
   bool busy_between(partitioner::TimePoint from, partitioner::TimePoint to) const;
+  // The gap between a lead ping's reply and the reply `r` behind it; kNotPaired when the loop
+  // computed meanwhile.
+  double lead_gap_ms(const LeadReply& lead, const transport::ReceivedReply& r) const;
   void handle_late_probe(const transport::ReceivedReply& r);
   double recovery_wait_ms() const;
   // The outcome of a handshake, blocking (connect) or not (a recovery's hello).

@@ -194,7 +194,7 @@ void NetworkEstimator::clear_pool() {
 }
 
 void NetworkEstimator::add_bandwidth_bound(double at_least, TimePoint now) {
-  if (at_least > bandwidth_.value()) bandwidth_.reset(at_least);
+  raise_to(at_least);
   last_bandwidth_sample_ = now;
   any_bandwidth_ = true;
 }
