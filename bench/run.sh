@@ -16,7 +16,7 @@
 #   bench/run.sh engine [--quick] --out DIR [--check]
 #                           edgesplit's engine against PyTorch's optimize_for_inference, on this
 #                           machine only (no testbed, no root): bench/engine/README.md
-#   bench/run.sh multi [--quick] [--scenario issue|contended] --out DIR [--check]
+#   bench/run.sh multi [--quick] [--scenario half-speed|contended] --out DIR [--check]
 #                           three model streams at once on one slow device under a memory bound:
 #                           the multi-stream runtime against three independent processes and
 #                           device-only, on the testbed (root); contended: a device 8x slower,

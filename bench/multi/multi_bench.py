@@ -2,7 +2,7 @@
 edgesplit-device's multi-stream runtime against three uncoordinated single-model processes and
 against everything on the device.
 
-    bench/run.sh multi [--quick] [--scenario issue|contended] --out DIR [--check]
+    bench/run.sh multi [--quick] [--scenario half-speed|contended] --out DIR [--check]
 
 Scenario (bench/multi/README.md): a device of 2 cores at half speed (the device cgroup's CPU quota
 is 1 CPU over the 2 cores; `--scenario contended`: 8x slower, a quota of 0.25 CPU, so the streams
@@ -32,7 +32,7 @@ that rotates from round to round, because this machine's speed drifts by tens of
 Besides the measurements, an exhaustive search over static per-stream plans (cost model from the
 profiles, not measured: README) says for which streams ">= 95% of frames within the bound" is
 reachable at all. Writes DIR/results.json (with `targets`; the contended scenario has `figures`
-instead: the issue's targets are set for the issue scenario), DIR/summary.md and the raw JSON lines
+instead: the targets are set for the half-speed scenario), DIR/summary.md and the raw JSON lines
 under DIR/raw/. --check exits 1 when a target misses. Standard library only; needs root.
 """
 
@@ -65,11 +65,11 @@ BOOTSTRAP_RESAMPLES = 2000
 
 # The scenario.
 CORES = 2
-# Each core at 1/slowdown speed: a CPU quota of CORES / slowdown CPUs. "issue" is the issue's
-# device; "contended" the same streams on a device 8x slower, where they compete for the CPU.
+# Each core at 1/slowdown speed: a CPU quota of CORES / slowdown CPUs. "half-speed" is the
+# reference device (the targets apply); "contended" the same streams on a device 8x slower, where they compete for the CPU.
 SCENARIOS = {
-    "issue": {"slowdown": 2.0, "targets": True, "skew_s": 5.0,
-              "about": "2 cores at half speed (the issue's device)"},
+    "half-speed": {"slowdown": 2.0, "targets": True, "skew_s": 5.0,
+                   "about": "2 cores at half speed (the reference device)"},
     # Under 0.25 CPU the three independent processes become ready up to ~9 s apart.
     "contended": {"slowdown": 8.0, "targets": False, "skew_s": 12.0,
                   "about": "2 cores at 1/8 speed: the streams compete for the CPU"},
@@ -999,9 +999,9 @@ def markdown(results, streams):
         L.append("No static allocation fits the memory bound and the resources.")
     if "figures" in results:
         L += ["", "## Figures (not targets)", "",
-              "The issue's targets are set for its own scenario (`--scenario issue`); here the "
+              "The targets are set for the reference scenario (`--scenario half-speed`); here the "
               "same figures, each with whether it holds.", "",
-              "| figure | value | 95% interval | issue's target | holds |", "|---|---|---|---|---|"]
+              "| figure | value | 95% interval | reference target | holds |", "|---|---|---|---|---|"]
         rows, key = results["figures"], "holds"
     else:
         L += ["", "## Targets", "", "| target | value | 95% interval | target | pass |",
@@ -1059,8 +1059,8 @@ def start_server(tb, args, streams, out_dir):
 def main(argv):
     ap = argparse.ArgumentParser(prog="bench/run.sh multi", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 rounds of 15 s slices (minutes)")
-    ap.add_argument("--scenario", default="issue", choices=sorted(SCENARIOS),
-                    help="issue: the issue's device, 2 cores at half speed (the targets apply); "
+    ap.add_argument("--scenario", default="half-speed", choices=sorted(SCENARIOS),
+                    help="half-speed: the reference device, 2 cores at half speed (the targets apply); "
                     "contended: the same streams on a device 8x slower (quota 0.25 CPU), where "
                     "they compete for the CPU (the same figures, reported, not targets)")
     ap.add_argument("--out", required=True, help="results folder")
@@ -1301,7 +1301,7 @@ def main(argv):
         if scenario["targets"]:
             results["targets"] = figures
         else:
-            # The issue's targets are set for its scenario: here the same figures, each saying
+            # The targets are set for the reference scenario: here the same figures, each saying
             # whether it holds, none claimed as a target.
             results["targets"] = {}
             results["figures"] = {k: dict({kk: vv for kk, vv in v.items() if kk != "pass"},
