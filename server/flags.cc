@@ -81,11 +81,15 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
     ("max-queue-delay-us", "longest the oldest request waits for its batch to fill (0: run what is "
      "there at once)", cxxopts::value<int64_t>()->default_value("0"))
     ("batch-from", "ready: a worker takes every compatible request queued (up to --max-batch); "
-     "backlog (for CPUs, where a batch of n costs nearly n tails): below 75% of the workers' "
-     "capacity at batch 1, its part of the queue that the workers, busy ones included, finish "
-     "soonest; above it, all of them when more than two per worker have queued for a single "
-     "tail's time, else one, plus one per single tail's time the oldest has waited",
+     "backlog (for CPUs, where a batch of n costs nearly n tails): below --saturated-load, its "
+     "part of the queue that the workers, busy ones included, finish soonest; above it, all of "
+     "them when more than two per worker have queued for a single tail's time, else one, plus "
+     "one per single tail's time the oldest has waited",
      cxxopts::value<std::string>()->default_value("ready"))
+    ("saturated-load", "with --batch-from backlog: the offered load (the work that arrived over "
+     "the last 0.5 s, as a share of what the workers clear at batch 1) from which a worker "
+     "batches a standing queue instead of taking its balanced part of it",
+     cxxopts::value<double>()->default_value("1.2"))
     ("max-message-mb", "largest request accepted, in MiB", cxxopts::value<int>()->default_value("64"))
     ("name", "server name reported in the handshake", cxxopts::value<std::string>()->default_value("edgesplit-server"))
     ("endpoint-file", "write the bound endpoint (port resolved) to this file once listening",
@@ -203,6 +207,12 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
     return invalid_argument("--batch-from must be ready or backlog, not '" + batch_from + "'");
   }
   options.batch_backlog_only = batch_from == "backlog";
+  options.batch_saturated_load = args["saturated-load"].as<double>();
+  if (!(options.batch_saturated_load > 0 && options.batch_saturated_load <= 10)) {
+    return invalid_argument(
+        "--saturated-load must be above 0 (1 = the workers' capacity at batch 1), "
+        "at most 10");
+  }
   {
     BatchingOptions check = batching_options(options);
     EDGESPLIT_RETURN_IF_ERROR(check_batching(check));

@@ -17,6 +17,10 @@ wait, expired (DEADLINE_EXCEEDED), BUSY and late replies. Targets (bench/run.sh'
                             drawn brings both servers' replies); the interval must clear it
   late_replies              OK replies received after their deadline, over every run: 0
 
+A real-time monitor (bench/host_stalls.py) watches the machine: a pair of runs in which either saw
+it stall longer than --repeat-stalled-ms is measured again, up to twice; results.json says how
+often (host_stalls).
+
     bench/run.sh batching [--quick] --out DIR [--check]
 """
 
@@ -40,6 +44,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import common  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import host_stalls  # noqa: E402
 from ratio_stats import interval  # noqa: E402
 
 
@@ -185,6 +190,9 @@ def main():
     ap.add_argument("--max-queue-delay-us", type=int, default=0)
     ap.add_argument("--batch-from", default="ready", choices=["ready", "backlog"],
                     help="the batching server's --batch-from")
+    ap.add_argument("--saturated-load", type=float, default=0,
+                    help="the batching server's --saturated-load (with --batch-from backlog; "
+                         "default: the server's)")
     ap.add_argument("--profile", default=os.path.join(common.ROOT, "bench", "profiles",
                                                        "mobilenet_v2_imagenet-server-batch"
                                                        ".profile.json"),
@@ -195,6 +203,10 @@ def main():
                     help="each request's deadline (the device's default --timeout-ms)")
     ap.add_argument("--rounds", type=int, default=0, help="default: 2 quick, 4 full")
     ap.add_argument("--seconds", type=float, default=0, help="per run; default 3 quick, 5 full")
+    ap.add_argument("--repeat-stalled-ms", type=float, default=50,
+                    help="measure a pair of runs (both servers, the same arrivals) again, up to "
+                         "twice, when the host stalled longer than this during either (seen by "
+                         "bench/host_stalls.py; 0: never)")
     ap.add_argument("--load-priority", type=int, default=0,
                     help="SCHED_FIFO priority of the load generator (needs root; default 0: "
                          "normal priority)")
@@ -224,17 +236,24 @@ def main():
         Server("batch1", args.bin_dir, args.model, common_args + ["--max-batch", "1"], workdir),
         Server("batching", args.bin_dir, args.model,
                common_args + ["--max-batch", str(args.max_batch), "--max-queue-delay-us",
-                              str(args.max_queue_delay_us), "--batch-from", args.batch_from],
+                              str(args.max_queue_delay_us), "--batch-from", args.batch_from] +
+               (["--saturated-load", str(args.saturated_load)] if args.saturated_load > 0 else []),
                workdir),
     ]
     started = time.time()
     runs = []
+    stalled = []  # pairs measured again: what the stalled attempt measured
+    monitor = host_stalls.Monitor(os.path.join(workdir, "stalls.txt"))
     try:
         for s in servers:
             s.wait_ready()
         print(f"batching bench: servers up in {time.time() - started:.0f} s; {rounds} rounds of "
               f"{len(sat_devices) * 2 + len(sweep_devices) * len(fractions) * 2} runs of "
               f"{seconds:.0f} s (about {rounds * (len(sat_devices) + len(sweep_devices) * 2) * 2 * (seconds + 1.5) / 60:.0f} min)",
+              file=sys.stderr)
+        print(f"batching bench: host stalls seen by {monitor.describe()}; a pair with one over "
+              f"{args.repeat_stalled_ms:g} ms is measured again (up to twice)"
+              if args.repeat_stalled_ms > 0 else "batching bench: stalled pairs are kept",
               file=sys.stderr)
         print("batching bench: the load generator runs at " + (
             f"SCHED_FIFO priority {LOAD_PRIORITY} (chrt)" if LOAD_PRIORITY > 0 else
@@ -283,20 +302,36 @@ def main():
             rng.shuffle(jobs)
             for kind, devices, rate in jobs:
                 seed = rng.randrange(1 << 30)
-                for s in order:  # the same arrivals (seed) for both, one right after the other
-                    m = load(args.bin_dir, args.model, s, devices, rate, seconds, args.cuts,
-                             args.deadline_ms, seed, workdir)
-                    m.update({"round": r, "server": s.name, "kind": kind, "devices": devices,
-                              "offered_per_s": rate})
-                    runs.append(m)
-                    print(f"  round {r} {s.name:8s} {kind:10s} {devices:3d} devices "
-                          f"{rate:6.0f}/s offered: {m['ok_per_s']:6.1f} ok/s p50 "
-                          f"{m['p50_ms']:6.1f} p99 {m['p99_ms']:6.1f} ms batch "
-                          f"{m['mean_batch']:.1f} busy {m['busy']} expired {m['expired']} "
-                          f"late {m['late_ok']}", file=sys.stderr)
+                for attempt in range(3):
+                    pair = []
+                    for s in order:  # the same arrivals (seed) for both, one after the other
+                        t0 = time.monotonic()
+                        m = load(args.bin_dir, args.model, s, devices, rate, seconds, args.cuts,
+                                 args.deadline_ms, seed, workdir)
+                        time.sleep(0.05)  # the monitor's last wake-ups of the run
+                        m.update({"round": r, "server": s.name, "kind": kind, "devices": devices,
+                                  "offered_per_s": rate, "attempt": attempt,
+                                  "host_stall_ms": monitor.largest_gap_ms(t0, time.monotonic())})
+                        pair.append(m)
+                        print(f"  round {r} {s.name:8s} {kind:10s} {devices:3d} devices "
+                              f"{rate:6.0f}/s offered: {m['ok_per_s']:6.1f} ok/s p50 "
+                              f"{m['p50_ms']:6.1f} p99 {m['p99_ms']:6.1f} ms batch "
+                              f"{m['mean_batch']:.1f} busy {m['busy']} expired {m['expired']} "
+                              f"late {m['late_ok']} host stall {m['host_stall_ms']:.0f} ms",
+                              file=sys.stderr)
+                    worst = max(m["host_stall_ms"] for m in pair)
+                    if args.repeat_stalled_ms <= 0 or worst <= args.repeat_stalled_ms or \
+                            attempt == 2:
+                        runs.extend(pair)
+                        break
+                    stalled.extend({k: v for k, v in m.items() if k != "latencies_ms_all"}
+                                   for m in pair)
+                    print(f"  the host stalled {worst:.0f} ms: the pair again", file=sys.stderr)
     finally:
         for s in servers:
             s.stop()
+        stall_log = monitor.gaps()
+        monitor.stop()
     wall = time.time() - started
 
     def pick(server, kind, devices, rnd):
@@ -365,12 +400,14 @@ def main():
             "pass": worst_p99[1][2] <= 1.5},
         "late_replies": {"value": late, "target": 0, "pass": late == 0},
     }
+    kept_stalled = [m for m in runs if m["host_stall_ms"] > args.repeat_stalled_ms > 0]
     result = {
         "bench": "batching",
         "command": " ".join(["bench/run.sh", "batching"] + sys.argv[1:]),
         "machine": os.uname().nodename + ", " + str(os.cpu_count()) + " CPUs",
         "model": args.model, "cuts": args.cuts, "max_batch": args.max_batch,
         "max_queue_delay_us": args.max_queue_delay_us, "batch_from": args.batch_from,
+        "saturated_load": args.saturated_load or "the server's default",
         "workers": args.workers, "load_client_fifo_priority": LOAD_PRIORITY,
         "threads": args.threads, "deadline_ms": args.deadline_ms, "rounds": rounds,
         "seconds_per_run": seconds, "batch1_capacity_estimate": round(base_capacity, 1),
@@ -382,6 +419,13 @@ def main():
         "p99_ratio_per_round": {f"{d}/{k}": [round(x, 3) for x in v]
                                 for (d, k), v in p99_per_round.items()},
         "pooled_p99_ms": {f"{d}/{k}": v for (d, k), v in pooled.items()},
+        "host_stalls": {
+            "monitor": monitor.describe(), "repeat_stalled_ms": args.repeat_stalled_ms,
+            "gaps_over_20ms": len(stall_log),
+            "largest_ms": max((ms for _, ms in stall_log), default=0.0),
+            "pairs_measured_again": len(stalled) // 2,
+            "stalled_runs_kept": len(kept_stalled),
+            "stalled_attempts": stalled},
         "table": table,
         "runs": [{k: v for k, v in m.items() if k != "latencies_ms_all"} for m in runs],
         "targets": targets,
@@ -416,6 +460,11 @@ def main():
         lines.append(f"| {d} | {k} | {pooled[(d, k)]['batch1']} / {pooled[(d, k)]['batching']} | "
                      f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}] | {pr[0]:.2f} [{pr[1]:.2f}, "
                      f"{pr[2]:.2f}] |")
+    lines += ["", f"Host stalls ({monitor.describe()}): {len(stall_log)} wake-ups over 20 ms late, "
+              f"the largest {max((ms for _, ms in stall_log), default=0.0):.0f} ms; "
+              f"{len(stalled) // 2} pair(s) measured again for a stall over "
+              f"{args.repeat_stalled_ms:g} ms; {len(kept_stalled)} stalled run(s) kept after "
+              f"two repeats."]
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines), file=sys.stderr)

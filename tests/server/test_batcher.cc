@@ -222,7 +222,8 @@ TEST_CASE("backlog_only below the saturated load: a batch is this worker's balan
         .batch.size();
   };
   CHECK(take(-1, {0.5}) == 9);   // load not known: the backlog rule, all of it
-  CHECK(take(0.9, {0.5}) == 9);  // saturated: all of it, the largest batch
+  CHECK(take(1.3, {0.5}) == 9);  // saturated (above 1.2): all of it, the largest batch
+  CHECK(take(0.9, {0.5}) == 5);  // at 90% batch 1 keeps up: the balanced share
   CHECK(take(0.5, {0.5}) == 5);  // not: level (9 + 0.5) / 2 = 4.75
   CHECK(take(0.5, {20}) == 9);   // the other worker will not be free before this one is done
   Tickets burst;  // not a standing queue: the wait allowance gives 1, the share 3 (level 3)
@@ -231,7 +232,7 @@ TEST_CASE("backlog_only below the saturated load: a batch is this worker's balan
                      0.5)
             .batch.size() == 3);
   CHECK(decide_batch(burst.list, burst.clock.now(), o, nullptr, nullptr, nullptr, 1, ten_ms, {1.0},
-                     0.9)
+                     1.3)
             .batch.size() == 1);
 }
 
@@ -239,6 +240,7 @@ TEST_CASE("BatchQueue measures the offered load over its window") {
   partitioner::ManualClock clock;
   auto o = backlog(32, 2);
   o.load_window = std::chrono::milliseconds(100);
+  o.saturated_load = 1.0;  // below the default 1.2, to keep the arithmetic small
   BatchQueue<int> q(o, clock);
   auto push = [&](int n, double every_ms) { push_every(q, clock, n, every_ms); };
   q.record_batch_time({"m", 0}, 10.0, 1);  // 10 ms alone

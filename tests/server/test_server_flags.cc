@@ -209,12 +209,13 @@ TEST_CASE("server flags: sizes in bytes or with a unit") {
 }
 
 TEST_CASE("server flags: batching settings") {
-  auto command =
-      parse({"--model", "a.pt", "--max-batch", "16", "--preferred-batch", "8,4",
-             "--max-queue-delay-us", "2000", "--batch-from", "backlog", "--workers", "3"});
+  auto command = parse({"--model", "a.pt", "--max-batch", "16", "--preferred-batch", "8,4",
+                        "--max-queue-delay-us", "2000", "--batch-from", "backlog", "--workers", "3",
+                        "--saturated-load", "0.9"});
   REQUIRE(command.ok());
   CHECK(command->options.batch_backlog_only);
   CHECK(batching_options(command->options).backlog_only);
+  CHECK(batching_options(command->options).saturated_load == doctest::Approx(0.9));
   CHECK(batching_options(command->options).workers == 3);  // the backlog rule's worker count
   CHECK(command->options.max_batch == 16);
   CHECK(command->options.preferred_batch == std::vector<size_t>{8, 4});
@@ -225,6 +226,7 @@ TEST_CASE("server flags: batching settings") {
   CHECK(defaults->options.preferred_batch.empty());
   CHECK(defaults->options.max_queue_delay.count() == 0);
   CHECK_FALSE(defaults->options.batch_backlog_only);
+  CHECK(batching_options(defaults->options).saturated_load == doctest::Approx(1.2));
 }
 
 TEST_CASE("server flags: --model, --profile and --meta repeat in order") {
@@ -365,6 +367,9 @@ TEST_CASE("server flags: bad values are refused with a sentence naming the flag"
   check_refused(with({"--max-queue-delay-us", "-1"}), "--max-queue-delay-us must be 0 or more");
   check_refused(with({"--batch-from", "queue"}),
                 "--batch-from must be ready or backlog, not 'queue'");
+  check_refused(with({"--saturated-load", "0"}),
+                "--saturated-load must be above 0 (1 = the workers' capacity at batch 1), at most "
+                "10");
 
   // cxxopts' own errors (unknown flag, not a number, missing value) name the flag too.
   for (const std::vector<std::string>& args :
