@@ -31,13 +31,18 @@ class Monitor:
         self.path = path
         self.threshold_ms = threshold_ms
         open(path, "w").close()
-        prefix = []
+        cmd = [sys.executable, os.path.abspath(__file__), path, str(threshold_ms)]
         self.realtime = False
+        self.proc = None
         if os.geteuid() == 0:
-            prefix = ["chrt", "-f", "50"]
-            self.realtime = True
-        self.proc = subprocess.Popen(prefix + [sys.executable, os.path.abspath(__file__), path,
-                                               str(threshold_ms)])
+            # chrt fails where root may not set real-time priorities (a container without
+            # CAP_SYS_NICE, a cgroup without a real-time budget): the monitor then runs as below.
+            proc = subprocess.Popen(["chrt", "-f", "50"] + cmd, stderr=subprocess.DEVNULL)
+            time.sleep(0.2)
+            if proc.poll() is None:
+                self.proc, self.realtime = proc, True
+        if self.proc is None:
+            self.proc = subprocess.Popen(cmd)
 
     def gaps(self):
         """[(monotonic time the gap ended, gap ms)] so far."""
