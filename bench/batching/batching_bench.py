@@ -11,7 +11,8 @@ wait, expired (DEADLINE_EXCEEDED), BUSY and late replies. Targets (bench/run.sh'
                             smallest ratio), >= 1.3; the 95% interval over rounds must clear it
   p99_ratio_below_saturation  batching's p99 / batch 1's at 50% and 80% of batch 1's saturation
                             for the cuts the devices send (one device sends the first cut only;
-                            its capacity is measured apart), the largest over device counts,
+                            its capacity is measured apart; both before every round, with
+                            --capacity round), the largest over device counts,
                             <= 1.5; each p99 is taken over every round's replies together and
                             the 95% interval comes from resampling the rounds (paired: a round
                             drawn brings both servers' replies); the interval must clear it
@@ -203,6 +204,9 @@ def main():
                     help="each request's deadline (the device's default --timeout-ms)")
     ap.add_argument("--rounds", type=int, default=0, help="default: 2 quick, 4 full")
     ap.add_argument("--seconds", type=float, default=0, help="per run; default 3 quick, 5 full")
+    ap.add_argument("--capacity", default="round", choices=["round", "once"],
+                    help="measure batch 1's capacity (which sets the offered loads) before every "
+                         "round (default), or once at the start")
     ap.add_argument("--repeat-stalled-ms", type=float, default=50,
                     help="measure a pair of runs (both servers, the same arrivals) again, up to "
                          "twice, when the host stalled longer than this during either (seen by "
@@ -294,8 +298,19 @@ def main():
 
         for d in sweep_devices:
             capacity(d)
+        capacity_rounds = []  # per round, each mix's batch-1 capacity the round's loads came from
         for r in range(rounds):
             order = servers if r % 2 == 0 else servers[::-1]
+            if args.capacity == "round" and r > 0:
+                # The host's speed moves by tens of percent between rounds: "80%" of a capacity
+                # measured at the start can be batch 1's saturation later.
+                for key in list(capacities):
+                    cuts = [c for c, w in key for _ in range(max(1, round(w * 16)))]
+                    capacities[key] = load(args.bin_dir, args.model, servers[0], 16, 0.0,
+                                           min(seconds, 3.0), ",".join(cuts), args.deadline_ms,
+                                           4 + r, workdir)["ok_per_s"]
+            capacity_rounds.append({",".join(f"{c}:{w:.2f}" for c, w in k): round(v, 1)
+                                    for k, v in capacities.items()})
             jobs = [("saturation", d, 0.0) for d in sat_devices]
             jobs += [(f"load{int(f * 100)}", d, f * capacity(d)) for d in sweep_devices
                      for f in fractions]
@@ -411,8 +426,9 @@ def main():
         "workers": args.workers, "load_client_fifo_priority": LOAD_PRIORITY,
         "threads": args.threads, "deadline_ms": args.deadline_ms, "rounds": rounds,
         "seconds_per_run": seconds, "batch1_capacity_estimate": round(base_capacity, 1),
-        "batch1_capacity_by_mix": {",".join(f"{c}:{w:.2f}" for c, w in k): round(v, 1)
-                                   for k, v in capacities.items()},
+        "capacity": args.capacity,
+        "batch1_capacity_by_mix": capacity_rounds[0] if capacity_rounds else {},
+        "batch1_capacity_per_round": capacity_rounds,
         "wall_seconds": round(wall, 1),
         "saturation_ratio": {str(d): [round(x, 3) for x in v] for d, v in sat_ratios.items()},
         "p99_ratio": {f"{d}/{k}": [round(x, 3) for x in v] for (d, k), v in p99_ratios.items()},
