@@ -26,8 +26,13 @@ void LevelTracker::add(double sample) {
   }
   const double level = value();
   ++samples_;
-  fast_ += options_.fast_alpha * (sample - fast_);
-  slow_ += options_.slow_alpha * (sample - slow_);
+  double averaged = sample;
+  if (options_.max_single_ratio > 1 && level > 0) {
+    averaged = cautious_ == Cautious::kHigh ? std::min(sample, level * options_.max_single_ratio)
+                                            : std::max(sample, level / options_.max_single_ratio);
+  }
+  fast_ += options_.fast_alpha * (averaged - fast_);
+  slow_ += options_.slow_alpha * (averaged - slow_);
 
   // Runs of samples beyond the band are measured against the level the run started from, so a
   // step followed by its own smoothing still counts as one run.
@@ -274,7 +279,7 @@ void ServerLoadEstimator::add_reply(double queue_ms, double compute_ms, double p
 }
 
 DeviceLoadEstimator::DeviceLoadEstimator(LoadEstimatorOptions options)
-    : options_(options), load_(LevelTracker::Cautious::kHigh, options.load) {}
+    : options_(options), load_(LevelTracker::Cautious::kHigh, options.device) {}
 
 void DeviceLoadEstimator::add_head_time(double measured_ms, double profiled_ms) {
   if (profiled_ms >= options_.min_profiled_ms && measured_ms > 0) {

@@ -40,6 +40,11 @@ struct LevelTrackerOptions {
   // (a bandwidth drop, a load rise) and away from it.
   int jump_samples_cautious = 2;
   int jump_samples_recover = 3;
+  // When > 1, a sample on the cautious side enters the averages at most this many times the
+  // level (it still counts whole towards a jump): one outlier (a head that lost the CPU for a
+  // quota period or two) moves the level part of the way, while a real step is still followed
+  // whole after `jump_samples_cautious` samples. 0: samples enter as they are.
+  double max_single_ratio = 0;
 };
 
 // Smooths a noisy measured level (a bandwidth, a load factor, a queue time) while following real
@@ -249,6 +254,11 @@ struct LoadEstimatorOptions {
   double min_profiled_ms = 0.5;
   LevelTrackerOptions load{0.5, 0.1, 0.3, 0.05, 2, 3};
   LevelTrackerOptions queue{0.5, 0.1, 0.3, 1.0, 2, 3};
+  // The device's own load factor: one head far slower than the level (a frame that lost its core
+  // for a while) counts at most 1.5x the level until a second one confirms it. Plans that run no
+  // head do not measure the device, so a level raised by one outlier could otherwise keep every
+  // local plan out until the next device probe.
+  LevelTrackerOptions device{0.5, 0.1, 0.3, 0.05, 2, 3, 1.5};
 };
 
 // Server speed and queue from the load report in each reply: load = reported compute time /

@@ -52,6 +52,35 @@ TEST_CASE("LevelTracker: a drop shows within two samples - noise is averaged - r
   CHECK(high.value() == doctest::Approx(3));
 }
 
+TEST_CASE("device load: one slow head moves the level part of the way - a second follows it") {
+  // A device at 2.7x its profile; one head loses its core for a while (9.5x).
+  DeviceLoadEstimator load;
+  for (int i = 0; i < 20; ++i) load.add_head_time(27, 10);
+  CHECK(load.load_factor() == doctest::Approx(2.7));
+  load.add_head_time(95, 10);
+  // Enters the average at 1.5x the level: (2.7 + 4.05) / 2, not (2.7 + 9.5) / 2.
+  CHECK(load.load_factor() == doctest::Approx(3.375));
+  load.add_head_time(27, 10);  // the next head is as before: the outlier fades
+  CHECK(load.load_factor() < 3.2);
+  // A real step (the device 2x slower from here on) is followed whole after two heads.
+  DeviceLoadEstimator step;
+  for (int i = 0; i < 20; ++i) step.add_head_time(10, 10);
+  step.add_head_time(20, 10);
+  CHECK(step.load_factor() >= 1.2);
+  step.add_head_time(20, 10);
+  CHECK(step.load_factor() == doctest::Approx(2));
+  // The server's load factor keeps the plain tracker: one slow reply shows whole.
+  ServerLoadEstimator server;
+  for (int i = 0; i < 20; ++i) server.add_reply(0, 10, 10);
+  server.add_reply(0, 50, 10);
+  CHECK(server.load_factor() == doctest::Approx(3));
+  // Without the option the tracker takes the outlier as it is.
+  LevelTracker plain(LevelTracker::Cautious::kHigh, {0.5, 0.1, 0.3, 0.05, 2, 3});
+  for (int i = 0; i < 20; ++i) plain.add(2.7);
+  plain.add(9.5);
+  CHECK(plain.value() == doctest::Approx(6.1));
+}
+
 TEST_CASE("bandwidth: measured from exchanges - a drop followed within two samples") {
   ManualClock clock;
   NetworkEstimator n(clock);
