@@ -18,6 +18,7 @@
 #include <future>
 #include <limits>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "imaging/image_codec.h"
@@ -204,6 +205,10 @@ struct Stream::Impl {
   int planned_batch = 1;
   partitioner::DeviceLoadEstimator device_load;
   partitioner::HeadErrorTracker head_errors;
+  // Cuts whose head has run (or was warmed up) on this device: the first run of a head at a new
+  // cut is a cold one (first allocations, the backend's primitives, the graph executor's first
+  // run), several times its later time, and is not a load sample.
+  std::set<int> warm_heads;
   uint64_t seen_generation = 0;
   bool served = false;  // the last handshake listed this stream's model
   std::string server_engine;
@@ -1113,6 +1118,7 @@ struct Stream::Impl {
   // then the load, from the profiled time as corrected for this cut.
   void note_head_time(int cut, double measured_ms, double profiled_ms) {
     frames_without_head = 0;
+    if (warm_heads.insert(cut).second) return;  // its first run: cold
     if (!(profiled_ms > 0)) return;
     const double correction = head_errors.correction(cut);
     if (head_errors.add(cut, measured_ms, profiled_ms, device_load.load_factor()) && scheduler) {
@@ -1677,6 +1683,7 @@ Status Stream::load(int retain_cut, int threads) {
       at::Tensor zeros = torch::zeros(s.info.input_shape, torch::kFloat32);
       auto crossing = s.model->run_head(s.retain_cut, zeros);
       if (s.model->can_run_tail(s.retain_cut)) (void)s.model->run_tail(s.retain_cut, crossing);
+      s.warm_heads.insert(s.retain_cut);
       // With exits, the parts between their cuts and on to the fixed plan's cut (or the deepest
       // kept one) too, passing every exit (a threshold of 1 lets no frame leave).
       const int exit_cut = s.fixed && !s.fixed->local ? s.fixed->cut : s.retain_cut;

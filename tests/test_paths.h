@@ -25,4 +25,12 @@ inline std::filesystem::path shared_mobilenet() {
   return std::filesystem::exists(p) ? p : std::filesystem::path();
 }
 
+// ../shared's labelled ImageNet validation images; empty when absent.
+inline std::filesystem::path shared_imagenet_images() {
+  auto s = shared_dir();
+  if (s.empty()) return {};
+  auto p = s / "data" / "imagenet-val-1300" / "images";
+  return std::filesystem::exists(p) ? p : std::filesystem::path();
+}
+
 }  // namespace edgesplit::testing

@@ -416,7 +416,8 @@ def screen(tb, args, profile, conditions, out_dir):
     condition (slowdown, dilation, scenario) in turn; per condition, each batch takes
     --screen-rounds interleaved rounds of 1 settle frame and --screen-frames measured ones. A
     plan whose turn takes longer than --screen-prune times the best screened median so far (per
-    frame) is pruned by that measurement (its process is stopped, and started again for the next
+    frame; a process's first turn, with its cold first frame, is exempt) is pruned by that
+    measurement (its process is stopped, and started again for the next
     condition). Returns {(slowdown, dilation, scenario name): {candidates, unpinnable, median_ms
     (wall time), pruned, keep (the --oracle-keep best), flags, slo_ms, wall_s}}."""
     plans, unpinnable = interleave.feasible_plans(profile, ACCURACY_BOUND)
@@ -474,7 +475,10 @@ def screen(tb, args, profile, conditions, out_dir):
                             continue
                         known = list(res["median_ms"].values()) + [
                             statistics.median(v) for v in lat.values() if v]
-                        limit = args.max_turn_s if not known else min(
+                        # A process's first frame is a cold one (its first inference; 0.8-0.9 s
+                        # under a 10x quota): its first turn is not held to the pruning limit.
+                        cold = devs[n].frames_started == 0
+                        limit = args.max_turn_s if not known or cold else min(
                             args.max_turn_s, max(1.0, args.screen_prune * min(known) *
                                                  per_turn / 1000.0))
                         first = devs[n].frames_started + 1

@@ -692,3 +692,53 @@ TEST_CASE("an entropy-coded plan fitted by the profiler is decoded by a server h
   REQUIRE(after.rc == 0);
   for (const auto& f : after.frames) CHECK(f["completed"] == "server");
 }
+
+TEST_CASE("a head's first run at a cut is cold: not a device-load sample, the second one is") {
+  const fs::path model = shared_mobilenet(), images = shared_imagenet_images();
+  if (model.empty() || images.empty()) {
+    MESSAGE("skipped: ../shared's MobileNetV2 or ImageNet images are absent");
+    return;
+  }
+  auto dir = scratch_dir("e2e-cold-head");
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--model", model.string(), "--threads", "1"}));
+  // Cut 27 (features.7.conv.2) is not the cut the start-up warm-up runs (the whole model): its
+  // first head is cold (about 14x its later runs here), and would read as a device 10x slower.
+  std::vector<std::string> argv = {
+      bin("edgesplit-device"),
+      "--model",
+      model.string(),
+      "--meta",
+      (source_dir() / "models" / "meta" / "mobilenet_v2_imagenet.json").string(),
+      "--profile",
+      (source_dir() / "bench" / "profiles" / "mobilenet_v2_imagenet.profile.json").string(),
+      "--input",
+      images.string(),
+      "--threads",
+      "1",
+      "--max-frames",
+      "4",
+      "--json",
+      "--plan",
+      "cut=27,bits=4",
+      "--server",
+      server.endpoint()};
+  argv.insert(argv.end(), kServerIsUp.begin(), kServerIsUp.end());
+  const fs::path out = dir / "cold.jsonl", err = dir / "cold.err";
+  DeviceRun run = parse_run(run_to_end(argv, out, err), out, err);
+  INFO(run.err);
+  REQUIRE(run.rc == 0);
+  REQUIRE(run.frames.size() == 4);
+  for (const auto& f : run.frames) {
+    REQUIRE(f["plan"]["cut"] == 27);
+    REQUIRE(f["head_ms"].get<double>() > 0);
+  }
+  MESSAGE("head ms: " << run.frames[0]["head_ms"] << ", " << run.frames[1]["head_ms"] << ", "
+                      << run.frames[2]["head_ms"]);
+  // Frame 1 is planned after frame 0's (cold) head: still no load sample. Frame 2 after frame 1's.
+  CHECK(run.frames[1]["conditions"]["device_load"].get<double>() == 1.0);
+  const double second = run.frames[1]["head_ms"].get<double>();
+  const double profiled = run.frames[0]["predicted"]["head_ms"].get<double>();
+  CHECK(run.frames[2]["conditions"]["device_load"].get<double>() ==
+        doctest::Approx(second / profiled).epsilon(0.01));
+}

@@ -68,10 +68,8 @@ TEST_CASE(
     MESSAGE("skipped: needs root and cgroup v1's cpu controller (a quota on one thread)");
     return;
   }
-  const fs::path model = shared_mobilenet();
-  const fs::path images =
-      shared_dir().empty() ? fs::path() : shared_dir() / "data" / "imagenet-val-1300" / "images";
-  if (model.empty() || !fs::exists(images)) {
+  const fs::path model = shared_mobilenet(), images = shared_imagenet_images();
+  if (model.empty() || images.empty()) {
     MESSAGE("skipped: ../shared's MobileNetV2 or ImageNet images are absent");
     return;
   }
