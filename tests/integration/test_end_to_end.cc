@@ -198,21 +198,13 @@ TEST_CASE("two devices at once against one server") {
   auto dir = scratch_dir("e2e-two-devices");
   ServerProcess server;
   REQUIRE(server.start(dir, {"--model", default_model().string(), "--workers", "2"}));
-  std::vector<std::string> base = {bin("edgesplit-device"),
-                                   "--model",
-                                   default_model().string(),
-                                   "--input",
-                                   default_samples().string(),
-                                   "--server",
-                                   server.endpoint(),
-                                   "--cut",
-                                   "3",
-                                   "--bits",
-                                   "8",
-                                   "--loop",
-                                   "4",
-                                   "--in-flight",
-                                   "4"};
+  std::vector<std::string> base = {bin("edgesplit-device"), "--model", default_model().string(),
+                                   "--input", default_samples().string(), "--server",
+                                   server.endpoint(), "--cut", "3", "--bits", "8", "--loop", "4",
+                                   "--in-flight", "4",
+                                   // the point is two devices served at once, not latency: a
+                                   // sanitizer build beside other tests can take over a second
+                                   "--timeout-ms", "20000"};
   base.insert(base.end(), kServerIsUp.begin(), kServerIsUp.end());
   ChildProcess a, b;
   REQUIRE(a.start(base, dir / "a.jsonl", dir / "a.err"));
