@@ -287,13 +287,17 @@ def main():
         capacities[mix(16)] = base_capacity  # measured above with 16 devices
         probes = {mix(16): (16, args.cuts)}  # per mix, the devices and cuts that measure it
 
+        def measure(key, secs, seed):
+            # Batch 1's answered req/s, closed loop, with the devices and cuts that measure `key`.
+            devices, cuts = probes[key]
+            return load(args.bin_dir, args.model, servers[0], devices, 0.0, secs, cuts,
+                        args.deadline_ms, seed, workdir)["ok_per_s"]
+
         def capacity(d):
             key = mix(d)
             if key not in capacities:
                 probes[key] = (max(16, d), ",".join(sent(d)))
-                capacities[key] = load(args.bin_dir, args.model, servers[0], probes[key][0], 0.0,
-                                       seconds, probes[key][1], args.deadline_ms, 3,
-                                       workdir)["ok_per_s"]
+                capacities[key] = measure(key, seconds, 3)
                 print(f"batching bench: batch 1 answers about {capacities[key]:.0f} req/s "
                       f"for {d} device(s) at cut(s) {','.join(sent(d))}", file=sys.stderr)
             return capacities[key]
@@ -306,10 +310,8 @@ def main():
             if args.capacity == "round" and r > 0:
                 # The host's speed moves by tens of percent between rounds: "80%" of a capacity
                 # measured at the start can be batch 1's saturation later.
-                for key, (devices, cuts) in probes.items():
-                    capacities[key] = load(args.bin_dir, args.model, servers[0], devices, 0.0,
-                                           min(seconds, 3.0), cuts, args.deadline_ms, 4 + r,
-                                           workdir)["ok_per_s"]
+                for key in probes:
+                    capacities[key] = measure(key, min(seconds, 3.0), 4 + r)
             capacity_rounds.append({",".join(f"{c}:{w:.2f}" for c, w in k): round(v, 1)
                                     for k, v in capacities.items()})
             jobs = [("saturation", d, 0.0) for d in sat_devices]
