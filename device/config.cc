@@ -35,6 +35,7 @@ constexpr const char* kMustNonNegative = "a number >= 0";
 constexpr const char* kMustClip = "0 (off) or a number between 50 and 100";
 constexpr const char* kMustString = "a string";
 constexpr const char* kMustBool = "true or false";
+constexpr const char* kMustExplore = "0 (never) or a number between 1 and 10, e.g. 1.25";
 
 // The number `text` spells in full, or -1 when it is not one.
 double number_or_minus_one(const std::string& text) {
@@ -238,20 +239,21 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
   }
   s.name = j.at("name").get<std::string>();
   const std::string where = "stream " + in_quotes(s.name);
-  const Fields f(j, where, {"name",         "model",
-                            "family",       "meta",
-                            "profile",      "input",
-                            "max_frames",   "loop",
-                            "fps",          "priority",
-                            "cut",          "bits",
-                            "lossless",     "clip_percentile",
-                            "per_channel",  "objective",
-                            "constraints",  "accuracy_confidence",
-                            "server_price", "top_k",
-                            "in_flight",    "local_lane",
-                            "timeout_ms",   "threads",
-                            "start_s",      "latency_steps",
-                            "exits",        "exit_threshold"});
+  const Fields f(j, where, {"name",          "model",
+                            "family",        "meta",
+                            "profile",       "input",
+                            "max_frames",    "loop",
+                            "fps",           "priority",
+                            "cut",           "bits",
+                            "lossless",      "clip_percentile",
+                            "per_channel",   "objective",
+                            "constraints",   "accuracy_confidence",
+                            "server_price",  "top_k",
+                            "in_flight",     "local_lane",
+                            "timeout_ms",    "threads",
+                            "start_s",       "latency_steps",
+                            "exits",         "exit_threshold",
+                            "explore_within"});
   EDGESPLIT_RETURN_IF_ERROR(f.check_known());
   if (!f.has("model") && !f.has("family")) {
     return invalid_argument(where + ": \"model\" is missing: give the TorchScript file");
@@ -375,6 +377,7 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
     return f.error("accuracy_confidence", "a number in [0, 1), e.g. 0.95 (0: the point estimate)");
   }
   EDGESPLIT_RETURN_IF_ERROR(f.get("top_k", s.top_k, kMustTopK));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("explore_within", s.explore_within, kMustExplore));
   EDGESPLIT_RETURN_IF_ERROR(f.get("in_flight", s.in_flight, kMustInFlight));
   std::string lane = "auto";
   EDGESPLIT_RETURN_IF_ERROR(f.get("local_lane", lane));
@@ -438,6 +441,7 @@ const std::vector<std::string>& stream_flags() {
                                                   "clip-percentile",
                                                   "per-channel",
                                                   "top-k",
+                                                  "explore-within",
                                                   "in-flight",
                                                   "local-lane",
                                                   "timeout-ms",
@@ -530,6 +534,10 @@ void add_flags(cxxopts::Options& cli) {
      cxxopts::value<double>()->default_value("0"))
     ("per-channel", "one scale per channel instead of per tensor")
     ("top-k", "classes reported per frame", cxxopts::value<int>()->default_value("5"))
+    ("explore-within", "with --objective latency, now and then run a plan whose head this device "
+     "has not timed enough while it is predicted within this factor of the chosen plan's latency, "
+     "to learn that head's own speed (0: never)",
+     cxxopts::value<double>()->default_value("1.25"))
     ("in-flight", "frames sent and not yet answered at once (0: 1, or 4 with --objective throughput)",
      cxxopts::value<int>()->default_value("0"))
     ("local-lane", "run whole frames on the device on a second thread: auto (frames planned on "
@@ -788,6 +796,10 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
     }
   }
   s.top_k = args["top-k"].as<int>();
+  s.explore_within = args["explore-within"].as<double>();
+  if (!(s.explore_within == 0 || (s.explore_within >= 1 && s.explore_within <= 10))) {
+    return invalid_argument(std::string("--explore-within must be ") + kMustExplore);
+  }
   s.in_flight = args["in-flight"].as<int>();
   const std::string lane = args["local-lane"].as<std::string>();
   auto parsed_lane = parse_local_lane(lane);
@@ -1131,6 +1143,9 @@ Status validate_device_config(const DeviceConfig& c) {
       return field_error(where, "server_price", kMustNonNegative);
     }
     if (s.top_k < 1 || s.top_k > 100) return field_error(where, "top_k", kMustTopK);
+    if (!(s.explore_within == 0 || (s.explore_within >= 1 && s.explore_within <= 10))) {
+      return field_error(where, "explore_within", kMustExplore);
+    }
     if (s.in_flight < 0 || s.in_flight > 64) return field_error(where, "in_flight", kMustInFlight);
     if (s.timeout_ms < 1) return field_error(where, "timeout_ms", kMustPositive);
     if (s.threads < 0) return field_error(where, "threads", kMustCount);

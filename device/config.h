@@ -91,6 +91,10 @@ struct StreamConfig {
   LocalLane local_lane = LocalLane::kAuto;
   int timeout_ms = 1000;  // a frame not answered by then is finished locally
   int threads = 0;        // intra-op threads for this stream's networks (0: the manager decides)
+  // Head exploration (latency objective): a plan whose head this device has not timed enough runs
+  // now and then while it is predicted within this factor of the chosen plan's latency, so the
+  // cut's own correction is learnt (docs/runtime.md, "Exploring near ties"). 0: never.
+  double explore_within = 1.25;
 
   // Early exits (profiles/exits.h, docs/elastic.md): NAME_exits.json of the stream's model; empty:
   // none. With a fixed plan, exit_thresholds holds its one threshold; with the scheduler, the

@@ -23,6 +23,9 @@ struct FramePlan {
   // Run on the device to re-measure its speed, though a remote plan was chosen (see
   // Stream's device probe): the device-load estimate learns only from heads that run.
   bool device_probe = false;
+  // Run to measure a head the device has not timed enough, though another plan was chosen (see
+  // Stream's head exploration): its head time teaches the cut's correction, not the load.
+  bool explore = false;
   packing::EncodeOptions encode;
   int jpeg_quality = 0;  // > 0: send the 8-bit input as JPEG (cut 0)
   std::string encoding_name;

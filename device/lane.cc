@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <fcntl.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <climits>
@@ -23,8 +24,9 @@ void set_threads(int threads) {
 }
 
 void LaneWorker::loop() {
-  // One untimed run on this thread first: its first inference pays for what a new thread sets up
-  // (LibTorch's thread-local state, an intra-op thread team), and a first local frame that is
+  // Two untimed runs on this thread first: its first inference pays for what a new thread sets up
+  // (LibTorch's thread-local state, an intra-op thread team, and the graph executor's profiling
+  // and optimising runs when the stream has not run them yet), and a first local frame that is
   // several times slower than the next would tell the device-load estimate the device is slow.
   try {
     ComputeToken::Hold hold(*token_, INT_MIN, partitioner::TimePoint::max());
@@ -32,7 +34,7 @@ void LaneWorker::loop() {
     torch::NoGradGuard no_grad;
     const int cut = model_->device_cut();
     const at::Tensor zeros = torch::zeros(model_->cut(0).tensors.at(0).shape, torch::kFloat32);
-    (void)model_->run_tail(cut, model_->run_head(cut, zeros));
+    for (int run = 0; run < 2; ++run) (void)model_->run_tail(cut, model_->run_head(cut, zeros));
   } catch (const std::exception&) {
     // A model that cannot run fails its frames with the reason, as before.
   }
@@ -70,6 +72,42 @@ void LaneWorker::loop() {
       (void)!::write(wake_[1], &one, 1);
     }
   }
+}
+
+bool HeadWarmer::start(std::shared_ptr<partitioner::ModelGraph> model, int cut,
+                       std::vector<int64_t> input_shape, int runs, int threads) {
+  if (cut_ >= 0) return false;
+  join();
+  cut_ = cut;
+  finished_ = false;
+  error_.clear();
+  const auto t0 = Clock::now();
+  thread_ = std::thread(
+      [this, model = std::move(model), cut, shape = std::move(input_shape), runs, threads, t0] {
+        // SCHED_IDLE for this thread only (Linux applies it per thread); where it is refused the
+        // warm-up runs at normal priority.
+        sched_param param{};
+        (void)sched_setscheduler(0, SCHED_IDLE, &param);
+        try {
+          set_threads(threads);
+          torch::NoGradGuard no_grad;
+          model->prepare(cut);
+          const at::Tensor zeros = torch::zeros(shape, torch::kFloat32);
+          for (int run = 0; run < runs; ++run) (void)model->run_head(cut, zeros);
+        } catch (const std::exception& e) {
+          error_ = e.what();
+        }
+        last_ms_ = ms_between(t0, Clock::now());
+        finished_ = true;
+      });
+  return true;
+}
+
+std::optional<std::string> HeadWarmer::take() {
+  if (cut_ < 0 || !finished_.load()) return std::nullopt;
+  join();
+  cut_ = -1;
+  return error_;
 }
 
 std::array<int, 2> LaneWorker::make_pipe() {

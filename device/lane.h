@@ -3,12 +3,14 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <unistd.h>
 
@@ -101,6 +103,42 @@ class LaneWorker {
   bool stop_ = false;
   std::array<int, 2> wake_;  // a byte is written to [1] when a frame is done
   std::thread thread_;       // last: starts once the members above exist
+};
+
+// Builds a head the stream may soon run (partitioner::ModelGraph::prepare) and runs it on zeros
+// until it is warm, on a thread of its own at the lowest scheduling class (SCHED_IDLE: it runs
+// only when nothing else of the machine's wants that core), one cut at a time, so that a frame
+// that then runs the head does not pay for building it: under a 10x CPU quota building
+// MobileNetV2's head at one cut took 0.5-1.9 s of a frame's latency. A build does not hold up heads
+// already built (ModelGraph builds outside the lock its runs take).
+class HeadWarmer {
+ public:
+  HeadWarmer() = default;
+  ~HeadWarmer() { join(); }
+  HeadWarmer(const HeadWarmer&) = delete;
+  HeadWarmer& operator=(const HeadWarmer&) = delete;
+
+  // Starts warming `cut` (`runs` runs of its head on zeros of `input_shape`) unless a cut is
+  // being warmed; returns whether it started.
+  bool start(std::shared_ptr<partitioner::ModelGraph> model, int cut,
+             std::vector<int64_t> input_shape, int runs, int threads);
+  // The cut being warmed, or the last one warmed until take() is called; -1: none.
+  int cut() const { return cut_; }
+  bool busy() const { return cut_ >= 0 && !finished_.load(); }
+  // After the warm-up finished: "" when it ran, else why it failed; clears cut().
+  std::optional<std::string> take();
+  // The last warm-up's wall time from start() to its end, in ms.
+  double last_ms() const { return last_ms_; }
+
+ private:
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+  int cut_ = -1;
+  std::atomic<bool> finished_{false};
+  std::string error_;   // written by the thread before finished_
+  double last_ms_ = 0;  // ditto
+  std::thread thread_;
 };
 
 }  // namespace edgesplit::device

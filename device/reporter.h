@@ -28,6 +28,7 @@ struct FrameRecord {
   int cut = 0;
   std::string cut_name;
   bool by_scheduler = false;
+  bool explore = false;   // run to time a head near the chosen plan (FramePlan::explore)
   std::string encoding;   // "local", "jpegQ" or the encoding's name
   std::string precision;  // packed encodings only: "q4", "fp16", ...
   std::string lossless;   // packed encodings only
@@ -76,7 +77,9 @@ struct StreamSummaryInfo {
   std::optional<uint64_t> local_lane;
   std::optional<uint64_t> local_lane_beside_window;
   // Per cut whose head ran: measured against profiled head time and the correction planned with
-  // ({"8": {"frames", "measured_over_profiled_p50", "correction"}}); null when none ran.
+  // ({"8": {"frames", "measured_over_profiled_p50", "correction"}}), with "explored" for cuts
+  // whose head was explored (frames run to time it though another plan was chosen); null when
+  // none ran.
   nlohmann::json heads;
   std::optional<double> max_latency_ms;
   double wall_s = 0;

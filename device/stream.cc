@@ -65,12 +65,19 @@ double max_softmax(const at::Tensor& logits) {
 
 constexpr double kMiB = 1024.0 * 1024.0;
 
+// The runs of a head (or the whole model) that are cold: LibTorch's graph executor profiles a
+// graph on its first run and optimises it on the second; the third runs at speed. MobileNetV2 on
+// one thread here, no quota: cut 27's head took 91.8, 27.7, then 5.0-6.7 ms; the whole model, after
+// one warm-up run, 82 ms on its next run and 9.2 after.
+constexpr int kColdRuns = 2;
+
 struct RunStats {
   uint64_t decisions = 0;
-  uint64_t plan_changes = 0;   // decisions that changed the plan (the first one is no change)
-  uint64_t lane = 0;           // frames run whole by the local lane beside the window
-  uint64_t lane_planned = 0;   // frames planned on the device (or left there) that the lane ran
-  uint64_t device_probes = 0;  // frames run on the device to re-measure it (maybe_probe_device)
+  uint64_t plan_changes = 0;    // decisions that changed the plan (the first one is no change)
+  uint64_t lane = 0;            // frames run whole by the local lane beside the window
+  uint64_t lane_planned = 0;    // frames planned on the device (or left there) that the lane ran
+  uint64_t device_probes = 0;   // frames run on the device to re-measure it (maybe_probe_device)
+  std::map<int, int> explored;  // per cut: frames run to time its head (maybe_explore_head)
 };
 
 // Turns "device", "input" or a number into a cut id, or says what is allowed.
@@ -205,10 +212,14 @@ struct Stream::Impl {
   int planned_batch = 1;
   partitioner::DeviceLoadEstimator device_load;
   partitioner::HeadErrorTracker head_errors;
-  // Cuts whose head has run (or was warmed up) on this device: the first run of a head at a new
-  // cut is a cold one (first allocations, the backend's primitives, the graph executor's first
-  // run), several times its later time, and is not a load sample.
-  std::set<int> warm_heads;
+  // Per cut, the runs of its head on this device (the warm-up's included): the first kColdRuns
+  // runs of a head at a new cut are cold ones (first allocations, the backend's primitives, the
+  // graph executor's profiling run and then its optimising one), several times its later time,
+  // and are not load samples.
+  std::map<int, int> head_runs;
+  // Builds and warms the head of a cut about to be explored, off the frame path.
+  HeadWarmer warmer;
+  std::set<int> warm_failed;  // cuts whose warm-up failed: not explored
   uint64_t seen_generation = 0;
   bool served = false;  // the last handshake listed this stream's model
   std::string server_engine;
@@ -224,7 +235,8 @@ struct Stream::Impl {
   int64_t next_frame = 0;
 
   RunStats stats;
-  int frames_without_head = 0;  // decisions since a head last ran on the device
+  int frames_without_head = 0;   // decisions since a head last ran on the device
+  int frames_since_explore = 0;  // decisions since a frame last explored a head
   bool said_cut_table = false;
   bool said_unknown_tables = false;
   int corrections_said = 0;
@@ -248,6 +260,7 @@ struct Stream::Impl {
 
   std::string local_reason(const FramePlan& plan) const {
     if (plan.device_probe) return "device probe";
+    if (plan.explore) return "explore";
     if (plan.local) return "plan";
     if (!link.has_server()) return "no server";
     if (!link.usable()) return link.down_reason();
@@ -475,6 +488,7 @@ struct Stream::Impl {
     last_period_ms = m.period_ms;
     // After the stream's view of its plan is taken: a probe frame does not change it.
     if (!fixed) maybe_probe_device(plan, d, c);
+    if (!fixed && !plan.device_probe) maybe_explore_head(plan, d, c);
     plan.decision = std::move(d);
     return plan;
   }
@@ -483,7 +497,7 @@ struct Stream::Impl {
   // CPU quota's period spent) can make every local plan look slower than a remote one for good.
   // With the latency objective, while the chosen plan runs no head on the device, a frame runs
   // on the device instead now and then (partitioner::device_probe_every: when the device-only
-  // plan is predicted within 2x of the chosen one, every 3rd frame at most, and rarer the more
+  // plan is predicted within 4x of the chosen one, every 3rd frame at most, and rarer the more
   // the probe costs, so that probes add at most 3% to the mean latency): a frame a little slower,
   // now and then, against staying on the wrong side for good.
 
@@ -512,6 +526,95 @@ struct Stream::Impl {
     plan.profiled_head_ms = whole_model_profiled_ms();
     d.plan = scheduler->plans()[static_cast<size_t>(scheduler->local_plan())];
     d.predicted = local.metrics;
+    d.changed = false;
+  }
+
+  // The head time of a plan is its profiled time x the cut's correction x the device-load factor,
+  // and the load factor is learnt from the heads that run: those of the chosen plan. A head of
+  // another length need not run at that factor (a CPU quota slices time, so a head shorter than
+  // what is left of a quota period runs at full speed while the whole model spans periods; caches
+  // and cores differ too), and the per-cut correction (HeadErrorTracker) that would say so learns
+  // only from heads that run. So with the latency objective, when the best plan whose head the
+  // device has not timed enough is predicted within cfg.explore_within of the chosen one, a frame
+  // runs it instead now and then (as far apart as device probes: every 3rd frame at most, and at
+  // most 3% added to the mean latency), until its cut has the samples a correction needs. Its
+  // head time teaches the cut's correction, not the load (which stays the chosen plan's); the
+  // plan then wins or loses on its corrected prediction. A head never run here is first built and
+  // run until warm on a side thread at the lowest priority (HeadWarmer), and explored after; a
+  // cut is explored at most min_samples + kColdRuns + 1 times.
+  void maybe_explore_head(FramePlan& plan, partitioner::Decision& d,
+                          const partitioner::Conditions& c) {
+    ++frames_since_explore;
+    if (const int warming = warmer.cut(); warming >= 0) {
+      if (auto error = warmer.take()) {
+        if (error->empty()) {
+          // The stream's own first run of it still counts as cold: under a CPU quota the first
+          // explored frame after a warm-up took up to 1 s (cut 27 of MobileNetV2, 10x quota).
+          head_runs[warming] = std::max(head_runs[warming], kColdRuns - 1);
+          char buf[128];
+          std::snprintf(buf, sizeof buf,
+                        "built and warmed the head at cut %d to explore it (%.0f ms)", warming,
+                        warmer.last_ms());
+          log(buf);
+        } else {
+          warm_failed.insert(warming);
+          log("the head at cut " + std::to_string(warming) +
+              " failed its warm-up, and is not explored: " + *error);
+        }
+      }
+    }
+    if (!model || !(cfg.explore_within >= 1) || plan.member != 0 || plan.exit_threshold ||
+        cfg.scheduler.objective != partitioner::Objective::kLatency) {
+      return;
+    }
+    const partitioner::DeviceProbeOptions every_options{3, cfg.explore_within, 0.03};
+    if (frames_since_explore < every_options.at_least) return;
+    const double chosen_ms = d.predicted.latency_ms;
+    if (!(chosen_ms > 0)) return;
+    const int chosen_head = plan.local ? device_cut : plan.cut;
+    const int max_explores = partitioner::HeadErrorOptions{}.min_samples + kColdRuns + 1;
+    std::optional<partitioner::PlanEstimate> best;
+    for (const partitioner::PlanEstimate& e : scheduler->evaluate_all(c)) {
+      if (!e.available || !e.feasible) continue;
+      const partitioner::Plan& q = scheduler->plans()[static_cast<size_t>(e.plan)];
+      if (q.member != 0 || q.exit_threshold || (q.local && !holds_whole_model())) continue;
+      if (!q.local && !model->can_run_head(q.cut_id)) continue;
+      const int head = q.local ? device_cut : q.cut_id;
+      if (head <= 0 || head == chosen_head || head_errors.known(head) || warm_failed.count(head)) {
+        continue;
+      }
+      auto it = stats.explored.find(head);
+      if (it != stats.explored.end() && it->second >= max_explores) continue;
+      if (!best || e.metrics.latency_ms < best->metrics.latency_ms) best = e;
+    }
+    if (!best) return;
+    const int every =
+        partitioner::device_probe_every(best->metrics.latency_ms, chosen_ms, every_options);
+    if (every == 0 || frames_since_explore < every) return;
+    const partitioner::Plan& q = scheduler->plans()[static_cast<size_t>(best->plan)];
+    const int head = q.local ? device_cut : q.cut_id;
+    // A head never built here is built and warmed on the side first (HeadWarmer); the frames
+    // go on with the chosen plan meanwhile.
+    if (head_runs[head] < kColdRuns - 1) {
+      if (!warmer.busy() && warmer.cut() < 0) {
+        warmer.start(model, head, info.input_shape, kColdRuns, threads);
+      }
+      return;
+    }
+    frames_since_explore = 0;
+    ++stats.explored[q.local ? device_cut : q.cut_id];
+    plan.explore = true;
+    plan.cut = q.local ? device_cut : q.cut_id;
+    plan.local = q.local;
+    plan.encode = q.encoding.encode_options();
+    plan.jpeg_quality = q.local ? 0 : q.encoding.jpeg_quality;
+    plan.encoding_name = q.encoding_name;
+    plan.exit_threshold.reset();
+    plan.server_exits = false;
+    plan.profiled_head_ms = q.profiled_head_ms;
+    plan.profiled_server_ms = q.profiled_server_ms;
+    d.plan = q;
+    d.predicted = best->metrics;
     d.changed = false;
   }
 
@@ -771,7 +874,7 @@ struct Stream::Impl {
       }
     } else if (head_cut > 0 && continued_from_exit) {
       // (A head that ran again from the input after the exits is not the profiled head.)
-      note_head_time(head_cut, p.head_ms, p.plan.profiled_head_ms);
+      note_head_time(head_cut, p.head_ms, p.plan.profiled_head_ms, !p.plan.explore);
     }
     if (on_device) {
       link.note_busy(t_begin);
@@ -1116,9 +1219,10 @@ struct Stream::Impl {
 
   // A head (or the whole model) ran: the per-cut error first, at the load the plan was made with,
   // then the load, from the profiled time as corrected for this cut.
-  void note_head_time(int cut, double measured_ms, double profiled_ms) {
+  // An explored head (`load_sample` false) feeds only the cut's correction.
+  void note_head_time(int cut, double measured_ms, double profiled_ms, bool load_sample = true) {
     frames_without_head = 0;
-    if (warm_heads.insert(cut).second) return;  // its first run: cold
+    if (++head_runs[cut] <= kColdRuns) return;  // a cold run
     if (!(profiled_ms > 0)) return;
     const double correction = head_errors.correction(cut);
     if (head_errors.add(cut, measured_ms, profiled_ms, device_load.load_factor()) && scheduler) {
@@ -1133,6 +1237,7 @@ struct Stream::Impl {
         log(buf);
       }
     }
+    if (!load_sample) return;
     device_load.add_head_time(measured_ms, profiled_ms * correction);
     if (profiled_ms * correction >= 0.5) note_load_sample(measured_ms / (profiled_ms * correction));
   }
@@ -1162,7 +1267,7 @@ struct Stream::Impl {
       return;
     }
     p.head_ms = d->ms;
-    note_head_time(device_cut, d->ms, p.plan.profiled_head_ms);
+    note_head_time(device_cut, d->ms, p.plan.profiled_head_ms, !p.plan.explore);
     auto top =
         partitioner::top_k(d->logits.data_ptr<float>(), static_cast<size_t>(d->logits.numel()),
                            static_cast<size_t>(cfg.top_k));
@@ -1312,6 +1417,7 @@ struct Stream::Impl {
       r.cut_name = cut_name(r.cut);
     }
     r.by_scheduler = scheduler && !fixed;
+    r.explore = p.plan.explore;
     if (p.plan.local) {
       r.encoding = "local";
     } else if (p.plan.jpeg_quality > 0) {
@@ -1681,9 +1787,11 @@ Status Stream::load(int retain_cut, int threads) {
       set_threads(threads);
       s.model->prepare(s.retain_cut);
       at::Tensor zeros = torch::zeros(s.info.input_shape, torch::kFloat32);
-      auto crossing = s.model->run_head(s.retain_cut, zeros);
-      if (s.model->can_run_tail(s.retain_cut)) (void)s.model->run_tail(s.retain_cut, crossing);
-      s.warm_heads.insert(s.retain_cut);
+      for (int run = 0; run < kColdRuns; ++run) {
+        auto crossing = s.model->run_head(s.retain_cut, zeros);
+        if (s.model->can_run_tail(s.retain_cut)) (void)s.model->run_tail(s.retain_cut, crossing);
+      }
+      s.head_runs[s.retain_cut] = kColdRuns;
       // With exits, the parts between their cuts and on to the fixed plan's cut (or the deepest
       // kept one) too, passing every exit (a threshold of 1 lets no frame leave).
       const int exit_cut = s.fixed && !s.fixed->local ? s.fixed->cut : s.retain_cut;
@@ -2128,6 +2236,13 @@ void Stream::summary() {
                                          {"measured_over_profiled_p50", round3(e.median_ratio)},
                                          {"correction", round3(e.correction)}};
     }
+  }
+  // Cuts explored (maybe with no sample yet: cold runs only).
+  for (const auto& [cut, n] : s.stats.explored) {
+    if (info.heads.is_null()) info.heads = json::object();
+    json& h = info.heads[std::to_string(cut)];
+    if (!h.contains("frames")) h = {{"frames", 0}, {"correction", 1.0}};
+    h["explored"] = n;
   }
   info.max_latency_ms = s.latency_bound();
   info.wall_s = ms_between(s.run_start, Clock::now()) / 1000.0;

@@ -332,6 +332,11 @@ double HeadErrorTracker::correction(int cut) const {
   return it == cuts_.end() ? 1.0 : it->second.correction;
 }
 
+int64_t HeadErrorTracker::samples(int cut) const {
+  auto it = cuts_.find(cut);
+  return it == cuts_.end() ? 0 : it->second.samples;
+}
+
 std::map<int, HeadErrorTracker::CutStats> HeadErrorTracker::stats() const {
   std::map<int, CutStats> out;
   for (const auto& [cut, c] : cuts_) {

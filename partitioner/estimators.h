@@ -243,7 +243,7 @@ class NetworkEstimator {
 // probes, stays within `budget` of the chosen plan's latency.
 struct DeviceProbeOptions {
   int at_least = 3;
-  double within = 2.0;
+  double within = 4.0;
   double budget = 0.03;
 };
 // Frames between probes for these predictions (0: no probe, the device is too far behind).
@@ -316,6 +316,10 @@ class HeadErrorTracker {
   bool add(int cut, double measured_ms, double profiled_ms, double load);
   // The cut's correction (1 until its error is consistent).
   double correction(int cut) const;
+  // Samples taken at the cut so far (0 for a cut never seen), and whether that is enough for a
+  // correction to have been judged (min_samples).
+  int64_t samples(int cut) const;
+  bool known(int cut) const { return samples(cut) >= options_.min_samples; }
 
   struct CutStats {
     int64_t samples = 0;         // every sample taken

@@ -360,6 +360,10 @@ struct ModelGraph::Impl {
   int64_t total_weight_bytes = 0;
 
   std::shared_ptr<SideFunction> whole;
+  // `mutex` guards the maps below; `build_mutex` (taken first where both are) is held while side
+  // graphs are built, which reads and adds to the shared state the engine's passes keep (the
+  // report, the shared constants).
+  mutable std::mutex build_mutex;
   mutable std::mutex mutex;
   mutable std::map<int, CutFunctions> cache;
   mutable std::map<int, std::shared_ptr<SideFunction>> plain_tails;  // run_tail_differentiable
@@ -369,7 +373,7 @@ struct ModelGraph::Impl {
   bool released = false;
   int retained_cut = -1;
   int64_t retained_weight_bytes = 0;
-  // What the engine did (failures are added while side graphs are built, under `mutex`).
+  // What the engine did (failures are added while side graphs are built, under `build_mutex`).
   mutable EngineReport report;
   // Engine::kOptimized: the constants the optimizer made (oneDNN weights, transposed linear
   // weights), by name and content, so every head and tail that needs one shares one copy.
@@ -861,16 +865,28 @@ struct ModelGraph::Impl {
     side.function->get_executor().getPlanFor(unused);
   }
 
+  // A cut's functions, built on first use. The build runs under `build_mutex` only, so a head
+  // being built on one thread (a stream warming a cut it may explore) does not hold up another
+  // thread's runs of cuts already built.
   const CutFunctions& functions(int cut) const {
-    std::lock_guard<std::mutex> lock(mutex);
-    auto it = cache.find(cut);
-    if (it != cache.end()) return it->second;
-    EDGESPLIT_CHECK(!released);
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      auto it = cache.find(cut);
+      if (it != cache.end()) return it->second;
+    }
+    std::lock_guard<std::mutex> building(build_mutex);
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      auto it = cache.find(cut);
+      if (it != cache.end()) return it->second;  // built while this thread waited
+      EDGESPLIT_CHECK(!released);
+    }
     CutFunctions f;
     f.head = build_head(cut);
     f.tail = build_tail(cut);
     compile(*f.head);
     compile(*f.tail);
+    std::lock_guard<std::mutex> lock(mutex);
     const CutFunctions& built = cache.emplace(cut, std::move(f)).first->second;
     if (cache.size() == cuts.size()) probe_values.clear();  // nothing left to check
     return built;
@@ -1363,6 +1379,7 @@ const std::vector<FactorableLayer>& ModelGraph::factorable_layers() const {
 }
 
 int64_t ModelGraph::multiply_adds() const {
+  std::lock_guard<std::mutex> building(impl_->build_mutex);
   std::lock_guard<std::mutex> lock(impl_->mutex);
   if (impl_->multiply_adds) return *impl_->multiply_adds;
   if (impl_->released) return 0;
@@ -1393,6 +1410,7 @@ int64_t ModelGraph::multiply_adds() const {
 
 Result<std::vector<at::Tensor>> ModelGraph::layer_inputs(const std::vector<std::string>& layers,
                                                          const at::Tensor& input) const {
+  std::lock_guard<std::mutex> building(impl_->build_mutex);
   std::lock_guard<std::mutex> lock(impl_->mutex);
   if (impl_->released)
     return invalid_argument("layer_inputs needs a model loaded with Retain::kAll");
@@ -1419,6 +1437,7 @@ std::vector<double> ModelGraph::factorization_errors(const std::string& layer, c
   return partitioner::factorization_errors(n, x, ranks);
 }
 EngineReport ModelGraph::engine_report() const {
+  std::lock_guard<std::mutex> building(impl_->build_mutex);
   std::lock_guard<std::mutex> lock(impl_->mutex);
   return impl_->report;
 }
@@ -1453,6 +1472,7 @@ at::Tensor ModelGraph::run_tail_differentiable(int cut,
   EDGESPLIT_CHECK_EQ(crossing.size(), impl_->cuts[static_cast<size_t>(cut)].tensors.size());
   std::shared_ptr<SideFunction> side;
   {
+    std::lock_guard<std::mutex> building(impl_->build_mutex);
     std::lock_guard<std::mutex> lock(impl_->mutex);
     auto& slot = impl_->plain_tails[cut];
     if (!slot) slot = impl_->build_tail(cut, /*optimize=*/false);
@@ -1469,6 +1489,7 @@ bool ModelGraph::can_run_between(int from, int to) const {
 
 void ModelGraph::prepare_between(int from, int to) const {
   EDGESPLIT_CHECK(can_run_between(from, to));
+  std::lock_guard<std::mutex> building(impl_->build_mutex);
   std::lock_guard<std::mutex> lock(impl_->mutex);
   auto& slot = impl_->betweens[{from, to}];
   if (slot) return;

@@ -214,6 +214,8 @@ TEST_CASE("each config mistake is one sentence naming the stream and the field")
       {one_stream(R"(, "fps": -1)"), R"(stream "scene": "fps" must be a number >= 0)"},
       {one_stream(R"(, "fps": "fast")"), R"(stream "scene": "fps" must be a number >= 0)"},
       {one_stream(R"(, "top_k": 0)"), R"(stream "scene": "top_k" must be an integer between 1)"},
+      {one_stream(R"(, "explore_within": 11)"),
+       R"(stream "scene": "explore_within" must be 0 (never) or a number between 1 and 10)"},
       {one_stream(R"(, "top_k": 101)"), R"(stream "scene": "top_k")"},
       {one_stream(R"(, "top_k": 2.5)"), R"(stream "scene": "top_k" must be an integer)"},
       {one_stream(R"(, "in_flight": 65)"), R"(stream "scene": "in_flight")"},
@@ -512,6 +514,8 @@ TEST_CASE("flag mistakes read as main.cc wrote them") {
   CHECK(with({"--clip-percentile", "10"}) ==
         "--clip-percentile must be 0 (off) or between 50 and 100, e.g. 99.99");
   CHECK(with({"--local-lane", "x"}) == "--local-lane must be auto, on or off, not \"x\"");
+  CHECK(with({"--explore-within", "0.5"}) ==
+        "--explore-within must be 0 (never) or a number between 1 and 10, e.g. 1.25");
   CHECK(with({"--engine", "fast"}) == "--engine must be optimized, onednn, xnnpack or plain");
   CHECK(with({"--fps", "-2"}) == "--fps must be 0 or more");
   CHECK(with({"--key", "d.key"}) ==
