@@ -113,10 +113,24 @@ TEST_CASE(
   CHECK(summary[0]["frames"] == 240);
   CHECK(summary[0]["failed"] == 0);
   // The cost model against the measured pipelined period. One run of 240 frames (under 2 s) moves
-  // with the host: 0.18 in 2 of 7 runs here, alone on the machine. The bench's target (15%, the
-  // median over interleaved rounds: bench/run.sh energy placement) is the measurement; this
-  // catches a cost model that is wrong, not the host's drift.
-  CHECK(std::abs(summary[0]["period_error"].get<double>()) <= 0.25);
+  // with the host: 0.18 in 2 of 7 runs here, alone on the machine, and once 0.294 in a full test
+  // run (-0.14..0.10 in the 5 runs after it). The bench's target (15%, the median over interleaved
+  // rounds: bench/run.sh energy placement) is the measurement; this catches a cost model that is
+  // wrong, not the host's drift: a run past 0.25 is run once more with the same segment table,
+  // and a wrong cost model misses both.
+  double period_error = summary[0]["period_error"].get<double>();
+  if (std::abs(period_error) > 0.25) {
+    MESSAGE("period error " << period_error << ": the pipelined run once more");
+    const fs::path again = dir / "pipelined-again.jsonl";
+    REQUIRE(run_to_end(with({"--placement", "auto", "--placement-executors", "big,little",
+                             "--placement-profile", table.string(), "--output", again.string()}),
+                       dir / "p2.out", dir / "p2.err", std::chrono::seconds(300)) == 0);
+    const auto summary2 = of_type(lines_of(again), "placement_summary");
+    REQUIRE(summary2.size() == 1);
+    INFO(summary2[0].dump());
+    period_error = summary2[0]["period_error"].get<double>();
+  }
+  CHECK(std::abs(period_error) <= 0.25);
   // Pipelining pays: faster than the whole model on the faster executor alone, as predicted.
   const double alone = std::min(placement[0]["single_executor_period_ms"]["big"].get<double>(),
                                 placement[0]["single_executor_period_ms"]["little"].get<double>());
