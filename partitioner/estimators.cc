@@ -50,13 +50,18 @@ void LevelTracker::add(double sample) {
     run_reference_ = level;
   }
   if (side == 0) return;
+  if (run_length_ == 0 ||
+      std::abs(sample - run_reference_) < std::abs(run_nearest_ - run_reference_)) {
+    run_nearest_ = sample;
+  }
   ++run_length_;
   run_sum_ += sample;
   const int needed = side > 0 ? options_.jump_samples_cautious : options_.jump_samples_recover;
   if (run_length_ >= needed) {
-    const double mean = run_sum_ / run_length_;
+    const bool nearest = options_.max_single_ratio > 1 && side > 0;
+    const double to = nearest ? run_nearest_ : run_sum_ / run_length_;
     const int64_t kept = samples_;
-    reset(mean);
+    reset(to);
     samples_ = kept;
   }
 }

@@ -43,7 +43,10 @@ struct LevelTrackerOptions {
   // When > 1, a sample on the cautious side enters the averages at most this many times the
   // level (it still counts whole towards a jump): one outlier (a head that lost the CPU for a
   // quota period or two) moves the level part of the way, while a real step is still followed
-  // whole after `jump_samples_cautious` samples. 0: samples enter as they are.
+  // whole after `jump_samples_cautious` samples. A jump on the cautious side then resets the
+  // level to the run's sample nearest the level it started from, not to the run's mean: one
+  // outlier and one ordinary slow sample do not make a step to their mean, while a real step
+  // (every sample at the new level) is followed as before. 0: samples enter as they are.
   double max_single_ratio = 0;
 };
 
@@ -81,6 +84,7 @@ class LevelTracker {
   int run_side_ = 0;  // +1 cautious side, -1 the other, 0 none
   int run_length_ = 0;
   double run_sum_ = 0;
+  double run_nearest_ = 0;  // the run's sample nearest run_reference_ (max_single_ratio > 1)
   double run_reference_ = 0;
 };
 

@@ -69,6 +69,13 @@ TEST_CASE("device load: one slow head moves the level part of the way - a second
   CHECK(step.load_factor() >= 1.2);
   step.add_head_time(20, 10);
   CHECK(step.load_factor() == doctest::Approx(2));
+  // One stall and one ordinary slow head (a quota period lost, then a head 1.4x the level): the
+  // level steps to the sample nearer it, not to their mean (which would read a 3x slower device).
+  DeviceLoadEstimator stall;
+  for (int i = 0; i < 20; ++i) stall.add_head_time(80, 10);
+  stall.add_head_time(360, 10);
+  stall.add_head_time(110, 10);
+  CHECK(stall.load_factor() == doctest::Approx(11));
   // The server's load factor keeps the plain tracker: one slow reply shows whole.
   ServerLoadEstimator server;
   for (int i = 0; i < 20; ++i) server.add_reply(0, 10, 10);
