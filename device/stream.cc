@@ -469,14 +469,7 @@ struct Stream::Impl {
     if (d.changed && stats.decisions > 0) ++stats.plan_changes;
     ++stats.decisions;
     if (!fixed) {
-      plan.member = d.plan.member;
-      plan.cut = d.plan.cut_id;
-      plan.local = d.plan.local;
-      plan.encode = d.plan.encoding.encode_options();
-      plan.jpeg_quality = d.plan.local ? 0 : d.plan.encoding.jpeg_quality;
-      plan.encoding_name = d.plan.encoding_name;
-      plan.exit_threshold = d.plan.exit_threshold;
-      plan.server_exits = d.plan.server_exits;
+      take_plan(plan, d.plan);
     }
     plan.profiled_head_ms = d.plan.profiled_head_ms;
     plan.profiled_server_ms = d.plan.profiled_server_ms;
@@ -491,6 +484,18 @@ struct Stream::Impl {
     if (!fixed && !plan.device_probe) maybe_explore_head(plan, d, c);
     plan.decision = std::move(d);
     return plan;
+  }
+
+  // What a frame runs, from the scheduler's plan.
+  static void take_plan(FramePlan& plan, const partitioner::Plan& q) {
+    plan.member = q.member;
+    plan.cut = q.cut_id;
+    plan.local = q.local;
+    plan.encode = q.encoding.encode_options();
+    plan.jpeg_quality = q.local ? 0 : q.encoding.jpeg_quality;
+    plan.encoding_name = q.encoding_name;
+    plan.exit_threshold = q.exit_threshold;
+    plan.server_exits = q.server_exits;
   }
 
   // The device-load factor learns only from heads that run: one slow local frame (a cold cache, a
@@ -602,15 +607,9 @@ struct Stream::Impl {
       return;
     }
     frames_since_explore = 0;
-    ++stats.explored[q.local ? device_cut : q.cut_id];
+    ++stats.explored[head];
+    take_plan(plan, q);  // member 0, no exits (the candidates above)
     plan.explore = true;
-    plan.cut = q.local ? device_cut : q.cut_id;
-    plan.local = q.local;
-    plan.encode = q.encoding.encode_options();
-    plan.jpeg_quality = q.local ? 0 : q.encoding.jpeg_quality;
-    plan.encoding_name = q.encoding_name;
-    plan.exit_threshold.reset();
-    plan.server_exits = false;
     plan.profiled_head_ms = q.profiled_head_ms;
     plan.profiled_server_ms = q.profiled_server_ms;
     d.plan = q;
