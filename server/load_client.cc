@@ -6,6 +6,7 @@
 // Prints offered and answered rates, latency percentiles, the server's batch sizes and queue waits
 // and, with --server-pid, the server's resident memory sampled from /proc, as one JSON object.
 // Exit code 0 when no request was lost.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -19,6 +20,7 @@
 #include <random>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <zmq.hpp>
@@ -71,7 +73,10 @@ struct ClientResult {
   std::vector<double> queue_ms;               // the server's queue time of each OK reply
   uint64_t batch_rows = 0;                    // sum of the OK replies' batch sizes
   std::map<uint32_t, uint64_t> batch_sizes;   // OK replies by the size of the batch they ran in
-  uint64_t late_ok = 0;                       // OK replies received after the request's deadline
+  // The server's compute time of the batch each OK reply ran in, by (cut, batch size): the sum
+  // (ms) and the replies.
+  std::map<std::pair<int, uint32_t>, std::pair<double, uint64_t>> compute_by_batch;
+  uint64_t late_ok = 0;       // OK replies received after the request's deadline
   uint64_t ok_in_window = 0;  // OK replies received between the warm-up and the end of sending
   uint64_t lost = 0;          // sent, never answered (no deadline)
   uint64_t timed_out = 0;     // sent with a deadline, unanswered
@@ -99,6 +104,7 @@ void run_client(const LoadConfig& cfg, zmq::context_t& ctx, int index, ClientRes
   uint64_t next_id = 1 + (static_cast<uint64_t>(index) << 40);
   const CutPayload& cut = cfg.cuts[static_cast<size_t>(index) % cfg.cuts.size()];
   out.priority = cfg.priorities[static_cast<size_t>(index) % cfg.priorities.size()];
+  const int cut_id = cut.cut;
   const auto start = cfg.t0;
   const auto stop_sending = start + cfg.duration;
   const auto window_start =
@@ -206,6 +212,9 @@ void run_client(const LoadConfig& cfg, zmq::context_t& ctx, int index, ClientRes
           out.queue_ms.push_back(static_cast<double>(reply.infer().queue_us()) / 1000.0);
           out.batch_rows += reply.infer().batch_size();
           ++out.batch_sizes[reply.infer().batch_size()];
+          auto& c = out.compute_by_batch[{cut_id, reply.infer().batch_size()}];
+          c.first += static_cast<double>(reply.infer().compute_us()) / 1000.0;
+          ++c.second;
         }
         if (cfg.deadline_ms > 0 && received > it->second + deadline) ++out.late_ok;
         if (received >= window_start && received <= stop_sending) ++out.ok_in_window;
@@ -410,6 +419,10 @@ int main(int argc, char** argv) {
     total.queue_ms.insert(total.queue_ms.end(), r.queue_ms.begin(), r.queue_ms.end());
     total.batch_rows += r.batch_rows;
     for (const auto& [size, n] : r.batch_sizes) total.batch_sizes[size] += n;
+    for (const auto& [key, c] : r.compute_by_batch) {
+      total.compute_by_batch[key].first += c.first;
+      total.compute_by_batch[key].second += c.second;
+    }
     total.late_ok += r.late_ok;
     total.ok_in_window += r.ok_in_window;
     total.sent += r.sent;
@@ -446,6 +459,17 @@ int main(int argc, char** argv) {
   json sizes = json::object();
   for (const auto& [size, n] : total.batch_sizes) sizes[std::to_string(size)] = n;
   j["batch_size_replies"] = sizes;
+  // Per cut and batch size: the mean compute time of the batches OK replies ran in (a mean over
+  // replies, so each batch counts once per request) and that time per request.
+  json compute = json::object();
+  for (const auto& [key, c] : total.compute_by_batch) {
+    const double batch_ms = c.first / static_cast<double>(c.second);
+    compute[std::to_string(key.first)][std::to_string(key.second)] = {
+        {"replies", c.second},
+        {"batch_ms", batch_ms},
+        {"row_ms", batch_ms / static_cast<double>(std::max<uint32_t>(1, key.second))}};
+  }
+  j["compute_by_batch"] = compute;
   double queue_sum = 0;
   for (double q : total.queue_ms) queue_sum += q;
   j["server_queue_ms"] = {

@@ -147,7 +147,11 @@ def load(bin_dir, model, server, devices, rate, seconds, cuts, deadline_ms, seed
         j = json.load(f)
     os.remove(out)
     replies = j.get("replies", {})
+    # The server's compute time per request: each OK reply's batch time over its batch size.
+    cb = [v for d in j.get("compute_by_batch", {}).values() for v in d.values()]
+    n = sum(v["replies"] for v in cb)
     return {
+        "compute_ms_per_request": sum(v["replies"] * v["row_ms"] for v in cb) / n if n else 0.0,
         "ok_per_s": j["ok_per_second"],
         "p50_ms": j["latency_ms"]["p50"],
         "p99_ms": j["latency_ms"]["p99"],
@@ -161,6 +165,8 @@ def load(bin_dir, model, server, devices, rate, seconds, cuts, deadline_ms, seed
         "late_ok": j["late_ok"],
         "lost": j["lost"],
         "batch_sizes": {int(k): v for k, v in j.get("batch_size_replies", {}).items()},
+        # per cut and batch size: the server's mean compute ms per batch and per request
+        "compute_by_batch": j.get("compute_by_batch", {}),
         "latencies_ms_all": j.get("latencies_ms_all", []),
     }
 
@@ -334,7 +340,8 @@ def main():
                         print(f"  round {r} {s.name:8s} {kind:10s} {devices:3d} devices "
                               f"{rate:6.0f}/s offered: {m['ok_per_s']:6.1f} ok/s p50 "
                               f"{m['p50_ms']:6.1f} p99 {m['p99_ms']:6.1f} ms batch "
-                              f"{m['mean_batch']:.1f} busy {m['busy']} expired {m['expired']} "
+                              f"{m['mean_batch']:.1f} ({m['compute_ms_per_request']:.2f} ms/request) "
+                              f"busy {m['busy']} expired {m['expired']} "
                               f"late {m['late_ok']} host stall {m['host_stall_ms']:.0f} ms",
                               file=sys.stderr)
                     worst = max(m["host_stall_ms"] for m in pair)
@@ -398,6 +405,7 @@ def main():
                               "p50_ms": round(med("p50_ms"), 1), "p99_ms": round(med("p99_ms"), 1),
                               "mean_batch": round(med("mean_batch"), 2),
                               "queue_ms_mean": round(med("queue_ms_mean"), 1),
+                              "compute_ms_per_request": round(med("compute_ms_per_request"), 2),
                               "busy": sum(m["busy"] for m in ms),
                               "expired": sum(m["expired"] for m in ms),
                               "late_ok": sum(m["late_ok"] for m in ms), "runs": len(ms),
@@ -452,11 +460,12 @@ def main():
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(result, f, indent=1)
     lines = ["| server | run | devices | offered/s | ok/s | p50 ms | p99 ms | mean batch | "
-             "queue ms | BUSY | expired | late |", "|" + "---|" * 12]
+             "queue ms | compute ms/request | BUSY | expired | late |", "|" + "---|" * 13]
     for t in table:
         lines.append(f"| {t['server']} | {t['kind']} | {t['devices']} | {t['offered_per_s']} | "
                      f"{t['ok_per_s']} | {t['p50_ms']} | {t['p99_ms']} | {t['mean_batch']} | "
-                     f"{t['queue_ms_mean']} | {t['busy']} | {t['expired']} | {t['late_ok']} |")
+                     f"{t['queue_ms_mean']} | {t['compute_ms_per_request']} | {t['busy']} | "
+                     f"{t['expired']} | {t['late_ok']} |")
     lines += ["", "Batch sizes: share of OK replies that ran in a batch of each size, over every "
               "round.", "",
               "| server | run | devices | " + " | ".join(

@@ -7,8 +7,10 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <string>
 #include <thread>
 
 #include "partitioner/model_graph.h"
@@ -553,6 +555,27 @@ TEST_CASE("a batching server answers devices at two cuts once each, in batches")
   CHECK(runs > 0);
   CHECK(alone < runs);  // some tails ran more than one request
   CHECK(server.metric("edgesplit_batch_size_sum") == doctest::Approx(count_of(j, "STATUS_OK")));
+  // The server's compute time by cut and batch size: both cuts, every OK reply once, the same
+  // replies per size as batch_size_replies, and the time per request is the batch's over its size.
+  const json& compute = j["compute_by_batch"];
+  CHECK(compute.contains("1"));
+  CHECK(compute.contains("2"));
+  std::map<std::string, uint64_t> per_size;
+  uint64_t counted = 0;
+  for (const auto& [cut, sizes] : compute.items()) {
+    for (const auto& [size, c] : sizes.items()) {
+      const uint64_t n = c["replies"].get<uint64_t>();
+      per_size[size] += n;
+      counted += n;
+      CHECK(c["batch_ms"].get<double>() > 0);
+      CHECK(c["row_ms"].get<double>() ==
+            doctest::Approx(c["batch_ms"].get<double>() / std::stod(size)));
+    }
+  }
+  CHECK(counted == count_of(j, "STATUS_OK"));
+  for (const auto& [size, n] : j["batch_size_replies"].items()) {
+    CHECK(per_size[size] == n.get<uint64_t>());
+  }
 }
 
 TEST_CASE("a request whose deadline cannot be met is not computed, and no reply comes after it") {
