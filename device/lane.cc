@@ -82,6 +82,8 @@ bool HeadWarmer::start(std::shared_ptr<partitioner::ModelGraph> model, int cut,
   finished_ = false;
   error_.clear();
   const auto t0 = Clock::now();
+  ended_ns_ = 0;
+  begun_ns_ = t0.time_since_epoch().count();
   thread_ = std::thread(
       [this, model = std::move(model), cut, shape = std::move(input_shape), runs, threads, t0] {
         // SCHED_IDLE for this thread only (Linux applies it per thread); where it is refused the
@@ -97,10 +99,20 @@ bool HeadWarmer::start(std::shared_ptr<partitioner::ModelGraph> model, int cut,
         } catch (const std::exception& e) {
           error_ = e.what();
         }
-        last_ms_ = ms_between(t0, Clock::now());
+        const auto end = Clock::now();
+        last_ms_ = ms_between(t0, end);
+        ended_ns_ = end.time_since_epoch().count();
         finished_ = true;
       });
   return true;
+}
+
+bool HeadWarmer::overlaps(Clock::time_point from, Clock::time_point to) const {
+  const int64_t begun = begun_ns_.load();
+  if (begun == 0) return false;  // never started
+  const int64_t ended = ended_ns_.load();
+  return begun < to.time_since_epoch().count() &&
+         (ended == 0 || ended > from.time_since_epoch().count());
 }
 
 std::optional<std::string> HeadWarmer::take() {

@@ -4,7 +4,9 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -129,6 +131,11 @@ class HeadWarmer {
   std::optional<std::string> take();
   // The last warm-up's wall time from start() to its end, in ms.
   double last_ms() const { return last_ms_; }
+  // Whether the last warm-up ran at any time between `from` and `to` (steady clock): a head timed
+  // then shared the device with it (under a CPU quota a thread at SCHED_IDLE on another core still
+  // spends the process's quota), so its time is not the device's speed.
+  bool overlaps(std::chrono::steady_clock::time_point from,
+                std::chrono::steady_clock::time_point to) const;
 
  private:
   void join() {
@@ -138,6 +145,9 @@ class HeadWarmer {
   std::atomic<bool> finished_{false};
   std::string error_;   // written by the thread before finished_
   double last_ms_ = 0;  // ditto
+  // The last warm-up's start and end (steady clock, ns since its epoch; end 0 while it runs).
+  std::atomic<int64_t> begun_ns_{0};
+  std::atomic<int64_t> ended_ns_{0};
   std::thread thread_;
 };
 

@@ -78,6 +78,7 @@ struct RunStats {
   uint64_t lane_planned = 0;    // frames planned on the device (or left there) that the lane ran
   uint64_t device_probes = 0;   // frames run on the device to re-measure it (maybe_probe_device)
   std::map<int, int> explored;  // per cut: frames run to time its head (maybe_explore_head)
+  std::map<int, int> beside_warm_up;  // per cut: heads that ran beside a warm-up (no sample)
 };
 
 // Turns "device", "input" or a number into a cut id, or says what is allowed.
@@ -235,8 +236,9 @@ struct Stream::Impl {
   int64_t next_frame = 0;
 
   RunStats stats;
-  int frames_without_head = 0;   // decisions since a head last ran on the device
-  int frames_since_explore = 0;  // decisions since a frame last explored a head
+  int frames_without_head = 0;       // decisions since a head last ran on the device
+  int frames_since_explore = 0;      // decisions since a frame last explored a head
+  bool chosen_runs_no_head = false;  // the scheduler's last plan sends the input (no head)
   bool said_cut_table = false;
   bool said_unknown_tables = false;
   int corrections_said = 0;
@@ -433,6 +435,7 @@ struct Stream::Impl {
     if (!std::isfinite(ratio) || !(ratio > 0)) return;
     load_samples.push_back(ratio);
     if (load_samples.size() > kLoadSamples) load_samples.pop_front();
+    head_level.add(ratio);
   }
   double load_for_bound() const {
     if (load_samples.size() < 5) return 0;
@@ -440,6 +443,22 @@ struct Stream::Impl {
     const size_t k = (v.size() * 8) / 10;
     std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
     return v[k];
+  }
+
+  // The load a head's per-cut error is judged against: the median of the last few load samples
+  // (each measured / (profiled x its cut's correction), mostly the chosen plan's heads), not the
+  // load factor plans are made with. That factor is the cautious one (the higher of a fast and a
+  // slow average, DeviceLoadEstimator), above the typical head by as much as the heads vary, and
+  // it is learnt from the chosen cut's own heads: against it, that cut's residuals sat below 1,
+  // its correction fell, the factor rose with it, and every other cut (correction 1) looked slower
+  // by as much. In one run under a 10x CPU quota the whole model's correction fell to 0.55 over
+  // the 100 frames the stream ran it, and no other plan could win back.
+  // Against the median, the chosen cut's residuals centre on 1, and another cut's correction is
+  // its typical speed relative to the chosen cut's. A median of 5 follows a load step after 3
+  // samples, before 4 of 5 residuals could make a correction.
+  partitioner::RecentMedian head_level{5};
+  double correction_reference() const {
+    return head_level.ready() ? head_level.value() : device_load.load_factor();
   }
 
   partitioner::Conditions conditions() const {
@@ -474,6 +493,7 @@ struct Stream::Impl {
     plan.profiled_head_ms = d.plan.profiled_head_ms;
     plan.profiled_server_ms = d.plan.profiled_server_ms;
     last_plan_local = plan.local;
+    chosen_runs_no_head = !d.plan.local && d.plan.cut_id == 0;
     const auto& m = d.predicted;
     last_device_share =
         plan.local || !(m.period_ms > 0) ? 1.0 : (m.head_ms + m.pack_ms) / m.period_ms;
@@ -1216,15 +1236,24 @@ struct Stream::Impl {
     return at::Tensor();
   }
 
-  // A head (or the whole model) ran: the per-cut error first, at the load the plan was made with,
-  // then the load, from the profiled time as corrected for this cut.
+  // A head (or the whole model) ran: the per-cut error first, against the recent heads' median
+  // load (correction_reference()), then the load, from the profiled time as corrected for this cut.
   // An explored head (`load_sample` false) feeds only the cut's correction.
   void note_head_time(int cut, double measured_ms, double profiled_ms, bool load_sample = true) {
     frames_without_head = 0;
     if (++head_runs[cut] <= kColdRuns) return;  // a cold run
     if (!(profiled_ms > 0)) return;
+    // A head that ran beside a warm-up shared the device with it (under a CPU quota the warm-up's
+    // thread spends the same quota, SCHED_IDLE or not, when it runs on another core): not a
+    // sample of the cut's correction nor of the load.
+    const auto now = Clock::now();
+    if (warmer.overlaps(now - std::chrono::microseconds(static_cast<int64_t>(measured_ms * 1e3)),
+                        now)) {
+      ++stats.beside_warm_up[cut];
+      return;
+    }
     const double correction = head_errors.correction(cut);
-    if (head_errors.add(cut, measured_ms, profiled_ms, device_load.load_factor()) && scheduler) {
+    if (head_errors.add(cut, measured_ms, profiled_ms, correction_reference()) && scheduler) {
       const double now = head_errors.correction(cut);
       if (scheduler->set_head_correction(cut, now).ok() && corrections_said < 5) {
         ++corrections_said;
@@ -1237,7 +1266,8 @@ struct Stream::Impl {
       }
     }
     if (!load_sample) return;
-    device_load.add_head_time(measured_ms, profiled_ms * correction);
+    // While the chosen plan runs no head, this one is a device probe: the only sample for a while.
+    device_load.add_head_time(measured_ms, profiled_ms * correction, chosen_runs_no_head);
     if (profiled_ms * correction >= 0.5) note_load_sample(measured_ms / (profiled_ms * correction));
   }
 
@@ -2242,6 +2272,12 @@ void Stream::summary() {
     json& h = info.heads[std::to_string(cut)];
     if (!h.contains("frames")) h = {{"frames", 0}, {"correction", 1.0}};
     h["explored"] = n;
+  }
+  for (const auto& [cut, n] : s.stats.beside_warm_up) {
+    if (info.heads.is_null()) info.heads = json::object();
+    json& h = info.heads[std::to_string(cut)];
+    if (!h.contains("frames")) h = {{"frames", 0}, {"correction", 1.0}};
+    h["beside_warm_up"] = n;
   }
   info.max_latency_ms = s.latency_bound();
   info.wall_s = ms_between(s.run_start, Clock::now()) / 1000.0;

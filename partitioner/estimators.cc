@@ -18,7 +18,7 @@ bool LevelTracker::beyond(double sample, double reference, bool cautious_side) c
   return sample > reference * (1 + options_.jump_ratio) + options_.jump_abs;
 }
 
-void LevelTracker::add(double sample) {
+void LevelTracker::add(double sample, bool recover_at_once) {
   if (!std::isfinite(sample)) return;
   if (samples_ == 0) {
     reset(sample);
@@ -56,7 +56,8 @@ void LevelTracker::add(double sample) {
   }
   ++run_length_;
   run_sum_ += sample;
-  const int needed = side > 0 ? options_.jump_samples_cautious : options_.jump_samples_recover;
+  const int needed = side > 0 ? options_.jump_samples_cautious
+                              : (recover_at_once ? 1 : options_.jump_samples_recover);
   if (run_length_ >= needed) {
     const bool nearest = options_.max_single_ratio > 1 && side > 0;
     const double to = nearest ? run_nearest_ : run_sum_ / run_length_;
@@ -286,9 +287,9 @@ void ServerLoadEstimator::add_reply(double queue_ms, double compute_ms, double p
 DeviceLoadEstimator::DeviceLoadEstimator(LoadEstimatorOptions options)
     : options_(options), load_(LevelTracker::Cautious::kHigh, options.device) {}
 
-void DeviceLoadEstimator::add_head_time(double measured_ms, double profiled_ms) {
+void DeviceLoadEstimator::add_head_time(double measured_ms, double profiled_ms, bool sole) {
   if (profiled_ms >= options_.min_profiled_ms && measured_ms > 0) {
-    load_.add(measured_ms / profiled_ms);
+    load_.add(measured_ms / profiled_ms, sole);
   }
 }
 
@@ -303,6 +304,14 @@ double median_of(std::deque<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 }  // namespace
+
+void RecentMedian::add(double sample) {
+  if (!std::isfinite(sample)) return;
+  samples_.push_back(sample);
+  if (samples_.size() > n_) samples_.pop_front();
+}
+
+double RecentMedian::value() const { return median_of(samples_); }
 
 bool HeadErrorTracker::add(int cut, double measured_ms, double profiled_ms, double load) {
   if (!(profiled_ms >= options_.min_profiled_ms) || !(measured_ms > 0) || !(load > 0)) {

@@ -61,7 +61,10 @@ class LevelTracker {
   enum class Cautious { kLow, kHigh };
   explicit LevelTracker(Cautious cautious, LevelTrackerOptions options = {});
 
-  void add(double sample);
+  // With `recover_at_once`, a sample beyond the band on the side away from caution moves the level
+  // to it at once, as a run of `jump_samples_recover` would (for a sample that is the only one
+  // for a long while: a device probe while the chosen plan runs no head).
+  void add(double sample, bool recover_at_once = false);
   // Forgets the history and sets the level.
   void reset(double level);
   bool has_value() const { return samples_ > 0; }
@@ -286,7 +289,12 @@ class ServerLoadEstimator {
 class DeviceLoadEstimator {
  public:
   explicit DeviceLoadEstimator(LoadEstimatorOptions options = {});
-  void add_head_time(double measured_ms, double profiled_ms);
+  // `sole`: the only head for a while (a device probe while the chosen plan runs none). One below
+  // the level's band moves the level to it at once: the plan runs no head that would confirm it
+  // within a few frames, and a load factor left high keeps every plan with a head out, probes'
+  // turns included (they come rarer the slower the device looks). A sample above it is taken
+  // as any other (two in a row make a step), so one slow probe does not raise it at once either.
+  void add_head_time(double measured_ms, double profiled_ms, bool sole = false);
   double load_factor() const { return load_.has_value() ? load_.value() : 1.0; }
 
  private:
@@ -342,6 +350,23 @@ class HeadErrorTracker {
   };
   HeadErrorOptions options_;
   std::map<int, PerCut> cuts_;
+};
+
+// The median of the last `n` samples (a head's per-cut error is judged against the recent heads'
+// median load, HeadErrorTracker; the device's load factor, cautious, sits above it by as much as
+// the heads vary).
+class RecentMedian {
+ public:
+  explicit RecentMedian(size_t n) : n_(n == 0 ? 1 : n) {}
+  void add(double sample);
+  // Whether `n` samples have been added; value() is the median of the last `n` (of those there
+  // are before that, 0 before any).
+  bool ready() const { return samples_.size() >= n_; }
+  double value() const;
+
+ private:
+  size_t n_;
+  std::deque<double> samples_;
 };
 
 // The three estimators together: what the device agent feeds after every exchange and head run,
