@@ -2266,19 +2266,18 @@ void Stream::summary() {
                                          {"correction", round3(e.correction)}};
     }
   }
-  // Cuts explored (maybe with no sample yet: cold runs only).
-  for (const auto& [cut, n] : s.stats.explored) {
-    if (info.heads.is_null()) info.heads = json::object();
-    json& h = info.heads[std::to_string(cut)];
-    if (!h.contains("frames")) h = {{"frames", 0}, {"correction", 1.0}};
-    h["explored"] = n;
-  }
-  for (const auto& [cut, n] : s.stats.beside_warm_up) {
-    if (info.heads.is_null()) info.heads = json::object();
-    json& h = info.heads[std::to_string(cut)];
-    if (!h.contains("frames")) h = {{"frames", 0}, {"correction", 1.0}};
-    h["beside_warm_up"] = n;
-  }
+  // Per-cut counts, also for cuts with no sample yet (cold runs only, or every head beside a
+  // warm-up).
+  auto add_count = [&info](const std::map<int, int>& counts, const char* key) {
+    for (const auto& [cut, n] : counts) {
+      if (info.heads.is_null()) info.heads = json::object();
+      json& h = info.heads[std::to_string(cut)];
+      if (!h.contains("frames")) h = {{"frames", 0}, {"correction", 1.0}};
+      h[key] = n;
+    }
+  };
+  add_count(s.stats.explored, "explored");
+  add_count(s.stats.beside_warm_up, "beside_warm_up");
   info.max_latency_ms = s.latency_bound();
   info.wall_s = ms_between(s.run_start, Clock::now()) / 1000.0;
   info.name_in_log = s.device.streams.size() > 1;
