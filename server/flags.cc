@@ -65,8 +65,8 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
     ("family", "serve every member of this model family (a manifest, models/families/; repeat for "
      "several), each under its own digest", cxxopts::value<std::vector<std::string>>())
     ("workers", "threads running tails", cxxopts::value<int>()->default_value("1"))
-    ("heartbeat-timeout-s", "drop a device's connection after this many seconds without a whole "
-     "message from it (default 30; raise it for links slow enough that one request takes longer)",
+    ("heartbeat-timeout-s", "drop a device's connection about this many seconds after its host "
+     "stops answering (TCP keepalive; default 30; a testbed that dilates time by K multiplies it by K)",
      cxxopts::value<int>()->default_value("30"))
     ("threads", "LibTorch intra-op threads per tail (0: LibTorch's default)", cxxopts::value<int>()->default_value("0"))
     ("engine", "how tails run: optimized (LibTorch's inference passes with the best backend it "
@@ -145,17 +145,16 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
 
   ServerOptions& options = command.options;
   options.router.endpoint = args["bind"].as<std::string>();
-  // ZeroMQ counts only whole messages as a connection's traffic: on a slow uplink a device's
-  // request (or its 64 KB bandwidth probe) can take seconds to arrive, with the device's
-  // heartbeat answers queued behind it. A connection is dropped only after 30 s without a whole
-  // message (a device that is gone costs nothing meanwhile: its requests have deadlines).
-  // --heartbeat-timeout-s sets it (a testbed that dilates time by K multiplies it by K).
+  // The kernel drops a connection whose peer stops answering (TCP keepalive and
+  // TCP_USER_TIMEOUT: transport::RouterOptions says why not ZeroMQ's heartbeats). Keepalive
+  // probes go only on an idle connection and any segment answers them, so a request that takes
+  // seconds to arrive on a slow uplink keeps its connection. 30 s by default (a device that is gone
+  // costs nothing meanwhile: its requests have deadlines).
   const int heartbeat_s = args["heartbeat-timeout-s"].as<int>();
   if (heartbeat_s < 1 || heartbeat_s > 3000) {
     return invalid_argument("--heartbeat-timeout-s must be between 1 and 3000 seconds");
   }
-  options.router.heartbeat.timeout = std::chrono::seconds(heartbeat_s);
-  options.router.heartbeat.ttl = std::chrono::seconds(2 * heartbeat_s);
+  options.router.dead_peer_timeout = std::chrono::seconds(heartbeat_s);
   if (args.count("model")) options.model_paths = args["model"].as<std::vector<std::string>>();
   if (args.count("meta")) options.meta_paths = args["meta"].as<std::vector<std::string>>();
   if (args.count("exits")) options.exits_paths = args["exits"].as<std::vector<std::string>>();

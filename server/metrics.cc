@@ -209,6 +209,14 @@ std::string ServerMetrics::render(const MetricsGauges& g) const {
   metric(out, "edgesplit_clients_gone_total",
          "Devices with work in flight that were seen to disconnect.", "counter",
          static_cast<double>(clients_gone.load()));
+  metric(out, "edgesplit_connections",
+         "Devices' TCP connections open now (a peer that stops answering is dropped after "
+         "--heartbeat-timeout-s).",
+         "gauge",
+         static_cast<double>(connections_opened.load()) -
+             static_cast<double>(connections_closed.load()));
+  metric(out, "edgesplit_connections_closed_total", "TCP connections closed, by either side.",
+         "counter", static_cast<double>(connections_closed.load()));
   metric(out, "edgesplit_unroutable_replies_total",
          "Replies that could not be delivered (device gone or not reading).", "counter",
          static_cast<double>(unroutable.load()));

@@ -63,19 +63,21 @@ class ServerMetrics {
   // An inference request admitted to the queue for (model, cut).
   void count_model_request(const std::string& model, int cut);
 
-  std::atomic<uint64_t> messages{0};           // every message received, valid or not
-  std::atomic<uint64_t> bytes_in{0};           // bytes of every message received
-  std::atomic<uint64_t> malformed{0};          // failed validation
-  std::atomic<uint64_t> too_large{0};          // over a size or count limit (not in malformed)
-  std::atomic<uint64_t> busy_queue_full{0};    // refused: the queue was full
-  std::atomic<uint64_t> busy_client_limit{0};  // refused: the device had too many in flight
-  std::atomic<uint64_t> busy_memory{0};        // refused: its bytes did not fit the budget
-  std::atomic<uint64_t> dropped_gone{0};       // queued jobs skipped: their device had gone
-  std::atomic<uint64_t> clients_gone{0};       // devices marked gone (monitor or failed reply)
-  std::atomic<uint64_t> unroutable{0};         // replies that could not be delivered
-  std::atomic<uint64_t> refused_shutdown{0};   // queued jobs refused at shutdown
-  std::atomic<uint64_t> shed_priority{0};      // queued jobs displaced by a higher class (BUSY)
-  std::atomic<uint64_t> expired{0};            // not computed: deadline passed or not reachable
+  std::atomic<uint64_t> messages{0};            // every message received, valid or not
+  std::atomic<uint64_t> bytes_in{0};            // bytes of every message received
+  std::atomic<uint64_t> malformed{0};           // failed validation
+  std::atomic<uint64_t> too_large{0};           // over a size or count limit (not in malformed)
+  std::atomic<uint64_t> busy_queue_full{0};     // refused: the queue was full
+  std::atomic<uint64_t> busy_client_limit{0};   // refused: the device had too many in flight
+  std::atomic<uint64_t> busy_memory{0};         // refused: its bytes did not fit the budget
+  std::atomic<uint64_t> dropped_gone{0};        // queued jobs skipped: their device had gone
+  std::atomic<uint64_t> clients_gone{0};        // devices marked gone (monitor or failed reply)
+  std::atomic<uint64_t> connections_opened{0};  // TCP connections accepted (socket monitor)
+  std::atomic<uint64_t> connections_closed{0};  // ... and closed, by either side
+  std::atomic<uint64_t> unroutable{0};          // replies that could not be delivered
+  std::atomic<uint64_t> refused_shutdown{0};    // queued jobs refused at shutdown
+  std::atomic<uint64_t> shed_priority{0};       // queued jobs displaced by a higher class (BUSY)
+  std::atomic<uint64_t> expired{0};             // not computed: deadline passed or not reachable
   std::atomic<uint64_t> late_dropped{0};  // computed, but finished after the deadline: not sent
   std::atomic<uint64_t> batches{0};       // tail runs (a batch of one included)
   std::atomic<uint64_t> server_exits{0};  // frames answered at an exit head (--exits)

@@ -361,7 +361,11 @@ struct InferenceServer::Impl {
       std::memcpy(&value, static_cast<const char*>(event.data()) + 2, 4);
       if (kind == ZMQ_EVENT_ACCEPTED) {
         clients.on_accepted(value);
+        metrics.connections_opened++;
+        spdlog::debug("a connection opened (fd {})", value);
       } else if (kind == ZMQ_EVENT_DISCONNECTED) {
+        metrics.connections_closed++;
+        spdlog::debug("a connection closed (fd {})", value);
         const size_t gone = clients.on_disconnected(value);
         if (gone > 0) {
           metrics.clients_gone += gone;

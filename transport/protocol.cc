@@ -347,6 +347,17 @@ void apply_heartbeat(zmq::socket_t& socket, const Heartbeat& heartbeat) {
   socket.set(zmq::sockopt::heartbeat_ttl, static_cast<int>(heartbeat.ttl.count()));
 }
 
+void apply_dead_peer_timeout(zmq::socket_t& socket, std::chrono::seconds timeout) {
+  if (timeout.count() <= 0) return;
+  const int total = static_cast<int>(std::min<int64_t>(timeout.count(), INT_MAX / 1000));
+  const int interval = std::max(1, total / 6);
+  socket.set(zmq::sockopt::tcp_keepalive, 1);
+  socket.set(zmq::sockopt::tcp_keepalive_idle, std::max(1, total - 3 * interval));
+  socket.set(zmq::sockopt::tcp_keepalive_intvl, interval);
+  socket.set(zmq::sockopt::tcp_keepalive_cnt, 3);
+  socket.set(zmq::sockopt::tcp_maxrt, total * 1000);
+}
+
 Result<zmq::socket_t> bind_router(zmq::context_t& context, const RouterOptions& options) {
   try {
     zmq::socket_t router(context, zmq::socket_type::router);
@@ -356,7 +367,8 @@ Result<zmq::socket_t> bind_router(zmq::context_t& context, const RouterOptions& 
     router.set(zmq::sockopt::rcvhwm, options.rcvhwm);
     router.set(zmq::sockopt::maxmsgsize,
                static_cast<int64_t>(std::min<size_t>(options.limits.max_message_bytes, INT64_MAX)));
-    apply_heartbeat(router, options.heartbeat);
+    apply_dead_peer_timeout(router,
+                            options.dead_peer_timeout);  // no ZMTP heartbeats: see RouterOptions
     if (!options.curve_secret_key.empty()) {
       if (options.curve_secret_key.size() != 40) {
         return invalid_argument("the server's CURVE secret key must be 40 Z85 characters, got " +

@@ -134,10 +134,20 @@ struct Heartbeat {
 // rather than in the kernel (the server lowers it so that it holds at most its byte budget of
 // largest-size messages: server/memory_budget.h, receive_hwm), the send side bounds replies
 // waiting for one slow device.
+//
+// The ROUTER sends no ZMTP heartbeats: in libzmq 4.3.4 the heartbeat timer of a connection whose
+// input ZeroMQ has stopped (receive high-water mark reached) and whose peer then resets it calls
+// the engine's out_event after the engine has marked an I/O error, and the library aborts the
+// process (`Assertion failed: !_io_error (src/stream_engine_base.cpp:331)`). A peer that floods
+// and resets would take the server down. The kernel detects dead peers instead (TCP keepalive and
+// TCP_USER_TIMEOUT, `dead_peer_timeout`); devices' own heartbeats still ask the server to drop them
+// after their TTL without a message.
 struct RouterOptions {
   std::string endpoint = "tcp://*:5555";
   Limits limits;
-  Heartbeat heartbeat;
+  // A connection whose peer stops answering (host gone, link down) is closed about this long
+  // after the last thing received from it; 0: never (apply_dead_peer_timeout).
+  std::chrono::seconds dead_peer_timeout{30};
   int sndhwm = 1000;
   int rcvhwm = 1000;
   // The server's CURVE secret key (40 Z85 characters, transport/curve.h). Empty: plain TCP, no
@@ -160,6 +170,13 @@ std::string last_endpoint(const zmq::socket_t& socket);
 
 // Sets the heartbeat options on `socket`. Throws zmq::error_t on invalid values (configuration).
 void apply_heartbeat(zmq::socket_t& socket, const Heartbeat& heartbeat);
+
+// Has the kernel close `socket`'s TCP connections whose peer stops answering, about `timeout`
+// after the last segment received from it: keepalive probes from timeout - 3 x interval of
+// silence, `interval` = timeout / 6 apart (at least 1 s each), and TCP_USER_TIMEOUT = timeout (so
+// unacknowledged data, and unanswered probes, end the connection at `timeout`). 0 disables.
+// Throws zmq::error_t on invalid values (configuration).
+void apply_dead_peer_timeout(zmq::socket_t& socket, std::chrono::seconds timeout);
 
 // Microseconds on the steady clock, for Ping.sent_us and timing fields.
 uint64_t steady_now_us();

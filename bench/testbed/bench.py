@@ -390,7 +390,7 @@ def start_server(tb, args, out_dir):
     argv = [os.path.join(args.bin_dir, "edgesplit-server"), "--bind",
             "tcp://%s:%d" % (netbed.SRV_ADDR, PORT), "--model", args.model, "--workers", "1",
             "--threads", "1", "--engine", args.engine, "--endpoint-file", endpoint_file,
-            # a connection is dropped after 30 s without a whole message, in the run's time
+            # a peer that stops answering is dropped after 30 s, in the run's time
             "--heartbeat-timeout-s",
             str(int(30 * max(float(k) for k in args.dilation.split(","))))]
     if args.meta:

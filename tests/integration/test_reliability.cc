@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
@@ -15,6 +16,7 @@
 
 #include "partitioner/model_graph.h"
 #include "tests/integration/child_process.h"
+#include "tests/integration/raw_zmtp_peer.h"
 #include "tests/integration/reliability_util.h"
 #include "tests/sanitizers.h"
 #include "tests/test_paths.h"
@@ -859,4 +861,75 @@ TEST_CASE("peers flooding large messages leave the server's memory within its by
   CHECK(server.process.process().running());
   CHECK(metric_value(text, "edgesplit_queued_bytes_limit") ==
         static_cast<double>(kBudgetMiB << 20));
+}
+
+// --- A peer that resets its connection while ZeroMQ has stopped reading it ---
+
+namespace {
+
+// Peers that each send `message_bytes` messages until the
+// kernel refuses more (the server's ZeroMQ has stopped reading them), then reset their
+// connections, `rounds` times, against a server whose I/O thread is slow and whose receive
+// high-water mark is 2 messages. The server must survive every round and still answer a device.
+void flood_and_reset(const std::string& name, size_t message_bytes) {
+  auto dir = scratch_dir(name);
+  ObservedServer server;
+  // --max-queued-bytes 16M over --max-message-mb 8: a receive high-water mark of 2 messages.
+  REQUIRE(server.start(dir, {"--workers", "1", "--slow-io-us", "500000", "--max-message-mb", "8",
+                             "--max-queued-bytes", "16M", "--log-level", "debug"}));
+  const std::string endpoint = server.process.endpoint();
+  const int port = std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
+  const auto& f = facts();
+  WireClient good(endpoint);
+  uint64_t good_id = 1;
+  auto good_ok = [&] {
+    const uint64_t id = good_id++;
+    good.send(infer_request(id, f.digest, kCut, {f.payload}), {f.payload});
+    for (auto deadline = Clock::now() + std::chrono::seconds(20); Clock::now() < deadline;) {
+      auto r = good.receive(std::chrono::seconds(1));
+      if (r && r->request_id() == id) return r->status() == wire::STATUS_OK;
+    }
+    return false;
+  };
+  REQUIRE(good_ok());
+
+  constexpr int kPeers = 4, kRounds = 3;
+  int refused = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    std::vector<std::unique_ptr<RawZmtpPeer>> peers;
+    for (int p = 0; p < kPeers; ++p) peers.push_back(std::make_unique<RawZmtpPeer>(port));
+    for (auto& peer : peers) {
+      for (auto give_up = Clock::now() + std::chrono::seconds(5); Clock::now() < give_up;) {
+        peer->drain();
+        if (!peer->try_send_message(message_bytes)) {
+          ++refused;
+          break;
+        }
+      }
+    }
+    for (auto& peer : peers) peer->reset();
+    // The I/O thread reads one message every 0.5 s, from each connection in turn, so ZeroMQ
+    // goes on holding most of these connections for over a second after their reset: long enough
+    // for a 1 s heartbeat timer to fire on them.
+    std::this_thread::sleep_for(std::chrono::milliseconds(3000));
+    INFO("round " << round << ", server log (tail):\n"
+                  << [&] {
+                       const std::string log = server.process.log();
+                       return log.substr(log.size() > 3000 ? log.size() - 3000 : 0);
+                     }());
+    REQUIRE(server.process.process().running());
+  }
+  MESSAGE(refused << " of " << kPeers * kRounds
+                  << " peers were refused by the kernel before they reset");
+  CHECK(refused > 0);  // the case did what it says: some connection's input was stopped
+  CHECK(good_ok());
+  CHECK(server.process.process().running());
+  CHECK(server.metric("edgesplit_connections") == 1);  // the good device's, the peers' closed
+}
+
+}  // namespace
+
+TEST_CASE(
+    "peers that flood until ZeroMQ stops reading them and then reset do not stop the server") {
+  flood_and_reset("rel-flood-reset", size_t{1} << 20);
 }

@@ -68,8 +68,7 @@ TEST_CASE("server flags: defaults with one --model") {
   CHECK(o.compute_threads == 0);
   CHECK(o.engine == Engine::kOptimized);
   CHECK(o.device == "cpu");
-  CHECK(o.router.heartbeat.timeout == std::chrono::seconds(30));
-  CHECK(o.router.heartbeat.ttl == std::chrono::seconds(60));
+  CHECK(o.router.dead_peer_timeout == std::chrono::seconds(30));
   CHECK(o.queue_capacity == 64);
   CHECK(o.router.limits.max_message_bytes == size_t{64} << 20);
   CHECK(o.name == "edgesplit-server");
@@ -186,11 +185,10 @@ TEST_CASE("server flags: every flag maps to its option") {
   CHECK(exact->options.max_queued_bytes == size_t{1} << 20);
 }
 
-TEST_CASE("server flags: --heartbeat-timeout-s sets the timeout and twice it as the TTL") {
+TEST_CASE("server flags: --heartbeat-timeout-s sets the dead-peer timeout") {
   auto command = parse({"--model", "m.pt", "--heartbeat-timeout-s", "300"});
   REQUIRE(command.ok());
-  CHECK(command->options.router.heartbeat.timeout == std::chrono::seconds(300));
-  CHECK(command->options.router.heartbeat.ttl == std::chrono::seconds(600));
+  CHECK(command->options.router.dead_peer_timeout == std::chrono::seconds(300));
 }
 
 TEST_CASE("server flags: sizes in bytes or with a unit") {
