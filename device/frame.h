@@ -26,6 +26,9 @@ struct FramePlan {
   // Run to measure a head the device has not timed enough, though another plan was chosen (see
   // Stream's head exploration): its head time teaches the cut's correction, not the load.
   bool explore = false;
+  // The first frame of an exploration (two frames in a row run the explored head): it runs after
+  // another plan's work, and its head time is no sample.
+  bool explore_lead_in = false;
   packing::EncodeOptions encode;
   int jpeg_quality = 0;  // > 0: send the 8-bit input as JPEG (cut 0)
   std::string encoding_name;

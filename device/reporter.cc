@@ -83,7 +83,7 @@ json Reporter::frame_json(const FrameRecord& r) {
             {"by", r.by_scheduler ? "scheduler" : "fixed"},
             {"encoding", r.encoding}};
   if (!r.member.empty()) plan["member"] = r.member;
-  if (r.explore) plan["explore"] = true;
+  if (r.explore) plan["explore"] = r.explore_lead_in ? json("lead-in") : json(true);
   if (!r.precision.empty()) {
     plan["precision"] = r.precision;
     plan["lossless"] = r.lossless;

@@ -28,10 +28,11 @@ struct FrameRecord {
   int cut = 0;
   std::string cut_name;
   bool by_scheduler = false;
-  bool explore = false;   // run to time a head near the chosen plan (FramePlan::explore)
-  std::string encoding;   // "local", "jpegQ" or the encoding's name
-  std::string precision;  // packed encodings only: "q4", "fp16", ...
-  std::string lossless;   // packed encodings only
+  bool explore = false;          // run to time a head near the chosen plan (FramePlan::explore)
+  bool explore_lead_in = false;  // the first of an exploration's two frames (not a sample)
+  std::string encoding;          // "local", "jpegQ" or the encoding's name
+  std::string precision;         // packed encodings only: "q4", "fp16", ...
+  std::string lossless;          // packed encodings only
   // "server", "local", "exit" (left at an exit on the device), "server_exit" (answered by the
   // server at one of its exits: exit.side "server") or "failed"
   std::string completed;

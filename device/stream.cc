@@ -20,6 +20,7 @@
 #include <map>
 #include <set>
 #include <thread>
+#include <utility>
 
 #include "imaging/image_codec.h"
 #include "imaging/input_source.h"
@@ -70,6 +71,7 @@ constexpr double kMiB = 1024.0 * 1024.0;
 // one thread here, no quota: cut 27's head took 91.8, 27.7, then 5.0-6.7 ms; the whole model, after
 // one warm-up run, 82 ms on its next run and 9.2 after.
 constexpr int kColdRuns = 2;
+constexpr int kExploreBurst = 2;  // frames per head exploration (maybe_explore_head)
 
 struct RunStats {
   uint64_t decisions = 0;
@@ -238,6 +240,8 @@ struct Stream::Impl {
   RunStats stats;
   int frames_without_head = 0;       // decisions since a head last ran on the device
   int frames_since_explore = 0;      // decisions since a frame last explored a head
+  int explore_burst_head = -1;       // the head whose exploration's second frame comes next,
+  uint64_t explore_burst_at = 0;     // at this decision (stats.decisions), or not at all
   bool chosen_runs_no_head = false;  // the scheduler's last plan sends the input (no head)
   bool said_cut_table = false;
   bool said_unknown_tables = false;
@@ -532,6 +536,7 @@ struct Stream::Impl {
         cfg.scheduler.objective != partitioner::Objective::kLatency) {
       return;
     }
+    if (stats.decisions == explore_burst_at) return;  // an exploration's second frame comes now
     const partitioner::DeviceProbeOptions probe;
     if (++frames_without_head < probe.at_least) return;
     const partitioner::PlanEstimate local = scheduler->evaluate(scheduler->local_plan(), c);
@@ -566,7 +571,8 @@ struct Stream::Impl {
   // head time teaches the cut's correction, not the load (which stays the chosen plan's); the
   // plan then wins or loses on its corrected prediction. A head never run here is first built and
   // run until warm on a side thread at the lowest priority (HeadWarmer), and explored after; a
-  // cut is explored at most min_samples + kColdRuns + 1 times.
+  // cut is explored at most min_samples + kColdRuns + 1 times, two frames each (the first, a
+  // lead-in, is no sample).
   void maybe_explore_head(FramePlan& plan, partitioner::Decision& d,
                           const partitioner::Conditions& c) {
     ++frames_since_explore;
@@ -593,7 +599,14 @@ struct Stream::Impl {
       return;
     }
     const partitioner::DeviceProbeOptions every_options{3, cfg.explore_within, 0.03};
-    if (frames_since_explore < every_options.at_least) return;
+    // An exploration is two frames in a row with the same head; the first is no sample. A head
+    // run right after another plan's work is slower than the same head run again: in the 10x
+    // testbed runs (MobileNetV2, cut 27) a median of 59-65 ms after a whole-model or JPEG frame,
+    // against 42 ms after a cut-27 head, and explored one-frame heads after those plans set the
+    // cut's correction about 1.4x too high.
+    const int burst_head =
+        stats.decisions == explore_burst_at ? std::exchange(explore_burst_head, -1) : -1;
+    if (burst_head < 0 && frames_since_explore < every_options.at_least) return;
     const double chosen_ms = d.predicted.latency_ms;
     if (!(chosen_ms > 0)) return;
     const int chosen_head = plan.local ? device_cut : plan.cut;
@@ -605,31 +618,40 @@ struct Stream::Impl {
       if (q.member != 0 || q.exit_threshold || (q.local && !holds_whole_model())) continue;
       if (!q.local && !model->can_run_head(q.cut_id)) continue;
       const int head = q.local ? device_cut : q.cut_id;
-      if (head <= 0 || head == chosen_head || head_errors.known(head) || warm_failed.count(head)) {
-        continue;
+      if (head <= 0 || head == chosen_head) continue;
+      if (burst_head >= 0) {
+        if (head != burst_head) continue;  // the exploration's second frame: its head only
+      } else {
+        if (head_errors.known(head) || warm_failed.count(head)) continue;
+        auto it = stats.explored.find(head);
+        if (it != stats.explored.end() && it->second >= kExploreBurst * max_explores) continue;
       }
-      auto it = stats.explored.find(head);
-      if (it != stats.explored.end() && it->second >= max_explores) continue;
       if (!best || e.metrics.latency_ms < best->metrics.latency_ms) best = e;
     }
     if (!best) return;
-    const int every =
-        partitioner::device_probe_every(best->metrics.latency_ms, chosen_ms, every_options);
-    if (every == 0 || frames_since_explore < every) return;
     const partitioner::Plan& q = scheduler->plans()[static_cast<size_t>(best->plan)];
     const int head = q.local ? device_cut : q.cut_id;
-    // A head never built here is built and warmed on the side first (HeadWarmer); the frames
-    // go on with the chosen plan meanwhile.
-    if (head_runs[head] < kColdRuns - 1) {
-      if (!warmer.busy() && warmer.cut() < 0) {
-        warmer.start(model, head, info.input_shape, kColdRuns, threads);
+    if (burst_head < 0) {
+      // As far apart as device probes would be, for two frames' cost.
+      const int every = kExploreBurst * partitioner::device_probe_every(best->metrics.latency_ms,
+                                                                        chosen_ms, every_options);
+      if (every == 0 || frames_since_explore < every) return;
+      // A head never built here is built and warmed on the side first (HeadWarmer); the frames
+      // go on with the chosen plan meanwhile.
+      if (head_runs[head] < kColdRuns - 1) {
+        if (!warmer.busy() && warmer.cut() < 0) {
+          warmer.start(model, head, info.input_shape, kColdRuns, threads);
+        }
+        return;
       }
-      return;
+      explore_burst_head = head;
+      explore_burst_at = stats.decisions + 1;
     }
     frames_since_explore = 0;
     ++stats.explored[head];
     take_plan(plan, q);  // member 0, no exits (the candidates above)
     plan.explore = true;
+    plan.explore_lead_in = burst_head < 0;
     plan.profiled_head_ms = q.profiled_head_ms;
     plan.profiled_server_ms = q.profiled_server_ms;
     d.plan = q;
@@ -893,7 +915,8 @@ struct Stream::Impl {
       }
     } else if (head_cut > 0 && continued_from_exit) {
       // (A head that ran again from the input after the exits is not the profiled head.)
-      note_head_time(head_cut, p.head_ms, p.plan.profiled_head_ms, !p.plan.explore);
+      note_head_time(head_cut, p.head_ms, p.plan.profiled_head_ms, !p.plan.explore,
+                     !p.plan.explore_lead_in);
     }
     if (on_device) {
       link.note_busy(t_begin);
@@ -1238,10 +1261,13 @@ struct Stream::Impl {
 
   // A head (or the whole model) ran: the per-cut error first, against the recent heads' median
   // load (correction_reference()), then the load, from the profiled time as corrected for this cut.
-  // An explored head (`load_sample` false) feeds only the cut's correction.
-  void note_head_time(int cut, double measured_ms, double profiled_ms, bool load_sample = true) {
+  // An explored head (`load_sample` false) feeds only the cut's correction; an exploration's
+  // lead-in (`sample` false) neither.
+  void note_head_time(int cut, double measured_ms, double profiled_ms, bool load_sample = true,
+                      bool sample = true) {
     frames_without_head = 0;
     if (++head_runs[cut] <= kColdRuns) return;  // a cold run
+    if (!sample) return;
     if (!(profiled_ms > 0)) return;
     // A head that ran beside a warm-up shared the device with it (under a CPU quota the warm-up's
     // thread spends the same quota, SCHED_IDLE or not, when it runs on another core): not a
@@ -1296,7 +1322,8 @@ struct Stream::Impl {
       return;
     }
     p.head_ms = d->ms;
-    note_head_time(device_cut, d->ms, p.plan.profiled_head_ms, !p.plan.explore);
+    note_head_time(device_cut, d->ms, p.plan.profiled_head_ms, !p.plan.explore,
+                   !p.plan.explore_lead_in);
     auto top =
         partitioner::top_k(d->logits.data_ptr<float>(), static_cast<size_t>(d->logits.numel()),
                            static_cast<size_t>(cfg.top_k));
@@ -1447,6 +1474,7 @@ struct Stream::Impl {
     }
     r.by_scheduler = scheduler && !fixed;
     r.explore = p.plan.explore;
+    r.explore_lead_in = p.plan.explore_lead_in;
     if (p.plan.local) {
       r.encoding = "local";
     } else if (p.plan.jpeg_quality > 0) {

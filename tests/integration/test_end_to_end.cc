@@ -763,24 +763,38 @@ TEST_CASE(
   INFO(run.err);
   REQUIRE(run.rc == 0);
   REQUIRE(run.frames.size() == 60);
+  // An exploration is two frames with the same head: a lead-in ("explore": "lead-in"), then the
+  // sample ("explore": true).
+  auto explores = [](const json& f) { return f["plan"].contains("explore"); };
   std::map<int, int> explored;
+  int lead_ins = 0, lead_ins_followed = 0;
   for (size_t i = 0; i < run.frames.size(); ++i) {
     const json& f = run.frames[i];
     const int cut = f["plan"]["cut"].get<int>();
-    if (!f["plan"].value("explore", false)) continue;
+    if (!explores(f)) continue;
     ++explored[cut];
     CHECK(f["decision"]["changed"] == false);  // not a plan change
+    const bool lead_in = f["plan"]["explore"] == "lead-in";
+    if (!lead_in) CHECK(f["plan"]["explore"] == true);
+    if (lead_in && i + 1 < run.frames.size()) {
+      ++lead_ins;
+      const json& next = run.frames[i + 1];
+      lead_ins_followed += explores(next) && next["plan"]["explore"] == true &&
+                           next["plan"]["cut"].get<int>() == cut;
+    }
     // Its head fed no load sample: the next frame plans with the same device load.
-    if (i + 1 < run.frames.size() && !run.frames[i + 1]["plan"].value("explore", false)) {
+    if (i + 1 < run.frames.size() && !explores(run.frames[i + 1])) {
       CHECK(run.frames[i + 1]["conditions"]["device_load"].get<double>() ==
             f["conditions"]["device_load"].get<double>());
     }
   }
   REQUIRE(!explored.empty());
+  CHECK(lead_ins > 0);
+  CHECK(lead_ins_followed == lead_ins);  // the conditions hold still here: every one completes
   const json& heads = run.summary.at("heads");
   for (const auto& [cut, n] : explored) {
     INFO("cut " << cut);
-    CHECK(n <= 5 + 2 + 1);  // min_samples + cold runs + 1
+    CHECK(n <= 2 * (5 + 2 + 1));  // two frames x (min_samples + cold runs + 1)
     CHECK(heads.at(std::to_string(cut)).at("explored").get<int>() == n);
   }
   // At most every third frame explores.
@@ -791,5 +805,5 @@ TEST_CASE(
   // --explore-within 0: never.
   DeviceRun off = run_with("off", "0", 15);
   REQUIRE(off.rc == 0);
-  for (const auto& f : off.frames) CHECK(!f["plan"].value("explore", false));
+  for (const auto& f : off.frames) CHECK(!explores(f));
 }
