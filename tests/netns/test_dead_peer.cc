@@ -75,7 +75,7 @@ size_t count_of(const std::string& text, const std::string& what) {
 }  // namespace
 
 TEST_CASE(
-    "a peer that stops answering is dropped after --heartbeat-timeout-s; an idle one is not") {
+    "a peer that stops answering is dropped after --heartbeat-timeout-s, an idle one is kept") {
   if (::geteuid() != 0) {
     MESSAGE("skipped: needs root (network namespaces)");
     return;
