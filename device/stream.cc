@@ -632,18 +632,18 @@ struct Stream::Impl {
     const partitioner::Plan& q = scheduler->plans()[static_cast<size_t>(best->plan)];
     const int head = q.local ? device_cut : q.cut_id;
     if (burst_head < 0) {
-      // As far apart as device probes would be, for two frames' cost.
-      const int every = kExploreBurst * partitioner::device_probe_every(best->metrics.latency_ms,
-                                                                        chosen_ms, every_options);
-      if (every == 0 || frames_since_explore < every) return;
-      // A head never built here is built and warmed on the side first (HeadWarmer); the frames
-      // go on with the chosen plan meanwhile.
+      // A head never built here is built and warmed on the side first (HeadWarmer), as soon as
+      // it is the candidate; the frames go on with the chosen plan meanwhile.
       if (head_runs[head] < kColdRuns - 1) {
         if (!warmer.busy() && warmer.cut() < 0) {
           warmer.start(model, head, info.input_shape, kColdRuns, threads);
         }
         return;
       }
+      // Explorations as far apart as device probes would be, for two frames' cost.
+      const int every = kExploreBurst * partitioner::device_probe_every(best->metrics.latency_ms,
+                                                                        chosen_ms, every_options);
+      if (every == 0 || frames_since_explore < every) return;
       explore_burst_head = head;
       explore_burst_at = stats.decisions + 1;
     }
