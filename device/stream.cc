@@ -915,8 +915,7 @@ struct Stream::Impl {
       }
     } else if (head_cut > 0 && continued_from_exit) {
       // (A head that ran again from the input after the exits is not the profiled head.)
-      note_head_time(head_cut, p.head_ms, p.plan.profiled_head_ms, !p.plan.explore,
-                     !p.plan.explore_lead_in);
+      note_head_time(head_cut, p.head_ms, p.plan.profiled_head_ms, head_sample(p.plan));
     }
     if (on_device) {
       link.note_busy(t_begin);
@@ -1261,13 +1260,19 @@ struct Stream::Impl {
 
   // A head (or the whole model) ran: the per-cut error first, against the recent heads' median
   // load (correction_reference()), then the load, from the profiled time as corrected for this cut.
-  // An explored head (`load_sample` false) feeds only the cut's correction; an exploration's
-  // lead-in (`sample` false) neither.
-  void note_head_time(int cut, double measured_ms, double profiled_ms, bool load_sample = true,
-                      bool sample = true) {
+  // What a head's time teaches: an explored head feeds only the cut's correction, an
+  // exploration's lead-in neither.
+  enum class HeadSample { kCorrectionAndLoad, kCorrectionOnly, kNone };
+  static HeadSample head_sample(const FramePlan& plan) {
+    if (plan.explore_lead_in) return HeadSample::kNone;
+    return plan.explore ? HeadSample::kCorrectionOnly : HeadSample::kCorrectionAndLoad;
+  }
+
+  void note_head_time(int cut, double measured_ms, double profiled_ms,
+                      HeadSample sample = HeadSample::kCorrectionAndLoad) {
     frames_without_head = 0;
     if (++head_runs[cut] <= kColdRuns) return;  // a cold run
-    if (!sample) return;
+    if (sample == HeadSample::kNone) return;
     if (!(profiled_ms > 0)) return;
     // A head that ran beside a warm-up shared the device with it (under a CPU quota the warm-up's
     // thread spends the same quota, SCHED_IDLE or not, when it runs on another core): not a
@@ -1291,7 +1296,7 @@ struct Stream::Impl {
         log(buf);
       }
     }
-    if (!load_sample) return;
+    if (sample == HeadSample::kCorrectionOnly) return;
     // While the chosen plan runs no head, this one is a device probe: the only sample for a while.
     device_load.add_head_time(measured_ms, profiled_ms * correction, chosen_runs_no_head);
     if (profiled_ms * correction >= 0.5) note_load_sample(measured_ms / (profiled_ms * correction));
@@ -1322,8 +1327,7 @@ struct Stream::Impl {
       return;
     }
     p.head_ms = d->ms;
-    note_head_time(device_cut, d->ms, p.plan.profiled_head_ms, !p.plan.explore,
-                   !p.plan.explore_lead_in);
+    note_head_time(device_cut, d->ms, p.plan.profiled_head_ms, head_sample(p.plan));
     auto top =
         partitioner::top_k(d->logits.data_ptr<float>(), static_cast<size_t>(d->logits.numel()),
                            static_cast<size_t>(cfg.top_k));
