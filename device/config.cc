@@ -239,21 +239,37 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
   }
   s.name = j.at("name").get<std::string>();
   const std::string where = "stream " + in_quotes(s.name);
-  const Fields f(j, where, {"name",          "model",
-                            "family",        "meta",
-                            "profile",       "input",
-                            "max_frames",    "loop",
-                            "fps",           "priority",
-                            "cut",           "bits",
-                            "lossless",      "clip_percentile",
-                            "per_channel",   "objective",
-                            "constraints",   "accuracy_confidence",
-                            "server_price",  "top_k",
-                            "in_flight",     "local_lane",
-                            "timeout_ms",    "threads",
-                            "start_s",       "latency_steps",
-                            "exits",         "exit_threshold",
-                            "explore_within"});
+  const Fields f(j, where,
+                 {"name",
+                  "model",
+                  "family",
+                  "meta",
+                  "variant",
+                  "profile",
+                  "input",
+                  "max_frames",
+                  "loop",
+                  "fps",
+                  "priority",
+                  "cut",
+                  "bits",
+                  "lossless",
+                  "clip_percentile",
+                  "per_channel",
+                  "objective",
+                  "constraints",
+                  "accuracy_confidence",
+                  "server_price",
+                  "top_k",
+                  "in_flight",
+                  "local_lane",
+                  "timeout_ms",
+                  "threads",
+                  "start_s",
+                  "latency_steps",
+                  "exits",
+                  "exit_threshold",
+                  "explore_within"});
   EDGESPLIT_RETURN_IF_ERROR(f.check_known());
   if (!f.has("model") && !f.has("family")) {
     return invalid_argument(where + ": \"model\" is missing: give the TorchScript file");
@@ -269,6 +285,16 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
   EDGESPLIT_RETURN_IF_ERROR(f.get("family", s.family_path));
   EDGESPLIT_RETURN_IF_ERROR(f.get("meta", s.meta_path));
   EDGESPLIT_RETURN_IF_ERROR(f.get("profile", s.profile_path));
+  if (f.has("variant")) {
+    if (f.has("family")) {
+      return invalid_argument(where + ": \"family\" names its variants: leave out \"variant\"");
+    }
+    // An object, as edgesplit-family writes it, or the same JSON as a string.
+    const json& v = f.at("variant");
+    auto spec = partitioner::parse_variant(v.is_string() ? v.get<std::string>() : v.dump());
+    if (!spec.ok()) return invalid_argument(where + ": \"variant\": " + spec.status().message());
+    s.variant = std::move(spec).value();
+  }
   EDGESPLIT_RETURN_IF_ERROR(f.get("input", s.input));
   s.model_path = resolve(base_dir, s.model_path);
   s.meta_path = resolve(base_dir, s.meta_path);
@@ -422,6 +448,7 @@ const std::vector<std::string>& stream_flags() {
   static const std::vector<std::string> kFlags = {"model",
                                                   "family",
                                                   "meta",
+                                                  "variant",
                                                   "input",
                                                   "max-frames",
                                                   "loop",
@@ -467,6 +494,8 @@ void add_flags(cxxopts::Options& cli) {
     ("stream", "the stream's name in every JSON line (default: the model file's stem)",
      cxxopts::value<std::string>())
     ("meta", "model metadata JSON (default: beside the model)", cxxopts::value<std::string>()->default_value(""))
+    ("variant", "run a derived variant of --model, e.g. '{\"input_size\": 28}' (docs/elastic.md; "
+     "give its --profile, made with edgesplit-profile --variant)", cxxopts::value<std::string>())
     ("input", "image file, folder of images, video file, or camera:N", cxxopts::value<std::string>())
     ("max-frames", "stop after this many frames (0: the whole input)", cxxopts::value<int64_t>()->default_value("0"))
     ("loop", "passes over a file or folder input (0: forever)", cxxopts::value<int>()->default_value("1"))
@@ -679,11 +708,19 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
     return invalid_argument(
         "no input given: pass --input with an image, a folder, a video or camera:0");
   }
+  if (args.count("family") && args.count("variant")) {
+    return invalid_argument("--family names its variants: leave out --variant");
+  }
   if (args.count("family")) {
     s.family_path = args["family"].as<std::string>();
     EDGESPLIT_RETURN_IF_ERROR(apply_family(s));
   } else {
     s.model_path = args["model"].as<std::string>();
+  }
+  if (args.count("variant")) {
+    auto spec = partitioner::parse_variant(args["variant"].as<std::string>());
+    if (!spec.ok()) return invalid_argument("--variant: " + spec.status().message());
+    s.variant = std::move(spec).value();
   }
   if (args.count("stream")) {
     s.name = args["stream"].as<std::string>();

@@ -47,6 +47,10 @@ inline partitioner::SchedulerOptions default_scheduler_options() {
 struct StreamConfig {
   std::string name;        // unique within a config; in every JSON line as "stream"
   std::string model_path;  // TorchScript file
+  // A derived variant of model_path (partitioner/variant.h: skipped blocks, low-rank layers, an
+  // input size), built at load time and known by its variant digest; its profile is the
+  // variant's (edgesplit-profile --variant). Empty: the model as it is.
+  partitioner::VariantSpec variant;
   // A model family (profiles/family.h): the stream runs its members, the scheduler choosing the
   // member per frame with the cut and encoding (each member needs a profile and its accuracy
   // against the reference in the manifest). model_path, meta_path and profile_path are then the

@@ -417,12 +417,16 @@ void PipelineRun::open_executors() {
 void PipelineRun::load_model() {
   auto info = partitioner::load_model_info(stream_.model_path, stream_.meta_path);
   if (!info.ok()) throw UserError{info.status().message()};
+  if (stream_.variant.input_size) {
+    info = partitioner::with_input_size(*info, *stream_.variant.input_size);
+  }
   Status input_ok = imaging::validate_input_info(*info);
   if (!input_ok.ok()) throw UserError{input_ok.message()};
   info_ = std::move(info).value();
   partitioner::LoadOptions lo;
   lo.input_shape = info_.input_shape;
   lo.engine = config_.engine;
+  lo.variant = stream_.variant;
   auto model = partitioner::ModelGraph::load(stream_.model_path, lo);
   if (!model.ok()) throw UserError{model.status().message()};
   model_ = std::move(model).value();

@@ -683,6 +683,7 @@ struct Stream::Impl {
     partitioner::LoadOptions lo;
     lo.input_shape = info.input_shape;
     lo.engine = device.engine;
+    lo.variant = cfg.variant;
     if (profile && retain < device_cut) {
       lo.retain = partitioner::Retain::kHeadsUpTo;
       lo.retain_cut = retain;
@@ -1565,24 +1566,31 @@ Result<std::unique_ptr<Stream>> Stream::create(const StreamConfig& config,
 
   auto info = partitioner::load_model_info(config.model_path, config.meta_path);
   if (!info.ok()) return fail(info.status());
+  if (config.variant.input_size) {
+    info = partitioner::with_input_size(*info, *config.variant.input_size);
+  }
   Status input_ok = imaging::validate_input_info(*info);
   if (!input_ok.ok()) return fail(input_ok);
   s.info = std::move(info).value();
 
   auto digest = partitioner::model_file_digest(config.model_path);
   if (!digest.ok()) return fail(digest.status());
-  s.digest = *digest;
+  // A derived variant is known by its own digest (the server serves it under that one too).
+  s.digest = partitioner::variant_digest(*digest, config.variant);
 
   const bool explicit_profile = !config.profile_path.empty();
+  // The profile beside the model is the model's, never a variant's: a variant's is named.
   s.profile_path = explicit_profile ? config.profile_path : default_profile_path(config.model_path);
-  if (explicit_profile || fs::exists(s.profile_path)) {
+  if (explicit_profile || (config.variant.empty() && fs::exists(s.profile_path))) {
     auto loaded = profiles::load_profile(s.profile_path);
     if (!loaded.ok()) return fail(loaded.status());
     s.profile = std::move(loaded).value();
     if (s.profile->model_digest != s.digest) {
+      const std::string as_variant =
+          config.variant.empty() ? "" : " as the variant " + config.variant.canonical();
       return fail(invalid_argument("profile " + s.profile_path + " was made for model " +
                                    s.profile->model_digest + ", not for " + config.model_path +
-                                   " (" + s.digest +
+                                   as_variant + " (" + s.digest +
                                    "): profile this model with edgesplit-profile"));
     }
     for (const auto& c : s.profile->cuts) s.cut_ids.push_back(c.id);
@@ -1594,6 +1602,11 @@ Result<std::unique_ptr<Stream>> Stream::create(const StreamConfig& config,
          profiles::check_timings(*s.profile, 0.15, std::numeric_limits<double>::infinity())) {
       s.log("warning: profile " + s.profile_path + ": " + w);
     }
+  } else if (config.cut.empty() && !config.variant.empty()) {
+    return fail(invalid_argument(
+        "no profile for the variant " + config.variant.canonical() + " of " + config.model_path +
+        ": make one with edgesplit-profile --variant and pass --profile FILE, or fix the plan "
+        "with --cut"));
   } else if (config.cut.empty()) {
     return fail(invalid_argument(
         "no profile for " + config.model_path + " (looked for " + s.profile_path +
@@ -2111,6 +2124,7 @@ void Stream::ready(double startup_s) {
   j["stream"] = s.cfg.name;
   j["model"] = fs::path(s.cfg.model_path).stem().string();
   j["model_digest"] = s.digest;
+  if (!s.cfg.variant.empty()) j["variant"] = s.cfg.variant.label();
   if (s.family()) {
     json members = json::array();
     members.push_back({{"name", s.reference_name}, {"digest", s.digest}, {"reference", true}});

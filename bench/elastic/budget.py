@@ -4,23 +4,30 @@
     bench/run.sh elastic budget [--quick] --out DIR [--check]
 
 The device (edgesplit-device, one thread on one core, frames at 30 fps from the CIFAR-10 test
-images, no contender) first runs each plain member of the CIFAR-10 family alone on the device
-(ResNet-56, -44, -32, -20: `--model M --cut device`), on the same frames, and takes the 90th
-percentile of each one's frame latencies. The sweep's bounds (`--bounds`):
+images, no contender) first runs each member of the CIFAR-10 family that a family stream uses (a
+profile and an accuracy in the manifest: the plain ResNets and the derived variants, each alone on
+the device: `--model M [--variant V] --cut device`), on the same frames, and takes the 90th
+percentile of each one's frame latencies. The members on the front (none faster is as accurate,
+on these frames) set the sweep's bounds (`--bounds`):
 
-- `between` (default): the geometric mean of the 90th percentiles of each two members neighbouring
-  in median latency, and 1.15x the slowest member's: each bound lies between what one member can
-  meet and what the next cannot, where choosing per frame can pay, and the best fixed member
-  meets it with a margin of about 15%, so that a rerun minutes later meets it again;
-- `own`: each member's own 90th percentile (a knife edge: a rerun of that member keeps 44-80% of
-  its frames within on this machine, and the comparison says more about the host than the family).
+- `between` (default): the geometric mean of the 90th percentiles of each two front members
+  neighbouring in median latency, and 1.15x the slowest front member's: each bound lies between
+  what one member can meet and what the next cannot, where choosing per frame can pay, and the
+  best fixed member meets it with a margin of about 15%, so that a rerun minutes later meets it
+  again;
+- `own`: each front member's own 90th percentile (a knife edge: a rerun of that member keeps
+  44-80% of its frames within on this machine, and the comparison says more about the host than
+  the family).
 
-At each bound B, the best fixed member is the most accurate one with at least 90% of its frames
-within B. The family runs with `--objective accuracy --max-latency-ms B --max-accuracy-drop none`,
-and the best fixed member runs again right after it: the pair compared is two neighbouring runs on
-the same frames. Target (elastic models): at every bound, the family's top-1 is at least
-the best fixed member's, paired on the same frames: the lower end of the 95% interval of (family -
-best fixed) is above -1 point, and at least 90% of the family's frames are within B.
+At each bound B, the family runs with `--objective accuracy --max-latency-ms B
+--max-accuracy-drop none`, and right after it the best fixed member runs again: the most accurate
+member, plain or derived, that had at least 90% of its frames within B alone, and if it keeps
+fewer than 90% within B now (this machine's speed drifts by tens of percent between runs minutes
+apart), the next one, up to three: the best fixed member is the most accurate one that meets the
+bound beside the family's run, and the pair compared is two neighbouring runs on the same frames.
+Target (elastic models): at every bound, the family's top-1 is at least the best fixed member's,
+paired on the same frames: the lower end of the 95% interval of (family - best fixed) is above -1
+point (or no member met the bound again), and at least 90% of the family's frames are within B.
 """
 
 import json
@@ -31,6 +38,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import contention as c  # noqa: E402  (the same device runner and image folder)
 from common import ROOT, parser, report, shared_dir  # noqa: E402
+
+RERUNS = 3  # fixed members run again at a bound, at most (the first that meets it is compared)
 
 
 def paired_interval(a, b, z=1.96):
@@ -66,14 +75,15 @@ def main():
     with open(family) as f:
         manifest = json.load(f)
     base = os.path.dirname(family)
-    plain = [m for m in manifest["members"] if "variant" not in m and "profile" in m]
+    # What a family stream loads: every member with a profile and an accuracy (docs/elastic.md).
+    candidates = [m for m in manifest["members"] if "profile" in m and "accuracy" in m]
     pin = ["taskset", "-c", c.CORE]
     common = ["--input", images, "--max-frames", str(frames), "--threads", "1", "--json",
               "--fps", str(args.fps), "--quiet"]
     idle = c.Contender()
-    print(f"budget: {len(plain)} members alone, then the family at {len(plain)} bounds "
-          f"({args.bounds}), "
-          f"{frames} frames each", file=sys.stderr, flush=True)
+    print(f"budget: {len(candidates)} members alone, then the family and the best of them at each "
+          f"bound ({args.bounds}, from the front), {frames} frames each", file=sys.stderr,
+          flush=True)
 
     def by_source(fs):
         return {f["source"]: f for f in fs}
@@ -82,10 +92,12 @@ def main():
         cmd = pin + [device, "--model", os.path.normpath(os.path.join(base, m["model"])),
                      "--profile", os.path.normpath(os.path.join(base, m["profile"])),
                      "--cut", "device"] + common
+        if m.get("variant"):
+            cmd += ["--variant", json.dumps(m["variant"])]
         return c.run_device(cmd, 10 ** 9, idle, labels)
 
     fixed = {}
-    for m in plain:
+    for m in candidates:
         fs = run_alone(m)
         lat = sorted(f["latency_ms"] for f in fs)
         fixed[m["name"]] = {"frames": by_source(fs), "p90_ms": lat[int(0.9 * (len(lat) - 1))],
@@ -96,9 +108,19 @@ def main():
 
     # Neighbours by median latency (steadier than the 90th percentile, which can swap two close
     # members in a short run).
-    by_speed = sorted(plain, key=lambda m: fixed[m["name"]]["p50_ms"])
+    by_speed = sorted(candidates, key=lambda m: fixed[m["name"]]["p50_ms"])
+    # The front: each member more accurate than every faster one. A member off it is never the
+    # best fixed choice where a faster one meets the bound, so bounds between its neighbours say
+    # nothing new.
+    front = []
+    for m in by_speed:
+        if not front or fixed[m["name"]]["top1"] > fixed[front[-1]["name"]]["top1"]:
+            front.append(m)
+    print("budget: the front: " + ", ".join(m["name"] for m in front), file=sys.stderr,
+          flush=True)
+    by_speed = front
     if args.bounds == "own":
-        sweep = [(round(fixed[m["name"]]["p90_ms"], 3), m["name"] + "'s p90") for m in plain]
+        sweep = [(round(fixed[m["name"]]["p90_ms"], 3), m["name"] + "'s p90") for m in front]
     else:
         sweep = []
         for fast, slow in zip(by_speed, by_speed[1:]):
@@ -116,7 +138,7 @@ def main():
             within = sum(f["latency_ms"] <= bound for f in r["frames"].values()) / len(r["frames"])
             if within >= 0.9:
                 meeting.append((r["top1"], name))
-        best = max(meeting)[1] if meeting else None
+        meeting.sort(reverse=True)
         cmd = pin + [device, "--family", family, "--objective", "accuracy", "--max-latency-ms",
                      str(bound), "--max-accuracy-drop", "none"] + common
         fs = c.run_device(cmd, 10 ** 9, idle, labels)
@@ -125,23 +147,38 @@ def main():
         members = {}
         for f in fs:
             members[f["member"]] = members.get(f["member"], 0) + 1
-        row = {"bound_ms": bound, "bound_from": bound_from, "best_fixed": best,
+        row = {"bound_ms": bound, "bound_from": bound_from,
                "family_top1": sum(f["right"] for f in fs) / len(fs), "family_within": within,
-               "members": members}
+               "members": members, "fixed_again": []}
+        # The baseline again, right after the family's run: the most accurate member that met the
+        # bound alone, and if it misses it now (this machine's speed drifts by tens of percent
+        # between runs minutes apart), the next one, up to RERUNS members: the best fixed member
+        # is the most accurate one that meets the bound in the run beside the family's.
+        best = again = None
+        for _, name in meeting[:RERUNS]:
+            fs_again = by_source(run_alone(next(m for m in candidates if m["name"] == name)))
+            met = sum(f["latency_ms"] <= bound for f in fs_again.values()) / len(fs_again)
+            row["fixed_again"].append({"member": name, "within": met})
+            print(f"budget: bound {bound} ms: {name} again: {100 * met:.1f}% within",
+                  file=sys.stderr, flush=True)
+            best, again = name, fs_again
+            if met >= 0.9:
+                break
+        row["best_fixed"] = best
         if best:
-            # The baseline again, right after the family's run.
-            again = by_source(run_alone(next(m for m in plain if m["name"] == best)))
             common_src = sorted(set(fam) & set(again))
             a = [fam[s]["right"] for s in common_src]
             b = [again[s]["right"] for s in common_src]
             point, low, high = paired_interval(a, b)
+            fixed_within = sum(again[s]["latency_ms"] <= bound
+                               for s in common_src) / len(common_src)
             row.update({"best_fixed_top1": sum(b) / len(b),
-                        "best_fixed_within": sum(again[s]["latency_ms"] <= bound
-                                                 for s in common_src) / len(common_src),
+                        "best_fixed_within": fixed_within,
                         "diff_pp": round(point, 2),
                         "diff_interval_pp": [round(low, 2), round(high, 2)],
                         "paired_frames": len(common_src),
-                        "pass": low > -1 and within >= 0.9})
+                        # No member met the bound again: the family only has to.
+                        "pass": (low > -1 or fixed_within < 0.9) and within >= 0.9})
         else:
             row.update({"pass": within >= 0.9})
         rows.append(row)
@@ -151,7 +188,7 @@ def main():
               file=sys.stderr, flush=True)
     ok = all(r["pass"] for r in rows)
     results = {"bench": "elastic-budget", "quick": args.quick, "frames": frames,
-               "bounds": args.bounds,
+               "bounds": args.bounds, "front": [m["name"] for m in front],
                "fixed": {k: {"p50_ms": v["p50_ms"], "p90_ms": v["p90_ms"], "top1": v["top1"]}
                          for k, v in fixed.items()},
                "rows": rows,

@@ -192,6 +192,18 @@ TEST_CASE("a config's absent fields take the command line's defaults") {
   CHECK(s.timeout_ms == 1000);
   CHECK(s.threads == 0);
 
+  CHECK(s.variant.empty());
+
+  SUBCASE("a derived variant, as an object or as a string") {
+    for (const char* v : {R"({"input_size": 28, "skip": ["layer2.2"]})",
+                          R"("{\"input_size\": 28, \"skip\": [\"layer2.2\"]}")"}) {
+      CAPTURE(v);
+      auto j = parse_device_config(one_stream(std::string(R"(, "variant": )") + v));
+      REQUIRE_MESSAGE(j.ok(), j.status().to_string());
+      CHECK(j->streams[0].variant.input_size == 28);
+      CHECK(j->streams[0].variant.skip == std::vector<std::string>{"layer2.2"});
+    }
+  }
   SUBCASE("jpeg bits without a cut send the input") {
     auto j = parse_device_config(one_stream(R"(, "bits": "jpeg85")"));
     REQUIRE(j.ok());
@@ -238,6 +250,9 @@ TEST_CASE("each config mistake is one sentence naming the stream and the field")
       {one_stream(R"(, "constraints": {"max_latency": 5})"),
        R"(stream "scene": unknown key "constraints.max_latency")"},
       {one_stream(R"(, "constraints": 5)"), R"(stream "scene": "constraints" must be an object)"},
+      {one_stream(R"(, "variant": {"input_sise": 28})"),
+       R"(stream "scene": "variant": variant key "input_sise" is unknown)"},
+      {one_stream(R"(, "variant": {"input_size": 4})"), R"(stream "scene": "variant": )"},
       {one_stream(R"(, "fsp": 5)"), R"(stream "scene": unknown key "fsp" (keys: name, model)"},
       {one_stream("", R"("sever": "tcp://x:1", )"),
        R"(config: unknown key "sever" (keys: server, handshake_timeout_ms, retry_ms, threads)"},

@@ -304,6 +304,69 @@ TEST_CASE("a server started with --family serves every member: frames of any mem
 }
 
 TEST_CASE(
+    "a device runs a derived variant alone (--variant): split on a family server as on the "
+    "device") {
+  if (!have_family()) {
+    MESSAGE("skipped: ../shared/models/resnet_cifar10 is absent");
+    return;
+  }
+  const fs::path dir = scratch("variant");
+  const fs::path images = cifar_images(dir, 3);
+  const fs::path manifest = two_member_family(dir);
+  json family;
+  std::ifstream(manifest) >> family;
+  std::string model, profile;
+  for (const json& m : family["members"]) {
+    if (m["name"] != "resnet56-28px") continue;
+    model = m["model"].get<std::string>();
+    profile = m["profile"].get<std::string>();
+  }
+  REQUIRE_FALSE(profile.empty());
+  json prof;
+  std::ifstream(profile) >> prof;
+  // A cut in the middle: the variant's head here, its tail on the server, fp32 across.
+  const int cut = prof["cuts"][prof["cuts"].size() / 2]["id"].get<int>();
+
+  ServerProcess server;
+  REQUIRE(server.start(dir, {"--family", manifest.string()}));
+  const std::vector<std::string> device = {
+      bin("edgesplit-device"), "--model",   model,   "--variant",
+      R"({"input_size": 28})", "--profile", profile, "--input",
+      images.string(),         "--threads", "1",     "--json"};
+  auto run = [&](const std::string& name, std::vector<std::string> extra) {
+    std::vector<std::string> argv = device;
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    const int rc = run_to_end(argv, dir / (name + ".out"), dir / (name + ".err"));
+    CHECK_MESSAGE(rc == 0, read_file(dir / (name + ".err")));
+    json ready;
+    std::map<std::string, json> frames;
+    for (const json& j : lines_of(dir / (name + ".out"))) {
+      if (j.value("type", "") == "ready") ready = j;
+      if (j.value("type", "") == "frame") frames[j["source"].get<std::string>()] = j;
+    }
+    CHECK(ready.value("variant", "") == "28 px");
+    CHECK(frames.size() == 30);
+    return frames;
+  };
+  const auto split =
+      run("split", {"--server", server.endpoint(), "--require-server", kServerIsUp[0],
+                    kServerIsUp[1], "--cut", std::to_string(cut), "--bits", "fp32"});
+  const auto local = run("local", {"--cut", "device"});
+  // The server knows the variant by the digest the device computed from the same description:
+  // every frame's tail ran there, and gave the class the device's own variant gives.
+  int same = 0;
+  for (const auto& [source, f] : split) {
+    CHECK(f["completed"] == "server");
+    auto it = local.find(source);
+    REQUIRE(it != local.end());
+    CHECK(it->second["completed"] == "local");
+    same += f["top"][0]["index"] == it->second["top"][0]["index"];
+  }
+  CHECK(same == 30);
+  fs::remove_all(dir);
+}
+
+TEST_CASE(
     "a family stream with its reference's exits: exit plans for that member, on either side") {
   const fs::path exits = resnet56_exits();
   if (exits.empty()) {
