@@ -118,16 +118,15 @@ def main():
             front.append(m)
     print("budget: the front: " + ", ".join(m["name"] for m in front), file=sys.stderr,
           flush=True)
-    by_speed = front
     if args.bounds == "own":
         sweep = [(round(fixed[m["name"]]["p90_ms"], 3), m["name"] + "'s p90") for m in front]
     else:
         sweep = []
-        for fast, slow in zip(by_speed, by_speed[1:]):
+        for fast, slow in zip(front, front[1:]):
             a, b = fixed[fast["name"]]["p90_ms"], fixed[slow["name"]]["p90_ms"]
             sweep.append((round(math.sqrt(a * b), 3),
                           "between %s's and %s's p90" % (fast["name"], slow["name"])))
-        slowest = by_speed[-1]["name"]
+        slowest = front[-1]["name"]
         sweep.append((round(1.15 * fixed[slowest]["p90_ms"], 3), "1.15x %s's p90" % slowest))
     sweep.sort(reverse=True)
 
