@@ -417,9 +417,8 @@ void PipelineRun::open_executors() {
 void PipelineRun::load_model() {
   auto info = partitioner::load_model_info(stream_.model_path, stream_.meta_path);
   if (!info.ok()) throw UserError{info.status().message()};
-  if (stream_.variant.input_size) {
-    info = partitioner::with_input_size(*info, *stream_.variant.input_size);
-  }
+  if (info.ok()) info = partitioner::with_variant_input(*info, stream_.variant);
+  if (!info.ok()) throw UserError{info.status().message()};
   Status input_ok = imaging::validate_input_info(*info);
   if (!input_ok.ok()) throw UserError{input_ok.message()};
   info_ = std::move(info).value();

@@ -1566,9 +1566,8 @@ Result<std::unique_ptr<Stream>> Stream::create(const StreamConfig& config,
 
   auto info = partitioner::load_model_info(config.model_path, config.meta_path);
   if (!info.ok()) return fail(info.status());
-  if (config.variant.input_size) {
-    info = partitioner::with_input_size(*info, *config.variant.input_size);
-  }
+  info = partitioner::with_variant_input(*info, config.variant);
+  if (!info.ok()) return fail(info.status());
   Status input_ok = imaging::validate_input_info(*info);
   if (!input_ok.ok()) return fail(input_ok);
   s.info = std::move(info).value();
@@ -1630,8 +1629,9 @@ Result<std::unique_ptr<Stream>> Stream::create(const StreamConfig& config,
       a.member = m;
       auto minfo = partitioner::load_model_info(m.model, m.meta);
       if (!minfo.ok()) return fail(invalid_argument(what + ": " + minfo.status().message()));
-      a.info = m.variant.input_size ? partitioner::with_input_size(*minfo, *m.variant.input_size)
-                                    : *minfo;
+      minfo = partitioner::with_variant_input(*minfo, m.variant);
+      if (!minfo.ok()) return fail(invalid_argument(what + ": " + minfo.status().message()));
+      a.info = *minfo;
       Status member_input = imaging::validate_input_info(a.info);
       if (!member_input.ok()) return fail(invalid_argument(what + ": " + member_input.message()));
       auto file_digest = partitioner::model_file_digest(m.model);

@@ -159,4 +159,21 @@ ModelInfo with_input_size(const ModelInfo& info, int side) {
   return out;
 }
 
+Result<ModelInfo> with_variant_input(const ModelInfo& info, const VariantSpec& spec) {
+  ModelInfo out = spec.input_size ? with_input_size(info, *spec.input_size) : info;
+  if (!spec.resize_short) return out;
+  if (out.input_shape.size() != 4 || info.resize_short <= 0) {
+    return invalid_argument(
+        "variant \"resize_short\" needs a model whose metadata resizes the short side and crops "
+        "(\"resize_short\" in its JSON)");
+  }
+  const int64_t side = std::max(out.input_shape[2], out.input_shape[3]);
+  if (*spec.resize_short < side) {
+    return invalid_argument("variant \"resize_short\" (" + std::to_string(*spec.resize_short) +
+                            ") must be at least the input's side (" + std::to_string(side) + ")");
+  }
+  out.resize_short = *spec.resize_short;
+  return out;
+}
+
 }  // namespace edgesplit::partitioner

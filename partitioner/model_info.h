@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "packing/status.h"
+#include "partitioner/variant.h"
 
 namespace edgesplit::partitioner {
 
@@ -32,6 +33,11 @@ Result<ModelInfo> load_model_info(const std::string& model_path, const std::stri
 // `info` for a square input of `side` pixels (an input-size variant): input_shape's H and W become
 // `side`, and resize_short scales with it, so the crop keeps the same share of the image.
 ModelInfo with_input_size(const ModelInfo& info, int side);
+
+// `info` as a variant's preprocessing sees it: with_input_size for its "input_size", then its
+// "resize_short" in place of the scaled one. Fails with kInvalidArgument, in one sentence, when
+// resize_short is below the input's side or the model's metadata does not resize and crop.
+Result<ModelInfo> with_variant_input(const ModelInfo& info, const VariantSpec& spec);
 
 // Parses metadata JSON text; `base_dirs` are searched for a labels file.
 Result<ModelInfo> parse_model_info(const std::string& json_text,

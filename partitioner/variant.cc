@@ -17,6 +17,7 @@ std::string VariantSpec::canonical() const {
     for (const auto& [name, rank] : low_rank) lr[name] = rank;
     j["low_rank"] = lr;
   }
+  if (resize_short) j["resize_short"] = *resize_short;
   if (!skip.empty()) j["skip"] = skip;
   return j.dump();  // nlohmann's objects keep keys sorted
 }
@@ -39,7 +40,11 @@ std::string VariantSpec::label() const {
     }
     sep = "; ";
   }
-  if (input_size) os << sep << *input_size << " px";
+  if (input_size) {
+    os << sep << *input_size << " px";
+    sep = "; ";
+  }
+  if (resize_short) os << sep << "short side " << *resize_short;
   return os.str();
 }
 
@@ -86,10 +91,23 @@ Result<VariantSpec> parse_variant(const std::string& json_text) {
         return invalid_argument("variant \"input_size\" must be a whole number of pixels >= 8");
       }
       spec.input_size = value.get<int>();
+    } else if (key == "resize_short") {
+      if (!value.is_number_integer() || value.get<int64_t>() < 8 || value.get<int64_t>() > 8192) {
+        return invalid_argument(
+            "variant \"resize_short\" must be a whole number of pixels >= 8 (the short side "
+            "before the center crop)");
+      }
+      spec.resize_short = value.get<int>();
     } else {
       return invalid_argument("variant key \"" + key +
-                              "\" is unknown (use \"skip\", \"low_rank\" or \"input_size\")");
+                              "\" is unknown (use \"skip\", \"low_rank\", \"input_size\" or "
+                              "\"resize_short\")");
     }
+  }
+  if (spec.input_size && spec.resize_short && *spec.resize_short < *spec.input_size) {
+    return invalid_argument("variant \"resize_short\" (" + std::to_string(*spec.resize_short) +
+                            ") must be at least \"input_size\" (" +
+                            std::to_string(*spec.input_size) + "): the crop is taken from it");
   }
   return spec;
 }

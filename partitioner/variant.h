@@ -14,7 +14,14 @@
 //   and dilation, then a 1 x 1 convolution to O channels with the layer's bias (for a linear layer:
 //   two linear layers). ModelGraph::factorable_layers() lists the candidates.
 // - "input_size": the side of the square input (networks that end in global pooling); the
-//   preprocessing resizes to it instead of the metadata's size.
+//   preprocessing resizes to it instead of the metadata's size. By default the short side is
+//   resized to the metadata's resize_short scaled by the same ratio, so the crop keeps the same
+//   share of the image and objects shrink with it.
+// - "resize_short": the short side the image is resized to before the center crop, instead of
+//   that default (at least the input size; for models whose metadata resize and crop). Giving the
+//   metadata's own value keeps objects at the scale the network was trained and tested at and
+//   crops tighter instead: at a smaller input size that loses less accuracy than shrinking the
+//   whole view (FixRes, Touvron et al., NeurIPS'19, on the train-test resolution discrepancy).
 #pragma once
 
 #include <cstdint>
@@ -31,16 +38,18 @@ struct VariantSpec {
   std::vector<std::string> skip;        // sorted, unique
   std::map<std::string, int> low_rank;  // layer -> rank (>= 1)
   std::optional<int> input_size;
+  std::optional<int> resize_short;
 
   // The model itself: no change.
-  bool empty() const { return skip.empty() && low_rank.empty() && !input_size; }
+  bool empty() const { return skip.empty() && low_rank.empty() && !input_size && !resize_short; }
   // Canonical JSON (sorted keys and names, no spaces): what variant_digest hashes. "{}" when empty.
   std::string canonical() const;
   // Short and readable: "skip features.3,features.13; low-rank classifier.1:256; 192 px", or
   // "full" when empty.
   std::string label() const;
   bool operator==(const VariantSpec& other) const {
-    return skip == other.skip && low_rank == other.low_rank && input_size == other.input_size;
+    return skip == other.skip && low_rank == other.low_rank && input_size == other.input_size &&
+           resize_short == other.resize_short;
   }
 };
 

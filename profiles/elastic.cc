@@ -103,8 +103,8 @@ Result<at::Tensor> run_all(const ModelGraph& graph, const ImageSet& set, const M
   return torch::cat(outs, 0);
 }
 
-ModelInfo info_for(const ModelInfo& info, const VariantSpec& spec) {
-  return spec.input_size ? partitioner::with_input_size(info, *spec.input_size) : info;
+Result<ModelInfo> info_for(const ModelInfo& info, const VariantSpec& spec) {
+  return partitioner::with_variant_input(info, spec);
 }
 
 // Mean KL(p || q) of the softmax rows and the share of rows whose argmax differs.
@@ -181,7 +181,9 @@ Result<DeriveResult> derive_variants(const DeriveOptions& o) {
   auto evaluate = [&](const VariantSpec& spec, DerivedVariant& v) -> Status {
     auto graph = load(spec);
     if (!graph.ok()) return graph.status();
-    auto logits = run_all(**graph, *set, info_for(*info, spec));
+    auto vinfo = info_for(*info, spec);
+    if (!vinfo.ok()) return vinfo.status();
+    auto logits = run_all(**graph, *set, *vinfo);
     if (!logits.ok()) return logits.status();
     std::tie(v.kl, v.disagreement) = divergence(*reference, *logits);
     v.multiply_adds = (*graph)->multiply_adds();
@@ -300,18 +302,31 @@ Result<DeriveResult> derive_variants(const DeriveOptions& o) {
       }
     }
   }
+  const bool scaled = o.input_crop != "tight";
+  const bool tight = o.input_crop != "scaled" && info->resize_short > 0;
+  if (o.input_crop != "scaled" && info->resize_short <= 0) {
+    say("input sizes: no tight crops (the model's metadata does not resize and crop)");
+  }
   for (int s : sizes) {
-    VariantSpec spec;
-    spec.input_size = s;
-    DerivedVariant v;
-    Status st = evaluate(spec, v);
-    if (!st.ok()) {
-      say("input size " + std::to_string(s) + " px: not offered (" + st.message() + ")");
-      continue;
+    for (int way = 0; way < 2; ++way) {
+      if ((way == 0 && !scaled) || (way == 1 && !tight)) continue;
+      VariantSpec spec;
+      spec.input_size = s;
+      if (way == 1) spec.resize_short = info->resize_short;
+      DerivedVariant v;
+      Status st = evaluate(spec, v);
+      if (!st.ok()) {
+        say("input size " + std::to_string(s) + " px" + (way ? " (tight crop)" : "") +
+            ": not offered (" + st.message() + ")");
+        continue;
+      }
+      v.name = std::to_string(s) + (way ? "px-tight" : "px");
+      v.note = way ? "input cropped to " + std::to_string(s) + " px from the model's own resize (" +
+                         std::to_string(info->resize_short) + " px short side)"
+                   : "input resized to " + std::to_string(s) + " px";
+      say(v.name + ": " + v.note + " (KL " + fixed(v.kl, 4) + ")");
+      result.variants.push_back(v);
     }
-    v.name = std::to_string(s) + "px";
-    v.note = "input resized to " + std::to_string(s) + " px";
-    result.variants.push_back(v);
   }
   return result;
 }
@@ -359,7 +374,9 @@ Result<FamilyTable> measure_family(const TableOptions& o) {
     auto info = partitioner::load_model_info(member.model, member.meta);
     if (!info.ok()) return invalid_argument(member.name + ": " + info.status().message());
     Loaded l;
-    l.info = info_for(*info, member.variant);
+    auto vinfo = info_for(*info, member.variant);
+    if (!vinfo.ok()) return invalid_argument(member.name + ": " + vinfo.status().message());
+    l.info = *vinfo;
     partitioner::LoadOptions lo;
     lo.input_shape = l.info.input_shape;
     lo.engine = o.engine;

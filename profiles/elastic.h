@@ -40,6 +40,12 @@ struct DeriveOptions {
   // side, in multiples of 32 (of 4 below 64 px).
   std::vector<int> input_sizes;
   bool input_size_variants = true;  // false: none
+  // How an input-size variant crops (models whose metadata resize the short side, then crop):
+  // "scaled" resizes the short side by the same ratio as the input (the same view, smaller
+  // objects); "tight" keeps the model's own resize and crops the smaller input from it (objects
+  // at the scale the network knows, less of the view: VariantSpec's "resize_short"); "both"
+  // offers each size both ways.
+  std::string input_crop = "scaled";
   int threads = 0;
   std::function<void(const std::string&)> on_progress;
 };

@@ -102,6 +102,10 @@ int derive(int argc, char** argv) {
      cxxopts::value<std::string>()->default_value("0.05,0.1,0.2"))
     ("input-sizes", "input sizes in px (default: about 6/7, 5/7, 4/7 of the model's; 'none')",
      cxxopts::value<std::string>()->default_value(""))
+    ("input-crop",
+     "input-size variants: 'scaled' (the same view, resized), 'tight' (the model's own resize, "
+     "a smaller center crop) or 'both'",
+     cxxopts::value<std::string>()->default_value("scaled"))
     ("name", "the model's member name (default: its metadata name)",
      cxxopts::value<std::string>()->default_value(""))
     ("family", "the family's name, for a new manifest", cxxopts::value<std::string>()->default_value(""))
@@ -140,6 +144,10 @@ int derive(int argc, char** argv) {
     auto s = parse_list<int>(sizes, "--input-sizes");
     if (!s.ok()) return usage_error(s.status().message());
     o.input_sizes = *s;
+  }
+  o.input_crop = args["input-crop"].as<std::string>();
+  if (o.input_crop != "scaled" && o.input_crop != "tight" && o.input_crop != "both") {
+    return usage_error("--input-crop must be 'scaled', 'tight' or 'both'");
   }
   profiles::Family family;
   const std::string into = args["into"].as<std::string>();

@@ -260,9 +260,9 @@ class Profiler {
     threads_ = at::get_num_threads();
     auto info = partitioner::load_model_info(opt_.model_path, opt_.meta_path);
     if (!info.ok()) return info.status();
+    info = partitioner::with_variant_input(*info, opt_.variant);
+    if (!info.ok()) return info.status();
     info_ = std::move(info).value();
-    if (opt_.variant.input_size)
-      info_ = partitioner::with_input_size(info_, *opt_.variant.input_size);
     EDGESPLIT_RETURN_IF_ERROR(imaging::validate_input_info(info_));
     partitioner::LoadOptions lo;
     lo.input_shape = info_.input_shape;

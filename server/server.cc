@@ -726,8 +726,8 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     std::string name;
     auto info = partitioner::load_model_info(path, meta);
     if (info.ok()) {
-      if (lo.variant.input_size)
-        *info = partitioner::with_input_size(*info, *lo.variant.input_size);
+      info = partitioner::with_variant_input(*info, lo.variant);
+      if (!info.ok()) return info.status();
       lo.input_shape = info->input_shape;
       name = info->name;
     } else if (!meta.empty() || info.status().code() != StatusCode::kNotFound) {

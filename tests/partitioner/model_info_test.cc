@@ -65,6 +65,47 @@ TEST_CASE("parse_model_info reads every key and checks them") {
   }
 }
 
+TEST_CASE("a variant's input: the same view scaled, or the model's own resize cropped tighter") {
+  using edgesplit::partitioner::parse_variant;
+  using edgesplit::partitioner::with_variant_input;
+  auto info = parse_model_info(R"({"input_shape": [1, 3, 224, 224], "resize_short": 256})", {});
+  REQUIRE(info.ok());
+  auto variant = [](const char* json) {
+    auto spec = parse_variant(json);
+    REQUIRE(spec.ok());
+    return spec.value();
+  };
+  // The default: the short side scales with the input (256 x 192 / 224 = 219.4).
+  auto scaled = with_variant_input(*info, variant(R"({"input_size": 192})"));
+  REQUIRE(scaled.ok());
+  CHECK(scaled->input_shape == std::vector<int64_t>{1, 3, 192, 192});
+  CHECK(scaled->resize_short == 219);
+  // A tight crop: the model's own 256, so objects keep their size in pixels.
+  auto tight = with_variant_input(*info, variant(R"({"input_size": 192, "resize_short": 256})"));
+  REQUIRE(tight.ok());
+  CHECK(tight->input_shape == std::vector<int64_t>{1, 3, 192, 192});
+  CHECK(tight->resize_short == 256);
+  // Alone, at the model's own size.
+  auto wider = with_variant_input(*info, variant(R"({"resize_short": 240})"));
+  REQUIRE(wider.ok());
+  CHECK(wider->input_shape == std::vector<int64_t>{1, 3, 224, 224});
+  CHECK(wider->resize_short == 240);
+  // Below the input's side, or for a model that does not crop: one sentence.
+  auto small = with_variant_input(*info, variant(R"({"resize_short": 200})"));
+  REQUIRE_FALSE(small.ok());
+  CHECK(small.status().code() == StatusCode::kInvalidArgument);
+  CHECK(small.status().message().find("at least the input's side (224)") != std::string::npos);
+  auto no_crop = parse_model_info(R"({"input_shape": [1, 3, 32, 32]})", {});
+  REQUIRE(no_crop.ok());
+  auto r = with_variant_input(*no_crop, variant(R"({"input_size": 28, "resize_short": 32})"));
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().message().find("resizes the short side and crops") != std::string::npos);
+  // Parsing refuses a short side below the input size.
+  auto crossed = parse_variant(R"({"input_size": 192, "resize_short": 160})");
+  REQUIRE_FALSE(crossed.ok());
+  CHECK(crossed.status().message().find("at least \"input_size\"") != std::string::npos);
+}
+
 TEST_CASE("load_model_info finds MODEL.json - edgesplit.json or meta_path - and labels files") {
   auto dir = scratch_dir("find");
   auto model = dir / "net.pt";

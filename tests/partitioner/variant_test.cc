@@ -75,6 +75,18 @@ TEST_CASE("variant descriptions: canonical form, labels, digests and errors") {
     CHECK(r.status().code() == StatusCode::kInvalidArgument);
   }
   CHECK(parse_variant("{\"depth\": 3}").status().message().find("\"depth\"") != std::string::npos);
+
+  // A tight crop is part of the description and of the digest: the same module, other inputs,
+  // another accuracy.
+  VariantSpec tight = spec_of(R"({"input_size": 192, "resize_short": 256})");
+  CHECK(tight.canonical() == R"({"input_size":192,"resize_short":256})");
+  CHECK(tight.label() == "192 px; short side 256");
+  CHECK(spec_of(tight.canonical()) == tight);
+  CHECK_FALSE(tight == spec_of(R"({"input_size": 192})"));
+  CHECK(variant_digest("sha256:abc", tight) !=
+        variant_digest("sha256:abc", spec_of(R"({"input_size": 192})")));
+  CHECK_FALSE(parse_variant(R"({"resize_short": 4})").ok());
+  CHECK_FALSE(parse_variant(R"({"resize_short": "256"})").ok());
 }
 
 TEST_CASE("a skipped block gives exactly the network without it, and does not run") {
