@@ -263,6 +263,7 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
                   "top_k",
                   "in_flight",
                   "local_lane",
+                  "head_overhead",
                   "timeout_ms",
                   "threads",
                   "start_s",
@@ -410,6 +411,12 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
   auto parsed_lane = parse_local_lane(lane);
   if (!parsed_lane) return f.error("local_lane", "auto, on or off, not " + in_quotes(lane));
   s.local_lane = *parsed_lane;
+  std::string overhead = "auto";
+  EDGESPLIT_RETURN_IF_ERROR(f.get("head_overhead", overhead));
+  if (overhead != "auto" && overhead != "off") {
+    return f.error("head_overhead", "auto or off, not " + in_quotes(overhead));
+  }
+  s.head_overhead = overhead == "auto";
   EDGESPLIT_RETURN_IF_ERROR(f.get("timeout_ms", s.timeout_ms, kMustPositive));
   EDGESPLIT_RETURN_IF_ERROR(f.get("threads", s.threads, kMustCount));
   EDGESPLIT_RETURN_IF_ERROR(f.get("exits", s.exits_path));
@@ -471,6 +478,7 @@ const std::vector<std::string>& stream_flags() {
                                                   "explore-within",
                                                   "in-flight",
                                                   "local-lane",
+                                                  "head-overhead",
                                                   "timeout-ms",
                                                   "fps",
                                                   "priority",
@@ -573,6 +581,10 @@ void add_flags(cxxopts::Options& cli) {
      "the device, frames while a lost server is away, and with --objective throughput frames "
      "beside the full --in-flight window when the device would otherwise wait), on (also beside "
      "any full window) or off",
+     cxxopts::value<std::string>()->default_value("auto"))
+    ("head-overhead", "heads after an idle gap: auto (while frames are paced by --fps, time a "
+     "whole-model head again back to back now and then, and plan every head with what the gap "
+     "adds) or off",
      cxxopts::value<std::string>()->default_value("auto"))
     ("timeout-ms", "a frame not answered by then is finished on the device", cxxopts::value<int>()->default_value("1000"))
     ("exits", "early exits of the model: NAME_exits.json (models/exits/): a frame an exit head is "
@@ -844,6 +856,11 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
     return invalid_argument("--local-lane must be auto, on or off, not \"" + lane + "\"");
   }
   s.local_lane = *parsed_lane;
+  const std::string overhead = args["head-overhead"].as<std::string>();
+  if (overhead != "auto" && overhead != "off") {
+    return invalid_argument("--head-overhead must be auto or off, not \"" + overhead + "\"");
+  }
+  s.head_overhead = overhead == "auto";
   s.timeout_ms = args["timeout-ms"].as<int>();
   if (args.count("exits")) s.exits_path = args["exits"].as<std::string>();
   if (args.count("exit-threshold")) {

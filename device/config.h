@@ -93,6 +93,10 @@ struct StreamConfig {
   int top_k = 5;
   int in_flight = 0;  // frames sent and not yet answered (0: 1, or 4 for throughput)
   LocalLane local_lane = LocalLane::kAuto;
+  // Head overhead (docs/runtime.md, "Heads after an idle gap"): while frames are paced (--fps),
+  // every 20th whole-model frame's head runs once more back to back after the frame is done, and
+  // the difference is planned with as a fixed addition to every head. false: off.
+  bool head_overhead = true;
   int timeout_ms = 1000;  // a frame not answered by then is finished locally
   int threads = 0;        // intra-op threads for this stream's networks (0: the manager decides)
   // Head exploration (latency objective): a plan whose head this device has not timed enough runs

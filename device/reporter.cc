@@ -128,6 +128,7 @@ json Reporter::frame_json(const FrameRecord& r) {
                        {"server_load", round3(c.server_load)},
                        {"server_available", c.server_available},
                        {"frame_overhead_ms", round3(c.frame_overhead_ms)},
+                       {"head_overhead_ms", round3(c.head_overhead_ms)},
                        {"link_share", round3(r.link_share)}};
   }
   if (r.server) {

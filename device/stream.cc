@@ -430,6 +430,64 @@ struct Stream::Impl {
     return v[v.size() / 2];
   }
 
+  // Heads after an idle gap (Conditions::head_overhead_ms). While frames are paced by a frame
+  // rate, every kOverheadEvery-th whole-model frame on the loop (the first ones sooner) runs its
+  // head once more back to back once the frame is done and the next one is not due for a while:
+  // the first run's time less the second's is what the gap cost. The median of the recent ones
+  // is added to every planned head, and taken off every measured head before it teaches the load
+  // factor and the per-cut corrections, which then describe back-to-back speed as the profile
+  // does. One stream only (a second run would delay another stream's frame).
+  static constexpr int kOverheadEvery = 20;
+  static constexpr int kOverheadFirst = 3;  // samples taken every 4th frame at the start
+  partitioner::RecentMedian overhead_samples{9};
+  int overhead_count = 0;
+  int64_t overhead_candidates = 0;
+  std::pair<int, int> overhead_head{-1, -1};  // (member, cut) of the last whole-model frame
+  int overhead_same = 0;                      // frames in a row with that head
+  bool head_overhead_timed() const {
+    return cfg.head_overhead && cfg.fps > 0 && device.streams.size() == 1;
+  }
+  double head_overhead_ms() const {
+    return overhead_count >= kOverheadFirst ? std::max(0.0, overhead_samples.value()) : 0.0;
+  }
+  // A measured head as if it had run back to back (never below half of it).
+  double back_to_back_ms(double measured_ms) const {
+    return std::max(measured_ms - head_overhead_ms(), 0.5 * measured_ms);
+  }
+  void maybe_time_head_again(const partitioner::ModelGraph& graph, int member, int head_cut,
+                             const at::Tensor& input, double head_ms) {
+    if (!head_overhead_timed() || head_cut <= 0) return;
+    // A head's first runs after a switch are cold for other reasons (its weights, its kernels'
+    // first calls): only heads that ran the frame before too.
+    const std::pair<int, int> key{member, head_cut};
+    overhead_same = key == overhead_head ? overhead_same + 1 : 0;
+    overhead_head = key;
+    if (overhead_same < kColdRuns) return;
+    ++overhead_candidates;
+    const int64_t every = overhead_count < kOverheadFirst ? 4 : kOverheadEvery;
+    if (overhead_candidates % every != 0) return;
+    // Only in the gap before the next frame: its arrival is `arrivals` periods after the first.
+    const auto next = first_arrival + std::chrono::duration_cast<Clock::duration>(
+                                          std::chrono::duration<double>(arrivals / cfg.fps));
+    const auto now = Clock::now();
+    if (next - now < std::chrono::duration_cast<Clock::duration>(
+                         std::chrono::duration<double, std::milli>(3 * head_ms + 1))) {
+      return;
+    }
+    double again_ms = 0;
+    try {
+      ComputeToken::Hold hold(token, cfg.priority, next);
+      torch::NoGradGuard no_grad;
+      const auto t0 = Clock::now();
+      graph.run_head(head_cut, input);
+      again_ms = ms_between(t0, Clock::now());
+    } catch (const std::exception&) {
+      return;  // the frame itself ran: a failure here says nothing new
+    }
+    overhead_samples.add(head_ms - again_ms);
+    ++overhead_count;
+  }
+
   // Recent heads' measured / profiled times. A latency bound holds per frame: while one is set,
   // plans are judged at the 80th percentile of these rather than at the load's level, so that a
   // contender whose time slices make every other frame slow is planned for, not averaged away.
@@ -468,6 +526,7 @@ struct Stream::Impl {
   partitioner::Conditions conditions() const {
     partitioner::Conditions c = link.network_conditions();
     c.frame_overhead_ms = frame_overhead_ms();
+    c.head_overhead_ms = head_overhead_ms();
     c.bandwidth_mbps *= link_share;
     c.server_queue_ms = server_load.queue_ms();
     c.server_load = server_load.load_factor();
@@ -911,8 +970,9 @@ struct Stream::Impl {
       // The device's load from any member's head; per-cut corrections are the reference's.
       frames_without_head = 0;
       if (head_cut > 0 && p.plan.profiled_head_ms > 0) {
-        device_load.add_head_time(p.head_ms, p.plan.profiled_head_ms);
-        note_load_sample(p.head_ms / p.plan.profiled_head_ms);
+        const double ms = back_to_back_ms(p.head_ms);
+        device_load.add_head_time(ms, p.plan.profiled_head_ms);
+        note_load_sample(ms / p.plan.profiled_head_ms);
       }
     } else if (head_cut > 0 && continued_from_exit) {
       // (A head that ran again from the input after the exits is not the profiled head.)
@@ -920,7 +980,10 @@ struct Stream::Impl {
     }
     if (on_device) {
       link.note_busy(t_begin);
+      const double head_ms = p.head_ms;
+      const int member = p.plan.member;
       finish_local(p, local_reason(p.plan));
+      if (!with_exits && graph) maybe_time_head_again(*graph, member, head_cut, input, head_ms);
       return;
     }
 
@@ -1275,12 +1338,14 @@ struct Stream::Impl {
     if (++head_runs[cut] <= kColdRuns) return;  // a cold run
     if (sample == HeadSample::kNone) return;
     if (!(profiled_ms > 0)) return;
+    const double measured_as_run_ms = measured_ms;
+    measured_ms = back_to_back_ms(measured_ms);
     // A head that ran beside a warm-up shared the device with it (under a CPU quota the warm-up's
     // thread spends the same quota, SCHED_IDLE or not, when it runs on another core): not a
     // sample of the cut's correction nor of the load.
     const auto now = Clock::now();
-    if (warmer.overlaps(now - std::chrono::microseconds(static_cast<int64_t>(measured_ms * 1e3)),
-                        now)) {
+    if (warmer.overlaps(
+            now - std::chrono::microseconds(static_cast<int64_t>(measured_as_run_ms * 1e3)), now)) {
       ++stats.beside_warm_up[cut];
       return;
     }
@@ -2203,6 +2268,7 @@ void Stream::ready(double startup_s) {
                                        : "heads up to cut " + std::to_string(s.retain_cut);
   j["in_flight"] = s.window;
   j["local_lane"] = s.lane != nullptr;
+  j["head_overhead"] = s.head_overhead_timed() ? "auto" : "off";
   j["engine"] = s.model ? s.model->engine_report().summary() : "none (no model held)";
   if (!s.server_engine.empty()) j["server_engine"] = s.server_engine;
   j["threads"] = s.threads > 0 ? s.threads : at::get_num_threads();

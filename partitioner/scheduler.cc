@@ -533,7 +533,8 @@ PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
     if (st.on_server) continue;
     exits_ms += st.exit_ms * c.device_load;
     leave += st.rate;
-    leave_ms += st.rate * (st.head_ms * head_factor + exits_ms);
+    leave_ms += st.rate * (st.head_ms * head_factor + (st.head_ms > 0 ? c.head_overhead_ms : 0) +
+                           exits_ms);
   }
   const double stay = std::max(0.0, 1.0 - leave);
   const auto go_on = [stay](double v) { return stay > 0 ? stay * v : 0.0; };
@@ -606,6 +607,7 @@ PlanMetrics Scheduler::predict_plan(const PlanCost& k, const Conditions& c) cons
   const DevicePower& pw = options_.power;
   PlanMetrics m;
   m.head_ms = k.head_ms * k.head_correction * c.device_load;
+  if (k.head_ms > 0) m.head_ms += c.head_overhead_ms;
   m.accuracy_drop_pp = k.accuracy_drop_pp;
   m.accuracy_drop_point_pp = k.accuracy_drop_point_pp;
   m.device_memory_mb = k.device_memory_mb;

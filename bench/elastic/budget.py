@@ -23,7 +23,9 @@ that this machine's slow and fast spells (its speed drifts by tens of percent be
 apart) fall on every run alike. At each bound, over all rounds: the best fixed member is the most
 accurate front member (manifest accuracy) with at least 90% of its frames within B, and the
 family's top-1 is compared with its top-1 paired on the same frames. DIR/results.json holds the
-verdicts, DIR/frames.json every frame of every run. Target (elastic models): at
+verdicts, DIR/frames.json every frame of every run. `--overhead-off` also runs the family with
+`--head-overhead off` (heads planned with the load factor alone, docs/runtime.md) at every bound in
+the same rounds, and pairs it with the default. Target (elastic models): at
 every bound, the lower end of the 95% interval of (family - best fixed) is above -1 point (or no
 member met the bound), and at least 90% of the family's frames are within B.
 """
@@ -78,6 +80,9 @@ def main():
                          "1/sqrt(frames))")
     ap.add_argument("--rounds", type=int, default=0,
                     help="rounds the frames are split into (default 5, 2 with --quick)")
+    ap.add_argument("--overhead-off", action="store_true",
+                    help="also run the family with --head-overhead off at every bound, in the "
+                         "same rounds (a comparison; not part of the target)")
     ap.add_argument("--bounds", choices=["between", "own"], default="between",
                     help="the sweep: between neighbouring members' 90th percentiles (and 1.15x "
                          "the slowest's), or at each member's own 90th percentile")
@@ -121,9 +126,9 @@ def main():
             cmd += ["--variant", json.dumps(m["variant"])]
         return c.run_device(cmd, 10 ** 9, idle, labels)
 
-    def run_family(bound, folder):
+    def run_family(bound, folder, extra=()):
         cmd = pin + [device, "--family", family, "--objective", "accuracy", "--max-latency-ms",
-                     str(bound), "--max-accuracy-drop", "none"] + common(folder)
+                     str(bound), "--max-accuracy-drop", "none"] + common(folder) + list(extra)
         return c.run_device(cmd, 10 ** 9, idle, labels)
 
     # The bounds, from a short pass on the first round's frames.
@@ -156,14 +161,18 @@ def main():
 
     # The rounds: every front member alone and the family at every bound, the order rotating.
     runs = [("member", m["name"]) for m in front] + [("family", b) for b, _ in sweep]
+    if args.overhead_off:
+        runs += [("family-off", b) for b, _ in sweep]
     got = {r: {} for r in runs}  # run -> source -> frame
     for k, (folder, n) in enumerate(parts):
         order = runs[k % len(runs):] + runs[:k % len(runs)]
         for kind, what in order:
             if kind == "member":
                 fs = run_alone(next(m for m in front if m["name"] == what), folder)
-            else:
+            elif kind == "family":
                 fs = run_family(what, folder)
+            else:
+                fs = run_family(what, folder, ["--head-overhead", "off"])
             for f in fs:
                 got[(kind, what)][f["source"]] = f
         print(f"budget: round {k + 1} of {rounds} done", file=sys.stderr, flush=True)
@@ -209,6 +218,29 @@ def main():
         else:
             # No member met the bound: the family only has to.
             row.update({"pass": fam_within >= 0.9})
+        if args.overhead_off:
+            off = got[("family-off", bound)]
+            common_src = sorted(set(fam) & set(off))
+            point, low, high = paired_interval([fam[s]["right"] for s in common_src],
+                                               [off[s]["right"] for s in common_src])
+            w_point, w_low, w_high = paired_interval(
+                [fam[s]["latency_ms"] <= bound for s in common_src],
+                [off[s]["latency_ms"] <= bound for s in common_src])
+            off_members = {}
+            for f in off.values():
+                off_members[f["member"]] = off_members.get(f["member"], 0) + 1
+            row["overhead_off"] = {
+                "family_top1": sum(f["right"] for f in off.values()) / len(off),
+                "family_within": within(off, bound), "members": off_members,
+                "auto_minus_off_top1_pp": [round(point, 2), round(low, 2), round(high, 2)],
+                "auto_minus_off_within_pp": [round(w_point, 2), round(w_low, 2),
+                                             round(w_high, 2)]}
+            print(f"budget: bound {bound} ms, --head-overhead off: top-1 "
+                  f"{100 * row['overhead_off']['family_top1']:.1f}%, "
+                  f"{100 * row['overhead_off']['family_within']:.1f}% within, {off_members}; "
+                  f"auto - off: top-1 {row['overhead_off']['auto_minus_off_top1_pp']} points, "
+                  f"within {row['overhead_off']['auto_minus_off_within_pp']} points",
+                  file=sys.stderr, flush=True)
         rows.append(row)
         print(f"budget: bound {bound} ms ({bound_from}): best fixed {best}, family "
               f"top-1 {100 * row['family_top1']:.1f}% ({row.get('diff_pp')} points "
@@ -226,7 +258,7 @@ def main():
         json.dump(results, f, indent=2)
     # Every frame of every run (latency, member, right or wrong), for a closer look.
     with open(os.path.join(args.out, "frames.json"), "w") as f:
-        json.dump({(what if kind == "member" else f"family at {what} ms"):
+        json.dump({(what if kind == "member" else f"{kind} at {what} ms"):
                    sorted(fs.values(), key=lambda x: x["source"])
                    for (kind, what), fs in got.items()}, f)
     print(f"budget: {sum(r['pass'] for r in rows)} of {len(rows)} bounds met", file=sys.stderr)

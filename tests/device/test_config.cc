@@ -99,7 +99,7 @@ TEST_CASE("a config with every field fills every setting") {
        "constraints": {"max_accuracy_drop": 1.5, "max_latency_ms": 80, "min_fps": 10,
                        "max_bytes_per_frame": 20000, "max_device_memory_mb": 64,
                        "max_server_ms": 15},
-       "server_price": 2.5, "top_k": 3, "in_flight": 8, "local_lane": "off",
+       "server_price": 2.5, "top_k": 3, "in_flight": 8, "local_lane": "off", "head_overhead": "off",
        "timeout_ms": 250, "threads": 2},
       {"name": "ocr", "model": "/models/ocr.pt", "input": "frames/"}
     ]})";
@@ -148,6 +148,7 @@ TEST_CASE("a config with every field fills every setting") {
   CHECK(s.top_k == 3);
   CHECK(s.in_flight == 8);
   CHECK(s.local_lane == LocalLane::kOff);
+  CHECK_FALSE(s.head_overhead);
   CHECK(s.timeout_ms == 250);
   CHECK(s.threads == 2);
 
@@ -189,6 +190,7 @@ TEST_CASE("a config's absent fields take the command line's defaults") {
   CHECK(s.top_k == 5);
   CHECK(s.in_flight == 0);
   CHECK(s.local_lane == LocalLane::kAuto);
+  CHECK(s.head_overhead);
   CHECK(s.timeout_ms == 1000);
   CHECK(s.threads == 0);
 
@@ -242,6 +244,7 @@ TEST_CASE("each config mistake is one sentence naming the stream and the field")
       {one_stream(R"(, "lossless": "lzma")"), R"(stream "scene": "lossless")"},
       {one_stream(R"(, "objective": "speed")"), R"(stream "scene": "objective")"},
       {one_stream(R"(, "local_lane": "maybe")"), R"(stream "scene": "local_lane")"},
+      {one_stream(R"(, "head_overhead": "on")"), R"(stream "scene": "head_overhead")"},
       {one_stream(R"(, "clip_percentile": 20)"), R"(stream "scene": "clip_percentile")"},
       {one_stream(R"(, "per_channel": 1)"), R"(stream "scene": "per_channel" must be true)"},
       {one_stream(R"(, "server_price": -1)"), R"(stream "scene": "server_price")"},
@@ -389,6 +392,8 @@ TEST_CASE("the single-model flags give one stream with main.cc's values") {
                   "2",
                   "--local-lane",
                   "on",
+                  "--head-overhead",
+                  "off",
                   "--timeout-ms",
                   "400",
                   "--threads",
@@ -457,6 +462,7 @@ TEST_CASE("the single-model flags give one stream with main.cc's values") {
   CHECK(s.top_k == 3);
   CHECK(s.in_flight == 2);
   CHECK(s.local_lane == LocalLane::kOn);
+  CHECK_FALSE(s.head_overhead);
   CHECK(s.timeout_ms == 400);
   CHECK(s.fps == 15);
   CHECK(s.priority == -1);
@@ -529,6 +535,7 @@ TEST_CASE("flag mistakes read as main.cc wrote them") {
   CHECK(with({"--clip-percentile", "10"}) ==
         "--clip-percentile must be 0 (off) or between 50 and 100, e.g. 99.99");
   CHECK(with({"--local-lane", "x"}) == "--local-lane must be auto, on or off, not \"x\"");
+  CHECK(with({"--head-overhead", "on"}) == "--head-overhead must be auto or off, not \"on\"");
   CHECK(with({"--explore-within", "0.5"}) ==
         "--explore-within must be 0 (never) or a number between 1 and 10, e.g. 1.25");
   CHECK(with({"--engine", "fast"}) == "--engine must be optimized, onednn, xnnpack or plain");
