@@ -551,27 +551,30 @@ TEST_CASE("a family's choice over (member - cut - encoding) equals brute force")
   CHECK(other_member > 100);  // members other than the reference were chosen
 }
 
+// A member with two cuts: everything on the server (cut 0) or on the device, `ms_whole` there.
+static Profile whole_model_profile(double ms_whole) {
+  Profile p;
+  p.fp32_top1 = 0.8;
+  p.scored_images = 1000;
+  CutProfile in;
+  in.id = 0;
+  in.name = "input";
+  in.head = ms(0);
+  in.tail = ms(ms_whole);
+  CutProfile all;
+  all.id = 1;
+  all.name = "output";
+  all.head = ms(ms_whole);
+  all.tail = ms(0);
+  p.cuts = {in, all};
+  return p;
+}
+
 TEST_CASE("accuracy objective: the most accurate member that meets the latency bound - and back") {
   // Three members of one family: the reference (20 ms on the device), one 2x faster losing 0.6
   // points, one 3x faster losing 2.2 (upper ends 1.0 and 2.9).
-  auto member_profile = [](double ms_whole) {
-    Profile p;
-    p.fp32_top1 = 0.8;
-    p.scored_images = 1000;
-    CutProfile in;
-    in.id = 0;
-    in.name = "input";
-    in.head = ms(0);
-    in.tail = ms(ms_whole);
-    CutProfile all;
-    all.id = 1;
-    all.name = "output";
-    all.head = ms(ms_whole);
-    all.tail = ms(0);
-    p.cuts = {in, all};
-    return p;
-  };
-  const Profile full = member_profile(20), half = member_profile(10), third = member_profile(6.7);
+  const Profile full = whole_model_profile(20), half = whole_model_profile(10),
+                third = whole_model_profile(6.7);
   std::vector<FamilyMemberPlans> members = {{"full", &full, 0, 0, false, {}},
                                             {"half", &half, 0.6, 1.0, false, {}},
                                             {"third", &third, 2.2, 2.9, false, {}}};
@@ -614,24 +617,7 @@ TEST_CASE("a head's overhead after an idle gap is added to every head, not scale
   // measured at 1.71 ms for 0.95 profiled and the large one's profile at 1.57 ms, a load factor
   // alone (1.8) predicts the large one at 2.83 ms, a load of 1.27 with 0.5 ms added at 2.49 ms
   // (2.5 measured, docs/results/elastic/README.md): under a 2.6 ms bound only the second picks it.
-  auto member_profile = [](double ms_whole) {
-    Profile m;
-    m.fp32_top1 = 0.8;
-    m.scored_images = 1000;
-    CutProfile in;
-    in.id = 0;
-    in.name = "input";
-    in.head = ms(0);
-    in.tail = ms(ms_whole);
-    CutProfile all;
-    all.id = 1;
-    all.name = "output";
-    all.head = ms(ms_whole);
-    all.tail = ms(0);
-    m.cuts = {in, all};
-    return m;
-  };
-  const Profile large = member_profile(1.57), small = member_profile(0.95);
+  const Profile large = whole_model_profile(1.57), small = whole_model_profile(0.95);
   std::vector<FamilyMemberPlans> members = {{"large", &large, 0, 0, false, {}},
                                             {"small", &small, 2.5, 2.5, false, {}}};
   SchedulerOptions o;
