@@ -533,8 +533,8 @@ PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
     if (st.on_server) continue;
     exits_ms += st.exit_ms * c.device_load;
     leave += st.rate;
-    leave_ms += st.rate * (st.head_ms * head_factor + (st.head_ms > 0 ? c.head_overhead_ms : 0) +
-                           exits_ms);
+    leave_ms +=
+        st.rate * (st.head_ms * head_factor + (st.head_ms > 0 ? c.head_overhead_ms : 0) + exits_ms);
   }
   const double stay = std::max(0.0, 1.0 - leave);
   const auto go_on = [stay](double v) { return stay > 0 ? stay * v : 0.0; };

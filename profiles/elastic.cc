@@ -103,10 +103,6 @@ Result<at::Tensor> run_all(const ModelGraph& graph, const ImageSet& set, const M
   return torch::cat(outs, 0);
 }
 
-Result<ModelInfo> info_for(const ModelInfo& info, const VariantSpec& spec) {
-  return partitioner::with_variant_input(info, spec);
-}
-
 // Mean KL(p || q) of the softmax rows and the share of rows whose argmax differs.
 std::pair<double, double> divergence(const at::Tensor& reference, const at::Tensor& logits) {
   at::Tensor lp = torch::log_softmax(reference, 1);
@@ -181,7 +177,7 @@ Result<DeriveResult> derive_variants(const DeriveOptions& o) {
   auto evaluate = [&](const VariantSpec& spec, DerivedVariant& v) -> Status {
     auto graph = load(spec);
     if (!graph.ok()) return graph.status();
-    auto vinfo = info_for(*info, spec);
+    auto vinfo = partitioner::with_variant_input(*info, spec);
     if (!vinfo.ok()) return vinfo.status();
     auto logits = run_all(**graph, *set, *vinfo);
     if (!logits.ok()) return logits.status();
@@ -308,20 +304,21 @@ Result<DeriveResult> derive_variants(const DeriveOptions& o) {
     say("input sizes: no tight crops (the model's metadata does not resize and crop)");
   }
   for (int s : sizes) {
-    for (int way = 0; way < 2; ++way) {
-      if ((way == 0 && !scaled) || (way == 1 && !tight)) continue;
+    for (const bool crop : {false, true}) {
+      if (crop ? !tight : !scaled) continue;
       VariantSpec spec;
       spec.input_size = s;
-      if (way == 1) spec.resize_short = info->resize_short;
+      if (crop) spec.resize_short = info->resize_short;
       DerivedVariant v;
       Status st = evaluate(spec, v);
       if (!st.ok()) {
-        say("input size " + std::to_string(s) + " px" + (way ? " (tight crop)" : "") +
+        say("input size " + std::to_string(s) + " px" + (crop ? " (tight crop)" : "") +
             ": not offered (" + st.message() + ")");
         continue;
       }
-      v.name = std::to_string(s) + (way ? "px-tight" : "px");
-      v.note = way ? "input cropped to " + std::to_string(s) + " px from the model's own resize (" +
+      v.name = std::to_string(s) + (crop ? "px-tight" : "px");
+      v.note = crop
+                   ? "input cropped to " + std::to_string(s) + " px from the model's own resize (" +
                          std::to_string(info->resize_short) + " px short side)"
                    : "input resized to " + std::to_string(s) + " px";
       say(v.name + ": " + v.note + " (KL " + fixed(v.kl, 4) + ")");
@@ -374,7 +371,7 @@ Result<FamilyTable> measure_family(const TableOptions& o) {
     auto info = partitioner::load_model_info(member.model, member.meta);
     if (!info.ok()) return invalid_argument(member.name + ": " + info.status().message());
     Loaded l;
-    auto vinfo = info_for(*info, member.variant);
+    auto vinfo = partitioner::with_variant_input(*info, member.variant);
     if (!vinfo.ok()) return invalid_argument(member.name + ": " + vinfo.status().message());
     l.info = *vinfo;
     partitioner::LoadOptions lo;
