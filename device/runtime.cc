@@ -380,7 +380,15 @@ class Runtime {
       if (option < 0) continue;  // a running stream is not refused later; it keeps what it has
       const MemoryOption& o = demands[k].options[static_cast<size_t>(option)];
       const int now = s.retain_cut();
-      if (o.retain_cut == now) continue;
+      if (o.retain_cut == now) {
+        // Said once per change: a stream that stays short of its best option, and by how much.
+        for (const std::string& note : alloc->notes) {
+          if (note.find("\"" + s.name() + "\"") != std::string::npos) {
+            reporter_.log(note + " (" + why + "; it keeps what it holds)");
+          }
+        }
+        continue;
+      }
       if (o.retain_cut == 0) {
         if (s.release_model()) {
 #if defined(__GLIBC__)
