@@ -16,6 +16,31 @@ def load_profile(path):
         return json.load(f)
 
 
+# The confidence at which the accuracy bound is judged, as edgesplit-device's
+# --accuracy-confidence: 0.95 (its default) or 0 (point estimates); set_accuracy_confidence.
+ACCURACY_CONFIDENCE = 0.95
+
+
+def set_accuracy_confidence(confidence):
+    """Judges the accuracy bound as `edgesplit-device --accuracy-confidence C` does, for C = 0.95
+    (the profile stores that interval) or 0 (the point estimate)."""
+    global ACCURACY_CONFIDENCE
+    if confidence not in (0.0, 0.95):
+        raise ValueError("--accuracy-confidence %g: give 0.95 (the device's default; profiles "
+                         "store that interval) or 0 (point estimates)" % confidence)
+    ACCURACY_CONFIDENCE = confidence
+
+
+def accuracy_drop_pp(encoding, fp32_top1):
+    """The top-1 loss (points) the device's bound judges: at confidence 0.95 (its default) the
+    upper end of the profile's paired 95% interval (`drop_pp.high95`) where the profile has one,
+    else (older profiles, or confidence 0) the point estimate."""
+    d = encoding.get("drop_pp")
+    if ACCURACY_CONFIDENCE > 0 and isinstance(d, dict) and "high95" in d:
+        return float(d["high95"])
+    return (fp32_top1 - encoding["top1"]) * 100.0
+
+
 def plans(profile):
     """Every (cut, encoding) of the profile plus the device-only plan, as Scheduler::create
     builds them."""
@@ -28,7 +53,7 @@ def plans(profile):
                 "cut": cut["id"], "cut_name": cut["name"], "encoding": e["name"], "local": False,
                 "head_ms": cut["head"]["median_ms"], "pack_ms": e["pack"]["median_ms"],
                 "unpack_ms": e["unpack"]["median_ms"], "tail_ms": cut["tail"]["median_ms"],
-                "bytes": e["bytes_mean"], "accuracy_drop_pp": (fp32_top1 - e["top1"]) * 100.0,
+                "bytes": e["bytes_mean"], "accuracy_drop_pp": accuracy_drop_pp(e, fp32_top1),
                 "jpeg_quality": e.get("jpeg_quality", 0), "format": e.get("format"),
                 "bits": e.get("bits"), "lossless": e.get("lossless", "none"),
                 "per_channel": e.get("per_channel", False),

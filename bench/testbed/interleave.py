@@ -136,7 +136,8 @@ def dilation_for(measured_tail_ms, target_tail_ms):
 
 def feasible_plans(profile, max_accuracy_drop):
     """Every profiled plan (cut, encoding; device-only included) whose profile loss is within the
-    bound, as the device judges it with point estimates (the profile's top-1 against fp32's).
+    bound, as the device judges it by default (costmodel.accuracy_drop_pp: the upper end of the
+    profile's paired 95% interval, or the point estimate where the profile has no interval).
     Returns (pinnable, unpinnable): plans the device can be told on its command line, and those it
     cannot (a calibrated range), which the oracle cannot run."""
     pinnable, unpinnable = [], []

@@ -208,7 +208,7 @@ class Oracle(unittest.TestCase):
         expected = set()
         for cut in self.profile["cuts"][:-1]:
             for e in cut.get("encodings", []):
-                if (fp32 - e["top1"]) * 100.0 <= bench.ACCURACY_BOUND + 1e-9:
+                if costmodel.accuracy_drop_pp(e, fp32) <= bench.ACCURACY_BOUND + 1e-9:
                     expected.add("%d:%s" % (cut["id"], e["name"]))
         expected.add("%d:local" % self.profile["cuts"][-1]["id"])
         pinnable, unpinnable = interleave.feasible_plans(self.profile, bench.ACCURACY_BOUND)
@@ -217,6 +217,40 @@ class Oracle(unittest.TestCase):
         self.assertGreater(len(got), 50)
         for p in pinnable:
             self.assertIsNotNone(costmodel.pinnable(p))
+
+    def test_the_accuracy_bound_judges_the_interval_s_upper_end_as_the_device_does(self):
+        point_only = {"top1": 0.765}
+        with_interval = {"top1": 0.765, "drop_pp": {"point": 0.5, "low95": -0.6, "high95": 1.6}}
+        self.assertAlmostEqual(costmodel.accuracy_drop_pp(point_only, 0.77), 0.5)
+        self.assertAlmostEqual(costmodel.accuracy_drop_pp(with_interval, 0.77), 1.6)
+        profile = {"fp32_top1": 0.77, "cuts": [
+            {"id": 5, "name": "a", "head": {"median_ms": 1.0}, "tail": {"median_ms": 1.0},
+             "encodings": [dict(with_interval, name="ecsq1", format="entropy", bytes_mean=900,
+                                pack={"median_ms": 0.1}, unpack={"median_ms": 0.1}),
+                           dict(point_only, name="q8", format="quantized", bits=8,
+                                bytes_mean=4000, pack={"median_ms": 0.1},
+                                unpack={"median_ms": 0.1})]},
+            {"id": 9, "name": "out", "head": {"median_ms": 2.0}, "tail": {"median_ms": 0.0}}]}
+        pinnable, unpinnable = interleave.feasible_plans(profile, bench.ACCURACY_BOUND)
+        self.assertEqual({interleave.plan_name(p) for p in pinnable + unpinnable},
+                         {"5:q8", "9:local"})
+
+    def test_best_fixed_is_the_fastest_fixed_contender_within_the_accuracy_bound(self):
+        def metrics(p50, drop, where):
+            return {"frames": 10, "failed": 0, "latency_p50_ms": p50, "completed": {where: 10},
+                    "profile_accuracy_drop_pp_max": drop}
+        entry = {"contenders": {"device-only": metrics(100.0, 0.0, "local"),
+                                "server-jpeg90": metrics(50.0, 2.4, "server"),
+                                "edgesplit-latency": metrics(80.0, 0.9, "server")},
+                 "per_round": {"device-only": {"latency_p50_ms": [100.0, 104.0, 98.0]},
+                               "server-jpeg90": {"latency_p50_ms": [50.0, 52.0, 49.0]},
+                               "edgesplit-latency": {"latency_p50_ms": [80.0, 82.0, 79.0]}}}
+        iv = bench.ratio_intervals(entry)
+        self.assertEqual(entry["best_fixed"], "device-only")
+        self.assertAlmostEqual(iv["edgesplit-latency/best-fixed"]["point"], 0.8, places=2)
+        entry["contenders"]["server-jpeg90"]["profile_accuracy_drop_pp_max"] = 0.3
+        bench.ratio_intervals(entry)
+        self.assertEqual(entry["best_fixed"], "server-jpeg90")
 
     def test_screening_keeps_the_best_measured(self):
         keep = interleave.screen_keep({"a": 30.0, "b": 10.0, "c": None, "d": 20.0, "e": 50.0}, 3)
