@@ -36,6 +36,8 @@ constexpr const char* kMustClip = "0 (off) or a number between 50 and 100";
 constexpr const char* kMustString = "a string";
 constexpr const char* kMustBool = "true or false";
 constexpr const char* kMustExplore = "0 (never) or a number between 1 and 10, e.g. 1.25";
+constexpr const char* kMustExploreBudget =
+    "a fraction of the latency between 0 and 1, e.g. 0.03 (0: no budget, the spacing alone)";
 
 // The number `text` spells in full, or -1 when it is not one.
 double number_or_minus_one(const std::string& text) {
@@ -270,7 +272,8 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
                   "latency_steps",
                   "exits",
                   "exit_threshold",
-                  "explore_within"});
+                  "explore_within",
+                  "explore_budget"});
   EDGESPLIT_RETURN_IF_ERROR(f.check_known());
   if (!f.has("model") && !f.has("family")) {
     return invalid_argument(where + ": \"model\" is missing: give the TorchScript file");
@@ -405,6 +408,7 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
   }
   EDGESPLIT_RETURN_IF_ERROR(f.get("top_k", s.top_k, kMustTopK));
   EDGESPLIT_RETURN_IF_ERROR(f.get("explore_within", s.explore_within, kMustExplore));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("explore_budget", s.explore_budget, kMustExploreBudget));
   EDGESPLIT_RETURN_IF_ERROR(f.get("in_flight", s.in_flight, kMustInFlight));
   std::string lane = "auto";
   EDGESPLIT_RETURN_IF_ERROR(f.get("local_lane", lane));
@@ -476,6 +480,7 @@ const std::vector<std::string>& stream_flags() {
                                                   "per-channel",
                                                   "top-k",
                                                   "explore-within",
+                                                  "explore-budget",
                                                   "in-flight",
                                                   "local-lane",
                                                   "head-overhead",
@@ -575,6 +580,10 @@ void add_flags(cxxopts::Options& cli) {
      "has not timed enough while it is predicted within this factor of the chosen plan's latency, "
      "to learn that head's own speed (0: never)",
      cxxopts::value<double>()->default_value("1.25"))
+    ("explore-budget", "explorations start only while what they have cost so far (explored "
+     "frames' and the next frames' latency beyond the other frames' median) is within this "
+     "fraction of every frame's latency (0: no budget)",
+     cxxopts::value<double>()->default_value("0.03"))
     ("in-flight", "frames sent and not yet answered at once (0: 1, or 4 with --objective throughput)",
      cxxopts::value<int>()->default_value("0"))
     ("local-lane", "run whole frames on the device on a second thread: auto (frames planned on "
@@ -848,6 +857,10 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
   s.explore_within = args["explore-within"].as<double>();
   if (!(s.explore_within == 0 || (s.explore_within >= 1 && s.explore_within <= 10))) {
     return invalid_argument(std::string("--explore-within must be ") + kMustExplore);
+  }
+  s.explore_budget = args["explore-budget"].as<double>();
+  if (!(s.explore_budget >= 0 && s.explore_budget < 1)) {
+    return invalid_argument(std::string("--explore-budget must be ") + kMustExploreBudget);
   }
   s.in_flight = args["in-flight"].as<int>();
   const std::string lane = args["local-lane"].as<std::string>();
@@ -1199,6 +1212,9 @@ Status validate_device_config(const DeviceConfig& c) {
     if (s.top_k < 1 || s.top_k > 100) return field_error(where, "top_k", kMustTopK);
     if (!(s.explore_within == 0 || (s.explore_within >= 1 && s.explore_within <= 10))) {
       return field_error(where, "explore_within", kMustExplore);
+    }
+    if (!(s.explore_budget >= 0 && s.explore_budget < 1)) {
+      return field_error(where, "explore_budget", kMustExploreBudget);
     }
     if (s.in_flight < 0 || s.in_flight > 64) return field_error(where, "in_flight", kMustInFlight);
     if (s.timeout_ms < 1) return field_error(where, "timeout_ms", kMustPositive);

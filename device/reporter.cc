@@ -84,6 +84,7 @@ json Reporter::frame_json(const FrameRecord& r) {
             {"encoding", r.encoding}};
   if (!r.member.empty()) plan["member"] = r.member;
   if (r.explore) plan["explore"] = r.explore_lead_in ? json("lead-in") : json(true);
+  if (r.beside_warm_up) plan["beside_warm_up"] = true;
   if (!r.precision.empty()) {
     plan["precision"] = r.precision;
     plan["lossless"] = r.lossless;
@@ -237,6 +238,7 @@ json Reporter::summary(const StreamSummaryInfo& info) {
     s["local_lane_beside_window"] = *info.local_lane_beside_window;
   }
   if (!info.heads.is_null()) s["heads"] = info.heads;
+  if (info.explore_cost_fraction) s["explore_cost_fraction"] = *info.explore_cost_fraction;
   if (device_fields_.is_object()) s.update(device_fields_);
   double mean = 0;
   for (double v : t.latencies_ms) mean += v;

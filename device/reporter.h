@@ -30,6 +30,7 @@ struct FrameRecord {
   bool by_scheduler = false;
   bool explore = false;          // run to time a head near the chosen plan (FramePlan::explore)
   bool explore_lead_in = false;  // the first of an exploration's two frames (not a sample)
+  bool beside_warm_up = false;   // it ran while a head was being warmed to explore it
   std::string encoding;          // "local", "jpegQ" or the encoding's name
   std::string precision;         // packed encodings only: "q4", "fp16", ...
   std::string lossless;          // packed encodings only
@@ -82,6 +83,10 @@ struct StreamSummaryInfo {
   // whose head was explored (frames run to time it though another plan was chosen); null when
   // none ran.
   nlohmann::json heads;
+  // What exploring heads cost, measured: explored frames', the next frames' and those beside a
+  // warm-up, their latency beyond the recent median of the other frames, over every frame's
+  // latency; unset when none explored.
+  std::optional<double> explore_cost_fraction;
   std::optional<double> max_latency_ms;
   double wall_s = 0;
   bool name_in_log = false;  // several streams: the stderr line names the stream

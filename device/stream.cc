@@ -250,6 +250,18 @@ struct Stream::Impl {
   Clock::time_point run_start{};
   json summary_json;
 
+  // What exploring has cost, measured: per explored frame, per first frame after an exploration
+  // (its head runs after another head's work) and per frame that ran beside a head's warm-up
+  // (which spends the same CPU), its latency beyond the recent median of the other frames;
+  // against the latency of every frame. A warm-up, and so the exploring of another cut, starts
+  // only while the cost is within cfg.explore_budget of the total (the spacing alone, from
+  // predictions, let exploring cost 5-12% of the latency under a 10x CPU quota, most of it beside
+  // warm-ups); a cut already warm is explored as before.
+  static constexpr size_t kPlainSamples = 9;
+  double explore_cost_ms = 0, frames_ms = 0;
+  bool after_explore = false;
+  std::deque<double> plain_latencies;  // the last frames neither explored nor right after one
+
   Impl(const StreamConfig& c, const DeviceConfig& d, int i, Link& l, Reporter& r, ComputeToken& t)
       : cfg(c), device(d), index(i), link(l), reporter(r), token(t) {}
 
@@ -694,7 +706,7 @@ struct Stream::Impl {
       // A head never built here is built and warmed on the side first (HeadWarmer), as soon as
       // it is the candidate; the frames go on with the chosen plan meanwhile.
       if (head_runs[head] < kColdRuns - 1) {
-        if (!warmer.busy() && warmer.cut() < 0) {
+        if (!warmer.busy() && warmer.cut() < 0 && !over_explore_budget()) {
           warmer.start(model, head, info.input_shape, kColdRuns, threads);
         }
         return;
@@ -1610,7 +1622,30 @@ struct Stream::Impl {
     if (r.max_latency_ms && !(r.completed != "failed" && r.latency_ms <= *r.max_latency_ms)) {
       ++misses;
     }
+    r.beside_warm_up = warmer.overlaps(p.start, now);
+    count_explore_cost(p.plan.explore, r.beside_warm_up, r.latency_ms);
     reporter.frame(r);
+  }
+
+  bool over_explore_budget() const {
+    return cfg.explore_budget > 0 && explore_cost_ms > cfg.explore_budget * frames_ms;
+  }
+
+  // What exploring costs (maybe_explore_head's budget): an explored frame's latency, the next
+  // frame's and that of a frame beside a warm-up, beyond the median of the last plain frames.
+  void count_explore_cost(bool explored, bool beside_warm_up, double latency_ms) {
+    frames_ms += latency_ms;
+    if (explored || after_explore || beside_warm_up) {
+      if (!plain_latencies.empty()) {
+        std::vector<double> v(plain_latencies.begin(), plain_latencies.end());
+        std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+        explore_cost_ms += std::max(0.0, latency_ms - v[v.size() / 2]);
+      }
+      after_explore = explored;
+      return;
+    }
+    plain_latencies.push_back(latency_ms);
+    if (plain_latencies.size() > kPlainSamples) plain_latencies.pop_front();
   }
 };
 
@@ -2390,6 +2425,9 @@ void Stream::summary() {
   };
   add_count(s.stats.explored, "explored");
   add_count(s.stats.beside_warm_up, "beside_warm_up");
+  if (!s.stats.explored.empty() && s.frames_ms > 0) {
+    info.explore_cost_fraction = std::round(s.explore_cost_ms / s.frames_ms * 1e4) / 1e4;
+  }
   info.max_latency_ms = s.latency_bound();
   info.wall_s = ms_between(s.run_start, Clock::now()) / 1000.0;
   info.name_in_log = s.device.streams.size() > 1;

@@ -15,6 +15,8 @@ import datetime
 import fcntl
 import json
 import os
+import re
+import shlex
 import statistics
 import sys
 import threading
@@ -543,6 +545,10 @@ def scenario_contenders(profile, step, slowdown, dilation, args, screened):
         cons.append(("edgesplit-cost", ["--objective", "cost", "--max-latency-ms",
                                         "%.1f" % slo] + bound_flags(args),
                      note % (slo / dilation)))
+    base = next((c for c in cons if c[0] == "edgesplit-latency"), None)
+    for name, extra in getattr(args, "ab_variants", []) if base else []:
+        cons.append(("edgesplit-latency+" + name, base[1] + extra,
+                     "edgesplit-latency with " + " ".join(extra)))
     if screened is not None:
         oracle = []
         for name in screened["keep"]:
@@ -622,7 +628,8 @@ def run_fixed(tb, args, profile, labels, sc, slowdown, out_dir, results, dilatio
         tb.set_slowdown(slowdown)
         # Warm-up: every contender its first frames, not measured. One much slower than the
         # fastest (by more than --drop-factor) whose rounds would take more than --drop-after-s
-        # takes no further turns (device-only and the JPEG upload excepted: the baselines).
+        # takes no further turns (device-only and the JPEG upload excepted, the baselines, and
+        # edgesplit's own contenders, what the run measures: their first frames are cold).
         warm = turns.run_rounds(devs, running, 1, args.warmup, 0, args.max_turn_s)
         warm_ms = {n: statistics.median(j["latency_ms"] for _, _, j in f)
                    for n, f in warm.frames.items() if f}
@@ -632,7 +639,8 @@ def run_fixed(tb, args, profile, labels, sc, slowdown, out_dir, results, dilatio
             for n, v in warm_ms.items():
                 projected_s = v / 1000.0 * rounds * (args.settle + per_round_frames)
                 if v > args.drop_factor * fastest and projected_s > args.drop_after_s and \
-                        n not in ("device-only", "server-jpeg90"):
+                        n not in ("device-only", "server-jpeg90") and \
+                        not n.startswith("edgesplit-"):
                     dropped[n] = ("%.1f ms in the warm-up, %.1fx the fastest contender's: not "
                                   "measured further" % (v / dilation, v / fastest))
         for n in dropped:
@@ -731,6 +739,10 @@ def ratio_intervals(entry):
     if es and orc and orc["plan"] in pr:
         out["edgesplit-latency/oracle"] = interleave.paired_ratio(
             es["latency_p50_ms"], pr[orc["plan"]]["latency_p50_ms"])
+    for name in pr:
+        if es and name.startswith("edgesplit-latency+"):
+            out[name + "/edgesplit-latency"] = interleave.paired_ratio(
+                pr[name]["latency_p50_ms"], es["latency_p50_ms"])
     valid = {k: c[k] for k in FIXED_CONTENDERS if clean(k, c.get(k)) and within_bound(c[k])}
     if es and valid:
         best = min(valid, key=lambda k: valid[k]["latency_p50_ms"])
@@ -1135,7 +1147,8 @@ def markdown(results):
         for e in rows:
             c = e["contenders"]
             cells = [fmt(c[n].get("latency_p50_ms")) if n in c else "" for n in names]
-            valid = {n: c[n]["latency_p50_ms"] for n in FIXED_CONTENDERS if clean(n, c.get(n))}
+            valid = {n: c[n]["latency_p50_ms"] for n in FIXED_CONTENDERS
+                     if clean(n, c.get(n)) and within_bound(c[n])}
             if ok_metrics(c.get("edgesplit-latency")):
                 valid["edgesplit-latency"] = c["edgesplit-latency"]["latency_p50_ms"]
             winner = min(valid, key=valid.get) if valid else "-"
@@ -1152,6 +1165,19 @@ def markdown(results):
                 "%s (%s)" % (fmt(orc["latency_p50_ms"]), orc["plan"]) if orc else "-", winner,
                 fmt_iv(iv.get("edgesplit-latency/oracle")),
                 fmt_iv(iv.get("edgesplit-latency/best-fixed"))))
+        ab = [(e, n) for e in rows for n in e["contenders"] if n.startswith("edgesplit-latency+")]
+        if ab:
+            L += ["", "A/B in the same rounds: each variant's latency p50 over edgesplit-latency's "
+                  "(median of per-round ratios [95% interval]), device CPU per frame of both, and "
+                  "the variant's plans:", ""]
+            for e, n in ab:
+                c, m = e["contenders"], e["contenders"][n]
+                es = c.get("edgesplit-latency", {})
+                L.append("- %s, %s (`%s`): %s; CPU %s against %s ms; %s" % (
+                    e["scenario"], n, " ".join(m.get("flags", [])[len(es.get("flags", [])):]),
+                    fmt_iv(e.get("intervals", {}).get(n + "/edgesplit-latency")),
+                    fmt(m.get("device_cpu_ms_per_frame")), fmt(es.get("device_cpu_ms_per_frame")),
+                    ", ".join("%s x%d" % kv for kv in m.get("plans", {}).items())))
         L += ["", "Per contender: p95 ms / frames per s / bytes per frame / top-1 / device CPU ms "
               "per frame / server ms per frame (mean over all frames, 0 for local ones) / median "
               "server compute of the frames that reached it (unpack + tail: compare it with the "
@@ -1293,8 +1319,8 @@ def estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args):
             for sc in fixed_sc:
                 st = sc["steps"][0]
                 rate, rtt = st["rate"] / k, st["rtt"] * k
-                cons = len(args.contenders) + (args.oracle_keep if args.oracle == "screened"
-                                               else args.oracle_k)
+                cons = len(args.contenders) + len(getattr(args, "ab_variants", [])) + (
+                    args.oracle_keep if args.oracle == "screened" else args.oracle_k)
                 if not profile:
                     total += start_s(rate, rtt, cons) + cons * per_contender * 0.2
                     continue
@@ -1331,6 +1357,11 @@ def main(argv):
     ap.add_argument("--slowdown", help="comma-separated device slowdowns (default 4; --full 4,10)")
     ap.add_argument("--contenders", help="comma-separated, from: %s (default: the first six; "
                     "--full: all)" % ",".join(ALL_CONTENDERS))
+    ap.add_argument("--ab", action="append", default=[], metavar="NAME=FLAGS",
+                    help="one more contender in every fixed scenario: edgesplit-latency with these "
+                         "extra device flags (e.g. no-explore='--explore-within 0'), named "
+                         "edgesplit-latency+NAME and run in the same rounds; its latency over "
+                         "edgesplit-latency's is reported with its 95%% interval (repeatable)")
     ap.add_argument("--trace-contenders", default="server-jpeg90",
                     help="run through each trace besides edgesplit-latency: device-only, "
                     "server-jpeg90, fixed-q8")
@@ -1361,7 +1392,7 @@ def main(argv):
     ap.add_argument("--drop-factor", type=float, default=4.0,
                     help="a contender more than this many times slower than the fastest in the "
                     "warm-up, whose rounds would take more than --drop-after-s, is not measured "
-                    "further (device-only and the JPEG upload always are)")
+                    "further (device-only, the JPEG upload and edgesplit's contenders always are)")
     ap.add_argument("--drop-after-s", type=float, default=60.0,
                     help="see --drop-factor (wall seconds)")
     ap.add_argument("--warmup", type=int, default=3,
@@ -1418,6 +1449,13 @@ def main(argv):
         costmodel.set_accuracy_confidence(args.accuracy_confidence)
     except ValueError as e:
         ap.error(str(e))
+    args.ab_variants = []
+    for item in args.ab:
+        name, eq, flags = item.partition("=")
+        if not eq or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not shlex.split(flags):
+            ap.error("--ab %s: give NAME=FLAGS, a name of letters, digits, '.', '_' or '-' and "
+                     "the extra device flags, e.g. --ab no-explore='--explore-within 0'" % item)
+        args.ab_variants.append((name, shlex.split(flags)))
 
     if args.report:
         with open(os.path.join(args.report, "results.json")) as f:

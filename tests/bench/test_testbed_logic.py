@@ -252,6 +252,19 @@ class Oracle(unittest.TestCase):
         bench.ratio_intervals(entry)
         self.assertEqual(entry["best_fixed"], "server-jpeg90")
 
+    def test_an_ab_variant_is_paired_with_edgesplit_round_by_round(self):
+        es = {"frames": 10, "failed": 0, "latency_p50_ms": 80.0, "completed": {"server": 10}}
+        entry = {"contenders": {"edgesplit-latency": es,
+                                "edgesplit-latency+no-explore": dict(es, latency_p50_ms=88.0)},
+                 "per_round": {"edgesplit-latency": {"latency_p50_ms": [80.0, 100.0, 60.0]},
+                               "edgesplit-latency+no-explore": {
+                                   "latency_p50_ms": [88.0, 110.0, 66.0]}}}
+        iv = bench.ratio_intervals(entry)["edgesplit-latency+no-explore/edgesplit-latency"]
+        # the rounds drift by 40% both ways, the ratio does not
+        self.assertAlmostEqual(iv["point"], 1.1, places=6)
+        self.assertAlmostEqual(iv["lo"], 1.1, places=6)
+        self.assertAlmostEqual(iv["hi"], 1.1, places=6)
+
     def test_screening_keeps_the_best_measured(self):
         keep = interleave.screen_keep({"a": 30.0, "b": 10.0, "c": None, "d": 20.0, "e": 50.0}, 3)
         self.assertEqual(keep, ["b", "d", "a"])

@@ -230,6 +230,8 @@ TEST_CASE("each config mistake is one sentence naming the stream and the field")
       {one_stream(R"(, "top_k": 0)"), R"(stream "scene": "top_k" must be an integer between 1)"},
       {one_stream(R"(, "explore_within": 11)"),
        R"(stream "scene": "explore_within" must be 0 (never) or a number between 1 and 10)"},
+      {one_stream(R"(, "explore_budget": 1.5)"),
+       R"(stream "scene": "explore_budget" must be a fraction of the latency between 0 and 1)"},
       {one_stream(R"(, "top_k": 101)"), R"(stream "scene": "top_k")"},
       {one_stream(R"(, "top_k": 2.5)"), R"(stream "scene": "top_k" must be an integer)"},
       {one_stream(R"(, "in_flight": 65)"), R"(stream "scene": "in_flight")"},

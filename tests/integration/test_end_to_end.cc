@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <deque>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <zmq.hpp>
@@ -811,6 +812,29 @@ TEST_CASE(
   int total = 0;
   for (const auto& [cut, n] : explored) total += n;
   CHECK(total <= 60 / 3);
+  // What exploring cost, as the summary says: explored frames', the next frames' and those beside
+  // a warm-up, their latency beyond the median of the last 9 other frames, over every frame's
+  // latency (one frame in flight: frames finish in order).
+  double cost = 0, all = 0;
+  bool after = false;
+  std::deque<double> plain;
+  for (const json& f : run.frames) {
+    const double ms = f["latency_ms"].get<double>();
+    all += ms;
+    if (explores(f) || after || f["plan"].contains("beside_warm_up")) {
+      if (!plain.empty()) {
+        std::vector<double> v(plain.begin(), plain.end());
+        std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+        cost += std::max(0.0, ms - v[v.size() / 2]);
+      }
+      after = explores(f);
+      continue;
+    }
+    plain.push_back(ms);
+    if (plain.size() > 9) plain.pop_front();
+  }
+  CHECK(run.summary.at("explore_cost_fraction").get<double>() ==
+        doctest::Approx(cost / all).epsilon(0.01));
 
   // --explore-within 0: never.
   DeviceRun off = run_with("off", "0", 15);
