@@ -580,9 +580,10 @@ void add_flags(cxxopts::Options& cli) {
      "has not timed enough while it is predicted within this factor of the chosen plan's latency, "
      "to learn that head's own speed (0: never)",
      cxxopts::value<double>()->default_value("1.25"))
-    ("explore-budget", "explorations start only while what they have cost so far (explored "
-     "frames' and the next frames' latency beyond the other frames' median) is within this "
-     "fraction of every frame's latency (0: no budget)",
+    ("explore-budget", "another cut's head is warmed to be explored only while what exploring "
+     "has cost so far (explored frames', the next frames' and those beside a warm-up, their "
+     "latency beyond the other frames' median) is within this fraction of every frame's latency "
+     "(0: no budget)",
      cxxopts::value<double>()->default_value("0.03"))
     ("in-flight", "frames sent and not yet answered at once (0: 1, or 4 with --objective throughput)",
      cxxopts::value<int>()->default_value("0"))

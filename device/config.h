@@ -103,8 +103,8 @@ struct StreamConfig {
   // now and then while it is predicted within this factor of the chosen plan's latency, so the
   // cut's own correction is learnt (docs/runtime.md, "Exploring near ties"). 0: never.
   double explore_within = 1.25;
-  // Explorations start only while what they have cost, measured, is within this fraction of every
-  // frame's latency (0: no budget, the spacing alone).
+  // Another cut's head is warmed to be explored only while what exploring has cost, measured, is
+  // within this fraction of every frame's latency (0: no budget, the spacing alone).
   double explore_budget = 0.03;
 
   // Early exits (profiles/exits.h, docs/elastic.md): NAME_exits.json of the stream's model; empty:

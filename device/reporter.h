@@ -85,7 +85,7 @@ struct StreamSummaryInfo {
   nlohmann::json heads;
   // What exploring heads cost, measured: explored frames', the next frames' and those beside a
   // warm-up, their latency beyond the recent median of the other frames, over every frame's
-  // latency; unset when none explored.
+  // latency; unset when nothing was explored or warmed.
   std::optional<double> explore_cost_fraction;
   std::optional<double> max_latency_ms;
   double wall_s = 0;

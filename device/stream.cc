@@ -2425,7 +2425,7 @@ void Stream::summary() {
   };
   add_count(s.stats.explored, "explored");
   add_count(s.stats.beside_warm_up, "beside_warm_up");
-  if (!s.stats.explored.empty() && s.frames_ms > 0) {
+  if ((!s.stats.explored.empty() || s.explore_cost_ms > 0) && s.frames_ms > 0) {
     info.explore_cost_fraction = std::round(s.explore_cost_ms / s.frames_ms * 1e4) / 1e4;
   }
   info.max_latency_ms = s.latency_bound();
