@@ -253,10 +253,20 @@ TEST_CASE("placement with a server follows the shaped link: the crossing goes wh
   CHECK(came_back);
   REQUIRE(run["reaction_s"].size() == 2);
   // The fall shows on one sample and two checks; a rise on a run of probes (brought forward while
-  // it lasts) and one check: a few seconds each, with slack for a loaded machine.
-  for (const auto& r : run["reaction_s"]) {
+  // it lasts) and one check: a few seconds each, with slack for a loaded machine. When the slow
+  // phase lost the server (its frames timed out: "the server not available"), the rise also waits
+  // for the link to come back (a ping answered, a new handshake) before its probes: 6.8 s seen
+  // once in a CI run, so 10 s then.
+  bool lost = false;
+  for (const auto& c : run["changes"]) {
+    const double t = c["t_s"].get<double>();
+    lost |= t >= fall && t < rise &&
+            c["why"].get<std::string>().find("the server not available") != std::string::npos;
+  }
+  for (size_t i = 0; i < run["reaction_s"].size(); ++i) {
+    const json& r = run["reaction_s"][i];
     CHECK_FALSE(r.is_null());
-    if (!r.is_null()) CHECK(r.get<double>() <= 6.0);
+    if (!r.is_null()) CHECK(r.get<double>() <= (i == 1 && lost ? 10.0 : 6.0));
   }
   fs::remove_all(out);
   fs::remove(out.string() + ".log");
