@@ -144,27 +144,19 @@ TEST_CASE(
 
 namespace {
 
-// The MiB the memory bound leaves a server-only stream in one of the device's notes: the first
-// note at start (after_finish false) or the one after a stream finished; -1 when there is none.
-double leaves_mib(const std::string& err, const std::string& name, bool after_finish) {
+// The number after `key` in the device's note that a stream runs server-only: the first note at
+// start (after_finish false) or the one after a stream finished; -1 when there is none.
+double note_mib(const std::string& err, const std::string& name, bool after_finish,
+                const std::string& key) {
   const std::string head = "stream \"" + name + "\" runs server-only: the memory bound leaves it ";
   for (size_t at = err.find(head); at != std::string::npos; at = err.find(head, at + 1)) {
     const size_t end = err.find('\n', at);
     const std::string line = err.substr(at, end == std::string::npos ? end : end - at);
     if ((line.find("(a stream finished") != std::string::npos) != after_finish) continue;
-    return std::stod(line.substr(head.size()));
+    const size_t k = line.find(key);
+    return k == std::string::npos ? -1 : std::stod(line.substr(k + key.size()));
   }
   return -1;
-}
-
-// What the stream's smallest local option needs, from the same note.
-double needs_mib(const std::string& err, const std::string& name) {
-  const std::string head = "stream \"" + name + "\" runs server-only: the memory bound leaves it ";
-  const size_t at = err.find(head);
-  if (at == std::string::npos) return -1;
-  const std::string key = "its smallest local option needs ";
-  const size_t k = err.find(key, at);
-  return k == std::string::npos ? -1 : std::stod(err.substr(k + key.size()));
 }
 
 }  // namespace
@@ -198,9 +190,10 @@ TEST_CASE("when a stream finishes, the memory it held goes to a stream that ran 
   Run r = run_at(bound, "resolve");
   const std::string loaded = "stream \"long\" loads its model in the background (a stream finished";
   if (r.rc == 0 && r.err.find(loaded) == std::string::npos) {
-    const double start = leaves_mib(r.err, "long", false);
-    const double after = leaves_mib(r.err, "long", true);
-    const double needs = needs_mib(r.err, "long");
+    const std::string leaves = "the memory bound leaves it ";
+    const double start = note_mib(r.err, "long", false, leaves);
+    const double after = note_mib(r.err, "long", true, leaves);
+    const double needs = note_mib(r.err, "long", false, "its smallest local option needs ");
     INFO(r.err);
     REQUIRE(start >= 0);
     REQUIRE(after >= 0);
