@@ -790,8 +790,10 @@ TEST_CASE(
     if (lead_in && i + 1 < run.frames.size()) {
       ++lead_ins;
       const json& next = run.frames[i + 1];
-      lead_ins_followed += explores(next) && next["plan"]["explore"] == true &&
-                           next["plan"]["cut"].get<int>() == cut;
+      // Its sample follows, at the same head; or the scheduler chose that very plan meanwhile
+      // (the server's load estimate moves by the frame), and the frame runs it as the chosen one.
+      lead_ins_followed += next["plan"]["cut"].get<int>() == cut &&
+                           (!explores(next) || next["plan"]["explore"] == true);
     }
     // Its head fed no load sample: the next frame plans with the same device load.
     if (i + 1 < run.frames.size() && !explores(run.frames[i + 1])) {
@@ -801,7 +803,7 @@ TEST_CASE(
   }
   REQUIRE(!explored.empty());
   CHECK(lead_ins > 0);
-  CHECK(lead_ins_followed == lead_ins);  // the conditions hold still here: every one completes
+  CHECK(lead_ins_followed == lead_ins);  // no bound moves here: every one completes
   const json& heads = run.summary.at("heads");
   for (const auto& [cut, n] : explored) {
     INFO("cut " << cut);
