@@ -38,6 +38,9 @@ constexpr const char* kMustBool = "true or false";
 constexpr const char* kMustExplore = "0 (never) or a number between 1 and 10, e.g. 1.25";
 constexpr const char* kMustExploreBudget =
     "a fraction of the latency between 0 and 1, e.g. 0.03 (0: no budget, the spacing alone)";
+constexpr const char* kMustBoundQuantile =
+    "a quantile between 0.5 and 1, e.g. 0.8 (about the share of frames a latency bound is planned "
+    "to hold for)";
 
 // The number `text` spells in full, or -1 when it is not one.
 double number_or_minus_one(const std::string& text) {
@@ -273,7 +276,8 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
                   "exits",
                   "exit_threshold",
                   "explore_within",
-                  "explore_budget"});
+                  "explore_budget",
+                  "bound_quantile"});
   EDGESPLIT_RETURN_IF_ERROR(f.check_known());
   if (!f.has("model") && !f.has("family")) {
     return invalid_argument(where + ": \"model\" is missing: give the TorchScript file");
@@ -409,6 +413,7 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
   EDGESPLIT_RETURN_IF_ERROR(f.get("top_k", s.top_k, kMustTopK));
   EDGESPLIT_RETURN_IF_ERROR(f.get("explore_within", s.explore_within, kMustExplore));
   EDGESPLIT_RETURN_IF_ERROR(f.get("explore_budget", s.explore_budget, kMustExploreBudget));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("bound_quantile", s.bound_quantile, kMustBoundQuantile));
   EDGESPLIT_RETURN_IF_ERROR(f.get("in_flight", s.in_flight, kMustInFlight));
   std::string lane = "auto";
   EDGESPLIT_RETURN_IF_ERROR(f.get("local_lane", lane));
@@ -481,6 +486,7 @@ const std::vector<std::string>& stream_flags() {
                                                   "top-k",
                                                   "explore-within",
                                                   "explore-budget",
+                                                  "bound-quantile",
                                                   "in-flight",
                                                   "local-lane",
                                                   "head-overhead",
@@ -585,6 +591,10 @@ void add_flags(cxxopts::Options& cli) {
      "latency beyond the other frames' median) is within this fraction of every frame's latency "
      "(0: no budget)",
      cxxopts::value<double>()->default_value("0.03"))
+    ("bound-quantile", "with --max-latency-ms, plan every head at this quantile of the recent "
+     "heads' measured / profiled times: about the share of frames the bound is planned to hold "
+     "for (0.5 to 1; higher: fewer frames over the bound, cheaper plans)",
+     cxxopts::value<double>()->default_value("0.8"))
     ("in-flight", "frames sent and not yet answered at once (0: 1, or 4 with --objective throughput)",
      cxxopts::value<int>()->default_value("0"))
     ("local-lane", "run whole frames on the device on a second thread: auto (frames planned on "
@@ -862,6 +872,10 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
   s.explore_budget = args["explore-budget"].as<double>();
   if (!(s.explore_budget >= 0 && s.explore_budget < 1)) {
     return invalid_argument(std::string("--explore-budget must be ") + kMustExploreBudget);
+  }
+  s.bound_quantile = args["bound-quantile"].as<double>();
+  if (!(s.bound_quantile >= 0.5 && s.bound_quantile <= 1)) {
+    return invalid_argument(std::string("--bound-quantile must be ") + kMustBoundQuantile);
   }
   s.in_flight = args["in-flight"].as<int>();
   const std::string lane = args["local-lane"].as<std::string>();
@@ -1216,6 +1230,9 @@ Status validate_device_config(const DeviceConfig& c) {
     }
     if (!(s.explore_budget >= 0 && s.explore_budget < 1)) {
       return field_error(where, "explore_budget", kMustExploreBudget);
+    }
+    if (!(s.bound_quantile >= 0.5 && s.bound_quantile <= 1)) {
+      return field_error(where, "bound_quantile", kMustBoundQuantile);
     }
     if (s.in_flight < 0 || s.in_flight > 64) return field_error(where, "in_flight", kMustInFlight);
     if (s.timeout_ms < 1) return field_error(where, "timeout_ms", kMustPositive);

@@ -106,6 +106,9 @@ struct StreamConfig {
   // Another cut's head is warmed to be explored only while what exploring has cost, measured, is
   // within this fraction of every frame's latency (0: no budget, the spacing alone).
   double explore_budget = 0.03;
+  // With a latency bound, every head is planned at this quantile of the recent heads' measured /
+  // profiled times (docs/runtime.md, "Family streams and latency bounds").
+  double bound_quantile = 0.8;
 
   // Early exits (profiles/exits.h, docs/elastic.md): NAME_exits.json of the stream's model; empty:
   // none. With a fixed plan, exit_thresholds holds its one threshold; with the scheduler, the

@@ -501,8 +501,9 @@ struct Stream::Impl {
   }
 
   // Recent heads' measured / profiled times. A latency bound holds per frame: while one is set,
-  // plans are judged at the 80th percentile of these rather than at the load's level, so that a
-  // contender whose time slices make every other frame slow is planned for, not averaged away.
+  // plans are judged at the cfg.bound_quantile quantile of these (0.8 by default) rather than at
+  // the load's level, so that a contender whose time slices make every other frame slow is
+  // planned for, not averaged away.
   static constexpr size_t kLoadSamples = 12;
   std::deque<double> load_samples;
   void note_load_sample(double ratio) {
@@ -514,7 +515,8 @@ struct Stream::Impl {
   double load_for_bound() const {
     if (load_samples.size() < 5) return 0;
     std::vector<double> v(load_samples.begin(), load_samples.end());
-    const size_t k = (v.size() * 8) / 10;
+    const size_t k = std::min(
+        v.size() - 1, static_cast<size_t>(cfg.bound_quantile * static_cast<double>(v.size())));
     std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
     return v[k];
   }
@@ -2296,7 +2298,10 @@ void Stream::ready(double startup_s) {
   }
   j["priority"] = s.cfg.priority;
   if (s.cfg.fps > 0) j["fps"] = s.cfg.fps;
-  if (s.latency_bound()) j["max_latency_ms"] = *s.latency_bound();
+  if (s.latency_bound()) {
+    j["max_latency_ms"] = *s.latency_bound();
+    j["bound_quantile"] = s.cfg.bound_quantile;
+  }
   j["retain_cut"] = s.retain_cut;
   j["holds"] = !s.model                ? "nothing (server-only)"
                : s.holds_whole_model() ? "whole model"

@@ -217,6 +217,14 @@ TEST_CASE("a config's absent fields take the command line's defaults") {
     REQUIRE(j.ok());
     CHECK(j->streams[0].encode.format == Format::kFloat16);
   }
+  SUBCASE("bound_quantile: 0.8 unless given") {
+    auto plain = parse_device_config(one_stream(""));
+    REQUIRE(plain.ok());
+    CHECK(plain->streams[0].bound_quantile == 0.8);
+    auto j = parse_device_config(one_stream(R"(, "bound_quantile": 0.95)"));
+    REQUIRE(j.ok());
+    CHECK(j->streams[0].bound_quantile == 0.95);
+  }
 }
 
 TEST_CASE("each config mistake is one sentence naming the stream and the field") {
@@ -232,6 +240,8 @@ TEST_CASE("each config mistake is one sentence naming the stream and the field")
        R"(stream "scene": "explore_within" must be 0 (never) or a number between 1 and 10)"},
       {one_stream(R"(, "explore_budget": 1.5)"),
        R"(stream "scene": "explore_budget" must be a fraction of the latency between 0 and 1)"},
+      {one_stream(R"(, "bound_quantile": 0.3)"),
+       R"(stream "scene": "bound_quantile" must be a quantile between 0.5 and 1, e.g. 0.8)"},
       {one_stream(R"(, "top_k": 101)"), R"(stream "scene": "top_k")"},
       {one_stream(R"(, "top_k": 2.5)"), R"(stream "scene": "top_k" must be an integer)"},
       {one_stream(R"(, "in_flight": 65)"), R"(stream "scene": "in_flight")"},
@@ -502,6 +512,14 @@ TEST_CASE("the single-model flags give one stream with main.cc's values") {
         flags({"--model", "net.pt", "--input", "x", "--cut", "9", "--bits", "ecsq-1"}).ok());
     CHECK_FALSE(flags({"--model", "net.pt", "--input", "x", "--bits", "ecsq1"}).ok());  // no cut
   }
+  SUBCASE("--bound-quantile") {
+    auto d = flags({"--model", "net.pt", "--input", "x"});
+    REQUIRE(d.ok());
+    CHECK(d->config.streams.at(0).bound_quantile == 0.8);
+    auto m = flags({"--model", "net.pt", "--input", "x", "--bound-quantile", "0.75"});
+    REQUIRE(m.ok());
+    CHECK(m->config.streams.at(0).bound_quantile == 0.75);
+  }
   SUBCASE("--bits jpeg90 sends the input") {
     auto m = flags({"--model", "net.pt", "--input", "x", "--bits", "jpeg90"});
     REQUIRE(m.ok());
@@ -540,6 +558,9 @@ TEST_CASE("flag mistakes read as main.cc wrote them") {
   CHECK(with({"--head-overhead", "on"}) == "--head-overhead must be auto or off, not \"on\"");
   CHECK(with({"--explore-within", "0.5"}) ==
         "--explore-within must be 0 (never) or a number between 1 and 10, e.g. 1.25");
+  CHECK(with({"--bound-quantile", "1.5"}) ==
+        "--bound-quantile must be a quantile between 0.5 and 1, e.g. 0.8 (about the share of "
+        "frames a latency bound is planned to hold for)");
   CHECK(with({"--engine", "fast"}) == "--engine must be optimized, onednn, xnnpack or plain");
   CHECK(with({"--fps", "-2"}) == "--fps must be 0 or more");
   CHECK(with({"--key", "d.key"}) ==
