@@ -257,10 +257,10 @@ struct Stream::Impl {
   // only while the cost is within cfg.explore_budget of the total (the spacing alone, from
   // predictions, let exploring cost 5-12% of the latency under a 10x CPU quota, most of it beside
   // warm-ups); a cut already warm is explored as before.
-  static constexpr size_t kPlainSamples = 9;
   double explore_cost_ms = 0, frames_ms = 0;
   bool after_explore = false;
-  std::deque<double> plain_latencies;  // the last frames neither explored nor right after one
+  // The median of the last 9 frames neither explored, nor right after one, nor beside a warm-up.
+  partitioner::RecentMedian plain_latency{9};
 
   Impl(const StreamConfig& c, const DeviceConfig& d, int i, Link& l, Reporter& r, ComputeToken& t)
       : cfg(c), device(d), index(i), link(l), reporter(r), token(t) {}
@@ -1638,16 +1638,13 @@ struct Stream::Impl {
   void count_explore_cost(bool explored, bool beside_warm_up, double latency_ms) {
     frames_ms += latency_ms;
     if (explored || after_explore || beside_warm_up) {
-      if (!plain_latencies.empty()) {
-        std::vector<double> v(plain_latencies.begin(), plain_latencies.end());
-        std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
-        explore_cost_ms += std::max(0.0, latency_ms - v[v.size() / 2]);
+      if (!plain_latency.empty()) {
+        explore_cost_ms += std::max(0.0, latency_ms - plain_latency.value());
       }
       after_explore = explored;
       return;
     }
-    plain_latencies.push_back(latency_ms);
-    if (plain_latencies.size() > kPlainSamples) plain_latencies.pop_front();
+    plain_latency.add(latency_ms);
   }
 };
 

@@ -367,6 +367,7 @@ class RecentMedian {
   // Whether `n` samples have been added; value() is the median of the last `n` (of those there
   // are before that, 0 before any).
   bool ready() const { return samples_.size() >= n_; }
+  bool empty() const { return samples_.empty(); }
   double value() const;
 
  private:

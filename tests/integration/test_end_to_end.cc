@@ -826,8 +826,10 @@ TEST_CASE(
     if (explores(f) || after || f["plan"].contains("beside_warm_up")) {
       if (!plain.empty()) {
         std::vector<double> v(plain.begin(), plain.end());
-        std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
-        cost += std::max(0.0, ms - v[v.size() / 2]);
+        std::sort(v.begin(), v.end());
+        const size_t n = v.size();
+        const double median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+        cost += std::max(0.0, ms - median);
       }
       after = explores(f);
       continue;
