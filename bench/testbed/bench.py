@@ -278,6 +278,9 @@ def metrics(run, warmup, labels, slo_ms=None):
         m["device_load_p50"] = percentile([c["device_load"] for c in conds], 50)
         m["bandwidth_est_p50_mbps"] = percentile([c["bandwidth_mbps"] for c in conds], 50)
         m["rtt_est_p50_ms"] = percentile([c["rtt_ms"] for c in conds], 50)
+        # the share of frames planned with the server reachable (not lost, not yet found)
+        m["server_available_share"] = (sum(1 for c in conds if c.get("server_available")) /
+                                       len(conds))
     drops = [j["predicted"]["accuracy_drop_pp"] for _, j in measured if "predicted" in j]
     if drops:
         m["profile_accuracy_drop_pp_max"] = max(drops)
