@@ -269,6 +269,7 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
                   "in_flight",
                   "local_lane",
                   "head_overhead",
+                  "member_corrections",
                   "timeout_ms",
                   "threads",
                   "start_s",
@@ -426,6 +427,12 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
     return f.error("head_overhead", "auto or off, not " + in_quotes(overhead));
   }
   s.head_overhead = overhead == "auto";
+  std::string member_corrections = "off";
+  EDGESPLIT_RETURN_IF_ERROR(f.get("member_corrections", member_corrections));
+  if (member_corrections != "on" && member_corrections != "off") {
+    return f.error("member_corrections", "on or off, not " + in_quotes(member_corrections));
+  }
+  s.member_corrections = member_corrections == "on";
   EDGESPLIT_RETURN_IF_ERROR(f.get("timeout_ms", s.timeout_ms, kMustPositive));
   EDGESPLIT_RETURN_IF_ERROR(f.get("threads", s.threads, kMustCount));
   EDGESPLIT_RETURN_IF_ERROR(f.get("exits", s.exits_path));
@@ -490,6 +497,7 @@ const std::vector<std::string>& stream_flags() {
                                                   "in-flight",
                                                   "local-lane",
                                                   "head-overhead",
+                                                  "member-corrections",
                                                   "timeout-ms",
                                                   "fps",
                                                   "priority",
@@ -606,6 +614,9 @@ void add_flags(cxxopts::Options& cli) {
      "whole-model head again back to back now and then, and plan every head with what the gap "
      "adds) or off",
      cxxopts::value<std::string>()->default_value("auto"))
+    ("member-corrections", "with --family: learn each member's heads' speed relative to the "
+     "others from its own frames and plan with it (on), or the reference member's only (off)",
+     cxxopts::value<std::string>()->default_value("off"))
     ("timeout-ms", "a frame not answered by then is finished on the device", cxxopts::value<int>()->default_value("1000"))
     ("exits", "early exits of the model: NAME_exits.json (models/exits/): a frame an exit head is "
      "confident about is finished on the device there (docs/elastic.md)", cxxopts::value<std::string>())
@@ -889,6 +900,12 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
     return invalid_argument("--head-overhead must be auto or off, not \"" + overhead + "\"");
   }
   s.head_overhead = overhead == "auto";
+  const std::string member_corrections = args["member-corrections"].as<std::string>();
+  if (member_corrections != "on" && member_corrections != "off") {
+    return invalid_argument("--member-corrections must be on or off, not \"" + member_corrections +
+                            "\"");
+  }
+  s.member_corrections = member_corrections == "on";
   s.timeout_ms = args["timeout-ms"].as<int>();
   if (args.count("exits")) s.exits_path = args["exits"].as<std::string>();
   if (args.count("exit-threshold")) {

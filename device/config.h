@@ -97,6 +97,10 @@ struct StreamConfig {
   // every 20th whole-model frame's head runs once more back to back after the frame is done, and
   // the difference is planned with as a fixed addition to every head. false: off.
   bool head_overhead = true;
+  // Per-cut head corrections (HeadErrorTracker) for every member of a family stream, each
+  // member's heads judged against the recent heads' level; false (default): the reference
+  // member's only (docs/elastic.md: in the same rounds they cost frames within a bound).
+  bool member_corrections = false;
   int timeout_ms = 1000;  // a frame not answered by then is finished locally
   int threads = 0;        // intra-op threads for this stream's networks (0: the manager decides)
   // Head exploration (latency objective): a plan whose head this device has not timed enough runs

@@ -238,6 +238,7 @@ json Reporter::summary(const StreamSummaryInfo& info) {
     s["local_lane_beside_window"] = *info.local_lane_beside_window;
   }
   if (!info.heads.is_null()) s["heads"] = info.heads;
+  if (!info.member_heads.is_null()) s["member_heads"] = info.member_heads;
   if (info.explore_cost_fraction) s["explore_cost_fraction"] = *info.explore_cost_fraction;
   if (device_fields_.is_object()) s.update(device_fields_);
   double mean = 0;

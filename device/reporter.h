@@ -83,6 +83,9 @@ struct StreamSummaryInfo {
   // whose head was explored (frames run to time it though another plan was chosen); null when
   // none ran.
   nlohmann::json heads;
+  // The same for a family's other members, by member name ({"resnet20-28px": {"14": {...}}});
+  // null when none ran past its cold runs or member corrections are off.
+  nlohmann::json member_heads;
   // What exploring heads cost, measured: explored frames', the next frames' and those beside a
   // warm-up, their latency beyond the recent median of the other frames, over every frame's
   // latency; unset when nothing was explored or warmed.

@@ -215,6 +215,10 @@ struct Stream::Impl {
   int planned_batch = 1;
   partitioner::DeviceLoadEstimator device_load;
   partitioner::HeadErrorTracker head_errors;
+  // The other family members' heads (index member - 1), with cfg.member_corrections: each cut's
+  // correction and its runs so far (the first kColdRuns teach nothing).
+  std::vector<partitioner::HeadErrorTracker> alternate_errors;
+  std::vector<std::map<int, int>> alternate_runs;
   // Per cut, the runs of its head on this device (the warm-up's included): the first kColdRuns
   // runs of a head at a new cut are cold ones (first allocations, the backend's primitives, the
   // graph executor's profiling run and then its optimising one), several times its later time,
@@ -981,12 +985,10 @@ struct Stream::Impl {
       return;
     }
     if (alt) {
-      // The device's load from any member's head; per-cut corrections are the reference's.
       frames_without_head = 0;
       if (head_cut > 0 && p.plan.profiled_head_ms > 0) {
-        const double ms = back_to_back_ms(p.head_ms);
-        device_load.add_head_time(ms, p.plan.profiled_head_ms);
-        note_load_sample(ms / p.plan.profiled_head_ms);
+        note_alternate_head(p.plan.member, head_cut, back_to_back_ms(p.head_ms),
+                            p.plan.profiled_head_ms);
       }
     } else if (head_cut > 0 && continued_from_exit) {
       // (A head that ran again from the input after the exits is not the profiled head.)
@@ -1380,6 +1382,49 @@ struct Stream::Impl {
     // While the chosen plan runs no head, this one is a device probe: the only sample for a while.
     device_load.add_head_time(measured_ms, profiled_ms * correction, chosen_runs_no_head);
     if (profiled_ms * correction >= 0.5) note_load_sample(measured_ms / (profiled_ms * correction));
+  }
+
+  // Another family member's head ran: the device's load from it and, with
+  // cfg.member_corrections, that member's own per-cut correction, judged as the reference's are
+  // (after its cold runs, against the recent heads' level), so that a member running slower or
+  // faster than its profile says, relative to the others, is planned as it runs. Without them
+  // every member is planned at its profile times the one load factor: a member whose profile
+  // promised a saving the device does not see (a smaller input, where preprocessing dominates)
+  // was chosen as the cheaper one at no gain in latency.
+  static constexpr double kMemberResidualLimit = 2.0;
+  void note_alternate_head(int member, int cut, double measured_ms, double profiled_ms) {
+    double correction = 1;
+    if (cfg.member_corrections) {
+      const size_t i = static_cast<size_t>(member - 1);
+      if (alternate_errors.size() < alternates.size()) {
+        alternate_errors.resize(alternates.size());
+        alternate_runs.resize(alternates.size());
+      }
+      if (++alternate_runs[i][cut] <= kColdRuns) return;
+      partitioner::HeadErrorTracker& errors = alternate_errors[i];
+      correction = errors.correction(cut);
+      // Members of one family differ in speed relative to their profiles by well under 2x; a head
+      // beyond that from the recent heads' level met something else (a contender's time slice
+      // that a larger member's head spans and a smaller one's fits between), which would leave
+      // the member planned slower after the contender has gone, until it ran again.
+      const double residual = measured_ms / (profiled_ms * correction * correction_reference());
+      const bool teaches = residual >= 1 / kMemberResidualLimit && residual <= kMemberResidualLimit;
+      if (teaches && errors.add(cut, measured_ms, profiled_ms, correction_reference()) &&
+          scheduler) {
+        const double now = errors.correction(cut);
+        if (scheduler->set_head_correction(cut, now, member).ok() && corrections_said < 5) {
+          ++corrections_said;
+          char buf[200];
+          std::snprintf(buf, sizeof buf,
+                        "%s's head at cut %d runs %.2fx its profiled time relative to the other "
+                        "heads: planning with that (was %.2fx)",
+                        alternates[i].member.name.c_str(), cut, now, correction);
+          log(buf);
+        }
+      }
+    }
+    device_load.add_head_time(measured_ms, profiled_ms * correction);
+    note_load_sample(measured_ms / (profiled_ms * correction));
   }
 
   void expire_overdue() {
@@ -2306,6 +2351,7 @@ void Stream::ready(double startup_s) {
   j["in_flight"] = s.window;
   j["local_lane"] = s.lane != nullptr;
   j["head_overhead"] = s.head_overhead_timed() ? "auto" : "off";
+  if (s.family()) j["member_corrections"] = s.cfg.member_corrections ? "on" : "off";
   j["engine"] = s.model ? s.model->engine_report().summary() : "none (no model held)";
   if (!s.server_engine.empty()) j["server_engine"] = s.server_engine;
   j["threads"] = s.threads > 0 ? s.threads : at::get_num_threads();
@@ -2413,6 +2459,14 @@ void Stream::summary() {
       info.heads[std::to_string(cut)] = {{"frames", e.samples},
                                          {"measured_over_profiled_p50", round3(e.median_ratio)},
                                          {"correction", round3(e.correction)}};
+    }
+  }
+  for (size_t i = 0; i < s.alternate_errors.size(); ++i) {
+    for (const auto& [cut, e] : s.alternate_errors[i].stats()) {
+      info.member_heads[s.alternates[i].member.name][std::to_string(cut)] = {
+          {"frames", e.samples},
+          {"measured_over_profiled_p50", round3(e.median_ratio)},
+          {"correction", round3(e.correction)}};
     }
   }
   // Per-cut counts, also for cuts with no sample yet (cold runs only, or every head beside a

@@ -100,7 +100,7 @@ TEST_CASE("a config with every field fills every setting") {
                        "max_bytes_per_frame": 20000, "max_device_memory_mb": 64,
                        "max_server_ms": 15},
        "server_price": 2.5, "top_k": 3, "in_flight": 8, "local_lane": "off", "head_overhead": "off",
-       "timeout_ms": 250, "threads": 2},
+       "member_corrections": "on", "timeout_ms": 250, "threads": 2},
       {"name": "ocr", "model": "/models/ocr.pt", "input": "frames/"}
     ]})";
   auto c = parse_device_config(json, "/base");
@@ -149,6 +149,7 @@ TEST_CASE("a config with every field fills every setting") {
   CHECK(s.in_flight == 8);
   CHECK(s.local_lane == LocalLane::kOff);
   CHECK_FALSE(s.head_overhead);
+  CHECK(s.member_corrections);
   CHECK(s.timeout_ms == 250);
   CHECK(s.threads == 2);
 
@@ -191,6 +192,7 @@ TEST_CASE("a config's absent fields take the command line's defaults") {
   CHECK(s.in_flight == 0);
   CHECK(s.local_lane == LocalLane::kAuto);
   CHECK(s.head_overhead);
+  CHECK_FALSE(s.member_corrections);
   CHECK(s.timeout_ms == 1000);
   CHECK(s.threads == 0);
 
@@ -257,6 +259,7 @@ TEST_CASE("each config mistake is one sentence naming the stream and the field")
       {one_stream(R"(, "objective": "speed")"), R"(stream "scene": "objective")"},
       {one_stream(R"(, "local_lane": "maybe")"), R"(stream "scene": "local_lane")"},
       {one_stream(R"(, "head_overhead": "on")"), R"(stream "scene": "head_overhead")"},
+      {one_stream(R"(, "member_corrections": true)"), R"(stream "scene": "member_corrections")"},
       {one_stream(R"(, "clip_percentile": 20)"), R"(stream "scene": "clip_percentile")"},
       {one_stream(R"(, "per_channel": 1)"), R"(stream "scene": "per_channel" must be true)"},
       {one_stream(R"(, "server_price": -1)"), R"(stream "scene": "server_price")"},
@@ -406,6 +409,8 @@ TEST_CASE("the single-model flags give one stream with main.cc's values") {
                   "on",
                   "--head-overhead",
                   "off",
+                  "--member-corrections",
+                  "on",
                   "--timeout-ms",
                   "400",
                   "--threads",
@@ -475,6 +480,7 @@ TEST_CASE("the single-model flags give one stream with main.cc's values") {
   CHECK(s.in_flight == 2);
   CHECK(s.local_lane == LocalLane::kOn);
   CHECK_FALSE(s.head_overhead);
+  CHECK(s.member_corrections);
   CHECK(s.timeout_ms == 400);
   CHECK(s.fps == 15);
   CHECK(s.priority == -1);
@@ -556,6 +562,8 @@ TEST_CASE("flag mistakes read as main.cc wrote them") {
         "--clip-percentile must be 0 (off) or between 50 and 100, e.g. 99.99");
   CHECK(with({"--local-lane", "x"}) == "--local-lane must be auto, on or off, not \"x\"");
   CHECK(with({"--head-overhead", "on"}) == "--head-overhead must be auto or off, not \"on\"");
+  CHECK(with({"--member-corrections", "auto"}) ==
+        "--member-corrections must be on or off, not \"auto\"");
   CHECK(with({"--explore-within", "0.5"}) ==
         "--explore-within must be 0 (never) or a number between 1 and 10, e.g. 1.25");
   CHECK(with({"--bound-quantile", "1.5"}) ==
