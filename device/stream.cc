@@ -215,10 +215,11 @@ struct Stream::Impl {
   int planned_batch = 1;
   partitioner::DeviceLoadEstimator device_load;
   partitioner::HeadErrorTracker head_errors;
-  // The other family members' heads (index member - 1), with cfg.member_corrections: each cut's
-  // correction and its runs so far (the first kColdRuns teach nothing).
-  std::vector<partitioner::HeadErrorTracker> alternate_errors;
-  std::vector<std::map<int, int>> alternate_runs;
+  // The other family members' heads, by member, with cfg.member_corrections: each cut's
+  // correction (a head more than kMemberResidualLimit off the recent heads' level is no sample)
+  // and its runs so far (the first kColdRuns teach nothing).
+  std::map<int, partitioner::HeadErrorTracker> member_errors;
+  std::map<std::pair<int, int>, int> member_head_runs;  // (member, cut) -> runs
   // Per cut, the runs of its head on this device (the warm-up's included): the first kColdRuns
   // runs of a head at a new cut are cold ones (first allocations, the backend's primitives, the
   // graph executor's profiling run and then its optimising one), several times its later time,
@@ -1366,18 +1367,7 @@ struct Stream::Impl {
       return;
     }
     const double correction = head_errors.correction(cut);
-    if (head_errors.add(cut, measured_ms, profiled_ms, correction_reference()) && scheduler) {
-      const double now = head_errors.correction(cut);
-      if (scheduler->set_head_correction(cut, now).ok() && corrections_said < 5) {
-        ++corrections_said;
-        char buf[160];
-        std::snprintf(buf, sizeof buf,
-                      "the head at cut %d runs %.2fx its profiled time relative to the other "
-                      "cuts: planning with that (was %.2fx)",
-                      cut, now, correction);
-        log(buf);
-      }
-    }
+    learn_head_error(head_errors, 0, cut, measured_ms, profiled_ms);
     if (sample == HeadSample::kCorrectionOnly) return;
     // While the chosen plan runs no head, this one is a device probe: the only sample for a while.
     device_load.add_head_time(measured_ms, profiled_ms * correction, chosen_runs_no_head);
@@ -1391,40 +1381,43 @@ struct Stream::Impl {
   // every member is planned at its profile times the one load factor: a member whose profile
   // promised a saving the device does not see (a smaller input, where preprocessing dominates)
   // was chosen as the cheaper one at no gain in latency.
+  // Members of one family differ in speed relative to their profiles by well under 2x; a head
+  // beyond that from the recent heads' level met something else (a contender's time slice that a
+  // larger member's head spans and a smaller one's fits between), and as a sample it would leave
+  // the member planned slower after the contender has gone, until it ran again.
   static constexpr double kMemberResidualLimit = 2.0;
   void note_alternate_head(int member, int cut, double measured_ms, double profiled_ms) {
     double correction = 1;
     if (cfg.member_corrections) {
-      const size_t i = static_cast<size_t>(member - 1);
-      if (alternate_errors.size() < alternates.size()) {
-        alternate_errors.resize(alternates.size());
-        alternate_runs.resize(alternates.size());
-      }
-      if (++alternate_runs[i][cut] <= kColdRuns) return;
-      partitioner::HeadErrorTracker& errors = alternate_errors[i];
+      if (++member_head_runs[{member, cut}] <= kColdRuns) return;
+      partitioner::HeadErrorOptions options;
+      options.max_residual = kMemberResidualLimit;
+      partitioner::HeadErrorTracker& errors =
+          member_errors.try_emplace(member, options).first->second;
       correction = errors.correction(cut);
-      // Members of one family differ in speed relative to their profiles by well under 2x; a head
-      // beyond that from the recent heads' level met something else (a contender's time slice
-      // that a larger member's head spans and a smaller one's fits between), which would leave
-      // the member planned slower after the contender has gone, until it ran again.
-      const double residual = measured_ms / (profiled_ms * correction * correction_reference());
-      const bool teaches = residual >= 1 / kMemberResidualLimit && residual <= kMemberResidualLimit;
-      if (teaches && errors.add(cut, measured_ms, profiled_ms, correction_reference()) &&
-          scheduler) {
-        const double now = errors.correction(cut);
-        if (scheduler->set_head_correction(cut, now, member).ok() && corrections_said < 5) {
-          ++corrections_said;
-          char buf[200];
-          std::snprintf(buf, sizeof buf,
-                        "%s's head at cut %d runs %.2fx its profiled time relative to the other "
-                        "heads: planning with that (was %.2fx)",
-                        alternates[i].member.name.c_str(), cut, now, correction);
-          log(buf);
-        }
-      }
+      learn_head_error(errors, member, cut, measured_ms, profiled_ms);
     }
     device_load.add_head_time(measured_ms, profiled_ms * correction);
     note_load_sample(measured_ms / (profiled_ms * correction));
+  }
+
+  // A head's time teaches `errors` (member's per-cut corrections) against the recent heads'
+  // level; a correction that changes is planned with, and the first few changes are said.
+  void learn_head_error(partitioner::HeadErrorTracker& errors, int member, int cut,
+                        double measured_ms, double profiled_ms) {
+    const double was = errors.correction(cut);
+    if (!errors.add(cut, measured_ms, profiled_ms, correction_reference()) || !scheduler) return;
+    const double now = errors.correction(cut);
+    if (!scheduler->set_head_correction(cut, now, member).ok() || corrections_said >= 5) return;
+    ++corrections_said;
+    const std::string whose = member == 0 ? "the head" : alternate(member)->member.name + "'s head";
+    const char* others = member == 0 ? "cuts" : "heads";
+    char buf[240];
+    std::snprintf(buf, sizeof buf,
+                  "%s at cut %d runs %.2fx its profiled time relative to the other %s: planning "
+                  "with that (was %.2fx)",
+                  whose.c_str(), cut, now, others, was);
+    log(buf);
   }
 
   void expire_overdue() {
@@ -2461,9 +2454,9 @@ void Stream::summary() {
                                          {"correction", round3(e.correction)}};
     }
   }
-  for (size_t i = 0; i < s.alternate_errors.size(); ++i) {
-    for (const auto& [cut, e] : s.alternate_errors[i].stats()) {
-      info.member_heads[s.alternates[i].member.name][std::to_string(cut)] = {
+  for (const auto& [member, errors] : s.member_errors) {
+    for (const auto& [cut, e] : errors.stats()) {
+      info.member_heads[s.alternate(member)->member.name][std::to_string(cut)] = {
           {"frames", e.samples},
           {"measured_over_profiled_p50", round3(e.median_ratio)},
           {"correction", round3(e.correction)}};

@@ -318,11 +318,14 @@ bool HeadErrorTracker::add(int cut, double measured_ms, double profiled_ms, doub
     return false;
   }
   PerCut& c = cuts_[cut];
+  const double residual = measured_ms / (profiled_ms * c.correction * load);
+  const double r = options_.max_residual;
+  if (r > 0 && (residual > std::max(r, 1 / r) || residual < std::min(r, 1 / r))) return false;
   ++c.samples;
   const auto window = static_cast<size_t>(std::max(1, options_.window));
   c.ratios.push_back(measured_ms / profiled_ms);
   if (c.ratios.size() > window) c.ratios.pop_front();
-  c.residuals.push_back(measured_ms / (profiled_ms * c.correction * load));
+  c.residuals.push_back(residual);
   if (c.residuals.size() > window) c.residuals.pop_front();
   if (static_cast<int>(c.residuals.size()) < options_.min_samples) return false;
   const double med = median_of(c.residuals);

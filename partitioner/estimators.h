@@ -323,6 +323,10 @@ struct HeadErrorOptions {
   double consistent = 0.8;  // fraction of the window on the median's side of 1 +- threshold
   double min_profiled_ms = 0.5;
   double max_correction = 4;  // a correction is clamped to [1/max, max]
+  // > 0: a head whose residual (measured / (profiled x correction x load)) lies beyond [1/max,
+  // max] met something other than the cut's own speed (a contender's time slice that this head
+  // spanned and others fitted between) and is no sample; 0: every head is one.
+  double max_residual = 0;
 };
 
 class HeadErrorTracker {

@@ -111,13 +111,14 @@ def judge(fam, bound, alone, accuracy, round_of, rounds):
     out["best_fixed_by_round"] = [e["best_fixed"] for e in per_round]
     if a:
         point, low, high = paired_interval(a, b)
+        judged_within = within(judged_fam, bound)
         out.update({"best_fixed_top1": sum(b) / len(b),
                     "family_top1_judged": sum(a) / len(a),
-                    "family_within_judged": within(judged_fam, bound),
+                    "family_within_judged": judged_within,
                     "diff_pp": round(point, 2),
                     "diff_interval_pp": [round(low, 2), round(high, 2)],
                     "paired_frames": len(a),
-                    "pass": low > -1 and within(judged_fam, bound) >= 0.9})
+                    "pass": low > -1 and judged_within >= 0.9})
     else:
         out["pass"] = None  # no member met the bound in any round: nothing to compare with
     best, _ = best_member(alone, accuracy, bound, list(fam))

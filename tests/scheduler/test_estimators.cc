@@ -422,6 +422,26 @@ TEST_CASE("head errors: noise around the profile and a single cut leave the corr
   CHECK(tiny.stats().empty());
 }
 
+TEST_CASE("head errors: with max_residual, heads far off the load's level are no samples") {
+  // A head that spans a contender's stop runs 3x the others' level: no correction from it, while
+  // a cut 1.5x slower than its profile (within the limit) is corrected as without the limit.
+  HeadErrorOptions options;
+  options.max_residual = 2;
+  HeadErrorTracker limited(options), unlimited;
+  for (int i = 0; i < 20; ++i) {
+    limited.add(4, 30, 10, 1.0);
+    unlimited.add(4, 30, 10, 1.0);
+    limited.add(6, 15, 10, 1.0);
+  }
+  CHECK(limited.correction(4) == 1.0);
+  CHECK(limited.samples(4) == 0);
+  CHECK(unlimited.correction(4) > 2);
+  CHECK(limited.correction(6) == doctest::Approx(1.5).epsilon(0.05));
+  // As far below the level: no sample either.
+  limited.add(8, 4, 10, 1.0);
+  CHECK(limited.samples(8) == 0);
+}
+
 namespace {
 // The whole model's head times over its profiled time, frame by frame, as MobileNetV2 ran on the
 // device under a 10x CPU quota (docs/results/testbed-v2/explore/inner-cut-10x-c, 1 Mbit/s): mostly
