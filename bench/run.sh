@@ -26,10 +26,10 @@
 #                           the Pareto tables of the model families (models/families/): latency,
 #                           multiply-adds, top-1 with intervals per member, on this machine only
 #                           (no testbed, no root): docs/elastic.md
-#   bench/run.sh elastic contention [--quick] --out DIR [--check]
+#   bench/run.sh elastic contention [--quick] [--ab NAME=FLAGS] --out DIR [--check]
 #                           a latency-bound device under a CPU contender (0, 1, 2 cores taken):
 #                           the CIFAR-10 family against ResNet-56 alone (no root)
-#   bench/run.sh elastic budget [--quick] --out DIR [--check]
+#   bench/run.sh elastic budget [--quick] [--ab NAME=FLAGS] --out DIR [--check]
 #                           at each latency bound, the family's top-1 against the best single
 #                           member meeting it (no root)
 #   bench/run.sh elastic exits [--quick] [--threshold T] --out DIR [--check]

@@ -41,6 +41,11 @@ constexpr const char* kMustExploreBudget =
 constexpr const char* kMustBoundQuantile =
     "a quantile between 0.5 and 1, e.g. 0.8 (about the share of frames a latency bound is planned "
     "to hold for)";
+constexpr const char* kMustBoundShare =
+    "0 (off: plan at --bound-quantile throughout) or the share of frames to keep within a latency "
+    "bound, between 0.5 and 0.999, e.g. 0.92";
+
+bool valid_bound_share(double share) { return share == 0 || (share >= 0.5 && share <= 0.999); }
 
 // The number `text` spells in full, or -1 when it is not one.
 double number_or_minus_one(const std::string& text) {
@@ -278,7 +283,8 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
                   "exit_threshold",
                   "explore_within",
                   "explore_budget",
-                  "bound_quantile"});
+                  "bound_quantile",
+                  "bound_share"});
   EDGESPLIT_RETURN_IF_ERROR(f.check_known());
   if (!f.has("model") && !f.has("family")) {
     return invalid_argument(where + ": \"model\" is missing: give the TorchScript file");
@@ -415,6 +421,7 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
   EDGESPLIT_RETURN_IF_ERROR(f.get("explore_within", s.explore_within, kMustExplore));
   EDGESPLIT_RETURN_IF_ERROR(f.get("explore_budget", s.explore_budget, kMustExploreBudget));
   EDGESPLIT_RETURN_IF_ERROR(f.get("bound_quantile", s.bound_quantile, kMustBoundQuantile));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("bound_share", s.bound_share, kMustBoundShare));
   EDGESPLIT_RETURN_IF_ERROR(f.get("in_flight", s.in_flight, kMustInFlight));
   std::string lane = "auto";
   EDGESPLIT_RETURN_IF_ERROR(f.get("local_lane", lane));
@@ -494,6 +501,7 @@ const std::vector<std::string>& stream_flags() {
                                                   "explore-within",
                                                   "explore-budget",
                                                   "bound-quantile",
+                                                  "bound-share",
                                                   "in-flight",
                                                   "local-lane",
                                                   "head-overhead",
@@ -603,6 +611,10 @@ void add_flags(cxxopts::Options& cli) {
      "heads' measured / profiled times: about the share of frames the bound is planned to hold "
      "for (0.5 to 1; higher: fewer frames over the bound, cheaper plans)",
      cxxopts::value<double>()->default_value("0.8"))
+    ("bound-share", "with --max-latency-ms, the share of frames to keep within the bound: the "
+     "quantile plans are made at starts at --bound-quantile, never goes below it, and follows the "
+     "recent share within (0: off, the quantile stays put)",
+     cxxopts::value<double>()->default_value("0"))
     ("in-flight", "frames sent and not yet answered at once (0: 1, or 4 with --objective throughput)",
      cxxopts::value<int>()->default_value("0"))
     ("local-lane", "run whole frames on the device on a second thread: auto (frames planned on "
@@ -887,6 +899,10 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
   s.bound_quantile = args["bound-quantile"].as<double>();
   if (!(s.bound_quantile >= 0.5 && s.bound_quantile <= 1)) {
     return invalid_argument(std::string("--bound-quantile must be ") + kMustBoundQuantile);
+  }
+  s.bound_share = args["bound-share"].as<double>();
+  if (!valid_bound_share(s.bound_share)) {
+    return invalid_argument(std::string("--bound-share must be ") + kMustBoundShare);
   }
   s.in_flight = args["in-flight"].as<int>();
   const std::string lane = args["local-lane"].as<std::string>();
@@ -1250,6 +1266,9 @@ Status validate_device_config(const DeviceConfig& c) {
     }
     if (!(s.bound_quantile >= 0.5 && s.bound_quantile <= 1)) {
       return field_error(where, "bound_quantile", kMustBoundQuantile);
+    }
+    if (!valid_bound_share(s.bound_share)) {
+      return field_error(where, "bound_share", kMustBoundShare);
     }
     if (s.in_flight < 0 || s.in_flight > 64) return field_error(where, "in_flight", kMustInFlight);
     if (s.timeout_ms < 1) return field_error(where, "timeout_ms", kMustPositive);

@@ -113,6 +113,9 @@ struct StreamConfig {
   // With a latency bound, every head is planned at this quantile of the recent heads' measured /
   // profiled times (docs/runtime.md, "Family streams and latency bounds").
   double bound_quantile = 0.8;
+  // With a latency bound, the share of frames to keep within it: the planning quantile starts at
+  // bound_quantile and follows the recent share within (partitioner::BoundShareController). 0: off.
+  double bound_share = 0;
 
   // Early exits (profiles/exits.h, docs/elastic.md): NAME_exits.json of the stream's model; empty:
   // none. With a fixed plan, exit_thresholds holds its one threshold; with the scheduler, the

@@ -239,6 +239,7 @@ json Reporter::summary(const StreamSummaryInfo& info) {
   }
   if (!info.heads.is_null()) s["heads"] = info.heads;
   if (!info.member_heads.is_null()) s["member_heads"] = info.member_heads;
+  if (!info.bound_share.is_null()) s["bound_share"] = info.bound_share;
   if (info.explore_cost_fraction) s["explore_cost_fraction"] = *info.explore_cost_fraction;
   if (device_fields_.is_object()) s.update(device_fields_);
   double mean = 0;

@@ -86,6 +86,8 @@ struct StreamSummaryInfo {
   // The same for a family's other members, by member name ({"resnet20-28px": {"14": {...}}});
   // null when none ran past its cold runs or member corrections are off.
   nlohmann::json member_heads;
+  // With --bound-share: the target, the recent share within and the planning quantile at the end.
+  nlohmann::json bound_share;
   // What exploring heads cost, measured: explored frames', the next frames' and those beside a
   // warm-up, their latency beyond the recent median of the other frames, over every frame's
   // latency; unset when nothing was explored or warmed.

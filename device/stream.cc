@@ -268,7 +268,14 @@ struct Stream::Impl {
   partitioner::RecentMedian plain_latency{9};
 
   Impl(const StreamConfig& c, const DeviceConfig& d, int i, Link& l, Reporter& r, ComputeToken& t)
-      : cfg(c), device(d), index(i), link(l), reporter(r), token(t) {}
+      : cfg(c), device(d), index(i), link(l), reporter(r), token(t) {
+    if (cfg.bound_share > 0) {
+      partitioner::BoundShareOptions o;
+      o.target = cfg.bound_share;
+      o.lowest = cfg.bound_quantile;  // never less cautious than asked
+      bound_share.emplace(cfg.bound_quantile, o);
+    }
+  }
 
   void log(const std::string& msg) {
     reporter.log(device.streams.size() > 1 ? "[" + cfg.name + "] " + msg : msg);
@@ -510,6 +517,8 @@ struct Stream::Impl {
   // the load's level, so that a contender whose time slices make every other frame slow is
   // planned for, not averaged away.
   static constexpr size_t kLoadSamples = 12;
+  // With cfg.bound_share, the quantile above follows the recent share of frames within the bound.
+  std::optional<partitioner::BoundShareController> bound_share;
   std::deque<double> load_samples;
   void note_load_sample(double ratio) {
     if (!std::isfinite(ratio) || !(ratio > 0)) return;
@@ -519,6 +528,10 @@ struct Stream::Impl {
   }
   double load_for_bound() const {
     if (load_samples.size() < 5) return 0;
+    if (bound_share) {
+      return partitioner::interpolated_quantile({load_samples.begin(), load_samples.end()},
+                                                bound_share->quantile());
+    }
     std::vector<double> v(load_samples.begin(), load_samples.end());
     const size_t k = std::min(
         v.size() - 1, static_cast<size_t>(cfg.bound_quantile * static_cast<double>(v.size())));
@@ -1659,8 +1672,10 @@ struct Stream::Impl {
       overheads.push_back(std::max(0.0, *overhead));
       if (overheads.size() > kOverheadSamples) overheads.pop_front();
     }
-    if (r.max_latency_ms && !(r.completed != "failed" && r.latency_ms <= *r.max_latency_ms)) {
-      ++misses;
+    if (r.max_latency_ms) {
+      const bool within = r.completed != "failed" && r.latency_ms <= *r.max_latency_ms;
+      if (!within) ++misses;
+      if (bound_share) bound_share->note(within);
     }
     r.beside_warm_up = warmer.overlaps(p.start, now);
     count_explore_cost(p.plan.explore, r.beside_warm_up, r.latency_ms);
@@ -2336,6 +2351,7 @@ void Stream::ready(double startup_s) {
   if (s.latency_bound()) {
     j["max_latency_ms"] = *s.latency_bound();
     j["bound_quantile"] = s.cfg.bound_quantile;
+    if (s.bound_share) j["bound_share"] = s.cfg.bound_share;
   }
   j["retain_cut"] = s.retain_cut;
   j["holds"] = !s.model                ? "nothing (server-only)"
@@ -2478,6 +2494,11 @@ void Stream::summary() {
     info.explore_cost_fraction = std::round(s.explore_cost_ms / s.frames_ms * 1e4) / 1e4;
   }
   info.max_latency_ms = s.latency_bound();
+  if (s.bound_share) {
+    info.bound_share = {{"target", s.cfg.bound_share},
+                        {"recent_within", round3(s.bound_share->share_within())},
+                        {"quantile", round3(s.bound_share->quantile())}};
+  }
   info.wall_s = ms_between(s.run_start, Clock::now()) / 1000.0;
   info.name_in_log = s.device.streams.size() > 1;
   s.summary_json = s.reporter.summary(info);

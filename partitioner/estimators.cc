@@ -313,6 +313,29 @@ void RecentMedian::add(double sample) {
 
 double RecentMedian::value() const { return median_of(samples_); }
 
+BoundShareController::BoundShareController(double initial_quantile, BoundShareOptions options)
+    : options_(options),
+      quantile_(std::clamp(initial_quantile, options.lowest, options.highest)),
+      miss_share_(1 - options.target) {}
+
+void BoundShareController::note(bool within) {
+  ++frames_;
+  const double a = std::clamp(options_.alpha, 0.0, 1.0);
+  miss_share_ = (1 - a) * miss_share_ + a * (within ? 0.0 : 1.0);
+  const double allowed = 1 - options_.target;
+  quantile_ = std::clamp(quantile_ + options_.gain * (miss_share_ - allowed), options_.lowest,
+                         options_.highest);
+}
+
+double interpolated_quantile(std::vector<double> samples, double q) {
+  if (samples.empty()) return 0;
+  std::sort(samples.begin(), samples.end());
+  const double pos = std::clamp(q, 0.0, 1.0) * static_cast<double>(samples.size() - 1);
+  const auto lo = static_cast<size_t>(pos);
+  const size_t hi = std::min(lo + 1, samples.size() - 1);
+  return samples[lo] + (samples[hi] - samples[lo]) * (pos - static_cast<double>(lo));
+}
+
 bool HeadErrorTracker::add(int cut, double measured_ms, double profiled_ms, double load) {
   if (!(profiled_ms >= options_.min_profiled_ms) || !(measured_ms > 0) || !(load > 0)) {
     return false;

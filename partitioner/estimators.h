@@ -10,6 +10,7 @@
 #include <deque>
 #include <map>
 #include <utility>
+#include <vector>
 
 #include "partitioner/clock.h"
 
@@ -378,6 +379,40 @@ class RecentMedian {
   size_t n_;
   std::deque<double> samples_;
 };
+
+// The share of recent frames within a latency bound, and the quantile of recent heads' load at
+// which plans under the bound are made, following it (`--bound-share`, docs/runtime.md): a fixed
+// quantile holds the bound for whatever share of frames the members' spread gives (near a bound
+// between two members' times, fewer than wanted; far from one, more, at the cost of top-1). The
+// quantile rises while more recent frames than the target allows are over the bound, and falls
+// while fewer are: an integral controller on an exponentially weighted share of misses.
+struct BoundShareOptions {
+  double target = 0.9;  // the share of frames within the bound
+  double alpha = 0.05;  // the weight of each new frame in the recent miss share (about 20 frames)
+  double gain = 0.1;    // quantile change per frame per unit of (miss share - allowed)
+  double lowest = 0.5;  // the quantile's range
+  double highest = 1.0;
+};
+
+class BoundShareController {
+ public:
+  BoundShareController(double initial_quantile, BoundShareOptions options);
+  // One finished frame that ran under the bound: within it or not.
+  void note(bool within);
+  double quantile() const { return quantile_; }
+  // The recent share within (exponentially weighted; the target before any frame).
+  double share_within() const { return 1 - miss_share_; }
+  int64_t frames() const { return frames_; }
+
+ private:
+  BoundShareOptions options_;
+  double quantile_;
+  double miss_share_;
+  int64_t frames_ = 0;
+};
+
+// The q quantile of `samples` (0 <= q <= 1), linear between order statistics; 0 when empty.
+double interpolated_quantile(std::vector<double> samples, double q);
 
 // The three estimators together: what the device agent feeds after every exchange and head run,
 // and reads Conditions from before every decision.

@@ -47,7 +47,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import contention as c  # noqa: E402  (the same device runner and image folder)
-from common import ROOT, parser, report, shared_dir  # noqa: E402
+from common import ROOT, parse_ab, parser, report, shared_dir  # noqa: E402
 
 
 def paired_interval(a, b, z=1.96):
@@ -172,14 +172,10 @@ def main():
                     help="the sweep: between neighbouring members' 90th percentiles (and 1.15x "
                          "the slowest's), or at each member's own 90th percentile")
     args = ap.parse_args()
-    variants = {}
-    for spec in args.ab + (["overhead-off=--head-overhead off"] if args.overhead_off else []):
-        name, sep, flags = spec.partition("=")
-        if not sep or not name or not flags.strip() or name in variants:
-            print("budget: --ab takes NAME=FLAGS, each NAME once, e.g. "
-                  "--ab 'q0.8=--bound-quantile 0.8'", file=sys.stderr)
-            return 2
-        variants[name] = flags.split()
+    variants = parse_ab(args.ab + (["overhead-off=--head-overhead off"] if args.overhead_off
+                                   else []), "budget", "q0.8=--bound-quantile 0.8")
+    if variants is None:
+        return 2
     shared = shared_dir()
     if not os.path.isdir(os.path.join(shared, "data", "cifar10-test")):
         print("budget: ../shared (models and images) is absent; nothing to measure", file=sys.stderr)

@@ -25,6 +25,20 @@ def parser(doc):
     return ap
 
 
+def parse_ab(specs, bench, example):
+    """--ab NAME=FLAGS specs as {NAME: [flags]}, or None (after one sentence on stderr) when one is
+    malformed or a NAME repeats."""
+    variants = {}
+    for spec in specs:
+        name, sep, flags = spec.partition("=")
+        if not sep or not name or not flags.strip() or name in variants:
+            print(f"{bench}: --ab takes NAME=FLAGS, each NAME once, e.g. --ab '{example}'",
+                  file=sys.stderr)
+            return None
+        variants[name] = flags.split()
+    return variants
+
+
 def report(name, targets, check):
     """Prints each target on stderr; the exit status (1 with --check when one is missed)."""
     for k, v in targets.items():

@@ -22,7 +22,9 @@ frames to react (after a phase starts: frames until one is back within the bound
 (elastic models): with one contender, >= 95% of frames within the bound, top-1 at most 2
 points below the baseline's on the same frames (paired, the interval's upper end), reacting
 within 3 frames, for the family at normal priority. The real-time runs are reported beside them
-(`realtime` in results.json). Device-only: no server.
+(`realtime` in results.json). `--ab NAME=FLAGS` (repeatable) also runs the family with other
+device flags at normal priority, after the family in each repeat, on the same frames (`ab` in
+results.json, not a target). Device-only: no server.
 """
 
 import json
@@ -34,7 +36,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, parser, report, shared_dir
+from common import ROOT, parse_ab, parser, report, shared_dir
 
 PHASES = [0, 1, 2, 0]  # busy processes on the device's core
 CORE = "0"
@@ -199,7 +201,14 @@ def one_contender(runs, kind, reference):
 def main():
     ap = parser(__doc__)
     ap.add_argument("--fps", type=float, default=30)
+    ap.add_argument("--ab", action="append", default=[], metavar="NAME=FLAGS",
+                    help="also run the family with these device flags at normal priority, after "
+                         "the family in each repeat, on the same frames (reported beside the "
+                         "targets, not a target)")
     args = ap.parse_args()
+    variants = parse_ab(args.ab, "contention", "share=--bound-share 0.92")
+    if variants is None:
+        return 2
     shared = shared_dir()
     if not os.path.isdir(os.path.join(shared, "data", "cifar10-test")):
         print("contention: ../shared (models and images) is absent; nothing to measure",
@@ -224,7 +233,7 @@ def main():
     contender = Contender()
     # With the right to it (root), each also runs at real-time priority (--realtime 1): the busy
     # processes then no longer delay its frames, and what is left of the contention shows.
-    kinds = ["baseline", "family"]
+    kinds = ["baseline", "family"] + ["ab:" + name for name in variants]
     if os.geteuid() == 0:
         kinds += ["baseline-rt", "family-rt"]
     else:
@@ -255,6 +264,8 @@ def main():
                        "--max-latency-ms", str(bound), "--max-accuracy-drop", "none"] + common
             if kind.endswith("-rt"):
                 cmd += ["--realtime", "1"]
+            if kind.startswith("ab:"):
+                cmd += variants[kind[3:]]
             frames = run_device(cmd, per_phase, contender, labels)
             stats = phase_stats(frames, bound)
             runs.append({"kind": kind, "repeat": r, "phases": stats, "frames": frames})
@@ -283,10 +294,23 @@ def main():
                               "paired_frames": m, "frames_to_react": k}
             print(f"contention: {kind} (real-time priority), one contender: {w:.1f}% within, "
                   f"top-1 {d:+.2f} points below the baseline (upper {u:.2f})", file=sys.stderr)
+    ab = {}
+    for name in variants:
+        w, d, u, m, k = one_contender(runs, "ab:" + name, "baseline")
+        f_w, f_d, f_u, _, f_k = one_contender(runs, "family", "baseline")
+        ab[name] = {"flags": " ".join(variants[name]), "within_bound_one_contender_pct": round(w, 1),
+                    "top1_drop_vs_baseline_pp": round(d, 2), "upper_95": round(u, 2),
+                    "paired_frames": m, "frames_to_react": k,
+                    "family_within_bound_one_contender_pct": round(f_w, 1),
+                    "family_top1_drop_vs_baseline_pp": round(f_d, 2)}
+        print(f"contention: ab:{name} ({' '.join(variants[name])}), one contender: {w:.1f}% "
+              f"within (the family {f_w:.1f}%), top-1 {d:+.2f} points below the baseline (upper "
+              f"{u:.2f}; the family {f_d:+.2f}), react {k} (the family {f_k})", file=sys.stderr)
     results = {"bench": "elastic-contention", "quick": args.quick, "contender": contender.kind,
                "reference_uncontended_ms": l0, "bound_ms": bound, "fps": args.fps,
                "targets": targets,
                "realtime": realtime,
+               "ab": ab,
                "runs": [{k: v for k, v in run.items() if k != "frames"} for run in runs]}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)

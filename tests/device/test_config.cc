@@ -219,13 +219,15 @@ TEST_CASE("a config's absent fields take the command line's defaults") {
     REQUIRE(j.ok());
     CHECK(j->streams[0].encode.format == Format::kFloat16);
   }
-  SUBCASE("bound_quantile: 0.8 unless given") {
+  SUBCASE("bound_quantile: 0.8 and bound_share: off unless given") {
     auto plain = parse_device_config(one_stream(""));
     REQUIRE(plain.ok());
     CHECK(plain->streams[0].bound_quantile == 0.8);
-    auto j = parse_device_config(one_stream(R"(, "bound_quantile": 0.95)"));
+    CHECK(plain->streams[0].bound_share == 0);
+    auto j = parse_device_config(one_stream(R"(, "bound_quantile": 0.95, "bound_share": 0.92)"));
     REQUIRE(j.ok());
     CHECK(j->streams[0].bound_quantile == 0.95);
+    CHECK(j->streams[0].bound_share == 0.92);
   }
 }
 
@@ -244,6 +246,9 @@ TEST_CASE("each config mistake is one sentence naming the stream and the field")
        R"(stream "scene": "explore_budget" must be a fraction of the latency between 0 and 1)"},
       {one_stream(R"(, "bound_quantile": 0.3)"),
        R"(stream "scene": "bound_quantile" must be a quantile between 0.5 and 1, e.g. 0.8)"},
+      {one_stream(R"(, "bound_share": 1)"),
+       R"(stream "scene": "bound_share" must be 0 (off: plan at --bound-quantile throughout) or the share)"},
+      {one_stream(R"(, "bound_share": 0.3)"), R"(stream "scene": "bound_share" must be 0 (off)"},
       {one_stream(R"(, "top_k": 101)"), R"(stream "scene": "top_k")"},
       {one_stream(R"(, "top_k": 2.5)"), R"(stream "scene": "top_k" must be an integer)"},
       {one_stream(R"(, "in_flight": 65)"), R"(stream "scene": "in_flight")"},
@@ -518,13 +523,16 @@ TEST_CASE("the single-model flags give one stream with main.cc's values") {
         flags({"--model", "net.pt", "--input", "x", "--cut", "9", "--bits", "ecsq-1"}).ok());
     CHECK_FALSE(flags({"--model", "net.pt", "--input", "x", "--bits", "ecsq1"}).ok());  // no cut
   }
-  SUBCASE("--bound-quantile") {
+  SUBCASE("--bound-quantile and --bound-share") {
     auto d = flags({"--model", "net.pt", "--input", "x"});
     REQUIRE(d.ok());
     CHECK(d->config.streams.at(0).bound_quantile == 0.8);
-    auto m = flags({"--model", "net.pt", "--input", "x", "--bound-quantile", "0.75"});
+    CHECK(d->config.streams.at(0).bound_share == 0);
+    auto m = flags(
+        {"--model", "net.pt", "--input", "x", "--bound-quantile", "0.75", "--bound-share", "0.92"});
     REQUIRE(m.ok());
     CHECK(m->config.streams.at(0).bound_quantile == 0.75);
+    CHECK(m->config.streams.at(0).bound_share == 0.92);
   }
   SUBCASE("--bits jpeg90 sends the input") {
     auto m = flags({"--model", "net.pt", "--input", "x", "--bits", "jpeg90"});
@@ -569,6 +577,9 @@ TEST_CASE("flag mistakes read as main.cc wrote them") {
   CHECK(with({"--bound-quantile", "1.5"}) ==
         "--bound-quantile must be a quantile between 0.5 and 1, e.g. 0.8 (about the share of "
         "frames a latency bound is planned to hold for)");
+  CHECK(with({"--bound-share", "95"}) ==
+        "--bound-share must be 0 (off: plan at --bound-quantile throughout) or the share of frames "
+        "to keep within a latency bound, between 0.5 and 0.999, e.g. 0.92");
   CHECK(with({"--engine", "fast"}) == "--engine must be optimized, onednn, xnnpack or plain");
   CHECK(with({"--fps", "-2"}) == "--fps must be 0 or more");
   CHECK(with({"--key", "d.key"}) ==

@@ -304,6 +304,59 @@ TEST_CASE("a server started with --family serves every member: frames of any mem
 }
 
 TEST_CASE(
+    "--bound-share: a family stream's planning quantile follows its frames: up to the top under a "
+    "bound no frame meets, at --bound-quantile under one every frame meets") {
+  if (!have_family()) {
+    MESSAGE("skipped: ../shared/models/resnet_cifar10 is absent");
+    return;
+  }
+  const fs::path dir = scratch("bound-share");
+  const fs::path images = cifar_images(dir, 8);
+  const fs::path manifest = two_member_family(dir);
+  auto run = [&](const std::string& name, double bound_ms) {
+    const std::vector<std::string> argv = {bin("edgesplit-device"),
+                                           "--family",
+                                           manifest.string(),
+                                           "--objective",
+                                           "accuracy",
+                                           "--max-accuracy-drop",
+                                           "none",
+                                           "--max-latency-ms",
+                                           std::to_string(bound_ms),
+                                           "--bound-share",
+                                           "0.9",
+                                           "--input",
+                                           images.string(),
+                                           "--threads",
+                                           "1",
+                                           "--json"};
+    const int rc = run_to_end(argv, dir / (name + ".out"), dir / (name + ".err"));
+    CHECK_MESSAGE(rc == 0, read_file(dir / (name + ".err")));
+    json ready, summary;
+    size_t frames = 0;
+    for (const json& j : lines_of(dir / (name + ".out"))) {
+      if (j.value("type", "") == "ready") ready = j;
+      if (j.value("type", "") == "summary") summary = j;
+      frames += j.value("type", "") == "frame";
+    }
+    CHECK(frames == 80);
+    CHECK(ready.value("bound_share", 0.0) == doctest::Approx(0.9));
+    REQUIRE(summary.contains("bound_share"));
+    CHECK(summary["bound_share"]["target"].get<double>() == doctest::Approx(0.9));
+    return summary["bound_share"];
+  };
+  // No member runs in 0.05 ms: every frame misses, and the quantile climbs from 0.8 to the top.
+  const json none = run("none", 0.05);
+  CHECK(none["quantile"].get<double>() == doctest::Approx(1.0));
+  CHECK(none["recent_within"].get<double>() < 0.1);
+  // Every frame within 10 s: the quantile stays at --bound-quantile (0.8), its floor.
+  const json all = run("all", 10000);
+  CHECK(all["quantile"].get<double>() == doctest::Approx(0.8));
+  CHECK(all["recent_within"].get<double>() > 0.99);
+  fs::remove_all(dir);
+}
+
+TEST_CASE(
     "a device runs a derived variant alone (--variant): split on a family server as on the "
     "device") {
   if (!have_family()) {
