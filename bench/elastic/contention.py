@@ -295,9 +295,9 @@ def main():
             print(f"contention: {kind} (real-time priority), one contender: {w:.1f}% within, "
                   f"top-1 {d:+.2f} points below the baseline (upper {u:.2f})", file=sys.stderr)
     ab = {}
+    f_w, f_d, _, _, f_k = one_contender(runs, "family", "baseline")
     for name in variants:
         w, d, u, m, k = one_contender(runs, "ab:" + name, "baseline")
-        f_w, f_d, f_u, _, f_k = one_contender(runs, "family", "baseline")
         ab[name] = {"flags": " ".join(variants[name]), "within_bound_one_contender_pct": round(w, 1),
                     "top1_drop_vs_baseline_pp": round(d, 2), "upper_95": round(u, 2),
                     "paired_frames": m, "frames_to_react": k,
