@@ -2461,22 +2461,20 @@ void Stream::summary() {
     info.local_lane = s.stats.lane + s.stats.lane_planned;
     info.local_lane_beside_window = s.stats.lane;
   }
-  const auto errors = s.head_errors.stats();
-  if (!errors.empty()) {
-    info.heads = json::object();
-    for (const auto& [cut, e] : errors) {
-      info.heads[std::to_string(cut)] = {{"frames", e.samples},
-                                         {"measured_over_profiled_p50", round3(e.median_ratio)},
-                                         {"correction", round3(e.correction)}};
-    }
-  }
-  for (const auto& [member, errors] : s.member_errors) {
+  // Per cut of one tracker: its samples, measured / profiled and correction.
+  auto head_stats = [](const partitioner::HeadErrorTracker& errors) {
+    json out = json::object();
     for (const auto& [cut, e] : errors.stats()) {
-      info.member_heads[s.alternate(member)->member.name][std::to_string(cut)] = {
-          {"frames", e.samples},
-          {"measured_over_profiled_p50", round3(e.median_ratio)},
-          {"correction", round3(e.correction)}};
+      out[std::to_string(cut)] = {{"frames", e.samples},
+                                  {"measured_over_profiled_p50", round3(e.median_ratio)},
+                                  {"correction", round3(e.correction)}};
     }
+    return out;
+  };
+  if (json heads = head_stats(s.head_errors); !heads.empty()) info.heads = std::move(heads);
+  for (const auto& [member, errors] : s.member_errors) {
+    json heads = head_stats(errors);
+    if (!heads.empty()) info.member_heads[s.alternate(member)->member.name] = std::move(heads);
   }
   // Per-cut counts, also for cuts with no sample yet (cold runs only, or every head beside a
   // warm-up).
