@@ -93,7 +93,7 @@ bool HeadWarmer::start(std::shared_ptr<partitioner::ModelGraph> model, int cut,
         try {
           set_threads(threads);
           torch::NoGradGuard no_grad;
-          model->prepare(cut);
+          model->prepare_head(cut);
           const at::Tensor zeros = torch::zeros(shape, torch::kFloat32);
           for (int run = 0; run < runs; ++run) (void)model->run_head(cut, zeros);
         } catch (const std::exception& e) {

@@ -966,7 +966,11 @@ struct Stream::Impl {
       set_threads(threads);
       // A head's graph is built the first time its cut is chosen: not part of its time (a cold
       // first run would tell the device-load estimate the device is many times slower than it is).
-      if (head_cut > 0) graph->prepare(head_cut);
+      if (head_cut > 0 && p.plan.local) {
+        graph->prepare(head_cut);
+      } else if (head_cut > 0) {
+        graph->prepare_head(head_cut);  // the server runs the tail
+      }
       if (with_exits) prepare_exits(*graph, head_cut);
       t_pre = Clock::now();
       torch::NoGradGuard no_grad;
@@ -1292,7 +1296,7 @@ struct Stream::Impl {
     for (const ExitRunner& x : exit_heads) {
       if (x.cut > head_cut) break;
       if (at == 0) {
-        graph.prepare(x.cut);
+        graph.prepare_head(x.cut);
       } else if (graph.can_run_between(at, x.cut)) {
         graph.prepare_between(at, x.cut);
       }
@@ -1558,6 +1562,9 @@ struct Stream::Impl {
     try {
       ComputeToken::Hold hold(token, cfg.priority, p.due);
       set_threads(threads);
+      // A split cut's tail is built the first time a frame must finish there (not part of its
+      // time, as for heads).
+      graph->prepare_tail(cut);
       t0 = Clock::now();
       torch::NoGradGuard no_grad;
       logits = graph->run_tail(cut, p.crossing).contiguous().reshape({-1});
@@ -1994,7 +2001,11 @@ Status Stream::load(int retain_cut, int threads) {
       if (!pinned.ok()) s.scheduler.reset();
     }
     if (s.model && (f.local || s.model->can_run_head(f.cut))) {
-      s.model->prepare(f.local ? s.device_cut : f.cut);
+      if (f.local) {
+        s.model->prepare(s.device_cut);
+      } else {
+        s.model->prepare_head(f.cut);
+      }
     }
   }
   // The exits' cuts are known now (the model's, where the profile did not name them), and the

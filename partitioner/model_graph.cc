@@ -100,11 +100,6 @@ class SerialOpenMp {
 #endif
 };
 
-struct CutFunctions {
-  std::shared_ptr<SideFunction> head;
-  std::shared_ptr<SideFunction> tail;
-};
-
 std::string first_line(const std::string& text) {
   auto end = text.find('\n');
   std::string line = text.substr(0, end);
@@ -365,7 +360,10 @@ struct ModelGraph::Impl {
   // report, the shared constants).
   mutable std::mutex build_mutex;
   mutable std::mutex mutex;
-  mutable std::map<int, CutFunctions> cache;
+  // Each cut's head and tail, built apart on first use: a device that sends from a cut runs only
+  // its head there, a server only its tail.
+  mutable std::map<int, std::shared_ptr<SideFunction>> heads;
+  mutable std::map<int, std::shared_ptr<SideFunction>> tails;
   mutable std::map<int, std::shared_ptr<SideFunction>> plain_tails;  // run_tail_differentiable
   mutable std::map<std::pair<int, int>, std::shared_ptr<SideFunction>> betweens;  // run_between
   // Retain::kHeadsUpTo: the processed graph is gone; only the cached heads of cuts
@@ -865,31 +863,48 @@ struct ModelGraph::Impl {
     side.function->get_executor().getPlanFor(unused);
   }
 
-  // A cut's functions, built on first use. The build runs under `build_mutex` only, so a head
-  // being built on one thread (a stream warming a cut it may explore) does not hold up another
-  // thread's runs of cuts already built.
-  const CutFunctions& functions(int cut) const {
+  // A cut's head (or tail), built on first use. The build runs under `build_mutex` only, so a side
+  // being built on one thread (a stream warming a head it may explore) does not hold up another
+  // thread's runs of sides already built.
+  const SideFunction& side_of(int cut, bool head) const {
+    auto& built = head ? heads : tails;
     {
       std::lock_guard<std::mutex> lock(mutex);
-      auto it = cache.find(cut);
-      if (it != cache.end()) return it->second;
+      auto it = built.find(cut);
+      if (it != built.end()) return *it->second;
     }
     std::lock_guard<std::mutex> building(build_mutex);
     {
       std::lock_guard<std::mutex> lock(mutex);
-      auto it = cache.find(cut);
-      if (it != cache.end()) return it->second;  // built while this thread waited
+      auto it = built.find(cut);
+      if (it != built.end()) return *it->second;  // built while this thread waited
       EDGESPLIT_CHECK(!released);
     }
-    CutFunctions f;
-    f.head = build_head(cut);
-    f.tail = build_tail(cut);
-    compile(*f.head);
-    compile(*f.tail);
+    std::shared_ptr<SideFunction> f = head ? build_head(cut) : build_tail(cut);
+    compile(*f);
     std::lock_guard<std::mutex> lock(mutex);
-    const CutFunctions& built = cache.emplace(cut, std::move(f)).first->second;
-    if (cache.size() == cuts.size()) probe_values.clear();  // nothing left to check
-    return built;
+    const SideFunction& side = *built.emplace(cut, std::move(f)).first->second;
+    drop_unneeded_probes();
+    return side;
+  }
+
+  // Drops the probe values that no head or tail still to be built is checked against (a head
+  // against the input and its cut's crossing, a tail against the crossing and the output; with
+  // Retain::kTails no head is ever built).
+  void drop_unneeded_probes() const {
+    if (probe_values.empty()) return;
+    std::unordered_set<const Value*> needed;
+    for (const CutPoint& cut : cuts) {
+      const bool head_left = options.retain != Retain::kTails && !heads.count(cut.id);
+      const bool tail_left = !tails.count(cut.id);
+      if (!head_left && !tail_left) continue;
+      for (Value* v : sites.at(static_cast<size_t>(cut.id)).crossing) needed.insert(v);
+      if (head_left) needed.insert(input);
+      if (tail_left) needed.insert(graph->outputs()[0]);
+    }
+    for (auto it = probe_values.begin(); it != probe_values.end();) {
+      it = needed.count(it->first) ? std::next(it) : probe_values.erase(it);
+    }
   }
 
   // Keeps only the heads of cuts 0..last and drops the processed graph and everything else that
@@ -898,12 +913,11 @@ struct ModelGraph::Impl {
     std::unordered_set<const void*> seen;
     retained_weight_bytes = 0;
     for (int c = 0; c <= last; ++c) {
-      CutFunctions f;
-      f.head = build_head(c);
-      compile(*f.head);
-      retained_weight_bytes += constant_tensor_bytes(*f.head->graph, seen);
-      retained_weight_bytes += packed_object_bytes(*f.head->graph, seen);
-      cache[c] = std::move(f);
+      std::shared_ptr<SideFunction> head = build_head(c);
+      compile(*head);
+      retained_weight_bytes += constant_tensor_bytes(*head->graph, seen);
+      retained_weight_bytes += packed_object_bytes(*head->graph, seen);
+      heads[c] = std::move(head);
     }
     released = true;
     retained_cut = last;
@@ -1447,22 +1461,22 @@ int64_t ModelGraph::retained_weight_bytes() const { return impl_->retained_weigh
 bool ModelGraph::on_gpu() const { return impl_->target && impl_->target->is_cuda(); }
 
 bool ModelGraph::can_run_head(int cut) const {
-  return has_cut(cut) && (!impl_->released || cut <= impl_->retained_cut);
+  return has_cut(cut) && impl_->options.retain != Retain::kTails &&
+         (!impl_->released || cut <= impl_->retained_cut);
 }
 
 bool ModelGraph::can_run_tail(int cut) const { return has_cut(cut) && !impl_->released; }
 
 std::vector<at::Tensor> ModelGraph::run_head(int cut, const at::Tensor& input) const {
   EDGESPLIT_CHECK(can_run_head(cut));
-  const CutFunctions& f = impl_->functions(cut);
-  return Impl::run_side(*f.head, &input, 1);
+  return Impl::run_side(impl_->side_of(cut, /*head=*/true), &input, 1);
 }
 
 at::Tensor ModelGraph::run_tail(int cut, const std::vector<at::Tensor>& crossing) const {
   EDGESPLIT_CHECK(can_run_tail(cut));
   EDGESPLIT_CHECK_EQ(crossing.size(), impl_->cuts[static_cast<size_t>(cut)].tensors.size());
-  const CutFunctions& f = impl_->functions(cut);
-  return Impl::run_side(*f.tail, crossing.data(), crossing.size()).at(0);
+  return Impl::run_side(impl_->side_of(cut, /*head=*/false), crossing.data(), crossing.size())
+      .at(0);
 }
 
 at::Tensor ModelGraph::run_tail_differentiable(int cut,
@@ -1517,8 +1531,29 @@ at::Tensor ModelGraph::run(const at::Tensor& input) const {
 }
 
 void ModelGraph::prepare(int cut) const {
+  EDGESPLIT_CHECK(can_run_head(cut) || can_run_tail(cut));
+  if (can_run_head(cut)) prepare_head(cut);
+  if (can_run_tail(cut)) prepare_tail(cut);
+}
+
+void ModelGraph::prepare_head(int cut) const {
   EDGESPLIT_CHECK(can_run_head(cut));
-  (void)impl_->functions(cut);
+  (void)impl_->side_of(cut, /*head=*/true);
+}
+
+void ModelGraph::prepare_tail(int cut) const {
+  EDGESPLIT_CHECK(can_run_tail(cut));
+  (void)impl_->side_of(cut, /*head=*/false);
+}
+
+bool ModelGraph::head_built(int cut) const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->heads.count(cut) > 0;
+}
+
+bool ModelGraph::tail_built(int cut) const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->tails.count(cut) > 0;
 }
 
 }  // namespace edgesplit::partitioner

@@ -45,9 +45,11 @@ struct CutPoint {
 
 // What a loaded ModelGraph keeps in memory.
 enum class Retain {
-  kAll,        // the whole processed graph: every head and tail, and run() (server, profiler)
+  kAll,        // the whole processed graph: every head and tail, and run() (device, profiler)
   kHeadsUpTo,  // only the heads of cuts 0..LoadOptions::retain_cut, built at load; the weights
                // only later layers use are released (a device with a memory bound)
+  kTails,      // the whole processed graph, but no head is ever built (can_run_head is false):
+               // a server, which runs tails only
 };
 
 // How heads, tails and the whole model run. The cut points, their ids, names and shapes do not
@@ -189,10 +191,12 @@ class ModelGraph {
   // pinned memory (at::TensorOptions::pinned_memory) so their copies are asynchronous.
   bool on_gpu() const;
   int64_t total_weight_bytes() const;
-  // Bytes of the weights this object keeps alive: total_weight_bytes() with Retain::kAll, else
+  // Bytes of the weights this object keeps alive: total_weight_bytes() with Retain::kAll and
+  // kTails, else
   // what the retained heads use (measured on their graphs).
   int64_t retained_weight_bytes() const;
-  // Whether run_head / run_tail may be called for `cut` (all cuts with Retain::kAll).
+  // Whether run_head / run_tail may be called for `cut` (all cuts with Retain::kAll; with
+  // Retain::kTails, run_tail only).
   bool can_run_head(int cut) const;
   bool can_run_tail(int cut) const;
 
@@ -222,9 +226,14 @@ class ModelGraph {
   // Retain::kAll.
   at::Tensor run(const at::Tensor& input) const;
 
-  // Builds head and tail functions of `cut` (and their execution plans) now rather than on
-  // first use.
+  // Builds the head and the tail of `cut` (each where it can run; their execution plans too) now
+  // rather than on first use. A head and a tail are built apart: prepare_head builds no tail.
   void prepare(int cut) const;
+  void prepare_head(int cut) const;  // needs can_run_head(cut)
+  void prepare_tail(int cut) const;  // needs can_run_tail(cut)
+  // Whether the head (tail) of `cut` has been built.
+  bool head_built(int cut) const;
+  bool tail_built(int cut) const;
 
  private:
   struct Impl;

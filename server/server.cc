@@ -721,6 +721,7 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     const std::string meta = i < options.meta_paths.size() ? options.meta_paths[i] : "";
     partitioner::LoadOptions lo;
     lo.engine = options.engine;
+    lo.retain = partitioner::Retain::kTails;  // a server runs no head
     if (options.device != "cpu") lo.device = options.device;
     if (i < options.variants.size()) lo.variant = options.variants[i];
     std::string name;
@@ -736,7 +737,7 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     auto graph = partitioner::ModelGraph::load(path, lo);
     if (!graph.ok()) return graph.status();
     // Build every tail now: the first request for a cut should not pay for it.
-    for (const auto& point : (*graph)->cuts()) (*graph)->prepare(point.id);
+    for (const auto& point : (*graph)->cuts()) (*graph)->prepare_tail(point.id);
     // With batching on, every cut's tail is checked to give the same rows in a batch as alone;
     // a cut that does not runs its requests one by one.
     std::vector<bool> batchable((*graph)->cuts().size(), false);

@@ -113,10 +113,24 @@ def bound_flags(args):
     return ["--max-accuracy-drop", str(ACCURACY_BOUND)]
 
 
+def split_bin_dir(extra, default):
+    """(the folder whose edgesplit-device runs, the device's own flags): `--bin-dir DIR` in a
+    contender's flags (--ab) is the bench's, to run another build of the device in the same
+    rounds."""
+    extra = list(extra)
+    if "--bin-dir" in extra:
+        i = extra.index("--bin-dir")
+        if i + 1 >= len(extra):
+            raise ValueError("--bin-dir needs a folder")
+        return extra[i + 1], extra[:i] + extra[i + 2:]
+    return default, extra
+
+
 def device_argv(args, extra, max_frames=None):
     """edgesplit-device's command line in the testbed with `extra` flags; it loops over the
     images, for `max_frames` frames (None: until stopped)."""
-    argv = [os.path.join(args.bin_dir, "edgesplit-device"),
+    bin_dir, extra = split_bin_dir(extra, args.bin_dir)
+    argv = [os.path.join(bin_dir, "edgesplit-device"),
             "--server", "tcp://%s:%d" % (netbed.SRV_ADDR, PORT),
             "--model", args.model, "--input", args.images, "--threads", "1", "--top-k", "1",
             "--engine", args.engine, "--quiet", "--loop", "0",
@@ -1364,7 +1378,9 @@ def main(argv):
                     help="one more contender in every fixed scenario: edgesplit-latency with these "
                          "extra device flags (e.g. no-explore='--explore-within 0'), named "
                          "edgesplit-latency+NAME and run in the same rounds; its latency over "
-                         "edgesplit-latency's is reported with its 95%% interval (repeatable)")
+                         "edgesplit-latency's is reported with its 95%% interval (repeatable); "
+                         "'--bin-dir DIR' among the flags runs DIR's edgesplit-device instead "
+                         "(another build, e.g. before='--bin-dir /tmp/old/bin')")
     ap.add_argument("--trace-contenders", default="server-jpeg90",
                     help="run through each trace besides edgesplit-latency: device-only, "
                     "server-jpeg90, fixed-q8")
@@ -1458,6 +1474,14 @@ def main(argv):
         if not eq or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not shlex.split(flags):
             ap.error("--ab %s: give NAME=FLAGS, a name of letters, digits, '.', '_' or '-' and "
                      "the extra device flags, e.g. --ab no-explore='--explore-within 0'" % item)
+        try:
+            bin_dir, _ = split_bin_dir(shlex.split(flags), None)
+        except ValueError as e:
+            ap.error("--ab %s: %s" % (item, e))
+        if bin_dir is not None and not os.access(os.path.join(bin_dir, "edgesplit-device"),
+                                                 os.X_OK):
+            ap.error("--ab %s: %s has no edgesplit-device to run; give the bin folder of a build"
+                     % (item, bin_dir))
         args.ab_variants.append((name, shlex.split(flags)))
 
     if args.report:

@@ -265,6 +265,20 @@ class Oracle(unittest.TestCase):
         self.assertAlmostEqual(iv["lo"], 1.1, places=6)
         self.assertAlmostEqual(iv["hi"], 1.1, places=6)
 
+    def test_an_ab_variant_may_run_another_build_of_the_device(self):
+        class Args:
+            bin_dir = "/opt/new/bin"
+            model, images, engine, meta, profile = "m.pt", "imgs", "optimized", "", ""
+            accuracy_confidence = 0.95
+        argv = bench.device_argv(Args, ["--objective", "latency", "--bin-dir", "/opt/old/bin"])
+        self.assertEqual(argv[0], "/opt/old/bin/edgesplit-device")
+        self.assertNotIn("--bin-dir", argv)
+        self.assertEqual(argv[-2:], ["--objective", "latency"])
+        self.assertEqual(bench.device_argv(Args, ["--objective", "latency"])[0],
+                         "/opt/new/bin/edgesplit-device")
+        with self.assertRaises(ValueError):
+            bench.split_bin_dir(["--bin-dir"], "/opt/new/bin")
+
     def test_screening_keeps_the_best_measured(self):
         keep = interleave.screen_keep({"a": 30.0, "b": 10.0, "c": None, "d": 20.0, "e": 50.0}, 3)
         self.assertEqual(keep, ["b", "d", "a"])

@@ -284,6 +284,51 @@ TEST_CASE("Retain::kHeadsUpTo keeps only the heads it needs and their weights") 
   CHECK(bad.status().code() == StatusCode::kInvalidArgument);
 }
 
+TEST_CASE("heads and tails are built apart: prepare_head builds no tail, Retain::kTails no head") {
+  // The default model (in the repository), through the optimized engine, whose side graphs are
+  // checked against the plain graph as they are built.
+  const fs::path path = source_dir() / "models" / "default" / "fashion_mnist_cnn.pt";
+  LoadOptions options = shape({1, 1, 28, 28});
+  options.engine = edgesplit::partitioner::Engine::kOptimized;
+  auto all = load_ok(path, options);
+  const int cut = all->device_cut() / 2;
+  REQUIRE(cut > 0);
+  CHECK_FALSE(all->head_built(cut));
+  CHECK_FALSE(all->tail_built(cut));
+  all->prepare_head(cut);
+  CHECK(all->head_built(cut));
+  CHECK_FALSE(all->tail_built(cut));  // a device sending from this cut needs no tail
+  torch::manual_seed(12);
+  const at::Tensor input = torch::randn({1, 1, 28, 28});
+  const auto crossing = all->run_head(cut, input);
+  CHECK_FALSE(all->tail_built(cut));
+  const at::Tensor split = all->run_tail(cut, crossing);  // built on first use
+  CHECK(all->tail_built(cut));
+  CHECK(torch::allclose(split, all->run(input), 1e-4, 1e-5));
+  for (const auto& c : all->cuts()) {
+    if (c.id != cut) CHECK_FALSE((all->head_built(c.id) || all->tail_built(c.id)));
+  }
+
+  options.retain = edgesplit::partitioner::Retain::kTails;
+  auto tails = load_ok(path, options);
+  CHECK(tails->retained_weight_bytes() == tails->total_weight_bytes());
+  for (const auto& c : tails->cuts()) {
+    CAPTURE(c.id);
+    CHECK_FALSE(tails->can_run_head(c.id));
+    CHECK(tails->can_run_tail(c.id));
+  }
+  tails->prepare(cut);  // the tail only
+  CHECK(tails->tail_built(cut));
+  CHECK_FALSE(tails->head_built(cut));
+  CHECK(torch::allclose(tails->run_tail(cut, crossing), split, 1e-5, 1e-6));
+  // Every tail built: each still agrees with the heads of a graph that builds both.
+  for (const auto& c : tails->cuts()) tails->prepare_tail(c.id);
+  for (const auto& c : tails->cuts()) {
+    CAPTURE(c.id);
+    CHECK(torch::allclose(tails->run_tail(c.id, all->run_head(c.id, input)), split, 1e-4, 1e-5));
+  }
+}
+
 TEST_CASE("run_between: the head of one cut then the part to a later cut is that cut's head") {
   // The default model (in the repository): what an early exit reads and where the frame goes on.
   const fs::path path = source_dir() / "models" / "default" / "fashion_mnist_cnn.pt";
