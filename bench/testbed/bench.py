@@ -1471,18 +1471,19 @@ def main(argv):
     args.ab_variants = []
     for item in args.ab:
         name, eq, flags = item.partition("=")
-        if not eq or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not shlex.split(flags):
+        extra = shlex.split(flags)
+        if not eq or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not extra:
             ap.error("--ab %s: give NAME=FLAGS, a name of letters, digits, '.', '_' or '-' and "
                      "the extra device flags, e.g. --ab no-explore='--explore-within 0'" % item)
         try:
-            bin_dir, _ = split_bin_dir(shlex.split(flags), None)
+            bin_dir, _ = split_bin_dir(extra, None)
         except ValueError as e:
             ap.error("--ab %s: %s" % (item, e))
         if bin_dir is not None and not os.access(os.path.join(bin_dir, "edgesplit-device"),
                                                  os.X_OK):
             ap.error("--ab %s: %s has no edgesplit-device to run; give the bin folder of a build"
                      % (item, bin_dir))
-        args.ab_variants.append((name, shlex.split(flags)))
+        args.ab_variants.append((name, extra))
 
     if args.report:
         with open(os.path.join(args.report, "results.json")) as f:
