@@ -55,6 +55,7 @@ struct PendingFrame {
   std::chrono::steady_clock::time_point deadline;  // a reply after it is not waited for
   std::chrono::steady_clock::time_point due;       // arrival + latency bound (for ordering)
   double preprocess_ms = 0, head_ms = 0, pack_ms = 0;
+  int64_t head_page_faults = -1;  // minor page faults during the head (-1: not measured)
   size_t bytes_sent = 0;
   std::string lane_reason;               // why a frame runs on the local lane
   int exit_left = -1;                    // the exit (index) the frame left at; -1: none

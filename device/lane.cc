@@ -8,6 +8,8 @@
 
 #include <climits>
 
+#include "device/resources.h"
+
 namespace edgesplit::device {
 namespace {
 
@@ -38,6 +40,11 @@ void LaneWorker::loop() {
   } catch (const std::exception&) {
     // A model that cannot run fails its frames with the reason, as before.
   }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    warm_ = true;
+  }
+  cv_.notify_all();
   for (;;) {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return stop_ || (job_ && !done_ && !running_); });
@@ -52,6 +59,7 @@ void LaneWorker::loop() {
       ComputeToken::Hold hold(*token_, priority_, frame.due);
       set_threads(threads_);
       const auto t0 = Clock::now();
+      const int64_t faults_before = thread_minor_faults();
       try {
         torch::NoGradGuard no_grad;
         const int cut = model_->device_cut();
@@ -60,6 +68,8 @@ void LaneWorker::loop() {
         d.error = e.what();
       }
       d.ms = ms_between(t0, Clock::now());
+      const int64_t faults_after = thread_minor_faults();
+      if (faults_before >= 0 && faults_after >= 0) d.page_faults = faults_after - faults_before;
     }
     d.frame = std::move(frame);
 

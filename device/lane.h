@@ -32,8 +32,9 @@ class LaneWorker {
  public:
   struct Done {
     PendingFrame frame;
-    at::Tensor logits;  // undefined when `error` is set
-    double ms = 0;      // head + tail on this thread
+    at::Tensor logits;         // undefined when `error` is set
+    double ms = 0;             // head + tail on this thread
+    int64_t page_faults = -1;  // minor page faults meanwhile (-1: not measured)
     std::string error;
   };
 
@@ -59,6 +60,11 @@ class LaneWorker {
   LaneWorker(const LaneWorker&) = delete;
   LaneWorker& operator=(const LaneWorker&) = delete;
 
+  // Returns once the lane's own warm-up runs (at its start) have ended.
+  void wait_until_warm() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return warm_ || stop_; });
+  }
   // Nothing queued, running or waiting to be taken.
   bool idle() const {
     std::lock_guard<std::mutex> lock(mu_);
@@ -103,6 +109,7 @@ class LaneWorker {
   std::optional<Done> done_;
   bool running_ = false;
   bool stop_ = false;
+  bool warm_ = false;  // the warm-up runs at the start have ended
   std::array<int, 2> wake_;  // a byte is written to [1] when a frame is done
   std::thread thread_;       // last: starts once the members above exist
 };

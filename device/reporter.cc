@@ -95,6 +95,7 @@ json Reporter::frame_json(const FrameRecord& r) {
   j["bytes_sent"] = r.completed == "server" || r.completed == "server_exit" ? r.bytes_sent : 0;
   j["preprocess_ms"] = round3(r.preprocess_ms);
   j["head_ms"] = round3(r.head_ms);
+  if (r.head_page_faults >= 0) j["head_page_faults"] = r.head_page_faults;
   j["pack_ms"] = round3(r.pack_ms);
   if (r.decision) {
     const auto& d = *r.decision;

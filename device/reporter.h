@@ -40,6 +40,7 @@ struct FrameRecord {
   std::string reason;  // why it completed locally or failed
   size_t bytes_sent = 0;
   double preprocess_ms = 0, head_ms = 0, pack_ms = 0;
+  int64_t head_page_faults = -1;  // -1: not measured (not printed)
   // The scheduler's decision and what it planned with (absent without a scheduler).
   std::optional<partitioner::Decision> decision;
   partitioner::Objective objective = partitioner::Objective::kLatency;

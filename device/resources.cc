@@ -4,6 +4,7 @@
 
 #if defined(__GLIBC__)
 #include <malloc.h>
+#include <sys/resource.h>
 #endif
 
 #include <algorithm>
@@ -611,6 +612,14 @@ int64_t proc_status_bytes(const std::string& field) {
 
 int64_t resident_bytes() { return proc_status_bytes("VmRSS"); }
 int64_t peak_resident_bytes() { return proc_status_bytes("VmHWM"); }
+
+int64_t thread_minor_faults() {
+#if defined(RUSAGE_THREAD)
+  struct rusage usage {};
+  if (getrusage(RUSAGE_THREAD, &usage) == 0) return static_cast<int64_t>(usage.ru_minflt);
+#endif
+  return -1;
+}
 
 int64_t reusable_heap_bytes() {
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))

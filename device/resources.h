@@ -77,5 +77,8 @@ int64_t peak_resident_bytes();
 // Bytes the allocator holds free inside the process (glibc's mallinfo2 fordblks): resident, but
 // reused by the next allocations, so a model loaded now does not need them again. 0 elsewhere.
 int64_t reusable_heap_bytes();
+// Minor page faults of the calling thread so far (getrusage RUSAGE_THREAD); -1 where unavailable.
+// Their difference across a head says whether it ran on memory this thread had not touched yet.
+int64_t thread_minor_faults();
 
 }  // namespace edgesplit::device

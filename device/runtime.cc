@@ -110,6 +110,7 @@ class Runtime {
       }
     }
     if (int rc = place_models(); rc != 0) return rc;
+    for (auto& s : streams_) s->prime();  // after place_models' last malloc_trim
     if (int rc = open_power_control(); rc != 0) return rc;
     std::vector<std::string> goals;
     for (auto& s : streams_) {

@@ -2,6 +2,7 @@
 
 #include "device/lane.h"
 #include "device/placement.h"
+#include "device/resources.h"
 
 #include <torch/script.h>
 #include <torch/torch.h>
@@ -670,8 +671,9 @@ struct Stream::Impl {
     if (const int warming = warmer.cut(); warming >= 0) {
       if (auto error = warmer.take()) {
         if (error->empty()) {
-          // The stream's own first run of it still counts as cold: under a CPU quota the first
-          // explored frame after a warm-up took up to 1 s (cut 27 of MobileNetV2, 10x quota).
+          // The stream's own first run of it still counts as cold: its tensors come from this
+          // thread's heap, not the warm-up thread's, and may fault some pages in (up to 1,200 in
+          // the 10x testbed runs, 0.17 s; 5,500-6,300 and up to 1.7 s before prime()).
           head_runs[warming] = std::max(head_runs[warming], kColdRuns - 1);
           char buf[128];
           std::snprintf(buf, sizeof buf,
@@ -973,6 +975,7 @@ struct Stream::Impl {
       }
       if (with_exits) prepare_exits(*graph, head_cut);
       t_pre = Clock::now();
+      const int64_t faults_before = thread_minor_faults();
       torch::NoGradGuard no_grad;
       if (head_cut == 0) {
         p.crossing = {input};
@@ -982,6 +985,10 @@ struct Stream::Impl {
         p.crossing = graph->run_head(head_cut, input);
       }
       t_head = Clock::now();
+      const int64_t faults_after = thread_minor_faults();
+      if (faults_before >= 0 && faults_after >= 0) {
+        p.head_page_faults = faults_after - faults_before;
+      }
     } catch (const std::exception& e) {
       link.note_busy(t_begin);
       emit_failure(p, std::string("head failed: ") + e.what());
@@ -1462,6 +1469,7 @@ struct Stream::Impl {
       return;
     }
     p.head_ms = d->ms;
+    p.head_page_faults = d->page_faults;
     note_head_time(device_cut, d->ms, p.plan.profiled_head_ms, head_sample(p.plan));
     auto top =
         partitioner::top_k(d->logits.data_ptr<float>(), static_cast<size_t>(d->logits.numel()),
@@ -1631,6 +1639,7 @@ struct Stream::Impl {
     r.bytes_sent = p.bytes_sent;
     r.preprocess_ms = p.preprocess_ms;
     r.head_ms = p.head_ms;
+    r.head_page_faults = p.head_page_faults;
     r.pack_ms = p.pack_ms;
     if (p.plan.decision) {
       r.decision = *p.plan.decision;
@@ -2082,8 +2091,54 @@ Status Stream::load(int retain_cut, int threads) {
       s.scheduler && !s.fixed && s.cfg.scheduler.objective == partitioner::Objective::kThroughput;
   s.lane_beside_window =
       s.cfg.local_lane == LocalLane::kOn || (s.cfg.local_lane == LocalLane::kAuto && throughput);
+  return Status();  // the local lane starts in prime()
+}
+
+void Stream::prime() {
+  Impl& s = *impl_;
+  // One more untimed run of what the stream runs most, and of each family member, on this thread
+  // (the one that runs heads): releasing freed memory (malloc_trim) after loading gave the pages of
+  // the load's warm-up runs back to the system, and the first head this thread ran afterwards
+  // faulted them in again inside its time: 5,500-6,300 page faults and 0.7-1.7 s for MobileNetV2's
+  // head at cut 27 under a 10x CPU quota, 50 ms warm. Freed activations then stay in this
+  // thread's heap (set_compute_threads keeps the heap from trimming itself; the runtime trims
+  // again only when a memory bound makes it drop or load a model), and heads, prefixes of the
+  // model, reuse them.
+  try {
+    torch::NoGradGuard no_grad;
+    set_threads(s.threads);
+    if (s.model && s.retain_cut > 0) {
+      const at::Tensor zeros = torch::zeros(s.info.input_shape, torch::kFloat32);
+      auto crossing = s.model->run_head(s.retain_cut, zeros);
+      if (s.model->can_run_tail(s.retain_cut)) (void)s.model->run_tail(s.retain_cut, crossing);
+    }
+    for (Impl::Alternate& a : s.alternates) {
+      if (a.model) (void)a.model->run(torch::zeros(a.info.input_shape, torch::kFloat32));
+    }
+    // The head of the split plan the scheduler starts with (as the ready line previews it),
+    // built and run until warm now rather than in the first frame: on loopback the first frame
+    // at MobileNetV2's cut 37 took 101 ms against 11 after it, most of it building that head.
+    if (s.model && s.scheduler && !s.fixed) {
+      partitioner::Scheduler preview = *s.scheduler;
+      const partitioner::Decision d = preview.decide(s.conditions());
+      const int cut = d.plan.cut_id;
+      if (!d.plan.local && d.plan.member == 0 && !d.plan.exit_threshold && cut > 0 &&
+          cut != s.retain_cut && s.model->can_run_head(cut) && !s.model->head_built(cut)) {
+        s.model->prepare_head(cut);
+        const at::Tensor zeros = torch::zeros(s.info.input_shape, torch::kFloat32);
+        for (int run = 0; run < kColdRuns; ++run) (void)s.model->run_head(cut, zeros);
+        s.head_runs[cut] += kColdRuns;
+      }
+    }
+  } catch (const std::exception&) {
+    // The model's runs passed in load(); a failure here (the new head's build) is met again, and
+    // reported, by the frame that needs it.
+  }
+  // After the release too: the lane's own warm-up keeps its thread's pages. Its warm-up holds the
+  // compute token, so the first frame waited for it (56 ms on loopback, MobileNetV2): it ends
+  // here, before the ready line.
   s.start_lane_if_wanted();
-  return Status();
+  if (s.lane) s.lane->wait_until_warm();
 }
 
 bool Stream::adaptable() const {

@@ -52,6 +52,11 @@ class Stream {
   // the device cut: the whole model), opens the input, and says why when the budget is below what
   // the stream wanted. Fails with one sentence naming the stream.
   Status load(int retain_cut, int threads);
+  // Runs the loaded model once more, untimed, on the calling thread (the one that will run its
+  // heads), builds and warms the head of the split plan the scheduler would start with, and starts
+  // the local lane: call after the last release of freed memory to the system (malloc_trim) and
+  // before the first frame, so that no frame faults the working set back in or builds that head.
+  void prime();
   // The resource manager's later decisions (a stream stopped, the server went or came back).
   // Whether the manager may change what this stream holds (a scheduler-driven stream that runs).
   bool adaptable() const;

@@ -558,7 +558,7 @@ def main():
     def log(msg):
         print(f"[{time.monotonic() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
-    results = {"bench": "engine", "machine": machine_info(), "quick": args.quick, "plan": plan,
+    results = {"bench": "engine", "machine": machine_info(), "quick": args.quick,
                "date": datetime.datetime.now().isoformat(timespec="seconds"),
                "plan": dict(plan, threads=list(THREADS), cut_fractions=list(CUT_FRACTIONS)),
                "models": {}}

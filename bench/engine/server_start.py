@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from builds import in_round, parse_builds, ratio
+
 
 def vm_mb(pid):
     out = {}
@@ -75,16 +77,11 @@ def main(argv):
     ap.add_argument("builds", nargs="+", metavar="NAME=BINARY")
     args = ap.parse_args(argv[:cut])
     server_args = argv[cut + 1:]
-    builds = []
-    for item in args.builds:
-        name, eq, binary = item.partition("=")
-        if not eq or not os.access(binary, os.X_OK):
-            ap.error("%s: give NAME=BINARY, an edgesplit-server to run" % item)
-        builds.append((name, binary))
+    builds = parse_builds(ap, args.builds, "edgesplit-server")
     runs = {name: [] for name, _ in builds}
     logs = tempfile.mkdtemp(prefix="server_start-")  # each start's log, the last one kept
     for r in range(args.rounds):
-        for name, binary in (builds if r % 2 == 0 else list(reversed(builds))):
+        for name, binary in in_round(builds, r):
             row = start_once(binary, server_args, args.timeout_s,
                              os.path.join(logs, "%s.log" % name))
             runs[name].append(row)
@@ -94,10 +91,7 @@ def main(argv):
     result = {"argv": sys.argv, "server_args": server_args, "rounds": args.rounds, "runs": runs,
               "median": median}
     if len(builds) == 2:
-        (a, _), (b, _) = builds
-        ratios = sorted(y["ready_s"] / x["ready_s"] for x, y in zip(runs[a], runs[b]))
-        result["ready_ratio"] = {"of": "%s / %s" % (b, a), "median": statistics.median(ratios),
-                                 "min": ratios[0], "max": ratios[-1]}
+        result["ready_ratio"] = ratio(runs, builds, "ready_s")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

@@ -1,0 +1,30 @@
+"""What the scripts here that compare builds share: NAME=BINARY arguments, rounds that alternate
+the builds' order (so that the machine's drift hits each alike), and per-round ratios."""
+import os
+import statistics
+
+
+def parse_builds(ap, items, binary):
+    """[(name, path)] from NAME=BINARY items; an item that is not one is an argparse error."""
+    builds = []
+    for item in items:
+        name, eq, path = item.partition("=")
+        if not eq or not os.access(path, os.X_OK):
+            ap.error("%s: give NAME=BINARY, an %s to run" % (item, binary))
+        builds.append((name, path))
+    return builds
+
+
+def in_round(builds, r):
+    """The builds in round r's order: as given in even rounds, reversed in odd ones."""
+    return builds if r % 2 == 0 else list(reversed(builds))
+
+
+def ratio(runs, builds, key):
+    """With two builds, the second's `key` over the first's per round: median, min and max."""
+    (a, _), (b, _) = builds
+    ratios = sorted(y[key] / x[key] for x, y in zip(runs[a], runs[b]) if x[key] > 0)
+    if not ratios:
+        return None
+    return {"of": "%s / %s" % (b, a), "median": statistics.median(ratios), "min": ratios[0],
+            "max": ratios[-1]}
