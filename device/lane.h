@@ -109,7 +109,7 @@ class LaneWorker {
   std::optional<Done> done_;
   bool running_ = false;
   bool stop_ = false;
-  bool warm_ = false;  // the warm-up runs at the start have ended
+  bool warm_ = false;        // the warm-up runs at the start have ended
   std::array<int, 2> wake_;  // a byte is written to [1] when a frame is done
   std::thread thread_;       // last: starts once the members above exist
 };

@@ -74,6 +74,17 @@ constexpr double kMiB = 1024.0 * 1024.0;
 constexpr int kColdRuns = 2;
 constexpr int kExploreBurst = 2;  // frames per head exploration (maybe_explore_head)
 
+// Untimed runs of the head at `cut` (and its tail, where `with_tail` and this model holds it) on
+// zeros of `shape`, on the calling thread.
+void run_on_zeros(const partitioner::ModelGraph& model, int cut, const std::vector<int64_t>& shape,
+                  int runs, bool with_tail) {
+  const at::Tensor zeros = torch::zeros(shape, torch::kFloat32);
+  for (int run = 0; run < runs; ++run) {
+    auto crossing = model.run_head(cut, zeros);
+    if (with_tail && model.can_run_tail(cut)) (void)model.run_tail(cut, crossing);
+  }
+}
+
 struct RunStats {
   uint64_t decisions = 0;
   uint64_t plan_changes = 0;    // decisions that changed the plan (the first one is no change)
@@ -554,6 +565,13 @@ struct Stream::Impl {
   partitioner::RecentMedian head_level{5};
   double correction_reference() const {
     return head_level.ready() ? head_level.value() : device_load.load_factor();
+  }
+
+  // The plan the scheduler settles on under the conditions measured so far (a copy decides, so
+  // the stream's own hysteresis starts fresh): what the ready line shows and prime() warms.
+  partitioner::Decision preview_decision() const {
+    partitioner::Scheduler preview = *scheduler;
+    return preview.decide(conditions());
   }
 
   partitioner::Conditions conditions() const {
@@ -2032,11 +2050,7 @@ Status Stream::load(int retain_cut, int threads) {
       torch::NoGradGuard no_grad;
       set_threads(threads);
       s.model->prepare(s.retain_cut);
-      at::Tensor zeros = torch::zeros(s.info.input_shape, torch::kFloat32);
-      for (int run = 0; run < kColdRuns; ++run) {
-        auto crossing = s.model->run_head(s.retain_cut, zeros);
-        if (s.model->can_run_tail(s.retain_cut)) (void)s.model->run_tail(s.retain_cut, crossing);
-      }
+      run_on_zeros(*s.model, s.retain_cut, s.info.input_shape, kColdRuns, true);
       s.head_runs[s.retain_cut] = kColdRuns;
       // With exits, the parts between their cuts and on to the fixed plan's cut (or the deepest
       // kept one) too, passing every exit (a threshold of 1 lets no frame leave).
@@ -2046,7 +2060,8 @@ Status Stream::load(int retain_cut, int threads) {
         PendingFrame warm;
         warm.plan.exit_threshold = 1.0;
         bool continued = true;
-        (void)s.run_with_exits(warm, *s.model, exit_cut, zeros, &continued);
+        (void)s.run_with_exits(warm, *s.model, exit_cut,
+                               torch::zeros(s.info.input_shape, torch::kFloat32), &continued);
       }
     } catch (const std::exception& e) {
       return internal_error(who + "the model failed its warm-up run: " + e.what());
@@ -2108,9 +2123,7 @@ void Stream::prime() {
     torch::NoGradGuard no_grad;
     set_threads(s.threads);
     if (s.model && s.retain_cut > 0) {
-      const at::Tensor zeros = torch::zeros(s.info.input_shape, torch::kFloat32);
-      auto crossing = s.model->run_head(s.retain_cut, zeros);
-      if (s.model->can_run_tail(s.retain_cut)) (void)s.model->run_tail(s.retain_cut, crossing);
+      run_on_zeros(*s.model, s.retain_cut, s.info.input_shape, 1, true);
     }
     for (Impl::Alternate& a : s.alternates) {
       if (a.model) (void)a.model->run(torch::zeros(a.info.input_shape, torch::kFloat32));
@@ -2119,14 +2132,12 @@ void Stream::prime() {
     // built and run until warm now rather than in the first frame: on loopback the first frame
     // at MobileNetV2's cut 37 took a median of 101 ms without it, 76 ms with it (11 after).
     if (s.model && s.scheduler && !s.fixed) {
-      partitioner::Scheduler preview = *s.scheduler;
-      const partitioner::Decision d = preview.decide(s.conditions());
+      const partitioner::Decision d = s.preview_decision();
       const int cut = d.plan.cut_id;
       if (!d.plan.local && d.plan.member == 0 && !d.plan.exit_threshold && cut > 0 &&
           cut != s.retain_cut && s.model->can_run_head(cut) && !s.model->head_built(cut)) {
         s.model->prepare_head(cut);
-        const at::Tensor zeros = torch::zeros(s.info.input_shape, torch::kFloat32);
-        for (int run = 0; run < kColdRuns; ++run) (void)s.model->run_head(cut, zeros);
+        run_on_zeros(*s.model, cut, s.info.input_shape, kColdRuns, false);
         s.head_runs[cut] += kColdRuns;
       }
     }
@@ -2378,10 +2389,7 @@ void Stream::ready(double startup_s) {
     if (k.max_server_ms) bounds["max_server_ms"] = *k.max_server_ms;
     j["constraints"] = bounds;
     j["default_accuracy_bound"] = s.cfg.default_accuracy_bound;
-    // The plan the scheduler settles on under the conditions measured so far (a copy decides,
-    // so the stream's own hysteresis starts fresh).
-    partitioner::Scheduler preview = *s.scheduler;
-    const partitioner::Decision d = preview.decide(s.conditions());
+    const partitioner::Decision d = s.preview_decision();
     json plan{{"cut", d.plan.cut_id},
               {"cut_name", d.plan.cut_name},
               {"encoding", d.plan.encoding_name},
