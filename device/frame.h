@@ -29,6 +29,9 @@ struct FramePlan {
   // The first frame of an exploration (two frames in a row run the explored head): it runs after
   // another plan's work, and its head time is no sample.
   bool explore_lead_in = false;
+  // >= 0: the scheduler chose a plan whose head at this cut is being built and warmed on the
+  // side, and the frame runs the previous plan meanwhile (Stream's hold_while_warming).
+  int held_for_cut = -1;
   packing::EncodeOptions encode;
   int jpeg_quality = 0;  // > 0: send the 8-bit input as JPEG (cut 0)
   std::string encoding_name;
@@ -56,6 +59,7 @@ struct PendingFrame {
   std::chrono::steady_clock::time_point due;       // arrival + latency bound (for ordering)
   double preprocess_ms = 0, head_ms = 0, pack_ms = 0;
   int64_t head_page_faults = -1;  // minor page faults during the head (-1: not measured)
+  double head_build_ms = 0;       // building the head's graph in this frame (0: it was built)
   size_t bytes_sent = 0;
   std::string lane_reason;               // why a frame runs on the local lane
   int exit_left = -1;                    // the exit (index) the frame left at; -1: none

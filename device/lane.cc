@@ -85,7 +85,7 @@ void LaneWorker::loop() {
 }
 
 bool HeadWarmer::start(std::shared_ptr<partitioner::ModelGraph> model, int cut,
-                       std::vector<int64_t> input_shape, int runs, int threads) {
+                       std::vector<int64_t> input_shape, int runs, int threads, bool idle) {
   if (cut_ >= 0) return false;
   join();
   cut_ = cut;
@@ -94,26 +94,28 @@ bool HeadWarmer::start(std::shared_ptr<partitioner::ModelGraph> model, int cut,
   const auto t0 = Clock::now();
   ended_ns_ = 0;
   begun_ns_ = t0.time_since_epoch().count();
-  thread_ = std::thread(
-      [this, model = std::move(model), cut, shape = std::move(input_shape), runs, threads, t0] {
-        // SCHED_IDLE for this thread only (Linux applies it per thread); where it is refused the
-        // warm-up runs at normal priority.
-        sched_param param{};
-        (void)sched_setscheduler(0, SCHED_IDLE, &param);
-        try {
-          set_threads(threads);
-          torch::NoGradGuard no_grad;
-          model->prepare_head(cut);
-          const at::Tensor zeros = torch::zeros(shape, torch::kFloat32);
-          for (int run = 0; run < runs; ++run) (void)model->run_head(cut, zeros);
-        } catch (const std::exception& e) {
-          error_ = e.what();
-        }
-        const auto end = Clock::now();
-        last_ms_ = ms_between(t0, end);
-        ended_ns_ = end.time_since_epoch().count();
-        finished_ = true;
-      });
+  thread_ = std::thread([this, model = std::move(model), cut, shape = std::move(input_shape), runs,
+                         threads, t0, idle] {
+    // SCHED_IDLE for this thread only (Linux applies it per thread); where it is refused the
+    // warm-up runs at normal priority.
+    if (idle) {
+      sched_param param{};
+      (void)sched_setscheduler(0, SCHED_IDLE, &param);
+    }
+    try {
+      set_threads(threads);
+      torch::NoGradGuard no_grad;
+      model->prepare_head(cut);
+      const at::Tensor zeros = torch::zeros(shape, torch::kFloat32);
+      for (int run = 0; run < runs; ++run) (void)model->run_head(cut, zeros);
+    } catch (const std::exception& e) {
+      error_ = e.what();
+    }
+    const auto end = Clock::now();
+    last_ms_ = ms_between(t0, end);
+    ended_ns_ = end.time_since_epoch().count();
+    finished_ = true;
+  });
   return true;
 }
 

@@ -115,11 +115,11 @@ class LaneWorker {
 };
 
 // Builds a head the stream may soon run (partitioner::ModelGraph::prepare) and runs it on zeros
-// until it is warm, on a thread of its own at the lowest scheduling class (SCHED_IDLE: it runs
-// only when nothing else of the machine's wants that core), one cut at a time, so that a frame
-// that then runs the head does not pay for building it: under a 10x CPU quota building
-// MobileNetV2's head at one cut took 0.5-1.9 s of a frame's latency. A build does not hold up heads
-// already built (ModelGraph builds outside the lock its runs take).
+// until it is warm, on a thread of its own (for a head to explore, at the lowest scheduling class,
+// SCHED_IDLE: it runs only when nothing else of the machine's wants that core), one cut at a time,
+// so that a frame that then runs the head does not pay for building it: under a 10x CPU quota
+// building MobileNetV2's head at one cut took 0.5-1.9 s of a frame's latency. A build does not
+// hold up heads already built (ModelGraph builds outside the lock its runs take).
 class HeadWarmer {
  public:
   HeadWarmer() = default;
@@ -128,9 +128,11 @@ class HeadWarmer {
   HeadWarmer& operator=(const HeadWarmer&) = delete;
 
   // Starts warming `cut` (`runs` runs of its head on zeros of `input_shape`) unless a cut is
-  // being warmed; returns whether it started.
+  // being warmed; returns whether it started. `idle`: at SCHED_IDLE (a head that may be explored:
+  // only the CPU nothing else wants); else at the thread's normal priority (a head the stream
+  // waits for: a device busy on every core must not starve it).
   bool start(std::shared_ptr<partitioner::ModelGraph> model, int cut,
-             std::vector<int64_t> input_shape, int runs, int threads);
+             std::vector<int64_t> input_shape, int runs, int threads, bool idle = true);
   // The cut being warmed, or the last one warmed until take() is called; -1: none.
   int cut() const { return cut_; }
   bool busy() const { return cut_ >= 0 && !finished_.load(); }

@@ -85,6 +85,7 @@ json Reporter::frame_json(const FrameRecord& r) {
   if (!r.member.empty()) plan["member"] = r.member;
   if (r.explore) plan["explore"] = r.explore_lead_in ? json("lead-in") : json(true);
   if (r.beside_warm_up) plan["beside_warm_up"] = true;
+  if (r.held_for_cut >= 0) plan["held_for_cut"] = r.held_for_cut;
   if (!r.precision.empty()) {
     plan["precision"] = r.precision;
     plan["lossless"] = r.lossless;
@@ -96,6 +97,7 @@ json Reporter::frame_json(const FrameRecord& r) {
   j["preprocess_ms"] = round3(r.preprocess_ms);
   j["head_ms"] = round3(r.head_ms);
   if (r.head_page_faults >= 0) j["head_page_faults"] = r.head_page_faults;
+  if (r.head_build_ms > 0) j["head_build_ms"] = round3(r.head_build_ms);
   j["pack_ms"] = round3(r.pack_ms);
   if (r.decision) {
     const auto& d = *r.decision;

@@ -30,7 +30,8 @@ struct FrameRecord {
   bool by_scheduler = false;
   bool explore = false;          // run to time a head near the chosen plan (FramePlan::explore)
   bool explore_lead_in = false;  // the first of an exploration's two frames (not a sample)
-  bool beside_warm_up = false;   // it ran while a head was being warmed to explore it
+  bool beside_warm_up = false;   // it ran while a head was being warmed (HeadWarmer)
+  int held_for_cut = -1;         // >= 0: it ran the previous plan while this cut's head warmed
   std::string encoding;          // "local", "jpegQ" or the encoding's name
   std::string precision;         // packed encodings only: "q4", "fp16", ...
   std::string lossless;          // packed encodings only
@@ -41,6 +42,7 @@ struct FrameRecord {
   size_t bytes_sent = 0;
   double preprocess_ms = 0, head_ms = 0, pack_ms = 0;
   int64_t head_page_faults = -1;  // -1: not measured (not printed)
+  double head_build_ms = 0;       // the frame built its head's graph (0: not printed)
   // The scheduler's decision and what it planned with (absent without a scheduler).
   std::optional<partitioner::Decision> decision;
   partitioner::Objective objective = partitioner::Objective::kLatency;

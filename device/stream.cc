@@ -93,6 +93,9 @@ struct RunStats {
   uint64_t device_probes = 0;   // frames run on the device to re-measure it (maybe_probe_device)
   std::map<int, int> explored;  // per cut: frames run to time its head (maybe_explore_head)
   std::map<int, int> beside_warm_up;  // per cut: heads that ran beside a warm-up (no sample)
+  // Frames that ran the previous plan while the chosen plan's head was built and warmed on the
+  // side (hold_while_warming), per the chosen plan's cut.
+  std::map<int, int> held;
 };
 
 // Turns "device", "input" or a number into a cut id, or says what is allowed.
@@ -260,6 +263,9 @@ struct Stream::Impl {
   int explore_burst_head = -1;       // the head whose exploration's second frame comes next,
   uint64_t explore_burst_at = 0;     // at this decision (stats.decisions), or not at all
   bool chosen_runs_no_head = false;  // the scheduler's last plan sends the input (no head)
+  int last_run_plan = -1;            // the scheduler's plan (index) the last decision ran
+  std::optional<Clock::time_point> holding_since;  // hold_while_warming: the hold's first frame
+  std::set<int> hold_expired;  // cuts whose head was not warm within kMaxHold: not waited for again
   bool said_cut_table = false;
   bool said_unknown_tables = false;
   int corrections_said = 0;
@@ -601,7 +607,10 @@ struct Stream::Impl {
     partitioner::Decision d = scheduler->decide(c);
     if (d.changed && stats.decisions > 0) ++stats.plan_changes;
     ++stats.decisions;
+    take_warmed_head();
     if (!fixed) {
+      plan.held_for_cut = hold_while_warming(d, c);
+      last_run_plan = d.plan.index;
       take_plan(plan, d.plan);
     }
     plan.profiled_head_ms = d.plan.profiled_head_ms;
@@ -614,8 +623,8 @@ struct Stream::Impl {
     last_bytes = plan.local ? 0 : m.bytes;
     last_period_ms = m.period_ms;
     // After the stream's view of its plan is taken: a probe frame does not change it.
-    if (!fixed) maybe_probe_device(plan, d, c);
-    if (!fixed && !plan.device_probe) maybe_explore_head(plan, d, c);
+    if (!fixed && plan.held_for_cut < 0) maybe_probe_device(plan, d, c);
+    if (!fixed && !plan.device_probe && plan.held_for_cut < 0) maybe_explore_head(plan, d, c);
     plan.decision = std::move(d);
     return plan;
   }
@@ -669,6 +678,97 @@ struct Stream::Impl {
     d.changed = false;
   }
 
+  // A warm-up that has ended (HeadWarmer, started to explore a head or to switch to it): its
+  // head's runs so far, or the cut is marked as failed and neither explored nor waited for.
+  void take_warmed_head() {
+    const int warming = warmer.cut();
+    if (warming < 0) return;
+    auto error = warmer.take();
+    if (!error) return;
+    if (error->empty()) {
+      // The stream's own first run of it still counts as cold: its tensors come from this
+      // thread's heap, not the warm-up thread's, and may fault some pages in (up to 1,200 in
+      // the 10x testbed runs, 0.17 s; 5,500-6,300 and up to 1.7 s before prime()).
+      head_runs[warming] = std::max(head_runs[warming], kColdRuns - 1);
+      char buf[128];
+      std::snprintf(buf, sizeof buf, "built and warmed the head at cut %d (%.0f ms)", warming,
+                    warmer.last_ms());
+      log(buf);
+    } else {
+      warm_failed.insert(warming);
+      log("the head at cut " + std::to_string(warming) +
+          " failed its warm-up, and is neither explored nor waited for: " + *error);
+    }
+  }
+
+  // The longest a stream keeps its previous plan while the chosen plan's head warms: a slow
+  // warm-up (behind one of another cut to explore, at SCHED_IDLE, on a device busy on every core)
+  // must not keep the stream off the plan it chose for long; past it, the frame builds the head
+  // itself, as without a hold.
+  static constexpr auto kMaxHold = std::chrono::seconds(5);
+
+  // When the scheduler moves to a split plan whose head this device has never built, building it
+  // inside the frame costs that frame the build and the head's cold runs (under a 10x CPU quota
+  // 0.5-1.9 s for one of MobileNetV2's heads, against 20-80 ms warm). So while the plan the
+  // stream ran last still runs here, is available and meets every constraint, the frames keep
+  // it, and the new head is built and warmed on a side thread (HeadWarmer, at normal priority);
+  // the first frame that runs it finds it warm. Not for early-exit plans (their
+  // exit heads are built with the frame) nor beyond kMaxHold. Returns the cut waited for
+  // (d then holds the previous plan and its prediction), or -1.
+  int hold_while_warming(partitioner::Decision& d, const partitioner::Conditions& c) {
+    const partitioner::Plan& q = d.plan;
+    const int cut = q.cut_id;
+    const bool cold = model && q.member == 0 && !q.local && cut > 0 && !q.exit_threshold &&
+                      model->can_run_head(cut) && !warm_failed.count(cut) &&
+                      !hold_expired.count(cut) && (!model->head_built(cut) || warmer.cut() == cut);
+    const auto now = Clock::now();
+    if (cold && holding_since && now - *holding_since > kMaxHold) {
+      hold_expired.insert(cut);
+      log("the head at cut " + std::to_string(cut) +
+          " was not warm within 5 s: the next frame builds it");
+    }
+    if (!cold || hold_expired.count(cut) || last_run_plan < 0 || last_run_plan == q.index) {
+      holding_since.reset();
+      return -1;
+    }
+    const partitioner::Plan& prev = scheduler->plans()[static_cast<size_t>(last_run_plan)];
+    const partitioner::ModelGraph* graph = model_of(prev.member);
+    const int prev_head = prev.local ? device_cut_of(prev.member) : prev.cut_id;
+    const bool runs_now =
+        prev_head == 0 ||
+        (graph && (prev.local ? prev.member != 0 || holds_whole_model()
+                              : graph->can_run_head(prev_head) && graph->head_built(prev_head)));
+    if (!runs_now) {
+      holding_since.reset();
+      return -1;
+    }
+    const partitioner::PlanEstimate e = scheduler->evaluate(prev.index, c);
+    if (!e.available || !e.feasible) {
+      holding_since.reset();
+      return -1;
+    }
+    if (warmer.cut() < 0) {
+      // At normal priority: the stream waits for this head, and a warm-up at SCHED_IDLE gets no
+      // CPU on a device busy on every core (the head's build would then hold up the frame that
+      // builds it after kMaxHold, behind the model's build lock).
+      warmer.start(model, cut, info.input_shape, kColdRuns, threads, /*idle=*/false);
+    }
+    if (!holding_since) {
+      holding_since = now;
+      auto label = [](const partitioner::Plan& p) {
+        return p.local ? std::string("local")
+                       : p.encoding_name + " at cut " + std::to_string(p.cut_id);
+      };
+      log("keeps its plan (" + label(prev) + ") while the chosen plan's head (" + label(q) +
+          ") is built and warmed");
+    }
+    ++stats.held[cut];
+    d.plan = prev;
+    d.predicted = e.metrics;
+    d.changed = false;
+    return cut;
+  }
+
   // The head time of a plan is its profiled time x the cut's correction x the device-load factor,
   // and the load factor is learnt from the heads that run: those of the chosen plan. A head of
   // another length need not run at that factor (a CPU quota slices time, so a head shorter than
@@ -686,25 +786,6 @@ struct Stream::Impl {
   void maybe_explore_head(FramePlan& plan, partitioner::Decision& d,
                           const partitioner::Conditions& c) {
     ++frames_since_explore;
-    if (const int warming = warmer.cut(); warming >= 0) {
-      if (auto error = warmer.take()) {
-        if (error->empty()) {
-          // The stream's own first run of it still counts as cold: its tensors come from this
-          // thread's heap, not the warm-up thread's, and may fault some pages in (up to 1,200 in
-          // the 10x testbed runs, 0.17 s; 5,500-6,300 and up to 1.7 s before prime()).
-          head_runs[warming] = std::max(head_runs[warming], kColdRuns - 1);
-          char buf[128];
-          std::snprintf(buf, sizeof buf,
-                        "built and warmed the head at cut %d to explore it (%.0f ms)", warming,
-                        warmer.last_ms());
-          log(buf);
-        } else {
-          warm_failed.insert(warming);
-          log("the head at cut " + std::to_string(warming) +
-              " failed its warm-up, and is not explored: " + *error);
-        }
-      }
-    }
     if (!model || !(cfg.explore_within >= 1) || plan.member != 0 || plan.exit_threshold ||
         cfg.scheduler.objective != partitioner::Objective::kLatency) {
       return;
@@ -985,7 +1066,10 @@ struct Stream::Impl {
       ComputeToken::Hold hold(token, cfg.priority, p.due);
       set_threads(threads);
       // A head's graph is built the first time its cut is chosen: not part of its time (a cold
-      // first run would tell the device-load estimate the device is many times slower than it is).
+      // first run would tell the device-load estimate the device is many times slower than it is),
+      // but of the frame's latency, and said in its line (head_build_ms).
+      const bool head_was_built = head_cut <= 0 || graph->head_built(head_cut);
+      const Clock::time_point t_build = Clock::now();
       if (head_cut > 0 && p.plan.local) {
         graph->prepare(head_cut);
       } else if (head_cut > 0) {
@@ -993,6 +1077,7 @@ struct Stream::Impl {
       }
       if (with_exits) prepare_exits(*graph, head_cut);
       t_pre = Clock::now();
+      if (!head_was_built) p.head_build_ms = ms_between(t_build, t_pre);
       const int64_t faults_before = thread_minor_faults();
       torch::NoGradGuard no_grad;
       if (head_cut == 0) {
@@ -1643,6 +1728,7 @@ struct Stream::Impl {
     r.by_scheduler = scheduler && !fixed;
     r.explore = p.plan.explore;
     r.explore_lead_in = p.plan.explore_lead_in;
+    r.held_for_cut = p.plan.held_for_cut;
     if (p.plan.local) {
       r.encoding = "local";
     } else if (p.plan.jpeg_quality > 0) {
@@ -1658,6 +1744,7 @@ struct Stream::Impl {
     r.preprocess_ms = p.preprocess_ms;
     r.head_ms = p.head_ms;
     r.head_page_faults = p.head_page_faults;
+    r.head_build_ms = p.head_build_ms;
     r.pack_ms = p.pack_ms;
     if (p.plan.decision) {
       r.decision = *p.plan.decision;
@@ -1693,7 +1780,9 @@ struct Stream::Impl {
     const auto now = Clock::now();
     r.latency_ms = ms_between(p.start, now);
     // The frame's time beyond its plan's stages (preprocessing, waiting for the loop, reporting):
-    // what every plan's latency adds (Conditions::frame_overhead_ms).
+    // what every plan's latency adds (Conditions::frame_overhead_ms). Not a head's build, which
+    // a frame pays once per cut (under a 10x quota a 0.5 s build read as 502 ms of overhead on
+    // every plan for the next two frames).
     std::optional<double> overhead;
     if (r.completed == "local" && p.lane_reason.empty()) {
       overhead = r.latency_ms - p.head_ms - p.exit_ms - r.local_tail_ms.value_or(0);
@@ -1703,6 +1792,7 @@ struct Stream::Impl {
       overhead = r.latency_ms - p.head_ms - p.exit_ms - p.pack_ms - ms_between(p.sent, now);
     }
     if (overhead) {
+      *overhead -= p.head_build_ms;
       overheads.push_back(std::max(0.0, *overhead));
       if (overheads.size() > kOverheadSamples) overheads.pop_front();
     }
@@ -2562,6 +2652,7 @@ void Stream::summary() {
   };
   add_count(s.stats.explored, "explored");
   add_count(s.stats.beside_warm_up, "beside_warm_up");
+  add_count(s.stats.held, "held");
   if ((!s.stats.explored.empty() || s.explore_cost_ms > 0) && s.frames_ms > 0) {
     info.explore_cost_fraction = std::round(s.explore_cost_ms / s.frames_ms * 1e4) / 1e4;
   }

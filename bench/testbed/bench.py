@@ -837,6 +837,10 @@ def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results, dilatio
     os.makedirs(raw_dir, exist_ok=True)
     steps = [interleave.dilate_step(st, dilation) for st in sc["steps"]]
     cons = [("edgesplit-latency", ["--objective", "latency"] + bound_flags(args))]
+    # --ab variants replay the trace too, right after edgesplit-latency (a trace replays in
+    # time: the runs cannot take turns; repeat the run and compare run by run).
+    for name, extra in getattr(args, "ab_variants", []):
+        cons.append(("edgesplit-latency+" + name, cons[0][1] + extra))
     for name in args.trace_contenders:
         if name == "server-jpeg90":
             cons.append((name, ["--cut", "input", "--bits", "jpeg90"]))
@@ -1350,8 +1354,10 @@ def estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args):
                     screen_frames = args.screen_rounds * (1 + args.screen_frames)
                     total += sum(min(p["predicted"]["latency_ms"] / 1000.0,
                                      args.screen_prune * best) * screen_frames for p in r)
-            total += sum(sc["duration"] * k * (1 + len(args.trace_contenders)) for sc in trace_sc)
-    if args.oracle == "screened" and profile:
+            total += sum(sc["duration"] * k * (1 + len(args.trace_contenders) +
+                                               len(getattr(args, "ab_variants", [])))
+                         for sc in trace_sc)
+    if args.oracle == "screened" and profile and fixed_sc:
         total += len(interleave.feasible_plans(profile, ACCURACY_BOUND)[0]) * START_S / 2
     return total
 
@@ -1369,7 +1375,9 @@ def main(argv):
     ap = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true",
                     help="every scenario, both RTTs, every trace, devices 4x and 10x slower")
-    ap.add_argument("--scenarios", help="comma-separated fixed scenarios (bench/scenarios/*.scn)")
+    ap.add_argument("--scenarios", help="comma-separated fixed scenarios (bench/scenarios/*.scn); "
+                    "'none': the traces alone, without the fixed scenarios they visit (no oracle "
+                    "to judge their recovery by)")
     ap.add_argument("--traces", help="comma-separated trace scenarios ('none' for none)")
     ap.add_argument("--slowdown", help="comma-separated device slowdowns (default 4; --full 4,10)")
     ap.add_argument("--contenders", help="comma-separated, from: %s (default: the first six; "
@@ -1524,7 +1532,7 @@ def main(argv):
         print("bench: no profile at %s: only device-only and the server-only uploads run "
               "(make one with edgesplit-profile, or pass --profile)" % args.profile)
         args.profile = ""
-    scen = args.scenarios.split(",") if args.scenarios else (
+    scen = [] if args.scenarios == "none" else args.scenarios.split(",") if args.scenarios else (
         FULL_SCENARIOS if args.full else DEFAULT_SCENARIOS)
     traces = [] if args.traces == "none" else (args.traces.split(",") if args.traces else (
         FULL_TRACES if args.full else DEFAULT_TRACES))
@@ -1542,9 +1550,10 @@ def main(argv):
     args.trace_contenders = [c for c in args.trace_contenders.split(",") if c]
     fixed_sc = scenario_list(scen, args.scenario_dir)
     trace_sc = scenario_list(traces, args.scenario_dir)
-    # Each trace's conditions need an oracle: add the fixed scenarios they visit.
+    # Each trace's conditions need an oracle: add the fixed scenarios they visit (not with
+    # --scenarios none: the traces alone, their recovery unjudged).
     have = {(s["steps"][0]["rate"], s["steps"][0]["rtt"]) for s in fixed_sc}
-    for tsc in trace_sc:
+    for tsc in trace_sc if args.scenarios != "none" else []:
         for st in tsc["steps"]:
             if st["loss"] < 100 and (st["rate"], st["rtt"]) not in have:
                 name = "bw%g-rtt%g" % (st["rate"], st["rtt"])
@@ -1599,7 +1608,7 @@ def main(argv):
             results["settings"]["cgroup"] = tb.cgroup.layout
             server = start_server(tb, args, out_dir)
             screened = {}
-            if profile and args.oracle == "screened":
+            if profile and args.oracle == "screened" and fixed_sc:
                 t0 = time.monotonic()
                 screened = screen(tb, args, profile, [(s, k, sc) for s in slowdowns
                                                       for k in dilations for sc in fixed_sc],

@@ -279,6 +279,18 @@ class Oracle(unittest.TestCase):
         with self.assertRaises(ValueError):
             bench.split_bin_dir(["--bin-dir"], "/opt/new/bin")
 
+    def test_a_trace_alone_takes_its_duration_per_contender_and_ab_variant(self):
+        class Args:
+            frames, round_frames, warmup, settle = 20, 5, 1, 1
+            oracle, oracle_k = "screened", 0
+            trace_contenders = ["device-only"]
+            ab_variants = [("before", ["--bin-dir", "/opt/old/bin"])]
+        trace = {"name": "step-down-2", "duration": 25.0, "steps": []}
+        # No fixed scenario (--scenarios none): no screening, no rounds; edgesplit-latency, the
+        # trace contender and the variant each replay the trace, K times slower.
+        self.assertAlmostEqual(bench.estimate_s(None, [], [trace], [10.0], [2.0], Args),
+                               25.0 * 2 * 3)
+
     def test_screening_keeps_the_best_measured(self):
         keep = interleave.screen_keep({"a": 30.0, "b": 10.0, "c": None, "d": 20.0, "e": 50.0}, 3)
         self.assertEqual(keep, ["b", "d", "a"])

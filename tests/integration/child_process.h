@@ -132,17 +132,19 @@ inline int run_to_end(const std::vector<std::string>& argv, const std::filesyste
   return *rc;
 }
 
-// A running edgesplit-server bound to an ephemeral loopback port.
+// A running edgesplit-server, bound to an ephemeral loopback port unless told otherwise.
 class ServerProcess {
  public:
-  // Starts the server with `extra` arguments and waits until it reports its endpoint.
+  // Starts the server with `extra` arguments and waits until it reports its endpoint (bound to
+  // `bind`: an ephemeral loopback port unless given).
   bool start(const std::filesystem::path& dir, const std::vector<std::string>& extra,
-             std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
+             std::chrono::milliseconds timeout = std::chrono::seconds(60),
+             const std::string& bind = "tcp://127.0.0.1:*") {
     endpoint_file_ = dir / "endpoint.txt";
     std::filesystem::remove(endpoint_file_);
     std::vector<std::string> argv = {
         (std::filesystem::path(EDGESPLIT_BINARY_DIR) / "bin" / "edgesplit-server").string(),
-        "--bind", "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file_.string()};
+        "--bind", bind, "--endpoint-file", endpoint_file_.string()};
     argv.insert(argv.end(), extra.begin(), extra.end());
     log_ = dir / "server.err";
     if (!process_.start(argv, dir / "server.out", log_)) return false;
