@@ -240,6 +240,12 @@ struct Stream::Impl {
   // graph executor's profiling run and then its optimising one), several times its later time,
   // and are not load samples.
   std::map<int, int> head_runs;
+  // Per (member, cut), the server's replies to this stream's frames there. The first kColdRuns
+  // are no samples of the server's load: its first tail at a cut is cold (built and profiled at
+  // the first request; on loopback 16-50 ms against about 5 after it), and read as a server 4-8x
+  // slower, every remote plan looked slower than the device, and a stream that went back to the
+  // device never measured the server again.
+  std::map<std::pair<int, int>, int> server_replies;
   // Builds and warms the head of a cut about to be explored, off the frame path.
   HeadWarmer warmer;
   std::set<int> warm_failed;  // cuts whose warm-up failed: not explored
@@ -1635,8 +1641,9 @@ struct Stream::Impl {
     } else {
       link.network().add_answer();  // the server's own times are still good
     }
-    // A frame answered at a server exit ran part of the tail: not a sample of the server's load.
-    if (!ir.has_server_exit()) {
+    // A frame answered at a server exit ran part of the tail: not a sample of the server's load;
+    // nor are the first replies at a cut (server_replies).
+    if (!ir.has_server_exit() && ++server_replies[{p.plan.member, p.plan.cut}] > kColdRuns) {
       server_load.add_reply(e.server_queue_ms, e.server_compute_ms, e.profiled_server_ms);
     }
     if (ir.batch_size() > 0 && p.plan.member == 0) note_server_batch(ir.batch_size());

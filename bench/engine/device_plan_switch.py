@@ -5,9 +5,9 @@ head), the server comes up once the device has finished --server-after frames, a
 moves to a split plan. Per run: the first frame that ran a split head (its latency, head time and
 the head's build inside the frame, where the build reports it), the median latency of the next
 frames at that cut (up to 20), the share of the later frames that ran a split plan, the slowest
-frame after the server came back, and the frames that kept the previous plan meanwhile. Each build
-in turn (the order alternating from round to round, so that the machine's drift hits both alike),
-medians over the rounds and per-round ratios.
+frame and the highest server-load factor planned with after the server came back, and the frames
+that kept the previous plan meanwhile. Each build in turn (the order alternating from round to
+round, so that the machine's drift hits both alike), medians over the rounds and per-round ratios.
 
     bench/engine/device_plan_switch.py --rounds 8 --out DIR/plan_switch.json \\
         --server-bin build/bin/edgesplit-server --server-args "--model M.pt --threads 1" \\
@@ -93,6 +93,8 @@ def run_once(binary, args, server_cmd, server_after, timeout_s, scratch):
             "split_share_after": (sum(1 for f in after if f["completed"] == "server" and
                                       f["plan"]["cut"] > 0) / len(after)) if after else None,
             "max_latency_after_back_ms": max(f["latency_ms"] for f in frames[back:]),
+            "max_server_load_after_back": max(f["conditions"].get("server_load", 1.0)
+                                              for f in frames[back:]),
             "held_frames": sum(1 for f in frames if "held_for_cut" in f["plan"]),
             "head_builds_in_frames": sum(1 for f in frames if "head_build_ms" in f)}
 
@@ -124,8 +126,8 @@ def main(argv):
             runs[name].append(row)
             print("round %d %s %s" % (r, name, json.dumps(row)), flush=True)
     numeric = ("first_split_latency_ms", "first_split_head_ms", "later_latency_ms",
-               "split_share_after", "max_latency_after_back_ms", "held_frames",
-               "head_builds_in_frames")
+               "split_share_after", "max_latency_after_back_ms", "max_server_load_after_back",
+               "held_frames", "head_builds_in_frames")
     median = {name: {k: statistics.median(x[k] for x in rows if x[k] is not None)
                      for k in numeric if any(x[k] is not None for x in rows)}
               for name, rows in runs.items()}
