@@ -65,6 +65,9 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
     ("family", "serve every member of this model family (a manifest, models/families/; repeat for "
      "several), each under its own digest", cxxopts::value<std::vector<std::string>>())
     ("workers", "threads running tails", cxxopts::value<int>()->default_value("1"))
+    ("warmup-runs", "before it takes work, each worker runs every served model whole this many "
+     "times on zeros, so that the first request, at any cut, does not pay for the thread's first "
+     "tail; /readyz waits for it (0: none)", cxxopts::value<int>()->default_value("2"))
     ("heartbeat-timeout-s", "drop a device's connection about this many seconds after its host "
      "stops answering (TCP keepalive; default 30; a testbed that dilates time by K multiplies it by K)",
      cxxopts::value<int>()->default_value("30"))
@@ -181,6 +184,10 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
     }
   }
   options.workers = args["workers"].as<int>();
+  options.warmup_runs = args["warmup-runs"].as<int>();
+  if (options.warmup_runs < 0 || options.warmup_runs > 100) {
+    return invalid_argument("--warmup-runs must be 0 to 100 (runs of each model per worker)");
+  }
   options.compute_threads = args["threads"].as<int>();
   auto engine = partitioner::parse_engine(args["engine"].as<std::string>());
   if (!engine) return invalid_argument("--engine must be optimized, onednn, xnnpack or plain");

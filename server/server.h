@@ -43,7 +43,11 @@ struct ServerOptions {
   // Early exits on the server (server/tail_executor.h, ServerExits): each file applies to the
   // served model its heads were trained on (by digest); one that matches none fails create().
   std::vector<std::string> exits_paths;
-  int workers = 1;          // threads running tails
+  int workers = 1;  // threads running tails
+  // Before it takes work, each worker runs every served model whole (the tail of cut 0) this many
+  // times on zeros: a thread's first tail, at any cut, pays for what LibTorch and oneDNN set up per
+  // thread. /readyz says ready once every worker has. 0: no warm-up.
+  int warmup_runs = 2;
   int compute_threads = 0;  // LibTorch intra-op threads (0: LibTorch's default)
   // How tails run (partitioner::Engine); the cut ids do not depend on it.
   partitioner::Engine engine = partitioner::Engine::kOptimized;

@@ -284,6 +284,23 @@ std::vector<Result<TailOutcome>> run_tail_batch(const partitioner::ModelGraph& m
   return out;
 }
 
+Result<double> warm_tail(const partitioner::ModelGraph& model, int cut, int runs) {
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    model.prepare_tail(cut);
+    std::vector<at::Tensor> zeros;
+    for (const auto& t : model.cut(cut).tensors) {
+      zeros.push_back(torch::zeros(t.shape, torch::kFloat32));
+    }
+    for (int i = 0; i < runs; ++i) (void)model.run_tail(cut, zeros);
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    return internal_error("the tail at cut " + std::to_string(cut) +
+                          " failed on zeros: " + what.substr(0, what.find('\n')));
+  }
+  return static_cast<double>(micros_since(t0)) / 1000;
+}
+
 Status check_batched_tail(const partitioner::ModelGraph& model, int cut, int batch,
                           double* max_diff) {
   if (max_diff) *max_diff = 0;

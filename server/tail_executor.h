@@ -94,6 +94,11 @@ std::vector<Result<TailOutcome>> run_tail_batch(const partitioner::ModelGraph& m
                                                 const packing::DecodeLimits& limits,
                                                 const ServerExits* exits = nullptr);
 
+// Builds the tail of `cut` where it is not built yet (ModelGraph::prepare_tail) and runs it `runs`
+// times on zeros of its crossing tensors' shapes (batch 1) on the calling thread: a worker's
+// warm-up (ServerOptions::warmup_runs). The time it took in ms; kInternal when a run fails.
+Result<double> warm_tail(const partitioner::ModelGraph& model, int cut, int runs);
+
 // Whether `cut`'s tail gives the same rows run as a batch of `batch` as run one by one, on
 // pseudo-random crossing tensors: OK, or why not (an error, or the largest difference over the
 // engine's tolerance, 1e-3 x (1 + max |row|)). `max_diff` gets the largest difference found.

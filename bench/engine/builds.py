@@ -1,6 +1,9 @@
 """What the scripts here that compare builds share: NAME=BINARY arguments, rounds that alternate
-the builds' order (so that the machine's drift hits each alike), and per-round ratios."""
+the builds' order (so that the machine's drift hits each alike), per-round ratios, a free loopback
+port and the frame lines of a device's --json output."""
+import json
 import os
+import socket
 import statistics
 
 
@@ -28,3 +31,23 @@ def ratio(runs, builds, key):
         return None
     return {"of": "%s / %s" % (b, a), "median": statistics.median(ratios), "min": ratios[0],
             "max": ratios[-1]}
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def frames_in(lines):
+    """The frame lines (type "frame") of an edgesplit-device --json output, parsed."""
+    out = []
+    for line in lines:
+        try:
+            j = json.loads(line)
+        except ValueError:
+            continue
+        if j.get("type") == "frame":
+            out.append(j)
+    return out

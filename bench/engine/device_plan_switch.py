@@ -16,38 +16,24 @@ round, so that the machine's drift hits both alike), medians over the rounds and
            --max-frames 400 --fps 30 --objective throughput --in-flight 2
 
 Everything after `--` goes to every device (`--json`, `--server` and a 1 s handshake timeout
-are added). No root, no testbed: loopback.
+are added); `--server-extra NAME=FLAGS` adds server flags for one build's runs (the same device
+binary twice, against two server settings). No root, no testbed: loopback.
 """
 import argparse
 import json
 import os
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
-from builds import in_round, parse_builds, ratio
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from builds import frames_in, free_port, in_round, parse_builds, ratio
 
 
 def frames_of(path):
-    out = []
     with open(path) as f:
-        for line in f:
-            try:
-                j = json.loads(line)
-            except ValueError:
-                continue
-            if j.get("type") == "frame":
-                out.append(j)
-    return out
+        return frames_in(f)
 
 
 def run_once(binary, args, server_cmd, server_after, timeout_s, scratch):
@@ -107,6 +93,8 @@ def main(argv):
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--server-bin", required=True, help="the edgesplit-server to start")
     ap.add_argument("--server-args", required=True, help="its flags (--bind is added)")
+    ap.add_argument("--server-extra", action="append", default=[], metavar="NAME=FLAGS",
+                    help="more server flags for build NAME's runs only (repeatable)")
     ap.add_argument("--server-after", type=int, default=30,
                     help="frames the device finishes before the server starts (default 30)")
     ap.add_argument("--timeout-s", type=int, default=120)
@@ -116,13 +104,19 @@ def main(argv):
     device_args = argv[cut + 1:]
     builds = parse_builds(ap, args.builds, "edgesplit-device")
     server_cmd = [args.server_bin] + shlex.split(args.server_args)
+    extra = {}
+    for item in args.server_extra:
+        name, eq, flags = item.partition("=")
+        if not eq or name not in [n for n, _ in builds]:
+            ap.error("--server-extra %s: give NAME=FLAGS for one of the builds" % item)
+        extra[name] = shlex.split(flags)
     scratch = os.path.join(os.path.dirname(os.path.abspath(args.out)), "scratch")
     os.makedirs(scratch, exist_ok=True)
     runs = {name: [] for name, _ in builds}
     for r in range(args.rounds):
         for name, binary in in_round(builds, r):
-            row = run_once(binary, device_args, server_cmd, args.server_after, args.timeout_s,
-                           scratch)
+            row = run_once(binary, device_args, server_cmd + extra.get(name, []),
+                           args.server_after, args.timeout_s, scratch)
             runs[name].append(row)
             print("round %d %s %s" % (r, name, json.dumps(row)), flush=True)
     numeric = ("first_split_latency_ms", "first_split_head_ms", "later_latency_ms",
@@ -132,6 +126,7 @@ def main(argv):
                      for k in numeric if any(x[k] is not None for x in rows)}
               for name, rows in runs.items()}
     result = {"argv": sys.argv, "device_args": device_args, "server": server_cmd,
+              "server_extra": extra,
               "rounds": args.rounds, "runs": runs, "median": median}
     if len(builds) == 2:
         result["ratios"] = {k: ratio(runs, builds, k)

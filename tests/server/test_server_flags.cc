@@ -65,6 +65,7 @@ TEST_CASE("server flags: defaults with one --model") {
   CHECK(o.meta_paths.empty());
   CHECK(o.profile_paths.empty());
   CHECK(o.workers == 1);
+  CHECK(o.warmup_runs == 2);
   CHECK(o.compute_threads == 0);
   CHECK(o.engine == Engine::kOptimized);
   CHECK(o.device == "cpu");
@@ -95,6 +96,8 @@ TEST_CASE("server flags: every flag maps to its option") {
                         "a.pt",
                         "--workers",
                         "3",
+                        "--warmup-runs",
+                        "0",
                         "--threads",
                         "2",
                         "--engine",
@@ -134,6 +137,7 @@ TEST_CASE("server flags: every flag maps to its option") {
   CHECK(o.router.endpoint == "tcp://127.0.0.1:7000");
   CHECK(o.model_paths == std::vector<std::string>{"a.pt"});
   CHECK(o.workers == 3);
+  CHECK(o.warmup_runs == 0);
   CHECK(o.compute_threads == 2);
   CHECK(o.engine == Engine::kXnnpack);
   CHECK(o.device == "cuda:1");
@@ -335,6 +339,10 @@ TEST_CASE("server flags: bad values are refused with a sentence naming the flag"
   check_refused(with({"--engine", "cuda"}), "--engine must be optimized, onednn, xnnpack or plain");
   check_refused(with({"--device", "gpu"}), "--device must be cpu or cuda:N, not 'gpu'");
   check_refused(with({"--queue", "0"}), "--queue must be at least 1");
+  check_refused(with({"--warmup-runs", "-1"}),
+                "--warmup-runs must be 0 to 100 (runs of each model per worker)");
+  check_refused(with({"--warmup-runs", "101"}),
+                "--warmup-runs must be 0 to 100 (runs of each model per worker)");
   check_refused(with({"--heartbeat-timeout-s", "0"}),
                 "--heartbeat-timeout-s must be between 1 and 3000 seconds");
   check_refused(with({"--max-message-mb", "0"}), "--max-message-mb must be between 1 and 4096");

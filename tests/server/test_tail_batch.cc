@@ -119,6 +119,20 @@ TEST_CASE("a batched tail gives each request what it gets alone: the default mod
   for (int cut : every_cut(*g)) CHECK(check_batched_tail(*g, cut, 4).ok());
 }
 
+TEST_CASE("a worker's warm-up builds a tail and runs it on zeros") {
+  auto g = load(testing::source_dir() / "models" / "default" / "fashion_mnist_cnn.pt");
+  const int cut = every_cut(*g).back();
+  CHECK_FALSE(g->tail_built(cut));
+  Result<double> ms = warm_tail(*g, cut, 2);
+  REQUIRE_MESSAGE(ms.ok(), ms.status().message());
+  CHECK(*ms > 0);
+  CHECK(g->tail_built(cut));
+  // The whole model (cut 0) too, and no runs at all only builds.
+  REQUIRE(warm_tail(*g, 0, 1).ok());
+  REQUIRE(warm_tail(*g, 1, 0).ok());
+  CHECK(g->tail_built(1));
+}
+
 TEST_CASE("a request that does not fit fails alone - the rest of its batch runs") {
   auto g = load(testing::source_dir() / "models" / "default" / "fashion_mnist_cnn.pt");
   const int cut = every_cut(*g)[every_cut(*g).size() / 2];
