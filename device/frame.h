@@ -23,6 +23,9 @@ struct FramePlan {
   // Run on the device to re-measure its speed, though a remote plan was chosen (see
   // Stream's device probe): the device-load estimate learns only from heads that run.
   bool device_probe = false;
+  // Sent to the server to re-measure it, though a plan on the device was chosen (see Stream's
+  // server probe): the server's load is learnt only from its replies.
+  bool server_probe = false;
   // Run to measure a head the device has not timed enough, though another plan was chosen (see
   // Stream's head exploration): its head time teaches the cut's correction, not the load.
   bool explore = false;

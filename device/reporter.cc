@@ -86,6 +86,7 @@ json Reporter::frame_json(const FrameRecord& r) {
   if (r.explore) plan["explore"] = r.explore_lead_in ? json("lead-in") : json(true);
   if (r.beside_warm_up) plan["beside_warm_up"] = true;
   if (r.held_for_cut >= 0) plan["held_for_cut"] = r.held_for_cut;
+  if (r.server_probe) plan["server_probe"] = true;
   if (!r.precision.empty()) {
     plan["precision"] = r.precision;
     plan["lossless"] = r.lossless;
@@ -233,6 +234,7 @@ json Reporter::summary(const StreamSummaryInfo& info) {
   s["late_replies_discarded"] = info.late_replies;
   s["plan_changes"] = info.plan_changes;
   s["probes"] = info.probes;
+  s["server_probes"] = info.server_probes;
   json reasons = json::object();
   for (const auto& [k, v] : t.local_reasons) reasons[k] = v;
   s["local_reasons"] = reasons;

@@ -32,6 +32,7 @@ struct FrameRecord {
   bool explore_lead_in = false;  // the first of an exploration's two frames (not a sample)
   bool beside_warm_up = false;   // it ran while a head was being warmed (HeadWarmer)
   int held_for_cut = -1;         // >= 0: it ran the previous plan while this cut's head warmed
+  bool server_probe = false;     // sent to re-measure the server (FramePlan::server_probe)
   std::string encoding;          // "local", "jpegQ" or the encoding's name
   std::string precision;         // packed encodings only: "q4", "fp16", ...
   std::string lossless;          // packed encodings only
@@ -78,6 +79,7 @@ struct StreamSummaryInfo {
   uint64_t late_replies = 0;
   uint64_t plan_changes = 0;
   uint64_t probes = 0;
+  uint64_t server_probes = 0;  // frames sent to re-measure the server while on the device
   // Frames the local lane ran (when it runs): all of them, and those beside a full window.
   std::optional<uint64_t> local_lane;
   std::optional<uint64_t> local_lane_beside_window;

@@ -91,6 +91,7 @@ struct RunStats {
   uint64_t lane = 0;            // frames run whole by the local lane beside the window
   uint64_t lane_planned = 0;    // frames planned on the device (or left there) that the lane ran
   uint64_t device_probes = 0;   // frames run on the device to re-measure it (maybe_probe_device)
+  uint64_t server_probes = 0;   // frames sent to re-measure the server (maybe_probe_server)
   std::map<int, int> explored;  // per cut: frames run to time its head (maybe_explore_head)
   std::map<int, int> beside_warm_up;  // per cut: heads that ran beside a warm-up (no sample)
   // Frames that ran the previous plan while the chosen plan's head was built and warmed on the
@@ -224,6 +225,7 @@ struct Stream::Impl {
   double link_share = 1.0;
 
   partitioner::ServerLoadEstimator server_load;
+  partitioner::ServerProbeSchedule server_probes;  // maybe_probe_server
   // The server's recent batch size (its replies' batch_size, averaged) and the batch size whose
   // tail times (the server's --batch-sizes profile) the scheduler plans with.
   double server_batch = 1;
@@ -630,6 +632,7 @@ struct Stream::Impl {
     last_period_ms = m.period_ms;
     // After the stream's view of its plan is taken: a probe frame does not change it.
     if (!fixed && plan.held_for_cut < 0) maybe_probe_device(plan, d, c);
+    if (!fixed && plan.held_for_cut < 0 && !plan.device_probe) maybe_probe_server(plan, d, c);
     if (!fixed && !plan.device_probe && plan.held_for_cut < 0) maybe_explore_head(plan, d, c);
     plan.decision = std::move(d);
     return plan;
@@ -681,6 +684,56 @@ struct Stream::Impl {
     plan.profiled_head_ms = whole_model_profiled_ms();
     d.plan = scheduler->plans()[static_cast<size_t>(scheduler->local_plan())];
     d.predicted = local.metrics;
+    d.changed = false;
+  }
+
+  // The server's load factor and queue time are learnt from its replies only: a stream that went
+  // to the device because the server looked slow (other devices' burst, a cold tail) would never
+  // measure it again, and would stay on the device after the server had recovered. So while the
+  // chosen plan runs on the device, a frame runs the plan the scheduler would choose if the
+  // server were at its profile with no queue, now and then (partitioner::ServerProbeSchedule:
+  // 0.5 s after the stream went local, then at intervals doubling up to 8 s). Only where that
+  // plan is remote and the server is usable: otherwise the server's state is not what keeps the
+  // stream on the device. A plan whose head is not built is warmed on the side first (HeadWarmer,
+  // at the lowest priority) and probed at a later turn. Its reply is a sole sample
+  // (ServerLoadEstimator::add_reply): a server found at its profile is believed at once.
+  void maybe_probe_server(FramePlan& plan, partitioner::Decision& d,
+                          const partitioner::Conditions& c) {
+    const auto now = Clock::now();
+    if (!server_probes.due(now, d.plan.local) || !scheduler) return;
+    if (!server_usable() || !model) {
+      server_probes.postpone(now);
+      return;
+    }
+    partitioner::Conditions neutral = c;
+    neutral.server_load = 1;
+    neutral.server_queue_ms = 0;
+    partitioner::Scheduler what_if = *scheduler;
+    const partitioner::Plan q = what_if.decide(neutral).plan;
+    const bool runs_now = q.cut_id == 0 || (q.member == 0 && model->can_run_head(q.cut_id) &&
+                                            model->head_built(q.cut_id));
+    if (q.local || !runs_now) {
+      // A head never built here is built and warmed on the side first, as for exploring.
+      if (!q.local && q.member == 0 && model->can_run_head(q.cut_id) && warmer.cut() < 0 &&
+          !warm_failed.count(q.cut_id)) {
+        warmer.start(model, q.cut_id, info.input_shape, kColdRuns, threads);
+      }
+      server_probes.postpone(now);
+      return;
+    }
+    const partitioner::PlanEstimate e = scheduler->evaluate(q.index, c);
+    if (!e.available) {
+      server_probes.postpone(now);
+      return;
+    }
+    server_probes.sent(now);
+    ++stats.server_probes;
+    take_plan(plan, q);
+    plan.server_probe = true;
+    plan.profiled_head_ms = q.profiled_head_ms;
+    plan.profiled_server_ms = q.profiled_server_ms;
+    d.plan = q;
+    d.predicted = e.metrics;
     d.changed = false;
   }
 
@@ -1643,8 +1696,12 @@ struct Stream::Impl {
     }
     // A frame answered at a server exit ran part of the tail: not a sample of the server's load;
     // nor are the first replies at a cut (server_replies).
-    if (!ir.has_server_exit() && ++server_replies[{p.plan.member, p.plan.cut}] > kColdRuns) {
-      server_load.add_reply(e.server_queue_ms, e.server_compute_ms, e.profiled_server_ms);
+    // A server probe's reply is the only one for a while: a sample even at a cut the stream has
+    // not sent to before, and one below the level's band is believed at once.
+    const bool warm = ++server_replies[{p.plan.member, p.plan.cut}] > kColdRuns;
+    if (!ir.has_server_exit() && (warm || p.plan.server_probe)) {
+      server_load.add_reply(e.server_queue_ms, e.server_compute_ms, e.profiled_server_ms,
+                            p.plan.server_probe);
     }
     if (ir.batch_size() > 0 && p.plan.member == 0) note_server_batch(ir.batch_size());
 
@@ -1736,6 +1793,7 @@ struct Stream::Impl {
     r.explore = p.plan.explore;
     r.explore_lead_in = p.plan.explore_lead_in;
     r.held_for_cut = p.plan.held_for_cut;
+    r.server_probe = p.plan.server_probe;
     if (p.plan.local) {
       r.encoding = "local";
     } else if (p.plan.jpeg_quality > 0) {
@@ -2628,6 +2686,7 @@ void Stream::summary() {
   info.late_replies = s.link.late_replies(s.index);
   info.plan_changes = s.stats.plan_changes;
   info.probes = s.link.probes_sent();
+  info.server_probes = s.stats.server_probes;
   if (s.lane) {
     info.local_lane = s.stats.lane + s.stats.lane_planned;
     info.local_lane_beside_window = s.stats.lane;

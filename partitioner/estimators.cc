@@ -269,6 +269,26 @@ int device_probe_every(double local_ms, double chosen_ms, const DeviceProbeOptio
   return std::max(o.at_least, static_cast<int>(std::min(every, 1e6)));
 }
 
+bool ServerProbeSchedule::due(TimePoint now, bool local) {
+  if (!local) {
+    local_ = false;
+    interval_ = options_.first;
+    return false;
+  }
+  if (!local_) {
+    local_ = true;
+    next_ = now + interval_;
+  }
+  return now >= next_;
+}
+
+void ServerProbeSchedule::sent(TimePoint now) {
+  interval_ = std::min(interval_ * 2, options_.max);
+  next_ = now + interval_;
+}
+
+void ServerProbeSchedule::postpone(TimePoint now) { next_ = now + options_.first; }
+
 // ---------------------------------------------------------------------------------------------
 // Load
 
@@ -277,10 +297,11 @@ ServerLoadEstimator::ServerLoadEstimator(LoadEstimatorOptions options)
       load_(LevelTracker::Cautious::kHigh, options.load),
       queue_(LevelTracker::Cautious::kHigh, options.queue) {}
 
-void ServerLoadEstimator::add_reply(double queue_ms, double compute_ms, double profiled_ms) {
-  queue_.add(std::max(0.0, queue_ms));
+void ServerLoadEstimator::add_reply(double queue_ms, double compute_ms, double profiled_ms,
+                                    bool sole) {
+  queue_.add(std::max(0.0, queue_ms), sole);
   if (profiled_ms >= options_.min_profiled_ms && compute_ms > 0) {
-    load_.add(compute_ms / profiled_ms);
+    load_.add(compute_ms / profiled_ms, sole);
   }
 }
 

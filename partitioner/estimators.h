@@ -6,6 +6,7 @@
 // (or guards them with its own mutex).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -262,6 +263,40 @@ struct DeviceProbeOptions {
 // Frames between probes for these predictions (0: no probe, the device is too far behind).
 int device_probe_every(double local_ms, double chosen_ms, const DeviceProbeOptions& o = {});
 
+// Server probes: the server's load factor and queue time are learnt only from its replies, so a
+// stream that went to the device because the server looked slow (a burst of other devices'
+// requests, a cold tail) would not measure the server again, and would stay on the device after
+// the server had recovered. While the chosen plan runs on the device, a frame goes to the server
+// now and then (the stream sends one only where the server's state is what keeps it on the
+// device): the first `first` after the stream went local, then at intervals that double up to
+// `max` while the stream stays there. Back on a remote plan, the schedule starts over.
+struct ServerProbeOptions {
+  std::chrono::milliseconds first{500};
+  std::chrono::milliseconds max{8000};
+};
+
+class ServerProbeSchedule {
+ public:
+  explicit ServerProbeSchedule(ServerProbeOptions options = {}) : options_(options) {}
+  // Once per decision: `local`, whether the chosen plan runs on the device. True when a probe is
+  // due now; the caller then sends one and calls sent(), or postpone()s it.
+  bool due(TimePoint now, bool local);
+  // A probe went out: the next is due one interval later, and the interval doubles (up to max).
+  void sent(TimePoint now);
+  // No probe now (the server's state does not decide, or none can run yet): asked again `first`
+  // later, the interval unchanged.
+  void postpone(TimePoint now);
+  // When the next probe is due; TimePoint::max() while the chosen plan is remote.
+  TimePoint next() const { return local_ ? next_ : TimePoint::max(); }
+  std::chrono::milliseconds interval() const { return interval_; }
+
+ private:
+  ServerProbeOptions options_;
+  bool local_ = false;
+  TimePoint next_{};
+  std::chrono::milliseconds interval_{options_.first};
+};
+
 struct LoadEstimatorOptions {
   // Load samples from operations profiled shorter than this are too noisy to use.
   double min_profiled_ms = 0.5;
@@ -280,7 +315,11 @@ struct LoadEstimatorOptions {
 class ServerLoadEstimator {
  public:
   explicit ServerLoadEstimator(LoadEstimatorOptions options = {});
-  void add_reply(double queue_ms, double compute_ms, double profiled_compute_ms);
+  // `sole`: the only reply for a while (a server probe while the chosen plan runs on the device).
+  // A sample below the level's band then moves the level to it at once, as a run of recoveries
+  // would: no reply would confirm it while the stream stays on the device. A sample above it is
+  // taken as any other.
+  void add_reply(double queue_ms, double compute_ms, double profiled_compute_ms, bool sole = false);
   double load_factor() const { return load_.has_value() ? load_.value() : 1.0; }
   double queue_ms() const { return queue_.value(); }
 

@@ -1,10 +1,12 @@
 """What the scripts here that compare builds share: NAME=BINARY arguments, rounds that alternate
 the builds' order (so that the machine's drift hits each alike), per-round ratios, a free loopback
-port and the frame lines of a device's --json output."""
+port, a server's readiness and the frame lines of a device's --json output."""
 import json
 import os
 import socket
 import statistics
+import time
+import urllib.request
 
 
 def parse_builds(ap, items, binary):
@@ -51,3 +53,19 @@ def frames_in(lines):
         if j.get("type") == "frame":
             out.append(j)
     return out
+
+
+def wait_ready(http_port, server, timeout_s):
+    """Seconds until the server's /readyz answers 200; raises when it exits or times out."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if server.poll() is not None:
+            raise RuntimeError("the server exited (%d) before it was ready" % server.returncode)
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % http_port, timeout=1) as r:
+                if r.status == 200:
+                    return time.monotonic() - t0
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError("the server was not ready within %d s" % timeout_s)

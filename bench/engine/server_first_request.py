@@ -22,26 +22,8 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
-import urllib.request
 
-from builds import frames_in, free_port, in_round
-
-
-def wait_ready(http_port, server, timeout_s):
-    """Seconds from now until /readyz answers 200; raises when the server exits or times out."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if server.poll() is not None:
-            raise RuntimeError("the server exited (%d) before it was ready" % server.returncode)
-        try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % http_port, timeout=1) as r:
-                if r.status == 200:
-                    return time.monotonic() - t0
-        except OSError:
-            pass
-        time.sleep(0.02)
-    raise RuntimeError("the server was not ready within %d s" % timeout_s)
+from builds import frames_in, free_port, in_round, wait_ready
 
 
 def run_once(server_cmd, device_cmd, cuts, frames, timeout_s, scratch):

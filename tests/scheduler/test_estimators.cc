@@ -509,6 +509,65 @@ TEST_CASE("device load: a sole probe below the band moves the level at once, one
   CHECK(up.load_factor() == doctest::Approx(20));
 }
 
+TEST_CASE("server load: a sole reply below the band moves load and queue at once") {
+  // Learnt while the server was busy: 6x its profile, 40 ms of queue.
+  ServerLoadEstimator sole, usual;
+  for (int i = 0; i < 10; ++i) {
+    sole.add_reply(40, 60, 10);
+    usual.add_reply(40, 60, 10);
+  }
+  REQUIRE(sole.load_factor() == doctest::Approx(6));
+  REQUIRE(sole.queue_ms() == doctest::Approx(40));
+  // A server probe finds it back at its profile, with no queue.
+  sole.add_reply(0, 10, 10, true);
+  usual.add_reply(0, 10, 10);
+  CHECK(sole.load_factor() == doctest::Approx(1));
+  CHECK(sole.queue_ms() == doctest::Approx(0));
+  CHECK(usual.load_factor() > 3);
+  CHECK(usual.queue_ms() > 20);
+  // One still finding it busier is no step by itself.
+  ServerLoadEstimator up;
+  for (int i = 0; i < 10; ++i) up.add_reply(0, 10, 10);
+  up.add_reply(0, 60, 10, true);
+  CHECK(up.load_factor() < 4);
+}
+
+TEST_CASE("server probes: first 0.5 s after going local, then doubling to 8 s, reset when remote") {
+  ManualClock clock;
+  ServerProbeSchedule s;
+  CHECK(s.next() == TimePoint::max());
+  CHECK_FALSE(s.due(clock.now(), false));
+  // The stream goes local: nothing for 0.5 s.
+  CHECK_FALSE(s.due(clock.now(), true));
+  clock.advance_ms(499);
+  CHECK_FALSE(s.due(clock.now(), true));
+  clock.advance_ms(1);
+  REQUIRE(s.due(clock.now(), true));
+  // Each probe sent doubles the interval: 1, 2, 4, 8, 8 s.
+  for (int ms : {1000, 2000, 4000, 8000, 8000}) {
+    s.sent(clock.now());
+    CHECK(s.interval() == std::chrono::milliseconds(ms));
+    clock.advance_ms(ms - 1);
+    CHECK_FALSE(s.due(clock.now(), true));
+    clock.advance_ms(1);
+    CHECK(s.due(clock.now(), true));
+  }
+  // Postponed: asked again 0.5 s later, the interval unchanged.
+  s.postpone(clock.now());
+  clock.advance_ms(499);
+  CHECK_FALSE(s.due(clock.now(), true));
+  clock.advance_ms(1);
+  CHECK(s.due(clock.now(), true));
+  CHECK(s.interval() == std::chrono::milliseconds(8000));
+  // A remote plan starts the schedule over.
+  CHECK_FALSE(s.due(clock.now(), false));
+  CHECK(s.next() == TimePoint::max());
+  CHECK_FALSE(s.due(clock.now(), true));
+  CHECK(s.interval() == std::chrono::milliseconds(500));
+  clock.advance_ms(500);
+  CHECK(s.due(clock.now(), true));
+}
+
 TEST_CASE("recent median: the median of the last n samples, ready after n") {
   RecentMedian m(5);
   CHECK_FALSE(m.ready());
