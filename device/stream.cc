@@ -709,7 +709,11 @@ struct Stream::Impl {
     neutral.server_load = 1;
     neutral.server_queue_ms = 0;
     partitioner::Scheduler what_if = *scheduler;
-    const partitioner::Plan q = what_if.decide(neutral).plan;
+    // An early-exit plan is probed without its exits: a frame that left at an exit on the device
+    // would measure no server, and one answered by an exit on the server reads it faster than
+    // its profile.
+    const partitioner::Plan q =
+        partitioner::without_exits(scheduler->plans(), what_if.decide(neutral).plan);
     const bool runs_now = q.cut_id == 0 || (q.member == 0 && model->can_run_head(q.cut_id) &&
                                             model->head_built(q.cut_id));
     if (q.local || !runs_now) {

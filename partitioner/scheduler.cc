@@ -928,4 +928,15 @@ void Scheduler::finish(const PlanEstimate& e, Decision& d) const {
   }
 }
 
+const Plan& without_exits(const std::vector<Plan>& plans, const Plan& p) {
+  if (!p.exit_threshold) return p;
+  for (const Plan& o : plans) {
+    if (!o.exit_threshold && o.member == p.member && o.local == p.local && o.cut_id == p.cut_id &&
+        o.encoding_name == p.encoding_name) {
+      return o;
+    }
+  }
+  return p;
+}
+
 }  // namespace edgesplit::partitioner

@@ -448,4 +448,9 @@ class Scheduler {
   std::vector<PlanEstimate> feasible_;  // decide()'s scratch: the feasible plans of this decision
 };
 
+// The plan of `plans` with the same member, cut, encoding and side as `p` but no early exits
+// (`p` itself when it has none, or when there is no such plan). A server probe runs it: a frame
+// that left at an exit on the device would measure no server.
+const Plan& without_exits(const std::vector<Plan>& plans, const Plan& p);
+
 }  // namespace edgesplit::partitioner

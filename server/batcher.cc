@@ -179,10 +179,13 @@ std::vector<size_t> batch_caps(const std::vector<float>& tail_ms,
   if (batch_tail_ms.empty()) return caps;
   const int largest = batch_tail_ms.rbegin()->first;
   for (size_t cut = 0; cut < tail_ms.size(); ++cut) {
+    if (tail_ms[cut] <= 0) continue;  // not timed: nothing known
     int best = 1;
     double best_per_row = tail_ms[cut];
     for (const auto& [n, per_cut] : batch_tail_ms) {
-      if (static_cast<size_t>(n) > max_batch || cut >= per_cut.size()) continue;
+      if (static_cast<size_t>(n) > max_batch || cut >= per_cut.size() || per_cut[cut] <= 0) {
+        continue;
+      }
       const double per_row = per_cut[cut] / n;
       if (per_row < best_per_row) {
         best = n;
@@ -194,6 +197,16 @@ std::vector<size_t> batch_caps(const std::vector<float>& tail_ms,
     }
   }
   return caps;
+}
+
+int warm_up_cut(const std::vector<bool>& batchable, const std::vector<size_t>& caps, size_t batch) {
+  if (batch <= 1) return 0;
+  for (size_t cut = 0; cut < batchable.size(); ++cut) {
+    if (!batchable[cut]) continue;
+    const size_t cap = cut < caps.size() ? caps[cut] : 0;
+    if (cap == 0 || cap >= batch) return static_cast<int>(cut);
+  }
+  return -1;
 }
 
 std::optional<size_t> shed_victim(const std::vector<Ticket>& tickets, int priority) {

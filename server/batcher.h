@@ -93,10 +93,16 @@ inline bool cannot_meet(const Ticket& t, TimePoint now, double need_ms) {
 // (`tail_ms`, per cut) and a whole batch's per measured size (`batch_tail_ms`). A cut is capped at
 // the measured size with the lowest time per request when a larger measured size costs more per
 // request; sizes over `max_batch` are not considered; beyond the largest measured size nothing is
-// known, so a cut whose best is that size is not capped.
+// known, so a cut whose best is that size is not capped, nor is a cut the profile did not time
+// (0 ms: a profile may time some cuts only).
 std::vector<size_t> batch_caps(const std::vector<float>& tail_ms,
                                const std::map<int, std::vector<float>>& batch_tail_ms,
                                size_t max_batch);
+
+// Where a worker's warm-up runs a batch of `batch` rows: cut 0 for one row; else the shallowest
+// cut whose tail runs batches (`batchable`, per cut) of that size (`caps`, from batch_caps; empty
+// or 0: no cap), whose activations are usually the largest of the cuts that will; -1: none.
+int warm_up_cut(const std::vector<bool>& batchable, const std::vector<size_t>& caps, size_t batch);
 
 struct BatchDecision {
   std::vector<size_t> batch;      // indices of the tickets to run now, in run order (may be empty)

@@ -66,8 +66,9 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
      "several), each under its own digest", cxxopts::value<std::vector<std::string>>())
     ("workers", "threads running tails", cxxopts::value<int>()->default_value("1"))
     ("warmup-runs", "before it takes work, each worker runs every served model whole this many "
-     "times on zeros, so that the first request, at any cut, does not pay for the thread's first "
-     "tail; /readyz waits for it (0: none)", cxxopts::value<int>()->default_value("2"))
+     "times on zeros, and with batching a batch of each size it may form, so that the first "
+     "request, at any cut, does not pay for the thread's first tail; /readyz waits for it (0: "
+     "none)", cxxopts::value<int>()->default_value("2"))
     ("heartbeat-timeout-s", "drop a device's connection about this many seconds after its host "
      "stops answering (TCP keepalive; default 30; a testbed that dilates time by K multiplies it by K)",
      cxxopts::value<int>()->default_value("30"))

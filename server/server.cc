@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "partitioner/model_graph.h"
@@ -41,6 +42,8 @@ struct ServedModel {
   std::map<int, std::vector<float>> batch_tail_ms;  // batch size -> per cut, from the profile
   // Per cut: whether its tail runs batches (checked at load when batching is on; else false).
   std::vector<bool> batchable;
+  // Per cut: the largest batch formed there where the profile caps it (batch_caps; 0: none).
+  std::vector<size_t> batch_caps;
   // Ids of the entropy-coding tables of the server's profile (packing/entropy_codec.h), which it
   // decodes; the handshake lists them so that devices only send frames coded with these.
   std::vector<uint64_t> codec_tables;
@@ -148,20 +151,41 @@ struct InferenceServer::Impl {
   // one intra-op thread) a fresh server's first request at cut 21 took a median of 17.3 ms of
   // compute, 4.9 ms after this warm-up, and a first request at cut 0 after cuts 21 and 37 took
   // 48.4 ms against 9.5 (docs/server.md). Requests that come meanwhile wait in the queue.
+  // With batching on, it also runs a batch of each preferred size and of --max-batch, each at the
+  // shallowest cut whose tail forms batches of that size (cut 0 unless the profile caps its
+  // batches lower: there a large batch costs more per request): a thread's first batch of a size
+  // is slow again. MobileNetV2 at cut 21, batches of 8, one intra-op thread: the first batch's
+  // slowest reply took a median of 61.8 ms after the batch-1 warm-up alone and 40.1 ms with the
+  // sizes warmed too, the later batches' 39.0 ms; ready 1.5 s later (docs/server.md).
   void warm_up() {
     const auto t0 = Clock::now();
+    std::set<size_t> sizes = {1, options.max_batch};
+    sizes.insert(options.preferred_batch.begin(), options.preferred_batch.end());
+    std::string warmed;  // per model, its batch sizes warmed, and where not at cut 0, the cut
     for (const auto& [digest, model] : models) {
-      if (options.warmup_runs == 0 || stop_requested.load()) break;
-      Result<double> ms = warm_tail(*model.graph, 0, options.warmup_runs);
-      if (!ms.ok()) {
-        spdlog::warn("a worker's warm-up of {} failed ({}): its first request pays for it",
-                     model.signature.name, ms.status().message());
+      std::string batches;
+      for (size_t batch : sizes) {
+        if (options.warmup_runs == 0 || stop_requested.load()) break;
+        const int cut = warm_up_cut(model.batchable, model.batch_caps, batch);
+        if (cut < 0) continue;
+        Result<double> ms =
+            warm_tail(*model.graph, cut, options.warmup_runs, static_cast<int>(batch));
+        if (!ms.ok()) {
+          spdlog::warn(
+              "a worker's warm-up of {} (batch {}) failed ({}): its first request pays "
+              "for it",
+              model.signature.name, batch, ms.status().message());
+          continue;
+        }
+        batches += (batches.empty() ? "" : ", ") + std::to_string(batch) +
+                   (cut == 0 ? std::string() : " at cut " + std::to_string(cut));
       }
+      warmed += (warmed.empty() ? "" : "; ") + model.signature.name + ": batch " + batches;
     }
     const double ms = micros(Clock::now() - t0) / 1000.0;
     if (workers_warming.fetch_sub(1) == 1 && options.warmup_runs > 0) {
-      spdlog::info("workers warm: each ran every model {} times ({:.0f} ms for the last)",
-                   options.warmup_runs, ms);
+      spdlog::info("workers warm: each ran every model {} times ({}; {:.0f} ms for the last)",
+                   options.warmup_runs, warmed, ms);
     }
   }
 
@@ -800,6 +824,7 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
                        {},
                        std::move(batchable),
                        {},
+                       {},
                        nullptr};
     if (info.ok()) served.info = std::move(info).value();
     // The tail-time table devices get in the handshake.
@@ -851,6 +876,7 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
     // request when a larger measured size costs more per request (large activations on a CPU).
     if (batching.max_batch > 1) {
       const auto caps = batch_caps(served.tail_ms, served.batch_tail_ms, batching.max_batch);
+      served.batch_caps = caps;
       std::string capped;
       for (size_t cut = 0; cut < caps.size(); ++cut) {
         if (caps[cut] == 0) continue;

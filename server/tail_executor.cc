@@ -284,13 +284,15 @@ std::vector<Result<TailOutcome>> run_tail_batch(const partitioner::ModelGraph& m
   return out;
 }
 
-Result<double> warm_tail(const partitioner::ModelGraph& model, int cut, int runs) {
+Result<double> warm_tail(const partitioner::ModelGraph& model, int cut, int runs, int batch) {
+  if (batch < 1) return invalid_argument("a warm-up batch must hold at least one row");
   const auto t0 = std::chrono::steady_clock::now();
   try {
     model.prepare_tail(cut);
     std::vector<at::Tensor> zeros;
     for (const auto& t : model.cut(cut).tensors) {
-      zeros.push_back(torch::zeros(t.shape, torch::kFloat32));
+      zeros.push_back(
+          torch::zeros(batch > 1 ? batched_shape(t.shape, batch) : t.shape, torch::kFloat32));
     }
     for (int i = 0; i < runs; ++i) (void)model.run_tail(cut, zeros);
   } catch (const std::exception& e) {

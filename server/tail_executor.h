@@ -95,9 +95,10 @@ std::vector<Result<TailOutcome>> run_tail_batch(const partitioner::ModelGraph& m
                                                 const ServerExits* exits = nullptr);
 
 // Builds the tail of `cut` where it is not built yet (ModelGraph::prepare_tail) and runs it `runs`
-// times on zeros of its crossing tensors' shapes (batch 1) on the calling thread: a worker's
-// warm-up (ServerOptions::warmup_runs). The time it took in ms; kInternal when a run fails.
-Result<double> warm_tail(const partitioner::ModelGraph& model, int cut, int runs);
+// times on zeros of its crossing tensors' shapes, as a batch of `batch`, on the calling thread: a
+// worker's warm-up (ServerOptions::warmup_runs). The time it took in ms; kInternal when a run
+// fails, kInvalidArgument for a batch below 1.
+Result<double> warm_tail(const partitioner::ModelGraph& model, int cut, int runs, int batch = 1);
 
 // Whether `cut`'s tail gives the same rows run as a batch of `batch` as run one by one, on
 // pseudo-random crossing tensors: OK, or why not (an error, or the largest difference over the

@@ -5,6 +5,7 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import time
 import urllib.request
 
@@ -69,3 +70,14 @@ def wait_ready(http_port, server, timeout_s):
             pass
         time.sleep(0.02)
     raise RuntimeError("the server was not ready within %d s" % timeout_s)
+
+
+def start_server(server_cmd, scratch):
+    """Starts an edgesplit-server (`server_cmd`, --bind and --http-port added on free loopback
+    ports; its output to scratch/server.log): (process, endpoint, http port)."""
+    endpoint = "tcp://127.0.0.1:%d" % free_port()
+    http_port = free_port()
+    with open(os.path.join(scratch, "server.log"), "w") as log:
+        server = subprocess.Popen(server_cmd + ["--bind", endpoint, "--http-port", str(http_port)],
+                                  stdout=log, stderr=subprocess.STDOUT)
+    return server, endpoint, http_port

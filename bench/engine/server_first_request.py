@@ -23,15 +23,11 @@ import statistics
 import subprocess
 import sys
 
-from builds import frames_in, free_port, in_round, wait_ready
+from builds import frames_in, in_round, start_server, wait_ready
 
 
 def run_once(server_cmd, device_cmd, cuts, frames, timeout_s, scratch):
-    endpoint = "tcp://127.0.0.1:%d" % free_port()
-    http_port = free_port()
-    with open(os.path.join(scratch, "server.log"), "w") as log:
-        server = subprocess.Popen(server_cmd + ["--bind", endpoint, "--http-port", str(http_port)],
-                                  stdout=log, stderr=subprocess.STDOUT)
+    server, endpoint, http_port = start_server(server_cmd, scratch)
     try:
         ready_s = wait_ready(http_port, server, timeout_s)
         row = {"ready_s": ready_s, "cuts": {}}

@@ -1765,6 +1765,12 @@ TEST_CASE("an exit plan's expected latency: rate x exit path + (1 - rate) x (pla
         doctest::Approx(0.6 * 32 + 0.4 * (plain.predicted.latency_ms + 2)));
   // An exit after the plan's cut does not apply: cut 1 has no exit variant.
   CHECK_FALSE(s->pin(1, "q8", 0, 0.9, true).ok());
+  // What a server probe runs instead of an exit plan: the same plan without the exits.
+  const Plan& twin = without_exits(s->plans(), r.plan);
+  CHECK_FALSE(twin.exit_threshold.has_value());
+  CHECK(twin.index == plain.plan.index);
+  CHECK(twin.index != r.plan.index);
+  CHECK(&without_exits(s->plans(), plain.plan) == &plain.plan);
 }
 
 TEST_CASE("exit options are refused when malformed") {

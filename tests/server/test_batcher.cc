@@ -402,6 +402,23 @@ TEST_CASE(
   // Batch 1 cheapest per request: capped at 1.
   CHECK(batch_caps({1, 1, 1}, batches, 32) == std::vector<size_t>{1, 1, 1});
   CHECK(batch_caps(one, {}, 32) == std::vector<size_t>{0, 0, 0});
+  // A cut the profile did not time (0 ms) is not capped, and an untimed size is not its best.
+  CHECK(batch_caps({10, 0, 10}, {{4, {30, 0, 0}}, {16, {160, 0, 80}}}, 32) ==
+        std::vector<size_t>{4, 0, 0});
+}
+
+TEST_CASE("a worker warms each batch size at the shallowest cut that forms it") {
+  const std::vector<bool> batchable = {true, false, true, true};
+  // No caps: cut 0 takes every size.
+  CHECK(warm_up_cut(batchable, {}, 1) == 0);
+  CHECK(warm_up_cut(batchable, {}, 8) == 0);
+  // Cut 0 capped at 4 and cut 2 at 2: 4 at cut 0, 8 past both caps and the cut that does not batch.
+  const std::vector<size_t> caps = {4, 0, 2, 0};
+  CHECK(warm_up_cut(batchable, caps, 4) == 0);
+  CHECK(warm_up_cut(batchable, caps, 8) == 3);
+  // One row is always warmed whole; a size no cut forms is not warmed.
+  CHECK(warm_up_cut({false, false}, {}, 1) == 0);
+  CHECK(warm_up_cut({false, true}, {0, 2}, 4) == -1);
 }
 
 TEST_CASE("a full queue sheds the newest request of the lowest class below the new one") {

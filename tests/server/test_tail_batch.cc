@@ -131,6 +131,10 @@ TEST_CASE("a worker's warm-up builds a tail and runs it on zeros") {
   REQUIRE(warm_tail(*g, 0, 1).ok());
   REQUIRE(warm_tail(*g, 1, 0).ok());
   CHECK(g->tail_built(1));
+  // A batching server's workers also warm the batch sizes they may form.
+  Result<double> batch = warm_tail(*g, 0, 1, 8);
+  REQUIRE_MESSAGE(batch.ok(), batch.status().message());
+  CHECK(warm_tail(*g, 0, 1, 0).status().code() == StatusCode::kInvalidArgument);
 }
 
 TEST_CASE("a request that does not fit fails alone - the rest of its batch runs") {
