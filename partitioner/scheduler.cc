@@ -348,9 +348,8 @@ Result<Scheduler> Scheduler::create_family(const std::vector<FamilyMemberPlans>&
   // Early-exit variants of member 0's plans, last.
   const size_t plain_plans = s.plans_.size();
   for (const ExitOption& o : members.front().exits) {
-    bool ok = o.threshold >= 0 && o.threshold <= 1 && !o.stages.empty() &&
-              o.min_cut <= o.max_cut && std::isfinite(o.drop_point_pp) &&
-              std::isfinite(o.drop_high_pp);
+    bool ok = o.threshold >= 0 && o.threshold <= 1 && !o.stages.empty() && o.min_cut <= o.max_cut &&
+              std::isfinite(o.drop_point_pp) && std::isfinite(o.drop_high_pp);
     double rate = 0;
     for (size_t i = 0; i < o.stages.size() && ok; ++i) {
       const ExitStage& st = o.stages[i];
@@ -373,8 +372,9 @@ Result<Scheduler> Scheduler::create_family(const std::vector<FamilyMemberPlans>&
       sides = sides && (!o.server || st.cut_id <= o.min_cut || st.cut_id > o.max_cut);
     }
     if (!sides) {
-      return invalid_argument("exits on the server apply to plans that cut before an exit, with "
-                              "every exit before or at the plans' cuts or after them");
+      return invalid_argument(
+          "exits on the server apply to plans that cut before an exit, with "
+          "every exit before or at the plans' cuts or after them");
     }
     for (size_t i = 0; i < plain_plans; ++i) {
       const PlanCost& base = s.costs_[i];
@@ -542,8 +542,8 @@ PlanMetrics Scheduler::predict(const PlanCost& k, const Conditions& c) const {
   const double sent_exit_rate = k.server_exits ? m.exit_rate : 0;  // of the frames that go on
   m.latency_slowest_ms += exits_ms;
   m.latency_ms = leave_ms + leave * c.frame_overhead_ms + go_on(m.latency_ms + exits_ms);
-  m.energy_j = pw.compute_watts * leave_ms * 1e-3 +
-               go_on(m.energy_j + pw.compute_watts * exits_ms * 1e-3);
+  m.energy_j =
+      pw.compute_watts * leave_ms * 1e-3 + go_on(m.energy_j + pw.compute_watts * exits_ms * 1e-3);
   m.head_ms = leave_ms + go_on(m.head_ms + exits_ms);
   m.pack_ms = go_on(m.pack_ms);
   m.transfer_ms = go_on(m.transfer_ms);
@@ -791,7 +791,9 @@ std::string Scheduler::describe(int plan) const {
   const Plan& p = plans_[static_cast<size_t>(plan)];
   const std::string member = members() > 1 ? member_name(p.member) + "'s " : "";
   const bool both = p.server_exits && !p.exit_cuts.empty() && p.exit_cuts.front() <= p.cut_id;
-  const char* side = !p.server_exits ? "" : both ? " on the device and the server" : " on the server";
+  const char* side = !p.server_exits ? ""
+                     : both          ? " on the device and the server"
+                                     : " on the server";
   const std::string exits = p.exit_threshold ? std::string(" with early exits") + side +
                                                    " at threshold " + number(*p.exit_threshold)
                                              : "";

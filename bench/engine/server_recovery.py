@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from builds import frames_in, free_port, in_round, parse_builds, wait_ready
+from builds import frames_in, in_round, parse_builds, start_server, wait_ready
 
 
 def p50(values):
@@ -35,11 +35,8 @@ def p50(values):
 
 
 def run_once(binary, device_args, server_cmd, load_cmd, args, scratch):
-    endpoint = "tcp://127.0.0.1:%d" % free_port()
-    http_port = free_port()
     out_path = os.path.join(scratch, "device.jsonl")
-    server = subprocess.Popen(server_cmd + ["--bind", endpoint, "--http-port", str(http_port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, endpoint, http_port = start_server(server_cmd, scratch)
     device = None
     try:
         wait_ready(http_port, server, args.timeout_s)
