@@ -28,12 +28,28 @@
 #include "device/resources.h"
 #include "device/stream.h"
 #include "partitioner/model_graph.h"
+#include "partitioner/tensor_cache.h"
 
 namespace edgesplit::device {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
+
+// Gives what the process holds free back to the system: LibTorch's cached large blocks and the
+// heap's free memory.
+void give_back_free_memory() {
+  (void)partitioner::release_tensor_cache();
+#if defined(__GLIBC__)
+  (void)malloc_trim(0);
+#endif
+}
+
+// What the process holds free and reuses before it asks the system for more.
+int64_t reusable_bytes() {
+  return reusable_heap_bytes() +
+         static_cast<int64_t>(partitioner::tensor_cache_stats().cached_bytes);
+}
 
 constexpr double kMiB = 1024.0 * 1024.0;
 constexpr int64_t kFirstModelInitBytes = 10 << 20;
@@ -110,7 +126,7 @@ class Runtime {
       }
     }
     if (int rc = place_models(); rc != 0) return rc;
-    for (auto& s : streams_) s->prime();  // after place_models' last malloc_trim
+    for (auto& s : streams_) s->prime();  // after place_models' last give_back_free_memory
     if (int rc = open_power_control(); rc != 0) return rc;
     std::vector<std::string> goals;
     for (auto& s : streams_) {
@@ -311,10 +327,8 @@ class Runtime {
                                                               : total_threads;
       Status loaded = s.load(options[static_cast<size_t>(option)].retain_cut, threads);
       if (!loaded.ok()) return fail(loaded.message());
-#if defined(__GLIBC__)
       // What loading freed goes back to the system, so the next model loads on what stays.
-      (void)malloc_trim(0);
-#endif
+      give_back_free_memory();
       const int64_t after = resident_bytes();
       if (config_.max_device_memory_mb || streams_.size() > 1) {
         reporter_.log("stream \"" + s.name() + "\" holds " +
@@ -350,9 +364,7 @@ class Runtime {
       if (!s->finished() || s->retain_cut() == 0) continue;
       const int64_t before = resident_bytes();
       if (!s->release_model()) continue;
-#if defined(__GLIBC__)
-      (void)malloc_trim(0);
-#endif
+      give_back_free_memory();
       reporter_.log("stream \"" + s->name() + "\" finished: its model is released (" +
                     mib_text(std::max<int64_t>(0, before - resident_bytes())) + " returned)");
     }
@@ -372,7 +384,7 @@ class Runtime {
     if (index.empty()) return;
     // What the process uses now: its resident memory less what the allocator holds free (the
     // next model reuses it) and less what these streams hold (the allocation places them again).
-    const int64_t budget = bound - (resident_bytes() - reusable_heap_bytes() - held);
+    const int64_t budget = bound - (resident_bytes() - reusable_bytes() - held);
     auto alloc = allocate_memory(demands, std::max<int64_t>(0, budget));
     if (!alloc.ok()) return;
     for (size_t k = 0; k < index.size(); ++k) {
@@ -392,13 +404,10 @@ class Runtime {
       }
       if (o.retain_cut == 0) {
         if (s.release_model()) {
-#if defined(__GLIBC__)
-          (void)malloc_trim(0);
-#endif
+          give_back_free_memory();
           reporter_.log("stream \"" + s.name() + "\" now runs server-only (" + why + ")");
         }
-      } else if (o.retain_cut > now &&
-                 resident_bytes() - reusable_heap_bytes() + o.bytes <= bound) {
+      } else if (o.retain_cut > now && resident_bytes() - reusable_bytes() + o.bytes <= bound) {
         s.load_model_async(o.retain_cut);
         reporter_.log("stream \"" + s.name() + "\" loads its model in the background (" + why +
                       ": " + mib_text(o.bytes) + " predicted)");

@@ -3,6 +3,7 @@
 // engine: inference passes per head and tail (oneDNN or XNNPACK), each optimized graph checked
 // against the plain one on a probe input, constants shared across graphs (docs/engine.md).
 #include "partitioner/model_graph.h"
+#include "partitioner/tensor_cache.h"
 
 #include <sodium.h>
 #include <torch/csrc/jit/api/function_impl.h>
@@ -1226,9 +1227,12 @@ void set_compute_threads(int intra_op) {
 #if defined(__GLIBC__)
     // Tensors up to 32 MiB (every batch-1 activation of these CNNs) come from the heap, and the
     // heap is not trimmed: freed activations are reused by the next inference.
-    (void)mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
-    (void)mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024);
+    (void)mallopt(M_MMAP_THRESHOLD, static_cast<int>(kLargeTensorBytes));
+    (void)mallopt(M_TRIM_THRESHOLD, static_cast<int>(kTensorCacheDefaultBytes));
 #endif
+    // Larger tensors (a batch's early activations) glibc would map afresh each time, the kernel
+    // zero-filling every page: kept for reuse instead, up to as much as the heap keeps free.
+    install_tensor_cache(kTensorCacheDefaultBytes);
     try {
       at::set_num_interop_threads(1);
     } catch (const std::exception&) {

@@ -105,10 +105,12 @@ struct EngineReport {
 // Sets the threads every network of this process runs with: `intra_op` threads inside one
 // operator (0 leaves LibTorch's default) and one inter-op thread (CNN graphs are chains: inter-op
 // parallelism only oversubscribes the cores). The first call also keeps the memory of freed
-// tensors in the process (glibc's mmap and trim thresholds raised to their largest), so that
-// every inference does not map fresh pages for its activations and fault them in again: on this
-// 2-core VM MobileNetV2 ran 16.5 ms a frame without it and 12 ms with it (7 ms instead of 11.5 ms
-// at 2 threads). Call before loading any model. Thread-safe.
+// tensors in the process (glibc's mmap and trim thresholds raised to 32 MiB and 1 GiB, and larger
+// tensors kept by the tensor cache, partitioner/tensor_cache.h), so that every inference does not
+// map fresh pages for its activations and fault them in again: on this 2-core VM MobileNetV2 ran
+// 16.5 ms a frame without it and 12 ms with it (7 ms instead of 11.5 ms at 2 threads), and a
+// batch of 16 at cut 0 on the server 8.2 ms a row instead of 101 ms. Call before loading any
+// model. Thread-safe.
 void set_compute_threads(int intra_op);
 
 // "sha256:<hex>" of a model file's bytes (what ModelGraph::digest() says once it is loaded),

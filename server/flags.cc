@@ -105,6 +105,9 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
      "it also bounds what ZeroMQ buffers for each connection (at least --max-message-mb; default: "
      "256M or --max-message-mb when larger)",
      cxxopts::value<std::string>()->default_value("256M"))
+    ("tensor-cache", "most bytes of freed large tensors (32 MiB and up: a batch's early "
+     "activations) kept for the next batch instead of mapped afresh, a number of bytes or with "
+     "K, M or G (0: none)", cxxopts::value<std::string>()->default_value("1G"))
     ("max-tensor-elements", "largest tensor accepted, in values", cxxopts::value<int64_t>()->default_value("67108864"))
     ("curve-secret", "CURVE secret key file of this server (edgesplit-keygen): encrypts every connection",
      cxxopts::value<std::string>())
@@ -244,6 +247,11 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
         "(as 256M)");
   }
   options.max_queued_bytes = *queued;
+  auto tensor_cache = parse_byte_size(args["tensor-cache"].as<std::string>());
+  if (!tensor_cache) {
+    return invalid_argument("--tensor-cache takes a size in bytes or with K, M or G (as 1G), or 0");
+  }
+  options.tensor_cache_bytes = *tensor_cache;
   int64_t max_elements = args["max-tensor-elements"].as<int64_t>();
   if (max_elements < 1) return invalid_argument("--max-tensor-elements must be at least 1");
   options.decode_limits.max_elements = static_cast<uint64_t>(max_elements);

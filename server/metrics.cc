@@ -11,7 +11,12 @@ namespace {
 std::string number(double v) {
   if (std::isinf(v)) return "+Inf";
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.9g", v);
+  // Whole numbers (counts, bytes) in full: 9 significant digits would round a GiB.
+  if (std::abs(v) < 1e15 && v == std::floor(v)) {
+    std::snprintf(buf, sizeof buf, "%.0f", v);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.9g", v);
+  }
   return buf;
 }
 
@@ -259,6 +264,19 @@ std::string ServerMetrics::render(const MetricsGauges& g) const {
          "counter");
   out += "edgesplit_zap_total{outcome=\"accepted\"} " + std::to_string(g.zap_accepted) + "\n";
   out += "edgesplit_zap_total{outcome=\"denied\"} " + std::to_string(g.zap_denied) + "\n";
+  metric(out, "edgesplit_tensor_cache_bytes",
+         "Bytes of freed large tensors (32 MiB and up) kept for reuse by the next batch.", "gauge",
+         static_cast<double>(g.tensor_cache_bytes));
+  metric(out, "edgesplit_tensor_cache_limit_bytes",
+         "Most bytes of freed large tensors kept for reuse (--tensor-cache).", "gauge",
+         static_cast<double>(g.tensor_cache_limit));
+  header(out, "edgesplit_tensor_cache_requests_total",
+         "Large tensors (32 MiB and up) allocated, by whether a kept block served them.",
+         "counter");
+  out += "edgesplit_tensor_cache_requests_total{result=\"hit\"} " +
+         std::to_string(g.tensor_cache_hits) + "\n";
+  out += "edgesplit_tensor_cache_requests_total{result=\"miss\"} " +
+         std::to_string(g.tensor_cache_misses) + "\n";
   return out;
 }
 

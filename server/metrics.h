@@ -50,6 +50,9 @@ struct MetricsGauges {
   bool ready = false;
   uint64_t zap_accepted = 0, zap_denied = 0;
   bool curve = false;
+  // Freed large tensors kept for reuse (partitioner/tensor_cache.h).
+  size_t tensor_cache_bytes = 0, tensor_cache_limit = 0;
+  uint64_t tensor_cache_hits = 0, tensor_cache_misses = 0;
 };
 
 // Everything the server counts. Thread-safe.

@@ -122,6 +122,11 @@ struct InferenceServer::Impl {
     }
     g.ready = accepting.load() && workers_warming.load() == 0;
     g.curve = !options.router.curve_secret_key.empty();
+    const partitioner::TensorCacheStats cache = partitioner::tensor_cache_stats();
+    g.tensor_cache_bytes = cache.cached_bytes;
+    g.tensor_cache_limit = cache.limit_bytes;
+    g.tensor_cache_hits = cache.hits;
+    g.tensor_cache_misses = cache.misses;
     if (zap) {
       g.zap_accepted = zap->accepted();
       g.zap_denied = zap->denied();
@@ -765,6 +770,7 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
   impl->queue = std::make_unique<BatchQueue<Job>>(batching);
   impl->budget = std::make_unique<MemoryBudget>(options.max_queued_bytes);
   partitioner::set_compute_threads(options.compute_threads);
+  partitioner::install_tensor_cache(options.tensor_cache_bytes);
   for (size_t i = 0; i < options.model_paths.size(); ++i) {
     const std::string& path = options.model_paths[i];
     const std::string meta = i < options.meta_paths.size() ? options.meta_paths[i] : "";

@@ -24,6 +24,7 @@
 #include "packing/codec.h"
 #include "packing/status.h"
 #include "partitioner/model_graph.h"
+#include "partitioner/tensor_cache.h"
 #include "server/batcher.h"
 #include "server/metrics.h"
 #include "transport/protocol.h"
@@ -68,6 +69,8 @@ struct ServerOptions {
   // until the reply: a request that does not fit gets BUSY. It also caps each connection's
   // receive queue in ZeroMQ (router.rcvhwm, receive_hwm in server/memory_budget.h).
   size_t max_queued_bytes = size_t{256} << 20;
+  // Most bytes of freed large tensors kept for reuse (partitioner/tensor_cache.h).
+  size_t tensor_cache_bytes = partitioner::kTensorCacheDefaultBytes;
   std::string name = "edgesplit-server";
   packing::DecodeLimits decode_limits;
   // With CURVE (router.curve_secret_key set): when use_allow_list, only these device public keys

@@ -1,4 +1,5 @@
-// What a sanitizer build changes for tests that measure the process they run.
+// What a sanitizer build changes for tests that measure the process they run, or that spend
+// their time where a sanitizer finds nothing.
 #pragma once
 
 namespace edgesplit::testing {
@@ -7,6 +8,12 @@ namespace edgesplit::testing {
 inline constexpr bool kSanitized = true;
 #else
 inline constexpr bool kSanitized = false;
+#endif
+
+#if defined(__SANITIZE_THREAD__)
+inline constexpr bool kThreadSanitized = true;
+#else
+inline constexpr bool kThreadSanitized = false;
 #endif
 
 // A sanitizer's shadow memory (and AddressSanitizer's redzones and quarantine of freed blocks, kept

@@ -588,6 +588,44 @@ TEST_CASE("a batching server answers devices at two cuts once each, in batches")
   }
 }
 
+TEST_CASE("a batching server keeps a batch's large tensors for the next one, unless told not to") {
+  const fs::path mobilenet = shared_mobilenet();
+  if (mobilenet.empty()) {
+    MESSAGE("skipped: ../shared/models/mobilenet_v2_imagenet is absent");
+    return;
+  }
+  // Warm-up runs MobileNetV2 whole at batch 8 twice: its early activations (8 x 96 x 112 x 112
+  // floats, 38.5 MiB) are large tensors; the second run reuses the first's.
+  for (const std::string limit : {"", "0"}) {
+    CAPTURE(limit);
+    auto dir = scratch_dir("rel-tensor-cache" + limit);
+    ObservedServer server;
+    std::vector<std::string> extra = {"--model", mobilenet.string(), "--max-batch", "8"};
+    if (!limit.empty()) extra.insert(extra.end(), {"--tensor-cache", limit});
+    REQUIRE(server.start(dir, extra));
+    auto deadline = Clock::now() + std::chrono::seconds(120);
+    while (server.metric("edgesplit_ready") != 1 && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    REQUIRE(server.metric("edgesplit_ready") == 1);
+    const double hits = server.metric("edgesplit_tensor_cache_requests_total{result=\"hit\"}");
+    const double misses = server.metric("edgesplit_tensor_cache_requests_total{result=\"miss\"}");
+    const double kept = server.metric("edgesplit_tensor_cache_bytes");
+    const double most = server.metric("edgesplit_tensor_cache_limit_bytes");
+    CHECK(misses > 0);
+    if (limit.empty()) {
+      CHECK(most == 1024.0 * 1024 * 1024);
+      CHECK(hits > 0);
+      CHECK(kept > 0);
+      CHECK(kept <= most);
+    } else {
+      CHECK(most == 0);
+      CHECK(hits == 0);
+      CHECK(kept == 0);
+    }
+  }
+}
+
 TEST_CASE("a request whose deadline cannot be met is not computed, and no reply comes after it") {
   auto dir = scratch_dir("rel-deadline");
   ObservedServer server;

@@ -14,6 +14,7 @@
 #include "imaging/preprocess.h"
 #include "partitioner/model_graph.h"
 #include "partitioner/model_info.h"
+#include "partitioner/tensor_cache.h"
 #include "tests/partitioner/model_test_util.h"
 #include "tests/test_paths.h"
 
@@ -261,6 +262,8 @@ TEST_CASE(
   }
   at::Tensor batch = torch::cat(rows, 0);
 
+  // Large activations kept for reuse, as the device and the server run (set_compute_threads).
+  edgesplit::partitioner::set_compute_threads(0);
   auto plain = load_ok(path, options_for(info->input_shape, Engine::kPlain));
   auto fast = load_ok(path, options_for(info->input_shape, Engine::kOptimized));
   MESSAGE("mobilenet_v2_imagenet: " << fast->engine_report().summary());
@@ -271,8 +274,9 @@ TEST_CASE(
   CHECK((whole - reference).abs().max().item<double>() <= 1e-4 * scale);
   CHECK(torch::equal(whole.argmax(1), reference.argmax(1)));  // 100% top-1 agreement
   // Every cut, on 8 of the images: close to the optimized whole model, and so the same top-1 as
-  // the plain engine. (All 32 at every cut take six minutes on 2 cores, 44% of it in the kernel:
-  // page faults on activations too large for malloc to keep. 8 check the same code in 80 s.)
+  // the plain engine. (Without the tensor cache set_compute_threads installs, all 32 at every cut
+  // took six minutes on 2 cores, 44% of it in the kernel: page faults on activations too large
+  // for the heap, mapped afresh each time; 8 took 80 s, and take 20 s with it.)
   const at::Tensor few = batch.slice(0, 0, 8);
   const at::Tensor few_whole = fast->run(few);
   CHECK(torch::equal(few_whole.argmax(1), reference.slice(0, 0, 8).argmax(1)));
@@ -416,4 +420,94 @@ TEST_CASE("engine on a GPU: every cut on cuda:0 gives the CPU's results, from pi
   CHECK((out.device() == at::Device(at::kCPU)));
   CHECK(torch::allclose(out, whole, 1e-3, 1e-4));
   for (const auto& c : gpu->cuts()) check_cut_close(*gpu, c.id, input, whole, 1e-3);
+}
+
+TEST_CASE("tensor cache: a freed large block is reused, small ones are not kept, the limit holds") {
+  namespace p = edgesplit::partitioner;
+  p::install_tensor_cache(size_t{256} << 20);
+  const p::TensorCacheStats start = p::tensor_cache_stats();
+  REQUIRE(start.installed);
+  const int64_t large = static_cast<int64_t>(p::kLargeTensorBytes / sizeof(float)) + 1024;
+  void* first = nullptr;
+  {
+    at::Tensor t = torch::full({large}, 1.5f);
+    first = t.data_ptr();
+    CHECK(p::tensor_cache_stats().live_bytes >= p::kLargeTensorBytes);
+  }
+  CHECK(p::tensor_cache_stats().cached_blocks == start.cached_blocks + 1);
+  {
+    // The same block again, its old contents overwritten as asked.
+    at::Tensor t = torch::zeros({large});
+    CHECK(t.data_ptr() == first);
+    CHECK(t.sum().item<float>() == 0.0f);
+    CHECK(p::tensor_cache_stats().hits == start.hits + 1);
+    // A request more than 1.5 times smaller than the only kept block takes a new one.
+    at::Tensor u = torch::empty({large * 2});
+    at::Tensor v = torch::empty({large * 2});
+    CHECK(v.data_ptr() != u.data_ptr());
+  }
+  {
+    at::Tensor small = torch::ones({1024, 1024});  // 4 MiB: LibTorch's own allocator
+    (void)small;
+  }
+  const p::TensorCacheStats mid = p::tensor_cache_stats();
+  CHECK(mid.live_bytes == start.live_bytes);
+  CHECK(mid.cached_bytes <= mid.limit_bytes);
+  CHECK(mid.cached_blocks == start.cached_blocks + 3);  // three large blocks, no small one
+  // A lower limit gives back the least recently freed blocks first.
+  p::install_tensor_cache(size_t{100} << 20);
+  const p::TensorCacheStats lower = p::tensor_cache_stats();
+  CHECK(lower.cached_bytes <= size_t{100} << 20);
+  CHECK(lower.evictions > mid.evictions);
+  CHECK(p::release_tensor_cache() == lower.cached_bytes);
+  CHECK(p::tensor_cache_stats().cached_bytes == 0);
+  // A limit of 0 keeps nothing.
+  p::install_tensor_cache(0);
+  { at::Tensor t = torch::empty({large}); }
+  CHECK(p::tensor_cache_stats().cached_blocks == 0);
+  p::install_tensor_cache(p::kTensorCacheDefaultBytes);
+}
+
+TEST_CASE("tensor cache: threads share it, and a convolution's large tensors come back to it") {
+  namespace p = edgesplit::partitioner;
+  p::install_tensor_cache(size_t{512} << 20);
+  // Four threads take and give back large blocks, each checking it alone wrote its block.
+  const int64_t large = static_cast<int64_t>(p::kLargeTensorBytes / sizeof(float)) + 4096;
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 20; ++i) {
+        at::Tensor x = torch::full({large + t * 1024}, static_cast<float>(t * 100 + i));
+        if (x.min().item<float>() != x.max().item<float>() ||
+            x[0].item<float>() != static_cast<float>(t * 100 + i)) {
+          ++wrong;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(wrong == 0);
+  const p::TensorCacheStats s = p::tensor_cache_stats();
+  CHECK(s.hits > 0);
+  CHECK(s.cached_bytes <= s.limit_bytes);
+  // A convolution on a 40 MiB activation, twice: the same result, and its large tensors freed
+  // into the cache rather than lost (live bytes back where they were).
+  torch::manual_seed(3);
+  at::Tensor input = torch::randn({1, 16, 400, 400}).contiguous();
+  at::Tensor weight = torch::randn({16, 16, 3, 3});
+  const size_t live_before = p::tensor_cache_stats().live_bytes;
+  at::Tensor a = torch::conv2d(input, weight, {}, 1, 1);
+  at::Tensor b = torch::conv2d(input, weight, {}, 1, 1);
+  CHECK(torch::equal(a, b));
+  if (at::hasMKLDNN()) {
+    // oneDNN's own tensors (allocated by ideep, not through LibTorch's allocator) beside it.
+    at::Tensor m = input.to_mkldnn();
+    at::Tensor c = torch::mkldnn_convolution(m, weight, {}, {1, 1}, {1, 1}, {1, 1}, 1).to_dense();
+    CHECK(torch::allclose(c, a, 1e-4, 1e-4));
+  }
+  a = at::Tensor();
+  b = at::Tensor();
+  CHECK(p::tensor_cache_stats().live_bytes == live_before);
+  p::install_tensor_cache(p::kTensorCacheDefaultBytes);
 }

@@ -57,6 +57,8 @@ TEST_CASE("server metrics render every family") {
   g.queued_bytes = 4096;
   g.queued_bytes_limit = 1 << 20;
   g.ready = true;
+  g.tensor_cache_limit = size_t{1} << 30;
+  g.tensor_cache_hits = 12;
   const std::string text = m.render(g);
   CHECK(value_of(text, "edgesplit_replies_total{status=\"ok\"}") == 2);
   CHECK(value_of(text, "edgesplit_replies_total{status=\"busy\"}") == 1);
@@ -68,12 +70,16 @@ TEST_CASE("server metrics render every family") {
   CHECK(value_of(text, "edgesplit_server_exits_total") == 4);
   CHECK(value_of(text, "edgesplit_queue_length") == 7);
   CHECK(value_of(text, "edgesplit_ready") == 1);
+  // Whole numbers in full (a GiB is not rounded to 9 digits).
+  CHECK(text.find("edgesplit_tensor_cache_limit_bytes 1073741824\n") != std::string::npos);
+  CHECK(value_of(text, "edgesplit_tensor_cache_requests_total{result=\"hit\"}") == 12);
   CHECK(value_of(text, "edgesplit_compute_seconds_count") == 1);
   CHECK(value_of(text, "edgesplit_model_requests_total{model=\"net \\\"v2\\\"\",cut=\"3\"}") == 1);
   for (const char* family :
        {"edgesplit_replies_total", "edgesplit_received_bytes_total", "edgesplit_malformed_total",
         "edgesplit_queue_seconds", "edgesplit_unpack_seconds", "edgesplit_clients_in_flight",
-        "edgesplit_unroutable_replies_total", "edgesplit_zap_total"}) {
+        "edgesplit_unroutable_replies_total", "edgesplit_zap_total", "edgesplit_tensor_cache_bytes",
+        "edgesplit_tensor_cache_limit_bytes", "edgesplit_tensor_cache_requests_total"}) {
     CAPTURE(family);
     CHECK(text.find(std::string("# HELP ") + family + " ") != std::string::npos);
     CHECK(text.find(std::string("# TYPE ") + family + " ") != std::string::npos);

@@ -187,6 +187,14 @@ TEST_CASE("server flags: every flag maps to its option") {
   auto exact = parse({"--model", "a.pt", "--max-message-mb", "1", "--max-queued-bytes", "1048576"});
   REQUIRE(exact.ok());
   CHECK(exact->options.max_queued_bytes == size_t{1} << 20);
+  // The tensor cache: 1 GiB unless set; 0 keeps nothing.
+  CHECK(exact->options.tensor_cache_bytes == size_t{1} << 30);
+  auto no_cache = parse({"--model", "a.pt", "--tensor-cache", "0"});
+  REQUIRE(no_cache.ok());
+  CHECK(no_cache->options.tensor_cache_bytes == 0);
+  auto cache = parse({"--model", "a.pt", "--tensor-cache", "256M"});
+  REQUIRE(cache.ok());
+  CHECK(cache->options.tensor_cache_bytes == size_t{256} << 20);
 }
 
 TEST_CASE("server flags: --heartbeat-timeout-s sets the dead-peer timeout") {
@@ -361,6 +369,8 @@ TEST_CASE("server flags: bad values are refused with a sentence naming the flag"
   check_refused(with({"--max-queued-bytes", "lots"}), queued_sentence);
   check_refused(with({"--max-queued-bytes", "32M"}), queued_sentence);  // under 64 MiB
   check_refused(with({"--max-message-mb", "8", "--max-queued-bytes", "4M"}), queued_sentence);
+  check_refused(with({"--tensor-cache", "-1"}),
+                "--tensor-cache takes a size in bytes or with K, M or G (as 1G), or 0");
   check_refused(with({"--allow-keys", "keys.txt"}),
                 "--allow-keys needs --curve-secret: device keys are checked in the CURVE "
                 "handshake");
