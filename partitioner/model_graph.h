@@ -109,8 +109,8 @@ struct EngineReport {
 // tensors kept by the tensor cache, partitioner/tensor_cache.h), so that every inference does not
 // map fresh pages for its activations and fault them in again: on this 2-core VM MobileNetV2 ran
 // 16.5 ms a frame without it and 12 ms with it (7 ms instead of 11.5 ms at 2 threads), and a
-// batch of 16 at cut 0 on the server 8.2 ms a row instead of 101 ms. Call before loading any
-// model. Thread-safe.
+// server's batches of 16 at cut 0 8.5 ms a request instead of 98.8 ms
+// (docs/results/engine/tensor-cache). Call before loading any model. Thread-safe.
 void set_compute_threads(int intra_op);
 
 // "sha256:<hex>" of a model file's bytes (what ModelGraph::digest() says once it is loaded),

@@ -112,7 +112,8 @@ class CachingCpuAllocator final : public c10::Allocator {
     void* p = n >= kLargeTensorBytes ? take_block(n) : c10::alloc_cpu(n);
     return {p, p, &release_block, c10::Device(c10::DeviceType::CPU)};
   }
-  // oneDNN's buffers come through raw_allocate and raw_deallocate: one deleter for every block.
+  // What is allocated with raw_allocate is freed with raw_deallocate, through this deleter: one
+  // deleter for every block.
   c10::DeleterFnPtr raw_deleter() const override { return &release_block; }
 };
 
@@ -131,7 +132,7 @@ void install_tensor_cache(size_t limit_bytes) {
   }
   for (void* v : victims) c10::free_cpu(v);
   if (install) {
-    // Never destroyed: oneDNN frees its buffers through the allocator during exit too.
+    // Never destroyed: blocks freed during exit may still reach it (raw_deallocate).
     static auto* allocator = new CachingCpuAllocator;
     c10::SetCPUAllocator(allocator, /*priority=*/1);
   }

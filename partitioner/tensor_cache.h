@@ -1,7 +1,8 @@
 // A cache for LibTorch's large CPU blocks: tensors of kLargeTensorBytes or more (a batch's early
-// activations, oneDNN's buffers for them) are kept when freed and handed to the next request of a
-// similar size, instead of glibc mapping them afresh and the kernel zero-filling every page of
-// them again on each inference.
+// activations) are kept when freed and handed to the next request of a similar size, instead of
+// glibc mapping them afresh and the kernel zero-filling every page of them again on each
+// inference. oneDNN's own tensors (ideep's) do not come through LibTorch's allocator and are not
+// cached.
 #pragma once
 
 #include <cstddef>
