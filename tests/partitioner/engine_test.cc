@@ -441,10 +441,27 @@ TEST_CASE("tensor cache: a freed large block is reused, small ones are not kept,
     CHECK(t.data_ptr() == first);
     CHECK(t.sum().item<float>() == 0.0f);
     CHECK(p::tensor_cache_stats().hits == start.hits + 1);
-    // A request more than 1.5 times smaller than the only kept block takes a new one.
+  }
+  void* twice = nullptr;
+  {
+    // Larger than every kept block: a new one.
+    const uint64_t misses = p::tensor_cache_stats().misses;
     at::Tensor u = torch::empty({large * 2});
-    at::Tensor v = torch::empty({large * 2});
-    CHECK(v.data_ptr() != u.data_ptr());
+    twice = u.data_ptr();
+    CHECK(twice != first);
+    CHECK(p::tensor_cache_stats().misses == misses + 1);
+  }
+  {
+    // Kept: blocks of `large` and 2 x `large` values. Just above `large`, the smallest kept block
+    // that fits is more than 1.5 times the request: a new one.
+    const uint64_t misses = p::tensor_cache_stats().misses;
+    at::Tensor r = torch::empty({large + 1024});
+    CHECK(r.data_ptr() != twice);
+    CHECK(r.data_ptr() != first);
+    CHECK(p::tensor_cache_stats().misses == misses + 1);
+    // At 1.4 x `large`, the 2 x block is within 1.5 times the request: taken.
+    at::Tensor w = torch::empty({large * 14 / 10});
+    CHECK(w.data_ptr() == twice);
   }
   {
     at::Tensor small = torch::ones({1024, 1024});  // 4 MiB: LibTorch's own allocator
@@ -491,15 +508,20 @@ TEST_CASE("tensor cache: threads share it, and a convolution's large tensors com
   const p::TensorCacheStats s = p::tensor_cache_stats();
   CHECK(s.hits > 0);
   CHECK(s.cached_bytes <= s.limit_bytes);
-  // A convolution on a 40 MiB activation, twice: the same result, and its large tensors freed
-  // into the cache rather than lost (live bytes back where they were).
+  // A convolution on a 39 MiB activation (16 x 800 x 800 floats), twice: the same result; its
+  // output comes through the cache, is freed into it rather than lost (live bytes back where
+  // they were), and the next convolution's output takes it back.
   torch::manual_seed(3);
-  at::Tensor input = torch::randn({1, 16, 400, 400}).contiguous();
+  at::Tensor input = torch::randn({1, 16, 800, 800}).contiguous();
+  REQUIRE(input.nbytes() >= p::kLargeTensorBytes);
   at::Tensor weight = torch::randn({16, 16, 3, 3});
-  const size_t live_before = p::tensor_cache_stats().live_bytes;
+  const p::TensorCacheStats before_conv = p::tensor_cache_stats();
   at::Tensor a = torch::conv2d(input, weight, {}, 1, 1);
+  const p::TensorCacheStats after_a = p::tensor_cache_stats();
+  CHECK(after_a.hits + after_a.misses > before_conv.hits + before_conv.misses);
   at::Tensor b = torch::conv2d(input, weight, {}, 1, 1);
   CHECK(torch::equal(a, b));
+  const double sum = a.sum().item<double>();
   if (at::hasMKLDNN()) {
     // oneDNN's own tensors (allocated by ideep, not through LibTorch's allocator) beside it.
     at::Tensor m = input.to_mkldnn();
@@ -508,6 +530,12 @@ TEST_CASE("tensor cache: threads share it, and a convolution's large tensors com
   }
   a = at::Tensor();
   b = at::Tensor();
-  CHECK(p::tensor_cache_stats().live_bytes == live_before);
+  CHECK(p::tensor_cache_stats().live_bytes == before_conv.live_bytes);
+  const uint64_t hits_before_d = p::tensor_cache_stats().hits;
+  at::Tensor d = torch::conv2d(input, weight, {}, 1, 1);
+  CHECK(p::tensor_cache_stats().hits > hits_before_d);
+  CHECK(d.sum().item<double>() == sum);
+  d = at::Tensor();
+  CHECK(p::tensor_cache_stats().live_bytes == before_conv.live_bytes);
   p::install_tensor_cache(p::kTensorCacheDefaultBytes);
 }
