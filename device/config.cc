@@ -276,6 +276,7 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
                   "head_overhead",
                   "member_corrections",
                   "timeout_ms",
+                  "server_wait_ping_ms",
                   "threads",
                   "start_s",
                   "latency_steps",
@@ -441,6 +442,7 @@ Status parse_stream(const json& j, size_t index, const std::string& base_dir, St
   }
   s.member_corrections = member_corrections == "on";
   EDGESPLIT_RETURN_IF_ERROR(f.get("timeout_ms", s.timeout_ms, kMustPositive));
+  EDGESPLIT_RETURN_IF_ERROR(f.get("server_wait_ping_ms", s.server_wait_ping_ms, kMustCount));
   EDGESPLIT_RETURN_IF_ERROR(f.get("threads", s.threads, kMustCount));
   EDGESPLIT_RETURN_IF_ERROR(f.get("exits", s.exits_path));
   if (!s.exits_path.empty()) s.exits_path = resolve(base_dir, s.exits_path);
@@ -507,6 +509,7 @@ const std::vector<std::string>& stream_flags() {
                                                   "head-overhead",
                                                   "member-corrections",
                                                   "timeout-ms",
+                                                  "server-wait-ping-ms",
                                                   "fps",
                                                   "priority",
                                                   "exits",
@@ -630,6 +633,9 @@ void add_flags(cxxopts::Options& cli) {
      "others from its own frames and plan with it (on), or the reference member's only (off)",
      cxxopts::value<std::string>()->default_value("off"))
     ("timeout-ms", "a frame not answered by then is finished on the device", cxxopts::value<int>()->default_value("1000"))
+    ("server-wait-ping-ms", "while the server's queue is what keeps frames on the device, ask the "
+     "server for its queue wait with a 64-byte ping this often (0: never; the frames sent to "
+     "re-measure the server then come 0.5 s to 8 s apart)", cxxopts::value<int>()->default_value("250"))
     ("exits", "early exits of the model: NAME_exits.json (models/exits/): a frame an exit head is "
      "confident about is finished on the device there (docs/elastic.md)", cxxopts::value<std::string>())
     ("exit-threshold", "with --exits: the exit threshold of a fixed plan (--cut), or the thresholds "
@@ -923,6 +929,7 @@ Status parse_stream_flags(const cxxopts::ParseResult& args, StreamConfig& s) {
   }
   s.member_corrections = member_corrections == "on";
   s.timeout_ms = args["timeout-ms"].as<int>();
+  s.server_wait_ping_ms = args["server-wait-ping-ms"].as<int>();
   if (args.count("exits")) s.exits_path = args["exits"].as<std::string>();
   if (args.count("exit-threshold")) {
     std::stringstream list(args["exit-threshold"].as<std::string>());
@@ -948,6 +955,9 @@ Status check_stream_flags(const StreamConfig& s) {
     return invalid_argument("--in-flight must be between 0 (automatic) and 64");
   }
   if (s.timeout_ms < 1) return invalid_argument("--timeout-ms must be at least 1");
+  if (s.server_wait_ping_ms < 0) {
+    return invalid_argument("--server-wait-ping-ms must be 0 (never) or more (milliseconds)");
+  }
   return Status();
 }
 
@@ -1272,6 +1282,7 @@ Status validate_device_config(const DeviceConfig& c) {
     }
     if (s.in_flight < 0 || s.in_flight > 64) return field_error(where, "in_flight", kMustInFlight);
     if (s.timeout_ms < 1) return field_error(where, "timeout_ms", kMustPositive);
+    if (s.server_wait_ping_ms < 0) return field_error(where, "server_wait_ping_ms", kMustCount);
     if (s.threads < 0) return field_error(where, "threads", kMustCount);
   }
   return Status();

@@ -102,7 +102,10 @@ struct StreamConfig {
   // member's only (docs/elastic.md: in the same rounds they cost frames within a bound).
   bool member_corrections = false;
   int timeout_ms = 1000;  // a frame not answered by then is finished locally
-  int threads = 0;        // intra-op threads for this stream's networks (0: the manager decides)
+  // While the server's queue is what keeps the stream on the device, the server is asked for its
+  // queue wait with a ping this often (0: never).
+  int server_wait_ping_ms = 250;
+  int threads = 0;  // intra-op threads for this stream's networks (0: the manager decides)
   // Head exploration (latency objective): a plan whose head this device has not timed enough runs
   // now and then while it is predicted within this factor of the chosen plan's latency, so the
   // cut's own correction is learnt (docs/runtime.md, "Exploring near ties"). 0: never.

@@ -321,7 +321,10 @@ Status Link::send_infer(uint64_t request_id, const wire::InferRequest& infer,
   uint64_t lead = 0;
   if (state_ == LinkState::kUp && bytes > kLeadMinBytes && frames_in_flight_.empty()) {
     lead = send_probe(kPingBytes, false, 0, 0, /*lead_only=*/true);
-    if (lead != 0) leads_[lead] = LeadReply{};
+    if (lead != 0) {
+      ++lead_pings_;
+      leads_[lead] = LeadReply{};
+    }
   }
   Status s = channel_->send_infer(request_id, infer, std::move(payloads));
   if (s.ok()) frames_in_flight_.insert(request_id);
@@ -455,13 +458,22 @@ uint64_t Link::send_probe(int64_t bytes, bool even_when_down, int timeout_ms, ui
       timeout_ms > 0 ? std::min(timeout_ms, options_.probe_timeout_ms) : options_.probe_timeout_ms;
   probes_.push_back(
       Probe{id, clock_.now() + std::chrono::milliseconds(t), bytes, lead, lead_only, behind});
-  if (lead_only) {
-    ++lead_pings_;
-  } else {
+  if (!lead_only) {
     network_.probe_sent();
     ++probes_sent_;
   }
   return id;
+}
+
+bool Link::may_ask_server_wait(std::chrono::milliseconds gap) const {
+  return state_ == LinkState::kUp && channel_ &&
+         (wait_pings_ == 0 || clock_.now() - last_wait_ask_ >= gap);
+}
+
+void Link::ask_server_wait() {
+  if (send_probe(kPingBytes, false, 0, 0, /*lead_only=*/true) == 0) return;
+  ++wait_pings_;
+  last_wait_ask_ = clock_.now();
 }
 
 // A bandwidth probe goes right behind a round-trip ping (its lead): the ping's reply comes back
@@ -503,6 +515,10 @@ void Link::handle_probe_reply(const transport::ReceivedReply& r, const Probe& pr
     return;
   }
   consecutive_timeouts_ = 0;
+  if (r.reply.has_pong() && r.reply.pong().has_wait_us()) {
+    server_wait_.ms = static_cast<double>(r.reply.pong().wait_us()) / 1e3;
+    ++server_wait_.seq;
+  }
   auto as_lead = leads_.find(probe.id);
   if (as_lead != leads_.end()) {
     as_lead->second = LeadReply{true, r.timing.sent, r.timing.received};

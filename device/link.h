@@ -178,6 +178,21 @@ class Link {
   // available (the link is up and the estimator has not seen repeated timeouts).
   partitioner::Conditions network_conditions() const;
 
+  // The server's estimate of its queue wait (Pong.wait_us, from any ping's reply): how long a
+  // request sent now would wait for a worker. `seq` grows with each report (0: none yet).
+  struct ServerWait {
+    double ms = 0;
+    uint64_t seq = 0;
+  };
+  ServerWait server_wait() const { return server_wait_; }
+  // Whether a ping to ask it may go now: the link is up and no such ping went within `gap`.
+  bool may_ask_server_wait(std::chrono::milliseconds gap) const;
+  // Sends one: 64 bytes outside the probe schedule (the scheduled probes keep their pace; its
+  // timeout does not count against the server, frames' timeouts do). Its reply times the round
+  // trip too.
+  void ask_server_wait();
+  uint64_t wait_pings() const { return wait_pings_; }
+
   uint64_t late_replies(int stream) const;
   uint64_t probes_sent() const { return probes_sent_; }
   // Pings sent ahead of frames to time their uploads.
@@ -193,9 +208,11 @@ class Link {
     uint64_t id = 0;
     partitioner::TimePoint deadline;
     int64_t bytes = 0;
-    uint64_t lead = 0;       // a bandwidth probe's lead ping (send_bandwidth_probe); 0: none
-    bool lead_only = false;  // a frame's lead ping: its timeout does not count against the server
-    bool behind = false;     // sent while other requests were in flight
+    uint64_t lead = 0;  // a bandwidth probe's lead ping (send_bandwidth_probe); 0: none
+    // Outside the probe schedule (a frame's lead ping, a server-wait ping): its timeout does not
+    // count against the server.
+    bool lead_only = false;
+    bool behind = false;  // sent while other requests were in flight
   };
   // A lead ping's reply, kept until its bandwidth probe is answered or expires.
   struct LeadReply {
@@ -260,6 +277,9 @@ class Link {
   // The lead replies of the frames the last poll() returned (paired_transfer_ms).
   std::unordered_map<uint64_t, LeadReply> answered_leads_;
   uint64_t lead_pings_ = 0;
+  uint64_t wait_pings_ = 0;
+  ServerWait server_wait_;
+  partitioner::TimePoint last_wait_ask_{};
   uint64_t probes_sent_ = 0;
   uint64_t late_probe_samples_ = 0;
   uint64_t next_request_id_ = 1;

@@ -156,6 +156,7 @@ class Runtime {
     d["recovery_hellos"] = link_.recovery_hellos();
     d["late_probe_samples"] = link_.late_probe_samples();
     d["lead_pings"] = link_.lead_pings();
+    d["server_wait_pings"] = link_.wait_pings();
     d["wall_s"] = round3(std::chrono::duration<double>(Clock::now() - start).count());
     if (power_) {
       uint64_t frames = 0;

@@ -219,6 +219,8 @@ struct Stream::Impl {
   size_t window = 1;
   std::deque<PendingFrame> pending;
   bool last_plan_local = false;
+  bool chosen_local = false;       // the scheduler's last choice runs on the device (not a probe)
+  uint64_t server_wait_seen = 0;   // the last Link::ServerWait::seq taken (take_server_wait)
   double last_device_share = 1.0;  // (head + pack) / pipelined period of the last plan
   double last_bytes = 0;
   double last_period_ms = 0;
@@ -610,6 +612,7 @@ struct Stream::Impl {
     // Without predictions only a plan that sends the input leaves the device idle.
     last_device_share = plan.local || plan.cut > 0 ? 1.0 : 0.0;
     if (!scheduler) return plan;
+    if (!fixed) take_server_wait();
     partitioner::Conditions c = conditions();
     plan.conditions = c;
     partitioner::Decision d = scheduler->decide(c);
@@ -633,6 +636,8 @@ struct Stream::Impl {
     // After the stream's view of its plan is taken: a probe frame does not change it.
     if (!fixed && plan.held_for_cut < 0) maybe_probe_device(plan, d, c);
     if (!fixed && plan.held_for_cut < 0 && !plan.device_probe) maybe_probe_server(plan, d, c);
+    if (!fixed) maybe_ask_server_wait(d, c);
+    chosen_local = d.plan.local;
     if (!fixed && !plan.device_probe && plan.held_for_cut < 0) maybe_explore_head(plan, d, c);
     plan.decision = std::move(d);
     return plan;
@@ -685,6 +690,36 @@ struct Stream::Impl {
     d.plan = scheduler->plans()[static_cast<size_t>(scheduler->local_plan())];
     d.predicted = local.metrics;
     d.changed = false;
+  }
+
+  // A stream on the device because the server's queue looked long hears of the queue from the
+  // server itself between its server probes: every --server-wait-ping-ms (default 250; 0: never)
+  // it pings the server, whose reply carries its estimate of the wait (Pong.wait_us, protocol
+  // 1.4); the next plan takes it as a sole queue sample (ServerLoadEstimator::add_queue_report),
+  // so a queue that has drained is believed at once and the stream offloads again within about a
+  // ping's interval, where the server probes' doubling intervals (below) can leave it up to 8 s
+  // late. A ping costs 64 bytes each way and no compute on either side. Asked only where the
+  // queue is what keeps the stream on the device: the plan the scheduler would choose with no
+  // queue is remote.
+
+  void take_server_wait() {
+    const Link::ServerWait w = link.server_wait();
+    if (w.seq == server_wait_seen) return;
+    server_wait_seen = w.seq;
+    if (chosen_local) server_load.add_queue_report(w.ms, /*sole=*/true);
+  }
+
+  void maybe_ask_server_wait(const partitioner::Decision& d, const partitioner::Conditions& c) {
+    if (cfg.server_wait_ping_ms <= 0 || !d.plan.local || !(c.server_queue_ms > 0) ||
+        !server_usable() ||
+        !link.may_ask_server_wait(std::chrono::milliseconds(cfg.server_wait_ping_ms))) {
+      return;
+    }
+    partitioner::Conditions no_queue = c;
+    no_queue.server_queue_ms = 0;
+    partitioner::Scheduler what_if = *scheduler;
+    if (what_if.decide(no_queue).plan.local) return;
+    link.ask_server_wait();
   }
 
   // The server's load factor and queue time are learnt from its replies only: a stream that went

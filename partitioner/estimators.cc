@@ -305,6 +305,10 @@ void ServerLoadEstimator::add_reply(double queue_ms, double compute_ms, double p
   }
 }
 
+void ServerLoadEstimator::add_queue_report(double queue_ms, bool sole) {
+  queue_.add(std::max(0.0, queue_ms), sole);
+}
+
 DeviceLoadEstimator::DeviceLoadEstimator(LoadEstimatorOptions options)
     : options_(options), load_(LevelTracker::Cautious::kHigh, options.device) {}
 

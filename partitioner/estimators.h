@@ -320,6 +320,8 @@ class ServerLoadEstimator {
   // would: no reply would confirm it while the stream stays on the device. A sample above it is
   // taken as any other.
   void add_reply(double queue_ms, double compute_ms, double profiled_compute_ms, bool sole = false);
+  // The server's own estimate of its queue wait (a ping's Pong.wait_us): a queue sample alone.
+  void add_queue_report(double queue_ms, bool sole);
   double load_factor() const { return load_.has_value() ? load_.value() : 1.0; }
   double queue_ms() const { return queue_.value(); }
 

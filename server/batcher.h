@@ -190,7 +190,7 @@ class BatchQueue {
     out.expired.clear();
     std::unique_lock<std::mutex> lock(mu_);
     // The batch `out` held (if any) has run: this worker is free until it leaves with a batch.
-    if (out.running != 0) running_.erase(out.running);  // (only with backlog_only)
+    if (out.running != 0) running_.erase(out.running);
     out.running = 0;
     ++idle_;
     struct Leave {
@@ -207,7 +207,7 @@ class BatchQueue {
         if (!d.batch.empty() || !d.expired.empty()) {
           if (!d.batch.empty()) {
             out.key = tickets_[d.batch.front()].key;
-            if (options_.backlog_only) out.running = start_running(out.key, d.batch.size(), now);
+            out.running = start_running(out.key, d.batch.size(), now);
           }
           for (size_t i : d.batch) out.items.push_back(std::move(items_[i]));
           for (size_t i : d.expired) out.expired.push_back(std::move(items_[i]));
@@ -295,6 +295,21 @@ class BatchQueue {
   size_t size() const {
     std::lock_guard<std::mutex> lock(mu_);
     return tickets_.size();
+  }
+  // How long a request of the lowest class queued now would wait for a worker, in ms (what a
+  // device that runs its frames locally while the server is busy asks with a ping): nothing while
+  // a worker is idle and no request waits; otherwise the work ahead of it shared by the workers,
+  // each queued request at its key's measured time per request (0 before the key's first batch)
+  // plus what the running batches have left. A request of a higher class waits less; one that
+  // must wait for its batch to fill (--max-queue-delay-us) waits up to that delay more.
+  double expected_wait_ms() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (tickets_.empty() && idle_ > 0) return 0;
+    const TimePoint now = clock_.now();
+    double ms = 0;
+    for (const Ticket& t : tickets_) ms += times(t.key).row_ms;
+    for (const auto& [id, r] : running_) ms += std::max(0.0, partitioner::ms_between(now, r.due));
+    return ms / static_cast<double>(std::max<size_t>(1, options_.workers));
   }
   const BatchingOptions& options() const { return options_; }
 

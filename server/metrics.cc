@@ -241,6 +241,10 @@ std::string ServerMetrics::render(const MetricsGauges& g) const {
   compute_seconds.render(out, "edgesplit_compute_seconds", "Time spent running tails.");
   metric(out, "edgesplit_queue_length", "Inference requests waiting in the queue.", "gauge",
          static_cast<double>(g.queue_length));
+  metric(out, "edgesplit_queue_wait_estimate_seconds",
+         "How long a request arriving now would wait for a worker, as the server estimates it from "
+         "its queue (what its answers to pings report).",
+         "gauge", g.queue_wait_ms / 1e3);
   metric(out, "edgesplit_queue_capacity", "Queued requests before the server answers BUSY.",
          "gauge", static_cast<double>(g.queue_capacity));
   metric(out, "edgesplit_running_jobs", "Tails running now.", "gauge",

@@ -42,6 +42,8 @@ std::vector<double> batch_buckets();
 // Values that are read when rendering, not counted.
 struct MetricsGauges {
   size_t queue_length = 0;
+  double queue_wait_ms =
+      0;  // what a request arriving now would wait (BatchQueue::expected_wait_ms)
   size_t queue_capacity = 0;
   size_t running_jobs = 0;
   size_t clients_in_flight = 0;   // devices with work queued or running

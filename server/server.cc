@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -113,6 +114,7 @@ struct InferenceServer::Impl {
   MetricsGauges gauges() {
     MetricsGauges g;
     g.queue_length = queue_length();
+    g.queue_wait_ms = queue ? queue->expected_wait_ms() : 0;
     g.queue_capacity = options.queue_capacity;
     g.running_jobs = static_cast<size_t>(std::max(0, running_jobs.load()));
     g.clients_in_flight = clients_in_flight.load();
@@ -500,6 +502,8 @@ struct InferenceServer::Impl {
         reply.set_status(wire::STATUS_OK);
         reply.mutable_pong()->set_sent_us(in.request.ping().sent_us());
         reply.mutable_pong()->set_queue_length(static_cast<uint32_t>(queue_length()));
+        reply.mutable_pong()->set_wait_us(
+            static_cast<uint64_t>(std::llround(queue->expected_wait_ms() * 1e3)));
         reply_to(in.identity, reply);
         return;
       }

@@ -41,11 +41,13 @@ RECOVERY_WINDOW = 5  # frames whose median latency says whether a trace run is b
 
 def parse_scenario(path):
     """A scenario file: '# comment' lines, 'duration SECONDS' (traces), and one line per change,
-    'T rate=MBIT rtt=MS [loss=PCT]' (T in seconds from the start; later lines may give only what
-    changes). A file with a single change at 0 is a fixed scenario."""
+    'T rate=MBIT rtt=MS [loss=PCT] [load=N]' (T in seconds from the start; later lines may give
+    only what changes). `load=N`: N other devices keep one request each in flight at the server
+    (edgesplit-load beside it, on the server's side of the link; 0: none). A file with a single
+    change at 0 is a fixed scenario."""
     name = os.path.splitext(os.path.basename(path))[0]
     steps, duration, description = [], None, []
-    state = {"rate": None, "rtt": None, "loss": 0.0}
+    state = {"rate": None, "rtt": None, "loss": 0.0, "load": 0.0}
     with open(path) as f:
         for n, raw in enumerate(f, 1):
             line = raw.strip()
@@ -65,16 +67,22 @@ def parse_scenario(path):
                     if k not in state:
                         raise ValueError(k)
                     state[k] = float(v)
+                if state["load"] < 0 or state["load"] != int(state["load"]):
+                    raise ValueError("load")
             except ValueError:
-                raise SystemExit("%s:%d: expected 'T rate=MBIT rtt=MS [loss=PCT]' or "
-                                 "'duration S', found: %s" % (path, n, line))
+                raise SystemExit("%s:%d: expected 'T rate=MBIT rtt=MS [loss=PCT] [load=N]' "
+                                 "(N a whole number of devices) or 'duration S', found: %s" % (
+                                     path, n, line))
             if state["rate"] is None or state["rtt"] is None:
                 raise SystemExit("%s:%d: the first change must give rate= and rtt=" % (path, n))
             steps.append({"t": t, "rate": state["rate"], "rtt": state["rtt"],
-                          "loss": state["loss"]})
+                          "loss": state["loss"], "load": int(state["load"])})
     if not steps or steps[0]["t"] != 0:
         raise SystemExit("%s: the first change must be at time 0" % path)
     kind = "trace" if len(steps) > 1 else "fixed"
+    if kind == "fixed" and steps[0]["load"]:
+        raise SystemExit("%s: load= changes during a trace; a fixed scenario runs without other "
+                         "devices' load (give the file a second change and a duration)" % path)
     if kind == "trace" and duration is None:
         raise SystemExit("%s: a trace needs 'duration SECONDS'" % path)
     return {"name": name, "kind": kind, "steps": steps, "duration": duration,
@@ -827,6 +835,37 @@ def finish_oracle(entry):
                            "candidates_tried": sorted(pool)}
 
 
+class ServerLoad:
+    """Other devices at the server: `edgesplit-load` in the server's namespace, N simulated devices
+    each keeping one request in flight (closed loop) at the middle cut, 8-bit, none of them
+    through the shaped link. set(N) replaces the running load; set(0) stops it."""
+
+    def __init__(self, tb, args, log_path):
+        self.tb, self.args, self.log_path = tb, args, log_path
+        self.proc, self.clients = None, 0
+
+    def set(self, clients):
+        if clients == self.clients:
+            return
+        self.stop()
+        if clients > 0:
+            argv = [os.path.join(self.args.bin_dir, "edgesplit-load"),
+                    "--server", "tcp://%s:%d" % (netbed.SRV_ADDR, PORT),
+                    "--model", self.args.model, "--clients", str(clients), "--in-flight", "1",
+                    "--seconds", "3600", "--warmup-s", "0", "--drain-ms", "1000"]
+            if self.args.meta:
+                argv += ["--meta", self.args.meta]
+            log = open(self.log_path, "a")
+            self.proc = self.tb.spawn("srv", argv, log, log)
+        self.clients = clients
+
+    def stop(self):
+        if self.proc is not None:
+            self.tb.stop(self.proc, timeout=5.0)
+            self.proc = None
+        self.clients = 0
+
+
 def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results, dilation=1.0):
     """A trace, one contender after another (a trace replays in time, so its runs cannot take
     turns); under dilation K the link changes happen at K x their times, rates / K, round trips
@@ -836,6 +875,7 @@ def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results, dilatio
     raw_dir = os.path.join(out_dir, "raw", "%gx" % slowdown, "K%g" % dilation, sc["name"])
     os.makedirs(raw_dir, exist_ok=True)
     steps = [interleave.dilate_step(st, dilation) for st in sc["steps"]]
+    loaded = any(st.get("load", 0) for st in steps)
     cons = [("edgesplit-latency", ["--objective", "latency"] + bound_flags(args))]
     # --ab variants replay the trace too, right after edgesplit-latency (a trace replays in
     # time: the runs cannot take turns; repeat the run and compare run by run).
@@ -855,6 +895,8 @@ def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results, dilatio
     for name, flags in cons:
         flags = flags + timeout_flags(flags, dilation, args.timeout_ms)
         tb.set_link(steps[0]["rate"], steps[0]["rtt"], steps[0]["loss"])
+        load = ServerLoad(tb, args, os.path.join(raw_dir, name + ".load.log"))
+        load.set(steps[0]["load"])
         changes = []
         stop = threading.Event()
 
@@ -864,19 +906,29 @@ def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results, dilatio
                     if stop.wait(max(0.0, t0 + wall["t"] - time.monotonic())):
                         return
                     tb.set_link(wall["rate"], wall["rtt"], wall["loss"])
+                    load.set(wall["load"])
                     changes.append({"t": round((time.monotonic() - t0) / dilation, 4),
                                     "scheduled_t": st["t"], "rate": st["rate"], "rtt": st["rtt"],
-                                    "loss": st["loss"]})
-                    print("    %.2fs: link now %g Mbit/s, RTT %g ms, loss %g%%" %
-                          (changes[-1]["t"], st["rate"], st["rtt"], st["loss"]), flush=True)
+                                    "loss": st["loss"], "load": st["load"]})
+                    print("    %.2fs: link now %g Mbit/s, RTT %g ms, loss %g%%%s" % (
+                        changes[-1]["t"], st["rate"], st["rtt"], st["loss"],
+                        "; %d other devices at the server" % st["load"] if loaded else ""),
+                        flush=True)
             th = threading.Thread(target=loop, daemon=True)
             th.start()
+            return th
 
-        t0_box = []
-        run = run_device(tb, args, flags, os.path.join(raw_dir, name + ".jsonl"), args.warmup,
-                         slowdown, duration=interleave.dilate_duration_s(sc["duration"], dilation),
-                         on_start=lambda t0: (t0_box.append(t0), replay(t0)))
-        stop.set()
+        t0_box, threads = [], []
+        try:
+            run = run_device(tb, args, flags, os.path.join(raw_dir, name + ".jsonl"),
+                             args.warmup, slowdown,
+                             duration=interleave.dilate_duration_s(sc["duration"], dilation),
+                             on_start=lambda t0: (t0_box.append(t0), threads.append(replay(t0))))
+        finally:
+            stop.set()
+            for th in threads:
+                th.join()
+            load.stop()
         m = interleave.undilate_metrics(metrics(run, args.warmup, labels), dilation)
         m["timeline"] = timeline(run, t0_box[0], dilation) if t0_box else []
         m["changes"] = changes
@@ -919,6 +971,73 @@ def inner_cut(plan_name, last_cut):
     except (ValueError, IndexError):
         return False
     return 0 < cut < last_cut
+
+
+def window_medians(m, duration_s):
+    """A trace contender's median latency per window: window 0 before its first change, window i
+    from change i-1 to the next (frames by the time they started, in the run's own changes)."""
+    bounds = [0.0] + [c["t"] for c in m.get("changes", [])] + [duration_s]
+    out = []
+    for a, b in zip(bounds, bounds[1:]):
+        lat = [f["latency_ms"] for f in m.get("timeline", [])
+               if a <= f["t"] - f["latency_ms"] / 1000.0 < b]
+        out.append(statistics.median(lat) if lat else None)
+    return out
+
+
+def recovery_s(seg, t, bound_ms):
+    """Seconds from `t` to the first of the frames `seg` (those started after it, in order) whose
+    window of RECOVERY_WINDOW frames (itself and the next ones) has a median latency within
+    `bound_ms` (None: none)."""
+    for k, f in enumerate(seg):
+        window = [g["latency_ms"] for g in seg[k:k + RECOVERY_WINDOW]]
+        if len(window) == RECOVERY_WINDOW and statistics.median(window) <= bound_ms:
+            return f["t"] - f["latency_ms"] / 1000.0 - t
+    return None
+
+
+def window_table(e):
+    """A trace with server load: per window between changes and contender, frames, p50 and the
+    share finished on the device; for edgesplit, the time from the change until it is back within
+    10% of the fixed contender fastest in that window (recovery_s, as the trace target)."""
+    L = ["Trace %s, device %gx (windows between changes, by each run's own change times):" % (
+        e["scenario"], e["slowdown"]), "",
+        "| window | load | contender | frames | p50 ms | on the device | within 10% of the "
+        "window's best fixed contender after |", "|---" * 7 + "|"]
+    steps = e["steps"]
+    for name, m in e["contenders"].items():
+        if not ok_metrics(m):
+            continue
+        bounds = [0.0] + [c["t"] for c in m.get("changes", [])] + [e["duration_s"]]
+        for w, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            seg = [f for f in m["timeline"] if a <= f["t"] - f["latency_ms"] / 1000.0 < b]
+            if not seg:
+                continue
+            back = "-"
+            best = window_reference(e, w) if w > 0 and name.startswith("edgesplit") else None
+            if best:
+                r = recovery_s(seg, a, 1.10 * best[1])
+                back = "%s (%s, %.1f ms)" % ("%.2f s" % r if r is not None else "never",
+                                             best[0], best[1])
+            L.append("| %.1f-%.1f s | %d | %s | %d | %.1f | %.0f%% | %s |" % (
+                a, b, steps[min(w, len(steps) - 1)].get("load", 0), name, len(seg),
+                statistics.median(f["latency_ms"] for f in seg),
+                100.0 * sum(1 for f in seg if f["completed"] == "local") / len(seg), back))
+    return L + [""]
+
+
+def window_reference(entry, window):
+    """(name, median latency) of the fixed contender fastest in `window` of a trace run."""
+    best = None
+    for name in FIXED_CONTENDERS:
+        m = entry["contenders"].get(name)
+        if not ok_metrics(m):
+            continue
+        med = window_medians(m, entry["duration_s"])
+        if window < len(med) and med[window] is not None and (best is None or
+                                                               med[window] < best[1]):
+            best = (name, med[window])
+    return best
 
 
 def targets(results, profile):
@@ -1022,36 +1141,48 @@ def targets(results, profile):
                 "local_during_outage": sum(1 for f in tl if f["completed"] == "local"),
                 "met": all(f["completed"] != "failed" for f in tl) and not es.get("frame_gaps")})
         bounds = [c["t"] for c in es["changes"]] + [e["duration_s"]]
+        loads = [s.get("load", 0) for s in e["steps"]]
         for i, ch in enumerate(es["changes"]):
-            if ch["loss"] >= 100:
+            loaded = ch.get("load", 0) > 0 or (i + 1 < len(loads) and loads[i] > 0)
+            if ch["loss"] >= 100 or loaded:
                 ref_e = None
             else:
                 ref_e = ref.get((e["slowdown"], e.get("dilation", 1.0), ch["rate"], ch["rtt"]))
             row = {"scenario": e["scenario"], "slowdown": e["slowdown"],
                    "dilation": e.get("dilation", 1.0), "change_t": ch["t"],
-                   "rate_mbit": ch["rate"], "rtt_ms": ch["rtt"], "loss": ch["loss"]}
+                   "rate_mbit": ch["rate"], "rtt_ms": ch["rtt"], "loss": ch["loss"],
+                   "load": ch.get("load", 0)}
+            seg = [f for f in tl if ch["t"] <= f["t"] - f["latency_ms"] / 1000.0 < bounds[i + 1]]
             if ch["loss"] >= 100:
                 row["note"] = "outage: frames finish on the device"
                 t["trace_recovery"].append(row)
                 continue
-            if not ref_e or not ref_e.get("oracle"):
+            if loaded:
+                # Other devices' load starts or ends: no fixed scenario has these conditions, so
+                # the reference is the best fixed contender in the same window of the same trace.
+                best = window_reference(e, i + 1)
+                if best is None:
+                    row["note"] = "no fixed contender ran this trace"
+                    t["trace_recovery"].append(row)
+                    continue
+                row.update(reference=best[0], local_share=round(
+                    sum(1 for f in seg if f["completed"] == "local") / max(1, len(seg)), 3),
+                    edgesplit_window_p50_ms=statistics.median(
+                        [f["latency_ms"] for f in seg]) if seg else None)
+                ref_p50 = best[1]
+            elif not ref_e or not ref_e.get("oracle"):
                 row["note"] = "no oracle measured for these conditions in this run"
                 t["trace_recovery"].append(row)
                 continue
-            bound = 1.10 * ref_e["oracle"]["latency_p50_ms"]
-            seg = [f for f in tl if ch["t"] <= f["t"] - f["latency_ms"] / 1000.0 < bounds[i + 1]]
+            else:
+                ref_p50 = ref_e["oracle"]["latency_p50_ms"]
+            bound = 1.10 * ref_p50
             # Back: from the first frame started after the change whose window of RECOVERY_WINDOW
             # frames (itself and the next ones) has a median latency within 10% of the oracle's
             # p50. A median, because single frames on this kind of host vary by tens of percent
             # with the plan unchanged (see the server compute column).
-            rec = None
-            for k, f in enumerate(seg):
-                window = [g["latency_ms"] for g in seg[k:k + RECOVERY_WINDOW]]
-                if len(window) == RECOVERY_WINDOW and statistics.median(window) <= bound:
-                    rec = f["t"] - f["latency_ms"] / 1000.0 - ch["t"]
-                    break
-            row.update(oracle_p50_ms=ref_e["oracle"]["latency_p50_ms"], recovery_s=rec,
-                       met=rec is not None and rec <= 1.0)
+            rec = recovery_s(seg, ch["t"], bound)
+            row.update(oracle_p50_ms=ref_p50, recovery_s=rec, met=rec is not None and rec <= 1.0)
             t["trace_recovery"].append(row)
     return t
 
@@ -1240,6 +1371,9 @@ def markdown(results):
                         fmt(m["latency_p95_ms"]), m["completed"].get("local", 0), m["failed"],
                         m["plan_changes"]))
         L.append("")
+        for e in traces:
+            if any(st.get("load", 0) for st in e["steps"]):
+                L += window_table(e)
     t = results.get("target_rows", {})
     L += ["## Targets", ""]
 
@@ -1277,11 +1411,17 @@ def markdown(results):
                                         if k in r.get("outside_bound", {}) else "")
                         for k, g in r["gain_over"].items()), met(r)))
     block("traces: within 10% of the oracle within 1 s of each change", t.get("trace_recovery"),
-          lambda r: "%s at %.1f s -> %g Mbit/s: %s" % (
-              where(r), r["change_t"], r["rate_mbit"], r["note"] if "note" in r else
+          lambda r: "%s at %.1f s -> %g Mbit/s%s: %s" % (
+              where(r), r["change_t"], r["rate_mbit"],
+              ", %d other devices at the server" % r["load"] if "reference" in r else "",
+              r["note"] if "note" in r else
               ("recovered after %.2f s" % r["recovery_s"] if r["recovery_s"] is not None
                else "not back within 10%% of %.1f ms before the next change" %
-               r["oracle_p50_ms"]) + met(r)))
+               r["oracle_p50_ms"]) + (
+                  " (reference: %s in the same window, %.1f ms; edgesplit %s ms, %.0f%% of its "
+                  "frames local)" % (r["reference"], r["oracle_p50_ms"],
+                                     fmt(r["edgesplit_window_p50_ms"]), 100 * r["local_share"])
+                  if "reference" in r else "") + met(r)))
     block("outage: every frame answered", t.get("trace_outage"),
           lambda r: "%s: %d frames, %d failed, %d local, gaps %s" % (
               where(r), r["frames"], r["failed"], r["local_during_outage"], r["frame_gaps"]))

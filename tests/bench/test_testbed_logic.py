@@ -328,5 +328,79 @@ class OracleAndCost(unittest.TestCase):
         self.assertEqual(bench.cost_feasible(e, 16.0, 80.0), ("fixed-q8", 7, 90))
 
 
+class ServerLoadTraces(unittest.TestCase):
+    """Traces that load the server (`load=N`): how they parse, and the recovery target after a
+    load change, judged against the fastest fixed contender in the same window of the trace."""
+
+    def write(self, text):
+        import tempfile
+        f = tempfile.NamedTemporaryFile("w", suffix=".scn", delete=False)
+        f.write(text)
+        f.close()
+        self.addCleanup(os.remove, f.name)
+        return f.name
+
+    def test_load_steps_parse_and_carry_through_dilation(self):
+        sc = bench.parse_scenario(os.path.join(ROOT, "bench", "scenarios", "server-load.scn"))
+        self.assertEqual(sc["kind"], "trace")
+        self.assertEqual([st["load"] for st in sc["steps"]], [0, 16, 0])
+        self.assertEqual([st["rate"] for st in sc["steps"]], [50, 50, 50])  # carried over
+        self.assertEqual(interleave.dilate_step(sc["steps"][1], 10)["load"], 16)
+        self.assertEqual(bench.parse_scenario(os.path.join(
+            ROOT, "bench", "scenarios", "step-down.scn"))["steps"][1]["load"], 0)
+
+    def test_bad_loads_are_refused_with_the_line(self):
+        for bad in ("load=1.5", "load=-2", "load=x"):
+            path = self.write("duration 5\n0 rate=5 rtt=10\n2 %s\n" % bad)
+            with self.assertRaises(SystemExit) as e:
+                bench.parse_scenario(path)
+            self.assertIn(":3: expected", str(e.exception))
+        with self.assertRaises(SystemExit) as e:
+            bench.parse_scenario(self.write("0 rate=5 rtt=10 load=4\n"))
+        self.assertIn("fixed scenario", str(e.exception))
+
+    @staticmethod
+    def run_of(windows, changes=(10.0, 20.0), completed=None):
+        """A trace contender: frames every 0.1 s over 30 s, latency per window (a function of
+        the time from the window's start, or a number)."""
+        bounds = [0.0] + list(changes) + [30.0]
+        timeline = []
+        for i in range(300):
+            start = i * 0.1
+            w = max(k for k in range(len(windows)) if start >= bounds[k])
+            lat = windows[w](start - bounds[w]) if callable(windows[w]) else windows[w]
+            timeline.append({"t": start + lat / 1000.0, "frame": i, "latency_ms": lat,
+                             "plan": "x", "completed": completed or "server"})
+        return {"frames": len(timeline), "timeline": timeline,
+                "changes": [{"t": t, "rate": 50, "rtt": 10, "loss": 0,
+                             "load": 16 if k == 0 else 0} for k, t in enumerate(changes)]}
+
+    def test_recovery_after_a_load_change_is_against_the_window_s_best_fixed_contender(self):
+        steps = [{"t": 0, "rate": 50, "rtt": 10, "loss": 0, "load": 0},
+                 {"t": 10, "rate": 50, "rtt": 10, "loss": 0, "load": 16},
+                 {"t": 20, "rate": 50, "rtt": 10, "loss": 0, "load": 0}]
+        e = {"scenario": "server-load", "kind": "trace", "slowdown": 4, "dilation": 1.0,
+             "steps": steps, "duration_s": 30.0, "contenders": {
+                 "server-jpeg90": self.run_of([24, 80, 24]),
+                 "device-only": self.run_of([40, 40, 40], completed="local"),
+                 # on the device 0.5 s after the load began; back 3 s after it ended
+                 "edgesplit-latency": self.run_of(
+                     [24, lambda dt: 80 if dt < 0.5 else 41, lambda dt: 41 if dt < 3 else 24])}}
+        rows = bench.targets({"runs": [e]}, None)["trace_recovery"]
+        self.assertEqual(len(rows), 2)
+        on, off = rows
+        self.assertEqual((on["reference"], on["oracle_p50_ms"]), ("device-only", 40))
+        # The first frame whose 5 (itself and the next 4, 0.1 s apart) have a median within 10%:
+        # two frames before the change of plan.
+        self.assertAlmostEqual(on["recovery_s"], 0.3, places=6)
+        self.assertTrue(on["met"])
+        self.assertEqual((off["reference"], off["oracle_p50_ms"]), ("server-jpeg90", 24))
+        self.assertAlmostEqual(off["recovery_s"], 2.8, places=6)
+        self.assertFalse(off["met"])
+        table = "\n".join(bench.window_table(e))
+        self.assertIn("| 20.0-30.0 s | 0 | edgesplit-latency | 100 | 24.0 | 0% | 2.80 s "
+                      "(server-jpeg90, 24.0 ms) |", table)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -36,7 +36,8 @@ struct FakeServer {
   int hello_attempts = 0;  // every handshake asked for, answered or not
   int pings = 0;
   int frames = 0;
-  uint32_t last_echo_bytes = 0;  // the last ping's probe payload
+  uint32_t last_echo_bytes = 0;     // the last ping's probe payload
+  std::optional<uint64_t> wait_us;  // the queue wait its pongs report (none: not reported)
   // The uplink: > 0, requests go out one after another at this rate and a reply can be received
   // only once its request is through (plus the wire's millisecond); 0: at once.
   double uplink_mbps = 0;
@@ -138,6 +139,7 @@ class FakeChannel final : public device::ServerChannel {
     reply.set_request_id(id);
     reply.set_status(wire::STATUS_OK);
     reply.mutable_pong();
+    if (server_->wait_us) reply.mutable_pong()->set_wait_us(*server_->wait_us);
     queue(reply);
     return Status();
   }

@@ -253,6 +253,7 @@ TEST_CASE("each config mistake is one sentence naming the stream and the field")
       {one_stream(R"(, "top_k": 2.5)"), R"(stream "scene": "top_k" must be an integer)"},
       {one_stream(R"(, "in_flight": 65)"), R"(stream "scene": "in_flight")"},
       {one_stream(R"(, "timeout_ms": 0)"), R"(stream "scene": "timeout_ms")"},
+      {one_stream(R"(, "server_wait_ping_ms": -1)"), R"(stream "scene": "server_wait_ping_ms")"},
       {one_stream(R"(, "max_frames": -3)"), R"(stream "scene": "max_frames")"},
       {one_stream(R"(, "loop": -1)"), R"(stream "scene": "loop")"},
       {one_stream(R"(, "threads": -1)"), R"(stream "scene": "threads")"},
@@ -418,6 +419,8 @@ TEST_CASE("the single-model flags give one stream with main.cc's values") {
                   "on",
                   "--timeout-ms",
                   "400",
+                  "--server-wait-ping-ms",
+                  "0",
                   "--threads",
                   "2",
                   "--engine",
@@ -487,6 +490,7 @@ TEST_CASE("the single-model flags give one stream with main.cc's values") {
   CHECK_FALSE(s.head_overhead);
   CHECK(s.member_corrections);
   CHECK(s.timeout_ms == 400);
+  CHECK(s.server_wait_ping_ms == 0);
   CHECK(s.fps == 15);
   CHECK(s.priority == -1);
   CHECK(s.threads == 0);
@@ -555,6 +559,8 @@ TEST_CASE("flag mistakes read as main.cc wrote them") {
   CHECK(with({"--top-k", "0"}) == "--top-k must be between 1 and 100");
   CHECK(with({"--in-flight", "65"}) == "--in-flight must be between 0 (automatic) and 64");
   CHECK(with({"--timeout-ms", "0"}) == "--timeout-ms must be at least 1");
+  CHECK(with({"--server-wait-ping-ms", "-1"}) ==
+        "--server-wait-ping-ms must be 0 (never) or more (milliseconds)");
   CHECK(with({"--threads", "-1"}) == "--threads must be 0 (default) or more");
   CHECK(with({"--max-frames", "-1"}) == "--max-frames must be 0 or more");
   CHECK(with({"--loop", "-1"}) == "--loop must be 0 (forever) or more");

@@ -458,3 +458,33 @@ TEST_CASE(
   q.timing.received = rig.clock.now();
   CHECK(rig.link->effective_round_trip_ms(q, 0) == doctest::Approx(12.0));
 }
+
+TEST_CASE("link: a server-wait ping brings the server's queue wait, outside the probe schedule") {
+  Rig rig;
+  REQUIRE(rig.link->connect() == LinkState::kUp);
+  // The calibration's pongs carried no wait (a server that does not report it).
+  CHECK(rig.link->server_wait().seq == 0);
+  rig.server->wait_us = 40000;
+  const uint64_t probes = rig.link->probes_sent();
+  const int pings = rig.server->pings;
+  REQUIRE(rig.link->may_ask_server_wait(std::chrono::milliseconds(250)));
+  rig.link->ask_server_wait();
+  CHECK(rig.server->pings == pings + 1);
+  CHECK(rig.link->probes_sent() == probes);  // the scheduled probes keep their pace
+  CHECK(rig.link->wait_pings() == 1);
+  (void)rig.link->poll(std::chrono::milliseconds(50));
+  CHECK(rig.link->server_wait().seq == 1);
+  CHECK(rig.link->server_wait().ms == doctest::Approx(40.0));
+  // The next one waits for the gap.
+  CHECK_FALSE(rig.link->may_ask_server_wait(std::chrono::milliseconds(250)));
+  rig.clock.advance_ms(250);
+  CHECK(rig.link->may_ask_server_wait(std::chrono::milliseconds(250)));
+  // Unanswered ones do not lose the server (frames' timeouts speak for it).
+  rig.server->up = false;
+  for (int i = 0; i < 4; ++i) {
+    rig.link->ask_server_wait();
+    rig.run_for(5000);
+  }
+  CHECK(rig.link->state() == LinkState::kUp);
+  CHECK(rig.link->server_wait().seq == 1);
+}

@@ -523,5 +523,35 @@ TEST_CASE("BatchQueue: take_expired hands back what cannot make its deadline") {
   CHECK(q.take_expired() == std::vector<int>{2});
 }
 
+TEST_CASE("BatchQueue::expected_wait_ms: the work queued and left running, over the workers") {
+  partitioner::ManualClock clock;
+  BatchingOptions o;
+  o.workers = 2;
+  BatchQueue<int> q(o, clock);
+  int unused = 0;
+  auto push = [&](int cut) {
+    Ticket t;
+    t.key = {"m", cut};
+    t.enqueued = clock.now();
+    q.push(t, cut, &unused);
+  };
+  CHECK(q.expected_wait_ms() == 0);  // nothing queued, nothing running
+  push(0);
+  CHECK(q.expected_wait_ms() == 0);        // a key never run: its time is not known yet
+  q.record_batch_time({"m", 0}, 10.0, 1);  // 10 ms per request
+  q.record_batch_time({"m", 1}, 8.0, 2);   // 4 ms per request
+  push(0);
+  push(0);
+  push(1);
+  CHECK(q.expected_wait_ms() == doctest::Approx((3 * 10.0 + 4.0) / 2));
+  BatchQueue<int>::Batch b;
+  REQUIRE(q.next(b));  // one request of cut 0, expected to take 10 ms
+  REQUIRE(b.items.size() == 1);
+  CHECK(q.expected_wait_ms() == doctest::Approx((2 * 10.0 + 4.0 + 10.0) / 2));
+  clock.advance_ms(4);  // 6 ms of it left
+  CHECK(q.expected_wait_ms() == doctest::Approx((2 * 10.0 + 4.0 + 6.0) / 2));
+  clock.advance_ms(20);  // overdue: nothing left of it
+  CHECK(q.expected_wait_ms() == doctest::Approx((2 * 10.0 + 4.0) / 2));
+}
 }  // namespace
 }  // namespace edgesplit::server

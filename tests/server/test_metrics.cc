@@ -54,6 +54,7 @@ TEST_CASE("server metrics render every family") {
   m.compute_seconds.observe(0.002);
   MetricsGauges g;
   g.queue_length = 7;
+  g.queue_wait_ms = 42;
   g.queued_bytes = 4096;
   g.queued_bytes_limit = 1 << 20;
   g.ready = true;
@@ -69,6 +70,7 @@ TEST_CASE("server metrics render every family") {
   CHECK(value_of(text, "edgesplit_dropped_disconnected_total") == 5);
   CHECK(value_of(text, "edgesplit_server_exits_total") == 4);
   CHECK(value_of(text, "edgesplit_queue_length") == 7);
+  CHECK(value_of(text, "edgesplit_queue_wait_estimate_seconds") == doctest::Approx(0.042));
   CHECK(value_of(text, "edgesplit_ready") == 1);
   // Whole numbers in full (a GiB is not rounded to 9 digits).
   CHECK(text.find("edgesplit_tensor_cache_limit_bytes 1073741824\n") != std::string::npos);
