@@ -700,13 +700,16 @@ struct Stream::Impl {
   // ping's interval, where the server probes' doubling intervals (below) can leave it up to 8 s
   // late. A ping costs 64 bytes each way and no compute on either side. Asked only where the
   // queue is what keeps the stream on the device: the plan the scheduler would choose with no
-  // queue is remote.
+  // queue is remote. The handshake's calibration pings carry the wait too: taken before any reply
+  // has, a device that joins a busy server plans its first frames with the queue it would meet.
 
   void take_server_wait() {
     const Link::ServerWait w = link.server_wait();
     if (w.seq == server_wait_seen) return;
     server_wait_seen = w.seq;
-    if (chosen_local) server_load.add_queue_report(w.ms, /*sole=*/true);
+    if (chosen_local || !server_load.has_queue_sample()) {
+      server_load.add_queue_report(w.ms, /*sole=*/true);
+    }
   }
 
   void maybe_ask_server_wait(const partitioner::Decision& d, const partitioner::Conditions& c) {
@@ -2326,6 +2329,7 @@ void Stream::prime() {
     // built and run until warm now rather than in the first frame: on loopback the first frame
     // at MobileNetV2's cut 37 took a median of 101 ms without it, 76 ms with it (11 after).
     if (s.model && s.scheduler && !s.fixed) {
+      s.take_server_wait();  // the calibration pings' report of the queue (the ready line's too)
       const partitioner::Decision d = s.preview_decision();
       const int cut = d.plan.cut_id;
       if (!d.plan.local && d.plan.member == 0 && !d.plan.exit_threshold && cut > 0 &&

@@ -324,6 +324,7 @@ class ServerLoadEstimator {
   void add_queue_report(double queue_ms, bool sole);
   double load_factor() const { return load_.has_value() ? load_.value() : 1.0; }
   double queue_ms() const { return queue_.value(); }
+  bool has_queue_sample() const { return queue_.has_value(); }
 
  private:
   LoadEstimatorOptions options_;

@@ -283,6 +283,9 @@ int main(int argc, char** argv) {
      "transfers there and back, as a device subtracts them)", cxxopts::value<int>()->default_value("10"))
     ("priority", "priority class of the requests; several, comma-separated: device i sends the "
      "i-th (modulo)", cxxopts::value<std::string>()->default_value("0"))
+    ("start-at-unix-ms", "set up now (the model's cut shapes, the payloads) and start the devices at "
+     "this wall-clock time, in ms since the epoch (0: at once)",
+     cxxopts::value<int64_t>()->default_value("0"))
     ("warmup-s", "OK replies in the first seconds do not count towards ok_per_second",
      cxxopts::value<double>()->default_value("0.5"))
     ("seed", "seed of the arrival times", cxxopts::value<uint64_t>()->default_value("20261202"))
@@ -396,6 +399,12 @@ int main(int argc, char** argv) {
     });
   }
 
+  const int64_t start_at_ms = args["start-at-unix-ms"].as<int64_t>();
+  if (start_at_ms < 0) return usage_error("--start-at-unix-ms must be 0 (at once) or a time");
+  if (start_at_ms > 0) {
+    std::this_thread::sleep_until(
+        std::chrono::system_clock::time_point(std::chrono::milliseconds(start_at_ms)));
+  }
   zmq::context_t ctx(2);
   std::vector<ClientResult> results(static_cast<size_t>(clients));
   std::vector<std::thread> threads;

@@ -835,35 +835,57 @@ def finish_oracle(entry):
                            "candidates_tried": sorted(pool)}
 
 
+LOAD_LEAD_S = 3.0  # edgesplit-load sets up this long before its devices start (it takes ~1.5 s)
+
+
 class ServerLoad:
     """Other devices at the server: `edgesplit-load` in the server's namespace, N simulated devices
     each keeping one request in flight (closed loop) at the middle cut, 8-bit, none of them
-    through the shaped link. set(N) replaces the running load; set(0) stops it."""
+    through the shaped link. A process sets up first (the model's cut shapes, the payloads: about
+    1.5 s here), so start() is called LOAD_LEAD_S ahead with the wall-clock time its devices are
+    to start; stop_all() ends every one started."""
 
     def __init__(self, tb, args, log_path):
         self.tb, self.args, self.log_path = tb, args, log_path
-        self.proc, self.clients = None, 0
+        self.procs = []
 
-    def set(self, clients):
-        if clients == self.clients:
-            return
-        self.stop()
-        if clients > 0:
-            argv = [os.path.join(self.args.bin_dir, "edgesplit-load"),
-                    "--server", "tcp://%s:%d" % (netbed.SRV_ADDR, PORT),
-                    "--model", self.args.model, "--clients", str(clients), "--in-flight", "1",
-                    "--seconds", "3600", "--warmup-s", "0", "--drain-ms", "1000"]
-            if self.args.meta:
-                argv += ["--meta", self.args.meta]
-            log = open(self.log_path, "a")
-            self.proc = self.tb.spawn("srv", argv, log, log)
-        self.clients = clients
+    def start(self, clients, at_unix_s=None):
+        argv = [os.path.join(self.args.bin_dir, "edgesplit-load"),
+                "--server", "tcp://%s:%d" % (netbed.SRV_ADDR, PORT),
+                "--model", self.args.model, "--clients", str(clients), "--in-flight", "1",
+                "--seconds", "3600", "--warmup-s", "0", "--drain-ms", "1000"]
+        if at_unix_s is not None:
+            argv += ["--start-at-unix-ms", str(int(at_unix_s * 1000))]
+        if self.args.meta:
+            argv += ["--meta", self.args.meta]
+        log = open(self.log_path, "a")
+        self.procs.append(self.tb.spawn("srv", argv, log, log))
+        return self.procs[-1]
 
-    def stop(self):
-        if self.proc is not None:
-            self.tb.stop(self.proc, timeout=5.0)
-            self.proc = None
-        self.clients = 0
+    def stop(self, proc):
+        if proc is not None:
+            self.tb.stop(proc, timeout=5.0)
+
+    def stop_all(self):
+        for p in self.procs:
+            self.tb.stop(p, timeout=5.0)
+        self.procs = []
+
+
+def load_events(steps, lead_s):
+    """The load changes of a trace (its steps, in wall time from the first frame) as a time-ordered
+    list of (when, what, step index): ("start", i) lead_s before step i for a load that begins
+    there (at once for step 0), ("stop", i) at step i for the load of the step before."""
+    events = []
+    for i, st in enumerate(steps):
+        before = steps[i - 1].get("load", 0) if i > 0 else 0
+        if st.get("load", 0) == before:
+            continue
+        if st.get("load", 0) > 0 and i > 0:
+            events.append((max(0.0, st["t"] - lead_s), "start", i))
+        if before > 0:
+            events.append((st["t"], "stop", i))
+    return sorted(events, key=lambda e: (e[0], e[1] == "start"))
 
 
 def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results, dilation=1.0):
@@ -896,17 +918,31 @@ def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results, dilatio
         flags = flags + timeout_flags(flags, dilation, args.timeout_ms)
         tb.set_link(steps[0]["rate"], steps[0]["rtt"], steps[0]["loss"])
         load = ServerLoad(tb, args, os.path.join(raw_dir, name + ".load.log"))
-        load.set(steps[0]["load"])
+        running = {0: load.start(steps[0]["load"]) if steps[0]["load"] else None}
         changes = []
         stop = threading.Event()
 
         def replay(t0):
             def loop():
-                for st, wall in zip(sc["steps"][1:], steps[1:]):
-                    if stop.wait(max(0.0, t0 + wall["t"] - time.monotonic())):
-                        return
+                # Link changes at their times; the load's processes start LOAD_LEAD_S ahead of
+                # theirs, their devices at the step's time; the previous load stops then.
+                events = [(wall["t"], "link", i) for i, wall in enumerate(steps) if i > 0]
+                events += load_events(steps, LOAD_LEAD_S * dilation)
+                events.sort(key=lambda e: (e[0], e[1] != "stop"))
+                for when, what, i in events:
+                    if stop.wait(max(0.0, t0 + when - time.monotonic())):
+                        break
+                    if what == "start":
+                        running[i] = load.start(
+                            steps[i]["load"],
+                            time.time() + (t0 + steps[i]["t"] - time.monotonic()))
+                        continue
+                    if what == "stop":
+                        prev = max(k for k in running if k < i)
+                        load.stop(running.pop(prev))
+                        continue
+                    st, wall = sc["steps"][i], steps[i]
                     tb.set_link(wall["rate"], wall["rtt"], wall["loss"])
-                    load.set(wall["load"])
                     changes.append({"t": round((time.monotonic() - t0) / dilation, 4),
                                     "scheduled_t": st["t"], "rate": st["rate"], "rtt": st["rtt"],
                                     "loss": st["loss"], "load": st["load"]})
@@ -914,6 +950,9 @@ def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results, dilatio
                         changes[-1]["t"], st["rate"], st["rtt"], st["loss"],
                         "; %d other devices at the server" % st["load"] if loaded else ""),
                         flush=True)
+                # Processes started here die with this thread (PR_SET_PDEATHSIG): it lives until
+                # the run ends.
+                stop.wait()
             th = threading.Thread(target=loop, daemon=True)
             th.start()
             return th
@@ -928,7 +967,7 @@ def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results, dilatio
             stop.set()
             for th in threads:
                 th.join()
-            load.stop()
+            load.stop_all()
         m = interleave.undilate_metrics(metrics(run, args.warmup, labels), dilation)
         m["timeline"] = timeline(run, t0_box[0], dilation) if t0_box else []
         m["changes"] = changes

@@ -359,6 +359,16 @@ class ServerLoadTraces(unittest.TestCase):
             bench.parse_scenario(self.write("0 rate=5 rtt=10 load=4\n"))
         self.assertIn("fixed scenario", str(e.exception))
 
+    def test_load_processes_start_ahead_and_stop_at_their_steps(self):
+        steps = [{"t": 0, "load": 16}, {"t": 8, "load": 0}, {"t": 16, "load": 16},
+                 {"t": 17, "load": 8}, {"t": 20, "rate": 5, "load": 8}, {"t": 24, "load": 0}]
+        self.assertEqual(bench.load_events(steps, 3.0), [
+            (8, "stop", 1),    # the first load (started before the run) ends at 8 s
+            (13.0, "start", 2),  # set up 3 s ahead of 16 s
+            (14.0, "start", 3),  # 16 -> 8 devices at 17 s: the 8 set up ahead,
+            (17, "stop", 3),     # the 16 stop then
+            (24, "stop", 5)])    # (20 s changes the link only)
+
     @staticmethod
     def run_of(windows, changes=(10.0, 20.0), completed=None):
         """A trace contender: frames every 0.1 s over 30 s, latency per window (a function of
