@@ -1012,16 +1012,20 @@ def inner_cut(plan_name, last_cut):
     return 0 < cut < last_cut
 
 
-def window_medians(m, duration_s):
-    """A trace contender's median latency per window: window 0 before its first change, window i
-    from change i-1 to the next (frames by the time they started, in the run's own changes)."""
+def windows(m, duration_s):
+    """A trace contender's frames per window, as ((start s, end s), frames): window 0 before its
+    first change, window i from change i-1 to the next (frames by the time they started, in the
+    run's own changes)."""
     bounds = [0.0] + [c["t"] for c in m.get("changes", [])] + [duration_s]
-    out = []
-    for a, b in zip(bounds, bounds[1:]):
-        lat = [f["latency_ms"] for f in m.get("timeline", [])
-               if a <= f["t"] - f["latency_ms"] / 1000.0 < b]
-        out.append(statistics.median(lat) if lat else None)
-    return out
+    return [((a, b), [f for f in m.get("timeline", [])
+                      if a <= f["t"] - f["latency_ms"] / 1000.0 < b])
+            for a, b in zip(bounds, bounds[1:])]
+
+
+def window_medians(m, duration_s):
+    """A trace contender's median latency per window (windows(); None: no frame there)."""
+    return [statistics.median(f["latency_ms"] for f in seg) if seg else None
+            for _, seg in windows(m, duration_s)]
 
 
 def recovery_s(seg, t, bound_ms):
@@ -1047,9 +1051,7 @@ def window_table(e):
     for name, m in e["contenders"].items():
         if not ok_metrics(m):
             continue
-        bounds = [0.0] + [c["t"] for c in m.get("changes", [])] + [e["duration_s"]]
-        for w, (a, b) in enumerate(zip(bounds, bounds[1:])):
-            seg = [f for f in m["timeline"] if a <= f["t"] - f["latency_ms"] / 1000.0 < b]
+        for w, ((a, b), seg) in enumerate(windows(m, e["duration_s"])):
             if not seg:
                 continue
             back = "-"
@@ -1179,7 +1181,7 @@ def targets(results, profile):
                 "frame_gaps": es.get("frame_gaps", []),
                 "local_during_outage": sum(1 for f in tl if f["completed"] == "local"),
                 "met": all(f["completed"] != "failed" for f in tl) and not es.get("frame_gaps")})
-        bounds = [c["t"] for c in es["changes"]] + [e["duration_s"]]
+        after_change = [seg for _, seg in windows(es, e["duration_s"])[1:]]
         loads = [s.get("load", 0) for s in e["steps"]]
         for i, ch in enumerate(es["changes"]):
             loaded = ch.get("load", 0) > 0 or (i + 1 < len(loads) and loads[i] > 0)
@@ -1191,7 +1193,7 @@ def targets(results, profile):
                    "dilation": e.get("dilation", 1.0), "change_t": ch["t"],
                    "rate_mbit": ch["rate"], "rtt_ms": ch["rtt"], "loss": ch["loss"],
                    "load": ch.get("load", 0)}
-            seg = [f for f in tl if ch["t"] <= f["t"] - f["latency_ms"] / 1000.0 < bounds[i + 1]]
+            seg = after_change[i]
             if ch["loss"] >= 100:
                 row["note"] = "outage: frames finish on the device"
                 t["trace_recovery"].append(row)
