@@ -413,6 +413,8 @@ int main(int argc, char** argv) {
   for (int i = 0; i < clients; ++i) {
     threads.emplace_back([&, i] { run_client(cfg, ctx, i, results[static_cast<size_t>(i)]); });
   }
+  // A caller that starts other work once the load is on waits for this line.
+  std::cerr << "edgesplit-load: " << clients << " devices started" << std::endl;
   for (auto& t : threads) t.join();
   const double wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
   sampling.store(false);

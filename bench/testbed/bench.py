@@ -860,7 +860,26 @@ class ServerLoad:
             argv += ["--meta", self.args.meta]
         log = open(self.log_path, "a")
         self.procs.append(self.tb.spawn("srv", argv, log, log))
+        self.procs[-1].log_offset = log.tell()
         return self.procs[-1]
+
+    def wait_started(self, proc, timeout_s=30.0):
+        """Blocks until `proc` says its devices have started (edgesplit-load prints "N devices
+        started" on stderr); raises if it exits or stays silent for timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with open(self.log_path) as f:
+                f.seek(proc.log_offset)
+                if "devices started" in f.read():
+                    print("DBG load started after %.2f s" % (time.monotonic() - deadline + timeout_s), flush=True)
+                    return
+            if proc.poll() is not None:
+                raise RuntimeError("edgesplit-load exited (%d) before its devices started; see %s"
+                                   % (proc.returncode, self.log_path))
+            if time.monotonic() > deadline:
+                raise RuntimeError("edgesplit-load did not start its devices within %g s; see %s"
+                                   % (timeout_s, self.log_path))
+            time.sleep(0.05)
 
     def stop(self, proc):
         if proc is not None:
@@ -918,7 +937,11 @@ def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results, dilatio
         flags = flags + timeout_flags(flags, dilation, args.timeout_ms)
         tb.set_link(steps[0]["rate"], steps[0]["rtt"], steps[0]["loss"])
         load = ServerLoad(tb, args, os.path.join(raw_dir, name + ".load.log"))
-        running = {0: load.start(steps[0]["load"]) if steps[0]["load"] else None}
+        running = {0: None}
+        if steps[0]["load"]:
+            # A load from the first step is on before the device starts (its handshake already
+            # meets a busy server).
+            running[0] = load.start(steps[0]["load"])
         changes = []
         stop = threading.Event()
 
@@ -959,6 +982,8 @@ def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results, dilatio
 
         t0_box, threads = [], []
         try:
+            if running[0] is not None:
+                load.wait_started(running[0])
             run = run_device(tb, args, flags, os.path.join(raw_dir, name + ".jsonl"),
                              args.warmup, slowdown,
                              duration=interleave.dilate_duration_s(sc["duration"], dilation),
