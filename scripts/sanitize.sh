@@ -70,6 +70,11 @@ tests_never="partitioner_models_test test_testbed test_quota_knob test_dead_peer
 # - kill -9 and restart of the server (1-1.5 minutes): mostly the device's timeouts;
 # - the batching server's tensor cache seen in /metrics (1.5 minutes under AddressSanitizer: two
 #   MobileNetV2 servers' start-up); partitioner_engine_test's cases test the cache itself;
+# - the shared MobileNetV2's cut points with exact head and tail at every cut (50 s under
+#   AddressSanitizer): the tiny models' cases run the same cut discovery and head/tail code;
+# - every head of the shared MobileNetV2 retained, optimized (30 s under either sanitizer): the
+#   XNNPACK case retains every head of a tiny model through the same code, one packed copy of
+#   the weights across them;
 # - under ThreadSanitizer, the entropy-coded plan fitted by edgesplit-profile (not built there);
 # - under ThreadSanitizer, the end-to-end cases that check accuracy over many images and the
 #   processes' exit on bad flags (2.5 minutes of tests there): the first run the device and server
@@ -77,6 +82,8 @@ tests_never="partitioner_models_test test_testbed test_quota_knob test_dead_peer
 #   stops during start-up (the flag parsers' own tests run under AddressSanitizer).
 slow_address="optimized engine: shared MobileNetV2 - every cut close|kill -9 and restart"
 slow_address="$slow_address|a batching server keeps a batch's large tensors"
+slow_address="$slow_address|shared MobileNetV2: cut points - metadata and exact head/tail at every cut"
+slow_address="$slow_address|optimized engine: retained heads share one copy of the converted weights"
 slow_thread="$slow_address|an entropy-coded plan fitted by the profiler|fp32 split at several cuts"
 slow_thread="$slow_thread|fp32 split with the optimized engine|8-bit split keeps the top-1 class"
 slow_thread="$slow_thread|user errors get one sentence and exit code 2"
