@@ -39,6 +39,10 @@
 #                           the server's dynamic batcher against batch 1 under open-loop load from
 #                           1 to 64 simulated devices at two cuts of MobileNetV2 (no root):
 #                           docs/server.md
+#   bench/run.sh expiry [--quick] --out DIR [--check]
+#                           above the server's capacity, requests with deadlines refused on
+#                           arrival when the queue rules them out, against queued until they
+#                           expire (--expire-at-arrival off) (no root): docs/server.md
 #   bench/run.sh codec [--quick] --out DIR [--check]
 #                           the entropy-coded encodings (ecsq) against the quantized ones on the
 #                           shared MobileNetV2: profile (bytes against loss with intervals), the
@@ -79,6 +83,10 @@ fi
 if [[ "${1:-}" == "batching" ]]; then
   shift
   exec "$py" "$here/batching/batching_bench.py" "$@"
+fi
+if [[ "${1:-}" == "expiry" ]]; then
+  shift
+  exec "$py" "$here/batching/expiry_bench.py" "$@"
 fi
 if [[ "${1:-}" == "elastic" ]]; then
   shift

@@ -1707,6 +1707,10 @@ struct Stream::Impl {
       }
       link.note_answer();
       if (reply.status() == wire::STATUS_DEADLINE_EXCEEDED) {
+        // Refused on arrival: the server's queue wait is why, a sample of it as a reply's would be.
+        if (reply.has_wait_us()) {
+          server_load.add_queue_report(static_cast<double>(reply.wait_us()) / 1000.0, false);
+        }
         finish_local(p, "server deadline exceeded");
       } else {
         finish_local(p, "server error: " + reply.message());

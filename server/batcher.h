@@ -7,9 +7,10 @@
 // (--preferred-batch) and the longest the oldest request of a batch may wait for it to fill
 // (--max-queue-delay-us; 0: take what is there). Each request may carry a deadline and a priority
 // class: the batcher answers a request whose deadline has passed, or can no longer be met by the
-// time its key's batches take, as expired (never computed); higher classes are batched first; when
-// the queue is full a request of a higher class takes the place of the newest of the lowest class
-// below it, which is shed (BUSY).
+// time its key's batches take, as expired (never computed), and refuses on
+// arrival one whose deadline the work already queued ahead of it rules out; higher classes are
+// batched first; when the queue is full a request of a higher class takes the place of the newest
+// of the lowest class below it, which is shed (BUSY).
 //
 // decide_batch() is the whole policy as a pure function of the queued tickets and the time, so
 // tests drive it with a ManualClock; BatchQueue wraps it with a mutex and a condition variable for
@@ -22,6 +23,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -69,6 +71,12 @@ struct BatchingOptions {
   // balanced share spreads as batch 1 would (docs/results/batching/, saturated-1.2/).
   double saturated_load = 1.2;
   std::chrono::milliseconds load_window{500};
+  // A request with a deadline that would pass before its turn came and its batch ran (the work
+  // queued ahead of it, shared by the workers, each request at its key's measured time, then its
+  // own key's batch time) is refused on arrival (Pushed::kUnmeetable), so that its device
+  // finishes the frame at once rather than at its deadline. false: it is queued and expires once
+  // its own batch time no longer fits.
+  bool expire_at_arrival = true;
 };
 
 // Checks the settings: one sentence naming the flag for anything wrong; sorts preferred sizes.
@@ -110,7 +118,8 @@ struct BatchDecision {
   std::optional<TimePoint> wake;  // nothing ready: decide again then (nullopt: on the next arrival)
 };
 
-// The expected time of one batch of a key, in ms (0 when not known yet).
+// A time of a key, in ms (0 when not known yet): a batch's (deadlines), or a request alone's (the
+// backlog rule).
 using BatchTimeFn = double (*)(const void* context, const BatchKey& key);
 // The largest batch worth forming for a key (0: options.max_batch): on a CPU a large batch of a
 // tail with large activations can cost more per request than a smaller one.
@@ -124,7 +133,7 @@ using BatchCapFn = size_t (*)(const void* context, const BatchKey& key);
 // now (this one included), a batch that is not full takes only its share of the key's tickets
 // (count / idle_workers, rounded up), so that idle workers run them side by side rather than one
 // worker running them all while the others wait. A ticket whose deadline is before
-// now + expected_ms(key) is expired instead.
+// now + expected_ms(key) (the time a batch of the key takes) is expired instead.
 // With options.backlog_only, `row_ms` gives a key's time for one request alone (0: not known yet,
 // no limit), `busy_rows` the work the busy workers have left, in requests (a batch's rows times
 // the part of its expected time still to run), and `offered_load` the load (see
@@ -154,12 +163,27 @@ class BatchQueue {
                       const partitioner::Clock& clock = partitioner::SteadyClock::instance())
       : options_(std::move(options)), clock_(clock) {}
 
-  enum class Pushed { kQueued, kQueuedShedding, kRefused };
+  enum class Pushed { kQueued, kQueuedShedding, kRefused, kUnmeetable };
   // Queues `item`. kQueuedShedding: it displaced `*shed` (answer that one BUSY); kRefused: the
-  // queue is full of requests of its class or above, `*shed` holds `item` back.
-  Pushed push(Ticket ticket, Item item, Item* shed) {
+  // queue is full of requests of its class or above, `*shed` holds `item` back; kUnmeetable
+  // (expire_at_arrival): its deadline is nearer than the wait ahead of it plus its key's batch
+  // time (`*need`, when given), `*shed` holds `item` back (answer it DEADLINE_EXCEEDED).
+  struct Need {
+    double wait_ms = 0;  // the work queued ahead of it and left running, over the workers
+    double own_ms = 0;   // its key's batch time (need_ms)
+  };
+  Pushed push(Ticket ticket, Item item, Item* shed, Need* need = nullptr) {
     std::lock_guard<std::mutex> lock(mu_);
     ticket.seq = next_seq_++;
+    if (options_.expire_at_arrival && ticket.deadline) {
+      const TimePoint now = clock_.now();
+      const Need n{wait_ms(now, ticket.priority), need_ms(this, ticket.key)};
+      if (n.own_ms > 0 && cannot_meet(ticket, now, n.wait_ms + n.own_ms)) {
+        if (need) *need = n;
+        *shed = std::move(item);
+        return Pushed::kUnmeetable;
+      }
+    }
     Pushed result = Pushed::kQueued;
     if (tickets_.size() >= options_.capacity) {
       auto victim = shed_victim(tickets_, ticket.priority);
@@ -202,7 +226,7 @@ class BatchQueue {
       if (!tickets_.empty()) {
         const TimePoint now = clock_.now();
         BatchDecision d =
-            decide_batch(tickets_, now, options_, &BatchQueue::expected, this, &BatchQueue::cap,
+            decide_batch(tickets_, now, options_, &BatchQueue::need_ms, this, &BatchQueue::cap,
                          idle_, &BatchQueue::row, busy_rows(now), offered_load(now));
         if (!d.batch.empty() || !d.expired.empty()) {
           if (!d.batch.empty()) {
@@ -236,7 +260,7 @@ class BatchQueue {
     if (tickets_.empty()) return out;
     const TimePoint now = clock_.now();
     for (size_t i = tickets_.size(); i-- > 0;) {
-      if (cannot_meet(tickets_[i], now, expected(this, tickets_[i].key))) {
+      if (cannot_meet(tickets_[i], now, need_ms(this, tickets_[i].key))) {
         out.push_back(std::move(items_[i]));
         erase_at(i);
       }
@@ -253,16 +277,17 @@ class BatchQueue {
     return false;
   }
 
-  // The time one batch of `key` took (ms): an average that deadlines are checked against.
-  // `rows`: the requests it ran (the time per request is tracked too).
+  // The time one batch of `key` took (ms): an average that deadlines are checked against
+  // (need_ms). `rows`: the requests it ran (the time per request is tracked too).
   void record_batch_time(const BatchKey& key, double ms, size_t rows = 1) {
     std::lock_guard<std::mutex> lock(mu_);
     const double per_row = ms / static_cast<double>(std::max<size_t>(1, rows));
-    auto [it, fresh] = times_.emplace(key, KeyTimes{ms, per_row, 0});
+    auto [it, fresh] = times_.emplace(key, KeyTimes{ms, per_row, 0, clock_.now()});
     if (!fresh) {
       it->second.batch_ms = 0.8 * it->second.batch_ms + 0.2 * ms;
       it->second.row_ms = 0.8 * it->second.row_ms + 0.2 * per_row;
     }
+    it->second.last = clock_.now();
     if (rows <= 1) {
       double& single = it->second.single_ms;
       single = single > 0 ? 0.8 * single + 0.2 * ms : ms;
@@ -304,29 +329,45 @@ class BatchQueue {
   // must wait for its batch to fill (--max-queue-delay-us) waits up to that delay more.
   double expected_wait_ms() const {
     std::lock_guard<std::mutex> lock(mu_);
-    if (tickets_.empty() && idle_ > 0) return 0;
-    const TimePoint now = clock_.now();
-    double ms = 0;
-    for (const Ticket& t : tickets_) ms += times(t.key).row_ms;
-    for (const auto& [id, r] : running_) ms += std::max(0.0, partitioner::ms_between(now, r.due));
-    return ms / static_cast<double>(std::max<size_t>(1, options_.workers));
+    return wait_ms(clock_.now(), std::numeric_limits<int>::min());
   }
   const BatchingOptions& options() const { return options_; }
 
  private:
+  // expected_wait_ms() for a request of class `priority` at `now`: the queued requests of its class
+  // and above are ahead of it; called with mu_ held.
+  double wait_ms(TimePoint now, int priority) const {
+    if (tickets_.empty() && idle_ > 0) return 0;
+    double ms = 0;
+    for (const Ticket& t : tickets_) {
+      if (t.priority >= priority) ms += times(t.key).row_ms;
+    }
+    for (const auto& [id, r] : running_) ms += std::max(0.0, partitioner::ms_between(now, r.due));
+    return ms / static_cast<double>(std::max<size_t>(1, options_.workers));
+  }
   // A key's measured times (zeros before its first batch); called with mu_ held.
   struct KeyTimes {
     double batch_ms = 0;   // one batch
     double row_ms = 0;     // per request
     double single_ms = 0;  // a batch of one request
+    TimePoint last;        // when the last batch was recorded
   };
   KeyTimes times(const BatchKey& key) const {
     auto it = times_.find(key);
     return it == times_.end() ? KeyTimes{} : it->second;
   }
-  static double expected(const void* self, const BatchKey& key) {
-    return static_cast<const BatchQueue*>(self)->times(key).batch_ms;
+  // The time a request of `key` needs to run, which its deadline is checked against: its key's
+  // batch time (the batches it would join; a request that only a smaller batch could still serve
+  // in time would be computed late and dropped). 0 (not known: only a passed deadline expires)
+  // before the key's first batch and once its last is more than kStaleTimes old: a key whose every
+  // request expired in a slow spell would otherwise never run, nor be measured, again.
+  static double need_ms(const void* self, const BatchKey& key) {
+    const auto* q = static_cast<const BatchQueue*>(self);
+    auto it = q->times_.find(key);
+    if (it == q->times_.end() || q->clock_.now() - it->second.last > kStaleTimes) return 0;
+    return it->second.batch_ms;
   }
+  static constexpr std::chrono::seconds kStaleTimes{1};
   static double row(const void* self, const BatchKey& key) {
     // A request alone: batches of one when there have been some (a larger batch's time per
     // request is shorter, and would let the backlog rule batch more the more it batches).

@@ -94,6 +94,11 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
      "the last 0.5 s, as a share of what the workers clear at batch 1) from which a worker "
      "batches a standing queue instead of taking its balanced part of it",
      cxxopts::value<double>()->default_value("1.2"))
+    ("expire-at-arrival", "on: a request whose deadline the requests queued ahead of it (at "
+     "their measured tail times, over the workers) and its own tail would pass is answered "
+     "DEADLINE_EXCEEDED on arrival, so that its device finishes the frame at once; off: it waits "
+     "in the queue and expires when its own tail no longer fits",
+     cxxopts::value<std::string>()->default_value("on"))
     ("max-message-mb", "largest request accepted, in MiB", cxxopts::value<int>()->default_value("64"))
     ("name", "server name reported in the handshake", cxxopts::value<std::string>()->default_value("edgesplit-server"))
     ("endpoint-file", "write the bound endpoint (port resolved) to this file once listening",
@@ -223,6 +228,11 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
         "--saturated-load must be above 0 (1 = the workers' capacity at batch 1), "
         "at most 10");
   }
+  const std::string at_arrival = args["expire-at-arrival"].as<std::string>();
+  if (at_arrival != "on" && at_arrival != "off") {
+    return invalid_argument("--expire-at-arrival must be on or off, not '" + at_arrival + "'");
+  }
+  options.expire_at_arrival = at_arrival == "on";
   {
     BatchingOptions check = batching_options(options);
     EDGESPLIT_RETURN_IF_ERROR(check_batching(check));

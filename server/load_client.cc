@@ -70,6 +70,7 @@ struct ClientResult {
   uint64_t sent = 0, send_failed = 0, unknown_replies = 0, malformed_replies = 0;
   std::map<std::string, uint64_t> by_status;  // replies by wire status name
   std::vector<double> latencies_ms;           // STATUS_OK replies only
+  std::vector<double> expired_ms;             // DEADLINE_EXCEEDED replies: how soon they came
   std::vector<double> queue_ms;               // the server's queue time of each OK reply
   uint64_t batch_rows = 0;                    // sum of the OK replies' batch sizes
   std::map<uint32_t, uint64_t> batch_sizes;   // OK replies by the size of the batch they ran in
@@ -218,6 +219,9 @@ void run_client(const LoadConfig& cfg, zmq::context_t& ctx, int index, ClientRes
         }
         if (cfg.deadline_ms > 0 && received > it->second + deadline) ++out.late_ok;
         if (received >= window_start && received <= stop_sending) ++out.ok_in_window;
+      } else if (reply.status() == wire::STATUS_DEADLINE_EXCEEDED) {
+        out.expired_ms.push_back(
+            std::chrono::duration<double, std::milli>(received - it->second).count());
       }
       pending.erase(it);
     }
@@ -445,6 +449,7 @@ int main(int argc, char** argv) {
     for (const auto& [k, v] : r.by_status) total.by_status[k] += v;
     total.latencies_ms.insert(total.latencies_ms.end(), r.latencies_ms.begin(),
                               r.latencies_ms.end());
+    total.expired_ms.insert(total.expired_ms.end(), r.expired_ms.begin(), r.expired_ms.end());
   }
   uint64_t answered = 0;
   for (const auto& [k, v] : total.by_status) answered += v;
@@ -517,6 +522,10 @@ int main(int argc, char** argv) {
                      {"p95", percentile(total.latencies_ms, 95)},
                      {"p99", percentile(total.latencies_ms, 99)},
                      {"max", total.latencies_ms.empty() ? 0.0 : total.latencies_ms.back()}};
+  // How soon a DEADLINE_EXCEEDED came after its request was sent: the time its device lost
+  // before finishing the frame itself.
+  j["expired_reply_ms"] = {{"p50", percentile(total.expired_ms, 50)},
+                           {"p99", percentile(total.expired_ms, 99)}};
   if (args.count("latencies")) {
     // Sorted by the percentiles above; 10 us steps keep the file small.
     json all = json::array();

@@ -199,6 +199,10 @@ std::string ServerMetrics::render(const MetricsGauges& g) const {
          "Inference requests not computed because their deadline passed (or could not be met) "
          "before their tail ran.",
          "counter", static_cast<double>(expired.load()));
+  metric(out, "edgesplit_expired_at_arrival_total",
+         "Of edgesplit_expired_total, the requests answered on arrival: the requests queued ahead "
+         "of them and their own tail would have taken them past their deadline.",
+         "counter", static_cast<double>(expired_at_arrival.load()));
   metric(out, "edgesplit_late_dropped_total",
          "Results finished after their request's deadline, so not sent.", "counter",
          static_cast<double>(late_dropped.load()));

@@ -83,6 +83,7 @@ class ServerMetrics {
   std::atomic<uint64_t> refused_shutdown{0};    // queued jobs refused at shutdown
   std::atomic<uint64_t> shed_priority{0};       // queued jobs displaced by a higher class (BUSY)
   std::atomic<uint64_t> expired{0};             // not computed: deadline passed or not reachable
+  std::atomic<uint64_t> expired_at_arrival{0};  // of them, ruled out on arrival by the queue ahead
   std::atomic<uint64_t> late_dropped{0};  // computed, but finished after the deadline: not sent
   std::atomic<uint64_t> batches{0};       // tail runs (a batch of one included)
   std::atomic<uint64_t> server_exits{0};  // frames answered at an exit head (--exits)

@@ -560,7 +560,8 @@ struct InferenceServer::Impl {
         }
         Job job{std::move(in), &model, now, std::move(gone), ticket.deadline, std::move(*lease)};
         Job shed;
-        switch (queue->push(std::move(ticket), std::move(job), &shed)) {
+        BatchQueue<Job>::Need need;
+        switch (queue->push(std::move(ticket), std::move(job), &shed, &need)) {
           case BatchQueue<Job>::Pushed::kQueued:
             metrics.count_model_request(model.signature.name, cut);
             return;
@@ -574,6 +575,21 @@ struct InferenceServer::Impl {
                          "the server's queue is full and this request gave its place to one of "
                          "a higher priority class: retry later or run locally"));
             return;
+          case BatchQueue<Job>::Pushed::kUnmeetable: {
+            release(identity);
+            metrics.expired++;
+            metrics.expired_at_arrival++;
+            char took[96];
+            std::snprintf(took, sizeof took, "about %.1f ms in the queue and %.1f ms for its tail",
+                          need.wait_ms, need.own_ms);
+            wire::Reply reply =
+                transport::make_error_reply(id, wire::STATUS_DEADLINE_EXCEEDED,
+                                            std::string("this request would take ") + took +
+                                                ", past its deadline: finish this frame locally");
+            reply.set_wait_us(static_cast<uint64_t>(std::max(0.0, need.wait_ms) * 1000.0));
+            reply_to(identity, reply);
+            return;
+          }
           case BatchQueue<Job>::Pushed::kRefused:
             break;
         }

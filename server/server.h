@@ -63,6 +63,7 @@ struct ServerOptions {
   // Only a backlog forms a batch (BatchingOptions::backlog_only).
   bool batch_backlog_only = false;
   double batch_saturated_load = 1.2;  // BatchingOptions::saturated_load
+  bool expire_at_arrival = true;      // BatchingOptions::expire_at_arrival
   // Inference requests one device may have queued or running at once; more get BUSY at once.
   size_t max_in_flight_per_client = 32;
   // Most bytes of inference requests (header and payload frames) held at once, from admission
@@ -136,6 +137,7 @@ inline BatchingOptions batching_options(const ServerOptions& o) {
   b.max_queue_delay = o.max_queue_delay;
   b.backlog_only = o.batch_backlog_only;
   b.saturated_load = o.batch_saturated_load;
+  b.expire_at_arrival = o.expire_at_arrival;
   b.workers = static_cast<size_t>(std::max(1, o.workers));
   return b;
 }

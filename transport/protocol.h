@@ -24,7 +24,7 @@ namespace edgesplit::transport {
 // Protocol version sent in Hello/HelloReply. Peers with another major cannot talk; the minor only
 // adds fields an older peer may ignore.
 inline constexpr uint32_t kProtocolMajor = 1;
-inline constexpr uint32_t kProtocolMinor = 4;
+inline constexpr uint32_t kProtocolMinor = 5;
 
 // Upper bounds on what one peer accepts from the other. Anything over them is rejected before use
 // (STATUS_TOO_LARGE), so a bad or hostile peer cannot make the receiver allocate or loop without

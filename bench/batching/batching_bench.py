@@ -161,6 +161,7 @@ def load(bin_dir, model, server, devices, rate, seconds, cuts, deadline_ms, seed
         "ok": replies.get("STATUS_OK", 0),
         "busy": replies.get("STATUS_BUSY", 0),
         "expired": replies.get("STATUS_DEADLINE_EXCEEDED", 0),
+        "expired_reply_p50_ms": j.get("expired_reply_ms", {}).get("p50", 0.0),
         "unanswered_by_deadline": j.get("unanswered_by_deadline", 0),
         "late_ok": j["late_ok"],
         "lost": j["lost"],

@@ -652,6 +652,24 @@ TEST_CASE("a request whose deadline cannot be met is not computed, and no reply 
   CHECK(server.metric("edgesplit_expired_total") >= static_cast<double>(expired));
   CHECK(j["answered"].get<uint64_t>() + j["unanswered_by_deadline"].get<uint64_t>() ==
         j["sent"].get<uint64_t>());
+  // Once a tail's time is known, a request arriving behind more than a tail's worth of queue
+  // (225 ms - 100 ms) is refused on arrival: most expired replies come at once, not after waiting
+  // in the queue until only a tail's time was left.
+  const double at_arrival = server.metric("edgesplit_expired_at_arrival_total");
+  CHECK(at_arrival >= 0.8 * static_cast<double>(expired));
+  CHECK(j["expired_reply_ms"]["p50"].get<double>() < 25.0);
+  // With --expire-at-arrival off they wait: about 225 - 100 ms each.
+  fs::create_directories(dir / "off");
+  ObservedServer off;
+  REQUIRE(off.start(dir / "off",
+                    {"--slow-tail-ms", "100", "--workers", "1", "--expire-at-arrival", "off"}));
+  json k = run_load(dir / "off", off.process.endpoint(),
+                    {"--clients", "4", "--rate", "80", "--seconds", "3", "--deadline-ms", "250",
+                     "--deadline-margin-ms", "25"});
+  CHECK(k["late_ok"] == 0);
+  CHECK(count_of(k, "STATUS_DEADLINE_EXCEEDED") > 20);
+  CHECK(off.metric("edgesplit_expired_at_arrival_total") == 0);
+  CHECK(k["expired_reply_ms"]["p50"].get<double>() > 80.0);
 }
 
 TEST_CASE("a higher priority class is served first and a lower one shed under overload") {

@@ -553,5 +553,71 @@ TEST_CASE("BatchQueue::expected_wait_ms: the work queued and left running, over 
   clock.advance_ms(20);  // overdue: nothing left of it
   CHECK(q.expected_wait_ms() == doctest::Approx((2 * 10.0 + 4.0) / 2));
 }
+TEST_CASE("BatchQueue: a request whose deadline the queue ahead rules out is refused on arrival") {
+  partitioner::ManualClock clock;
+  BatchingOptions o;
+  o.workers = 2;
+  BatchQueue<int> q(o, clock);
+  int held = -1;
+  BatchQueue<int>::Need need;
+  auto ticket = [&](int cut, int deadline_ms, int priority = 0) {
+    Ticket t;
+    t.key = {"m", cut};
+    t.priority = priority;
+    t.enqueued = clock.now();
+    if (deadline_ms > 0) t.deadline = clock.now() + milliseconds(deadline_ms);
+    return t;
+  };
+  using Pushed = BatchQueue<int>::Pushed;
+  q.record_batch_time({"m", 0}, 10.0, 1);  // 10 ms per request
+  for (int i = 0; i < 4; ++i) CHECK(q.push(ticket(0, 0), i, &held) == Pushed::kQueued);
+  // Ahead of a new request: 4 x 10 ms over 2 workers, then its own 10 ms.
+  CHECK(q.expected_wait_ms() == doctest::Approx(20.0));
+  CHECK(q.push(ticket(0, 29), 10, &held, &need) == Pushed::kUnmeetable);
+  CHECK(held == 10);
+  CHECK(need.wait_ms == doctest::Approx(20.0));
+  CHECK(need.own_ms == doctest::Approx(10.0));
+  CHECK(q.size() == 4);
+  CHECK(q.push(ticket(0, 31), 11, &held) == Pushed::kQueued);
+  // A higher class waits only for its own class and above: 10 ms of its own.
+  CHECK(q.push(ticket(0, 12, 1), 12, &held) == Pushed::kQueued);
+  CHECK(q.push(ticket(0, 9, 1), 13, &held) == Pushed::kUnmeetable);
+  // A key whose time is not known yet is never refused for it.
+  CHECK(q.push(ticket(1, 1), 14, &held) == Pushed::kQueued);
+  CHECK(q.size() == 7);
+  // Off: queued, and it expires when its turn can no longer meet it.
+  o.expire_at_arrival = false;
+  BatchQueue<int> off(o, clock);
+  off.record_batch_time({"m", 0}, 10.0, 1);
+  for (int i = 0; i < 4; ++i) off.push(ticket(0, 0), i, &held);
+  CHECK(off.push(ticket(0, 29), 10, &held) == Pushed::kQueued);
+}
+TEST_CASE("BatchQueue: a key's times over a second old are forgotten for its deadlines") {
+  partitioner::ManualClock clock;
+  BatchQueue<int> q(BatchingOptions{}, clock);
+  int held = -1;
+  auto push = [&](int id, int deadline_ms) {
+    Ticket t;
+    t.key = {"m", 0};
+    t.enqueued = clock.now();
+    t.deadline = clock.now() + milliseconds(deadline_ms);
+    return q.push(t, id, &held);
+  };
+  q.record_batch_time({"m", 0}, 20.0, 1);
+  REQUIRE(push(1, 30) == BatchQueue<int>::Pushed::kQueued);
+  REQUIRE(push(2, 15) == BatchQueue<int>::Pushed::kUnmeetable);
+  CHECK(q.take_expired().empty());
+  clock.advance_ms(12);  // 18 ms left: less than its batch
+  CHECK(q.take_expired() == std::vector<int>{1});
+  // Over a second without a batch of the key (every request expired in a slow spell, say): its
+  // times are not trusted; only a passed deadline expires until a batch measures it again.
+  clock.advance_ms(1500);
+  REQUIRE(push(3, 15) == BatchQueue<int>::Pushed::kQueued);
+  CHECK(q.take_expired().empty());
+  clock.advance_ms(16);
+  CHECK(q.take_expired() == std::vector<int>{3});
+  q.record_batch_time({"m", 0}, 20.0, 1);
+  CHECK(push(4, 15) == BatchQueue<int>::Pushed::kUnmeetable);
+}
 }  // namespace
 }  // namespace edgesplit::server
