@@ -907,6 +907,16 @@ def load_events(steps, lead_s):
     return sorted(events, key=lambda e: (e[0], e[1] == "start"))
 
 
+def trace_fixed(args, sc):
+    """The fixed contenders a trace runs: --trace-contenders, and for a trace that loads the server,
+    device-only among them (the plan a loaded server leaves, and the reference after the load
+    begins: window_reference)."""
+    names = list(args.trace_contenders)
+    if names and "device-only" not in names and any(st.get("load", 0) for st in sc["steps"]):
+        names.append("device-only")
+    return names
+
+
 def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results, dilation=1.0):
     """A trace, one contender after another (a trace replays in time, so its runs cannot take
     turns); under dilation K the link changes happen at K x their times, rates / K, round trips
@@ -922,7 +932,7 @@ def run_trace(tb, args, profile, labels, sc, slowdown, out_dir, results, dilatio
     # time: the runs cannot take turns; repeat the run and compare run by run).
     for name, extra in getattr(args, "ab_variants", []):
         cons.append(("edgesplit-latency+" + name, cons[0][1] + extra))
-    for name in args.trace_contenders:
+    for name in trace_fixed(args, sc):
         if name == "server-jpeg90":
             cons.append((name, ["--cut", "input", "--bits", "jpeg90"]))
         elif name == "device-only":
@@ -1560,7 +1570,7 @@ def estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args):
                     screen_frames = args.screen_rounds * (1 + args.screen_frames)
                     total += sum(min(p["predicted"]["latency_ms"] / 1000.0,
                                      args.screen_prune * best) * screen_frames for p in r)
-            total += sum(sc["duration"] * k * (1 + len(args.trace_contenders) +
+            total += sum(sc["duration"] * k * (1 + len(trace_fixed(args, sc)) +
                                                len(getattr(args, "ab_variants", [])))
                          for sc in trace_sc)
     if args.oracle == "screened" and profile and fixed_sc:
@@ -1572,7 +1582,7 @@ DEFAULT_SCENARIOS = ["bw2-rtt10", "bw5-rtt10", "bw50-rtt10"]
 FULL_SCENARIOS = (["bw%d-rtt%d" % (b, r) for r in (10, 50) for b in (1, 2, 5, 10, 20, 50, 100)] +
                   ["bw0.25-rtt100", "bw0.5-rtt100", "bw1-rtt100"])
 DEFAULT_TRACES = ["step-down"]
-FULL_TRACES = ["step-down", "step-up", "ramp-down", "outage", "cellular"]
+FULL_TRACES = ["step-down", "step-up", "ramp-down", "outage", "cellular", "server-load"]
 ALL_CONTENDERS = ["device-only", "server-raw", "server-jpeg90", "fixed-fp32", "fixed-q8",
                   "edgesplit-latency", "edgesplit-throughput", "edgesplit-cost"]
 

@@ -349,6 +349,18 @@ class ServerLoadTraces(unittest.TestCase):
         self.assertEqual(bench.parse_scenario(os.path.join(
             ROOT, "bench", "scenarios", "step-down.scn"))["steps"][1]["load"], 0)
 
+    def test_a_loaded_trace_runs_device_only_among_its_fixed_contenders(self):
+        import types
+        loaded = bench.parse_scenario(os.path.join(ROOT, "bench", "scenarios", "server-load.scn"))
+        link = bench.parse_scenario(os.path.join(ROOT, "bench", "scenarios", "step-down.scn"))
+        args = types.SimpleNamespace(trace_contenders=["server-jpeg90"])
+        self.assertEqual(bench.trace_fixed(args, loaded), ["server-jpeg90", "device-only"])
+        self.assertEqual(bench.trace_fixed(args, link), ["server-jpeg90"])
+        args.trace_contenders = ["device-only", "server-jpeg90"]
+        self.assertEqual(bench.trace_fixed(args, loaded), ["device-only", "server-jpeg90"])
+        args.trace_contenders = []  # none asked for: none added
+        self.assertEqual(bench.trace_fixed(args, loaded), [])
+
     def test_bad_loads_are_refused_with_the_line(self):
         for bad in ("load=1.5", "load=-2", "load=x"):
             path = self.write("duration 5\n0 rate=5 rtt=10\n2 %s\n" % bad)
