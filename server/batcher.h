@@ -7,10 +7,10 @@
 // (--preferred-batch) and the longest the oldest request of a batch may wait for it to fill
 // (--max-queue-delay-us; 0: take what is there). Each request may carry a deadline and a priority
 // class: the batcher answers a request whose deadline has passed, or can no longer be met by the
-// time its key's batches take, as expired (never computed), and refuses on
-// arrival one whose deadline the work already queued ahead of it rules out; higher classes are
-// batched first; when the queue is full a request of a higher class takes the place of the newest
-// of the lowest class below it, which is shed (BUSY).
+// time its key's batches take, as expired (never computed), and refuses on arrival one whose
+// deadline the work already queued ahead of it rules out; higher classes are batched first; when
+// the queue is full a request of a higher class takes the place of the newest of the lowest class
+// below it, which is shed (BUSY).
 //
 // decide_batch() is the whole policy as a pure function of the queued tickets and the time, so
 // tests drive it with a ManualClock; BatchQueue wraps it with a mutex and a condition variable for

@@ -871,7 +871,6 @@ class ServerLoad:
             with open(self.log_path) as f:
                 f.seek(proc.log_offset)
                 if "devices started" in f.read():
-                    print("DBG load started after %.2f s" % (time.monotonic() - deadline + timeout_s), flush=True)
                     return
             if proc.poll() is not None:
                 raise RuntimeError("edgesplit-load exited (%d) before its devices started; see %s"
