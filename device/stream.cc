@@ -583,12 +583,16 @@ struct Stream::Impl {
     return head_level.ready() ? head_level.value() : device_load.load_factor();
   }
 
-  // The plan the scheduler settles on under the conditions measured so far (a copy decides, so
-  // the stream's own hysteresis starts fresh): what the ready line shows and prime() warms.
-  partitioner::Decision preview_decision() const {
-    partitioner::Scheduler preview = *scheduler;
-    return preview.decide(conditions());
+  // What the scheduler would decide under `c`, decided by a copy so that the stream's own
+  // hysteresis is left alone.
+  partitioner::Decision decide_apart(const partitioner::Conditions& c) const {
+    partitioner::Scheduler what_if = *scheduler;
+    return what_if.decide(c);
   }
+
+  // The plan the scheduler settles on under the conditions measured so far (its hysteresis
+  // starting fresh): what the ready line shows and prime() warms.
+  partitioner::Decision preview_decision() const { return decide_apart(conditions()); }
 
   partitioner::Conditions conditions() const {
     partitioner::Conditions c = link.network_conditions();
@@ -720,8 +724,7 @@ struct Stream::Impl {
     }
     partitioner::Conditions no_queue = c;
     no_queue.server_queue_ms = 0;
-    partitioner::Scheduler what_if = *scheduler;
-    if (what_if.decide(no_queue).plan.local) return;
+    if (decide_apart(no_queue).plan.local) return;
     link.ask_server_wait();
   }
 
@@ -746,12 +749,11 @@ struct Stream::Impl {
     partitioner::Conditions neutral = c;
     neutral.server_load = 1;
     neutral.server_queue_ms = 0;
-    partitioner::Scheduler what_if = *scheduler;
     // An early-exit plan is probed without its exits: a frame that left at an exit on the device
     // would measure no server, and one answered by an exit on the server reads it faster than
     // its profile.
     const partitioner::Plan q =
-        partitioner::without_exits(scheduler->plans(), what_if.decide(neutral).plan);
+        partitioner::without_exits(scheduler->plans(), decide_apart(neutral).plan);
     const bool runs_now = q.cut_id == 0 || (q.member == 0 && model->can_run_head(q.cut_id) &&
                                             model->head_built(q.cut_id));
     if (q.local || !runs_now) {

@@ -119,9 +119,10 @@ def main():
     for f in factors:
         row = {"factor": f}
         for key in ("expired_reply_p50_ms", "ok_per_s", "p99_ms"):
-            point, lo, hi = interval(pairs(f, key))
+            ratios = pairs(f, key)
+            point, lo, hi = interval(ratios)
             row[key + "_ratio"] = {"point": round(point, 4), "lo95": round(lo, 4),
-                                   "hi95": round(hi, 4), "rounds": len(pairs(f, key))}
+                                   "hi95": round(hi, 4), "rounds": len(ratios)}
         for s in ("on", "off"):
             ms = [m for m in runs if m["factor"] == f and m["setting"] == s]
             row[s] = {k: round(statistics.median(m[k] for m in ms), 2)
