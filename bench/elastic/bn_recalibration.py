@@ -36,6 +36,9 @@ import torch.nn as nn
 import torchvision
 from PIL import Image
 
+from budget import paired_interval
+from common import shared_dir
+
 
 def eager_twin(scripted):
     """torchvision's MobileNetV2 with the TF 'SAME' padding the shared file has in front of its
@@ -161,14 +164,13 @@ def right(model, images, side):
 
 def loss(variant, full):
     """Points of top-1 lost against the full network, paired, with a normal 95% interval."""
-    d = full - variant
-    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
-    return f"{100 * d.mean():+.2f} [{100 * (d.mean() - half):+.2f}, {100 * (d.mean() + half):+.2f}]"
+    mean, low, high = paired_interval(list(full), list(variant))
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[3] / "shared"))
+    ap.add_argument("--shared", default=shared_dir())
     ap.add_argument("--mode", choices=["skip", "path", "size", "both"], default="both",
                     help="skip: each skippable block alone; path: the greedy skip path of models/families/imagenet.json (features.10, then .9, then .6); size: 192 and 160 px; both: skip and size")
     ap.add_argument("--threads", type=int, default=2)
