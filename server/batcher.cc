@@ -52,6 +52,50 @@ double finish_level(double n, const std::vector<double>& starts) {
   return level;
 }
 
+// The largest batch of at most `take` of `order` (one key's tickets in batch order, each able to
+// make its deadline alone) whose every ticket can still make its deadline in a batch of that size:
+// for k from `take` down, the first k tickets with time for a batch of k.
+std::vector<size_t> fit_to_deadlines(const std::vector<Ticket>& tickets,
+                                     const std::vector<size_t>& order, size_t take, TimePoint now,
+                                     BatchRowsTimeFn expected_ms, const void* context) {
+  std::vector<size_t> batch;
+  for (size_t k = take; k >= 1; --k) {
+    const double need = expected_ms(context, tickets[order.front()].key, k);
+    batch.clear();
+    for (size_t i : order) {
+      if (cannot_meet(tickets[i], now, need)) continue;
+      batch.push_back(i);
+      if (batch.size() == k) return batch;
+    }
+  }
+  return {order.front()};  // not reached: every ticket makes a batch of one
+}
+
+// The tickets of `order` ahead of the last one `d.batch` took that it passed over (no time for a
+// batch of its size) wait for a smaller batch on the next worker to be free, with no other idle:
+// this one once its batch is done, or a busy one once the rows it has left are (at this key's time
+// per request). One that cannot make its deadline alone even then is expired now (`d.expired`),
+// so that its device is told at once.
+void expire_passed_over(const std::vector<Ticket>& tickets, const std::vector<size_t>& order,
+                        BatchDecision& d, TimePoint now, BatchRowsTimeFn expected_ms,
+                        const void* context, BatchTimeFn row_ms,
+                        const std::vector<double>& busy_rows) {
+  const BatchKey& key = tickets[order.front()].key;
+  double free_ms = expected_ms(context, key, d.batch.size());
+  const double row = row_ms ? row_ms(context, key) : 0.0;
+  if (row > 0) {
+    for (double rows : busy_rows) free_ms = std::min(free_ms, std::max(0.0, rows) * row);
+  }
+  const double alone = expected_ms(context, key, 1);
+  for (size_t i : order) {
+    if (i == d.batch.back()) break;
+    if (std::find(d.batch.begin(), d.batch.end(), i) == d.batch.end() &&
+        cannot_meet(tickets[i], now, free_ms + alone)) {
+      d.expired.push_back(i);
+    }
+  }
+}
+
 }  // namespace
 
 size_t balanced_share(size_t count, size_t idle_workers, const std::vector<double>& busy_rows) {
@@ -82,7 +126,7 @@ size_t balanced_share(size_t count, size_t idle_workers, const std::vector<doubl
 }
 
 BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
-                           const BatchingOptions& options, BatchTimeFn expected_ms,
+                           const BatchingOptions& options, BatchRowsTimeFn expected_ms,
                            const void* context, BatchCapFn cap, size_t idle_workers,
                            BatchTimeFn row_ms, const std::vector<double>& busy_rows,
                            double offered_load) {
@@ -92,7 +136,7 @@ BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
   live.reserve(tickets.size());
   for (size_t i = 0; i < tickets.size(); ++i) {
     const Ticket& t = tickets[i];
-    if (cannot_meet(t, now, expected_ms ? expected_ms(context, t.key) : 0.0)) {
+    if (cannot_meet(t, now, expected_ms ? expected_ms(context, t.key, 1) : 0.0)) {
       d.expired.push_back(i);
     } else {
       live.push_back(i);
@@ -154,6 +198,12 @@ BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
     }
     if (take > 0) {
       d.batch.assign(v->begin(), v->begin() + static_cast<std::ptrdiff_t>(take));
+      if (options.fit_deadlines && expected_ms) {
+        d.batch = fit_to_deadlines(tickets, *v, take, now, expected_ms, context);
+        if (idle_workers <= 1) {
+          expire_passed_over(tickets, *v, d, now, expected_ms, context, row_ms, busy_rows);
+        }
+      }
       d.wake.reset();
       return d;
     }
@@ -163,7 +213,7 @@ BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
   for (size_t i : live) {
     const Ticket& t = tickets[i];
     if (!t.deadline) continue;
-    const double need_ms = expected_ms ? expected_ms(context, t.key) : 0.0;
+    const double need_ms = expected_ms ? expected_ms(context, t.key, 1) : 0.0;
     const TimePoint at =
         *t.deadline - std::chrono::microseconds(static_cast<int64_t>(need_ms * 1e3));
     if (!wake || at < *wake) wake = at;

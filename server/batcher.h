@@ -77,6 +77,15 @@ struct BatchingOptions {
   // finishes the frame at once rather than at its deadline. false: it is queued and expires once
   // its own batch time no longer fits.
   bool expire_at_arrival = true;
+  // A batch takes only requests whose deadlines leave time for a batch of its size (the key's
+  // average batch of that size, or its rows at the key's time per request): of the key's
+  // requests in batch order, the largest batch of them that can all still be answered in time
+  // (decide_batch), so that a request with little time left waits for a smaller batch instead of
+  // joining a large one and being computed too late to be sent. A queued request then expires only
+  // once not even a batch of one would make it. false: a batch takes the key's requests whatever
+  // their deadlines, and a queued request expires once what it has left is less than the key's
+  // average batch time.
+  bool fit_deadlines = true;
 };
 
 // Checks the settings: one sentence naming the flag for anything wrong; sorts preferred sizes.
@@ -118,9 +127,11 @@ struct BatchDecision {
   std::optional<TimePoint> wake;  // nothing ready: decide again then (nullopt: on the next arrival)
 };
 
-// A time of a key, in ms (0 when not known yet): a batch's (deadlines), or a request alone's (the
-// backlog rule).
+// A time of a key, in ms (0 when not known yet): a request alone's (the backlog rule).
 using BatchTimeFn = double (*)(const void* context, const BatchKey& key);
+// The time a batch of `rows` requests of a key takes, in ms (0 when not known yet), which
+// deadlines are checked against.
+using BatchRowsTimeFn = double (*)(const void* context, const BatchKey& key, size_t rows);
 // The largest batch worth forming for a key (0: options.max_batch): on a CPU a large batch of a
 // tail with large activations can cost more per request than a smaller one.
 using BatchCapFn = size_t (*)(const void* context, const BatchKey& key);
@@ -133,14 +144,19 @@ using BatchCapFn = size_t (*)(const void* context, const BatchKey& key);
 // now (this one included), a batch that is not full takes only its share of the key's tickets
 // (count / idle_workers, rounded up), so that idle workers run them side by side rather than one
 // worker running them all while the others wait. A ticket whose deadline is before
-// now + expected_ms(key) (the time a batch of the key takes) is expired instead.
+// now + expected_ms(key, 1) (the time a batch of one takes) is expired instead. With
+// options.fit_deadlines, a batch of k takes only tickets whose deadlines are after
+// now + expected_ms(key, k): the first k such in batch order, k the largest up to the size the
+// rules above chose for which there are k. With no other worker idle, a ticket it passes over
+// that could not make its deadline alone on the next worker to be free (this one after its batch,
+// or a busy one after its `busy_rows` at the key's `row_ms`) is expired with the batch.
 // With options.backlog_only, `row_ms` gives a key's time for one request alone (0: not known yet,
 // no limit), `busy_rows` the work the busy workers have left, in requests (a batch's rows times
 // the part of its expected time still to run), and `offered_load` the load (see
 // BatchingOptions::saturated_load; < 0: not known): below saturated_load a batch that is not full
 // takes balanced_share() of the key's tickets; otherwise the backlog rule.
 BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
-                           const BatchingOptions& options, BatchTimeFn expected_ms = nullptr,
+                           const BatchingOptions& options, BatchRowsTimeFn expected_ms = nullptr,
                            const void* context = nullptr, BatchCapFn cap = nullptr,
                            size_t idle_workers = 1, BatchTimeFn row_ms = nullptr,
                            const std::vector<double>& busy_rows = {}, double offered_load = -1);
@@ -170,14 +186,14 @@ class BatchQueue {
   // time (`*need`, when given), `*shed` holds `item` back (answer it DEADLINE_EXCEEDED).
   struct Need {
     double wait_ms = 0;  // the work queued ahead of it and left running, over the workers
-    double own_ms = 0;   // its key's batch time (need_ms)
+    double own_ms = 0;   // its key's average batch time
   };
   Pushed push(Ticket ticket, Item item, Item* shed, Need* need = nullptr) {
     std::lock_guard<std::mutex> lock(mu_);
     ticket.seq = next_seq_++;
     if (options_.expire_at_arrival && ticket.deadline) {
       const TimePoint now = clock_.now();
-      const Need n{wait_ms(now, ticket.priority), need_ms(this, ticket.key)};
+      const Need n{wait_ms(now, ticket.priority), average_batch_ms(ticket.key)};
       if (n.own_ms > 0 && cannot_meet(ticket, now, n.wait_ms + n.own_ms)) {
         if (need) *need = n;
         *shed = std::move(item);
@@ -260,7 +276,7 @@ class BatchQueue {
     if (tickets_.empty()) return out;
     const TimePoint now = clock_.now();
     for (size_t i = tickets_.size(); i-- > 0;) {
-      if (cannot_meet(tickets_[i], now, need_ms(this, tickets_[i].key))) {
+      if (cannot_meet(tickets_[i], now, need_ms(this, tickets_[i].key, 1))) {
         out.push_back(std::move(items_[i]));
         erase_at(i);
       }
@@ -282,16 +298,14 @@ class BatchQueue {
   void record_batch_time(const BatchKey& key, double ms, size_t rows = 1) {
     std::lock_guard<std::mutex> lock(mu_);
     const double per_row = ms / static_cast<double>(std::max<size_t>(1, rows));
-    auto [it, fresh] = times_.emplace(key, KeyTimes{ms, per_row, 0, clock_.now()});
+    auto [it, fresh] = times_.emplace(key, KeyTimes{ms, per_row, {}, clock_.now()});
     if (!fresh) {
       it->second.batch_ms = 0.8 * it->second.batch_ms + 0.2 * ms;
       it->second.row_ms = 0.8 * it->second.row_ms + 0.2 * per_row;
     }
     it->second.last = clock_.now();
-    if (rows <= 1) {
-      double& single = it->second.single_ms;
-      single = single > 0 ? 0.8 * single + 0.2 * ms : ms;
-    }
+    auto [size, first] = it->second.by_rows.emplace(std::max<size_t>(1, rows), ms);
+    if (!first) size->second = 0.8 * size->second + 0.2 * ms;
   }
 
   // The largest batch to form for `key` (0: options().max_batch). Set before serving.
@@ -347,39 +361,64 @@ class BatchQueue {
   }
   // A key's measured times (zeros before its first batch); called with mu_ held.
   struct KeyTimes {
-    double batch_ms = 0;   // one batch
-    double row_ms = 0;     // per request
-    double single_ms = 0;  // a batch of one request
-    TimePoint last;        // when the last batch was recorded
+    double batch_ms = 0;               // one batch
+    double row_ms = 0;                 // per request
+    std::map<size_t, double> by_rows;  // per batch size, one batch of that size
+    TimePoint last;                    // when the last batch was recorded
+    // A batch of one request (0: none has run alone).
+    double single_ms() const {
+      auto it = by_rows.find(1);
+      return it == by_rows.end() ? 0.0 : it->second;
+    }
   };
-  KeyTimes times(const BatchKey& key) const {
+  const KeyTimes& times(const BatchKey& key) const {
+    static const KeyTimes kNone;
     auto it = times_.find(key);
-    return it == times_.end() ? KeyTimes{} : it->second;
+    return it == times_.end() ? kNone : it->second;
   }
-  // The time a request of `key` needs to run, which its deadline is checked against: its key's
-  // batch time (the batches it would join; a request that only a smaller batch could still serve
-  // in time would be computed late and dropped). 0 (not known: only a passed deadline expires)
-  // before the key's first batch and once its last is more than kStaleTimes old: a key whose every
+  // The time a batch of `rows` requests of `key` needs to run, which deadlines are checked
+  // against: estimate_ms() with fit_deadlines; without, the key's average batch time whatever the
+  // rows (the batches a request would join). 0 (not known: only a passed deadline expires) before
+  // the key's first batch and once its last is more than kStaleTimes old: a key whose every
   // request expired in a slow spell would otherwise never run, nor be measured, again.
-  static double need_ms(const void* self, const BatchKey& key) {
+  static double need_ms(const void* self, const BatchKey& key, size_t rows) {
     const auto* q = static_cast<const BatchQueue*>(self);
-    auto it = q->times_.find(key);
-    if (it == q->times_.end() || q->clock_.now() - it->second.last > kStaleTimes) return 0;
-    return it->second.batch_ms;
+    const KeyTimes* t = q->fresh_times(key);
+    if (!t) return 0;
+    return q->options_.fit_deadlines ? estimate_ms(*t, rows) : t->batch_ms;
+  }
+  // The key's average batch time, which a new request's own time is taken as (0: not known, as
+  // need_ms); called with mu_ held.
+  double average_batch_ms(const BatchKey& key) const {
+    const KeyTimes* t = fresh_times(key);
+    return t ? t->batch_ms : 0.0;
+  }
+  // A key's times when a batch of it was recorded within kStaleTimes (else nullptr).
+  const KeyTimes* fresh_times(const BatchKey& key) const {
+    auto it = times_.find(key);
+    if (it == times_.end() || clock_.now() - it->second.last > kStaleTimes) return nullptr;
+    return &it->second;
+  }
+  // A batch of `rows` at a key's times: the average of the batches of that size when some have
+  // run (on a CPU a row of a large batch can cost more than a row of a small one: caches),
+  // otherwise rows x the time per request.
+  static double estimate_ms(const KeyTimes& t, size_t rows) {
+    auto it = t.by_rows.find(rows);
+    return it != t.by_rows.end() ? it->second : static_cast<double>(rows) * t.row_ms;
   }
   static constexpr std::chrono::seconds kStaleTimes{1};
   static double row(const void* self, const BatchKey& key) {
     // A request alone: batches of one when there have been some (a larger batch's time per
     // request is shorter, and would let the backlog rule batch more the more it batches).
-    const KeyTimes t = static_cast<const BatchQueue*>(self)->times(key);
-    return t.single_ms > 0 ? t.single_ms : t.row_ms;
+    const KeyTimes& t = static_cast<const BatchQueue*>(self)->times(key);
+    return t.single_ms() > 0 ? t.single_ms() : t.row_ms;
   }
   // A batch of `rows` requests of `key` a worker starts at `now`, with the time it is expected to
   // take (rows x the key's time per request, or a single request's time); returns its handle.
   uint64_t start_running(const BatchKey& key, size_t rows, TimePoint now) {
-    const KeyTimes t = times(key);
+    const KeyTimes& t = times(key);
     const double ms =
-        rows == 1 && t.single_ms > 0 ? t.single_ms : static_cast<double>(rows) * t.row_ms;
+        rows == 1 && t.single_ms() > 0 ? t.single_ms() : static_cast<double>(rows) * t.row_ms;
     const uint64_t id = ++next_running_;
     running_[id] = Running{now, now + std::chrono::microseconds(static_cast<int64_t>(ms * 1e3)),
                            static_cast<double>(rows)};

@@ -99,6 +99,11 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
      "DEADLINE_EXCEEDED on arrival, so that its device finishes the frame at once; off: it waits "
      "in the queue and expires when its own tail no longer fits",
      cxxopts::value<std::string>()->default_value("on"))
+    ("fit-deadlines", "on: a batch takes only requests whose deadlines leave time for a batch of "
+     "its size (its rows at the measured time per request), and a queued request expires once not "
+     "even a batch of one would make it; off: a batch takes the compatible requests whatever "
+     "their deadlines, and a queued request expires once the average batch time no longer fits",
+     cxxopts::value<std::string>()->default_value("on"))
     ("max-message-mb", "largest request accepted, in MiB", cxxopts::value<int>()->default_value("64"))
     ("name", "server name reported in the handshake", cxxopts::value<std::string>()->default_value("edgesplit-server"))
     ("endpoint-file", "write the bound endpoint (port resolved) to this file once listening",
@@ -233,6 +238,11 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
     return invalid_argument("--expire-at-arrival must be on or off, not '" + at_arrival + "'");
   }
   options.expire_at_arrival = at_arrival == "on";
+  const std::string fit = args["fit-deadlines"].as<std::string>();
+  if (fit != "on" && fit != "off") {
+    return invalid_argument("--fit-deadlines must be on or off, not '" + fit + "'");
+  }
+  options.fit_deadlines = fit == "on";
   {
     BatchingOptions check = batching_options(options);
     EDGESPLIT_RETURN_IF_ERROR(check_batching(check));

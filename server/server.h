@@ -64,6 +64,7 @@ struct ServerOptions {
   bool batch_backlog_only = false;
   double batch_saturated_load = 1.2;  // BatchingOptions::saturated_load
   bool expire_at_arrival = true;      // BatchingOptions::expire_at_arrival
+  bool fit_deadlines = true;          // BatchingOptions::fit_deadlines
   // Inference requests one device may have queued or running at once; more get BUSY at once.
   size_t max_in_flight_per_client = 32;
   // Most bytes of inference requests (header and payload frames) held at once, from admission
@@ -138,6 +139,7 @@ inline BatchingOptions batching_options(const ServerOptions& o) {
   b.backlog_only = o.batch_backlog_only;
   b.saturated_load = o.batch_saturated_load;
   b.expire_at_arrival = o.expire_at_arrival;
+  b.fit_deadlines = o.fit_deadlines;
   b.workers = static_cast<size_t>(std::max(1, o.workers));
   return b;
 }

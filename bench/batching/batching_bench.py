@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 try:
     import numpy
@@ -94,9 +95,11 @@ class Server:
     def __init__(self, name, bin_dir, model, args, workdir):
         self.name = name
         self.endpoint_file = os.path.join(workdir, name + ".endpoint")
+        self.http_port_file = os.path.join(workdir, name + ".http")
         self.log = open(os.path.join(workdir, name + ".log"), "w")
         cmd = [os.path.join(bin_dir, "edgesplit-server"), "--bind", "tcp://127.0.0.1:*",
-               "--endpoint-file", self.endpoint_file, "--model", model] + args
+               "--endpoint-file", self.endpoint_file, "--http-port", "0",
+               "--http-port-file", self.http_port_file, "--model", model] + args
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -112,6 +115,19 @@ class Server:
                     return
             time.sleep(0.2)
         raise SystemExit(f"batching bench: server {self.name} did not start in {timeout} s")
+
+    def counters(self):
+        """The server's /metrics counters and histogram sums, by name (label sets summed)."""
+        port = open(self.http_port_file).read().strip()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        out = {}
+        for line in text.decode().splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            name, value = line.rsplit(" ", 1)
+            name = name.split("{", 1)[0]
+            out[name] = out.get(name, 0.0) + float(value)
+        return out
 
     def stop(self):
         if self.proc.poll() is None:

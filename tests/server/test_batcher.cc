@@ -31,7 +31,8 @@ struct Tickets {
     list.push_back(t);
     return list.size() - 1;
   }
-  BatchDecision decide(const BatchingOptions& o, BatchTimeFn f = nullptr, const void* c = nullptr) {
+  BatchDecision decide(const BatchingOptions& o, BatchRowsTimeFn f = nullptr,
+                       const void* c = nullptr) {
     return decide_batch(list, clock.now(), o, f, c);
   }
 };
@@ -352,10 +353,71 @@ TEST_CASE("expired requests are never batched, and those that cannot make it are
   CHECK(d.batch == std::vector<size_t>{1, 2});
   // A batch of this key takes 45 ms: the 50 ms deadline (40 ms left) cannot be met either.
   static const double kBatchMs = 45;
-  auto expected = [](const void*, const BatchKey&) { return kBatchMs; };
+  auto expected = [](const void*, const BatchKey&, size_t) { return kBatchMs; };
   auto d2 = t.decide(o, expected);
   CHECK(d2.expired == std::vector<size_t>{0, 1});
   CHECK(d2.batch == std::vector<size_t>{2});
+}
+
+TEST_CASE("fit_deadlines: a batch takes only requests with time left for a batch of its size") {
+  Tickets t;
+  BatchingOptions o = batching(8);  // fit_deadlines by default
+  // A batch of this key takes 10 ms per request.
+  auto expected = [](const void*, const BatchKey&, size_t rows) { return 10.0 * rows; };
+  t.add("m", 0, 0, 25.0);  // in time for a batch of 2 at most
+  t.add("m", 0, 0, 100.0);
+  t.add("m", 0, 0, 100.0);
+  t.add("m", 0, 0, 100.0);
+  t.add("m", 0, 0, 15.0);   // of 1
+  t.add("m", 0, 0, 100.0);  // another key's request does not count for this key's batch
+  t.list.back().key.cut = 1;
+  // Five requests of key ("m", 0) would take 50 ms; of them, only three have that long, or 40 ms,
+  // or 30 ms: the three run now, and 0 and 4 stay for a smaller batch, on another worker idle now.
+  auto d = decide_batch(t.list, t.clock.now(), o, expected, nullptr, nullptr, 2);
+  CHECK(d.expired.empty());
+  CHECK(d.batch == std::vector<size_t>{1, 2, 3});
+  // With no other worker idle, the next is this one in 30 ms: 0 (25 ms left) cannot make it, and
+  // is told now. 4 came after the batch's last: it was not passed over, and waits.
+  d = t.decide(o, expected);
+  CHECK(d.batch == std::vector<size_t>{1, 2, 3});
+  CHECK(d.expired == std::vector<size_t>{0});
+  // A busy worker with one request's work left (10 ms) is free soon enough for it.
+  auto ten = [](const void*, const BatchKey&) { return 10.0; };
+  d = decide_batch(t.list, t.clock.now(), o, expected, nullptr, nullptr, 1, ten, {1.0});
+  CHECK(d.batch == std::vector<size_t>{1, 2, 3});
+  CHECK(d.expired.empty());
+  // Without them, 0 and 4 cannot share a batch of 20 ms: the older runs alone.
+  t.list.erase(t.list.begin() + 1, t.list.begin() + 4);
+  CHECK(t.decide(o, expected).batch == std::vector<size_t>{0});
+  // Without fit_deadlines the batch takes every request of the key whatever its deadline.
+  BatchingOptions average = o;
+  average.fit_deadlines = false;
+  CHECK(t.decide(average, expected).batch == std::vector<size_t>{0, 1});
+  // After 6 ms, request 4 (9 ms left) cannot make even a batch of one: it expires.
+  t.clock.advance_ms(6);
+  auto later = t.decide(o, expected);
+  CHECK(later.expired == std::vector<size_t>{1});
+  CHECK(later.batch == std::vector<size_t>{0});
+}
+
+TEST_CASE("BatchQueue: deadlines against a batch of one with fit_deadlines, the average without") {
+  partitioner::ManualClock clock;
+  BatchingOptions average;
+  average.fit_deadlines = false;
+  for (const BatchingOptions& o : {BatchingOptions{}, average}) {
+    CAPTURE(o.fit_deadlines);
+    BatchQueue<int> q(o, clock);
+    q.record_batch_time({"m", 0}, 10.0, 1);
+    q.record_batch_time({"m", 0}, 80.0, 8);  // 10 ms per request; the average batch: 24 ms
+    int held = -1;
+    Ticket t;
+    t.key = {"m", 0};
+    t.enqueued = clock.now();
+    t.deadline = clock.now() + milliseconds(40);
+    REQUIRE(q.push(t, 1, &held) == BatchQueue<int>::Pushed::kQueued);
+    clock.advance_ms(20);  // 20 ms left: a request alone takes 10
+    CHECK(q.take_expired().size() == (o.fit_deadlines ? 0u : 1u));
+  }
 }
 
 TEST_CASE("the batcher wakes for a deadline while a batch fills") {

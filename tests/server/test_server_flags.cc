@@ -219,12 +219,14 @@ TEST_CASE("server flags: sizes in bytes or with a unit") {
 }
 
 TEST_CASE("server flags: batching settings") {
-  auto command = parse({"--model", "a.pt", "--max-batch", "16", "--preferred-batch", "8,4",
-                        "--max-queue-delay-us", "2000", "--batch-from", "backlog", "--workers", "3",
-                        "--saturated-load", "0.9", "--expire-at-arrival", "off"});
+  auto command =
+      parse({"--model", "a.pt", "--max-batch", "16", "--preferred-batch", "8,4",
+             "--max-queue-delay-us", "2000", "--batch-from", "backlog", "--workers", "3",
+             "--saturated-load", "0.9", "--expire-at-arrival", "off", "--fit-deadlines", "off"});
   REQUIRE(command.ok());
   CHECK(command->options.batch_backlog_only);
   CHECK_FALSE(batching_options(command->options).expire_at_arrival);
+  CHECK_FALSE(batching_options(command->options).fit_deadlines);
   CHECK(batching_options(command->options).backlog_only);
   CHECK(batching_options(command->options).saturated_load == doctest::Approx(0.9));
   CHECK(batching_options(command->options).workers == 3);  // the backlog rule's worker count
@@ -238,6 +240,7 @@ TEST_CASE("server flags: batching settings") {
   CHECK(defaults->options.max_queue_delay.count() == 0);
   CHECK_FALSE(defaults->options.batch_backlog_only);
   CHECK(batching_options(defaults->options).saturated_load == doctest::Approx(1.2));
+  CHECK(batching_options(defaults->options).fit_deadlines);
   CHECK(batching_options(defaults->options).expire_at_arrival);
 }
 
@@ -387,6 +390,7 @@ TEST_CASE("server flags: bad values are refused with a sentence naming the flag"
                 "--batch-from must be ready or backlog, not 'queue'");
   check_refused(with({"--expire-at-arrival", "yes"}),
                 "--expire-at-arrival must be on or off, not 'yes'");
+  check_refused(with({"--fit-deadlines", "1"}), "--fit-deadlines must be on or off, not '1'");
   check_refused(with({"--saturated-load", "0"}),
                 "--saturated-load must be above 0 (1 = the workers' capacity at batch 1), at most "
                 "10");
