@@ -734,6 +734,68 @@ TEST_CASE(
   CHECK(server.process().wait(std::chrono::seconds(15)) == 0);
 }
 
+TEST_CASE("a device refused on arrival plans with the queue wait the refusal carries") {
+  auto dir = scratch_dir("rel-device-wait");
+  ServerProcess server;
+  REQUIRE(server.start(
+      dir, {"--model", default_model().string(), "--slow-tail-ms", "100", "--workers", "1"}));
+  // The energy objective with a device whose compute costs far more than waiting: every plan the
+  // scheduler picks sends the frame, whatever the server's queue.
+  std::ofstream(dir / "power.json")
+      << R"({"compute_watts": 1000, "radio_watts": 0.001, "idle_watts": 0.001})";
+  const std::string power = (dir / "power.json").string();
+  std::vector<std::string> argv = {
+      bin("edgesplit-device"),    "--model",  default_model().string(), "--input",
+      default_samples().string(), "--server", server.endpoint()};
+  for (const char* a : {"--objective", "energy", "--max-accuracy-drop", "none", "--loop", "0",
+                        "--fps", "5", "--max-frames", "40", "--timeout-ms", "250"}) {
+    argv.push_back(a);
+  }
+  argv.insert(argv.end(), {"--device-power", power});
+  ChildProcess device;
+  REQUIRE(device.start(argv, dir / "run.jsonl", dir / "run.err"));
+  // After the device's first five frames, 8 simulated devices keep about 8 requests queued ahead of
+  // its own (800 ms at 100 ms a tail) for 3 s: each of its requests is refused on arrival, and only
+  // the refusal tells it how long the queue is (its own requests are never answered OK meanwhile,
+  // and a stream whose plan sends does not ping for the wait).
+  const auto frames_so_far = [&] {
+    const std::string text = read_file(dir / "run.jsonl");
+    size_t n = 0;
+    for (size_t at = text.find("\"type\":\"frame\""); at != std::string::npos;
+         at = text.find("\"type\":\"frame\"", at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (frames_so_far() < 5 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  run_load(dir, server.endpoint(), {"--clients", "8", "--rate", "0", "--seconds", "3"});
+  REQUIRE(device.wait(std::chrono::seconds(120)) == 0);
+  INFO(read_file(dir / "run.err"));
+  std::istringstream lines(read_file(dir / "run.jsonl"));
+  std::string line;
+  size_t refused = 0, remote = 0;
+  double queue_after_refusal = 0;
+  while (std::getline(lines, line)) {
+    json j = json::parse(line);
+    if (j["type"] != "frame") continue;
+    remote += j["plan"]["encoding"] != "local";
+    if (refused > 0 && j.contains("conditions")) {
+      queue_after_refusal =
+          std::max(queue_after_refusal, j["conditions"]["server_queue_ms"].get<double>());
+    }
+    refused += j.value("reason", "") == "server deadline exceeded";
+  }
+  CHECK(remote >= 35);
+  REQUIRE(refused >= 3);
+  // The wait the refusals carried (about 800 ms) is the queue the next plans are made with.
+  CHECK(queue_after_refusal > 300);
+  server.process().signal(SIGTERM);
+  CHECK(server.process().wait(std::chrono::seconds(15)) == 0);
+}
+
 TEST_CASE("with CURVE the in-flight limit counts per device key, not per connection") {
   auto dir = scratch_dir("rel-curve-key-limit");
   for (const char* who : {"server", "device"}) {
