@@ -177,8 +177,9 @@ def main():
             v = row[s]
             lines.append(f"| {row['factor']:g}x of {v['capacity_per_s']:.0f}/s | {s} | "
                          f"{v['ok_per_s']:.1f} | {v['p50_ms']:.1f} | {v['p99_ms']:.1f} | "
-                         f"{v['expired']:.0f} | {v['expired_reply_p50_ms']:.1f} | {v['busy']:.0f} | "
-                         f"{v['late_ok_total']} | {v['late_dropped']:.0f} | {v['mean_batch']:.2f} |")
+                         f"{v['expired']:.0f} | {v['expired_reply_p50_ms']:.1f} | "
+                         f"{v['busy']:.0f} | {v['late_ok_total']} | {v['late_dropped']:.0f} | "
+                         f"{v['mean_batch']:.2f} |")
     lines += ["", "| load | expired reply p50, on / off | ok/s, on / off | p99, on / off |",
               "|---|---|---|---|"]
     for row in table:
