@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <limits>
 #include <string>
 
@@ -247,6 +248,39 @@ std::vector<size_t> batch_caps(const std::vector<float>& tail_ms,
     }
   }
   return caps;
+}
+
+namespace {
+
+// A profile's time for a batch of `rows`: linear between its sizes, in proportion to the size
+// below its smallest and beyond its largest.
+double profile_ms(const std::map<size_t, double>& profile, size_t rows) {
+  const double n = static_cast<double>(rows);
+  auto above = profile.lower_bound(rows);
+  if (above != profile.end() && above->first == rows) return above->second;
+  if (above == profile.begin()) return above->second * n / static_cast<double>(above->first);
+  auto below = std::prev(above);
+  if (above == profile.end()) return below->second * n / static_cast<double>(below->first);
+  const double a = static_cast<double>(below->first), b = static_cast<double>(above->first);
+  return below->second + (above->second - below->second) * (n - a) / (b - a);
+}
+
+}  // namespace
+
+double batch_estimate_ms(const std::map<size_t, double>& measured,
+                         const std::map<size_t, double>& profile, size_t rows, double row_ms) {
+  auto it = measured.find(rows);
+  if (it != measured.end()) return it->second;
+  bool shaped = !measured.empty();
+  for (const auto& [size, ms] : profile) shaped = shaped && size > 0 && ms > 0;
+  if (!shaped || profile.empty()) return static_cast<double>(rows) * row_ms;
+  // The measured size nearest to `rows`, the larger on a tie.
+  auto near = measured.lower_bound(rows);
+  if (near == measured.end() ||
+      (near != measured.begin() && rows - std::prev(near)->first < near->first - rows)) {
+    near = std::prev(near);
+  }
+  return near->second * profile_ms(profile, rows) / profile_ms(profile, near->first);
 }
 
 int warm_up_cut(const std::vector<bool>& batchable, const std::vector<size_t>& caps, size_t batch) {

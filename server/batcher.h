@@ -121,6 +121,16 @@ std::vector<size_t> batch_caps(const std::vector<float>& tail_ms,
 // or 0: no cap), whose activations are usually the largest of the cuts that will; -1: none.
 int warm_up_cut(const std::vector<bool>& batchable, const std::vector<size_t>& caps, size_t batch);
 
+// The time a batch of `rows` requests takes, from the batch sizes measured so far (`measured`:
+// size -> ms, not empty) and a profile's whole-batch tail times (`profile`: size -> ms, may be
+// empty): a measured size's own time; else the measured size nearest to `rows` (the larger on a
+// tie) scaled by the profile's ratio of the two sizes (linear between the profile's sizes, in
+// proportion to the size beyond them), so that on a GPU, where a batch of 32 takes little more
+// than a batch of one, a size not yet run is not taken for `rows` single requests; without a
+// profile, `rows` x `row_ms` (a CPU's batch of k costs nearly k tails).
+double batch_estimate_ms(const std::map<size_t, double>& measured,
+                         const std::map<size_t, double>& profile, size_t rows, double row_ms);
+
 struct BatchDecision {
   std::vector<size_t> batch;      // indices of the tickets to run now, in run order (may be empty)
   std::vector<size_t> expired;    // indices of tickets past (or unable to meet) their deadline
@@ -313,6 +323,19 @@ class BatchQueue {
     std::lock_guard<std::mutex> lock(mu_);
     caps_[key] = cap;
   }
+  // A profile's whole-batch tail times of `key` (batch size -> ms), which shape the estimates of
+  // sizes not measured yet (batch_estimate_ms). Set before serving.
+  void set_key_profile(const BatchKey& key, std::map<size_t, double> profile_ms) {
+    std::lock_guard<std::mutex> lock(mu_);
+    profiles_[key] = std::move(profile_ms);
+  }
+  // The time a batch of `rows` of `key` is expected to take, which fit_deadlines checks deadlines
+  // against (0: not known).
+  double expected_batch_ms(const BatchKey& key, size_t rows) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    const KeyTimes* t = fresh_times(key);
+    return t ? estimate_ms(key, *t, rows) : 0.0;
+  }
 
   // Wakes every waiting worker; next() returns false from now on.
   void stop() {
@@ -385,7 +408,7 @@ class BatchQueue {
     const auto* q = static_cast<const BatchQueue*>(self);
     const KeyTimes* t = q->fresh_times(key);
     if (!t) return 0;
-    return q->options_.fit_deadlines ? estimate_ms(*t, rows) : t->batch_ms;
+    return q->options_.fit_deadlines ? q->estimate_ms(key, *t, rows) : t->batch_ms;
   }
   // The key's average batch time, which a new request's own time is taken as (0: not known, as
   // need_ms); called with mu_ held.
@@ -401,10 +424,12 @@ class BatchQueue {
   }
   // A batch of `rows` at a key's times: the average of the batches of that size when some have
   // run (on a CPU a row of a large batch can cost more than a row of a small one: caches),
-  // otherwise rows x the time per request.
-  static double estimate_ms(const KeyTimes& t, size_t rows) {
-    auto it = t.by_rows.find(rows);
-    return it != t.by_rows.end() ? it->second : static_cast<double>(rows) * t.row_ms;
+  // otherwise batch_estimate_ms with the key's profile; called with mu_ held.
+  double estimate_ms(const BatchKey& key, const KeyTimes& t, size_t rows) const {
+    static const std::map<size_t, double> kNoProfile;
+    auto p = profiles_.find(key);
+    return batch_estimate_ms(t.by_rows, p == profiles_.end() ? kNoProfile : p->second, rows,
+                             t.row_ms);
   }
   static constexpr std::chrono::seconds kStaleTimes{1};
   static double row(const void* self, const BatchKey& key) {
@@ -478,6 +503,7 @@ class BatchQueue {
   std::deque<Item> items_;
   std::map<BatchKey, KeyTimes> times_;  // averages over the key's batches
   std::map<BatchKey, size_t> caps_;
+  std::map<BatchKey, std::map<size_t, double>> profiles_;  // per key, batch size -> profile ms
   struct Running {
     TimePoint started, due;
     double rows = 0;

@@ -916,6 +916,16 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
             "request (cut:batch) {}",
             name, capped);
       }
+      // The profile's times per batch size shape the estimates of sizes not run yet.
+      for (size_t cut = 0; cut < served.tail_ms.size() && !served.batch_tail_ms.empty(); ++cut) {
+        if (served.tail_ms[cut] <= 0) continue;
+        std::map<size_t, double> times{{1, served.tail_ms[cut]}};
+        for (const auto& [n, per_cut] : served.batch_tail_ms) {
+          if (cut < per_cut.size() && per_cut[cut] > 0)
+            times[static_cast<size_t>(n)] = per_cut[cut];
+        }
+        impl->queue->set_key_profile({digest, static_cast<int>(cut)}, std::move(times));
+      }
     }
     impl->catalog[digest] = served.signature;
     impl->models[digest] = std::move(served);

@@ -420,6 +420,49 @@ TEST_CASE("BatchQueue: deadlines against a batch of one with fit_deadlines, the 
   }
 }
 
+TEST_CASE("batch_estimate_ms: measured sizes, else the nearest scaled by the profile") {
+  const std::map<size_t, double> measured{{1, 5.0}, {4, 8.0}};
+  // A GPU-like profile: a batch of 16 takes 1.4x a batch of one.
+  const std::map<size_t, double> gpu{{1, 10.0}, {8, 12.0}, {16, 14.0}};
+  CHECK(batch_estimate_ms(measured, gpu, 4, 3.0) == doctest::Approx(8.0));  // measured
+  // 16 from 4, the nearest: 8 ms x 14 / (10 + 2 x 3/7) (4 lies between the profile's 1 and 8).
+  CHECK(batch_estimate_ms(measured, gpu, 16, 3.0) ==
+        doctest::Approx(8.0 * 14.0 / (10.0 + 2.0 * 3.0 / 7.0)));
+  // 2 is nearer to 1 than to 4: from 1.
+  CHECK(batch_estimate_ms(measured, gpu, 2, 3.0) ==
+        doctest::Approx(5.0 * (10.0 + 2.0 / 7.0) / 10.0));
+  // Beyond the profile's largest size, in proportion to the size.
+  CHECK(batch_estimate_ms(measured, gpu, 32, 3.0) ==
+        doctest::Approx(8.0 * 28.0 / (10.0 + 2.0 * 3.0 / 7.0)));
+  // Without a profile: rows x the time per request.
+  CHECK(batch_estimate_ms(measured, {}, 16, 3.0) == doctest::Approx(48.0));
+}
+
+TEST_CASE("BatchQueue: with a profile's batch times a size not run yet is not 16 tails") {
+  partitioner::ManualClock clock;
+  BatchingOptions o = batching(16);
+  o.expire_at_arrival = false;
+  BatchQueue<int> q(o, clock);
+  const BatchKey key{"m", 0};
+  q.record_batch_time(key, 5.0, 1);
+  CHECK(q.expected_batch_ms(key, 16) == doctest::Approx(80.0));  // 16 x 5 ms
+  q.set_key_profile(key, {{1, 10.0}, {16, 14.0}});
+  CHECK(q.expected_batch_ms(key, 16) == doctest::Approx(7.0));  // 5 ms x 14 / 10
+  // 16 requests with 20 ms left: one batch of 16 (7 ms) makes them all (without the profile, 3).
+  int held = -1;
+  for (int i = 0; i < 16; ++i) {
+    Ticket t;
+    t.key = key;
+    t.enqueued = clock.now();
+    t.deadline = clock.now() + milliseconds(20);
+    REQUIRE(q.push(t, i, &held) == BatchQueue<int>::Pushed::kQueued);
+  }
+  BatchQueue<int>::Batch b;
+  REQUIRE(q.next(b));
+  CHECK(b.items.size() == 16);
+  CHECK(b.expired.empty());
+}
+
 TEST_CASE("the batcher wakes for a deadline while a batch fills") {
   Tickets t;
   const auto o = batching(8, 20000);  // 20 ms delay
