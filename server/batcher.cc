@@ -198,12 +198,13 @@ BatchDecision decide_batch(const std::vector<Ticket>& tickets, TimePoint now,
       }
     }
     if (take > 0) {
-      d.batch.assign(v->begin(), v->begin() + static_cast<std::ptrdiff_t>(take));
       if (options.fit_deadlines && expected_ms) {
         d.batch = fit_to_deadlines(tickets, *v, take, now, expected_ms, context);
         if (idle_workers <= 1) {
           expire_passed_over(tickets, *v, d, now, expected_ms, context, row_ms, busy_rows);
         }
+      } else {
+        d.batch.assign(v->begin(), v->begin() + static_cast<std::ptrdiff_t>(take));
       }
       d.wake.reset();
       return d;
