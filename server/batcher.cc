@@ -18,6 +18,9 @@ Status check_batching(BatchingOptions& options) {
   if (options.max_queue_delay > std::chrono::seconds(10)) {
     return invalid_argument("--max-queue-delay-us must be at most 10000000 (10 s)");
   }
+  if (!(options.fit_margin >= 0 && options.fit_margin <= 10)) {
+    return invalid_argument("--fit-margin must be between 0 and 10 (mean deviations)");
+  }
   std::sort(options.preferred_batch.begin(), options.preferred_batch.end());
   options.preferred_batch.erase(
       std::unique(options.preferred_batch.begin(), options.preferred_batch.end()),

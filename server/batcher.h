@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -86,6 +87,12 @@ struct BatchingOptions {
   // their deadlines, and a queued request expires once what it has left is less than the key's
   // average batch time.
   bool fit_deadlines = true;
+  // With fit_deadlines, the time a batch of a size is expected to take is its recent batches'
+  // average plus `fit_margin` times their mean absolute deviation from it (both moving averages),
+  // so that a batch whose time varies is not fitted to deadlines it meets only half the time. A
+  // size not run yet is scaled from the nearest size's (margin included) as batch_estimate_ms
+  // says; without a profile it is rows x the time per request, with no margin.
+  double fit_margin = 0;
 };
 
 // Checks the settings: one sentence naming the flag for anything wrong; sorts preferred sizes.
@@ -308,14 +315,20 @@ class BatchQueue {
   void record_batch_time(const BatchKey& key, double ms, size_t rows = 1) {
     std::lock_guard<std::mutex> lock(mu_);
     const double per_row = ms / static_cast<double>(std::max<size_t>(1, rows));
-    auto [it, fresh] = times_.emplace(key, KeyTimes{ms, per_row, {}, clock_.now()});
+    auto [it, fresh] = times_.emplace(key, KeyTimes{ms, per_row, {}, {}, {}, clock_.now()});
     if (!fresh) {
       it->second.batch_ms = 0.8 * it->second.batch_ms + 0.2 * ms;
       it->second.row_ms = 0.8 * it->second.row_ms + 0.2 * per_row;
     }
     it->second.last = clock_.now();
-    auto [size, first] = it->second.by_rows.emplace(std::max<size_t>(1, rows), ms);
-    if (!first) size->second = 0.8 * size->second + 0.2 * ms;
+    const size_t n = std::max<size_t>(1, rows);
+    auto [size, first] = it->second.by_rows.emplace(n, ms);
+    double& dev = it->second.dev_by_rows[n];
+    if (!first) {
+      dev = 0.8 * dev + 0.2 * std::abs(ms - size->second);
+      size->second = 0.8 * size->second + 0.2 * ms;
+    }
+    it->second.high_by_rows[n] = size->second + options_.fit_margin * dev;
   }
 
   // The largest batch to form for `key` (0: options().max_batch). Set before serving.
@@ -384,10 +397,12 @@ class BatchQueue {
   }
   // A key's measured times (zeros before its first batch); called with mu_ held.
   struct KeyTimes {
-    double batch_ms = 0;               // one batch
-    double row_ms = 0;                 // per request
-    std::map<size_t, double> by_rows;  // per batch size, one batch of that size
-    TimePoint last;                    // when the last batch was recorded
+    double batch_ms = 0;                    // one batch
+    double row_ms = 0;                      // per request
+    std::map<size_t, double> by_rows;       // per batch size, one batch of that size
+    std::map<size_t, double> dev_by_rows;   // per batch size, its mean absolute deviation
+    std::map<size_t, double> high_by_rows;  // per batch size, by_rows + fit_margin x dev_by_rows
+    TimePoint last;                         // when the last batch was recorded
     // A batch of one request (0: none has run alone).
     double single_ms() const {
       auto it = by_rows.find(1);
@@ -423,12 +438,13 @@ class BatchQueue {
     return &it->second;
   }
   // A batch of `rows` at a key's times: the average of the batches of that size when some have
-  // run (on a CPU a row of a large batch can cost more than a row of a small one: caches),
-  // otherwise batch_estimate_ms with the key's profile; called with mu_ held.
+  // run (on a CPU a row of a large batch can cost more than a row of a small one: caches), plus
+  // the margin (BatchingOptions::fit_margin), otherwise batch_estimate_ms with the key's profile;
+  // called with mu_ held.
   double estimate_ms(const BatchKey& key, const KeyTimes& t, size_t rows) const {
     static const std::map<size_t, double> kNoProfile;
     auto p = profiles_.find(key);
-    return batch_estimate_ms(t.by_rows, p == profiles_.end() ? kNoProfile : p->second, rows,
+    return batch_estimate_ms(t.high_by_rows, p == profiles_.end() ? kNoProfile : p->second, rows,
                              t.row_ms);
   }
   static constexpr std::chrono::seconds kStaleTimes{1};

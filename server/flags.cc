@@ -104,6 +104,9 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
      "even a batch of one would make it; off: a batch takes the compatible requests whatever "
      "their deadlines, and a queued request expires once the average batch time no longer fits",
      cxxopts::value<std::string>()->default_value("on"))
+    ("fit-margin", "with --fit-deadlines on, a batch's expected time is its size's recent "
+     "average plus this many mean absolute deviations of its recent times (0: the average)",
+     cxxopts::value<double>()->default_value("0"))
     ("max-message-mb", "largest request accepted, in MiB", cxxopts::value<int>()->default_value("64"))
     ("name", "server name reported in the handshake", cxxopts::value<std::string>()->default_value("edgesplit-server"))
     ("endpoint-file", "write the bound endpoint (port resolved) to this file once listening",
@@ -243,6 +246,7 @@ Result<ServerCommand> parse_server_flags(int argc, const char* const* argv) {
     return invalid_argument("--fit-deadlines must be on or off, not '" + fit + "'");
   }
   options.fit_deadlines = fit == "on";
+  options.fit_margin = args["fit-margin"].as<double>();
   {
     BatchingOptions check = batching_options(options);
     EDGESPLIT_RETURN_IF_ERROR(check_batching(check));

@@ -65,6 +65,7 @@ struct ServerOptions {
   double batch_saturated_load = 1.2;  // BatchingOptions::saturated_load
   bool expire_at_arrival = true;      // BatchingOptions::expire_at_arrival
   bool fit_deadlines = true;          // BatchingOptions::fit_deadlines
+  double fit_margin = 0;              // BatchingOptions::fit_margin
   // Inference requests one device may have queued or running at once; more get BUSY at once.
   size_t max_in_flight_per_client = 32;
   // Most bytes of inference requests (header and payload frames) held at once, from admission
@@ -140,6 +141,7 @@ inline BatchingOptions batching_options(const ServerOptions& o) {
   b.saturated_load = o.batch_saturated_load;
   b.expire_at_arrival = o.expire_at_arrival;
   b.fit_deadlines = o.fit_deadlines;
+  b.fit_margin = o.fit_margin;
   b.workers = static_cast<size_t>(std::max(1, o.workers));
   return b;
 }

@@ -76,6 +76,19 @@ void push_every(BatchQueue<int>& q, partitioner::ManualClock& clock, int n, doub
   }
 }
 
+// Pushes n tickets of key ("m", 0) into q, each with `left_ms` to its deadline on clock.
+void push_with_deadline(BatchQueue<int>& q, partitioner::ManualClock& clock, int n,
+                        double left_ms) {
+  int held = -1;
+  for (int i = 0; i < n; ++i) {
+    Ticket t;
+    t.key = {"m", 0};
+    t.enqueued = clock.now();
+    t.deadline = clock.now() + microseconds(static_cast<int64_t>(left_ms * 1e3));
+    REQUIRE(q.push(t, i, &held) == BatchQueue<int>::Pushed::kQueued);
+  }
+}
+
 TEST_CASE("only requests for the same model and cut share a batch") {
   Tickets t;
   t.add("a", 3);
@@ -449,14 +462,7 @@ TEST_CASE("BatchQueue: with a profile's batch times a size not run yet is not 16
   q.set_key_profile(key, {{1, 10.0}, {16, 14.0}});
   CHECK(q.expected_batch_ms(key, 16) == doctest::Approx(7.0));  // 5 ms x 14 / 10
   // 16 requests with 20 ms left: one batch of 16 (7 ms) makes them all (without the profile, 3).
-  int held = -1;
-  for (int i = 0; i < 16; ++i) {
-    Ticket t;
-    t.key = key;
-    t.enqueued = clock.now();
-    t.deadline = clock.now() + milliseconds(20);
-    REQUIRE(q.push(t, i, &held) == BatchQueue<int>::Pushed::kQueued);
-  }
+  push_with_deadline(q, clock, 16, 20.0);
   BatchQueue<int>::Batch b;
   REQUIRE(q.next(b));
   CHECK(b.items.size() == 16);
@@ -537,6 +543,31 @@ TEST_CASE("a full queue sheds the newest request of the lowest class below the n
   CHECK_FALSE(shed_victim(t.list, 0).has_value());
 }
 
+TEST_CASE("BatchQueue: fit_margin adds the times' mean deviation to the batches fitted") {
+  partitioner::ManualClock clock;
+  for (double margin : {0.0, 2.0}) {
+    CAPTURE(margin);
+    BatchingOptions o = batching(8);
+    o.expire_at_arrival = false;
+    o.fit_margin = margin;
+    BatchQueue<int> q(o, clock);
+    const BatchKey key{"m", 0};
+    q.record_batch_time(key, 5.0, 1);
+    q.record_batch_time(key, 10.0, 4);
+    q.record_batch_time(key, 20.0, 4);  // average 0.8 x 10 + 0.2 x 20 = 12, deviation 0.2 x 10
+    CHECK(q.expected_batch_ms(key, 4) == doctest::Approx(12.0 + margin * 2.0));
+    CHECK(q.expected_batch_ms(key, 1) == doctest::Approx(5.0));  // one time: no deviation yet
+    // Four requests with 14 ms left: a batch of 4 at 12 ms without the margin; with it (16 ms)
+    // a batch of 3 (3 x the 4.6 ms per request), and the fourth stays queued.
+    push_with_deadline(q, clock, 4, 14.0);
+    BatchQueue<int>::Batch b;
+    REQUIRE(q.next(b));
+    CHECK(b.items.size() == (margin > 0 ? 3u : 4u));
+    CHECK(b.expired.empty());
+    CHECK(q.size() == (margin > 0 ? 1u : 0u));
+  }
+}
+
 TEST_CASE("batching settings are checked with one sentence") {
   BatchingOptions o;
   o.max_batch = 0;
@@ -549,6 +580,9 @@ TEST_CASE("batching settings are checked with one sentence") {
   CHECK(o.preferred_batch == std::vector<size_t>{2, 4});
   o.max_queue_delay = microseconds(-1);
   CHECK(check_batching(o).message().find("--max-queue-delay-us") != std::string::npos);
+  o.max_queue_delay = microseconds(0);
+  o.fit_margin = -1;
+  CHECK(check_batching(o).message().find("--fit-margin") != std::string::npos);
 }
 
 TEST_CASE("BatchQueue: pushes refuse or shed when full, workers get whole batches") {

@@ -241,6 +241,10 @@ TEST_CASE("server flags: batching settings") {
   CHECK_FALSE(defaults->options.batch_backlog_only);
   CHECK(batching_options(defaults->options).saturated_load == doctest::Approx(1.2));
   CHECK(batching_options(defaults->options).fit_deadlines);
+  CHECK(batching_options(defaults->options).fit_margin == 0);
+  auto margin = parse({"--model", "a.pt", "--fit-margin", "1.5"});
+  REQUIRE(margin.ok());
+  CHECK(batching_options(margin->options).fit_margin == doctest::Approx(1.5));
   CHECK(batching_options(defaults->options).expire_at_arrival);
 }
 
@@ -391,6 +395,8 @@ TEST_CASE("server flags: bad values are refused with a sentence naming the flag"
   check_refused(with({"--expire-at-arrival", "yes"}),
                 "--expire-at-arrival must be on or off, not 'yes'");
   check_refused(with({"--fit-deadlines", "1"}), "--fit-deadlines must be on or off, not '1'");
+  check_refused(with({"--fit-margin", "-1"}),
+                "--fit-margin must be between 0 and 10 (mean deviations)");
   check_refused(with({"--saturated-load", "0"}),
                 "--saturated-load must be above 0 (1 = the workers' capacity at batch 1), at most "
                 "10");
