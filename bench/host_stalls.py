@@ -65,6 +65,19 @@ class Monitor:
                 best = max(best, ms)
         return best
 
+    def largest_gap_since_ms(self, t0):
+        """largest_gap_ms from t0 to now, after a moment for the monitor's last wake-ups."""
+        time.sleep(0.05)
+        return self.largest_gap_ms(t0, time.monotonic())
+
+    def summary(self, gaps):
+        """What results.json records of `gaps` (from gaps()), and the sentence a table prints."""
+        largest = max((ms for _, ms in gaps), default=0.0)
+        line = (f"Host stalls ({self.describe()}): {len(gaps)} wake-ups over "
+                f"{self.threshold_ms:g} ms late, the largest {largest:.0f} ms")
+        record = {"monitor": self.describe(), "gaps_over_20ms": len(gaps), "largest_ms": largest}
+        return record, line
+
     def describe(self):
         return ("a SCHED_FIFO monitor at priority 50, whose late wake-ups are the machine's own stalls"
                 if self.realtime else

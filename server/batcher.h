@@ -315,20 +315,20 @@ class BatchQueue {
   void record_batch_time(const BatchKey& key, double ms, size_t rows = 1) {
     std::lock_guard<std::mutex> lock(mu_);
     const double per_row = ms / static_cast<double>(std::max<size_t>(1, rows));
-    auto [it, fresh] = times_.emplace(key, KeyTimes{ms, per_row, {}, {}, {}, clock_.now()});
+    auto [it, fresh] = times_.emplace(key, KeyTimes{ms, per_row, {}, {}, clock_.now()});
     if (!fresh) {
       it->second.batch_ms = 0.8 * it->second.batch_ms + 0.2 * ms;
       it->second.row_ms = 0.8 * it->second.row_ms + 0.2 * per_row;
     }
     it->second.last = clock_.now();
     const size_t n = std::max<size_t>(1, rows);
-    auto [size, first] = it->second.by_rows.emplace(n, ms);
-    double& dev = it->second.dev_by_rows[n];
+    auto [size, first] = it->second.by_rows.emplace(n, SizeTimes{ms, 0.0});
+    SizeTimes& st = size->second;
     if (!first) {
-      dev = 0.8 * dev + 0.2 * std::abs(ms - size->second);
-      size->second = 0.8 * size->second + 0.2 * ms;
+      st.dev_ms = 0.8 * st.dev_ms + 0.2 * std::abs(ms - st.ms);
+      st.ms = 0.8 * st.ms + 0.2 * ms;
     }
-    it->second.high_by_rows[n] = size->second + options_.fit_margin * dev;
+    it->second.fitted_by_rows[n] = st.ms + options_.fit_margin * st.dev_ms;
   }
 
   // The largest batch to form for `key` (0: options().max_batch). Set before serving.
@@ -395,18 +395,24 @@ class BatchQueue {
     for (const auto& [id, r] : running_) ms += std::max(0.0, partitioner::ms_between(now, r.due));
     return ms / static_cast<double>(std::max<size_t>(1, options_.workers));
   }
+  // The batches of one size: their time and its mean absolute deviation (moving averages).
+  struct SizeTimes {
+    double ms = 0;
+    double dev_ms = 0;
+  };
   // A key's measured times (zeros before its first batch); called with mu_ held.
   struct KeyTimes {
-    double batch_ms = 0;                    // one batch
-    double row_ms = 0;                      // per request
-    std::map<size_t, double> by_rows;       // per batch size, one batch of that size
-    std::map<size_t, double> dev_by_rows;   // per batch size, its mean absolute deviation
-    std::map<size_t, double> high_by_rows;  // per batch size, by_rows + fit_margin x dev_by_rows
-    TimePoint last;                         // when the last batch was recorded
+    double batch_ms = 0;                  // one batch
+    double row_ms = 0;                    // per request
+    std::map<size_t, SizeTimes> by_rows;  // per batch size, one batch of that size
+    // Per batch size, ms + fit_margin x dev_ms: what deadlines are fitted against, kept beside
+    // by_rows in the form batch_estimate_ms takes, since it is read per ticket while fitting.
+    std::map<size_t, double> fitted_by_rows;
+    TimePoint last;  // when the last batch was recorded
     // A batch of one request (0: none has run alone).
     double single_ms() const {
       auto it = by_rows.find(1);
-      return it == by_rows.end() ? 0.0 : it->second;
+      return it == by_rows.end() ? 0.0 : it->second.ms;
     }
   };
   const KeyTimes& times(const BatchKey& key) const {
@@ -444,7 +450,7 @@ class BatchQueue {
   double estimate_ms(const BatchKey& key, const KeyTimes& t, size_t rows) const {
     static const std::map<size_t, double> kNoProfile;
     auto p = profiles_.find(key);
-    return batch_estimate_ms(t.high_by_rows, p == profiles_.end() ? kNoProfile : p->second, rows,
+    return batch_estimate_ms(t.fitted_by_rows, p == profiles_.end() ? kNoProfile : p->second, rows,
                              t.row_ms);
   }
   static constexpr std::chrono::seconds kStaleTimes{1};

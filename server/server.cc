@@ -917,8 +917,9 @@ Result<std::unique_ptr<InferenceServer>> InferenceServer::create(const ServerOpt
             name, capped);
       }
       // The profile's times per batch size shape the estimates of sizes not run yet.
-      for (size_t cut = 0; cut < served.tail_ms.size(); ++cut) {
-        if (served.batch_tail_ms.empty() || served.tail_ms[cut] <= 0) continue;
+      const size_t profiled_cuts = served.batch_tail_ms.empty() ? 0 : served.tail_ms.size();
+      for (size_t cut = 0; cut < profiled_cuts; ++cut) {
+        if (served.tail_ms[cut] <= 0) continue;
         std::map<size_t, double> times{{1, served.tail_ms[cut]}};
         for (const auto& [n, per_cut] : served.batch_tail_ms) {
           if (cut < per_cut.size() && per_cut[cut] > 0)
