@@ -11,6 +11,9 @@
 #                           100 ms, every trace, devices 4x and 10x slower, 100 frames each;
 #                           --dilation K: time dilation (README.md, "Benchmarks and the network
 #                           testbed")
+#   bench/run.sh testbed --resume DIR
+#                           continue a stopped run (or one piece of a long sweep) in DIR with its
+#                           own flags: the conditions it finished are kept, the others run
 #   bench/run.sh cleanup    remove namespaces and cgroups left by a crashed run
 #   bench/run.sh --help     every option (scenarios, contenders, frames, model, profile, ...)
 #   bench/run.sh engine [--quick] --out DIR [--check]
@@ -139,15 +142,19 @@ for a in "$@"; do
 done
 
 out="$here/results/$(date +%Y%m%d-%H%M%S)"
+out_flag=(--out "$out")
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
   if [[ "${args[$i]}" == "--out" ]]; then out="${args[$((i + 1))]}"; fi
   if [[ "${args[$i]}" == --out=* ]]; then out="${args[$i]#--out=}"; fi
+  # --resume DIR: the results folder is DIR, and the run's own flags come from it
+  if [[ "${args[$i]}" == "--resume" ]]; then out="${args[$((i + 1))]}"; out_flag=(); fi
+  if [[ "${args[$i]}" == --resume=* ]]; then out="${args[$i]#--resume=}"; out_flag=(); fi
 done
 # A crashed earlier run may have left namespaces or cgroups behind.
 "$py" "$here/testbed/netbed.py" cleanup >/dev/null
 rc=0
-"$py" "$here/testbed/bench.py" --out "$out" "$@" || rc=$?
+"$py" "$here/testbed/bench.py" "${out_flag[@]}" "$@" || rc=$?
 if [[ -f "$out/results.json" ]]; then
   "$py" "$here/plot_bench.py" "$out" || echo "bench/run.sh: plots failed (see above)" >&2
   echo "bench/run.sh: summary in $out/summary.md"

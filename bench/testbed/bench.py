@@ -1356,6 +1356,13 @@ def markdown(results):
              % (os.path.basename(s["model"]), s["image_source"], s["delay_by"], s["warmup"],
                 s.get("settle", 0), s.get("round_frames", 0), s["frames"], oracle,
                 s["started"], s["host"], s.get("wall_s", "-")))
+    pieces = s.get("pieces") or []
+    if len(pieces) > 1:
+        L.append("")
+        L.append("Run in %d pieces (`--resume`), each a set of whole conditions: %s." % (
+            len(pieces), "; ".join("%s, %s s, %s condition(s)" % (
+                p.get("started"), p.get("wall_s", "-"), p.get("conditions", "-"))
+                for p in pieces)))
     L.append("")
     fixed = [e for e in results["runs"] if e["kind"] == "fixed"]
     for slowdown, dilation in sorted(set((e["slowdown"], e.get("dilation", 1.0)) for e in fixed)):
@@ -1542,17 +1549,19 @@ def start_s(rate_mbit, rtt_ms, contenders):
     return contenders * one
 
 
-def estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args):
+def estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args, done=frozenset()):
     """The run's wall time before it starts, from the profile's predicted latency of each
     contender's plan at the link as emulated (rate / K, round trip x K): frames x latency per
     contender, device starts (one at a time on a slow link: start_s), the screening, and the
-    traces' durations."""
+    traces' durations; conditions in `done` (condition_key) are left out."""
     total = 0.0
     rounds, per_round_frames = rounds_of(args)
     per_contender = args.warmup + rounds * (args.settle + per_round_frames)
     for slowdown in slowdowns:
         for k in dilations:
             for sc in fixed_sc:
+                if condition_key("fixed", slowdown, k, sc["name"]) in done:
+                    continue
                 st = sc["steps"][0]
                 rate, rtt = st["rate"] / k, st["rtt"] * k
                 cons = len(args.contenders) + len(getattr(args, "ab_variants", [])) + (
@@ -1571,10 +1580,61 @@ def estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args):
                                      args.screen_prune * best) * screen_frames for p in r)
             total += sum(sc["duration"] * k * (1 + len(trace_fixed(args, sc)) +
                                                len(getattr(args, "ab_variants", [])))
-                         for sc in trace_sc)
-    if args.oracle == "screened" and profile and fixed_sc:
+                         for sc in trace_sc
+                         if condition_key("trace", slowdown, k, sc["name"]) not in done)
+    if args.oracle == "screened" and profile and any(
+            condition_key("fixed", s, k, sc["name"]) not in done
+            for s in slowdowns for k in dilations for sc in fixed_sc):
         total += len(interleave.feasible_plans(profile, ACCURACY_BOUND)[0]) * START_S / 2
     return total
+
+
+def condition_key(kind, slowdown, dilation, name):
+    """What identifies one condition of a run in results["runs"]: a fixed scenario or a trace, at
+    one slowdown and dilation."""
+    return (kind, float(slowdown), float(dilation), name)
+
+
+def done_conditions(results):
+    """The conditions a results folder already holds, finished (a condition is added to
+    results["runs"] only when it ends, so one stopped half-way is not among them)."""
+    return {condition_key(e["kind"], e["slowdown"], e.get("dilation", 1.0), e["scenario"])
+            for e in results.get("runs", [])}
+
+
+RESUME_ALLOWED = {"--lock", "--bin-dir", "--check", "--estimate"}
+
+
+def resume_argv(stored, given, out_dir):
+    """The command line a resumed run parses: the stored run's own flags (its --out and --resume
+    dropped) with --out DIR, and from the new invocation only what does not change what is
+    measured (RESUME_ALLOWED). Raises ValueError, with what to do, for anything else given."""
+    extra, i = [], 0
+    while i < len(given):
+        flag = given[i].split("=", 1)[0]
+        takes_value = "=" not in given[i] and flag in ("--lock", "--bin-dir", "--resume")
+        if flag == "--resume":
+            pass
+        elif flag in RESUME_ALLOWED:
+            extra += given[i:i + 1 + takes_value]
+        else:
+            raise ValueError("--resume continues the run in %s with the flags it started with; "
+                             "beside it give only %s (not %s)" % (
+                                 out_dir, ", ".join(sorted(RESUME_ALLOWED)), given[i]))
+        i += 1 + takes_value
+    kept, i = [], 0
+    while i < len(stored):
+        flag = stored[i].split("=", 1)[0]
+        takes_value = "=" not in stored[i]
+        if flag in ("--out", "--resume"):
+            i += 1 + takes_value
+            continue
+        if flag in RESUME_ALLOWED and any(e.split("=", 1)[0] == flag for e in extra):
+            i += 1 + (takes_value and flag in ("--lock", "--bin-dir"))
+            continue
+        kept.append(stored[i])
+        i += 1
+    return kept + extra + ["--out", out_dir]
 
 
 DEFAULT_SCENARIOS = ["bw2-rtt10", "bw5-rtt10", "bw50-rtt10"]
@@ -1685,8 +1745,27 @@ def main(argv):
     ap.add_argument("--bin-dir", default=os.environ.get("EDGESPLIT_BIN_DIR",
                                                         os.path.join(REPO, "build", "bin")))
     ap.add_argument("--out", help="results folder (default bench/results/<timestamp>)")
+    ap.add_argument("--resume", metavar="DIR",
+                    help="continue the run whose results folder is DIR (stopped, or one piece of "
+                    "a long sweep): its own flags again, the conditions it finished kept, the "
+                    "others run; wall time summed over the pieces. Beside it only --lock, "
+                    "--bin-dir, --check and --estimate")
     ap.add_argument("--scenario-dir", default=os.path.join(REPO, "bench", "scenarios"))
     args = ap.parse_args(argv)
+    resumed = None
+    if args.resume:
+        try:
+            with open(os.path.join(args.resume, "results.json")) as f:
+                resumed = json.load(f)
+            stored = resumed["settings"]["argv"]
+        except (OSError, ValueError, KeyError) as e:
+            ap.error("--resume %s: not a testbed results folder this version can continue (%s); "
+                     "start a new run with --out" % (args.resume, e))
+        try:
+            argv = resume_argv(stored, argv, args.resume)
+        except ValueError as e:
+            ap.error(str(e))
+        args = ap.parse_args(argv)
     try:
         costmodel.set_accuracy_confidence(args.accuracy_confidence)
     except ValueError as e:
@@ -1778,8 +1857,9 @@ def main(argv):
                     have.add((st["rate"], st["rtt"]))
     fixed_sc.sort(key=lambda s: (s["steps"][0]["rtt"], s["steps"][0]["rate"]))
 
+    done = done_conditions(resumed) if resumed else set()
     if args.estimate:
-        est = estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args)
+        est = estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args, done)
         print("bench: %d fixed scenarios, %d traces, device %s x slower, dilation %s, %d frames "
               "per contender and scenario: about %.0f min" % (
                   len(fixed_sc), len(trace_sc), "/".join("%g" % s for s in slowdowns),
@@ -1792,6 +1872,8 @@ def main(argv):
     labels = load_labels(args.labels)
     netbed.install_signal_handlers()
     started = time.monotonic()
+    piece = {"started": datetime.datetime.now().isoformat(timespec="seconds"),
+             "argv": list(argv)}
     results = {"settings": {
         "model": args.model, "profile": args.profile, "frames": args.frames,
         "accuracy_confidence": args.accuracy_confidence,
@@ -1799,14 +1881,31 @@ def main(argv):
         "images": n_images, "slowdowns": slowdowns, "timeout_ms_fixed": args.timeout_ms,
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "host": os.uname().nodename, "threads": 1, "bin_dir": args.bin_dir,
-        "scenarios": [s["name"] for s in fixed_sc], "traces": [s["name"] for s in trace_sc]},
+        "scenarios": [s["name"] for s in fixed_sc], "traces": [s["name"] for s in trace_sc],
+        "argv": list(argv)},
         "runs": []}
     results["settings"].update(
         dilations=dilations, oracle=args.oracle, oracle_keep=args.oracle_keep,
         round_frames=args.round_frames, settle=args.settle, drop_factor=args.drop_factor,
         screening={"batch": args.screen_batch, "rounds": args.screen_rounds,
                    "frames": args.screen_frames, "prune": args.screen_prune})
-    est = estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args)
+    before_s = 0.0
+    if resumed:
+        # The stored settings and runs go on; this piece is one more entry in "pieces".
+        pieces = resumed["settings"].get("pieces") or [{
+            "started": resumed["settings"].get("started"),
+            "wall_s": resumed["settings"].get("wall_s", 0.0)}]
+        results = {"settings": resumed["settings"], "runs": resumed["runs"]}
+        results["settings"]["bin_dir"] = args.bin_dir
+        results["settings"]["pieces"] = pieces
+        before_s = sum(p.get("wall_s") or 0.0 for p in pieces)
+        print("bench: resuming %s: %d of %d conditions done in %d piece(s), %.0f s" % (
+            out_dir, len(done), len(slowdowns) * len(dilations) * (len(fixed_sc) + len(trace_sc)),
+            len(pieces), before_s), flush=True)
+    else:
+        results["settings"]["pieces"] = []
+    results["settings"]["pieces"].append(piece)
+    est = estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args, done)
     results["settings"]["estimated_s"] = round(est)
     print("bench: %d fixed scenarios, %d traces, device %s x slower, dilation %s, %d measured "
           "frames per contender and scenario in rounds of %d (+%d settle); oracle: %s; results in "
@@ -1823,15 +1922,19 @@ def main(argv):
             results["settings"]["cgroup"] = tb.cgroup.layout
             server = start_server(tb, args, out_dir)
             screened = {}
-            if profile and args.oracle == "screened" and fixed_sc:
+            todo = [(s, k, sc) for s in slowdowns for k in dilations for sc in fixed_sc
+                    if condition_key("fixed", s, k, sc["name"]) not in done]
+            if profile and args.oracle == "screened" and todo:
                 t0 = time.monotonic()
-                screened = screen(tb, args, profile, [(s, k, sc) for s in slowdowns
-                                                      for k in dilations for sc in fixed_sc],
-                                  out_dir)
-                results["settings"]["screening"]["wall_s"] = round(time.monotonic() - t0, 1)
+                screened = screen(tb, args, profile, todo, out_dir)
+                results["settings"]["screening"]["wall_s"] = round(
+                    results["settings"]["screening"].get("wall_s", 0.0) +
+                    time.monotonic() - t0, 1)
             for slowdown in slowdowns:
                 for k in dilations:
                     for sc in fixed_sc:
+                        if condition_key("fixed", slowdown, k, sc["name"]) in done:
+                            continue
                         if server.poll() is not None:
                             server = start_server(tb, args, out_dir)
                         with timing_lock(args):
@@ -1839,6 +1942,8 @@ def main(argv):
                                       k, screened.get((slowdown, k, sc["name"])))
                         write_outputs(results, out_dir)
                     for sc in trace_sc:
+                        if condition_key("trace", slowdown, k, sc["name"]) in done:
+                            continue
                         if server.poll() is not None:
                             server = start_server(tb, args, out_dir)
                         with timing_lock(args):
@@ -1846,7 +1951,9 @@ def main(argv):
                                       k)
                         write_outputs(results, out_dir)
     finally:
-        results["settings"]["wall_s"] = round(time.monotonic() - started, 1)
+        piece["wall_s"] = round(time.monotonic() - started, 1)
+        piece["conditions"] = len(done_conditions(results)) - len(done)
+        results["settings"]["wall_s"] = round(before_s + piece["wall_s"], 1)
         results["target_rows"] = targets(results, profile)
         results["targets"] = flat_targets(results["target_rows"])
         write_outputs(results, out_dir)

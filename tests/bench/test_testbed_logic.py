@@ -424,5 +424,48 @@ class ServerLoadTraces(unittest.TestCase):
                       "(server-jpeg90, 24.0 ms) |", table)
 
 
+class Resume(unittest.TestCase):
+    """A long sweep run in pieces (--resume DIR): which conditions a results folder holds, the
+    command line the next piece parses, and its estimate without the finished conditions."""
+
+    def test_finished_conditions_are_the_runs_entries(self):
+        results = {"runs": [{"kind": "fixed", "slowdown": 4, "dilation": 1, "scenario": "bw5"},
+                            {"kind": "trace", "slowdown": 10.0, "scenario": "outage"}]}
+        self.assertEqual(bench.done_conditions(results),
+                         {("fixed", 4.0, 1.0, "bw5"), ("trace", 10.0, 1.0, "outage")})
+        self.assertEqual(bench.done_conditions({"runs": []}), set())
+
+    def test_the_stored_flags_run_again_with_only_lock_bin_dir_and_check_from_the_new_call(self):
+        stored = ["--full", "--dilation", "1", "--lock", "/tmp/a.lock", "--out", "/tmp/old",
+                  "--ab", "x=--explore-within 0"]
+        argv = bench.resume_argv(stored, ["--resume", "/r", "--lock=/tmp/b.lock", "--check"],
+                                 "/r")
+        self.assertEqual(argv, ["--full", "--dilation", "1", "--ab", "x=--explore-within 0",
+                                "--lock=/tmp/b.lock", "--check", "--out", "/r"])
+        # Nothing new given: the stored run's own --lock stays.
+        self.assertEqual(bench.resume_argv(stored, ["--resume", "/r"], "/r"),
+                         ["--full", "--dilation", "1", "--lock", "/tmp/a.lock", "--ab",
+                          "x=--explore-within 0", "--out", "/r"])
+        for changes_what_is_measured in (["--frames", "20"], ["--quick"], ["--full"]):
+            with self.assertRaises(ValueError) as e:
+                bench.resume_argv(stored, ["--resume", "/r"] + changes_what_is_measured, "/r")
+            self.assertIn(changes_what_is_measured[0], str(e.exception))
+
+    def test_the_estimate_leaves_out_finished_conditions(self):
+        class Args:
+            frames, round_frames, warmup, settle = 20, 5, 1, 1
+            oracle, oracle_k = "screened", 0
+            trace_contenders = ["device-only"]
+            ab_variants = []
+        a = {"name": "a", "duration": 25.0, "steps": []}
+        b = {"name": "b", "duration": 40.0, "steps": []}
+        whole = bench.estimate_s(None, [], [a, b], [4.0, 10.0], [1.0], Args)
+        self.assertAlmostEqual(whole, (25.0 + 40.0) * 2 * 2)
+        left = bench.estimate_s(None, [], [a, b], [4.0, 10.0], [1.0], Args,
+                                {bench.condition_key("trace", 4, 1, "b"),
+                                 bench.condition_key("trace", 10, 1, "a")})
+        self.assertAlmostEqual(left, (25.0 + 40.0) * 2)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
