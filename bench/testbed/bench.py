@@ -1582,10 +1582,11 @@ def estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args, done=fro
                                                len(getattr(args, "ab_variants", [])))
                          for sc in trace_sc
                          if condition_key("trace", slowdown, k, sc["name"]) not in done)
-    if args.oracle == "screened" and profile and any(
-            condition_key("fixed", s, k, sc["name"]) not in done
-            for s in slowdowns for k in dilations for sc in fixed_sc):
-        total += len(interleave.feasible_plans(profile, ACCURACY_BOUND)[0]) * START_S / 2
+    if args.oracle == "screened" and profile:
+        # Each (slowdown, dilation) with a scenario to run loads the screened plans once.
+        groups = sum(any(condition_key("fixed", s, k, sc["name"]) not in done for sc in fixed_sc)
+                     for s in slowdowns for k in dilations)
+        total += groups * len(interleave.feasible_plans(profile, ACCURACY_BOUND)[0]) * START_S / 2
     return total
 
 
@@ -1921,20 +1922,21 @@ def main(argv):
                                                "a userspace TUN relay (this kernel has no netem)")
             results["settings"]["cgroup"] = tb.cgroup.layout
             server = start_server(tb, args, out_dir)
-            screened = {}
-            todo = [(s, k, sc) for s in slowdowns for k in dilations for sc in fixed_sc
-                    if condition_key("fixed", s, k, sc["name"]) not in done]
-            if profile and args.oracle == "screened" and todo:
-                t0 = time.monotonic()
-                screened = screen(tb, args, profile, todo, out_dir)
-                results["settings"]["screening"]["wall_s"] = round(
-                    results["settings"]["screening"].get("wall_s", 0.0) +
-                    time.monotonic() - t0, 1)
             for slowdown in slowdowns:
                 for k in dilations:
-                    for sc in fixed_sc:
-                        if condition_key("fixed", slowdown, k, sc["name"]) in done:
-                            continue
+                    # Screened per (slowdown, dilation), just before its scenarios run, so a run
+                    # stopped half-way has screened nothing it did not use.
+                    todo = [sc for sc in fixed_sc
+                            if condition_key("fixed", slowdown, k, sc["name"]) not in done]
+                    screened = {}
+                    if profile and args.oracle == "screened" and todo:
+                        t0 = time.monotonic()
+                        screened = screen(tb, args, profile, [(slowdown, k, sc) for sc in todo],
+                                          out_dir)
+                        results["settings"]["screening"]["wall_s"] = round(
+                            results["settings"]["screening"].get("wall_s", 0.0) +
+                            time.monotonic() - t0, 1)
+                    for sc in todo:
                         if server.poll() is not None:
                             server = start_server(tb, args, out_dir)
                         with timing_lock(args):
