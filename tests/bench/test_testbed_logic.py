@@ -467,5 +467,36 @@ class Resume(unittest.TestCase):
         self.assertAlmostEqual(left, (25.0 + 40.0) * 2)
 
 
+
+class ScreeningEstimate(unittest.TestCase):
+    """The run time printed up front: the oracle's screening, as screen() runs it."""
+
+    def test_the_screening_estimate_cuts_pruned_plans_at_the_limit(self):
+        with open(PROFILE) as f:
+            profile = json.load(f)
+        sc = {"name": "slow", "steps": [{"t": 0.0, "rate": 1.0, "rtt": 100.0, "loss": 0.0}]}
+
+        class Args:
+            screen_frames, screen_rounds, max_turn_s = 2, 2, 60.0
+            screen_prune = float("inf")  # nothing pruned: every plan takes every round
+        ranked = costmodel.ranked(profile, 1.0, 100.0, 4.0,
+                                  max_accuracy_drop=bench.ACCURACY_BOUND)
+        load = bench.start_s(1.0, 100.0, len(ranked))
+        every_round = sum(2 * 3 * p["predicted"]["latency_ms"] / 1000.0 for p in ranked)
+        self.assertAlmostEqual(bench.screen_estimate_s(profile, [(4.0, 1.0, sc)], Args),
+                               load + every_round)
+        # Pruning at 3x the best: a plan beyond it costs at most the limit's turn, and reloads
+        # for a next condition only.
+        Args.screen_prune = 3.0
+        one = bench.screen_estimate_s(profile, [(4.0, 1.0, sc)], Args)
+        self.assertLess(one, load + every_round)
+        pruned = sum(p["predicted"]["latency_ms"] > 3 * ranked[0]["predicted"]["latency_ms"]
+                     for p in ranked)
+        self.assertGreater(pruned, 0)
+        two = bench.screen_estimate_s(profile, [(4.0, 1.0, sc), (4.0, 1.0, sc)], Args)
+        self.assertAlmostEqual(two - load, 2 * (one - load) + pruned * bench.START_S / 2)
+        self.assertEqual(bench.screen_estimate_s(profile, [], Args), 0.0)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
