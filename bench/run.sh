@@ -139,6 +139,8 @@ if [[ "${1:-}" == "multi" ]]; then
 fi
 for a in "$@"; do
   if [[ "$a" == "-h" || "$a" == "--help" ]]; then exec "$py" "$here/testbed/bench.py" --help; fi
+  # only the run time printed: no run, no plots
+  if [[ "$a" == "--estimate" ]]; then exec "$py" "$here/testbed/bench.py" "$@"; fi
 done
 
 out="$here/results/$(date +%Y%m%d-%H%M%S)"

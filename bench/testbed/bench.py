@@ -1549,11 +1549,13 @@ def start_s(rate_mbit, rtt_ms, contenders):
     return contenders * one
 
 
-def estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args, done=frozenset()):
+def estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args, done=frozenset(),
+               screened=frozenset()):
     """The run's wall time before it starts, from the profile's predicted latency of each
     contender's plan at the link as emulated (rate / K, round trip x K): frames x latency per
     contender, device starts (one at a time on a slow link: start_s), the screening, and the
-    traces' durations; conditions in `done` (condition_key) are left out."""
+    traces' durations; conditions in `done` (condition_key) are left out, and so is the
+    screening of those in `screened` (screening_key)."""
     total = 0.0
     rounds, per_round_frames = rounds_of(args)
     per_contender = args.warmup + rounds * (args.settle + per_round_frames)
@@ -1581,7 +1583,8 @@ def estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args, done=fro
             if args.oracle == "screened" and profile:
                 total += screen_estimate_s(profile, [
                     (slowdown, k, sc) for sc in fixed_sc
-                    if condition_key("fixed", slowdown, k, sc["name"]) not in done], args)
+                    if condition_key("fixed", slowdown, k, sc["name"]) not in done and
+                    screening_key(slowdown, k, sc["name"]) not in screened], args)
     return total
 
 
@@ -1617,6 +1620,11 @@ def condition_key(kind, slowdown, dilation, name):
     """What identifies one condition of a run in results["runs"]: a fixed scenario or a trace, at
     one slowdown and dilation."""
     return (kind, float(slowdown), float(dilation), name)
+
+
+def screening_key(slowdown, dilation, name):
+    """A fixed condition's screening in results["screenings"] (JSON keys are strings)."""
+    return "%gx/K%g/%s" % (slowdown, dilation, name)
 
 
 def done_conditions(results):
@@ -1883,7 +1891,8 @@ def main(argv):
 
     done = done_conditions(resumed) if resumed else set()
     if args.estimate:
-        est = estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args, done)
+        est = estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args, done,
+                         set((resumed or {}).get("screenings", {})))
         print("bench: %d fixed scenarios, %d traces, device %s x slower, dilation %s, %d frames "
               "per contender and scenario: about %.0f min" % (
                   len(fixed_sc), len(trace_sc), "/".join("%g" % s for s in slowdowns),
@@ -1919,7 +1928,8 @@ def main(argv):
         pieces = resumed["settings"].get("pieces") or [{
             "started": resumed["settings"].get("started"),
             "wall_s": resumed["settings"].get("wall_s", 0.0)}]
-        results = {"settings": resumed["settings"], "runs": resumed["runs"]}
+        results = {"settings": resumed["settings"], "runs": resumed["runs"],
+                   "screenings": resumed.get("screenings", {})}
         results["settings"]["bin_dir"] = args.bin_dir
         results["settings"]["pieces"] = pieces
         before_s = sum(p.get("wall_s") or 0.0 for p in pieces)
@@ -1929,7 +1939,10 @@ def main(argv):
     else:
         results["settings"]["pieces"] = []
     results["settings"]["pieces"].append(piece)
-    est = estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args, done)
+    # Screenings whose scenario has not run yet ("4x/K1/bw5-rtt10": screen()'s result).
+    screenings = results.setdefault("screenings", {})
+    est = estimate_s(profile, fixed_sc, trace_sc, slowdowns, dilations, args, done,
+                     set(screenings))
     results["settings"]["estimated_s"] = round(est)
     print("bench: %d fixed scenarios, %d traces, device %s x slower, dilation %s, %d measured "
           "frames per contender and scenario in rounds of %d (+%d settle); oracle: %s; results in "
@@ -1947,24 +1960,30 @@ def main(argv):
             server = start_server(tb, args, out_dir)
             for slowdown in slowdowns:
                 for k in dilations:
-                    # Screened per (slowdown, dilation), just before its scenarios run, so a run
-                    # stopped half-way has screened nothing it did not use.
+                    # Screened per (slowdown, dilation), just before its scenarios run; kept in
+                    # results.json until its scenario has run, so a run stopped half-way
+                    # (--resume) screens nothing twice.
                     todo = [sc for sc in fixed_sc
                             if condition_key("fixed", slowdown, k, sc["name"]) not in done]
-                    screened = {}
-                    if profile and args.oracle == "screened" and todo:
+                    unscreened = [(slowdown, k, sc) for sc in todo
+                                  if screening_key(slowdown, k, sc["name"]) not in screenings]
+                    if profile and args.oracle == "screened" and unscreened:
                         t0 = time.monotonic()
-                        screened = screen(tb, args, profile, [(slowdown, k, sc) for sc in todo],
-                                          out_dir)
+                        for (s_, k_, name), res in screen(tb, args, profile, unscreened,
+                                                          out_dir).items():
+                            screenings[screening_key(s_, k_, name)] = res
                         results["settings"]["screening"]["wall_s"] = round(
                             results["settings"]["screening"].get("wall_s", 0.0) +
                             time.monotonic() - t0, 1)
+                        write_outputs(results, out_dir)
                     for sc in todo:
                         if server.poll() is not None:
                             server = start_server(tb, args, out_dir)
+                        key = screening_key(slowdown, k, sc["name"])
                         with timing_lock(args):
                             run_fixed(tb, args, profile, labels, sc, slowdown, out_dir, results,
-                                      k, screened.get((slowdown, k, sc["name"])))
+                                      k, screenings.get(key))
+                        screenings.pop(key, None)  # the run's entry holds it now
                         write_outputs(results, out_dir)
                     for sc in trace_sc:
                         if condition_key("trace", slowdown, k, sc["name"]) in done:

@@ -497,6 +497,23 @@ class ScreeningEstimate(unittest.TestCase):
         self.assertAlmostEqual(two - load, 2 * (one - load) + pruned * bench.START_S / 2)
         self.assertEqual(bench.screen_estimate_s(profile, [], Args), 0.0)
 
+    def test_a_screening_kept_from_an_earlier_piece_is_not_estimated_again(self):
+        with open(PROFILE) as f:
+            profile = json.load(f)
+        sc = {"name": "slow", "steps": [{"t": 0.0, "rate": 1.0, "rtt": 100.0, "loss": 0.0}]}
+
+        class Args:
+            frames, round_frames, warmup, settle = 20, 5, 1, 1
+            screen_frames, screen_rounds, screen_prune, max_turn_s = 2, 2, 3.0, 60.0
+            oracle, oracle_k, oracle_keep = "screened", 0, 3
+            contenders, trace_contenders, ab_variants = ["device-only"], [], []
+        whole = bench.estimate_s(profile, [sc], [], [4.0], [1.0], Args)
+        kept = bench.estimate_s(profile, [sc], [], [4.0], [1.0], Args, set(),
+                                {bench.screening_key(4.0, 1.0, "slow")})
+        self.assertAlmostEqual(whole - kept,
+                               bench.screen_estimate_s(profile, [(4.0, 1.0, sc)], Args))
+        self.assertEqual(bench.screening_key(4.0, 1.0, "slow"), "4x/K1/slow")
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
