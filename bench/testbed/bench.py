@@ -1634,39 +1634,30 @@ def done_conditions(results):
             for e in results.get("runs", [])}
 
 
-RESUME_ALLOWED = {"--lock", "--bin-dir", "--check", "--estimate"}
+RESUME_ALLOWED = ("lock", "bin_dir", "check", "estimate")
 
 
-def resume_argv(stored, given, out_dir):
-    """The command line a resumed run parses: the stored run's own flags (its --out and --resume
-    dropped) with --out DIR, and from the new invocation only what does not change what is
-    measured (RESUME_ALLOWED). Raises ValueError, with what to do, for anything else given."""
-    extra, i = [], 0
-    while i < len(given):
-        flag = given[i].split("=", 1)[0]
-        takes_value = "=" not in given[i] and flag in ("--lock", "--bin-dir", "--resume")
-        if flag == "--resume":
-            pass
-        elif flag in RESUME_ALLOWED:
-            extra += given[i:i + 1 + takes_value]
-        else:
-            raise ValueError("--resume continues the run in %s with the flags it started with; "
-                             "beside it give only %s (not %s)" % (
-                                 out_dir, ", ".join(sorted(RESUME_ALLOWED)), given[i]))
-        i += 1 + takes_value
-    kept, i = [], 0
-    while i < len(stored):
-        flag = stored[i].split("=", 1)[0]
-        takes_value = "=" not in stored[i]
-        if flag in ("--out", "--resume"):
-            i += 1 + takes_value
-            continue
-        if flag in RESUME_ALLOWED and any(e.split("=", 1)[0] == flag for e in extra):
-            i += 1 + (takes_value and flag in ("--lock", "--bin-dir"))
-            continue
-        kept.append(stored[i])
-        i += 1
-    return kept + extra + ["--out", out_dir]
+def resumed_args(ap, stored, given):
+    """The options a resumed run goes on with: the stored run's own (`stored`, its command line,
+    parsed again) with --out the folder resumed, and from the new command line (`given`) only
+    what does not change what is measured (RESUME_ALLOWED). Raises ValueError, with what to do,
+    when `given` sets anything else."""
+    new = ap.parse_args(given)
+    changed = [d for d, v in vars(new).items()
+               if d not in RESUME_ALLOWED + ("resume",) and v != ap.get_default(d)]
+    if changed:
+        allowed = ["--" + d.replace("_", "-") for d in RESUME_ALLOWED + ("resume",)]
+        raise ValueError("--resume continues the run in %s with the flags it started with; "
+                         "beside it give only %s (not %s)" % (
+                             new.resume, ", ".join(sorted(allowed[:-1])),
+                             " ".join(t for t in given if t.startswith("-") and
+                                      t.split("=", 1)[0] not in allowed)))
+    args = ap.parse_args(stored)
+    for d in RESUME_ALLOWED:
+        if getattr(new, d) != ap.get_default(d):
+            setattr(args, d, getattr(new, d))
+    args.out = args.resume = new.resume
+    return args
 
 
 DEFAULT_SCENARIOS = ["bw2-rtt10", "bw5-rtt10", "bw50-rtt10"]
@@ -1678,7 +1669,7 @@ ALL_CONTENDERS = ["device-only", "server-raw", "server-jpeg90", "fixed-fp32", "f
                   "edgesplit-latency", "edgesplit-throughput", "edgesplit-cost"]
 
 
-def main(argv):
+def parser():
     ap = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true",
                     help="every scenario, both RTTs, every trace, devices 4x and 10x slower")
@@ -1783,6 +1774,11 @@ def main(argv):
                     "others run; wall time summed over the pieces. Beside it only --lock, "
                     "--bin-dir, --check and --estimate")
     ap.add_argument("--scenario-dir", default=os.path.join(REPO, "bench", "scenarios"))
+    return ap
+
+
+def main(argv):
+    ap = parser()
     args = ap.parse_args(argv)
     resumed = None
     if args.resume:
@@ -1794,10 +1790,9 @@ def main(argv):
             ap.error("--resume %s: not a testbed results folder this version can continue (%s); "
                      "start a new run with --out" % (args.resume, e))
         try:
-            argv = resume_argv(stored, argv, args.resume)
+            args = resumed_args(ap, stored, argv)
         except ValueError as e:
             ap.error(str(e))
-        args = ap.parse_args(argv)
     try:
         costmodel.set_accuracy_confidence(args.accuracy_confidence)
     except ValueError as e:

@@ -436,20 +436,23 @@ class Resume(unittest.TestCase):
         self.assertEqual(bench.done_conditions({"runs": []}), set())
 
     def test_the_stored_flags_run_again_with_only_lock_bin_dir_and_check_from_the_new_call(self):
+        ap = bench.parser()
         stored = ["--full", "--dilation", "1", "--lock", "/tmp/a.lock", "--out", "/tmp/old",
                   "--ab", "x=--explore-within 0"]
-        argv = bench.resume_argv(stored, ["--resume", "/r", "--lock=/tmp/b.lock", "--check"],
-                                 "/r")
-        self.assertEqual(argv, ["--full", "--dilation", "1", "--ab", "x=--explore-within 0",
-                                "--lock=/tmp/b.lock", "--check", "--out", "/r"])
+        args = bench.resumed_args(ap, stored, ["--resume", "/r", "--lock=/tmp/b.lock", "--check"])
+        self.assertEqual(vars(args), dict(
+            vars(ap.parse_args(stored)), lock="/tmp/b.lock", check=True, out="/r", resume="/r"))
+        self.assertTrue(args.full)
+        self.assertEqual(args.ab, ["x=--explore-within 0"])
         # Nothing new given: the stored run's own --lock stays.
-        self.assertEqual(bench.resume_argv(stored, ["--resume", "/r"], "/r"),
-                         ["--full", "--dilation", "1", "--lock", "/tmp/a.lock", "--ab",
-                          "x=--explore-within 0", "--out", "/r"])
-        for changes_what_is_measured in (["--frames", "20"], ["--quick"], ["--full"]):
+        args = bench.resumed_args(ap, stored, ["--resume", "/r"])
+        self.assertEqual(vars(args), dict(vars(ap.parse_args(stored)), out="/r", resume="/r"))
+        self.assertEqual(args.lock, "/tmp/a.lock")
+        for changes_what_is_measured in (["--frames", "20"], ["--quick"], ["--full"],
+                                         ["--out", "/elsewhere"]):
             with self.assertRaises(ValueError) as e:
-                bench.resume_argv(stored, ["--resume", "/r"] + changes_what_is_measured, "/r")
-            self.assertIn(changes_what_is_measured[0], str(e.exception))
+                bench.resumed_args(ap, stored, ["--resume", "/r"] + changes_what_is_measured)
+            self.assertIn("(not %s)" % changes_what_is_measured[0], str(e.exception))
 
     def test_the_estimate_leaves_out_finished_conditions(self):
         class Args:
